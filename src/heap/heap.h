@@ -1,0 +1,372 @@
+/*
+ * heap.h: the public face of the heapd engine.
+ *
+ * The engine hosts managed object heaps: CPython's memory manager as a library. It owns no
+ * I/O, no threads and no global mutable state beyond the allocation hook, so one heap may be
+ * used by one thread at a time while other threads use other heaps.
+ *
+ * Vocabulary, used the same way in every file:
+ *   heap      one client session's world: its allocator, objects, collector, tracer.
+ *   arena     1 MiB of address space from mmap, carved into pools.
+ *   pool      16 KiB inside an arena serving one size class.
+ *   block     one allocation from a pool (16..512 bytes in 16-byte steps).
+ *   large     an allocation over 512 bytes, from the system allocator via the hook.
+ *   object    header + slots + optional extension + payload, living in one block.
+ *   container an object with at least one slot; the collector tracks it.
+ *   atomic    an object with no slots; never tracked (like Python's ints and strings).
+ *   handle    the 64-bit name a client uses for an object: ref (low 32) | check (high 32).
+ *   client reference  a reference held by the client, counted per object (crefs).
+ *
+ * Every function returns 0 or a negative hd_err_t. On error the heap is left as it was.
+ */
+#ifndef HD_HEAP_H
+#define HD_HEAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------------------------ */
+/* Errors: one list, shared with the protocol's status codes (status = -code).                 */
+/* ------------------------------------------------------------------------------------------ */
+
+/* XX(NAME, number, message). Numbers are stable: they go over the wire. */
+#define HD_ERR_MAP(XX)                                                                         \
+    XX(EINVAL, 1, "invalid argument")                                                          \
+    XX(ENOMEM, 2, "out of memory")                                                             \
+    XX(ELIMIT, 3, "heap limit reached (bytes or objects)")                                     \
+    XX(ENOOBJ, 4, "no such object (unknown, freed or foreign handle)")                         \
+    XX(ERANGE, 5, "index or offset out of range")                                              \
+    XX(EREFS, 6, "the client does not hold that many references")                              \
+    XX(EOVERFLOW, 7, "reference count overflow")                                               \
+    XX(ENOWEAK, 8, "no such weak reference")                                                   \
+    XX(ENOSNAP, 9, "no such snapshot")                                                         \
+    XX(ENOTRACE, 10, "tracing is not started")                                                 \
+    XX(ENOCURSOR, 11, "no such cursor (finished or expired)")                                  \
+    XX(EPROTO, 20, "malformed request")                                                        \
+    XX(EFRAME, 21, "frame too large")                                                          \
+    XX(EVERSION, 22, "unsupported protocol version")                                           \
+    XX(EAUTH, 23, "authentication failed")                                                     \
+    XX(EPERM, 24, "permission denied")                                                         \
+    XX(ENOSESSION, 25, "no such session")                                                      \
+    XX(EHELLO, 26, "hello required first")                                                     \
+    XX(EUNKNOWN, 27, "unknown request type")                                                   \
+    XX(ETOOMANY, 28, "too many connections or sessions")                                       \
+    XX(ESHUTDOWN, 29, "server is shutting down")                                               \
+    XX(EBUSY, 30, "session is attached to another connection")                                 \
+    XX(ETIMEDOUT, 31, "idle timeout")                                                          \
+    XX(EINTERNAL, 99, "internal error")
+
+typedef enum hd_err_e {
+    HD_OK = 0,
+#define HD_ERR_ENUM(name, num, msg) HD_##name = -(num),
+    HD_ERR_MAP(HD_ERR_ENUM)
+#undef HD_ERR_ENUM
+} hd_err_t;
+
+/* "EINVAL" for HD_EINVAL; "OK" for 0; "E?" for unknown codes. */
+const char *hd_err_name(int err);
+/* The message for an error code; never NULL. */
+const char *hd_strerror(int err);
+
+/* ------------------------------------------------------------------------------------------ */
+/* The allocation hook: every allocation the engine makes goes through these.                  */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct hd_mem_methods_s {
+    void *(*malloc)(size_t n);             /* NULL on failure */
+    void *(*realloc)(void *p, size_t n);   /* NULL on failure, p untouched */
+    void (*free)(void *p);                 /* free(NULL) is a no-op */
+    void *(*map)(size_t n);                /* anonymous zeroed pages; NULL on failure */
+    void (*unmap)(void *p, size_t n);
+} hd_mem_methods_t;
+
+/* Replaces the hook (NULL restores the default: malloc/realloc/free/mmap/munmap). Call it
+ * before any heap exists; it is not synchronised. */
+void hd_mem_set_methods(const hd_mem_methods_t *m);
+const hd_mem_methods_t *hd_mem_get_methods(void);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Heaps.                                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct hd_heap_s hd_heap_t;
+typedef uint64_t hd_handle_t; /* 0 is never a valid handle */
+
+typedef struct hd_heap_config_s {
+    uint64_t max_bytes;   /* object bytes (block sizes) the heap may hold; 0 = unlimited */
+    uint64_t max_objects; /* live objects the heap may hold; 0 = unlimited */
+    int gc_enabled;       /* automatic collection; default 1 */
+    int gc_threshold[3];  /* default 700, 10, 10 */
+} hd_heap_config_t;
+
+/* Fills cfg with the defaults. */
+void hd_heap_config_init(hd_heap_config_t *cfg);
+/* Creates a heap; costs no arena until the first allocation. cfg may be NULL (defaults). */
+int hd_heap_new(const hd_heap_config_t *cfg, hd_heap_t **out);
+/* Frees the heap and everything in it, in time proportional to its arenas. NULL is a no-op. */
+void hd_heap_free(hd_heap_t *h);
+/* Changes the limits; lowering below current use is allowed and blocks further growth. */
+void hd_heap_set_limits(hd_heap_t *h, uint64_t max_bytes, uint64_t max_objects);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Objects and reference counting.                                                             */
+/* ------------------------------------------------------------------------------------------ */
+
+#define HD_OBJ_FINALIZER 0x1u        /* queue a FINALIZED event when the object is freed */
+#define HD_OBJ_LEGACY_FINALIZER 0x2u /* a cycle holding it is uncollectable (goes to garbage) */
+#define HD_OBJ_FLAGS_ALL 0x3u
+
+#define HD_MAX_SLOTS 65535u
+#define HD_MAX_TAG_LEN 255u   /* bytes of a type tag or allocation site */
+#define HD_MAX_PAYLOAD (1u << 30)
+
+typedef struct hd_alloc_args_s {
+    uint32_t size;    /* payload bytes, zeroed */
+    uint32_t nslots;  /* reference slots, initially empty; > 0 makes a container */
+    const char *tag;  /* optional type tag ("Node"); NULL or "" for none */
+    const char *site; /* optional allocation site ("app.py:42"); NULL or "" for none */
+    unsigned flags;   /* HD_OBJ_* */
+    const void *data; /* optional initial payload bytes, data_len <= size */
+    size_t data_len;
+} hd_alloc_args_t;
+
+/* Allocates an object. Returns a new client reference in *out. May run an automatic
+ * collection first (CPython's order: count, collect, then track the new object). */
+int hd_alloc(hd_heap_t *h, const hd_alloc_args_t *args, hd_handle_t *out);
+/* Takes n more client references (n >= 1). */
+int hd_incref(hd_heap_t *h, hd_handle_t o, uint32_t n);
+/* Drops n client references (n >= 1); HD_EREFS if the client holds fewer. Frees at zero,
+ * cascading through slots without recursion. */
+int hd_decref(hd_heap_t *h, hd_handle_t o, uint32_t n);
+/* Points slot i of o at target (0 empties it). The slot's reference is counted in target;
+ * the previous target loses it (and may be freed). */
+int hd_set_slot(hd_heap_t *h, hd_handle_t o, uint32_t i, hd_handle_t target);
+/* Reads slot i of o. Returns a new client reference on the target, or *out = 0 if empty. */
+int hd_get_slot(hd_heap_t *h, hd_handle_t o, uint32_t i, hd_handle_t *out);
+/* Copies len bytes into the payload at offset; HD_ERANGE past the payload's size. */
+int hd_write(hd_heap_t *h, hd_handle_t o, uint64_t offset, const void *buf, size_t len);
+/* Copies len bytes of payload from offset into buf; HD_ERANGE past the payload's size. */
+int hd_read(hd_heap_t *h, hd_handle_t o, uint64_t offset, void *buf, size_t len);
+/* The object's reference count: client references + slots pointing at it (+1 while it is
+ * held by the garbage list). Unlike sys.getrefcount there is no temporary argument. */
+int hd_getrefcount(hd_heap_t *h, hd_handle_t o, uint64_t *out);
+/* Bytes the object occupies: header + slots + extension + payload (sys.getsizeof). */
+int hd_getsizeof(hd_heap_t *h, hd_handle_t o, uint64_t *out);
+
+typedef struct hd_obj_info_s {
+    uint64_t refcount;     /* as hd_getrefcount */
+    uint64_t client_refs;  /* references the client holds */
+    uint64_t sizeof_bytes; /* as hd_getsizeof */
+    uint32_t size;         /* payload bytes */
+    uint32_t nslots;
+    unsigned flags;        /* HD_OBJ_* given at allocation */
+    int tracked;           /* 1 if the collector tracks it */
+    int generation;        /* 0..2, 3 = frozen (permanent), -1 untracked */
+    const char *tag;       /* borrowed, valid while the object lives; "" if none */
+    const char *site;      /* borrowed, valid while the object lives; "" if none */
+} hd_obj_info_t;
+int hd_obj_info(hd_heap_t *h, hd_handle_t o, hd_obj_info_t *out);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Handle vectors: results that list objects. Every handle in one holds a new client reference
+ * unless the call was asked to borrow.                                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct hd_handles_s {
+    hd_handle_t *v;
+    size_t n, cap;
+} hd_handles_t;
+/* Frees the vector's memory (not the references it may hold). */
+void hd_handles_free(hd_handles_t *hv);
+
+/* ------------------------------------------------------------------------------------------ */
+/* The cycle collector: CPython 3.11's gc module.                                              */
+/* ------------------------------------------------------------------------------------------ */
+
+#define HD_GC_DEBUG_STATS 1
+#define HD_GC_DEBUG_COLLECTABLE 2
+#define HD_GC_DEBUG_UNCOLLECTABLE 4
+#define HD_GC_DEBUG_SAVEALL 32
+#define HD_GC_DEBUG_LEAK (HD_GC_DEBUG_COLLECTABLE | HD_GC_DEBUG_UNCOLLECTABLE | HD_GC_DEBUG_SAVEALL)
+#define HD_GC_DEBUG_ALL (HD_GC_DEBUG_STATS | HD_GC_DEBUG_LEAK)
+
+typedef struct hd_gc_genstats_s {
+    uint64_t collections;
+    uint64_t collected;
+    uint64_t uncollectable;
+} hd_gc_genstats_t;
+
+/* Collects generations 0..generation; *found = unreachable containers (collected +
+ * uncollectable). Works while automatic collection is disabled. HD_EINVAL outside 0..2. */
+int hd_gc_collect(hd_heap_t *h, int generation, uint64_t *found);
+void hd_gc_enable(hd_heap_t *h);
+void hd_gc_disable(hd_heap_t *h);
+int hd_gc_isenabled(hd_heap_t *h);
+void hd_gc_get_count(hd_heap_t *h, uint64_t count[3]);
+void hd_gc_get_threshold(hd_heap_t *h, int threshold[3]);
+/* Sets the first n thresholds (n = 1..3), as gc.set_threshold(t0[, t1[, t2]]). Negative or
+ * out-of-int values are HD_EINVAL. */
+int hd_gc_set_threshold(hd_heap_t *h, const int *threshold, int n);
+void hd_gc_get_stats(hd_heap_t *h, hd_gc_genstats_t stats[3]);
+/* Moves every tracked object into the permanent generation and zeroes the counts. */
+void hd_gc_freeze(hd_heap_t *h);
+/* Moves the permanent generation back into generation 2. */
+void hd_gc_unfreeze(hd_heap_t *h);
+uint64_t hd_gc_get_freeze_count(hd_heap_t *h);
+int hd_gc_is_tracked(hd_heap_t *h, hd_handle_t o, int *tracked);
+void hd_gc_set_debug(hd_heap_t *h, int flags);
+int hd_gc_get_debug(hd_heap_t *h);
+/* Tracked objects (frozen ones excluded) with a slot pointing at any of objs. With newref,
+ * each result holds a new client reference; otherwise the handles are borrowed. */
+int hd_gc_get_referrers(hd_heap_t *h, const hd_handle_t *objs, size_t n, int newref,
+                        hd_handles_t *out);
+/* The distinct non-empty slot targets of objs, in slot order. newref as above. */
+int hd_gc_get_referents(hd_heap_t *h, const hd_handle_t *objs, size_t n, int newref,
+                        hd_handles_t *out);
+/* Pages through the tracked objects of a generation (0..2, or -1 for all of 0..2).
+ * Start with *cursor = 0; each call appends at most max handles to out and sets *cursor to
+ * the value for the next call, 0 when done. Objects freed between pages are skipped.
+ * An abandoned cursor is released by hd_gc_cursor_close or when the heap is freed. */
+int hd_gc_get_objects(hd_heap_t *h, int generation, uint64_t *cursor, size_t max, int newref,
+                      hd_handles_t *out);
+void hd_gc_cursor_close(hd_heap_t *h, uint64_t cursor);
+/* The garbage list (DEBUG_SAVEALL and uncollectable cycles). Each entry holds one internal
+ * reference. Reading appends handles from index start, at most max. */
+int hd_gc_garbage(hd_heap_t *h, size_t start, size_t max, int newref, hd_handles_t *out,
+                  size_t *total);
+/* Empties the garbage list, dropping its references (objects may be freed, cascading). */
+void hd_gc_garbage_clear(hd_heap_t *h);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Weak references.                                                                            */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef uint64_t hd_weak_t; /* 0 is never valid */
+
+/* Creates a weak reference to o. With notify, a WEAKREF_CLEARED event is queued when the
+ * referent dies. */
+int hd_weakref_new(hd_heap_t *h, hd_handle_t o, int notify, hd_weak_t *out);
+/* Dereferences: *out = a new client reference, or 0 if the referent is dead. */
+int hd_weakref_get(hd_heap_t *h, hd_weak_t w, hd_handle_t *out);
+/* Releases the weak handle itself. */
+int hd_weakref_free(hd_heap_t *h, hd_weak_t w);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Events: queued by the engine, delivered by the daemon.                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef enum hd_event_type_e {
+    HD_EV_FINALIZED = 1,       /* handle, tag */
+    HD_EV_WEAKREF_CLEARED = 2, /* weak */
+    HD_EV_GC_START = 3,        /* generation */
+    HD_EV_GC_STOP = 4,         /* generation, collected, uncollectable, pause_ns */
+} hd_event_type_t;
+
+#define HD_EVMASK(t) (1u << (t))
+#define HD_EVMASK_ALL                                                                          \
+    (HD_EVMASK(HD_EV_FINALIZED) | HD_EVMASK(HD_EV_WEAKREF_CLEARED) | HD_EVMASK(HD_EV_GC_START) |  \
+     HD_EVMASK(HD_EV_GC_STOP))
+
+typedef struct hd_event_s {
+    hd_event_type_t type;
+    hd_handle_t handle; /* FINALIZED: the freed object's (now stale) handle */
+    hd_weak_t weak;     /* WEAKREF_CLEARED */
+    const char *tag;    /* FINALIZED: interned, borrowed from the heap (valid while it lives) */
+    int generation;
+    uint64_t collected, uncollectable, pause_ns;
+} hd_event_t;
+
+/* Chooses which events are queued (default: none). Events already queued stay. */
+void hd_events_set_mask(hd_heap_t *h, unsigned mask);
+unsigned hd_events_get_mask(hd_heap_t *h);
+/* Pops the oldest queued event; returns 1 if one was popped, 0 if the queue is empty. */
+int hd_events_pop(hd_heap_t *h, hd_event_t *out);
+/* Events that could not be queued (out of memory or queue limit) since the heap began. */
+uint64_t hd_events_dropped(hd_heap_t *h);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Allocation tracing: tracemalloc for a heap.                                                 */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef enum hd_trace_group_e { HD_TRACE_BY_SITE = 0, HD_TRACE_BY_TAG = 1 } hd_trace_group_t;
+
+typedef struct hd_trace_stat_s {
+    const char *key;     /* site or tag; "" for none; borrowed from the heap */
+    uint64_t count;      /* live traced objects */
+    uint64_t bytes;      /* their getsizeof bytes */
+    int64_t count_diff;  /* compare_to only */
+    int64_t bytes_diff;  /* compare_to only */
+} hd_trace_stat_t;
+
+typedef struct hd_trace_stats_s {
+    hd_trace_stat_t *v;
+    size_t n, cap;
+} hd_trace_stats_t;
+void hd_trace_stats_free(hd_trace_stats_t *s);
+
+int hd_trace_start(hd_heap_t *h);
+void hd_trace_stop(hd_heap_t *h); /* also clears the traces, as tracemalloc.stop() */
+int hd_trace_is_tracing(hd_heap_t *h);
+void hd_trace_clear(hd_heap_t *h);
+void hd_trace_get_traced_memory(hd_heap_t *h, uint64_t *current, uint64_t *peak);
+void hd_trace_reset_peak(hd_heap_t *h);
+/* Takes a snapshot of the live traces (HD_ENOTRACE when not tracing); *id names it. */
+int hd_trace_snapshot(hd_heap_t *h, uint32_t *id);
+int hd_trace_snapshot_free(hd_heap_t *h, uint32_t id);
+/* Statistics of a snapshot grouped by site or tag, sorted by bytes, largest first. */
+int hd_trace_statistics(hd_heap_t *h, uint32_t id, hd_trace_group_t by, hd_trace_stats_t *out);
+/* Growth from snapshot old_id to snapshot id, sorted by |bytes_diff|, largest first. */
+int hd_trace_compare(hd_heap_t *h, uint32_t id, uint32_t old_id, hd_trace_group_t by,
+                     hd_trace_stats_t *out);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Statistics: sys._debugmallocstats() and more. One X-macro list, expanded everywhere.        */
+/* ------------------------------------------------------------------------------------------ */
+
+/* XX(field, description) */
+#define HD_HEAP_STATS_MAP(XX)                                                                  \
+    XX(objects, "live objects")                                                                \
+    XX(containers, "live objects with slots")                                                  \
+    XX(object_bytes, "bytes held by live objects (block sizes), counted against max_bytes")    \
+    XX(allocs_total, "objects allocated since the heap began")                                 \
+    XX(frees_total, "objects freed since the heap began")                                      \
+    XX(arenas_allocated_total, "arenas mapped since the heap began")                           \
+    XX(arenas_reclaimed, "arenas returned to the OS")                                          \
+    XX(arenas_highwater, "most arenas mapped at once")                                         \
+    XX(arenas_current, "arenas mapped now")                                                    \
+    XX(arena_bytes, "arenas_current * 1 MiB")                                                  \
+    XX(bytes_allocated_blocks, "bytes in allocated blocks")                                    \
+    XX(bytes_available_blocks, "bytes in available blocks of used pools")                      \
+    XX(bytes_unused_pools, "bytes in unused pools")                                            \
+    XX(bytes_pool_headers, "bytes lost to pool headers")                                       \
+    XX(bytes_quantization, "bytes lost to quantization")                                       \
+    XX(bytes_arena_alignment, "bytes lost to arena alignment")                                 \
+    XX(large_objects, "objects over 512 bytes, from the system allocator")                     \
+    XX(large_bytes, "bytes of those objects")
+
+typedef struct hd_class_stats_s {
+    uint32_t block_size;
+    uint64_t pools;
+    uint64_t blocks_in_use;
+    uint64_t blocks_available;
+} hd_class_stats_t;
+
+#define HD_NCLASSES 32
+
+typedef struct hd_heap_stats_s {
+#define HD_STATS_FIELD(name, desc) uint64_t name;
+    HD_HEAP_STATS_MAP(HD_STATS_FIELD)
+#undef HD_STATS_FIELD
+    hd_class_stats_t classes[HD_NCLASSES];
+} hd_heap_stats_t;
+
+void hd_heap_stats(hd_heap_t *h, hd_heap_stats_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* HD_HEAP_H */

@@ -1,0 +1,473 @@
+/*
+ * internal.h: the engine's shared types and internal prototypes (hd__ names).
+ *
+ * The map, from the outside in:
+ *
+ *   session -> heap -> arenas (1 MiB) -> pools (16 KiB, one size class) -> blocks
+ *                   -> large allocations (over 512 bytes, system allocator via the hook)
+ *   object  -> header (24 bytes) + slots (4 bytes each) + [extension (8 bytes)] + payload
+ *
+ * Refs. Inside a heap an object is named by a 32-bit ref, never by a pointer: slots, gc links
+ * and work lists all hold refs, which halves their size. A ref is (region << 12) | granule:
+ * the heap's region table maps a region number to a base address covering 64 KiB, and the
+ * granule is a 16-byte step inside it. An arena takes 16 consecutive regions; a large
+ * allocation takes one region of its own; region 0 maps the heap's gc list sentinels, so that
+ * gc lists are circular and doubly linked like CPython's. Ref 0 is "none".
+ *
+ * Handles. The client's name for an object is its ref plus a 32-bit check drawn from a
+ * per-heap counter (random start, never 0): handle = (uint64)check << 32 | ref. Freeing an
+ * object zeroes its check, and a reused block gets a new one, so a stale, forged or foreign
+ * handle fails hd__handle_resolve instead of naming another object.
+ *
+ * The files: alloc.c (arenas, pools, blocks, regions), object.c (layout, handles, refcounts,
+ * the free cascade, interning), gc.c (collector), weakref.c, trace.c, stats.c, heap.c (the
+ * public face: heap lifetime, events), mem.c (the allocation hook).
+ */
+#ifndef HD_INTERNAL_H
+#define HD_INTERNAL_H
+
+#include "heap.h"
+
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------------------------------ */
+/* Assertions and branch hints.                                                                */
+/* ------------------------------------------------------------------------------------------ */
+
+#define HD_LIKELY(x) __builtin_expect(!!(x), 1)
+#define HD_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define HD_NOINLINE __attribute__((noinline))
+
+void hd__panic(const char *file, int line, const char *what) __attribute__((noreturn));
+#ifndef NDEBUG
+#define HD_ASSERT(x) ((x) ? (void)0 : hd__panic(__FILE__, __LINE__, #x))
+#else
+#define HD_ASSERT(x) ((void)0)
+#endif
+#ifdef HD_EXPENSIVE_ASSERTS
+#define HD_ASSERT_EXPENSIVE(x) ((x) ? (void)0 : hd__panic(__FILE__, __LINE__, #x))
+#else
+#define HD_ASSERT_EXPENSIVE(x) ((void)0)
+#endif
+
+/* ------------------------------------------------------------------------------------------ */
+/* mem.c: the one allocation hook. Request paths use these and handle NULL.                    */
+/* ------------------------------------------------------------------------------------------ */
+
+extern hd_mem_methods_t hd__mem;
+static inline void *hd__malloc(size_t n) { return hd__mem.malloc(n); }
+static inline void *hd__calloc(size_t n, size_t sz) {
+    if (sz && n > SIZE_MAX / sz) return NULL;
+    void *p = hd__mem.malloc(n * sz);
+    if (p) memset(p, 0, n * sz);
+    return p;
+}
+static inline void *hd__realloc(void *p, size_t n) { return hd__mem.realloc(p, n); }
+static inline void hd__free(void *p) { hd__mem.free(p); }
+/* Duplicates s through the hook; NULL on failure. */
+char *hd__strdup(const char *s);
+/* Grows a vector's capacity to hold at least need items of size sz; 0 or HD_ENOMEM. */
+int hd__vec_reserve(void **v, size_t *cap, size_t need, size_t sz);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Sizes. Tunables are explained where they are defined, with the relations asserted.          */
+/* ------------------------------------------------------------------------------------------ */
+
+/* 16-byte alignment, as CPython 3.11 on 64-bit: every block starts 16-byte aligned. */
+#define HD_ALIGN 16
+#define HD_ALIGN_SHIFT 4
+/* Requests up to 512 bytes come from pools; 512 / 16 = 32 size classes. */
+#define HD_SMALL_MAX 512
+/* A pool is 16 KiB (CPython 3.11 uses 16 KiB on 64-bit). */
+#define HD_POOL_BITS 14
+#define HD_POOL_SIZE (1u << HD_POOL_BITS)
+/* An arena is 1 MiB from mmap: big enough to amortise the system call, small enough to give
+ * back to the OS when emptied. */
+#define HD_ARENA_BITS 20
+#define HD_ARENA_SIZE (1u << HD_ARENA_BITS)
+/* A ref's granule field: 12 bits of 16-byte steps = a 64 KiB region. */
+#define HD_REF_GRANULE_BITS 12
+#define HD_REGION_BITS (HD_REF_GRANULE_BITS + HD_ALIGN_SHIFT)
+#define HD_REGION_SIZE (1u << HD_REGION_BITS)
+#define HD_ARENA_REGIONS (HD_ARENA_SIZE / HD_REGION_SIZE)
+/* 20 bits of region number: at most 2^20 regions = 64 GiB of arenas per heap. */
+#define HD_MAX_REGIONS (1u << (32 - HD_REF_GRANULE_BITS))
+
+_Static_assert(HD_NCLASSES == HD_SMALL_MAX / HD_ALIGN, "one size class per 16-byte step");
+_Static_assert(HD_ARENA_SIZE % HD_POOL_SIZE == 0, "an arena holds whole pools");
+_Static_assert(HD_ARENA_SIZE % HD_REGION_SIZE == 0, "an arena holds whole regions");
+_Static_assert(HD_POOL_SIZE % HD_REGION_SIZE == 0 || HD_REGION_SIZE % HD_POOL_SIZE == 0,
+               "pools never straddle regions unevenly");
+
+#define HD_ROUND_UP(n) (((n) + (HD_ALIGN - 1)) & ~(size_t)(HD_ALIGN - 1))
+#define HD_SIZE_CLASS(n) ((uint32_t)(((n)-1) >> HD_ALIGN_SHIFT)) /* n in 1..512 */
+#define HD_CLASS_SIZE(i) ((uint32_t)(((i) + 1) << HD_ALIGN_SHIFT))
+
+typedef uint32_t hd_ref_t; /* 0 = none */
+
+/* ------------------------------------------------------------------------------------------ */
+/* alloc.c: the per-heap pymalloc. alloc.c owns the pool and arena structs (private to it);   */
+/* this is the part the rest of the engine sees.                                               */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The number of region table entries kept inside the heap struct, so that an empty heap needs
+ * no allocation for its table (region 0 maps the gc sentinels). */
+#define HD_REGIONS_INLINE 16
+/* Pools per arena: 64 (63 when the arena's mapping is not 16 KiB aligned). */
+#define HD_ARENA_POOLS (HD_ARENA_SIZE / HD_POOL_SIZE)
+
+struct hd_pool_s;
+struct hd_arena_s;
+struct hd_chunk_s;
+
+/* Invariants (alloc.c explains the chunks, pools and arenas behind them):
+ *   region_base[0] == the heap's sentinel area; region_base[r] == NULL for a free region.
+ *   nregions <= region_cap <= HD_MAX_REGIONS. While the table is inline: region_base ==
+ *   region_inline, region_cap == HD_REGIONS_INLINE, nregions == 1, region_large == chunks ==
+ *   NULL. Afterwards region_base, region_large and chunks share one allocation and
+ *   nregions % 16 == 0 (whole chunks of 16 regions).
+ *   region_large[r] == bytes of the large allocation at region_base[r], 0 for other regions.
+ *   usedpools[c] is never NULL: it lists the pools of class c that have a used block and were
+ *   not yet found full, or is alloc.c's empty placeholder pool; usedpools[HD_NCLASSES] (large
+ *   requests) always is the placeholder.
+ *   usable_arenas is sorted by nfreepools ascending (allocate from the fullest arena);
+ *   nfp2lasta[n] is the last arena on it with n free pools (NULL if none).
+ *   arenas_current == arenas_allocated_total - arenas_reclaimed <= arenas_highwater.
+ */
+typedef struct hd_alloc_s {
+    char **region_base;                 /* region -> base address (64 KiB covered) */
+    uint64_t *region_large;             /* region -> bytes of its large allocation, else 0 */
+    struct hd_chunk_s *chunks;          /* chunk (16 regions) -> alloc.c's record */
+    uint32_t nregions, region_cap;      /* used prefix / capacity of the tables */
+    uint32_t chunks_free;               /* free chunks, singly linked (alloc.c's HD_NOCHUNK) */
+    uint32_t chunks_large;              /* large chunks with a free region, doubly linked */
+    uint32_t chunks_full;               /* large chunks without one, doubly linked */
+    char *region_inline[HD_REGIONS_INLINE];
+    struct hd_pool_s *usedpools[HD_NCLASSES + 1]; /* per class; [HD_NCLASSES] for large */
+    struct hd_arena_s *usable_arenas;   /* arenas with free pools, fullest first */
+    struct hd_arena_s *nfp2lasta[HD_ARENA_POOLS + 1]; /* free pools -> last such usable arena */
+    struct hd_arena_s *arenas;          /* every mapped arena, for destroy and stats */
+    struct hd_arena_s *spare_arena;     /* one empty arena kept against thrashing */
+    uint64_t arenas_allocated_total, arenas_reclaimed, arenas_highwater, arenas_current;
+    uint64_t large_objects, large_bytes;
+} hd_alloc_t;
+
+/* Maps ref 0's region to the sentinels. Allocates nothing, cannot fail. */
+void hd__alloc_init(hd_alloc_t *a, void *sentinel_base);
+/* Unmaps every arena and frees every large allocation: O(arenas + large objects). */
+void hd__alloc_destroy(hd_alloc_t *a);
+/* Returns a 16-byte aligned block of at least n bytes (n >= 1) and its ref in *ref; NULL when
+ * the hook fails or the region table is full. The block's contents are unspecified. */
+void *hd__alloc_block(hd_alloc_t *a, size_t n, hd_ref_t *ref);
+/* Frees a block returned by hd__alloc_block. */
+void hd__alloc_free(hd_alloc_t *a, void *p, hd_ref_t ref);
+/* The bytes a request of n takes: its size class for small, n for large. */
+static inline size_t hd__alloc_charge(size_t n) {
+    return n <= HD_SMALL_MAX ? HD_ROUND_UP(n) : n;
+}
+/* If ref names the start of a block that has been handed out by hd__alloc_block (in use now,
+ * or freed since but not yet returned with its pool or arena), returns its address; else NULL.
+ * Never reads outside the heap's mapped memory. Used to check client handles. */
+void *hd__alloc_check(const hd_alloc_t *a, hd_ref_t ref);
+/* Calls fn for every block handed out and not returned with its pool or arena (live, or
+ * freed since: the caller tells them apart by the object's check) and every live large
+ * allocation. O(blocks carved); for rare whole-heap passes (trace clear, tests). */
+void hd__alloc_foreach(const hd_alloc_t *a, void (*fn)(void *ctx, void *block, hd_ref_t ref),
+                       void *ctx);
+/* Fills the allocator's fields of out (arenas_*, bytes_*, large_*, classes[]). */
+void hd__alloc_stats(const hd_alloc_t *a, hd_heap_stats_t *out);
+
+static inline void *hd__ref_ptr(const hd_alloc_t *a, hd_ref_t r) {
+    return a->region_base[r >> HD_REF_GRANULE_BITS] +
+           ((size_t)(r & ((1u << HD_REF_GRANULE_BITS) - 1)) << HD_ALIGN_SHIFT);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* object.c: the object layout.                                                                */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Object flags (hd_obj_t.flags). */
+enum {
+    HD_OF_TRACKED = 0x0001,      /* on a gc list (containers only) */
+    HD_OF_GEN_MASK = 0x0006,     /* generation 0..2, 3 = permanent; valid while TRACKED */
+    HD_OF_GEN_SHIFT = 1,
+    HD_OF_FINALIZER = 0x0008,    /* a FINALIZED event is still owed */
+    HD_OF_LEGACY = 0x0010,       /* legacy finalizer: cycles holding it are uncollectable */
+    HD_OF_EXT = 0x0020,          /* the extension (size, tag, site) follows the slots */
+    HD_OF_WEAKREFD = 0x0040,     /* weakref.c holds weak references to it */
+    HD_OF_TRACED = 0x0080,       /* counted in trace.c's statistics */
+    HD_OF_COLLECTING = 0x0100,   /* gc.c: in the generations being collected */
+    HD_OF_UNREACHABLE = 0x0200,  /* gc.c: tentatively unreachable */
+    HD_OF_GARBAGE = 0x0400,      /* on the garbage list (holds one internal reference) */
+    HD_OF_WANTS_FINAL = 0x0800,  /* allocated with HD_OBJ_FINALIZER (for hd_obj_info) */
+    HD_OF_FREEING = 0x1000,      /* refcnt reached 0: on the free cascade's work list */
+};
+
+/*
+ * An object. Invariants:
+ *   check != 0 while the object lives; 0 once freed.
+ *   crefs <= refcnt; refcnt = crefs + (slots anywhere pointing here) + (GARBAGE ? 1 : 0)
+ *                              (+ transient internal references held by gc.c during clears).
+ *   TRACKED iff nslots > 0 and not yet freed; gc_prev/gc_next link it into a circular gc list
+ *   whose sentinel lives in region 0. Outside a collection gc_prev is a plain ref; during one
+ *   gc.c may borrow it to hold gc_refs (as CPython does) and restores it before returning.
+ *   Atomic objects (nslots == 0) never use gc_prev/gc_next, except as the free cascade's
+ *   work-list link once FREEING.
+ *   EXT is set iff size > 0 or a tag or a site was given.
+ * Layout: [hd_obj_t 24][slots 4*nslots][hd_objext_t 8 if EXT][payload size]; the bare
+ * two-slot container is 32 bytes, one 32-byte block.
+ */
+typedef struct hd_obj_s {
+    hd_ref_t gc_prev;  /* previous on the gc list (or gc_refs during a collection) */
+    hd_ref_t gc_next;  /* next on the gc list; the free cascade's link once FREEING */
+    uint32_t refcnt;   /* every reference */
+    uint32_t crefs;    /* references held by the client */
+    uint32_t check;    /* the handle check; 0 = freed */
+    uint16_t nslots;   /* reference slots */
+    uint16_t flags;    /* HD_OF_* */
+    hd_ref_t slots[];  /* nslots refs, 0 = empty */
+} hd_obj_t;
+_Static_assert(sizeof(hd_obj_t) == 24, "the object header is 24 bytes");
+
+typedef struct hd_objext_s {
+    uint32_t size; /* payload bytes */
+    uint16_t tag;  /* interned tag id, 0 = none */
+    uint16_t site; /* interned site id, 0 = none */
+} hd_objext_t;
+_Static_assert(sizeof(hd_objext_t) == 8, "the extension is 8 bytes");
+
+static inline hd_objext_t *hd__obj_ext(hd_obj_t *o) {
+    return (o->flags & HD_OF_EXT) ? (hd_objext_t *)(o->slots + o->nslots) : NULL;
+}
+static inline uint32_t hd__obj_size(hd_obj_t *o) {
+    hd_objext_t *x = hd__obj_ext(o);
+    return x ? x->size : 0;
+}
+static inline unsigned char *hd__obj_payload(hd_obj_t *o) {
+    return (unsigned char *)(o->slots + o->nslots) + ((o->flags & HD_OF_EXT) ? 8 : 0);
+}
+/* Bytes the object occupies: what hd_getsizeof reports and what trace.c counts. */
+static inline size_t hd__obj_bytes(uint32_t nslots, uint32_t size, bool ext) {
+    return sizeof(hd_obj_t) + 4u * (size_t)nslots + (ext ? sizeof(hd_objext_t) : 0) + size;
+}
+static inline size_t hd__obj_sizeof(hd_obj_t *o) {
+    return hd__obj_bytes(o->nslots, hd__obj_size(o), (o->flags & HD_OF_EXT) != 0);
+}
+static inline int hd__obj_gen(const hd_obj_t *o) {
+    return (o->flags & HD_OF_GEN_MASK) >> HD_OF_GEN_SHIFT;
+}
+static inline void hd__obj_set_gen(hd_obj_t *o, int g) {
+    o->flags = (uint16_t)((o->flags & ~HD_OF_GEN_MASK) | (g << HD_OF_GEN_SHIFT));
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* gc lists: circular, doubly linked through gc_prev/gc_next, sentinels in region 0.          */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Sentinel refs (granules of region 0; granule 0 stays unused so that ref 0 is none). */
+enum {
+    HD_SENT_GEN0 = 1,
+    HD_SENT_GEN1 = 2,
+    HD_SENT_GEN2 = 3,
+    HD_SENT_PERMANENT = 4,
+    HD_SENT_SCRATCH = 5, /* gc.c's temporary lists: HD_SENT_SCRATCH + 0 .. 10 */
+    HD_NSENTINELS = 16,
+};
+
+/* A sentinel: the first 8 bytes mirror hd_obj_t's gc_prev/gc_next; one 16-byte granule. */
+typedef struct hd_gchead_s {
+    hd_ref_t gc_prev, gc_next;
+    uint32_t pad[2];
+} hd_gchead_t;
+_Static_assert(sizeof(hd_gchead_t) == HD_ALIGN, "a sentinel is one granule");
+
+/* ------------------------------------------------------------------------------------------ */
+/* The heap.                                                                                   */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct hd_gen_s {
+    hd_ref_t head;  /* sentinel ref of this generation's list */
+    int threshold;  /* collect when count > threshold (0 disables automatic collection) */
+    uint64_t count; /* gen 0: container allocations - deallocations; g > 0: collections of g-1 */
+} hd_gen_t;
+
+typedef struct hd_gc_cursor_s hd_gc_cursor_t; /* gc.c's own */
+
+typedef struct hd_gcstate_s {
+    hd_gen_t gen[3];
+    hd_ref_t permanent;           /* sentinel ref of the frozen generation */
+    int enabled;                  /* automatic collection */
+    int collecting;               /* a collection is running (no re-entry) */
+    int debug;                    /* HD_GC_DEBUG_* */
+    uint64_t long_lived_total;    /* size of gen 2 after the last full collection */
+    uint64_t long_lived_pending;  /* objects promoted into gen 2 since then */
+    hd_gc_genstats_t stats[3];
+    hd_ref_t *garbage;            /* the garbage list; each entry holds one reference */
+    size_t ngarbage, garbage_cap;
+    hd_gc_cursor_t *cursors;      /* open get_objects cursors */
+    uint64_t next_cursor;
+} hd_gcstate_t;
+
+typedef struct hd_intern_s {
+    char **strs;          /* id -> string; strs[0] = "" */
+    uint32_t n, cap;      /* ids in use (including 0) / capacity */
+    uint16_t *table;      /* open addressing: ids, 0 = empty; tcap is a power of two */
+    uint32_t tcap;
+} hd_intern_t;
+
+typedef struct hd_evqueue_s {
+    hd_event_t *v;        /* ring buffer */
+    size_t head, n, cap;
+    unsigned mask;
+    uint64_t dropped;
+} hd_evqueue_t;
+
+struct hd_weakstate_s; /* weakref.c's own, allocated on first use */
+struct hd_tracestate_s; /* trace.c's own, allocated on first use */
+
+/* Invariants:
+ *   nobjects == live objects; nbytes == sum of hd__alloc_charge(block request) over them.
+ *   max_objects == 0 || nobjects <= max_objects, unless the limit was lowered below use.
+ */
+struct hd_heap_s {
+    _Alignas(HD_ALIGN) hd_gchead_t sentinels[HD_NSENTINELS]; /* region 0 */
+    hd_alloc_t alloc;
+    hd_gcstate_t gc;
+    uint64_t nobjects, ncontainers, nbytes;
+    uint64_t max_objects, max_bytes;
+    uint64_t allocs_total, frees_total;
+    uint32_t next_check;          /* next handle check; never 0 */
+    hd_ref_t free_stack;          /* the free cascade's work list (hd__obj_release) */
+    int releasing;                /* the free cascade is draining free_stack */
+    bool tracing;                 /* trace.c: tracing is on (hd__tracing) */
+    hd_intern_t tags, sites;
+    hd_evqueue_t events;
+    struct hd_weakstate_s *weak;
+    struct hd_tracestate_s *trace;
+};
+
+static inline hd_obj_t *hd__obj(hd_heap_t *h, hd_ref_t r) {
+    return (hd_obj_t *)hd__ref_ptr(&h->alloc, r);
+}
+static inline hd_gchead_t *hd__gchead(hd_heap_t *h, hd_ref_t r) {
+    return (hd_gchead_t *)hd__ref_ptr(&h->alloc, r);
+}
+static inline hd_handle_t hd__handle_of(const hd_obj_t *o, hd_ref_t r) {
+    return ((uint64_t)o->check << 32) | r;
+}
+
+/* gc list primitives, as CPython's gc_list_*. */
+static inline void hd__gc_list_init(hd_heap_t *h, hd_ref_t list) {
+    hd_gchead_t *s = hd__gchead(h, list);
+    s->gc_prev = s->gc_next = list;
+}
+static inline bool hd__gc_list_is_empty(hd_heap_t *h, hd_ref_t list) {
+    return hd__gchead(h, list)->gc_next == list;
+}
+static inline void hd__gc_list_append(hd_heap_t *h, hd_ref_t node, hd_ref_t list) {
+    hd_gchead_t *s = hd__gchead(h, list), *n = hd__gchead(h, node);
+    hd_ref_t last = s->gc_prev;
+    n->gc_prev = last;
+    n->gc_next = list;
+    hd__gchead(h, last)->gc_next = node;
+    s->gc_prev = node;
+}
+static inline void hd__gc_list_remove(hd_heap_t *h, hd_ref_t node) {
+    hd_gchead_t *n = hd__gchead(h, node);
+    hd__gchead(h, n->gc_prev)->gc_next = n->gc_next;
+    hd__gchead(h, n->gc_next)->gc_prev = n->gc_prev;
+    n->gc_next = 0;
+}
+static inline void hd__gc_list_move(hd_heap_t *h, hd_ref_t node, hd_ref_t list) {
+    hd__gc_list_remove(h, node);
+    hd__gc_list_append(h, node, list);
+}
+/* Appends every node of from to the end of to; from becomes empty. O(1). */
+static inline void hd__gc_list_merge(hd_heap_t *h, hd_ref_t from, hd_ref_t to) {
+    if (hd__gc_list_is_empty(h, from)) return;
+    hd_gchead_t *f = hd__gchead(h, from), *t = hd__gchead(h, to);
+    hd_ref_t tail = t->gc_prev;
+    hd__gchead(h, tail)->gc_next = f->gc_next;
+    hd__gchead(h, f->gc_next)->gc_prev = tail;
+    t->gc_prev = f->gc_prev;
+    hd__gchead(h, f->gc_prev)->gc_next = to;
+    hd__gc_list_init(h, from);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* object.c                                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Checks a client handle: *ref and *o name a live object of this heap, or HD_ENOOBJ. */
+int hd__handle_resolve(hd_heap_t *h, hd_handle_t hd, hd_ref_t *ref, hd_obj_t **o);
+/* Drops one reference that is not the client's (a slot's, the garbage list's, gc.c's
+ * transient one). Frees the object at zero, cascading without recursion. */
+void hd__obj_decref_internal(hd_heap_t *h, hd_ref_t r);
+/* Empties every slot of o, dropping the slots' references (tp_clear). o must stay alive
+ * across the call: the caller holds a reference. */
+void hd__obj_clear_slots(hd_heap_t *h, hd_ref_t r);
+/* Takes a client reference for a result vector (newref) and appends the handle. */
+int hd__handles_push(hd_heap_t *h, hd_handles_t *out, hd_ref_t r, int newref);
+/* Drops the client references that hd__handles_push took for out[from..] (error unwinding). */
+void hd__handles_unwind(hd_heap_t *h, hd_handles_t *out, size_t from, int newref);
+/* Interning of tags and sites: id 0 is "". */
+int hd__intern(hd_intern_t *t, const char *s, uint16_t *id);
+static inline const char *hd__intern_str(const hd_intern_t *t, uint16_t id) {
+    return t->strs ? t->strs[id] : "";
+}
+void hd__intern_free(hd_intern_t *t);
+
+/* ------------------------------------------------------------------------------------------ */
+/* heap.c                                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Queues ev if its type is in the mask; counts a drop when it cannot. */
+void hd__event_push(hd_heap_t *h, const hd_event_t *ev);
+static inline bool hd__event_wanted(hd_heap_t *h, hd_event_type_t t) {
+    return (h->events.mask & HD_EVMASK(t)) != 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* gc.c                                                                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Sets up the generations and lists of a new heap (no allocation). */
+void hd__gc_init(hd_heap_t *h, const hd_heap_config_t *cfg);
+/* Frees the gc state's own memory (garbage list, cursors); objects are the allocator's. */
+void hd__gc_destroy(hd_heap_t *h);
+/* A container was just allocated (not yet tracked): count it and maybe collect. */
+void hd__gc_on_alloc(hd_heap_t *h);
+/* Tracks a new container in generation 0. */
+void hd__gc_track(hd_heap_t *h, hd_ref_t r, hd_obj_t *o);
+/* Untracks a container being freed and uncounts it (count[0] never below 0). */
+void hd__gc_untrack(hd_heap_t *h, hd_ref_t r, hd_obj_t *o);
+
+/* ------------------------------------------------------------------------------------------ */
+/* weakref.c                                                                                   */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Clears every weak reference to r (WEAKREFD set), queueing WEAKREF_CLEARED events for the
+ * ones that asked; clears the flag. Called by the free path and by gc.c's handle_weakrefs. */
+void hd__weakref_clear(hd_heap_t *h, hd_ref_t r, hd_obj_t *o);
+void hd__weakref_destroy(hd_heap_t *h);
+
+/* ------------------------------------------------------------------------------------------ */
+/* trace.c                                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Before an allocation while tracing: makes sure the (site, tag) entry exists, so that
+ * hd__trace_alloc cannot fail. 0 or HD_ENOMEM. */
+int hd__trace_prepare(hd_heap_t *h, uint16_t site, uint16_t tag);
+/* Counts a new object (sets HD_OF_TRACED). Cannot fail after hd__trace_prepare. */
+void hd__trace_alloc(hd_heap_t *h, hd_obj_t *o, uint16_t site, uint16_t tag);
+/* Uncounts a TRACED object being freed. */
+void hd__trace_free(hd_heap_t *h, hd_obj_t *o);
+void hd__trace_destroy(hd_heap_t *h);
+/* The allocation path's one branch when tracing is off. */
+static inline bool hd__tracing(const hd_heap_t *h) {
+    return HD_UNLIKELY(h->tracing);
+}
+
+#endif /* HD_INTERNAL_H */

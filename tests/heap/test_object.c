@@ -1,0 +1,442 @@
+/*
+ * test_object.c: the object store: allocation, handles, reference counting, the free
+ * cascade, payloads, limits, and the seeds' reference-counting examples.
+ */
+#include "testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+
+static uint64_t objects(hd_heap_t *h) {
+    hd_heap_stats_t s;
+    hd_heap_stats(h, &s);
+    return s.objects;
+}
+
+/* a = []; b = a; del a; del b -> freed (the seeds' first example). */
+static void test_seed_refcount(void **state) {
+    hd_heap_t *h = tu_heap();
+    hd_handle_t a = tu_obj(h, 1, 0); /* a = []       reference count = 1 */
+    assert_int_equal(tu_refcnt(h, a), 1);
+    assert_int_equal(hd_incref(h, a, 1), 0); /* b = a   reference count = 2 */
+    assert_int_equal(tu_refcnt(h, a), 2);
+    assert_int_equal(hd_decref(h, a, 1), 0); /* del a   reference count = 1 */
+    assert_int_equal(tu_refcnt(h, a), 1);
+    assert_int_equal(hd_decref(h, a, 1), 0); /* del b   reference count = 0, freed */
+    assert_false(tu_alive(h, a));
+    assert_int_equal(objects(h), 0);
+    hd_heap_free(h);
+}
+
+/* sys.getrefcount: a = [1, 2, 3]; b = a raises the count; del a lowers it; del b frees. */
+static void test_seed_getrefcount(void **state) {
+    hd_heap_t *h = tu_heap();
+    hd_handle_t a = tu_obj(h, 3, 0);
+    for (uint32_t i = 0; i < 3; i++) assert_int_equal(hd_set_slot(h, a, i, tu_obj(h, 0, 8)), 0);
+    /* The three ints are held by the list and by the client: drop the client's. */
+    for (uint32_t i = 0; i < 3; i++) {
+        hd_handle_t e;
+        assert_int_equal(hd_get_slot(h, a, i, &e), 0);
+        assert_int_equal(tu_refcnt(h, e), 3);
+        assert_int_equal(hd_decref(h, e, 2), 0);
+        assert_int_equal(tu_refcnt(h, e), 1);
+    }
+    uint64_t before = tu_refcnt(h, a);
+    assert_int_equal(hd_incref(h, a, 1), 0);
+    assert_int_equal(tu_refcnt(h, a), before + 1);
+    assert_int_equal(hd_decref(h, a, 1), 0);
+    assert_int_equal(tu_refcnt(h, a), before);
+    assert_int_equal(objects(h), 4);
+    assert_int_equal(hd_decref(h, a, 1), 0); /* the list and its three ints go together */
+    assert_int_equal(objects(h), 0);
+    hd_heap_free(h);
+}
+
+static void test_alloc_layout(void **state) {
+    hd_heap_t *h = tu_heap();
+    hd_alloc_args_t a = {.size = 10, .nslots = 3, .tag = "Node", .site = "app.py:42",
+                         .data = "hello", .data_len = 5};
+    hd_handle_t o;
+    assert_int_equal(hd_alloc(h, &a, &o), 0);
+    hd_obj_info_t info;
+    assert_int_equal(hd_obj_info(h, o, &info), 0);
+    assert_int_equal(info.refcount, 1);
+    assert_int_equal(info.client_refs, 1);
+    assert_int_equal(info.size, 10);
+    assert_int_equal(info.nslots, 3);
+    assert_string_equal(info.tag, "Node");
+    assert_string_equal(info.site, "app.py:42");
+    assert_int_equal(info.tracked, 1);
+    assert_int_equal(info.generation, 0);
+    uint64_t sz;
+    assert_int_equal(hd_getsizeof(h, o, &sz), 0);
+    assert_int_equal(sz, 24 + 3 * 4 + 8 + 10);
+    char buf[10];
+    assert_int_equal(hd_read(h, o, 0, buf, 10), 0);
+    assert_memory_equal(buf, "hello\0\0\0\0\0", 10);
+    for (uint32_t i = 0; i < 3; i++) {
+        hd_handle_t t = 1;
+        assert_int_equal(hd_get_slot(h, o, i, &t), 0);
+        assert_int_equal(t, 0);
+    }
+    /* The bare two-slot container is 32 bytes: one 32-byte block. */
+    hd_handle_t bare = tu_obj(h, 2, 0);
+    assert_int_equal(hd_getsizeof(h, bare, &sz), 0);
+    assert_int_equal(sz, 32);
+    assert_int_equal(hd_obj_info(h, bare, &info), 0);
+    assert_string_equal(info.tag, "");
+    /* Atomic objects are not tracked. */
+    hd_handle_t atom = tu_obj(h, 0, 16);
+    assert_int_equal(hd_obj_info(h, atom, &info), 0);
+    assert_int_equal(info.tracked, 0);
+    assert_int_equal(info.generation, -1);
+    /* A recycled block is zeroed again. */
+    assert_int_equal(hd_write(h, atom, 0, "xxxxxxxxxxxxxxxx", 16), 0);
+    assert_int_equal(hd_decref(h, atom, 1), 0);
+    atom = tu_obj(h, 0, 16);
+    char z[16], zero[16] = {0};
+    assert_int_equal(hd_read(h, atom, 0, z, 16), 0);
+    assert_memory_equal(z, zero, 16);
+    hd_heap_free(h);
+}
+
+static void test_large_objects(void **state) {
+    hd_heap_t *h = tu_heap();
+    hd_handle_t o = tu_obj(h, 4, 100000);
+    unsigned char *buf = malloc(100000), *back = malloc(100000);
+    for (int i = 0; i < 100000; i++) buf[i] = (unsigned char)(i * 7);
+    assert_int_equal(hd_write(h, o, 0, buf, 100000), 0);
+    assert_int_equal(hd_read(h, o, 0, back, 100000), 0);
+    assert_memory_equal(buf, back, 100000);
+    hd_heap_stats_t s;
+    hd_heap_stats(h, &s);
+    assert_int_equal(s.large_objects, 1);
+    hd_handle_t small = tu_obj(h, 0, 0);
+    assert_int_equal(hd_set_slot(h, o, 3, small), 0);
+    assert_int_equal(hd_decref(h, small, 1), 0);
+    assert_true(tu_alive(h, small));
+    assert_int_equal(hd_decref(h, o, 1), 0);
+    assert_false(tu_alive(h, small));
+    hd_heap_stats(h, &s);
+    assert_int_equal(s.large_objects, 0);
+    assert_int_equal(s.objects, 0);
+    free(buf);
+    free(back);
+    hd_heap_free(h);
+}
+
+static void test_decref_errors(void **state) {
+    hd_heap_t *h = tu_heap();
+    hd_handle_t a = tu_obj(h, 1, 0), b = tu_obj(h, 1, 0);
+    assert_int_equal(hd_set_slot(h, a, 0, b), 0); /* b: 1 client + 1 slot */
+    assert_int_equal(tu_refcnt(h, b), 2);
+    /* The client holds one reference to b; it cannot drop the slot's. */
+    assert_int_equal(hd_decref(h, b, 2), HD_EREFS);
+    assert_int_equal(tu_refcnt(h, b), 2);
+    assert_int_equal(hd_decref(h, b, 0), HD_EINVAL);
+    assert_int_equal(hd_incref(h, b, 0), HD_EINVAL);
+    assert_int_equal(hd_incref(h, b, UINT32_MAX), HD_EOVERFLOW);
+    assert_int_equal(tu_refcnt(h, b), 2);
+    assert_int_equal(hd_decref(h, b, 1), 0);
+    assert_int_equal(tu_refcnt(h, b), 1);
+    assert_int_equal(hd_decref(h, b, 1), HD_EREFS); /* held only by a's slot */
+    assert_true(tu_alive(h, b));
+    assert_int_equal(hd_decref(h, a, 1), 0);
+    assert_false(tu_alive(h, b));
+    assert_int_equal(hd_decref(h, a, 1), HD_ENOOBJ);
+    hd_heap_free(h);
+}
+
+static void test_slots(void **state) {
+    hd_heap_t *h = tu_heap();
+    hd_handle_t a = tu_obj(h, 2, 0), b = tu_obj(h, 0, 4), c = tu_obj(h, 0, 4);
+    assert_int_equal(hd_set_slot(h, a, 2, b), HD_ERANGE);
+    assert_int_equal(hd_set_slot(h, b, 0, a), HD_ERANGE); /* atomic: no slots */
+    assert_int_equal(hd_set_slot(h, a, 0, 12345), HD_ENOOBJ);
+    assert_int_equal(hd_set_slot(h, a, 0, b), 0);
+    assert_int_equal(hd_set_slot(h, a, 1, b), 0);
+    assert_int_equal(tu_refcnt(h, b), 3);
+    assert_int_equal(hd_decref(h, b, 1), 0);
+    /* Replacing a slot's target drops the old reference. */
+    assert_int_equal(hd_set_slot(h, a, 0, c), 0);
+    assert_int_equal(tu_refcnt(h, b), 1);
+    assert_int_equal(hd_set_slot(h, a, 1, 0), 0); /* empty it: b freed */
+    assert_false(tu_alive(h, b));
+    /* Setting a slot to its current target must not free it on the way. */
+    assert_int_equal(hd_decref(h, c, 1), 0);
+    assert_int_equal(tu_refcnt(h, c), 1);
+    hd_handle_t t;
+    assert_int_equal(hd_get_slot(h, a, 0, &t), 0);
+    assert_int_equal(t, c);
+    assert_int_equal(hd_set_slot(h, a, 0, c), 0);
+    assert_int_equal(tu_refcnt(h, c), 2);
+    assert_int_equal(hd_decref(h, c, 1), 0);
+    assert_int_equal(hd_set_slot(h, a, 0, c), 0);
+    assert_true(tu_alive(h, c));
+    assert_int_equal(hd_get_slot(h, a, 2, &t), HD_ERANGE);
+    /* A self-reference. */
+    assert_int_equal(hd_set_slot(h, a, 1, a), 0);
+    assert_int_equal(tu_refcnt(h, a), 2);
+    assert_int_equal(hd_set_slot(h, a, 1, 0), 0);
+    assert_int_equal(tu_refcnt(h, a), 1);
+    assert_int_equal(hd_decref(h, a, 1), 0);
+    assert_int_equal(objects(h), 0);
+    hd_heap_free(h);
+}
+
+static void test_payload_ranges(void **state) {
+    hd_heap_t *h = tu_heap();
+    hd_handle_t o = tu_obj(h, 0, 8);
+    char buf[16] = "abcdefgh";
+    assert_int_equal(hd_write(h, o, 0, buf, 8), 0);
+    assert_int_equal(hd_write(h, o, 1, buf, 8), HD_ERANGE);
+    assert_int_equal(hd_write(h, o, 9, buf, 0), HD_ERANGE);
+    assert_int_equal(hd_write(h, o, 8, buf, 0), 0);
+    assert_int_equal(hd_read(h, o, UINT64_MAX, buf, 1), HD_ERANGE);
+    assert_int_equal(hd_read(h, o, 4, buf, SIZE_MAX), HD_ERANGE);
+    assert_int_equal(hd_read(h, o, 4, buf, 4), 0);
+    assert_memory_equal(buf, "efgh", 4);
+    hd_handle_t empty = tu_obj(h, 1, 0);
+    assert_int_equal(hd_read(h, empty, 0, buf, 0), 0);
+    assert_int_equal(hd_read(h, empty, 0, buf, 1), HD_ERANGE);
+    hd_heap_free(h);
+}
+
+static void test_bad_args(void **state) {
+    hd_heap_t *h = tu_heap();
+    hd_handle_t o;
+    hd_alloc_args_t a = {.nslots = HD_MAX_SLOTS + 1};
+    assert_int_equal(hd_alloc(h, &a, &o), HD_EINVAL);
+    a = (hd_alloc_args_t){.size = HD_MAX_PAYLOAD + 1};
+    assert_int_equal(hd_alloc(h, &a, &o), HD_EINVAL);
+    a = (hd_alloc_args_t){.flags = 0x100};
+    assert_int_equal(hd_alloc(h, &a, &o), HD_EINVAL);
+    a = (hd_alloc_args_t){.size = 2, .data = "abc", .data_len = 3};
+    assert_int_equal(hd_alloc(h, &a, &o), HD_EINVAL);
+    char longtag[300];
+    memset(longtag, 'x', sizeof longtag - 1);
+    longtag[299] = 0;
+    a = (hd_alloc_args_t){.tag = longtag};
+    assert_int_equal(hd_alloc(h, &a, &o), HD_EINVAL);
+    assert_int_equal(hd_alloc(h, NULL, &o), HD_EINVAL);
+    assert_int_equal(objects(h), 0);
+    hd_heap_free(h);
+}
+
+/* A freed object's handle never names the object that reuses its block; forged handles and
+ * handles from another heap are refused. */
+static void test_handles(void **state) {
+    hd_heap_t *h = tu_heap(), *h2 = tu_heap();
+    hd_handle_t a = tu_obj(h, 2, 0);
+    assert_int_equal(hd_decref(h, a, 1), 0);
+    hd_handle_t b = tu_obj(h, 2, 0);
+    assert_int_equal((uint32_t)a, (uint32_t)b); /* LIFO: same block */
+    assert_true(a != b);
+    assert_int_equal(hd_incref(h, a, 1), HD_ENOOBJ);
+    assert_int_equal(tu_refcnt(h, b), 1);
+    /* Churn the same block many times: every stale handle stays dead. */
+    hd_handle_t stale[1000];
+    for (int i = 0; i < 1000; i++) {
+        stale[i] = b;
+        assert_int_equal(hd_decref(h, b, 1), 0);
+        b = tu_obj(h, 2, 0);
+    }
+    for (int i = 0; i < 1000; i++) assert_false(tu_alive(h, stale[i]));
+    assert_true(tu_alive(h, b));
+    /* The same program in another heap gets other handles. */
+    hd_handle_t c = tu_obj(h2, 2, 0);
+    assert_false(tu_alive(h, c));
+    /* Forged handles: the ref part of a live object with other checks, random values,
+     * refs into headers and the middle of blocks. */
+    for (uint64_t k = 1; k < 100000; k++) {
+        hd_handle_t f = (k << 32) | (uint32_t)b;
+        if (f != b) assert_false(tu_alive(h, f));
+    }
+    srand(7);
+    for (int i = 0; i < 200000; i++) {
+        hd_handle_t f = ((uint64_t)rand() << 33) ^ ((uint64_t)rand() << 10) ^ (uint64_t)rand();
+        if (f != b) assert_false(tu_alive(h, f));
+    }
+    for (uint32_t d = 1; d < 64; d++) assert_false(tu_alive(h, b + d));
+    assert_false(tu_alive(h, 0));
+    assert_false(tu_alive(h, b & 0xffffffff00000000ull));
+    hd_heap_free(h);
+    hd_heap_free(h2);
+}
+
+/* Freeing a chain of ten million objects cascades without recursion. */
+static void test_cascade_long_chain(void **state) {
+    hd_heap_t *h = tu_heap();
+    const uint32_t n = 10 * 1000 * 1000;
+    hd_handle_t head = tu_obj(h, 1, 0), prev = head;
+    for (uint32_t i = 1; i < n; i++) {
+        hd_handle_t o;
+        hd_alloc_args_t a = {.nslots = 1};
+        assert_int_equal(hd_alloc(h, &a, &o), 0);
+        assert_int_equal(hd_set_slot(h, prev, 0, o), 0);
+        if (prev != head) assert_int_equal(hd_decref(h, prev, 1), 0);
+        prev = o;
+    }
+    assert_int_equal(hd_decref(h, prev, 1), 0);
+    assert_int_equal(objects(h), n);
+    assert_int_equal(hd_decref(h, head, 1), 0);
+    assert_int_equal(objects(h), 0);
+    hd_heap_stats_t s;
+    hd_heap_stats(h, &s);
+    assert_int_equal(s.frees_total, n);
+    /* Emptied arenas went back to the OS, one kept. */
+    assert_true(s.arenas_current <= 1);
+    hd_heap_free(h);
+}
+
+/* A wide fan-out tree also frees without recursion and in one decref. */
+static void test_cascade_tree(void **state) {
+    hd_heap_t *h = tu_heap();
+    hd_handle_t root = tu_obj(h, 64, 0);
+    for (uint32_t i = 0; i < 64; i++) {
+        hd_handle_t mid = tu_obj(h, 64, 0);
+        assert_int_equal(hd_set_slot(h, root, i, mid), 0);
+        for (uint32_t j = 0; j < 64; j++) {
+            hd_handle_t leaf = tu_obj(h, 0, (i + j) % 40);
+            assert_int_equal(hd_set_slot(h, mid, j, leaf), 0);
+            assert_int_equal(hd_decref(h, leaf, 1), 0);
+        }
+        assert_int_equal(hd_decref(h, mid, 1), 0);
+    }
+    assert_int_equal(objects(h), 1 + 64 + 64 * 64);
+    assert_int_equal(hd_decref(h, root, 1), 0);
+    assert_int_equal(objects(h), 0);
+    hd_heap_free(h);
+}
+
+static void test_limits(void **state) {
+    tu_hook_install();
+    hd_heap_config_t cfg;
+    hd_heap_config_init(&cfg);
+    cfg.max_objects = 3;
+    hd_heap_t *h;
+    assert_int_equal(hd_heap_new(&cfg, &h), 0);
+    hd_handle_t o[3];
+    for (int i = 0; i < 3; i++) o[i] = tu_obj(h, 1, 0);
+    hd_heap_stats_t before, after;
+    hd_heap_stats(h, &before);
+    hd_handle_t x;
+    hd_alloc_args_t a = {.nslots = 1};
+    assert_int_equal(hd_alloc(h, &a, &x), HD_ELIMIT);
+    hd_heap_stats(h, &after);
+    assert_memory_equal(&before, &after, sizeof before);
+    assert_int_equal(hd_decref(h, o[0], 1), 0);
+    assert_int_equal(hd_alloc(h, &a, &x), 0);
+    hd_heap_free(h);
+
+    cfg.max_objects = 0;
+    cfg.max_bytes = 1000;
+    assert_int_equal(hd_heap_new(&cfg, &h), 0);
+    hd_alloc_args_t big = {.size = 600};
+    assert_int_equal(hd_alloc(h, &big, &x), 0); /* 632 bytes, large */
+    hd_heap_stats(h, &before);
+    assert_int_equal(before.object_bytes, 24 + 8 + 600);
+    assert_int_equal(hd_alloc(h, &big, &x), HD_ELIMIT);
+    hd_alloc_args_t small = {.size = 300}; /* 332 -> 336-byte block: 968 in all */
+    hd_handle_t s1;
+    assert_int_equal(hd_alloc(h, &small, &s1), 0);
+    hd_alloc_args_t tiny = {.nslots = 2}; /* 32 more would make 1000: allowed */
+    hd_handle_t t1;
+    assert_int_equal(hd_alloc(h, &tiny, &t1), 0);
+    assert_int_equal(hd_alloc(h, &tiny, &x), HD_ELIMIT);
+    hd_heap_stats(h, &after);
+    assert_int_equal(after.object_bytes, 1000);
+    /* Lowering a limit below use blocks growth but frees nothing. */
+    hd_heap_set_limits(h, 10, 0);
+    assert_int_equal(hd_alloc(h, &tiny, &x), HD_ELIMIT);
+    assert_true(tu_alive(h, s1));
+    hd_heap_free(h);
+}
+
+/* Destroying a heap releases everything through the hook, however many objects it holds. */
+static void test_destroy_releases_all(void **state) {
+    tu_hook_install();
+    int64_t base = tu_live_allocs();
+    hd_heap_t *h = tu_heap();
+    for (int i = 0; i < 100000; i++) {
+        hd_alloc_args_t a = {.nslots = (uint32_t)(i % 4), .size = (uint32_t)(i % 700),
+                             .tag = (i % 3) ? "T" : NULL, .site = (i % 5) ? "s:1" : NULL};
+        hd_handle_t o;
+        assert_int_equal(hd_alloc(h, &a, &o), 0);
+    }
+    hd_heap_free(h);
+    assert_int_equal(tu_live_allocs(), base);
+}
+
+static long rss_kib(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages = 0, res = 0;
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &res) != 2) res = 0;
+        fclose(f);
+    }
+    return res * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+/* An empty heap costs no arena; 10,000 heaps of ten small objects fit well under 1 GiB. */
+static void test_many_small_heaps(void **state) {
+    hd_heap_t *empty = tu_heap();
+    hd_heap_stats_t s;
+    hd_heap_stats(empty, &s);
+    assert_int_equal(s.arenas_current, 0);
+    hd_heap_free(empty);
+
+    enum { NHEAPS = 10000 };
+    hd_heap_t **heaps = calloc(NHEAPS, sizeof *heaps);
+    long before = rss_kib();
+    for (int i = 0; i < NHEAPS; i++) {
+        heaps[i] = tu_heap();
+        for (int j = 0; j < 10; j++) tu_obj(heaps[i], (uint32_t)(j % 3), (uint32_t)j * 4);
+    }
+    long grown = rss_kib() - before;
+    printf("# 10,000 heaps x 10 objects: RSS grew by %ld KiB\n", grown);
+#ifndef UNDER_ASAN
+    assert_true(grown < 256 * 1024);
+#endif
+    for (int i = 0; i < NHEAPS; i++) hd_heap_free(heaps[i]);
+    free(heaps);
+}
+
+static void test_errors_map(void **state) {
+    assert_string_equal(hd_err_name(HD_ENOOBJ), "ENOOBJ");
+    assert_string_equal(hd_err_name(0), "OK");
+    assert_string_equal(hd_strerror(HD_ELIMIT), "heap limit reached (bytes or objects)");
+    assert_string_equal(hd_err_name(-12345), "E?");
+    assert_non_null(hd_strerror(-12345));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_seed_refcount),
+        cmocka_unit_test(test_seed_getrefcount),
+        cmocka_unit_test(test_alloc_layout),
+        cmocka_unit_test(test_large_objects),
+        cmocka_unit_test(test_decref_errors),
+        cmocka_unit_test(test_slots),
+        cmocka_unit_test(test_payload_ranges),
+        cmocka_unit_test(test_bad_args),
+        cmocka_unit_test(test_handles),
+        cmocka_unit_test(test_cascade_long_chain),
+        cmocka_unit_test(test_cascade_tree),
+        cmocka_unit_test(test_limits),
+        cmocka_unit_test(test_destroy_releases_all),
+        cmocka_unit_test(test_many_small_heaps),
+        cmocka_unit_test(test_errors_map),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,37 @@
+/*
+ * testutil.h: what every engine test shares: a counting, fault-injecting allocation hook
+ * (fail the N-th allocation, count live allocations so a test can assert nothing leaked),
+ * and short helpers for making objects.
+ */
+#ifndef HD_TESTUTIL_H
+#define HD_TESTUTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "heap.h"
+
+/* Installs the counting hook (idempotent). */
+void tu_hook_install(void);
+/* Fail the n-th allocation from now (1 = the next one; 0 = never). Maps count too. */
+void tu_fail_nth(uint64_t n);
+/* 1 if the armed failure has fired since the last tu_fail_nth. */
+int tu_failed(void);
+/* Allocations (malloc + map) outstanding through the hook. */
+int64_t tu_live_allocs(void);
+
+/* A new heap with defaults but automatic collection disabled (tests call collect). */
+hd_heap_t *tu_heap(void);
+/* Allocates an object with n slots and size payload bytes; asserts success. */
+hd_handle_t tu_obj(hd_heap_t *h, uint32_t nslots, uint32_t size);
+/* Allocates with a tag. */
+hd_handle_t tu_obj_tag(hd_heap_t *h, uint32_t nslots, const char *tag);
+/* The object's refcount, asserting success. */
+uint64_t tu_refcnt(hd_heap_t *h, hd_handle_t o);
+/* 1 if the handle still names a live object. */
+int tu_alive(hd_heap_t *h, hd_handle_t o);
+
+#endif
