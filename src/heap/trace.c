@@ -1,0 +1,463 @@
+/*
+ * trace.c: allocation tracing, tracemalloc for a heap.
+ *
+ * While tracing is on, every object allocated is counted in an aggregate keyed by its
+ * (site, tag) pair: {count, bytes}, bytes being hd__obj_sizeof. There are no per-object trace
+ * records: the object header already says its site, tag and size, and HD_OF_TRACED says it was
+ * counted, so a free uncounts it from its own extension. The aggregates live in an open
+ * addressing hash map keyed by site << 16 | tag; hd__trace_prepare makes sure the entry exists
+ * before object.c allocates (the only step that can fail), so hd__trace_alloc cannot fail.
+ * current and peak follow tracemalloc.get_traced_memory().
+ *
+ * Snapshots copy the non-empty aggregates; statistics group a snapshot by site or by tag and
+ * compare groups two snapshots, as Snapshot.statistics() and Snapshot.compare_to().
+ *
+ * This file owns HD_OF_TRACED and the heap's tracing flag. It does not decide what is
+ * allocated or freed: object.c calls in. The state is allocated on the first hd_trace_start.
+ */
+#include "internal.h"
+
+/* The aggregate key of a (site, tag) pair. */
+static inline uint32_t trace_key(uint16_t site, uint16_t tag) {
+    return ((uint32_t)site << 16) | tag;
+}
+
+/* A map slot: the live traced objects of one (site, tag). A used slot may be empty (count 0):
+ * hd__trace_prepare creates it and frees do not remove it. */
+typedef struct traceslot_s {
+    uint32_t key;  /* site << 16 | tag */
+    uint32_t used; /* 1 if the slot holds a key (key 0 is a valid key) */
+    uint64_t count;
+    uint64_t bytes;
+} traceslot_t;
+
+/* One snapshot entry: a non-empty aggregate at the time of the snapshot. */
+typedef struct snapent_s {
+    uint32_t key;
+    uint64_t count, bytes;
+} snapent_t;
+
+/* A snapshot. Invariant: ents[0 .. n) have count > 0. */
+typedef struct snapshot_s {
+    uint32_t id;
+    size_t n;
+    snapent_t *ents;
+} snapshot_t;
+
+/*
+ * Invariants:
+ *   current == sum of bytes over the slots == hd__obj_sizeof summed over live TRACED objects;
+ *   ntraced == sum of count over the slots == live TRACED objects; peak >= current.
+ *   nused * 4 <= cap * 3 (so a probe always ends); cap is 0 or a power of two.
+ *   last < cap is a hint: the slot that hd__trace_prepare found last.
+ *   Snapshot ids are unique and increasing: 0 < snaps[i].id < next_snap.
+ */
+struct hd_tracestate_s {
+    traceslot_t *slots;
+    uint32_t nused, cap;
+    uint32_t last;
+    uint64_t current, peak, ntraced;
+    snapshot_t *snaps;
+    size_t nsnaps, snapcap;
+    uint32_t next_snap;
+};
+
+/* The map starts with this many slots: most heaps use a handful of (site, tag) pairs. */
+#define TRACE_MAP_MIN 64
+_Static_assert((TRACE_MAP_MIN & (TRACE_MAP_MIN - 1)) == 0, "map capacity is a power of two");
+
+/* ------------------------------------------------------------------------------------------ */
+/* The aggregate map.                                                                          */
+/* ------------------------------------------------------------------------------------------ */
+
+static inline uint32_t slot_home(uint32_t key, uint32_t mask) {
+    return (uint32_t)((key * 0x9E3779B97F4A7C15ull) >> 32) & mask;
+}
+
+/* The slot of key, or NULL. About a dozen instructions when the home slot holds the key. */
+static inline traceslot_t *slot_find(struct hd_tracestate_s *ts, uint32_t key) {
+    if (HD_UNLIKELY(ts->cap == 0)) return NULL;
+    uint32_t mask = ts->cap - 1;
+    for (uint32_t i = slot_home(key, mask);; i = (i + 1) & mask) {
+        traceslot_t *s = &ts->slots[i];
+        if (!s->used) return NULL;
+        if (s->key == key) return s;
+    }
+}
+
+/* Inserts key (absent) into a map with room; returns its slot. */
+static traceslot_t *slot_insert(traceslot_t *slots, uint32_t cap, uint32_t key) {
+    uint32_t mask = cap - 1, i = slot_home(key, mask);
+    while (slots[i].used)
+        i = (i + 1) & mask;
+    slots[i].used = 1;
+    slots[i].key = key;
+    return &slots[i];
+}
+
+/* Doubles the map (or creates it): 0 or HD_ENOMEM (the map unchanged). */
+static HD_NOINLINE int map_grow(struct hd_tracestate_s *ts) {
+    uint32_t ncap = ts->cap ? ts->cap * 2 : TRACE_MAP_MIN;
+    if (ncap == 0) return HD_ENOMEM;
+    traceslot_t *ns = hd__calloc(ncap, sizeof(*ns));
+    if (!ns) return HD_ENOMEM;
+    for (uint32_t i = 0; i < ts->cap; i++) {
+        if (!ts->slots[i].used) continue;
+        traceslot_t *s = slot_insert(ns, ncap, ts->slots[i].key);
+        s->count = ts->slots[i].count;
+        s->bytes = ts->slots[i].bytes;
+    }
+    hd__free(ts->slots);
+    ts->slots = ns;
+    ts->cap = ncap;
+    ts->last = 0;
+    return 0;
+}
+
+/* hd__alloc_foreach's visitor: un-traces a live object (a freed block has check 0). */
+static void visit_untrace(void *ctx, void *block, hd_ref_t ref) {
+    hd_obj_t *o = block;
+    if (o->check != 0) o->flags &= (uint16_t)~HD_OF_TRACED;
+}
+
+/* Empties the aggregates and un-traces every live object, so that an object counted before
+ * is never uncounted after (which would drive the sums below zero). */
+static void traces_clear(hd_heap_t *h, struct hd_tracestate_s *ts) {
+    /* Only a walk of every carved block finds the TRACED objects; skip it when there are none
+     * (a heap that traced nothing, or whose traced objects have all been freed). */
+    if (ts->ntraced) hd__alloc_foreach(&h->alloc, visit_untrace, NULL);
+    if (ts->cap) memset(ts->slots, 0, ts->cap * sizeof(*ts->slots));
+    ts->nused = 0;
+    ts->last = 0;
+    ts->current = ts->peak = ts->ntraced = 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The allocation path (object.c calls these only while hd__tracing).                         */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Finds or creates the slot of key and remembers it in last. Out of line: the fast path in
+ * hd__trace_prepare handles a repeat of the previous (site, tag). */
+static HD_NOINLINE int prepare_slow(struct hd_tracestate_s *ts, uint32_t key) {
+    traceslot_t *s = slot_find(ts, key);
+    if (!s) {
+        if ((uint64_t)(ts->nused + 1) * 4 > (uint64_t)ts->cap * 3) {
+            int rc = map_grow(ts);
+            if (rc) return rc;
+        }
+        s = slot_insert(ts->slots, ts->cap, key);
+        ts->nused++;
+    }
+    ts->last = (uint32_t)(s - ts->slots);
+    return 0;
+}
+
+/* About six instructions when the (site, tag) is the previous allocation's. */
+int hd__trace_prepare(hd_heap_t *h, uint16_t site, uint16_t tag) {
+    struct hd_tracestate_s *ts = h->trace;
+    uint32_t key = trace_key(site, tag);
+    if (HD_LIKELY(ts->cap != 0)) {
+        const traceslot_t *s = &ts->slots[ts->last];
+        if (HD_LIKELY(s->used && s->key == key)) return 0;
+    }
+    return prepare_slow(ts, key);
+}
+
+void hd__trace_alloc(hd_heap_t *h, hd_obj_t *o, uint16_t site, uint16_t tag) {
+    struct hd_tracestate_s *ts = h->trace;
+    uint32_t key = trace_key(site, tag);
+    /* hd__trace_prepare just found this slot and nothing has inserted since (frees neither
+     * move nor remove slots), so the hint holds; the check guards a caller that skipped it. */
+    traceslot_t *s = &ts->slots[ts->last];
+    if (HD_UNLIKELY(!s->used || s->key != key)) s = slot_find(ts, key);
+    HD_ASSERT(s != NULL);
+    size_t bytes = hd__obj_sizeof(o);
+    s->count++;
+    s->bytes += bytes;
+    ts->ntraced++;
+    ts->current += bytes;
+    if (ts->current > ts->peak) ts->peak = ts->current;
+    o->flags |= HD_OF_TRACED;
+}
+
+void hd__trace_free(hd_heap_t *h, hd_obj_t *o) {
+    struct hd_tracestate_s *ts = h->trace;
+    hd_objext_t *x = hd__obj_ext(o);
+    uint32_t key = x ? trace_key(x->site, x->tag) : 0;
+    traceslot_t *s = slot_find(ts, key);
+    size_t bytes = hd__obj_sizeof(o);
+    /* A TRACED object was counted in its slot since the last clear; a miss or an underflow
+     * means a clear left the flag on some live object. */
+    HD_ASSERT(s != NULL && s->count > 0 && s->bytes >= bytes && ts->current >= bytes);
+    o->flags &= (uint16_t)~HD_OF_TRACED;
+    if (HD_UNLIKELY(!s || s->count == 0)) return;
+    s->count--;
+    s->bytes -= bytes;
+    ts->ntraced--;
+    ts->current -= bytes;
+}
+
+void hd__trace_destroy(hd_heap_t *h) {
+    struct hd_tracestate_s *ts = h->trace;
+    if (!ts) return;
+    for (size_t i = 0; i < ts->nsnaps; i++)
+        hd__free(ts->snaps[i].ents);
+    hd__free(ts->snaps);
+    hd__free(ts->slots);
+    hd__free(ts);
+    h->trace = NULL;
+    h->tracing = false;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Starting, stopping, totals.                                                                 */
+/* ------------------------------------------------------------------------------------------ */
+
+int hd_trace_start(hd_heap_t *h) {
+    if (!h->trace) {
+        struct hd_tracestate_s *ts = hd__calloc(1, sizeof(*ts));
+        if (!ts) return HD_ENOMEM;
+        ts->next_snap = 1;
+        h->trace = ts;
+    }
+    h->tracing = true;
+    return 0;
+}
+
+/* As tracemalloc.stop(): tracing off and the traces cleared. Snapshots stay. */
+void hd_trace_stop(hd_heap_t *h) {
+    struct hd_tracestate_s *ts = h->trace;
+    h->tracing = false;
+    if (!ts) return;
+    traces_clear(h, ts);
+    hd__free(ts->slots);
+    ts->slots = NULL;
+    ts->cap = 0;
+}
+
+int hd_trace_is_tracing(hd_heap_t *h) {
+    return h->tracing;
+}
+
+/* As tracemalloc.clear_traces(): objects traced so far are forgotten; tracing goes on. */
+void hd_trace_clear(hd_heap_t *h) {
+    if (h->trace) traces_clear(h, h->trace);
+}
+
+void hd_trace_get_traced_memory(hd_heap_t *h, uint64_t *current, uint64_t *peak) {
+    struct hd_tracestate_s *ts = h->trace;
+    *current = ts ? ts->current : 0;
+    *peak = ts ? ts->peak : 0;
+}
+
+void hd_trace_reset_peak(hd_heap_t *h) {
+    if (h->trace) h->trace->peak = h->trace->current;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Snapshots.                                                                                  */
+/* ------------------------------------------------------------------------------------------ */
+
+static snapshot_t *snap_find(struct hd_tracestate_s *ts, uint32_t id) {
+    if (!ts || id == 0) return NULL;
+    for (size_t i = 0; i < ts->nsnaps; i++)
+        if (ts->snaps[i].id == id) return &ts->snaps[i];
+    return NULL;
+}
+
+/* *id names a new snapshot, freed with hd_trace_snapshot_free or with the heap. */
+int hd_trace_snapshot(hd_heap_t *h, uint32_t *id) {
+    struct hd_tracestate_s *ts = h->trace;
+    if (!h->tracing) return HD_ENOTRACE;
+    if (ts->next_snap == 0) return HD_ENOMEM; /* 2^32 - 1 snapshots taken: ids exhausted */
+    int rc = hd__vec_reserve((void **)&ts->snaps, &ts->snapcap, ts->nsnaps + 1, sizeof(snapshot_t));
+    if (rc) return rc;
+    size_t n = 0;
+    for (uint32_t i = 0; i < ts->cap; i++)
+        n += ts->slots[i].used && ts->slots[i].count > 0;
+    snapent_t *ents = NULL;
+    if (n && !(ents = hd__malloc(n * sizeof(*ents)))) return HD_ENOMEM;
+    size_t k = 0;
+    for (uint32_t i = 0; i < ts->cap; i++) {
+        const traceslot_t *s = &ts->slots[i];
+        if (s->used && s->count > 0) ents[k++] = (snapent_t){s->key, s->count, s->bytes};
+    }
+    snapshot_t *snap = &ts->snaps[ts->nsnaps++];
+    snap->id = ts->next_snap++;
+    snap->n = n;
+    snap->ents = ents;
+    *id = snap->id;
+    return 0;
+}
+
+int hd_trace_snapshot_free(hd_heap_t *h, uint32_t id) {
+    struct hd_tracestate_s *ts = h->trace;
+    snapshot_t *snap = snap_find(ts, id);
+    if (!snap) return HD_ENOSNAP;
+    hd__free(snap->ents);
+    *snap = ts->snaps[--ts->nsnaps];
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Statistics and comparison.                                                                  */
+/* ------------------------------------------------------------------------------------------ */
+
+/* One group of a snapshot: a site or tag id with its summed count and bytes. */
+typedef struct group_s {
+    uint16_t gid;
+    uint64_t count, bytes;
+} group_t;
+
+static int group_cmp_gid(const void *a, const void *b) {
+    const group_t *x = a, *y = b;
+    return (x->gid > y->gid) - (x->gid < y->gid);
+}
+
+/* Groups a snapshot's entries by site or tag: *out (caller frees) sorted by gid, no two with
+ * the same gid. 0 or HD_ENOMEM. */
+static int group_snapshot(const snapshot_t *snap, hd_trace_group_t by, group_t **out,
+                          size_t *nout) {
+    *out = NULL;
+    *nout = 0;
+    if (snap->n == 0) return 0;
+    group_t *g = hd__malloc(snap->n * sizeof(*g));
+    if (!g) return HD_ENOMEM;
+    for (size_t i = 0; i < snap->n; i++) {
+        uint32_t key = snap->ents[i].key;
+        g[i].gid = (uint16_t)(by == HD_TRACE_BY_SITE ? key >> 16 : key & 0xFFFF);
+        g[i].count = snap->ents[i].count;
+        g[i].bytes = snap->ents[i].bytes;
+    }
+    qsort(g, snap->n, sizeof(*g), group_cmp_gid);
+    /* Merge runs of equal gid. After this, g[0 .. n) has distinct gids, ascending. */
+    size_t n = 0;
+    for (size_t i = 0; i < snap->n; i++) {
+        if (n > 0 && g[n - 1].gid == g[i].gid) {
+            g[n - 1].count += g[i].count;
+            g[n - 1].bytes += g[i].bytes;
+        } else {
+            g[n++] = g[i];
+        }
+    }
+    *out = g;
+    *nout = n;
+    return 0;
+}
+
+static int cmp_u64_desc(uint64_t a, uint64_t b) {
+    return (a < b) - (a > b);
+}
+
+static uint64_t abs64(int64_t v) {
+    return v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+}
+
+/* Snapshot.statistics(): bytes descending, then count descending, then key ascending. */
+static int stat_cmp(const void *a, const void *b) {
+    const hd_trace_stat_t *x = a, *y = b;
+    int c = cmp_u64_desc(x->bytes, y->bytes);
+    if (!c) c = cmp_u64_desc(x->count, y->count);
+    return c ? c : strcmp(x->key, y->key);
+}
+
+/* Snapshot.compare_to(): |bytes_diff|, bytes, |count_diff|, count descending, then key. */
+static int diff_cmp(const void *a, const void *b) {
+    const hd_trace_stat_t *x = a, *y = b;
+    int c = cmp_u64_desc(abs64(x->bytes_diff), abs64(y->bytes_diff));
+    if (!c) c = cmp_u64_desc(x->bytes, y->bytes);
+    if (!c) c = cmp_u64_desc(abs64(x->count_diff), abs64(y->count_diff));
+    if (!c) c = cmp_u64_desc(x->count, y->count);
+    return c ? c : strcmp(x->key, y->key);
+}
+
+static const char *group_key(hd_heap_t *h, hd_trace_group_t by, uint16_t gid) {
+    return hd__intern_str(by == HD_TRACE_BY_SITE ? &h->sites : &h->tags, gid);
+}
+
+/* *out is overwritten with a new vector the caller frees with hd_trace_stats_free (empty on
+ * error). Keys are borrowed from the heap. */
+int hd_trace_statistics(hd_heap_t *h, uint32_t id, hd_trace_group_t by, hd_trace_stats_t *out) {
+    memset(out, 0, sizeof(*out));
+    if (by != HD_TRACE_BY_SITE && by != HD_TRACE_BY_TAG) return HD_EINVAL;
+    const snapshot_t *snap = snap_find(h->trace, id);
+    if (!snap) return HD_ENOSNAP;
+    group_t *g;
+    size_t n;
+    int rc = group_snapshot(snap, by, &g, &n);
+    if (rc) return rc;
+    if (n == 0) return 0;
+    hd_trace_stat_t *v = hd__calloc(n, sizeof(*v));
+    if (!v) {
+        hd__free(g);
+        return HD_ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        v[i].key = group_key(h, by, g[i].gid);
+        v[i].count = g[i].count;
+        v[i].bytes = g[i].bytes;
+    }
+    hd__free(g);
+    qsort(v, n, sizeof(*v), stat_cmp);
+    out->v = v;
+    out->n = out->cap = n;
+    return 0;
+}
+
+/* *out as hd_trace_statistics. Every key present in either snapshot appears once. */
+int hd_trace_compare(hd_heap_t *h, uint32_t id, uint32_t old_id, hd_trace_group_t by,
+                     hd_trace_stats_t *out) {
+    memset(out, 0, sizeof(*out));
+    if (by != HD_TRACE_BY_SITE && by != HD_TRACE_BY_TAG) return HD_EINVAL;
+    const snapshot_t *snap = snap_find(h->trace, id), *old = snap_find(h->trace, old_id);
+    if (!snap || !old) return HD_ENOSNAP;
+    group_t *gn = NULL, *go = NULL;
+    size_t nn, no;
+    hd_trace_stat_t *v = NULL;
+    int rc = group_snapshot(snap, by, &gn, &nn);
+    if (!rc) rc = group_snapshot(old, by, &go, &no);
+    if (!rc && nn + no > 0 && !(v = hd__calloc(nn + no, sizeof(*v)))) rc = HD_ENOMEM;
+    if (rc) {
+        hd__free(gn);
+        hd__free(go);
+        return rc;
+    }
+    /* Merge-join on gid (both ascending). After each step, every gid below both cursors has
+     * been emitted exactly once. */
+    size_t i = 0, j = 0, k = 0;
+    while (i < nn || j < no) {
+        const group_t *a = i < nn ? &gn[i] : NULL, *b = j < no ? &go[j] : NULL;
+        if (a && b && a->gid != b->gid) {
+            if (a->gid < b->gid)
+                b = NULL;
+            else
+                a = NULL;
+        }
+        uint16_t gid = a ? a->gid : b->gid;
+        uint64_t cnt = a ? a->count : 0, bytes = a ? a->bytes : 0;
+        uint64_t ocnt = b ? b->count : 0, obytes = b ? b->bytes : 0;
+        v[k++] = (hd_trace_stat_t){
+            .key = group_key(h, by, gid),
+            .count = cnt,
+            .bytes = bytes,
+            .count_diff = (int64_t)(cnt - ocnt),
+            .bytes_diff = (int64_t)(bytes - obytes),
+        };
+        i += a != NULL;
+        j += b != NULL;
+    }
+    hd__free(gn);
+    hd__free(go);
+    if (k) qsort(v, k, sizeof(*v), diff_cmp);
+    out->v = v;
+    out->n = k;
+    out->cap = nn + no;
+    return 0;
+}
+
+/* Frees the vector's memory (keys are borrowed from the heap); leaves *s empty. */
+void hd_trace_stats_free(hd_trace_stats_t *s) {
+    if (!s) return;
+    hd__free(s->v);
+    memset(s, 0, sizeof(*s));
+}

@@ -1,0 +1,352 @@
+/*
+ * weakref.c: weak references, as CPython's weakref.ref without callbacks (a notify flag queues
+ * a WEAKREF_CLEARED event instead).
+ *
+ * A weak handle names an entry of the heap's weak table: handle = (uint64)check << 32 |
+ * (index + 1). Checks come from a per-table counter and are never 0; a freed entry's check is
+ * 0 and a reused entry gets a fresh one, so a stale or forged weak handle fails with
+ * HD_ENOWEAK instead of naming another entry. An entry names its referent exactly, by ref and
+ * object check. The live entries of one object form a circular chain in creation order, found
+ * through a hash map ref -> first entry, so that new, free and clear are O(1) per entry.
+ *
+ * This file owns the table, the map and HD_OF_WEAKREFD. It does not decide when an object
+ * dies: object.c's free path and gc.c's handle_weakrefs call hd__weakref_clear. The state is
+ * allocated on the first weak reference; a heap that never makes one pays nothing.
+ */
+#include "internal.h"
+
+/* An entry id is index + 1 into the entry table; 0 = none. */
+typedef uint32_t eid_t;
+
+/*
+ * One weak reference. An entry is in exactly one of three states:
+ *   free   check == 0; on the free list through next.
+ *   live   check != 0, ref != 0; on the chain of ref (prev/next), and the object at ref is
+ *          alive with check == ocheck and HD_OF_WEAKREFD set.
+ *   dead   check != 0, ref == 0; on no chain; its handle stays valid until freed.
+ */
+typedef struct weakent_s {
+    uint32_t check;  /* the weak handle's high 32 bits; 0 while free */
+    hd_ref_t ref;    /* the referent; 0 once dead */
+    uint32_t ocheck; /* the referent's object check when the weak reference was made */
+    eid_t prev;      /* previous on the referent's chain (circular) */
+    eid_t next;      /* next on the referent's chain (circular), or the free list's next */
+    uint32_t notify; /* queue WEAKREF_CLEARED when the referent dies */
+} weakent_t;
+
+/* A map slot: the first (oldest) live entry of an object's chain. ref == 0 = empty slot. */
+typedef struct weakslot_s {
+    hd_ref_t ref;
+    eid_t head;
+} weakslot_t;
+
+/*
+ * Invariants:
+ *   nent <= entcap; entries[0 .. nent) have been handed out (free ones are on free_list).
+ *   The map holds ref iff the object at ref is alive with HD_OF_WEAKREFD set iff its chain is
+ *   non-empty; nmap * 4 <= mapcap * 3 (so a probe always ends); mapcap is 0 or a power of two.
+ *   Linear probing without tombstones: removal shifts the cluster back.
+ */
+struct hd_weakstate_s {
+    weakent_t *entries;
+    size_t nent, entcap;
+    eid_t free_list;     /* free entries, linked through next */
+    uint32_t next_check; /* the next entry check; never 0 */
+    weakslot_t *map;
+    uint32_t nmap, mapcap;
+};
+
+/* The map starts with this many slots: a handful of weakly referenced objects fit. */
+#define WEAK_MAP_MIN 16
+_Static_assert((WEAK_MAP_MIN & (WEAK_MAP_MIN - 1)) == 0, "map capacity is a power of two");
+
+static inline weakent_t *ent(struct hd_weakstate_s *ws, eid_t id) {
+    return &ws->entries[id - 1];
+}
+
+static inline hd_weak_t weak_handle(struct hd_weakstate_s *ws, eid_t id) {
+    return ((uint64_t)ent(ws, id)->check << 32) | id;
+}
+
+/* The entry a weak handle names, or 0 if the handle is stale, forged or foreign. */
+static eid_t weak_resolve(hd_heap_t *h, hd_weak_t w) {
+    struct hd_weakstate_s *ws = h->weak;
+    eid_t id = (eid_t)w;
+    uint32_t check = (uint32_t)(w >> 32);
+    if (!ws || id == 0 || id > ws->nent || check == 0) return 0;
+    return ent(ws, id)->check == check ? id : 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The map: ref -> first entry of the object's chain.                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+static inline uint32_t map_home(hd_ref_t ref, uint32_t mask) {
+    /* Fibonacci hashing: refs of neighbouring blocks differ in low bits only. */
+    return (uint32_t)((ref * 0x9E3779B97F4A7C15ull) >> 32) & mask;
+}
+
+/* The slot holding ref, or NULL. */
+static weakslot_t *map_find(struct hd_weakstate_s *ws, hd_ref_t ref) {
+    if (!ws->mapcap) return NULL;
+    uint32_t mask = ws->mapcap - 1;
+    for (uint32_t i = map_home(ref, mask);; i = (i + 1) & mask) {
+        if (ws->map[i].ref == ref) return &ws->map[i];
+        if (ws->map[i].ref == 0) return NULL;
+    }
+}
+
+/* Inserts ref (absent), which must fit: nmap + 1 within the load limit. */
+static void map_insert(struct hd_weakstate_s *ws, hd_ref_t ref, eid_t head) {
+    uint32_t mask = ws->mapcap - 1, i = map_home(ref, mask);
+    while (ws->map[i].ref != 0)
+        i = (i + 1) & mask;
+    ws->map[i].ref = ref;
+    ws->map[i].head = head;
+    ws->nmap++;
+}
+
+/* Removes the slot s, shifting later members of its cluster back so no probe breaks. */
+static void map_remove(struct hd_weakstate_s *ws, weakslot_t *s) {
+    uint32_t mask = ws->mapcap - 1, hole = (uint32_t)(s - ws->map);
+    for (uint32_t i = (hole + 1) & mask; ws->map[i].ref != 0; i = (i + 1) & mask) {
+        uint32_t home = map_home(ws->map[i].ref, mask);
+        /* Move i into the hole unless its home lies cyclically in (hole, i]. */
+        if (((i - home) & mask) >= ((i - hole) & mask)) {
+            ws->map[hole] = ws->map[i];
+            hole = i;
+        }
+    }
+    ws->map[hole].ref = 0;
+    ws->map[hole].head = 0;
+    ws->nmap--;
+}
+
+/* Makes room for one more map slot: 0 or HD_ENOMEM (the map unchanged). */
+static int map_reserve(struct hd_weakstate_s *ws) {
+    if ((uint64_t)(ws->nmap + 1) * 4 <= (uint64_t)ws->mapcap * 3) return 0;
+    uint32_t ncap = ws->mapcap ? ws->mapcap * 2 : WEAK_MAP_MIN;
+    if (ncap == 0) return HD_ENOMEM; /* 2^32 slots: the ref space is exhausted long before */
+    weakslot_t *nmap = hd__calloc(ncap, sizeof(*nmap));
+    if (!nmap) return HD_ENOMEM;
+    weakslot_t *old = ws->map;
+    uint32_t oldcap = ws->mapcap;
+    ws->map = nmap;
+    ws->mapcap = ncap;
+    ws->nmap = 0;
+    for (uint32_t i = 0; i < oldcap; i++)
+        if (old[i].ref) map_insert(ws, old[i].ref, old[i].head);
+    hd__free(old);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Chains: circular, doubly linked through prev/next, oldest first.                           */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Appends id to the chain whose head is *head (0 = empty). */
+static void chain_append(struct hd_weakstate_s *ws, eid_t *head, eid_t id) {
+    weakent_t *e = ent(ws, id);
+    if (*head == 0) {
+        e->prev = e->next = id;
+        *head = id;
+        return;
+    }
+    weakent_t *first = ent(ws, *head);
+    eid_t last = first->prev;
+    e->prev = last;
+    e->next = *head;
+    ent(ws, last)->next = id;
+    first->prev = id;
+}
+
+/* Unlinks id from the chain whose head is *head; *head becomes 0 when it was the last. */
+static void chain_remove(struct hd_weakstate_s *ws, eid_t *head, eid_t id) {
+    weakent_t *e = ent(ws, id);
+    if (e->next == id) {
+        *head = 0;
+    } else {
+        ent(ws, e->prev)->next = e->next;
+        ent(ws, e->next)->prev = e->prev;
+        if (*head == id) *head = e->next;
+    }
+    e->prev = e->next = 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Entries.                                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Makes sure one entry can be taken without allocating: 0 or HD_ENOMEM (nothing changed). */
+static int entry_reserve(struct hd_weakstate_s *ws) {
+    if (ws->free_list) return 0;
+    if (ws->nent >= UINT32_MAX - 1) return HD_ENOMEM; /* ids must fit in 32 bits */
+    return hd__vec_reserve((void **)&ws->entries, &ws->entcap, ws->nent + 1, sizeof(weakent_t));
+}
+
+/* Takes an entry reserved by entry_reserve and gives it a fresh check. */
+static eid_t entry_take(struct hd_weakstate_s *ws) {
+    eid_t id;
+    if (ws->free_list) {
+        id = ws->free_list;
+        ws->free_list = ent(ws, id)->next;
+    } else {
+        id = (eid_t)++ws->nent;
+    }
+    weakent_t *e = ent(ws, id);
+    memset(e, 0, sizeof(*e));
+    e->check = ws->next_check++;
+    if (ws->next_check == 0) ws->next_check = 1;
+    return id;
+}
+
+/* Returns the entry to the free list; its handle goes stale at once. */
+static void entry_release(struct hd_weakstate_s *ws, eid_t id) {
+    weakent_t *e = ent(ws, id);
+    memset(e, 0, sizeof(*e));
+    e->next = ws->free_list;
+    ws->free_list = id;
+}
+
+static struct hd_weakstate_s *weakstate_new(hd_heap_t *h) {
+    struct hd_weakstate_s *ws = hd__calloc(1, sizeof(*ws));
+    if (!ws) return NULL;
+    /* Start from the heap's own random check, scrambled, so weak handles of two heaps differ. */
+    ws->next_check = h->next_check ^ 0x5BD1E995u;
+    if (ws->next_check == 0) ws->next_check = 1;
+    return ws;
+}
+
+static void weakstate_free(struct hd_weakstate_s *ws) {
+    hd__free(ws->entries);
+    hd__free(ws->map);
+    hd__free(ws);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The public API.                                                                             */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Borrows o (the client keeps its references); *out is a new weak handle the client frees with
+ * hd_weakref_free. */
+int hd_weakref_new(hd_heap_t *h, hd_handle_t o, int notify, hd_weak_t *out) {
+    hd_ref_t r;
+    hd_obj_t *obj;
+    int rc = hd__handle_resolve(h, o, &r, &obj);
+    if (rc) return rc;
+
+    struct hd_weakstate_s *ws = h->weak;
+    bool fresh = ws == NULL;
+    if (fresh && !(ws = weakstate_new(h))) return HD_ENOMEM;
+    /* Reserve everything first: past this point nothing can fail. */
+    weakslot_t *slot = (obj->flags & HD_OF_WEAKREFD) ? map_find(ws, r) : NULL;
+    HD_ASSERT(!(obj->flags & HD_OF_WEAKREFD) || slot);
+    if ((rc = entry_reserve(ws)) || (!slot && (rc = map_reserve(ws)))) {
+        if (fresh) weakstate_free(ws);
+        return rc;
+    }
+    h->weak = ws;
+
+    eid_t id = entry_take(ws);
+    weakent_t *e = ent(ws, id);
+    e->ref = r;
+    e->ocheck = obj->check;
+    e->notify = notify != 0;
+    if (slot) {
+        chain_append(ws, &slot->head, id);
+    } else {
+        eid_t head = 0;
+        chain_append(ws, &head, id);
+        map_insert(ws, r, head);
+        obj->flags |= HD_OF_WEAKREFD;
+    }
+    *out = weak_handle(ws, id);
+    return 0;
+}
+
+/* *out = a new client reference on the referent (with its handle), or 0 if it is dead. */
+int hd_weakref_get(hd_heap_t *h, hd_weak_t w, hd_handle_t *out) {
+    eid_t id = weak_resolve(h, w);
+    if (!id) return HD_ENOWEAK;
+    weakent_t *e = ent(h->weak, id);
+    if (e->ref == 0) {
+        *out = 0;
+        return 0;
+    }
+    /* Resolving by (ocheck, ref) rather than reading the block catches a free path that forgot
+     * to call hd__weakref_clear, without touching memory that may have been unmapped. */
+    hd_handle_t hd = ((uint64_t)e->ocheck << 32) | e->ref;
+    hd_ref_t r;
+    hd_obj_t *obj;
+    int rc = hd__handle_resolve(h, hd, &r, &obj);
+    HD_ASSERT(rc == 0);
+    if (HD_UNLIKELY(rc != 0)) {
+        *out = 0;
+        return 0;
+    }
+    if (obj->refcnt == UINT32_MAX) return HD_EOVERFLOW; /* as object.c:hd_incref */
+    obj->refcnt++;
+    obj->crefs++;
+    *out = hd;
+    return 0;
+}
+
+/* Releases the weak handle; the referent is untouched (it may lose HD_OF_WEAKREFD). */
+int hd_weakref_free(hd_heap_t *h, hd_weak_t w) {
+    eid_t id = weak_resolve(h, w);
+    if (!id) return HD_ENOWEAK;
+    struct hd_weakstate_s *ws = h->weak;
+    weakent_t *e = ent(ws, id);
+    if (e->ref != 0) {
+        weakslot_t *slot = map_find(ws, e->ref);
+        HD_ASSERT(slot != NULL);
+        chain_remove(ws, &slot->head, id);
+        if (slot->head == 0) {
+            hd__obj(h, e->ref)->flags &= (uint16_t)~HD_OF_WEAKREFD;
+            map_remove(ws, slot);
+        }
+    }
+    entry_release(ws, id);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Internal entry points.                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Marks every weak reference to r dead, oldest first, queueing WEAKREF_CLEARED for those made
+ * with notify. Borrows o, which is still alive (its check intact). */
+void hd__weakref_clear(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
+    struct hd_weakstate_s *ws = h->weak;
+    o->flags &= (uint16_t)~HD_OF_WEAKREFD;
+    weakslot_t *slot = ws ? map_find(ws, r) : NULL;
+    if (!slot) return;
+    bool wanted = hd__event_wanted(h, HD_EV_WEAKREF_CLEARED);
+    eid_t head = slot->head;
+    map_remove(ws, slot);
+
+    /* Walk the chain oldest first; each step kills the current entry. Loop invariant: the
+     * entries from id to the chain's end (head's prev) are still live. */
+    eid_t id = head;
+    do {
+        weakent_t *e = ent(ws, id);
+        eid_t next = e->next;
+        HD_ASSERT(e->ref == r && e->ocheck == o->check);
+        e->ref = 0;
+        e->prev = e->next = 0;
+        if (e->notify && wanted) {
+            hd_event_t ev;
+            memset(&ev, 0, sizeof(ev));
+            ev.type = HD_EV_WEAKREF_CLEARED;
+            ev.weak = weak_handle(ws, id);
+            hd__event_push(h, &ev);
+        }
+        id = next;
+    } while (id != head);
+}
+
+void hd__weakref_destroy(hd_heap_t *h) {
+    if (!h->weak) return;
+    weakstate_free(h->weak);
+    h->weak = NULL;
+}
