@@ -156,12 +156,14 @@ typedef struct hd_alloc_s {
 
 /* Maps ref 0's region to the sentinels. Allocates nothing, cannot fail. */
 void hd__alloc_init(hd_alloc_t *a, void *sentinel_base);
-/* Unmaps every arena and frees every large allocation: O(arenas + large objects). */
+/* Unmaps every arena and frees every large allocation and the region table: O(arenas + large
+ * objects). Leaves a as hd__alloc_init left it. */
 void hd__alloc_destroy(hd_alloc_t *a);
 /* Returns a 16-byte aligned block of at least n bytes (n >= 1) and its ref in *ref; NULL when
  * the hook fails or the region table is full. The block's contents are unspecified. */
 void *hd__alloc_block(hd_alloc_t *a, size_t n, hd_ref_t *ref);
-/* Frees a block returned by hd__alloc_block. */
+/* Frees a block returned by hd__alloc_block. Overwrites the block's first 8 bytes (its free
+ * list link) and leaves the rest, so object.c's check at offset 16 keeps the 0 it wrote. */
 void hd__alloc_free(hd_alloc_t *a, void *p, hd_ref_t ref);
 /* The bytes a request of n takes: its size class for small, n for large. */
 static inline size_t hd__alloc_charge(size_t n) {
@@ -173,7 +175,8 @@ static inline size_t hd__alloc_charge(size_t n) {
 void *hd__alloc_check(const hd_alloc_t *a, hd_ref_t ref);
 /* Calls fn for every block handed out and not returned with its pool or arena (live, or
  * freed since: the caller tells them apart by the object's check) and every live large
- * allocation. O(blocks carved); for rare whole-heap passes (trace clear, tests). */
+ * allocation. O(blocks carved); for rare whole-heap passes (trace clear, tests). fn must not
+ * allocate or free through a. */
 void hd__alloc_foreach(const hd_alloc_t *a, void (*fn)(void *ctx, void *block, hd_ref_t ref),
                        void *ctx);
 /* Fills the allocator's fields of out (arenas_*, bytes_*, large_*, classes[]). */
@@ -295,9 +298,15 @@ typedef struct hd_gen_s {
 
 typedef struct hd_gc_cursor_s hd_gc_cursor_t; /* gc.c's own */
 
+/* Invariants (outside a collection):
+ *   nfrozen == size of the permanent list == tracked objects with gen bits 3.
+ *   ngarbage <= garbage_cap; each garbage entry names a live object with HD_OF_GARBAGE.
+ *   at most 16 open cursors, oldest first, each id in 1..next_cursor.
+ */
 typedef struct hd_gcstate_s {
     hd_gen_t gen[3];
     hd_ref_t permanent;           /* sentinel ref of the frozen generation */
+    uint64_t nfrozen;             /* objects in the permanent generation */
     int enabled;                  /* automatic collection */
     int collecting;               /* a collection is running (no re-entry) */
     int debug;                    /* HD_GC_DEBUG_* */
@@ -449,8 +458,11 @@ void hd__gc_untrack(hd_heap_t *h, hd_ref_t r, hd_obj_t *o);
 /* ------------------------------------------------------------------------------------------ */
 
 /* Clears every weak reference to r (WEAKREFD set), queueing WEAKREF_CLEARED events for the
- * ones that asked; clears the flag. Called by the free path and by gc.c's handle_weakrefs. */
+ * ones that asked, oldest first; clears the flag. Called by the free path and by gc.c's
+ * handle_weakrefs while o is still alive (its check not yet zeroed). Allocates nothing beyond
+ * the event queue's growth, and cannot fail (an event that cannot be queued is dropped). */
 void hd__weakref_clear(hd_heap_t *h, hd_ref_t r, hd_obj_t *o);
+/* Frees the weak-reference state (a no-op if none); touches no object. */
 void hd__weakref_destroy(hd_heap_t *h);
 
 /* ------------------------------------------------------------------------------------------ */
@@ -460,10 +472,14 @@ void hd__weakref_destroy(hd_heap_t *h);
 /* Before an allocation while tracing: makes sure the (site, tag) entry exists, so that
  * hd__trace_alloc cannot fail. 0 or HD_ENOMEM. */
 int hd__trace_prepare(hd_heap_t *h, uint16_t site, uint16_t tag);
-/* Counts a new object (sets HD_OF_TRACED). Cannot fail after hd__trace_prepare. */
+/* Counts a new object (sets HD_OF_TRACED), its extension and size already written. Cannot
+ * fail after hd__trace_prepare with the same site and tag (only frees in between). */
 void hd__trace_alloc(hd_heap_t *h, hd_obj_t *o, uint16_t site, uint16_t tag);
-/* Uncounts a TRACED object being freed. */
+/* Uncounts a TRACED object being freed (clears the flag); call it before the extension or
+ * the check is overwritten. hd_trace_stop and hd_trace_clear un-trace every live object, so
+ * an object traced before them is never uncounted after. */
 void hd__trace_free(hd_heap_t *h, hd_obj_t *o);
+/* Frees the tracing state and its snapshots (a no-op if none); touches no object. */
 void hd__trace_destroy(hd_heap_t *h);
 /* The allocation path's one branch when tracing is off. */
 static inline bool hd__tracing(const hd_heap_t *h) {

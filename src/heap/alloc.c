@@ -1,0 +1,698 @@
+/*
+ * alloc.c: the per-heap pymalloc (CPython 3.11's obmalloc, one instance per heap).
+ *
+ * It owns everything between the allocation hook and a block: 1 MiB arenas mapped through
+ * hd__mem.map, carved into 16 KiB pools of one size class each, carved lazily into blocks of
+ * 16..512 bytes; allocations over 512 bytes (large) from hd__malloc; and the region table that
+ * turns a 32-bit ref into an address. It also validates refs for object.c (hd__alloc_check),
+ * walks blocks for trace.c (hd__alloc_foreach) and reports sys._debugmallocstats() numbers
+ * (hd__alloc_stats). It knows nothing of objects: what lives in a block is object.c's.
+ *
+ * Regions and chunks. The region table (internal.h) maps region r to the address covering
+ * refs r << 12 .. (r << 12) + 4095. Regions are handed out in chunks of 16 consecutive numbers
+ * (16-aligned): an arena takes one chunk, 16 regions of 64 KiB = its 1 MiB; a large chunk gives
+ * one region to each of up to 16 large allocations (chunk 0 is large too, its region 0 being
+ * the gc sentinels). Empty chunks go on a free list and are reused by arenas or large objects.
+ *
+ * The state of a pool, as CPython's:
+ *   never used  beyond its arena's carve point (pool_first + ncarved pools); never touched.
+ *   used        count >= 1, on usedpools[szidx]; it may have run out of blocks since its last
+ *               allocation, which the next refill notices (then it becomes full).
+ *   full        count >= 1, full == 1, on no list: nothing left to hand out.
+ *   free        count == 0, on its arena's freepools; szidx, nextoffset and its free list
+ *               survive, so that a pool reused for the same class needs no re-carving.
+ * A block is carved (nextoffset moves past it) only at the moment it is handed out, so every
+ * block below nextoffset has been handed out at least once: hd__alloc_check relies on it.
+ */
+#include "internal.h"
+
+#include <stdint.h>
+
+/* ========================================================================================== */
+/* Layout and tunables.                                                                       */
+/* ========================================================================================== */
+
+/* A free block's first 8 bytes link it to the next free block of its pool; the rest of the
+ * block is left as it was (object.c keeps its check at offset 16 and zeroes it on free). */
+typedef struct hd_block_s {
+    struct hd_block_s *next;
+} hd_block_t;
+
+/* The header at the start of every pool that has ever been used. Invariants:
+ *   count + (blocks on freeblock) == (nextoffset - HD_POOL_OVERHEAD) / size  (blocks carved)
+ *   maxnextoffset == HD_POOL_SIZE - size; nextoffset <= maxnextoffset + size
+ *   count == 0  <=>  the pool is free (on arena->freepools)
+ *   full == 1   =>   count >= 1, freeblock == NULL, nextoffset > maxnextoffset, on no list
+ *   ref == the ref of the pool's first byte, so a block's ref is ref + (offset >> 4)
+ * where size == HD_CLASS_SIZE(szidx).
+ */
+typedef struct hd_pool_s {
+    hd_block_t *freeblock;      /* first free block; NULL if none (some may remain to carve) */
+    uint16_t count;             /* blocks in use */
+    uint8_t szidx;              /* size class; HD_NOCLASS before the pool's first use */
+    uint8_t full;               /* taken off usedpools: nothing left to hand out */
+    uint32_t nextoffset;        /* offset of the next block to carve */
+    uint32_t maxnextoffset;     /* the largest offset at which a whole block still fits */
+    hd_ref_t ref;               /* ref of the pool's first byte */
+    struct hd_pool_s *nextpool; /* usedpools[szidx] list, or the arena's freepools */
+    struct hd_pool_s *prevpool; /* usedpools[szidx] list */
+    struct hd_arena_s *arena;   /* the arena holding the pool */
+} hd_pool_t;
+
+/* Bytes lost to the header in every pool: 48, as CPython's POOL_OVERHEAD on 64-bit. Blocks
+ * start right after it, so it must keep them 16-byte aligned. */
+#define HD_POOL_OVERHEAD ((uint32_t)HD_ROUND_UP(sizeof(hd_pool_t)))
+#define HD_NOCLASS       0xffu
+/* Blocks of class c that fit in a pool: 1021 of 16 bytes .. 31 of 512 bytes. */
+#define HD_POOL_BLOCKS(c) ((HD_POOL_SIZE - HD_POOL_OVERHEAD) / HD_CLASS_SIZE(c))
+/* The pool holding a block: pools are 16 KiB aligned inside their arena (CPython's
+ * POOL_ADDR). */
+#define HD_POOL_ADDR(p) ((hd_pool_t *)((uintptr_t)(p) & ~(uintptr_t)(HD_POOL_SIZE - 1)))
+
+_Static_assert(sizeof(hd_pool_t) == 48, "the pool header is CPython's 48 bytes");
+_Static_assert(HD_POOL_OVERHEAD % HD_ALIGN == 0, "blocks after the header stay aligned");
+_Static_assert(HD_POOL_BLOCKS(0) <= UINT16_MAX, "a pool's block count fits its uint16 count");
+_Static_assert(HD_POOL_BLOCKS(HD_NCLASSES - 1) >= 2, "a pool of the largest class is shared");
+_Static_assert(HD_NCLASSES < HD_NOCLASS, "HD_NOCLASS is no class");
+_Static_assert(HD_POOL_SIZE % 4096 == 0, "pools are whole pages, so a free pool's pages and "
+                                         "untouched blocks are never faulted in");
+
+/* An arena: a small malloc'd record for each 1 MiB mapping (the mapping itself holds only
+ * pools, so that an arena's untouched pages stay untouched). Invariants:
+ *   nfreepools == (pools on freepools) + (ntotalpools - ncarved)
+ *   ntotalpools * HD_POOL_SIZE + (pool_first != base ? HD_POOL_SIZE : 0) == HD_ARENA_SIZE
+ *   on usable_arenas  <=>  nfreepools > 0
+ *   region_base[region + i] == base + i * HD_REGION_SIZE, chunks[region / 16].arena == this
+ */
+typedef struct hd_arena_s {
+    char *base;                             /* the mapping from hd__mem.map */
+    char *pool_first;                       /* base rounded up to a pool boundary */
+    uint32_t region;                        /* region number of base (16-aligned) */
+    uint32_t ntotalpools;                   /* HD_ARENA_POOLS, or one less if base is unaligned */
+    uint32_t ncarved;                       /* pools ever used: the rest are never touched */
+    uint32_t nfreepools;                    /* free pools, including those never used */
+    hd_pool_t *freepools;                   /* emptied pools, singly linked through nextpool */
+    struct hd_arena_s *nextarena;           /* usable_arenas, sorted by nfreepools */
+    struct hd_arena_s *prevarena;           /* usable_arenas */
+    struct hd_arena_s *next_all, *prev_all; /* hd_alloc_t.arenas: every mapped arena */
+} hd_arena_t;
+
+/* A chunk: 16 consecutive regions, the unit in which regions are handed out. Invariants:
+ *   arena chunk:  arena != NULL, used == 0, on no list.
+ *   large chunk:  arena == NULL, used != 0; bit i of used set <=> region 16 * chunk + i holds a
+ *                 large allocation (bit 0 of chunk 0: the sentinels); on chunks_full iff used
+ *                 == HD_CHUNK_FULL, else on chunks_large.
+ *   free chunk:   arena == NULL, used == 0, on chunks_free; its region_base entries are NULL.
+ */
+typedef struct hd_chunk_s {
+    hd_arena_t *arena; /* the arena in the chunk, or NULL */
+    uint32_t next;     /* next chunk on its list, HD_NOCHUNK at the end */
+    uint32_t prev;     /* previous chunk on chunks_large / chunks_full */
+    uint32_t used;     /* large chunk: the regions in use, one bit each */
+} hd_chunk_t;
+
+#define HD_CHUNK_REGIONS HD_ARENA_REGIONS
+#define HD_CHUNK_FULL    ((1u << HD_CHUNK_REGIONS) - 1)
+#define HD_NOCHUNK       UINT32_MAX
+/* The first table holds chunk 0 and room for the first arena's chunk. */
+#define HD_REGIONS_FIRST (2 * HD_CHUNK_REGIONS)
+
+_Static_assert(HD_ARENA_REGIONS == 16, "an arena takes one chunk of 16 regions");
+_Static_assert(HD_CHUNK_REGIONS <= 32, "a chunk's regions fit the used bit mask");
+_Static_assert(HD_MAX_REGIONS % HD_CHUNK_REGIONS == 0, "the table holds whole chunks");
+_Static_assert((HD_REGIONS_INLINE & (HD_REGIONS_INLINE - 1)) == 0 &&
+                   (HD_MAX_REGIONS & (HD_MAX_REGIONS - 1)) == 0,
+               "doubling the inline capacity reaches HD_MAX_REGIONS exactly");
+
+/* The empty list: its NULL freeblock sends the fast path to the refill. It lives in read-only
+ * memory, so a bug that writes to it faults at once. */
+static const hd_pool_t nopool = {.szidx = HD_NOCLASS};
+#define HD_NOPOOL ((hd_pool_t *)&nopool)
+
+static inline hd_ref_t block_ref(const hd_pool_t *pool, const void *bp) {
+    return pool->ref + (hd_ref_t)(((const char *)bp - (const char *)pool) >> HD_ALIGN_SHIFT);
+}
+
+/* ========================================================================================== */
+/* The region table and its chunks.                                                           */
+/* ========================================================================================== */
+
+/* Grows the tables to hold at least need regions. 0, or HD_ENOMEM with nothing changed. The
+ * first growth leaves the inline table and records chunk 0 (the sentinels' region and 15
+ * regions for large allocations). */
+static int table_grow(hd_alloc_t *a, uint32_t need) {
+    uint32_t cap = a->region_cap;
+    while (cap < need)
+        cap *= 2;
+    size_t nchunks = cap / HD_CHUNK_REGIONS;
+    size_t bytes = (size_t)cap * (sizeof(char *) + sizeof(uint64_t)) + nchunks * sizeof(hd_chunk_t);
+    char *mem = hd__malloc(bytes);
+    if (!mem) return HD_ENOMEM;
+
+    char **base = (char **)mem;
+    uint64_t *large = (uint64_t *)(base + cap);
+    hd_chunk_t *chunks = (hd_chunk_t *)(large + cap);
+    bool first = a->chunks == NULL;
+    uint32_t n = first ? HD_CHUNK_REGIONS : a->nregions;
+    memset(base, 0, (size_t)cap * sizeof(*base));
+    memset(large, 0, (size_t)cap * sizeof(*large));
+    memset(chunks, 0, nchunks * sizeof(*chunks));
+    if (first) {
+        base[0] = a->region_base[0];
+        chunks[0] = (hd_chunk_t){.next = HD_NOCHUNK, .prev = HD_NOCHUNK, .used = 1};
+        a->chunks_large = 0;
+    } else {
+        memcpy(base, a->region_base, n * sizeof(*base));
+        memcpy(large, a->region_large, n * sizeof(*large));
+        memcpy(chunks, a->chunks, n / HD_CHUNK_REGIONS * sizeof(*chunks));
+        hd__free(a->region_base);
+    }
+    a->region_base = base;
+    a->region_large = large;
+    a->chunks = chunks;
+    a->nregions = n;
+    a->region_cap = cap;
+    return 0;
+}
+
+/* Takes a free chunk for an arena or for large allocations. 0, or HD_ENOMEM with nothing
+ * changed when the table cannot grow. */
+static int chunk_take(hd_alloc_t *a, uint32_t *out) {
+    if (a->chunks_free != HD_NOCHUNK) {
+        *out = a->chunks_free;
+        a->chunks_free = a->chunks[*out].next;
+        return 0;
+    }
+    uint32_t first = a->chunks ? a->nregions : HD_CHUNK_REGIONS;
+    if (first + HD_CHUNK_REGIONS > HD_MAX_REGIONS) return HD_ENOMEM;
+    if (first + HD_CHUNK_REGIONS > a->region_cap && table_grow(a, first + HD_CHUNK_REGIONS) < 0)
+        return HD_ENOMEM;
+    *out = a->nregions / HD_CHUNK_REGIONS;
+    a->nregions += HD_CHUNK_REGIONS;
+    a->chunks[*out] = (hd_chunk_t){.next = HD_NOCHUNK, .prev = HD_NOCHUNK};
+    return 0;
+}
+
+/* Returns an emptied chunk (its region_base entries already NULL) to the free list. */
+static void chunk_put(hd_alloc_t *a, uint32_t c) {
+    a->chunks[c] = (hd_chunk_t){.next = a->chunks_free, .prev = HD_NOCHUNK};
+    a->chunks_free = c;
+}
+
+static void chunk_list_push(hd_alloc_t *a, uint32_t *head, uint32_t c) {
+    hd_chunk_t *ch = &a->chunks[c];
+    ch->prev = HD_NOCHUNK;
+    ch->next = *head;
+    if (*head != HD_NOCHUNK) a->chunks[*head].prev = c;
+    *head = c;
+}
+
+static void chunk_list_remove(hd_alloc_t *a, uint32_t *head, uint32_t c) {
+    hd_chunk_t *ch = &a->chunks[c];
+    if (ch->prev != HD_NOCHUNK)
+        a->chunks[ch->prev].next = ch->next;
+    else
+        *head = ch->next;
+    if (ch->next != HD_NOCHUNK) a->chunks[ch->next].prev = ch->prev;
+    ch->next = ch->prev = HD_NOCHUNK;
+}
+
+/* Takes a region for a large allocation, from the first large chunk with room or from a new
+ * large chunk. 0, or HD_ENOMEM with nothing changed. */
+static int region_take(hd_alloc_t *a, uint32_t *out) {
+    /* The first table makes chunk 0 a large chunk with 15 free regions. */
+    if (!a->chunks && table_grow(a, HD_REGIONS_FIRST) < 0) return HD_ENOMEM;
+    if (a->chunks_large == HD_NOCHUNK) {
+        uint32_t c;
+        if (chunk_take(a, &c) < 0) return HD_ENOMEM;
+        chunk_list_push(a, &a->chunks_large, c);
+    }
+    uint32_t c = a->chunks_large;
+    hd_chunk_t *ch = &a->chunks[c];
+    uint32_t i = (uint32_t)__builtin_ctz(~ch->used);
+    ch->used |= 1u << i;
+    if (ch->used == HD_CHUNK_FULL) {
+        chunk_list_remove(a, &a->chunks_large, c);
+        chunk_list_push(a, &a->chunks_full, c);
+    }
+    *out = c * HD_CHUNK_REGIONS + i;
+    return 0;
+}
+
+/* Frees a large allocation's region; its chunk goes back to the free list once empty. */
+static void region_put(hd_alloc_t *a, uint32_t r) {
+    uint32_t c = r / HD_CHUNK_REGIONS;
+    hd_chunk_t *ch = &a->chunks[c];
+    HD_ASSERT(ch->arena == NULL && (ch->used & (1u << (r % HD_CHUNK_REGIONS))));
+    a->region_base[r] = NULL;
+    a->region_large[r] = 0;
+    if (ch->used == HD_CHUNK_FULL) {
+        chunk_list_remove(a, &a->chunks_full, c);
+        chunk_list_push(a, &a->chunks_large, c);
+    }
+    ch->used &= ~(1u << (r % HD_CHUNK_REGIONS));
+    if (ch->used == 0) {
+        chunk_list_remove(a, &a->chunks_large, c);
+        chunk_put(a, c);
+    }
+}
+
+/* ========================================================================================== */
+/* Arenas: CPython's new_arena and the usable_arenas list, sorted fullest first.              */
+/* ========================================================================================== */
+
+/* Maps a new arena and makes it the only usable one (usable_arenas is empty when this is
+ * called). NULL, with nothing changed, when the hook or the region table fails. */
+static hd_arena_t *arena_new(hd_alloc_t *a) {
+    HD_ASSERT(a->usable_arenas == NULL && a->spare_arena == NULL);
+    hd_arena_t *ar = hd__malloc(sizeof(*ar));
+    if (!ar) return NULL;
+    char *base = hd__mem.map(HD_ARENA_SIZE);
+    /* The hook promises pages; a ref needs at least 16-byte alignment of the base. */
+    HD_ASSERT(((uintptr_t)base & (HD_ALIGN - 1)) == 0);
+    uint32_t c;
+    if (!base || chunk_take(a, &c) < 0) {
+        if (base) hd__mem.unmap(base, HD_ARENA_SIZE);
+        hd__free(ar);
+        return NULL;
+    }
+
+    /* From here nothing can fail. */
+    uintptr_t first = ((uintptr_t)base + HD_POOL_SIZE - 1) & ~(uintptr_t)(HD_POOL_SIZE - 1);
+    *ar = (hd_arena_t){
+        .base = base,
+        .pool_first = (char *)first,
+        .region = c * HD_CHUNK_REGIONS,
+        .ntotalpools = HD_ARENA_POOLS - (first != (uintptr_t)base),
+    };
+    ar->nfreepools = ar->ntotalpools;
+    a->chunks[c].arena = ar;
+    for (uint32_t i = 0; i < HD_CHUNK_REGIONS; i++)
+        a->region_base[ar->region + i] = base + (size_t)i * HD_REGION_SIZE;
+
+    ar->next_all = a->arenas;
+    if (a->arenas) a->arenas->prev_all = ar;
+    a->arenas = ar;
+    a->usable_arenas = ar;
+    a->nfp2lasta[ar->nfreepools] = ar;
+
+    a->arenas_allocated_total++;
+    a->arenas_current++;
+    if (a->arenas_current > a->arenas_highwater) a->arenas_highwater = a->arenas_current;
+    return ar;
+}
+
+/* Unmaps an empty arena that is on no list but hd_alloc_t.arenas, and frees its chunk. */
+static void arena_free(hd_alloc_t *a, hd_arena_t *ar) {
+    if (ar->prev_all)
+        ar->prev_all->next_all = ar->next_all;
+    else
+        a->arenas = ar->next_all;
+    if (ar->next_all) ar->next_all->prev_all = ar->prev_all;
+    for (uint32_t i = 0; i < HD_CHUNK_REGIONS; i++)
+        a->region_base[ar->region + i] = NULL;
+    chunk_put(a, ar->region / HD_CHUNK_REGIONS);
+    hd__mem.unmap(ar->base, HD_ARENA_SIZE);
+    hd__free(ar);
+    a->arenas_current--;
+    a->arenas_reclaimed++;
+}
+
+static void usable_unlink(hd_alloc_t *a, hd_arena_t *ar) {
+    if (ar->prevarena)
+        ar->prevarena->nextarena = ar->nextarena;
+    else
+        a->usable_arenas = ar->nextarena;
+    if (ar->nextarena) ar->nextarena->prevarena = ar->prevarena;
+    ar->nextarena = ar->prevarena = NULL;
+}
+
+#ifdef HD_EXPENSIVE_ASSERTS
+/* Catches a broken usable_arenas order or stale nfp2lasta entry, which would not crash but
+ * would allocate from the wrong arena and keep nearly empty arenas mapped. */
+static bool arenas_ok(const hd_alloc_t *a) {
+    uint32_t usable = 0, with_free = 0, empty = 0;
+    const hd_arena_t *prev = NULL;
+    for (const hd_arena_t *ar = a->usable_arenas; ar; prev = ar, ar = ar->nextarena) {
+        if (ar->prevarena != prev || ar->nfreepools == 0) return false;
+        if (prev && prev->nfreepools > ar->nfreepools) return false;
+        bool last = !ar->nextarena || ar->nextarena->nfreepools != ar->nfreepools;
+        if ((a->nfp2lasta[ar->nfreepools] == ar) != last) return false;
+        if (ar->nfreepools == ar->ntotalpools && (ar != a->spare_arena || empty++)) return false;
+        usable++;
+    }
+    for (uint32_t n = 0; n <= HD_ARENA_POOLS; n++)
+        if (a->nfp2lasta[n] && a->nfp2lasta[n]->nfreepools != n) return false;
+    for (const hd_arena_t *ar = a->arenas; ar; ar = ar->next_all)
+        with_free += ar->nfreepools > 0;
+    return usable == with_free && (!a->spare_arena || empty == 1);
+}
+#endif
+
+/* ========================================================================================== */
+/* Pools: taken from the fullest usable arena, returned to their arena when emptied.          */
+/* ========================================================================================== */
+
+static void usedpool_push(hd_alloc_t *a, hd_pool_t *pool) {
+    hd_pool_t *head = a->usedpools[pool->szidx];
+    pool->prevpool = NULL;
+    pool->nextpool = head == HD_NOPOOL ? NULL : head;
+    if (pool->nextpool) pool->nextpool->prevpool = pool;
+    a->usedpools[pool->szidx] = pool;
+}
+
+static void usedpool_unlink(hd_alloc_t *a, hd_pool_t *pool) {
+    if (pool->prevpool)
+        pool->prevpool->nextpool = pool->nextpool;
+    else
+        a->usedpools[pool->szidx] = pool->nextpool ? pool->nextpool : HD_NOPOOL;
+    if (pool->nextpool) pool->nextpool->prevpool = pool->prevpool;
+    pool->nextpool = pool->prevpool = NULL;
+}
+
+/* Takes a free pool from the fullest usable arena (mapping one if there is none), sets it up
+ * for class c and puts it at the front of usedpools[c] (CPython's allocate_from_new_pool).
+ * NULL, with nothing changed, when no arena can be mapped. */
+static hd_pool_t *pool_new(hd_alloc_t *a, uint32_t c) {
+    if (!a->usable_arenas && !arena_new(a)) return NULL;
+    hd_arena_t *ar = a->usable_arenas;
+
+    /* ar has the fewest free pools, so taking one keeps the list sorted; only the run
+     * bookkeeping changes: ar leaves the run of nf and becomes the only arena with nf - 1. */
+    uint32_t nf = ar->nfreepools;
+    if (a->nfp2lasta[nf] == ar) a->nfp2lasta[nf] = NULL;
+    if (nf > 1) a->nfp2lasta[nf - 1] = ar;
+    if (ar == a->spare_arena) a->spare_arena = NULL;
+
+    hd_pool_t *pool = ar->freepools;
+    if (pool) {
+        ar->freepools = pool->nextpool;
+    } else {
+        /* Carve the next never-used pool; only its header is touched. */
+        pool = (hd_pool_t *)(ar->pool_first + (size_t)ar->ncarved++ * HD_POOL_SIZE);
+        pool->arena = ar;
+        pool->ref = ((hd_ref_t)ar->region << HD_REF_GRANULE_BITS) +
+                    (hd_ref_t)(((char *)pool - ar->base) >> HD_ALIGN_SHIFT);
+        pool->szidx = HD_NOCLASS;
+    }
+    if (--ar->nfreepools == 0) usable_unlink(a, ar);
+
+    /* A pool that served class c before keeps its free list and carve point. */
+    if (pool->szidx != c) {
+        pool->szidx = (uint8_t)c;
+        pool->freeblock = NULL;
+        pool->nextoffset = HD_POOL_OVERHEAD;
+        pool->maxnextoffset = HD_POOL_SIZE - HD_CLASS_SIZE(c);
+    }
+    pool->count = 0;
+    pool->full = 0;
+    usedpool_push(a, pool);
+    HD_ASSERT_EXPENSIVE(arenas_ok(a));
+    return pool;
+}
+
+/* Returns an emptied pool (off every list) to its arena, then restores the order of
+ * usable_arenas in O(1) with nfp2lasta (CPython's insert_to_freepool). An arena left with no
+ * used pool is unmapped, unless it can become the spare. */
+static void pool_release(hd_alloc_t *a, hd_pool_t *pool) {
+    hd_arena_t *ar = pool->arena;
+    pool->nextpool = ar->freepools;
+    ar->freepools = pool;
+
+    /* ar leaves the run of arenas with nf free pools; if it was the run's last, the last is
+     * now its predecessor, when that is in the run. */
+    uint32_t nf = ar->nfreepools;
+    hd_arena_t *lastnf = a->nfp2lasta[nf];
+    if (lastnf == ar) {
+        hd_arena_t *p = ar->prevarena;
+        a->nfp2lasta[nf] = p && p->nfreepools == nf ? p : NULL;
+    }
+    ar->nfreepools = ++nf;
+
+    if (nf == ar->ntotalpools) {
+        /* Case 1: the arena is empty. Keep one such arena, so that a loop allocating and
+         * freeing one block does not map and unmap an arena each time (bpo-37257). */
+        if (a->spare_arena) {
+            usable_unlink(a, ar);
+            arena_free(a, ar);
+            return;
+        }
+        a->spare_arena = ar;
+    }
+    if (nf == 1) {
+        /* Case 2: the arena was full, so off the list; it has the fewest free pools. */
+        ar->prevarena = NULL;
+        ar->nextarena = a->usable_arenas;
+        if (a->usable_arenas) a->usable_arenas->prevarena = ar;
+        a->usable_arenas = ar;
+        if (!a->nfp2lasta[1]) a->nfp2lasta[1] = ar;
+        return;
+    }
+    if (!a->nfp2lasta[nf]) a->nfp2lasta[nf] = ar;
+    /* Case 3: ar was the last of its old run, so it already sits first in its new run. */
+    if (ar == lastnf) return;
+    /* Case 4: slide ar right, to just after the last arena of its old run. */
+    usable_unlink(a, ar);
+    ar->prevarena = lastnf;
+    ar->nextarena = lastnf->nextarena;
+    if (ar->nextarena) ar->nextarena->prevarena = ar;
+    lastnf->nextarena = ar;
+}
+
+/* ========================================================================================== */
+/* Allocation.                                                                                */
+/* ========================================================================================== */
+
+/* Over 512 bytes: from the hook's malloc, with a region of its own. NULL, with nothing
+ * changed, when either fails. */
+static void *large_alloc(hd_alloc_t *a, size_t n, hd_ref_t *ref) {
+    char *p = hd__malloc(n);
+    if (!p) return NULL;
+    /* A ref cannot name an unaligned address. glibc's malloc aligns to 16 bytes; a hook that
+     * does not is a bug, reported in debug builds and refused as out-of-memory otherwise. */
+    HD_ASSERT(((uintptr_t)p & (HD_ALIGN - 1)) == 0);
+    uint32_t r;
+    if (((uintptr_t)p & (HD_ALIGN - 1)) != 0 || region_take(a, &r) < 0) {
+        hd__free(p);
+        return NULL;
+    }
+    a->region_base[r] = p;
+    a->region_large[r] = n;
+    a->large_objects++;
+    a->large_bytes += n;
+    *ref = r << HD_REF_GRANULE_BITS;
+    return p;
+}
+
+/* The slow path: the head pool of the class has no free block (or the request is large).
+ * Carves the head's next block, drops heads found full, or starts a new pool. */
+HD_NOINLINE static void *alloc_refill(hd_alloc_t *a, size_t n, hd_ref_t *ref) {
+    if (n > HD_SMALL_MAX) return large_alloc(a, n, ref);
+    /* A zero-byte request (a caller's bug, asserted above) is served as one byte. */
+    uint32_t c = n ? HD_SIZE_CLASS(n) : 0;
+    for (;;) {
+        hd_pool_t *pool = a->usedpools[c];
+        if (pool == HD_NOPOOL && !(pool = pool_new(a, c))) return NULL;
+        char *bp;
+        if (pool->freeblock) {
+            /* A pool reused for its old class, or one further down the list after the heads
+             * above it were found full. */
+            bp = (char *)pool->freeblock;
+            pool->freeblock = pool->freeblock->next;
+        } else if (pool->nextoffset <= pool->maxnextoffset) {
+            bp = (char *)pool + pool->nextoffset;
+            pool->nextoffset += HD_CLASS_SIZE(c);
+        } else {
+            usedpool_unlink(a, pool);
+            pool->full = 1;
+            continue;
+        }
+        pool->count++;
+        *ref = block_ref(pool, bp);
+        return bp;
+    }
+}
+
+/* The fast path, about 18 instructions on x86-64: clamp the class, load the list head, pop
+ * its free block, count it, compute the ref. Its one branch is the free list running dry; requests
+ * over 512 bytes take it too, since usedpools[HD_NCLASSES] is always the empty placeholder. */
+void *hd__alloc_block(hd_alloc_t *a, size_t n, hd_ref_t *ref) {
+    HD_ASSERT(n >= 1);
+    size_t c = (n - 1) >> HD_ALIGN_SHIFT;
+    hd_pool_t *pool = a->usedpools[c < HD_NCLASSES ? c : HD_NCLASSES];
+    hd_block_t *bp = pool->freeblock;
+    if (HD_UNLIKELY(bp == NULL)) return alloc_refill(a, n, ref);
+    pool->freeblock = bp->next;
+    pool->count++;
+    *ref = block_ref(pool, bp);
+    return bp;
+}
+
+/* ========================================================================================== */
+/* Freeing.                                                                                   */
+/* ========================================================================================== */
+
+HD_NOINLINE static void large_free(hd_alloc_t *a, void *p, hd_ref_t ref) {
+    uint32_t r = ref >> HD_REF_GRANULE_BITS;
+    HD_ASSERT(a->region_base[r] == p && (ref & ((1u << HD_REF_GRANULE_BITS) - 1)) == 0);
+    a->large_objects--;
+    a->large_bytes -= a->region_large[r];
+    region_put(a, r);
+    hd__free(p);
+}
+
+/* The slow path of a free: the pool was full (back onto its class list, at the front as
+ * CPython does) or is now empty (back to its arena). */
+HD_NOINLINE static void free_refile(hd_alloc_t *a, hd_pool_t *pool) {
+    if (pool->full) {
+        pool->full = 0;
+        if (pool->count > 0) {
+            usedpool_push(a, pool);
+            return;
+        }
+    } else {
+        usedpool_unlink(a, pool);
+    }
+    pool_release(a, pool);
+    HD_ASSERT_EXPENSIVE(arenas_ok(a));
+}
+
+/* The fast path, about 16 instructions on x86-64: one load tells large from small, then push the
+ * block on its pool's free list; one branch for a pool that was full or is now empty. */
+void hd__alloc_free(hd_alloc_t *a, void *p, hd_ref_t ref) {
+    /* Catches a ref and pointer that do not belong together (a caller's bookkeeping bug). */
+    HD_ASSERT(hd__alloc_check(a, ref) == p);
+    if (HD_UNLIKELY(a->region_large[ref >> HD_REF_GRANULE_BITS] != 0)) {
+        large_free(a, p, ref);
+        return;
+    }
+    hd_pool_t *pool = HD_POOL_ADDR(p);
+    hd_block_t *b = p;
+    b->next = pool->freeblock;
+    pool->freeblock = b;
+    if (HD_UNLIKELY((--pool->count == 0) | pool->full)) free_refile(a, pool);
+}
+
+/* ========================================================================================== */
+/* Checking refs and walking blocks.                                                          */
+/* ========================================================================================== */
+
+/* Reads only the tables, the arena record of a live arena and the header of a pool that has
+ * been carved from it, all of which are mapped. */
+void *hd__alloc_check(const hd_alloc_t *a, hd_ref_t ref) {
+    uint32_t r = ref >> HD_REF_GRANULE_BITS;
+    uint32_t g = ref & ((1u << HD_REF_GRANULE_BITS) - 1);
+    if (r == 0 || r >= a->nregions || !a->region_base[r]) return NULL;
+    const hd_arena_t *ar = a->chunks[r / HD_CHUNK_REGIONS].arena;
+    if (!ar) return g == 0 ? a->region_base[r] : NULL;
+
+    char *p = a->region_base[r] + ((size_t)g << HD_ALIGN_SHIFT);
+    if (p < ar->pool_first || p >= ar->pool_first + (size_t)ar->ncarved * HD_POOL_SIZE) return NULL;
+    const hd_pool_t *pool = HD_POOL_ADDR(p);
+    uint32_t off = (uint32_t)(p - (const char *)pool);
+    if (pool->count == 0 || off < HD_POOL_OVERHEAD || off >= pool->nextoffset) return NULL;
+    if ((off - HD_POOL_OVERHEAD) % HD_CLASS_SIZE(pool->szidx) != 0) return NULL;
+    return p;
+}
+
+void hd__alloc_foreach(const hd_alloc_t *a, void (*fn)(void *ctx, void *block, hd_ref_t ref),
+                       void *ctx) {
+    for (const hd_arena_t *ar = a->arenas; ar; ar = ar->next_all) {
+        for (uint32_t i = 0; i < ar->ncarved; i++) {
+            hd_pool_t *pool = (hd_pool_t *)(ar->pool_first + (size_t)i * HD_POOL_SIZE);
+            if (pool->count == 0) continue;
+            uint32_t size = HD_CLASS_SIZE(pool->szidx);
+            for (uint32_t off = HD_POOL_OVERHEAD; off < pool->nextoffset; off += size)
+                fn(ctx, (char *)pool + off, block_ref(pool, (char *)pool + off));
+        }
+    }
+    for (int l = 0; l < 2; l++) {
+        uint32_t c = l == 0 ? a->chunks_large : a->chunks_full;
+        for (; c != HD_NOCHUNK; c = a->chunks[c].next) {
+            for (uint32_t i = c == 0 ? 1 : 0; i < HD_CHUNK_REGIONS; i++) {
+                uint32_t r = c * HD_CHUNK_REGIONS + i;
+                if (a->chunks[c].used & (1u << i))
+                    fn(ctx, a->region_base[r], r << HD_REF_GRANULE_BITS);
+            }
+        }
+    }
+}
+
+/* ========================================================================================== */
+/* Statistics: sys._debugmallocstats(), walking arenas and pools but never blocks.            */
+/* ========================================================================================== */
+
+void hd__alloc_stats(const hd_alloc_t *a, hd_heap_stats_t *out) {
+    uint64_t freepools = 0, alignment = 0;
+    for (uint32_t c = 0; c < HD_NCLASSES; c++)
+        out->classes[c] = (hd_class_stats_t){.block_size = HD_CLASS_SIZE(c)};
+    for (const hd_arena_t *ar = a->arenas; ar; ar = ar->next_all) {
+        freepools += ar->nfreepools;
+        if (ar->pool_first != ar->base) alignment += HD_POOL_SIZE;
+        for (uint32_t i = 0; i < ar->ncarved; i++) {
+            const hd_pool_t *pool = (const hd_pool_t *)(ar->pool_first + (size_t)i * HD_POOL_SIZE);
+            if (pool->count == 0) continue;
+            hd_class_stats_t *cs = &out->classes[pool->szidx];
+            cs->pools++;
+            cs->blocks_in_use += pool->count;
+            cs->blocks_available += HD_POOL_BLOCKS(pool->szidx) - pool->count;
+        }
+    }
+
+    uint64_t allocated = 0, available = 0, headers = 0, quantization = 0;
+    for (uint32_t c = 0; c < HD_NCLASSES; c++) {
+        const hd_class_stats_t *cs = &out->classes[c];
+        allocated += cs->blocks_in_use * cs->block_size;
+        available += cs->blocks_available * cs->block_size;
+        headers += cs->pools * HD_POOL_OVERHEAD;
+        quantization += cs->pools * ((HD_POOL_SIZE - HD_POOL_OVERHEAD) % cs->block_size);
+    }
+    out->arenas_allocated_total = a->arenas_allocated_total;
+    out->arenas_reclaimed = a->arenas_reclaimed;
+    out->arenas_highwater = a->arenas_highwater;
+    out->arenas_current = a->arenas_current;
+    out->arena_bytes = a->arenas_current * HD_ARENA_SIZE;
+    out->bytes_allocated_blocks = allocated;
+    out->bytes_available_blocks = available;
+    out->bytes_unused_pools = freepools * HD_POOL_SIZE;
+    out->bytes_pool_headers = headers;
+    out->bytes_quantization = quantization;
+    out->bytes_arena_alignment = alignment;
+    out->large_objects = a->large_objects;
+    out->large_bytes = a->large_bytes;
+}
+
+/* ========================================================================================== */
+/* Lifetime.                                                                                  */
+/* ========================================================================================== */
+
+void hd__alloc_init(hd_alloc_t *a, void *sentinel_base) {
+    memset(a, 0, sizeof(*a));
+    a->region_base = a->region_inline;
+    a->region_inline[0] = sentinel_base;
+    a->nregions = 1;
+    a->region_cap = HD_REGIONS_INLINE;
+    a->chunks_free = a->chunks_large = a->chunks_full = HD_NOCHUNK;
+    for (uint32_t c = 0; c <= HD_NCLASSES; c++)
+        a->usedpools[c] = HD_NOPOOL;
+}
+
+/* Walks arenas and large chunks only, never blocks. Leaves a as hd__alloc_init left it. */
+void hd__alloc_destroy(hd_alloc_t *a) {
+    void *sentinel_base = a->region_base[0];
+    for (hd_arena_t *ar = a->arenas, *next; ar; ar = next) {
+        next = ar->next_all;
+        hd__mem.unmap(ar->base, HD_ARENA_SIZE);
+        hd__free(ar);
+    }
+    for (int l = 0; l < 2; l++) {
+        uint32_t c = l == 0 ? a->chunks_large : a->chunks_full;
+        for (; c != HD_NOCHUNK; c = a->chunks[c].next) {
+            for (uint32_t i = c == 0 ? 1 : 0; i < HD_CHUNK_REGIONS; i++)
+                if (a->chunks[c].used & (1u << i))
+                    hd__free(a->region_base[c * HD_CHUNK_REGIONS + i]);
+        }
+    }
+    if (a->region_base != a->region_inline) hd__free(a->region_base);
+    hd__alloc_init(a, sentinel_base);
+}
