@@ -45,8 +45,6 @@ int hd_heap_new(const hd_heap_config_t *cfg, hd_heap_t **out) {
         hd_heap_config_init(&defaults);
         cfg = &defaults;
     }
-    for (int i = 0; i < 3; i++)
-        if (cfg->gc_threshold[i] < 0) return HD_EINVAL;
     hd_heap_t *h = hd__calloc(1, sizeof *h);
     if (!h) return HD_ENOMEM;
     hd__alloc_init(&h->alloc, h->sentinels);

@@ -208,34 +208,45 @@ void hd_gc_disable(hd_heap_t *h);
 int hd_gc_isenabled(hd_heap_t *h);
 void hd_gc_get_count(hd_heap_t *h, uint64_t count[3]);
 void hd_gc_get_threshold(hd_heap_t *h, int threshold[3]);
-/* Sets the first n thresholds (n = 1..3), as gc.set_threshold(t0[, t1[, t2]]). Negative or
- * out-of-int values are HD_EINVAL. */
+/* Sets the first n thresholds (n = 1..3, else HD_EINVAL), as gc.set_threshold(t0[, t1[, t2]]).
+ * Any int is accepted, as in CPython: generation g is collected when count[g] > threshold[g]
+ * (compared signed, so a negative threshold always fires); threshold[0] == 0 disables
+ * automatic collection. */
 int hd_gc_set_threshold(hd_heap_t *h, const int *threshold, int n);
 void hd_gc_get_stats(hd_heap_t *h, hd_gc_genstats_t stats[3]);
-/* Moves every tracked object into the permanent generation and zeroes the counts. */
+/* Moves every tracked object into the permanent generation and zeroes all three counts
+ * (CPython 3.11). O(tracked objects). */
 void hd_gc_freeze(hd_heap_t *h);
 /* Moves the permanent generation back into generation 2. */
 void hd_gc_unfreeze(hd_heap_t *h);
 uint64_t hd_gc_get_freeze_count(hd_heap_t *h);
 int hd_gc_is_tracked(hd_heap_t *h, hd_handle_t o, int *tracked);
+/* Stores any flags, as gc.set_debug. Only HD_GC_DEBUG_SAVEALL changes behaviour (garbage is
+ * listed instead of freed); the printing flags print nothing, the engine has no I/O. */
 void hd_gc_set_debug(hd_heap_t *h, int flags);
 int hd_gc_get_debug(hd_heap_t *h);
-/* Tracked objects (frozen ones excluded) with a slot pointing at any of objs. With newref,
- * each result holds a new client reference; otherwise the handles are borrowed. */
+/* Tracked objects (frozen ones excluded) with a slot pointing at any of objs, each listed
+ * once, in the order of generations 0, 1, 2 and of each generation's list. With newref, each
+ * result holds a new client reference; otherwise the handles are borrowed. */
 int hd_gc_get_referrers(hd_heap_t *h, const hd_handle_t *objs, size_t n, int newref,
                         hd_handles_t *out);
-/* The distinct non-empty slot targets of objs, in slot order. newref as above. */
+/* Every non-empty slot target of each of objs, in order, duplicates kept (as
+ * gc.get_referents). newref as above. */
 int hd_gc_get_referents(hd_heap_t *h, const hd_handle_t *objs, size_t n, int newref,
                         hd_handles_t *out);
-/* Pages through the tracked objects of a generation (0..2, or -1 for all of 0..2).
- * Start with *cursor = 0; each call appends at most max handles to out and sets *cursor to
- * the value for the next call, 0 when done. Objects freed between pages are skipped.
- * An abandoned cursor is released by hd_gc_cursor_close or when the heap is freed. */
+/* Pages through the tracked objects of a generation (0..2, or -1 for all of 0..2, in that
+ * order). Start with *cursor = 0: the call snapshots the generation (later calls ignore
+ * generation). Each call appends at most max (>= 1) handles to out and sets *cursor to the
+ * value for the next call, 0 when done. Objects freed between pages are skipped; objects
+ * allocated after the snapshot are not listed. A heap keeps at most 16 cursors open: opening
+ * another closes the oldest, whose next use is HD_ENOCURSOR, as is an unknown or finished
+ * one. An abandoned cursor is released by hd_gc_cursor_close or when the heap is freed. */
 int hd_gc_get_objects(hd_heap_t *h, int generation, uint64_t *cursor, size_t max, int newref,
                       hd_handles_t *out);
 void hd_gc_cursor_close(hd_heap_t *h, uint64_t cursor);
 /* The garbage list (DEBUG_SAVEALL and uncollectable cycles). Each entry holds one internal
- * reference. Reading appends handles from index start, at most max. */
+ * reference. Reading appends handles from index start, at most max; HD_ERANGE if start is
+ * past *total. */
 int hd_gc_garbage(hd_heap_t *h, size_t start, size_t max, int newref, hd_handles_t *out,
                   size_t *total);
 /* Empties the garbage list, dropping its references (objects may be freed, cascading). */

@@ -1,0 +1,922 @@
+/*
+ * gc.c: the cycle collector, with the semantics of CPython 3.11's gc module (gcmodule.c).
+ *
+ * Reference counting frees most objects the moment they become unreachable; what it cannot
+ * free are cycles. This file finds unreachable containers, the way CPython does: three
+ * generations plus a permanent one, each a circular doubly linked list threaded through the
+ * objects' gc_prev/gc_next with a sentinel in region 0 (internal.h). A collection of
+ * generation g merges the younger lists into g, computes for each object how many of its
+ * references come from outside that set, keeps everything reachable from those roots, and
+ * breaks the remaining cycles by clearing their slots; object.c's free cascade does the
+ * rest. Survivors move up one generation. The automatic trigger, the counts, the thresholds,
+ * the long-lived damper for full collections, freeze, the garbage list and the debug flag
+ * DEBUG_SAVEALL behave as in CPython 3.11, and a differential test
+ * (tests/heap/test_gc_diff.py) holds the return values of collect() to CPython's own.
+ *
+ * Cost: a collection of generations 0..g walks the young list twice before the garbage is
+ * known (update_and_subtract_refs, move_unreachable) and reads the header of each slot
+ * target twice; it allocates nothing per object, hashes nothing and never recurses. Older
+ * generations are never walked, so a generation-0 collection costs the same in a heap of a
+ * thousand objects or of ten million. Deleting garbage adds object.c's free path per object.
+ *
+ * Owns: the generation lists, counts, thresholds and statistics, the garbage list, the
+ * get_objects cursors, the GC_START/GC_STOP events and the FINALIZED events of objects that
+ * die in a collection. Does not own: the object layout, refcounts and the free cascade
+ * (object.c), weak references (weakref.c), the event queue (heap.c).
+ *
+ * Differences from CPython, none of them visible in collect()'s results: finalizers and weak
+ * reference callbacks run no code here (they queue events), so no object can be resurrected
+ * and CPython's handle_resurrected_objects pass has nothing to find; the DEBUG_STATS,
+ * DEBUG_COLLECTABLE and DEBUG_UNCOLLECTABLE flags are stored but print nothing (the engine
+ * owns no I/O); there are no tuples or dicts to untrack.
+ */
+#include "internal.h"
+
+#include <time.h>
+
+/*
+ * The states of a container, by flags and by what gc_prev holds:
+ *
+ *   untracked      !TRACKED. Atomic objects always; containers once freed.
+ *   tracked        TRACKED, on the list of its generation; gen bits 0..2, or 3 = permanent.
+ *                  gc_prev/gc_next are list links.
+ *   collecting     TRACKED|COLLECTING: in the young list of the running collection (the
+ *                  tracked objects of generations 0..g) and reached by
+ *                  update_and_subtract_refs. gc_prev holds gc_refs (the references not yet
+ *                  accounted for), so the young list is linked forward only, through gc_next.
+ *   tentatively unreachable   COLLECTING|UNREACHABLE: move_unreachable saw gc_refs == 0 and
+ *                  moved it to the unreachable list, which is doubly linked (gc_prev is a
+ *                  link again). visit_reachable may move it back to young.
+ *   reachable      scanned by move_unreachable with gc_refs > 0: COLLECTING cleared, gen bits
+ *                  set to the generation it survives into, gc_prev a link again.
+ *   unreachable    after move_unreachable, still COLLECTING (and UNREACHABLE until
+ *                  move_legacy_finalizers clears it). Weak references cleared, finalized,
+ *                  then cleared by delete_garbage; whatever outlives that moves to old.
+ *   uncollectable  a legacy finalizer, or reachable from one: moved to the finalizers list
+ *                  with COLLECTING cleared and gen bits set, then merged into old (the legacy
+ *                  ones also go to the garbage list).
+ *
+ * Outside a collection no object has COLLECTING or UNREACHABLE set.
+ */
+
+/* The two temporary lists of a collection (scratch sentinels, internal.h). */
+#define UNREACHABLE_LIST ((hd_ref_t)(HD_SENT_SCRATCH + 0))
+#define FINALIZERS_LIST  ((hd_ref_t)(HD_SENT_SCRATCH + 1))
+#define PERMANENT_GEN    3
+
+/* Open get_objects cursors per heap. A cursor holds a snapshot of 8 bytes per object, so a
+ * client that opens cursors and never finishes them is bounded at 16 snapshots; opening the
+ * 17th evicts the oldest (its next call gets HD_ENOCURSOR). */
+#define HD_GC_MAX_CURSORS 16
+
+_Static_assert(HD_SENT_SCRATCH + 1 < HD_NSENTINELS, "the scratch lists fit in region 0");
+_Static_assert(HD_SENT_GEN1 == HD_SENT_GEN0 + 1 && HD_SENT_GEN2 == HD_SENT_GEN0 + 2,
+               "generation sentinels are consecutive");
+_Static_assert((HD_OF_GEN_MASK >> HD_OF_GEN_SHIFT) == PERMANENT_GEN, "gen bits hold 0..3");
+
+/* ------------------------------------------------------------------------------------------ */
+/* Refs to pointers, with the region table in a local (nothing allocates regions while the   */
+/* collector runs, so the table cannot move under a pass).                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef char *const *regions_t;
+
+static inline void *ref_at(regions_t rb, hd_ref_t r) {
+    return rb[r >> HD_REF_GRANULE_BITS] +
+           ((size_t)(r & ((1u << HD_REF_GRANULE_BITS) - 1)) << HD_ALIGN_SHIFT);
+}
+/* An object. */
+static inline hd_obj_t *obj_at(regions_t rb, hd_ref_t r) {
+    return (hd_obj_t *)ref_at(rb, r);
+}
+/* The links of an object or of a sentinel. */
+static inline hd_gchead_t *link_at(regions_t rb, hd_ref_t r) {
+    return (hd_gchead_t *)ref_at(rb, r);
+}
+
+static inline uint16_t with_gen(uint16_t flags, int gen) {
+    return (uint16_t)((flags & ~(HD_OF_GEN_MASK | HD_OF_COLLECTING | HD_OF_UNREACHABLE)) |
+                      (gen << HD_OF_GEN_SHIFT));
+}
+
+/* Sets the gen bits of every object on list; returns how many there are. O(list). */
+static uint64_t list_set_gen(hd_heap_t *h, hd_ref_t list, int gen) {
+    regions_t rb = h->alloc.region_base;
+    uint64_t n = 0;
+    for (hd_ref_t r = link_at(rb, list)->gc_next; r != list; n++) {
+        hd_obj_t *o = obj_at(rb, r);
+        o->flags = with_gen(o->flags, gen);
+        r = o->gc_next;
+    }
+    return n;
+}
+
+#ifdef HD_EXPENSIVE_ASSERTS
+/* A well-formed list: links agree both ways, every node tracked, in generation gen (or any
+ * when gen < 0), with neither collector flag set. Catches a pass that forgot to restore
+ * gc_prev or to clear COLLECTING. */
+static bool list_ok(hd_heap_t *h, hd_ref_t list, int gen) {
+    regions_t rb = h->alloc.region_base;
+    hd_ref_t prev = list;
+    for (hd_ref_t r = link_at(rb, list)->gc_next; r != list;
+         prev = r, r = link_at(rb, r)->gc_next) {
+        hd_obj_t *o = obj_at(rb, r);
+        if (o->gc_prev != prev || !(o->flags & HD_OF_TRACKED) || o->nslots == 0) return false;
+        if (o->flags & (HD_OF_COLLECTING | HD_OF_UNREACHABLE)) return false;
+        if (gen >= 0 && hd__obj_gen(o) != gen) return false;
+    }
+    return link_at(rb, list)->gc_prev == prev;
+}
+#endif
+
+/* ========================================================================================== */
+/* Tracking, counting, the automatic trigger.                                                 */
+/* ========================================================================================== */
+
+void hd__gc_init(hd_heap_t *h, const hd_heap_config_t *cfg) {
+    hd_gcstate_t *gc = &h->gc;
+    memset(gc, 0, sizeof *gc);
+    for (int i = 0; i < 3; i++) {
+        gc->gen[i].head = (hd_ref_t)(HD_SENT_GEN0 + i);
+        gc->gen[i].threshold = cfg->gc_threshold[i];
+        hd__gc_list_init(h, gc->gen[i].head);
+    }
+    gc->permanent = HD_SENT_PERMANENT;
+    hd__gc_list_init(h, gc->permanent);
+    hd__gc_list_init(h, UNREACHABLE_LIST);
+    hd__gc_list_init(h, FINALIZERS_LIST);
+    gc->enabled = cfg->gc_enabled != 0;
+}
+
+void hd__gc_track(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
+    HD_ASSERT(o->nslots > 0 && !(o->flags & HD_OF_TRACKED));
+    o->flags = (uint16_t)(with_gen(o->flags, 0) | HD_OF_TRACKED);
+    hd__gc_list_append(h, r, h->gc.gen[0].head);
+}
+
+/* As CPython's PyObject_GC_Del: every container freed uncounts one allocation. */
+void hd__gc_untrack(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
+    hd_gcstate_t *gc = &h->gc;
+    HD_ASSERT(o->flags & HD_OF_TRACKED);
+    if (hd__obj_gen(o) == PERMANENT_GEN) gc->nfrozen--;
+    hd__gc_list_remove(h, r);
+    o->flags = (uint16_t)(with_gen(o->flags, 0) & ~HD_OF_TRACKED);
+    if (gc->gen[0].count > 0) gc->gen[0].count--;
+}
+
+/* count > threshold, compared as CPython does (signed: a negative threshold always fires). */
+static inline bool over_threshold(const hd_gen_t *g) {
+    return (int64_t)g->count > (int64_t)g->threshold;
+}
+
+static uint64_t collect_with_events(hd_heap_t *h, int generation);
+
+/* CPython's gc_collect_generations: the oldest generation over its threshold, except that
+ * a full collection also waits until the objects promoted into generation 2 since the last
+ * one are at least a quarter of what it kept (the damper of issue #4074). */
+static HD_NOINLINE void collect_generations(hd_heap_t *h) {
+    hd_gcstate_t *gc = &h->gc;
+    for (int i = 2; i >= 0; i--) {
+        if (!over_threshold(&gc->gen[i])) continue;
+        if (i == 2 && gc->long_lived_pending < gc->long_lived_total / 4) continue;
+        gc->collecting = 1;
+        collect_with_events(h, i);
+        gc->collecting = 0;
+        return;
+    }
+}
+
+/* The allocation path's part: one increment and one well-predicted branch. */
+void hd__gc_on_alloc(hd_heap_t *h) {
+    hd_gcstate_t *gc = &h->gc;
+    gc->gen[0].count++;
+    if (HD_UNLIKELY(over_threshold(&gc->gen[0])) && gc->enabled && gc->gen[0].threshold &&
+        !gc->collecting)
+        collect_generations(h);
+}
+
+/* ========================================================================================== */
+/* The collection, in the order of gcmodule.c:gc_collect_main. Each step states what holds   */
+/* after it and what it costs.                                                                */
+/* ========================================================================================== */
+
+/*
+ * After this, every young object is COLLECTING and its gc_prev holds gc_refs: its refcnt
+ * minus the references from slots of young objects, i.e. the references from outside young
+ * (the client, the garbage list, slots of older or frozen objects). gc_refs > 0 means
+ * directly reachable from outside. The young list is linked forward only from here on.
+ *
+ * CPython's update_refs and subtract_refs, fused into one walk: the collector is bound by
+ * memory traffic, and a second walk over young costs as much as everything else (the
+ * fusion took a full collection of 4M ring nodes from 40 to 18 ns per object). It works
+ * because membership in young is known without COLLECTING: young is every tracked object
+ * of generations 0..g, and the gen bits say which. So an object's gc_refs is set to refcnt
+ * the first time the walk touches it, in its own turn or as a slot's target, and every
+ * slot of a young object pointing at it takes one off. Reads each young object and the
+ * header of each slot target once: O(young + young slots); objects of other generations
+ * are read, never written.
+ */
+static void update_and_subtract_refs(hd_heap_t *h, hd_ref_t young, int g) {
+    regions_t rb = h->alloc.region_base;
+    for (hd_ref_t r = link_at(rb, young)->gc_next; r != young;) {
+        hd_obj_t *o = obj_at(rb, r);
+        HD_ASSERT(o->refcnt > 0 && (o->flags & HD_OF_TRACKED) && hd__obj_gen(o) <= g);
+        if (!(o->flags & HD_OF_COLLECTING)) { /* update_refs */
+            o->gc_prev = o->refcnt;
+            o->flags |= HD_OF_COLLECTING;
+        }
+        for (uint32_t i = 0, n = o->nslots; i < n; i++) { /* subtract_refs */
+            hd_ref_t t = o->slots[i];
+            if (!t) continue;
+            hd_obj_t *to = obj_at(rb, t);
+            uint16_t f = to->flags;
+            if (f & HD_OF_COLLECTING) {
+                /* gc_refs below zero means a slot reference that refcnt did not count. */
+                HD_ASSERT(to->gc_prev > 0);
+                to->gc_prev--;
+            } else if ((f & HD_OF_TRACKED) && ((f & HD_OF_GEN_MASK) >> HD_OF_GEN_SHIFT) <= g) {
+                /* A young object the walk has not reached: update, then subtract. */
+                HD_ASSERT(to->refcnt > 0);
+                to->gc_prev = to->refcnt - 1;
+                to->flags = (uint16_t)(f | HD_OF_COLLECTING);
+            }
+            /* Else atomic, older or frozen: outside young. */
+        }
+        r = o->gc_next;
+    }
+}
+
+/* A slot of a reachable object points at t: t is reachable too. If move_unreachable has
+ * already moved t to the unreachable list, t goes back to the end of young (where the scan
+ * will reach it again); if the scan has not reached t yet, gc_refs = 1 tells it. */
+static inline void visit_reachable(regions_t rb, hd_ref_t t, hd_ref_t young) {
+    hd_obj_t *to = obj_at(rb, t);
+    if (!(to->flags & HD_OF_COLLECTING)) return; /* other generation, atomic, or scanned */
+    if (to->flags & HD_OF_UNREACHABLE) {
+        link_at(rb, to->gc_prev)->gc_next = to->gc_next;
+        link_at(rb, to->gc_next)->gc_prev = to->gc_prev;
+        /* young's sentinel keeps its tail in gc_prev even while the nodes' gc_prev hold
+         * gc_refs: append there. */
+        hd_gchead_t *ys = link_at(rb, young);
+        link_at(rb, ys->gc_prev)->gc_next = t;
+        to->gc_next = young;
+        ys->gc_prev = t;
+        to->gc_prev = 1;
+        to->flags &= (uint16_t)~HD_OF_UNREACHABLE;
+    } else if (to->gc_prev == 0) {
+        to->gc_prev = 1;
+    }
+}
+
+/*
+ * After this, young holds exactly the objects reachable from outside it, each with
+ * COLLECTING cleared, gen bits = gen_after and gc_prev a link again; unreachable holds the
+ * rest, COLLECTING|UNREACHABLE. Returns the size of young.
+ *
+ * CPython's move_unreachable, without recursion: the young list is the work list. Invariant
+ * at each step: every object left of the scan position is reachable and scanned (its slots
+ * visited); every object already moved to unreachable had gc_refs == 0 when the scan passed
+ * it and has not been found reachable since. An object found reachable after being moved is
+ * appended to young and scanned again when the scan gets there. Each object is scanned at
+ * most once as reachable and moved at most twice: O(young + young slots).
+ */
+static uint64_t move_unreachable(hd_heap_t *h, hd_ref_t young, hd_ref_t unreachable,
+                                 int gen_after) {
+    regions_t rb = h->alloc.region_base;
+    hd_gchead_t *us = link_at(rb, unreachable);
+    hd_ref_t prev = young; /* the last scanned reachable object, or young's sentinel */
+    uint64_t nreachable = 0;
+    for (hd_ref_t r = link_at(rb, young)->gc_next; r != young; r = link_at(rb, prev)->gc_next) {
+        hd_obj_t *o = obj_at(rb, r);
+        if (o->gc_prev > 0) {
+            /* Reachable. Visiting may append to young, and so change o->gc_next when o is
+             * the tail: the next object is read from prev after the visits. */
+            for (uint32_t i = 0, n = o->nslots; i < n; i++)
+                if (o->slots[i]) visit_reachable(rb, o->slots[i], young);
+            o->gc_prev = prev;
+            o->flags = with_gen(o->flags, gen_after);
+            prev = r;
+            nreachable++;
+        } else {
+            /* Tentatively unreachable: unlink (young is forward-linked only) and append to
+             * unreachable, a doubly linked list. */
+            link_at(rb, prev)->gc_next = o->gc_next;
+            hd_ref_t last = us->gc_prev;
+            link_at(rb, last)->gc_next = r;
+            o->gc_prev = last;
+            o->gc_next = unreachable;
+            us->gc_prev = r;
+            o->flags |= HD_OF_UNREACHABLE;
+        }
+    }
+    /* The tail may have moved to unreachable: the last reachable object is young's tail. */
+    link_at(rb, young)->gc_prev = prev;
+    return nreachable;
+}
+
+/* What move_legacy_finalizers learnt about the unreachable set. */
+typedef struct split_s {
+    uint64_t nunreachable; /* unreachable objects, legacy ones included */
+    uint64_t nlegacy;      /* legacy finalizers among them */
+    uint16_t flags_any;    /* the union of the non-legacy objects' flags */
+} split_t;
+
+/* After this, no object has UNREACHABLE; the unreachable objects with a legacy finalizer
+ * are on finalizers (COLLECTING cleared, gen bits = gen_old). One walk: O(unreachable). */
+static split_t move_legacy_finalizers(hd_heap_t *h, hd_ref_t unreachable, hd_ref_t finalizers,
+                                      int gen_old) {
+    regions_t rb = h->alloc.region_base;
+    split_t s = {0, 0, 0};
+    for (hd_ref_t r = link_at(rb, unreachable)->gc_next, next; r != unreachable; r = next) {
+        hd_obj_t *o = obj_at(rb, r);
+        HD_ASSERT((o->flags & (HD_OF_COLLECTING | HD_OF_UNREACHABLE)) ==
+                  (HD_OF_COLLECTING | HD_OF_UNREACHABLE));
+        next = o->gc_next;
+        s.nunreachable++;
+        if (o->flags & HD_OF_LEGACY) {
+            o->flags = with_gen(o->flags, gen_old);
+            hd__gc_list_move(h, r, finalizers);
+            s.nlegacy++;
+        } else {
+            o->flags &= (uint16_t)~HD_OF_UNREACHABLE;
+            s.flags_any |= o->flags;
+        }
+    }
+    return s;
+}
+
+/* After this, finalizers also holds every unreachable object reachable from a legacy
+ * finalizer (COLLECTING cleared, gen bits = gen_old); the objects left on unreachable are
+ * the collectable ones. The finalizers list is its own work list (it grows while walked).
+ * Returns the size of finalizers. O(finalizers + their slots). */
+static uint64_t move_legacy_finalizer_reachable(hd_heap_t *h, hd_ref_t finalizers, int gen_old) {
+    regions_t rb = h->alloc.region_base;
+    uint64_t n = 0;
+    for (hd_ref_t r = link_at(rb, finalizers)->gc_next; r != finalizers;
+         r = link_at(rb, r)->gc_next, n++) {
+        hd_obj_t *o = obj_at(rb, r);
+        for (uint32_t i = 0; i < o->nslots; i++) {
+            hd_ref_t t = o->slots[i];
+            if (!t) continue;
+            hd_obj_t *to = obj_at(rb, t);
+            /* Only the collectable unreachable objects are still COLLECTING. */
+            if (to->flags & HD_OF_COLLECTING) {
+                to->flags = with_gen(to->flags, gen_old);
+                hd__gc_list_move(h, t, finalizers);
+            }
+        }
+    }
+    return n;
+}
+
+/* Makes room on the garbage list for need more entries before anything is moved there, so
+ * that the collection cannot fail half way. False when the hook refuses: the objects that
+ * would have been listed then stay alive in the old generation, unlisted (as in CPython
+ * when appending to gc.garbage fails), and a later collection finds them again. */
+static bool reserve_garbage(hd_heap_t *h, uint64_t need) {
+    hd_gcstate_t *gc = &h->gc;
+    if (need == 0) return true;
+    if (need > SIZE_MAX - gc->ngarbage) return false;
+    return hd__vec_reserve((void **)&gc->garbage, &gc->garbage_cap, gc->ngarbage + need,
+                           sizeof *gc->garbage) == 0;
+}
+
+/* Lists r on the garbage list, which takes one internal reference. Room was reserved. */
+static void garbage_push(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
+    hd_gcstate_t *gc = &h->gc;
+    HD_ASSERT(gc->ngarbage < gc->garbage_cap && !(o->flags & HD_OF_GARBAGE));
+    HD_ASSERT(o->refcnt < UINT32_MAX);
+    gc->garbage[gc->ngarbage++] = r;
+    o->refcnt++;
+    o->flags |= HD_OF_GARBAGE;
+}
+
+/* After this, no object on unreachable has weak references: they are cleared (and their
+ * WEAKREF_CLEARED events queued) before any finalizer is reported or any slot cleared, so a
+ * client can never reach a dying object through a weak reference. O(unreachable). */
+static void handle_weakrefs(hd_heap_t *h, hd_ref_t unreachable) {
+    regions_t rb = h->alloc.region_base;
+    for (hd_ref_t r = link_at(rb, unreachable)->gc_next; r != unreachable;) {
+        hd_obj_t *o = obj_at(rb, r);
+        if (o->flags & HD_OF_WEAKREFD) hd__weakref_clear(h, r, o);
+        r = o->gc_next;
+    }
+}
+
+/* After this, every object on unreachable that owed a FINALIZED event has queued it (while
+ * its handle still names it) and lost HD_OF_FINALIZER, so the free path does not report it
+ * twice. O(unreachable). */
+static void finalize_garbage(hd_heap_t *h, hd_ref_t unreachable) {
+    regions_t rb = h->alloc.region_base;
+    for (hd_ref_t r = link_at(rb, unreachable)->gc_next; r != unreachable;) {
+        hd_obj_t *o = obj_at(rb, r);
+        if (o->flags & HD_OF_FINALIZER) {
+            o->flags &= (uint16_t)~HD_OF_FINALIZER;
+            if (hd__event_wanted(h, HD_EV_FINALIZED)) {
+                hd_objext_t *x = hd__obj_ext(o);
+                hd_event_t ev = {.type = HD_EV_FINALIZED, .handle = hd__handle_of(o, r)};
+                ev.tag = hd__intern_str(&h->tags, x ? x->tag : 0);
+                hd__event_push(h, &ev);
+            }
+        }
+        r = o->gc_next;
+    }
+}
+
+/*
+ * After this, unreachable is empty: each object was cleared (its slots' references dropped)
+ * or, under DEBUG_SAVEALL, listed as garbage; those still alive afterwards moved to old.
+ *
+ * CPython's delete_garbage: always take the first object; clearing one may free any number
+ * of the others (object.c's cascade untracks them from this list), so nothing else about
+ * the list survives a step. If the first object is still first afterwards it is alive, held
+ * by objects not yet cleared, and moves to old, where it dies when they are cleared.
+ * O(unreachable + their slots), plus the frees.
+ */
+static void delete_garbage(hd_heap_t *h, hd_ref_t unreachable, hd_ref_t old, int gen_old,
+                           bool saveall, bool listable) {
+    /* hd__obj, not a cached region table: the frees below may give regions back. */
+    while (!hd__gc_list_is_empty(h, unreachable)) {
+        hd_ref_t r = hd__gchead(h, unreachable)->gc_next;
+        hd_obj_t *o = hd__obj(h, r);
+        HD_ASSERT(o->refcnt > 0 && o->crefs == 0);
+        if (saveall) {
+            if (listable) garbage_push(h, r, o);
+        } else {
+            /* The transient reference keeps o alive while its own slots are dropped. */
+            o->refcnt++;
+            hd__obj_clear_slots(h, r);
+            hd__obj_decref_internal(h, r);
+        }
+        /* o may be freed by now: only the sentinel is read to tell. */
+        if (hd__gchead(h, unreachable)->gc_next == r) {
+            o->flags = with_gen(o->flags, gen_old);
+            hd__gc_list_move(h, r, old);
+        }
+    }
+}
+
+/* After this, finalizers is empty: its objects joined old, and the legacy ones (all of them
+ * under DEBUG_SAVEALL) are on the garbage list. Returns how many there were, the
+ * uncollectable count (objects freed by delete_garbage have left the list already).
+ * O(finalizers). */
+static uint64_t handle_legacy_finalizers(hd_heap_t *h, hd_ref_t finalizers, hd_ref_t old,
+                                         bool saveall, bool listable) {
+    regions_t rb = h->alloc.region_base;
+    uint64_t n = 0;
+    for (hd_ref_t r = link_at(rb, finalizers)->gc_next; r != finalizers; n++) {
+        hd_obj_t *o = obj_at(rb, r);
+        if (listable && (saveall || (o->flags & HD_OF_LEGACY))) garbage_push(h, r, o);
+        r = o->gc_next;
+    }
+    hd__gc_list_merge(h, finalizers, old);
+    return n;
+}
+
+/*
+ * Collects generations 0..g; returns collected + uncollectable and reports each in the out
+ * parameters. Nothing here allocates except the garbage list's reservation and the event
+ * queue, and neither can make it fail. The cost is O(young + young slots) plus the frees:
+ * older generations are read only through slots that point into them.
+ */
+static uint64_t collect_main(hd_heap_t *h, int g, uint64_t *ncollected, uint64_t *nuncollectable) {
+    hd_gcstate_t *gc = &h->gc;
+    bool saveall = (gc->debug & HD_GC_DEBUG_SAVEALL) != 0;
+
+    /* The counts first, as CPython: frees during this collection then find count[0] at 0. */
+    if (g < 2) gc->gen[g + 1].count++;
+    for (int i = 0; i <= g; i++)
+        gc->gen[i].count = 0;
+
+    /* After this, young holds generations 0..g; old is where survivors go. */
+    for (int i = 0; i < g; i++)
+        hd__gc_list_merge(h, gc->gen[i].head, gc->gen[g].head);
+    hd_ref_t young = gc->gen[g].head;
+    int gen_old = g < 2 ? g + 1 : 2;
+    hd_ref_t old = gc->gen[gen_old].head;
+    HD_ASSERT_EXPENSIVE(list_ok(h, young, -1));
+    HD_ASSERT_EXPENSIVE(young == old || list_ok(h, old, gen_old));
+
+    update_and_subtract_refs(h, young, g);
+    hd__gc_list_init(h, UNREACHABLE_LIST);
+    uint64_t nsurvivors = move_unreachable(h, young, UNREACHABLE_LIST, gen_old);
+    HD_ASSERT_EXPENSIVE(list_ok(h, young, gen_old));
+
+    /* After this, the survivors are in old; the long-lived counts are updated before any
+     * garbage is deleted, as in CPython. */
+    if (young != old) {
+        if (g == 1) gc->long_lived_pending += nsurvivors;
+        hd__gc_list_merge(h, young, old);
+    } else {
+        gc->long_lived_pending = 0;
+        gc->long_lived_total = nsurvivors;
+    }
+
+    hd__gc_list_init(h, FINALIZERS_LIST);
+    split_t s = move_legacy_finalizers(h, UNREACHABLE_LIST, FINALIZERS_LIST, gen_old);
+    uint64_t nfinalizers = move_legacy_finalizer_reachable(h, FINALIZERS_LIST, gen_old);
+    uint64_t m = s.nunreachable - nfinalizers;
+
+    /* After this, the garbage list has room for everything this collection may list. */
+    bool listable = reserve_garbage(h, saveall ? s.nunreachable : s.nlegacy);
+
+    if (s.flags_any & HD_OF_WEAKREFD) handle_weakrefs(h, UNREACHABLE_LIST);
+    if (s.flags_any & HD_OF_FINALIZER) finalize_garbage(h, UNREACHABLE_LIST);
+    delete_garbage(h, UNREACHABLE_LIST, old, gen_old, saveall, listable);
+    uint64_t n = handle_legacy_finalizers(h, FINALIZERS_LIST, old, saveall, listable);
+    HD_ASSERT_EXPENSIVE(list_ok(h, old, gen_old));
+
+    gc->stats[g].collections++;
+    gc->stats[g].collected += m;
+    gc->stats[g].uncollectable += n;
+    *ncollected = m;
+    *nuncollectable = n;
+    return m + n;
+}
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* A collection between its GC_START and GC_STOP events (CPython's gc.callbacks). The
+ * caller has set collecting. */
+static uint64_t collect_with_events(hd_heap_t *h, int generation) {
+    uint64_t t0 = 0, m, n;
+    if (hd__event_wanted(h, HD_EV_GC_START)) {
+        hd_event_t ev = {.type = HD_EV_GC_START, .generation = generation};
+        hd__event_push(h, &ev);
+    }
+    bool timed = hd__event_wanted(h, HD_EV_GC_STOP);
+    if (timed) t0 = now_ns();
+    uint64_t found = collect_main(h, generation, &m, &n);
+    if (timed) {
+        hd_event_t ev = {.type = HD_EV_GC_STOP,
+                         .generation = generation,
+                         .collected = m,
+                         .uncollectable = n,
+                         .pause_ns = now_ns() - t0};
+        hd__event_push(h, &ev);
+    }
+    return found;
+}
+
+/* ========================================================================================== */
+/* The gc module's functions.                                                                 */
+/* ========================================================================================== */
+
+int hd_gc_collect(hd_heap_t *h, int generation, uint64_t *found) {
+    hd_gcstate_t *gc = &h->gc;
+    if (generation < 0 || generation > 2) return HD_EINVAL;
+    uint64_t n = 0;
+    if (!gc->collecting) { /* CPython returns 0 when a collection is already running */
+        gc->collecting = 1;
+        n = collect_with_events(h, generation);
+        gc->collecting = 0;
+    }
+    if (found) *found = n;
+    return 0;
+}
+
+void hd_gc_enable(hd_heap_t *h) {
+    h->gc.enabled = 1;
+}
+
+void hd_gc_disable(hd_heap_t *h) {
+    h->gc.enabled = 0;
+}
+
+int hd_gc_isenabled(hd_heap_t *h) {
+    return h->gc.enabled;
+}
+
+void hd_gc_get_count(hd_heap_t *h, uint64_t count[3]) {
+    for (int i = 0; i < 3; i++)
+        count[i] = h->gc.gen[i].count;
+}
+
+void hd_gc_get_threshold(hd_heap_t *h, int threshold[3]) {
+    for (int i = 0; i < 3; i++)
+        threshold[i] = h->gc.gen[i].threshold;
+}
+
+int hd_gc_set_threshold(hd_heap_t *h, const int *threshold, int n) {
+    if (n < 1 || n > 3 || !threshold) return HD_EINVAL;
+    for (int i = 0; i < n; i++)
+        h->gc.gen[i].threshold = threshold[i];
+    return 0;
+}
+
+void hd_gc_get_stats(hd_heap_t *h, hd_gc_genstats_t stats[3]) {
+    memcpy(stats, h->gc.stats, sizeof h->gc.stats);
+}
+
+/* CPython 3.11's gc.freeze: every generation joins the permanent one and every count is
+ * zeroed. The merges are O(1); setting the gen bits is O(tracked objects). */
+void hd_gc_freeze(hd_heap_t *h) {
+    hd_gcstate_t *gc = &h->gc;
+    for (int i = 0; i < 3; i++) {
+        gc->nfrozen += list_set_gen(h, gc->gen[i].head, PERMANENT_GEN);
+        hd__gc_list_merge(h, gc->gen[i].head, gc->permanent);
+        gc->gen[i].count = 0;
+    }
+}
+
+/* The permanent generation joins the end of generation 2. O(frozen objects). */
+void hd_gc_unfreeze(hd_heap_t *h) {
+    hd_gcstate_t *gc = &h->gc;
+    list_set_gen(h, gc->permanent, 2);
+    hd__gc_list_merge(h, gc->permanent, gc->gen[2].head);
+    gc->nfrozen = 0;
+}
+
+uint64_t hd_gc_get_freeze_count(hd_heap_t *h) {
+    return h->gc.nfrozen;
+}
+
+int hd_gc_is_tracked(hd_heap_t *h, hd_handle_t hd, int *tracked) {
+    hd_ref_t r;
+    hd_obj_t *o;
+    int rc = hd__handle_resolve(h, hd, &r, &o);
+    if (rc < 0) return rc;
+    *tracked = (o->flags & HD_OF_TRACKED) != 0;
+    return 0;
+}
+
+void hd_gc_set_debug(hd_heap_t *h, int flags) {
+    h->gc.debug = flags;
+}
+
+int hd_gc_get_debug(hd_heap_t *h) {
+    return h->gc.debug;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Referrers and referents.                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+static int ref_cmp(const void *a, const void *b) {
+    hd_ref_t x = *(const hd_ref_t *)a, y = *(const hd_ref_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Binary search in a sorted array of n > 0 refs. */
+static inline bool ref_in(const hd_ref_t *v, size_t n, hd_ref_t r) {
+    size_t lo = 0;
+    while (n > 1) {
+        size_t half = n / 2;
+        if (v[lo + half] <= r) lo += half;
+        n -= half;
+    }
+    return v[lo] == r;
+}
+
+/* The refs of n client handles, sorted, in v (the caller's, room for n). HD_ENOOBJ if any
+ * handle is stale. */
+static int resolve_sorted(hd_heap_t *h, const hd_handle_t *objs, size_t n, hd_ref_t *v) {
+    for (size_t i = 0; i < n; i++) {
+        hd_obj_t *o;
+        int rc = hd__handle_resolve(h, objs[i], &v[i], &o);
+        if (rc < 0) return rc;
+    }
+    qsort(v, n, sizeof *v, ref_cmp);
+    return 0;
+}
+
+/*
+ * As gc.get_referrers: each tracked object of generations 0, 1, 2 (in that order, each in
+ * list order; frozen objects are not looked at) that has a slot pointing at one of objs,
+ * listed once. Compares slot refs against the sorted targets without reading the targets:
+ * O(tracked slots * log n).
+ */
+int hd_gc_get_referrers(hd_heap_t *h, const hd_handle_t *objs, size_t n, int newref,
+                        hd_handles_t *out) {
+    if (!out || (n && !objs)) return HD_EINVAL;
+    if (n == 0) return 0;
+    hd_ref_t inline_refs[16];
+    hd_ref_t *targets = inline_refs;
+    if (n > sizeof inline_refs / sizeof inline_refs[0]) {
+        if (n > SIZE_MAX / sizeof *targets) return HD_ENOMEM;
+        targets = hd__malloc(n * sizeof *targets);
+        if (!targets) return HD_ENOMEM;
+    }
+    size_t from = out->n;
+    int rc = resolve_sorted(h, objs, n, targets);
+    regions_t rb = h->alloc.region_base;
+    for (int g = 0; g < 3 && rc == 0; g++) {
+        hd_ref_t list = h->gc.gen[g].head;
+        for (hd_ref_t r = link_at(rb, list)->gc_next; r != list && rc == 0;) {
+            hd_obj_t *o = obj_at(rb, r);
+            for (uint32_t i = 0; i < o->nslots; i++) {
+                if (o->slots[i] && ref_in(targets, n, o->slots[i])) {
+                    rc = hd__handles_push(h, out, r, newref);
+                    break;
+                }
+            }
+            r = o->gc_next;
+        }
+    }
+    if (rc < 0) hd__handles_unwind(h, out, from, newref);
+    if (targets != inline_refs) hd__free(targets);
+    return rc;
+}
+
+/* As gc.get_referents: every non-empty slot of each of objs, in order, duplicates kept.
+ * O(slots of objs). */
+int hd_gc_get_referents(hd_heap_t *h, const hd_handle_t *objs, size_t n, int newref,
+                        hd_handles_t *out) {
+    if (!out || (n && !objs)) return HD_EINVAL;
+    for (size_t k = 0; k < n; k++) { /* every handle is checked before anything changes */
+        hd_ref_t r;
+        hd_obj_t *o;
+        int rc = hd__handle_resolve(h, objs[k], &r, &o);
+        if (rc < 0) return rc;
+    }
+    size_t from = out->n;
+    for (size_t k = 0; k < n; k++) {
+        hd_obj_t *o = hd__obj(h, (hd_ref_t)objs[k]);
+        for (uint32_t i = 0; i < o->nslots; i++) {
+            if (!o->slots[i]) continue;
+            int rc = hd__handles_push(h, out, o->slots[i], newref);
+            if (rc < 0) {
+                hd__handles_unwind(h, out, from, newref);
+                return rc;
+            }
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* get_objects cursors.                                                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+/* One object of a snapshot: its handle, split so that an entry is 8 bytes. */
+typedef struct snap_s {
+    hd_ref_t ref;
+    uint32_t check;
+} snap_t;
+
+/* A paged walk over a snapshot taken when the cursor was opened.
+ * Invariant: pos <= n; v[pos..n) have not been handed out. */
+struct hd_gc_cursor_s {
+    hd_gc_cursor_t *next; /* the next newer cursor */
+    uint64_t id;          /* never 0, never reused within a heap */
+    snap_t *v;
+    size_t n, pos;
+};
+
+static void cursor_free(hd_gc_cursor_t *c) {
+    hd__free(c->v);
+    hd__free(c);
+}
+
+/* Snapshots the (ref, check) pairs of generation gen (-1 = 0..2) into a new, unlinked
+ * cursor. Two walks of the chosen lists (count, then copy). */
+static int cursor_open(hd_heap_t *h, int gen, hd_gc_cursor_t **out) {
+    regions_t rb = h->alloc.region_base;
+    int lo = gen < 0 ? 0 : gen, hi = gen < 0 ? 2 : gen;
+    size_t n = 0;
+    for (int g = lo; g <= hi; g++) {
+        hd_ref_t list = h->gc.gen[g].head;
+        for (hd_ref_t r = link_at(rb, list)->gc_next; r != list; r = link_at(rb, r)->gc_next)
+            n++;
+    }
+    hd_gc_cursor_t *c = hd__calloc(1, sizeof *c);
+    if (!c) return HD_ENOMEM;
+    if (n && !(c->v = hd__calloc(n, sizeof *c->v))) {
+        hd__free(c);
+        return HD_ENOMEM;
+    }
+    for (int g = lo; g <= hi; g++) {
+        hd_ref_t list = h->gc.gen[g].head;
+        for (hd_ref_t r = link_at(rb, list)->gc_next; r != list; r = link_at(rb, r)->gc_next) {
+            c->v[c->n].ref = r;
+            c->v[c->n++].check = obj_at(rb, r)->check;
+        }
+    }
+    *out = c;
+    return 0;
+}
+
+/* Links a new cursor as the newest, closing the oldest when the heap has too many. */
+static void cursor_register(hd_heap_t *h, hd_gc_cursor_t *c) {
+    hd_gcstate_t *gc = &h->gc;
+    c->id = ++gc->next_cursor;
+    hd_gc_cursor_t **tail = &gc->cursors;
+    int open = 0;
+    for (; *tail; tail = &(*tail)->next)
+        open++;
+    *tail = c;
+    if (open >= HD_GC_MAX_CURSORS) {
+        hd_gc_cursor_t *oldest = gc->cursors;
+        gc->cursors = oldest->next;
+        cursor_free(oldest);
+    }
+}
+
+static hd_gc_cursor_t **cursor_find(hd_heap_t *h, uint64_t id) {
+    hd_gc_cursor_t **p = &h->gc.cursors;
+    while (*p && (*p)->id != id)
+        p = &(*p)->next;
+    return *p ? p : NULL;
+}
+
+/*
+ * As gc.get_objects, one page at a time. The first call snapshots the chosen generations;
+ * later calls hand out the rest of that snapshot, skipping objects freed since (their check
+ * changed). Nothing changes unless the whole page succeeds: a failed call leaves the cursor
+ * where it was and opens none. O(page) per call, O(tracked objects) to open.
+ */
+int hd_gc_get_objects(hd_heap_t *h, int generation, uint64_t *cursor, size_t max, int newref,
+                      hd_handles_t *out) {
+    if (!cursor || !out || max == 0) return HD_EINVAL;
+    hd_gc_cursor_t *c, **link = NULL;
+    int rc;
+    if (*cursor == 0) {
+        if (generation < -1 || generation > 2) return HD_EINVAL;
+        if ((rc = cursor_open(h, generation, &c)) < 0) return rc;
+    } else {
+        if (!(link = cursor_find(h, *cursor))) return HD_ENOCURSOR;
+        c = *link;
+    }
+    size_t from = out->n, pos = c->pos;
+    while (pos < c->n && out->n - from < max) {
+        hd_handle_t hd = ((uint64_t)c->v[pos].check << 32) | c->v[pos].ref;
+        hd_ref_t r;
+        hd_obj_t *o;
+        pos++;
+        if (hd__handle_resolve(h, hd, &r, &o) < 0) continue; /* freed since the snapshot */
+        if ((rc = hd__handles_push(h, out, r, newref)) < 0) {
+            hd__handles_unwind(h, out, from, newref);
+            if (!link) cursor_free(c);
+            return rc;
+        }
+    }
+    if (pos < c->n) {
+        c->pos = pos;
+        if (!link) cursor_register(h, c);
+        *cursor = c->id;
+    } else {
+        if (link) *link = c->next;
+        cursor_free(c);
+        *cursor = 0;
+    }
+    return 0;
+}
+
+void hd_gc_cursor_close(hd_heap_t *h, uint64_t cursor) {
+    hd_gc_cursor_t **link = cursor ? cursor_find(h, cursor) : NULL;
+    if (!link) return;
+    hd_gc_cursor_t *c = *link;
+    *link = c->next;
+    cursor_free(c);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The garbage list.                                                                           */
+/* ------------------------------------------------------------------------------------------ */
+
+int hd_gc_garbage(hd_heap_t *h, size_t start, size_t max, int newref, hd_handles_t *out,
+                  size_t *total) {
+    hd_gcstate_t *gc = &h->gc;
+    if (!out) return HD_EINVAL;
+    if (start > gc->ngarbage) return HD_ERANGE;
+    size_t from = out->n, end = start + (max < gc->ngarbage - start ? max : gc->ngarbage - start);
+    for (size_t i = start; i < end; i++) {
+        int rc = hd__handles_push(h, out, gc->garbage[i], newref);
+        if (rc < 0) {
+            hd__handles_unwind(h, out, from, newref);
+            return rc;
+        }
+    }
+    if (total) *total = gc->ngarbage;
+    return 0;
+}
+
+/* As del gc.garbage[:]. The list is detached first, so the frees this causes see it empty. */
+void hd_gc_garbage_clear(hd_heap_t *h) {
+    hd_gcstate_t *gc = &h->gc;
+    hd_ref_t *v = gc->garbage;
+    size_t n = gc->ngarbage;
+    gc->garbage = NULL;
+    gc->ngarbage = gc->garbage_cap = 0;
+    for (size_t i = 0; i < n; i++) {
+        hd__obj(h, v[i])->flags &= (uint16_t)~HD_OF_GARBAGE;
+        hd__obj_decref_internal(h, v[i]);
+    }
+    hd__free(v);
+}
+
+void hd__gc_destroy(hd_heap_t *h) {
+    hd_gcstate_t *gc = &h->gc;
+    while (gc->cursors) {
+        hd_gc_cursor_t *c = gc->cursors;
+        gc->cursors = c->next;
+        cursor_free(c);
+    }
+    hd__free(gc->garbage);
+    gc->garbage = NULL;
+    gc->ngarbage = gc->garbage_cap = 0;
+}
