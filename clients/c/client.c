@@ -1,0 +1,1618 @@
+/*
+ * client.c: libheapdclient, the C client of heapd (API and rules in heapd/client.h).
+ *
+ * What it owns: one socket per hdc_t, the framing (4-byte big-endian length + one protobuf
+ * message, docs/PROTOCOL.md), the queue of calls awaiting responses, the delivery of events,
+ * and the translation between the generated heapd.v1 messages and the plain C structs of the
+ * header. It owns no global state and starts no threads.
+ *
+ * How a call travels. Every public call builds a Request on its stack and hands it to
+ * submit() together with a call_t saying which result it expects and how to decode it into
+ * the caller's out-parameters. submit() gives the request the next id and then, by mode:
+ *
+ *   NORMAL    packs the frame into wbuf, queues the call, pumps until it is answered;
+ *   PIPELINE  packs the frame into wbuf, queues the call, returns 0 (hdc_pipeline_end pumps);
+ *   BATCH     packs the bare Request into bops, keeps the call in bcalls (hdc_batch_end wraps
+ *             them into one Batch request and submits that in NORMAL mode).
+ *
+ * The pump (wait_calls) polls the socket for both directions at once, so a long pipeline
+ * never deadlocks against a server that stops reading while its output is unsent. Responses
+ * arrive in request order and complete calls[chead++]; events go to the callback. Any
+ * transport failure (EOF, error, timeout, a frame that does not parse) closes the socket and
+ * fails every call still queued: the stream can no longer be trusted.
+ *
+ * Invariants: chead <= ncalls; calls[chead..ncalls) are sent or in wbuf and unanswered;
+ * rpos <= rbuf.len; woff <= wbuf.len; fd >= 0 whenever connected.
+ */
+#include "heapd/client.h"
+
+#include "heapd.pb-c.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+#include <fcntl.h>
+
+#ifndef HEAPD_VERSION
+#define HEAPD_VERSION "0"
+#endif
+
+/* The protocol's frame limit before the hello is answered (PROTOCOL.md). */
+#define HELLO_FRAME_LIMIT 4096u
+/* Largest frame accepted from the server before it has told us its limit: generous, since a
+ * hello answer is small, but bounded so a garbage length cannot make us allocate gigabytes. */
+#define PRE_HELLO_IN_LIMIT (1u << 20)
+/* hdc_reconnect retries an EBUSY hello every RECONNECT_RETRY_MS for RECONNECT_BUSY_MS: the
+ * time a server needs to notice that the connection we just dropped is gone. */
+#define RECONNECT_BUSY_MS  2000u
+#define RECONNECT_RETRY_MS 20
+/* Bytes asked of recv() at a time. */
+#define RECV_CHUNK 65536u
+
+/* ------------------------------------------------------------------------------------------ */
+/* Errors.                                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct err_row_s {
+    int code;
+    const char *name, *msg;
+} err_row_t;
+
+static const err_row_t err_rows[] = {
+#define HDC_ERR_ROW(name, num, msg) {-(num), #name, msg},
+    HD_ERR_MAP(HDC_ERR_ROW) HDC_CLIENT_ERR_MAP(HDC_ERR_ROW)
+#undef HDC_ERR_ROW
+};
+
+static const err_row_t *err_find(int err) {
+    for (size_t i = 0; i < sizeof err_rows / sizeof err_rows[0]; i++)
+        if (err_rows[i].code == err) return &err_rows[i];
+    return NULL;
+}
+
+const char *hdc_err_name(int err) {
+    const err_row_t *r = err_find(err);
+    return err == 0 ? "OK" : r ? r->name : "E?";
+}
+
+const char *hdc_strerror(int err) {
+    const err_row_t *r = err_find(err);
+    return err == 0 ? "success" : r ? r->msg : "unknown error";
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Types.                                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct buf_s {
+    uint8_t *p;
+    size_t len, cap; /* len <= cap */
+} buf_t;
+
+typedef struct call_s call_t;
+/* Copies a successful result m (already checked to be of the expected case) into the
+ * call's out-parameters. Returns 0 or a negative code (HDC_ENOMEM, HDC_EBADREPLY). */
+typedef int (*decode_fn)(hdc_t *c, call_t *k, const ProtobufCMessage *m);
+
+struct call_s {
+    uint64_t id;
+    int want;         /* Heapd__V1__Response__ResultCase expected; 0 = status only */
+    decode_fn decode; /* NULL = status only */
+    void *out[3];     /* the caller's out-parameters, by position */
+    size_t len;       /* hdc_read: bytes expected */
+    int status;       /* 0 or negative, once answered */
+    int done;         /* failed before it was sent: no response will come for it */
+    int answered;     /* a response (or a batch entry) completed it */
+};
+
+typedef enum qmode_e { MODE_NORMAL, MODE_PIPELINE, MODE_BATCH } qmode_t;
+
+struct hdc_s {
+    int fd;          /* -1 when closed */
+    int connected;   /* the hello was answered with success */
+    int in_callback; /* an event callback is running: calls are refused */
+    qmode_t mode;
+    int timeout_ms; /* 0 = forever */
+    char *url, *token, *client_name;
+
+    hdc_hello_t hello; /* valid when have_hello; its strings are the three below */
+    int have_hello;
+    char *h_session, *h_resume, *h_version;
+
+    uint64_t next_id;
+    buf_t wbuf; /* frames to send; [woff, len) not sent yet */
+    size_t woff;
+    buf_t rbuf; /* bytes received; [rpos, len) not parsed yet */
+    size_t rpos;
+
+    call_t *calls; /* calls[chead..ncalls) await responses */
+    size_t ncalls, chead, ccap;
+
+    call_t *bcalls;            /* the open batch's calls ... */
+    ProtobufCBinaryData *bops; /* ... and their packed Requests (none for a done call) */
+    size_t nbcalls, bcap, bopcap;
+
+    hdc_event_cb cb;
+    void *cb_arg;
+
+    int status;       /* the last call's code */
+    char errmsg[512]; /* and its message; "" after success */
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* Small helpers.                                                                              */
+/* ------------------------------------------------------------------------------------------ */
+
+static char *dupstr(const char *s) {
+    if (!s) return NULL;
+    size_t n = strlen(s) + 1;
+    char *d = malloc(n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
+/* Grows b so that it can take n more bytes. */
+static int buf_reserve(buf_t *b, size_t n) {
+    if (b->cap - b->len >= n) return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap - b->len < n) {
+        if (cap > SIZE_MAX / 2) return HDC_ENOMEM;
+        cap *= 2;
+    }
+    uint8_t *p = realloc(b->p, cap);
+    if (!p) return HDC_ENOMEM;
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static void buf_free(buf_t *b) {
+    free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+}
+
+/* Grows an array of elem-sized items so that it holds at least n. */
+static int grow(void **v, size_t *cap, size_t n, size_t elem) {
+    if (n <= *cap) return 0;
+    size_t ncap = *cap ? *cap * 2 : 16;
+    while (ncap < n)
+        ncap *= 2;
+    if (ncap > SIZE_MAX / elem) return HDC_ENOMEM;
+    void *p = realloc(*v, ncap * elem);
+    if (!p) return HDC_ENOMEM;
+    *v = p;
+    *cap = ncap;
+    return 0;
+}
+
+static void set_ok(hdc_t *c) {
+    c->status = 0;
+    c->errmsg[0] = '\0';
+}
+
+/* Records a failure as the last status unless an earlier one of the same top-level operation
+ * (a pipeline's or batch's first failure) is already there. Returns code. */
+static int note(hdc_t *c, int code, const char *fmt, ...) {
+    if (code == 0 || c->status != 0) return code;
+    c->status = code;
+    if (fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(c->errmsg, sizeof c->errmsg, fmt, ap);
+        va_end(ap);
+    } else {
+        snprintf(c->errmsg, sizeof c->errmsg, "%s", hdc_strerror(code));
+    }
+    return code;
+}
+
+static uint64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* The sub-message of a response's result oneof, whatever its case (reflection keeps this out
+ * of a 35-case switch). NULL if none. */
+static const ProtobufCMessage *result_msg(const Heapd__V1__Response *r) {
+    if (r->result_case == HEAPD__V1__RESPONSE__RESULT__NOT_SET) return NULL;
+    const ProtobufCFieldDescriptor *fd =
+        protobuf_c_message_descriptor_get_field(&heapd__v1__response__descriptor, r->result_case);
+    if (!fd) return NULL;
+    return *(const ProtobufCMessage *const *)((const char *)r + fd->offset);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Connection lifetime.                                                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+void hdc_options_init(hdc_options_t *o) {
+    memset(o, 0, sizeof *o);
+    o->timeout_ms = HDC_DEFAULT_TIMEOUT_MS;
+}
+
+hdc_t *hdc_new(void) {
+    hdc_t *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->fd = -1;
+    c->timeout_ms = HDC_DEFAULT_TIMEOUT_MS;
+    return c;
+}
+
+static void drop_batch(hdc_t *c) {
+    for (size_t i = 0; i < c->nbcalls; i++)
+        free(c->bops[i].data);
+    c->nbcalls = 0;
+}
+
+/* Closes the socket and fails every call still waiting with code. */
+static void shut(hdc_t *c, int code) {
+    if (c->fd >= 0) close(c->fd);
+    c->fd = -1;
+    c->connected = 0;
+    for (size_t i = c->chead; i < c->ncalls; i++)
+        if (!c->calls[i].done) c->calls[i].status = code;
+    c->chead = c->ncalls;
+    c->wbuf.len = c->woff = 0;
+    c->rbuf.len = c->rpos = 0;
+}
+
+/* A transport failure: the stream can no longer be trusted, so it is closed. */
+static int fail(hdc_t *c, int code, const char *what) {
+    note(c, code, "%s: %s", hdc_strerror(code), what);
+    shut(c, code);
+    return code;
+}
+
+void hdc_close(hdc_t *c) {
+    if (!c) return;
+    shut(c, HDC_ECLOSED);
+    drop_batch(c);
+    c->ncalls = c->chead = 0;
+    c->mode = MODE_NORMAL;
+}
+
+static void forget_hello(hdc_t *c) {
+    free(c->h_session);
+    free(c->h_resume);
+    free(c->h_version);
+    c->h_session = c->h_resume = c->h_version = NULL;
+    c->have_hello = 0;
+}
+
+void hdc_free(hdc_t *c) {
+    if (!c) return;
+    hdc_close(c);
+    forget_hello(c);
+    free(c->url);
+    free(c->token);
+    free(c->client_name);
+    buf_free(&c->wbuf);
+    buf_free(&c->rbuf);
+    free(c->calls);
+    free(c->bcalls);
+    free(c->bops);
+    free(c);
+}
+
+int hdc_is_connected(const hdc_t *c) {
+    return c->connected;
+}
+
+const hdc_hello_t *hdc_hello_info(const hdc_t *c) {
+    return c->have_hello ? &c->hello : NULL;
+}
+
+int hdc_status(const hdc_t *c) {
+    return c->status;
+}
+
+const char *hdc_errmsg(const hdc_t *c) {
+    return c->errmsg;
+}
+
+void hdc_set_event_cb(hdc_t *c, hdc_event_cb cb, void *arg) {
+    c->cb = cb;
+    c->cb_arg = arg;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Sockets.                                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Waits for a non-blocking connect on fd to finish. Returns 0 or an errno value. */
+static int connect_wait(int fd, const struct sockaddr *sa, socklen_t len, int timeout_ms) {
+    if (connect(fd, sa, len) == 0) return 0;
+    if (errno != EINPROGRESS) return errno;
+    struct pollfd p = {fd, POLLOUT, 0};
+    int rc;
+    do
+        rc = poll(&p, 1, timeout_ms > 0 ? timeout_ms : -1);
+    while (rc < 0 && errno == EINTR);
+    if (rc == 0) return ETIMEDOUT;
+    if (rc < 0) return errno;
+    int err = 0;
+    socklen_t elen = sizeof err;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) < 0) return errno;
+    return err;
+}
+
+static int open_socket(int family) {
+    int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd >= 0 && family != AF_UNIX) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    return fd;
+}
+
+static int connect_unix(hdc_t *c, const char *path) {
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sun_family = AF_UNIX;
+    if (!*path || strlen(path) >= sizeof sa.sun_path)
+        return note(c, HDC_EINVAL, "bad unix socket path \"%s\"", path);
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    int fd = open_socket(AF_UNIX);
+    if (fd < 0) return note(c, HDC_ECONNECT, "cannot connect to %s: %s", c->url, strerror(errno));
+    int err = connect_wait(fd, (struct sockaddr *)&sa, sizeof sa, c->timeout_ms);
+    if (err) {
+        close(fd);
+        return note(c, HDC_ECONNECT, "cannot connect to %s: %s", c->url, strerror(err));
+    }
+    c->fd = fd;
+    return 0;
+}
+
+static int connect_tcp(hdc_t *c, const char *hostport) {
+    char host[256];
+    const char *port;
+    if (hostport[0] == '[') { /* [v6addr]:port */
+        const char *end = strchr(hostport, ']');
+        if (!end || end[1] != ':' || (size_t)(end - hostport - 1) >= sizeof host)
+            return note(c, HDC_EINVAL, "bad address \"%s\": want [v6addr]:port", hostport);
+        memcpy(host, hostport + 1, (size_t)(end - hostport - 1));
+        host[end - hostport - 1] = '\0';
+        port = end + 2;
+    } else {
+        const char *colon = strrchr(hostport, ':');
+        if (!colon || colon == hostport || (size_t)(colon - hostport) >= sizeof host)
+            return note(c, HDC_EINVAL, "bad address \"%s\": want host:port", hostport);
+        memcpy(host, hostport, (size_t)(colon - hostport));
+        host[colon - hostport] = '\0';
+        port = colon + 1;
+    }
+    if (!*port || strspn(port, "0123456789") != strlen(port))
+        return note(c, HDC_EINVAL, "bad port in \"%s\"", hostport);
+
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    int gai = getaddrinfo(host, port, &hints, &res);
+    if (gai != 0) return note(c, HDC_ECONNECT, "cannot resolve %s: %s", host, gai_strerror(gai));
+    int err = EHOSTUNREACH;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        int fd = open_socket(ai->ai_family);
+        if (fd < 0) {
+            err = errno;
+            continue;
+        }
+        err = connect_wait(fd, ai->ai_addr, ai->ai_addrlen, c->timeout_ms);
+        if (err == 0) {
+            c->fd = fd;
+            break;
+        }
+        close(fd);
+    }
+    freeaddrinfo(res);
+    if (c->fd < 0) return note(c, HDC_ECONNECT, "cannot connect to %s: %s", c->url, strerror(err));
+    return 0;
+}
+
+/* Opens c->fd for c->url: "tcp://host:port", "unix:/path", "unix:///path", or bare
+ * "host:port" and "/path". */
+static int open_url(hdc_t *c) {
+    const char *u = c->url;
+    if (strncmp(u, "unix:", 5) == 0) {
+        const char *p = u + 5;
+        if (strncmp(p, "//", 2) == 0) p += 2;
+        return connect_unix(c, p);
+    }
+    if (u[0] == '/') return connect_unix(c, u);
+    if (strncmp(u, "tcp://", 6) == 0) return connect_tcp(c, u + 6);
+    if (strstr(u, "://")) return note(c, HDC_EINVAL, "unsupported URL \"%s\"", u);
+    return connect_tcp(c, u);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Frames in and out.                                                                          */
+/* ------------------------------------------------------------------------------------------ */
+
+static size_t out_limit(const hdc_t *c) {
+    if (!c->connected) return HELLO_FRAME_LIMIT;
+    uint64_t lim = c->hello.limits.max_frame_bytes;
+    return lim && lim < UINT32_MAX ? (size_t)lim : UINT32_MAX;
+}
+
+static size_t in_limit(const hdc_t *c) {
+    if (!c->connected) return PRE_HELLO_IN_LIMIT;
+    uint64_t lim = c->hello.limits.max_frame_bytes;
+    /* The server's max_read_bytes results ride in frames up to its frame limit. */
+    return lim && lim < UINT32_MAX ? (size_t)lim + 1024 : UINT32_MAX;
+}
+
+/* Appends one frame holding rq to wbuf. */
+static int queue_frame(hdc_t *c, Heapd__V1__Request *rq) {
+    Heapd__V1__ClientFrame f = HEAPD__V1__CLIENT_FRAME__INIT;
+    f.kind_case = HEAPD__V1__CLIENT_FRAME__KIND_REQUEST;
+    f.request = rq;
+    size_t n = heapd__v1__client_frame__get_packed_size(&f);
+    if (n > out_limit(c))
+        return note(c, HDC_EFRAME, "request of %zu bytes is over the frame limit of %zu", n,
+                    out_limit(c));
+    if (buf_reserve(&c->wbuf, n + 4)) return note(c, HDC_ENOMEM, NULL);
+    uint8_t *p = c->wbuf.p + c->wbuf.len;
+    p[0] = (uint8_t)(n >> 24);
+    p[1] = (uint8_t)(n >> 16);
+    p[2] = (uint8_t)(n >> 8);
+    p[3] = (uint8_t)n;
+    heapd__v1__client_frame__pack(&f, p + 4);
+    c->wbuf.len += n + 4;
+    return 0;
+}
+
+static int process_frames(hdc_t *c, int *nevents);
+
+/* The connection broke under us (err: an errno value, 0 for EOF). The server may have said
+ * why just before it closed, and answered some calls: read and handle what is left, then
+ * fail with its notice's code, or HDC_ECLOSED. */
+static int broken(hdc_t *c, int err) {
+    for (;;) {
+        if (buf_reserve(&c->rbuf, RECV_CHUNK)) break;
+        ssize_t n = recv(c->fd, c->rbuf.p + c->rbuf.len, c->rbuf.cap - c->rbuf.len, 0);
+        if (n <= 0) break;
+        c->rbuf.len += (size_t)n;
+    }
+    int rc = process_frames(c, NULL);
+    if (c->fd < 0) return rc ? rc : HDC_ECLOSED;
+    return fail(c, HDC_ECLOSED, err ? strerror(err) : "the server closed the connection");
+}
+
+/* Sends what the socket takes without blocking. */
+static int flush_some(hdc_t *c) {
+    while (c->woff < c->wbuf.len) {
+        ssize_t n = send(c->fd, c->wbuf.p + c->woff, c->wbuf.len - c->woff, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+            return broken(c, errno);
+        }
+        c->woff += (size_t)n;
+    }
+    c->wbuf.len = c->woff = 0;
+    return 0;
+}
+
+/* Reads what has arrived without blocking. Returns 0, or a negative code after closing. */
+static int fill_some(hdc_t *c) {
+    if (c->rpos > 0 && c->rpos == c->rbuf.len) c->rbuf.len = c->rpos = 0;
+    if (c->rpos > c->rbuf.cap / 2) {
+        memmove(c->rbuf.p, c->rbuf.p + c->rpos, c->rbuf.len - c->rpos);
+        c->rbuf.len -= c->rpos;
+        c->rpos = 0;
+    }
+    for (;;) {
+        if (buf_reserve(&c->rbuf, RECV_CHUNK)) return fail(c, HDC_ENOMEM, "receive buffer");
+        ssize_t n = recv(c->fd, c->rbuf.p + c->rbuf.len, c->rbuf.cap - c->rbuf.len, 0);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+            return broken(c, errno);
+        }
+        if (n == 0) return broken(c, 0);
+        c->rbuf.len += (size_t)n;
+        if ((size_t)n < RECV_CHUNK) return 0;
+    }
+}
+
+static void complete(hdc_t *c, call_t *k, const Heapd__V1__Response *r);
+
+/* The server's last word before it closes: fails the connection with its status. */
+static int server_notice(hdc_t *c, const Heapd__V1__Response *r) {
+    int code = r->status && r->status->code > 0 ? -r->status->code : HDC_EBADREPLY;
+    const char *m = r->status && r->status->message && *r->status->message ? r->status->message
+                                                                           : hdc_strerror(code);
+    note(c, code, "%s: %s (the server closed the connection)", hdc_err_name(code), m);
+    shut(c, code);
+    return code;
+}
+
+static void deliver_event(hdc_t *c, const Heapd__V1__Event *e) {
+    hdc_event_t ev;
+    memset(&ev, 0, sizeof ev);
+    ev.tag = "";
+    switch (e->kind_case) {
+    case HEAPD__V1__EVENT__KIND_FINALIZED:
+        ev.type = HDC_EV_FINALIZED;
+        ev.handle = e->finalized->handle;
+        ev.tag = e->finalized->tag ? e->finalized->tag : "";
+        break;
+    case HEAPD__V1__EVENT__KIND_WEAKREF_CLEARED:
+        ev.type = HDC_EV_WEAKREF_CLEARED;
+        ev.weak = e->weakref_cleared->weak;
+        break;
+    case HEAPD__V1__EVENT__KIND_GC_START:
+        ev.type = HDC_EV_GC_START;
+        ev.generation = e->gc_start->generation;
+        break;
+    case HEAPD__V1__EVENT__KIND_GC_STOP:
+        ev.type = HDC_EV_GC_STOP;
+        ev.generation = e->gc_stop->generation;
+        ev.collected = e->gc_stop->collected;
+        ev.uncollectable = e->gc_stop->uncollectable;
+        ev.pause_ns = e->gc_stop->pause_ns;
+        break;
+    default: return; /* a kind this client does not know: newer server */
+    }
+    if (!c->cb) return;
+    c->in_callback = 1;
+    c->cb(c, &ev, c->cb_arg);
+    c->in_callback = 0;
+}
+
+/* Moves chead past calls that failed before they were sent. */
+static void skip_done(hdc_t *c) {
+    while (c->chead < c->ncalls && c->calls[c->chead].done)
+        c->chead++;
+}
+
+/* Handles every complete frame in rbuf. *nevents counts the events delivered. Returns 0 or a
+ * negative code after closing the connection. */
+static int process_frames(hdc_t *c, int *nevents) {
+    while (c->fd >= 0 && c->rbuf.len - c->rpos >= 4) {
+        const uint8_t *p = c->rbuf.p + c->rpos;
+        size_t n = (size_t)p[0] << 24 | (size_t)p[1] << 16 | (size_t)p[2] << 8 | p[3];
+        if (n == 0 || n > in_limit(c)) return fail(c, HDC_EBADREPLY, "bad frame length");
+        if (c->rbuf.len - c->rpos - 4 < n) return 0;
+        Heapd__V1__ServerFrame *f = heapd__v1__server_frame__unpack(NULL, n, p + 4);
+        c->rpos += 4 + n;
+        if (!f) return fail(c, HDC_EBADREPLY, "a frame that does not decode");
+        if (f->kind_case == HEAPD__V1__SERVER_FRAME__KIND_EVENT && f->event) {
+            deliver_event(c, f->event);
+            if (nevents) ++*nevents;
+        } else if (f->kind_case == HEAPD__V1__SERVER_FRAME__KIND_RESPONSE && f->response) {
+            /* Responses come in request order. Our ids start at 1, so id 0 is the server
+             * ending the connection (idle timeout, shutdown, session killed, a frame it
+             * refused), its status saying why. */
+            const Heapd__V1__Response *r = f->response;
+            int rc = 0;
+            skip_done(c);
+            if (r->id == 0)
+                rc = server_notice(c, r);
+            else if (c->chead == c->ncalls || r->id != c->calls[c->chead].id)
+                rc = fail(c, HDC_EBADREPLY, "a response to no request of ours");
+            else
+                complete(c, &c->calls[c->chead++], r);
+            if (rc) {
+                heapd__v1__server_frame__free_unpacked(f, NULL);
+                return rc;
+            }
+        }
+        heapd__v1__server_frame__free_unpacked(f, NULL);
+    }
+    return 0;
+}
+
+/* One round of I/O: waits up to timeout_ms (-1: forever) for the socket, then sends and
+ * receives what it can. Returns 0, 1 on timeout, or a negative code after closing. */
+static int io_step(hdc_t *c, int timeout_ms) {
+    if (c->fd < 0) return HDC_ECLOSED;
+    struct pollfd p = {c->fd, POLLIN, 0};
+    if (c->woff < c->wbuf.len) p.events |= POLLOUT;
+    int rc = poll(&p, 1, timeout_ms);
+    if (rc < 0) return errno == EINTR ? 0 : fail(c, HDC_ECLOSED, strerror(errno));
+    if (rc == 0) return 1;
+    if (p.revents & POLLOUT) {
+        rc = flush_some(c);
+        if (rc) return rc;
+    }
+    if (p.revents & (POLLIN | POLLHUP | POLLERR)) return fill_some(c);
+    return 0;
+}
+
+/* Moves bytes both ways until every queued call is answered. */
+static int wait_calls(hdc_t *c) {
+    int rc = flush_some(c);
+    skip_done(c);
+    while (rc == 0 && c->chead < c->ncalls) {
+        rc = process_frames(c, NULL);
+        skip_done(c);
+        if (rc || c->chead == c->ncalls) break;
+        rc = io_step(c, c->timeout_ms > 0 ? c->timeout_ms : -1);
+        if (rc == 1) rc = fail(c, HDC_ETIMEOUT, "no answer in time");
+    }
+    return rc;
+}
+
+int hdc_poll(hdc_t *c, int timeout_ms) {
+    if (c->in_callback || c->mode != MODE_NORMAL)
+        return note(c, HDC_EINVAL, "hdc_poll inside a callback, pipeline or batch");
+    set_ok(c);
+    if (c->fd < 0) return note(c, HDC_ECLOSED, NULL);
+    uint64_t deadline = timeout_ms > 0 ? now_ms() + (uint64_t)timeout_ms : 0;
+    int nev = 0;
+    for (;;) {
+        int rc = process_frames(c, &nev);
+        if (rc) return rc;
+        if (nev > 0) return nev;
+        int wait = timeout_ms < 0 ? -1 : 0;
+        if (timeout_ms > 0) {
+            uint64_t now = now_ms();
+            if (now >= deadline) return 0;
+            wait = (int)(deadline - now);
+        }
+        rc = io_step(c, wait);
+        if (rc < 0) return rc;
+        if (rc == 1 || (timeout_ms == 0 && c->rbuf.len == c->rpos)) {
+            rc = process_frames(c, &nev);
+            return rc ? rc : nev;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Calls.                                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Fills k from response r: the server's status, then the decoded result. */
+static int dec_batch(hdc_t *c, call_t *k, const ProtobufCMessage *m);
+
+static void complete(hdc_t *c, call_t *k, const Heapd__V1__Response *r) {
+    k->answered = 1;
+    if (!r->status || r->status->code < 0) {
+        k->status = note(c, HDC_EBADREPLY, "a response without a valid status");
+        return;
+    }
+    if (r->status->code != 0) {
+        k->status = -r->status->code;
+        const char *m = r->status->message;
+        if (m && *m)
+            note(c, k->status, "%s: %s",
+                 r->status->name && *r->status->name ? r->status->name : hdc_err_name(k->status),
+                 m);
+        else
+            note(c, k->status, "%s: %s", hdc_err_name(k->status), hdc_strerror(k->status));
+        /* A batch that stopped early fails as a whole but still lists what its ops did. */
+        if (k->decode == dec_batch && (int)r->result_case == k->want && result_msg(r))
+            dec_batch(c, k, result_msg(r));
+        return;
+    }
+    const ProtobufCMessage *m = result_msg(r);
+    if (k->want && ((int)r->result_case != k->want || !m)) {
+        k->status = note(c, HDC_EBADREPLY, "a response with the wrong result (%d, not %d)",
+                         (int)r->result_case, k->want);
+        return;
+    }
+    k->status = k->decode ? k->decode(c, k, m) : 0;
+    if (k->status) note(c, k->status, NULL);
+}
+
+/* Sends rq (its id is set here) and, in NORMAL mode, waits for its answer; k (NULL: a status
+ * only) says how to decode it. Borrows rq; copies k. */
+static int submit(hdc_t *c, Heapd__V1__Request *rq, const call_t *k) {
+    if (c->in_callback) return note(c, HDC_EINVAL, "hdc_* called from the event callback");
+    if (c->mode == MODE_NORMAL) set_ok(c);
+    call_t call = k ? *k : (call_t){0};
+    rq->id = call.id = ++c->next_id;
+    /* A call that cannot be queued in a pipeline or batch still takes its place (done,
+     * failed), so that the statuses hdc_*_end reports stay aligned with the caller's calls. */
+    int rc = 0;
+    if (!c->connected && rq->op_case != HEAPD__V1__REQUEST__OP_HELLO)
+        rc = note(c, HDC_ECLOSED, "not connected");
+
+    if (c->mode == MODE_BATCH) {
+        if (grow((void **)&c->bcalls, &c->bcap, c->nbcalls + 1, sizeof *c->bcalls) ||
+            grow((void **)&c->bops, &c->bopcap, c->nbcalls + 1, sizeof *c->bops))
+            return note(c, HDC_ENOMEM, NULL);
+        size_t n = rc ? 0 : heapd__v1__request__get_packed_size(rq);
+        uint8_t *p = rc ? NULL : malloc(n ? n : 1);
+        if (p) heapd__v1__request__pack(rq, p);
+        if (!p && !rc) rc = note(c, HDC_ENOMEM, NULL);
+        call.status = rc;
+        call.done = rc != 0;
+        c->bops[c->nbcalls] = (ProtobufCBinaryData){p ? n : 0, p};
+        c->bcalls[c->nbcalls++] = call;
+        return rc;
+    }
+
+    if (rc && c->mode == MODE_NORMAL) return rc;
+    if (grow((void **)&c->calls, &c->ccap, c->ncalls + 1, sizeof *c->calls))
+        return note(c, HDC_ENOMEM, NULL);
+    if (!rc) rc = queue_frame(c, rq);
+    if (rc && c->mode == MODE_NORMAL) return rc;
+    call.status = rc;
+    call.done = rc != 0;
+    c->calls[c->ncalls++] = call;
+    if (c->mode == MODE_PIPELINE) return rc;
+
+    size_t mine = c->ncalls - 1;
+    rc = wait_calls(c);
+    rc = rc ? rc : c->calls[mine].status;
+    c->ncalls = c->chead = 0;
+    return rc;
+}
+
+/* Builds `Heapd__V1__Request rq` whose op NAME (field `field`) points at msg. */
+#define REQUEST(rq, NAME, field, msg)                                                              \
+    Heapd__V1__Request rq = HEAPD__V1__REQUEST__INIT;                                              \
+    rq.op_case = HEAPD__V1__REQUEST__OP_##NAME;                                                    \
+    rq.field = &(msg)
+
+#define RESULT(NAME) HEAPD__V1__RESPONSE__RESULT_##NAME
+
+/* ------------------------------------------------------------------------------------------ */
+/* Decoders: one per result shape. Each copies m into k->out[]; none keeps a pointer into m. */
+/* ------------------------------------------------------------------------------------------ */
+
+static int dec_handle(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    *(uint64_t *)k->out[0] = ((const Heapd__V1__HandleResult *)m)->handle;
+    return 0;
+}
+
+static int dec_weak(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    *(uint64_t *)k->out[0] = ((const Heapd__V1__WeakResult *)m)->weak;
+    return 0;
+}
+
+static int dec_value(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    if (k->out[0]) *(uint64_t *)k->out[0] = ((const Heapd__V1__ValueResult *)m)->value;
+    return 0;
+}
+
+static int dec_value32(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    *(uint32_t *)k->out[0] = (uint32_t)((const Heapd__V1__ValueResult *)m)->value;
+    return 0;
+}
+
+static int dec_flag(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    *(int *)k->out[0] = ((const Heapd__V1__FlagResult *)m)->value ? 1 : 0;
+    return 0;
+}
+
+static int dec_ping(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    if (k->out[0]) *(uint64_t *)k->out[0] = ((const Heapd__V1__PingResult *)m)->server_time_unix_ns;
+    return 0;
+}
+
+static int dec_set_events(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    const Heapd__V1__SetEventsResult *r = (const void *)m;
+    if (k->out[0]) *(uint32_t *)k->out[0] = r->mask;
+    if (k->out[1]) *(uint64_t *)k->out[1] = r->dropped;
+    return 0;
+}
+
+static int dec_read(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    const Heapd__V1__ReadResult *r = (const void *)m;
+    if (r->data.len != k->len) return HDC_EBADREPLY;
+    if (k->len) memcpy(k->out[0], r->data.data, k->len);
+    return 0;
+}
+
+static void copy_str(char *dst, size_t cap, const char *src) {
+    snprintf(dst, cap, "%s", src ? src : "");
+}
+
+static int dec_obj_info(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    const Heapd__V1__ObjInfoResult *r = (const void *)m;
+    hdc_obj_info_t *o = k->out[0];
+    o->refcount = r->refcount;
+    o->client_refs = r->client_refs;
+    o->sizeof_bytes = r->sizeof_bytes;
+    o->size = r->size;
+    o->slots = r->slots;
+    o->flags = r->flags;
+    o->tracked = r->tracked ? 1 : 0;
+    o->generation = r->generation;
+    copy_str(o->tag, sizeof o->tag, r->tag);
+    copy_str(o->site, sizeof o->site, r->site);
+    return 0;
+}
+
+static int dec_gc_count(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    const Heapd__V1__GcCountResult *r = (const void *)m;
+    uint64_t *out = k->out[0];
+    if (r->n_count != 3) return HDC_EBADREPLY;
+    for (int i = 0; i < 3; i++)
+        out[i] = r->count[i];
+    return 0;
+}
+
+static int dec_gc_threshold(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    const Heapd__V1__GcThresholdResult *r = (const void *)m;
+    int *out = k->out[0];
+    if (r->n_threshold != 3) return HDC_EBADREPLY;
+    for (int i = 0; i < 3; i++)
+        out[i] = r->threshold[i];
+    return 0;
+}
+
+static int copy_genstats(hdc_gc_genstats_t out[3], Heapd__V1__GcGenStats *const *g, size_t n) {
+    if (n != 3) return HDC_EBADREPLY;
+    for (int i = 0; i < 3; i++) {
+        out[i].collections = g[i]->collections;
+        out[i].collected = g[i]->collected;
+        out[i].uncollectable = g[i]->uncollectable;
+    }
+    return 0;
+}
+
+static int dec_gc_stats(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    const Heapd__V1__GcStatsResult *r = (const void *)m;
+    return copy_genstats(k->out[0], r->generations, r->n_generations);
+}
+
+/* Copies n handles into a new hdc_handles_t at out. */
+static int copy_handles(hdc_handles_t *out, const uint64_t *v, size_t n) {
+    out->v = malloc(n ? n * sizeof *v : 1);
+    out->n = 0;
+    if (!out->v) return HDC_ENOMEM;
+    if (n) memcpy(out->v, v, n * sizeof *v);
+    out->n = n;
+    return 0;
+}
+
+static int dec_handles(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    const Heapd__V1__HandlesResult *r = (const void *)m;
+    return copy_handles(k->out[0], r->handles, r->n_handles);
+}
+
+static int dec_gc_objects(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    const Heapd__V1__GcObjectsResult *r = (const void *)m;
+    *(uint64_t *)k->out[1] = r->next_cursor;
+    return copy_handles(k->out[0], r->handles, r->n_handles);
+}
+
+static int dec_gc_garbage(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    const Heapd__V1__GcGarbageResult *r = (const void *)m;
+    if (k->out[1]) *(uint64_t *)k->out[1] = r->total;
+    return copy_handles(k->out[0], r->handles, r->n_handles);
+}
+
+static int dec_traced_memory(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    const Heapd__V1__TracedMemoryResult *r = (const void *)m;
+    if (k->out[0]) *(uint64_t *)k->out[0] = r->current;
+    if (k->out[1]) *(uint64_t *)k->out[1] = r->peak;
+    return 0;
+}
+
+static int dec_snapshot(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    *(uint32_t *)k->out[0] = ((const Heapd__V1__SnapshotResult *)m)->snapshot;
+    return 0;
+}
+
+static int dec_trace_stats(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    const Heapd__V1__TraceStatsResult *r = (const void *)m;
+    hdc_trace_stats_t *out = k->out[0];
+    out->n = 0;
+    out->total = r->total;
+    out->v = calloc(r->n_stats ? r->n_stats : 1, sizeof *out->v);
+    if (!out->v) return HDC_ENOMEM;
+    for (size_t i = 0; i < r->n_stats; i++) {
+        const Heapd__V1__TraceStat *s = r->stats[i];
+        hdc_trace_stat_t *d = &out->v[out->n];
+        d->key = dupstr(s->key ? s->key : "");
+        if (!d->key) {
+            hdc_trace_stats_free(out);
+            return HDC_ENOMEM;
+        }
+        d->count = s->count;
+        d->bytes = s->bytes;
+        d->count_diff = s->count_diff;
+        d->bytes_diff = s->bytes_diff;
+        out->n++;
+    }
+    return 0;
+}
+
+static int dec_heap_stats(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    const Heapd__V1__HeapStatsResult *r = (const void *)m;
+    hdc_heap_stats_t *o = k->out[0];
+    memset(o, 0, sizeof *o);
+#define HDC_STATS_COPY(name, desc) o->name = r->name;
+    HD_HEAP_STATS_MAP(HDC_STATS_COPY)
+#undef HDC_STATS_COPY
+    if (r->n_classes > HDC_NCLASSES || r->n_gc_count != 3) return HDC_EBADREPLY;
+    for (size_t i = 0; i < r->n_classes; i++) {
+        o->classes[i].block_size = r->classes[i]->block_size;
+        o->classes[i].pools = r->classes[i]->pools;
+        o->classes[i].blocks_in_use = r->classes[i]->blocks_in_use;
+        o->classes[i].blocks_available = r->classes[i]->blocks_available;
+    }
+    o->nclasses = r->n_classes;
+    for (int i = 0; i < 3; i++)
+        o->gc_count[i] = r->gc_count[i];
+    o->gc_freeze_count = r->gc_freeze_count;
+    o->events_dropped = r->events_dropped;
+    o->event_mask = r->event_mask;
+    return copy_genstats(o->gc, r->gc, r->n_gc);
+}
+
+static int dec_server_stats(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    const Heapd__V1__ServerStatsResult *r = (const void *)m;
+    hdc_server_stats_t *o = k->out[0];
+#define HDC_SERVER_COPY(name, desc) o->name = r->name;
+    HDC_SERVER_STATS_MAP(HDC_SERVER_COPY)
+#undef HDC_SERVER_COPY
+    return 0;
+}
+
+static int dec_sessions(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    const Heapd__V1__ListSessionsResult *r = (const void *)m;
+    hdc_sessions_t *out = k->out[0];
+    out->n = 0;
+    out->total = r->total;
+    out->v = calloc(r->n_sessions ? r->n_sessions : 1, sizeof *out->v);
+    if (!out->v) return HDC_ENOMEM;
+    for (size_t i = 0; i < r->n_sessions; i++) {
+        const Heapd__V1__SessionInfo *s = r->sessions[i];
+        hdc_session_info_t *d = &out->v[out->n++];
+        d->id = dupstr(s->id ? s->id : "");
+        d->peer = dupstr(s->peer ? s->peer : "");
+        if (!d->id || !d->peer) {
+            hdc_sessions_free(out);
+            return HDC_ENOMEM;
+        }
+        d->attached = s->attached ? 1 : 0;
+        d->bytes = s->bytes;
+        d->objects = s->objects;
+        d->requests = s->requests;
+        d->idle_ms = s->idle_ms;
+        d->created_unix = s->created_unix;
+    }
+    return 0;
+}
+
+static int dec_hello(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    const Heapd__V1__HelloResult *r = (const void *)m;
+    char *sid = dupstr(r->session_id ? r->session_id : "");
+    char *res = dupstr(r->resume_token ? r->resume_token : "");
+    char *ver = dupstr(r->server_version ? r->server_version : "");
+    if (!sid || !res || !ver) {
+        free(sid);
+        free(res);
+        free(ver);
+        return HDC_ENOMEM;
+    }
+    forget_hello(c);
+    c->h_session = sid;
+    c->h_resume = res;
+    c->h_version = ver;
+    memset(&c->hello, 0, sizeof c->hello);
+    c->hello.session_id = sid;
+    c->hello.resume_token = res;
+    c->hello.server_version = ver;
+    c->hello.protocol_version = r->protocol_version;
+    if (r->limits) {
+        c->hello.limits.max_bytes = r->limits->max_bytes;
+        c->hello.limits.max_objects = r->limits->max_objects;
+        c->hello.limits.max_frame_bytes = r->limits->max_frame_bytes;
+        c->hello.limits.max_read_bytes = r->limits->max_read_bytes;
+    }
+    c->hello.resumed = r->resumed ? 1 : 0;
+    c->hello.admin = r->admin ? 1 : 0;
+    c->have_hello = 1;
+    return 0;
+}
+
+/* The batch's answer: results[j] completes the j-th call that was sent. Calls past the
+ * results were not run because the batch stopped early (its results filled max_read_bytes):
+ * they fail with HDC_ERANGE, like the op the server stopped at. */
+static int dec_batch(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    const Heapd__V1__BatchResult *r = (const void *)m;
+    size_t j = 0; /* results[j] answers the j-th call that was sent */
+    for (size_t i = 0; i < c->nbcalls; i++) {
+        if (c->bcalls[i].done) continue;
+        if (j < r->n_results)
+            complete(c, &c->bcalls[i], r->results[j++]);
+        else
+            c->bcalls[i].status = note(
+                c, HDC_ERANGE, "ERANGE: not run: the batch stopped after %zu calls", r->n_results);
+    }
+    return j < r->n_results ? HDC_EBADREPLY : 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Session calls.                                                                              */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Opens the socket and says hello, resuming session_id when it is given. */
+static int open_session(hdc_t *c, const char *session_id, const char *resume_token) {
+    hdc_close(c);
+    set_ok(c);
+    int rc = open_url(c);
+    if (rc) return rc;
+    Heapd__V1__Hello m = HEAPD__V1__HELLO__INIT;
+    m.protocol_version = HDC_PROTOCOL_VERSION;
+    m.client_name = c->client_name ? c->client_name : "libheapdclient/" HEAPD_VERSION;
+    m.token = c->token ? c->token : "";
+    m.session_id = (char *)(session_id ? session_id : "");
+    m.resume_token = (char *)(resume_token ? resume_token : "");
+    REQUEST(rq, HELLO, hello, m);
+    call_t k = {.want = RESULT(HELLO), .decode = dec_hello};
+    rc = submit(c, &rq, &k);
+    if (rc) {
+        shut(c, rc);
+        return rc;
+    }
+    c->connected = 1;
+    return 0;
+}
+
+int hdc_connect(hdc_t *c, const char *url, const hdc_options_t *opts) {
+    if (c->in_callback || c->mode != MODE_NORMAL)
+        return note(c, HDC_EINVAL, "hdc_connect inside a callback, pipeline or batch");
+    hdc_options_t defaults;
+    if (!opts) {
+        hdc_options_init(&defaults);
+        opts = &defaults;
+    }
+    char *u = dupstr(url ? url : HDC_DEFAULT_URL);
+    char *t = dupstr(opts->token);
+    char *n = dupstr(opts->client_name);
+    if (!u || (opts->token && !t) || (opts->client_name && !n)) {
+        free(u);
+        free(t);
+        free(n);
+        set_ok(c);
+        return note(c, HDC_ENOMEM, NULL);
+    }
+    free(c->url);
+    free(c->token);
+    free(c->client_name);
+    c->url = u;
+    c->token = t;
+    c->client_name = n;
+    c->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : 0;
+    forget_hello(c);
+    return open_session(c, opts->session_id, opts->resume_token);
+}
+
+int hdc_reconnect(hdc_t *c) {
+    if (c->in_callback || c->mode != MODE_NORMAL)
+        return note(c, HDC_EINVAL, "hdc_reconnect inside a callback, pipeline or batch");
+    if (!c->url || !c->have_hello) {
+        set_ok(c);
+        return note(c, HDC_EINVAL, "hdc_reconnect before a successful hdc_connect");
+    }
+    /* open_session replaces the hello strings, so hand it copies. */
+    char *sid = dupstr(c->h_session), *res = dupstr(c->h_resume);
+    if (!sid || !res) {
+        free(sid);
+        free(res);
+        set_ok(c);
+        return note(c, HDC_ENOMEM, NULL);
+    }
+    /* After our own hdc_close the server may not have seen the old connection go yet, and
+     * answers EBUSY (still attached): try again for a short while. */
+    uint64_t until = now_ms() + RECONNECT_BUSY_MS;
+    int rc;
+    while ((rc = open_session(c, sid, res)) == HDC_EBUSY && now_ms() < until) {
+        struct timespec ts = {0, RECONNECT_RETRY_MS * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    free(sid);
+    free(res);
+    return rc;
+}
+
+int hdc_goodbye(hdc_t *c) {
+    Heapd__V1__Goodbye m = HEAPD__V1__GOODBYE__INIT;
+    REQUEST(rq, GOODBYE, goodbye, m);
+    int rc = submit(c, &rq, NULL);
+    if (c->mode == MODE_NORMAL) {
+        int st = c->status;
+        hdc_close(c);
+        forget_hello(c);
+        c->status = st;
+    }
+    return rc;
+}
+
+int hdc_ping(hdc_t *c, uint64_t *server_time_ns) {
+    Heapd__V1__Ping m = HEAPD__V1__PING__INIT;
+    REQUEST(rq, PING, ping, m);
+    call_t k = {.want = RESULT(PING), .decode = dec_ping, .out = {server_time_ns}};
+    return submit(c, &rq, &k);
+}
+
+int hdc_set_events(hdc_t *c, uint32_t mask, uint32_t *mask_now, uint64_t *dropped) {
+    Heapd__V1__SetEvents m = HEAPD__V1__SET_EVENTS__INIT;
+    m.mask = mask;
+    REQUEST(rq, SET_EVENTS, set_events, m);
+    call_t k = {.want = RESULT(SET_EVENTS), .decode = dec_set_events, .out = {mask_now, dropped}};
+    return submit(c, &rq, &k);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Object calls.                                                                               */
+/* ------------------------------------------------------------------------------------------ */
+
+int hdc_alloc(hdc_t *c, const hdc_alloc_args_t *a, uint64_t *out) {
+    Heapd__V1__Alloc m = HEAPD__V1__ALLOC__INIT;
+    m.size = a->size;
+    m.slots = a->slots;
+    m.tag = (char *)(a->tag ? a->tag : "");
+    m.site = (char *)(a->site ? a->site : "");
+    m.flags = a->flags;
+    m.data.data = (uint8_t *)a->data;
+    m.data.len = a->data ? a->data_len : 0;
+    REQUEST(rq, ALLOC, alloc, m);
+    call_t k = {.want = RESULT(ALLOC), .decode = dec_handle, .out = {out}};
+    return submit(c, &rq, &k);
+}
+
+int hdc_incref(hdc_t *c, uint64_t handle, uint32_t n) {
+    Heapd__V1__Incref m = HEAPD__V1__INCREF__INIT;
+    m.handle = handle;
+    m.n = n;
+    REQUEST(rq, INCREF, incref, m);
+    return submit(c, &rq, NULL);
+}
+
+int hdc_decref(hdc_t *c, uint64_t handle, uint32_t n) {
+    Heapd__V1__Decref m = HEAPD__V1__DECREF__INIT;
+    m.handle = handle;
+    m.n = n;
+    REQUEST(rq, DECREF, decref, m);
+    return submit(c, &rq, NULL);
+}
+
+int hdc_set_slot(hdc_t *c, uint64_t handle, uint32_t index, uint64_t target) {
+    Heapd__V1__SetSlot m = HEAPD__V1__SET_SLOT__INIT;
+    m.handle = handle;
+    m.index = index;
+    m.target = target;
+    REQUEST(rq, SET_SLOT, set_slot, m);
+    return submit(c, &rq, NULL);
+}
+
+int hdc_get_slot(hdc_t *c, uint64_t handle, uint32_t index, uint64_t *out) {
+    Heapd__V1__GetSlot m = HEAPD__V1__GET_SLOT__INIT;
+    m.handle = handle;
+    m.index = index;
+    REQUEST(rq, GET_SLOT, get_slot, m);
+    call_t k = {.want = RESULT(GET_SLOT), .decode = dec_handle, .out = {out}};
+    return submit(c, &rq, &k);
+}
+
+int hdc_write(hdc_t *c, uint64_t handle, uint64_t offset, const void *buf, size_t len) {
+    Heapd__V1__Write m = HEAPD__V1__WRITE__INIT;
+    m.handle = handle;
+    m.offset = offset;
+    m.data.data = (uint8_t *)buf;
+    m.data.len = buf ? len : 0;
+    REQUEST(rq, WRITE, write, m);
+    return submit(c, &rq, NULL);
+}
+
+int hdc_read(hdc_t *c, uint64_t handle, uint64_t offset, void *buf, size_t len) {
+    Heapd__V1__Read m = HEAPD__V1__READ__INIT;
+    m.handle = handle;
+    m.offset = offset;
+    m.length = len;
+    REQUEST(rq, READ, read, m);
+    call_t k = {.want = RESULT(READ), .decode = dec_read, .out = {buf}, .len = len};
+    return submit(c, &rq, &k);
+}
+
+int hdc_getrefcount(hdc_t *c, uint64_t handle, uint64_t *out) {
+    Heapd__V1__GetRefcount m = HEAPD__V1__GET_REFCOUNT__INIT;
+    m.handle = handle;
+    REQUEST(rq, GETREFCOUNT, getrefcount, m);
+    call_t k = {.want = RESULT(GETREFCOUNT), .decode = dec_value, .out = {out}};
+    return submit(c, &rq, &k);
+}
+
+int hdc_getsizeof(hdc_t *c, uint64_t handle, uint64_t *out) {
+    Heapd__V1__GetSizeof m = HEAPD__V1__GET_SIZEOF__INIT;
+    m.handle = handle;
+    REQUEST(rq, GETSIZEOF, getsizeof, m);
+    call_t k = {.want = RESULT(GETSIZEOF), .decode = dec_value, .out = {out}};
+    return submit(c, &rq, &k);
+}
+
+int hdc_obj_info(hdc_t *c, uint64_t handle, hdc_obj_info_t *out) {
+    Heapd__V1__ObjInfo m = HEAPD__V1__OBJ_INFO__INIT;
+    m.handle = handle;
+    REQUEST(rq, OBJ_INFO, obj_info, m);
+    call_t k = {.want = RESULT(OBJ_INFO), .decode = dec_obj_info, .out = {out}};
+    return submit(c, &rq, &k);
+}
+
+void hdc_handles_free(hdc_handles_t *hv) {
+    if (!hv) return;
+    free(hv->v);
+    hv->v = NULL;
+    hv->n = 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Collector calls.                                                                            */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Calls whose request is an empty message and whose answer is a status only:
+ * XX(function and field name, OP name, message type). */
+#define HDC_STATUS_ONLY_OPS(XX)                                                                    \
+    XX(gc_enable, GC_ENABLE, GcEnable)                                                             \
+    XX(gc_disable, GC_DISABLE, GcDisable)                                                          \
+    XX(gc_freeze, GC_FREEZE, GcFreeze)                                                             \
+    XX(gc_unfreeze, GC_UNFREEZE, GcUnfreeze)                                                       \
+    XX(gc_garbage_clear, GC_GARBAGE_CLEAR, GcGarbageClear)                                         \
+    XX(trace_start, TRACE_START, TraceStart)                                                       \
+    XX(trace_stop, TRACE_STOP, TraceStop)                                                          \
+    XX(trace_clear, TRACE_CLEAR, TraceClear)                                                       \
+    XX(trace_reset_peak, TRACE_RESET_PEAK, TraceResetPeak)
+
+#define HDC_STATUS_ONLY_FN(fn, NAME, Type)                                                         \
+    int hdc_##fn(hdc_t *c) {                                                                       \
+        Heapd__V1__##Type m = HEAPD__V1__##NAME##__INIT;                                           \
+        REQUEST(rq, NAME, fn, m);                                                                  \
+        return submit(c, &rq, NULL);                                                               \
+    }
+HDC_STATUS_ONLY_OPS(HDC_STATUS_ONLY_FN)
+#undef HDC_STATUS_ONLY_FN
+
+/* Calls whose request is an empty message and whose answer is one result:
+ * XX(function and field name, OP name, message type, its INIT name, decoder, parameter). */
+#define HDC_GETTER_OPS(XX)                                                                         \
+    XX(gc_isenabled, GC_ISENABLED, GcIsEnabled, GC_IS_ENABLED, dec_flag, int *out)                 \
+    XX(gc_get_count, GC_GET_COUNT, GcGetCount, GC_GET_COUNT, dec_gc_count, uint64_t out[3])        \
+    XX(gc_get_threshold, GC_GET_THRESHOLD, GcGetThreshold, GC_GET_THRESHOLD, dec_gc_threshold,     \
+       int out[3])                                                                                 \
+    XX(gc_get_stats, GC_GET_STATS, GcGetStats, GC_GET_STATS, dec_gc_stats,                         \
+       hdc_gc_genstats_t out[3])                                                                   \
+    XX(gc_get_freeze_count, GC_GET_FREEZE_COUNT, GcGetFreezeCount, GC_GET_FREEZE_COUNT, dec_value, \
+       uint64_t *out)                                                                              \
+    XX(gc_get_debug, GC_GET_DEBUG, GcGetDebug, GC_GET_DEBUG, dec_value32, uint32_t *out)           \
+    XX(trace_is_tracing, TRACE_IS_TRACING, TraceIsTracing, TRACE_IS_TRACING, dec_flag, int *out)   \
+    XX(trace_snapshot, TRACE_SNAPSHOT, TraceSnapshot, TRACE_SNAPSHOT, dec_snapshot, uint32_t *out) \
+    XX(heap_stats, HEAP_STATS, HeapStats, HEAP_STATS, dec_heap_stats, hdc_heap_stats_t *out)       \
+    XX(server_stats, SERVER_STATS, ServerStats, SERVER_STATS, dec_server_stats,                    \
+       hdc_server_stats_t *out)                                                                    \
+    XX(list_sessions, LIST_SESSIONS, ListSessions, LIST_SESSIONS, dec_sessions, hdc_sessions_t *out)
+
+#define HDC_GETTER_FN(fn, NAME, Type, INIT, decoder, param)                                        \
+    int hdc_##fn(hdc_t *c, param) {                                                                \
+        Heapd__V1__##Type m = HEAPD__V1__##INIT##__INIT;                                           \
+        REQUEST(rq, NAME, fn, m);                                                                  \
+        call_t k = {.want = RESULT(NAME), .decode = decoder, .out = {out}};                        \
+        return submit(c, &rq, &k);                                                                 \
+    }
+HDC_GETTER_OPS(HDC_GETTER_FN)
+#undef HDC_GETTER_FN
+
+int hdc_gc_collect(hdc_t *c, int generation, uint64_t *found) {
+    Heapd__V1__GcCollect m = HEAPD__V1__GC_COLLECT__INIT;
+    if (generation != HDC_GC_ALL) {
+        m.optional_generation_case = HEAPD__V1__GC_COLLECT__OPTIONAL_GENERATION_GENERATION;
+        m.generation = generation;
+    }
+    REQUEST(rq, GC_COLLECT, gc_collect, m);
+    call_t k = {.want = RESULT(GC_COLLECT), .decode = dec_value, .out = {found}};
+    return submit(c, &rq, &k);
+}
+
+_Static_assert(sizeof(int) == sizeof(int32_t), "thresholds are sent as the caller's array");
+
+/* The server checks n (1..3) and the values, so that the caller sees its EINVAL. */
+int hdc_gc_set_threshold(hdc_t *c, const int *threshold, int n) {
+    Heapd__V1__GcSetThreshold m = HEAPD__V1__GC_SET_THRESHOLD__INIT;
+    m.threshold = (int32_t *)threshold;
+    m.n_threshold = n > 0 ? (size_t)n : 0;
+    REQUEST(rq, GC_SET_THRESHOLD, gc_set_threshold, m);
+    return submit(c, &rq, NULL);
+}
+
+int hdc_gc_is_tracked(hdc_t *c, uint64_t handle, int *tracked) {
+    Heapd__V1__GcIsTracked m = HEAPD__V1__GC_IS_TRACKED__INIT;
+    m.handle = handle;
+    REQUEST(rq, GC_IS_TRACKED, gc_is_tracked, m);
+    call_t k = {.want = RESULT(GC_IS_TRACKED), .decode = dec_flag, .out = {tracked}};
+    return submit(c, &rq, &k);
+}
+
+int hdc_gc_get_referrers(hdc_t *c, const uint64_t *handles, size_t n, int borrow,
+                         hdc_handles_t *out) {
+    Heapd__V1__GcGetReferrers m = HEAPD__V1__GC_GET_REFERRERS__INIT;
+    m.handles = (uint64_t *)handles;
+    m.n_handles = n;
+    m.borrow = borrow != 0;
+    REQUEST(rq, GC_GET_REFERRERS, gc_get_referrers, m);
+    call_t k = {.want = RESULT(GC_GET_REFERRERS), .decode = dec_handles, .out = {out}};
+    return submit(c, &rq, &k);
+}
+
+int hdc_gc_get_referents(hdc_t *c, const uint64_t *handles, size_t n, int borrow,
+                         hdc_handles_t *out) {
+    Heapd__V1__GcGetReferents m = HEAPD__V1__GC_GET_REFERENTS__INIT;
+    m.handles = (uint64_t *)handles;
+    m.n_handles = n;
+    m.borrow = borrow != 0;
+    REQUEST(rq, GC_GET_REFERENTS, gc_get_referents, m);
+    call_t k = {.want = RESULT(GC_GET_REFERENTS), .decode = dec_handles, .out = {out}};
+    return submit(c, &rq, &k);
+}
+
+int hdc_gc_get_objects(hdc_t *c, int generation, uint64_t *cursor, uint32_t max, int borrow,
+                       hdc_handles_t *out) {
+    Heapd__V1__GcGetObjects m = HEAPD__V1__GC_GET_OBJECTS__INIT;
+    if (generation != HDC_GC_ALL) {
+        m.optional_generation_case = HEAPD__V1__GC_GET_OBJECTS__OPTIONAL_GENERATION_GENERATION;
+        m.generation = generation;
+    }
+    m.cursor = *cursor;
+    m.max = max;
+    m.borrow = borrow != 0;
+    REQUEST(rq, GC_GET_OBJECTS, gc_get_objects, m);
+    call_t k = {.want = RESULT(GC_GET_OBJECTS), .decode = dec_gc_objects, .out = {out, cursor}};
+    return submit(c, &rq, &k);
+}
+
+int hdc_gc_close_cursor(hdc_t *c, uint64_t cursor) {
+    Heapd__V1__GcCloseCursor m = HEAPD__V1__GC_CLOSE_CURSOR__INIT;
+    m.cursor = cursor;
+    REQUEST(rq, GC_CLOSE_CURSOR, gc_close_cursor, m);
+    return submit(c, &rq, NULL);
+}
+
+int hdc_gc_set_debug(hdc_t *c, uint32_t flags) {
+    Heapd__V1__GcSetDebug m = HEAPD__V1__GC_SET_DEBUG__INIT;
+    m.flags = flags;
+    REQUEST(rq, GC_SET_DEBUG, gc_set_debug, m);
+    return submit(c, &rq, NULL);
+}
+
+int hdc_gc_garbage(hdc_t *c, uint64_t start, uint32_t max, int borrow, hdc_handles_t *out,
+                   uint64_t *total) {
+    Heapd__V1__GcGarbage m = HEAPD__V1__GC_GARBAGE__INIT;
+    m.start = start;
+    m.max = max;
+    m.borrow = borrow != 0;
+    REQUEST(rq, GC_GARBAGE, gc_garbage, m);
+    call_t k = {.want = RESULT(GC_GARBAGE), .decode = dec_gc_garbage, .out = {out, total}};
+    return submit(c, &rq, &k);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Weak reference calls.                                                                       */
+/* ------------------------------------------------------------------------------------------ */
+
+int hdc_weakref_new(hdc_t *c, uint64_t handle, int notify, uint64_t *weak) {
+    Heapd__V1__WeakrefNew m = HEAPD__V1__WEAKREF_NEW__INIT;
+    m.handle = handle;
+    m.notify = notify != 0;
+    REQUEST(rq, WEAKREF_NEW, weakref_new, m);
+    call_t k = {.want = RESULT(WEAKREF_NEW), .decode = dec_weak, .out = {weak}};
+    return submit(c, &rq, &k);
+}
+
+int hdc_weakref_get(hdc_t *c, uint64_t weak, uint64_t *out) {
+    Heapd__V1__WeakrefGet m = HEAPD__V1__WEAKREF_GET__INIT;
+    m.weak = weak;
+    REQUEST(rq, WEAKREF_GET, weakref_get, m);
+    call_t k = {.want = RESULT(WEAKREF_GET), .decode = dec_handle, .out = {out}};
+    return submit(c, &rq, &k);
+}
+
+int hdc_weakref_free(hdc_t *c, uint64_t weak) {
+    Heapd__V1__WeakrefFree m = HEAPD__V1__WEAKREF_FREE__INIT;
+    m.weak = weak;
+    REQUEST(rq, WEAKREF_FREE, weakref_free, m);
+    return submit(c, &rq, NULL);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Tracing calls.                                                                              */
+/* ------------------------------------------------------------------------------------------ */
+
+int hdc_trace_get_traced_memory(hdc_t *c, uint64_t *current, uint64_t *peak) {
+    Heapd__V1__TraceGetTracedMemory m = HEAPD__V1__TRACE_GET_TRACED_MEMORY__INIT;
+    REQUEST(rq, TRACE_GET_TRACED_MEMORY, trace_get_traced_memory, m);
+    call_t k = {.want = RESULT(TRACE_GET_TRACED_MEMORY),
+                .decode = dec_traced_memory,
+                .out = {current, peak}};
+    return submit(c, &rq, &k);
+}
+
+int hdc_trace_snapshot_free(hdc_t *c, uint32_t snapshot) {
+    Heapd__V1__TraceSnapshotFree m = HEAPD__V1__TRACE_SNAPSHOT_FREE__INIT;
+    m.snapshot = snapshot;
+    REQUEST(rq, TRACE_SNAPSHOT_FREE, trace_snapshot_free, m);
+    return submit(c, &rq, NULL);
+}
+
+int hdc_trace_statistics(hdc_t *c, uint32_t snapshot, hdc_trace_group_t group, uint32_t limit,
+                         hdc_trace_stats_t *out) {
+    Heapd__V1__TraceStatistics m = HEAPD__V1__TRACE_STATISTICS__INIT;
+    m.snapshot = snapshot;
+    m.group = group == HDC_TRACE_BY_TAG ? HEAPD__V1__TRACE_GROUP__BY_TAG
+                                        : HEAPD__V1__TRACE_GROUP__BY_SITE;
+    m.limit = limit;
+    REQUEST(rq, TRACE_STATISTICS, trace_statistics, m);
+    call_t k = {.want = RESULT(TRACE_STATISTICS), .decode = dec_trace_stats, .out = {out}};
+    return submit(c, &rq, &k);
+}
+
+int hdc_trace_compare(hdc_t *c, uint32_t snapshot, uint32_t old_snapshot, hdc_trace_group_t group,
+                      uint32_t limit, hdc_trace_stats_t *out) {
+    Heapd__V1__TraceCompare m = HEAPD__V1__TRACE_COMPARE__INIT;
+    m.snapshot = snapshot;
+    m.old_snapshot = old_snapshot;
+    m.group = group == HDC_TRACE_BY_TAG ? HEAPD__V1__TRACE_GROUP__BY_TAG
+                                        : HEAPD__V1__TRACE_GROUP__BY_SITE;
+    m.limit = limit;
+    REQUEST(rq, TRACE_COMPARE, trace_compare, m);
+    call_t k = {.want = RESULT(TRACE_COMPARE), .decode = dec_trace_stats, .out = {out}};
+    return submit(c, &rq, &k);
+}
+
+void hdc_trace_stats_free(hdc_trace_stats_t *s) {
+    if (!s) return;
+    for (size_t i = 0; i < s->n; i++)
+        free(s->v[i].key);
+    free(s->v);
+    s->v = NULL;
+    s->n = 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Admin calls.                                                                                */
+/* ------------------------------------------------------------------------------------------ */
+
+int hdc_kill_session(hdc_t *c, const char *session_id) {
+    Heapd__V1__KillSession m = HEAPD__V1__KILL_SESSION__INIT;
+    m.session_id = (char *)(session_id ? session_id : "");
+    REQUEST(rq, KILL_SESSION, kill_session, m);
+    return submit(c, &rq, NULL);
+}
+
+void hdc_sessions_free(hdc_sessions_t *s) {
+    if (!s) return;
+    for (size_t i = 0; i < s->n; i++) {
+        free(s->v[i].id);
+        free(s->v[i].peer);
+    }
+    free(s->v);
+    s->v = NULL;
+    s->n = 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Pipelines and batches.                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+size_t hdc_queued(const hdc_t *c) {
+    return c->mode == MODE_BATCH ? c->nbcalls : c->mode == MODE_PIPELINE ? c->ncalls : 0;
+}
+
+int hdc_pipeline_begin(hdc_t *c) {
+    set_ok(c);
+    if (c->in_callback || c->mode != MODE_NORMAL)
+        return note(c, HDC_EINVAL, "hdc_pipeline_begin inside a callback, pipeline or batch");
+    if (!c->connected) return note(c, HDC_ECLOSED, "not connected");
+    c->mode = MODE_PIPELINE;
+    c->ncalls = c->chead = 0;
+    return 0;
+}
+
+int hdc_pipeline_end(hdc_t *c, int *status, size_t nstatus) {
+    if (c->in_callback || c->mode != MODE_PIPELINE) {
+        set_ok(c);
+        return note(c, HDC_EINVAL, "hdc_pipeline_end without hdc_pipeline_begin");
+    }
+    set_ok(c); /* from here on errmsg follows the responses */
+    int rc = c->connected ? wait_calls(c) : 0;
+    int first = 0;
+    for (size_t i = 0; i < c->ncalls; i++) {
+        if (i < nstatus) status[i] = c->calls[i].status;
+        if (!first) first = c->calls[i].status;
+    }
+    c->mode = MODE_NORMAL;
+    c->ncalls = c->chead = 0;
+    rc = first ? first : rc;
+    note(c, rc, NULL); /* when only calls refused while queueing failed */
+    return rc;
+}
+
+int hdc_batch_begin(hdc_t *c) {
+    set_ok(c);
+    if (c->in_callback || c->mode != MODE_NORMAL)
+        return note(c, HDC_EINVAL, "hdc_batch_begin inside a callback, pipeline or batch");
+    if (!c->connected) return note(c, HDC_ECLOSED, "not connected");
+    c->mode = MODE_BATCH;
+    drop_batch(c);
+    return 0;
+}
+
+int hdc_batch_end(hdc_t *c, int *status, size_t nstatus) {
+    if (c->in_callback || c->mode != MODE_BATCH) {
+        set_ok(c);
+        return note(c, HDC_EINVAL, "hdc_batch_end without hdc_batch_begin");
+    }
+    c->mode = MODE_NORMAL;
+    int rc = 0;
+    size_t nops = 0;
+    Heapd__V1__Request **ops = calloc(c->nbcalls ? c->nbcalls : 1, sizeof *ops);
+    if (!ops) rc = HDC_ENOMEM;
+    for (size_t i = 0; rc == 0 && i < c->nbcalls; i++) {
+        if (c->bcalls[i].done) continue;
+        ops[nops] = heapd__v1__request__unpack(NULL, c->bops[i].len, c->bops[i].data);
+        if (!ops[nops++]) rc = HDC_ENOMEM; /* we packed it ourselves: only memory can fail */
+    }
+    if (rc == 0 && nops > 0) {
+        Heapd__V1__Batch m = HEAPD__V1__BATCH__INIT;
+        m.ops = ops;
+        m.n_ops = nops;
+        REQUEST(rq, BATCH, batch, m);
+        call_t k = {.want = RESULT(BATCH), .decode = dec_batch};
+        rc = submit(c, &rq, &k);
+    } else if (rc) {
+        set_ok(c);
+        note(c, rc, NULL);
+    } else {
+        set_ok(c);
+    }
+    for (size_t i = 0; ops && i < nops; i++)
+        if (ops[i]) heapd__v1__request__free_unpacked(ops[i], NULL);
+    free(ops);
+    /* A batch that failed as a whole (transport, frame size) fails each of its calls. */
+    int first = 0;
+    for (size_t i = 0; i < c->nbcalls; i++) {
+        if (rc && !c->bcalls[i].answered && c->bcalls[i].status == 0) c->bcalls[i].status = rc;
+        if (i < nstatus) status[i] = c->bcalls[i].status;
+        if (!first) first = c->bcalls[i].status;
+    }
+    drop_batch(c);
+    return first ? first : rc;
+}
+
+int hdc_alloc_many(hdc_t *c, const hdc_alloc_args_t *args, size_t n, uint64_t *out, int *status) {
+    int rc = hdc_batch_begin(c);
+    if (rc) return rc;
+    for (size_t i = 0; i < n; i++) {
+        out[i] = 0;
+        rc = hdc_alloc(c, &args[i], &out[i]);
+        if (rc) {
+            c->mode = MODE_NORMAL;
+            drop_batch(c);
+            return rc;
+        }
+    }
+    return hdc_batch_end(c, status, status ? n : 0);
+}
+
+int hdc_decref_many(hdc_t *c, const uint64_t *handles, size_t n, int *status) {
+    int rc = hdc_batch_begin(c);
+    if (rc) return rc;
+    for (size_t i = 0; i < n; i++) {
+        rc = hdc_decref(c, handles[i], 1);
+        if (rc) {
+            c->mode = MODE_NORMAL;
+            drop_batch(c);
+            return rc;
+        }
+    }
+    return hdc_batch_end(c, status, status ? n : 0);
+}

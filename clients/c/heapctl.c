@@ -1,0 +1,2046 @@
+/*
+ * heapctl.c: the command-line tool of heapd, built on libheapdclient.
+ *
+ *   heapctl [--connect URL] [--token T] [--json] [--session ID --resume TOKEN] [--keep]
+ *           COMMAND [ARGS]
+ *
+ * Each invocation opens its own session, so its own heap: `stats`, `gc` and `trace` show that
+ * fresh heap unless they run inside `shell` (one session for a whole script) or attach to an
+ * existing detached session with --session ID --resume TOKEN. --keep leaves the session
+ * detached at exit instead of ending it, and prints how to resume it, so a shell script can
+ * build a heap in one invocation and inspect it with the next ones.
+ *
+ * What it owns: argument parsing, the command tables (one row per command: handler, flags,
+ * usage, help; one row per gc and trace subcommand), the text and JSON renderings, the shell's
+ * names for handles, and the exit codes (EXIT_CODES below, printed by --help). It owns no
+ * protocol code: every request goes through hdc_* calls.
+ *
+ * Output. A command writes into a memory buffer; on success the buffer goes to stdout, on
+ * failure the text mode prints it followed by "heapctl: NAME: message" on stderr, and the
+ * JSON mode replaces it by one error document {"ok": false, "error": {...}, "exit": N}. With
+ * --json every command prints exactly one JSON document on one line (the shell and top print
+ * one per command or refresh: JSON Lines).
+ *
+ * Global state: `stop_requested`, set by SIGINT/SIGTERM while `top` runs, and nothing else.
+ */
+#include "heapd/client.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef HEAPD_VERSION
+#define HEAPD_VERSION "0"
+#endif
+
+/* XX(NAME, code, meaning): heapctl's exit codes, printed by --help. */
+#define EXIT_CODES(XX)                                                                             \
+    XX(EXIT_OK, 0, "success")                                                                      \
+    XX(EXIT_SERVER, 1, "the server answered with an error (or a local failure)")                   \
+    XX(EXIT_USAGE, 2, "bad command line or shell command")                                         \
+    XX(EXIT_CONNECT, 3, "cannot connect to the server")                                            \
+    XX(EXIT_LOST, 4, "the connection was lost or timed out, or the reply was malformed")           \
+    XX(EXIT_DENIED, 5, "authentication failed or permission denied (EAUTH, EPERM)")
+
+enum {
+#define EXIT_ENUM(name, code, meaning) name = code,
+    EXIT_CODES(EXIT_ENUM)
+#undef EXIT_ENUM
+};
+
+/* A command's result: 0, RC_USAGE (message in x->msg), or a negative hdc code. */
+#define RC_USAGE 1
+
+#define MAX_ARGS   64
+#define JSON_DEPTH 16
+
+static volatile sig_atomic_t stop_requested;
+
+/* ------------------------------------------------------------------------------------------ */
+/* Types.                                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+/* A minimal JSON writer: compact, one document per line. need_comma[d] says whether the
+ * next value at depth d follows another. */
+typedef struct jw_s {
+    FILE *f;
+    int depth;
+    int need_comma[JSON_DEPTH];
+} jw_t;
+
+/* A shell name bound to an object handle or a weak handle. */
+typedef struct var_s {
+    char *name;
+    uint64_t value;
+    int weak; /* 1: a weak handle (from `weak`) */
+} var_t;
+
+typedef struct ctx_s {
+    hdc_t *c;
+    int json;
+    const char *url, *token, *session_id, *resume_token;
+    int keep; /* leave the session detached at exit */
+    int timeout_ms;
+    int in_shell;
+    FILE *out; /* the current command's output buffer */
+    char *outbuf;
+    size_t outlen;
+    jw_t j;
+    char msg[512]; /* the usage message of RC_USAGE */
+    var_t *vars;
+    size_t nvars, capvars;
+    char **events; /* events received during a command, rendered, printed after it */
+    size_t nevents, capevents;
+    uint32_t event_mask;
+} ctx_t;
+
+typedef int (*cmd_fn)(ctx_t *x, int argc, char **argv);
+
+#define CMD_NOCONN  0x1u /* runs without a connection */
+#define CMD_SHELL   0x2u /* only inside `shell` */
+#define CMD_NOSHELL 0x4u /* not inside `shell` */
+#define CMD_ADMIN   0x8u /* needs an admin token */
+
+typedef struct cmd_s {
+    const char *name;
+    cmd_fn run;
+    unsigned flags;
+    const char *args;
+    const char *help;
+} cmd_t;
+
+static const cmd_t *find_cmd(const char *name);
+static int run_command(ctx_t *x, const cmd_t *cmd, int argc, char **argv);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Output helpers.                                                                             */
+/* ------------------------------------------------------------------------------------------ */
+
+static int usage_err(ctx_t *x, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(x->msg, sizeof x->msg, fmt, ap);
+    va_end(ap);
+    return RC_USAGE;
+}
+
+static void out(ctx_t *x, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(x->out, fmt, ap);
+    va_end(ap);
+}
+
+/* 1234567 -> "1,234,567". buf holds at least 32 bytes. */
+static const char *fmt_num(char *buf, uint64_t v) {
+    char tmp[32];
+    int n = snprintf(tmp, sizeof tmp, "%" PRIu64, v), o = 0;
+    for (int i = 0; i < n; i++) {
+        if (i > 0 && (n - i) % 3 == 0) buf[o++] = ',';
+        buf[o++] = tmp[i];
+    }
+    buf[o] = '\0';
+    return buf;
+}
+
+/* 1536 -> "1.5 KiB", as tracemalloc prints sizes. */
+static const char *fmt_size(char *buf, size_t cap, double v) {
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int u = 0;
+    double a = v < 0 ? -v : v;
+    while (a >= 1024 && u < 4) {
+        a /= 1024;
+        v /= 1024;
+        u++;
+    }
+    if (u == 0)
+        snprintf(buf, cap, "%.0f %s", v, units[u]);
+    else
+        snprintf(buf, cap, "%.1f %s", v, units[u]);
+    return buf;
+}
+
+static const char *fmt_handle(char *buf, uint64_t h) {
+    snprintf(buf, 24, "0x%016" PRIx64, h);
+    return buf;
+}
+
+/* ---- JSON ---------------------------------------------------------------------------------- */
+
+static void j_sep(jw_t *j, const char *key) {
+    if (j->need_comma[j->depth]) fputc(',', j->f);
+    j->need_comma[j->depth] = 1;
+    if (key) {
+        fputc('"', j->f);
+        fputs(key, j->f); /* keys are literals of this file: nothing to escape */
+        fputs("\":", j->f);
+    }
+}
+
+static void j_rawstr(FILE *f, const char *s) {
+    fputc('"', f);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            fprintf(f, "\\%c", *p);
+        else if (*p < 0x20 || *p == 0x7f)
+            fprintf(f, "\\u%04x", *p);
+        else
+            fputc(*p, f);
+    }
+    fputc('"', f);
+}
+
+static void j_open(jw_t *j, const char *key, char brace) {
+    j_sep(j, key);
+    fputc(brace, j->f);
+    if (j->depth < JSON_DEPTH - 1) j->depth++;
+    j->need_comma[j->depth] = 0;
+}
+
+static void j_obj(jw_t *j, const char *key) {
+    j_open(j, key, '{');
+}
+
+static void j_arr(jw_t *j, const char *key) {
+    j_open(j, key, '[');
+}
+
+static void j_close(jw_t *j, char brace) {
+    fputc(brace, j->f);
+    if (j->depth > 0) j->depth--;
+}
+
+static void j_end_obj(jw_t *j) {
+    j_close(j, '}');
+}
+
+static void j_end_arr(jw_t *j) {
+    j_close(j, ']');
+}
+
+static void j_str(jw_t *j, const char *key, const char *v) {
+    j_sep(j, key);
+    j_rawstr(j->f, v ? v : "");
+}
+
+static void j_u64(jw_t *j, const char *key, uint64_t v) {
+    j_sep(j, key);
+    fprintf(j->f, "%" PRIu64, v);
+}
+
+static void j_i64(jw_t *j, const char *key, int64_t v) {
+    j_sep(j, key);
+    fprintf(j->f, "%" PRId64, v);
+}
+
+static void j_bool(jw_t *j, const char *key, int v) {
+    j_sep(j, key);
+    fputs(v ? "true" : "false", j->f);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Argument helpers.                                                                           */
+/* ------------------------------------------------------------------------------------------ */
+
+static int parse_u64(const char *s, uint64_t *v) {
+    if (!s || !*s || *s == '-') return -1;
+    char *end;
+    errno = 0;
+    unsigned long long r = strtoull(s, &end, 0);
+    if (errno || *end) return -1;
+    *v = r;
+    return 0;
+}
+
+static int parse_int(const char *s, int *v) {
+    if (!s || !*s) return -1;
+    char *end;
+    errno = 0;
+    long r = strtol(s, &end, 0);
+    if (errno || *end || r < -2147483647L - 1 || r > 2147483647L) return -1;
+    *v = (int)r;
+    return 0;
+}
+
+static int parse_u32(ctx_t *x, const char *what, const char *s, uint32_t *v) {
+    uint64_t r;
+    if (parse_u64(s, &r) || r > UINT32_MAX)
+        return usage_err(x, "%s: expected a number up to 4294967295, got \"%s\"", what, s);
+    *v = (uint32_t)r;
+    return 0;
+}
+
+static var_t *var_find(ctx_t *x, const char *name) {
+    for (size_t i = 0; i < x->nvars; i++)
+        if (strcmp(x->vars[i].name, name) == 0) return &x->vars[i];
+    return NULL;
+}
+
+static int var_set(ctx_t *x, const char *name, uint64_t value, int weak) {
+    if (!isalpha((unsigned char)name[0]) && name[0] != '_')
+        return usage_err(x, "bad name \"%s\": names start with a letter or _", name);
+    var_t *v = var_find(x, name);
+    if (!v) {
+        if (x->nvars == x->capvars) {
+            size_t cap = x->capvars ? x->capvars * 2 : 16;
+            var_t *nv = realloc(x->vars, cap * sizeof *nv);
+            if (!nv) return HDC_ENOMEM;
+            x->vars = nv;
+            x->capvars = cap;
+        }
+        char *n = strdup(name);
+        if (!n) return HDC_ENOMEM;
+        v = &x->vars[x->nvars++];
+        v->name = n;
+    }
+    v->value = value;
+    v->weak = weak;
+    return 0;
+}
+
+static void var_del(ctx_t *x, const char *name) {
+    var_t *v = var_find(x, name);
+    if (!v) return;
+    free(v->name);
+    *v = x->vars[--x->nvars];
+}
+
+/* The name bound to handle h, or NULL. */
+static const char *var_name_of(ctx_t *x, uint64_t h) {
+    for (size_t i = 0; i < x->nvars; i++)
+        if (x->vars[i].value == h && !x->vars[i].weak) return x->vars[i].name;
+    return NULL;
+}
+
+/* Resolves a shell name or a number (0x... or decimal) to a handle. */
+static int resolve(ctx_t *x, const char *arg, uint64_t *h) {
+    var_t *v = var_find(x, arg);
+    if (v) {
+        *h = v->value;
+        return 0;
+    }
+    if (parse_u64(arg, h) == 0) return 0;
+    return usage_err(x, "unknown name \"%s\" (see `vars`)", arg);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Events.                                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+static const char *const event_names[] = {
+    [HDC_EV_FINALIZED] = "finalized",
+    [HDC_EV_WEAKREF_CLEARED] = "weakref_cleared",
+    [HDC_EV_GC_START] = "gc_start",
+    [HDC_EV_GC_STOP] = "gc_stop",
+};
+
+/* Renders an event into x->events; printed after the command that brought it. */
+static void on_event(hdc_t *c, const hdc_event_t *ev, void *arg) {
+    ctx_t *x = arg;
+    char *s = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&s, &len);
+    if (!f) return;
+    char hb[24];
+    if (x->json) {
+        jw_t j = {f, 0, {0}};
+        j_obj(&j, NULL);
+        j_str(&j, "event", event_names[ev->type]);
+        switch (ev->type) {
+        case HDC_EV_FINALIZED:
+            j_u64(&j, "handle", ev->handle);
+            j_str(&j, "tag", ev->tag);
+            break;
+        case HDC_EV_WEAKREF_CLEARED: j_u64(&j, "weak", ev->weak); break;
+        case HDC_EV_GC_START: j_i64(&j, "generation", ev->generation); break;
+        case HDC_EV_GC_STOP:
+            j_i64(&j, "generation", ev->generation);
+            j_u64(&j, "collected", ev->collected);
+            j_u64(&j, "uncollectable", ev->uncollectable);
+            j_u64(&j, "pause_ns", ev->pause_ns);
+            break;
+        }
+        j_end_obj(&j);
+    } else {
+        fprintf(f, "event: %s", event_names[ev->type]);
+        switch (ev->type) {
+        case HDC_EV_FINALIZED:
+            fprintf(f, " %s tag=%s", fmt_handle(hb, ev->handle), *ev->tag ? ev->tag : "-");
+            break;
+        case HDC_EV_WEAKREF_CLEARED: fprintf(f, " weak %s", fmt_handle(hb, ev->weak)); break;
+        case HDC_EV_GC_START: fprintf(f, " generation %d", ev->generation); break;
+        case HDC_EV_GC_STOP:
+            fprintf(f,
+                    " generation %d collected=%" PRIu64 " uncollectable=%" PRIu64 " pause=%.3f ms",
+                    ev->generation, ev->collected, ev->uncollectable, ev->pause_ns / 1e6);
+            break;
+        }
+    }
+    fclose(f);
+    if (x->nevents == x->capevents) {
+        size_t cap = x->capevents ? x->capevents * 2 : 16;
+        char **nv = realloc(x->events, cap * sizeof *nv);
+        if (!nv) {
+            free(s);
+            return;
+        }
+        x->events = nv;
+        x->capevents = cap;
+    }
+    x->events[x->nevents++] = s;
+}
+
+static void flush_events(ctx_t *x) {
+    for (size_t i = 0; i < x->nevents; i++) {
+        printf("%s\n", x->events[i]);
+        free(x->events[i]);
+    }
+    x->nevents = 0;
+    fflush(stdout);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* ping, server, sessions, kill, top.                                                          */
+/* ------------------------------------------------------------------------------------------ */
+
+static double mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+static int cmd_ping(ctx_t *x, int argc, char **argv) {
+    if (argc > 1) return usage_err(x, "ping takes no arguments");
+    uint64_t t = 0;
+    double t0 = mono_ms();
+    int rc = hdc_ping(x->c, &t);
+    double rtt = mono_ms() - t0;
+    if (rc) return rc;
+    const hdc_hello_t *h = hdc_hello_info(x->c);
+    if (x->json) {
+        j_u64(&x->j, "rtt_us", (uint64_t)(rtt * 1000));
+        j_u64(&x->j, "server_time_unix_ns", t);
+        j_str(&x->j, "server_version", h->server_version);
+        j_u64(&x->j, "protocol_version", h->protocol_version);
+        j_str(&x->j, "session_id", h->session_id);
+        j_bool(&x->j, "admin", h->admin);
+    } else {
+        out(x, "PONG from heapd %s at %s: time=%.3f ms\n", h->server_version, x->url, rtt);
+    }
+    return 0;
+}
+
+static const char *const server_stat_desc[] = {
+#define DESC(name, desc) desc,
+    HDC_SERVER_STATS_MAP(DESC)
+#undef DESC
+};
+
+static int cmd_server(ctx_t *x, int argc, char **argv) {
+    if (argc > 1) return usage_err(x, "server takes no arguments");
+    hdc_server_stats_t s;
+    int rc = hdc_server_stats(x->c, &s);
+    if (rc) return rc;
+    const hdc_hello_t *h = hdc_hello_info(x->c);
+    if (x->json) {
+        j_str(&x->j, "server_version", h->server_version);
+        j_obj(&x->j, "server");
+#define JF(name, desc) j_u64(&x->j, #name, s.name);
+        HDC_SERVER_STATS_MAP(JF)
+#undef JF
+        j_end_obj(&x->j);
+        return 0;
+    }
+    out(x, "heapd %s at %s\n", h->server_version, x->url);
+    char nb[32];
+    size_t i = 0;
+#define TF(name, desc)                                                                             \
+    out(x, "  %-20s %16s  %s\n", #name, fmt_num(nb, s.name), server_stat_desc[i++]);
+    HDC_SERVER_STATS_MAP(TF)
+#undef TF
+    return 0;
+}
+
+static int by_bytes_desc(const void *a, const void *b) {
+    const hdc_session_info_t *p = a, *q = b;
+    if (p->bytes != q->bytes) return p->bytes < q->bytes ? 1 : -1;
+    return strcmp(p->id, q->id);
+}
+
+/* Prints the sessions, largest heap first. Sorts s in place. */
+static void print_sessions(ctx_t *x, hdc_sessions_t *s, const char *mine) {
+    qsort(s->v, s->n, sizeof *s->v, by_bytes_desc);
+    if (x->json) {
+        j_u64(&x->j, "total", s->total);
+        j_arr(&x->j, "sessions");
+        for (size_t i = 0; i < s->n; i++) {
+            const hdc_session_info_t *e = &s->v[i];
+            j_obj(&x->j, NULL);
+            j_str(&x->j, "id", e->id);
+            j_str(&x->j, "peer", e->peer);
+            j_bool(&x->j, "attached", e->attached);
+            j_bool(&x->j, "self", mine && strcmp(mine, e->id) == 0);
+            j_u64(&x->j, "bytes", e->bytes);
+            j_u64(&x->j, "objects", e->objects);
+            j_u64(&x->j, "requests", e->requests);
+            j_u64(&x->j, "idle_ms", e->idle_ms);
+            j_u64(&x->j, "created_unix", e->created_unix);
+            j_end_obj(&x->j);
+        }
+        j_end_arr(&x->j);
+        return;
+    }
+    out(x, "%-34s %-24s %-9s %12s %10s %10s %9s\n", "SESSION", "PEER", "STATE", "BYTES", "OBJECTS",
+        "REQUESTS", "IDLE");
+    char b1[32], b2[32], b3[32];
+    for (size_t i = 0; i < s->n; i++) {
+        const hdc_session_info_t *e = &s->v[i];
+        int self = mine && strcmp(mine, e->id) == 0;
+        out(x, "%-34.34s %-24.24s %-9s %12s %10s %10s %8.1fs\n", e->id, e->peer,
+            self          ? "self"
+            : e->attached ? "attached"
+                          : "detached",
+            fmt_num(b1, e->bytes), fmt_num(b2, e->objects), fmt_num(b3, e->requests),
+            e->idle_ms / 1000.0);
+    }
+    if (s->total > s->n) out(x, "(%" PRIu64 " more not shown)\n", s->total - s->n);
+}
+
+static int cmd_sessions(ctx_t *x, int argc, char **argv) {
+    if (argc > 1) return usage_err(x, "sessions takes no arguments");
+    hdc_sessions_t s = {0};
+    int rc = hdc_list_sessions(x->c, &s);
+    if (rc) return rc;
+    print_sessions(x, &s, hdc_hello_info(x->c)->session_id);
+    hdc_sessions_free(&s);
+    return 0;
+}
+
+static int cmd_kill(ctx_t *x, int argc, char **argv) {
+    if (argc != 2) return usage_err(x, "usage: kill SESSION_ID");
+    int rc = hdc_kill_session(x->c, argv[1]);
+    if (rc) return rc;
+    if (x->json)
+        j_str(&x->j, "killed", argv[1]);
+    else
+        out(x, "killed session %s\n", argv[1]);
+    return 0;
+}
+
+static void flush_out(ctx_t *x);
+
+static void on_stop_signal(int sig) {
+    stop_requested = 1;
+}
+
+/* One refresh of top: server totals and sessions, in one round trip. */
+static int top_once(ctx_t *x, int clear) {
+    hdc_server_stats_t s;
+    hdc_sessions_t l = {0};
+    hdc_pipeline_begin(x->c);
+    hdc_server_stats(x->c, &s);
+    hdc_list_sessions(x->c, &l);
+    int rc = hdc_pipeline_end(x->c, NULL, 0);
+    if (rc) {
+        hdc_sessions_free(&l);
+        return rc;
+    }
+    const char *mine = hdc_hello_info(x->c)->session_id;
+    if (x->json) {
+        j_obj(&x->j, "server");
+#define JF(name, desc) j_u64(&x->j, #name, s.name);
+        HDC_SERVER_STATS_MAP(JF)
+#undef JF
+        j_end_obj(&x->j);
+        print_sessions(x, &l, mine);
+    } else {
+        char b1[32], b2[32], b3[32], b4[32];
+        uint64_t up = s.uptime_ms / 1000;
+        if (clear) out(x, "\033[H\033[2J");
+        out(x,
+            "heapd %s - up %" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ", %" PRIu64 " sessions (%" PRIu64
+            " detached), %" PRIu64 " connections, %s requests\n",
+            hdc_hello_info(x->c)->server_version, up / 3600, up / 60 % 60, up % 60, s.sessions,
+            s.sessions_detached, s.connections, fmt_num(b1, s.requests));
+        out(x, "Mem: %s in %s objects over all heaps, daemon RSS %s\n\n",
+            fmt_size(b2, sizeof b2, (double)s.bytes_total), fmt_num(b3, s.objects_total),
+            fmt_size(b4, sizeof b4, (double)s.rss_bytes));
+        print_sessions(x, &l, mine);
+    }
+    hdc_sessions_free(&l);
+    return 0;
+}
+
+static int cmd_top(ctx_t *x, int argc, char **argv) {
+    long iterations = -1; /* forever */
+    double delay = 2.0;
+    for (int i = 1; i < argc; i++) {
+        char *end;
+        if (strcmp(argv[i], "--once") == 0) {
+            iterations = 1;
+        } else if (strcmp(argv[i], "-n") == 0 && i + 1 < argc) {
+            iterations = strtol(argv[++i], &end, 10);
+            if (*end || iterations < 1) return usage_err(x, "-n wants a count >= 1");
+        } else if (strcmp(argv[i], "-d") == 0 && i + 1 < argc) {
+            delay = strtod(argv[++i], &end);
+            if (*end || delay < 0 || delay > 3600) return usage_err(x, "-d wants seconds");
+        } else {
+            return usage_err(x, "usage: top [--once] [-n N] [-d SECONDS]");
+        }
+    }
+    int clear = !x->json && isatty(STDOUT_FILENO) && iterations != 1;
+    struct sigaction sa, old_int, old_term;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    stop_requested = 0;
+    int rc = 0;
+    for (long n = 0; iterations < 0 || n < iterations; n++) {
+        if (n > 0) {
+            if (x->json) {
+                j_end_obj(&x->j);
+                out(x, "\n");
+            }
+            flush_out(x);
+            struct timespec ts = {(time_t)delay, (long)((delay - (time_t)delay) * 1e9)};
+            while (!stop_requested && nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+            }
+            if (stop_requested) break;
+            if (x->json) {
+                j_obj(&x->j, NULL);
+                j_bool(&x->j, "ok", 1);
+                j_str(&x->j, "command", "top");
+            }
+        }
+        rc = top_once(x, clear);
+        if (rc || stop_requested) break;
+    }
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* stats: sys._debugmallocstats() and gc.get_stats() for the session's heap.                   */
+/* ------------------------------------------------------------------------------------------ */
+
+static const char *const heap_stat_desc[] = {
+#define DESC(name, desc) desc,
+    HD_HEAP_STATS_MAP(DESC)
+#undef DESC
+};
+
+static void print_genstats(ctx_t *x, const hdc_gc_genstats_t g[3]) {
+    if (x->json) {
+        j_arr(&x->j, "generations");
+        for (int i = 0; i < 3; i++) {
+            j_obj(&x->j, NULL);
+            j_u64(&x->j, "collections", g[i].collections);
+            j_u64(&x->j, "collected", g[i].collected);
+            j_u64(&x->j, "uncollectable", g[i].uncollectable);
+            j_end_obj(&x->j);
+        }
+        j_end_arr(&x->j);
+        return;
+    }
+    for (int i = 0; i < 3; i++)
+        out(x,
+            "  generation %d: collections=%" PRIu64 " collected=%" PRIu64 " uncollectable=%" PRIu64
+            "\n",
+            i, g[i].collections, g[i].collected, g[i].uncollectable);
+}
+
+static int cmd_stats(ctx_t *x, int argc, char **argv) {
+    if (argc > 1) return usage_err(x, "stats takes no arguments");
+    hdc_heap_stats_t s;
+    int thr[3], enabled = 0;
+    hdc_pipeline_begin(x->c);
+    hdc_heap_stats(x->c, &s);
+    hdc_gc_get_threshold(x->c, thr);
+    hdc_gc_isenabled(x->c, &enabled);
+    int rc = hdc_pipeline_end(x->c, NULL, 0);
+    if (rc) return rc;
+    if (x->json) {
+        j_obj(&x->j, "heap");
+#define JF(name, desc) j_u64(&x->j, #name, s.name);
+        HD_HEAP_STATS_MAP(JF)
+#undef JF
+        j_end_obj(&x->j);
+        j_arr(&x->j, "classes");
+        for (size_t i = 0; i < s.nclasses; i++) {
+            j_obj(&x->j, NULL);
+            j_u64(&x->j, "block_size", s.classes[i].block_size);
+            j_u64(&x->j, "pools", s.classes[i].pools);
+            j_u64(&x->j, "blocks_in_use", s.classes[i].blocks_in_use);
+            j_u64(&x->j, "blocks_available", s.classes[i].blocks_available);
+            j_end_obj(&x->j);
+        }
+        j_end_arr(&x->j);
+        j_obj(&x->j, "gc");
+        j_bool(&x->j, "enabled", enabled);
+        j_arr(&x->j, "count");
+        for (int i = 0; i < 3; i++)
+            j_u64(&x->j, NULL, s.gc_count[i]);
+        j_end_arr(&x->j);
+        j_arr(&x->j, "threshold");
+        for (int i = 0; i < 3; i++)
+            j_i64(&x->j, NULL, thr[i]);
+        j_end_arr(&x->j);
+        j_u64(&x->j, "freeze_count", s.gc_freeze_count);
+        print_genstats(x, s.gc);
+        j_end_obj(&x->j);
+        j_u64(&x->j, "events_dropped", s.events_dropped);
+        j_u64(&x->j, "event_mask", s.event_mask);
+        return 0;
+    }
+    char nb[32];
+    out(x, "Small block threshold = 512, in %zu size classes with pools.\n\n", s.nclasses);
+    out(x, "class   size   num pools   blocks in use  avail blocks\n");
+    out(x, "-----   ----   ---------   -------------  ------------\n");
+    for (size_t i = 0; i < s.nclasses; i++) {
+        const hdc_class_stats_t *k = &s.classes[i];
+        out(x, "%5u   %4u   %9" PRIu64 "   %13" PRIu64 "  %12" PRIu64 "\n", k->block_size / 16 - 1,
+            k->block_size, k->pools, k->blocks_in_use, k->blocks_available);
+    }
+    out(x, "\n");
+    size_t i = 0;
+#define TF(name, desc)                                                                             \
+    out(x, "%-24s = %14s   %s\n", #name, fmt_num(nb, s.name), heap_stat_desc[i++]);
+    HD_HEAP_STATS_MAP(TF)
+#undef TF
+    out(x,
+        "\ngc: %s, count (%" PRIu64 ", %" PRIu64 ", %" PRIu64 "), threshold (%d, %d, %d), "
+        "frozen %" PRIu64 "\n",
+        enabled ? "enabled" : "disabled", s.gc_count[0], s.gc_count[1], s.gc_count[2], thr[0],
+        thr[1], thr[2], s.gc_freeze_count);
+    print_genstats(x, s.gc);
+    out(x, "events: mask 0x%02x, dropped %" PRIu64 "\n", s.event_mask, s.events_dropped);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* gc: one row per subcommand.                                                                 */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct subcmd_s {
+    const char *name;
+    cmd_fn run;
+    const char *args;
+    const char *help;
+} subcmd_t;
+
+/* Runs the row of table named argv[1] (argv[0] is the command), or the first row when there
+ * is no argv[1]. */
+static int run_sub(ctx_t *x, const subcmd_t *table, int argc, char **argv) {
+    const subcmd_t *sub = NULL;
+    if (argc < 2) {
+        sub = &table[0];
+    } else {
+        for (const subcmd_t *s = table; s->name; s++)
+            if (strcmp(s->name, argv[1]) == 0) sub = s;
+        if (!sub) {
+            int n = snprintf(x->msg, sizeof x->msg,
+                             "%s: unknown subcommand \"%s\"; one of:", argv[0], argv[1]);
+            for (const subcmd_t *s = table; s->name && n > 0 && (size_t)n < sizeof x->msg; s++)
+                n += snprintf(x->msg + n, sizeof x->msg - (size_t)n, " %s", s->name);
+            return RC_USAGE;
+        }
+        argc--;
+        argv++;
+    }
+    if (x->json) j_str(&x->j, "subcommand", sub->name);
+    return sub->run(x, argc, argv);
+}
+
+static int gc_show(ctx_t *x, int argc, char **argv) {
+    if (argc > 1) return usage_err(x, "gc show takes no arguments");
+    int enabled = 0, thr[3];
+    uint64_t count[3], frozen = 0;
+    uint32_t debug = 0;
+    hdc_gc_genstats_t g[3];
+    hdc_pipeline_begin(x->c);
+    hdc_gc_isenabled(x->c, &enabled);
+    hdc_gc_get_count(x->c, count);
+    hdc_gc_get_threshold(x->c, thr);
+    hdc_gc_get_stats(x->c, g);
+    hdc_gc_get_freeze_count(x->c, &frozen);
+    hdc_gc_get_debug(x->c, &debug);
+    int rc = hdc_pipeline_end(x->c, NULL, 0);
+    if (rc) return rc;
+    if (x->json) {
+        j_bool(&x->j, "enabled", enabled);
+        j_arr(&x->j, "count");
+        for (int i = 0; i < 3; i++)
+            j_u64(&x->j, NULL, count[i]);
+        j_end_arr(&x->j);
+        j_arr(&x->j, "threshold");
+        for (int i = 0; i < 3; i++)
+            j_i64(&x->j, NULL, thr[i]);
+        j_end_arr(&x->j);
+        j_u64(&x->j, "freeze_count", frozen);
+        j_u64(&x->j, "debug", debug);
+        print_genstats(x, g);
+        return 0;
+    }
+    out(x, "enabled:    %s\n", enabled ? "yes" : "no");
+    out(x, "count:      %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", count[0], count[1], count[2]);
+    out(x, "threshold:  %d %d %d\n", thr[0], thr[1], thr[2]);
+    out(x, "frozen:     %" PRIu64 "\n", frozen);
+    out(x, "debug:      0x%x\n", debug);
+    out(x, "stats:\n");
+    print_genstats(x, g);
+    return 0;
+}
+
+static int gc_count(ctx_t *x, int argc, char **argv) {
+    uint64_t count[3];
+    int rc = argc > 1 ? usage_err(x, "gc count takes no arguments") : hdc_gc_get_count(x->c, count);
+    if (rc) return rc;
+    if (x->json) {
+        j_arr(&x->j, "count");
+        for (int i = 0; i < 3; i++)
+            j_u64(&x->j, NULL, count[i]);
+        j_end_arr(&x->j);
+    } else {
+        out(x, "%" PRIu64 " %" PRIu64 " %" PRIu64 "\n", count[0], count[1], count[2]);
+    }
+    return 0;
+}
+
+static int gc_threshold(ctx_t *x, int argc, char **argv) {
+    int thr[3];
+    if (argc > 4) return usage_err(x, "usage: gc threshold [T0 [T1 [T2]]]");
+    for (int i = 1; i < argc; i++)
+        if (parse_int(argv[i], &thr[i - 1]))
+            return usage_err(x, "gc threshold: \"%s\" is not a number", argv[i]);
+    int rc = argc > 1 ? hdc_gc_set_threshold(x->c, thr, argc - 1) : 0;
+    if (rc == 0) rc = hdc_gc_get_threshold(x->c, thr);
+    if (rc) return rc;
+    if (x->json) {
+        j_arr(&x->j, "threshold");
+        for (int i = 0; i < 3; i++)
+            j_i64(&x->j, NULL, thr[i]);
+        j_end_arr(&x->j);
+    } else {
+        out(x, "%d %d %d\n", thr[0], thr[1], thr[2]);
+    }
+    return 0;
+}
+
+/* gc enable / disable: switch, then report the state. */
+static int gc_switch(ctx_t *x, int argc, char **argv, int on) {
+    if (argc > 1) return usage_err(x, "gc %s takes no arguments", on ? "enable" : "disable");
+    int enabled = 0;
+    int rc = on ? hdc_gc_enable(x->c) : hdc_gc_disable(x->c);
+    if (rc == 0) rc = hdc_gc_isenabled(x->c, &enabled);
+    if (rc) return rc;
+    if (x->json)
+        j_bool(&x->j, "enabled", enabled);
+    else
+        out(x, "gc %s\n", enabled ? "enabled" : "disabled");
+    return 0;
+}
+
+static int gc_enable(ctx_t *x, int argc, char **argv) {
+    return gc_switch(x, argc, argv, 1);
+}
+
+static int gc_disable(ctx_t *x, int argc, char **argv) {
+    return gc_switch(x, argc, argv, 0);
+}
+
+static int gc_collect(ctx_t *x, int argc, char **argv) {
+    int gen = HDC_GC_ALL;
+    if (argc > 2 || (argc == 2 && parse_int(argv[1], &gen)))
+        return usage_err(x, "usage: gc collect [GENERATION]");
+    uint64_t found = 0;
+    double t0 = mono_ms();
+    int rc = hdc_gc_collect(x->c, gen, &found);
+    double ms = mono_ms() - t0;
+    if (rc) return rc;
+    if (x->json) {
+        j_i64(&x->j, "generation", gen == HDC_GC_ALL ? 2 : gen);
+        j_u64(&x->j, "found", found);
+    } else {
+        out(x, "collected generation %d: %" PRIu64 " unreachable (%.3f ms round trip)\n",
+            gen == HDC_GC_ALL ? 2 : gen, found, ms);
+    }
+    return 0;
+}
+
+static int gc_freeze_cmd(ctx_t *x, int argc, char **argv, int freeze) {
+    if (argc > 1) return usage_err(x, "gc %s takes no arguments", freeze ? "freeze" : "unfreeze");
+    uint64_t n = 0;
+    int rc = freeze ? hdc_gc_freeze(x->c) : hdc_gc_unfreeze(x->c);
+    if (rc == 0) rc = hdc_gc_get_freeze_count(x->c, &n);
+    if (rc) return rc;
+    if (x->json)
+        j_u64(&x->j, "freeze_count", n);
+    else
+        out(x, "%" PRIu64 " objects in the permanent generation\n", n);
+    return 0;
+}
+
+static int gc_freeze(ctx_t *x, int argc, char **argv) {
+    return gc_freeze_cmd(x, argc, argv, 1);
+}
+
+static int gc_unfreeze(ctx_t *x, int argc, char **argv) {
+    return gc_freeze_cmd(x, argc, argv, 0);
+}
+
+static int gc_debug(ctx_t *x, int argc, char **argv) {
+    uint32_t flags = 0;
+    if (argc > 2) return usage_err(x, "usage: gc debug [FLAGS]");
+    int rc = argc == 2 ? parse_u32(x, "gc debug", argv[1], &flags) : 0;
+    if (rc == 0 && argc == 2) rc = hdc_gc_set_debug(x->c, flags);
+    if (rc == 0) rc = hdc_gc_get_debug(x->c, &flags);
+    if (rc) return rc;
+    if (x->json)
+        j_u64(&x->j, "debug", flags);
+    else
+        out(x, "0x%x%s%s%s%s\n", flags, flags & HDC_GC_DEBUG_STATS ? " DEBUG_STATS" : "",
+            flags & HDC_GC_DEBUG_COLLECTABLE ? " DEBUG_COLLECTABLE" : "",
+            flags & HDC_GC_DEBUG_UNCOLLECTABLE ? " DEBUG_UNCOLLECTABLE" : "",
+            flags & HDC_GC_DEBUG_SAVEALL ? " DEBUG_SAVEALL" : "");
+    return 0;
+}
+
+/* Prints a list of borrowed handles, with their shell names. */
+static void print_handles(ctx_t *x, const char *key, const hdc_handles_t *hv) {
+    char hb[24];
+    if (x->json) {
+        j_arr(&x->j, key);
+        for (size_t i = 0; i < hv->n; i++)
+            j_u64(&x->j, NULL, hv->v[i]);
+        j_end_arr(&x->j);
+        return;
+    }
+    for (size_t i = 0; i < hv->n; i++) {
+        const char *name = var_name_of(x, hv->v[i]);
+        out(x, "  %s%s%s\n", fmt_handle(hb, hv->v[i]), name ? "  " : "", name ? name : "");
+    }
+}
+
+static int gc_garbage(ctx_t *x, int argc, char **argv) {
+    if (argc > 1) return usage_err(x, "gc garbage takes no arguments");
+    hdc_handles_t hv = {0};
+    uint64_t total = 0;
+    int rc = hdc_gc_garbage(x->c, 0, 0, 1, &hv, &total);
+    if (rc) return rc;
+    if (x->json)
+        j_u64(&x->j, "total", total);
+    else
+        out(x, "%" PRIu64 " objects in gc.garbage\n", total);
+    print_handles(x, "handles", &hv);
+    hdc_handles_free(&hv);
+    return 0;
+}
+
+static int gc_garbage_clear(ctx_t *x, int argc, char **argv) {
+    if (argc > 1) return usage_err(x, "gc garbage-clear takes no arguments");
+    int rc = hdc_gc_garbage_clear(x->c);
+    if (rc == 0 && !x->json) out(x, "gc.garbage cleared\n");
+    return rc;
+}
+
+static const subcmd_t gc_cmds[] = {
+    {"show", gc_show, "", "enabled, count, thresholds, frozen, debug flags, per-generation stats"},
+    {"count", gc_count, "", "gc.get_count()"},
+    {"threshold", gc_threshold, "[T0 [T1 [T2]]]", "gc.get_threshold(), or set_threshold first"},
+    {"enable", gc_enable, "", "gc.enable()"},
+    {"disable", gc_disable, "", "gc.disable()"},
+    {"collect", gc_collect, "[GEN]", "gc.collect(GEN); all generations by default"},
+    {"freeze", gc_freeze, "", "gc.freeze(): move every tracked object to the permanent gen"},
+    {"unfreeze", gc_unfreeze, "", "gc.unfreeze()"},
+    {"debug", gc_debug, "[FLAGS]", "gc.get_debug(), or set_debug(FLAGS) first (1,2,4,32)"},
+    {"garbage", gc_garbage, "", "list gc.garbage"},
+    {"garbage-clear", gc_garbage_clear, "", "empty gc.garbage"},
+    {NULL, NULL, NULL, NULL},
+};
+
+static int cmd_gc(ctx_t *x, int argc, char **argv) {
+    return run_sub(x, gc_cmds, argc, argv);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* trace: tracemalloc.                                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+static int trace_status(ctx_t *x, int argc, char **argv) {
+    if (argc > 1) return usage_err(x, "trace status takes no arguments");
+    int on = 0;
+    uint64_t cur = 0, peak = 0;
+    hdc_pipeline_begin(x->c);
+    hdc_trace_is_tracing(x->c, &on);
+    hdc_trace_get_traced_memory(x->c, &cur, &peak);
+    int rc = hdc_pipeline_end(x->c, NULL, 0);
+    if (rc) return rc;
+    char b1[32], b2[32];
+    if (x->json) {
+        j_bool(&x->j, "tracing", on);
+        j_u64(&x->j, "current", cur);
+        j_u64(&x->j, "peak", peak);
+    } else {
+        out(x, "tracing: %s; traced memory: current %s, peak %s\n", on ? "on" : "off",
+            fmt_size(b1, sizeof b1, (double)cur), fmt_size(b2, sizeof b2, (double)peak));
+    }
+    return 0;
+}
+
+/* trace start/stop/clear/reset-peak: one call, then the status. */
+static int trace_simple(ctx_t *x, int argc, char **argv, int (*fn)(hdc_t *)) {
+    if (argc > 1) return usage_err(x, "trace %s takes no arguments", argv[0]);
+    int rc = fn(x->c);
+    return rc ? rc : trace_status(x, 1, argv);
+}
+
+static int trace_start(ctx_t *x, int argc, char **argv) {
+    return trace_simple(x, argc, argv, hdc_trace_start);
+}
+
+static int trace_stop(ctx_t *x, int argc, char **argv) {
+    return trace_simple(x, argc, argv, hdc_trace_stop);
+}
+
+static int trace_clear(ctx_t *x, int argc, char **argv) {
+    return trace_simple(x, argc, argv, hdc_trace_clear);
+}
+
+static int trace_reset_peak(ctx_t *x, int argc, char **argv) {
+    return trace_simple(x, argc, argv, hdc_trace_reset_peak);
+}
+
+static int trace_snapshot(ctx_t *x, int argc, char **argv) {
+    if (argc > 1) return usage_err(x, "trace snapshot takes no arguments");
+    uint32_t id = 0;
+    int rc = hdc_trace_snapshot(x->c, &id);
+    if (rc) return rc;
+    if (x->json)
+        j_u64(&x->j, "snapshot", id);
+    else
+        out(x, "snapshot %u\n", id);
+    return 0;
+}
+
+static int trace_free(ctx_t *x, int argc, char **argv) {
+    uint32_t id = 0;
+    if (argc != 2) return usage_err(x, "usage: trace free SNAPSHOT");
+    int rc = parse_u32(x, "trace free", argv[1], &id);
+    if (rc == 0) rc = hdc_trace_snapshot_free(x->c, id);
+    if (rc == 0 && !x->json) out(x, "snapshot %u freed\n", id);
+    return rc;
+}
+
+/* Options shared by top and compare: --by site|tag, -n LIMIT; the rest are positional. */
+typedef struct trace_opts_s {
+    hdc_trace_group_t group;
+    uint32_t limit;
+    char *pos[2];
+    int npos;
+} trace_opts_t;
+
+static int trace_parse(ctx_t *x, int argc, char **argv, trace_opts_t *o, int maxpos) {
+    o->group = HDC_TRACE_BY_SITE;
+    o->limit = 10;
+    o->npos = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--by") == 0 && i + 1 < argc) {
+            i++;
+            if (strcmp(argv[i], "site") == 0)
+                o->group = HDC_TRACE_BY_SITE;
+            else if (strcmp(argv[i], "tag") == 0)
+                o->group = HDC_TRACE_BY_TAG;
+            else
+                return usage_err(x, "--by wants site or tag");
+        } else if (strcmp(argv[i], "-n") == 0 && i + 1 < argc) {
+            int rc = parse_u32(x, "-n", argv[++i], &o->limit);
+            if (rc) return rc;
+        } else if (o->npos < maxpos && argv[i][0] != '-') {
+            o->pos[o->npos++] = argv[i];
+        } else {
+            return usage_err(x, "trace %s: unexpected \"%s\"", argv[0], argv[i]);
+        }
+    }
+    return 0;
+}
+
+/* Prints statistics like tracemalloc's Statistic and StatisticDiff. */
+static void print_trace_stats(ctx_t *x, const hdc_trace_stats_t *s, int diff, const char *by) {
+    char b1[32], b2[32], b3[32];
+    if (x->json) {
+        j_str(&x->j, "by", by);
+        j_u64(&x->j, "total", s->total);
+        j_arr(&x->j, "stats");
+        for (size_t i = 0; i < s->n; i++) {
+            j_obj(&x->j, NULL);
+            j_str(&x->j, "key", s->v[i].key);
+            j_u64(&x->j, "count", s->v[i].count);
+            j_u64(&x->j, "bytes", s->v[i].bytes);
+            if (diff) {
+                j_i64(&x->j, "count_diff", s->v[i].count_diff);
+                j_i64(&x->j, "bytes_diff", s->v[i].bytes_diff);
+            }
+            j_end_obj(&x->j);
+        }
+        j_end_arr(&x->j);
+        return;
+    }
+    out(x, "[ Top %zu by %s%s ]\n", s->n, by, diff ? ", differences" : "");
+    for (size_t i = 0; i < s->n; i++) {
+        const hdc_trace_stat_t *e = &s->v[i];
+        const char *key = *e->key ? e->key : "<unknown>";
+        uint64_t avg = e->count ? e->bytes / e->count : 0;
+        if (diff)
+            out(x, "%s: size=%s (%s%s), count=%" PRIu64 " (%+" PRId64 "), average=%s\n", key,
+                fmt_size(b1, sizeof b1, (double)e->bytes), e->bytes_diff >= 0 ? "+" : "",
+                fmt_size(b2, sizeof b2, (double)e->bytes_diff), e->count, e->count_diff,
+                fmt_size(b3, sizeof b3, (double)avg));
+        else
+            out(x, "%s: size=%s, count=%" PRIu64 ", average=%s\n", key,
+                fmt_size(b1, sizeof b1, (double)e->bytes), e->count,
+                fmt_size(b3, sizeof b3, (double)avg));
+    }
+}
+
+static int trace_top(ctx_t *x, int argc, char **argv) {
+    trace_opts_t o;
+    int rc = trace_parse(x, argc, argv, &o, 1);
+    if (rc) return rc;
+    uint32_t id = 0;
+    int fresh = o.npos == 0; /* no snapshot named: take one and free it afterwards */
+    rc = fresh ? hdc_trace_snapshot(x->c, &id) : parse_u32(x, "trace top", o.pos[0], &id);
+    if (rc) return rc;
+    hdc_trace_stats_t s = {0};
+    rc = hdc_trace_statistics(x->c, id, o.group, o.limit, &s);
+    if (fresh) {
+        int keep = hdc_status(x->c); /* keep the statistics' error message, if any */
+        hdc_trace_snapshot_free(x->c, id);
+        if (keep) rc = keep;
+    }
+    if (rc) return rc;
+    if (x->json) j_u64(&x->j, "snapshot", id);
+    print_trace_stats(x, &s, 0, o.group == HDC_TRACE_BY_TAG ? "tag" : "site");
+    hdc_trace_stats_free(&s);
+    return 0;
+}
+
+static int trace_compare(ctx_t *x, int argc, char **argv) {
+    trace_opts_t o;
+    uint32_t id = 0, old = 0;
+    int rc = trace_parse(x, argc, argv, &o, 2);
+    if (rc) return rc;
+    if (o.npos != 2) return usage_err(x, "usage: trace compare NEW OLD [--by site|tag] [-n N]");
+    if ((rc = parse_u32(x, "NEW", o.pos[0], &id)) || (rc = parse_u32(x, "OLD", o.pos[1], &old)))
+        return rc;
+    hdc_trace_stats_t s = {0};
+    rc = hdc_trace_compare(x->c, id, old, o.group, o.limit, &s);
+    if (rc) return rc;
+    if (x->json) {
+        j_u64(&x->j, "snapshot", id);
+        j_u64(&x->j, "old_snapshot", old);
+    }
+    print_trace_stats(x, &s, 1, o.group == HDC_TRACE_BY_TAG ? "tag" : "site");
+    hdc_trace_stats_free(&s);
+    return 0;
+}
+
+static const subcmd_t trace_cmds[] = {
+    {"status", trace_status, "", "tracemalloc.is_tracing() and get_traced_memory()"},
+    {"start", trace_start, "", "tracemalloc.start()"},
+    {"stop", trace_stop, "", "tracemalloc.stop() (clears the traces)"},
+    {"clear", trace_clear, "", "tracemalloc.clear_traces()"},
+    {"reset-peak", trace_reset_peak, "", "tracemalloc.reset_peak()"},
+    {"snapshot", trace_snapshot, "", "take a snapshot; prints its number"},
+    {"top", trace_top, "[SNAP] [--by site|tag] [-n N]",
+     "largest allocation sites (of SNAP, or of a fresh snapshot)"},
+    {"compare", trace_compare, "NEW OLD [--by site|tag] [-n N]", "growth from OLD to NEW"},
+    {"free", trace_free, "SNAP", "release a snapshot"},
+    {NULL, NULL, NULL, NULL},
+};
+
+static int cmd_trace(ctx_t *x, int argc, char **argv) {
+    return run_sub(x, trace_cmds, argc, argv);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Shell-only commands: objects by name.                                                       */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Reports a new binding NAME = handle. */
+static void print_binding(ctx_t *x, const char *name, uint64_t h, const char *what) {
+    char hb[24];
+    if (x->json) {
+        j_str(&x->j, "name", name ? name : "");
+        j_u64(&x->j, what, h);
+    } else if (name) {
+        out(x, "%s = %s\n", name, h ? fmt_handle(hb, h) : "empty");
+    } else {
+        out(x, "%s\n", h ? fmt_handle(hb, h) : "empty");
+    }
+}
+
+static int cmd_alloc(ctx_t *x, int argc, char **argv) {
+    static const char use[] = "usage: alloc NAME [size=N] [slots=N] [tag=T] [site=S] "
+                              "[data=TEXT] [finalizer] [legacy]";
+    if (argc < 2) return usage_err(x, use);
+    hdc_alloc_args_t a = {0};
+    for (int i = 2; i < argc; i++) {
+        char *eq = strchr(argv[i], '=');
+        const char *v = eq ? eq + 1 : "";
+        size_t klen = eq ? (size_t)(eq - argv[i]) : strlen(argv[i]);
+        int rc = 0;
+        if (strncmp(argv[i], "size", klen) == 0 && klen == 4)
+            rc = parse_u32(x, "size", v, &a.size);
+        else if (strncmp(argv[i], "slots", klen) == 0 && klen == 5)
+            rc = parse_u32(x, "slots", v, &a.slots);
+        else if (strncmp(argv[i], "tag", klen) == 0 && klen == 3)
+            a.tag = v;
+        else if (strncmp(argv[i], "site", klen) == 0 && klen == 4)
+            a.site = v;
+        else if (strncmp(argv[i], "data", klen) == 0 && klen == 4)
+            a.data = v, a.data_len = strlen(v);
+        else if (strcmp(argv[i], "finalizer") == 0)
+            a.flags |= HDC_OBJ_FINALIZER;
+        else if (strcmp(argv[i], "legacy") == 0)
+            a.flags |= HDC_OBJ_LEGACY_FINALIZER;
+        else
+            return usage_err(x, "%s (not \"%s\")", use, argv[i]);
+        if (rc) return rc;
+    }
+    if (a.data && a.size < a.data_len) a.size = (uint32_t)a.data_len;
+    if (!isalpha((unsigned char)argv[1][0]) && argv[1][0] != '_')
+        return usage_err(x, "bad name \"%s\": names start with a letter or _", argv[1]);
+    uint64_t h = 0;
+    int rc = hdc_alloc(x->c, &a, &h);
+    if (rc == 0) rc = var_set(x, argv[1], h, 0);
+    if (rc) return rc;
+    print_binding(x, argv[1], h, "handle");
+    return 0;
+}
+
+/* link A INDEX B / unlink A INDEX. */
+static int cmd_link(ctx_t *x, int argc, char **argv) {
+    int unlink = strcmp(argv[0], "unlink") == 0;
+    if (argc != (unlink ? 3 : 4))
+        return usage_err(x, unlink ? "usage: unlink OBJ INDEX" : "usage: link OBJ INDEX TARGET");
+    uint64_t h, t = 0;
+    uint32_t idx = 0;
+    int rc = resolve(x, argv[1], &h);
+    if (rc == 0) rc = parse_u32(x, "INDEX", argv[2], &idx);
+    if (rc == 0 && !unlink) rc = resolve(x, argv[3], &t);
+    if (rc == 0) rc = hdc_set_slot(x->c, h, idx, t);
+    if (rc) return rc;
+    if (x->json) {
+        j_u64(&x->j, "handle", h);
+        j_u64(&x->j, "index", idx);
+        j_u64(&x->j, "target", t);
+    } else {
+        out(x, unlink ? "%s[%u] emptied\n" : "%s[%u] -> %s\n", argv[1], idx, unlink ? "" : argv[3]);
+    }
+    return 0;
+}
+
+static int cmd_get(ctx_t *x, int argc, char **argv) {
+    if (argc < 3 || argc > 4) return usage_err(x, "usage: get OBJ INDEX [NAME]");
+    uint64_t h, t = 0;
+    uint32_t idx = 0;
+    int rc = resolve(x, argv[1], &h);
+    if (rc == 0) rc = parse_u32(x, "INDEX", argv[2], &idx);
+    if (rc == 0) rc = hdc_get_slot(x->c, h, idx, &t);
+    if (rc == 0 && argc == 4 && t) rc = var_set(x, argv[3], t, 0);
+    if (rc) return rc;
+    print_binding(x, argc == 4 ? argv[3] : NULL, t, "handle");
+    return 0;
+}
+
+/* incref / decref / release OBJ [N]; release also forgets the name. */
+static int cmd_refs(ctx_t *x, int argc, char **argv) {
+    if (argc < 2 || argc > 3) return usage_err(x, "usage: %s OBJ [N]", argv[0]);
+    uint64_t h;
+    uint32_t n = 1;
+    int rc = resolve(x, argv[1], &h);
+    if (rc == 0 && argc == 3) rc = parse_u32(x, "N", argv[2], &n);
+    if (rc == 0)
+        rc = strcmp(argv[0], "incref") == 0 ? hdc_incref(x->c, h, n) : hdc_decref(x->c, h, n);
+    if (rc) return rc;
+    if (strcmp(argv[0], "release") == 0) var_del(x, argv[1]);
+    if (x->json) {
+        j_u64(&x->j, "handle", h);
+        j_u64(&x->j, "n", n);
+    } else {
+        out(x, "%s %s x%u\n", argv[0], argv[1], n);
+    }
+    return 0;
+}
+
+static int cmd_write(ctx_t *x, int argc, char **argv) {
+    if (argc != 4) return usage_err(x, "usage: write OBJ OFFSET TEXT");
+    uint64_t h, off;
+    int rc = resolve(x, argv[1], &h);
+    if (rc) return rc;
+    if (parse_u64(argv[2], &off)) return usage_err(x, "OFFSET: not a number: \"%s\"", argv[2]);
+    rc = hdc_write(x->c, h, off, argv[3], strlen(argv[3]));
+    if (rc) return rc;
+    if (x->json)
+        j_u64(&x->j, "written", strlen(argv[3]));
+    else
+        out(x, "%zu bytes written\n", strlen(argv[3]));
+    return 0;
+}
+
+static int cmd_read(ctx_t *x, int argc, char **argv) {
+    if (argc != 4) return usage_err(x, "usage: read OBJ OFFSET LENGTH");
+    uint64_t h, off;
+    uint32_t len = 0;
+    int rc = resolve(x, argv[1], &h);
+    if (rc == 0 && parse_u64(argv[2], &off))
+        rc = usage_err(x, "OFFSET: not a number: \"%s\"", argv[2]);
+    if (rc == 0) rc = parse_u32(x, "LENGTH", argv[3], &len);
+    if (rc) return rc;
+    unsigned char *buf = malloc(len ? len : 1);
+    if (!buf) return HDC_ENOMEM;
+    rc = hdc_read(x->c, h, off, buf, len);
+    if (rc == 0) {
+        char *text = malloc((size_t)len * 4 + 1), *p = text;
+        if (!text) {
+            free(buf);
+            return HDC_ENOMEM;
+        }
+        for (uint32_t i = 0; i < len; i++)
+            p += isprint(buf[i]) && buf[i] != '\\' ? sprintf(p, "%c", buf[i])
+                                                   : sprintf(p, "\\x%02x", buf[i]);
+        *p = '\0';
+        if (x->json) {
+            j_str(&x->j, "data", text); /* printable text, other bytes as \xNN */
+            j_arr(&x->j, "bytes");
+            for (uint32_t i = 0; i < len; i++)
+                j_u64(&x->j, NULL, buf[i]);
+            j_end_arr(&x->j);
+        } else {
+            out(x, "\"%s\"\n", text);
+        }
+        free(text);
+    }
+    free(buf);
+    return rc;
+}
+
+static int cmd_info(ctx_t *x, int argc, char **argv) {
+    if (argc != 2) return usage_err(x, "usage: info OBJ");
+    uint64_t h;
+    hdc_obj_info_t o;
+    int rc = resolve(x, argv[1], &h);
+    if (rc == 0) rc = hdc_obj_info(x->c, h, &o);
+    if (rc) return rc;
+    char hb[24];
+    if (x->json) {
+        j_u64(&x->j, "handle", h);
+        j_u64(&x->j, "refcount", o.refcount);
+        j_u64(&x->j, "client_refs", o.client_refs);
+        j_u64(&x->j, "sizeof", o.sizeof_bytes);
+        j_u64(&x->j, "size", o.size);
+        j_u64(&x->j, "slots", o.slots);
+        j_u64(&x->j, "flags", o.flags);
+        j_bool(&x->j, "tracked", o.tracked);
+        j_i64(&x->j, "generation", o.generation);
+        j_str(&x->j, "tag", o.tag);
+        j_str(&x->j, "site", o.site);
+        return 0;
+    }
+    out(x,
+        "%s %s: refcount=%" PRIu64 " client_refs=%" PRIu64 " sizeof=%" PRIu64
+        " size=%u slots=%u flags=0x%x tracked=%s generation=%d tag=%s site=%s\n",
+        argv[1], fmt_handle(hb, h), o.refcount, o.client_refs, o.sizeof_bytes, o.size, o.slots,
+        o.flags, o.tracked ? "yes" : "no", o.generation, *o.tag ? o.tag : "-",
+        *o.site ? o.site : "-");
+    return 0;
+}
+
+/* refcount / sizeof / tracked OBJ: one number or flag. */
+static int cmd_query(ctx_t *x, int argc, char **argv) {
+    if (argc != 2) return usage_err(x, "usage: %s OBJ", argv[0]);
+    uint64_t h, v = 0;
+    int flag = 0;
+    int rc = resolve(x, argv[1], &h);
+    if (rc) return rc;
+    if (strcmp(argv[0], "refcount") == 0)
+        rc = hdc_getrefcount(x->c, h, &v);
+    else if (strcmp(argv[0], "sizeof") == 0)
+        rc = hdc_getsizeof(x->c, h, &v);
+    else
+        rc = hdc_gc_is_tracked(x->c, h, &flag), v = (uint64_t)flag;
+    if (rc) return rc;
+    if (x->json) {
+        if (strcmp(argv[0], "tracked") == 0)
+            j_bool(&x->j, "tracked", flag);
+        else
+            j_u64(&x->j, argv[0], v);
+    } else {
+        out(x, "%" PRIu64 "\n", v);
+    }
+    return 0;
+}
+
+static int cmd_weak(ctx_t *x, int argc, char **argv) {
+    if (argc < 3 || argc > 4 || (argc == 4 && strcmp(argv[3], "notify") != 0))
+        return usage_err(x, "usage: weak NAME OBJ [notify]");
+    uint64_t h, w = 0;
+    int rc = resolve(x, argv[2], &h);
+    if (rc == 0) rc = hdc_weakref_new(x->c, h, argc == 4, &w);
+    if (rc == 0) rc = var_set(x, argv[1], w, 1);
+    if (rc) return rc;
+    print_binding(x, argv[1], w, "weak");
+    return 0;
+}
+
+static int cmd_deref(ctx_t *x, int argc, char **argv) {
+    if (argc < 2 || argc > 3) return usage_err(x, "usage: deref WEAK [NAME]");
+    uint64_t w, h = 0;
+    int rc = resolve(x, argv[1], &w);
+    if (rc == 0) rc = hdc_weakref_get(x->c, w, &h);
+    if (rc == 0 && argc == 3 && h) rc = var_set(x, argv[2], h, 0);
+    if (rc) return rc;
+    if (x->json) j_bool(&x->j, "alive", h != 0);
+    print_binding(x, argc == 3 ? argv[2] : NULL, h, "handle");
+    return 0;
+}
+
+static int cmd_unweak(ctx_t *x, int argc, char **argv) {
+    if (argc != 2) return usage_err(x, "usage: unweak WEAK");
+    uint64_t w;
+    int rc = resolve(x, argv[1], &w);
+    if (rc == 0) rc = hdc_weakref_free(x->c, w);
+    if (rc) return rc;
+    var_del(x, argv[1]);
+    if (!x->json) out(x, "weak reference %s released\n", argv[1]);
+    return 0;
+}
+
+/* referrers / referents OBJ...: borrowed handles, so nothing to release. */
+static int cmd_refgraph(ctx_t *x, int argc, char **argv) {
+    if (argc < 2) return usage_err(x, "usage: %s OBJ...", argv[0]);
+    uint64_t hs[MAX_ARGS];
+    for (int i = 1; i < argc; i++) {
+        int rc = resolve(x, argv[i], &hs[i - 1]);
+        if (rc) return rc;
+    }
+    hdc_handles_t hv = {0};
+    int rc = strcmp(argv[0], "referrers") == 0
+                 ? hdc_gc_get_referrers(x->c, hs, (size_t)argc - 1, 1, &hv)
+                 : hdc_gc_get_referents(x->c, hs, (size_t)argc - 1, 1, &hv);
+    if (rc) return rc;
+    if (!x->json) out(x, "%zu %s\n", hv.n, argv[0]);
+    print_handles(x, "handles", &hv);
+    hdc_handles_free(&hv);
+    return 0;
+}
+
+/* objects [GEN]: every tracked object, page by page. */
+static int cmd_objects(ctx_t *x, int argc, char **argv) {
+    int gen = HDC_GC_ALL;
+    if (argc > 2 || (argc == 2 && parse_int(argv[1], &gen)))
+        return usage_err(x, "usage: objects [GENERATION]");
+    hdc_handles_t all = {0};
+    uint64_t cursor = 0;
+    int rc = 0;
+    do {
+        hdc_handles_t page = {0};
+        rc = hdc_gc_get_objects(x->c, gen, &cursor, 0, 1, &page);
+        if (rc) break;
+        uint64_t *v = realloc(all.v, (all.n + page.n + 1) * sizeof *v);
+        if (!v) {
+            hdc_handles_free(&page);
+            if (cursor) hdc_gc_close_cursor(x->c, cursor);
+            rc = HDC_ENOMEM;
+            break;
+        }
+        if (page.n) memcpy(v + all.n, page.v, page.n * sizeof *v);
+        all.v = v;
+        all.n += page.n;
+        hdc_handles_free(&page);
+    } while (cursor);
+    if (rc == 0) {
+        if (!x->json) out(x, "%zu tracked objects\n", all.n);
+        print_handles(x, "handles", &all);
+    }
+    hdc_handles_free(&all);
+    return rc;
+}
+
+static const struct {
+    const char *name;
+    uint32_t mask;
+} event_masks[] = {
+    {"none", 0},
+    {"all", HDC_EVMASK_ALL},
+    {"finalized", HDC_EVMASK(HDC_EV_FINALIZED)},
+    {"weakref_cleared", HDC_EVMASK(HDC_EV_WEAKREF_CLEARED)},
+    {"gc_start", HDC_EVMASK(HDC_EV_GC_START)},
+    {"gc_stop", HDC_EVMASK(HDC_EV_GC_STOP)},
+};
+
+/* events [none|all|finalized|weakref_cleared|gc_start|gc_stop ...]. */
+static int cmd_events(ctx_t *x, int argc, char **argv) {
+    uint32_t mask = 0, now = 0;
+    uint64_t dropped = 0;
+    for (int i = 1; i < argc; i++) {
+        size_t k, n = sizeof event_masks / sizeof event_masks[0];
+        for (k = 0; k < n && strcmp(event_masks[k].name, argv[i]) != 0; k++) {
+        }
+        if (k == n)
+            return usage_err(x,
+                             "events: \"%s\" is not one of none all finalized "
+                             "weakref_cleared gc_start gc_stop",
+                             argv[i]);
+        mask |= event_masks[k].mask;
+    }
+    int rc = hdc_set_events(x->c, argc > 1 ? mask : x->event_mask, &now, &dropped);
+    if (rc) return rc;
+    x->event_mask = now;
+    if (x->json) {
+        j_u64(&x->j, "mask", now);
+        j_u64(&x->j, "dropped", dropped);
+    } else {
+        out(x, "events: mask 0x%02x, dropped %" PRIu64 "\n", now, dropped);
+    }
+    return 0;
+}
+
+static int cmd_poll(ctx_t *x, int argc, char **argv) {
+    int ms = 100;
+    if (argc > 2 || (argc == 2 && (parse_int(argv[1], &ms) || ms < 0)))
+        return usage_err(x, "usage: poll [MILLISECONDS]");
+    int n = hdc_poll(x->c, ms);
+    if (n < 0) return n;
+    if (x->json)
+        j_u64(&x->j, "events", (uint64_t)n);
+    else
+        out(x, "%d events\n", n);
+    return 0;
+}
+
+static int cmd_vars(ctx_t *x, int argc, char **argv) {
+    char hb[24];
+    if (x->json) j_arr(&x->j, "vars");
+    for (size_t i = 0; i < x->nvars; i++) {
+        if (x->json) {
+            j_obj(&x->j, NULL);
+            j_str(&x->j, "name", x->vars[i].name);
+            j_u64(&x->j, "value", x->vars[i].value);
+            j_bool(&x->j, "weak", x->vars[i].weak);
+            j_end_obj(&x->j);
+        } else {
+            out(x, "%-16s %s%s\n", x->vars[i].name, fmt_handle(hb, x->vars[i].value),
+                x->vars[i].weak ? " (weak)" : "");
+        }
+    }
+    if (x->json) j_end_arr(&x->j);
+    return 0;
+}
+
+static int cmd_session(ctx_t *x, int argc, char **argv) {
+    const hdc_hello_t *h = hdc_hello_info(x->c);
+    if (x->json) {
+        j_str(&x->j, "session_id", h->session_id);
+        j_str(&x->j, "resume_token", h->resume_token);
+        j_bool(&x->j, "resumed", h->resumed);
+        j_bool(&x->j, "admin", h->admin);
+        j_u64(&x->j, "max_bytes", h->limits.max_bytes);
+        j_u64(&x->j, "max_objects", h->limits.max_objects);
+    } else {
+        out(x, "session %s resume %s%s%s\n", h->session_id, h->resume_token,
+            h->resumed ? " (resumed)" : "", h->admin ? " (admin)" : "");
+    }
+    return 0;
+}
+
+static int cmd_echo(ctx_t *x, int argc, char **argv) {
+    size_t n = 0;
+    char line[1024] = "";
+    for (int i = 1; i < argc && n < sizeof line; i++)
+        n += (size_t)snprintf(line + n, sizeof line - n, "%s%s", i > 1 ? " " : "", argv[i]);
+    if (x->json)
+        j_str(&x->j, "text", line);
+    else
+        out(x, "%s\n", line);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* help and shell.                                                                             */
+/* ------------------------------------------------------------------------------------------ */
+
+static int cmd_help(ctx_t *x, int argc, char **argv);
+static int exit_code_for(int rc);
+
+/* The shell is run by main, not by run_command; its row is for help and lookup. */
+static int cmd_shell(ctx_t *x, int argc, char **argv) {
+    return usage_err(x, "the shell cannot be nested");
+}
+
+static const cmd_t commands[] = {
+    {"ping", cmd_ping, 0, "", "round trip to the server"},
+    {"stats", cmd_stats, 0, "", "the heap's statistics (sys._debugmallocstats, gc.get_stats)"},
+    {"gc", cmd_gc, 0, "[SUBCOMMAND ...]", "the cycle collector (see `help gc`)"},
+    {"trace", cmd_trace, 0, "[SUBCOMMAND ...]", "allocation tracing (see `help trace`)"},
+    {"server", cmd_server, CMD_ADMIN, "", "the server's totals (admin)"},
+    {"sessions", cmd_sessions, CMD_ADMIN, "", "sessions, largest heap first (admin)"},
+    {"kill", cmd_kill, CMD_ADMIN, "SESSION_ID", "end a session and free its heap (admin)"},
+    {"top", cmd_top, CMD_ADMIN | CMD_NOSHELL, "[--once] [-n N] [-d SECONDS]",
+     "live view of sessions and memory (admin)"},
+    {"shell", cmd_shell, CMD_NOSHELL, "", "interactive prompt; reads commands from stdin"},
+    {"help", cmd_help, CMD_NOCONN, "[COMMAND]", "this text, or a command's subcommands"},
+    {"alloc", cmd_alloc, CMD_SHELL,
+     "NAME [size=N] [slots=N] [tag=T] [site=S] [data=TEXT] "
+     "[finalizer] [legacy]",
+     "allocate an object and name it"},
+    {"link", cmd_link, CMD_SHELL, "OBJ INDEX TARGET", "point slot INDEX of OBJ at TARGET"},
+    {"unlink", cmd_link, CMD_SHELL, "OBJ INDEX", "empty slot INDEX of OBJ"},
+    {"get", cmd_get, CMD_SHELL, "OBJ INDEX [NAME]", "read a slot (a new reference, named)"},
+    {"incref", cmd_refs, CMD_SHELL, "OBJ [N]", "take N more references"},
+    {"decref", cmd_refs, CMD_SHELL, "OBJ [N]", "drop N references"},
+    {"release", cmd_refs, CMD_SHELL, "OBJ", "drop one reference and forget the name"},
+    {"write", cmd_write, CMD_SHELL, "OBJ OFFSET TEXT", "write bytes into the payload"},
+    {"read", cmd_read, CMD_SHELL, "OBJ OFFSET LENGTH", "read bytes of the payload"},
+    {"info", cmd_info, CMD_SHELL, "OBJ", "refcount, size, slots, flags, generation, tag, site"},
+    {"refcount", cmd_query, CMD_SHELL, "OBJ", "sys.getrefcount (no temporary reference)"},
+    {"sizeof", cmd_query, CMD_SHELL, "OBJ", "sys.getsizeof"},
+    {"tracked", cmd_query, CMD_SHELL, "OBJ", "gc.is_tracked"},
+    {"weak", cmd_weak, CMD_SHELL, "NAME OBJ [notify]", "a weak reference to OBJ, named"},
+    {"deref", cmd_deref, CMD_SHELL, "WEAK [NAME]", "the referent (a new reference), or empty"},
+    {"unweak", cmd_unweak, CMD_SHELL, "WEAK", "release a weak reference"},
+    {"referrers", cmd_refgraph, CMD_SHELL, "OBJ...", "gc.get_referrers"},
+    {"referents", cmd_refgraph, CMD_SHELL, "OBJ...", "gc.get_referents"},
+    {"objects", cmd_objects, CMD_SHELL, "[GEN]", "gc.get_objects"},
+    {"events", cmd_events, CMD_SHELL, "[none|all|finalized|weakref_cleared|gc_start|gc_stop]...",
+     "choose the events printed after each command"},
+    {"poll", cmd_poll, CMD_SHELL, "[MS]", "wait for events"},
+    {"vars", cmd_vars, CMD_SHELL, "", "the names and their handles"},
+    {"session", cmd_session, CMD_SHELL, "", "session id and resume token"},
+    {"echo", cmd_echo, CMD_SHELL | CMD_NOCONN, "TEXT...", "print TEXT"},
+    {NULL, NULL, 0, NULL, NULL},
+};
+
+static const cmd_t *find_cmd(const char *name) {
+    for (const cmd_t *c = commands; c->name; c++)
+        if (strcmp(c->name, name) == 0) return c;
+    return NULL;
+}
+
+static void print_usage(FILE *f) {
+    fprintf(f,
+            "usage: heapctl [OPTIONS] COMMAND [ARGS]\n\n"
+            "Options:\n"
+            "  -c, --connect URL     tcp://HOST:PORT or unix:/PATH (default: $HEAPD_URL, else "
+            "%s)\n"
+            "  -t, --token T         token or admin token (default: $HEAPD_TOKEN)\n"
+            "  -j, --json            machine-readable output: one JSON document per command\n"
+            "      --session ID      attach to this detached session ...\n"
+            "      --resume TOKEN    ... proving it with its resume token\n"
+            "  -k, --keep            leave the session detached at exit and print how to "
+            "resume it\n"
+            "      --timeout MS      wait at most MS for each answer (default %d)\n"
+            "  -h, --help            this text;  -V, --version  the version\n\n"
+            "Commands:\n",
+            HDC_DEFAULT_URL, HDC_DEFAULT_TIMEOUT_MS);
+    for (const cmd_t *c = commands; c->name; c++)
+        if (!(c->flags & CMD_SHELL)) fprintf(f, "  %-8s %-30s %s\n", c->name, c->args, c->help);
+    fprintf(f, "\nIn the shell, also:\n");
+    for (const cmd_t *c = commands; c->name; c++)
+        if (c->flags & CMD_SHELL) fprintf(f, "  %-9s %s\n    %s\n", c->name, c->args, c->help);
+    fprintf(f, "  quit      leave the shell (also end of input)\n");
+    fprintf(f, "\nEach invocation is its own session (its own heap). Use `shell` to work in "
+               "one session,\nor --keep and then --session/--resume to come back to it.\n");
+    fprintf(f, "\nExit codes:\n");
+#define EXIT_HELP(name, code, meaning) fprintf(f, "  %d  %s\n", code, meaning);
+    EXIT_CODES(EXIT_HELP)
+#undef EXIT_HELP
+}
+
+static void print_subs(ctx_t *x, const char *cmd, const subcmd_t *t) {
+    for (; t->name; t++) {
+        if (x->json) {
+            j_obj(&x->j, NULL);
+            j_str(&x->j, "name", t->name);
+            j_str(&x->j, "args", t->args);
+            j_str(&x->j, "help", t->help);
+            j_end_obj(&x->j);
+        } else {
+            out(x, "  %s %-13s %-32s %s\n", cmd, t->name, t->args, t->help);
+        }
+    }
+}
+
+static int cmd_help(ctx_t *x, int argc, char **argv) {
+    if (argc > 2) return usage_err(x, "usage: help [COMMAND]");
+    if (argc == 2) {
+        const cmd_t *c = find_cmd(argv[1]);
+        if (!c) return usage_err(x, "no command \"%s\"", argv[1]);
+        if (x->json) {
+            j_str(&x->j, "name", c->name);
+            j_str(&x->j, "args", c->args);
+            j_str(&x->j, "help", c->help);
+            j_arr(&x->j, "subcommands");
+        } else {
+            out(x, "%s %s\n  %s\n", c->name, c->args, c->help);
+        }
+        if (c->run == cmd_gc) print_subs(x, "gc", gc_cmds);
+        if (c->run == cmd_trace) print_subs(x, "trace", trace_cmds);
+        if (x->json) j_end_arr(&x->j);
+        return 0;
+    }
+    if (x->json) {
+        j_arr(&x->j, "commands");
+        for (const cmd_t *c = commands; c->name; c++) {
+            j_obj(&x->j, NULL);
+            j_str(&x->j, "name", c->name);
+            j_str(&x->j, "args", c->args);
+            j_str(&x->j, "help", c->help);
+            j_bool(&x->j, "shell_only", (c->flags & CMD_SHELL) != 0);
+            j_end_obj(&x->j);
+        }
+        j_end_arr(&x->j);
+        return 0;
+    }
+    if (x->in_shell) {
+        for (const cmd_t *c = commands; c->name; c++)
+            if (!(c->flags & CMD_NOSHELL)) out(x, "  %-9s %-30s %s\n", c->name, c->args, c->help);
+        out(x, "  %-9s %-30s %s\n", "quit", "", "leave the shell");
+        out(x, "Objects are named: `alloc a slots=2`, then `link a 0 b`. Handles may also be "
+               "given as numbers.\n");
+        return 0;
+    }
+    print_usage(x->out);
+    return 0;
+}
+
+/* Splits line into words: whitespace separates, "double quotes" group (with \" and \\),
+ * # starts a comment. Writes into line. Returns the word count, or -1 if there are too many
+ * or a quote is not closed. */
+static int split_words(char *line, char **argv, int max) {
+    int argc = 0;
+    char *r = line, *w = line;
+    for (;;) {
+        while (isspace((unsigned char)*r))
+            r++;
+        if (!*r || *r == '#') return argc;
+        if (argc == max) return -1;
+        argv[argc++] = w;
+        while (*r && !isspace((unsigned char)*r)) {
+            if (*r == '"') {
+                for (r++; *r && *r != '"'; r++) {
+                    if (*r == '\\' && (r[1] == '"' || r[1] == '\\')) r++;
+                    *w++ = *r;
+                }
+                if (*r != '"') return -1;
+                r++;
+            } else {
+                *w++ = *r++;
+            }
+        }
+        if (*r) r++;
+        *w++ = '\0';
+    }
+}
+
+static int exit_code_for(int rc) {
+    switch (rc) {
+    case 0: return EXIT_OK;
+    case RC_USAGE: return EXIT_USAGE;
+    case HDC_ECONNECT: return EXIT_CONNECT;
+    case HDC_ECLOSED:
+    case HDC_ETIMEOUT:
+    case HDC_EBADREPLY: return EXIT_LOST;
+    case HDC_EAUTH:
+    case HDC_EPERM: return EXIT_DENIED;
+    default: return EXIT_SERVER;
+    }
+}
+
+/* Reports a line the shell rejects before running it. */
+static void shell_reject(ctx_t *x) {
+    if (x->json) {
+        jw_t j = {stdout, 0, {0}};
+        j_obj(&j, NULL);
+        j_bool(&j, "ok", 0);
+        j_obj(&j, "error");
+        j_i64(&j, "code", 0);
+        j_str(&j, "name", "usage");
+        j_str(&j, "message", x->msg);
+        j_end_obj(&j);
+        j_i64(&j, "exit", EXIT_USAGE);
+        j_end_obj(&j);
+        printf("\n");
+    } else {
+        fprintf(stderr, "heapctl: %s\n", x->msg);
+    }
+    fflush(stdout);
+}
+
+/* The shell: runs each line of stdin as a command in this one session. Its exit code is that
+ * of the last command that failed (0 if none); a lost connection ends it at once. It runs
+ * outside run_command, since each of its commands has its own buffered output. */
+static int shell(ctx_t *x, int argc, char **argv) {
+    if (argc > 1) {
+        usage_err(x, "shell takes no arguments; it reads commands from stdin");
+        shell_reject(x);
+        return EXIT_USAGE;
+    }
+    int interactive = isatty(STDIN_FILENO) && !x->json;
+    char *line = NULL;
+    size_t cap = 0;
+    int last = EXIT_OK;
+    x->in_shell = 1;
+    if (interactive)
+        printf("heapd shell, session %s. `help` lists the commands; end with quit or ^D.\n",
+               hdc_hello_info(x->c)->session_id);
+    for (;;) {
+        if (interactive) {
+            printf("heapd> ");
+            fflush(stdout);
+        }
+        if (getline(&line, &cap, stdin) < 0) break;
+        char *words[MAX_ARGS];
+        int n = split_words(line, words, MAX_ARGS);
+        if (n == 0) continue;
+        if (n > 0 && (strcmp(words[0], "quit") == 0 || strcmp(words[0], "exit") == 0)) break;
+        const cmd_t *cmd = n > 0 ? find_cmd(words[0]) : NULL;
+        int code;
+        if (n < 0) {
+            usage_err(x, "cannot parse the line: unclosed quote or over %d words", MAX_ARGS);
+            shell_reject(x);
+            code = EXIT_USAGE;
+        } else if (!cmd || (cmd->flags & CMD_NOSHELL)) {
+            usage_err(x, "unknown command \"%s\" (try `help`)", words[0]);
+            shell_reject(x);
+            code = EXIT_USAGE;
+        } else {
+            code = exit_code_for(run_command(x, cmd, n, words));
+        }
+        if (code != EXIT_OK) last = code;
+        if (code == EXIT_LOST) break; /* nothing more can be done on this session */
+    }
+    free(line);
+    x->in_shell = 0;
+    return last;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Running a command.                                                                          */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Writes the buffered output to stdout and starts a new buffer (top's refreshes). */
+static void flush_out(ctx_t *x) {
+    fclose(x->out);
+    fwrite(x->outbuf, 1, x->outlen, stdout);
+    fflush(stdout);
+    free(x->outbuf);
+    x->outbuf = NULL;
+    x->out = open_memstream(&x->outbuf, &x->outlen);
+    if (!x->out) { /* nowhere to write: end top as if interrupted */
+        stop_requested = 1;
+        x->out = fopen("/dev/null", "w");
+    }
+    x->j = (jw_t){x->out, 0, {0}};
+}
+
+/* Runs one command with its output buffered; prints the result or the error. Returns the
+ * command's rc (0, RC_USAGE, or a negative code). */
+static int run_command(ctx_t *x, const cmd_t *cmd, int argc, char **argv) {
+    x->msg[0] = '\0';
+    x->out = open_memstream(&x->outbuf, &x->outlen);
+    if (!x->out) {
+        fprintf(stderr, "heapctl: out of memory\n");
+        return HDC_ENOMEM;
+    }
+    x->j = (jw_t){x->out, 0, {0}};
+    if (x->json) {
+        j_obj(&x->j, NULL);
+        j_bool(&x->j, "ok", 1);
+        j_str(&x->j, "command", cmd->name);
+    }
+    /* Admin commands are not checked here: the server answers EPERM, and says why. */
+    int rc = cmd->run(x, argc, argv);
+    if (rc < 0 && x->c) snprintf(x->msg, sizeof x->msg, "%s", hdc_errmsg(x->c));
+    const char *msg = x->msg;
+    /* With events on, a ping is a barrier: every event this command raised is delivered. */
+    if (x->in_shell && x->event_mask && x->c && hdc_is_connected(x->c)) hdc_ping(x->c, NULL);
+    fflush(x->out);
+    if (rc == 0) {
+        if (x->json) {
+            if (x->keep && !x->in_shell) {
+                const hdc_hello_t *h = hdc_hello_info(x->c);
+                j_obj(&x->j, "kept_session");
+                j_str(&x->j, "session_id", h->session_id);
+                j_str(&x->j, "resume_token", h->resume_token);
+                j_end_obj(&x->j);
+            }
+            j_end_obj(&x->j);
+            fputc('\n', x->out);
+        }
+        fflush(x->out);
+        fwrite(x->outbuf, 1, x->outlen, stdout);
+    } else if (x->json) {
+        jw_t j = {stdout, 0, {0}};
+        j_obj(&j, NULL);
+        j_bool(&j, "ok", 0);
+        j_str(&j, "command", cmd->name);
+        j_obj(&j, "error");
+        j_i64(&j, "code", rc == RC_USAGE ? 0 : rc);
+        j_str(&j, "name", rc == RC_USAGE ? "usage" : hdc_err_name(rc));
+        j_str(&j, "message", msg && *msg ? msg : hdc_strerror(rc));
+        j_end_obj(&j);
+        j_i64(&j, "exit", exit_code_for(rc));
+        j_end_obj(&j);
+        fputc('\n', stdout);
+    } else {
+        fwrite(x->outbuf, 1, x->outlen, stdout);
+        fflush(stdout);
+        if (rc == RC_USAGE)
+            fprintf(stderr, "heapctl: %s\n", msg);
+        else
+            fprintf(stderr, "heapctl: %s\n", msg && *msg ? msg : hdc_strerror(rc));
+    }
+    fclose(x->out);
+    free(x->outbuf);
+    x->outbuf = NULL;
+    x->out = NULL;
+    flush_events(x);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* main.                                                                                       */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Reports a failure that happens outside any command (usage, connecting). */
+static int fail_early(ctx_t *x, int rc, const char *msg) {
+    int code = exit_code_for(rc);
+    if (x->json) {
+        jw_t j = {stdout, 0, {0}};
+        j_obj(&j, NULL);
+        j_bool(&j, "ok", 0);
+        j_obj(&j, "error");
+        j_i64(&j, "code", rc == RC_USAGE ? 0 : rc);
+        j_str(&j, "name", rc == RC_USAGE ? "usage" : hdc_err_name(rc));
+        j_str(&j, "message", msg);
+        j_end_obj(&j);
+        j_i64(&j, "exit", code);
+        j_end_obj(&j);
+        printf("\n");
+    } else {
+        fprintf(stderr, "heapctl: %s\n", msg);
+        if (rc == RC_USAGE) fprintf(stderr, "Try 'heapctl --help'.\n");
+    }
+    return code;
+}
+
+int main(int argc, char **argv) {
+    ctx_t x;
+    memset(&x, 0, sizeof x);
+    x.url = getenv("HEAPD_URL") && *getenv("HEAPD_URL") ? getenv("HEAPD_URL") : HDC_DEFAULT_URL;
+    x.token = getenv("HEAPD_TOKEN");
+    x.timeout_ms = HDC_DEFAULT_TIMEOUT_MS;
+
+    enum { OPT_SESSION = 256, OPT_RESUME, OPT_TIMEOUT };
+    static const struct option longopts[] = {
+        {"connect", required_argument, NULL, 'c'},
+        {"token", required_argument, NULL, 't'},
+        {"json", no_argument, NULL, 'j'},
+        {"keep", no_argument, NULL, 'k'},
+        {"session", required_argument, NULL, OPT_SESSION},
+        {"resume", required_argument, NULL, OPT_RESUME},
+        {"timeout", required_argument, NULL, OPT_TIMEOUT},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0},
+    };
+    int opt;
+    char bad[128] = "";
+    /* "+": stop at the command, so that its own options (top -n) are left to it. */
+    while ((opt = getopt_long(argc, argv, "+c:t:jkhV", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'c': x.url = optarg; break;
+        case 't': x.token = optarg; break;
+        case 'j': x.json = 1; break;
+        case 'k': x.keep = 1; break;
+        case OPT_SESSION: x.session_id = optarg; break;
+        case OPT_RESUME: x.resume_token = optarg; break;
+        case OPT_TIMEOUT:
+            if (parse_int(optarg, &x.timeout_ms) || x.timeout_ms < 0)
+                snprintf(bad, sizeof bad, "--timeout wants milliseconds, not \"%s\"", optarg);
+            break;
+        case 'h': print_usage(stdout); return EXIT_OK;
+        case 'V': printf("heapctl %s\n", HEAPD_VERSION); return EXIT_OK;
+        default: snprintf(bad, sizeof bad, "bad option (see --help)"); break;
+        }
+    }
+    if (!bad[0] && optind >= argc) snprintf(bad, sizeof bad, "no command given");
+    if (!bad[0] && (!x.session_id) != (!x.resume_token))
+        snprintf(bad, sizeof bad, "--session and --resume go together");
+    const cmd_t *cmd = bad[0] ? NULL : find_cmd(argv[optind]);
+    if (!bad[0] && (!cmd || (cmd->flags & CMD_SHELL)))
+        snprintf(bad, sizeof bad, "unknown command \"%s\"%s", argv[optind],
+                 cmd ? " (it works inside `heapctl shell`)" : "");
+    if (bad[0]) return fail_early(&x, RC_USAGE, bad);
+
+    if (!(cmd->flags & CMD_NOCONN)) {
+        x.c = hdc_new();
+        if (!x.c) return fail_early(&x, HDC_ENOMEM, "out of memory");
+        hdc_options_t o;
+        hdc_options_init(&o);
+        o.token = x.token;
+        o.client_name = "heapctl/" HEAPD_VERSION;
+        o.session_id = x.session_id;
+        o.resume_token = x.resume_token;
+        o.timeout_ms = x.timeout_ms;
+        int rc = hdc_connect(x.c, x.url, &o);
+        if (rc) {
+            int code = fail_early(&x, rc, hdc_errmsg(x.c));
+            hdc_free(x.c);
+            return code;
+        }
+        hdc_set_event_cb(x.c, on_event, &x);
+    }
+
+    int code = cmd->run == cmd_shell
+                   ? shell(&x, argc - optind, argv + optind)
+                   : exit_code_for(run_command(&x, cmd, argc - optind, argv + optind));
+
+    if (x.c) {
+        if (x.keep && hdc_is_connected(x.c)) {
+            const hdc_hello_t *h = hdc_hello_info(x.c);
+            if (x.json && cmd->run == cmd_shell) {
+                jw_t j = {stdout, 0, {0}};
+                j_obj(&j, NULL);
+                j_obj(&j, "kept_session");
+                j_str(&j, "session_id", h->session_id);
+                j_str(&j, "resume_token", h->resume_token);
+                j_end_obj(&j);
+                j_end_obj(&j);
+                printf("\n");
+            } else if (!x.json) {
+                fprintf(stderr, "heapctl: session kept; resume with --session %s --resume %s\n",
+                        h->session_id, h->resume_token);
+            }
+        } else if (hdc_is_connected(x.c)) {
+            hdc_goodbye(x.c);
+        }
+        hdc_free(x.c);
+    }
+    for (size_t i = 0; i < x.nvars; i++)
+        free(x.vars[i].name);
+    free(x.vars);
+    free(x.events);
+    return code;
+}

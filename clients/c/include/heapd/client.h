@@ -1,0 +1,451 @@
+/*
+ * heapd/client.h: libheapdclient, the C client of the heapd daemon.
+ *
+ * One hdc_t is one connection to heapd and so one session, that is one managed heap on the
+ * server. Every request of the protocol (docs/PROTOCOL.md) is a blocking call here: it sends
+ * the request, waits for its response, copies the result into the caller's out-parameters and
+ * returns 0 or a negative error code. The last code and its message stay readable with
+ * hdc_status() and hdc_errmsg() until the next call.
+ *
+ * Errors. The codes are the engine's own list, HD_ERR_MAP from src/heap/heap.h, negated:
+ * HDC_ENOOBJ == -4 is the server's status 4. The list is not copied here by hand: the build
+ * extracts the macro verbatim from heap.h into the generated header heapd/errors.h (installed
+ * beside this one) and this header expands it. Four codes only the client can produce
+ * (cannot connect, connection closed, timeout, bad reply) follow in HDC_CLIENT_ERR_MAP,
+ * numbered from 1001 so that they never meet a server code.
+ *
+ * Pipelining and batches. Between hdc_pipeline_begin() and hdc_pipeline_end() the calls
+ * queue their requests instead of waiting: they return 0 at once, the requests go out as the
+ * socket accepts them and the out-parameters are filled when hdc_pipeline_end() collects the
+ * responses, so every out-parameter must stay valid until then. Between hdc_batch_begin() and
+ * hdc_batch_end() the calls are gathered into one Batch request, run by the server in order
+ * and answered by one response: same rules for out-parameters. hdc_alloc_many() and
+ * hdc_decref_many() are batches ready-made.
+ *
+ * Events. The server sends events (finalized objects, cleared weak references, collection
+ * start and stop) after the response of the request that raised them. They are handed to the
+ * callback set with hdc_set_event_cb() whenever the client reads from the socket: during any
+ * later call, or during hdc_poll(), which waits for them without sending anything. Since the
+ * server answers in order, a ping is a barrier: when hdc_ping() returns, every event raised
+ * by an earlier request has been delivered. The callback must not call hdc_* functions on the
+ * same connection (they return HDC_EINVAL).
+ *
+ * Sessions. A dropped connection leaves the session detached on the server for its linger
+ * time; hdc_reconnect() connects again and resumes it with the session id and resume token
+ * the hello returned, keeping the heap and every client reference. A request that was in
+ * flight when the connection dropped may or may not have run, so the client never re-sends
+ * anything by itself. hdc_goodbye() ends the session for good; hdc_free() without it only
+ * closes the connection and leaves the session to linger.
+ *
+ * Threads and global state: none. An hdc_t must be used by one thread at a time; different
+ * hdc_t may be used by different threads. The library writes with MSG_NOSIGNAL, so a closed
+ * peer never raises SIGPIPE.
+ *
+ * Ownership: results that hold memory (handle lists, trace statistics, session lists) are
+ * allocated by the call and freed by the caller with the matching hdc_*_free(). Every handle
+ * a call returns holds a new client reference unless the call was asked to borrow.
+ */
+#ifndef HEAPD_CLIENT_H
+#define HEAPD_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <heapd/errors.h>
+#include <heapd/stats.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------------------------ */
+/* Errors.                                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+/* XX(NAME, number, message): errors raised by the client itself, never sent by a server. */
+#define HDC_CLIENT_ERR_MAP(XX)                                                                     \
+    XX(ECONNECT, 1001, "cannot connect to the server")                                             \
+    XX(ECLOSED, 1002, "the connection is closed")                                                  \
+    XX(ETIMEOUT, 1003, "timed out waiting for the server")                                         \
+    XX(EBADREPLY, 1004, "malformed or unexpected reply from the server")
+
+typedef enum hdc_err_e {
+    HDC_OK = 0,
+#define HDC_ERR_ENUM(name, num, msg) HDC_##name = -(num),
+    HD_ERR_MAP(HDC_ERR_ENUM) HDC_CLIENT_ERR_MAP(HDC_ERR_ENUM)
+#undef HDC_ERR_ENUM
+} hdc_err_t;
+
+/* "ENOOBJ" for HDC_ENOOBJ, "OK" for 0, "E?" for a code this library does not know (a newer
+ * server may send new codes: hdc_errmsg() then still has the server's own words). */
+const char *hdc_err_name(int err);
+/* The fixed message for a code; never NULL. */
+const char *hdc_strerror(int err);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Connections and sessions.                                                                   */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct hdc_s hdc_t;
+
+#define HDC_PROTOCOL_VERSION   1
+#define HDC_DEFAULT_URL        "tcp://127.0.0.1:7420"
+#define HDC_DEFAULT_TIMEOUT_MS 30000
+
+typedef struct hdc_options_s {
+    const char *token;        /* the server's token or an admin token; NULL for none */
+    const char *client_name;  /* for the server's logs; NULL: "libheapdclient/VERSION" */
+    const char *session_id;   /* resume this detached session ... */
+    const char *resume_token; /* ... proving it with this token; both NULL: a new session */
+    int timeout_ms;           /* connect and each wait for a response; 0 = wait forever */
+} hdc_options_t;
+
+/* Fills o with the defaults: no token, no resumption, HDC_DEFAULT_TIMEOUT_MS. */
+void hdc_options_init(hdc_options_t *o);
+
+typedef struct hdc_limits_s {
+    uint64_t max_bytes;       /* object bytes the heap may hold; 0 = unlimited */
+    uint64_t max_objects;     /* live objects the heap may hold; 0 = unlimited */
+    uint64_t max_frame_bytes; /* largest frame either side may send */
+    uint64_t max_read_bytes;  /* largest read, handle page or batch result per response */
+} hdc_limits_t;
+
+/* What the hello answered. Strings are owned by the connection, valid until the next
+ * hdc_connect/hdc_reconnect or hdc_free. */
+typedef struct hdc_hello_s {
+    const char *session_id;
+    const char *resume_token;
+    const char *server_version;
+    uint32_t protocol_version;
+    hdc_limits_t limits;
+    int resumed; /* 1: an existing session was resumed, its heap as it was left */
+    int admin;   /* 1: admin requests are allowed */
+} hdc_hello_t;
+
+/* A new, unconnected client; NULL when out of memory. */
+hdc_t *hdc_new(void);
+/* Closes the connection without a goodbye (the session lingers) and frees c. NULL is a
+ * no-op. */
+void hdc_free(hdc_t *c);
+
+/* Connects to url and says hello. url is "tcp://host:port" (host may be a name, an IPv4
+ * address or a bracketed IPv6 address) or "unix:/path" ("unix:///path" too). opts may be
+ * NULL for the defaults; its strings are copied. An open connection is closed first. */
+int hdc_connect(hdc_t *c, const char *url, const hdc_options_t *opts);
+/* Connects again to the last URL and resumes the session the last hello returned. While the
+ * server still counts the dropped connection as attached it answers HDC_EBUSY; that answer is
+ * retried for up to two seconds. */
+int hdc_reconnect(hdc_t *c);
+/* Closes the socket without a goodbye: the session is detached and lingers on the server.
+ * Requests queued by an open pipeline or batch are dropped. */
+void hdc_close(hdc_t *c);
+/* 1 while the connection is open and said hello. */
+int hdc_is_connected(const hdc_t *c);
+/* The last hello's answer; NULL before the first successful hello. Borrowed. */
+const hdc_hello_t *hdc_hello_info(const hdc_t *c);
+
+/* The code of the last call (0 or negative) and its message: the server's words when the
+ * server answered with an error, "" after a success. Never NULL; valid until the next call. */
+int hdc_status(const hdc_t *c);
+const char *hdc_errmsg(const hdc_t *c);
+
+/* Ends the session on the server (its heap is freed) and closes the connection. */
+int hdc_goodbye(hdc_t *c);
+/* Round trip. *server_time_ns (may be NULL) gets the server's wall clock, ns since 1970. */
+int hdc_ping(hdc_t *c, uint64_t *server_time_ns);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Events.                                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Event types; a mask selects type t with HDC_EVMASK(t). The numbers are the engine's. */
+typedef enum hdc_event_type_e {
+    HDC_EV_FINALIZED = 1,       /* handle, tag */
+    HDC_EV_WEAKREF_CLEARED = 2, /* weak */
+    HDC_EV_GC_START = 3,        /* generation */
+    HDC_EV_GC_STOP = 4,         /* generation, collected, uncollectable, pause_ns */
+} hdc_event_type_t;
+
+#define HDC_EVMASK(t) (1u << (t))
+#define HDC_EVMASK_ALL                                                                             \
+    (HDC_EVMASK(HDC_EV_FINALIZED) | HDC_EVMASK(HDC_EV_WEAKREF_CLEARED) |                           \
+     HDC_EVMASK(HDC_EV_GC_START) | HDC_EVMASK(HDC_EV_GC_STOP))
+
+typedef struct hdc_event_s {
+    hdc_event_type_t type;
+    uint64_t handle; /* FINALIZED: the freed object's handle, now stale */
+    const char *tag; /* FINALIZED: its tag ("" if none); borrowed for the callback only */
+    uint64_t weak;   /* WEAKREF_CLEARED */
+    int generation;  /* GC_START, GC_STOP */
+    uint64_t collected, uncollectable, pause_ns; /* GC_STOP */
+} hdc_event_t;
+
+/* Called for each event as it is read. Borrows ev for the call's duration only. */
+typedef void (*hdc_event_cb)(hdc_t *c, const hdc_event_t *ev, void *arg);
+
+/* Sets the callback (NULL: events are read and dropped). */
+void hdc_set_event_cb(hdc_t *c, hdc_event_cb cb, void *arg);
+/* Chooses the events the server sends from now on. *mask_now and *dropped (each may be NULL)
+ * get the mask in effect and the events the server lost since the session began. */
+int hdc_set_events(hdc_t *c, uint32_t mask, uint32_t *mask_now, uint64_t *dropped);
+/* Waits up to timeout_ms (0: only what has already arrived; -1: forever) for events and
+ * delivers them. Returns how many were delivered, or a negative code. */
+int hdc_poll(hdc_t *c, int timeout_ms);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Objects.                                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+#define HDC_OBJ_FINALIZER        0x1u /* send a FINALIZED event when the object is freed */
+#define HDC_OBJ_LEGACY_FINALIZER 0x2u /* a cycle holding it is uncollectable (gc garbage) */
+
+typedef struct hdc_alloc_args_s {
+    uint32_t size;    /* payload bytes, zeroed */
+    uint32_t slots;   /* reference slots; any makes a container */
+    const char *tag;  /* type tag or NULL */
+    const char *site; /* allocation site or NULL */
+    unsigned flags;   /* HDC_OBJ_* */
+    const void *data; /* initial payload or NULL; data_len <= size */
+    size_t data_len;
+} hdc_alloc_args_t;
+
+/* Allocates an object; *out gets a handle holding one client reference. */
+int hdc_alloc(hdc_t *c, const hdc_alloc_args_t *args, uint64_t *out);
+/* Takes n more client references (0 means 1). */
+int hdc_incref(hdc_t *c, uint64_t handle, uint32_t n);
+/* Drops n client references (0 means 1); HDC_EREFS if the client holds fewer. */
+int hdc_decref(hdc_t *c, uint64_t handle, uint32_t n);
+/* Points slot index of handle at target (0 empties it). */
+int hdc_set_slot(hdc_t *c, uint64_t handle, uint32_t index, uint64_t target);
+/* Reads a slot: *out gets a new client reference on its target, or 0 if it is empty. */
+int hdc_get_slot(hdc_t *c, uint64_t handle, uint32_t index, uint64_t *out);
+/* Copies len bytes of buf into the payload at offset. */
+int hdc_write(hdc_t *c, uint64_t handle, uint64_t offset, const void *buf, size_t len);
+/* Copies len bytes of payload from offset into buf (len <= limits.max_read_bytes). */
+int hdc_read(hdc_t *c, uint64_t handle, uint64_t offset, void *buf, size_t len);
+int hdc_getrefcount(hdc_t *c, uint64_t handle, uint64_t *out);
+int hdc_getsizeof(hdc_t *c, uint64_t handle, uint64_t *out);
+
+#define HDC_MAX_TAG_LEN 255
+
+typedef struct hdc_obj_info_s {
+    uint64_t refcount;     /* as hdc_getrefcount */
+    uint64_t client_refs;  /* references the client holds */
+    uint64_t sizeof_bytes; /* as hdc_getsizeof */
+    uint32_t size;         /* payload bytes */
+    uint32_t slots;
+    uint32_t flags;                 /* HDC_OBJ_* given at allocation */
+    int tracked;                    /* 1 if the collector tracks it */
+    int generation;                 /* 0..2, 3 = frozen, -1 = untracked */
+    char tag[HDC_MAX_TAG_LEN + 1];  /* "" if none */
+    char site[HDC_MAX_TAG_LEN + 1]; /* "" if none */
+} hdc_obj_info_t;
+
+int hdc_obj_info(hdc_t *c, uint64_t handle, hdc_obj_info_t *out);
+
+/* A list of handles. Caller frees it with hdc_handles_free() (not the references). */
+typedef struct hdc_handles_s {
+    uint64_t *v;
+    size_t n;
+} hdc_handles_t;
+void hdc_handles_free(hdc_handles_t *hv);
+
+/* ------------------------------------------------------------------------------------------ */
+/* The cycle collector: CPython's gc module.                                                   */
+/* ------------------------------------------------------------------------------------------ */
+
+#define HDC_GC_ALL (-1) /* hdc_gc_collect: every generation, as gc.collect() */
+
+#define HDC_GC_DEBUG_STATS         1
+#define HDC_GC_DEBUG_COLLECTABLE   2
+#define HDC_GC_DEBUG_UNCOLLECTABLE 4
+#define HDC_GC_DEBUG_SAVEALL       32
+
+typedef struct hdc_gc_genstats_s {
+    uint64_t collections;
+    uint64_t collected;
+    uint64_t uncollectable;
+} hdc_gc_genstats_t;
+
+/* Collects generations 0..generation (HDC_GC_ALL: all); *found (may be NULL) gets the
+ * unreachable containers found. */
+int hdc_gc_collect(hdc_t *c, int generation, uint64_t *found);
+int hdc_gc_enable(hdc_t *c);
+int hdc_gc_disable(hdc_t *c);
+int hdc_gc_isenabled(hdc_t *c, int *enabled);
+int hdc_gc_get_count(hdc_t *c, uint64_t count[3]);
+int hdc_gc_get_threshold(hdc_t *c, int threshold[3]);
+/* Sets the first n (1..3) thresholds, as gc.set_threshold(t0[, t1[, t2]]). */
+int hdc_gc_set_threshold(hdc_t *c, const int *threshold, int n);
+int hdc_gc_get_stats(hdc_t *c, hdc_gc_genstats_t stats[3]);
+int hdc_gc_freeze(hdc_t *c);
+int hdc_gc_unfreeze(hdc_t *c);
+int hdc_gc_get_freeze_count(hdc_t *c, uint64_t *out);
+int hdc_gc_is_tracked(hdc_t *c, uint64_t handle, int *tracked);
+/* Tracked objects with a slot pointing at any of handles[0..n). With borrow the results hold
+ * no new client reference. Caller frees *out with hdc_handles_free(). */
+int hdc_gc_get_referrers(hdc_t *c, const uint64_t *handles, size_t n, int borrow,
+                         hdc_handles_t *out);
+/* The distinct non-empty slot targets of handles[0..n), in slot order. As above. */
+int hdc_gc_get_referents(hdc_t *c, const uint64_t *handles, size_t n, int borrow,
+                         hdc_handles_t *out);
+/* One page of the tracked objects of generation (0..2, or HDC_GC_ALL). Start with
+ * *cursor = 0; it is set to the value for the next page, 0 when done. max = 0: as many as
+ * fit in one response. Caller frees *out with hdc_handles_free(). */
+int hdc_gc_get_objects(hdc_t *c, int generation, uint64_t *cursor, uint32_t max, int borrow,
+                       hdc_handles_t *out);
+/* Releases an abandoned cursor. */
+int hdc_gc_close_cursor(hdc_t *c, uint64_t cursor);
+int hdc_gc_get_debug(hdc_t *c, uint32_t *flags);
+int hdc_gc_set_debug(hdc_t *c, uint32_t flags);
+/* gc.garbage from index start, at most max entries (0: as many as fit); *total (may be
+ * NULL) gets the list's length. Caller frees *out with hdc_handles_free(). */
+int hdc_gc_garbage(hdc_t *c, uint64_t start, uint32_t max, int borrow, hdc_handles_t *out,
+                   uint64_t *total);
+int hdc_gc_garbage_clear(hdc_t *c);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Weak references.                                                                            */
+/* ------------------------------------------------------------------------------------------ */
+
+/* With notify, a WEAKREF_CLEARED event arrives when the referent dies. */
+int hdc_weakref_new(hdc_t *c, uint64_t handle, int notify, uint64_t *weak);
+/* *out gets a new client reference on the referent, or 0 if it is dead. */
+int hdc_weakref_get(hdc_t *c, uint64_t weak, uint64_t *out);
+int hdc_weakref_free(hdc_t *c, uint64_t weak);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Allocation tracing: tracemalloc.                                                            */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef enum hdc_trace_group_e { HDC_TRACE_BY_SITE = 0, HDC_TRACE_BY_TAG = 1 } hdc_trace_group_t;
+
+typedef struct hdc_trace_stat_s {
+    char *key; /* site or tag; "" for none */
+    uint64_t count, bytes;
+    int64_t count_diff, bytes_diff; /* compare only */
+} hdc_trace_stat_t;
+
+/* Caller frees with hdc_trace_stats_free(). */
+typedef struct hdc_trace_stats_s {
+    hdc_trace_stat_t *v;
+    size_t n;
+    uint64_t total; /* entries before the limit cut the list */
+} hdc_trace_stats_t;
+void hdc_trace_stats_free(hdc_trace_stats_t *s);
+
+int hdc_trace_start(hdc_t *c);
+int hdc_trace_stop(hdc_t *c);
+int hdc_trace_is_tracing(hdc_t *c, int *tracing);
+int hdc_trace_clear(hdc_t *c);
+int hdc_trace_get_traced_memory(hdc_t *c, uint64_t *current, uint64_t *peak);
+int hdc_trace_reset_peak(hdc_t *c);
+int hdc_trace_snapshot(hdc_t *c, uint32_t *snapshot);
+int hdc_trace_snapshot_free(hdc_t *c, uint32_t snapshot);
+/* A snapshot's statistics grouped by site or tag, largest first; limit 0: all that fit. */
+int hdc_trace_statistics(hdc_t *c, uint32_t snapshot, hdc_trace_group_t group, uint32_t limit,
+                         hdc_trace_stats_t *out);
+/* Growth from old_snapshot to snapshot, largest |bytes_diff| first. */
+int hdc_trace_compare(hdc_t *c, uint32_t snapshot, uint32_t old_snapshot, hdc_trace_group_t group,
+                      uint32_t limit, hdc_trace_stats_t *out);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Heap statistics.                                                                            */
+/* ------------------------------------------------------------------------------------------ */
+
+#define HDC_NCLASSES 64 /* more than the engine's size classes, so none is ever cut */
+
+typedef struct hdc_class_stats_s {
+    uint32_t block_size;
+    uint64_t pools;
+    uint64_t blocks_in_use;
+    uint64_t blocks_available;
+} hdc_class_stats_t;
+
+/* The fields of HD_HEAP_STATS_MAP (heapd/stats.h, from heap.h), then the rest. */
+typedef struct hdc_heap_stats_s {
+#define HDC_STATS_FIELD(name, desc) uint64_t name;
+    HD_HEAP_STATS_MAP(HDC_STATS_FIELD)
+#undef HDC_STATS_FIELD
+    size_t nclasses; /* size classes with at least one pool */
+    hdc_class_stats_t classes[HDC_NCLASSES];
+    hdc_gc_genstats_t gc[3];
+    uint64_t gc_count[3];
+    uint64_t gc_freeze_count;
+    uint64_t events_dropped;
+    uint32_t event_mask;
+} hdc_heap_stats_t;
+
+int hdc_heap_stats(hdc_t *c, hdc_heap_stats_t *out);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Admin: needs a session opened with an admin token, else HDC_EPERM.                          */
+/* ------------------------------------------------------------------------------------------ */
+
+/* XX(field, description): the server's statistics, one list for the struct and for printing. */
+#define HDC_SERVER_STATS_MAP(XX)                                                                   \
+    XX(sessions, "live sessions, attached or not")                                                 \
+    XX(sessions_detached, "sessions waiting to be resumed")                                        \
+    XX(connections, "open connections")                                                            \
+    XX(requests, "requests served since start")                                                    \
+    XX(bytes_total, "object bytes over all heaps")                                                 \
+    XX(objects_total, "live objects over all heaps")                                               \
+    XX(uptime_ms, "milliseconds since start")                                                      \
+    XX(rss_bytes, "the daemon's resident set")
+
+typedef struct hdc_server_stats_s {
+#define HDC_SERVER_FIELD(name, desc) uint64_t name;
+    HDC_SERVER_STATS_MAP(HDC_SERVER_FIELD)
+#undef HDC_SERVER_FIELD
+} hdc_server_stats_t;
+
+typedef struct hdc_session_info_s {
+    char *id;
+    char *peer; /* the attached connection's peer, or the last one */
+    int attached;
+    uint64_t bytes, objects, requests, idle_ms, created_unix;
+} hdc_session_info_t;
+
+/* Caller frees with hdc_sessions_free(). */
+typedef struct hdc_sessions_s {
+    hdc_session_info_t *v;
+    size_t n;
+    uint64_t total; /* sessions before the response size cut the list */
+} hdc_sessions_t;
+void hdc_sessions_free(hdc_sessions_t *s);
+
+int hdc_server_stats(hdc_t *c, hdc_server_stats_t *out);
+int hdc_list_sessions(hdc_t *c, hdc_sessions_t *out);
+/* Ends a session (attached or not) and frees its heap; HDC_ENOSESSION if unknown. */
+int hdc_kill_session(hdc_t *c, const char *session_id);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Pipelining and batches.                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+/* From here on calls queue their requests and return 0; see the top of this file. */
+int hdc_pipeline_begin(hdc_t *c);
+/* Sends what is left, collects every response and fills the out-parameters. status (may be
+ * NULL) gets each call's code, in call order, for the first nstatus calls. Returns 0 when
+ * every call succeeded, else the first failure's code (hdc_errmsg() has its message). */
+int hdc_pipeline_end(hdc_t *c, int *status, size_t nstatus);
+
+/* From here on calls are gathered into one Batch request (hello, goodbye and nested batches
+ * are not allowed; neither is a batch inside a pipeline). */
+int hdc_batch_begin(hdc_t *c);
+/* Sends the batch and fills the out-parameters; status and the result as above. A batch
+ * stops early when its results would outgrow limits.max_read_bytes: the calls it did not run
+ * get HDC_ERANGE (the server's answer for the op it stopped at), and so does the batch. */
+int hdc_batch_end(hdc_t *c, int *status, size_t nstatus);
+/* Calls queued since the last begin. */
+size_t hdc_queued(const hdc_t *c);
+
+/* n allocations in one batch: out[i] answers args[i] (0 where it failed). */
+int hdc_alloc_many(hdc_t *c, const hdc_alloc_args_t *args, size_t n, uint64_t *out, int *status);
+/* Drops one client reference on each of handles[0..n) in one batch. */
+int hdc_decref_many(hdc_t *c, const uint64_t *handles, size_t n, int *status);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* HEAPD_CLIENT_H */

@@ -1,0 +1,23 @@
+# Tests of libheapdclient and heapctl. Each starts its own heapd on a temporary Unix socket
+# with a config file it writes itself, so they run in parallel with anything else.
+#   clients.cclient  test_cclient.c (cmocka): every call, errors, pipelining, batches, events,
+#                    resuming after a dropped connection, timeouts and malformed replies.
+#   clients.heapctl  test_heapctl.py (unittest): each command's --json output and exit code,
+#                    the shell, --keep/--session, and `cmake --install` + pkg-config.
+if(NOT TARGET heapdclient OR NOT TARGET heapd)
+    return()
+endif()
+
+add_executable(test_cclient ${CMAKE_CURRENT_LIST_DIR}/test_cclient.c)
+target_link_libraries(test_cclient PRIVATE heapdclient PkgConfig::CMOCKA)
+# heap.h only to check that the client's codes are the engine's.
+target_include_directories(test_cclient PRIVATE ${CMAKE_SOURCE_DIR}/src/heap)
+add_test(NAME clients.cclient COMMAND test_cclient $<TARGET_FILE:heapd>)
+set_tests_properties(clients.cclient PROPERTIES TIMEOUT 180)
+
+if(PYTHON3)
+    add_test(NAME clients.heapctl
+             COMMAND ${PYTHON3} ${CMAKE_CURRENT_LIST_DIR}/test_heapctl.py
+                     $<TARGET_FILE:heapctl> $<TARGET_FILE:heapd> ${CMAKE_BINARY_DIR})
+    set_tests_properties(clients.heapctl PROPERTIES TIMEOUT 300)
+endif()
