@@ -3,7 +3,8 @@
  * JSON object. Each figure sits beside its baseline measured in the same run (the system
  * allocator, CPython 3.11 running the same object graph), so ratios survive a noisy machine.
  *
- *   alloc_free_ns        median ns for an alloc + free pair of 32-64 byte objects
+ *   alloc_free_ns        median ns for an alloc + free pair of 32-64 byte objects (with a site)
+ *   alloc_free_traced_ns the same pairs while tracing (tracemalloc's cost: 3.3x in CPython)
  *   malloc_free_ns       the same pairs through malloc/free
  *   bytes_per_object     RSS growth per object, 2,000,000 live two-slot containers
  *   gc_full_{live,garbage}_ns_per_obj_{1m,4m}   full collections over rings of 10 nodes with
@@ -13,6 +14,7 @@
  *                        heap of 4,000,000 objects
  *
  * Usage: heapd-engine-bench [--quick] [--no-python]
+ *        heapd-engine-bench --pairs plain|traced N   (N pairs only: run under callgrind)
  */
 #include "heap.h"
 
@@ -71,26 +73,40 @@ static hd_heap_t *new_heap(void) {
 #define ROUNDS 11
 #define LIVE 64 /* objects kept live while churning, so frees do not only hit one block */
 
-/* Payloads of 0..32 bytes make objects of 32..64 bytes (24 header + 8 extension). */
-static double bench_alloc_free(void) {
-    hd_heap_t *h = new_heap();
-    hd_handle_t live[LIVE] = {0};
-    double r[ROUNDS];
+/* Payloads of 0..32 bytes make objects of 32..64 bytes (24 header + 8 extension). One round
+ * is PAIRS allocations, each freeing the object allocated LIVE allocations earlier. */
+static const char *sites[4] = {"app.py:1", "app.py:2", "lib.py:3", "lib.py:4"};
+
+static void alloc_free_pairs(hd_heap_t *h, hd_handle_t *live, long pairs) {
+    for (long i = 0; i < pairs; i++) {
+        hd_alloc_args_t a = {.size = (uint32_t)(i & 31), .site = sites[(i >> 4) & 3]};
+        hd_handle_t o;
+        int rc = hd_alloc(h, &a, &o);
+        if (rc < 0) die("alloc", rc);
+        long j = i & (LIVE - 1);
+        if (live[j]) hd_decref(h, live[j], 1);
+        live[j] = o;
+    }
+}
+
+/* Untraced and traced rounds alternate, so both see the same machine. */
+static void bench_alloc_free(double *plain_ns, double *traced_ns) {
+    hd_heap_t *h = new_heap(), *t = new_heap();
+    hd_trace_start(t);
+    hd_handle_t live_h[LIVE] = {0}, live_t[LIVE] = {0};
+    double rp[ROUNDS], rt[ROUNDS];
     for (int k = 0; k < ROUNDS; k++) {
         double t0 = now_ns();
-        for (int i = 0; i < PAIRS; i++) {
-            hd_alloc_args_t a = {.size = (uint32_t)(i & 31)};
-            hd_handle_t o;
-            int rc = hd_alloc(h, &a, &o);
-            if (rc < 0) die("alloc", rc);
-            int j = i & (LIVE - 1);
-            if (live[j]) hd_decref(h, live[j], 1);
-            live[j] = o;
-        }
-        r[k] = (now_ns() - t0) / PAIRS;
+        alloc_free_pairs(h, live_h, PAIRS);
+        double t1 = now_ns();
+        alloc_free_pairs(t, live_t, PAIRS);
+        rt[k] = (now_ns() - t1) / PAIRS;
+        rp[k] = (t1 - t0) / PAIRS;
     }
     hd_heap_free(h);
-    return median(r, ROUNDS);
+    hd_heap_free(t);
+    *plain_ns = median(rp, ROUNDS);
+    *traced_ns = median(rt, ROUNDS);
 }
 
 static double bench_malloc_free(void) {
@@ -238,20 +254,31 @@ static int cpython_gc_full(int n, double *live_ns, double *garbage_ns) {
 
 int main(int argc, char **argv) {
     int quick = 0, python = 1;
+    /* --pairs MODE N: only N alloc+free pairs (MODE plain or traced), for callgrind. */
+    if (argc == 4 && !strcmp(argv[1], "--pairs")) {
+        hd_heap_t *h = new_heap();
+        if (!strcmp(argv[2], "traced")) hd_trace_start(h);
+        hd_handle_t live[LIVE] = {0};
+        alloc_free_pairs(h, live, atol(argv[3]));
+        hd_heap_free(h);
+        return 0;
+    }
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) quick = 1;
         else if (!strcmp(argv[i], "--no-python")) python = 0;
         else {
-            fprintf(stderr, "usage: heapd-engine-bench [--quick] [--no-python]\n");
+            fprintf(stderr, "usage: heapd-engine-bench [--quick] [--no-python] | --pairs plain|traced N\n");
             return 2;
         }
     }
-    double alloc_ns = bench_alloc_free();
+    double alloc_ns, traced_ns;
+    bench_alloc_free(&alloc_ns, &traced_ns);
     double malloc_ns = bench_malloc_free();
     double bpo = bench_bytes_per_object(2000000);
     printf("{\n  \"alloc_free_ns\": %.1f,\n  \"malloc_free_ns\": %.1f,\n"
-           "  \"alloc_vs_malloc\": %.2f,\n  \"bytes_per_object\": %.1f",
-           alloc_ns, malloc_ns, alloc_ns / malloc_ns, bpo);
+           "  \"alloc_vs_malloc\": %.2f,\n  \"alloc_free_traced_ns\": %.1f,\n"
+           "  \"traced_vs_untraced\": %.2f,\n  \"bytes_per_object\": %.1f",
+           alloc_ns, malloc_ns, alloc_ns / malloc_ns, traced_ns, traced_ns / alloc_ns, bpo);
     int sizes[2] = {1000000, 4000000};
     const char *names[2] = {"1m", "4m"};
     for (int s = 0; s < (quick ? 1 : 2); s++) {
