@@ -1,0 +1,100 @@
+/*
+ * codec.h: heapd's framing, and the growable byte buffer it works in.
+ *
+ * A frame is a 4-byte big-endian length, then that many bytes of one protobuf message
+ * (docs/PROTOCOL.md). This module owns the bytes only: the frame parser turns a stream of
+ * received bytes into whole frame payloads, checking each length against the limit before it
+ * reserves a byte for the frame, and the frame writer appends a length-prefixed message to an
+ * output buffer. What a payload means is dispatch.c's business (and session.c's for hello).
+ *
+ * Memory is plain malloc/realloc/free: the engine's allocation hook is for heaps only. Every
+ * function that allocates returns HD_ENOMEM on failure and leaves its buffer as it was.
+ */
+#ifndef HD_CODEC_H
+#define HD_CODEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <protobuf-c/protobuf-c.h>
+
+#include "heap.h"
+
+/* ------------------------------------------------------------------------------------------ */
+/* Byte buffers.                                                                               */
+/* ------------------------------------------------------------------------------------------ */
+
+/* len <= cap; data is NULL while cap == 0. */
+typedef struct hd_buf_s {
+    uint8_t *data;
+    size_t len; /* bytes in use, from data[0] */
+    size_t cap; /* bytes allocated */
+} hd_buf_t;
+
+/* An empty buffer; holds no memory until the first append. */
+void hd_buf_init(hd_buf_t *b);
+/* Frees the buffer's memory and leaves it empty (initialised). */
+void hd_buf_free(hd_buf_t *b);
+/* Makes room for n more bytes after len without changing len. */
+int hd_buf_reserve(hd_buf_t *b, size_t n);
+/* Appends n bytes from p. */
+int hd_buf_append(hd_buf_t *b, const void *p, size_t n);
+/* Drops the first n bytes (n <= len), moving the rest to the front. */
+void hd_buf_consume(hd_buf_t *b, size_t n);
+/* Shortens the buffer to len bytes (len <= b->len); keeps the memory. */
+void hd_buf_truncate(hd_buf_t *b, size_t len);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Frames.                                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+#define HD_FRAME_HEADER 4u /* the big-endian length prefix */
+/* Limit on a frame's payload before the handshake: a Hello is a few hundred bytes, so a
+ * client cannot make the server buffer more than this before it has authenticated. */
+#define HD_FRAME_HELLO_MAX 4096u
+/* Lengths travel in 32 bits. */
+#define HD_FRAME_MAX_LIMIT UINT32_MAX
+
+/*
+ * The frame parser. Received bytes are fed in; whole frames are taken out, in order.
+ *
+ * buf holds [0, rd) frames already handed out (dropped at the next feed),
+ *           [rd, done) whole frames not yet handed out, headers included,
+ *           [done, buf.len) the start of the next frame, whose header, once complete, has
+ *                           been checked and whose payload the buffer has room for.
+ * rd <= done <= buf.len; a frame's length is 1..max, checked when its 4th header byte
+ * arrives, and only then does the buffer grow to hold it.
+ */
+typedef struct hd_frame_parser_s {
+    hd_buf_t buf;
+    size_t rd;    /* start of the first frame not handed out */
+    size_t done;  /* end of the last whole frame */
+    uint32_t max; /* largest payload accepted */
+    int err;      /* sticky: 0, HD_EFRAME, HD_EPROTO or HD_ENOMEM */
+} hd_frame_parser_t;
+
+/* A parser accepting payloads of 1..max bytes. */
+void hd_frame_parser_init(hd_frame_parser_t *p, uint32_t max);
+/* Frees the parser's buffer. */
+void hd_frame_parser_free(hd_frame_parser_t *p);
+/* Changes the payload limit for frames whose header has not arrived yet (after hello). */
+void hd_frame_parser_set_max(hd_frame_parser_t *p, uint32_t max);
+/* Takes n received bytes. Returns 0, or the parser's sticky error: HD_EFRAME when a length
+ * exceeds max, HD_EPROTO when a length is 0, HD_ENOMEM. Bytes after a bad header are
+ * dropped; the whole frames before it can still be taken with hd_frame_parser_next. */
+int hd_frame_parser_feed(hd_frame_parser_t *p, const void *in, size_t n);
+/* Takes the next whole frame: returns 1 and sets *payload and *len; 0 when no whole frame is
+ * buffered; once the frames before a bad header are taken, the sticky error. The payload
+ * stays in place until the next feed: it lies in p->buf right after its 4-byte header, and
+ * the bytes received after it follow it up to p->buf.data + p->buf.len. */
+int hd_frame_parser_next(hd_frame_parser_t *p, const uint8_t **payload, size_t *len);
+/* Bytes buffered and not yet handed out as frames (whole frames and the partial one). */
+size_t hd_frame_parser_pending(const hd_frame_parser_t *p);
+
+/* Appends a length prefix and len payload bytes. HD_EFRAME if len is 0 or over 32 bits. */
+int hd_frame_write(hd_buf_t *out, const void *payload, size_t len);
+/* Packs msg into out behind its length prefix. HD_EFRAME if it packs to 0 bytes or more
+ * than 32 bits of length. Borrows msg. */
+int hd_frame_write_msg(hd_buf_t *out, const ProtobufCMessage *msg);
+
+#endif /* HD_CODEC_H */

@@ -1,0 +1,105 @@
+/*
+ * dispatch.h: requests in, engine calls, responses out (src/server/dispatch.c).
+ *
+ * Dispatch owns the request table: one row per Request op of proto/heapd.proto, naming its
+ * handler and whether it needs admin and mutates the heap. It decodes one frame payload,
+ * checks arguments, calls the engine on the session's heap, and appends the framed response.
+ * It owns no sockets, no sessions and no configuration: the server hands it the session's
+ * heap and a table of services (goodbye, events, admin requests) in hd_dispatch_env_t.
+ *
+ * Hello is not dispatched here: session.c decodes the first frame itself, handles Hello
+ * (auth, create or resume) and answers with a HelloResult written by hd_frame_write_msg. A
+ * Hello reaching hd_dispatch_frame, i.e. after the handshake, is answered with EINVAL.
+ *
+ * Response size. Every response fits in max_read_bytes + HD_DISPATCH_FRAME_SLACK bytes: reads,
+ * handle lists and batch results are capped or refused against max_read_bytes. The server
+ * sets max_read_bytes = max_frame_bytes - HD_DISPATCH_FRAME_SLACK (and requires
+ * max_frame_bytes >= HD_DISPATCH_MIN_FRAME).
+ */
+#ifndef HD_DISPATCH_H
+#define HD_DISPATCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "codec.h"
+#include "heap.h"
+
+/* The protocol version this daemon speaks (Hello.protocol_version). */
+#define HD_PROTOCOL_VERSION 1u
+
+/* Bytes a response may take beyond max_read_bytes: its id, status, framing, and the fixed part
+ * of each result (HD_DISPATCH_OP_RESERVE) are well inside it. */
+#define HD_DISPATCH_FRAME_SLACK 4096u
+/* max_read_bytes 0 means this. */
+#define HD_DISPATCH_DEFAULT_READ (1u << 20)
+/* A smaller max_read_bytes is raised to this, so every single-op response can be sent. */
+#define HD_DISPATCH_MIN_READ 4096u
+/* The smallest max_frame_bytes the server may configure. */
+#define HD_DISPATCH_MIN_FRAME (HD_DISPATCH_MIN_READ + HD_DISPATCH_FRAME_SLACK)
+/* Largest response of an op whose result has no variable part (obj_info with two 255-byte
+ * strings is the biggest), or of any error response: a batch stops before an op when less
+ * than this is left of its budget. */
+#define HD_DISPATCH_OP_RESERVE 1024u
+
+_Static_assert(HD_DISPATCH_OP_RESERVE < HD_DISPATCH_MIN_READ,
+               "a lone op must always fit its response budget");
+_Static_assert(HD_DISPATCH_OP_RESERVE * 2 <= HD_DISPATCH_FRAME_SLACK,
+               "the slack covers a batch's last op overshooting the budget");
+
+/* clang-format off */
+/* Services the server provides to dispatch: goodbye, events and admin requests. */
+typedef struct hd_session_info_s { char id[40]; char peer[64]; int attached; uint64_t bytes, objects, requests, idle_ms, created_unix; } hd_session_info_t;
+typedef struct hd_server_stats_s { uint64_t sessions, sessions_detached, connections, requests, bytes_total, objects_total, uptime_ms, rss_bytes; } hd_server_stats_t;
+typedef struct hd_server_ops_s {
+    void (*goodbye)(void *ctx);                           /* end the session after this response is written */
+    int (*server_stats)(void *ctx, hd_server_stats_t *out);
+    int (*list_sessions)(void *ctx, hd_session_info_t **out, size_t *n); /* caller frees *out with free() */
+    int (*kill_session)(void *ctx, const char *id);       /* HD_ENOSESSION if unknown */
+} hd_server_ops_t;
+typedef struct hd_dispatch_env_s {
+    hd_heap_t *heap;           /* the session's heap */
+    int admin;                 /* the session presented an admin token */
+    const hd_server_ops_t *ops;
+    void *ops_ctx;
+    uint64_t max_read_bytes;   /* cap on a read/batch result so a response fits in a frame */
+} hd_dispatch_env_t;
+/* Decodes one frame payload (a ClientFrame after hello), runs it, and appends one framed
+ * ServerFrame response (length prefix included) to out. Returns 0, or HD_EPROTO when the
+ * payload could not be decoded (an error response was still appended; the caller closes
+ * the connection after writing it). Never touches the heap on a decode error. */
+int hd_dispatch_frame(hd_dispatch_env_t *env, const uint8_t *payload, size_t len, hd_buf_t *out);
+/* Appends every queued engine event of env->heap as framed ServerFrame events to out. */
+int hd_dispatch_drain_events(hd_dispatch_env_t *env, hd_buf_t *out);
+/* Appends a framed error response (id, code) — for frames rejected before decoding. */
+int hd_dispatch_error(uint64_t id, int code, const char *message, hd_buf_t *out);
+/* clang-format on */
+
+/*
+ * Further notes on the seam above.
+ *
+ * hd_dispatch_frame also returns HD_ENOMEM when not even an error response could be appended
+ * to out; the client would lose a response, so the caller closes the connection. A missing
+ * ops, or a NULL entry in it, answers the request with EINTERNAL ("not provided").
+ *
+ * hd_dispatch_drain_events returns 0, or HD_ENOMEM with the events framed so far left in out
+ * and the rest still queued in the heap. Call it after every hd_dispatch_frame, so an event
+ * raised by a request follows that request's response (docs/PROTOCOL.md, "Events").
+ *
+ * hd_dispatch_error takes a negative hd_err_t (a positive status code is accepted too) and a
+ * message (NULL: hd_strerror's); returns 0 or HD_ENOMEM.
+ */
+
+/* Checks a ClientFrame payload's wire format without decoding it, as hd_dispatch_frame does
+ * first: HD_EPROTO if it is not protobuf or nests deeper than any real frame (protobuf-c's
+ * decoder recurses once per level), HD_EINVAL if it holds more messages than a frame may;
+ * else 0. Sets *id to the request's id when the walk gets that far (else leaves it). For
+ * session.c, to run on a hello frame before decoding it. */
+int hd_dispatch_scan(const uint8_t *payload, size_t len, uint64_t *id);
+
+/* The name of a Request op ("alloc", "gc_collect", ...) for logs; "?" if unknown. */
+const char *hd_dispatch_op_name(int op_case);
+/* 1 if the op may change the heap (objects, references, collector, tracer or event state). */
+int hd_dispatch_op_mutates(int op_case);
+
+#endif /* HD_DISPATCH_H */
