@@ -1,0 +1,92 @@
+"""heapd: a Python client for the heapd memory-management daemon.
+
+heapd hosts one managed object heap per client session: CPython's memory manager as a
+service.  This package speaks its protocol (length-prefixed protobuf frames over TCP or
+a Unix socket) and gives the heap the shape Python users know::
+
+    import heapd
+
+    with heapd.connect("tcp://127.0.0.1:7420") as s:
+        a = s.alloc(slots=2, tag="list")   # a = []          refcount 1
+        b = a.share()                      # b = a           refcount 2
+        print(s.getrefcount(a))            # 2
+        del a                              # del a           refcount 1
+        print(s.getrefcount(b))            # 1
+        del b                              # del b           freed
+        print(s.stats()["objects"])        # 0
+
+Objects and references
+    :meth:`Session.alloc` returns a :class:`Ref`, and each ``Ref`` owns exactly one
+    client reference.  ``ref.share()`` takes another (``b = a`` in Python terms),
+    ``ref.release()`` drops it, and a ``Ref`` that Python frees drops its reference
+    too: the release is queued and sent ahead of the session's next request.  Slots
+    hold references between objects (``a[0] = b``; ``a[0]`` gives a new ``Ref``, or
+    ``None``), and the payload holds bytes (``ref.write(offset, data)``,
+    ``ref.read(offset, length)``).  ``with s.scope():`` releases every reference taken
+    inside the block when it ends.
+
+Modules you know, per session
+    ``s.getrefcount(ref)`` and ``s.getsizeof(ref)`` are ``sys``'s; ``s.gc`` is the
+    ``gc`` module (:class:`GC`); ``s.weakref(ref, callback)`` is ``weakref.ref``
+    (:class:`WeakRef`); ``s.tracemalloc`` is ``tracemalloc`` (:class:`Tracemalloc`);
+    ``s.stats()`` is ``sys._debugmallocstats()`` as a dict.
+
+Finalizers
+    ``s.alloc(..., finalizer=True)`` marks an object whose death the server reports,
+    as ``__del__`` would run: ``s.on_finalize = callable`` is then called with a
+    :class:`Finalized` ``(handle, tag)`` for each such object freed.  Passing a
+    callable, ``finalizer=callable``, registers it for that object alone (and
+    ``on_finalize`` still runs).  ``legacy_finalizer=True`` makes a cycle through the
+    object uncollectable: it goes to ``s.gc.garbage``, as cycles with ``__del__`` did
+    before Python 3.4.
+
+Events and callbacks
+    The server reports finalizations, cleared weak references and collections as
+    events on the same stream as the responses.  The client routes them as it reads:
+    callbacks (``on_finalize``, per-object finalizers, weak reference callbacks,
+    ``s.gc.callbacks``) run *during a call on the session*, in the thread that made
+    it, after that call's response has arrived and before the call returns.  A call
+    that may raise events (alloc, release, slot stores, ``gc.collect()``) waits for
+    its own events, so ``s.gc.collect()`` returns after its ``"stop"`` callback ran.
+    Events are only requested while some callback is registered.  Callbacks may call
+    the session.  An exception in a callback is printed and ignored, as Python does
+    for ``gc.callbacks`` and weakref callbacks.  ``s.poll(timeout)`` reads events
+    without making a call.
+
+Errors
+    Every failure raises a subclass of :class:`Error`, one per server status code
+    (:class:`NoSuchObject`, :class:`OutOfMemory`, ...; see :mod:`heapd.errors`), which
+    also subclasses the built-in Python would raise: ``OutOfMemory`` and
+    ``LimitReached`` are ``MemoryError``, ``InvalidArgument`` is ``ValueError``,
+    ``OutOfRange`` is ``IndexError``, ``NotTracing`` is ``RuntimeError``.
+
+Sessions and connections
+    :func:`connect` takes ``tcp://host:port`` or ``unix:/path``.  Leaving the
+    ``with`` block (or ``s.close()``) says goodbye, which ends the session.  If the
+    connection drops, the server keeps the session for a while: ``s.reconnect()``
+    resumes it in place (every ``Ref`` stays valid), and
+    ``heapd.connect(url, resume=(s.session_id, s.resume_token))`` resumes it from a
+    new ``Session`` (hand references over with ``handle = ref.forget()`` and take them
+    back with ``s.adopt(handle)``).  ``s.detach()`` drops the connection on purpose.
+    Releases queued when the server ended the connection (idle timeout) are sent
+    after the resume.
+"""
+
+from . import errors
+from ._gc import (DEBUG_COLLECTABLE, DEBUG_LEAK, DEBUG_SAVEALL, DEBUG_STATS,
+                  DEBUG_UNCOLLECTABLE, GC)
+from ._ref import ObjectInfo, Ref
+from ._session import PROTOCOL_VERSION, Finalized, Limits, Scope, Session, connect
+from ._trace import Snapshot, Statistic, StatisticDiff, Tracemalloc
+from ._transport import DEFAULT_URL, parse_url
+from ._weak import WeakRef
+from .errors import *  # noqa: F401,F403 (one exception class per server status code)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "connect", "Session", "Ref", "Scope", "WeakRef", "GC", "Tracemalloc", "Snapshot",
+    "Statistic", "StatisticDiff", "ObjectInfo", "Finalized", "Limits", "DEFAULT_URL",
+    "PROTOCOL_VERSION", "parse_url", "DEBUG_STATS", "DEBUG_COLLECTABLE",
+    "DEBUG_UNCOLLECTABLE", "DEBUG_SAVEALL", "DEBUG_LEAK", "errors", "__version__",
+] + errors.__all__

@@ -1,0 +1,1237 @@
+#!/usr/bin/python3
+"""Tests of the Python client (clients/python/heapd) against a real heapd.
+
+The module starts the built daemon once, with a temporary config that listens on a
+temporary Unix socket and a free TCP port, and stops it at the end.  Every public
+method of the package is exercised here: sessions and resumption, references and
+``del``, scopes, slots and payload, the gc, weakref and tracemalloc mirrors, events and
+their callbacks, admin requests, and the errors that mirror the server's status codes.
+
+Run: PYTHONPATH=<build>/clients/python /usr/bin/python3 test_python_client.py \\
+         --heapd <build>/bin/heapd [unittest arguments]
+(or set HEAPD_BIN instead of --heapd).  test_python_examples.py reuses :class:`Daemon`.
+"""
+
+import contextlib
+import gc as pygc
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+import heapd
+
+USER_TOKEN = "user-token"
+ADMIN_TOKEN = "admin-token"
+HEAP_H = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "src", "heap",
+                      "heap.h")
+
+
+class Daemon:
+    """A heapd process on a temporary Unix socket and a free TCP port.
+
+    ``config`` entries override the defaults written to its temporary heapd.yaml (keys
+    as in config/heapd.yaml).  Its log is kept in the temporary directory and printed
+    by :meth:`stop` when asked to (a test failed).
+    """
+
+    DEFAULTS = {
+        "listen": ["127.0.0.1:0"],
+        "unix_socket_mode": "0600",
+        "workers": 2,
+        "max_frame_bytes": "64KiB",  # small, so that reads and writes are chunked
+        "session_max_bytes": "32MiB",
+        "session_linger": "60s",
+        "tokens": [USER_TOKEN],
+        "admin_tokens": [ADMIN_TOKEN],
+        "log_level": "info",
+    }
+
+    def __init__(self, binary, **config):
+        self.binary = binary
+        self.dir = tempfile.mkdtemp(prefix="heapd-py-")
+        self.socket = os.path.join(self.dir, "heapd.sock")
+        self.config = dict(self.DEFAULTS, unix_socket=self.socket, **config)
+        self.config_path = os.path.join(self.dir, "heapd.yaml")
+        self.log_path = os.path.join(self.dir, "heapd.log")
+        self.proc = None
+        self.tcp_port = None
+
+    @property
+    def url(self):
+        return f"unix:{self.socket}"
+
+    @property
+    def tcp_url(self):
+        return f"tcp://127.0.0.1:{self.tcp_port}"
+
+    def _write_config(self):
+        with open(self.config_path, "w", encoding="utf-8") as f:
+            f.write("# Written by test_python_client.py for one test run.\n")
+            for key, value in self.config.items():
+                # JSON scalars and flow sequences are valid YAML.
+                f.write(f"{key}: {json.dumps(value)}\n")
+
+    def start(self, timeout=15.0):
+        self._write_config()
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([self.binary, "--config", self.config_path],
+                                     stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"heapd exited with {self.proc.returncode}:\n{self.log()}")
+            text = self.log()
+            port = re.search(r"listening on tcp 127\.0\.0\.1:(\d+)", text)
+            if port and re.search(r"\bready\b", text) and os.path.exists(self.socket):
+                self.tcp_port = int(port.group(1))
+                return self
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"heapd did not become ready in {timeout}s:\n{self.log()}")
+
+    def log(self):
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, show_log=False):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None:
+            self._log.close()
+        if show_log:
+            sys.stderr.write(f"--- heapd log ---\n{self.log()}--- end of heapd log ---\n")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def find_heapd(argv):
+    """The heapd binary: ``--heapd PATH`` (taken out of argv), else $HEAPD_BIN."""
+    if "--heapd" in argv:
+        i = argv.index("--heapd")
+        path = argv[i + 1]
+        del argv[i:i + 2]
+        return path
+    return os.environ.get("HEAPD_BIN")
+
+
+HEAPD_BIN = None
+DAEMON = None
+FAILED = False
+
+
+def setUpModule():
+    global DAEMON
+    if not HEAPD_BIN or not os.access(HEAPD_BIN, os.X_OK):
+        raise unittest.SkipTest(f"no heapd binary (pass --heapd PATH or set HEAPD_BIN; "
+                                f"got {HEAPD_BIN!r})")
+    DAEMON = Daemon(HEAPD_BIN).start()
+
+
+def tearDownModule():
+    if DAEMON is not None:
+        DAEMON.stop(show_log=FAILED)
+
+
+class HeapdTestCase(unittest.TestCase):
+    """Opens one session per test (``self.s``) and checks the heap is empty at the end."""
+
+    check_empty = True
+
+    def connect(self, **kwargs):
+        kwargs.setdefault("token", USER_TOKEN)
+        kwargs.setdefault("timeout", 30)
+        s = heapd.connect(kwargs.pop("url", DAEMON.url), **kwargs)
+        self.addCleanup(s.close)
+        return s
+
+    def setUp(self):
+        self.s = self.connect()
+
+    def tearDown(self):
+        global FAILED
+        outcome = getattr(self, "_outcome", None)
+        if outcome is not None and not getattr(outcome, "success", True):
+            FAILED = True
+
+    def objects(self, s=None):
+        """Live objects in the heap, after sending the queued releases."""
+        return (s or self.s).stats()["objects"]
+
+
+# -----------------------------------------------------------------------------------------
+# Sessions and connections.
+# -----------------------------------------------------------------------------------------
+
+
+class SessionTest(HeapdTestCase):
+    def test_hello_fields(self):
+        s = self.s
+        self.assertRegex(s.session_id, r"^[0-9a-f]{16}$")
+        self.assertRegex(s.resume_token, r"^[0-9a-f]{32}$")
+        self.assertTrue(s.server_version)
+        self.assertFalse(s.resumed)
+        self.assertFalse(s.admin)
+        self.assertIsInstance(s.limits, heapd.Limits)
+        self.assertEqual(s.limits.max_frame_bytes, 64 * 1024)
+        self.assertEqual(s.limits.max_bytes, 32 << 20)
+        self.assertGreater(s.limits.max_read_bytes, 0)
+        self.assertTrue(s.connected)
+        self.assertFalse(s.closed)
+        self.assertIn(s.session_id, repr(s))
+
+    def test_tcp_and_unix(self):
+        for url in (DAEMON.url, DAEMON.tcp_url):
+            with heapd.connect(url, token=USER_TOKEN) as s:
+                with s.alloc(data=b"x") as r:
+                    self.assertEqual(r.read(), b"x")
+
+    def test_environment_defaults(self):
+        env = {"HEAPD_URL": DAEMON.tcp_url, "HEAPD_TOKEN": USER_TOKEN}
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            with heapd.connect() as s:
+                self.assertEqual(s.url, DAEMON.tcp_url)
+                self.assertGreater(s.ping(), 0)
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def test_bad_token(self):
+        with self.assertRaises(heapd.AuthenticationFailed):
+            heapd.connect(DAEMON.url, token="wrong")
+        with self.assertRaises(heapd.AuthenticationFailed):
+            heapd.connect(DAEMON.url, token="")
+
+    def test_ping(self):
+        now = time.time_ns()
+        self.assertLess(abs(self.s.ping() - now), 60 * 10**9)
+
+    def test_context_manager_says_goodbye(self):
+        with self.connect() as s:
+            sid, tok = s.session_id, s.resume_token
+            ref = s.alloc(size=8)
+            w = s.weakref(ref)
+            s.tracemalloc.start()
+            snap = s.tracemalloc.take_snapshot()
+        self.assertTrue(s.closed)
+        self.assertFalse(s.connected)
+        with self.assertRaises(heapd.NoSuchSession):
+            heapd.connect(DAEMON.url, token=USER_TOKEN, resume=(sid, tok))
+        with self.assertRaises(heapd.ConnectionClosed):
+            s.ping()
+        with self.assertRaises(heapd.Error):
+            ref.read()
+        del ref  # a Ref of a closed session is dropped quietly
+        s.close()  # closing twice is fine
+        w.close()  # so is closing what the session held
+        snap.close()
+
+    def test_close_method(self):
+        s = self.connect()
+        s.close()
+        self.assertTrue(s.closed)
+        with self.assertRaises(heapd.ConnectionClosed):
+            s.alloc()
+        with self.assertRaises(heapd.ConnectionClosed):
+            s.reconnect()
+
+    def test_detach_and_resume_in_new_session(self):
+        s = self.connect()
+        ref = s.alloc(size=5, data=b"hello", tag="Kept")
+        handle = ref.forget()
+        sid, tok = s.detach()
+        self.assertEqual((sid, tok), (s.session_id, s.resume_token))
+        self.assertFalse(s.connected)
+        self.assertFalse(s.closed)
+        with self.assertRaises(heapd.ConnectionClosed):
+            s.ping()
+        s2 = self.connect(resume=(sid, tok))
+        self.assertTrue(s2.resumed)
+        self.assertEqual(s2.session_id, sid)
+        kept = s2.adopt(handle)
+        self.assertEqual(kept.read(), b"hello")
+        self.assertEqual(kept.info().tag, "Kept")
+        self.assertEqual(s2.getrefcount(kept), 1)
+        kept.release()
+        self.assertEqual(self.objects(s2), 0)
+
+    def test_resume_after_dropped_connection(self):
+        s = self.s
+        a = s.alloc(slots=1, data=b"abc", tag="A")
+        b = a.share()
+        # Drop the connection under the session, as a network failure would.
+        s._transport._sock.shutdown(socket.SHUT_RDWR)
+        with self.assertRaises(heapd.ConnectionClosed):
+            s.getrefcount(a)
+        self.assertFalse(s.connected)
+        del b  # queued while disconnected; sent after the resume
+        with self.assertRaises(heapd.ConnectionClosed):
+            s.stats()
+        s.reconnect()
+        self.assertTrue(s.resumed)
+        self.assertTrue(s.connected)
+        self.assertEqual(a.read(), b"abc")
+        self.assertEqual(s.getrefcount(a), 1)
+        a.release()
+        self.assertEqual(self.objects(), 0)
+
+    def test_resume_keeps_callbacks_working(self):
+        s = self.s
+        seen = []
+        s.on_finalize = seen.append
+        a = s.alloc(finalizer=True, tag="F")
+        s.detach()
+        s.reconnect()
+        a.release()
+        self.assertEqual([ev.tag for ev in seen], ["F"])
+
+    def test_resume_errors(self):
+        s = self.connect()
+        sid, tok = s.session_id, s.resume_token
+        with self.assertRaises(heapd.SessionBusy):
+            heapd.connect(DAEMON.url, token=USER_TOKEN, resume=(sid, tok), resume_wait=0.2)
+        with self.assertRaises(heapd.AuthenticationFailed):
+            heapd.connect(DAEMON.url, token=USER_TOKEN, resume=(sid, "0" * 32))
+        with self.assertRaises(heapd.NoSuchSession):
+            heapd.connect(DAEMON.url, token=USER_TOKEN, resume=("0" * 16, tok))
+
+    def test_threads_share_a_session(self):
+        s = self.s
+        errors = []
+
+        def work():
+            try:
+                for _ in range(50):
+                    with s.alloc(size=16, data=b"t" * 16) as r:
+                        self.assertEqual(r.read(), b"t" * 16)
+            except Exception as exc:  # reported to the main thread below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(errors, [])
+        self.assertEqual(self.objects(), 0)
+
+    def test_poll(self):
+        self.assertEqual(self.s.poll(), 0)
+        self.assertEqual(self.s.poll(timeout=0.05), 0)
+
+    def test_unclosed_session_warns(self):
+        s = heapd.connect(DAEMON.url, token=USER_TOKEN)
+        with self.assertWarns(ResourceWarning):
+            del s
+            pygc.collect()
+
+
+class ServerEndsConnectionTest(unittest.TestCase):
+    """A daemon of its own with a 1 s idle timeout: the server ends idle connections."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.daemon = Daemon(HEAPD_BIN, idle_timeout="1s").start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.daemon.stop()
+
+    def connect(self):
+        s = heapd.connect(self.daemon.url, token=USER_TOKEN, timeout=30)
+        self.addCleanup(s.close)
+        return s
+
+    def test_idle_timeout_then_resume(self):
+        s = self.connect()
+        a = s.alloc(data=b"still here")
+        with self.assertRaises(heapd.IdleTimeout):
+            s.poll(timeout=10)  # the server's last word arrives after a second
+        self.assertFalse(s.connected)
+        with self.assertRaises(heapd.ConnectionClosed):
+            a.read()
+        s.reconnect()
+        self.assertTrue(s.resumed)
+        self.assertEqual(a.read(), b"still here")
+
+    def test_idle_timeout_seen_by_next_call(self):
+        s = self.connect()
+        a = s.alloc()
+        b = a.share()
+        time.sleep(2.5)
+        del b  # queued; the next call finds the connection ended
+        with self.assertRaises(heapd.IdleTimeout):
+            s.ping()
+        s.reconnect()
+        # The release was kept for the resumed connection, not lost.
+        self.assertEqual(s.getrefcount(a), 1)
+
+
+# -----------------------------------------------------------------------------------------
+# References.
+# -----------------------------------------------------------------------------------------
+
+
+class RefTest(HeapdTestCase):
+    def test_alloc_defaults(self):
+        r = self.s.alloc()
+        self.assertIsInstance(r, heapd.Ref)
+        self.assertIsInstance(r.handle, int)
+        self.assertGreater(r.handle, 0)
+        self.assertIs(r.session, self.s)
+        self.assertFalse(r.released)
+        info = r.info()
+        self.assertIsInstance(info, heapd.ObjectInfo)
+        self.assertEqual((info.size, info.slots, info.tag), (0, 0, ""))
+        self.assertEqual((info.refcount, info.client_refs), (1, 1))
+        self.assertFalse(info.tracked)
+        self.assertEqual(info.generation, -1)
+        self.assertFalse(info.finalizer)
+        self.assertIn(f"{r.handle:#x}", repr(r))
+
+    def test_alloc_arguments(self):
+        line = sys._getframe().f_lineno + 1
+        r = self.s.alloc(size=10, slots=3, tag="Node", data=b"abc", finalizer=True)
+        info = r.info()
+        self.assertEqual((info.size, info.slots, info.tag), (10, 3, "Node"))
+        self.assertTrue(info.tracked)
+        self.assertEqual(info.generation, 0)
+        self.assertTrue(info.finalizer)
+        self.assertFalse(info.legacy_finalizer)
+        self.assertEqual(info.site, f"{__file__}:{line}")
+        self.assertEqual(r.read(), b"abc" + bytes(7))
+        self.assertEqual(self.s.alloc(site="app.py:42").info().site, "app.py:42")
+        self.assertEqual(self.s.alloc(site="").info().site, "")
+        self.assertEqual(self.s.alloc(data=b"12345").info().size, 5)
+        self.assertTrue(self.s.alloc(legacy_finalizer=True).info().legacy_finalizer)
+
+    def test_alloc_clips_long_site(self):
+        site = "/very/long/path" * 30 + "/app.py:7"
+        self.assertEqual(self.s.alloc(site=site).info().site[-9:], "/app.py:7")
+
+    def test_share_and_release(self):
+        a = self.s.alloc(slots=1)
+        b = a.share()
+        self.assertIsNot(a, b)
+        self.assertEqual(a, b)
+        self.assertEqual(hash(a), hash(b))
+        self.assertEqual(self.s.getrefcount(a), 2)
+        a.release()
+        self.assertTrue(a.released)
+        self.assertIn("released", repr(a))
+        self.assertEqual(self.s.getrefcount(b), 1)
+        self.assertNotEqual(b, self.s.alloc())
+        b.release()
+        self.assertEqual(self.objects(), 0)
+
+    def test_use_after_release(self):
+        other = self.s.alloc(slots=1)
+        a = self.s.alloc(slots=1, size=4)
+        handle = a.handle
+        a.release()
+        self.assertEqual(a.handle, handle)
+        for use in (a.share, a.release, a.info, a.forget, lambda: a[0], lambda: a.read(),
+                    lambda: a.write(0, b"x"), lambda: a.__setitem__(0, None),
+                    lambda: other.__setitem__(0, a), lambda: self.s.getrefcount(a),
+                    lambda: self.s.getsizeof(a), lambda: self.s.weakref(a),
+                    lambda: self.s.gc.is_tracked(a)):
+            with self.assertRaises(heapd.ReferenceReleased):
+                use()
+            with self.assertRaises(heapd.Error):
+                use()
+        with self.assertRaises(ValueError):
+            a.release()
+
+    def test_del_releases(self):
+        a = self.s.alloc(slots=1, tag="list")  # a = []
+        b = a.share()  # b = a
+        self.assertEqual(self.s.getrefcount(b), 2)
+        del a
+        self.assertEqual(self.s.getrefcount(b), 1)
+        del b
+        self.assertEqual(self.objects(), 0)
+
+    def test_flush_sends_queued_releases(self):
+        seen = []
+        self.s.on_finalize = seen.append
+        a = self.s.alloc(finalizer=True, tag="gone")
+        del a
+        self.assertEqual(seen, [])  # queued: nothing sent yet
+        self.s.flush()
+        self.assertEqual([ev.tag for ev in seen], ["gone"])
+
+    def test_many_dels_in_one_batch(self):
+        refs = [self.s.alloc(size=8) for _ in range(300)]
+        shared = [r.share() for r in refs[:100]]
+        self.assertEqual(self.objects(), 300)
+        del refs, shared
+        self.assertEqual(self.objects(), 0)
+
+    def test_ref_context_manager(self):
+        with self.s.alloc(size=4) as r:
+            self.assertEqual(self.objects(), 1)
+        self.assertTrue(r.released)
+        self.assertEqual(self.objects(), 0)
+        with self.s.alloc() as r:
+            r.release()  # releasing inside the block is fine
+
+    def test_forget_and_adopt(self):
+        a = self.s.alloc(size=3, data=b"xyz")
+        handle = a.forget()
+        self.assertTrue(a.released)
+        del a
+        self.assertEqual(self.objects(), 1)
+        b = self.s.adopt(handle)
+        self.assertEqual(b.read(), b"xyz")
+        del b
+        self.assertEqual(self.objects(), 0)
+        for bad in (0, -1, 1 << 64, "1"):
+            with self.assertRaises(heapd.InvalidArgument):
+                self.s.adopt(bad)
+
+    def test_slots(self):
+        s = self.s
+        a = s.alloc(slots=2, tag="A")
+        b = s.alloc(tag="B")
+        self.assertIsNone(a[0])
+        a[0] = b
+        self.assertEqual(s.getrefcount(b), 2)
+        c = a[0]
+        self.assertEqual(c, b)
+        self.assertEqual(s.getrefcount(b), 3)
+        c.release()
+        a[1] = a  # a self-reference
+        self.assertEqual(s.getrefcount(a), 2)
+        self.assertEqual(list(a), [b, a])
+        a[1] = None
+        del a[0]
+        self.assertEqual(list(a), [None, None])
+        self.assertEqual(s.getrefcount(b), 1)
+        with self.assertRaises(heapd.OutOfRange):
+            a[2]
+        with self.assertRaises(IndexError):
+            a[2] = b
+        with self.assertRaises(IndexError):
+            a[-1]
+        with self.assertRaises(TypeError):
+            a[0] = 5
+        with self.assertRaises(TypeError):
+            a["x"]
+        with self.assertRaises(IndexError):
+            b[0]  # an atomic object has no slots
+        self.assertEqual(list(b), [])
+
+    def test_slot_from_another_session(self):
+        other = self.connect()
+        with self.s.alloc(slots=1) as a, other.alloc() as foreign:
+            with self.assertRaises(ValueError):
+                a[0] = foreign
+
+    def test_slot_keeps_object_alive(self):
+        a = self.s.alloc(slots=1)
+        with self.s.alloc(data=b"kept") as b:
+            a[0] = b
+        self.assertEqual(self.objects(), 2)
+        with a[0] as again:
+            self.assertEqual(again.read(), b"kept")
+        a.release()
+        self.assertEqual(self.objects(), 0)
+
+    def test_read_write(self):
+        r = self.s.alloc(size=16)
+        self.assertEqual(r.read(), bytes(16))
+        r.write(4, b"abcd")
+        r.write(0, bytearray(b"01"))
+        self.assertEqual(r.read(), b"01\0\0abcd" + bytes(8))
+        self.assertEqual(r.read(4, 4), b"abcd")
+        self.assertEqual(r.read(12), bytes(4))
+        self.assertEqual(r.read(16), b"")
+        self.assertEqual(r.read(3, 0), b"")
+        r.write(16, b"")
+        with self.assertRaises(heapd.OutOfRange):
+            r.write(14, b"xyz")
+        with self.assertRaises(heapd.OutOfRange):
+            r.read(10, 7)
+        with self.assertRaises(heapd.OutOfRange):
+            r.read(17)
+        with self.assertRaises(IndexError):
+            r.read(-1)
+        with self.assertRaises(IndexError):
+            r.write(-1, b"x")
+
+    def test_large_payload_is_chunked(self):
+        # Larger than max_frame_bytes (64 KiB): alloc, write and read go in chunks.
+        big = os.urandom(200_000)
+        r = self.s.alloc(data=big)
+        self.assertEqual(r.info().size, len(big))
+        self.assertEqual(r.read(), big)
+        r.write(70_000, b"\xff" * 100_000)
+        self.assertEqual(r.read(69_999, 100_002),
+                         big[69_999:70_000] + b"\xff" * 100_000 + big[170_000:170_001])
+
+    def test_getrefcount_getsizeof(self):
+        s = self.s
+        small = s.alloc(size=8)
+        large = s.alloc(size=4096, slots=4)
+        self.assertEqual(s.getrefcount(small), 1)
+        self.assertGreaterEqual(s.getsizeof(small), 8)
+        self.assertGreater(s.getsizeof(large), 4096 + 4 * 4)
+        self.assertEqual(small.info().sizeof, s.getsizeof(small))
+        with self.assertRaises(TypeError):
+            s.getrefcount(small.handle)
+
+    def test_stats(self):
+        st = self.s.stats()
+        with open(HEAP_H, encoding="utf-8") as f:
+            names = re.findall(r"XX\((\w+), \"", f.read().split("HD_HEAP_STATS_MAP(XX)")[1]
+                               .split("typedef")[0])
+        for name in names:
+            self.assertIn(name, st)
+        self.assertEqual(st["objects"], 0)
+        with self.s.alloc(size=8, slots=1):
+            st = self.s.stats()
+            self.assertEqual((st["objects"], st["containers"]), (1, 1))
+            self.assertIsInstance(st["classes"], list)
+            self.assertEqual(len(st["gc"]), 3)
+            self.assertEqual(len(st["gc_count"]), 3)
+            self.assertIn("block_size", st["classes"][0])
+
+
+# -----------------------------------------------------------------------------------------
+# Errors.
+# -----------------------------------------------------------------------------------------
+
+
+class ErrorTest(HeapdTestCase):
+    def test_invalid_argument(self):
+        with self.assertRaises(heapd.InvalidArgument) as cm:
+            self.s.alloc(slots=70000)
+        self.assertIsInstance(cm.exception, ValueError)
+        self.assertEqual(cm.exception.code, 1)
+        self.assertEqual(cm.exception.name, "EINVAL")
+        with self.assertRaises(ValueError):
+            self.s.alloc(tag="x" * 300)
+        with self.assertRaises(ValueError):
+            self.s.alloc(size=2, data=b"abc")
+
+    def test_limit_is_memory_error(self):
+        with self.assertRaises(heapd.LimitReached):
+            self.s.alloc(size=33 << 20)
+        with self.assertRaises(MemoryError):
+            self.s.alloc(size=33 << 20)
+        self.assertEqual(self.objects(), 0)
+
+    def test_no_such_object(self):
+        a = self.s.alloc()
+        handle = a.forget()
+        stale = self.s.adopt(handle)
+        self.s.adopt(handle).release()  # frees the object
+        with self.assertRaises(heapd.NoSuchObject) as cm:
+            self.s.getrefcount(stale)
+        text = str(cm.exception)
+        self.assertTrue(text.startswith("[ENOOBJ] no such object"), text)
+        self.assertEqual(text.count("no such object"), 1, text)
+        self.assertIn(f"{handle:#018x}", text)
+        with self.assertRaises(heapd.NoSuchObject):
+            stale.release()
+        with self.assertRaises(heapd.NoSuchObject):
+            self.s.adopt(handle ^ (1 << 40)).info()
+
+    def test_not_enough_references(self):
+        holder = self.s.alloc(slots=1)
+        a = self.s.alloc()
+        holder[0] = a
+        handle = a.forget()
+        first, second = self.s.adopt(handle), self.s.adopt(handle)
+        first.release()  # the client's only reference; the slot keeps the object
+        with self.assertRaises(heapd.NotEnoughReferences):
+            second.release()
+
+    def test_deferred_failure_warns(self):
+        a = self.s.alloc()
+        handle = a.forget()
+        self.s.adopt(handle).release()
+        ghost = self.s.adopt(handle)
+        del ghost  # its deferred decref fails on the server
+        with self.assertWarns(RuntimeWarning):
+            self.s.ping()
+
+    def test_error_keeps_session_usable(self):
+        with self.assertRaises(heapd.OutOfRange):
+            with self.s.alloc(size=1) as r:
+                r.read(0, 2)
+        self.assertGreater(self.s.ping(), 0)
+
+
+# -----------------------------------------------------------------------------------------
+# Scopes.
+# -----------------------------------------------------------------------------------------
+
+
+class ScopeTest(HeapdTestCase):
+    def test_scope_releases(self):
+        s = self.s
+        outside = s.alloc(tag="outside")
+        with s.scope() as scope:
+            self.assertIsInstance(scope, heapd.Scope)
+            a = s.alloc(slots=1)
+            b = a.share()
+            a[0] = outside
+            c = a[0]
+            early = s.alloc()
+            early.release()
+            self.assertEqual(self.objects(), 2)
+        for r in (a, b, c):
+            self.assertTrue(r.released)
+        self.assertFalse(outside.released)
+        self.assertEqual(self.objects(), 1)
+        self.assertEqual(s.getrefcount(outside), 1)
+
+    def test_nested_scopes_and_keep(self):
+        s = self.s
+        with s.scope() as outer:
+            with s.scope() as inner:
+                kept = inner.keep(s.alloc(tag="kept"))
+                s.alloc(tag="dropped")
+                tmp = s.alloc(tag="tmp")
+            self.assertTrue(tmp.released)
+            self.assertFalse(kept.released)
+            with self.assertRaises(ValueError):
+                inner.keep(kept)
+            self.assertEqual(self.objects(), 1)
+        self.assertTrue(kept.released)
+        self.assertEqual(self.objects(), 0)
+        del outer
+
+    def test_keep_at_top_level(self):
+        with self.s.scope() as frame:
+            r = frame.keep(self.s.alloc())
+        self.assertFalse(r.released)
+        self.assertEqual(self.objects(), 1)
+
+    def test_scope_on_exception(self):
+        with self.assertRaises(KeyError):
+            with self.s.scope():
+                r = self.s.alloc()
+                raise KeyError("boom")
+        self.assertTrue(r.released)
+        self.assertEqual(self.objects(), 0)
+
+    def test_scope_tracks_gc_and_weakref_results(self):
+        s = self.s
+        a = s.alloc(slots=1)
+        b = s.alloc()
+        a[0] = b
+        w = s.weakref(b)
+        with s.scope():
+            got = [w(), *s.gc.get_referrers(b), *s.gc.get_referents(a),
+                   *s.gc.get_objects()]
+            self.assertEqual(s.getrefcount(b), 4)
+        self.assertTrue(all(r.released for r in got))
+        self.assertEqual(s.getrefcount(b), 2)
+
+    def test_scopes_are_per_thread(self):
+        s = self.s
+        made = []
+        with s.scope():
+            t = threading.Thread(target=lambda: made.append(s.alloc()))
+            t.start()
+            t.join()
+        self.assertFalse(made[0].released)
+        self.assertEqual(self.objects(), 1)
+
+    def test_release_all(self):
+        with self.s.scope() as frame:
+            r = self.s.alloc()
+            frame.release_all()
+            self.assertTrue(r.released)
+            self.assertEqual(self.objects(), 0)
+
+
+# -----------------------------------------------------------------------------------------
+# The gc mirror.
+# -----------------------------------------------------------------------------------------
+
+
+class GcTest(HeapdTestCase):
+    def make_cycle(self, tag="Node", **kwargs):
+        a = self.s.alloc(slots=1, tag=tag, **kwargs)
+        b = self.s.alloc(slots=1, tag=tag, **kwargs)
+        a[0] = b
+        b[0] = a
+        return a, b
+
+    def test_collect_cycle(self):
+        a, b = self.make_cycle()
+        del a, b
+        self.assertEqual(self.objects(), 2)
+        self.assertEqual(self.s.gc.collect(), 2)
+        self.assertEqual(self.objects(), 0)
+        self.assertEqual(self.s.gc.collect(0), 0)
+        self.assertEqual(self.s.gc.collect(generation=1), 0)
+        with self.assertRaises(ValueError):
+            self.s.gc.collect(3)
+
+    def test_enable_disable(self):
+        gc = self.s.gc
+        self.assertTrue(gc.isenabled())
+        gc.disable()
+        self.assertFalse(gc.isenabled())
+        gc.enable()
+        self.assertTrue(gc.isenabled())
+
+    def test_thresholds_and_counts(self):
+        gc = self.s.gc
+        self.assertEqual(gc.get_threshold(), (700, 10, 10))
+        self.assertEqual(gc.get_count(), (0, 0, 0))
+        refs = [self.s.alloc(slots=1) for _ in range(5)]
+        self.assertEqual(gc.get_count()[0], 5)
+        gc.set_threshold(100)
+        self.assertEqual(gc.get_threshold(), (100, 10, 10))
+        gc.set_threshold(50, 5)
+        self.assertEqual(gc.get_threshold(), (50, 5, 10))
+        gc.set_threshold(3, 2, 1)
+        self.assertEqual(gc.get_threshold(), (3, 2, 1))
+        gc.set_threshold(0)  # any int, as in CPython: 0 turns automatic collection off
+        self.assertEqual(gc.get_threshold(), (0, 2, 1))
+        with self.assertRaises(ValueError):
+            gc.set_threshold(1 << 40)  # not an int on the server
+        del refs
+
+    def test_get_stats(self):
+        gc = self.s.gc
+        stats = gc.get_stats()
+        self.assertEqual(len(stats), 3)
+        self.assertEqual(set(stats[0]), {"collections", "collected", "uncollectable"})
+        a, b = self.make_cycle()
+        del a, b
+        gc.collect(1)
+        after = gc.get_stats()
+        self.assertEqual(after[1]["collections"], stats[1]["collections"] + 1)
+        self.assertEqual(after[1]["collected"], stats[1]["collected"] + 2)
+
+    def test_freeze(self):
+        gc = self.s.gc
+        refs = [self.s.alloc(slots=1) for _ in range(3)]
+        self.assertEqual(gc.get_freeze_count(), 0)
+        gc.freeze()
+        self.assertEqual(gc.get_freeze_count(), 3)
+        self.assertEqual(refs[0].info().generation, 3)
+        self.assertEqual(gc.get_count(), (0, 0, 0))
+        gc.unfreeze()
+        self.assertEqual(gc.get_freeze_count(), 0)
+        self.assertEqual(refs[0].info().generation, 2)
+
+    def test_is_tracked(self):
+        self.assertTrue(self.s.gc.is_tracked(self.s.alloc(slots=1)))
+        self.assertFalse(self.s.gc.is_tracked(self.s.alloc(size=8)))
+
+    def test_referrers_and_referents(self):
+        s = self.s
+        x = s.alloc(tag="x")
+        y = s.alloc(tag="y")
+        holder = s.alloc(slots=3, tag="holder")
+        holder[0] = x
+        holder[1] = y
+        holder[2] = x
+        other = s.alloc(slots=1, tag="other")
+        other[0] = y
+        # As gc.get_referents: every non-empty slot, in order, duplicates kept.
+        self.assertEqual(s.gc.get_referents(holder), [x, y, x])
+        self.assertEqual(s.gc.get_referents(holder, other), [x, y, x, y])
+        self.assertEqual(s.gc.get_referrers(x), [holder])
+        self.assertEqual(set(s.gc.get_referrers(y)), {holder, other})
+        self.assertEqual(s.gc.get_referrers(holder), [])
+        self.assertEqual(s.gc.get_referents(x), [])
+
+    def test_get_objects_pages(self):
+        s = self.s
+        refs = [s.alloc(slots=1) for _ in range(130)]
+        s.alloc(size=4)  # atomic: not tracked, freed at once anyway
+        objs = s.gc.get_objects(page_size=16)
+        self.assertTrue(hasattr(objs, "__next__"))
+        found = list(objs)
+        self.assertEqual(set(found), set(refs))
+        self.assertEqual(len(found), 130)
+        self.assertEqual(len(list(s.gc.get_objects(generation=0))), 130)
+        self.assertEqual(list(s.gc.get_objects(generation=2)), [])
+        del found
+        s.gc.freeze()
+        self.assertEqual(list(s.gc.get_objects()), [])
+        s.gc.unfreeze()
+        self.assertEqual(len(list(s.gc.get_objects(generation=2))), 130)
+
+    def test_get_objects_abandoned(self):
+        refs = [self.s.alloc(slots=1) for _ in range(40)]
+        it = self.s.gc.get_objects(page_size=8)
+        first = next(it)
+        it.close()  # releases the page's other Refs and the server's cursor
+        del it, first
+        self.assertEqual(self.s.getrefcount(refs[0]), 1)
+        it = self.s.gc.get_objects(page_size=8)
+        next(it)
+        del it  # abandoned without close
+        self.assertEqual(self.s.getrefcount(refs[1]), 1)
+        del refs
+        self.assertEqual(self.objects(), 0)
+
+    def test_debug_and_garbage(self):
+        gc = self.s.gc
+        self.assertEqual(gc.get_debug(), 0)
+        gc.set_debug(heapd.DEBUG_SAVEALL)
+        self.assertEqual(gc.get_debug(), gc.DEBUG_SAVEALL)
+        a, b = self.make_cycle()
+        del a, b
+        self.assertEqual(gc.collect(), 2)
+        garbage = gc.garbage
+        self.assertEqual(len(garbage), 2)
+        self.assertEqual({r.info().tag for r in garbage}, {"Node"})
+        del garbage
+        self.assertEqual(self.objects(), 2)
+        gc.set_debug(0)
+        gc.clear_garbage()
+        self.assertEqual(gc.garbage, [])
+        # As in CPython, the cycle itself is left for the next collection.
+        self.assertEqual(self.objects(), 2)
+        self.assertEqual(gc.collect(), 2)
+        self.assertEqual(self.objects(), 0)
+
+    def test_legacy_finalizer_is_uncollectable(self):
+        gc = self.s.gc
+        a, b = self.make_cycle(tag="Legacy", legacy_finalizer=True)
+        del a, b
+        gc.collect()
+        self.assertEqual(gc.get_stats()[2]["uncollectable"], 2)
+        self.assertEqual(len(gc.garbage), 2)
+        gc.clear_garbage()
+        gc.collect()
+        self.assertEqual(self.objects(), 2)  # still a cycle of legacy finalizers
+        gc.collect()
+
+    def test_callbacks(self):
+        calls = []
+        gc = self.s.gc
+        gc.callbacks.append(lambda phase, info: calls.append((phase, dict(info))))
+        a, b = self.make_cycle()
+        del a, b
+        self.assertEqual(gc.collect(1), 2)
+        # The callbacks ran during collect(), before it returned.
+        self.assertEqual([c[0] for c in calls], ["start", "stop"])
+        start, stop = calls[0][1], calls[1][1]
+        self.assertEqual(start["generation"], 1)
+        self.assertEqual(stop, {"generation": 1, "collected": 2, "uncollectable": 0,
+                                "pause": stop["pause"]})
+        self.assertGreaterEqual(stop["pause"], 0.0)
+        self.assertIsInstance(stop["pause"], float)
+        gc.callbacks.clear()
+        gc.collect()
+        self.assertEqual(len(calls), 2)
+
+    def test_callbacks_on_automatic_collection(self):
+        gc = self.s.gc
+        gens = []
+        gc.callbacks.append(lambda phase, info: gens.append(info["generation"])
+                            if phase == "stop" else None)
+        gc.set_threshold(10)
+        with self.s.scope():
+            # Kept alive: the count is allocations minus deallocations, as in CPython.
+            refs = [self.s.alloc(slots=1) for _ in range(25)]
+        self.assertEqual(gens, [0, 0])
+        self.assertEqual(len(refs), 25)
+
+    def test_callback_error_is_printed(self):
+        self.s.gc.callbacks.append(lambda phase, info: 1 / 0)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            self.assertEqual(self.s.gc.collect(), 0)
+        self.assertIn("ZeroDivisionError", err.getvalue())
+        self.assertIn("Exception ignored in heapd event callback", err.getvalue())
+
+    def test_constants(self):
+        self.assertEqual((heapd.DEBUG_STATS, heapd.DEBUG_COLLECTABLE, heapd.DEBUG_UNCOLLECTABLE,
+                          heapd.DEBUG_SAVEALL, heapd.DEBUG_LEAK), (1, 2, 4, 32, 38))
+        self.assertIsInstance(self.s.gc, heapd.GC)
+
+
+# -----------------------------------------------------------------------------------------
+# Weak references and finalizers.
+# -----------------------------------------------------------------------------------------
+
+
+class WeakrefTest(HeapdTestCase):
+    def test_deref(self):
+        a = self.s.alloc(data=b"obj")
+        w = self.s.weakref(a)
+        self.assertIsInstance(w, heapd.WeakRef)
+        self.assertIsNone(w.callback)
+        self.assertNotEqual(w.handle, a.handle)
+        got = w()
+        self.assertEqual(got, a)
+        self.assertEqual(got.read(), b"obj")
+        self.assertEqual(self.s.getrefcount(a), 2)
+        del got
+        del a
+        self.assertIsNone(w())
+        self.assertIn("dead", repr(w))
+        w.close()
+        w.close()
+        with self.assertRaises(heapd.ReferenceReleased):
+            w()
+
+    def test_callback(self):
+        cleared = []
+        a = self.s.alloc(slots=1)
+        w = self.s.weakref(a, callback=cleared.append)
+        self.assertIsNotNone(w.callback)
+        self.assertEqual(cleared, [])
+        del a
+        self.s.ping()
+        self.assertEqual(cleared, [w])
+        self.assertIsNone(w())
+
+    def test_callback_in_collection(self):
+        a = self.s.alloc(slots=1)
+        b = self.s.alloc(slots=1)
+        a[0], b[0] = b, a
+        cleared = []
+        w = self.s.weakref(a, lambda ref: cleared.append(ref))
+        del a, b
+        self.s.ping()
+        self.assertEqual(cleared, [])
+        self.s.gc.collect()
+        self.assertEqual(cleared, [w])
+
+    def test_no_callback_once_closed_or_freed(self):
+        called = []
+        a = self.s.alloc()
+        w1 = self.s.weakref(a, callback=called.append)
+        w2 = self.s.weakref(a, callback=called.append)
+        w1.close()
+        del w2
+        del a
+        self.s.ping()
+        self.assertEqual(called, [])
+
+    def test_context_manager_and_bad_callback(self):
+        a = self.s.alloc()
+        with self.s.weakref(a) as w:
+            self.assertEqual(w(), a)
+        with self.assertRaises(heapd.ReferenceReleased):
+            w()
+        with self.assertRaises(TypeError):
+            self.s.weakref(a, callback=5)
+
+
+class FinalizerTest(HeapdTestCase):
+    def test_on_finalize(self):
+        seen = []
+        self.s.on_finalize = seen.append
+        a = self.s.alloc(tag="Res", finalizer=True)
+        handle = a.handle
+        self.s.alloc(tag="Plain")  # no finalizer: no event
+        del a
+        self.s.ping()
+        self.assertEqual(seen, [heapd.Finalized(handle, "Res")])
+        self.assertEqual(seen[0].tag, "Res")
+
+    def test_per_object_finalizer(self):
+        mine, everyone = [], []
+        a = self.s.alloc(tag="Mine", finalizer=mine.append)
+        b = self.s.alloc(tag="Other", finalizer=True)
+        self.s.on_finalize = everyone.append
+        a.release()  # release() waits for its own events
+        self.assertEqual([ev.tag for ev in mine], ["Mine"])
+        b.release()
+        self.assertEqual([ev.tag for ev in everyone], ["Mine", "Other"])
+        self.assertEqual(len(mine), 1)
+
+    def test_finalizer_in_cascade_and_collection(self):
+        seen = []
+        self.s.on_finalize = lambda ev: seen.append(ev.tag)
+        parent = self.s.alloc(slots=1, tag="parent", finalizer=True)
+        with self.s.alloc(tag="child", finalizer=True) as child:
+            parent[0] = child
+        parent.release()
+        self.assertEqual(sorted(seen), ["child", "parent"])
+        seen.clear()
+        a = self.s.alloc(slots=1, tag="cyc", finalizer=True)
+        a[0] = a
+        del a
+        self.s.gc.collect()
+        self.assertEqual(seen, ["cyc"])
+
+    def test_callback_may_call_the_session(self):
+        stats = []
+        self.s.on_finalize = lambda ev: stats.append(self.s.stats()["objects"])
+        keep = self.s.alloc()
+        self.s.alloc(finalizer=True).release()
+        self.assertEqual(stats, [1])
+        del keep
+
+    def test_finalizer_error_is_printed(self):
+        self.s.on_finalize = lambda ev: {}["missing"]
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            self.s.alloc(finalizer=True).release()
+        self.assertIn("KeyError", err.getvalue())
+
+
+# -----------------------------------------------------------------------------------------
+# The tracemalloc mirror.
+# -----------------------------------------------------------------------------------------
+
+
+class TracemallocTest(HeapdTestCase):
+    def test_start_stop(self):
+        tm = self.s.tracemalloc
+        self.assertIsInstance(tm, heapd.Tracemalloc)
+        self.assertFalse(tm.is_tracing())
+        with self.assertRaises(heapd.NotTracing):
+            tm.take_snapshot()
+        with self.assertRaises(RuntimeError):
+            tm.take_snapshot()
+        tm.start()
+        self.assertTrue(tm.is_tracing())
+        tm.stop()
+        self.assertFalse(tm.is_tracing())
+
+    def test_traced_memory(self):
+        tm = self.s.tracemalloc
+        tm.start()
+        self.assertEqual(tm.get_traced_memory(), (0, 0))
+        a = self.s.alloc(size=1000)
+        current, peak = tm.get_traced_memory()
+        self.assertGreaterEqual(current, 1000)
+        self.assertEqual(peak, current)
+        del a
+        current2, peak2 = tm.get_traced_memory()
+        self.assertEqual((current2, peak2), (0, peak))
+        tm.reset_peak()
+        self.assertEqual(tm.get_traced_memory(), (0, 0))
+        b = self.s.alloc(size=100)
+        tm.clear_traces()
+        self.assertEqual(tm.get_traced_memory()[0], 0)
+        self.assertTrue(tm.is_tracing())
+        del b
+        tm.stop()
+
+    def test_snapshots(self):
+        s = self.s
+        tm = s.tracemalloc
+        tm.start()
+        keep = [s.alloc(size=64, tag="Small", site="app.py:1") for _ in range(3)]
+        old = tm.take_snapshot()
+        self.assertIsInstance(old, heapd.Snapshot)
+        keep += [s.alloc(size=1000, tag="Big", site="app.py:2") for _ in range(2)]
+        keep.append(s.alloc(size=8))  # site defaults to this line
+        line = sys._getframe().f_lineno - 1
+        new = tm.take_snapshot()
+
+        by_site = new.statistics("site")
+        self.assertEqual([st.key for st in by_site[:2]], ["app.py:2", "app.py:1"])
+        self.assertEqual(by_site[0].count, 2)
+        self.assertGreaterEqual(by_site[0].size, 2000)
+        self.assertIn(f"{__file__}:{line}", [st.key for st in by_site])
+        self.assertIn("app.py:2: size=", str(by_site[0]))
+        self.assertIn("count=2", str(by_site[0]))
+        self.assertEqual(new.statistics("lineno"), by_site)
+        by_tag = new.statistics("tag")
+        self.assertEqual([st.key for st in by_tag][:2], ["Big", "Small"])
+        self.assertIsInstance(by_tag[0], heapd.Statistic)
+        self.assertEqual(len(new.statistics("tag", limit=1)), 1)
+
+        diff = new.compare_to(old, "site")
+        self.assertIsInstance(diff[0], heapd.StatisticDiff)
+        self.assertEqual(diff, new.compare_to(old, "lineno"))
+        self.assertEqual(diff[0].key, "app.py:2")
+        self.assertEqual((diff[0].count, diff[0].count_diff), (2, 2))
+        self.assertEqual(diff[0].size, diff[0].size_diff)
+        self.assertIn("(+2)", str(diff[0]))
+        tag_diff = {d.key: d for d in new.compare_to(old, "tag")}
+        self.assertEqual(tag_diff["Big"].count_diff, 2)
+        self.assertEqual(tag_diff.get("Small", None) and tag_diff["Small"].count_diff, 0)
+
+        with self.assertRaises(ValueError):
+            new.statistics("filename")
+        with self.assertRaises(ValueError):
+            new.compare_to(old, "traceback")
+        old.close()
+        with self.assertRaises(heapd.ReferenceReleased):
+            old.statistics()
+        with self.assertRaises(heapd.ReferenceReleased):
+            new.compare_to(old)
+        with new:
+            self.assertEqual(new.id, new.id)
+        with self.assertRaises(heapd.Error):
+            new.statistics()
+        del keep
+        tm.stop()
+
+    def test_dropped_snapshot_is_freed(self):
+        tm = self.s.tracemalloc
+        tm.start()
+        snap = tm.take_snapshot()
+        sid = snap.id
+        del snap
+        self.s.ping()  # the deferred free went out ahead of the ping, without a warning
+        other = tm.take_snapshot()
+        self.assertIn(str(other.id), repr(other))
+        self.assertTrue(sid)
+        tm.stop()
+
+
+# -----------------------------------------------------------------------------------------
+# Admin requests.
+# -----------------------------------------------------------------------------------------
+
+
+class AdminTest(HeapdTestCase):
+    def test_admin_requests(self):
+        admin = self.connect(token=ADMIN_TOKEN)
+        self.assertTrue(admin.admin)
+        stats = admin.server_stats()
+        self.assertGreaterEqual(stats["sessions"], 2)
+        self.assertIn("uptime_ms", stats)
+        ids = [info["id"] for info in admin.list_sessions()]
+        self.assertIn(self.s.session_id, ids)
+        admin.kill_session(self.s.session_id)
+        with self.assertRaises(heapd.NoSuchSession):
+            self.s.poll(timeout=10)  # the server's last word: id 0, ENOSESSION
+        self.assertFalse(self.s.connected)
+        with self.assertRaises(heapd.NoSuchSession):
+            self.s.reconnect()
+        with self.assertRaises(heapd.NoSuchSession):
+            admin.kill_session(self.s.session_id)
+
+    def test_not_admin(self):
+        for call in (self.s.server_stats, self.s.list_sessions,
+                     lambda: self.s.kill_session("0" * 16)):
+            with self.assertRaises(heapd.PermissionDenied):
+                call()
+
+
+if __name__ == "__main__":
+    HEAPD_BIN = find_heapd(sys.argv)
+    unittest.main()
