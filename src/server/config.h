@@ -1,0 +1,80 @@
+/*
+ * config.h: the daemon's settings and the one table that describes them.
+ *
+ * config.c owns the key table (name, type, offset, default, bounds, reloadable?, validator).
+ * Loading a file, building the defaults, reloading on SIGHUP, copying a config to a worker and
+ * printing the effective config all walk that table; adding a key is adding one row and one
+ * field. This file does not own what the settings do: the listener, the workers and the
+ * sessions read them.
+ *
+ * Durations are stored in milliseconds, sizes in bytes. A config is a plain value: copy it with
+ * hd_config_copy, release it with hd_config_free.
+ */
+#ifndef HD_SERVER_CONFIG_H
+#define HD_SERVER_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* heapd exits with this status when its config is invalid (sysexits.h EX_CONFIG). */
+#define HD_EXIT_CONFIG 78
+
+typedef struct hd_strlist_s {
+    char **v; /* n strings, each owned */
+    size_t n;
+} hd_strlist_t;
+
+typedef struct hd_config_s {
+    hd_strlist_t listen;          /* "host:port" each; may be empty */
+    char *unix_socket;            /* path; "" for none */
+    unsigned unix_socket_mode;    /* permission bits, 0..0777 */
+    uint64_t workers;             /* event loops; 0 = one per core */
+    uint64_t max_connections;     /* open client connections, all listeners together */
+    uint64_t max_sessions;        /* sessions, attached and detached */
+    uint64_t max_frame_bytes;     /* largest frame after hello, either direction */
+    uint64_t session_max_bytes;   /* hd_heap_config_t.max_bytes; 0 = unlimited */
+    uint64_t session_max_objects; /* hd_heap_config_t.max_objects; 0 = unlimited */
+    uint64_t idle_timeout;        /* ms: close a connection silent this long; 0 = never */
+    uint64_t session_linger;      /* ms: keep a detached session this long */
+    uint64_t output_buffer_limit; /* unsent bytes before reads pause */
+    hd_strlist_t tokens;          /* hello must present one of these when non-empty */
+    hd_strlist_t admin_tokens;    /* tokens that also allow the admin requests */
+    int log_level;                /* hd_log_level_t */
+    int log_format;               /* hd_log_format_t */
+    int gc_enabled;               /* new sessions: automatic collection */
+    int gc_threshold[3];          /* new sessions: gc.set_threshold */
+} hd_config_t;
+
+/* Where a loading error was found; line and column are 1-based, 0 when not known. */
+typedef struct hd_config_error_s {
+    char file[256];
+    unsigned line, column;
+    char message[512];
+} hd_config_error_t;
+
+/* Fills cfg with the defaults (the table's default column). Aborts on out-of-memory: it is
+ * start-up code. */
+void hd_config_defaults(hd_config_t *cfg);
+/* Loads path over the defaults into cfg. Returns 0, or -1 with err filled and cfg untouched.
+ * On success the caller frees cfg with hd_config_free. */
+int hd_config_load(const char *path, hd_config_t *cfg, hd_config_error_t *err);
+/* Writes "FILE:LINE:COL: message" (the parts that are known) into buf. */
+void hd_config_error_format(const hd_config_error_t *err, char *buf, size_t len);
+/* Deep copy. Returns 0, or -1 on out-of-memory with dst zeroed. */
+int hd_config_copy(hd_config_t *dst, const hd_config_t *src);
+void hd_config_free(hd_config_t *cfg);
+/* Writes the effective config as YAML, one "key: value" line per table row, secrets
+ * redacted. */
+void hd_config_print(const hd_config_t *cfg, FILE *f);
+
+/* Reload: copies every reloadable key that differs from fresh into live and logs each change;
+ * logs a warning for each non-reloadable key that differs and keeps the running value.
+ * Returns the number of keys changed, or -1 on out-of-memory with live unchanged. */
+int hd_config_apply_reload(hd_config_t *live, const hd_config_t *fresh);
+
+/* Parses "host:port", "[v6]:port" or ":port" (all addresses). host gets "" for ":port".
+ * Returns 0 or -1. */
+int hd_config_split_hostport(const char *s, char *host, size_t hostlen, unsigned *port);
+
+#endif /* HD_SERVER_CONFIG_H */

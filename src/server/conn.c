@@ -1,0 +1,472 @@
+/*
+ * conn.c: one client connection on its worker: bytes in, frames, responses out.
+ *
+ * The life of a connection:
+ *   adopted   the worker gets its socket from the listener (or from another worker, to
+ *             resume a session there) and starts reading; hello must come within
+ *             HD_HELLO_TIMEOUT_MS, in a frame of at most HD_FRAME_HELLO_MAX bytes.
+ *   hello     session.c answers it and attaches a session; frames may then be max_frame_bytes.
+ *   serving   each frame goes to dispatch.c; after each, the engine's events are drained so
+ *             they follow the response that raised them. Responses collect in `out` and are
+ *             written once per read, so pipelined requests cost one write.
+ *   paused    unsent output (libuv's write queue) is over output_buffer_limit: no frames are
+ *             taken and no bytes read until it drains to half the limit. Output over
+ *             HD_OUTPUT_HARD_FACTOR times the limit drops the connection.
+ *   last write a bad frame, goodbye, a refused hello, idle timeout or shutdown: nothing more
+ *             is read; the connection closes once its output is written. When the server
+ *             ends it (idle, shutdown, an admin's kill) that output ends with one error
+ *             response, id 0, naming the reason.
+ *   closing   uv_close on the stream and the timer; the session (if any) detaches; the conn
+ *             is freed when both close callbacks have run.
+ *
+ * This file does not own sessions (session.c), the request table (dispatch.c) or framing
+ * (codec.c).
+ */
+#include "server.h"
+#include "session.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Output collected past this many bytes is handed to libuv before more frames are taken. */
+#define HD_FLUSH_BYTES (64u * 1024u)
+
+/* An in-flight write owns its bytes until its callback. */
+typedef struct hd_write_s {
+    uv_write_t req;
+    hd_buf_t buf;
+    hd_conn_t *conn;
+} hd_write_t;
+
+static void process(hd_conn_t *c);
+
+/* ------------------------------------------------------------------------------------------ */
+/* The services dispatch calls back into (ctx is the conn).                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+static void op_goodbye(void *ctx) {
+    ((hd_conn_t *)ctx)->flags |= HD_CONN_GOODBYE;
+}
+static int op_server_stats(void *ctx, hd_server_stats_t *out) {
+    return hd__sessions_server_stats(ctx, out);
+}
+static int op_list_sessions(void *ctx, hd_session_info_t **out, size_t *n) {
+    return hd__sessions_list(ctx, out, n);
+}
+static int op_kill_session(void *ctx, const char *id) {
+    return hd__sessions_kill(ctx, id);
+}
+
+static const hd_server_ops_t server_ops = {
+    .goodbye = op_goodbye,
+    .server_stats = op_server_stats,
+    .list_sessions = op_list_sessions,
+    .kill_session = op_kill_session,
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* Reading, timers, closing.                                                                   */
+/* ------------------------------------------------------------------------------------------ */
+
+static size_t queued(const hd_conn_t *c) {
+    return uv_stream_get_write_queue_size(&c->h.stream);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static void start_reading(hd_conn_t *c) {
+    if (c->flags & (HD_CONN_READING | HD_CONN_PAUSED | HD_CONN_LAST_WRITE | HD_CONN_CLOSING))
+        return;
+    int rc = uv_read_start(&c->h.stream, on_alloc, on_read);
+    if (rc < 0) {
+        hd_log_warn("%s: cannot read: %s", c->peer, uv_strerror(rc));
+        hd__conn_close(c);
+        return;
+    }
+    c->flags |= HD_CONN_READING;
+}
+
+static void stop_reading(hd_conn_t *c) {
+    if (c->flags & HD_CONN_READING) {
+        uv_read_stop(&c->h.stream);
+        c->flags &= ~HD_CONN_READING;
+    }
+}
+
+/* How long the connection may stay silent now: the hello deadline, then idle_timeout. */
+static uint64_t current_timeout(const hd_conn_t *c) {
+    uint64_t idle = c->worker->cfg.idle_timeout;
+    if (c->flags & HD_CONN_HELLO_DONE) return idle;
+    return idle && idle < HD_HELLO_TIMEOUT_MS ? idle : HD_HELLO_TIMEOUT_MS;
+}
+
+static void on_timer(uv_timer_t *t);
+
+/* Arms the timer for the moment the current timeout would run out. Activity does not re-arm
+ * it: when it fires it looks at last_active and re-arms for the remainder, which keeps a busy
+ * connection's reads free of timer work. */
+static void arm_timer(hd_conn_t *c) {
+    uint64_t timeout = current_timeout(c);
+    if (timeout == 0) {
+        uv_timer_stop(&c->timer);
+        return;
+    }
+    uint64_t now = uv_now(&c->worker->loop), due = c->last_active + timeout;
+    uv_timer_start(&c->timer, on_timer, due > now ? due - now : 0, 0);
+}
+
+static void on_timer(uv_timer_t *t) {
+    hd_conn_t *c = t->data;
+    uint64_t timeout = current_timeout(c);
+    if (timeout == 0 || (c->flags & HD_CONN_CLOSING)) return;
+    if (uv_now(&c->worker->loop) - c->last_active < timeout) {
+        arm_timer(c);
+        return;
+    }
+    int hello = !(c->flags & HD_CONN_HELLO_DONE);
+    hd_log_info("%s: %s for %llu ms; closing", c->peer, hello ? "no hello" : "idle",
+                (unsigned long long)timeout);
+    hd__conn_fail(c, 0, HD_ETIMEDOUT, hello ? "no hello in time" : "idle timeout");
+    /* A client that neither sends nor reads would hold the connection forever. */
+    if (!(c->flags & HD_CONN_CLOSING) && c->writes_pending) hd__conn_close(c);
+}
+
+static void on_closed(uv_handle_t *h) {
+    hd_conn_t *c = h->data;
+    if (--c->closes_pending > 0) return;
+    hd_worker_t *w = c->worker;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    if (c->flags & HD_CONN_COUNTED) atomic_fetch_sub(&w->srv->connections, 1);
+    if (c->reject) hd__listener_reject_done();
+    atomic_fetch_sub(&w->nconns, 1);
+    hd_frame_parser_free(&c->parser);
+    hd_buf_free(&c->out);
+    free(c);
+}
+
+void hd__conn_close(hd_conn_t *c) {
+    if (c->flags & HD_CONN_CLOSING) return;
+    c->flags |= HD_CONN_CLOSING;
+    c->flags &= ~HD_CONN_READING;
+    hd_session_t *s = c->session;
+    if (s) {
+        c->session = NULL;
+        c->env.heap = NULL;
+        hd__session_detach(s);
+    }
+    if (!(c->flags & HD_CONN_MOVED)) hd_log_debug("%s: connection closed", c->peer);
+    /* The flag above makes this function idempotent; libuv's own handles must never be
+     * closed twice, which would free the conn while a callback still points at it. */
+    assert(!uv_is_closing(&c->h.handle) && !uv_is_closing((uv_handle_t *)&c->timer));
+    c->closes_pending = 2;
+    uv_close(&c->h.handle, on_closed);
+    uv_close((uv_handle_t *)&c->timer, on_closed);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Writing.                                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Closes the connection once it has nothing left to write, or resumes reading. */
+static void settle(hd_conn_t *c) {
+    if (c->flags & (HD_CONN_CLOSING | HD_CONN_IN_PROCESS)) return;
+    if (c->flags & HD_CONN_LAST_WRITE) {
+        stop_reading(c);
+        if (c->out.len == 0 && c->writes_pending == 0) hd__conn_close(c);
+        return;
+    }
+    if (!(c->flags & HD_CONN_PAUSED)) start_reading(c);
+}
+
+static void on_write(uv_write_t *req, int status) {
+    hd_write_t *wr = (hd_write_t *)req;
+    hd_conn_t *c = wr->conn;
+    hd_buf_free(&wr->buf);
+    free(wr);
+    c->writes_pending--;
+    if (c->flags & HD_CONN_CLOSING) return;
+    if (status < 0) {
+        hd_log_debug("%s: write: %s", c->peer, uv_strerror(status));
+        hd__conn_close(c);
+        return;
+    }
+    c->last_active = uv_now(&c->worker->loop); /* a client taking its output is alive */
+    if ((c->flags & HD_CONN_PAUSED) && queued(c) <= c->worker->cfg.output_buffer_limit / 2) {
+        hd_log_debug("%s: output drained to %zu bytes; reading again", c->peer, queued(c));
+        c->flags &= ~HD_CONN_PAUSED;
+        process(c); /* frames already buffered first */
+    }
+    settle(c);
+}
+
+/* Hands `out` to the socket: written at once when the socket takes it all (the common case,
+ * no allocation), else queued in libuv with the buffer's ownership. */
+static void flush(hd_conn_t *c) {
+    if (c->out.len == 0 || (c->flags & HD_CONN_CLOSING)) return;
+    size_t off = 0;
+    if (queued(c) == 0 && c->writes_pending == 0) {
+        uv_buf_t b = uv_buf_init((char *)c->out.data, (unsigned)c->out.len);
+        int n = uv_try_write(&c->h.stream, &b, 1);
+        if (n == (int)c->out.len) {
+            hd_buf_truncate(&c->out, 0);
+            return;
+        }
+        if (n < 0 && n != UV_EAGAIN) {
+            hd_log_debug("%s: write: %s", c->peer, uv_strerror(n));
+            hd__conn_close(c);
+            return;
+        }
+        off = n > 0 ? (size_t)n : 0;
+    }
+    hd_write_t *wr = malloc(sizeof *wr);
+    if (!wr) {
+        hd_log_warn("%s: out of memory queueing output; closing", c->peer);
+        hd__conn_close(c);
+        return;
+    }
+    wr->buf = c->out;
+    wr->conn = c;
+    hd_buf_init(&c->out);
+    uv_buf_t b = uv_buf_init((char *)wr->buf.data + off, (unsigned)(wr->buf.len - off));
+    int rc = uv_write(&wr->req, &c->h.stream, &b, 1, on_write);
+    if (rc < 0) {
+        hd_buf_free(&wr->buf);
+        free(wr);
+        hd_log_debug("%s: write: %s", c->peer, uv_strerror(rc));
+        hd__conn_close(c);
+        return;
+    }
+    c->writes_pending++;
+    uint64_t limit = c->worker->cfg.output_buffer_limit;
+    if (queued(c) > HD_OUTPUT_HARD_FACTOR * limit) {
+        hd_log_warn("%s: %zu bytes of unsent output, over %u x output_buffer_limit (%llu); "
+                    "disconnecting",
+                    c->peer, queued(c), HD_OUTPUT_HARD_FACTOR, (unsigned long long)limit);
+        hd__conn_close(c);
+    }
+}
+
+void hd__conn_fail(hd_conn_t *c, uint64_t id, int code, const char *why) {
+    if (c->flags & (HD_CONN_CLOSING | HD_CONN_LAST_WRITE)) return;
+    c->flags |= HD_CONN_LAST_WRITE;
+    stop_reading(c);
+    if (hd_dispatch_error(id, code, why, &c->out) < 0) {
+        hd__conn_close(c);
+        return;
+    }
+    if (!(c->flags & HD_CONN_IN_PROCESS)) {
+        flush(c);
+        settle(c);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Frames.                                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The parser refused a frame header: say why and close. */
+static void frame_error(hd_conn_t *c, int err) {
+    char why[128];
+    if (err == HD_EFRAME)
+        snprintf(why, sizeof why, "frame longer than %u bytes%s", (unsigned)c->parser.max,
+                 c->flags & HD_CONN_HELLO_DONE ? "" : " before hello");
+    else if (err == HD_EPROTO)
+        snprintf(why, sizeof why, "zero-length frame");
+    else
+        snprintf(why, sizeof why, "%s", hd_strerror(err));
+    hd_log_warn("%s: %s; closing", c->peer, why);
+    hd__conn_fail(c, 0, err, why);
+}
+
+/* Takes whole frames until none is left, the output is over its limit, or the connection
+ * is ending; then hands the output to the socket. */
+static void process(hd_conn_t *c) {
+    if (c->flags & HD_CONN_IN_PROCESS) return;
+    c->flags |= HD_CONN_IN_PROCESS;
+    hd_worker_t *w = c->worker;
+    uint64_t nframes = 0;
+    while (!(c->flags & (HD_CONN_LAST_WRITE | HD_CONN_CLOSING | HD_CONN_PAUSED))) {
+        const uint8_t *payload;
+        size_t len;
+        int r = hd_frame_parser_next(&c->parser, &payload, &len);
+        if (r == 0) break;
+        if (r < 0) {
+            frame_error(c, r);
+            break;
+        }
+        if (!(c->flags & HD_CONN_HELLO_DONE)) {
+            if (hd__session_hello(c, payload, len) < 0)
+                break; /* refused (answered, closing) or moved to another worker */
+        } else {
+            int rc = hd_dispatch_frame(&c->env, payload, len, &c->out);
+            nframes++;
+            if (rc == HD_EPROTO) {
+                hd_log_warn("%s: undecodable request; closing", c->peer);
+                c->flags |= HD_CONN_LAST_WRITE;
+            } else if (rc < 0) {
+                hd_log_warn("%s: %s answering a request; closing", c->peer, hd_strerror(rc));
+                c->flags |= HD_CONN_LAST_WRITE;
+            }
+        }
+        if (c->session) hd_dispatch_drain_events(&c->env, &c->out);
+        if (c->flags & HD_CONN_GOODBYE) {
+            c->flags &= ~HD_CONN_GOODBYE;
+            c->flags |= HD_CONN_LAST_WRITE;
+            if (c->session) hd__session_destroy(c->session, "goodbye");
+        }
+        if (c->out.len >= HD_FLUSH_BYTES) flush(c);
+        if (!(c->flags & HD_CONN_CLOSING) && queued(c) > w->cfg.output_buffer_limit) {
+            hd_log_debug("%s: %zu bytes of unsent output, over output_buffer_limit; pausing",
+                         c->peer, queued(c));
+            c->flags |= HD_CONN_PAUSED;
+            stop_reading(c);
+        }
+    }
+    if (nframes) {
+        atomic_fetch_add_explicit(&w->requests, nframes, memory_order_relaxed);
+        if (c->session) hd__session_touch(c->session, nframes);
+    }
+    flush(c);
+    c->flags &= ~HD_CONN_IN_PROCESS;
+    settle(c);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+    hd_conn_t *c = h->data;
+    buf->base = (char *)c->worker->readbuf;
+    buf->len = HD_READBUF_SIZE;
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+    hd_conn_t *c = s->data;
+    if (nread == 0) return;
+    if (nread < 0) {
+        if (nread != UV_EOF) {
+            hd_log_debug("%s: read: %s", c->peer, uv_strerror((int)nread));
+            hd__conn_close(c);
+            return;
+        }
+        /* The client is done sending; it may still be reading the answers it is owed. */
+        c->flags |= HD_CONN_LAST_WRITE;
+        stop_reading(c);
+        settle(c);
+        return;
+    }
+    c->last_active = uv_now(&c->worker->loop);
+    hd_frame_parser_feed(&c->parser, buf->base, (size_t)nread); /* errors surface in next() */
+    process(c);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Adopting, reconfiguring, moving, finishing.                                                 */
+/* ------------------------------------------------------------------------------------------ */
+
+void hd__conn_adopt(hd_worker_t *w, hd_msg_t *m) {
+    hd_conn_t *c = calloc(1, sizeof *c);
+    if (!c) {
+        hd_log_warn("%s: out of memory adopting the connection; closed", m->peer);
+        if (m->counted) atomic_fetch_sub(&w->srv->connections, 1);
+        if (m->reject) hd__listener_reject_done();
+        atomic_fetch_sub(&w->nconns, 1);
+        return; /* hd__msg_free closes the socket */
+    }
+    c->worker = w;
+    c->is_unix = m->is_unix;
+    c->reject = m->reject;
+    c->flags = m->counted ? HD_CONN_COUNTED : 0;
+    memcpy(c->peer, m->peer, sizeof c->peer);
+    hd_frame_parser_init(&c->parser, HD_FRAME_HELLO_MAX);
+    hd_buf_init(&c->out);
+    c->env.ops = &server_ops;
+    c->env.ops_ctx = c;
+    c->env.max_read_bytes = w->cfg.max_frame_bytes - HD_DISPATCH_FRAME_SLACK;
+    c->last_active = uv_now(&w->loop);
+    if (c->is_unix)
+        uv_pipe_init(&w->loop, &c->h.pipe, 0);
+    else
+        uv_tcp_init(&w->loop, &c->h.tcp);
+    uv_timer_init(&w->loop, &c->timer);
+    c->h.handle.data = c->timer.data = c;
+    c->next = w->conns;
+    if (w->conns) w->conns->prev = c;
+    w->conns = c;
+
+    int rc = c->is_unix ? uv_pipe_open(&c->h.pipe, m->fd) : uv_tcp_open(&c->h.tcp, m->fd);
+    if (rc < 0) {
+        hd_log_warn("%s: cannot use the socket: %s", c->peer, uv_strerror(rc));
+        hd__conn_close(c);
+        return; /* hd__msg_free closes the socket */
+    }
+    m->fd = -1;
+    if (!c->is_unix) uv_tcp_nodelay(&c->h.tcp, 1);
+    if (w->state & HD_WORKER_STOPPING) {
+        hd__conn_fail(c, 0, HD_ESHUTDOWN, "server is shutting down");
+        return;
+    }
+    arm_timer(c);
+    if (m->len) {
+        hd_frame_parser_feed(&c->parser, m->data, m->len);
+        process(c);
+    } else {
+        start_reading(c);
+    }
+}
+
+void hd__conn_reconfigure(hd_conn_t *c) {
+    if (c->flags & HD_CONN_CLOSING) return;
+    const hd_config_t *cfg = &c->worker->cfg;
+    if (c->flags & HD_CONN_HELLO_DONE) {
+        hd_frame_parser_set_max(&c->parser, (uint32_t)cfg->max_frame_bytes);
+        c->env.max_read_bytes = cfg->max_frame_bytes - HD_DISPATCH_FRAME_SLACK;
+    }
+    arm_timer(c);
+}
+
+int hd__conn_move(hd_conn_t *c, hd_worker_t *to, const uint8_t *frame, size_t len) {
+    if (c->parser.err)
+        return c->parser.err; /* the bytes after the hello are already known to be bad */
+    uv_os_fd_t fd;
+    int rc = uv_fileno(&c->h.handle, &fd);
+    if (rc < 0) return HD_EINTERNAL;
+    hd_msg_t *m = hd__msg_new(HD_MSG_CONN);
+    if (!m) return HD_ENOMEM;
+    /* The hello frame and everything received after it, header included. */
+    const uint8_t *start = frame - HD_FRAME_HEADER;
+    size_t n = (size_t)(c->parser.buf.data + c->parser.buf.len - start);
+    if (!(m->data = malloc(n)) || (m->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+        hd__msg_free(m);
+        return HD_ENOMEM;
+    }
+    memcpy(m->data, start, n);
+    m->len = n;
+    m->is_unix = c->is_unix;
+    m->counted = (c->flags & HD_CONN_COUNTED) != 0;
+    memcpy(m->peer, c->peer, sizeof m->peer);
+    /* Closing here first takes the socket out of this loop's epoll set, so only the new
+     * worker ever reads it; the duplicate keeps the connection open. */
+    c->flags &= ~HD_CONN_COUNTED;
+    c->flags |= HD_CONN_MOVED;
+    hd__conn_close(c);
+    hd__worker_post(to, m);
+    return 0;
+}
+
+void hd__conn_finish(hd_conn_t *c) {
+    if (c->flags & HD_CONN_CLOSING) return;
+    if (c->flags & HD_CONN_LAST_WRITE) { /* already ending; its last words are queued */
+        flush(c);
+        settle(c);
+        return;
+    }
+    /* Answers already queued go first, then the reason (docs/PROTOCOL.md, lifecycle). */
+    hd__conn_fail(c, 0, HD_ESHUTDOWN, "server is shutting down");
+}

@@ -1,0 +1,377 @@
+/*
+ * listener.c: the listening sockets and the accept loop, on the main loop.
+ *
+ * Sockets come from systemd (socket activation: $LISTEN_PID and $LISTEN_FDS name descriptors
+ * from 3 on) or, without it, are bound here: each `listen` entry (every address its host
+ * resolves to) and `unix_socket`. Each is polled for readability; accept4 takes connections
+ * off the backlog and each goes, as a bare descriptor, to the worker holding the fewest
+ * connections (worker.c). The connection limit is checked here: a connection over it is
+ * still handed over, marked to have its hello answered with ETOOMANY.
+ *
+ * This file owns the listening descriptors and the Unix socket file; it owns no connection.
+ */
+#include "server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+/* sd_listen_fds(3): passed descriptors start here. */
+#define HD_LISTEN_FDS_START 3
+/* Pending connections the kernel keeps per listener (capped by net.core.somaxconn). */
+#define HD_LISTEN_BACKLOG 511
+/* Connections taken per poll callback, so one busy listener cannot starve the others. */
+#define HD_ACCEPT_BATCH 64
+/* Wait before accepting again when the process is out of descriptors. */
+#define HD_ACCEPT_BACKOFF_MS 100
+/* Connections over max_connections waiting to be told so; more are closed at once. */
+#define HD_REJECT_MAX 64
+
+static atomic_uint rejecting; /* connections handed over only to be refused */
+
+/* ------------------------------------------------------------------------------------------ */
+/* Names.                                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+/* "127.0.0.1:7420", "[::1]:7420" */
+static void format_inet(const struct sockaddr *sa, socklen_t len, char *buf, size_t size) {
+    char host[INET6_ADDRSTRLEN], serv[8];
+    if (getnameinfo(sa, len, host, sizeof host, serv, sizeof serv,
+                    NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+        snprintf(buf, size, "?");
+        return;
+    }
+    snprintf(buf, size, sa->sa_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, serv);
+}
+
+/* A Unix peer is named by its credentials and a serial number, since one process may hold
+ * many connections: "unix:pid=123,uid=1000,#7". */
+static void format_unix_peer(uv_os_sock_t fd, char *buf, size_t size) {
+    static unsigned long serial; /* the main thread's alone */
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    serial++;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0)
+        snprintf(buf, size, "unix:pid=%ld,uid=%lu,#%lu", (long)cred.pid, (unsigned long)cred.uid,
+                 serial);
+    else
+        snprintf(buf, size, "unix:#%lu", serial);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Accepting.                                                                                  */
+/* ------------------------------------------------------------------------------------------ */
+
+static void on_readable(uv_poll_t *poll, int status, int events);
+
+static void on_backoff(uv_timer_t *t) {
+    hd_listener_t *l = t->data;
+    if (!l->srv->stopping) uv_poll_start(&l->poll, UV_READABLE, on_readable);
+}
+
+/* Hands one accepted socket to a worker, or closes it when that cannot be done. */
+static void hand_over(hd_listener_t *l, uv_os_sock_t fd, const struct sockaddr *sa,
+                      socklen_t salen) {
+    hd_server_t *srv = l->srv;
+    hd_msg_t *m = hd__msg_new(HD_MSG_CONN);
+    if (!m) {
+        hd_log_warn("out of memory accepting a connection on %s; closed", l->name);
+        close(fd);
+        return;
+    }
+    m->fd = fd;
+    m->is_unix = l->is_unix;
+    if (l->is_unix)
+        format_unix_peer(fd, m->peer, sizeof m->peer);
+    else
+        format_inet(sa, salen, m->peer, sizeof m->peer);
+
+    uint64_t open = atomic_fetch_add(&srv->connections, 1) + 1;
+    if (open > srv->cfg.max_connections) {
+        atomic_fetch_sub(&srv->connections, 1);
+        if (atomic_fetch_add(&rejecting, 1) >= HD_REJECT_MAX) {
+            atomic_fetch_sub(&rejecting, 1);
+            hd_log_warn("%s: too many connections (max_connections %llu); closed", m->peer,
+                        (unsigned long long)srv->cfg.max_connections);
+            close(fd);
+            hd__msg_free(m);
+            return;
+        }
+        hd_log_warn("%s: too many connections (max_connections %llu); refusing its hello", m->peer,
+                    (unsigned long long)srv->cfg.max_connections);
+        m->reject = HD_ETOOMANY;
+    } else {
+        m->counted = 1;
+    }
+    hd_worker_t *w = hd__worker_pick(srv);
+    hd_log_debug("%s: accepted on %s, to worker %d", m->peer, l->name, w->index);
+    hd__worker_post(w, m);
+}
+
+/* Called by conn.c (any worker) when a refused connection closes. */
+void hd__listener_reject_done(void) {
+    atomic_fetch_sub(&rejecting, 1);
+}
+
+static void on_readable(uv_poll_t *poll, int status, int events) {
+    hd_listener_t *l = poll->data;
+    if (status < 0) {
+        hd_log_error("%s: poll: %s", l->name, uv_strerror(status));
+        return;
+    }
+    for (int i = 0; i < HD_ACCEPT_BATCH; i++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        uv_os_sock_t fd =
+            accept4(l->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0) {
+            hand_over(l, fd, (struct sockaddr *)&ss, len);
+            continue;
+        }
+        if (errno == EINTR || errno == ECONNABORTED) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+            hd_log_warn("%s: accept: %s; pausing accepts for %d ms", l->name, strerror(errno),
+                        HD_ACCEPT_BACKOFF_MS);
+            uv_poll_stop(&l->poll);
+            uv_timer_start(&l->backoff, on_backoff, HD_ACCEPT_BACKOFF_MS, 0);
+            return;
+        }
+        hd_log_error("%s: accept: %s", l->name, strerror(errno));
+        return;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Binding.                                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+static hd_listener_t *add_listener(hd_server_t *srv, uv_os_sock_t fd, int is_unix) {
+    hd_listener_t *v = realloc(srv->listeners, (srv->nlisteners + 1) * sizeof *v);
+    if (!v) {
+        hd_log_error("out of memory adding a listener");
+        return NULL;
+    }
+    srv->listeners = v;
+    hd_listener_t *l = &v[srv->nlisteners++];
+    memset(l, 0, sizeof *l);
+    l->srv = srv;
+    l->fd = fd;
+    l->is_unix = is_unix;
+    return l;
+}
+
+static int bind_tcp(hd_server_t *srv, const char *spec) {
+    char host[256], port[8];
+    unsigned portnum;
+    if (hd_config_split_hostport(spec, host, sizeof host, &portnum) < 0) {
+        hd_log_error("listen: \"%s\" is not host:port", spec);
+        return -1;
+    }
+    snprintf(port, sizeof port, "%u", portnum);
+    struct addrinfo hints, *res;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    int rc = getaddrinfo(*host ? host : NULL, port, &hints, &res);
+    if (rc != 0) {
+        hd_log_error("listen %s: %s", spec, gai_strerror(rc));
+        return -1;
+    }
+    int bound = 0;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        uv_os_sock_t fd =
+            socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+        int one = 1;
+        char name[96];
+        format_inet(ai->ai_addr, ai->ai_addrlen, name, sizeof name);
+        if (fd < 0) {
+            hd_log_error("listen %s: socket: %s", name, strerror(errno));
+            continue;
+        }
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (ai->ai_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, HD_LISTEN_BACKLOG) < 0) {
+            hd_log_error("listen %s: %s", name, strerror(errno));
+            close(fd);
+            continue;
+        }
+        hd_listener_t *l = add_listener(srv, fd, 0);
+        if (!l) {
+            close(fd);
+            continue;
+        }
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        getsockname(fd, (struct sockaddr *)&ss, &len); /* the real port when it was 0 */
+        format_inet((struct sockaddr *)&ss, len, name, sizeof name);
+        snprintf(l->name, sizeof l->name, "tcp %s", name);
+        bound++;
+    }
+    freeaddrinfo(res);
+    return bound > 0 ? 0 : -1;
+}
+
+/* A socket file left by a heapd that died is replaced; one that answers is another heapd. */
+static int clear_stale_socket(const char *path) {
+    struct stat st;
+    if (lstat(path, &st) < 0) return errno == ENOENT ? 0 : -1;
+    if (!S_ISSOCK(st.st_mode)) {
+        errno = EEXIST;
+        return -1;
+    }
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    int live = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+    close(fd);
+    if (live) {
+        errno = EADDRINUSE;
+        return -1;
+    }
+    return unlink(path);
+}
+
+static int bind_unix(hd_server_t *srv, const char *path, unsigned mode) {
+    if (clear_stale_socket(path) < 0) {
+        hd_log_error("unix_socket %s: %s", path, strerror(errno));
+        return -1;
+    }
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    uv_os_sock_t fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        hd_log_error("unix_socket %s: socket: %s", path, strerror(errno));
+        return -1;
+    }
+    /* The file is created with the mode asked for, never briefly wider: start-up is still
+     * single-threaded, so the process-wide umask may change for this one call. */
+    mode_t old = umask(~mode & 0777);
+    int rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
+    umask(old);
+    if (rc < 0 || chmod(path, mode) < 0 || listen(fd, HD_LISTEN_BACKLOG) < 0) {
+        hd_log_error("unix_socket %s: %s", path, strerror(errno));
+        if (rc == 0) unlink(path);
+        close(fd);
+        return -1;
+    }
+    hd_listener_t *l = add_listener(srv, fd, 1);
+    if (!l) {
+        unlink(path);
+        close(fd);
+        return -1;
+    }
+    snprintf(l->name, sizeof l->name, "unix %s", path);
+    snprintf(l->path, sizeof l->path, "%s", path);
+    return 0;
+}
+
+/* Takes the sockets systemd passed, if it passed any to this process. Returns how many, or -1
+ * on error. */
+static int take_activated(hd_server_t *srv) {
+    const char *pid = getenv("LISTEN_PID"), *nfds = getenv("LISTEN_FDS");
+    if (!pid || !nfds || strtol(pid, NULL, 10) != (long)getpid()) return 0;
+    long n = strtol(nfds, NULL, 10);
+    unsetenv("LISTEN_PID");
+    unsetenv("LISTEN_FDS");
+    unsetenv("LISTEN_FDNAMES");
+    if (n <= 0 || n > 64) {
+        hd_log_error("LISTEN_FDS=%s is not a descriptor count", nfds);
+        return -1;
+    }
+    for (int fd = HD_LISTEN_FDS_START; fd < HD_LISTEN_FDS_START + n; fd++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        int type = 0;
+        socklen_t tlen = sizeof type;
+        if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0 ||
+            getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) < 0 || type != SOCK_STREAM) {
+            hd_log_error("passed descriptor %d is not a stream socket", fd);
+            return -1;
+        }
+        fcntl(fd, F_SETFD, FD_CLOEXEC);
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+        int is_unix = ss.ss_family == AF_UNIX;
+        hd_listener_t *l = add_listener(srv, fd, is_unix);
+        if (!l) return -1;
+        l->activated = 1;
+        if (is_unix) {
+            const struct sockaddr_un *su = (const struct sockaddr_un *)&ss;
+            if (len > offsetof(struct sockaddr_un, sun_path) && su->sun_path[0])
+                snprintf(l->name, sizeof l->name, "unix %.100s", su->sun_path);
+            else
+                snprintf(l->name, sizeof l->name, "unix (abstract, fd %d)", fd);
+        } else {
+            char name[96];
+            format_inet((struct sockaddr *)&ss, len, name, sizeof name);
+            snprintf(l->name, sizeof l->name, "tcp %s", name);
+        }
+    }
+    return (int)n;
+}
+
+int hd__listeners_start(hd_server_t *srv) {
+    int passed = take_activated(srv);
+    if (passed < 0) return -1;
+    if (passed == 0) {
+        for (size_t i = 0; i < srv->cfg.listen.n; i++)
+            if (bind_tcp(srv, srv->cfg.listen.v[i]) < 0) return -1;
+        if (*srv->cfg.unix_socket &&
+            bind_unix(srv, srv->cfg.unix_socket, srv->cfg.unix_socket_mode) < 0)
+            return -1;
+    }
+    if (srv->nlisteners == 0) {
+        hd_log_error("nothing to listen on: listen and unix_socket are both empty");
+        return -1;
+    }
+    for (size_t i = 0; i < srv->nlisteners; i++) {
+        hd_listener_t *l = &srv->listeners[i];
+        int rc = uv_poll_init_socket(srv->loop, &l->poll, l->fd);
+        if (rc == 0) {
+            l->poll.data = l;
+            uv_timer_init(srv->loop, &l->backoff);
+            l->backoff.data = l;
+            rc = uv_poll_start(&l->poll, UV_READABLE, on_readable);
+        }
+        if (rc < 0) {
+            hd_log_error("%s: %s", l->name, uv_strerror(rc));
+            return -1;
+        }
+        hd_log_info("listening on %s%s", l->name, l->activated ? " (socket activation)" : "");
+    }
+    return 0;
+}
+
+static void on_listener_closed(uv_handle_t *h) {
+    hd_listener_t *l = h->data;
+    if (h == (uv_handle_t *)&l->poll && l->fd >= 0) {
+        close(l->fd);
+        l->fd = -1;
+    }
+}
+
+void hd__listeners_stop(hd_server_t *srv) {
+    for (size_t i = 0; i < srv->nlisteners; i++) {
+        hd_listener_t *l = &srv->listeners[i];
+        if (l->poll.loop && !uv_is_closing((uv_handle_t *)&l->poll)) {
+            uv_close((uv_handle_t *)&l->poll, on_listener_closed);
+            uv_close((uv_handle_t *)&l->backoff, on_listener_closed);
+        } else if (!l->poll.loop && l->fd >= 0) {
+            close(l->fd);
+            l->fd = -1;
+        }
+        if (*l->path) unlink(l->path);
+        *l->path = '\0';
+    }
+}

@@ -1,0 +1,245 @@
+/*
+ * server.h: the daemon's internal types and the prototypes its files share.
+ *
+ * The map:  server -> listeners (main loop: accept, signals)
+ *                  -> workers (one thread and uv loop each) -> connections -> session -> heap
+ *
+ * server    one per process: the config as loaded, the listeners, the workers, the session
+ *           registry (every session by id, behind one lock) and the process-wide counters.
+ * listener  a listening socket polled on the main loop. main.c owns the main loop.
+ * worker    a thread running its own uv loop. Connections are handed to it through its inbox
+ *           (a locked message list and a uv_async doorbell); everything else it touches is
+ *           its own, including its copy of the config.
+ * conn      one client connection, owned by one worker: framing, hello, dispatch, output,
+ *           backpressure, idle timeout.
+ * session   a client's heap and identity (session.h), owned by one worker for its whole life.
+ *           It is attached to at most one conn; a dropped conn leaves it detached (lingering)
+ *           until resumed on its own worker or until session_linger runs out.
+ *
+ * Threads: the main thread and the workers share only the registry (under its lock), the
+ * atomics below and the worker inboxes. A heap is only ever touched by its owner's thread.
+ */
+#ifndef HD_SERVER_SERVER_H
+#define HD_SERVER_SERVER_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "codec.h"
+#include "config.h"
+#include "dispatch.h"
+#include "heap.h"
+#include "log.h"
+
+typedef struct hd_server_s hd_server_t;
+typedef struct hd_worker_s hd_worker_t;
+typedef struct hd_conn_s hd_conn_t;
+typedef struct hd_session_s hd_session_t;
+
+/* Room for a peer's name: "[ffff:...:ffff]:65535" or "unix:pid=4194304,uid=4294967295,#n". */
+#define HD_PEER_LEN 64
+
+/* ------------------------------------------------------------------------------------------ */
+/* Worker inbox messages (worker.c).                                                           */
+/* ------------------------------------------------------------------------------------------ */
+
+/* One row per message type in worker.c's handler table. */
+typedef enum hd_msg_type_e {
+    HD_MSG_CONN,   /* a connection to adopt (new, or moved here to resume a session) */
+    HD_MSG_RELOAD, /* a new config copy to adopt */
+    HD_MSG_KILL,   /* destroy the session with this id, if this worker still has it */
+    HD_MSG_STOP,   /* shut down: finish output, close everything, leave the loop */
+    HD_MSG_NTYPES
+} hd_msg_type_t;
+
+typedef struct hd_msg_s {
+    struct hd_msg_s *next;
+    hd_msg_type_t type;
+    /* HD_MSG_CONN */
+    uv_os_sock_t fd; /* the socket; the receiver owns it */
+    int is_unix;     /* a Unix stream socket, else TCP */
+    int reject;      /* 0, or the error to answer its hello with (HD_ETOOMANY) */
+    int counted;     /* holds a slot of server.connections */
+    char peer[HD_PEER_LEN];
+    uint8_t *data; /* bytes already received, to be parsed first (owned) */
+    size_t len;
+    /* HD_MSG_RELOAD */
+    hd_config_t cfg; /* owned; the worker keeps it */
+    /* HD_MSG_KILL */
+    char session_id[40];
+} hd_msg_t;
+
+/* ------------------------------------------------------------------------------------------ */
+/* Workers.                                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Flags of hd_worker_t.state. */
+enum hd_worker_state_e {
+    HD_WORKER_RUNNING = 0x1,  /* the thread is started */
+    HD_WORKER_STOPPING = 0x2, /* HD_MSG_STOP received: no new connections or sessions */
+};
+
+struct hd_worker_s {
+    int index;
+    hd_server_t *srv;
+    uv_thread_t thread;
+    uv_loop_t loop;
+    uv_async_t async;       /* the inbox doorbell */
+    uv_timer_t stats_timer; /* publishes dirty sessions' stats (session.c) */
+    uv_timer_t stop_timer;  /* bounds how long shutdown waits for output to drain */
+    uv_mutex_t inbox_lock;  /* guards inbox_head/inbox_tail */
+    hd_msg_t *inbox_head, *inbox_tail;
+    hd_config_t cfg;               /* this worker's copy; only this thread reads it */
+    hd_conn_t *conns;              /* this worker's connections (doubly linked through next/prev) */
+    hd_session_t *sessions;        /* this worker's sessions (doubly linked) */
+    uint8_t *readbuf;              /* where libuv reads into; the parser copies out at once */
+    unsigned state;                /* hd_worker_state_e */
+    atomic_uint_fast64_t requests; /* frames dispatched, for server_stats */
+    atomic_uint nconns;            /* connections it holds, for the listener's choice */
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* The server.                                                                                 */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct hd_listener_s {
+    uv_poll_t poll;     /* readable: connections wait in the backlog */
+    uv_timer_t backoff; /* re-arms poll after accept ran out of descriptors */
+    hd_server_t *srv;
+    uv_os_sock_t fd;
+    int is_unix;
+    int activated;  /* passed by systemd (LISTEN_FDS), not bound by us */
+    char name[128]; /* "tcp 127.0.0.1:7420", "unix /tmp/heapd.sock" */
+    char path[108]; /* the Unix socket we created and unlink at exit, or "" */
+} hd_listener_t;
+
+/* Invariant: sessions_detached <= nsessions; registry v[0..nsessions) are live sessions. */
+typedef struct hd_registry_s {
+    uv_mutex_t lock;
+    hd_session_t **v;
+    size_t nsessions, cap;
+    size_t sessions_detached;
+} hd_registry_t;
+
+struct hd_server_s {
+    hd_config_t cfg;         /* as loaded; the main thread's copy */
+    const char *config_path; /* NULL: built-in defaults */
+    uv_loop_t *loop;         /* the main loop: listeners and signals */
+    uv_signal_t sig[3];      /* SIGTERM, SIGINT, SIGHUP */
+    hd_listener_t *listeners;
+    size_t nlisteners;
+    hd_worker_t *workers;
+    size_t nworkers;
+    hd_registry_t registry;
+    atomic_uint_fast64_t connections; /* open client connections that count to the limit */
+    uint64_t start_ms;                /* uv_hrtime at start, in ms */
+    unsigned next_worker;             /* round-robin tie breaker */
+    int stopping;
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* Connections.                                                                                */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Flags of hd_conn_t.flags. */
+enum hd_conn_flag_e {
+    HD_CONN_HELLO_DONE = 0x01, /* hello answered: a session is attached */
+    HD_CONN_READING = 0x02,    /* uv_read_start is in effect */
+    HD_CONN_PAUSED = 0x04,     /* unsent output over output_buffer_limit: not reading */
+    HD_CONN_LAST_WRITE = 0x08, /* close once the queued output is written */
+    HD_CONN_CLOSING = 0x10,    /* uv_close called; waiting for the close callbacks */
+    HD_CONN_COUNTED = 0x20,    /* holds a slot of server.connections */
+    HD_CONN_MOVED = 0x40,      /* its socket went to another worker: not a disconnect */
+    HD_CONN_IN_PROCESS = 0x80, /* conn.c:process is on the stack */
+    HD_CONN_GOODBYE = 0x100,   /* the session asked to end; destroy it after this frame */
+};
+
+/* Invariant: closes_pending is 2 between uv_close and the first close callback (the stream
+ * and the timer), and the conn is freed when it reaches 0. */
+struct hd_conn_s {
+    union {
+        uv_handle_t handle;
+        uv_stream_t stream;
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } h;
+    uv_timer_t timer; /* hello deadline, then the idle timeout */
+    hd_worker_t *worker;
+    hd_session_t *session;  /* attached session, NULL before hello */
+    hd_conn_t *next, *prev; /* the worker's list */
+    hd_frame_parser_t parser;
+    hd_buf_t out; /* framed output not yet handed to libuv */
+    hd_dispatch_env_t env;
+    char peer[HD_PEER_LEN];
+    unsigned flags; /* hd_conn_flag_e */
+    int is_unix;
+    int reject; /* 0, or the error its hello gets */
+    int closes_pending;
+    unsigned writes_pending; /* uv_write requests whose callback has not run */
+    uint64_t last_active;    /* uv_now of the last bytes received */
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* Prototypes.                                                                                 */
+/* ------------------------------------------------------------------------------------------ */
+
+/* libuv reads into a per-worker buffer of this size; the frame parser copies the bytes out
+ * at once, so one buffer serves every connection of the worker. */
+#define HD_READBUF_SIZE (64u * 1024u)
+/* Hello must arrive within this long of connecting, even with no idle timeout. */
+#define HD_HELLO_TIMEOUT_MS 10000u
+/* A connection whose unsent output exceeds this multiple of output_buffer_limit is dropped. */
+#define HD_OUTPUT_HARD_FACTOR 4u
+/* Shutdown waits at most this long for unsent output before closing connections anyway. */
+#define HD_STOP_DRAIN_MS 2000u
+
+/* worker.c */
+int hd__workers_start(hd_server_t *srv, size_t n);
+/* Takes msg (allocated by hd__msg_new); wakes the worker. */
+void hd__worker_post(hd_worker_t *w, hd_msg_t *msg);
+/* A zeroed message of this type, or NULL when memory is short. */
+hd_msg_t *hd__msg_new(hd_msg_type_t type);
+void hd__msg_free(hd_msg_t *msg);
+/* Posts HD_MSG_STOP to every worker and joins them all. */
+void hd__workers_stop(hd_server_t *srv);
+/* The worker with the fewest connections. */
+hd_worker_t *hd__worker_pick(hd_server_t *srv);
+
+/* conn.c */
+/* Adopts msg's socket on w (the worker's thread). Takes msg's fd and data. */
+void hd__conn_adopt(hd_worker_t *w, hd_msg_t *msg);
+/* Starts closing c: the session detaches, the socket closes, c is freed later. */
+void hd__conn_close(hd_conn_t *c);
+/* Shutdown: stop reading, queue ESHUTDOWN (id 0) after the answers already queued, close
+ * once all of it is written. */
+void hd__conn_finish(hd_conn_t *c);
+/* Applies the worker's (new) config to c: frame limit, read limit, idle timer. */
+void hd__conn_reconfigure(hd_conn_t *c);
+/* Hands c's socket, and the bytes received from frame (the hello) on, to worker `to`, then
+ * closes c here without detaching anything. Returns 0 or a negative hd_err_t. */
+int hd__conn_move(hd_conn_t *c, hd_worker_t *to, const uint8_t *frame, size_t len);
+/* Queues a framed error (id 0 unless known) and closes c once it is written. */
+void hd__conn_fail(hd_conn_t *c, uint64_t id, int code, const char *why);
+
+/* listener.c */
+/* Binds (or takes from systemd) every listener and starts accepting. Logs where it listens.
+ * Returns 0, or -1 after logging why. */
+int hd__listeners_start(hd_server_t *srv);
+/* Stops accepting, closes the sockets and removes the Unix socket file. */
+void hd__listeners_stop(hd_server_t *srv);
+/* A connection refused over max_connections has closed (any thread). */
+void hd__listener_reject_done(void);
+
+/* notify.c */
+/* Sends state ("READY=1", "STATUS=...") to $NOTIFY_SOCKET. Returns 1 if sent, 0 when there
+ * is no notify socket, -1 on error (logged at debug). */
+int hd__notify(const char *state);
+int hd__notifyf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* main.c */
+/* Milliseconds since an arbitrary point (uv_hrtime), for any thread. */
+uint64_t hd__now_ms(void);
+
+#endif /* HD_SERVER_SERVER_H */

@@ -1,0 +1,515 @@
+/*
+ * session.c: hello, the session lifecycle, the registry and the admin services.
+ *
+ * Lifecycle of a session (each step on its owner's thread):
+ *   created   by a hello without session_id: a heap with the worker's current limits and gc
+ *             defaults, a random id and resume token, registered, attached to the connection.
+ *   detached  its connection dropped: the heap is kept and the linger timer runs.
+ *   resumed   a hello with its id and resume token, on a connection moved to this worker:
+ *             attached again, the timer stopped.
+ *   destroyed by goodbye, kill_session, the linger timer or shutdown: unregistered, the heap
+ *             freed at once; the struct is freed in the timer's close callback.
+ *
+ * The registry maps ids to sessions for every worker. It is a plain array searched linearly:
+ * it is read by hello, the admin requests and the stats publisher, never per request, and
+ * max_sessions bounds it.
+ */
+#include "session.h"
+
+#include <assert.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "heapd.pb-c.h"
+
+/* ------------------------------------------------------------------------------------------ */
+/* Small helpers.                                                                              */
+/* ------------------------------------------------------------------------------------------ */
+
+int hd__ct_equal(const char *a, const char *secret) {
+    size_t la = strlen(a), ls = strlen(secret);
+    volatile unsigned char diff = (unsigned char)(la != ls);
+    for (size_t i = 0; i < ls; i++)
+        diff |= (unsigned char)((i < la ? (unsigned char)a[i] : 0u) ^ (unsigned char)secret[i]);
+    return diff == 0;
+}
+
+/* n random bytes as 2n hex digits. Returns 0 or HD_EINTERNAL. */
+static int random_hex(char *out, size_t nbytes) {
+    static const char hex[] = "0123456789abcdef";
+    unsigned char raw[32];
+    if (nbytes > sizeof raw || uv_random(NULL, NULL, raw, nbytes, 0, NULL) != 0)
+        return HD_EINTERNAL;
+    for (size_t i = 0; i < nbytes; i++) {
+        out[2 * i] = hex[raw[i] >> 4];
+        out[2 * i + 1] = hex[raw[i] & 15];
+    }
+    out[2 * nbytes] = '\0';
+    return 0;
+}
+
+static hd_registry_t *registry_of(hd_session_t *s) {
+    return &s->worker->srv->registry;
+}
+
+/* The registry slot of id, or -1. Call with the lock held. */
+static long registry_find(hd_registry_t *r, const char *id) {
+    for (size_t i = 0; i < r->nsessions; i++)
+        if (strcmp(r->v[i]->id, id) == 0) return (long)i;
+    return -1;
+}
+
+/* Takes s out of the registry. Call with the lock held. */
+static void registry_remove(hd_registry_t *r, hd_session_t *s) {
+    long i = registry_find(r, s->id);
+    if (i < 0 || r->v[i] != s || !s->registered) return;
+    r->v[i] = r->v[--r->nsessions];
+    if (!s->conn) r->sessions_detached--;
+    s->registered = 0;
+}
+
+int hd__registry_init(hd_registry_t *r) {
+    memset(r, 0, sizeof *r);
+    return uv_mutex_init(&r->lock);
+}
+
+void hd__registry_free(hd_registry_t *r) {
+    free(r->v);
+    uv_mutex_destroy(&r->lock);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Counters for other threads.                                                                 */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Copies the owner's counters where other threads read them. */
+static void publish(hd_session_t *s) {
+    hd_heap_stats_t st;
+    hd_heap_stats(s->heap, &st);
+    hd_registry_t *r = registry_of(s);
+    uv_mutex_lock(&r->lock);
+    s->pub_bytes = st.object_bytes;
+    s->pub_objects = st.objects;
+    s->pub_requests = s->nrequests;
+    s->last_active_ms = s->active_at;
+    uv_mutex_unlock(&r->lock);
+    s->published_at = hd__now_ms();
+    s->dirty = 0;
+}
+
+static void publish_dirty(hd_worker_t *w) {
+    for (hd_session_t *s = w->sessions; s; s = s->next)
+        if (s->dirty) publish(s);
+}
+
+void hd__sessions_publish_due(uv_timer_t *t) {
+    publish_dirty(t->data);
+}
+
+/* Publishes at once when the last publish is an interval old, else arms the worker's timer
+ * to do it within an interval: other threads see counters at most that stale. */
+void hd__session_touch(hd_session_t *s, uint64_t nframes) {
+    hd_worker_t *w = s->worker;
+    uint64_t now = hd__now_ms();
+    s->nrequests += nframes;
+    s->active_at = now;
+    s->dirty = 1;
+    if (now - s->published_at >= HD_STATS_INTERVAL_MS || (w->state & HD_WORKER_STOPPING))
+        publish(s);
+    else if (!uv_is_active((uv_handle_t *)&w->stats_timer))
+        uv_timer_start(&w->stats_timer, hd__sessions_publish_due, HD_STATS_INTERVAL_MS, 0);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Lifecycle.                                                                                  */
+/* ------------------------------------------------------------------------------------------ */
+
+static void on_session_closed(uv_handle_t *h) {
+    free(h->data);
+}
+
+static void on_linger_expired(uv_timer_t *t) {
+    hd_session_t *s = t->data;
+    hd__session_destroy(s, "not resumed within session_linger");
+}
+
+void hd__session_destroy(hd_session_t *s, const char *why) {
+    hd_worker_t *w = s->worker;
+    hd_registry_t *r = registry_of(s);
+    uv_mutex_lock(&r->lock);
+    registry_remove(r, s);
+    hd_conn_t *c = s->conn;
+    s->conn = NULL;
+    uv_mutex_unlock(&r->lock);
+    if (c) {
+        c->session = NULL;
+        c->env.heap = NULL;
+    }
+    hd_log_info("session %s destroyed (%s)", s->id, why);
+    hd_heap_free(s->heap);
+    s->heap = NULL;
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        w->sessions = s->next;
+    if (s->next) s->next->prev = s->prev;
+    /* Destroying twice would close the timer twice and free s under its callback. */
+    assert(!uv_is_closing((uv_handle_t *)&s->linger));
+    uv_close((uv_handle_t *)&s->linger, on_session_closed);
+}
+
+void hd__session_detach(hd_session_t *s) {
+    hd_worker_t *w = s->worker;
+    hd_registry_t *r = registry_of(s);
+    publish(s);
+    uv_mutex_lock(&r->lock);
+    s->conn = NULL;
+    if (s->registered) r->sessions_detached++;
+    uv_mutex_unlock(&r->lock);
+    if (w->state & HD_WORKER_STOPPING) {
+        hd__session_destroy(s, "server stopping");
+    } else if (w->cfg.session_linger == 0) {
+        hd__session_destroy(s, "connection closed and session_linger is 0");
+    } else {
+        hd_log_info("session %s detached; kept %llu ms for resumption", s->id,
+                    (unsigned long long)w->cfg.session_linger);
+        uv_timer_start(&s->linger, on_linger_expired, w->cfg.session_linger, 0);
+    }
+}
+
+void hd__session_kill(hd_session_t *s) {
+    hd_conn_t *c = s->conn;
+    hd__session_destroy(s, "killed by an admin");
+    if (c) hd__conn_fail(c, 0, HD_ENOSESSION, "session killed by an admin");
+}
+
+/* Attaches s to c. The caller has checked that s is detached and registered. */
+static void attach(hd_session_t *s, hd_conn_t *c) {
+    hd_registry_t *r = registry_of(s);
+    uv_timer_stop(&s->linger);
+    uv_mutex_lock(&r->lock);
+    s->conn = c;
+    if (s->registered) r->sessions_detached--;
+    snprintf(s->peer, sizeof s->peer, "%s", c->peer);
+    s->last_active_ms = s->active_at = hd__now_ms();
+    uv_mutex_unlock(&r->lock);
+    c->session = s;
+}
+
+/* A new session for c, attached. Returns 0 or HD_ENOMEM, HD_ETOOMANY, HD_EINTERNAL. */
+static int session_create(hd_conn_t *c, const char *client_name, hd_session_t **out) {
+    hd_worker_t *w = c->worker;
+    hd_registry_t *r = &w->srv->registry;
+    hd_session_t *s = calloc(1, sizeof *s);
+    if (!s) return HD_ENOMEM;
+    hd_heap_config_t hc;
+    hd_heap_config_init(&hc);
+    hc.max_bytes = w->cfg.session_max_bytes;
+    hc.max_objects = w->cfg.session_max_objects;
+    hc.gc_enabled = w->cfg.gc_enabled;
+    memcpy(hc.gc_threshold, w->cfg.gc_threshold, sizeof hc.gc_threshold);
+    int rc = hd_heap_new(&hc, &s->heap);
+    if (rc == 0) rc = random_hex(s->resume_token, HD_RESUME_TOKEN_LEN / 2);
+    if (rc < 0) {
+        hd_heap_free(s->heap);
+        free(s);
+        return rc;
+    }
+    s->worker = w;
+    snprintf(s->client_name, sizeof s->client_name, "%s", client_name);
+    s->created_unix = (uint64_t)time(NULL);
+
+    uv_mutex_lock(&r->lock);
+    if (r->nsessions >= w->cfg.max_sessions) {
+        rc = HD_ETOOMANY;
+    } else if (r->nsessions == r->cap) {
+        size_t cap = r->cap ? 2 * r->cap : 64;
+        hd_session_t **v = realloc(r->v, cap * sizeof *v);
+        if (v)
+            r->v = v, r->cap = cap;
+        else
+            rc = HD_ENOMEM;
+    }
+    /* 64 random bits rarely collide; when they do, draw again. */
+    while (rc == 0 &&
+           ((rc = random_hex(s->id, HD_SESSION_ID_LEN / 2)) < 0 || registry_find(r, s->id) >= 0))
+        ;
+    if (rc == 0) {
+        r->v[r->nsessions++] = s;
+        s->registered = 1;
+        s->conn = c;
+        snprintf(s->peer, sizeof s->peer, "%s", c->peer);
+        s->last_active_ms = s->active_at = hd__now_ms();
+    }
+    uv_mutex_unlock(&r->lock);
+    if (rc < 0) {
+        hd_heap_free(s->heap);
+        free(s);
+        return rc;
+    }
+    uv_timer_init(&w->loop, &s->linger);
+    s->linger.data = s;
+    s->next = w->sessions;
+    if (w->sessions) w->sessions->prev = s;
+    w->sessions = s;
+    c->session = s;
+    s->published_at = hd__now_ms();
+    *out = s;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Hello.                                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Decides who the presented token makes the client. Tokens are compared in constant time,
+ * every configured one, so the time taken says nothing about which matched. Without tokens
+ * in the config anyone is a user and a presented token is ignored; with `tokens`, hello must
+ * present one; an admin token is accepted wherever a token is. */
+static int authenticate(const hd_config_t *cfg, const char *token, int *admin) {
+    int is_admin = 0, is_user = 0;
+    for (size_t i = 0; i < cfg->admin_tokens.n; i++)
+        is_admin |= hd__ct_equal(token, cfg->admin_tokens.v[i]);
+    for (size_t i = 0; i < cfg->tokens.n; i++)
+        is_user |= hd__ct_equal(token, cfg->tokens.v[i]);
+    *admin = is_admin;
+    if (is_admin || is_user) return 0;
+    if (*token) return cfg->tokens.n || cfg->admin_tokens.n ? HD_EAUTH : 0;
+    return cfg->tokens.n ? HD_EAUTH : 0;
+}
+
+/* Finds the detached session id for resumption. Returns 0 with *mine set when it is this
+ * worker's, 0 with *owner set when another worker must take the connection, or
+ * HD_ENOSESSION, HD_EAUTH (wrong resume token), HD_EBUSY (attached elsewhere). */
+static int find_for_resume(hd_worker_t *w, const char *id, const char *token, hd_session_t **mine,
+                           hd_worker_t **owner) {
+    hd_registry_t *r = &w->srv->registry;
+    int rc = 0;
+    *mine = NULL;
+    *owner = NULL;
+    uv_mutex_lock(&r->lock);
+    long i = registry_find(r, id);
+    if (i < 0) {
+        rc = HD_ENOSESSION;
+    } else if (!hd__ct_equal(token, r->v[i]->resume_token)) {
+        rc = HD_EAUTH;
+    } else if (r->v[i]->conn) {
+        rc = HD_EBUSY;
+    } else if (r->v[i]->worker == w) {
+        *mine = r->v[i];
+    } else {
+        *owner = r->v[i]->worker;
+    }
+    uv_mutex_unlock(&r->lock);
+    return rc;
+}
+
+static void answer_hello(hd_conn_t *c, uint64_t id, int resumed, int admin) {
+    const hd_config_t *cfg = &c->worker->cfg;
+    hd_session_t *s = c->session;
+    Heapd__V1__Limits limits = HEAPD__V1__LIMITS__INIT;
+    limits.max_bytes = cfg->session_max_bytes;
+    limits.max_objects = cfg->session_max_objects;
+    limits.max_frame_bytes = cfg->max_frame_bytes;
+    limits.max_read_bytes = c->env.max_read_bytes;
+    Heapd__V1__HelloResult hr = HEAPD__V1__HELLO_RESULT__INIT;
+    hr.session_id = s->id;
+    hr.resume_token = s->resume_token;
+    hr.server_version = (char *)HEAPD_VERSION;
+    hr.protocol_version = HD_PROTOCOL_VERSION;
+    hr.limits = &limits;
+    hr.resumed = resumed;
+    hr.admin = admin;
+    Heapd__V1__Status status = HEAPD__V1__STATUS__INIT;
+    status.name = (char *)"OK";
+    Heapd__V1__Response resp = HEAPD__V1__RESPONSE__INIT;
+    resp.id = id;
+    resp.status = &status;
+    resp.result_case = HEAPD__V1__RESPONSE__RESULT_HELLO;
+    resp.hello = &hr;
+    Heapd__V1__ServerFrame frame = HEAPD__V1__SERVER_FRAME__INIT;
+    frame.kind_case = HEAPD__V1__SERVER_FRAME__KIND_RESPONSE;
+    frame.response = &resp;
+    if (hd_frame_write_msg(&c->out, &frame.base) < 0)
+        hd__conn_fail(c, id, HD_ENOMEM, "out of memory answering hello");
+}
+
+/* protobuf-c's allocator, noting failures so that out of memory is told from bad bytes. */
+typedef struct hello_alloc_s {
+    ProtobufCAllocator a;
+    int failed;
+} hello_alloc_t;
+
+static void *hello_malloc(void *data, size_t n) {
+    void *p = malloc(n);
+    if (!p) ((hello_alloc_t *)data)->failed = 1;
+    return p;
+}
+
+static void hello_free(void *data, void *p) {
+    free(p);
+}
+
+int hd__session_hello(hd_conn_t *c, const uint8_t *payload, size_t len) {
+    hd_worker_t *w = c->worker;
+    hello_alloc_t ha = {{hello_malloc, hello_free, NULL}, 0};
+    ha.a.allocator_data = &ha;
+    Heapd__V1__ClientFrame *f = heapd__v1__client_frame__unpack(&ha.a, len, payload);
+    if (!f) {
+        hd_log_warn("%s: %s; closing", c->peer,
+                    ha.failed ? "out of memory reading hello" : "first frame is not a ClientFrame");
+        hd__conn_fail(c, 0, ha.failed ? HD_ENOMEM : HD_EPROTO,
+                      ha.failed ? "out of memory reading hello" : "undecodable frame");
+        return -1;
+    }
+    const Heapd__V1__Request *req =
+        f->kind_case == HEAPD__V1__CLIENT_FRAME__KIND_REQUEST ? f->request : NULL;
+    const Heapd__V1__Hello *h =
+        req && req->op_case == HEAPD__V1__REQUEST__OP_HELLO ? req->hello : NULL;
+    uint64_t id = req ? req->id : 0;
+    int admin = 0, rc = 0;
+    const char *why = NULL;
+    if (!h)
+        rc = HD_EHELLO, why = "the first request must be hello";
+    else if (c->reject)
+        rc = c->reject, why = "too many connections (max_connections)";
+    else if (w->state & HD_WORKER_STOPPING)
+        rc = HD_ESHUTDOWN, why = "server is shutting down";
+    else if (h->protocol_version != HD_PROTOCOL_VERSION)
+        rc = HD_EVERSION, why = "this server speaks protocol version 1";
+    else if ((rc = authenticate(&w->cfg, h->token, &admin)) < 0)
+        why = *h->token ? "unknown token" : "a token is required";
+
+    hd_session_t *s = NULL;
+    hd_worker_t *owner = NULL;
+    int resumed = 0;
+    if (rc == 0 && *h->session_id) {
+        rc = find_for_resume(w, h->session_id, h->resume_token, &s, &owner);
+        why = rc == HD_ENOSESSION ? "no such session (expired, ended or never existed)"
+              : rc == HD_EAUTH    ? "wrong resume token"
+              : rc == HD_EBUSY    ? "session is attached to another connection"
+                                  : NULL;
+        if (rc == 0 && owner) {
+            /* The session lives on another worker: the connection goes there and says
+             * hello again, where the session can be resumed without crossing threads. */
+            hd_log_debug("%s: moving to worker %d to resume session %s", c->peer, owner->index,
+                         h->session_id);
+            rc = hd__conn_move(c, owner, payload, len);
+            heapd__v1__client_frame__free_unpacked(f, &ha.a);
+            if (rc < 0) hd__conn_fail(c, id, rc, "could not move the connection to its session");
+            return -1;
+        }
+        if (rc == 0) {
+            attach(s, c);
+            resumed = 1;
+        }
+    } else if (rc == 0) {
+        rc = session_create(c, h->client_name, &s);
+        why = rc == HD_ETOOMANY ? "too many sessions (max_sessions)" : "cannot create a session";
+    }
+    if (rc < 0) {
+        hd_log_warn("%s: hello refused: %s: %s", c->peer, hd_err_name(rc), why);
+        hd__conn_fail(c, id, rc, why);
+        heapd__v1__client_frame__free_unpacked(f, &ha.a);
+        return -1;
+    }
+    c->flags |= HD_CONN_HELLO_DONE;
+    c->env.heap = s->heap;
+    c->env.admin = admin;
+    hd__conn_reconfigure(c);
+    hd_log_info("%s: session %s %s%s (client \"%.*s\")", c->peer, s->id,
+                resumed ? "resumed" : "created", admin ? ", admin" : "", HD_CLIENT_NAME_LEN - 1,
+                h->client_name);
+    answer_hello(c, id, resumed, admin);
+    heapd__v1__client_frame__free_unpacked(f, &ha.a);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Admin services.                                                                             */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The resident set from /proc/self/statm (pages), in bytes; 0 if unknown. */
+static uint64_t rss_bytes(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long long size = 0, resident = 0;
+    if (!f) return 0;
+    if (fscanf(f, "%llu %llu", &size, &resident) != 2) resident = 0;
+    fclose(f);
+    return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+int hd__sessions_server_stats(hd_conn_t *c, hd_server_stats_t *out) {
+    hd_server_t *srv = c->worker->srv;
+    hd_registry_t *r = &srv->registry;
+    memset(out, 0, sizeof *out);
+    publish_dirty(c->worker);
+    uv_mutex_lock(&r->lock);
+    out->sessions = r->nsessions;
+    out->sessions_detached = r->sessions_detached;
+    for (size_t i = 0; i < r->nsessions; i++) {
+        out->bytes_total += r->v[i]->pub_bytes;
+        out->objects_total += r->v[i]->pub_objects;
+    }
+    uv_mutex_unlock(&r->lock);
+    out->connections = atomic_load(&srv->connections);
+    for (size_t i = 0; i < srv->nworkers; i++)
+        out->requests += atomic_load_explicit(&srv->workers[i].requests, memory_order_relaxed);
+    out->uptime_ms = hd__now_ms() - srv->start_ms;
+    out->rss_bytes = rss_bytes();
+    return 0;
+}
+
+int hd__sessions_list(hd_conn_t *c, hd_session_info_t **out, size_t *n) {
+    hd_registry_t *r = &c->worker->srv->registry;
+    publish_dirty(c->worker);
+    uint64_t now = hd__now_ms();
+    int rc = 0;
+    uv_mutex_lock(&r->lock);
+    hd_session_info_t *v = calloc(r->nsessions ? r->nsessions : 1, sizeof *v);
+    if (!v) {
+        rc = HD_ENOMEM;
+    } else {
+        for (size_t i = 0; i < r->nsessions; i++) {
+            const hd_session_t *s = r->v[i];
+            snprintf(v[i].id, sizeof v[i].id, "%s", s->id);
+            snprintf(v[i].peer, sizeof v[i].peer, "%s", s->peer);
+            v[i].attached = s->conn != NULL;
+            v[i].bytes = s->pub_bytes;
+            v[i].objects = s->pub_objects;
+            v[i].requests = s->pub_requests;
+            v[i].idle_ms = now > s->last_active_ms ? now - s->last_active_ms : 0;
+            v[i].created_unix = s->created_unix;
+        }
+        *out = v;
+        *n = r->nsessions;
+    }
+    uv_mutex_unlock(&r->lock);
+    return rc;
+}
+
+/* Unregisters the session at once, so no one can resume or list it, and tells its owner to
+ * destroy it (the owner may be this worker: the kill then lands after this response). */
+int hd__sessions_kill(hd_conn_t *c, const char *id) {
+    hd_registry_t *r = &c->worker->srv->registry;
+    hd_msg_t *m = hd__msg_new(HD_MSG_KILL);
+    if (!m) return HD_ENOMEM;
+    snprintf(m->session_id, sizeof m->session_id, "%s", id);
+    hd_worker_t *owner = NULL;
+    uv_mutex_lock(&r->lock);
+    long i = registry_find(r, id);
+    if (i >= 0) {
+        owner = r->v[i]->worker;
+        registry_remove(r, r->v[i]);
+    }
+    uv_mutex_unlock(&r->lock);
+    if (!owner) {
+        hd__msg_free(m);
+        return HD_ENOSESSION;
+    }
+    hd_log_info("%s: killing session %s", c->peer, id);
+    hd__worker_post(owner, m);
+    return 0;
+}

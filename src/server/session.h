@@ -1,0 +1,84 @@
+/*
+ * session.h: sessions, the registry that names them, hello, and the admin services.
+ *
+ * A session is one client's heap and identity. It is created by a hello without a session
+ * id, owned by the worker whose connection created it, and destroyed by goodbye, by an
+ * admin's kill_session, by shutdown, or when it stays detached (no connection) longer than
+ * session_linger. Until then a hello presenting its id and resume token on any connection
+ * resumes it: the connection first moves to the owner's worker (conn.c:hd__conn_move).
+ *
+ * This file does not own connections (conn.c) or the wire format of requests (dispatch.c);
+ * it owns the hello exchange because hello is what creates and finds sessions.
+ */
+#ifndef HD_SERVER_SESSION_H
+#define HD_SERVER_SESSION_H
+
+#include "server.h"
+
+#define HD_SESSION_ID_LEN   16 /* hex digits: 64 random bits, unique among live sessions */
+#define HD_RESUME_TOKEN_LEN 32 /* hex digits: 128 random bits */
+#define HD_CLIENT_NAME_LEN  64 /* bytes of Hello.client_name kept for logs */
+
+/* A session's published counters lag its heap by at most this long, so reading them from
+ * another worker (server_stats, list_sessions) costs the owner one stats walk per interval
+ * rather than one per request. */
+#define HD_STATS_INTERVAL_MS 10
+
+/*
+ * Fields marked "locked" are written by the owner under the registry lock and read by any
+ * thread under it; the others belong to the owner's thread.
+ * Invariant: conn == NULL iff the linger timer is running (or the session is being
+ * destroyed); registered iff the session is in the registry.
+ */
+struct hd_session_s {
+    char id[HD_SESSION_ID_LEN + 1];
+    char resume_token[HD_RESUME_TOKEN_LEN + 1];
+    char client_name[HD_CLIENT_NAME_LEN];
+    hd_heap_t *heap;
+    hd_worker_t *worker;       /* the owner, for the session's whole life */
+    hd_session_t *next, *prev; /* the owner's list */
+    uv_timer_t linger;         /* runs while detached */
+    uint64_t nrequests;        /* frames dispatched */
+    uint64_t published_at;     /* hd__now_ms of the last publish */
+    uint64_t active_at;        /* hd__now_ms of the last request; published as last_active_ms */
+    int dirty;                 /* counters changed since the last publish */
+    /* locked */
+    hd_conn_t *conn; /* the attached connection, or NULL */
+    int registered;
+    char peer[HD_PEER_LEN]; /* the attached connection's peer, or the last one */
+    uint64_t pub_bytes, pub_objects, pub_requests;
+    uint64_t last_active_ms; /* hd__now_ms of the last request */
+    uint64_t created_unix;
+};
+
+/* Hello: the first frame of connection c, not yet attached. Answers it and returns 0 when c
+ * is now attached to a session. Otherwise c was answered with an error and will close, or
+ * was moved to another worker, and the caller must not touch it further (returns -1). */
+int hd__session_hello(hd_conn_t *c, const uint8_t *payload, size_t len);
+
+/* The connection dropped: the session lingers for session_linger, or is destroyed now when
+ * that is 0 or the worker is stopping. */
+void hd__session_detach(hd_session_t *s);
+/* Destroys s now: unregisters it and frees its heap; s itself is freed once its timer has
+ * closed. An attached connection is left to the caller (its session pointer is cleared). */
+void hd__session_destroy(hd_session_t *s, const char *why);
+/* An admin killed s: its connection, if any, is told ENOSESSION and closed. */
+void hd__session_kill(hd_session_t *s);
+/* Counts nframes requests just served and publishes the counters when they are due. */
+void hd__session_touch(hd_session_t *s, uint64_t nframes);
+/* The stats timer of worker w: publishes every dirty session of w. */
+void hd__sessions_publish_due(uv_timer_t *t);
+
+/* The admin services dispatch reaches through hd_server_ops_t (ctx: the calling conn). */
+int hd__sessions_server_stats(hd_conn_t *c, hd_server_stats_t *out);
+int hd__sessions_list(hd_conn_t *c, hd_session_info_t **out, size_t *n);
+int hd__sessions_kill(hd_conn_t *c, const char *id);
+
+/* Registry. */
+int hd__registry_init(hd_registry_t *r);
+void hd__registry_free(hd_registry_t *r);
+
+/* 1 if a equals secret, in time that depends only on the lengths. */
+int hd__ct_equal(const char *a, const char *secret);
+
+#endif /* HD_SERVER_SESSION_H */

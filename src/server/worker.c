@@ -1,0 +1,240 @@
+/*
+ * worker.c: the worker threads, each running its own uv loop, and their inboxes.
+ *
+ * Other threads talk to a worker only by posting a message: the listener hands it new
+ * connections, another worker moves a connection to it (a session is resumed only on the
+ * worker that owns it), main.c sends config reloads and the stop order, and an admin's
+ * kill_session on another worker names a session to destroy. Messages are handled in order,
+ * on the worker's thread, by one handler per type (the table below).
+ *
+ * This file owns the threads, the loops and the inboxes; connections are conn.c's and
+ * sessions are session.c's.
+ */
+#include "server.h"
+#include "session.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------------------------------ */
+/* Messages.                                                                                   */
+/* ------------------------------------------------------------------------------------------ */
+
+hd_msg_t *hd__msg_new(hd_msg_type_t type) {
+    hd_msg_t *m = calloc(1, sizeof *m);
+    if (m) {
+        m->type = type;
+        m->fd = -1;
+    }
+    return m;
+}
+
+/* A connection message freed without being adopted gives back what it held. */
+void hd__msg_free(hd_msg_t *m) {
+    if (!m) return;
+    if (m->fd >= 0) close(m->fd);
+    free(m->data);
+    hd_config_free(&m->cfg);
+    free(m);
+}
+
+void hd__worker_post(hd_worker_t *w, hd_msg_t *m) {
+    if (m->type == HD_MSG_CONN) atomic_fetch_add(&w->nconns, 1);
+    uv_mutex_lock(&w->inbox_lock);
+    int closed = w->state & HD_WORKER_STOPPING;
+    if (!closed) {
+        m->next = NULL;
+        if (w->inbox_tail)
+            w->inbox_tail->next = m;
+        else
+            w->inbox_head = m;
+        w->inbox_tail = m;
+        uv_async_send(&w->async);
+    }
+    uv_mutex_unlock(&w->inbox_lock);
+    if (closed) {
+        /* The worker is shutting down: a connection sent to it now just closes. */
+        if (m->type == HD_MSG_CONN) {
+            atomic_fetch_sub(&w->nconns, 1);
+            if (m->counted) atomic_fetch_sub(&w->srv->connections, 1);
+            if (m->reject) hd__listener_reject_done();
+        }
+        hd__msg_free(m);
+    }
+}
+
+hd_worker_t *hd__worker_pick(hd_server_t *srv) {
+    size_t start = srv->next_worker++ % srv->nworkers, best = start;
+    unsigned least = atomic_load(&srv->workers[start].nconns);
+    for (size_t k = 1; k < srv->nworkers; k++) {
+        size_t i = (start + k) % srv->nworkers;
+        unsigned n = atomic_load(&srv->workers[i].nconns);
+        if (n < least) least = n, best = i;
+    }
+    return &srv->workers[best];
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Handlers, one per message type.                                                             */
+/* ------------------------------------------------------------------------------------------ */
+
+static void on_msg_conn(hd_worker_t *w, hd_msg_t *m) {
+    hd__conn_adopt(w, m);
+}
+
+static void on_msg_reload(hd_worker_t *w, hd_msg_t *m) {
+    hd_config_free(&w->cfg);
+    w->cfg = m->cfg;
+    memset(&m->cfg, 0, sizeof m->cfg);
+    for (hd_session_t *s = w->sessions; s; s = s->next)
+        hd_heap_set_limits(s->heap, w->cfg.session_max_bytes, w->cfg.session_max_objects);
+    for (hd_conn_t *c = w->conns; c; c = c->next)
+        hd__conn_reconfigure(c);
+}
+
+static void on_msg_kill(hd_worker_t *w, hd_msg_t *m) {
+    for (hd_session_t *s = w->sessions; s; s = s->next) {
+        if (strcmp(s->id, m->session_id) == 0) {
+            hd__session_kill(s);
+            return;
+        }
+    }
+}
+
+static void on_stop_timeout(uv_timer_t *t) {
+    hd_worker_t *w = t->data;
+    hd_log_warn("worker %d: output still unsent after %u ms; closing connections", w->index,
+                HD_STOP_DRAIN_MS);
+    for (hd_conn_t *c = w->conns; c; c = c->next)
+        hd__conn_close(c);
+}
+
+/* Stopping: no new work; connections finish writing what they owe, then everything closes
+ * and the loop runs out of handles. The drain timer is unreferenced, so it never keeps the
+ * loop alive by itself; worker_main closes it afterwards. */
+static void on_msg_stop(hd_worker_t *w, hd_msg_t *m) {
+    uv_mutex_lock(&w->inbox_lock);
+    w->state |= HD_WORKER_STOPPING;
+    uv_mutex_unlock(&w->inbox_lock);
+    hd_conn_t *next;
+    for (hd_conn_t *c = w->conns; c; c = next) {
+        next = c->next;
+        hd__conn_finish(c);
+    }
+    hd_session_t *snext;
+    for (hd_session_t *s = w->sessions; s; s = snext) {
+        snext = s->next;
+        if (!s->conn) hd__session_destroy(s, "server stopping");
+    }
+    uv_close((uv_handle_t *)&w->async, NULL);
+    uv_close((uv_handle_t *)&w->stats_timer, NULL);
+    uv_timer_start(&w->stop_timer, on_stop_timeout, HD_STOP_DRAIN_MS, 0);
+    uv_unref((uv_handle_t *)&w->stop_timer);
+}
+
+static void (*const msg_handlers[HD_MSG_NTYPES])(hd_worker_t *, hd_msg_t *) = {
+    [HD_MSG_CONN] = on_msg_conn,
+    [HD_MSG_RELOAD] = on_msg_reload,
+    [HD_MSG_KILL] = on_msg_kill,
+    [HD_MSG_STOP] = on_msg_stop,
+};
+
+/* The doorbell: takes the whole inbox under the lock, then handles it without the lock. */
+static void on_async(uv_async_t *a) {
+    hd_worker_t *w = a->data;
+    uv_mutex_lock(&w->inbox_lock);
+    hd_msg_t *m = w->inbox_head;
+    w->inbox_head = w->inbox_tail = NULL;
+    uv_mutex_unlock(&w->inbox_lock);
+    while (m) {
+        hd_msg_t *next = m->next;
+        msg_handlers[m->type](w, m);
+        hd__msg_free(m);
+        m = next;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Threads.                                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+static void worker_main(void *arg) {
+    hd_worker_t *w = arg;
+    char name[16];
+    snprintf(name, sizeof name, "heapd-w%d", w->index);
+    pthread_setname_np(pthread_self(), name);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    /* Only the unreferenced drain timer is left. */
+    uv_close((uv_handle_t *)&w->stop_timer, NULL);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    int rc = uv_loop_close(&w->loop);
+    if (rc < 0)
+        hd_log_error("worker %d: loop still has handles at exit: %s", w->index, uv_strerror(rc));
+}
+
+int hd__workers_start(hd_server_t *srv, size_t n) {
+    srv->workers = calloc(n, sizeof *srv->workers);
+    if (!srv->workers) {
+        hd_log_error("out of memory starting %zu workers", n);
+        return -1;
+    }
+    srv->nworkers = n;
+    for (size_t i = 0; i < n; i++) {
+        hd_worker_t *w = &srv->workers[i];
+        w->index = (int)i;
+        w->srv = srv;
+        w->readbuf = malloc(HD_READBUF_SIZE);
+        int rc = w->readbuf ? uv_loop_init(&w->loop) : UV_ENOMEM;
+        if (rc == 0 && (rc = uv_mutex_init(&w->inbox_lock)) == 0 &&
+            hd_config_copy(&w->cfg, &srv->cfg) < 0)
+            rc = UV_ENOMEM;
+        if (rc == 0) rc = uv_async_init(&w->loop, &w->async, on_async);
+        if (rc < 0) {
+            hd_log_error("starting worker %zu: %s", i, uv_strerror(rc));
+            return -1;
+        }
+        w->async.data = w;
+        uv_timer_init(&w->loop, &w->stats_timer);
+        uv_timer_init(&w->loop, &w->stop_timer);
+        w->stats_timer.data = w->stop_timer.data = w;
+    }
+    for (size_t i = 0; i < n; i++) {
+        hd_worker_t *w = &srv->workers[i];
+        int rc = uv_thread_create(&w->thread, worker_main, w);
+        if (rc < 0) {
+            hd_log_error("starting worker thread %zu: %s", i, uv_strerror(rc));
+            return -1;
+        }
+        w->state |= HD_WORKER_RUNNING;
+    }
+    return 0;
+}
+
+void hd__workers_stop(hd_server_t *srv) {
+    for (size_t i = 0; i < srv->nworkers; i++) {
+        hd_msg_t *m = hd__msg_new(HD_MSG_STOP);
+        if (!m) {
+            /* Cannot stop it politely; the process is exiting anyway. */
+            hd_log_error("out of memory stopping worker %zu", i);
+            continue;
+        }
+        hd__worker_post(&srv->workers[i], m);
+    }
+    for (size_t i = 0; i < srv->nworkers; i++) {
+        hd_worker_t *w = &srv->workers[i];
+        if (w->state & HD_WORKER_RUNNING) uv_thread_join(&w->thread);
+        /* Whatever was posted after the stop order was freed by hd__worker_post. */
+        for (hd_msg_t *m = w->inbox_head, *next; m; m = next) {
+            next = m->next;
+            hd__msg_free(m);
+        }
+        uv_mutex_destroy(&w->inbox_lock);
+        hd_config_free(&w->cfg);
+        free(w->readbuf);
+    }
+    free(srv->workers);
+    srv->workers = NULL;
+    srv->nworkers = 0;
+}

@@ -1,0 +1,347 @@
+"""harness.py: starts the real heapd and talks to it over the protocol, for the server tests.
+
+Each test module imports this. The environment tells it where things are (the ctest
+registration in tests/server/CMakeLists.txt sets these):
+  HEAPD_BIN       the heapd binary (build/bin/heapd)
+  HEAPD_PB2_DIR   the directory holding heapd_pb2.py, generated at build time by protoc
+
+Daemon(config) writes a temporary YAML config (a Unix socket in a temporary directory, TCP
+on 127.0.0.1 port 0 unless told otherwise), starts heapd, waits for its "ready" log line and
+reads the addresses it listens on from its log. Client speaks the framing (4-byte big-endian
+length + one protobuf message) and collects events that arrive between responses.
+"""
+
+import atexit
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.environ.get("HEAPD_PB2_DIR", "."))
+import heapd_pb2 as pb  # noqa: E402  (generated into the build tree)
+
+HEAPD_BIN = os.environ.get("HEAPD_BIN", "build/bin/heapd")
+START_TIMEOUT = 10.0
+# What AddressSanitizer, LeakSanitizer and UBSan print (builds with HEAPD_ASAN/HEAPD_UBSAN).
+SANITIZER_RX = re.compile(r"ERROR: (Address|Leak)Sanitizer|runtime error:|SUMMARY: \w+Sanitizer")
+IO_TIMEOUT = 10.0
+
+
+RUNNING = []  # every heapd started; any still alive when the tests end is killed
+
+
+@atexit.register
+def _kill_leftovers():
+    for proc in RUNNING:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def yaml_value(v):
+    """A Python value as YAML flow text: lists, strings, numbers, booleans."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(yaml_value(x) for x in v) + "]"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return str(v)
+
+
+class Daemon:
+    """One heapd process with a temporary config; a context manager that stops it."""
+
+    def __init__(self, config=None, env=None, tcp=True, unix=True, pass_fds=(), args=None):
+        self.dir = tempfile.mkdtemp(prefix="heapd-test-")
+        self.sock_path = os.path.join(self.dir, "heapd.sock")
+        cfg = {
+            "listen": ["127.0.0.1:0"] if tcp else [],
+            "unix_socket": self.sock_path if unix else "",
+            "unix_socket_mode": "0600",
+            "workers": 2,
+            "log_level": "debug",
+        }
+        cfg.update(config or {})
+        self.config = cfg
+        self.config_path = os.path.join(self.dir, "heapd.yaml")
+        self.write_config(cfg)
+        self.env = dict(os.environ)
+        self.env.update(env or {})
+        self.pass_fds = pass_fds
+        self.args = args
+        self.proc = None
+        self.log_lines = []
+        self.log_lock = threading.Lock()
+        self.log_cond = threading.Condition(self.log_lock)
+        self.tcp_addr = None
+        self.unix_addr = None
+        self.clients = []  # closed by stop()
+
+    def write_config(self, cfg):
+        with open(self.config_path, "w") as f:
+            for k, v in cfg.items():
+                f.write("%s: %s\n" % (k, yaml_value(v)))
+
+    def start(self, wait_ready=True):
+        args = self.args or [HEAPD_BIN, "--config", self.config_path]
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, env=self.env, pass_fds=self.pass_fds)
+        RUNNING.append(self.proc)
+        self.reader = threading.Thread(target=self._read_log, daemon=True)
+        self.reader.start()
+        if wait_ready:
+            try:
+                self.wait_log(r'\bready("\})?$', START_TIMEOUT)  # text or json
+            except BaseException:
+                self.proc.kill()  # never leave a half-started daemon behind
+                self.proc.wait()
+                raise
+            for line in self.log():
+                m = re.search(r"listening on tcp (\S+):(\d+)", line)
+                if m and not self.tcp_addr:
+                    self.tcp_addr = (m.group(1).strip("[]"), int(m.group(2)))
+                m = re.search(r'listening on unix ([^\s"]+)', line)
+                if m and not self.unix_addr:
+                    self.unix_addr = m.group(1)
+        return self
+
+    def _read_log(self):
+        for raw in self.proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if os.environ.get("HEAPD_TEST_ECHO"):
+                sys.stderr.write("heapd: " + line + "\n")
+            with self.log_cond:
+                self.log_lines.append(line)
+                self.log_cond.notify_all()
+
+    def log(self):
+        with self.log_lock:
+            return list(self.log_lines)
+
+    def wait_log(self, pattern, timeout=IO_TIMEOUT, start=0):
+        """Waits for a log line (from index start on) matching pattern; returns it."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self.log_cond:
+            while True:
+                for line in self.log_lines[start:]:
+                    if rx.search(line):
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self.reader.is_alive()):
+                    raise AssertionError("no log line matching %r; log:\n%s"
+                                         % (pattern, "\n".join(self.log_lines[-40:])))
+                self.log_cond.wait(min(left, 0.1))
+
+    def connect(self, unix=True, **kw):
+        addr = self.unix_addr if unix and self.unix_addr else None
+        c = Client(addr or self.tcp_addr, **kw)
+        self.clients.append(c)
+        return c
+
+    def session(self, unix=True, **hello):
+        """A connected client that has said hello; fails the test if hello fails."""
+        c = self.connect(unix)
+        r = c.hello(**hello)
+        if r.status.code != 0:
+            raise AssertionError("hello failed: %s %s" % (r.status.name, r.status.message))
+        return c
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def wait_exit(self, timeout=10.0):
+        return self.proc.wait(timeout)
+
+    def stop(self):
+        """Stops heapd with SIGTERM if it still runs and returns its exit status. Fails when
+        it does not exit 0 after that SIGTERM, or when a sanitizer reported anything."""
+        for c in self.clients:
+            c.close()
+        stopped_here = self.proc and self.proc.poll() is None
+        if stopped_here:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc:
+            self.reader.join(5)
+            self.proc.stderr.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if not self.proc:
+            return None
+        bad = [l for l in self.log() if SANITIZER_RX.search(l)]
+        if bad:
+            raise AssertionError("sanitizer report from heapd:\n" + "\n".join(self.log()[-60:]))
+        if stopped_here and self.proc.returncode != 0:
+            raise AssertionError("heapd exited %d after SIGTERM; log:\n%s"
+                                 % (self.proc.returncode, "\n".join(self.log()[-30:])))
+        return self.proc.returncode
+
+    def __enter__(self):
+        return self if self.proc else self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def read_file(path):
+    with open(path) as f:
+        return f.read()
+
+
+def frame(msg_bytes):
+    return struct.pack(">I", len(msg_bytes)) + msg_bytes
+
+
+def make_request(rid, op, **fields):
+    """Request(id=rid) with its `op` oneof set to that op's message built from fields."""
+    mt = pb.Request.DESCRIPTOR.fields_by_name[op].message_type
+    cls = getattr(pb, mt.name)
+    return pb.Request(id=rid, **{op: cls(**fields)})
+
+
+class Closed(Exception):
+    """The server closed the connection."""
+
+
+class Client:
+    """A blocking protocol client. Events received while waiting are kept in .events."""
+
+    def __init__(self, addr, timeout=IO_TIMEOUT):
+        if isinstance(addr, str):
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        else:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(addr)
+        except OSError:
+            self.sock.close()
+            raise
+        self.buf = b""
+        self.next_id = 1
+        self.events = []
+        self.hello_result = None
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- bytes and frames ------------------------------------------------------------------
+
+    def send_raw(self, data):
+        self.sock.sendall(data)
+
+    def send_request(self, req):
+        self.send_raw(frame(pb.ClientFrame(request=req).SerializeToString()))
+
+    def _fill(self, n):
+        while len(self.buf) < n:
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                raise Closed("connection closed by the server")
+            self.buf += chunk
+
+    def recv_frame(self):
+        self._fill(4)
+        (n,) = struct.unpack(">I", self.buf[:4])
+        self._fill(4 + n)
+        data, self.buf = self.buf[4:4 + n], self.buf[4 + n:]
+        f = pb.ServerFrame()
+        f.ParseFromString(data)
+        return f
+
+    def recv_response(self):
+        """The next response; events before it go to self.events."""
+        while True:
+            f = self.recv_frame()
+            if f.WhichOneof("kind") == "response":
+                return f.response
+            self.events.append(f.event)
+
+    def expect_closed(self, timeout=IO_TIMEOUT):
+        """Reads until EOF; returns the responses received before it."""
+        self.sock.settimeout(timeout)
+        got = []
+        try:
+            while True:
+                got.append(self.recv_response())
+        except (Closed, ConnectionResetError, BrokenPipeError):
+            return got
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def req(self, op, **fields):
+        rid = self.next_id
+        self.next_id += 1
+        return make_request(rid, op, **fields)
+
+    def send(self, op, **fields):
+        r = self.req(op, **fields)
+        self.send_request(r)
+        return r.id
+
+    def call(self, op, **fields):
+        rid = self.send(op, **fields)
+        resp = self.recv_response()
+        assert resp.id == rid, "response id %d for request %d" % (resp.id, rid)
+        return resp
+
+    def ok(self, op, **fields):
+        """call() that fails unless the status is OK; returns the result (or the response)."""
+        resp = self.call(op, **fields)
+        if resp.status.code != 0:
+            raise AssertionError("%s failed: %s %s" % (op, resp.status.name, resp.status.message))
+        which = resp.WhichOneof("result")
+        return getattr(resp, which) if which else resp
+
+    def hello(self, **fields):
+        fields.setdefault("protocol_version", 1)
+        fields.setdefault("client_name", "harness")
+        resp = self.call("hello", **fields)
+        if resp.status.code == 0:
+            self.hello_result = resp.hello
+        return resp
+
+    def alloc(self, size=0, slots=0, **kw):
+        return self.ok("alloc", size=size, slots=slots, **kw).handle
+
+
+def status_name(resp):
+    return resp.status.name
+
+
+def wait_until(pred, timeout=5.0, interval=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    return pred()
+
+
+def main():
+    unittest.main(verbosity=2)

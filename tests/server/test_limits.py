@@ -1,0 +1,174 @@
+"""test_limits.py: each configured limit, enforced by the real heapd.
+
+max_connections, max_sessions, the frame limits (4096 bytes before hello, max_frame_bytes
+after), session_max_bytes and session_max_objects, idle_timeout (and the hello deadline),
+output_buffer_limit (pause and resume; disconnect far over it).
+"""
+
+import socket
+import struct
+import time
+
+import harness as h
+from harness import pb
+
+
+def pipelined(c, reqs):
+    c.send_raw(b"".join(h.frame(pb.ClientFrame(request=r).SerializeToString()) for r in reqs))
+
+
+class LimitsTest(h.unittest.TestCase):
+    def daemon(self, **cfg):
+        self.d = h.Daemon(cfg).start()
+        self.addCleanup(self.d.stop)
+        return self.d
+
+    def test_max_connections(self):
+        d = self.daemon(max_connections=3)
+        held = [d.session() for _ in range(3)]
+        extra = d.connect(unix=False)
+        r = extra.hello()
+        self.assertEqual(r.status.name, "ETOOMANY")
+        self.assertEqual(extra.expect_closed(), [])
+        d.wait_log("too many connections")
+        held.pop().close()
+        # The slot comes back once the server has seen the close.
+        def try_again():
+            c = d.connect()
+            return c if c.hello().status.code == 0 else None
+        self.assertIsNotNone(h.wait_until(try_again))
+
+    def test_max_sessions_counts_detached_ones(self):
+        d = self.daemon(max_sessions=2)
+        a = d.session()
+        b = d.session()
+        b.close()  # detached, still counted
+        d.wait_log("session %s detached" % b.hello_result.session_id)
+        c = d.connect()
+        r = c.hello()
+        self.assertEqual(r.status.name, "ETOOMANY")
+        self.assertEqual(c.expect_closed(), [])
+        a.call("goodbye")
+        a.expect_closed()
+        d.wait_log("session %s destroyed" % a.hello_result.session_id)
+        self.assertEqual(d.connect().hello().status.code, 0)
+
+    def test_frame_limit_before_hello(self):
+        d = self.daemon()
+        c = d.connect()
+        c.send_raw(struct.pack(">I", 4097) + b"\0" * 100)
+        got = c.expect_closed()
+        self.assertEqual([r.status.name for r in got], ["EFRAME"])
+        d.wait_log("frame longer than 4096 bytes before hello")
+        # A hello of just under 4096 bytes is fine.
+        c = d.connect()
+        r = c.hello(client_name="x" * 4000)
+        self.assertEqual(r.status.code, 0)
+
+    def test_frame_limit_after_hello(self):
+        d = self.daemon(max_frame_bytes="16KiB")
+        c = d.session()
+        self.assertEqual(c.hello_result.limits.max_frame_bytes, 16384)
+        o = c.alloc(size=16000)
+        c.ok("write", handle=o, offset=0, data=b"x" * 15000)  # under the limit
+        # max_read_bytes keeps a response inside the frame limit.
+        self.assertEqual(c.hello_result.limits.max_read_bytes, 16384 - 4096)
+        self.assertEqual(c.call("read", handle=o, offset=0, length=15000).status.name, "ERANGE")
+        c.send("write", handle=o, offset=0, data=b"x" * 17000)
+        got = c.expect_closed()
+        self.assertEqual([r.status.name for r in got], ["EFRAME"])
+        # The session outlived the connection, its heap as it was.
+        c2 = d.connect()
+        r = c2.hello(session_id=c.hello_result.session_id,
+                     resume_token=c.hello_result.resume_token)
+        self.assertEqual(r.status.code, 0)
+        self.assertEqual(c2.ok("read", handle=o, offset=0, length=3).data, b"xxx")
+
+    def test_session_max_bytes(self):
+        d = self.daemon(session_max_bytes="64KiB")
+        c = d.session()
+        self.assertEqual(c.hello_result.limits.max_bytes, 65536)
+        handles = []
+        while True:
+            r = c.call("alloc", size=4000)
+            if r.status.code:
+                break
+            handles.append(r.alloc.handle)
+        self.assertEqual(r.status.name, "ELIMIT")
+        self.assertLessEqual(len(handles), 17)
+        before = c.ok("heap_stats")
+        self.assertEqual(c.call("alloc", size=4000).status.name, "ELIMIT")
+        after = c.ok("heap_stats")
+        self.assertEqual((before.objects, before.object_bytes),
+                         (after.objects, after.object_bytes))
+        c.ok("decref", handle=handles[0])
+        c.alloc(size=100)  # room again
+
+    def test_session_max_objects(self):
+        d = self.daemon(session_max_objects=10)
+        c = d.session()
+        for _ in range(10):
+            c.alloc(size=8)
+        self.assertEqual(c.call("alloc", size=8).status.name, "ELIMIT")
+        self.assertEqual(c.ok("heap_stats").objects, 10)
+        c.ok("ping")
+
+    def test_idle_timeout(self):
+        d = self.daemon(idle_timeout="300ms")
+        c = d.session()
+        hr = c.hello_result
+        t0 = time.monotonic()
+        got = c.expect_closed(timeout=5)
+        self.assertLess(time.monotonic() - t0, 3)
+        self.assertEqual([r.status.name for r in got], ["ETIMEDOUT"])
+        d.wait_log("idle for 300 ms; closing")
+        # Idle is a dropped connection: the session waits to be resumed.
+        c2 = d.connect()
+        self.assertEqual(c2.hello(session_id=hr.session_id,
+                                  resume_token=hr.resume_token).status.code, 0)
+
+    def test_busy_connection_is_not_idle(self):
+        d = self.daemon(idle_timeout="300ms")
+        c = d.session()
+        for _ in range(8):
+            time.sleep(0.1)
+            c.ok("ping")
+
+    def test_hello_deadline(self):
+        d = self.daemon(idle_timeout="300ms")
+        c = d.connect()
+        got = c.expect_closed(timeout=5)
+        self.assertEqual([r.status.name for r in got], ["ETIMEDOUT"])
+        d.wait_log("no hello for 300 ms")
+
+    def test_output_buffer_pauses_and_resumes(self):
+        d = self.daemon(output_buffer_limit="64KiB")
+        c = d.session()
+        o = c.alloc(size=8192)
+        n = 400  # 3.2 MB of answers, far more than the socket buffers hold
+        reqs = [c.req("read", handle=o, offset=0, length=8192) for _ in range(n)]
+        pipelined(c, reqs)
+        d.wait_log("over output_buffer_limit; pausing")
+        time.sleep(0.2)
+        for r in reqs:
+            resp = c.recv_response()
+            self.assertEqual((resp.id, resp.status.code, len(resp.read.data)), (r.id, 0, 8192))
+        d.wait_log("output drained .* reading again")
+        c.ok("ping")
+
+    def test_output_far_over_the_limit_disconnects(self):
+        d = self.daemon(output_buffer_limit="16KiB", max_frame_bytes="1MiB")
+        c = d.session()
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        o = c.alloc(size=200000)
+        reqs = [c.req("read", handle=o, offset=0, length=200000) for _ in range(20)]
+        pipelined(c, reqs)
+        line = d.wait_log("unsent output, over 4 x output_buffer_limit .*; disconnecting")
+        self.assertIn("16384", line)
+        c.expect_closed()
+        # Only that connection went: the session lingers and the server serves others.
+        d.session().ok("ping")
+
+
+if __name__ == "__main__":
+    h.main()

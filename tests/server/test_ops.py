@@ -1,0 +1,289 @@
+"""test_ops.py: every request of the protocol against the real heapd, pipelining, batch, events.
+
+One daemon serves the whole module; each test opens its own session. test_every_operation
+checks that the requests used in this module cover every op of heapd.proto.
+"""
+
+import socket
+
+import harness as h
+from harness import pb
+
+USED_OPS = set()
+
+
+class Recording(h.Client):
+    """A client that remembers which ops it sent."""
+
+    def req(self, op, **fields):
+        USED_OPS.add(op)
+        return super().req(op, **fields)
+
+
+def session(daemon, **hello):
+    c = Recording(daemon.unix_addr)
+    daemon.clients.append(c)
+    r = c.hello(**hello)
+    assert r.status.code == 0, r.status
+    return c
+
+
+class OpsTest(h.unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.d = h.Daemon({"admin_tokens": ["adm1n"]}).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.stop()
+
+    def setUp(self):
+        self.c = session(self.d)
+
+    def tearDown(self):
+        self.c.close()
+
+    # -- objects -------------------------------------------------------------------------------
+
+    def test_objects(self):
+        c = self.c
+        a = c.alloc(size=32, slots=2, tag="Node", site="test.py:1", data=b"hello")
+        b = c.alloc(size=8)
+        self.assertNotEqual(a, 0)
+        self.assertEqual(c.ok("read", handle=a, offset=0, length=5).data, b"hello")
+        c.ok("write", handle=a, offset=5, data=b" world")
+        self.assertEqual(c.ok("read", handle=a, offset=0, length=11).data, b"hello world")
+        self.assertEqual(c.call("read", handle=a, offset=30, length=8).status.name, "ERANGE")
+        c.ok("set_slot", handle=a, index=0, target=b)
+        got = c.ok("get_slot", handle=a, index=0).handle
+        self.assertEqual(got & 0xFFFFFFFF, b & 0xFFFFFFFF)
+        # b: one client ref from alloc, one from get_slot, one from a's slot.
+        self.assertEqual(c.ok("getrefcount", handle=b).value, 3)
+        c.ok("decref", handle=got)
+        c.ok("incref", handle=a, n=2)
+        info = c.ok("obj_info", handle=a)
+        self.assertEqual((info.client_refs, info.size, info.slots, info.tag, info.site),
+                         (3, 32, 2, "Node", "test.py:1"))
+        self.assertTrue(info.tracked)
+        self.assertGreaterEqual(c.ok("getsizeof", handle=a).value, 32)
+        c.ok("decref", handle=a, n=3)
+        self.assertEqual(c.call("obj_info", handle=a).status.name, "ENOOBJ")
+        c.ok("decref", handle=b)
+
+    def test_unknown_handle_and_bad_argument_keep_the_connection(self):
+        c = self.c
+        a = c.alloc(size=8)
+        self.assertEqual(c.call("decref", handle=0xDEAD00000001).status.name, "ENOOBJ")
+        self.assertEqual(c.call("alloc", size=8, slots=70000).status.name, "EINVAL")
+        self.assertEqual(c.call("decref", handle=a, n=5).status.name, "EREFS")
+        self.assertEqual(c.ok("heap_stats").objects, 1)
+        c.ok("ping")
+
+    # -- the collector -------------------------------------------------------------------------
+
+    def test_gc(self):
+        c = self.c
+        self.assertTrue(c.ok("gc_isenabled").value)
+        c.ok("gc_disable")
+        self.assertFalse(c.ok("gc_isenabled").value)
+        c.ok("gc_set_threshold", threshold=[500, 5, 5])
+        self.assertEqual(list(c.ok("gc_get_threshold").threshold), [500, 5, 5])
+        # A two-object cycle without client references is garbage.
+        x, y = c.alloc(slots=1), c.alloc(slots=1)
+        c.ok("set_slot", handle=x, index=0, target=y)
+        c.ok("set_slot", handle=y, index=0, target=x)
+        self.assertEqual(len(c.ok("gc_get_count").count), 3)
+        self.assertTrue(c.ok("gc_is_tracked", handle=x).value)
+        refs = c.ok("gc_get_referrers", handles=[x], borrow=True).handles
+        self.assertEqual([r & 0xFFFFFFFF for r in refs], [y & 0xFFFFFFFF])
+        refs = c.ok("gc_get_referents", handles=[x], borrow=True).handles
+        self.assertEqual([r & 0xFFFFFFFF for r in refs], [y & 0xFFFFFFFF])
+        page = c.ok("gc_get_objects", generation=0, max=1, borrow=True)
+        self.assertEqual(len(page.handles), 1)
+        if page.next_cursor:
+            c.ok("gc_close_cursor", cursor=page.next_cursor)
+        c.ok("decref", handle=x)
+        c.ok("decref", handle=y)
+        self.assertEqual(c.ok("gc_collect").value, 2)
+        self.assertEqual(c.ok("gc_collect", generation=0).value, 0)
+        stats = c.ok("gc_get_stats").generations
+        self.assertEqual(len(stats), 3)
+        self.assertGreaterEqual(stats[2].collected, 2)
+        # DEBUG_SAVEALL keeps garbage in gc.garbage.
+        c.ok("gc_set_debug", flags=32)
+        self.assertEqual(c.ok("gc_get_debug").value, 32)
+        x, y = c.alloc(slots=1), c.alloc(slots=1)
+        c.ok("set_slot", handle=x, index=0, target=y)
+        c.ok("set_slot", handle=y, index=0, target=x)
+        c.ok("decref", handle=x)
+        c.ok("decref", handle=y)
+        c.ok("gc_collect")
+        self.assertEqual(c.ok("gc_garbage", borrow=True).total, 2)
+        c.ok("gc_garbage_clear")
+        self.assertEqual(c.ok("gc_garbage").total, 0)
+        c.ok("gc_set_debug", flags=0)
+        c.ok("gc_collect")  # the cleared garbage is a cycle still: collect it for real
+        keep = c.alloc(slots=1)
+        c.ok("gc_freeze")
+        self.assertEqual(c.ok("gc_get_freeze_count").value, 1)
+        c.ok("gc_unfreeze")
+        self.assertEqual(c.ok("gc_get_freeze_count").value, 0)
+        c.ok("decref", handle=keep)
+        c.ok("gc_enable")
+
+    # -- weak references -----------------------------------------------------------------------
+
+    def test_weakrefs(self):
+        c = self.c
+        o = c.alloc(size=8)
+        w = c.ok("weakref_new", handle=o).weak
+        got = c.ok("weakref_get", weak=w).handle
+        self.assertEqual(got & 0xFFFFFFFF, o & 0xFFFFFFFF)
+        c.ok("decref", handle=got)
+        c.ok("decref", handle=o)
+        self.assertEqual(c.ok("weakref_get", weak=w).handle, 0)
+        c.ok("weakref_free", weak=w)
+        self.assertEqual(c.call("weakref_free", weak=w).status.name, "ENOWEAK")
+
+    # -- tracing -------------------------------------------------------------------------------
+
+    def test_tracing(self):
+        c = self.c
+        self.assertEqual(c.call("trace_snapshot").status.name, "ENOTRACE")
+        c.ok("trace_start")
+        self.assertTrue(c.ok("trace_is_tracing").value)
+        s1 = c.ok("trace_snapshot").snapshot
+        objs = [c.alloc(size=64, site="a.py:1", tag="A") for _ in range(3)]
+        objs.append(c.alloc(size=16, site="b.py:2", tag="B"))
+        mem = c.ok("trace_get_traced_memory")
+        self.assertGreater(mem.current, 0)
+        self.assertGreaterEqual(mem.peak, mem.current)
+        s2 = c.ok("trace_snapshot").snapshot
+        st = c.ok("trace_statistics", snapshot=s2, group=pb.BY_SITE).stats
+        self.assertEqual(st[0].key, "a.py:1")
+        self.assertEqual(st[0].count, 3)
+        diff = c.ok("trace_compare", snapshot=s2, old_snapshot=s1, group=pb.BY_TAG).stats
+        self.assertEqual(diff[0].key, "A")
+        self.assertEqual(diff[0].count_diff, 3)
+        c.ok("trace_snapshot_free", snapshot=s1)
+        c.ok("trace_snapshot_free", snapshot=s2)
+        c.ok("trace_reset_peak")
+        c.ok("trace_clear")
+        c.ok("trace_stop")
+        self.assertFalse(c.ok("trace_is_tracing").value)
+        for o in objs:
+            c.ok("decref", handle=o)
+
+    # -- session requests ----------------------------------------------------------------------
+
+    def test_ping_stats_goodbye(self):
+        c = self.c
+        self.assertGreater(c.ok("ping").server_time_unix_ns, 0)
+        c.alloc(size=8)
+        st = c.ok("heap_stats")
+        self.assertEqual(st.objects, 1)
+        r = c.call("goodbye")
+        self.assertEqual(r.status.code, 0)
+        self.assertEqual(c.expect_closed(), [])
+
+    def test_admin_requests(self):
+        adm = session(self.d, token="adm1n")
+        self.assertTrue(adm.hello_result.admin)
+        st = adm.ok("server_stats")
+        self.assertGreaterEqual(st.sessions, 2)
+        ids = [s.id for s in adm.ok("list_sessions").sessions]
+        self.assertIn(self.c.hello_result.session_id, ids)
+        victim = session(self.d)
+        adm.ok("kill_session", session_id=victim.hello_result.session_id)
+        got = victim.expect_closed()
+        self.assertTrue(all(r.status.name == "ENOSESSION" for r in got))
+        self.assertEqual(adm.call("kill_session", session_id="nope").status.name, "ENOSESSION")
+        # A plain session may not.
+        self.assertEqual(self.c.call("server_stats").status.name, "EPERM")
+        adm.close()
+
+    # -- pipelining and batches ----------------------------------------------------------------
+
+    def test_pipelining(self):
+        c = self.c
+        reqs = [c.req("alloc", size=16) for _ in range(500)] + [c.req("heap_stats")]
+        c.send_raw(b"".join(h.frame(pb.ClientFrame(request=r).SerializeToString())
+                            for r in reqs))
+        resps = [c.recv_response() for _ in reqs]
+        self.assertEqual([r.id for r in resps], [r.id for r in reqs])
+        self.assertTrue(all(r.status.code == 0 for r in resps))
+        self.assertEqual(resps[-1].heap_stats.objects, 500)
+        handles = [r.alloc.handle for r in resps[:-1]]
+        reqs = [c.req("decref", handle=x) for x in handles]
+        c.send_raw(b"".join(h.frame(pb.ClientFrame(request=r).SerializeToString())
+                            for r in reqs))
+        self.assertTrue(all(c.recv_response().status.code == 0 for _ in reqs))
+        self.assertEqual(c.ok("heap_stats").objects, 0)
+
+    def test_batch(self):
+        c = self.c
+        ops = [h.make_request(i, "alloc", size=8, slots=1) for i in range(1, 4)]
+        ops.append(h.make_request(4, "decref", handle=12345))
+        ops.append(h.make_request(5, "ping"))
+        res = c.ok("batch", ops=ops).results
+        self.assertEqual(len(res), 5)
+        self.assertEqual([r.status.code == 0 for r in res], [True, True, True, False, True])
+        self.assertEqual(res[3].status.name, "ENOOBJ")
+        self.assertEqual(c.ok("heap_stats").objects, 3)
+        bad = c.ok("batch", ops=[h.make_request(1, "goodbye")]).results
+        self.assertEqual(bad[0].status.name, "EINVAL")
+        c.ok("ping")  # the session is still there
+
+    # -- events --------------------------------------------------------------------------------
+
+    def test_events_follow_their_response(self):
+        c = self.c
+        mask = (1 << pb.FINALIZED) | (1 << pb.WEAKREF_CLEARED) | (1 << pb.GC_START) | (
+            1 << pb.GC_STOP)
+        self.assertEqual(c.ok("set_events", mask=mask).mask, mask)
+        o = c.alloc(size=8, tag="Fin", flags=pb.OBJ_FINALIZER)
+        # decref's response comes first, then the FINALIZED event, then ping's response.
+        d = c.send("decref", handle=o)
+        p = c.send("ping")
+        f1 = c.recv_frame()
+        f2 = c.recv_frame()
+        f3 = c.recv_frame()
+        self.assertEqual((f1.WhichOneof("kind"), f1.response.id), ("response", d))
+        self.assertEqual(f2.event.WhichOneof("kind"), "finalized")
+        self.assertEqual(f2.event.finalized.tag, "Fin")
+        self.assertEqual((f3.WhichOneof("kind"), f3.response.id), ("response", p))
+        # A cycle holding a weakly referenced object: the collection reports start, the
+        # cleared weak reference and stop, all after the collect response.
+        x, y = c.alloc(slots=1), c.alloc(slots=1)
+        c.ok("set_slot", handle=x, index=0, target=y)
+        c.ok("set_slot", handle=y, index=0, target=x)
+        w = c.ok("weakref_new", handle=x, notify=True).weak
+        c.ok("decref", handle=x)
+        c.ok("decref", handle=y)
+        c.events.clear()
+        r = c.call("gc_collect")
+        self.assertEqual(r.status.code, 0)
+        self.assertEqual(c.events, [])
+        c.ok("ping")
+        kinds = [e.WhichOneof("kind") for e in c.events]
+        self.assertEqual(kinds[0], "gc_start")
+        self.assertIn("weakref_cleared", kinds)
+        self.assertEqual(kinds[-1], "gc_stop")
+        cleared = [e.weakref_cleared.weak for e in c.events if e.HasField("weakref_cleared")]
+        self.assertEqual(cleared, [w])
+
+    def test_tcp_too(self):
+        with h.Client(self.d.tcp_addr) as t:
+            self.assertEqual(t.hello().status.code, 0)
+            t.alloc(size=8)
+            self.assertEqual(t.ok("heap_stats").objects, 1)
+
+    def test_zz_every_operation(self):
+        """Runs last (alphabetically): the tests above covered every op of the protocol."""
+        all_ops = {f.name for f in pb.Request.DESCRIPTOR.oneofs_by_name["op"].fields}
+        batched = {"alloc", "decref", "ping", "goodbye"}
+        self.assertEqual(sorted(all_ops - USED_OPS - batched), [])
+
+
+if __name__ == "__main__":
+    h.main()
