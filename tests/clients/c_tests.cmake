@@ -19,5 +19,15 @@ if(PYTHON3)
     add_test(NAME clients.heapctl
              COMMAND ${PYTHON3} ${CMAKE_CURRENT_LIST_DIR}/test_heapctl.py
                      $<TARGET_FILE:heapctl> $<TARGET_FILE:heapd> ${CMAKE_BINARY_DIR})
-    set_tests_properties(clients.heapctl PROPERTIES TIMEOUT 300)
+    # The install test compiles a program against the installed library: in a sanitizer
+    # build it needs the same runtime, or the library cannot load.
+    set(HD_SAN_FLAGS "")
+    if(HEAPD_ASAN)
+        string(APPEND HD_SAN_FLAGS " -fsanitize=address")
+    endif()
+    if(HEAPD_UBSAN)
+        string(APPEND HD_SAN_FLAGS " -fsanitize=undefined")
+    endif()
+    set_tests_properties(clients.heapctl PROPERTIES TIMEOUT 300
+                         ENVIRONMENT "HEAPD_TEST_CFLAGS=${HD_SAN_FLAGS}")
 endif()

@@ -462,8 +462,9 @@ class Install(unittest.TestCase):
             )
         exe = os.path.join(TMP, "hello")
         cc = os.environ.get("CC", "cc")
-        subprocess.run([cc, "-std=c11", "-Wall", "-Werror", src, "-o", exe] + flags, env=env,
-                       check=True, timeout=120)
+        san = os.environ.get("HEAPD_TEST_CFLAGS", "").split()
+        subprocess.run([cc, "-std=c11", "-Wall", "-Werror"] + san + [src, "-o", exe] + flags,
+                       env=env, check=True, timeout=120)
         libdir = [f[2:] for f in flags if f.startswith("-L")][0]
         r = subprocess.run([exe, "unix:" + SOCK], capture_output=True, text=True, timeout=30,
                            env=dict(os.environ, LD_LIBRARY_PATH=libdir))
