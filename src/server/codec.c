@@ -8,6 +8,7 @@
  */
 #include "codec.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -181,6 +182,26 @@ int hd_frame_write_msg(hd_buf_t *out, const ProtobufCMessage *msg) {
     put_be32(out->data + out->len, (uint32_t)len);
     size_t packed = protobuf_c_message_pack(msg, out->data + out->len + HD_FRAME_HEADER);
     if (packed != len) return HD_EINTERNAL;
+    out->len += HD_FRAME_HEADER + len;
+    return 0;
+}
+
+int hd_frame_write_packed(hd_buf_t *out, size_t max, size_t (*pack)(const void *obj, uint8_t *dst),
+                          const void *obj) {
+    if (max == 0 || max > HD_FRAME_MAX_LIMIT) return HD_EFRAME;
+    int rc = hd_buf_reserve(out, HD_FRAME_HEADER + max);
+    if (rc < 0) return rc;
+    uint8_t *p = out->data + out->len;
+    size_t len = pack(obj, p + HD_FRAME_HEADER);
+    if (len > max) {
+        /* Packing is unchecked: the bytes past the reservation may belong to someone else
+         * now, and carrying on could turn a sizing bug into silent damage. */
+        fprintf(stderr, "hd_frame_write_packed: packed %zu bytes, over the bound of %zu\n", len,
+                max);
+        abort();
+    }
+    if (len == 0) return HD_EFRAME;
+    put_be32(p, (uint32_t)len);
     out->len += HD_FRAME_HEADER + len;
     return 0;
 }

@@ -96,5 +96,14 @@ int hd_frame_write(hd_buf_t *out, const void *payload, size_t len);
 /* Packs msg into out behind its length prefix. HD_EFRAME if it packs to 0 bytes or more
  * than 32 bits of length. Borrows msg. */
 int hd_frame_write_msg(hd_buf_t *out, const ProtobufCMessage *msg);
+/* Appends a frame whose payload pack(obj, dst) writes in place, in one pass: reserves the
+ * prefix and max bytes, packs behind the prefix, then writes the length. For payloads whose
+ * size is bounded by construction, this saves sizing them first (for a protobuf-c message,
+ * protobuf_c_message_get_packed_size: a walk as long as packing). pack returns the bytes it
+ * wrote, which must be at most max: more is a caller's bug that may have written past the
+ * reservation, and the process aborts. HD_EFRAME if it wrote 0 bytes or max is over 32 bits
+ * of length. */
+int hd_frame_write_packed(hd_buf_t *out, size_t max, size_t (*pack)(const void *obj, uint8_t *dst),
+                          const void *obj);
 
 #endif /* HD_CODEC_H */

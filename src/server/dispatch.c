@@ -5,16 +5,25 @@
  *   1. scan          a walk over the raw bytes that bounds nesting and message count (the
  *                    protobuf-c decoder recurses per level and allocates per message) and
  *                    recovers the request id even when the frame cannot be decoded;
- *   2. decode        protobuf-c unpacks the ClientFrame;
+ *   2. decode        the usual envelope (ClientFrame > Request) is read by hand, scanning and
+ *                    unpacking only the op with protobuf-c; any other frame is scanned whole
+ *                    and protobuf-c unpacks the ClientFrame;
  *   3. run_op        finds the op's row in the request table, checks admin and batch rules,
  *                    calls the handler, which range-checks its arguments, calls the engine and
  *                    builds the result; an error becomes the response's status;
- *   4. frame         the ServerFrame is packed behind its length prefix into the output.
+ *   4. frame         the ServerFrame is packed behind its length prefix into the output, in
+ *                    one pass (envelope by hand) when its size is bounded.
  *
- * Everything a response points at is allocated from the frame's holds (one list freed after
- * packing), so handlers never free on their error paths. Handlers that mutate the heap
- * allocate their result before calling the engine, so a failure to allocate never follows a
- * change: every error leaves the heap as it was (the engine promises the same for its calls).
+ * Everything a frame allocates, from the decoded request to the last string of its response,
+ * comes from the thread's frame arena and is dropped at once when the response is packed, so
+ * handlers never free on their error paths and nothing walks the decoded request to free it.
+ * Handlers that mutate the heap allocate their result before calling the engine, so a failure
+ * to allocate never follows a change: every error leaves the heap as it was (the engine
+ * promises the same for its calls).
+ *
+ * Packing: a response whose size is bounded by construction (HD_DISPATCH_OP_RESERVE: a status,
+ * or the result of an op whose row is not marked `grows`) is packed in one pass straight into
+ * the output; only results that grow with the request or the heap are sized first.
  *
  * Response budget: results that grow with the request (read data, handle lists, statistics,
  * a batch's results) draw on c->budget, which starts at max_read_bytes. See dispatch.h for the
@@ -26,6 +35,8 @@
 #include "dispatch.h"
 
 #include <assert.h>
+#include <pthread.h>
+#include <stdalign.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -59,6 +70,27 @@ typedef Heapd__V1__Status status_t;
 #define HANDLE_WIRE_BYTES 8u
 /* A batch result's per-op overhead beyond the op's response: its field tag and length. */
 #define BATCH_ENTRY_OVERHEAD 6u
+/* The most a ServerFrame around a bounded Response packs to: the response's field tag and a
+ * 2-byte length on top of HD_DISPATCH_OP_RESERVE. */
+#define SMALL_FRAME_MAX (HD_DISPATCH_OP_RESERVE + 3u)
+
+_Static_assert(HD_DISPATCH_OP_RESERVE < (1u << 14), "a bounded response's length takes 2 bytes");
+
+#define likely(x)   __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+
+/* Sanitizer and debug builds poison the arena's free space (ASan) and check the hand-made
+ * envelope against protobuf-c on every frame (DISPATCH_CHECKS). */
+#if defined(__SANITIZE_ADDRESS__)
+#define DISPATCH_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define DISPATCH_ASAN 1
+#endif
+#endif
+#if defined(DISPATCH_ASAN) || !defined(NDEBUG)
+#define DISPATCH_CHECKS 1
+#endif
 
 _Static_assert(HEAPD__V1__OBJ_FLAG__OBJ_FINALIZER == HD_OBJ_FINALIZER, "ObjFlag = HD_OBJ_*");
 _Static_assert(HEAPD__V1__OBJ_FLAG__OBJ_LEGACY_FINALIZER == HD_OBJ_LEGACY_FINALIZER,
@@ -79,10 +111,287 @@ _Static_assert(HD_DISPATCH_DEFAULT_READ + HD_DISPATCH_FRAME_SLACK <= HD_FRAME_MA
                "the default budget fits a frame");
 
 /* ------------------------------------------------------------------------------------------ */
-/* The frame's context and its holds: the memory a response points at.                        */
+/* The frame arena: the memory of one frame, from its decoded request to its packed response.  */
 /* ------------------------------------------------------------------------------------------ */
 
-/* One allocation; release (if any) runs on the payload before the hold is freed. */
+/*
+ * A frame's decoded ClientFrame, its result messages, error strings and holds are all
+ * bump-allocated from the calling thread's arena and dropped together once the response is
+ * packed: no malloc and free per message, and no protobuf_c_message_free_unpacked, a walk over
+ * every field descriptor of every decoded message (53 for a Request) looking for pointers.
+ * protobuf-c's free calls (on its error paths, or when a field repeats) do nothing: the
+ * memory comes back at the end of the frame.
+ *
+ * Blocks: `home` is kept from frame to frame; when a frame outgrows it, spill blocks come from
+ * malloc and go back at the frame's end. An allocation over ARENA_BIG (a large write's data, a
+ * large read's buffer) gets a spill block of its own and leaves the current block to the small
+ * ones, so a large frame costs what it did with plain malloc: one malloc and free per large
+ * piece.
+ *
+ * Sizing: `used` counts the bytes of a frame's small allocations. A frame that used more than
+ * home holds grows home, for the next frame, to the power of two that would have held it, up
+ * to ARENA_MAX. Every ARENA_WINDOW frames home shrinks back to what the largest frame of the
+ * window used, if that was a quarter of it or less: one huge batch does not pin its memory.
+ * Between frames: spills == NULL, home_cap is 0 (a thread that cannot free its arena at exit
+ * keeps no home) or a power of two in [ARENA_MIN, ARENA_MAX], and home is NULL or holds
+ * home_cap bytes.
+ */
+
+/* A request and its response take a few hundred bytes (alloc with its result: about 300); a
+ * batch of 100 ops about 15 KiB. */
+#define ARENA_MIN (16u * 1024u)
+/* Home's limit, per thread: a batch of about 2000 ops decodes in it with its results. */
+#define ARENA_MAX (256u * 1024u)
+/* Allocations over this get a spill block of their own. */
+#define ARENA_BIG (ARENA_MIN / 4u)
+/* Frames between two looks at whether home should shrink. */
+#define ARENA_WINDOW 1024u
+#define ARENA_ALIGN  alignof(max_align_t)
+#ifdef DISPATCH_ASAN
+/* Poisoned bytes after each allocation: an overrun of one message into the next is caught as
+ * it would be between two mallocs. */
+#define ARENA_REDZONE ARENA_ALIGN
+#else
+#define ARENA_REDZONE 0u
+#endif
+
+_Static_assert((ARENA_MIN & (ARENA_MIN - 1)) == 0 && (ARENA_MAX & (ARENA_MAX - 1)) == 0,
+               "home sizes are powers of two");
+_Static_assert(ARENA_MIN <= ARENA_MAX, "home grows from ARENA_MIN to ARENA_MAX");
+_Static_assert(ARENA_BIG + ARENA_REDZONE + ARENA_ALIGN <= ARENA_MIN,
+               "a small allocation always fits a fresh block");
+
+#ifdef DISPATCH_ASAN
+#include <sanitizer/asan_interface.h>
+#define arena_poison(p, n)   ASAN_POISON_MEMORY_REGION((p), (n))
+#define arena_unpoison(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define arena_poison(p, n)   ((void)(p), (void)(n))
+#define arena_unpoison(p, n) ((void)(p), (void)(n))
+#endif
+
+typedef struct block_s {
+    struct block_s *next; /* the frame's spill blocks, newest first */
+    size_t cap;           /* bytes of data */
+    max_align_t data[];
+} block_t;
+
+/* The current block is home or the newest spill block; ptr + left is the end of its data. */
+typedef struct arena_s {
+    ProtobufCAllocator pb; /* for protobuf-c: allocates from this arena; free does nothing */
+    uint8_t *ptr;          /* the current block's first free byte; NULL when there is none */
+    size_t left;           /* free bytes at ptr */
+    size_t used;           /* bytes of this frame's small allocations, rounded up */
+    block_t *home;         /* kept across frames; NULL until a frame needs it */
+    block_t *spills;       /* blocks this frame took beyond home */
+    size_t home_cap;       /* bytes home has, or will have when next allocated */
+    size_t peak;           /* the largest `used` of this window's frames */
+    unsigned frames;       /* frames in this window */
+    bool failed;           /* an allocation of this frame failed: out of memory */
+    bool busy;             /* a frame is using it; a nested frame takes a private arena */
+    bool keyed;            /* the thread's arena has been set up */
+} arena_t;
+
+static void *arena_pb_alloc(void *data, size_t n);
+static void arena_pb_free(void *data, void *p);
+
+static void arena_init(arena_t *a, size_t home_cap) {
+    memset(a, 0, sizeof *a);
+    a->pb.alloc = arena_pb_alloc;
+    a->pb.free = arena_pb_free;
+    a->pb.allocator_data = a;
+    a->home_cap = home_cap;
+}
+
+static block_t *block_new(size_t cap) {
+    block_t *b = malloc(sizeof *b + cap);
+    if (b == NULL) return NULL;
+    b->next = NULL;
+    b->cap = cap;
+    arena_poison(b->data, cap);
+    return b;
+}
+
+static void block_free(block_t *b) {
+    if (b == NULL) return;
+    arena_unpoison(b->data, b->cap);
+    free(b);
+}
+
+/* Bytes an allocation of n takes from a block (n <= SIZE_MAX / 2). */
+static size_t arena_round(size_t n) {
+    return (n + ARENA_REDZONE + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
+}
+
+static void arena_use(arena_t *a, block_t *b) {
+    a->ptr = (uint8_t *)b->data;
+    a->left = b->cap;
+}
+
+static size_t pow2_at_least(size_t n) {
+    size_t p = ARENA_MIN;
+    while (p < n && p < ARENA_MAX)
+        p *= 2;
+    return p;
+}
+
+/* The slow path of arena_alloc: a block of its own for a large allocation, home when the
+ * frame has none yet, else a new spill block. */
+static __attribute__((noinline)) void *arena_alloc_slow(arena_t *a, size_t n) {
+    if (n > SIZE_MAX / 2) {
+        a->failed = true;
+        return NULL;
+    }
+    size_t need = arena_round(n);
+    if (need > ARENA_BIG) {
+        block_t *b = block_new(need);
+        if (b == NULL) {
+            a->failed = true;
+            return NULL;
+        }
+        b->next = a->spills;
+        a->spills = b;
+        arena_unpoison(b->data, n);
+        return b->data;
+    }
+    if (a->home == NULL && a->home_cap != 0 && (a->home = block_new(a->home_cap)) != NULL) {
+        arena_use(a, a->home);
+    } else {
+        /* Home is full (or cannot be had): a spill block as large as what the frame has
+         * used so far, up to ARENA_MAX, so that even a huge frame takes few of them. */
+        block_t *b = block_new(pow2_at_least(a->used + need));
+        if (b == NULL) {
+            a->failed = true;
+            return NULL;
+        }
+        b->next = a->spills;
+        a->spills = b;
+        arena_use(a, b);
+    }
+    void *p = a->ptr;
+    a->ptr += need;
+    a->left -= need;
+    a->used += need;
+    arena_unpoison(p, n);
+    return p;
+}
+
+/* n bytes, aligned for any type, uninitialised, until the frame ends; NULL when out of memory.
+ * The fast path is a compare, a round-up, a compare and three adds. */
+static inline void *arena_alloc(arena_t *a, size_t n) {
+    if (likely(n < a->left)) {
+        size_t need = arena_round(n);
+        if (likely(need <= a->left)) {
+            void *p = a->ptr;
+            a->ptr += need;
+            a->left -= need;
+            a->used += need;
+            arena_unpoison(p, n);
+            return p;
+        }
+    }
+    return arena_alloc_slow(a, n);
+}
+
+static void *arena_pb_alloc(void *data, size_t n) {
+    return arena_alloc(data, n);
+}
+
+static void arena_pb_free(void *data, void *p) {}
+
+/* Ends a frame: frees its spill blocks, resizes home as the frame and the window say, and
+ * makes all of home free again. */
+static void arena_reset(arena_t *a) {
+    while (a->spills != NULL) {
+        block_t *b = a->spills;
+        a->spills = b->next;
+        block_free(b);
+    }
+    size_t want = a->home_cap;
+    if (want != 0) {
+        if (a->used > a->peak) a->peak = a->used;
+        if (a->used > want) want = pow2_at_least(a->used);
+        if (++a->frames >= ARENA_WINDOW) {
+            if (want > ARENA_MIN && a->peak <= want / 4) want = pow2_at_least(a->peak);
+            a->frames = 0;
+            a->peak = 0;
+        }
+    }
+    if (want != a->home_cap) {
+        block_free(a->home);
+        a->home = NULL;
+        a->home_cap = want;
+    }
+    if (a->home != NULL) {
+        arena_poison(a->home->data, a->home->cap);
+        arena_use(a, a->home);
+    } else {
+        a->ptr = NULL;
+        a->left = 0;
+    }
+    a->used = 0;
+    a->failed = false;
+}
+
+/* Frees all of the arena's memory. */
+static void arena_destroy(arena_t *a) {
+    arena_reset(a);
+    block_free(a->home);
+    a->home = NULL;
+    a->ptr = NULL;
+    a->left = 0;
+}
+
+/* Each thread has its own arena, freed when the thread exits (a worker thread returning from
+ * its loop) through a thread-specific key's destructor. A thread for which the key cannot be
+ * set keeps no home block, so it has nothing to leak. */
+static _Thread_local arena_t thread_arena;
+static pthread_key_t arena_key;
+static bool arena_key_ok;
+static pthread_once_t arena_once = PTHREAD_ONCE_INIT;
+
+static void arena_thread_exit(void *p) {
+    arena_t *a = p;
+    arena_destroy(a);
+    a->home_cap = 0; /* a frame after this (a later destructor's) would leak a new home */
+}
+
+static void arena_key_create(void) {
+    arena_key_ok = pthread_key_create(&arena_key, arena_thread_exit) == 0;
+}
+
+/* The arena for a frame: the thread's, or *private (set up here) when the thread's is already
+ * serving a frame further up the stack. Pair with arena_leave. */
+static arena_t *arena_enter(arena_t *private) {
+    arena_t *a = &thread_arena;
+    if (unlikely(a->busy)) {
+        a = private;
+        arena_init(a, 0);
+    } else if (unlikely(!a->keyed)) {
+        pthread_once(&arena_once, arena_key_create);
+        bool keyed = arena_key_ok && pthread_setspecific(arena_key, a) == 0;
+        arena_init(a, keyed ? ARENA_MIN : 0);
+        a->keyed = true;
+    }
+    a->busy = true;
+    return a;
+}
+
+/* Ends the frame: everything allocated from a since arena_enter is gone. */
+static void arena_leave(arena_t *a) {
+    a->busy = false;
+    if (a == &thread_arena)
+        arena_reset(a);
+    else
+        arena_destroy(a);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The frame's context and its holds: the resources a response points at.                     */
+/* ------------------------------------------------------------------------------------------ */
+
+/* An allocation that owns a resource: release runs on the payload once the response is packed.
+ * Its memory, like all of the frame's, is the arena's. */
 typedef struct hold_s {
     struct hold_s *next;
     void (*release)(void *payload);
@@ -92,15 +401,18 @@ typedef struct hold_s {
 typedef struct dctx_s {
     hd_dispatch_env_t *env;
     hd_heap_t *heap;
-    hold_t *holds;           /* freed, newest first, once the response is packed */
+    arena_t *arena;          /* everything the frame allocates */
+    hold_t *holds;           /* released, newest first, once the response is packed */
     uint64_t budget;         /* bytes the variable parts of results may still take */
     char detail[DETAIL_MAX]; /* why the current op failed, beyond hd_strerror; "" if nothing */
 } dctx_t;
 
-/* n bytes (uninitialised) held until the response is packed; NULL on failure. */
+/* n bytes (uninitialised) held until the response is packed; NULL on failure. With release,
+ * the bytes own a resource that release frees then. */
 static void *d_alloc_raw(dctx_t *c, size_t n, void (*release)(void *)) {
+    if (release == NULL) return arena_alloc(c->arena, n);
     if (n > SIZE_MAX - sizeof(hold_t)) return NULL;
-    hold_t *h = malloc(sizeof(hold_t) + n);
+    hold_t *h = arena_alloc(c->arena, sizeof(hold_t) + n);
     if (h == NULL) return NULL;
     h->next = c->holds;
     h->release = release;
@@ -141,13 +453,11 @@ static char *d_strdup(dctx_t *c, const char *s) {
     return p;
 }
 
+/* Releases what the holds own; their memory goes with the arena's. */
 static void d_release_all(dctx_t *c) {
-    while (c->holds != NULL) {
-        hold_t *h = c->holds;
-        c->holds = h->next;
-        if (h->release != NULL) h->release(h->payload);
-        free(h);
-    }
+    for (hold_t *h = c->holds; h != NULL; h = h->next)
+        h->release(h->payload);
+    c->holds = NULL;
 }
 
 static void release_handles(void *p) {
@@ -1076,73 +1386,78 @@ static int op_kill_session(dctx_t *c, const req_t *rq, rsp_t *rs) {
 
 /* One row per Request op, indexed by its field number. mutates: may change the heap or the
  * server (objects, references, collector, tracer, event or session state); an op that does
- * not may have its result dropped for size after it ran. in_batch: allowed inside a batch. */
+ * not may have its result dropped for size after it ran. in_batch: allowed inside a batch.
+ * grows: the result grows with the request or the heap (data, handle lists, statistics, a
+ * batch's results) and is sized before it is packed; any other op's response, like every
+ * error response, fits in HD_DISPATCH_OP_RESERVE and is packed in one pass. A response's
+ * result field carries its op's number, so the row of a result is op_row(result_case). */
 typedef struct op_row_s {
     const char *name;
     handler_fn handler;
     bool needs_admin;
     bool mutates;
     bool in_batch;
+    bool grows;
 } op_row_t;
 
-/* ROW(OP, name, admin, mutates, in_batch): the handler is op_<name>. */
-#define ROW(UPPER, name, admin, mutates, batch)                                                    \
-    [OP(UPPER)] = {#name, op_##name, admin, mutates, batch}
+/* ROW(OP, name, admin, mutates, in_batch, grows): the handler is op_<name>. */
+#define ROW(UPPER, name, admin, mutates, batch, grows)                                             \
+    [OP(UPPER)] = {#name, op_##name, admin, mutates, batch, grows}
 /* clang-format off */
 static const op_row_t op_table[] = {
-    /*  op                       name                     admin mutates batch */
-    ROW(HELLO,                   hello,                   0,    0,      0),
-    ROW(GOODBYE,                 goodbye,                 0,    1,      0),
-    ROW(PING,                    ping,                    0,    0,      1),
-    ROW(SET_EVENTS,              set_events,              0,    1,      1),
-    ROW(BATCH,                   batch,                   0,    1,      0),
-    ROW(ALLOC,                   alloc,                   0,    1,      1),
-    ROW(INCREF,                  incref,                  0,    1,      1),
-    ROW(DECREF,                  decref,                  0,    1,      1),
-    ROW(SET_SLOT,                set_slot,                0,    1,      1),
-    ROW(GET_SLOT,                get_slot,                0,    1,      1),
-    ROW(WRITE,                   write,                   0,    1,      1),
-    ROW(READ,                    read,                    0,    0,      1),
-    ROW(GETREFCOUNT,             getrefcount,             0,    0,      1),
-    ROW(GETSIZEOF,               getsizeof,               0,    0,      1),
-    ROW(OBJ_INFO,                obj_info,                0,    0,      1),
-    ROW(GC_COLLECT,              gc_collect,              0,    1,      1),
-    ROW(GC_ENABLE,               gc_enable,               0,    1,      1),
-    ROW(GC_DISABLE,              gc_disable,              0,    1,      1),
-    ROW(GC_ISENABLED,            gc_isenabled,            0,    0,      1),
-    ROW(GC_GET_COUNT,            gc_get_count,            0,    0,      1),
-    ROW(GC_GET_THRESHOLD,        gc_get_threshold,        0,    0,      1),
-    ROW(GC_SET_THRESHOLD,        gc_set_threshold,        0,    1,      1),
-    ROW(GC_GET_STATS,            gc_get_stats,            0,    0,      1),
-    ROW(GC_FREEZE,               gc_freeze,               0,    1,      1),
-    ROW(GC_UNFREEZE,             gc_unfreeze,             0,    1,      1),
-    ROW(GC_GET_FREEZE_COUNT,     gc_get_freeze_count,     0,    0,      1),
-    ROW(GC_IS_TRACKED,           gc_is_tracked,           0,    0,      1),
-    ROW(GC_GET_REFERRERS,        gc_get_referrers,        0,    1,      1),
-    ROW(GC_GET_REFERENTS,        gc_get_referents,        0,    1,      1),
-    ROW(GC_GET_OBJECTS,          gc_get_objects,          0,    1,      1),
-    ROW(GC_CLOSE_CURSOR,         gc_close_cursor,         0,    1,      1),
-    ROW(GC_GET_DEBUG,            gc_get_debug,            0,    0,      1),
-    ROW(GC_SET_DEBUG,            gc_set_debug,            0,    1,      1),
-    ROW(GC_GARBAGE,              gc_garbage,              0,    1,      1),
-    ROW(GC_GARBAGE_CLEAR,        gc_garbage_clear,        0,    1,      1),
-    ROW(WEAKREF_NEW,             weakref_new,             0,    1,      1),
-    ROW(WEAKREF_GET,             weakref_get,             0,    1,      1),
-    ROW(WEAKREF_FREE,            weakref_free,            0,    1,      1),
-    ROW(TRACE_START,             trace_start,             0,    1,      1),
-    ROW(TRACE_STOP,              trace_stop,              0,    1,      1),
-    ROW(TRACE_IS_TRACING,        trace_is_tracing,        0,    0,      1),
-    ROW(TRACE_CLEAR,             trace_clear,             0,    1,      1),
-    ROW(TRACE_GET_TRACED_MEMORY, trace_get_traced_memory, 0,    0,      1),
-    ROW(TRACE_RESET_PEAK,        trace_reset_peak,        0,    1,      1),
-    ROW(TRACE_SNAPSHOT,          trace_snapshot,          0,    1,      1),
-    ROW(TRACE_SNAPSHOT_FREE,     trace_snapshot_free,     0,    1,      1),
-    ROW(TRACE_STATISTICS,        trace_statistics,        0,    0,      1),
-    ROW(TRACE_COMPARE,           trace_compare,           0,    0,      1),
-    ROW(HEAP_STATS,              heap_stats,              0,    0,      1),
-    ROW(SERVER_STATS,            server_stats,            1,    0,      1),
-    ROW(LIST_SESSIONS,           list_sessions,           1,    0,      1),
-    ROW(KILL_SESSION,            kill_session,            1,    1,      1),
+    /*  op                       name                     admin mutates batch  grows */
+    ROW(HELLO,                   hello,                   0,    0,      0,     0),
+    ROW(GOODBYE,                 goodbye,                 0,    1,      0,     0),
+    ROW(PING,                    ping,                    0,    0,      1,     0),
+    ROW(SET_EVENTS,              set_events,              0,    1,      1,     0),
+    ROW(BATCH,                   batch,                   0,    1,      0,     1),
+    ROW(ALLOC,                   alloc,                   0,    1,      1,     0),
+    ROW(INCREF,                  incref,                  0,    1,      1,     0),
+    ROW(DECREF,                  decref,                  0,    1,      1,     0),
+    ROW(SET_SLOT,                set_slot,                0,    1,      1,     0),
+    ROW(GET_SLOT,                get_slot,                0,    1,      1,     0),
+    ROW(WRITE,                   write,                   0,    1,      1,     0),
+    ROW(READ,                    read,                    0,    0,      1,     1),
+    ROW(GETREFCOUNT,             getrefcount,             0,    0,      1,     0),
+    ROW(GETSIZEOF,               getsizeof,               0,    0,      1,     0),
+    ROW(OBJ_INFO,                obj_info,                0,    0,      1,     0),
+    ROW(GC_COLLECT,              gc_collect,              0,    1,      1,     0),
+    ROW(GC_ENABLE,               gc_enable,               0,    1,      1,     0),
+    ROW(GC_DISABLE,              gc_disable,              0,    1,      1,     0),
+    ROW(GC_ISENABLED,            gc_isenabled,            0,    0,      1,     0),
+    ROW(GC_GET_COUNT,            gc_get_count,            0,    0,      1,     0),
+    ROW(GC_GET_THRESHOLD,        gc_get_threshold,        0,    0,      1,     0),
+    ROW(GC_SET_THRESHOLD,        gc_set_threshold,        0,    1,      1,     0),
+    ROW(GC_GET_STATS,            gc_get_stats,            0,    0,      1,     0),
+    ROW(GC_FREEZE,               gc_freeze,               0,    1,      1,     0),
+    ROW(GC_UNFREEZE,             gc_unfreeze,             0,    1,      1,     0),
+    ROW(GC_GET_FREEZE_COUNT,     gc_get_freeze_count,     0,    0,      1,     0),
+    ROW(GC_IS_TRACKED,           gc_is_tracked,           0,    0,      1,     0),
+    ROW(GC_GET_REFERRERS,        gc_get_referrers,        0,    1,      1,     1),
+    ROW(GC_GET_REFERENTS,        gc_get_referents,        0,    1,      1,     1),
+    ROW(GC_GET_OBJECTS,          gc_get_objects,          0,    1,      1,     1),
+    ROW(GC_CLOSE_CURSOR,         gc_close_cursor,         0,    1,      1,     0),
+    ROW(GC_GET_DEBUG,            gc_get_debug,            0,    0,      1,     0),
+    ROW(GC_SET_DEBUG,            gc_set_debug,            0,    1,      1,     0),
+    ROW(GC_GARBAGE,              gc_garbage,              0,    1,      1,     1),
+    ROW(GC_GARBAGE_CLEAR,        gc_garbage_clear,        0,    1,      1,     0),
+    ROW(WEAKREF_NEW,             weakref_new,             0,    1,      1,     0),
+    ROW(WEAKREF_GET,             weakref_get,             0,    1,      1,     0),
+    ROW(WEAKREF_FREE,            weakref_free,            0,    1,      1,     0),
+    ROW(TRACE_START,             trace_start,             0,    1,      1,     0),
+    ROW(TRACE_STOP,              trace_stop,              0,    1,      1,     0),
+    ROW(TRACE_IS_TRACING,        trace_is_tracing,        0,    0,      1,     0),
+    ROW(TRACE_CLEAR,             trace_clear,             0,    1,      1,     0),
+    ROW(TRACE_GET_TRACED_MEMORY, trace_get_traced_memory, 0,    0,      1,     0),
+    ROW(TRACE_RESET_PEAK,        trace_reset_peak,        0,    1,      1,     0),
+    ROW(TRACE_SNAPSHOT,          trace_snapshot,          0,    1,      1,     0),
+    ROW(TRACE_SNAPSHOT_FREE,     trace_snapshot_free,     0,    1,      1,     0),
+    ROW(TRACE_STATISTICS,        trace_statistics,        0,    0,      1,     1),
+    ROW(TRACE_COMPARE,           trace_compare,           0,    0,      1,     1),
+    ROW(HEAP_STATS,              heap_stats,              0,    0,      1,     1),
+    ROW(SERVER_STATS,            server_stats,            1,    0,      1,     0),
+    ROW(LIST_SESSIONS,           list_sessions,           1,    0,      1,     1),
+    ROW(KILL_SESSION,            kill_session,            1,    1,      1,     0),
 };
 /* clang-format on */
 #undef ROW
@@ -1193,8 +1508,10 @@ static void run_op(dctx_t *c, const req_t *rq, rsp_t *rs, bool nested) {
     } else {
         rc = row->handler(c, rq, rs);
         /* Results of read-only ops are checked after the fact: dropping one changes nothing.
-         * Ops that mutate cap their results before they run. */
-        if (rc == 0 && !row->mutates && rs->result_case != HEAPD__V1__RESPONSE__RESULT__NOT_SET) {
+         * Ops that mutate cap their results before they run. A result that does not grow
+         * always fits (it is within HD_DISPATCH_OP_RESERVE), so only those that do are sized. */
+        if (rc == 0 && !row->mutates && row->grows &&
+            rs->result_case != HEAPD__V1__RESPONSE__RESULT__NOT_SET) {
             size_t size = protobuf_c_message_get_packed_size(&rs->base);
             if (size > c->budget + HD_DISPATCH_OP_RESERVE)
                 rc = fail(c, HD_ERANGE,
@@ -1214,6 +1531,30 @@ static void run_op(dctx_t *c, const req_t *rq, rsp_t *rs, bool nested) {
 /* Decoding.                                                                                   */
 /* ------------------------------------------------------------------------------------------ */
 
+/* The field numbered id of d, or NULL: protobuf_c_message_descriptor_get_field inlined, as it
+ * runs several times a frame. A descriptor's fields are sorted by number, and field_ranges
+ * holds each run of consecutive numbers as (its first number, the index of its first field),
+ * then a sentinel (0, n_fields). */
+static inline const ProtobufCFieldDescriptor *field_of(const ProtobufCMessageDescriptor *d,
+                                                       uint32_t id) {
+    const ProtobufCIntRange *r = d->field_ranges;
+    const ProtobufCFieldDescriptor *fd = NULL;
+    for (unsigned i = 0; i < d->n_field_ranges && id >= (uint32_t)r[i].start_value; i++) {
+        uint32_t k = id - (uint32_t)r[i].start_value;
+        if (k < (uint32_t)(r[i + 1].orig_index - r[i].orig_index)) {
+            fd = &d->fields[r[i].orig_index + (int)k];
+            break;
+        }
+    }
+#ifdef DISPATCH_CHECKS
+    if (fd != protobuf_c_message_descriptor_get_field(d, id)) {
+        fprintf(stderr, "dispatch: field_of(%s, %u) differs from protobuf-c\n", d->name, id);
+        abort();
+    }
+#endif
+    return fd;
+}
+
 /* Reads a varint at *pos (< end); 0, or -1 if it is cut short or longer than 10 bytes. */
 static int wire_varint(const uint8_t *p, size_t end, size_t *pos, uint64_t *out) {
     uint64_t v = 0;
@@ -1230,25 +1571,28 @@ static int wire_varint(const uint8_t *p, size_t end, size_t *pos, uint64_t *out)
 }
 
 /*
- * Walks a ClientFrame's wire format without decoding it, with an explicit stack of the
+ * Walks a message's wire format without decoding it, with an explicit stack of the
  * submessages it is inside: fails with HD_EPROTO on bytes that are not protobuf or nest deeper
  * than WIRE_MAX_DEPTH, and with HD_EINVAL when the frame holds more than WIRE_MAX_MESSAGES
- * messages. Sets *id to the request's id when it gets that far (else leaves it).
+ * messages. The message, of type desc, lies at nesting depth `base` of its frame (0 for the
+ * ClientFrame itself) inside `nmsg` enclosing submessages. Sets *id to the request's id when
+ * it gets that far (else leaves it).
  */
-int hd_dispatch_scan(const uint8_t *p, size_t len, uint64_t *id) {
+static int wire_scan(const ProtobufCMessageDescriptor *desc, int base, size_t nmsg,
+                     const uint8_t *p, size_t len, uint64_t *id) {
     struct {
         const ProtobufCMessageDescriptor *desc;
         size_t end;
     } stack[WIRE_MAX_DEPTH];
-    int depth = 0;
-    size_t pos = 0, nmsg = 0;
-    stack[0].desc = &heapd__v1__client_frame__descriptor;
-    stack[0].end = len;
+    int depth = base;
+    size_t pos = 0;
+    stack[depth].desc = desc;
+    stack[depth].end = len;
     for (;;) {
-        /* Invariant: pos <= stack[depth].end <= ... <= stack[0].end == len. */
-        while (depth >= 0 && pos == stack[depth].end)
+        /* Invariant: pos <= stack[depth].end <= ... <= stack[base].end == len. */
+        while (depth >= base && pos == stack[depth].end)
             depth--;
-        if (depth < 0) return 0;
+        if (depth < base) return 0;
         size_t end = stack[depth].end;
         uint64_t key, v;
         if (wire_varint(p, end, &pos, &key) < 0 || key >> 3 == 0 || key >> 3 > UINT32_MAX)
@@ -1270,8 +1614,7 @@ int hd_dispatch_scan(const uint8_t *p, size_t len, uint64_t *id) {
             break;
         case 2: { /* length-delimited: bytes, strings, packed scalars or a submessage */
             if (wire_varint(p, end, &pos, &v) < 0 || v > end - pos) return HD_EPROTO;
-            const ProtobufCFieldDescriptor *fd =
-                protobuf_c_message_descriptor_get_field(stack[depth].desc, field);
+            const ProtobufCFieldDescriptor *fd = field_of(stack[depth].desc, field);
             if (fd == NULL || fd->type != PROTOBUF_C_TYPE_MESSAGE) {
                 pos += (size_t)v;
                 break;
@@ -1288,21 +1631,184 @@ int hd_dispatch_scan(const uint8_t *p, size_t len, uint64_t *id) {
     }
 }
 
-/* protobuf-c's allocator, counting failures so that out of memory is told from bad bytes. */
-typedef struct decode_alloc_s {
-    ProtobufCAllocator a;
-    bool failed;
-} decode_alloc_t;
-
-static void *decode_malloc(void *data, size_t n) {
-    void *p = malloc(n);
-    if (p == NULL) ((decode_alloc_t *)data)->failed = true;
-    return p;
+int hd_dispatch_scan(const uint8_t *p, size_t len, uint64_t *id) {
+    return wire_scan(&heapd__v1__client_frame__descriptor, 0, 0, p, len, id);
 }
 
-static void decode_free(void *data, void *p) {
-    free(p);
+/* ------------------------------------------------------------------------------------------ */
+/* The envelope, by hand.                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * Nearly every frame is ClientFrame { request { id, one op } }, answered with ServerFrame {
+ * response { id, status, at most one result } }. Most of protobuf-c's time on such a frame
+ * goes to the envelope rather than the op: after decoding a Request it visits all 53 of its
+ * field descriptors, and packing a Response visits all 34 of Response's. So the envelope is
+ * decoded and packed here, and protobuf-c handles what is inside it: the op message, the
+ * status and the result.
+ *
+ * Both are exact. envelope_decode takes only the canonical shape (the request field alone in
+ * the frame, then the id at most once and the op once, in either order, with keys and
+ * lengths of at most 2 bytes) and leaves any other payload to hd_dispatch_scan and
+ * protobuf-c, so every frame decodes as protobuf-c would decode it. Its checks of the two
+ * outer levels are those hd_dispatch_scan makes there, so it scans only the op message: a
+ * frame it takes would pass the whole scan, and one whose op fails the scan goes the long way
+ * and gets the same answer as before. envelope_pack writes the fields in field-number
+ * order with minimal lengths, as protobuf_c_message_pack does, byte for byte. Builds with
+ * DISPATCH_CHECKS redo both with protobuf-c on every frame and abort on a difference.
+ */
+
+/* Field numbers of the envelope (proto/heapd.proto). */
+#define F_FRAME_REQUEST  HEAPD__V1__CLIENT_FRAME__KIND_REQUEST
+#define F_FRAME_RESPONSE HEAPD__V1__SERVER_FRAME__KIND_RESPONSE
+#define F_ID             1u /* Request.id, Response.id */
+#define F_STATUS         2u /* Response.status */
+
+#define WIRE_KEY(field, type) ((uint64_t)(field) << 3 | (type))
+#define WT_VARINT             0u
+#define WT_LEN                2u
+
+/* Reads a varint of at most 2 bytes at *pos (keys and lengths of the canonical envelope). */
+static int wire_short(const uint8_t *p, size_t end, size_t *pos, uint64_t *out) {
+    size_t at = *pos;
+    return wire_varint(p, end, pos, out) < 0 || *pos - at > 2 ? -1 : 0;
 }
+
+/* The Request of a canonical ClientFrame payload, decoded into the arena; NULL when the
+ * payload is not canonical, or its op fails the scan or does not decode (the caller then
+ * scans and decodes the whole frame, which fails in its own way if it fails). */
+static req_t *envelope_decode(arena_t *a, const uint8_t *p, size_t len) {
+    size_t pos = 1;
+    uint64_t v;
+    if (len < 2 || p[0] != WIRE_KEY(F_FRAME_REQUEST, WT_LEN)) return NULL;
+    if (wire_short(p, len, &pos, &v) < 0 || v != len - pos) return NULL;
+    uint64_t id = 0;
+    bool have_id = false;
+    const ProtobufCFieldDescriptor *op = NULL;
+    const uint8_t *op_data = NULL;
+    size_t op_len = 0;
+    while (pos < len) {
+        uint64_t key;
+        if (wire_short(p, len, &pos, &key) < 0) return NULL;
+        if (key == WIRE_KEY(F_ID, WT_VARINT) && !have_id) {
+            if (wire_varint(p, len, &pos, &id) < 0) return NULL;
+            have_id = true;
+            continue;
+        }
+        if ((key & 7) != WT_LEN || op != NULL) return NULL;
+        op = field_of(&heapd__v1__request__descriptor, (uint32_t)(key >> 3));
+        if (op == NULL || op->type != PROTOBUF_C_TYPE_MESSAGE ||
+            !(op->flags & PROTOBUF_C_FIELD_FLAG_ONEOF))
+            return NULL;
+        if (wire_short(p, len, &pos, &v) < 0 || v > len - pos) return NULL;
+        op_data = p + pos;
+        op_len = (size_t)v;
+        pos += op_len;
+    }
+    /* The op lies at depth 2, inside the request and the frame's 2 submessages. */
+    uint64_t unused;
+    if (op == NULL || wire_scan(op->descriptor, 2, 2, op_data, op_len, &unused) != 0) return NULL;
+    req_t *rq = arena_alloc(a, sizeof *rq);
+    if (rq == NULL) return NULL;
+    ProtobufCMessage *m = protobuf_c_message_unpack(op->descriptor, &a->pb, op_len, op_data);
+    if (m == NULL) return NULL;
+    heapd__v1__request__init(rq);
+    rq->id = id;
+    rq->op_case = (Heapd__V1__Request__OpCase)op->id;
+    *(ProtobufCMessage **)((char *)rq + op->offset) = m;
+    return rq;
+}
+
+/* Writes v as a varint at q; returns its length (1..10). */
+static size_t put_varint(uint8_t *q, uint64_t v) {
+    size_t n = 0;
+    while (v >= 0x80) {
+        q[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    q[n++] = (uint8_t)v;
+    return n;
+}
+
+/* Writes the length n at q for the n bytes packed at q + 1, moving them up when the length
+ * takes more than the one byte left for it (as protobuf-c packs a submessage). Returns the
+ * end of the bytes. */
+static uint8_t *put_length_before(uint8_t *q, size_t n) {
+    uint8_t len[10];
+    size_t k = put_varint(len, n);
+    if (k != 1) memmove(q + k, q + 1, n);
+    memcpy(q, len, k);
+    return q + k + n;
+}
+
+/* Writes message field `field` holding m at q; returns the end. */
+static uint8_t *put_message(uint8_t *q, uint32_t field, const ProtobufCMessage *m) {
+    q += put_varint(q, WIRE_KEY(field, WT_LEN));
+    return put_length_before(q, protobuf_c_message_pack(m, q + 1));
+}
+
+/* The message a response's result field points at, if any. */
+static const ProtobufCMessage *result_of(const rsp_t *rs) {
+    if (rs->result_case == HEAPD__V1__RESPONSE__RESULT__NOT_SET) return NULL;
+    const ProtobufCFieldDescriptor *fd =
+        field_of(&heapd__v1__response__descriptor, (uint32_t)rs->result_case);
+    assert(fd != NULL && fd->type == PROTOBUF_C_TYPE_MESSAGE);
+    return *(const ProtobufCMessage *const *)((const char *)rs + fd->offset);
+}
+
+/* Packs ServerFrame { response = *obj } at dst; returns the bytes written. For
+ * hd_frame_write_packed. */
+static size_t envelope_pack(const void *obj, uint8_t *dst) {
+    const rsp_t *rs = obj;
+    uint8_t *q = dst;
+    *q++ = WIRE_KEY(F_FRAME_RESPONSE, WT_LEN);
+    uint8_t *e = q + 1; /* the response's fields, behind a 1-byte length for now */
+    if (rs->id != 0) {
+        *e++ = WIRE_KEY(F_ID, WT_VARINT);
+        e += put_varint(e, rs->id);
+    }
+    if (rs->status != NULL) e = put_message(e, F_STATUS, &rs->status->base);
+    const ProtobufCMessage *result = result_of(rs);
+    if (result != NULL) e = put_message(e, (uint32_t)rs->result_case, result);
+    return (size_t)(put_length_before(q, (size_t)(e - (q + 1))) - dst);
+}
+
+#ifdef DISPATCH_CHECKS
+static _Noreturn void envelope_mismatch(const char *what) {
+    fprintf(stderr, "dispatch: the envelope's %s differs from protobuf-c's\n", what);
+    abort();
+}
+
+/* m packed by protobuf-c into the arena; sets *n to its size. NULL if out of memory. */
+static uint8_t *check_pack(arena_t *a, const ProtobufCMessage *m, size_t *n) {
+    *n = protobuf_c_message_get_packed_size(m);
+    uint8_t *buf = arena_alloc(a, *n + 1);
+    if (buf != NULL && protobuf_c_message_pack(m, buf) != *n) envelope_mismatch("packing");
+    return buf;
+}
+
+/* rq, from envelope_decode, against protobuf-c's decoding of the same payload. */
+static void check_decode(arena_t *a, const uint8_t *payload, size_t len, const req_t *rq) {
+    client_frame_t *cf = heapd__v1__client_frame__unpack(&a->pb, len, payload);
+    if (cf == NULL && a->failed) return; /* out of memory: nothing to compare */
+    if (cf == NULL || cf->kind_case != HEAPD__V1__CLIENT_FRAME__KIND_REQUEST)
+        envelope_mismatch("decoding (protobuf-c refuses the frame)");
+    size_t n1, n2;
+    uint8_t *b1 = check_pack(a, &rq->base, &n1), *b2 = check_pack(a, &cf->request->base, &n2);
+    if (b1 != NULL && b2 != NULL && (n1 != n2 || memcmp(b1, b2, n1) != 0))
+        envelope_mismatch("decoding");
+}
+
+/* The n bytes envelope_pack wrote at p, against protobuf-c's packing of the same frame. */
+static void check_pack_frame(arena_t *a, const rsp_t *rs, const uint8_t *p, size_t n) {
+    Heapd__V1__ServerFrame frame = HEAPD__V1__SERVER_FRAME__INIT;
+    frame.kind_case = HEAPD__V1__SERVER_FRAME__KIND_RESPONSE;
+    frame.response = (rsp_t *)rs;
+    size_t want;
+    uint8_t *b = check_pack(a, &frame.base, &want);
+    if (b != NULL && (n != want || memcmp(p, b, n) != 0)) envelope_mismatch("packing");
+}
+#endif
 
 /* ------------------------------------------------------------------------------------------ */
 /* The seam.                                                                                   */
@@ -1331,48 +1837,89 @@ int hd_dispatch_error(uint64_t id, int code, const char *message, hd_buf_t *out)
     return hd_frame_write_msg(out, &frame.base);
 }
 
-/* Appends the framed response; if that runs out of memory, a short ENOMEM response instead. */
-static int write_response(rsp_t *rs, hd_buf_t *out) {
-    Heapd__V1__ServerFrame frame = HEAPD__V1__SERVER_FRAME__INIT;
-    frame.kind_case = HEAPD__V1__SERVER_FRAME__KIND_RESPONSE;
-    frame.response = rs;
-    int rc = hd_frame_write_msg(out, &frame.base);
+/* Whether the framed rs fits in SMALL_FRAME_MAX by construction: a response without a result,
+ * or with the result of a row that does not grow (see op_row_t). */
+static bool response_small(const rsp_t *rs) {
+    if (rs->result_case == HEAPD__V1__RESPONSE__RESULT__NOT_SET) return true;
+    const op_row_t *row = op_row((int)rs->result_case);
+    return row != NULL && !row->grows;
+}
+
+/* Appends the framed response, packed in one pass when it is small; if that runs out of
+ * memory, a short ENOMEM response instead. */
+static int write_response(arena_t *a, rsp_t *rs, hd_buf_t *out) {
+    int rc;
+    if (response_small(rs)) {
+#ifdef DISPATCH_CHECKS
+        size_t start = out->len;
+#endif
+        rc = hd_frame_write_packed(out, SMALL_FRAME_MAX, envelope_pack, rs);
+#ifdef DISPATCH_CHECKS
+        if (rc == 0)
+            check_pack_frame(a, rs, out->data + start + HD_FRAME_HEADER,
+                             out->len - start - HD_FRAME_HEADER);
+#endif
+    } else {
+        Heapd__V1__ServerFrame frame = HEAPD__V1__SERVER_FRAME__INIT;
+        frame.kind_case = HEAPD__V1__SERVER_FRAME__KIND_RESPONSE;
+        frame.response = rs;
+        rc = hd_frame_write_msg(out, &frame.base);
+    }
     if (rc == HD_ENOMEM)
         rc = hd_dispatch_error(rs->id, HD_ENOMEM, "the response did not fit in memory", out);
     return rc;
 }
 
 int hd_dispatch_frame(hd_dispatch_env_t *env, const uint8_t *payload, size_t len, hd_buf_t *out) {
-    uint64_t id = 0;
-    int rc = hd_dispatch_scan(payload, len, &id);
-    if (rc == HD_EPROTO) {
-        rc = hd_dispatch_error(id, HD_EPROTO, "the frame is not a ClientFrame", out);
-        return rc < 0 ? rc : HD_EPROTO;
-    }
-    if (rc < 0) {
-        return hd_dispatch_error(id, rc, "the frame holds too many messages; split the batch", out);
+    /* From here to arena_leave, everything the frame allocates is the arena's. */
+    arena_t private_arena;
+    arena_t *a = arena_enter(&private_arena);
+    req_t *rq = envelope_decode(a, payload, len);
+    int rc;
+    if (rq != NULL) {
+#ifdef DISPATCH_CHECKS
+        check_decode(a, payload, len, rq);
+#endif
+    } else {
+        /* The long way: the whole frame is scanned, then decoded by protobuf-c. */
+        uint64_t id = 0;
+        rc = hd_dispatch_scan(payload, len, &id);
+        if (rc < 0) {
+            arena_leave(a);
+            if (rc != HD_EPROTO)
+                return hd_dispatch_error(id, rc,
+                                         "the frame holds too many messages; split the batch", out);
+            rc = hd_dispatch_error(id, HD_EPROTO, "the frame is not a ClientFrame", out);
+            return rc < 0 ? rc : HD_EPROTO;
+        }
+        a->failed = false; /* the envelope's try does not count: protobuf-c has its own */
+        client_frame_t *cf = heapd__v1__client_frame__unpack(&a->pb, len, payload);
+        if (cf == NULL || cf->kind_case != HEAPD__V1__CLIENT_FRAME__KIND_REQUEST) {
+            bool oom = cf == NULL && a->failed;
+            arena_leave(a);
+            if (oom)
+                return hd_dispatch_error(id, HD_ENOMEM, "the request did not fit in memory", out);
+            if (cf != NULL)
+                return hd_dispatch_error(0, HD_EUNKNOWN, "the frame holds no request", out);
+            rc = hd_dispatch_error(id, HD_EPROTO, "the frame is not a ClientFrame", out);
+            return rc < 0 ? rc : HD_EPROTO;
+        }
+        rq = cf->request;
     }
 
-    decode_alloc_t da = {{decode_malloc, decode_free, NULL}, false};
-    da.a.allocator_data = &da;
-    client_frame_t *cf = heapd__v1__client_frame__unpack(&da.a, len, payload);
-    if (cf == NULL && da.failed)
-        return hd_dispatch_error(id, HD_ENOMEM, "the request did not fit in memory", out);
-    if (cf == NULL) {
-        rc = hd_dispatch_error(id, HD_EPROTO, "the frame is not a ClientFrame", out);
-        return rc < 0 ? rc : HD_EPROTO;
-    }
-    if (cf->kind_case != HEAPD__V1__CLIENT_FRAME__KIND_REQUEST) {
-        heapd__v1__client_frame__free_unpacked(cf, &da.a);
-        return hd_dispatch_error(0, HD_EUNKNOWN, "the frame holds no request", out);
-    }
-
-    dctx_t c = {.env = env, .heap = env->heap, .holds = NULL, .budget = budget_of(env)};
+    /* Field by field: an initialiser would zero all of detail, which run_op resets itself. */
+    dctx_t c;
+    c.env = env;
+    c.heap = env->heap;
+    c.arena = a;
+    c.holds = NULL;
+    c.budget = budget_of(env);
+    c.detail[0] = '\0';
     rsp_t rs;
-    run_op(&c, cf->request, &rs, false);
-    rc = write_response(&rs, out);
+    run_op(&c, rq, &rs, false);
+    rc = write_response(a, &rs, out);
     d_release_all(&c);
-    heapd__v1__client_frame__free_unpacked(cf, &da.a);
+    arena_leave(a);
     return rc;
 }
 

@@ -82,6 +82,11 @@ int hd_dispatch_error(uint64_t id, int code, const char *message, hd_buf_t *out)
  * to out; the client would lose a response, so the caller closes the connection. A missing
  * ops, or a NULL entry in it, answers the request with EINTERNAL ("not provided").
  *
+ * hd_dispatch_frame works in the calling thread's frame arena (dispatch.c): the memory of a
+ * frame, from its decoded request to its packed response, is kept for the next frame and freed
+ * when the thread exits. So it may run on any number of threads at once, each with its own
+ * heaps, and a nested call (from a server op) works in a private arena of its own.
+ *
  * hd_dispatch_drain_events returns 0, or HD_ENOMEM with the events framed so far left in out
  * and the rest still queued in the heap. Call it after every hd_dispatch_frame, so an event
  * raised by a request follows that request's response (docs/PROTOCOL.md, "Events").
