@@ -69,9 +69,9 @@ static hd_heap_t *new_heap(void) {
 /* Allocation.                                                                              */
 /* ---------------------------------------------------------------------------------------- */
 
-#define PAIRS 1000000
+#define PAIRS  1000000
 #define ROUNDS 11
-#define LIVE 64 /* objects kept live while churning, so frees do not only hit one block */
+#define LIVE   64 /* objects kept live while churning, so frees do not only hit one block */
 
 /* Payloads of 0..32 bytes make objects of 32..64 bytes (24 header + 8 extension). One round
  * is PAIRS allocations, each freeing the object allocated LIVE allocations earlier. */
@@ -124,7 +124,8 @@ static double bench_malloc_free(void) {
         }
         r[k] = (now_ns() - t0) / PAIRS;
     }
-    for (int j = 0; j < LIVE; j++) free(live[j]);
+    for (int j = 0; j < LIVE; j++)
+        free(live[j]);
     return median(r, ROUNDS);
 }
 
@@ -166,7 +167,8 @@ static hd_handle_t *build_rings(hd_heap_t *h, int n, int *nrings) {
             hd_set_slot(h, ring[i], 0, ring[(i + 1) % 10]);
             hd_set_slot(h, ring[i], 1, ring[(i + 3) % 10]);
         }
-        for (int i = 1; i < 10; i++) hd_decref(h, ring[i], 1);
+        for (int i = 1; i < 10; i++)
+            hd_decref(h, ring[i], 1);
         heads[k] = ring[0];
     }
     *nrings = rings;
@@ -187,7 +189,8 @@ static void bench_gc_full(int n, double *live_ns, double *garbage_ns) {
         if (found) die("live collection found garbage", HD_EINTERNAL);
     }
     *live_ns = median(r, 3);
-    for (int k = 0; k < rings; k++) hd_decref(h, heads[k], 1);
+    for (int k = 0; k < rings; k++)
+        hd_decref(h, heads[k], 1);
     double t0 = now_ns();
     hd_gc_collect(h, 2, &found);
     *garbage_ns = (now_ns() - t0) / n;
@@ -209,7 +212,8 @@ static double bench_gc_gen0(int n) {
         double t0 = now_ns();
         hd_gc_collect(h, 0, &found);
         r[k] = (now_ns() - t0) / 1000.0;
-        for (int i = 0; i < young_rings; i++) hd_decref(h, young[i], 1);
+        for (int i = 0; i < young_rings; i++)
+            hd_decref(h, young[i], 1);
         free(young);
     }
     free(heads);
@@ -264,10 +268,13 @@ int main(int argc, char **argv) {
         return 0;
     }
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--quick")) quick = 1;
-        else if (!strcmp(argv[i], "--no-python")) python = 0;
+        if (!strcmp(argv[i], "--quick"))
+            quick = 1;
+        else if (!strcmp(argv[i], "--no-python"))
+            python = 0;
         else {
-            fprintf(stderr, "usage: heapd-engine-bench [--quick] [--no-python] | --pairs plain|traced N\n");
+            fprintf(stderr,
+                    "usage: heapd-engine-bench [--quick] [--no-python] | --pairs plain|traced N\n");
             return 2;
         }
     }

@@ -84,7 +84,8 @@ static int events_grow(hd_evqueue_t *q) {
     if (ncap <= q->cap) return HD_ELIMIT;
     hd_event_t *nv = hd__malloc(ncap * sizeof *nv);
     if (!nv) return HD_ENOMEM;
-    for (size_t i = 0; i < q->n; i++) nv[i] = q->v[(q->head + i) % q->cap];
+    for (size_t i = 0; i < q->n; i++)
+        nv[i] = q->v[(q->head + i) % q->cap];
     hd__free(q->v);
     q->v = nv;
     q->cap = ncap;

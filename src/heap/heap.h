@@ -34,30 +34,30 @@ extern "C" {
 /* ------------------------------------------------------------------------------------------ */
 
 /* XX(NAME, number, message). Numbers are stable: they go over the wire. */
-#define HD_ERR_MAP(XX)                                                                         \
-    XX(EINVAL, 1, "invalid argument")                                                          \
-    XX(ENOMEM, 2, "out of memory")                                                             \
-    XX(ELIMIT, 3, "heap limit reached (bytes or objects)")                                     \
-    XX(ENOOBJ, 4, "no such object (unknown, freed or foreign handle)")                         \
-    XX(ERANGE, 5, "index or offset out of range")                                              \
-    XX(EREFS, 6, "the client does not hold that many references")                              \
-    XX(EOVERFLOW, 7, "reference count overflow")                                               \
-    XX(ENOWEAK, 8, "no such weak reference")                                                   \
-    XX(ENOSNAP, 9, "no such snapshot")                                                         \
-    XX(ENOTRACE, 10, "tracing is not started")                                                 \
-    XX(ENOCURSOR, 11, "no such cursor (finished or expired)")                                  \
-    XX(EPROTO, 20, "malformed request")                                                        \
-    XX(EFRAME, 21, "frame too large")                                                          \
-    XX(EVERSION, 22, "unsupported protocol version")                                           \
-    XX(EAUTH, 23, "authentication failed")                                                     \
-    XX(EPERM, 24, "permission denied")                                                         \
-    XX(ENOSESSION, 25, "no such session")                                                      \
-    XX(EHELLO, 26, "hello required first")                                                     \
-    XX(EUNKNOWN, 27, "unknown request type")                                                   \
-    XX(ETOOMANY, 28, "too many connections or sessions")                                       \
-    XX(ESHUTDOWN, 29, "server is shutting down")                                               \
-    XX(EBUSY, 30, "session is attached to another connection")                                 \
-    XX(ETIMEDOUT, 31, "idle timeout")                                                          \
+#define HD_ERR_MAP(XX)                                                                             \
+    XX(EINVAL, 1, "invalid argument")                                                              \
+    XX(ENOMEM, 2, "out of memory")                                                                 \
+    XX(ELIMIT, 3, "heap limit reached (bytes or objects)")                                         \
+    XX(ENOOBJ, 4, "no such object (unknown, freed or foreign handle)")                             \
+    XX(ERANGE, 5, "index or offset out of range")                                                  \
+    XX(EREFS, 6, "the client does not hold that many references")                                  \
+    XX(EOVERFLOW, 7, "reference count overflow")                                                   \
+    XX(ENOWEAK, 8, "no such weak reference")                                                       \
+    XX(ENOSNAP, 9, "no such snapshot")                                                             \
+    XX(ENOTRACE, 10, "tracing is not started")                                                     \
+    XX(ENOCURSOR, 11, "no such cursor (finished or expired)")                                      \
+    XX(EPROTO, 20, "malformed request")                                                            \
+    XX(EFRAME, 21, "frame too large")                                                              \
+    XX(EVERSION, 22, "unsupported protocol version")                                               \
+    XX(EAUTH, 23, "authentication failed")                                                         \
+    XX(EPERM, 24, "permission denied")                                                             \
+    XX(ENOSESSION, 25, "no such session")                                                          \
+    XX(EHELLO, 26, "hello required first")                                                         \
+    XX(EUNKNOWN, 27, "unknown request type")                                                       \
+    XX(ETOOMANY, 28, "too many connections or sessions")                                           \
+    XX(ESHUTDOWN, 29, "server is shutting down")                                                   \
+    XX(EBUSY, 30, "session is attached to another connection")                                     \
+    XX(ETIMEDOUT, 31, "idle timeout")                                                              \
     XX(EINTERNAL, 99, "internal error")
 
 typedef enum hd_err_e {
@@ -77,10 +77,10 @@ const char *hd_strerror(int err);
 /* ------------------------------------------------------------------------------------------ */
 
 typedef struct hd_mem_methods_s {
-    void *(*malloc)(size_t n);             /* NULL on failure */
-    void *(*realloc)(void *p, size_t n);   /* NULL on failure, p untouched */
-    void (*free)(void *p);                 /* free(NULL) is a no-op */
-    void *(*map)(size_t n);                /* anonymous zeroed pages; NULL on failure */
+    void *(*malloc)(size_t n);           /* NULL on failure */
+    void *(*realloc)(void *p, size_t n); /* NULL on failure, p untouched */
+    void (*free)(void *p);               /* free(NULL) is a no-op */
+    void *(*map)(size_t n);              /* anonymous zeroed pages; NULL on failure */
     void (*unmap)(void *p, size_t n);
 } hd_mem_methods_t;
 
@@ -116,12 +116,12 @@ void hd_heap_set_limits(hd_heap_t *h, uint64_t max_bytes, uint64_t max_objects);
 /* Objects and reference counting.                                                             */
 /* ------------------------------------------------------------------------------------------ */
 
-#define HD_OBJ_FINALIZER 0x1u        /* queue a FINALIZED event when the object is freed */
+#define HD_OBJ_FINALIZER        0x1u /* queue a FINALIZED event when the object is freed */
 #define HD_OBJ_LEGACY_FINALIZER 0x2u /* a cycle holding it is uncollectable (goes to garbage) */
-#define HD_OBJ_FLAGS_ALL 0x3u
+#define HD_OBJ_FLAGS_ALL        0x3u
 
-#define HD_MAX_SLOTS 65535u
-#define HD_MAX_TAG_LEN 255u   /* bytes of a type tag or allocation site */
+#define HD_MAX_SLOTS   65535u
+#define HD_MAX_TAG_LEN 255u /* bytes of a type tag or allocation site */
 #define HD_MAX_PAYLOAD (1u << 30)
 
 typedef struct hd_alloc_args_s {
@@ -163,11 +163,11 @@ typedef struct hd_obj_info_s {
     uint64_t sizeof_bytes; /* as hd_getsizeof */
     uint32_t size;         /* payload bytes */
     uint32_t nslots;
-    unsigned flags;        /* HD_OBJ_* given at allocation */
-    int tracked;           /* 1 if the collector tracks it */
-    int generation;        /* 0..2, 3 = frozen (permanent), -1 untracked */
-    const char *tag;       /* borrowed, valid while the object lives; "" if none */
-    const char *site;      /* borrowed, valid while the object lives; "" if none */
+    unsigned flags;   /* HD_OBJ_* given at allocation */
+    int tracked;      /* 1 if the collector tracks it */
+    int generation;   /* 0..2, 3 = frozen (permanent), -1 untracked */
+    const char *tag;  /* borrowed, valid while the object lives; "" if none */
+    const char *site; /* borrowed, valid while the object lives; "" if none */
 } hd_obj_info_t;
 int hd_obj_info(hd_heap_t *h, hd_handle_t o, hd_obj_info_t *out);
 
@@ -187,12 +187,12 @@ void hd_handles_free(hd_handles_t *hv);
 /* The cycle collector: CPython 3.11's gc module.                                              */
 /* ------------------------------------------------------------------------------------------ */
 
-#define HD_GC_DEBUG_STATS 1
-#define HD_GC_DEBUG_COLLECTABLE 2
+#define HD_GC_DEBUG_STATS         1
+#define HD_GC_DEBUG_COLLECTABLE   2
 #define HD_GC_DEBUG_UNCOLLECTABLE 4
-#define HD_GC_DEBUG_SAVEALL 32
-#define HD_GC_DEBUG_LEAK (HD_GC_DEBUG_COLLECTABLE | HD_GC_DEBUG_UNCOLLECTABLE | HD_GC_DEBUG_SAVEALL)
-#define HD_GC_DEBUG_ALL (HD_GC_DEBUG_STATS | HD_GC_DEBUG_LEAK)
+#define HD_GC_DEBUG_SAVEALL       32
+#define HD_GC_DEBUG_LEAK          (HD_GC_DEBUG_COLLECTABLE | HD_GC_DEBUG_UNCOLLECTABLE | HD_GC_DEBUG_SAVEALL)
+#define HD_GC_DEBUG_ALL           (HD_GC_DEBUG_STATS | HD_GC_DEBUG_LEAK)
 
 typedef struct hd_gc_genstats_s {
     uint64_t collections;
@@ -278,8 +278,8 @@ typedef enum hd_event_type_e {
 } hd_event_type_t;
 
 #define HD_EVMASK(t) (1u << (t))
-#define HD_EVMASK_ALL                                                                          \
-    (HD_EVMASK(HD_EV_FINALIZED) | HD_EVMASK(HD_EV_WEAKREF_CLEARED) | HD_EVMASK(HD_EV_GC_START) |  \
+#define HD_EVMASK_ALL                                                                              \
+    (HD_EVMASK(HD_EV_FINALIZED) | HD_EVMASK(HD_EV_WEAKREF_CLEARED) | HD_EVMASK(HD_EV_GC_START) |   \
      HD_EVMASK(HD_EV_GC_STOP))
 
 typedef struct hd_event_s {
@@ -306,11 +306,11 @@ uint64_t hd_events_dropped(hd_heap_t *h);
 typedef enum hd_trace_group_e { HD_TRACE_BY_SITE = 0, HD_TRACE_BY_TAG = 1 } hd_trace_group_t;
 
 typedef struct hd_trace_stat_s {
-    const char *key;     /* site or tag; "" for none; borrowed from the heap */
-    uint64_t count;      /* live traced objects */
-    uint64_t bytes;      /* their getsizeof bytes */
-    int64_t count_diff;  /* compare_to only */
-    int64_t bytes_diff;  /* compare_to only */
+    const char *key;    /* site or tag; "" for none; borrowed from the heap */
+    uint64_t count;     /* live traced objects */
+    uint64_t bytes;     /* their getsizeof bytes */
+    int64_t count_diff; /* compare_to only */
+    int64_t bytes_diff; /* compare_to only */
 } hd_trace_stat_t;
 
 typedef struct hd_trace_stats_s {
@@ -339,24 +339,24 @@ int hd_trace_compare(hd_heap_t *h, uint32_t id, uint32_t old_id, hd_trace_group_
 /* ------------------------------------------------------------------------------------------ */
 
 /* XX(field, description) */
-#define HD_HEAP_STATS_MAP(XX)                                                                  \
-    XX(objects, "live objects")                                                                \
-    XX(containers, "live objects with slots")                                                  \
-    XX(object_bytes, "bytes held by live objects (block sizes), counted against max_bytes")    \
-    XX(allocs_total, "objects allocated since the heap began")                                 \
-    XX(frees_total, "objects freed since the heap began")                                      \
-    XX(arenas_allocated_total, "arenas mapped since the heap began")                           \
-    XX(arenas_reclaimed, "arenas returned to the OS")                                          \
-    XX(arenas_highwater, "most arenas mapped at once")                                         \
-    XX(arenas_current, "arenas mapped now")                                                    \
-    XX(arena_bytes, "arenas_current * 1 MiB")                                                  \
-    XX(bytes_allocated_blocks, "bytes in allocated blocks")                                    \
-    XX(bytes_available_blocks, "bytes in available blocks of used pools")                      \
-    XX(bytes_unused_pools, "bytes in unused pools")                                            \
-    XX(bytes_pool_headers, "bytes lost to pool headers")                                       \
-    XX(bytes_quantization, "bytes lost to quantization")                                       \
-    XX(bytes_arena_alignment, "bytes lost to arena alignment")                                 \
-    XX(large_objects, "objects over 512 bytes, from the system allocator")                     \
+#define HD_HEAP_STATS_MAP(XX)                                                                      \
+    XX(objects, "live objects")                                                                    \
+    XX(containers, "live objects with slots")                                                      \
+    XX(object_bytes, "bytes held by live objects (block sizes), counted against max_bytes")        \
+    XX(allocs_total, "objects allocated since the heap began")                                     \
+    XX(frees_total, "objects freed since the heap began")                                          \
+    XX(arenas_allocated_total, "arenas mapped since the heap began")                               \
+    XX(arenas_reclaimed, "arenas returned to the OS")                                              \
+    XX(arenas_highwater, "most arenas mapped at once")                                             \
+    XX(arenas_current, "arenas mapped now")                                                        \
+    XX(arena_bytes, "arenas_current * 1 MiB")                                                      \
+    XX(bytes_allocated_blocks, "bytes in allocated blocks")                                        \
+    XX(bytes_available_blocks, "bytes in available blocks of used pools")                          \
+    XX(bytes_unused_pools, "bytes in unused pools")                                                \
+    XX(bytes_pool_headers, "bytes lost to pool headers")                                           \
+    XX(bytes_quantization, "bytes lost to quantization")                                           \
+    XX(bytes_arena_alignment, "bytes lost to arena alignment")                                     \
+    XX(large_objects, "objects over 512 bytes, from the system allocator")                         \
     XX(large_bytes, "bytes of those objects")
 
 typedef struct hd_class_stats_s {

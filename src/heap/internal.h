@@ -36,9 +36,9 @@
 /* Assertions and branch hints.                                                                */
 /* ------------------------------------------------------------------------------------------ */
 
-#define HD_LIKELY(x) __builtin_expect(!!(x), 1)
+#define HD_LIKELY(x)   __builtin_expect(!!(x), 1)
 #define HD_UNLIKELY(x) __builtin_expect(!!(x), 0)
-#define HD_NOINLINE __attribute__((noinline))
+#define HD_NOINLINE    __attribute__((noinline))
 
 void hd__panic(const char *file, int line, const char *what) __attribute__((noreturn));
 #ifndef NDEBUG
@@ -57,15 +57,21 @@ void hd__panic(const char *file, int line, const char *what) __attribute__((nore
 /* ------------------------------------------------------------------------------------------ */
 
 extern hd_mem_methods_t hd__mem;
-static inline void *hd__malloc(size_t n) { return hd__mem.malloc(n); }
+static inline void *hd__malloc(size_t n) {
+    return hd__mem.malloc(n);
+}
 static inline void *hd__calloc(size_t n, size_t sz) {
     if (sz && n > SIZE_MAX / sz) return NULL;
     void *p = hd__mem.malloc(n * sz);
     if (p) memset(p, 0, n * sz);
     return p;
 }
-static inline void *hd__realloc(void *p, size_t n) { return hd__mem.realloc(p, n); }
-static inline void hd__free(void *p) { hd__mem.free(p); }
+static inline void *hd__realloc(void *p, size_t n) {
+    return hd__mem.realloc(p, n);
+}
+static inline void hd__free(void *p) {
+    hd__mem.free(p);
+}
 /* Duplicates s through the hook; NULL on failure. */
 char *hd__strdup(const char *s);
 /* Grows a vector's capacity to hold at least need items of size sz; 0 or HD_ENOMEM. */
@@ -76,7 +82,7 @@ int hd__vec_reserve(void **v, size_t *cap, size_t need, size_t sz);
 /* ------------------------------------------------------------------------------------------ */
 
 /* 16-byte alignment, as CPython 3.11 on 64-bit: every block starts 16-byte aligned. */
-#define HD_ALIGN 16
+#define HD_ALIGN       16
 #define HD_ALIGN_SHIFT 4
 /* Requests up to 512 bytes come from pools; 512 / 16 = 32 size classes. */
 #define HD_SMALL_MAX 512
@@ -89,9 +95,9 @@ int hd__vec_reserve(void **v, size_t *cap, size_t need, size_t sz);
 #define HD_ARENA_SIZE (1u << HD_ARENA_BITS)
 /* A ref's granule field: 12 bits of 16-byte steps = a 64 KiB region. */
 #define HD_REF_GRANULE_BITS 12
-#define HD_REGION_BITS (HD_REF_GRANULE_BITS + HD_ALIGN_SHIFT)
-#define HD_REGION_SIZE (1u << HD_REGION_BITS)
-#define HD_ARENA_REGIONS (HD_ARENA_SIZE / HD_REGION_SIZE)
+#define HD_REGION_BITS      (HD_REF_GRANULE_BITS + HD_ALIGN_SHIFT)
+#define HD_REGION_SIZE      (1u << HD_REGION_BITS)
+#define HD_ARENA_REGIONS    (HD_ARENA_SIZE / HD_REGION_SIZE)
 /* 20 bits of region number: at most 2^20 regions = 64 GiB of arenas per heap. */
 #define HD_MAX_REGIONS (1u << (32 - HD_REF_GRANULE_BITS))
 
@@ -101,7 +107,7 @@ _Static_assert(HD_ARENA_SIZE % HD_REGION_SIZE == 0, "an arena holds whole region
 _Static_assert(HD_POOL_SIZE % HD_REGION_SIZE == 0 || HD_REGION_SIZE % HD_POOL_SIZE == 0,
                "pools never straddle regions unevenly");
 
-#define HD_ROUND_UP(n) (((n) + (HD_ALIGN - 1)) & ~(size_t)(HD_ALIGN - 1))
+#define HD_ROUND_UP(n)   (((n) + (HD_ALIGN - 1)) & ~(size_t)(HD_ALIGN - 1))
 #define HD_SIZE_CLASS(n) ((uint32_t)(((n)-1) >> HD_ALIGN_SHIFT)) /* n in 1..512 */
 #define HD_CLASS_SIZE(i) ((uint32_t)(((i) + 1) << HD_ALIGN_SHIFT))
 
@@ -137,19 +143,19 @@ struct hd_chunk_s;
  *   arenas_current == arenas_allocated_total - arenas_reclaimed <= arenas_highwater.
  */
 typedef struct hd_alloc_s {
-    char **region_base;                 /* region -> base address (64 KiB covered) */
-    uint64_t *region_large;             /* region -> bytes of its large allocation, else 0 */
-    struct hd_chunk_s *chunks;          /* chunk (16 regions) -> alloc.c's record */
-    uint32_t nregions, region_cap;      /* used prefix / capacity of the tables */
-    uint32_t chunks_free;               /* free chunks, singly linked (alloc.c's HD_NOCHUNK) */
-    uint32_t chunks_large;              /* large chunks with a free region, doubly linked */
-    uint32_t chunks_full;               /* large chunks without one, doubly linked */
+    char **region_base;            /* region -> base address (64 KiB covered) */
+    uint64_t *region_large;        /* region -> bytes of its large allocation, else 0 */
+    struct hd_chunk_s *chunks;     /* chunk (16 regions) -> alloc.c's record */
+    uint32_t nregions, region_cap; /* used prefix / capacity of the tables */
+    uint32_t chunks_free;          /* free chunks, singly linked (alloc.c's HD_NOCHUNK) */
+    uint32_t chunks_large;         /* large chunks with a free region, doubly linked */
+    uint32_t chunks_full;          /* large chunks without one, doubly linked */
     char *region_inline[HD_REGIONS_INLINE];
-    struct hd_pool_s *usedpools[HD_NCLASSES + 1]; /* per class; [HD_NCLASSES] for large */
-    struct hd_arena_s *usable_arenas;   /* arenas with free pools, fullest first */
+    struct hd_pool_s *usedpools[HD_NCLASSES + 1];     /* per class; [HD_NCLASSES] for large */
+    struct hd_arena_s *usable_arenas;                 /* arenas with free pools, fullest first */
     struct hd_arena_s *nfp2lasta[HD_ARENA_POOLS + 1]; /* free pools -> last such usable arena */
-    struct hd_arena_s *arenas;          /* every mapped arena, for destroy and stats */
-    struct hd_arena_s *spare_arena;     /* one empty arena kept against thrashing */
+    struct hd_arena_s *arenas;      /* every mapped arena, for destroy and stats */
+    struct hd_arena_s *spare_arena; /* one empty arena kept against thrashing */
     uint64_t arenas_allocated_total, arenas_reclaimed, arenas_highwater, arenas_current;
     uint64_t large_objects, large_bytes;
 } hd_alloc_t;
@@ -193,19 +199,19 @@ static inline void *hd__ref_ptr(const hd_alloc_t *a, hd_ref_t r) {
 
 /* Object flags (hd_obj_t.flags). */
 enum {
-    HD_OF_TRACKED = 0x0001,      /* on a gc list (containers only) */
-    HD_OF_GEN_MASK = 0x0006,     /* generation 0..2, 3 = permanent; valid while TRACKED */
+    HD_OF_TRACKED = 0x0001,  /* on a gc list (containers only) */
+    HD_OF_GEN_MASK = 0x0006, /* generation 0..2, 3 = permanent; valid while TRACKED */
     HD_OF_GEN_SHIFT = 1,
-    HD_OF_FINALIZER = 0x0008,    /* a FINALIZED event is still owed */
-    HD_OF_LEGACY = 0x0010,       /* legacy finalizer: cycles holding it are uncollectable */
-    HD_OF_EXT = 0x0020,          /* the extension (size, tag, site) follows the slots */
-    HD_OF_WEAKREFD = 0x0040,     /* weakref.c holds weak references to it */
-    HD_OF_TRACED = 0x0080,       /* counted in trace.c's statistics */
-    HD_OF_COLLECTING = 0x0100,   /* gc.c: in the generations being collected */
-    HD_OF_UNREACHABLE = 0x0200,  /* gc.c: tentatively unreachable */
-    HD_OF_GARBAGE = 0x0400,      /* on the garbage list (holds one internal reference) */
-    HD_OF_WANTS_FINAL = 0x0800,  /* allocated with HD_OBJ_FINALIZER (for hd_obj_info) */
-    HD_OF_FREEING = 0x1000,      /* refcnt reached 0: on the free cascade's work list */
+    HD_OF_FINALIZER = 0x0008,   /* a FINALIZED event is still owed */
+    HD_OF_LEGACY = 0x0010,      /* legacy finalizer: cycles holding it are uncollectable */
+    HD_OF_EXT = 0x0020,         /* the extension (size, tag, site) follows the slots */
+    HD_OF_WEAKREFD = 0x0040,    /* weakref.c holds weak references to it */
+    HD_OF_TRACED = 0x0080,      /* counted in trace.c's statistics */
+    HD_OF_COLLECTING = 0x0100,  /* gc.c: in the generations being collected */
+    HD_OF_UNREACHABLE = 0x0200, /* gc.c: tentatively unreachable */
+    HD_OF_GARBAGE = 0x0400,     /* on the garbage list (holds one internal reference) */
+    HD_OF_WANTS_FINAL = 0x0800, /* allocated with HD_OBJ_FINALIZER (for hd_obj_info) */
+    HD_OF_FREEING = 0x1000,     /* refcnt reached 0: on the free cascade's work list */
 };
 
 /*
@@ -223,14 +229,14 @@ enum {
  * two-slot container is 32 bytes, one 32-byte block.
  */
 typedef struct hd_obj_s {
-    hd_ref_t gc_prev;  /* previous on the gc list (or gc_refs during a collection) */
-    hd_ref_t gc_next;  /* next on the gc list; the free cascade's link once FREEING */
-    uint32_t refcnt;   /* every reference */
-    uint32_t crefs;    /* references held by the client */
-    uint32_t check;    /* the handle check; 0 = freed */
-    uint16_t nslots;   /* reference slots */
-    uint16_t flags;    /* HD_OF_* */
-    hd_ref_t slots[];  /* nslots refs, 0 = empty */
+    hd_ref_t gc_prev; /* previous on the gc list (or gc_refs during a collection) */
+    hd_ref_t gc_next; /* next on the gc list; the free cascade's link once FREEING */
+    uint32_t refcnt;  /* every reference */
+    uint32_t crefs;   /* references held by the client */
+    uint32_t check;   /* the handle check; 0 = freed */
+    uint16_t nslots;  /* reference slots */
+    uint16_t flags;   /* HD_OF_* */
+    hd_ref_t slots[]; /* nslots refs, 0 = empty */
 } hd_obj_t;
 _Static_assert(sizeof(hd_obj_t) == 24, "the object header is 24 bytes");
 
@@ -305,35 +311,35 @@ typedef struct hd_gc_cursor_s hd_gc_cursor_t; /* gc.c's own */
  */
 typedef struct hd_gcstate_s {
     hd_gen_t gen[3];
-    hd_ref_t permanent;           /* sentinel ref of the frozen generation */
-    uint64_t nfrozen;             /* objects in the permanent generation */
-    int enabled;                  /* automatic collection */
-    int collecting;               /* a collection is running (no re-entry) */
-    int debug;                    /* HD_GC_DEBUG_* */
-    uint64_t long_lived_total;    /* size of gen 2 after the last full collection */
-    uint64_t long_lived_pending;  /* objects promoted into gen 2 since then */
+    hd_ref_t permanent;          /* sentinel ref of the frozen generation */
+    uint64_t nfrozen;            /* objects in the permanent generation */
+    int enabled;                 /* automatic collection */
+    int collecting;              /* a collection is running (no re-entry) */
+    int debug;                   /* HD_GC_DEBUG_* */
+    uint64_t long_lived_total;   /* size of gen 2 after the last full collection */
+    uint64_t long_lived_pending; /* objects promoted into gen 2 since then */
     hd_gc_genstats_t stats[3];
-    hd_ref_t *garbage;            /* the garbage list; each entry holds one reference */
+    hd_ref_t *garbage; /* the garbage list; each entry holds one reference */
     size_t ngarbage, garbage_cap;
-    hd_gc_cursor_t *cursors;      /* open get_objects cursors */
+    hd_gc_cursor_t *cursors; /* open get_objects cursors */
     uint64_t next_cursor;
 } hd_gcstate_t;
 
 typedef struct hd_intern_s {
-    char **strs;          /* id -> string; strs[0] = "" */
-    uint32_t n, cap;      /* ids in use (including 0) / capacity */
-    uint16_t *table;      /* open addressing: ids, 0 = empty; tcap is a power of two */
+    char **strs;     /* id -> string; strs[0] = "" */
+    uint32_t n, cap; /* ids in use (including 0) / capacity */
+    uint16_t *table; /* open addressing: ids, 0 = empty; tcap is a power of two */
     uint32_t tcap;
 } hd_intern_t;
 
 typedef struct hd_evqueue_s {
-    hd_event_t *v;        /* ring buffer */
+    hd_event_t *v; /* ring buffer */
     size_t head, n, cap;
     unsigned mask;
     uint64_t dropped;
 } hd_evqueue_t;
 
-struct hd_weakstate_s; /* weakref.c's own, allocated on first use */
+struct hd_weakstate_s;  /* weakref.c's own, allocated on first use */
 struct hd_tracestate_s; /* trace.c's own, allocated on first use */
 
 /* Invariants:
@@ -347,10 +353,10 @@ struct hd_heap_s {
     uint64_t nobjects, ncontainers, nbytes;
     uint64_t max_objects, max_bytes;
     uint64_t allocs_total, frees_total;
-    uint32_t next_check;          /* next handle check; never 0 */
-    hd_ref_t free_stack;          /* the free cascade's work list (hd__obj_release) */
-    int releasing;                /* the free cascade is draining free_stack */
-    bool tracing;                 /* trace.c: tracing is on (hd__tracing) */
+    uint32_t next_check; /* next handle check; never 0 */
+    hd_ref_t free_stack; /* the free cascade's work list (hd__obj_release) */
+    int releasing;       /* the free cascade is draining free_stack */
+    bool tracing;        /* trace.c: tracing is on (hd__tracing) */
     hd_intern_t tags, sites;
     hd_evqueue_t events;
     struct hd_weakstate_s *weak;

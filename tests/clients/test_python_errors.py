@@ -116,7 +116,7 @@ class GcConstantsTest(unittest.TestCase):
         with open(HEAP_H, encoding="utf-8") as f:
             text = f.read()
         for name in ("STATS", "COLLECTABLE", "UNCOLLECTABLE", "SAVEALL"):
-            value = int(re.search(rf"#define HD_GC_DEBUG_{name} (\d+)", text).group(1))
+            value = int(re.search(rf"#define HD_GC_DEBUG_{name}\s+(\d+)", text).group(1))
             self.assertEqual(getattr(heapd, f"DEBUG_{name}"), value)
             self.assertEqual(getattr(heapd.GC, f"DEBUG_{name}"), value)
         self.assertEqual(heapd.DEBUG_LEAK, heapd.DEBUG_COLLECTABLE | heapd.DEBUG_UNCOLLECTABLE

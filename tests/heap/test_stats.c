@@ -44,7 +44,8 @@ static void test_random_workload(void **state) {
             live[i] = 0;
             nlive--;
         } else {
-            uint32_t size = (rand() % 10 == 0) ? (uint32_t)(rand() % 3000) : (uint32_t)(rand() % 200);
+            uint32_t size =
+                (rand() % 10 == 0) ? (uint32_t)(rand() % 3000) : (uint32_t)(rand() % 200);
             hd_alloc_args_t a = {.size = size, .nslots = (uint32_t)(rand() % 8)};
             assert_int_equal(hd_alloc(h, &a, &live[i]), 0);
             nlive++;
