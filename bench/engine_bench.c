@@ -96,12 +96,16 @@ static void bench_alloc_free(double *plain_ns, double *traced_ns) {
     hd_handle_t live_h[LIVE] = {0}, live_t[LIVE] = {0};
     double rp[ROUNDS], rt[ROUNDS];
     for (int k = 0; k < ROUNDS; k++) {
+        /* Even rounds run untraced first, odd rounds traced first. */
+        hd_heap_t *first = (k & 1) ? t : h, *second = (k & 1) ? h : t;
+        hd_handle_t *lf = (k & 1) ? live_t : live_h, *ls = (k & 1) ? live_h : live_t;
         double t0 = now_ns();
-        alloc_free_pairs(h, live_h, PAIRS);
+        alloc_free_pairs(first, lf, PAIRS);
         double t1 = now_ns();
-        alloc_free_pairs(t, live_t, PAIRS);
-        rt[k] = (now_ns() - t1) / PAIRS;
-        rp[k] = (t1 - t0) / PAIRS;
+        alloc_free_pairs(second, ls, PAIRS);
+        double t2 = now_ns();
+        rp[k] = ((k & 1) ? t2 - t1 : t1 - t0) / PAIRS;
+        rt[k] = ((k & 1) ? t1 - t0 : t2 - t1) / PAIRS;
     }
     hd_heap_free(h);
     hd_heap_free(t);
