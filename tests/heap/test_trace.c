@@ -10,28 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct fixture_s {
-    hd_heap_t *h;
-    int64_t live0;
-} fixture_t;
-
-static int setup(void **state) {
-    tu_hook_install();
-    fixture_t *f = calloc(1, sizeof(*f));
-    f->live0 = tu_live_allocs();
-    f->h = tu_heap();
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state) {
-    fixture_t *f = *state;
-    hd_heap_free(f->h);
-    assert_int_equal(tu_live_allocs(), f->live0);
-    free(f);
-    return 0;
-}
-
 /* Allocates an object at site with tag (either may be NULL); asserts success. */
 static hd_handle_t obj_at(hd_heap_t *h, const char *site, const char *tag, uint32_t nslots,
                           uint32_t size) {
@@ -75,7 +53,7 @@ static const hd_trace_stat_t *stat_of(const hd_trace_stats_t *s, const char *key
 /* ------------------------------------------------------------------------------------------ */
 
 static void test_start_stop(void **state) {
-    hd_heap_t *h = ((fixture_t *)*state)->h;
+    hd_heap_t *h = TU_HEAP(state);
     assert_int_equal(hd_trace_is_tracing(h), 0);
     assert_traced(h, 0, 0);
     /* Functions that need no state are harmless before the first start. */
@@ -120,7 +98,7 @@ static void test_start_stop(void **state) {
 }
 
 static void test_current_peak(void **state) {
-    hd_heap_t *h = ((fixture_t *)*state)->h;
+    hd_heap_t *h = TU_HEAP(state);
     assert_int_equal(hd_trace_start(h), 0);
     hd_handle_t a = obj_at(h, "a.py:1", "A", 2, 100);
     hd_handle_t b = obj_at(h, "b.py:2", NULL, 0, 1000); /* large: over 512 bytes */
@@ -159,7 +137,7 @@ static void test_current_peak(void **state) {
 }
 
 static void test_before_start_not_traced(void **state) {
-    hd_heap_t *h = ((fixture_t *)*state)->h;
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t old = obj_at(h, "old.py:1", "Old", 1, 64);
     assert_int_equal(hd_trace_start(h), 0);
     assert_traced(h, 0, 0);
@@ -182,7 +160,7 @@ static void test_before_start_not_traced(void **state) {
 
 /* clear_traces forgets the objects traced so far: freeing one later must not go negative. */
 static void test_clear(void **state) {
-    hd_heap_t *h = ((fixture_t *)*state)->h;
+    hd_heap_t *h = TU_HEAP(state);
     assert_int_equal(hd_trace_start(h), 0);
     hd_handle_t keep[50];
     for (int i = 0; i < 50; i++)
@@ -221,7 +199,7 @@ static void test_clear(void **state) {
 }
 
 static void test_statistics(void **state) {
-    hd_heap_t *h = ((fixture_t *)*state)->h;
+    hd_heap_t *h = TU_HEAP(state);
     assert_int_equal(hd_trace_start(h), 0);
     /* site "app.py:10": 3 Node (2 slots) + 1 Leaf (payload 200); site "app.py:20": 5 Node;
      * no site: 2 Leaf and 1 bare object (no tag either). */
@@ -292,7 +270,7 @@ static void test_statistics(void **state) {
 
 /* Equal bytes sort by count (more first), then by key. */
 static void test_statistics_ties(void **state) {
-    hd_heap_t *h = ((fixture_t *)*state)->h;
+    hd_heap_t *h = TU_HEAP(state);
     assert_int_equal(hd_trace_start(h), 0);
     /* "b" and "a": one object of 64 bytes each; "c": two objects of 32 bytes each. */
     obj_at(h, "b", NULL, 0, 32);
@@ -314,7 +292,7 @@ static void test_statistics_ties(void **state) {
 /* tracemalloc's "finding a leak with snapshots": take a snapshot, run the suspect code, take
  * another, and compare: the leaking site tops the list with its growth. */
 static void test_compare_finds_leak(void **state) {
-    hd_heap_t *h = ((fixture_t *)*state)->h;
+    hd_heap_t *h = TU_HEAP(state);
     assert_int_equal(hd_trace_start(h), 0);
     /* The program's steady state. */
     hd_handle_t cache[20], gone[10];
@@ -421,7 +399,7 @@ static void test_compare_finds_leak(void **state) {
 }
 
 static void test_errors(void **state) {
-    hd_heap_t *h = ((fixture_t *)*state)->h;
+    hd_heap_t *h = TU_HEAP(state);
     hd_trace_stats_t st = {0};
     uint32_t id = 0;
     /* Nothing before the first start. */
@@ -460,7 +438,7 @@ static void test_errors(void **state) {
 
 /* Objects freed by the cycle collector are uncounted like any other. */
 static void test_collected_cycle_uncounted(void **state) {
-    hd_heap_t *h = ((fixture_t *)*state)->h;
+    hd_heap_t *h = TU_HEAP(state);
     assert_int_equal(hd_trace_start(h), 0);
     hd_handle_t a = obj_at(h, "cyc.py:1", "Node", 1, 0);
     hd_handle_t b = obj_at(h, "cyc.py:1", "Node", 1, 0);
@@ -478,7 +456,7 @@ static void test_collected_cycle_uncounted(void **state) {
 
 /* Many distinct (site, tag) pairs: the aggregate map grows and stays exact. */
 static void test_many_keys(void **state) {
-    hd_heap_t *h = ((fixture_t *)*state)->h;
+    hd_heap_t *h = TU_HEAP(state);
     assert_int_equal(hd_trace_start(h), 0);
     enum { NSITE = 40, NTAG = 25 };
     char site[32], tag[32];
@@ -521,7 +499,7 @@ static void test_many_keys(void **state) {
 /* Every allocation of every tracing call fails once, in turn: each failure is HD_ENOMEM with
  * nothing changed, and nothing leaks. */
 static void test_oom(void **state) {
-    hd_heap_t *h = ((fixture_t *)*state)->h;
+    hd_heap_t *h = TU_HEAP(state);
     uint64_t failures = 0;
     hd_handle_t pre = obj_at(h, "pre.py:1", "Pre", 0, 8);
 
@@ -640,17 +618,17 @@ static void test_oom(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_start_stop, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_current_peak, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_before_start_not_traced, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_clear, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_statistics, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_statistics_ties, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_compare_finds_leak, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_collected_cycle_uncounted, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_many_keys, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_oom, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_start_stop, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_current_peak, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_before_start_not_traced, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_clear, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_statistics, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_statistics_ties, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_compare_finds_leak, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_errors, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_collected_cycle_uncounted, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_many_keys, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_oom, tu_setup, tu_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,29 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* A fresh heap and the hook's live allocation count before it, for the leak check. */
-typedef struct fixture_s {
-    hd_heap_t *h;
-    int64_t live0;
-} fixture_t;
-
-static int setup(void **state) {
-    tu_hook_install();
-    fixture_t *f = calloc(1, sizeof(*f));
-    f->live0 = tu_live_allocs();
-    f->h = tu_heap();
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state) {
-    fixture_t *f = *state;
-    hd_heap_free(f->h);
-    assert_int_equal(tu_live_allocs(), f->live0);
-    free(f);
-    return 0;
-}
-
 static hd_weak_t weak_new(hd_heap_t *h, hd_handle_t o, int notify) {
     hd_weak_t w = 0;
     assert_int_equal(hd_weakref_new(h, o, notify, &w), 0);
@@ -62,7 +39,7 @@ static void drain(hd_heap_t *h) {
 /* ------------------------------------------------------------------------------------------ */
 
 static void test_new_get_free(void **state) {
-    hd_heap_t *h = ((fixture_t *)*state)->h;
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t o = tu_obj(h, 2, 16);
     uint64_t rc0 = tu_refcnt(h, o);
     hd_weak_t w = weak_new(h, o, 0);
@@ -95,7 +72,7 @@ static void test_new_get_free(void **state) {
 }
 
 static void test_dead_after_decref(void **state) {
-    hd_heap_t *h = ((fixture_t *)*state)->h;
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t o = tu_obj(h, 1, 0);
     hd_weak_t w = weak_new(h, o, 0);
     assert_int_equal(hd_incref(h, o, 2), 0);
@@ -124,7 +101,7 @@ static void test_dead_after_decref(void **state) {
 }
 
 static void test_dead_after_cycle_collected(void **state) {
-    hd_heap_t *h = ((fixture_t *)*state)->h;
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t a = tu_obj(h, 1, 0), b = tu_obj(h, 1, 0);
     assert_int_equal(hd_set_slot(h, a, 0, b), 0);
     assert_int_equal(hd_set_slot(h, b, 0, a), 0);
@@ -154,7 +131,7 @@ static void test_dead_after_cycle_collected(void **state) {
 /* In a collection, CPython clears weak references (handle_weakrefs) before running finalizers
  * (finalize_garbage): WEAKREF_CLEARED comes before FINALIZED. */
 static void test_cycle_event_order(void **state) {
-    hd_heap_t *h = ((fixture_t *)*state)->h;
+    hd_heap_t *h = TU_HEAP(state);
     hd_alloc_args_t args = {.nslots = 1, .flags = HD_OBJ_FINALIZER, .tag = "Node"};
     hd_handle_t a;
     assert_int_equal(hd_alloc(h, &args, &a), 0);
@@ -184,7 +161,7 @@ static void test_cycle_event_order(void **state) {
 }
 
 static void test_events_notify_and_mask(void **state) {
-    hd_heap_t *h = ((fixture_t *)*state)->h;
+    hd_heap_t *h = TU_HEAP(state);
     hd_event_t ev;
 
     /* The mask excludes WEAKREF_CLEARED (default: no events): nothing is queued. */
@@ -235,7 +212,7 @@ static void test_events_notify_and_mask(void **state) {
 /* CPython's subtype_dealloc calls the finalizer before clearing weak references: on refcount
  * death FINALIZED comes first, then WEAKREF_CLEARED. */
 static void test_refcount_death_order(void **state) {
-    hd_heap_t *h = ((fixture_t *)*state)->h;
+    hd_heap_t *h = TU_HEAP(state);
     hd_events_set_mask(h, HD_EVMASK_ALL);
     hd_alloc_args_t args = {.size = 8, .flags = HD_OBJ_FINALIZER, .tag = "Res"};
     hd_handle_t o;
@@ -255,7 +232,7 @@ static void test_refcount_death_order(void **state) {
 }
 
 static void test_stale_forged_foreign(void **state) {
-    hd_heap_t *h = ((fixture_t *)*state)->h;
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t got;
 
     /* A heap that never made a weak reference knows none. */
@@ -312,7 +289,7 @@ static void test_stale_forged_foreign(void **state) {
 }
 
 static void test_atomic_referent(void **state) {
-    hd_heap_t *h = ((fixture_t *)*state)->h;
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t s = tu_obj(h, 0, 100);
     const char msg[] = "immutable";
     assert_int_equal(hd_write(h, s, 0, msg, sizeof(msg)), 0);
@@ -336,7 +313,7 @@ static void test_atomic_referent(void **state) {
 }
 
 static void test_many_to_one(void **state) {
-    hd_heap_t *h = ((fixture_t *)*state)->h;
+    hd_heap_t *h = TU_HEAP(state);
     enum { N = 1000 };
     hd_weak_t *w = calloc(N, sizeof(*w));
     hd_handle_t o = tu_obj(h, 1, 0);
@@ -384,7 +361,7 @@ static void test_many_to_one(void **state) {
 /* Many referents, dying in a scrambled order: exercises the map's growth and its removals
  * (every other referent must keep its weak references intact). */
 static void test_many_objects(void **state) {
-    hd_heap_t *h = ((fixture_t *)*state)->h;
+    hd_heap_t *h = TU_HEAP(state);
     enum { N = 3000 };
     hd_handle_t *o = calloc(N, sizeof(*o));
     hd_weak_t(*w)[2] = calloc(N, sizeof(*w));
@@ -431,7 +408,7 @@ static void test_many_objects(void **state) {
 }
 
 static void test_get_many_and_overflow(void **state) {
-    hd_heap_t *h = ((fixture_t *)*state)->h;
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t o = tu_obj(h, 0, 0);
     hd_weak_t w = weak_new(h, o, 0);
     /* Each dereference is one more client reference, dropped like any other. */
@@ -468,7 +445,7 @@ static void test_get_many_and_overflow(void **state) {
  * references." A tree whose children point back at their parent weakly is freed by reference
  * counting alone (the collector stays disabled and is never called). */
 static void test_seed_parent_backlink(void **state) {
-    hd_heap_t *h = ((fixture_t *)*state)->h;
+    hd_heap_t *h = TU_HEAP(state);
     hd_events_set_mask(h, HD_EVMASK(HD_EV_WEAKREF_CLEARED));
     enum { NCHILD = 4 };
     hd_handle_t parent = tu_obj_tag(h, NCHILD, "Node");
@@ -508,7 +485,7 @@ static void test_seed_parent_backlink(void **state) {
 /* The seeds' Node example: a.next = b; b.next = a; del a; del b. With strong links the pair
  * waits for gc.collect(); with b.next a weak reference, del a frees a at once. */
 static void test_seed_node_cycle(void **state) {
-    hd_heap_t *h = ((fixture_t *)*state)->h;
+    hd_heap_t *h = TU_HEAP(state);
     /* Strong cycle: survives the dels, dies in the collection. */
     hd_handle_t a = tu_obj_tag(h, 1, "Node"), b = tu_obj_tag(h, 1, "Node");
     assert_int_equal(hd_set_slot(h, a, 0, b), 0);
@@ -542,8 +519,7 @@ static void test_seed_node_cycle(void **state) {
  * nothing changed, and nothing leaks. Covers the state's first allocation, the entry table's
  * and the map's growth. */
 static void test_oom(void **state) {
-    fixture_t *f = *state;
-    hd_heap_t *h = f->h;
+    hd_heap_t *h = TU_HEAP(state);
     enum { NOBJ = 40, PER = 3 };
     hd_handle_t o[NOBJ];
     hd_weak_t w[NOBJ][PER];
@@ -618,20 +594,20 @@ static void test_oom_first_use(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_new_get_free, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_dead_after_decref, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_dead_after_cycle_collected, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_cycle_event_order, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_events_notify_and_mask, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_refcount_death_order, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_stale_forged_foreign, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_atomic_referent, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_many_to_one, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_many_objects, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_get_many_and_overflow, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_seed_parent_backlink, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_seed_node_cycle, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_oom, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_new_get_free, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_dead_after_decref, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_dead_after_cycle_collected, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_cycle_event_order, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_events_notify_and_mask, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_refcount_death_order, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_stale_forged_foreign, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_atomic_referent, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_many_to_one, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_many_objects, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_get_many_and_overflow, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_seed_parent_backlink, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_seed_node_cycle, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_oom, tu_setup, tu_teardown),
         cmocka_unit_test(test_oom_first_use),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

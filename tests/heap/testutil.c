@@ -7,8 +7,8 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 
-static uint64_t fail_at;   /* allocation number that fails; 0 = none */
-static uint64_t nallocs;   /* allocations seen since tu_fail_nth */
+static uint64_t fail_at; /* allocation number that fails; 0 = none */
+static uint64_t nallocs; /* allocations seen since tu_fail_nth */
 static int fired;
 static int64_t live;
 
@@ -74,6 +74,24 @@ int tu_failed(void) {
 
 int64_t tu_live_allocs(void) {
     return live;
+}
+
+int tu_setup(void **state) {
+    tu_hook_install();
+    tu_fixture_t *f = calloc(1, sizeof *f);
+    if (!f) return -1;
+    f->live0 = tu_live_allocs();
+    f->h = tu_heap();
+    *state = f;
+    return 0;
+}
+
+int tu_teardown(void **state) {
+    tu_fixture_t *f = *state;
+    hd_heap_free(f->h);
+    assert_int_equal(tu_live_allocs(), f->live0);
+    free(f);
+    return 0;
 }
 
 hd_heap_t *tu_heap(void) {

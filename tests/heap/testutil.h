@@ -23,6 +23,17 @@ int tu_failed(void);
 /* Allocations (malloc + map) outstanding through the hook. */
 int64_t tu_live_allocs(void);
 
+/* A cmocka fixture: a fresh heap per test (tu_heap) and the hook's live allocation count
+ * before it; teardown frees the heap and asserts nothing leaked. Use
+ * cmocka_unit_test_setup_teardown(test, tu_setup, tu_teardown) and TU_HEAP(state). */
+typedef struct tu_fixture_s {
+    hd_heap_t *h;
+    int64_t live0;
+} tu_fixture_t;
+int tu_setup(void **state);
+int tu_teardown(void **state);
+#define TU_HEAP(state) (((tu_fixture_t *)*(state))->h)
+
 /* A new heap with defaults but automatic collection disabled (tests call collect). */
 hd_heap_t *tu_heap(void);
 /* Allocates an object with n slots and size payload bytes; asserts success. */
