@@ -672,15 +672,14 @@ static inline bool ref_in(const hd_ref_t *v, size_t n, hd_ref_t r) {
     return v[lo] == r;
 }
 
-/* The refs of n client handles, sorted, in v (the caller's, room for n). HD_ENOOBJ if any
- * handle is stale. */
-static int resolve_sorted(hd_heap_t *h, const hd_handle_t *objs, size_t n, hd_ref_t *v) {
-    for (size_t i = 0; i < n; i++) {
+/* 0 if every one of n client handles names a live object, else HD_ENOOBJ. */
+static int check_handles(hd_heap_t *h, const hd_handle_t *objs, size_t n) {
+    for (size_t k = 0; k < n; k++) {
+        hd_ref_t r;
         hd_obj_t *o;
-        int rc = hd__handle_resolve(h, objs[i], &v[i], &o);
+        int rc = hd__handle_resolve(h, objs[k], &r, &o);
         if (rc < 0) return rc;
     }
-    qsort(v, n, sizeof *v, ref_cmp);
     return 0;
 }
 
@@ -693,7 +692,10 @@ static int resolve_sorted(hd_heap_t *h, const hd_handle_t *objs, size_t n, hd_re
 int hd_gc_get_referrers(hd_heap_t *h, const hd_handle_t *objs, size_t n, int newref,
                         hd_handles_t *out) {
     if (!out || (n && !objs)) return HD_EINVAL;
-    if (n == 0) return 0;
+    /* Every handle is checked before the target array is allocated, so that a stale one is
+     * HD_ENOOBJ whatever the memory (as in hd_gc_get_referents). */
+    int rc = check_handles(h, objs, n);
+    if (rc < 0 || n == 0) return rc;
     hd_ref_t inline_refs[16];
     hd_ref_t *targets = inline_refs;
     if (n > sizeof inline_refs / sizeof inline_refs[0]) {
@@ -701,8 +703,10 @@ int hd_gc_get_referrers(hd_heap_t *h, const hd_handle_t *objs, size_t n, int new
         targets = hd__malloc(n * sizeof *targets);
         if (!targets) return HD_ENOMEM;
     }
+    for (size_t k = 0; k < n; k++)
+        targets[k] = (hd_ref_t)objs[k];
+    qsort(targets, n, sizeof *targets, ref_cmp);
     size_t from = out->n;
-    int rc = resolve_sorted(h, objs, n, targets);
     regions_t rb = h->alloc.region_base;
     for (int g = 0; g < 3 && rc == 0; g++) {
         hd_ref_t list = h->gc.gen[g].head;

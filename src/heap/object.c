@@ -20,7 +20,8 @@
 /* FNV-1a: short strings, no adversary gains anything but a slower lookup in its own heap. */
 static uint32_t str_hash(const char *s) {
     uint32_t x = 2166136261u;
-    for (; *s; s++) x = (x ^ (unsigned char)*s) * 16777619u;
+    for (; *s; s++)
+        x = (x ^ (unsigned char)*s) * 16777619u;
     return x;
 }
 
@@ -31,7 +32,8 @@ static int intern_grow(hd_intern_t *t) {
     if (!nt) return HD_ENOMEM;
     for (uint32_t id = 1; id < t->n; id++) {
         uint32_t i = str_hash(t->strs[id]) & (ncap - 1);
-        while (nt[i]) i = (i + 1) & (ncap - 1);
+        while (nt[i])
+            i = (i + 1) & (ncap - 1);
         nt[i] = (uint16_t)id;
     }
     hd__free(t->table);
@@ -69,7 +71,8 @@ int hd__intern(hd_intern_t *t, const char *s, uint16_t *id) {
     char *copy = hd__strdup(s);
     if (!copy) return HD_ENOMEM;
     uint32_t i = hash & (t->tcap - 1);
-    while (t->table[i]) i = (i + 1) & (t->tcap - 1);
+    while (t->table[i])
+        i = (i + 1) & (t->tcap - 1);
     t->table[i] = (uint16_t)t->n;
     t->strs[t->n] = copy;
     *id = (uint16_t)t->n++;
@@ -77,7 +80,8 @@ int hd__intern(hd_intern_t *t, const char *s, uint16_t *id) {
 }
 
 void hd__intern_free(hd_intern_t *t) {
-    for (uint32_t id = 1; id < t->n; id++) hd__free(t->strs[id]);
+    for (uint32_t id = 1; id < t->n; id++)
+        hd__free(t->strs[id]);
     hd__free(t->strs);
     hd__free(t->table);
     memset(t, 0, sizeof *t);
@@ -203,24 +207,26 @@ static int check_args(const hd_alloc_args_t *a) {
 }
 
 /*
- * Returns a new client reference. The steps that can fail (arguments, interning, limits,
+ * Returns a new client reference. The steps that can fail (arguments, limits, interning,
  * trace entry, the block) all come before the first change to the object graph, so a
- * failure leaves the heap as it was. Interned strings stay in their table (a cache).
+ * failure leaves the heap as it was. Interned strings stay in their table (a cache), but
+ * only once the limits let the object in: a refused allocation must not use up tag ids.
  * For a bare container the path is: checks, one block pop, 24-32 bytes of stores, the gc
  * count and the list append.
  */
 int hd_alloc(hd_heap_t *h, const hd_alloc_args_t *a, hd_handle_t *out) {
     int rc = check_args(a);
     if (rc < 0) return rc;
-    uint16_t tag = 0, site = 0;
-    if ((a->tag && *a->tag && (rc = hd__intern(&h->tags, a->tag, &tag)) < 0) ||
-        (a->site && *a->site && (rc = hd__intern(&h->sites, a->site, &site)) < 0))
-        return rc;
-    bool ext = a->size || tag || site;
+    bool has_tag = a->tag && *a->tag, has_site = a->site && *a->site;
+    bool ext = a->size || has_tag || has_site;
     size_t bytes = hd__obj_bytes(a->nslots, a->size, ext);
     size_t charge = hd__alloc_charge(bytes);
     if (HD_UNLIKELY(h->max_objects && h->nobjects >= h->max_objects)) return HD_ELIMIT;
     if (HD_UNLIKELY(h->max_bytes && h->nbytes + charge > h->max_bytes)) return HD_ELIMIT;
+    uint16_t tag = 0, site = 0;
+    if ((has_tag && (rc = hd__intern(&h->tags, a->tag, &tag)) < 0) ||
+        (has_site && (rc = hd__intern(&h->sites, a->site, &site)) < 0))
+        return rc;
     if (hd__tracing(h) && (rc = hd__trace_prepare(h, site, tag)) < 0) return rc;
 
     hd_ref_t r;
@@ -231,9 +237,10 @@ int hd_alloc(hd_heap_t *h, const hd_alloc_args_t *a, hd_handle_t *out) {
     o->crefs = 1;
     o->check = next_check(h);
     o->nslots = (uint16_t)a->nslots;
-    o->flags = (uint16_t)((ext ? HD_OF_EXT : 0) |
-                          ((a->flags & HD_OBJ_FINALIZER) ? HD_OF_FINALIZER | HD_OF_WANTS_FINAL : 0) |
-                          ((a->flags & HD_OBJ_LEGACY_FINALIZER) ? HD_OF_LEGACY : 0));
+    o->flags =
+        (uint16_t)((ext ? HD_OF_EXT : 0) |
+                   ((a->flags & HD_OBJ_FINALIZER) ? HD_OF_FINALIZER | HD_OF_WANTS_FINAL : 0) |
+                   ((a->flags & HD_OBJ_LEGACY_FINALIZER) ? HD_OF_LEGACY : 0));
     memset(o->slots, 0, 4u * (size_t)a->nslots);
     if (ext) {
         hd_objext_t *x = hd__obj_ext(o);

@@ -655,6 +655,26 @@ static void test_get_referrers(void **state) {
     assert_int_equal(hd_gc_get_referrers(h, NULL, 1, 0, &hv), HD_EINVAL);
     assert_int_equal(hd_gc_get_referrers(h, objs, 0, 0, &hv), 0);
     assert_int_equal(hv.n, 0);
+
+    /* A stale handle among more targets than the inline buffer holds is HD_ENOOBJ even when
+     * the buffer cannot be allocated: handles are checked first (found by fuzz_engine.c, where
+     * it was HD_ENOMEM). With valid handles, the failed allocation changes nothing. */
+    hd_handle_t dead = tu_obj(h, 0, 0);
+    assert_int_equal(hd_decref(h, dead, 1), 0);
+    many[20] = dead;
+    uint64_t rc_r0 = tu_refcnt(h, r0), rc_t = tu_refcnt(h, t);
+    tu_fail_nth(1);
+    assert_int_equal(hd_gc_get_referrers(h, many, 40, 1, &hv), HD_ENOOBJ);
+    assert_false(tu_failed());
+    tu_fail_nth(0);
+    assert_int_equal(hv.n, 0);
+    many[20] = t;
+    tu_fail_nth(1);
+    assert_int_equal(hd_gc_get_referrers(h, many, 40, 1, &hv), HD_ENOMEM);
+    tu_fail_nth(0);
+    assert_int_equal(hv.n, 0);
+    assert_int_equal(tu_refcnt(h, r0), rc_r0);
+    assert_int_equal(tu_refcnt(h, t), rc_t);
     hd_handles_free(&hv);
 }
 
