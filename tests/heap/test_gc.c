@@ -12,30 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct fixture_s {
-    hd_heap_t *h;
-    int64_t live0;
-} fixture_t;
-
-static int setup(void **state) {
-    tu_hook_install();
-    fixture_t *f = calloc(1, sizeof(*f));
-    f->live0 = tu_live_allocs();
-    f->h = tu_heap();
-    *state = f;
-    return 0;
-}
-
-static int teardown(void **state) {
-    fixture_t *f = *state;
-    hd_heap_free(f->h);
-    assert_int_equal(tu_live_allocs(), f->live0);
-    free(f);
-    return 0;
-}
-
-#define HEAP(state) (((fixture_t *)*(state))->h)
-
 /* ------------------------------------------------------------------------------------------ */
 /* Helpers.                                                                                    */
 /* ------------------------------------------------------------------------------------------ */
@@ -119,7 +95,7 @@ static int contains(const hd_handles_t *hv, hd_handle_t o) {
 
 /* class Node: next; a.next = b; b.next = a; del a; del b; gc.collect() */
 static void test_seed_node_cycle(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t a = tu_obj_tag(h, 1, "Node"), b = tu_obj_tag(h, 1, "Node");
     link(h, a, 0, b);
     link(h, b, 0, a);
@@ -136,7 +112,7 @@ static void test_seed_node_cycle(void **state) {
 
 /* a = []; b = []; a.append(b); b.append(a); del a, b; gc.collect(); gc.disable() */
 static void test_seed_list_cycle_and_disable(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     hd_gc_enable(h);
     assert_int_equal(hd_gc_isenabled(h), 1);
     hd_handle_t a = tu_obj_tag(h, 4, "list"), b = tu_obj_tag(h, 4, "list");
@@ -157,7 +133,7 @@ static void test_seed_list_cycle_and_disable(void **state) {
 /* a = []; b = a; del a; del b: the count reaches zero and the list is freed at once, with
  * no collection. */
 static void test_seed_refcount_frees_without_gc(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t a = tu_obj(h, 2, 0);
     assert_int_equal(hd_incref(h, a, 1), 0); /* b = a */
     assert_int_equal(tu_refcnt(h, a), 2);
@@ -195,7 +171,7 @@ static void test_seed_threshold_and_count(void **state) {
 /* ------------------------------------------------------------------------------------------ */
 
 static void test_self_cycle(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t a = tu_obj(h, 1, 0);
     link(h, a, 0, a);
     assert_int_equal(tu_refcnt(h, a), 2);
@@ -211,7 +187,7 @@ static void test_self_cycle(void **state) {
 
 /* Atomic objects held by a cycle die with it but are not counted: they are not tracked. */
 static void test_cycle_holding_atomic(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t a = tu_obj(h, 2, 0), b = tu_obj(h, 2, 0);
     hd_handle_t s = tu_obj(h, 0, 100), t = tu_obj(h, 0, 5);
     link(h, a, 0, b);
@@ -229,7 +205,7 @@ static void test_cycle_holding_atomic(void **state) {
 
 /* Objects reachable from a client reference survive, however they point at each other. */
 static void test_reachable_survives(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t root = tu_obj(h, 1, 0), a = tu_obj(h, 1, 0), b = tu_obj(h, 1, 0);
     link(h, root, 0, a);
     link(h, a, 0, b);
@@ -250,7 +226,7 @@ static void test_reachable_survives(void **state) {
  * delete_garbage moves it to the old generation, where it dies when its holders are
  * cleared. Everything goes, nothing is counted twice. */
 static void test_rings_with_chords(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     enum { RINGS = 50, N = 10 };
     for (int k = 0; k < RINGS; k++) {
         hd_handle_t r[N];
@@ -276,7 +252,7 @@ static void test_rings_with_chords(void **state) {
 
 /* A cycle in which one object reaches a chain hanging off the cycle: all unreachable. */
 static void test_cycle_with_tail(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t a = tu_obj(h, 2, 0), b = tu_obj(h, 1, 0), c = tu_obj(h, 1, 0);
     hd_handle_t d = tu_obj(h, 1, 0);
     link(h, a, 0, b);
@@ -300,7 +276,7 @@ static void test_cycle_with_tail(void **state) {
 /* "A new object starts life in the first generation; if it survives a collection it moves
  * to the next older one." */
 static void test_promotion(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t a = tu_obj(h, 1, 0), s = tu_obj(h, 0, 4);
     assert_int_equal(gen_of(h, a), 0);
     assert_int_equal(gen_of(h, s), -1);
@@ -338,7 +314,7 @@ static void test_promotion(void **state) {
 
 /* collect(0) sees older generations as outside: their slots are roots. */
 static void test_older_generations_are_roots(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t old = tu_obj(h, 1, 0);
     assert_int_equal(collect(h, 1), 0); /* old is in generation 2 */
     hd_handle_t y = tu_obj(h, 1, 0), z = tu_obj(h, 1, 0);
@@ -359,7 +335,7 @@ static void test_older_generations_are_roots(void **state) {
 
 /* A cycle that spans two generations is collected only with the older one. */
 static void test_cycle_across_generations(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t a = tu_obj(h, 1, 0);
     assert_int_equal(collect(h, 0), 0); /* a in gen 1 */
     hd_handle_t b = tu_obj(h, 1, 0);
@@ -380,7 +356,7 @@ static void test_cycle_across_generations(void **state) {
 /* CPython's _PyObject_GC_Link order: the 701st container makes count[0] 701 > 700, a
  * generation-0 collection runs (count = (0, 1, 0)), then the new object is tracked. */
 static void test_threshold_701(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     hd_gc_enable(h);
     hd_handle_t *o = calloc(701, sizeof *o);
     for (int i = 0; i < 700; i++)
@@ -410,7 +386,7 @@ static void test_threshold_701(void **state) {
 
 /* Automatic collections free cycles without an explicit collect(). */
 static void test_automatic_collects_cycles(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     set_thresholds(h, 50, 10, 10);
     hd_gc_enable(h);
     for (int i = 0; i < 1000; i++) {
@@ -438,7 +414,7 @@ static void test_automatic_collects_cycles(void **state) {
  * (nothing was long-lived yet, long_lived_total = 0): allocation 28 runs the first full
  * collection. */
 static void test_generation_thresholds(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     set_thresholds(h, 3, 1, 1);
     hd_gc_enable(h);
     for (int i = 1; i <= 27; i++)
@@ -457,7 +433,7 @@ static void test_generation_thresholds(void **state) {
 /* The damper: after a full collection kept 1000 objects, a full collection waits until 250
  * have been promoted into generation 2 (long_lived_pending >= long_lived_total / 4). */
 static void test_long_lived_damper(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     for (int i = 0; i < 1000; i++)
         tu_obj(h, 1, 0);
     assert_int_equal(collect(h, 2), 0); /* long_lived_total = 1000, pending = 0 */
@@ -487,7 +463,7 @@ static void test_long_lived_damper(void **state) {
 /* threshold[0] == 0 disables automatic collection; a negative threshold (accepted, as in
  * CPython) makes every allocation collect. */
 static void test_threshold_zero_and_negative(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     hd_gc_enable(h);
     set_thresholds(h, 0, 10, 10);
     for (int i = 0; i < 2000; i++)
@@ -515,7 +491,7 @@ static void test_threshold_zero_and_negative(void **state) {
 /* ------------------------------------------------------------------------------------------ */
 
 static void test_freeze_unfreeze(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t a = tu_obj(h, 1, 0), b = tu_obj(h, 1, 0), keep = tu_obj(h, 1, 0);
     link(h, a, 0, b);
     link(h, b, 0, a);
@@ -565,7 +541,7 @@ static void test_freeze_unfreeze(void **state) {
 
 /* A frozen object's slots are roots for every collection. */
 static void test_frozen_objects_are_roots(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t f = tu_obj(h, 1, 0);
     hd_gc_freeze(h);
     hd_handle_t a = tu_obj(h, 1, 0);
@@ -579,7 +555,7 @@ static void test_frozen_objects_are_roots(void **state) {
 }
 
 static void test_is_tracked(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t c = tu_obj(h, 1, 0), s = tu_obj(h, 0, 8);
     int tracked = -1;
     assert_int_equal(hd_gc_is_tracked(h, c, &tracked), 0);
@@ -599,7 +575,7 @@ static void test_is_tracked(void **state) {
 /* ------------------------------------------------------------------------------------------ */
 
 static void test_get_referrers(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t t = tu_obj(h, 1, 0), u = tu_obj(h, 0, 4);
     hd_handle_t r2 = tu_obj(h, 2, 0);
     assert_int_equal(collect(h, 1), 0); /* t, r2 in generation 2 */
@@ -679,7 +655,7 @@ static void test_get_referrers(void **state) {
 }
 
 static void test_get_referents(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t a = tu_obj(h, 4, 0), b = tu_obj(h, 2, 0), s = tu_obj(h, 0, 3);
     link(h, a, 0, s);
     link(h, a, 2, b);
@@ -706,7 +682,7 @@ static void test_get_referents(void **state) {
 }
 
 static void test_get_objects_paging(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     enum { N = 25 };
     hd_handle_t o[N];
     for (int i = 0; i < N; i++)
@@ -770,7 +746,7 @@ static void test_get_objects_paging(void **state) {
 
 /* Cursor ids are never 0 and never reused; at most 16 are open, the oldest is evicted. */
 static void test_get_objects_cursor_limits(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     for (int i = 0; i < 5; i++)
         tu_obj(h, 1, 0);
     hd_handles_t hv = {0};
@@ -807,7 +783,7 @@ static void test_get_objects_cursor_limits(void **state) {
 /* ------------------------------------------------------------------------------------------ */
 
 static void test_saveall(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     hd_gc_set_debug(h, HD_GC_DEBUG_SAVEALL);
     assert_int_equal(hd_gc_get_debug(h), HD_GC_DEBUG_SAVEALL);
     hd_handle_t a = tu_obj(h, 1, 0), b = tu_obj(h, 1, 0), s = tu_obj(h, 0, 2);
@@ -859,7 +835,7 @@ static void test_saveall(void **state) {
  * uncollectable: counted, kept alive in the old generation; only the legacy object is put
  * on the garbage list. */
 static void test_legacy_finalizer_cycle(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t l = obj_flags(h, 2, HD_OBJ_LEGACY_FINALIZER, "Legacy");
     hd_handle_t b = tu_obj(h, 1, 0), c = tu_obj(h, 1, 0);
     hd_handle_t x = tu_obj(h, 1, 0), y = tu_obj(h, 1, 0); /* an ordinary cycle beside it */
@@ -912,7 +888,7 @@ static void test_legacy_finalizer_cycle(void **state) {
  * uncollectable until delete_garbage clears the cycle, which frees it by its count, so it
  * is neither counted nor listed (CPython counts the finalizers list after deletion). */
 static void test_legacy_freed_by_deletion(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t x = tu_obj(h, 2, 0), y = tu_obj(h, 1, 0);
     hd_handle_t l = obj_flags(h, 1, HD_OBJ_LEGACY_FINALIZER, NULL);
     link(h, x, 0, y);
@@ -934,7 +910,7 @@ static void test_legacy_freed_by_deletion(void **state) {
 
 /* Under DEBUG_SAVEALL every uncollectable object is listed, not only the legacy ones. */
 static void test_legacy_with_saveall(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     hd_gc_set_debug(h, HD_GC_DEBUG_LEAK);
     hd_handle_t l = obj_flags(h, 1, HD_OBJ_LEGACY_FINALIZER, NULL), b = tu_obj(h, 1, 0);
     link(h, l, 0, b);
@@ -956,7 +932,7 @@ static void test_legacy_with_saveall(void **state) {
 /* In a collection every weak reference to the garbage is cleared before any finalizer is
  * reported; each finalizer is reported once, with the object's last handle and tag. */
 static void test_weakrefs_cleared_before_finalized(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t a = obj_flags(h, 1, HD_OBJ_FINALIZER, "A");
     hd_handle_t b = obj_flags(h, 1, HD_OBJ_FINALIZER, "B");
     hd_handle_t c = obj_flags(h, 1, 0, "C");
@@ -1007,7 +983,7 @@ static void test_weakrefs_cleared_before_finalized(void **state) {
 
 /* GC_START and GC_STOP bracket every collection, automatic ones too, and follow the mask. */
 static void test_gc_events(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     hd_event_t ev;
     assert_int_equal(collect(h, 1), 0);
     assert_false(pop(h, &ev)); /* the default mask queues nothing */
@@ -1047,7 +1023,7 @@ static void test_gc_events(void **state) {
 /* ------------------------------------------------------------------------------------------ */
 
 static void test_errors(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     uint64_t found = 7;
     assert_int_equal(hd_gc_collect(h, -1, &found), HD_EINVAL);
     assert_int_equal(hd_gc_collect(h, 3, &found), HD_EINVAL);
@@ -1077,7 +1053,7 @@ static void test_errors(void **state) {
 /* Every gc call that allocates fails cleanly at every allocation: HD_ENOMEM, nothing
  * changed (results, references, cursors), nothing leaked. */
 static void test_oom(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     enum { N = 40 };
     hd_handle_t o[N];
     for (int i = 0; i < N; i++)
@@ -1123,7 +1099,7 @@ static void test_oom(void **state) {
  * generation without listing it (CPython's behaviour when appending to gc.garbage fails);
  * the collection itself still succeeds, and a later one lists the objects. */
 static void test_oom_garbage_list(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     hd_gc_set_debug(h, HD_GC_DEBUG_SAVEALL);
     hd_handle_t a = tu_obj(h, 1, 0), b = tu_obj(h, 1, 0);
     link(h, a, 0, b);
@@ -1168,7 +1144,7 @@ static void test_oom_garbage_list(void **state) {
 /* Collection never recurses over the graph: a chain of 300,000 objects, as one big cycle and
  * as a reachable list whose order makes move_unreachable move every node twice. */
 static void test_long_chains(void **state) {
-    hd_heap_t *h = HEAP(state);
+    hd_heap_t *h = TU_HEAP(state);
     enum { N = 300000 };
     hd_handle_t first = tu_obj(h, 1, 0), prev = first;
     for (int i = 1; i < N; i++) {
@@ -1200,40 +1176,41 @@ static void test_long_chains(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_seed_node_cycle, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_seed_list_cycle_and_disable, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_seed_refcount_frees_without_gc, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_seed_node_cycle, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_seed_list_cycle_and_disable, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_seed_refcount_frees_without_gc, tu_setup, tu_teardown),
         cmocka_unit_test(test_seed_threshold_and_count),
-        cmocka_unit_test_setup_teardown(test_self_cycle, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_cycle_holding_atomic, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_reachable_survives, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_rings_with_chords, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_cycle_with_tail, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_promotion, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_older_generations_are_roots, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_cycle_across_generations, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_threshold_701, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_automatic_collects_cycles, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_generation_thresholds, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_long_lived_damper, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_threshold_zero_and_negative, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_freeze_unfreeze, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_frozen_objects_are_roots, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_is_tracked, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_get_referrers, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_get_referents, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_get_objects_paging, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_get_objects_cursor_limits, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_saveall, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_legacy_finalizer_cycle, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_legacy_freed_by_deletion, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_legacy_with_saveall, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_weakrefs_cleared_before_finalized, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_gc_events, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_oom, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_oom_garbage_list, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_long_chains, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_self_cycle, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_cycle_holding_atomic, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_reachable_survives, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_rings_with_chords, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_cycle_with_tail, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_promotion, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_older_generations_are_roots, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_cycle_across_generations, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_threshold_701, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_automatic_collects_cycles, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_generation_thresholds, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_long_lived_damper, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_threshold_zero_and_negative, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_freeze_unfreeze, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_frozen_objects_are_roots, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_is_tracked, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_get_referrers, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_get_referents, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_get_objects_paging, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_get_objects_cursor_limits, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_saveall, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_legacy_finalizer_cycle, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_legacy_freed_by_deletion, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_legacy_with_saveall, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_weakrefs_cleared_before_finalized, tu_setup,
+                                        tu_teardown),
+        cmocka_unit_test_setup_teardown(test_gc_events, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_errors, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_oom, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_oom_garbage_list, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_long_chains, tu_setup, tu_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
