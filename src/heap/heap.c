@@ -27,16 +27,17 @@ void hd_heap_config_init(hd_heap_config_t *cfg) {
     cfg->gc_threshold[2] = 10;
 }
 
-/* A random start for the handle checks, so that two heaps running the same program do not
+/* A random seed for the handle checks, so that two heaps running the same program do not
  * hand out the same handles (a handle from another heap must not name an object here). */
-static uint32_t random_check_start(const void *salt) {
-    uint32_t x = 0;
+static uint64_t random_check_seed(const void *salt) {
+    uint64_t x = 0;
     if (getrandom(&x, sizeof x, GRND_NONBLOCK) != (ssize_t)sizeof x) {
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
-        x = (uint32_t)ts.tv_nsec ^ (uint32_t)(uintptr_t)salt ^ (uint32_t)ts.tv_sec * 2654435761u;
+        x = ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)ts.tv_nsec ^ (uint64_t)(uintptr_t)salt;
+        x *= 0x9E3779B97F4A7C15ull;
     }
-    return x ? x : 1;
+    return x ? x : 0x9E3779B97F4A7C15ull; /* xorshift's state must not be 0 */
 }
 
 int hd_heap_new(const hd_heap_config_t *cfg, hd_heap_t **out) {
@@ -51,7 +52,7 @@ int hd_heap_new(const hd_heap_config_t *cfg, hd_heap_t **out) {
     hd__gc_init(h, cfg);
     h->max_bytes = cfg->max_bytes;
     h->max_objects = cfg->max_objects;
-    h->next_check = random_check_start(h);
+    h->check_rng = random_check_seed(h);
     *out = h;
     return 0;
 }

@@ -15,9 +15,11 @@
  * gc lists are circular and doubly linked like CPython's. Ref 0 is "none".
  *
  * Handles. The client's name for an object is its ref plus a 32-bit check drawn from a
- * per-heap counter (random start, never 0): handle = (uint64)check << 32 | ref. Freeing an
- * object zeroes its check, and a reused block gets a new one, so a stale, forged or foreign
- * handle fails hd__handle_resolve instead of naming another object.
+ * per-heap pseudo-random sequence (seeded at random, never 0): handle = (uint64)check << 32 |
+ * ref. Freeing an object zeroes its check, and a reused block draws a new one, so a stale,
+ * forged or foreign handle fails hd__handle_resolve instead of naming another object, except
+ * with probability 2^-32 per use (a counter would instead repeat exactly after 2^32
+ * allocations, which a tight alloc/free loop reaches in minutes).
  *
  * The files: alloc.c (arenas, pools, blocks, regions), object.c (layout, handles, refcounts,
  * the free cascade, interning), gc.c (collector), weakref.c, trace.c, stats.c, heap.c (the
@@ -353,7 +355,7 @@ struct hd_heap_s {
     uint64_t nobjects, ncontainers, nbytes;
     uint64_t max_objects, max_bytes;
     uint64_t allocs_total, frees_total;
-    uint32_t next_check; /* next handle check; never 0 */
+    uint64_t check_rng;  /* xorshift state drawing handle checks; never 0 */
     hd_ref_t free_stack; /* the free cascade's work list (hd__obj_release) */
     int releasing;       /* the free cascade is draining free_stack */
     bool tracing;        /* trace.c: tracing is on (hd__tracing) */

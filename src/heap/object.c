@@ -104,10 +104,18 @@ int hd__handle_resolve(hd_heap_t *h, hd_handle_t hd, hd_ref_t *ref, hd_obj_t **o
     return 0;
 }
 
-/* The next handle check: a per-heap counter that never yields 0. */
+/* The next handle check: xorshift64* (Vigna), the high 32 bits of its output, never 0. It
+ * has no short period for a reused block to fall into, and costs a handful of instructions. */
 static inline uint32_t next_check(hd_heap_t *h) {
-    uint32_t c = h->next_check++;
-    if (HD_UNLIKELY(c == 0)) c = h->next_check++;
+    uint32_t c;
+    do {
+        uint64_t x = h->check_rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        h->check_rng = x;
+        c = (uint32_t)((x * 0x2545F4914F6CDD1Dull) >> 32);
+    } while (HD_UNLIKELY(c == 0));
     return c;
 }
 

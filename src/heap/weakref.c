@@ -212,7 +212,7 @@ static struct hd_weakstate_s *weakstate_new(hd_heap_t *h) {
     struct hd_weakstate_s *ws = hd__calloc(1, sizeof(*ws));
     if (!ws) return NULL;
     /* Start from the heap's own random check, scrambled, so weak handles of two heaps differ. */
-    ws->next_check = h->next_check ^ 0x5BD1E995u;
+    ws->next_check = (uint32_t)(h->check_rng >> 32) ^ 0x5BD1E995u;
     if (ws->next_check == 0) ws->next_check = 1;
     return ws;
 }
