@@ -6,6 +6,8 @@
  *   alloc_free_ns        median ns for an alloc + free pair of 32-64 byte objects (with a site)
  *   alloc_free_traced_ns the same pairs while tracing (tracemalloc's cost: 3.3x in CPython)
  *   malloc_free_ns       the same pairs through malloc/free
+ *   alloc_burst_ns       ns per object when 256 objects of mixed size classes are allocated,
+ *                        then all freed (the free lists fill and drain); malloc_burst_ns beside
  *   bytes_per_object     RSS growth per object, 2,000,000 live two-slot containers
  *   gc_full_{live,garbage}_ns_per_obj_{1m,4m}   full collections over rings of 10 nodes with
  *                        2 slots (next and a chord), all live / all garbage
@@ -131,6 +133,47 @@ static double bench_malloc_free(void) {
     for (int j = 0; j < LIVE; j++)
         free(live[j]);
     return median(r, ROUNDS);
+}
+
+/* Bursts: BURST objects of mixed sizes (24..80 payload bytes, several size classes)
+ * allocated, then all freed, so the free lists fill and drain instead of handing one block
+ * back and forth; ns per object (one alloc + one free). The engine and malloc alternate
+ * rounds. */
+#define BURST        256
+#define BURST_ROUNDS 4000
+static void bench_bursts(double *engine_ns, double *malloc_ns) {
+    hd_heap_t *h = new_heap();
+    hd_handle_t hv[BURST];
+    void *pv[BURST];
+    double re[ROUNDS], rm[ROUNDS];
+    for (int k = 0; k < ROUNDS; k++) {
+        double t0 = now_ns();
+        for (int r = 0; r < BURST_ROUNDS; r++) {
+            for (int i = 0; i < BURST; i++) {
+                hd_alloc_args_t a = {.size = 24 + (uint32_t)(i & 7) * 8};
+                int rc = hd_alloc(h, &a, &hv[i]);
+                if (rc < 0) die("alloc", rc);
+            }
+            for (int i = 0; i < BURST; i++)
+                hd_decref(h, hv[i], 1);
+        }
+        double t1 = now_ns();
+        for (int r = 0; r < BURST_ROUNDS; r++) {
+            for (int i = 0; i < BURST; i++) {
+                pv[i] = malloc(56 + (size_t)(i & 7) * 8);
+                if (!pv[i]) die("malloc", HD_ENOMEM);
+                memset(pv[i], 0, 56 + (size_t)(i & 7) * 8);
+            }
+            for (int i = 0; i < BURST; i++)
+                free(pv[i]);
+        }
+        double t2 = now_ns();
+        re[k] = (t1 - t0) / ((double)BURST_ROUNDS * BURST);
+        rm[k] = (t2 - t1) / ((double)BURST_ROUNDS * BURST);
+    }
+    hd_heap_free(h);
+    *engine_ns = median(re, ROUNDS);
+    *malloc_ns = median(rm, ROUNDS);
 }
 
 /* The handle array is allocated and touched before the baseline: it is the client's
@@ -285,11 +328,15 @@ int main(int argc, char **argv) {
     double alloc_ns, traced_ns;
     bench_alloc_free(&alloc_ns, &traced_ns);
     double malloc_ns = bench_malloc_free();
+    double burst_ns, mburst_ns;
+    bench_bursts(&burst_ns, &mburst_ns);
     double bpo = bench_bytes_per_object(2000000);
     printf("{\n  \"alloc_free_ns\": %.1f,\n  \"malloc_free_ns\": %.1f,\n"
            "  \"alloc_vs_malloc\": %.2f,\n  \"alloc_free_traced_ns\": %.1f,\n"
-           "  \"traced_vs_untraced\": %.2f,\n  \"bytes_per_object\": %.1f",
-           alloc_ns, malloc_ns, alloc_ns / malloc_ns, traced_ns, traced_ns / alloc_ns, bpo);
+           "  \"traced_vs_untraced\": %.2f,\n  \"alloc_burst_ns\": %.1f,\n"
+           "  \"malloc_burst_ns\": %.1f,\n  \"bytes_per_object\": %.1f",
+           alloc_ns, malloc_ns, alloc_ns / malloc_ns, traced_ns, traced_ns / alloc_ns, burst_ns,
+           mburst_ns, bpo);
     int sizes[2] = {1000000, 4000000};
     const char *names[2] = {"1m", "4m"};
     for (int s = 0; s < (quick ? 1 : 2); s++) {

@@ -410,15 +410,7 @@ static void finalize_garbage(hd_heap_t *h, hd_ref_t unreachable) {
     regions_t rb = h->alloc.region_base;
     for (hd_ref_t r = link_at(rb, unreachable)->gc_next; r != unreachable;) {
         hd_obj_t *o = obj_at(rb, r);
-        if (o->flags & HD_OF_FINALIZER) {
-            o->flags &= (uint16_t)~HD_OF_FINALIZER;
-            if (hd__event_wanted(h, HD_EV_FINALIZED)) {
-                hd_objext_t *x = hd__obj_ext(o);
-                hd_event_t ev = {.type = HD_EV_FINALIZED, .handle = hd__handle_of(o, r)};
-                ev.tag = hd__intern_str(&h->tags, x ? x->tag : 0);
-                hd__event_push(h, &ev);
-            }
-        }
+        if (o->flags & HD_OF_FINALIZER) hd__obj_finalize(h, r, o);
         r = o->gc_next;
     }
 }
@@ -899,14 +891,17 @@ int hd_gc_garbage(hd_heap_t *h, size_t start, size_t max, int newref, hd_handles
     return 0;
 }
 
-/* As del gc.garbage[:]. The list is detached first, so the frees this causes see it empty. */
+/* As gc.garbage.clear() (listobject.c:_list_clear) and del gc.garbage[:] (list_ass_slice):
+ * the list is detached first, so the frees this causes see it empty, and the references are
+ * dropped from the last entry to the first, as both of CPython's do. The order shows in the
+ * events: each entry's cascade (FINALIZED, WEAKREF_CLEARED) runs before the entry before it. */
 void hd_gc_garbage_clear(hd_heap_t *h) {
     hd_gcstate_t *gc = &h->gc;
     hd_ref_t *v = gc->garbage;
     size_t n = gc->ngarbage;
     gc->garbage = NULL;
     gc->ngarbage = gc->garbage_cap = 0;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = n; i-- > 0;) {
         hd__obj(h, v[i])->flags &= (uint16_t)~HD_OF_GARBAGE;
         hd__obj_decref_internal(h, v[i]);
     }

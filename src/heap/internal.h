@@ -15,11 +15,12 @@
  * gc lists are circular and doubly linked like CPython's. Ref 0 is "none".
  *
  * Handles. The client's name for an object is its ref plus a 32-bit check drawn from a
- * per-heap pseudo-random sequence (seeded at random, never 0): handle = (uint64)check << 32 |
- * ref. Freeing an object zeroes its check, and a reused block draws a new one, so a stale,
- * forged or foreign handle fails hd__handle_resolve instead of naming another object, except
- * with probability 2^-32 per use (a counter would instead repeat exactly after 2^32
- * allocations, which a tight alloc/free loop reaches in minutes).
+ * per-heap pseudo-random sequence (hd__next_check, seeded at random; weak handles draw from
+ * it too), never 0: handle = (uint64)check << 32 | ref. Freeing an object zeroes its check,
+ * and a reused block draws a new one, so a stale, forged or foreign handle fails
+ * hd__handle_resolve instead of naming another object, except with probability 2^-32 per use (a
+ * counter would instead repeat exactly after 2^32 allocations, which a tight alloc/free loop
+ * reaches in minutes).
  *
  * The files: alloc.c (arenas, pools, blocks, regions), object.c (layout, handles, refcounts,
  * the free cascade, interning), gc.c (collector), weakref.c, trace.c, stats.c, heap.c (the
@@ -375,6 +376,22 @@ static inline hd_handle_t hd__handle_of(const hd_obj_t *o, hd_ref_t r) {
     return ((uint64_t)o->check << 32) | r;
 }
 
+/* The next check for an object or weak handle: xorshift64* (Vigna), the high 32 bits of its
+ * output, never 0. It has no short period for a reused block or weak entry to fall into,
+ * and costs a handful of instructions. Objects and weak references draw from one sequence. */
+static inline uint32_t hd__next_check(hd_heap_t *h) {
+    uint32_t c;
+    do {
+        uint64_t x = h->check_rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        h->check_rng = x;
+        c = (uint32_t)((x * 0x2545F4914F6CDD1Dull) >> 32);
+    } while (HD_UNLIKELY(c == 0));
+    return c;
+}
+
 /* gc list primitives, as CPython's gc_list_*. */
 static inline void hd__gc_list_init(hd_heap_t *h, hd_ref_t list) {
     hd_gchead_t *s = hd__gchead(h, list);
@@ -422,6 +439,10 @@ int hd__handle_resolve(hd_heap_t *h, hd_handle_t hd, hd_ref_t *ref, hd_obj_t **o
 /* Drops one reference that is not the client's (a slot's, the garbage list's, gc.c's
  * transient one). Frees the object at zero, cascading without recursion. */
 void hd__obj_decref_internal(hd_heap_t *h, hd_ref_t r);
+/* Runs o's finalizer, which it still owes (HD_OF_FINALIZER): clears the flag, so that it runs
+ * once (CPython's _PyGC_FINALIZED), and queues FINALIZED with o's handle and tag if the
+ * session wants it. Called by the free path and by gc.c's finalize_garbage while o is alive. */
+void hd__obj_finalize(hd_heap_t *h, hd_ref_t r, hd_obj_t *o);
 /* Empties every slot of o, dropping the slots' references (tp_clear). o must stay alive
  * across the call: the caller holds a reference. */
 void hd__obj_clear_slots(hd_heap_t *h, hd_ref_t r);
@@ -466,9 +487,10 @@ void hd__gc_untrack(hd_heap_t *h, hd_ref_t r, hd_obj_t *o);
 /* ------------------------------------------------------------------------------------------ */
 
 /* Clears every weak reference to r (WEAKREFD set), queueing WEAKREF_CLEARED events for the
- * ones that asked, oldest first; clears the flag. Called by the free path and by gc.c's
- * handle_weakrefs while o is still alive (its check not yet zeroed). Allocates nothing beyond
- * the event queue's growth, and cannot fail (an event that cannot be queued is dropped). */
+ * ones that asked, newest first (CPython's callback order); clears the flag. Called by the
+ * free path and by gc.c's handle_weakrefs while o is still alive (its check not yet zeroed).
+ * Allocates nothing beyond the event queue's growth, and cannot fail (an event that cannot be
+ * queued is dropped). */
 void hd__weakref_clear(hd_heap_t *h, hd_ref_t r, hd_obj_t *o);
 /* Frees the weak-reference state (a no-op if none); touches no object. */
 void hd__weakref_destroy(hd_heap_t *h);

@@ -104,21 +104,6 @@ int hd__handle_resolve(hd_heap_t *h, hd_handle_t hd, hd_ref_t *ref, hd_obj_t **o
     return 0;
 }
 
-/* The next handle check: xorshift64* (Vigna), the high 32 bits of its output, never 0. It
- * has no short period for a reused block to fall into, and costs a handful of instructions. */
-static inline uint32_t next_check(hd_heap_t *h) {
-    uint32_t c;
-    do {
-        uint64_t x = h->check_rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        h->check_rng = x;
-        c = (uint32_t)((x * 0x2545F4914F6CDD1Dull) >> 32);
-    } while (HD_UNLIKELY(c == 0));
-    return c;
-}
-
 /* ========================================================================================== */
 /* The free cascade.                                                                          */
 /* ========================================================================================== */
@@ -141,15 +126,7 @@ static void push_dying(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
 /* Frees one dying object: events, weak references, trace counts, slots, memory. The order
  * is CPython's subtype_dealloc: the finalizer runs, then weak references are cleared. */
 static void dealloc(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
-    hd_objext_t *x = hd__obj_ext(o);
-    if (o->flags & HD_OF_FINALIZER) {
-        o->flags &= (uint16_t)~HD_OF_FINALIZER;
-        if (hd__event_wanted(h, HD_EV_FINALIZED)) {
-            hd_event_t ev = {.type = HD_EV_FINALIZED, .handle = hd__handle_of(o, r)};
-            ev.tag = hd__intern_str(&h->tags, x ? x->tag : 0);
-            hd__event_push(h, &ev);
-        }
-    }
+    if (o->flags & HD_OF_FINALIZER) hd__obj_finalize(h, r, o);
     if (o->flags & HD_OF_WEAKREFD) hd__weakref_clear(h, r, o);
     if (o->flags & HD_OF_TRACED) hd__trace_free(h, o);
     for (uint32_t i = 0; i < o->nslots; i++) {
@@ -167,6 +144,17 @@ static void dealloc(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
     h->frees_total++;
     o->check = 0;
     hd__alloc_free(&h->alloc, o, r);
+}
+
+void hd__obj_finalize(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
+    HD_ASSERT(o->flags & HD_OF_FINALIZER);
+    o->flags &= (uint16_t)~HD_OF_FINALIZER;
+    if (hd__event_wanted(h, HD_EV_FINALIZED)) {
+        hd_objext_t *x = hd__obj_ext(o);
+        hd_event_t ev = {.type = HD_EV_FINALIZED, .handle = hd__handle_of(o, r)};
+        ev.tag = hd__intern_str(&h->tags, x ? x->tag : 0);
+        hd__event_push(h, &ev);
+    }
 }
 
 /* Starts the cascade at r (refcnt just reached 0). Re-entrant calls only push. */
@@ -243,7 +231,7 @@ int hd_alloc(hd_heap_t *h, const hd_alloc_args_t *a, hd_handle_t *out) {
     o->gc_prev = o->gc_next = 0;
     o->refcnt = 1;
     o->crefs = 1;
-    o->check = next_check(h);
+    o->check = hd__next_check(h);
     o->nslots = (uint16_t)a->nslots;
     o->flags =
         (uint16_t)((ext ? HD_OF_EXT : 0) |

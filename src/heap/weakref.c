@@ -3,11 +3,19 @@
  * a WEAKREF_CLEARED event instead).
  *
  * A weak handle names an entry of the heap's weak table: handle = (uint64)check << 32 |
- * (index + 1). Checks come from a per-table counter and are never 0; a freed entry's check is
- * 0 and a reused entry gets a fresh one, so a stale or forged weak handle fails with
- * HD_ENOWEAK instead of naming another entry. An entry names its referent exactly, by ref and
- * object check. The live entries of one object form a circular chain in creation order, found
- * through a hash map ref -> first entry, so that new, free and clear are O(1) per entry.
+ * (index + 1). Checks come from the heap's pseudo-random sequence (internal.h:hd__next_check,
+ * the one object handles use) and are never 0; a freed entry's check is 0 and a reused entry
+ * draws a fresh one, so a stale or forged weak handle fails with HD_ENOWEAK instead of naming
+ * another entry (except with probability 2^-32 per use; a counter would repeat exactly after
+ * 2^32 reuses). An entry names its referent exactly, by ref and object check. The live entries
+ * of one object form a circular chain in creation order, found through a hash map ref -> first
+ * entry, so that new, free and clear are O(1) per entry.
+ *
+ * When the referent dies its weak references are cleared newest first, the order in which
+ * CPython 3.11 calls the callbacks: weakref___new__ inserts a reference with a callback at the
+ * head of the object's list (after the callback-less basic ref, if any), and both
+ * PyObject_ClearWeakRefs (death by refcount) and gcmodule.c:handle_weakrefs (in a collection)
+ * walk the list from its head.
  *
  * This file owns the table, the map and HD_OF_WEAKREFD. It does not decide when an object
  * dies: object.c's free path and gc.c's handle_weakrefs call hd__weakref_clear. The state is
@@ -50,8 +58,7 @@ typedef struct weakslot_s {
 struct hd_weakstate_s {
     weakent_t *entries;
     size_t nent, entcap;
-    eid_t free_list;     /* free entries, linked through next */
-    uint32_t next_check; /* the next entry check; never 0 */
+    eid_t free_list; /* free entries, linked through next */
     weakslot_t *map;
     uint32_t nmap, mapcap;
 };
@@ -185,7 +192,7 @@ static int entry_reserve(struct hd_weakstate_s *ws) {
 }
 
 /* Takes an entry reserved by entry_reserve and gives it a fresh check. */
-static eid_t entry_take(struct hd_weakstate_s *ws) {
+static eid_t entry_take(hd_heap_t *h, struct hd_weakstate_s *ws) {
     eid_t id;
     if (ws->free_list) {
         id = ws->free_list;
@@ -195,8 +202,7 @@ static eid_t entry_take(struct hd_weakstate_s *ws) {
     }
     weakent_t *e = ent(ws, id);
     memset(e, 0, sizeof(*e));
-    e->check = ws->next_check++;
-    if (ws->next_check == 0) ws->next_check = 1;
+    e->check = hd__next_check(h);
     return id;
 }
 
@@ -208,13 +214,8 @@ static void entry_release(struct hd_weakstate_s *ws, eid_t id) {
     ws->free_list = id;
 }
 
-static struct hd_weakstate_s *weakstate_new(hd_heap_t *h) {
-    struct hd_weakstate_s *ws = hd__calloc(1, sizeof(*ws));
-    if (!ws) return NULL;
-    /* Start from the heap's own random check, scrambled, so weak handles of two heaps differ. */
-    ws->next_check = (uint32_t)(h->check_rng >> 32) ^ 0x5BD1E995u;
-    if (ws->next_check == 0) ws->next_check = 1;
-    return ws;
+static struct hd_weakstate_s *weakstate_new(void) {
+    return hd__calloc(1, sizeof(struct hd_weakstate_s));
 }
 
 static void weakstate_free(struct hd_weakstate_s *ws) {
@@ -237,7 +238,7 @@ int hd_weakref_new(hd_heap_t *h, hd_handle_t o, int notify, hd_weak_t *out) {
 
     struct hd_weakstate_s *ws = h->weak;
     bool fresh = ws == NULL;
-    if (fresh && !(ws = weakstate_new(h))) return HD_ENOMEM;
+    if (fresh && !(ws = weakstate_new())) return HD_ENOMEM;
     /* Reserve everything first: past this point nothing can fail. */
     weakslot_t *slot = (obj->flags & HD_OF_WEAKREFD) ? map_find(ws, r) : NULL;
     HD_ASSERT(!(obj->flags & HD_OF_WEAKREFD) || slot);
@@ -247,7 +248,7 @@ int hd_weakref_new(hd_heap_t *h, hd_handle_t o, int notify, hd_weak_t *out) {
     }
     h->weak = ws;
 
-    eid_t id = entry_take(ws);
+    eid_t id = entry_take(h, ws);
     weakent_t *e = ent(ws, id);
     e->ref = r;
     e->ocheck = obj->check;
@@ -314,8 +315,9 @@ int hd_weakref_free(hd_heap_t *h, hd_weak_t w) {
 /* Internal entry points.                                                                      */
 /* ------------------------------------------------------------------------------------------ */
 
-/* Marks every weak reference to r dead, oldest first, queueing WEAKREF_CLEARED for those made
- * with notify. Borrows o, which is still alive (its check intact). */
+/* Marks every weak reference to r dead, newest first (CPython's callback order, see the top
+ * of this file), queueing WEAKREF_CLEARED for those made with notify. Borrows o, which is
+ * still alive (its check intact). */
 void hd__weakref_clear(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
     struct hd_weakstate_s *ws = h->weak;
     o->flags &= (uint16_t)~HD_OF_WEAKREFD;
@@ -325,12 +327,12 @@ void hd__weakref_clear(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
     eid_t head = slot->head;
     map_remove(ws, slot);
 
-    /* Walk the chain oldest first; each step kills the current entry. Loop invariant: the
-     * entries from id to the chain's end (head's prev) are still live. */
-    eid_t id = head;
+    /* Walk the chain newest first (backwards from the head's prev); each step kills the
+     * current entry. Loop invariant: the entries from the head to id are still live. */
+    eid_t newest = ent(ws, head)->prev, id = newest;
     do {
         weakent_t *e = ent(ws, id);
-        eid_t next = e->next;
+        eid_t next = e->prev;
         HD_ASSERT(e->ref == r && e->ocheck == o->check);
         e->ref = 0;
         e->prev = e->next = 0;
@@ -342,7 +344,7 @@ void hd__weakref_clear(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
             hd__event_push(h, &ev);
         }
         id = next;
-    } while (id != head);
+    } while (id != newest);
 }
 
 void hd__weakref_destroy(hd_heap_t *h) {

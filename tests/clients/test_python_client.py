@@ -816,8 +816,19 @@ class GcTest(HeapdTestCase):
         self.assertEqual(gc.get_threshold(), (3, 2, 1))
         gc.set_threshold(0)  # any int, as in CPython: 0 turns automatic collection off
         self.assertEqual(gc.get_threshold(), (0, 2, 1))
-        with self.assertRaises(ValueError):
-            gc.set_threshold(1 << 40)  # not an int on the server
+        # A C int, as CPython's set_threshold: OverflowError past it, TypeError for a float.
+        for bad in (1 << 31, -(1 << 31) - 1, 1 << 40):
+            with self.assertRaises(OverflowError):
+                gc.set_threshold(bad)
+        with self.assertRaises(TypeError):
+            gc.set_threshold(1.5)
+        gc.set_threshold(-5, (1 << 31) - 1, -(1 << 31))
+        self.assertEqual(gc.get_threshold(), (-5, (1 << 31) - 1, -(1 << 31)))
+        gc.set_debug(-1)  # any C int, as CPython's set_debug
+        self.assertEqual(gc.get_debug(), -1)
+        with self.assertRaises(OverflowError):
+            gc.set_debug(1 << 31)
+        gc.set_debug(0)
         del refs
 
     def test_get_stats(self):

@@ -1000,7 +1000,7 @@ static void test_gc_events(void **state) {
     assert_int_equal(ev.generation, 1);
     assert_int_equal(ev.collected, 1);
     assert_int_equal(ev.uncollectable, 1);
-    assert_true(ev.pause_ns < 1000000000ull);
+    /* pause_ns is a measurement, not checked here: timing belongs to bench/. */
     assert_false(pop(h, &ev));
 
     /* Automatic collections report too. */

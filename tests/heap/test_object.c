@@ -35,7 +35,7 @@ static uint64_t objects(hd_heap_t *h) {
 
 /* a = []; b = a; del a; del b -> freed (the seeds' first example). */
 static void test_seed_refcount(void **state) {
-    hd_heap_t *h = tu_heap();
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t a = tu_obj(h, 1, 0); /* a = []       reference count = 1 */
     assert_int_equal(tu_refcnt(h, a), 1);
     assert_int_equal(hd_incref(h, a, 1), 0); /* b = a   reference count = 2 */
@@ -45,12 +45,11 @@ static void test_seed_refcount(void **state) {
     assert_int_equal(hd_decref(h, a, 1), 0); /* del b   reference count = 0, freed */
     assert_false(tu_alive(h, a));
     assert_int_equal(objects(h), 0);
-    hd_heap_free(h);
 }
 
 /* sys.getrefcount: a = [1, 2, 3]; b = a raises the count; del a lowers it; del b frees. */
 static void test_seed_getrefcount(void **state) {
-    hd_heap_t *h = tu_heap();
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t a = tu_obj(h, 3, 0);
     for (uint32_t i = 0; i < 3; i++)
         assert_int_equal(hd_set_slot(h, a, i, tu_obj(h, 0, 8)), 0);
@@ -70,11 +69,10 @@ static void test_seed_getrefcount(void **state) {
     assert_int_equal(objects(h), 4);
     assert_int_equal(hd_decref(h, a, 1), 0); /* the list and its three ints go together */
     assert_int_equal(objects(h), 0);
-    hd_heap_free(h);
 }
 
 static void test_alloc_layout(void **state) {
-    hd_heap_t *h = tu_heap();
+    hd_heap_t *h = TU_HEAP(state);
     hd_alloc_args_t a = {.size = 10,
                          .nslots = 3,
                          .tag = "Node",
@@ -122,11 +120,10 @@ static void test_alloc_layout(void **state) {
     char z[16], zero[16] = {0};
     assert_int_equal(hd_read(h, atom, 0, z, 16), 0);
     assert_memory_equal(z, zero, 16);
-    hd_heap_free(h);
 }
 
 static void test_large_objects(void **state) {
-    hd_heap_t *h = tu_heap();
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t o = tu_obj(h, 4, 100000);
     unsigned char *buf = malloc(100000), *back = malloc(100000);
     for (int i = 0; i < 100000; i++)
@@ -148,11 +145,10 @@ static void test_large_objects(void **state) {
     assert_int_equal(s.objects, 0);
     free(buf);
     free(back);
-    hd_heap_free(h);
 }
 
 static void test_decref_errors(void **state) {
-    hd_heap_t *h = tu_heap();
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t a = tu_obj(h, 1, 0), b = tu_obj(h, 1, 0);
     assert_int_equal(hd_set_slot(h, a, 0, b), 0); /* b: 1 client + 1 slot */
     assert_int_equal(tu_refcnt(h, b), 2);
@@ -170,11 +166,10 @@ static void test_decref_errors(void **state) {
     assert_int_equal(hd_decref(h, a, 1), 0);
     assert_false(tu_alive(h, b));
     assert_int_equal(hd_decref(h, a, 1), HD_ENOOBJ);
-    hd_heap_free(h);
 }
 
 static void test_slots(void **state) {
-    hd_heap_t *h = tu_heap();
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t a = tu_obj(h, 2, 0), b = tu_obj(h, 0, 4), c = tu_obj(h, 0, 4);
     assert_int_equal(hd_set_slot(h, a, 2, b), HD_ERANGE);
     assert_int_equal(hd_set_slot(h, b, 0, a), HD_ERANGE); /* atomic: no slots */
@@ -207,11 +202,10 @@ static void test_slots(void **state) {
     assert_int_equal(tu_refcnt(h, a), 1);
     assert_int_equal(hd_decref(h, a, 1), 0);
     assert_int_equal(objects(h), 0);
-    hd_heap_free(h);
 }
 
 static void test_payload_ranges(void **state) {
-    hd_heap_t *h = tu_heap();
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t o = tu_obj(h, 0, 8);
     char buf[16] = "abcdefgh";
     assert_int_equal(hd_write(h, o, 0, buf, 8), 0);
@@ -225,11 +219,10 @@ static void test_payload_ranges(void **state) {
     hd_handle_t empty = tu_obj(h, 1, 0);
     assert_int_equal(hd_read(h, empty, 0, buf, 0), 0);
     assert_int_equal(hd_read(h, empty, 0, buf, 1), HD_ERANGE);
-    hd_heap_free(h);
 }
 
 static void test_bad_args(void **state) {
-    hd_heap_t *h = tu_heap();
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t o;
     hd_alloc_args_t a = {.nslots = HD_MAX_SLOTS + 1};
     assert_int_equal(hd_alloc(h, &a, &o), HD_EINVAL);
@@ -246,13 +239,12 @@ static void test_bad_args(void **state) {
     assert_int_equal(hd_alloc(h, &a, &o), HD_EINVAL);
     assert_int_equal(hd_alloc(h, NULL, &o), HD_EINVAL);
     assert_int_equal(objects(h), 0);
-    hd_heap_free(h);
 }
 
 /* A freed object's handle never names the object that reuses its block; forged handles and
  * handles from another heap are refused. */
 static void test_handles(void **state) {
-    hd_heap_t *h = tu_heap(), *h2 = tu_heap();
+    hd_heap_t *h = TU_HEAP(state), *h2 = tu_heap();
     hd_handle_t a = tu_obj(h, 2, 0);
     assert_int_equal(hd_decref(h, a, 1), 0);
     hd_handle_t b = tu_obj(h, 2, 0);
@@ -288,13 +280,12 @@ static void test_handles(void **state) {
         assert_false(tu_alive(h, b + d));
     assert_false(tu_alive(h, 0));
     assert_false(tu_alive(h, b & 0xffffffff00000000ull));
-    hd_heap_free(h);
     hd_heap_free(h2);
 }
 
 /* Freeing a chain of ten million objects cascades without recursion. */
 static void test_cascade_long_chain(void **state) {
-    hd_heap_t *h = tu_heap();
+    hd_heap_t *h = TU_HEAP(state);
     const uint32_t n = 10 * 1000 * 1000;
     hd_handle_t head = tu_obj(h, 1, 0), prev = head;
     for (uint32_t i = 1; i < n; i++) {
@@ -314,12 +305,11 @@ static void test_cascade_long_chain(void **state) {
     assert_int_equal(s.frees_total, n);
     /* Emptied arenas went back to the OS, one kept. */
     assert_true(s.arenas_current <= 1);
-    hd_heap_free(h);
 }
 
 /* A wide fan-out tree also frees without recursion and in one decref. */
 static void test_cascade_tree(void **state) {
-    hd_heap_t *h = tu_heap();
+    hd_heap_t *h = TU_HEAP(state);
     hd_handle_t root = tu_obj(h, 64, 0);
     for (uint32_t i = 0; i < 64; i++) {
         hd_handle_t mid = tu_obj(h, 64, 0);
@@ -334,7 +324,6 @@ static void test_cascade_tree(void **state) {
     assert_int_equal(objects(h), 1 + 64 + 64 * 64);
     assert_int_equal(hd_decref(h, root, 1), 0);
     assert_int_equal(objects(h), 0);
-    hd_heap_free(h);
 }
 
 static void test_limits(void **state) {
@@ -419,7 +408,7 @@ static void test_limit_refusal_interns_nothing(void **state) {
  * past that is HD_ELIMIT and changes nothing; known tags, the other table and tracing (whose
  * keys pack both ids) go on working. */
 static void test_intern_limit(void **state) {
-    hd_heap_t *h = tu_heap();
+    hd_heap_t *h = TU_HEAP(state);
     assert_int_equal(hd_trace_start(h), 0);
     char tag[16];
     hd_alloc_args_t a = {.tag = tag, .site = "app.py:1"};
@@ -464,7 +453,6 @@ static void test_intern_limit(void **state) {
     assert_string_equal(info.site, "new.py:1");
     assert_string_equal(info.tag, "");
     assert_int_equal(hd_decref(h, o, 1), 0);
-    hd_heap_free(h);
 }
 
 /* Destroying a heap releases everything through the hook, however many objects it holds. */
@@ -530,23 +518,23 @@ static void test_errors_map(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_seed_refcount),
-        cmocka_unit_test(test_seed_getrefcount),
-        cmocka_unit_test(test_alloc_layout),
-        cmocka_unit_test(test_large_objects),
-        cmocka_unit_test(test_decref_errors),
-        cmocka_unit_test(test_slots),
-        cmocka_unit_test(test_payload_ranges),
-        cmocka_unit_test(test_bad_args),
-        cmocka_unit_test(test_handles),
-        cmocka_unit_test(test_cascade_long_chain),
-        cmocka_unit_test(test_cascade_tree),
-        cmocka_unit_test(test_limits),
-        cmocka_unit_test(test_limit_refusal_interns_nothing),
-        cmocka_unit_test(test_intern_limit),
-        cmocka_unit_test(test_destroy_releases_all),
-        cmocka_unit_test(test_many_small_heaps),
-        cmocka_unit_test(test_errors_map),
+        cmocka_unit_test_setup_teardown(test_seed_refcount, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_seed_getrefcount, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_alloc_layout, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_large_objects, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_decref_errors, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_slots, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_payload_ranges, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_bad_args, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_handles, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_cascade_long_chain, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_cascade_tree, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_limits, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_limit_refusal_interns_nothing, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_intern_limit, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_destroy_releases_all, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_many_small_heaps, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_errors_map, tu_setup, tu_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -50,20 +50,20 @@ static void take(world_t *w, fingerprint_t *f) {
 }
 
 /* Runs one operation: rc must be 0 or HD_ENOMEM, and HD_ENOMEM must change nothing. */
-#define OP(w, call)                                                                            \
-    do {                                                                                       \
-        fingerprint_t before_, after_;                                                         \
-        take((w), &before_);                                                                   \
-        int rc_ = (call);                                                                      \
-        if (rc_ == HD_ENOMEM) {                                                                \
-            take((w), &after_);                                                                \
-            if (memcmp(&before_, &after_, sizeof before_) != 0)                                \
-                fail_msg("%s failed with ENOMEM but changed the heap", #call);                 \
-            (w)->failures++;                                                                   \
-        } else if (rc_ != 0) {                                                                 \
-            fail_msg("%s returned %s", #call, hd_err_name(rc_));                               \
-        }                                                                                      \
-        ok_ = rc_ == 0;                                                                        \
+#define OP(w, call)                                                                                \
+    do {                                                                                           \
+        fingerprint_t before_, after_;                                                             \
+        take((w), &before_);                                                                       \
+        int rc_ = (call);                                                                          \
+        if (rc_ == HD_ENOMEM) {                                                                    \
+            take((w), &after_);                                                                    \
+            if (memcmp(&before_, &after_, sizeof before_) != 0)                                    \
+                fail_msg("%s failed with ENOMEM but changed the heap", #call);                     \
+            (w)->failures++;                                                                       \
+        } else if (rc_ != 0) {                                                                     \
+            fail_msg("%s returned %s", #call, hd_err_name(rc_));                                   \
+        }                                                                                          \
+        ok_ = rc_ == 0;                                                                            \
     } while (0)
 
 static int add_obj(world_t *w, hd_alloc_args_t a) {
@@ -80,10 +80,13 @@ static void workload(world_t *w) {
     static const char *tags[] = {"Node", "Leaf", "Tree", NULL};
     OP(w, hd_trace_start(w->h));
     for (int i = 0; i < 24; i++) {
-        hd_alloc_args_t a = {.nslots = (uint32_t)(i % 4), .size = (uint32_t)(i * 37 % 700),
-                             .tag = tags[i % 4], .site = (i % 2) ? "app.py:42" : "lib.py:7",
+        hd_alloc_args_t a = {.nslots = (uint32_t)(i % 4),
+                             .size = (uint32_t)(i * 37 % 700),
+                             .tag = tags[i % 4],
+                             .site = (i % 2) ? "app.py:42" : "lib.py:7",
                              .flags = (i % 5 == 0) ? HD_OBJ_FINALIZER : 0,
-                             .data = big, .data_len = (size_t)(i * 37 % 700)};
+                             .data = big,
+                             .data_len = (size_t)(i * 37 % 700)};
         OP(w, add_obj(w, a));
     }
     /* Link the containers into rings and hand the slots' targets over. */
@@ -98,16 +101,19 @@ static void workload(world_t *w) {
     }
     hd_handles_t hv = {0};
     OP(w, hd_gc_get_referrers(w->h, &w->obj[5], 1, 1, &hv));
-    for (size_t i = 0; i < hv.n; i++) hd_decref(w->h, hv.v[i], 1);
+    for (size_t i = 0; i < hv.n; i++)
+        hd_decref(w->h, hv.v[i], 1);
     hd_handles_free(&hv);
     OP(w, hd_gc_get_referents(w->h, w->obj, 4, 1, &hv));
-    for (size_t i = 0; i < hv.n; i++) hd_decref(w->h, hv.v[i], 1);
+    for (size_t i = 0; i < hv.n; i++)
+        hd_decref(w->h, hv.v[i], 1);
     hd_handles_free(&hv);
     uint64_t cursor = 0;
     do {
         OP(w, hd_gc_get_objects(w->h, -1, &cursor, 5, 1, &hv));
         if (!ok_) break;
-        for (size_t i = 0; i < hv.n; i++) hd_decref(w->h, hv.v[i], 1);
+        for (size_t i = 0; i < hv.n; i++)
+            hd_decref(w->h, hv.v[i], 1);
         hv.n = 0;
     } while (cursor);
     if (cursor) hd_gc_cursor_close(w->h, cursor);
@@ -184,8 +190,8 @@ static void test_heap_new_oom(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fail_nth),
-        cmocka_unit_test(test_heap_new_oom),
+        cmocka_unit_test_setup_teardown(test_fail_nth, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_heap_new_oom, tu_setup, tu_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -31,7 +31,7 @@ static void check_stats(hd_heap_t *h, uint64_t live) {
 }
 
 static void test_random_workload(void **state) {
-    hd_heap_t *h = tu_heap();
+    hd_heap_t *h = TU_HEAP(state);
     enum { N = 20000 };
     hd_handle_t *live = calloc(N, sizeof *live);
     uint64_t nlive = 0;
@@ -70,12 +70,11 @@ static void test_random_workload(void **state) {
     assert_true(s.arenas_reclaimed > 0);
     assert_true(s.arenas_current <= 1);
     free(live);
-    hd_heap_free(h);
 }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_random_workload),
+        cmocka_unit_test_setup_teardown(test_random_workload, tu_setup, tu_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

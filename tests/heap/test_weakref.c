@@ -180,14 +180,15 @@ static void test_events_notify_and_mask(void **state) {
     assert_int_equal(pop(h, &ev), 0);
     assert_int_equal(hd_weakref_free(h, w), 0);
 
-    /* With the mask: only the notify ones, in creation order. */
+    /* With the mask: only the notify ones, newest first (CPython calls the callbacks from the
+     * head of the object's weakref list, where weakref___new__ inserts each new one). */
     hd_events_set_mask(h, HD_EVMASK(HD_EV_WEAKREF_CLEARED));
     o = tu_obj(h, 0, 0);
     hd_weak_t w1 = weak_new(h, o, 1), w2 = weak_new(h, o, 0), w3 = weak_new(h, o, 1);
     hd_weak_t w4 = weak_new(h, o, 7); /* any nonzero notify counts */
     assert_int_equal(pop(h, &ev), 0);
     assert_int_equal(hd_decref(h, o, 1), 0);
-    hd_weak_t expect[] = {w1, w3, w4};
+    hd_weak_t expect[] = {w4, w3, w1};
     for (size_t i = 0; i < 3; i++) {
         assert_int_equal(pop(h, &ev), 1);
         assert_int_equal(ev.type, HD_EV_WEAKREF_CLEARED);
@@ -229,6 +230,33 @@ static void test_refcount_death_order(void **state) {
     assert_true(ev.weak == w);
     assert_int_equal(pop(h, &ev), 0);
     assert_int_equal(hd_weakref_free(h, w), 0);
+}
+
+/* Weak handle checks come from the heap's pseudo-random sequence, as object handles' do: a
+ * weak entry reused again and again never gets the check of an earlier handle to it back, and
+ * successive checks are not a counter's (a counter repeats exactly after 2^32 reuses). */
+static void test_weak_checks_random(void **state) {
+    hd_heap_t *h = TU_HEAP(state);
+    hd_handle_t o = tu_obj(h, 0, 0);
+    enum { N = 2000 };
+    uint32_t *checks = calloc(N, sizeof *checks);
+    int steps_of_one = 0;
+    for (int i = 0; i < N; i++) {
+        hd_weak_t w = weak_new(h, o, 0);
+        assert_int_equal((uint32_t)w, 1); /* the same entry every time */
+        checks[i] = (uint32_t)(w >> 32);
+        assert_true(checks[i] != 0);
+        if (i && checks[i] == checks[i - 1] + 1) steps_of_one++;
+        for (int j = 0; j < i; j++)
+            assert_true(checks[j] != checks[i]);
+        assert_int_equal(hd_weakref_free(h, w), 0);
+        /* The freed handle is dead at once. */
+        hd_handle_t got;
+        assert_int_equal(hd_weakref_get(h, w, &got), HD_ENOWEAK);
+    }
+    assert_true(steps_of_one < 3);
+    free(checks);
+    assert_int_equal(hd_decref(h, o, 1), 0);
 }
 
 static void test_stale_forged_foreign(void **state) {
@@ -333,9 +361,9 @@ static void test_many_to_one(void **state) {
 
     hd_events_set_mask(h, HD_EVMASK(HD_EV_WEAKREF_CLEARED));
     assert_int_equal(hd_decref(h, o, 1), 0);
-    /* The survivors that asked, in creation order. */
+    /* The survivors that asked, newest first. */
     hd_event_t ev;
-    for (int i = 0; i < N; i++) {
+    for (int i = N - 1; i >= 0; i--) {
         if (!w[i] || i % 3 == 0) continue;
         assert_int_equal(pop(h, &ev), 1);
         assert_true(ev.weak == w[i]);
@@ -553,11 +581,12 @@ static void test_oom(void **state) {
         }
     }
     assert_true(failures > 0);
-    /* Nothing was half-made: each object's death reports exactly its PER weak references. */
+    /* Nothing was half-made: each object's death reports exactly its PER weak references,
+     * newest first. */
     for (int i = 0; i < NOBJ; i++) {
         assert_int_equal(hd_decref(h, o[i], 1), 0);
         hd_event_t ev;
-        for (int k = 0; k < PER; k++) {
+        for (int k = PER - 1; k >= 0; k--) {
             assert_int_equal(pop(h, &ev), 1);
             assert_true(ev.weak == w[i][k]);
         }
@@ -600,6 +629,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_cycle_event_order, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_events_notify_and_mask, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_refcount_death_order, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_weak_checks_random, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_stale_forged_foreign, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_atomic_referent, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_many_to_one, tu_setup, tu_teardown),

@@ -9,6 +9,8 @@ take it inside a ``with s.scope():`` block).
 __all__ = ["GC", "DEBUG_STATS", "DEBUG_COLLECTABLE", "DEBUG_UNCOLLECTABLE", "DEBUG_SAVEALL",
            "DEBUG_LEAK"]
 
+import operator
+
 from ._proto import heapd_pb2 as pb
 
 # The debugging flags of gc.set_debug(), with the engine's values (heap.h HD_GC_DEBUG_*),
@@ -18,6 +20,18 @@ DEBUG_COLLECTABLE = 2
 DEBUG_UNCOLLECTABLE = 4
 DEBUG_SAVEALL = 32
 DEBUG_LEAK = DEBUG_COLLECTABLE | DEBUG_UNCOLLECTABLE | DEBUG_SAVEALL
+
+
+def _c_int(value, too_large):
+    """value as a C int, refused as CPython's argument parsing refuses it: TypeError for a
+    non-integer, OverflowError outside -2**31 .. 2**31-1 (too_large is the message CPython
+    gives above the range: gc.set_threshold and gc.set_debug word it differently)."""
+    value = operator.index(value)
+    if value > 2**31 - 1:
+        raise OverflowError(too_large)
+    if value < -2**31:
+        raise OverflowError("signed integer is less than minimum")
+    return value
 
 
 def _handles(refs):
@@ -76,11 +90,11 @@ class GC:
 
     def set_threshold(self, threshold0, threshold1=None, threshold2=None):
         """Sets the collection thresholds, as ``gc.set_threshold(t0[, t1[, t2]])``."""
-        values = [threshold0]
+        values = [_c_int(threshold0, "signed integer is greater than maximum")]
         for t in (threshold1, threshold2):
             if t is None:
                 break
-            values.append(t)
+            values.append(_c_int(t, "signed integer is greater than maximum"))
         self._call("gc_set_threshold", pb.GcSetThreshold(threshold=values))
 
     def get_stats(self):
@@ -151,11 +165,14 @@ class GC:
     def set_debug(self, flags):
         """Sets the debugging flags (``DEBUG_SAVEALL`` keeps collected cycles in
         :attr:`garbage` instead of freeing them)."""
-        self._call("gc_set_debug", pb.GcSetDebug(flags=flags))
+        # Any C int, -1 included, as in CPython; the wire carries its 32 bits unsigned.
+        flags = _c_int(flags, "Python int too large to convert to C int")
+        self._call("gc_set_debug", pb.GcSetDebug(flags=flags & 0xFFFFFFFF))
 
     def get_debug(self):
         """The debugging flags."""
-        return self._call("gc_get_debug").value
+        value = self._call("gc_get_debug").value & 0xFFFFFFFF
+        return value - 2**32 if value >= 2**31 else value
 
     @property
     def garbage(self):
