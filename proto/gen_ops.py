@@ -1,0 +1,191 @@
+#!/usr/bin/python3
+"""gen_ops.py: writes heapd_ops.def, the protocol's op list as C X-macros, from heapd.proto.
+
+    gen_ops.py DESCRIPTOR_SET OUTPUT
+
+DESCRIPTOR_SET is protoc's descriptor of proto/heapd.proto with its imports
+(`protoc --include_imports --descriptor_set_out=...`); proto/CMakeLists.txt runs both at build
+time. Each op's properties are the (heapd.v1.opdef) option on its field of Request.op; whether
+it has a result is read from Response.result. The script refuses a .proto that breaks the
+protocol's rules (an op without a family, a result field that answers no op, numbers or names
+that differ between an op and its result), so a mistake fails the build, not a client.
+
+Like Redis's utils/generate-command-code.py -> commands.def, the output is included by every C
+program that needs the list: the daemon's request table (src/server/dispatch.c), its handlers
+(src/server/ops_*.c), the C client (clients/c/client.c) and heapctl. Nothing here is heapd's
+logic: only the list, in field-number order.
+"""
+
+import sys
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+PACKAGE = "heapd.v1"
+FAMILIES = ["SESSION", "OBJECTS", "GC", "WEAKREF", "TRACE", "STATS", "ADMIN"]
+FLAGS = ["admin", "readonly", "unbatched", "events", "grows"]
+
+
+class ProtoError(Exception):
+    """heapd.proto breaks a rule of the protocol."""
+
+
+def c_lower(camel):
+    """protobuf-c's lower-case name of a message (CamelToLower): GcGetStats -> gc_get_stats."""
+    out, was_upper = "", True
+    for ch in camel:
+        if ch.isupper():
+            if not was_upper:
+                out += "_"
+            out += ch.lower()
+        else:
+            out += ch
+        was_upper = ch.isupper()
+    return out
+
+
+def load(path):
+    """The Request and Response descriptors and a reader of a field's OpDef."""
+    with open(path, "rb") as f:
+        fds = descriptor_pb2.FileDescriptorSet.FromString(f.read())
+    pool = descriptor_pool.DescriptorPool()
+    for fd in fds.file:
+        pool.Add(fd)
+    factory = message_factory.MessageFactory(pool)
+    ext = pool.FindExtensionByName(PACKAGE + ".opdef")
+    # FieldOptions from this pool knows the extension; the options protoc wrote are parsed
+    # again with it (the runtime's own FieldOptions would keep them as unknown bytes).
+    field_options = factory.GetPrototype(pool.FindMessageTypeByName("google.protobuf.FieldOptions"))
+    files = {fd.name: fd for fd in fds.file}
+    heapd = files.get("heapd.proto")
+    if heapd is None:
+        raise ProtoError("the descriptor set holds no heapd.proto")
+    msgs = {m.name: m for m in heapd.message_type}
+
+    def opdef(field):
+        opts = field_options.FromString(field.options.SerializeToString())
+        return opts.Extensions[ext] if opts.HasExtension(ext) else None
+
+    return msgs, opdef, pool
+
+
+def oneof_fields(msg, oneof):
+    index = [o.name for o in msg.oneof_decl].index(oneof)
+    return [f for f in msg.field if f.HasField("oneof_index") and f.oneof_index == index]
+
+
+def collect(path):
+    msgs, opdef, pool = load(path)
+    family_enum = pool.FindEnumTypeByName(PACKAGE + ".OpDef.Family")
+    results = {f.number: f for f in oneof_fields(msgs["Response"], "result")}
+    ops = []
+    for f in oneof_fields(msgs["Request"], "op"):
+        d = opdef(f)
+        where = "Request.%s = %d" % (f.name, f.number)
+        if d is None:
+            raise ProtoError("%s has no (opdef) option" % where)
+        family = family_enum.values_by_number[d.family].name
+        if family not in FAMILIES:
+            raise ProtoError("%s: family %s is not one of %s" % (where, family, FAMILIES))
+        if f.type != f.TYPE_MESSAGE:
+            raise ProtoError("%s: an op's field is a message" % where)
+        op = {
+            "NAME": f.name.upper(),
+            "name": f.name,
+            "number": f.number,
+            "family": family,
+            "Request": f.type_name.rsplit(".", 1)[1],
+            "Result": "",
+            "kind": "STATUS",
+        }
+        for flag in FLAGS:
+            op[flag] = int(getattr(d, flag))
+        r = results.pop(f.number, None)
+        if r is not None:
+            if r.name != f.name:
+                raise ProtoError("Response.%s = %d answers %s: the names differ"
+                                 % (r.name, r.number, where))
+            op["Result"] = r.type_name.rsplit(".", 1)[1]
+            op["kind"] = "RESULT"
+        if op["readonly"] and op["events"]:
+            raise ProtoError("%s: an op that raises events is not readonly" % where)
+        if op["grows"] and op["kind"] != "RESULT":
+            raise ProtoError("%s: grows, but has no result field" % where)
+        if op["admin"] != (family == "ADMIN"):
+            raise ProtoError("%s: admin ops, and only they, are of family ADMIN" % where)
+        ops.append(op)
+    for r in results.values():
+        raise ProtoError("Response.%s = %d answers no Request op of that number"
+                         % (r.name, r.number))
+    if not ops:
+        raise ProtoError("Request.op has no fields")
+    return sorted(ops, key=lambda o: o["number"])
+
+
+def row(op):
+    return "XX(%s, %s, %d, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)" % (
+        op["NAME"], op["name"], op["number"], op["family"], op["Request"],
+        c_lower(op["Request"]), op["kind"], op["Result"],
+        c_lower(op["Result"]) if op["Result"] else "",
+        *[str(op[f]) for f in FLAGS])
+
+
+def macro(name, lines):
+    if not lines:
+        return "#define %s(XX)\n" % name
+    body = " \\\n".join("    " + l for l in lines)
+    return "#define %s(XX) \\\n%s\n" % (name, body)
+
+
+HEADER = """\
+/*
+ * heapd_ops.def: the ops of the protocol heapd.v1, one row each, in field-number order.
+ *
+ * Generated by proto/gen_ops.py from proto/heapd.proto: do not edit. Change an op's (opdef)
+ * option in the .proto, and the build writes this file again.
+ *
+ * XX(NAME, name, number, FAMILY, Request, request, KIND, Result, result,
+ *    admin, readonly, unbatched, events, grows)
+ *   NAME, name       the op's field of Request.op: HEAPD__V1__REQUEST__OP_<NAME>, rq-><name>
+ *   number           its field number; a result field has the same one
+ *   FAMILY           SESSION, OBJECTS, GC, WEAKREF, TRACE, STATS or ADMIN (OpDef.Family)
+ *   Request, request its message: the type Heapd__V1__<Request>, heapd__v1__<request>__*
+ *   KIND             RESULT when Response.result has the field <name>, else STATUS
+ *   Result, result   that field's message, as Request/request (empty for STATUS)
+ *   admin ... grows  OpDef's flags, 0 or 1 (proto/heapd.proto says what each means)
+ *
+ * HD_OPS(XX) lists every op; HD_OPS_<FAMILY>(XX) the ops of one family; HD_OP_FAMILIES(XX)
+ * the families, as XX(FAMILY, family).
+ */
+#ifndef HEAPD_OPS_DEF
+#define HEAPD_OPS_DEF
+"""
+
+
+def render(ops):
+    out = [HEADER]
+    out.append("#define HD_OPS_COUNT %d" % len(ops))
+    out.append("#define HD_OPS_MAX_NUMBER %d\n" % max(o["number"] for o in ops))
+    out.append(macro("HD_OP_FAMILIES", ["XX(%s, %s)" % (f, f.lower()) for f in FAMILIES]))
+    for fam in FAMILIES:
+        out.append(macro("HD_OPS_" + fam, [row(o) for o in ops if o["family"] == fam]))
+    out.append(macro("HD_OPS", [row(o) for o in ops]))
+    out.append("#endif /* HEAPD_OPS_DEF */\n")
+    return "\n".join(out)
+
+
+def main(argv):
+    if len(argv) != 3:
+        sys.stderr.write("usage: gen_ops.py DESCRIPTOR_SET OUTPUT\n")
+        return 2
+    try:
+        text = render(collect(argv[1]))
+    except ProtoError as e:
+        sys.stderr.write("gen_ops.py: proto/heapd.proto: %s\n" % e)
+        return 1
+    with open(argv[2], "w") as f:
+        f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
