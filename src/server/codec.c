@@ -27,7 +27,7 @@ void hd_buf_free(hd_buf_t *b) {
     hd_buf_init(b);
 }
 
-int hd_buf_reserve(hd_buf_t *b, size_t n) {
+int hd_buf_grow(hd_buf_t *b, size_t n) {
     if (n <= b->cap - b->len) return 0;
     if (n > SIZE_MAX - b->len) return HD_ENOMEM;
     size_t want = b->len + n;

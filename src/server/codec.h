@@ -35,8 +35,13 @@ typedef struct hd_buf_s {
 void hd_buf_init(hd_buf_t *b);
 /* Frees the buffer's memory and leaves it empty (initialised). */
 void hd_buf_free(hd_buf_t *b);
-/* Makes room for n more bytes after len without changing len. */
-int hd_buf_reserve(hd_buf_t *b, size_t n);
+/* The slow path of hd_buf_reserve: grows the buffer. */
+int hd_buf_grow(hd_buf_t *b, size_t n);
+/* Makes room for n more bytes after len without changing len. Inline: it runs several times
+ * per frame, and nearly always finds the room there. */
+static inline int hd_buf_reserve(hd_buf_t *b, size_t n) {
+    return __builtin_expect(n <= b->cap - b->len, 1) ? 0 : hd_buf_grow(b, n);
+}
 /* Appends n bytes from p. */
 int hd_buf_append(hd_buf_t *b, const void *p, size_t n);
 /* Drops the first n bytes (n <= len), moving the rest to the front. */

@@ -106,5 +106,8 @@ int hd_dispatch_scan(const uint8_t *payload, size_t len, uint64_t *id);
 const char *hd_dispatch_op_name(int op_case);
 /* 1 if the op may change the heap (objects, references, collector, tracer or event state). */
 int hd_dispatch_op_mutates(int op_case);
+/* 1 if the op may raise events (it can free objects or run a collection); an op that may not
+ * never leaves an event to drain. */
+int hd_dispatch_op_raises_events(int op_case);
 
 #endif /* HD_DISPATCH_H */

@@ -2,7 +2,7 @@
 # through the frame parser and hd_dispatch_frame against a live heap. Built when HEAPD_FUZZ is
 # ON and the compiler is clang; included from src/server/CMakeLists.txt.
 #
-# The target compiles the engine's sources and codec.c/dispatch.c itself, so that all of them
+# The target compiles the engine's sources and hdwire's (HD_WIRE_SOURCES) itself, so that all of them
 # carry the fuzzer's coverage instrumentation and the sanitizers without changing how the
 # ordinary targets are built. ctest runs it for HEAPD_FUZZ_SECONDS (server.fuzz_dispatch),
 # keeping its corpus in the build tree between runs.
@@ -14,7 +14,7 @@ if(HEAPD_FUZZ)
         get_target_property(HD_FUZZ_HEAP_SRC hdheap SOURCES)
         get_target_property(HD_FUZZ_HEAP_DIR hdheap SOURCE_DIR)
         list(TRANSFORM HD_FUZZ_HEAP_SRC PREPEND ${HD_FUZZ_HEAP_DIR}/)
-        add_executable(fuzz_dispatch fuzz_dispatch.c codec.c dispatch.c ${HD_FUZZ_HEAP_SRC})
+        add_executable(fuzz_dispatch fuzz_dispatch.c ${HD_WIRE_SOURCES} ${HD_FUZZ_HEAP_SRC})
         target_include_directories(fuzz_dispatch PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}
                                    ${HD_FUZZ_HEAP_DIR})
         target_link_libraries(fuzz_dispatch PRIVATE hdproto)

@@ -18,7 +18,8 @@
  *
  * Beyond the sanitizers, it checks what the protocol promises: each output frame is well
  * framed, decodes as a ServerFrame and fits the response budget; a request that failed, or an
- * op that does not mutate, leaves the heap's statistics as they were; an undecodable frame
+ * op that does not mutate, leaves the heap's statistics as they were; only an op declared to
+ * raise events (OpDef.events in proto/heapd.proto) leaves any to drain; an undecodable frame
  * does not touch the heap. Built only with HEAPD_FUZZ (src/server/fuzz.cmake).
  */
 #include <stdint.h>
@@ -204,6 +205,8 @@ static void one_frame(fuzz_t *f, const uint8_t *payload, size_t len) {
     from = f->out.len;
     if (hd_dispatch_drain_events(&f->env, &f->out) < 0) f->open = 0;
     check_output(f, from);
+    if (f->out.len > from && !hd_dispatch_op_raises_events(op))
+        abort(); /* an op whose (opdef) says it raises no events left one to drain */
     if (f->said_goodbye) f->open = 0;
 }
 

@@ -1,0 +1,53 @@
+/*
+ * envelope.h: the wire scan, and the frame's envelope read and written by hand (envelope.c).
+ *
+ * Nearly every frame is ClientFrame { request { id, one op } }, answered with ServerFrame {
+ * response { id, status, at most one result } }. envelope.c reads and writes that envelope
+ * itself, and leaves what is inside it (the op message, the status and the result) to
+ * protobuf-c. Before any decoding, the wire scan walks a payload's raw bytes to bound its
+ * nesting and message count.
+ *
+ * This file owns bytes only; what a request means is dispatch.c's and the handlers'.
+ */
+#ifndef HD_SERVER_ENVELOPE_H
+#define HD_SERVER_ENVELOPE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "framemem.h"
+#include "heapd.pb-c.h"
+
+/* Debug and sanitizer builds check the hand-made envelope against protobuf-c on every frame,
+ * and abort on a difference. */
+#if defined(HD_FRAMEMEM_ASAN) || !defined(NDEBUG)
+#define HD_ENVELOPE_CHECKS 1
+#endif
+
+/* Walks the wire format of a message of type desc, at nesting depth `base` of its frame (0
+ * for the ClientFrame itself) inside `nmsg` enclosing submessages, without decoding it:
+ * HD_EPROTO on bytes that are not protobuf or nest deeper than any real frame, HD_EINVAL when
+ * the frame holds more messages than a frame may; else 0. Sets *id to the request's id when
+ * it gets that far (else leaves it). hd_dispatch_scan is this for a whole ClientFrame. */
+int hd__wire_scan(const ProtobufCMessageDescriptor *desc, int base, size_t nmsg, const uint8_t *p,
+                  size_t len, uint64_t *id);
+
+/* The Request of a canonical ClientFrame payload, decoded into m; NULL when the payload is
+ * not canonical, or its op fails the scan or does not decode (the caller then scans and
+ * decodes the whole frame, which fails in its own way if it fails). */
+Heapd__V1__Request *hd__envelope_decode(hd_framemem_t *m, const uint8_t *p, size_t len);
+
+/* Packs ServerFrame { response = *rsp } (a Heapd__V1__Response) at dst, exactly as
+ * protobuf-c would; returns the bytes written. For hd_frame_write_packed. */
+size_t hd__envelope_pack(const void *rsp, uint8_t *dst);
+
+#ifdef HD_ENVELOPE_CHECKS
+/* rq, from hd__envelope_decode, against protobuf-c's decoding of the same payload. */
+void hd__envelope_check_decode(hd_framemem_t *m, const uint8_t *payload, size_t len,
+                               const Heapd__V1__Request *rq);
+/* The n bytes hd__envelope_pack wrote at p, against protobuf-c's packing of the same frame. */
+void hd__envelope_check_pack(hd_framemem_t *m, const Heapd__V1__Response *rs, const uint8_t *p,
+                             size_t n);
+#endif
+
+#endif /* HD_SERVER_ENVELOPE_H */

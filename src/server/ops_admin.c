@@ -1,0 +1,88 @@
+/*
+ * ops_admin.c: the handlers of the admin ops (family ADMIN of proto/heapd.proto): the server's
+ * statistics, the session list and kill_session. dispatch.c lets them run only for a session
+ * that presented an admin token.
+ *
+ * They read and act on the server through hd_server_ops_t (session.c provides it in the
+ * daemon); the handlers turn what it returns into results and check what a client sends it.
+ */
+#include <stdlib.h>
+
+#include "ops.h"
+
+/* The payload is a pointer to memory from malloc (the server's list_sessions result). */
+static void release_free_ptr(void *p) {
+    free(*(void **)p);
+}
+
+static int op_server_stats(hd_opctx_t *c, const Heapd__V1__ServerStats *a,
+                           Heapd__V1__ServerStatsResult *r) {
+    const hd_server_ops_t *ops = c->env->ops;
+    if (ops == NULL || ops->server_stats == NULL) return hd__op_not_provided(c, "server_stats");
+    hd_server_stats_t st;
+    memset(&st, 0, sizeof st);
+    int rc = hd__op_server_err(ops->server_stats(c->env->ops_ctx, &st));
+    if (rc < 0) return rc;
+    r->sessions = st.sessions;
+    r->sessions_detached = st.sessions_detached;
+    r->connections = st.connections;
+    r->requests = st.requests;
+    r->bytes_total = st.bytes_total;
+    r->objects_total = st.objects_total;
+    r->uptime_ms = st.uptime_ms;
+    r->rss_bytes = st.rss_bytes;
+    return 0;
+}
+
+static int op_list_sessions(hd_opctx_t *c, const Heapd__V1__ListSessions *a,
+                            Heapd__V1__ListSessionsResult *r) {
+    const hd_server_ops_t *ops = c->env->ops;
+    if (ops == NULL || ops->list_sessions == NULL) return hd__op_not_provided(c, "list_sessions");
+    hd_session_info_t **list = hd__op_hold(c, sizeof *list, release_free_ptr);
+    if (list == NULL) return HD_ENOMEM;
+    size_t n = 0;
+    int rc = hd__op_server_err(ops->list_sessions(c->env->ops_ctx, list, &n));
+    if (rc < 0) return rc;
+    if (*list == NULL) n = 0;
+    Heapd__V1__SessionInfo *m = hd__op_array(c, n, sizeof *m);
+    Heapd__V1__SessionInfo **v = hd__op_array(c, n, sizeof *v);
+    if (m == NULL || v == NULL) return HD_ENOMEM;
+    uint64_t used = 0;
+    size_t k = 0;
+    for (; k < n; k++) {
+        hd_session_info_t *s = &(*list)[k];
+        s->id[sizeof s->id - 1] = '\0';
+        s->peer[sizeof s->peer - 1] = '\0';
+        heapd__v1__session_info__init(&m[k]);
+        m[k].id = s->id;
+        m[k].peer = s->peer;
+        m[k].attached = s->attached != 0;
+        m[k].bytes = s->bytes;
+        m[k].objects = s->objects;
+        m[k].requests = s->requests;
+        m[k].idle_ms = s->idle_ms;
+        m[k].created_unix = s->created_unix;
+        uint64_t size = protobuf_c_message_get_packed_size(&m[k].base) + 2;
+        if (used + size > c->budget) break;
+        used += size;
+        v[k] = &m[k];
+    }
+    r->sessions = v;
+    r->n_sessions = k;
+    r->total = n;
+    return 0;
+}
+
+static int op_kill_session(hd_opctx_t *c, const Heapd__V1__KillSession *a) {
+    const hd_server_ops_t *ops = c->env->ops;
+    if (ops == NULL || ops->kill_session == NULL) return hd__op_not_provided(c, "kill_session");
+    const char *id = a->session_id;
+    size_t n = strlen(id);
+    if (n == 0 || n >= sizeof(((hd_session_info_t *)0)->id) || !hd__op_utf8_valid(id))
+        return hd__op_fail(c, HD_ENOSESSION, "session id of %zu bytes is not a session id", n);
+    int rc = hd__op_server_err(ops->kill_session(c->env->ops_ctx, id));
+    if (rc == HD_ENOSESSION) return hd__op_fail(c, rc, "%s", id);
+    return rc;
+}
+
+HD_OPS_ADMIN(HD_OP_RUNNER)

@@ -1,0 +1,133 @@
+/*
+ * ops_objects.c: the handlers of the object ops (family OBJECTS of proto/heapd.proto):
+ * allocation, client references, slots, payloads and what an object says about itself.
+ *
+ * Each checks what the protocol allows beyond the engine's own checks (sizes against their
+ * limits, labels as UTF-8, a read against the response budget) and calls src/heap.
+ */
+#include "ops.h"
+
+_Static_assert(HEAPD__V1__OBJ_FLAG__OBJ_FINALIZER == HD_OBJ_FINALIZER, "ObjFlag = HD_OBJ_*");
+_Static_assert(HEAPD__V1__OBJ_FLAG__OBJ_LEGACY_FINALIZER == HD_OBJ_LEGACY_FINALIZER,
+               "ObjFlag = HD_OBJ_*");
+
+/* A type tag or site: at most HD_MAX_TAG_LEN bytes of UTF-8 (clients decode it as a string). */
+static int check_label(hd_opctx_t *c, const char *what, const char *s) {
+    size_t n = strlen(s);
+    if (n > HD_MAX_TAG_LEN)
+        return hd__op_fail(c, HD_EINVAL, "%s of %zu bytes is over %u", what, n, HD_MAX_TAG_LEN);
+    if (!hd__op_utf8_valid(s)) return hd__op_fail(c, HD_EINVAL, "%s is not valid UTF-8", what);
+    return 0;
+}
+
+static int op_alloc(hd_opctx_t *c, const Heapd__V1__Alloc *a, Heapd__V1__HandleResult *r) {
+    if (a->size > HD_MAX_PAYLOAD)
+        return hd__op_fail(c, HD_EINVAL, "size %u is over %u", a->size, HD_MAX_PAYLOAD);
+    if (a->slots > HD_MAX_SLOTS)
+        return hd__op_fail(c, HD_EINVAL, "slots %u is over %u", a->slots, HD_MAX_SLOTS);
+    if (a->flags & ~HD_OBJ_FLAGS_ALL)
+        return hd__op_fail(c, HD_EINVAL, "flags 0x%x has bits outside 0x%x", a->flags,
+                           HD_OBJ_FLAGS_ALL);
+    if (a->data.len > a->size)
+        return hd__op_fail(c, HD_EINVAL, "data of %zu bytes is over the size, %u", a->data.len,
+                           a->size);
+    int rc = check_label(c, "tag", a->tag);
+    if (rc == 0) rc = check_label(c, "site", a->site);
+    if (rc < 0) return rc;
+    hd_alloc_args_t args = {
+        .size = a->size,
+        .nslots = a->slots,
+        .tag = a->tag,
+        .site = a->site,
+        .flags = a->flags,
+        .data = a->data.data,
+        .data_len = a->data.len,
+    };
+    return hd_alloc(c->heap, &args, &r->handle);
+}
+
+static int op_incref(hd_opctx_t *c, const Heapd__V1__Incref *a) {
+    return hd__op_obj_err(c, hd_incref(c->heap, a->handle, a->n ? a->n : 1), a->handle);
+}
+
+static int op_decref(hd_opctx_t *c, const Heapd__V1__Decref *a) {
+    return hd__op_obj_err(c, hd_decref(c->heap, a->handle, a->n ? a->n : 1), a->handle);
+}
+
+static int op_set_slot(hd_opctx_t *c, const Heapd__V1__SetSlot *a) {
+    int rc = hd_set_slot(c->heap, a->handle, a->index, a->target);
+    if (rc == HD_ENOOBJ)
+        return hd__op_fail(c, rc, "handle 0x%016llx or target 0x%016llx",
+                           (unsigned long long)a->handle, (unsigned long long)a->target);
+    if (rc == HD_ERANGE) return hd__op_fail(c, rc, "slot %u", a->index);
+    return rc;
+}
+
+static int op_get_slot(hd_opctx_t *c, const Heapd__V1__GetSlot *a, Heapd__V1__HandleResult *r) {
+    int rc = hd_get_slot(c->heap, a->handle, a->index, &r->handle);
+    if (rc == HD_ERANGE) return hd__op_fail(c, rc, "slot %u", a->index);
+    return hd__op_obj_err(c, rc, a->handle);
+}
+
+static int op_write(hd_opctx_t *c, const Heapd__V1__Write *a) {
+    static const uint8_t nothing;
+    const void *data = a->data.len ? a->data.data : &nothing;
+    int rc = hd_write(c->heap, a->handle, a->offset, data, a->data.len);
+    if (rc == HD_ERANGE)
+        return hd__op_fail(c, rc, "%zu bytes at offset %llu", a->data.len,
+                           (unsigned long long)a->offset);
+    return hd__op_obj_err(c, rc, a->handle);
+}
+
+static int op_read(hd_opctx_t *c, const Heapd__V1__Read *a, Heapd__V1__ReadResult *r) {
+    if (a->length > HD_MAX_PAYLOAD)
+        return hd__op_fail(c, HD_ERANGE, "length %llu is over the largest payload, %u",
+                           (unsigned long long)a->length, HD_MAX_PAYLOAD);
+    if (a->length > c->budget)
+        return hd__op_fail(
+            c, HD_ERANGE,
+            "length %llu is over the %llu bytes left of max_read_bytes; read in pieces",
+            (unsigned long long)a->length, (unsigned long long)c->budget);
+    uint8_t *buf = hd__op_raw(c, (size_t)a->length + 1);
+    if (buf == NULL) return HD_ENOMEM;
+    int rc = hd_read(c->heap, a->handle, a->offset, buf, (size_t)a->length);
+    if (rc == HD_ERANGE)
+        return hd__op_fail(c, rc, "%llu bytes at offset %llu", (unsigned long long)a->length,
+                           (unsigned long long)a->offset);
+    if (rc < 0) return hd__op_obj_err(c, rc, a->handle);
+    r->data.data = buf;
+    r->data.len = (size_t)a->length;
+    return 0;
+}
+
+static int op_getrefcount(hd_opctx_t *c, const Heapd__V1__GetRefcount *a,
+                          Heapd__V1__ValueResult *r) {
+    return hd__op_obj_err(c, hd_getrefcount(c->heap, a->handle, &r->value), a->handle);
+}
+
+static int op_getsizeof(hd_opctx_t *c, const Heapd__V1__GetSizeof *a, Heapd__V1__ValueResult *r) {
+    return hd__op_obj_err(c, hd_getsizeof(c->heap, a->handle, &r->value), a->handle);
+}
+
+static int op_obj_info(hd_opctx_t *c, const Heapd__V1__ObjInfo *a, Heapd__V1__ObjInfoResult *r) {
+    hd_obj_info_t info;
+    int rc = hd_obj_info(c->heap, a->handle, &info);
+    if (rc < 0) return hd__op_obj_err(c, rc, a->handle);
+    /* The tag and site are copied: a later op of a batch may free the object before packing. */
+    char *tag = hd__op_strdup(c, info.tag ? info.tag : "");
+    char *site = hd__op_strdup(c, info.site ? info.site : "");
+    if (tag == NULL || site == NULL) return HD_ENOMEM;
+    r->refcount = info.refcount;
+    r->client_refs = info.client_refs;
+    r->sizeof_bytes = info.sizeof_bytes;
+    r->size = info.size;
+    r->slots = info.nslots;
+    r->flags = info.flags;
+    r->tracked = info.tracked != 0;
+    r->generation = info.generation;
+    r->tag = tag;
+    r->site = site;
+    return 0;
+}
+
+HD_OPS_OBJECTS(HD_OP_RUNNER)

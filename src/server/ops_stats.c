@@ -1,0 +1,52 @@
+/*
+ * ops_stats.c: the handler of heap_stats (family STATS of proto/heapd.proto), the protocol's
+ * sys._debugmallocstats() and more.
+ *
+ * HeapStatsResult has one field per entry of the engine's HD_HEAP_STATS_MAP (src/heap/heap.h),
+ * filled by expanding that list, then the size classes in use, the collector's counters and
+ * the session's event state.
+ */
+#include "ops.h"
+
+static int op_heap_stats(hd_opctx_t *c, const Heapd__V1__HeapStats *a,
+                         Heapd__V1__HeapStatsResult *r) {
+    hd_heap_stats_t *st = hd__op_zalloc(c, sizeof *st);
+    uint64_t *count = hd__op_array(c, 3, sizeof *count);
+    if (st == NULL || count == NULL || hd__op_gen_stats(c, &r->gc) < 0) return HD_ENOMEM;
+    r->n_gc = 3;
+    hd_heap_stats(c->heap, st);
+#define HD_STATS_FILL(name, desc) r->name = st->name;
+    HD_HEAP_STATS_MAP(HD_STATS_FILL)
+#undef HD_STATS_FILL
+
+    size_t n = 0;
+    for (size_t i = 0; i < HD_NCLASSES; i++)
+        n += st->classes[i].pools != 0;
+    Heapd__V1__ClassStats *m = hd__op_array(c, n, sizeof *m);
+    Heapd__V1__ClassStats **v = hd__op_array(c, n, sizeof *v);
+    if (m == NULL || v == NULL) return HD_ENOMEM;
+    size_t k = 0;
+    for (size_t i = 0; i < HD_NCLASSES; i++) {
+        const hd_class_stats_t *cs = &st->classes[i];
+        if (cs->pools == 0) continue;
+        heapd__v1__class_stats__init(&m[k]);
+        m[k].block_size = cs->block_size;
+        m[k].pools = cs->pools;
+        m[k].blocks_in_use = cs->blocks_in_use;
+        m[k].blocks_available = cs->blocks_available;
+        v[k] = &m[k];
+        k++;
+    }
+    r->classes = v;
+    r->n_classes = k;
+
+    hd_gc_get_count(c->heap, count);
+    r->gc_count = count;
+    r->n_gc_count = 3;
+    r->gc_freeze_count = hd_gc_get_freeze_count(c->heap);
+    r->events_dropped = hd_events_dropped(c->heap);
+    r->event_mask = hd_events_get_mask(c->heap);
+    return 0;
+}
+
+HD_OPS_STATS(HD_OP_RUNNER)

@@ -1,0 +1,127 @@
+/*
+ * ops_trace.c: the handlers of the allocation tracing ops (family TRACE of proto/heapd.proto),
+ * the names and semantics of tracemalloc.
+ *
+ * Statistics are copied out of the engine's result, largest first, up to the request's limit
+ * and the response budget; their keys are copied too, since a later op of a batch may free
+ * the snapshot before the response is packed.
+ */
+#include "ops.h"
+
+_Static_assert((int)HEAPD__V1__TRACE_GROUP__BY_SITE == (int)HD_TRACE_BY_SITE,
+               "TraceGroup = hd_trace_group");
+_Static_assert((int)HEAPD__V1__TRACE_GROUP__BY_TAG == (int)HD_TRACE_BY_TAG,
+               "TraceGroup = hd_trace_group");
+
+static void release_trace_stats(void *p) {
+    hd_trace_stats_free(p);
+}
+
+static int snap_err(hd_opctx_t *c, int err, uint32_t id) {
+    if (err == HD_ENOSNAP) return hd__op_fail(c, err, "snapshot %u", id);
+    return err;
+}
+
+static int check_group(hd_opctx_t *c, int group) {
+    if (group != HD_TRACE_BY_SITE && group != HD_TRACE_BY_TAG)
+        return hd__op_fail(c, HD_EINVAL, "group %d is neither BY_SITE nor BY_TAG", group);
+    return 0;
+}
+
+static int op_trace_start(hd_opctx_t *c, const Heapd__V1__TraceStart *a) {
+    return hd_trace_start(c->heap);
+}
+
+static int op_trace_stop(hd_opctx_t *c, const Heapd__V1__TraceStop *a) {
+    hd_trace_stop(c->heap);
+    return 0;
+}
+
+static int op_trace_is_tracing(hd_opctx_t *c, const Heapd__V1__TraceIsTracing *a,
+                               Heapd__V1__FlagResult *r) {
+    r->value = hd_trace_is_tracing(c->heap) != 0;
+    return 0;
+}
+
+static int op_trace_clear(hd_opctx_t *c, const Heapd__V1__TraceClear *a) {
+    hd_trace_clear(c->heap);
+    return 0;
+}
+
+static int op_trace_get_traced_memory(hd_opctx_t *c, const Heapd__V1__TraceGetTracedMemory *a,
+                                      Heapd__V1__TracedMemoryResult *r) {
+    hd_trace_get_traced_memory(c->heap, &r->current, &r->peak);
+    return 0;
+}
+
+static int op_trace_reset_peak(hd_opctx_t *c, const Heapd__V1__TraceResetPeak *a) {
+    hd_trace_reset_peak(c->heap);
+    return 0;
+}
+
+static int op_trace_snapshot(hd_opctx_t *c, const Heapd__V1__TraceSnapshot *a,
+                             Heapd__V1__SnapshotResult *r) {
+    return hd_trace_snapshot(c->heap, &r->snapshot);
+}
+
+static int op_trace_snapshot_free(hd_opctx_t *c, const Heapd__V1__TraceSnapshotFree *a) {
+    return snap_err(c, hd_trace_snapshot_free(c->heap, a->snapshot), a->snapshot);
+}
+
+/* Copies the engine's statistics into r, largest first, up to limit entries (0 = no limit)
+ * and the budget. */
+static int trace_result(hd_opctx_t *c, const hd_trace_stats_t *ts, uint32_t limit,
+                        Heapd__V1__TraceStatsResult *r) {
+    size_t n = limit != 0 && limit < ts->n ? limit : ts->n;
+    Heapd__V1__TraceStat *m = hd__op_array(c, n, sizeof *m);
+    Heapd__V1__TraceStat **v = hd__op_array(c, n, sizeof *v);
+    if (m == NULL || v == NULL) return HD_ENOMEM;
+    uint64_t used = 0;
+    size_t k = 0;
+    for (; k < n; k++) {
+        const hd_trace_stat_t *s = &ts->v[k];
+        heapd__v1__trace_stat__init(&m[k]);
+        m[k].key = (char *)(s->key ? s->key : "");
+        m[k].count = s->count;
+        m[k].bytes = s->bytes;
+        m[k].count_diff = s->count_diff;
+        m[k].bytes_diff = s->bytes_diff;
+        /* An entry is at most about 300 bytes: its tag and a 2-byte length prefix. */
+        uint64_t size = protobuf_c_message_get_packed_size(&m[k].base) + 3;
+        if (used + size > c->budget) break;
+        used += size;
+        m[k].key = hd__op_strdup(c, m[k].key);
+        if (m[k].key == NULL) return HD_ENOMEM;
+        v[k] = &m[k];
+    }
+    r->stats = v;
+    r->n_stats = k;
+    r->total = ts->n;
+    return 0;
+}
+
+static int op_trace_statistics(hd_opctx_t *c, const Heapd__V1__TraceStatistics *a,
+                               Heapd__V1__TraceStatsResult *r) {
+    int rc = check_group(c, a->group);
+    if (rc < 0) return rc;
+    hd_trace_stats_t *ts = hd__op_hold(c, sizeof *ts, release_trace_stats);
+    if (ts == NULL) return HD_ENOMEM;
+    rc = hd_trace_statistics(c->heap, a->snapshot, (hd_trace_group_t)a->group, ts);
+    if (rc < 0) return snap_err(c, rc, a->snapshot);
+    return trace_result(c, ts, a->limit, r);
+}
+
+static int op_trace_compare(hd_opctx_t *c, const Heapd__V1__TraceCompare *a,
+                            Heapd__V1__TraceStatsResult *r) {
+    int rc = check_group(c, a->group);
+    if (rc < 0) return rc;
+    hd_trace_stats_t *ts = hd__op_hold(c, sizeof *ts, release_trace_stats);
+    if (ts == NULL) return HD_ENOMEM;
+    rc = hd_trace_compare(c->heap, a->snapshot, a->old_snapshot, (hd_trace_group_t)a->group, ts);
+    if (rc == HD_ENOSNAP)
+        return hd__op_fail(c, rc, "snapshot %u or %u", a->snapshot, a->old_snapshot);
+    if (rc < 0) return rc;
+    return trace_result(c, ts, a->limit, r);
+}
+
+HD_OPS_TRACE(HD_OP_RUNNER)
