@@ -35,7 +35,7 @@ typedef struct frame_s {
     size_t handle_at; /* where the decref's handle goes (fixed64, little-endian), or 0 */
 } frame_t;
 
-static void die(const char *what) {
+static _Noreturn void die(const char *what) {
     fprintf(stderr, "heapd-dispatch-bench: %s\n", what);
     exit(1);
 }
