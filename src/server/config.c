@@ -741,6 +741,30 @@ void hd_config_print(const hd_config_t *cfg, FILE *f) {
     }
 }
 
+/* The bounds of a numeric key, written as its values are (4KiB, 30s); other types get plain
+ * numbers, which hd_config_print_keys' reader interprets by type (items, bytes, octal). */
+static void print_bound(const hd_config_key_t *k, uint64_t v, FILE *f) {
+    if (k->type == &type_uint || k->type == &type_size || k->type == &type_duration)
+        k->type->print(k, &v, f);
+    else
+        fprintf(f, "%llu", (unsigned long long)v);
+}
+
+void hd_config_print_keys(FILE *f) {
+    fputs("name\ttype\tdefault\tmin\tmax\treload\tsecret\tvalues\n", f);
+    for (size_t i = 0; i < NKEYS; i++) {
+        const hd_config_key_t *k = &keys[i];
+        fprintf(f, "%s\t%s\t%s\t", k->name, k->type->name, k->def);
+        print_bound(k, k->min, f);
+        fputc('\t', f);
+        print_bound(k, k->max, f);
+        fprintf(f, "\t%s\t%s\t", k->reloadable ? "reload" : "restart", k->secret ? "yes" : "no");
+        for (int j = 0; k->names && k->names[j]; j++)
+            fprintf(f, "%s%s", j ? "," : "", k->names[j]);
+        fputc('\n', f);
+    }
+}
+
 /* The printed value of a field, for a log line; "?" when memory is short. Caller frees. */
 static char *value_text(const hd_config_key_t *k, const hd_config_t *cfg) {
     char *buf = NULL;

@@ -68,6 +68,11 @@ void hd_config_free(hd_config_t *cfg);
  * redacted. */
 void hd_config_print(const hd_config_t *cfg, FILE *f);
 
+/* Writes the key table itself, for the heapd.yaml(5) generator (docs/man): a header line,
+ * then one tab-separated line per key: name, type, default (YAML), min, max, reload|restart,
+ * secret yes|no, enum values (comma-separated). */
+void hd_config_print_keys(FILE *f);
+
 /* Reload: copies every reloadable key that differs from fresh into live and logs each change;
  * logs a warning for each non-reloadable key that differs and keeps the running value.
  * Returns the number of keys changed, or -1 on out-of-memory with live unchanged. */

@@ -4,6 +4,7 @@
  *   heapd [--config FILE]        run (without --config: the built-in defaults)
  *   heapd --check-config FILE    validate FILE, print the effective config, exit
  *   heapd --version | --help
+ *   heapd --print-config-keys    the config key table, for the heapd.yaml(5) generator
  *
  * Start-up: load the config (exit 78 when it is invalid), bind the listeners, start the
  * workers, then tell systemd READY=1. The main thread then runs the main loop: the listeners
@@ -32,12 +33,13 @@ uint64_t hd__now_ms(void) {
 static void usage(FILE *f) {
     fputs("usage: heapd [--config FILE]\n"
           "       heapd --check-config FILE\n"
-          "       heapd --version | --help\n"
+          "       heapd --version | --help | --print-config-keys\n"
           "\n"
           "  -c, --config FILE        run with the settings in FILE (YAML; see config/heapd.yaml)\n"
           "  -t, --check-config FILE  validate FILE, print the effective config and exit\n"
           "  -v, --version            print the version and exit\n"
           "  -h, --help               print this help and exit\n"
+          "      --print-config-keys  print the table of config keys (tab-separated) and exit\n"
           "\n"
           "Signals: SIGHUP reloads the config file; SIGTERM and SIGINT shut down cleanly.\n"
           "Exit status: 0 after a clean shutdown, 78 for an invalid config, 1 otherwise.\n",
@@ -141,6 +143,7 @@ int main(int argc, char **argv) {
         {"check-config", required_argument, NULL, 't'},
         {"version", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
+        {"print-config-keys", no_argument, NULL, 'K'},
         {NULL, 0, NULL, 0},
     };
     const char *config_path = NULL, *check_path = NULL;
@@ -151,6 +154,7 @@ int main(int argc, char **argv) {
         case 't': check_path = optarg; break;
         case 'v': printf("heapd %s (protocol %u)\n", HEAPD_VERSION, HD_PROTOCOL_VERSION); return 0;
         case 'h': usage(stdout); return 0;
+        case 'K': hd_config_print_keys(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }

@@ -79,10 +79,9 @@ from ._ref import ObjectInfo, Ref
 from ._session import PROTOCOL_VERSION, Finalized, Limits, Scope, Session, connect
 from ._trace import Snapshot, Statistic, StatisticDiff, Tracemalloc
 from ._transport import DEFAULT_URL, parse_url
+from ._version import __version__  # generated from project(VERSION) by CMake
 from ._weak import WeakRef
 from .errors import *  # noqa: F401,F403 (one exception class per server status code)
-
-__version__ = "0.1.0"
 
 __all__ = [
     "connect", "Session", "Ref", "Scope", "WeakRef", "GC", "Tracemalloc", "Snapshot",

@@ -45,12 +45,13 @@ from ._proto import heapd_pb2 as pb
 from ._ref import ObjectInfo, Ref
 from ._trace import Tracemalloc
 from ._transport import DEFAULT_URL, Transport
+from ._version import __version__
 from ._weak import WeakRef
 
 #: The protocol version this client speaks (``Hello.protocol_version``).
 PROTOCOL_VERSION = 1
 
-CLIENT_NAME = "heapd-python/0.1.0"
+CLIENT_NAME = "heapd-python/" + __version__
 
 #: The session's limits from the server's hello (0 = unlimited).
 Limits = collections.namedtuple("Limits", "max_bytes max_objects max_frame_bytes max_read_bytes")
