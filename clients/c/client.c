@@ -27,6 +27,7 @@
 #include "heapd/client.h"
 
 #include "heapd.pb-c.h"
+#include "heapd_ops.def"
 
 #include <errno.h>
 #include <netdb.h>
@@ -106,13 +107,15 @@ typedef int (*decode_fn)(hdc_t *c, call_t *k, const ProtobufCMessage *m);
 
 struct call_s {
     uint64_t id;
-    int want;         /* Heapd__V1__Response__ResultCase expected; 0 = status only */
-    decode_fn decode; /* NULL = status only */
-    void *out[3];     /* the caller's out-parameters, by position */
-    size_t len;       /* hdc_read: bytes expected */
-    int status;       /* 0 or negative, once answered */
-    int done;         /* failed before it was sent: no response will come for it */
-    int answered;     /* a response (or a batch entry) completed it */
+    int want; /* Heapd__V1__Response__ResultCase expected; 0 = status only (set by the stub) */
+    const ProtobufCMessageDescriptor *result; /* its message type (set by the stub) */
+    decode_fn decode;                         /* NULL = status only */
+    void *out[3];                             /* the caller's out-parameters, by position */
+    size_t len;                               /* hdc_read: bytes expected */
+    size_t width;                             /* dec_scalar: bytes of *out[0] (4 or 8) */
+    int status;                               /* 0 or negative, once answered */
+    int done;     /* failed before it was sent: no response will come for it */
+    int answered; /* a response (or a batch entry) completed it */
 };
 
 typedef enum qmode_e { MODE_NORMAL, MODE_PIPELINE, MODE_BATCH } qmode_t;
@@ -700,7 +703,7 @@ static void complete(hdc_t *c, call_t *k, const Heapd__V1__Response *r) {
         return;
     }
     const ProtobufCMessage *m = result_msg(r);
-    if (k->want && ((int)r->result_case != k->want || !m)) {
+    if (k->want && ((int)r->result_case != k->want || !m || m->descriptor != k->result)) {
         k->status = note(c, HDC_EBADREPLY, "a response with the wrong result (%d, not %d)",
                          (int)r->result_case, k->want);
         return;
@@ -754,45 +757,70 @@ static int submit(hdc_t *c, Heapd__V1__Request *rq, const call_t *k) {
     return rc;
 }
 
-/* Builds `Heapd__V1__Request rq` whose op NAME (field `field`) points at msg. */
-#define REQUEST(rq, NAME, field, msg)                                                              \
-    Heapd__V1__Request rq = HEAPD__V1__REQUEST__INIT;                                              \
-    rq.op_case = HEAPD__V1__REQUEST__OP_##NAME;                                                    \
-    rq.field = &(msg)
+/* ------------------------------------------------------------------------------------------ */
+/* Stubs: one per op of heapd_ops.def (generated from proto/heapd.proto).                      */
+/* ------------------------------------------------------------------------------------------ */
 
-#define RESULT(NAME) HEAPD__V1__RESPONSE__RESULT_##NAME
+/*
+ * stub_<name>(c, m, k) sends op <name> with its message m (NULL: the op's message, empty) and
+ * completes the call k: with the op's result, of the op's result type, decoded by k.decode
+ * into k.out, or with a status only, as the .def says. What a public call adds is its C
+ * signature: the arguments it copies into m and the decoder it picks.
+ *
+ * The stubs are static and not inline, so one that nothing calls is a warning (an error in
+ * the -Werror build): a new op in the .proto fails the build until the library has its hdc_
+ * call.
+ */
+#define HDC_WANT_RESULT(k, NAME, res)                                                              \
+    ((k).want = HEAPD__V1__RESPONSE__RESULT_##NAME, (k).result = &heapd__v1__##res##__descriptor)
+#define HDC_WANT_STATUS(k, NAME, res) ((k).want = 0, (k).result = NULL, (void)((k).decode = NULL))
+#define HDC_STUB(NAME, name, number, FAMILY, Request, request, KIND, Result, result, ...)          \
+    static int stub_##name(hdc_t *c, Heapd__V1__##Request *m, call_t k) {                          \
+        Heapd__V1__##Request empty;                                                                \
+        if (m == NULL) {                                                                           \
+            heapd__v1__##request##__init(&empty);                                                  \
+            m = &empty;                                                                            \
+        }                                                                                          \
+        Heapd__V1__Request rq = HEAPD__V1__REQUEST__INIT;                                          \
+        rq.op_case = HEAPD__V1__REQUEST__OP_##NAME;                                                \
+        rq.name = m;                                                                               \
+        HDC_WANT_##KIND(k, NAME, result);                                                          \
+        return submit(c, &rq, &k);                                                                 \
+    }
+HD_OPS(HDC_STUB)
+#undef HDC_STUB
+
+/* A call answered by a status only. */
+#define NOCALL ((call_t){0})
+/* A call whose one-value result goes to *p (p may be NULL where the API allows it). */
+#define SCALAR(p) ((call_t){.decode = dec_scalar, .out = {(p)}, .width = sizeof *(p)})
+/* A call whose result dec decodes into the out-parameters given. */
+#define CALL(dec, ...) ((call_t){.decode = (dec), .out = {__VA_ARGS__}})
 
 /* ------------------------------------------------------------------------------------------ */
 /* Decoders: one per result shape. Each copies m into k->out[]; none keeps a pointer into m. */
 /* ------------------------------------------------------------------------------------------ */
 
-static int dec_handle(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
-    *(uint64_t *)k->out[0] = ((const Heapd__V1__HandleResult *)m)->handle;
-    return 0;
-}
-
-static int dec_weak(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
-    *(uint64_t *)k->out[0] = ((const Heapd__V1__WeakResult *)m)->weak;
-    return 0;
-}
-
-static int dec_value(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
-    if (k->out[0]) *(uint64_t *)k->out[0] = ((const Heapd__V1__ValueResult *)m)->value;
-    return 0;
-}
-
-static int dec_value32(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
-    *(uint32_t *)k->out[0] = (uint32_t)((const Heapd__V1__ValueResult *)m)->value;
-    return 0;
-}
-
-static int dec_flag(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
-    *(int *)k->out[0] = ((const Heapd__V1__FlagResult *)m)->value ? 1 : 0;
-    return 0;
-}
-
-static int dec_ping(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
-    if (k->out[0]) *(uint64_t *)k->out[0] = ((const Heapd__V1__PingResult *)m)->server_time_unix_ns;
+/* A one-value result (HandleResult, WeakResult, ValueResult, FlagResult, PingResult,
+ * SnapshotResult): its one field, into *out[0], k->width bytes (4 or 8), unless out[0] is
+ * NULL. */
+static int dec_scalar(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    const ProtobufCFieldDescriptor *f = &m->descriptor->fields[0];
+    const char *p = (const char *)m + f->offset;
+    uint64_t v;
+    if (m->descriptor->n_fields != 1 || f->label == PROTOBUF_C_LABEL_REPEATED) return HDC_EBADREPLY;
+    switch (f->type) {
+    case PROTOBUF_C_TYPE_BOOL: v = *(const protobuf_c_boolean *)p != 0; break;
+    case PROTOBUF_C_TYPE_UINT32: v = *(const uint32_t *)p; break;
+    case PROTOBUF_C_TYPE_UINT64:
+    case PROTOBUF_C_TYPE_FIXED64: v = *(const uint64_t *)p; break;
+    default: return HDC_EBADREPLY;
+    }
+    if (k->out[0] == NULL) return 0;
+    if (k->width == sizeof(uint64_t))
+        *(uint64_t *)k->out[0] = v;
+    else /* uint32_t, or an int flag (0 or 1) */
+        *(uint32_t *)k->out[0] = (uint32_t)v;
     return 0;
 }
 
@@ -894,11 +922,6 @@ static int dec_traced_memory(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
     const Heapd__V1__TracedMemoryResult *r = (const void *)m;
     if (k->out[0]) *(uint64_t *)k->out[0] = r->current;
     if (k->out[1]) *(uint64_t *)k->out[1] = r->peak;
-    return 0;
-}
-
-static int dec_snapshot(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
-    *(uint32_t *)k->out[0] = ((const Heapd__V1__SnapshotResult *)m)->snapshot;
     return 0;
 }
 
@@ -1049,9 +1072,7 @@ static int open_session(hdc_t *c, const char *session_id, const char *resume_tok
     m.token = c->token ? c->token : "";
     m.session_id = (char *)(session_id ? session_id : "");
     m.resume_token = (char *)(resume_token ? resume_token : "");
-    REQUEST(rq, HELLO, hello, m);
-    call_t k = {.want = RESULT(HELLO), .decode = dec_hello};
-    rc = submit(c, &rq, &k);
+    rc = stub_hello(c, &m, CALL(dec_hello));
     if (rc) {
         shut(c, rc);
         return rc;
@@ -1118,9 +1139,7 @@ int hdc_reconnect(hdc_t *c) {
 }
 
 int hdc_goodbye(hdc_t *c) {
-    Heapd__V1__Goodbye m = HEAPD__V1__GOODBYE__INIT;
-    REQUEST(rq, GOODBYE, goodbye, m);
-    int rc = submit(c, &rq, NULL);
+    int rc = stub_goodbye(c, NULL, NOCALL);
     if (c->mode == MODE_NORMAL) {
         int st = c->status;
         hdc_close(c);
@@ -1131,18 +1150,13 @@ int hdc_goodbye(hdc_t *c) {
 }
 
 int hdc_ping(hdc_t *c, uint64_t *server_time_ns) {
-    Heapd__V1__Ping m = HEAPD__V1__PING__INIT;
-    REQUEST(rq, PING, ping, m);
-    call_t k = {.want = RESULT(PING), .decode = dec_ping, .out = {server_time_ns}};
-    return submit(c, &rq, &k);
+    return stub_ping(c, NULL, SCALAR(server_time_ns));
 }
 
 int hdc_set_events(hdc_t *c, uint32_t mask, uint32_t *mask_now, uint64_t *dropped) {
     Heapd__V1__SetEvents m = HEAPD__V1__SET_EVENTS__INIT;
     m.mask = mask;
-    REQUEST(rq, SET_EVENTS, set_events, m);
-    call_t k = {.want = RESULT(SET_EVENTS), .decode = dec_set_events, .out = {mask_now, dropped}};
-    return submit(c, &rq, &k);
+    return stub_set_events(c, &m, CALL(dec_set_events, mask_now, dropped));
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1158,25 +1172,21 @@ int hdc_alloc(hdc_t *c, const hdc_alloc_args_t *a, uint64_t *out) {
     m.flags = a->flags;
     m.data.data = (uint8_t *)a->data;
     m.data.len = a->data ? a->data_len : 0;
-    REQUEST(rq, ALLOC, alloc, m);
-    call_t k = {.want = RESULT(ALLOC), .decode = dec_handle, .out = {out}};
-    return submit(c, &rq, &k);
+    return stub_alloc(c, &m, SCALAR(out));
 }
 
 int hdc_incref(hdc_t *c, uint64_t handle, uint32_t n) {
     Heapd__V1__Incref m = HEAPD__V1__INCREF__INIT;
     m.handle = handle;
     m.n = n;
-    REQUEST(rq, INCREF, incref, m);
-    return submit(c, &rq, NULL);
+    return stub_incref(c, &m, NOCALL);
 }
 
 int hdc_decref(hdc_t *c, uint64_t handle, uint32_t n) {
     Heapd__V1__Decref m = HEAPD__V1__DECREF__INIT;
     m.handle = handle;
     m.n = n;
-    REQUEST(rq, DECREF, decref, m);
-    return submit(c, &rq, NULL);
+    return stub_decref(c, &m, NOCALL);
 }
 
 int hdc_set_slot(hdc_t *c, uint64_t handle, uint32_t index, uint64_t target) {
@@ -1184,17 +1194,14 @@ int hdc_set_slot(hdc_t *c, uint64_t handle, uint32_t index, uint64_t target) {
     m.handle = handle;
     m.index = index;
     m.target = target;
-    REQUEST(rq, SET_SLOT, set_slot, m);
-    return submit(c, &rq, NULL);
+    return stub_set_slot(c, &m, NOCALL);
 }
 
 int hdc_get_slot(hdc_t *c, uint64_t handle, uint32_t index, uint64_t *out) {
     Heapd__V1__GetSlot m = HEAPD__V1__GET_SLOT__INIT;
     m.handle = handle;
     m.index = index;
-    REQUEST(rq, GET_SLOT, get_slot, m);
-    call_t k = {.want = RESULT(GET_SLOT), .decode = dec_handle, .out = {out}};
-    return submit(c, &rq, &k);
+    return stub_get_slot(c, &m, SCALAR(out));
 }
 
 int hdc_write(hdc_t *c, uint64_t handle, uint64_t offset, const void *buf, size_t len) {
@@ -1203,8 +1210,7 @@ int hdc_write(hdc_t *c, uint64_t handle, uint64_t offset, const void *buf, size_
     m.offset = offset;
     m.data.data = (uint8_t *)buf;
     m.data.len = buf ? len : 0;
-    REQUEST(rq, WRITE, write, m);
-    return submit(c, &rq, NULL);
+    return stub_write(c, &m, NOCALL);
 }
 
 int hdc_read(hdc_t *c, uint64_t handle, uint64_t offset, void *buf, size_t len) {
@@ -1212,33 +1218,25 @@ int hdc_read(hdc_t *c, uint64_t handle, uint64_t offset, void *buf, size_t len) 
     m.handle = handle;
     m.offset = offset;
     m.length = len;
-    REQUEST(rq, READ, read, m);
-    call_t k = {.want = RESULT(READ), .decode = dec_read, .out = {buf}, .len = len};
-    return submit(c, &rq, &k);
+    return stub_read(c, &m, (call_t){.decode = dec_read, .out = {buf}, .len = len});
 }
 
 int hdc_getrefcount(hdc_t *c, uint64_t handle, uint64_t *out) {
     Heapd__V1__GetRefcount m = HEAPD__V1__GET_REFCOUNT__INIT;
     m.handle = handle;
-    REQUEST(rq, GETREFCOUNT, getrefcount, m);
-    call_t k = {.want = RESULT(GETREFCOUNT), .decode = dec_value, .out = {out}};
-    return submit(c, &rq, &k);
+    return stub_getrefcount(c, &m, SCALAR(out));
 }
 
 int hdc_getsizeof(hdc_t *c, uint64_t handle, uint64_t *out) {
     Heapd__V1__GetSizeof m = HEAPD__V1__GET_SIZEOF__INIT;
     m.handle = handle;
-    REQUEST(rq, GETSIZEOF, getsizeof, m);
-    call_t k = {.want = RESULT(GETSIZEOF), .decode = dec_value, .out = {out}};
-    return submit(c, &rq, &k);
+    return stub_getsizeof(c, &m, SCALAR(out));
 }
 
 int hdc_obj_info(hdc_t *c, uint64_t handle, hdc_obj_info_t *out) {
     Heapd__V1__ObjInfo m = HEAPD__V1__OBJ_INFO__INIT;
     m.handle = handle;
-    REQUEST(rq, OBJ_INFO, obj_info, m);
-    call_t k = {.want = RESULT(OBJ_INFO), .decode = dec_obj_info, .out = {out}};
-    return submit(c, &rq, &k);
+    return stub_obj_info(c, &m, CALL(dec_obj_info, out));
 }
 
 void hdc_handles_free(hdc_handles_t *hv) {
@@ -1252,56 +1250,38 @@ void hdc_handles_free(hdc_handles_t *hv) {
 /* Collector calls.                                                                            */
 /* ------------------------------------------------------------------------------------------ */
 
-/* Calls whose request is an empty message and whose answer is a status only:
- * XX(function and field name, OP name, message type). */
-#define HDC_STATUS_ONLY_OPS(XX)                                                                    \
-    XX(gc_enable, GC_ENABLE, GcEnable)                                                             \
-    XX(gc_disable, GC_DISABLE, GcDisable)                                                          \
-    XX(gc_freeze, GC_FREEZE, GcFreeze)                                                             \
-    XX(gc_unfreeze, GC_UNFREEZE, GcUnfreeze)                                                       \
-    XX(gc_garbage_clear, GC_GARBAGE_CLEAR, GcGarbageClear)                                         \
-    XX(trace_start, TRACE_START, TraceStart)                                                       \
-    XX(trace_stop, TRACE_STOP, TraceStop)                                                          \
-    XX(trace_clear, TRACE_CLEAR, TraceClear)                                                       \
-    XX(trace_reset_peak, TRACE_RESET_PEAK, TraceResetPeak)
+/* Calls without arguments: XX(name) answered by a status only, and
+ * XX(name, parameter, call) answered with one result. The op of each is heapd_ops.def's. */
+#define HDC_NOARG_STATUS_CALLS(XX)                                                                 \
+    XX(gc_enable)                                                                                  \
+    XX(gc_disable)                                                                                 \
+    XX(gc_freeze) XX(gc_unfreeze) XX(gc_garbage_clear) XX(trace_start) XX(trace_stop)              \
+        XX(trace_clear) XX(trace_reset_peak)
+#define HDC_NOARG_RESULT_CALLS(XX)                                                                 \
+    XX(gc_isenabled, int *out, SCALAR(out))                                                        \
+    XX(gc_get_count, uint64_t out[3], CALL(dec_gc_count, out))                                     \
+    XX(gc_get_threshold, int out[3], CALL(dec_gc_threshold, out))                                  \
+    XX(gc_get_stats, hdc_gc_genstats_t out[3], CALL(dec_gc_stats, out))                            \
+    XX(gc_get_freeze_count, uint64_t *out, SCALAR(out))                                            \
+    XX(gc_get_debug, uint32_t *out, SCALAR(out))                                                   \
+    XX(trace_is_tracing, int *out, SCALAR(out))                                                    \
+    XX(trace_snapshot, uint32_t *out, SCALAR(out))                                                 \
+    XX(heap_stats, hdc_heap_stats_t *out, CALL(dec_heap_stats, out))                               \
+    XX(server_stats, hdc_server_stats_t *out, CALL(dec_server_stats, out))                         \
+    XX(list_sessions, hdc_sessions_t *out, CALL(dec_sessions, out))
 
-#define HDC_STATUS_ONLY_FN(fn, NAME, Type)                                                         \
-    int hdc_##fn(hdc_t *c) {                                                                       \
-        Heapd__V1__##Type m = HEAPD__V1__##NAME##__INIT;                                           \
-        REQUEST(rq, NAME, fn, m);                                                                  \
-        return submit(c, &rq, NULL);                                                               \
+#define HDC_NOARG_STATUS_FN(name)                                                                  \
+    int hdc_##name(hdc_t *c) {                                                                     \
+        return stub_##name(c, NULL, NOCALL);                                                       \
     }
-HDC_STATUS_ONLY_OPS(HDC_STATUS_ONLY_FN)
-#undef HDC_STATUS_ONLY_FN
-
-/* Calls whose request is an empty message and whose answer is one result:
- * XX(function and field name, OP name, message type, its INIT name, decoder, parameter). */
-#define HDC_GETTER_OPS(XX)                                                                         \
-    XX(gc_isenabled, GC_ISENABLED, GcIsEnabled, GC_IS_ENABLED, dec_flag, int *out)                 \
-    XX(gc_get_count, GC_GET_COUNT, GcGetCount, GC_GET_COUNT, dec_gc_count, uint64_t out[3])        \
-    XX(gc_get_threshold, GC_GET_THRESHOLD, GcGetThreshold, GC_GET_THRESHOLD, dec_gc_threshold,     \
-       int out[3])                                                                                 \
-    XX(gc_get_stats, GC_GET_STATS, GcGetStats, GC_GET_STATS, dec_gc_stats,                         \
-       hdc_gc_genstats_t out[3])                                                                   \
-    XX(gc_get_freeze_count, GC_GET_FREEZE_COUNT, GcGetFreezeCount, GC_GET_FREEZE_COUNT, dec_value, \
-       uint64_t *out)                                                                              \
-    XX(gc_get_debug, GC_GET_DEBUG, GcGetDebug, GC_GET_DEBUG, dec_value32, uint32_t *out)           \
-    XX(trace_is_tracing, TRACE_IS_TRACING, TraceIsTracing, TRACE_IS_TRACING, dec_flag, int *out)   \
-    XX(trace_snapshot, TRACE_SNAPSHOT, TraceSnapshot, TRACE_SNAPSHOT, dec_snapshot, uint32_t *out) \
-    XX(heap_stats, HEAP_STATS, HeapStats, HEAP_STATS, dec_heap_stats, hdc_heap_stats_t *out)       \
-    XX(server_stats, SERVER_STATS, ServerStats, SERVER_STATS, dec_server_stats,                    \
-       hdc_server_stats_t *out)                                                                    \
-    XX(list_sessions, LIST_SESSIONS, ListSessions, LIST_SESSIONS, dec_sessions, hdc_sessions_t *out)
-
-#define HDC_GETTER_FN(fn, NAME, Type, INIT, decoder, param)                                        \
-    int hdc_##fn(hdc_t *c, param) {                                                                \
-        Heapd__V1__##Type m = HEAPD__V1__##INIT##__INIT;                                           \
-        REQUEST(rq, NAME, fn, m);                                                                  \
-        call_t k = {.want = RESULT(NAME), .decode = decoder, .out = {out}};                        \
-        return submit(c, &rq, &k);                                                                 \
+#define HDC_NOARG_RESULT_FN(name, param, call)                                                     \
+    int hdc_##name(hdc_t *c, param) {                                                              \
+        return stub_##name(c, NULL, call);                                                         \
     }
-HDC_GETTER_OPS(HDC_GETTER_FN)
-#undef HDC_GETTER_FN
+HDC_NOARG_STATUS_CALLS(HDC_NOARG_STATUS_FN)
+HDC_NOARG_RESULT_CALLS(HDC_NOARG_RESULT_FN)
+#undef HDC_NOARG_STATUS_FN
+#undef HDC_NOARG_RESULT_FN
 
 int hdc_gc_collect(hdc_t *c, int generation, uint64_t *found) {
     Heapd__V1__GcCollect m = HEAPD__V1__GC_COLLECT__INIT;
@@ -1309,9 +1289,7 @@ int hdc_gc_collect(hdc_t *c, int generation, uint64_t *found) {
         m.optional_generation_case = HEAPD__V1__GC_COLLECT__OPTIONAL_GENERATION_GENERATION;
         m.generation = generation;
     }
-    REQUEST(rq, GC_COLLECT, gc_collect, m);
-    call_t k = {.want = RESULT(GC_COLLECT), .decode = dec_value, .out = {found}};
-    return submit(c, &rq, &k);
+    return stub_gc_collect(c, &m, SCALAR(found));
 }
 
 _Static_assert(sizeof(int) == sizeof(int32_t), "thresholds are sent as the caller's array");
@@ -1321,16 +1299,13 @@ int hdc_gc_set_threshold(hdc_t *c, const int *threshold, int n) {
     Heapd__V1__GcSetThreshold m = HEAPD__V1__GC_SET_THRESHOLD__INIT;
     m.threshold = (int32_t *)threshold;
     m.n_threshold = n > 0 ? (size_t)n : 0;
-    REQUEST(rq, GC_SET_THRESHOLD, gc_set_threshold, m);
-    return submit(c, &rq, NULL);
+    return stub_gc_set_threshold(c, &m, NOCALL);
 }
 
 int hdc_gc_is_tracked(hdc_t *c, uint64_t handle, int *tracked) {
     Heapd__V1__GcIsTracked m = HEAPD__V1__GC_IS_TRACKED__INIT;
     m.handle = handle;
-    REQUEST(rq, GC_IS_TRACKED, gc_is_tracked, m);
-    call_t k = {.want = RESULT(GC_IS_TRACKED), .decode = dec_flag, .out = {tracked}};
-    return submit(c, &rq, &k);
+    return stub_gc_is_tracked(c, &m, SCALAR(tracked));
 }
 
 int hdc_gc_get_referrers(hdc_t *c, const uint64_t *handles, size_t n, int borrow,
@@ -1339,9 +1314,7 @@ int hdc_gc_get_referrers(hdc_t *c, const uint64_t *handles, size_t n, int borrow
     m.handles = (uint64_t *)handles;
     m.n_handles = n;
     m.borrow = borrow != 0;
-    REQUEST(rq, GC_GET_REFERRERS, gc_get_referrers, m);
-    call_t k = {.want = RESULT(GC_GET_REFERRERS), .decode = dec_handles, .out = {out}};
-    return submit(c, &rq, &k);
+    return stub_gc_get_referrers(c, &m, CALL(dec_handles, out));
 }
 
 int hdc_gc_get_referents(hdc_t *c, const uint64_t *handles, size_t n, int borrow,
@@ -1350,9 +1323,7 @@ int hdc_gc_get_referents(hdc_t *c, const uint64_t *handles, size_t n, int borrow
     m.handles = (uint64_t *)handles;
     m.n_handles = n;
     m.borrow = borrow != 0;
-    REQUEST(rq, GC_GET_REFERENTS, gc_get_referents, m);
-    call_t k = {.want = RESULT(GC_GET_REFERENTS), .decode = dec_handles, .out = {out}};
-    return submit(c, &rq, &k);
+    return stub_gc_get_referents(c, &m, CALL(dec_handles, out));
 }
 
 int hdc_gc_get_objects(hdc_t *c, int generation, uint64_t *cursor, uint32_t max, int borrow,
@@ -1365,23 +1336,19 @@ int hdc_gc_get_objects(hdc_t *c, int generation, uint64_t *cursor, uint32_t max,
     m.cursor = *cursor;
     m.max = max;
     m.borrow = borrow != 0;
-    REQUEST(rq, GC_GET_OBJECTS, gc_get_objects, m);
-    call_t k = {.want = RESULT(GC_GET_OBJECTS), .decode = dec_gc_objects, .out = {out, cursor}};
-    return submit(c, &rq, &k);
+    return stub_gc_get_objects(c, &m, CALL(dec_gc_objects, out, cursor));
 }
 
 int hdc_gc_close_cursor(hdc_t *c, uint64_t cursor) {
     Heapd__V1__GcCloseCursor m = HEAPD__V1__GC_CLOSE_CURSOR__INIT;
     m.cursor = cursor;
-    REQUEST(rq, GC_CLOSE_CURSOR, gc_close_cursor, m);
-    return submit(c, &rq, NULL);
+    return stub_gc_close_cursor(c, &m, NOCALL);
 }
 
 int hdc_gc_set_debug(hdc_t *c, uint32_t flags) {
     Heapd__V1__GcSetDebug m = HEAPD__V1__GC_SET_DEBUG__INIT;
     m.flags = flags;
-    REQUEST(rq, GC_SET_DEBUG, gc_set_debug, m);
-    return submit(c, &rq, NULL);
+    return stub_gc_set_debug(c, &m, NOCALL);
 }
 
 int hdc_gc_garbage(hdc_t *c, uint64_t start, uint32_t max, int borrow, hdc_handles_t *out,
@@ -1390,9 +1357,7 @@ int hdc_gc_garbage(hdc_t *c, uint64_t start, uint32_t max, int borrow, hdc_handl
     m.start = start;
     m.max = max;
     m.borrow = borrow != 0;
-    REQUEST(rq, GC_GARBAGE, gc_garbage, m);
-    call_t k = {.want = RESULT(GC_GARBAGE), .decode = dec_gc_garbage, .out = {out, total}};
-    return submit(c, &rq, &k);
+    return stub_gc_garbage(c, &m, CALL(dec_gc_garbage, out, total));
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1403,24 +1368,19 @@ int hdc_weakref_new(hdc_t *c, uint64_t handle, int notify, uint64_t *weak) {
     Heapd__V1__WeakrefNew m = HEAPD__V1__WEAKREF_NEW__INIT;
     m.handle = handle;
     m.notify = notify != 0;
-    REQUEST(rq, WEAKREF_NEW, weakref_new, m);
-    call_t k = {.want = RESULT(WEAKREF_NEW), .decode = dec_weak, .out = {weak}};
-    return submit(c, &rq, &k);
+    return stub_weakref_new(c, &m, SCALAR(weak));
 }
 
 int hdc_weakref_get(hdc_t *c, uint64_t weak, uint64_t *out) {
     Heapd__V1__WeakrefGet m = HEAPD__V1__WEAKREF_GET__INIT;
     m.weak = weak;
-    REQUEST(rq, WEAKREF_GET, weakref_get, m);
-    call_t k = {.want = RESULT(WEAKREF_GET), .decode = dec_handle, .out = {out}};
-    return submit(c, &rq, &k);
+    return stub_weakref_get(c, &m, SCALAR(out));
 }
 
 int hdc_weakref_free(hdc_t *c, uint64_t weak) {
     Heapd__V1__WeakrefFree m = HEAPD__V1__WEAKREF_FREE__INIT;
     m.weak = weak;
-    REQUEST(rq, WEAKREF_FREE, weakref_free, m);
-    return submit(c, &rq, NULL);
+    return stub_weakref_free(c, &m, NOCALL);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1428,19 +1388,13 @@ int hdc_weakref_free(hdc_t *c, uint64_t weak) {
 /* ------------------------------------------------------------------------------------------ */
 
 int hdc_trace_get_traced_memory(hdc_t *c, uint64_t *current, uint64_t *peak) {
-    Heapd__V1__TraceGetTracedMemory m = HEAPD__V1__TRACE_GET_TRACED_MEMORY__INIT;
-    REQUEST(rq, TRACE_GET_TRACED_MEMORY, trace_get_traced_memory, m);
-    call_t k = {.want = RESULT(TRACE_GET_TRACED_MEMORY),
-                .decode = dec_traced_memory,
-                .out = {current, peak}};
-    return submit(c, &rq, &k);
+    return stub_trace_get_traced_memory(c, NULL, CALL(dec_traced_memory, current, peak));
 }
 
 int hdc_trace_snapshot_free(hdc_t *c, uint32_t snapshot) {
     Heapd__V1__TraceSnapshotFree m = HEAPD__V1__TRACE_SNAPSHOT_FREE__INIT;
     m.snapshot = snapshot;
-    REQUEST(rq, TRACE_SNAPSHOT_FREE, trace_snapshot_free, m);
-    return submit(c, &rq, NULL);
+    return stub_trace_snapshot_free(c, &m, NOCALL);
 }
 
 int hdc_trace_statistics(hdc_t *c, uint32_t snapshot, hdc_trace_group_t group, uint32_t limit,
@@ -1450,9 +1404,7 @@ int hdc_trace_statistics(hdc_t *c, uint32_t snapshot, hdc_trace_group_t group, u
     m.group = group == HDC_TRACE_BY_TAG ? HEAPD__V1__TRACE_GROUP__BY_TAG
                                         : HEAPD__V1__TRACE_GROUP__BY_SITE;
     m.limit = limit;
-    REQUEST(rq, TRACE_STATISTICS, trace_statistics, m);
-    call_t k = {.want = RESULT(TRACE_STATISTICS), .decode = dec_trace_stats, .out = {out}};
-    return submit(c, &rq, &k);
+    return stub_trace_statistics(c, &m, CALL(dec_trace_stats, out));
 }
 
 int hdc_trace_compare(hdc_t *c, uint32_t snapshot, uint32_t old_snapshot, hdc_trace_group_t group,
@@ -1463,9 +1415,7 @@ int hdc_trace_compare(hdc_t *c, uint32_t snapshot, uint32_t old_snapshot, hdc_tr
     m.group = group == HDC_TRACE_BY_TAG ? HEAPD__V1__TRACE_GROUP__BY_TAG
                                         : HEAPD__V1__TRACE_GROUP__BY_SITE;
     m.limit = limit;
-    REQUEST(rq, TRACE_COMPARE, trace_compare, m);
-    call_t k = {.want = RESULT(TRACE_COMPARE), .decode = dec_trace_stats, .out = {out}};
-    return submit(c, &rq, &k);
+    return stub_trace_compare(c, &m, CALL(dec_trace_stats, out));
 }
 
 void hdc_trace_stats_free(hdc_trace_stats_t *s) {
@@ -1484,8 +1434,7 @@ void hdc_trace_stats_free(hdc_trace_stats_t *s) {
 int hdc_kill_session(hdc_t *c, const char *session_id) {
     Heapd__V1__KillSession m = HEAPD__V1__KILL_SESSION__INIT;
     m.session_id = (char *)(session_id ? session_id : "");
-    REQUEST(rq, KILL_SESSION, kill_session, m);
-    return submit(c, &rq, NULL);
+    return stub_kill_session(c, &m, NOCALL);
 }
 
 void hdc_sessions_free(hdc_sessions_t *s) {
@@ -1565,9 +1514,7 @@ int hdc_batch_end(hdc_t *c, int *status, size_t nstatus) {
         Heapd__V1__Batch m = HEAPD__V1__BATCH__INIT;
         m.ops = ops;
         m.n_ops = nops;
-        REQUEST(rq, BATCH, batch, m);
-        call_t k = {.want = RESULT(BATCH), .decode = dec_batch};
-        rc = submit(c, &rq, &k);
+        rc = stub_batch(c, &m, CALL(dec_batch));
     } else if (rc) {
         set_ok(c);
         note(c, rc, NULL);

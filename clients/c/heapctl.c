@@ -24,6 +24,7 @@
  * Global state: `stop_requested`, set by SIGINT/SIGTERM while `top` runs, and nothing else.
  */
 #include "heapd/client.h"
+#include "heapd_ops.def"
 
 #include <ctype.h>
 #include <errno.h>
@@ -107,15 +108,36 @@ typedef int (*cmd_fn)(ctx_t *x, int argc, char **argv);
 #define CMD_NOCONN  0x1u /* runs without a connection */
 #define CMD_SHELL   0x2u /* only inside `shell` */
 #define CMD_NOSHELL 0x4u /* not inside `shell` */
-#define CMD_ADMIN   0x8u /* needs an admin token */
 
+/* The protocol's ops by field number, OP_<NAME>, and which of them need an admin session: both
+ * from heapd_ops.def, generated from proto/heapd.proto. */
+enum {
+#define OP_NUMBER(NAME, name, number, ...) OP_##NAME = number,
+    HD_OPS(OP_NUMBER)
+#undef OP_NUMBER
+};
+static const unsigned char op_admin[HD_OPS_MAX_NUMBER + 1] = {
+#define OP_ADMIN(NAME, name, number, FAMILY, Request, request, KIND, Result, result, admin, ...)   \
+    [number] = admin,
+    HD_OPS(OP_ADMIN)
+#undef OP_ADMIN
+};
+
+/* op: the protocol op whose properties the command has (0: none, or it sends several kinds);
+ * a command of an admin op is marked (admin) in the help. The server, not heapctl, refuses it
+ * to a session without an admin token (EPERM), and says why. */
 typedef struct cmd_s {
     const char *name;
     cmd_fn run;
     unsigned flags;
+    int op;
     const char *args;
     const char *help;
 } cmd_t;
+
+static int cmd_admin(const cmd_t *c) {
+    return c->op > 0 && c->op <= HD_OPS_MAX_NUMBER && op_admin[c->op];
+}
 
 static const cmd_t *find_cmd(const char *name);
 static int run_command(ctx_t *x, const cmd_t *cmd, int argc, char **argv);
@@ -1589,46 +1611,54 @@ static int cmd_shell(ctx_t *x, int argc, char **argv) {
 }
 
 static const cmd_t commands[] = {
-    {"ping", cmd_ping, 0, "", "round trip to the server"},
-    {"stats", cmd_stats, 0, "", "the heap's statistics (sys._debugmallocstats, gc.get_stats)"},
-    {"gc", cmd_gc, 0, "[SUBCOMMAND ...]", "the cycle collector (see `help gc`)"},
-    {"trace", cmd_trace, 0, "[SUBCOMMAND ...]", "allocation tracing (see `help trace`)"},
-    {"server", cmd_server, CMD_ADMIN, "", "the server's totals (admin)"},
-    {"sessions", cmd_sessions, CMD_ADMIN, "", "sessions, largest heap first (admin)"},
-    {"kill", cmd_kill, CMD_ADMIN, "SESSION_ID", "end a session and free its heap (admin)"},
-    {"top", cmd_top, CMD_ADMIN | CMD_NOSHELL, "[--once] [-n N] [-d SECONDS]",
-     "live view of sessions and memory (admin)"},
-    {"shell", cmd_shell, CMD_NOSHELL, "", "interactive prompt; reads commands from stdin"},
-    {"help", cmd_help, CMD_NOCONN, "[COMMAND]", "this text, or a command's subcommands"},
-    {"alloc", cmd_alloc, CMD_SHELL,
+    {"ping", cmd_ping, 0, OP_PING, "", "round trip to the server"},
+    {"stats", cmd_stats, 0, OP_HEAP_STATS, "",
+     "the heap's statistics (sys._debugmallocstats, gc.get_stats)"},
+    {"gc", cmd_gc, 0, 0, "[SUBCOMMAND ...]", "the cycle collector (see `help gc`)"},
+    {"trace", cmd_trace, 0, 0, "[SUBCOMMAND ...]", "allocation tracing (see `help trace`)"},
+    {"server", cmd_server, 0, OP_SERVER_STATS, "", "the server's totals"},
+    {"sessions", cmd_sessions, 0, OP_LIST_SESSIONS, "", "sessions, largest heap first"},
+    {"kill", cmd_kill, 0, OP_KILL_SESSION, "SESSION_ID", "end a session and free its heap"},
+    {"top", cmd_top, CMD_NOSHELL, OP_LIST_SESSIONS, "[--once] [-n N] [-d SECONDS]",
+     "live view of sessions and memory"},
+    {"shell", cmd_shell, CMD_NOSHELL, 0, "", "interactive prompt; reads commands from stdin"},
+    {"help", cmd_help, CMD_NOCONN, 0, "[COMMAND]", "this text, or a command's subcommands"},
+    {"alloc", cmd_alloc, CMD_SHELL, OP_ALLOC,
      "NAME [size=N] [slots=N] [tag=T] [site=S] [data=TEXT] "
      "[finalizer] [legacy]",
      "allocate an object and name it"},
-    {"link", cmd_link, CMD_SHELL, "OBJ INDEX TARGET", "point slot INDEX of OBJ at TARGET"},
-    {"unlink", cmd_link, CMD_SHELL, "OBJ INDEX", "empty slot INDEX of OBJ"},
-    {"get", cmd_get, CMD_SHELL, "OBJ INDEX [NAME]", "read a slot (a new reference, named)"},
-    {"incref", cmd_refs, CMD_SHELL, "OBJ [N]", "take N more references"},
-    {"decref", cmd_refs, CMD_SHELL, "OBJ [N]", "drop N references"},
-    {"release", cmd_refs, CMD_SHELL, "OBJ", "drop one reference and forget the name"},
-    {"write", cmd_write, CMD_SHELL, "OBJ OFFSET TEXT", "write bytes into the payload"},
-    {"read", cmd_read, CMD_SHELL, "OBJ OFFSET LENGTH", "read bytes of the payload"},
-    {"info", cmd_info, CMD_SHELL, "OBJ", "refcount, size, slots, flags, generation, tag, site"},
-    {"refcount", cmd_query, CMD_SHELL, "OBJ", "sys.getrefcount (no temporary reference)"},
-    {"sizeof", cmd_query, CMD_SHELL, "OBJ", "sys.getsizeof"},
-    {"tracked", cmd_query, CMD_SHELL, "OBJ", "gc.is_tracked"},
-    {"weak", cmd_weak, CMD_SHELL, "NAME OBJ [notify]", "a weak reference to OBJ, named"},
-    {"deref", cmd_deref, CMD_SHELL, "WEAK [NAME]", "the referent (a new reference), or empty"},
-    {"unweak", cmd_unweak, CMD_SHELL, "WEAK", "release a weak reference"},
-    {"referrers", cmd_refgraph, CMD_SHELL, "OBJ...", "gc.get_referrers"},
-    {"referents", cmd_refgraph, CMD_SHELL, "OBJ...", "gc.get_referents"},
-    {"objects", cmd_objects, CMD_SHELL, "[GEN]", "gc.get_objects"},
-    {"events", cmd_events, CMD_SHELL, "[none|all|finalized|weakref_cleared|gc_start|gc_stop]...",
+    {"link", cmd_link, CMD_SHELL, OP_SET_SLOT, "OBJ INDEX TARGET",
+     "point slot INDEX of OBJ at TARGET"},
+    {"unlink", cmd_link, CMD_SHELL, OP_SET_SLOT, "OBJ INDEX", "empty slot INDEX of OBJ"},
+    {"get", cmd_get, CMD_SHELL, OP_GET_SLOT, "OBJ INDEX [NAME]",
+     "read a slot (a new reference, named)"},
+    {"incref", cmd_refs, CMD_SHELL, OP_INCREF, "OBJ [N]", "take N more references"},
+    {"decref", cmd_refs, CMD_SHELL, OP_DECREF, "OBJ [N]", "drop N references"},
+    {"release", cmd_refs, CMD_SHELL, OP_DECREF, "OBJ", "drop one reference and forget the name"},
+    {"write", cmd_write, CMD_SHELL, OP_WRITE, "OBJ OFFSET TEXT", "write bytes into the payload"},
+    {"read", cmd_read, CMD_SHELL, OP_READ, "OBJ OFFSET LENGTH", "read bytes of the payload"},
+    {"info", cmd_info, CMD_SHELL, OP_OBJ_INFO, "OBJ",
+     "refcount, size, slots, flags, generation, tag, site"},
+    {"refcount", cmd_query, CMD_SHELL, OP_GETREFCOUNT, "OBJ",
+     "sys.getrefcount (no temporary reference)"},
+    {"sizeof", cmd_query, CMD_SHELL, OP_GETSIZEOF, "OBJ", "sys.getsizeof"},
+    {"tracked", cmd_query, CMD_SHELL, OP_GC_IS_TRACKED, "OBJ", "gc.is_tracked"},
+    {"weak", cmd_weak, CMD_SHELL, OP_WEAKREF_NEW, "NAME OBJ [notify]",
+     "a weak reference to OBJ, named"},
+    {"deref", cmd_deref, CMD_SHELL, OP_WEAKREF_GET, "WEAK [NAME]",
+     "the referent (a new reference), or empty"},
+    {"unweak", cmd_unweak, CMD_SHELL, OP_WEAKREF_FREE, "WEAK", "release a weak reference"},
+    {"referrers", cmd_refgraph, CMD_SHELL, OP_GC_GET_REFERRERS, "OBJ...", "gc.get_referrers"},
+    {"referents", cmd_refgraph, CMD_SHELL, OP_GC_GET_REFERENTS, "OBJ...", "gc.get_referents"},
+    {"objects", cmd_objects, CMD_SHELL, OP_GC_GET_OBJECTS, "[GEN]", "gc.get_objects"},
+    {"events", cmd_events, CMD_SHELL, OP_SET_EVENTS,
+     "[none|all|finalized|weakref_cleared|gc_start|gc_stop]...",
      "choose the events printed after each command"},
-    {"poll", cmd_poll, CMD_SHELL, "[MS]", "wait for events"},
-    {"vars", cmd_vars, CMD_SHELL, "", "the names and their handles"},
-    {"session", cmd_session, CMD_SHELL, "", "session id and resume token"},
-    {"echo", cmd_echo, CMD_SHELL | CMD_NOCONN, "TEXT...", "print TEXT"},
-    {NULL, NULL, 0, NULL, NULL},
+    {"poll", cmd_poll, CMD_SHELL, 0, "[MS]", "wait for events"},
+    {"vars", cmd_vars, CMD_SHELL, 0, "", "the names and their handles"},
+    {"session", cmd_session, CMD_SHELL, 0, "", "session id and resume token"},
+    {"echo", cmd_echo, CMD_SHELL | CMD_NOCONN, 0, "TEXT...", "print TEXT"},
+    {NULL, NULL, 0, 0, NULL, NULL},
 };
 
 static const cmd_t *find_cmd(const char *name) {
@@ -1654,7 +1684,9 @@ static void print_usage(FILE *f) {
             "Commands:\n",
             HDC_DEFAULT_URL, HDC_DEFAULT_TIMEOUT_MS);
     for (const cmd_t *c = commands; c->name; c++)
-        if (!(c->flags & CMD_SHELL)) fprintf(f, "  %-8s %-30s %s\n", c->name, c->args, c->help);
+        if (!(c->flags & CMD_SHELL))
+            fprintf(f, "  %-8s %-30s %s%s\n", c->name, c->args, c->help,
+                    cmd_admin(c) ? " (admin)" : "");
     fprintf(f, "\nIn the shell, also:\n");
     for (const cmd_t *c = commands; c->name; c++)
         if (c->flags & CMD_SHELL) fprintf(f, "  %-9s %s\n    %s\n", c->name, c->args, c->help);
@@ -1690,9 +1722,11 @@ static int cmd_help(ctx_t *x, int argc, char **argv) {
             j_str(&x->j, "name", c->name);
             j_str(&x->j, "args", c->args);
             j_str(&x->j, "help", c->help);
+            j_bool(&x->j, "admin", cmd_admin(c));
             j_arr(&x->j, "subcommands");
         } else {
-            out(x, "%s %s\n  %s\n", c->name, c->args, c->help);
+            out(x, "%s %s\n  %s%s\n", c->name, c->args, c->help,
+                cmd_admin(c) ? " (admin: needs a session opened with an admin token)" : "");
         }
         if (c->run == cmd_gc) print_subs(x, "gc", gc_cmds);
         if (c->run == cmd_trace) print_subs(x, "trace", trace_cmds);
@@ -1707,6 +1741,7 @@ static int cmd_help(ctx_t *x, int argc, char **argv) {
             j_str(&x->j, "args", c->args);
             j_str(&x->j, "help", c->help);
             j_bool(&x->j, "shell_only", (c->flags & CMD_SHELL) != 0);
+            j_bool(&x->j, "admin", cmd_admin(c));
             j_end_obj(&x->j);
         }
         j_end_arr(&x->j);
@@ -1714,7 +1749,9 @@ static int cmd_help(ctx_t *x, int argc, char **argv) {
     }
     if (x->in_shell) {
         for (const cmd_t *c = commands; c->name; c++)
-            if (!(c->flags & CMD_NOSHELL)) out(x, "  %-9s %-30s %s\n", c->name, c->args, c->help);
+            if (!(c->flags & CMD_NOSHELL))
+                out(x, "  %-9s %-30s %s%s\n", c->name, c->args, c->help,
+                    cmd_admin(c) ? " (admin)" : "");
         out(x, "  %-9s %-30s %s\n", "quit", "", "leave the shell");
         out(x, "Objects are named: `alloc a slots=2`, then `link a 0 b`. Handles may also be "
                "given as numbers.\n");

@@ -126,6 +126,15 @@ class Basics(unittest.TestCase):
         self.assertIn("shell", [c["name"] for c in d["commands"]])
         d = js("help", "trace")
         self.assertIn("compare", [s["name"] for s in d["subcommands"]])
+        # Which commands need admin comes from the ops' (opdef) in heapd.proto.
+        self.assertTrue(js("help", "server")["admin"])
+        self.assertTrue(js("help", "kill")["admin"])
+        self.assertFalse(js("help", "ping")["admin"])
+        self.assertFalse(js("help", "alloc")["admin"])
+        self.assertEqual({c["name"] for c in js("help")["commands"] if c["admin"]},
+                         {"server", "sessions", "kill", "top"})
+        r = subprocess.run([HEAPCTL, "--help"], capture_output=True, text=True, timeout=30)
+        self.assertIn("(admin)", [l for l in r.stdout.splitlines() if "largest heap" in l][0])
 
     def test_cannot_connect(self):
         d = js("ping", url="unix:" + os.path.join(TMP, "nothing.sock"), check=3)
