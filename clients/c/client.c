@@ -1255,8 +1255,9 @@ void hdc_handles_free(hdc_handles_t *hv) {
 #define HDC_NOARG_STATUS_CALLS(XX)                                                                 \
     XX(gc_enable)                                                                                  \
     XX(gc_disable)                                                                                 \
-    XX(gc_freeze) XX(gc_unfreeze) XX(gc_garbage_clear) XX(trace_start) XX(trace_stop)              \
-        XX(trace_clear) XX(trace_reset_peak)
+    XX(gc_freeze)                                                                                  \
+    XX(gc_unfreeze) XX(gc_garbage_clear) XX(trace_start) XX(trace_stop) XX(trace_clear)            \
+        XX(trace_reset_peak)
 #define HDC_NOARG_RESULT_CALLS(XX)                                                                 \
     XX(gc_isenabled, int *out, SCALAR(out))                                                        \
     XX(gc_get_count, uint64_t out[3], CALL(dec_gc_count, out))                                     \
@@ -1317,12 +1318,13 @@ int hdc_gc_get_referrers(hdc_t *c, const uint64_t *handles, size_t n, int borrow
     return stub_gc_get_referrers(c, &m, CALL(dec_handles, out));
 }
 
-int hdc_gc_get_referents(hdc_t *c, const uint64_t *handles, size_t n, int borrow,
+int hdc_gc_get_referents(hdc_t *c, const uint64_t *handles, size_t n, int flags,
                          hdc_handles_t *out) {
     Heapd__V1__GcGetReferents m = HEAPD__V1__GC_GET_REFERENTS__INIT;
     m.handles = (uint64_t *)handles;
     m.n_handles = n;
-    m.borrow = borrow != 0;
+    m.borrow = (flags & HDC_REF_BORROW) != 0;
+    m.distinct = (flags & HDC_REF_DISTINCT) != 0;
     return stub_gc_get_referents(c, &m, CALL(dec_handles, out));
 }
 

@@ -148,14 +148,50 @@ static int op_gc_is_tracked(hd_opctx_t *c, const Heapd__V1__GcIsTracked *a,
 typedef int (*graph_fn)(hd_heap_t *h, const hd_handle_t *objs, size_t n, int newref,
                         hd_handles_t *out);
 
+/* Keeps the first of each run of equal handles in hv, in order, and drops the new reference
+ * each later one holds (with newref). The handles seen go in an open-addressing set in frame
+ * memory, of at least twice as many slots as handles; 0 is never a handle, so it marks an
+ * empty slot. O(n) expected. HD_ENOMEM leaves hv as it was. */
+static int keep_distinct(hd_opctx_t *c, hd_handles_t *hv, bool newref) {
+    if (hv->n < 2) return 0;
+    size_t cap = 16;
+    while (cap < hv->n * 2 && cap < SIZE_MAX / 4)
+        cap *= 2;
+    uint64_t *set = hd__op_array(c, cap, sizeof *set);
+    if (set == NULL) return HD_ENOMEM;
+    size_t k = 0;
+    for (size_t i = 0; i < hv->n; i++) {
+        uint64_t h = hv->v[i];
+        size_t j = (size_t)((h * 0x9E3779B97F4A7C15u) >> 20) & (cap - 1);
+        while (set[j] != 0 && set[j] != h)
+            j = (j + 1) & (cap - 1);
+        if (set[j] == h) {
+            if (newref) {
+                int rc = hd_decref(c->heap, h, 1); /* undoes this entry's incref: cannot fail */
+                assert(rc == 0);
+                (void)rc;
+            }
+            continue;
+        }
+        set[j] = h;
+        hv->v[k++] = h;
+    }
+    hv->n = k;
+    return 0;
+}
+
 /* get_referrers and get_referents: the result's size is the engine's to decide, so a list
  * over the budget is refused after the fact, and the references it took are dropped. */
 static int graph_query(hd_opctx_t *c, graph_fn fn, const uint64_t *objs, size_t n, bool borrow,
-                       Heapd__V1__HandlesResult *r) {
+                       bool distinct, Heapd__V1__HandlesResult *r) {
     hd_handles_t *hv = hd__op_hold(c, sizeof *hv, release_handles);
     if (hv == NULL) return HD_ENOMEM;
     int rc = fn(c->heap, objs, n, !borrow, hv);
     if (rc < 0) return rc;
+    if (distinct && (rc = keep_distinct(c, hv, !borrow)) < 0) {
+        if (!borrow) undo_refs(c->heap, hv);
+        return rc;
+    }
     if (hv->n > handle_room(c)) {
         if (!borrow) undo_refs(c->heap, hv);
         return hd__op_fail(c, HD_ERANGE, "%zu handles are over the %zu that fit in max_read_bytes",
@@ -168,12 +204,12 @@ static int graph_query(hd_opctx_t *c, graph_fn fn, const uint64_t *objs, size_t 
 
 static int op_gc_get_referrers(hd_opctx_t *c, const Heapd__V1__GcGetReferrers *a,
                                Heapd__V1__HandlesResult *r) {
-    return graph_query(c, hd_gc_get_referrers, a->handles, a->n_handles, a->borrow, r);
+    return graph_query(c, hd_gc_get_referrers, a->handles, a->n_handles, a->borrow, false, r);
 }
 
 static int op_gc_get_referents(hd_opctx_t *c, const Heapd__V1__GcGetReferents *a,
                                Heapd__V1__HandlesResult *r) {
-    return graph_query(c, hd_gc_get_referents, a->handles, a->n_handles, a->borrow, r);
+    return graph_query(c, hd_gc_get_referents, a->handles, a->n_handles, a->borrow, a->distinct, r);
 }
 
 /* A page size: the client's max (0 = no preference) cut to what fits in the budget. */

@@ -345,6 +345,20 @@ static void test_gc(void **state) {
     assert_true(hv.v[0] == b);
     assert_int_equal(hdc_decref(c, hv.v[0], 1), 0);
     hdc_handles_free(&hv);
+    /* Duplicates are kept, as gc.get_referents keeps them, unless HDC_REF_DISTINCT. */
+    uint64_t both[2] = {a, a};
+    assert_int_equal(hdc_gc_get_referents(c, both, 2, HDC_REF_BORROW, &hv), 0);
+    assert_int_equal(hv.n, 2);
+    hdc_handles_free(&hv);
+    uint64_t rc_before = 0, rc_after = 0;
+    assert_int_equal(hdc_getrefcount(c, b, &rc_before), 0);
+    assert_int_equal(hdc_gc_get_referents(c, both, 2, HDC_REF_DISTINCT, &hv), 0);
+    assert_int_equal(hv.n, 1);
+    assert_true(hv.v[0] == b);
+    assert_int_equal(hdc_getrefcount(c, b, &rc_after), 0);
+    assert_int_equal(rc_after, rc_before + 1); /* one new reference for the one entry */
+    assert_int_equal(hdc_decref(c, hv.v[0], 1), 0);
+    hdc_handles_free(&hv);
 
     /* Page through the tracked objects one at a time. */
     uint64_t cursor = 0;

@@ -816,6 +816,46 @@ static void test_gc_referrers_referents(void **state) {
     assert_int_equal(refcount(x), 3);
 }
 
+/* get_referents keeps duplicates, as gc.get_referents; with distinct each target comes once,
+ * where it first appears, holding one new reference. */
+static void test_gc_referents_distinct(void **state) {
+    hd_handle_t a = alloc_obj(3, 0, NULL), b = alloc_obj(2, 0, NULL);
+    hd_handle_t x = alloc_obj(0, 0, NULL), y = alloc_obj(0, 0, NULL);
+    assert_ok(set_slot(a, 0, y));
+    assert_ok(set_slot(a, 1, x));
+    assert_ok(set_slot(a, 2, y));
+    assert_ok(set_slot(b, 0, x));
+    assert_ok(set_slot(b, 1, a));
+    hd_handle_t objs[2] = {a, b};
+    Heapd__V1__GcGetReferents re = HEAPD__V1__GC_GET_REFERENTS__INIT;
+    re.handles = objs;
+    re.n_handles = 2;
+    rsp_t *rs = CALL(GC_GET_REFERENTS, &re);
+    assert_ok(rs);
+    assert_int_equal(rs->gc_get_referents->n_handles, 5); /* y x y x a */
+    assert_int_equal(refcount(y), 2 + 1 + 2);             /* client, 2 slots, 2 results */
+    for (size_t i = 0; i < 5; i++)
+        assert_ok(decref(rs->gc_get_referents->handles[i], 1));
+
+    re.distinct = 1;
+    rs = CALL(GC_GET_REFERENTS, &re);
+    assert_ok(rs);
+    assert_int_equal(rs->gc_get_referents->n_handles, 3);
+    assert_int_equal(rs->gc_get_referents->handles[0], y);
+    assert_int_equal(rs->gc_get_referents->handles[1], x);
+    assert_int_equal(rs->gc_get_referents->handles[2], a);
+    assert_int_equal(refcount(y), 1 + 2 + 1); /* one new reference, not two */
+    assert_int_equal(refcount(x), 1 + 2 + 1);
+    for (size_t i = 0; i < 3; i++)
+        assert_ok(decref(rs->gc_get_referents->handles[i], 1));
+
+    re.borrow = 1; /* borrowed: nothing to drop for the duplicates */
+    rs = CALL(GC_GET_REFERENTS, &re);
+    assert_ok(rs);
+    assert_int_equal(rs->gc_get_referents->n_handles, 3);
+    assert_int_equal(refcount(y), 3);
+}
+
 /* A result longer than max_read_bytes allows is refused, and the references it took are
  * given back: the heap is as it was. */
 static void test_gc_referrers_over_budget(void **state) {
@@ -1396,6 +1436,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_gc_surface, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gc_collect_cycle, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gc_referrers_referents, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_gc_referents_distinct, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gc_referrers_over_budget, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gc_get_objects_paged, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gc_garbage, setup, teardown),

@@ -286,8 +286,14 @@ int hdc_gc_is_tracked(hdc_t *c, uint64_t handle, int *tracked);
  * no new client reference. Caller frees *out with hdc_handles_free(). */
 int hdc_gc_get_referrers(hdc_t *c, const uint64_t *handles, size_t n, int borrow,
                          hdc_handles_t *out);
-/* The distinct non-empty slot targets of handles[0..n), in slot order. As above. */
-int hdc_gc_get_referents(hdc_t *c, const uint64_t *handles, size_t n, int borrow,
+/* Flags of hdc_gc_get_referents. HDC_REF_BORROW is 1, so the 0 or 1 of a `borrow` argument
+ * means what it did. */
+#define HDC_REF_BORROW   0x1 /* the results hold no new client reference */
+#define HDC_REF_DISTINCT 0x2 /* each target once, where it first appears */
+/* Every non-empty slot target of handles[0..n), in slot order, duplicates kept as
+ * gc.get_referents keeps them; with HDC_REF_DISTINCT each target once. flags: HDC_REF_*.
+ * Caller frees *out with hdc_handles_free(). */
+int hdc_gc_get_referents(hdc_t *c, const uint64_t *handles, size_t n, int flags,
                          hdc_handles_t *out);
 /* One page of the tracked objects of generation (0..2, or HDC_GC_ALL). Start with
  * *cursor = 0; it is set to the value for the next page, 0 when done. max = 0: as many as
