@@ -16,7 +16,7 @@
  *                        heap of 4,000,000 objects
  *
  * Usage: heapd-engine-bench [--quick] [--no-python]
- *        heapd-engine-bench --pairs plain|traced N   (N pairs only: run under callgrind)
+ *        heapd-engine-bench --pairs plain|traced|container|tree N   (N only: for callgrind)
  */
 #include "heap.h"
 
@@ -88,6 +88,25 @@ static void alloc_free_pairs(hd_heap_t *h, hd_handle_t *live, long pairs) {
         long j = i & (LIVE - 1);
         if (live[j]) hd_decref(h, live[j], 1);
         live[j] = o;
+    }
+}
+
+/* For callgrind: n frees of one bare two-slot container (the common single-object free of a
+ * container: untrack, an empty slot scan, the block), or of a container holding two atomic
+ * children, each with its last reference in the parent's slot (a three-object cascade). */
+static void container_frees(hd_heap_t *h, long n, int children) {
+    for (long i = 0; i < n; i++) {
+        hd_alloc_args_t c = {.nslots = 2}, a = {.size = 8};
+        hd_handle_t p, k;
+        int rc = hd_alloc(h, &c, &p);
+        for (uint32_t s = 0; rc == 0 && s < (uint32_t)children; s++) {
+            if ((rc = hd_alloc(h, &a, &k)) == 0) {
+                hd_set_slot(h, p, s, k);
+                hd_decref(h, k, 1);
+            }
+        }
+        if (rc < 0) die("alloc", rc);
+        hd_decref(h, p, 1);
     }
 }
 
@@ -305,12 +324,18 @@ static int cpython_gc_full(int n, double *live_ns, double *garbage_ns) {
 
 int main(int argc, char **argv) {
     int quick = 0, python = 1;
-    /* --pairs MODE N: only N alloc+free pairs (MODE plain or traced), for callgrind. */
+    /* --pairs MODE N: only N alloc+free pairs (MODE plain or traced) or N container frees
+     * (MODE container: a bare container; tree: one holding two atomic children), for
+     * callgrind. */
     if (argc == 4 && !strcmp(argv[1], "--pairs")) {
         hd_heap_t *h = new_heap();
-        if (!strcmp(argv[2], "traced")) hd_trace_start(h);
-        hd_handle_t live[LIVE] = {0};
-        alloc_free_pairs(h, live, atol(argv[3]));
+        if (!strcmp(argv[2], "container") || !strcmp(argv[2], "tree")) {
+            container_frees(h, atol(argv[3]), argv[2][0] == 't' ? 2 : 0);
+        } else {
+            if (!strcmp(argv[2], "traced")) hd_trace_start(h);
+            hd_handle_t live[LIVE] = {0};
+            alloc_free_pairs(h, live, atol(argv[3]));
+        }
         hd_heap_free(h);
         return 0;
     }
@@ -320,8 +345,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--no-python"))
             python = 0;
         else {
-            fprintf(stderr,
-                    "usage: heapd-engine-bench [--quick] [--no-python] | --pairs plain|traced N\n");
+            fprintf(stderr, "usage: heapd-engine-bench [--quick] [--no-python] | --pairs "
+                            "plain|traced|container|tree N\n");
             return 2;
         }
     }

@@ -214,7 +214,6 @@ enum {
     HD_OF_UNREACHABLE = 0x0200, /* gc.c: tentatively unreachable */
     HD_OF_GARBAGE = 0x0400,     /* on the garbage list (holds one internal reference) */
     HD_OF_WANTS_FINAL = 0x0800, /* allocated with HD_OBJ_FINALIZER (for hd_obj_info) */
-    HD_OF_FREEING = 0x1000,     /* refcnt reached 0: on the free cascade's work list */
 };
 
 /*
@@ -222,18 +221,19 @@ enum {
  *   check != 0 while the object lives; 0 once freed.
  *   crefs <= refcnt; refcnt = crefs + (slots anywhere pointing here) + (GARBAGE ? 1 : 0)
  *                              (+ transient internal references held by gc.c during clears).
- *   TRACKED iff nslots > 0 and not yet freed; gc_prev/gc_next link it into a circular gc list
+ *   TRACKED iff nslots > 0 and refcnt > 0; gc_prev/gc_next link it into a circular gc list
  *   whose sentinel lives in region 0. Outside a collection gc_prev is a plain ref; during one
  *   gc.c may borrow it to hold gc_refs (as CPython does) and restores it before returning.
- *   Atomic objects (nslots == 0) never use gc_prev/gc_next, except as the free cascade's
- *   work-list link once FREEING.
+ *   Once refcnt is 0 (inside object.c's free cascade only) the object is untracked and the
+ *   cascade uses gc_prev (next slot to drop) and gc_next (frame or delete-later link); atomic
+ *   objects (nslots == 0) never use them otherwise.
  *   EXT is set iff size > 0 or a tag or a site was given.
  * Layout: [hd_obj_t 24][slots 4*nslots][hd_objext_t 8 if EXT][payload size]; the bare
  * two-slot container is 32 bytes, one 32-byte block.
  */
 typedef struct hd_obj_s {
     hd_ref_t gc_prev; /* previous on the gc list (or gc_refs during a collection) */
-    hd_ref_t gc_next; /* next on the gc list; the free cascade's link once FREEING */
+    hd_ref_t gc_next; /* next on the gc list; the free cascade's link once refcnt is 0 */
     uint32_t refcnt;  /* every reference */
     uint32_t crefs;   /* references held by the client */
     uint32_t check;   /* the handle check; 0 = freed */
@@ -356,10 +356,8 @@ struct hd_heap_s {
     uint64_t nobjects, ncontainers, nbytes;
     uint64_t max_objects, max_bytes;
     uint64_t allocs_total, frees_total;
-    uint64_t check_rng;  /* xorshift state drawing handle checks; never 0 */
-    hd_ref_t free_stack; /* the free cascade's work list (hd__obj_release) */
-    int releasing;       /* the free cascade is draining free_stack */
-    bool tracing;        /* trace.c: tracing is on (hd__tracing) */
+    uint64_t check_rng; /* xorshift state drawing handle checks; never 0 */
+    bool tracing;       /* trace.c: tracing is on (hd__tracing) */
     hd_intern_t tags, sites;
     hd_evqueue_t events;
     struct hd_weakstate_s *weak;

@@ -4,9 +4,10 @@
  * Owns the object layout (internal.h: hd_obj_t), the client operations on one object
  * (alloc, incref, decref, set_slot, get_slot, write, read, getrefcount, getsizeof, info), the
  * check that turns a client handle into a live object, and the free cascade: when a count
- * reaches zero the object is freed at once and its slots' references are dropped, without
- * recursion and without allocating (the work list is threaded through the dying objects'
- * own gc_next fields). Also the per-heap interning of tags and sites.
+ * reaches zero the object is freed at once and its slots' references are dropped, depth
+ * first and with CPython's trashcan, as subtype_dealloc does, without recursion and without
+ * allocating (the work list is threaded through the dying objects' own gc links). Also the
+ * per-heap interning of tags and sites.
  *
  * Does not own: memory (alloc.c), generations and collection (gc.c), weak references
  * (weakref.c), tracing statistics (trace.c), the event queue (heap.c).
@@ -109,37 +110,58 @@ int hd__handle_resolve(hd_heap_t *h, hd_handle_t hd, hd_ref_t *ref, hd_obj_t **o
 /* ========================================================================================== */
 
 /*
- * An object whose count reached zero is "dying": untracked at once (so a collection in
- * progress no longer sees it on its lists), flagged FREEING and pushed on h->free_stack,
- * linked through its gc_next. The outermost caller drains the stack; dealloc of one object
- * may push more. Nothing here allocates, so freeing cannot fail, and the depth of the graph
- * never reaches the C stack: a chain of ten million objects frees in a loop.
+ * When a count reaches zero the object is freed at once, with everything that dies with it,
+ * in the order of CPython 3.11's subtype_dealloc (Objects/typeobject.c), whose events a client
+ * sees (docs/PROTOCOL.md, "Event order"):
+ *
+ *   untrack; the finalizer (FINALIZED); the weak references (WEAKREF_CLEARED, newest first);
+ *   the slots in order, each one emptied and its target's count dropped, so that a target
+ *   that dies is freed whole, its own slots included, before the next slot is looked at
+ *   (depth first, as clear_slots' Py_DECREF recurses); then the memory.
+ *
+ * CPython recurses; here a loop keeps the same order. A dying object whose slots are being
+ * dropped is a frame: its gc_prev holds the index of its next slot and its gc_next links it
+ * to the frame below (its parent in the cascade), both free once it is untracked. The loop
+ * resumes the innermost frame until a slot's target dies, which opens a frame above it, or
+ * the slots run out, which frees the object and closes its frame.
+ *
+ * CPython's trashcan (Py_TRASHCAN_BEGIN in subtype_dealloc; Objects/object.c:_PyTrash_begin,
+ * _PyTrash_end, _PyTrash_thread_deposit_object, _PyTrash_thread_destroy_chain) bounds that
+ * recursion, and reorders events, so it is modelled exactly. A dealloc counts one level of
+ * nesting from its start to its end. One that would start at nesting HD_TRASH_UNWIND_LEVEL
+ * (50) or deeper is deferred instead: the object, already untracked, is pushed on the
+ * delete-later list (LIFO, through gc_next) and its whole dealloc, finalizer first, waits.
+ * When the outermost dealloc ends (nesting back to 0, its memory freed), the list is drained
+ * newest first, each deferred dealloc starting at nesting 1 (destroy_chain's own level, so it
+ * nests 2 deep); what they defer in turn joins the list and is drained in the same loop.
+ *
+ * So frames are never more than 50 deep, nothing allocates, nothing recurses, and freeing
+ * cannot fail: a chain of ten million objects frees in this one loop. The loop is entered only
+ * at nesting 0, from a reference dropped outside any dealloc (a client decref, a slot
+ * overwritten, the collector or the garbage list letting go): nothing a dealloc does drops a
+ * reference through another path, so it never re-enters itself.
+ *
+ * Cost: freeing one object whose slots free nothing is one pass of the outer loop and one of
+ * the frame loop: about 40 instructions besides untracking, the slot scan and the block's
+ * return to its pool (callgrind figures in docs/PERFORMANCE.md).
  */
-static void push_dying(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
-    HD_ASSERT(o->refcnt == 0 && !(o->flags & HD_OF_FREEING));
-    if (o->flags & HD_OF_TRACKED) hd__gc_untrack(h, r, o);
-    o->flags |= HD_OF_FREEING;
-    o->gc_next = h->free_stack;
-    h->free_stack = r;
-}
 
-/* Frees one dying object: events, weak references, trace counts, slots, memory. The order
- * is CPython's subtype_dealloc: the finalizer runs, then weak references are cleared. */
-static void dealloc(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
+/* CPython's _PyTrash_UNWIND_LEVEL (Include/cpython/object.h, 3.11): the nesting at which a
+ * dealloc is deferred. */
+#define HD_TRASH_UNWIND_LEVEL 50
+
+/* The finalizer, the weak references and the trace counts, before the slots. Out of line:
+ * most objects have none of the three. */
+static HD_NOINLINE void dealloc_head(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
     if (o->flags & HD_OF_FINALIZER) hd__obj_finalize(h, r, o);
     if (o->flags & HD_OF_WEAKREFD) hd__weakref_clear(h, r, o);
     if (o->flags & HD_OF_TRACED) hd__trace_free(h, o);
-    for (uint32_t i = 0; i < o->nslots; i++) {
-        hd_ref_t t = o->slots[i];
-        if (!t) continue;
-        o->slots[i] = 0;
-        hd_obj_t *to = hd__obj(h, t);
-        HD_ASSERT(to->refcnt > 0);
-        if (--to->refcnt == 0) push_dying(h, t, to);
-    }
-    size_t bytes = hd__obj_sizeof(o);
+}
+
+/* The end of a dealloc: the object's block goes back, its handle goes stale. */
+static inline void dealloc_free(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
     h->nobjects--;
-    h->nbytes -= hd__alloc_charge(bytes);
+    h->nbytes -= hd__alloc_charge(hd__obj_sizeof(o));
     if (o->nslots) h->ncontainers--;
     h->frees_total++;
     o->check = 0;
@@ -157,18 +179,73 @@ void hd__obj_finalize(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
     }
 }
 
-/* Starts the cascade at r (refcnt just reached 0). Re-entrant calls only push. */
-static void release(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
-    push_dying(h, r, o);
-    if (h->releasing) return;
-    h->releasing = 1;
-    while (h->free_stack) {
-        hd_ref_t d = h->free_stack;
-        hd_obj_t *dob = hd__obj(h, d);
-        h->free_stack = dob->gc_next;
-        dealloc(h, d, dob);
+/* Frees r, whose count just reached 0 outside any dealloc, and everything that dies with it
+ * (see above). */
+static HD_NOINLINE void release(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
+    hd_ref_t top = 0;     /* the innermost frame; 0 = none open */
+    hd_obj_t *f = NULL;   /* its object */
+    hd_ref_t later = 0;   /* deferred deallocs, newest first (trash_delete_later) */
+    unsigned nesting = 0; /* trash_delete_nesting: open frames, + 1 while draining later */
+    for (;;) {
+        /* subtype_dealloc(o) starts: PyObject_GC_UnTrack, then Py_TRASHCAN_BEGIN. */
+        HD_ASSERT(o->refcnt == 0);
+        if (o->flags & HD_OF_TRACKED) hd__gc_untrack(h, r, o);
+        if (HD_UNLIKELY(nesting >= HD_TRASH_UNWIND_LEVEL)) {
+            o->gc_next = later; /* _PyTrash_thread_deposit_object */
+            later = r;
+        } else if (o->nslots == 0) {
+            /* Nothing can die with it, so it needs no frame: the whole dealloc at once. */
+            if (o->flags & (HD_OF_FINALIZER | HD_OF_WEAKREFD | HD_OF_TRACED))
+                dealloc_head(h, r, o);
+            dealloc_free(h, r, o);
+        } else {
+            nesting++;
+            if (o->flags & (HD_OF_FINALIZER | HD_OF_WEAKREFD | HD_OF_TRACED)) dealloc_head(h, r, o);
+            o->gc_prev = 0;
+            o->gc_next = top;
+            top = r;
+            f = o;
+        }
+        /* Resume the innermost frame until one of its slots' targets dies (then start that
+         * dealloc) or none is left. Invariant: the frames top, top's gc_next, ... are the
+         * deallocs in progress, innermost first; nesting counts them (+ 1 while draining). */
+        for (;;) {
+            if (HD_UNLIKELY(!top)) {
+                if (HD_LIKELY(!later)) return;
+                /* _PyTrash_thread_destroy_chain: the newest deferred dealloc, at nesting 1. */
+                nesting = 1;
+                r = later;
+                o = hd__obj(h, r);
+                later = o->gc_next;
+                break;
+            }
+            uint32_t i = f->gc_prev, n = f->nslots;
+            hd_obj_t *to = NULL;
+            for (; i < n; i++) {
+                hd_ref_t t = f->slots[i];
+                if (!t) continue;
+                f->slots[i] = 0;
+                to = hd__obj(h, t);
+                HD_ASSERT(to->refcnt > 0);
+                if (--to->refcnt == 0) {
+                    r = t;
+                    break;
+                }
+                to = NULL;
+            }
+            if (to) {
+                f->gc_prev = i + 1;
+                o = to;
+                break;
+            }
+            /* The slots are done: the memory goes and the frame closes (Py_TRASHCAN_END). */
+            hd_ref_t parent = f->gc_next;
+            dealloc_free(h, top, f);
+            nesting--;
+            top = parent;
+            if (top) f = hd__obj(h, top);
+        }
     }
-    h->releasing = 0;
 }
 
 void hd__obj_decref_internal(hd_heap_t *h, hd_ref_t r) {

@@ -197,6 +197,212 @@ static void test_garbage_cleared_last_to_first(void **state) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Refcount cascades: depth first (subtype_dealloc's clear_slots).                            */
+/* ------------------------------------------------------------------------------------------ */
+
+/* p.s0 = a; a.s0 = c; p.s1 = b; del p -> p a c b: a's subtree dies before slot 1 is looked at. */
+static void test_cascade_depth_first(void **state) {
+    hd_heap_t *h = heap(state);
+    hd_handle_t p = obj(h, 2, "p"), a = obj(h, 1, "a"), c = obj(h, 0, "c"), b = obj(h, 0, "b");
+    link(h, a, 0, c);
+    link(h, p, 0, a);
+    link(h, p, 1, b);
+    drop(h, a);
+    drop(h, b);
+    drop(h, c);
+    assert_string_equal(events(h), "");
+    drop(h, p);
+    assert_string_equal(events(h), "p a c b");
+}
+
+/* p.s0 = x; p.s1 = y; p.s2 = x; del p -> p y x: x dies when its last reference, slot 2, goes. */
+static void test_cascade_shared_child(void **state) {
+    hd_heap_t *h = heap(state);
+    hd_handle_t p = obj(h, 3, "p"), x = obj(h, 1, "x"), y = obj(h, 1, "y");
+    link(h, p, 0, x);
+    link(h, p, 1, y);
+    link(h, p, 2, x);
+    drop(h, x);
+    drop(h, y);
+    drop(h, p);
+    assert_string_equal(events(h), "p y x");
+}
+
+/* Weak references of objects deep in a cascade are cleared in their own dealloc, after their
+ * finalizer and before their slots: p.s0 = a (weak wa1, wa2); a.s0 = c (weak wc); p.s1 = b. */
+static void test_cascade_with_weakrefs(void **state) {
+    hd_heap_t *h = heap(state);
+    hd_handle_t p = obj(h, 2, "p"), a = obj(h, 1, "a"), c = obj(h, 0, "c"), b = obj(h, 0, "b");
+    link(h, a, 0, c);
+    link(h, p, 0, a);
+    link(h, p, 1, b);
+    weak(h, a, "wa1");
+    weak(h, c, "wc");
+    weak(h, a, "wa2");
+    drop(h, a);
+    drop(h, b);
+    drop(h, c);
+    drop(h, p);
+    assert_string_equal(events(h), "p a ~wa2 ~wa1 c ~wc b");
+    weak_free_all(h);
+}
+
+/* In a collection, objects outside the unreachable set (atomic ones, older generations) die
+ * while delete_garbage clears the garbage, depth first too. o (generation 1) holds the atomic
+ * a3 and a4; x <-> y is a young cycle and x also holds the atomic a1 and o; del o, x, y;
+ * gc.collect(0) -> x y (finalize_garbage), then a1 o a3 a4 (x's slots, in order). */
+static void test_cascade_in_collection(void **state) {
+    hd_heap_t *h = heap(state);
+    hd_handle_t o = obj(h, 2, "o"), a3 = obj(h, 0, "a3"), a4 = obj(h, 0, "a4");
+    link(h, o, 0, a3);
+    link(h, o, 1, a4);
+    drop(h, a3);
+    drop(h, a4);
+    assert_int_equal(collect(h, 0), 0); /* o moves to generation 1 */
+    assert_string_equal(events(h), "[0 ]0");
+    hd_handle_t x = obj(h, 3, "x"), y = obj(h, 1, "y"), a1 = obj(h, 0, "a1");
+    link(h, x, 0, y);
+    link(h, y, 0, x);
+    link(h, x, 1, a1);
+    link(h, x, 2, o);
+    drop(h, o);
+    drop(h, a1);
+    drop(h, x);
+    drop(h, y);
+    assert_int_equal(collect(h, 0), 2);
+    assert_string_equal(events(h), "[0 x y a1 o a3 a4 ]0");
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The trashcan: deallocs deferred from nesting depth 50 (_PyTrash_UNWIND_LEVEL).             */
+/* ------------------------------------------------------------------------------------------ */
+
+/* A chain c0 -> c1 -> ... -> c(L-1), all with finalizers; its last link holds a (which holds
+ * a2) in slot 0 and b in slot 1. Returns c0, the only object with a client reference. */
+static hd_handle_t fork_chain(hd_heap_t *h, int len) {
+    char name[16];
+    hd_handle_t head = obj(h, 2, "c0"), cur = head;
+    for (int i = 1; i < len; i++) {
+        snprintf(name, sizeof name, "c%d", i);
+        hd_handle_t n = obj(h, 2, name);
+        link(h, cur, 0, n);
+        if (cur != head) drop(h, cur);
+        cur = n;
+    }
+    hd_handle_t a = obj(h, 1, "a"), a2 = obj(h, 0, "a2"), b = obj(h, 0, "b");
+    link(h, a, 0, a2);
+    link(h, cur, 0, a);
+    link(h, cur, 1, b);
+    drop(h, a2);
+    drop(h, a);
+    drop(h, b);
+    if (cur != head) drop(h, cur);
+    return head;
+}
+
+/* "c<from> c<from+1> ... c<to-1> " into buf. */
+static size_t chain_names(char *buf, size_t cap, int from, int to) {
+    size_t n = 0;
+    for (int i = from; i < to; i++)
+        n += (size_t)snprintf(buf + n, cap - n, "c%d ", i);
+    return n;
+}
+
+/* The fork's order for chains just below, at and above the limit, in a first dealloc and in
+ * deferred ones (which start at nesting 1 and so defer 49 levels further down), as
+ * /usr/bin/python3 prints it for classes with __slots__ and __del__:
+ *   L = 48: a a2 b   (a2 starts at nesting 49: the last level that is not deferred)
+ *   L = 49: a b a2   (a2 would start at 50: deferred until the chain is freed)
+ *   L = 50: b a a2   (a and b both deferred; the list is drained newest first)
+ *   L = 51: a a2 b   (c50 deferred; its dealloc, at nesting 1, reaches the fork at 48)
+ *   L = 98, 99, 100 and 147, 148, 149: as 49, 50, 51, one and two deferrals later (a deferred
+ *   dealloc starts at nesting 1, so the next deferral comes 49 links further down). */
+static void test_trashcan_threshold(void **state) {
+    static const struct {
+        int len;
+        const char *fork;
+    } cases[] = {{1, "a a2 b"},   {48, "a a2 b"},  {49, "a b a2"}, {50, "b a a2"},  {51, "a a2 b"},
+                 {97, "a a2 b"},  {98, "a b a2"},  {99, "b a a2"}, {100, "a a2 b"}, {146, "a a2 b"},
+                 {147, "a b a2"}, {148, "b a a2"}, {149, "a a2 b"}};
+    hd_heap_t *h = heap(state);
+    static char want[4096];
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        hd_handle_t head = fork_chain(h, cases[k].len);
+        assert_string_equal(events(h), "");
+        drop(h, head);
+        size_t n = chain_names(want, sizeof want, 0, cases[k].len);
+        snprintf(want + n, sizeof want - n, "%s", cases[k].fork);
+        assert_string_equal(events(h), want);
+        hd_heap_stats_t st;
+        hd_heap_stats(h, &st);
+        assert_int_equal(st.objects, 0);
+    }
+}
+
+/* A cascade started by delete_garbage starts at nesting 0 too (subtype_clear's Py_DECREF):
+ * x <-> y young garbage, x.s1 = the old chain c0 .. c49 and its fork -> x y c0 .. c49 b a a2. */
+static void test_trashcan_in_collection(void **state) {
+    static const struct {
+        int len;
+        const char *fork;
+    } cases[] = {{49, "a b a2"}, {50, "b a a2"}, {99, "b a a2"}};
+    hd_heap_t *h = heap(state);
+    static char want[4096];
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        hd_handle_t c0 = fork_chain(h, cases[k].len);
+        assert_int_equal(collect(h, 2), 0);
+        hd_handle_t x = obj(h, 2, "x"), y = obj(h, 1, "y");
+        link(h, x, 0, y);
+        link(h, y, 0, x);
+        link(h, x, 1, c0);
+        drop(h, c0);
+        drop(h, x);
+        drop(h, y);
+        events(h);
+        assert_int_equal(collect(h, 0), 2);
+        size_t n = (size_t)snprintf(want, sizeof want, "[0 x y ");
+        n += chain_names(want + n, sizeof want - n, 0, cases[k].len);
+        snprintf(want + n, sizeof want - n, "%s ]0", cases[k].fork);
+        assert_string_equal(events(h), want);
+    }
+}
+
+/* A deferred object is untracked at once (CPython's subtype_dealloc untracks before
+ * Py_TRASHCAN_BEGIN) and nothing is left over: 64 chains of 300 under one root, freed by one
+ * decref, leave an empty heap, count[0] at 0 and nothing for the collector. */
+static void test_trashcan_wide_and_deep(void **state) {
+    hd_heap_t *h = heap(state);
+    hd_events_set_mask(h, 0);
+    hd_alloc_args_t a = {.nslots = 64};
+    hd_handle_t root;
+    assert_int_equal(hd_alloc(h, &a, &root), 0);
+    for (uint32_t i = 0; i < 64; i++) {
+        hd_handle_t cur;
+        assert_int_equal(hd_alloc(h, &a, &cur), 0);
+        link(h, root, i, cur);
+        for (int d = 0; d < 300; d++) {
+            hd_handle_t n;
+            assert_int_equal(hd_alloc(h, &a, &n), 0);
+            link(h, cur, (uint32_t)d % 64, n);
+            drop(h, cur);
+            cur = n;
+        }
+        drop(h, cur);
+    }
+    uint64_t count[3];
+    hd_gc_get_count(h, count);
+    assert_int_equal(count[0], 1 + 64 * 301);
+    drop(h, root);
+    hd_heap_stats_t st;
+    hd_heap_stats(h, &st);
+    assert_int_equal(st.objects, 0);
+    assert_int_equal(st.containers, 0);
+    hd_gc_get_count(h, count);
+    assert_int_equal(count[0], 0);
+    assert_int_equal(collect(h, 2), 0);
+}
+
+/* ------------------------------------------------------------------------------------------ */
 
 int main(void) {
     const struct CMUnitTest tests[] = {
@@ -206,6 +412,13 @@ int main(void) {
                                         tu_teardown),
         cmocka_unit_test_setup_teardown(test_weakrefs_freed_between, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_garbage_cleared_last_to_first, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_cascade_depth_first, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_cascade_shared_child, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_cascade_with_weakrefs, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_cascade_in_collection, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_trashcan_threshold, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_trashcan_in_collection, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_trashcan_wide_and_deep, tu_setup, tu_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
