@@ -14,6 +14,12 @@
  * one region to each of up to 16 large allocations (chunk 0 is large too, its region 0 being
  * the gc sentinels). Empty chunks go on a free list and are reused by arenas or large objects.
  *
+ * Pool headers live outside the pools (mimalloc keeps its page metadata in the segment's head
+ * for the same reason): each arena record holds one 32-byte descriptor per pool, so a pool's
+ * 16 KiB are all blocks, and checking a handle or freeing a block reads the arena record and
+ * the block, never a header on another page of the pool. At 4M live objects that header was
+ * a cache and TLB miss on every free.
+ *
  * The state of a pool, as CPython's:
  *   never used  beyond its arena's carve point (pool_first + ncarved pools); never touched.
  *   used        count >= 1, on usedpools[szidx]; it may have run out of blocks since its last
@@ -26,6 +32,7 @@
  */
 #include "internal.h"
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* ========================================================================================== */
@@ -38,64 +45,71 @@ typedef struct hd_block_s {
     struct hd_block_s *next;
 } hd_block_t;
 
-/* The header at the start of every pool that has ever been used. Invariants:
- *   count + (blocks on freeblock) == (nextoffset - HD_POOL_OVERHEAD) / size  (blocks carved)
- *   maxnextoffset == HD_POOL_SIZE - size; nextoffset <= maxnextoffset + size
- *   count == 0  <=>  the pool is free (on arena->freepools)
- *   full == 1   =>   count >= 1, freeblock == NULL, nextoffset > maxnextoffset, on no list
- *   ref == the ref of the pool's first byte, so a block's ref is ref + (offset >> 4)
- * where size == HD_CLASS_SIZE(szidx).
+/* A pool's header (descriptor), in its arena record, never in the pool. Invariants:
+ *   count + (blocks on freeblock) == nextoffset / size  (blocks carved)
+ *   nextoffset <= HD_POOL_SIZE; a block fits at nextoffset iff nextoffset + size <= HD_POOL_SIZE
+ *   count == 0  <=>  the pool is free (on its arena's freepools)
+ *   full == 1   =>   count >= 1, freeblock == NULL, no block left to carve, on no list
+ *   ref == the ref of the pool's first byte (its first block), so a block's ref is
+ *          ref + (offset >> 4); pools are 16 KiB aligned, so offset = address & 16383
+ * where size == HD_CLASS_SIZE(szidx). Lists link pools by ref (0 = none), which keeps the
+ * descriptor at 32 bytes, two to a cache line; only the slow paths follow them.
  */
 typedef struct hd_pool_s {
-    hd_block_t *freeblock;      /* first free block; NULL if none (some may remain to carve) */
-    uint16_t count;             /* blocks in use */
-    uint8_t szidx;              /* size class; HD_NOCLASS before the pool's first use */
-    uint8_t full;               /* taken off usedpools: nothing left to hand out */
-    uint32_t nextoffset;        /* offset of the next block to carve */
-    uint32_t maxnextoffset;     /* the largest offset at which a whole block still fits */
-    hd_ref_t ref;               /* ref of the pool's first byte */
-    struct hd_pool_s *nextpool; /* usedpools[szidx] list, or the arena's freepools */
-    struct hd_pool_s *prevpool; /* usedpools[szidx] list */
-    struct hd_arena_s *arena;   /* the arena holding the pool */
+    hd_block_t *freeblock; /* first free block; NULL if none (some may remain to carve) */
+    hd_ref_t ref;          /* ref of the pool's first byte */
+    hd_ref_t nextpool;     /* usedpools[szidx] list, or the arena's freepools; 0 = none */
+    hd_ref_t prevpool;     /* usedpools[szidx] list; 0 = none (the head) */
+    uint16_t count;        /* blocks in use */
+    uint16_t nextoffset;   /* offset of the next block to carve */
+    uint8_t szidx;         /* size class; HD_NOCLASS before the pool's first use */
+    uint8_t full;          /* taken off usedpools: nothing left to hand out */
 } hd_pool_t;
 
-/* Bytes lost to the header in every pool: 48, as CPython's POOL_OVERHEAD on 64-bit. Blocks
- * start right after it, so it must keep them 16-byte aligned. */
-#define HD_POOL_OVERHEAD ((uint32_t)HD_ROUND_UP(sizeof(hd_pool_t)))
-#define HD_NOCLASS       0xffu
-/* Blocks of class c that fit in a pool: 1021 of 16 bytes .. 31 of 512 bytes. */
-#define HD_POOL_BLOCKS(c) ((HD_POOL_SIZE - HD_POOL_OVERHEAD) / HD_CLASS_SIZE(c))
-/* The pool holding a block: pools are 16 KiB aligned inside their arena (CPython's
- * POOL_ADDR). */
-#define HD_POOL_ADDR(p) ((hd_pool_t *)((uintptr_t)(p) & ~(uintptr_t)(HD_POOL_SIZE - 1)))
+#define HD_NOCLASS 0xffu
+/* Blocks of class c in a pool: 1024 of 16 bytes .. 32 of 512 bytes. */
+#define HD_POOL_BLOCKS(c) (HD_POOL_SIZE / HD_CLASS_SIZE(c))
+/* A block's offset in its pool: pools are 16 KiB aligned inside their arena. */
+#define HD_POOL_OFFSET(p) ((uint32_t)((uintptr_t)(p) & (HD_POOL_SIZE - 1)))
 
-_Static_assert(sizeof(hd_pool_t) == 48, "the pool header is CPython's 48 bytes");
-_Static_assert(HD_POOL_OVERHEAD % HD_ALIGN == 0, "blocks after the header stay aligned");
+_Static_assert(sizeof(hd_pool_t) == 32, "two pool descriptors per cache line");
+_Static_assert(HD_POOL_SIZE <= UINT16_MAX + 1u, "nextoffset fits its uint16 (as HD_POOL_SIZE)");
+_Static_assert(HD_POOL_SIZE < UINT16_MAX, "nextoffset can reach HD_POOL_SIZE itself");
 _Static_assert(HD_POOL_BLOCKS(0) <= UINT16_MAX, "a pool's block count fits its uint16 count");
 _Static_assert(HD_POOL_BLOCKS(HD_NCLASSES - 1) >= 2, "a pool of the largest class is shared");
 _Static_assert(HD_NCLASSES < HD_NOCLASS, "HD_NOCLASS is no class");
 _Static_assert(HD_POOL_SIZE % 4096 == 0, "pools are whole pages, so a free pool's pages and "
                                          "untouched blocks are never faulted in");
 
-/* An arena: a small malloc'd record for each 1 MiB mapping (the mapping itself holds only
- * pools, so that an arena's untouched pages stay untouched). Invariants:
+/* An arena: a malloc'd record for each 1 MiB mapping, holding the descriptors of its pools
+ * (the mapping itself holds only blocks, so that an arena's untouched pages stay untouched).
+ * The record starts on a cache line, so that each descriptor sits in one. Invariants:
  *   nfreepools == (pools on freepools) + (ntotalpools - ncarved)
  *   ntotalpools * HD_POOL_SIZE + (pool_first != base ? HD_POOL_SIZE : 0) == HD_ARENA_SIZE
  *   on usable_arenas  <=>  nfreepools > 0
  *   region_base[region + i] == base + i * HD_REGION_SIZE, chunks[region / 16].arena == this
+ *   pools[i] describes the pool at pool_first + i * HD_POOL_SIZE, for i < ncarved
+ *   first_off == (pool_first - base) / 16: the granule of the first pool in the arena's refs
  */
 typedef struct hd_arena_s {
+    hd_pool_t pools[HD_ARENA_POOLS];        /* the pools' descriptors, first ncarved in use */
     char *base;                             /* the mapping from hd__mem.map */
     char *pool_first;                       /* base rounded up to a pool boundary */
+    uint32_t first_off;                     /* (pool_first - base) >> 4 */
+    uint32_t ncarved;                       /* pools ever used: the rest are never touched */
     uint32_t region;                        /* region number of base (16-aligned) */
     uint32_t ntotalpools;                   /* HD_ARENA_POOLS, or one less if base is unaligned */
-    uint32_t ncarved;                       /* pools ever used: the rest are never touched */
     uint32_t nfreepools;                    /* free pools, including those never used */
-    hd_pool_t *freepools;                   /* emptied pools, singly linked through nextpool */
+    hd_ref_t freepools;                     /* emptied pools, singly linked through nextpool */
     struct hd_arena_s *nextarena;           /* usable_arenas, sorted by nfreepools */
     struct hd_arena_s *prevarena;           /* usable_arenas */
     struct hd_arena_s *next_all, *prev_all; /* hd_alloc_t.arenas: every mapped arena */
+    void *raw;                              /* what hd__malloc returned (before alignment) */
 } hd_arena_t;
+
+#define HD_CACHE_LINE 64
+_Static_assert(offsetof(hd_arena_t, pools) == 0 && HD_CACHE_LINE % sizeof(hd_pool_t) == 0,
+               "descriptors tile the record's cache lines");
 
 /* A chunk: 16 consecutive regions, the unit in which regions are handed out. Invariants:
  *   arena chunk:  arena != NULL, used == 0, on no list.
@@ -130,8 +144,38 @@ static const hd_pool_t nopool = {.szidx = HD_NOCLASS};
 #define HD_NOPOOL ((hd_pool_t *)&nopool)
 
 static inline hd_ref_t block_ref(const hd_pool_t *pool, const void *bp) {
-    return pool->ref + (hd_ref_t)(((const char *)bp - (const char *)pool) >> HD_ALIGN_SHIFT);
+    return pool->ref + (HD_POOL_OFFSET(bp) >> HD_ALIGN_SHIFT);
 }
+
+/* The arena holding a small block's ref; NULL for a large or free chunk. The chunk table
+ * exists whenever a block does. */
+static inline hd_arena_t *arena_of(const hd_alloc_t *a, hd_ref_t ref) {
+    return a->chunks[ref >> (HD_REF_GRANULE_BITS + 4)].arena;
+}
+
+/* The descriptor of the pool holding ref (a block or pool ref of a carved pool of ar). */
+static inline hd_pool_t *pool_in(hd_arena_t *ar, hd_ref_t ref) {
+    return &ar->pools[((ref & (HD_ARENA_SIZE / HD_ALIGN - 1)) - ar->first_off) >>
+                      (HD_POOL_BITS - HD_ALIGN_SHIFT)];
+}
+static inline hd_pool_t *pool_of_ref(const hd_alloc_t *a, hd_ref_t ref) {
+    return pool_in(arena_of(a, ref), ref);
+}
+static inline char *pool_addr(const hd_alloc_t *a, const hd_pool_t *pool) {
+    return hd__ref_ptr(a, pool->ref);
+}
+
+/* Divisibility without division (Lemire, Kaser and Kurz, "Faster remainder by direct
+ * computation", 2019): g % k == 0 iff g * M(k) <= M(k) - 1 in 64-bit arithmetic, with
+ * M(k) = 2^64 / k rounded up, for every 32-bit g. k = szidx + 1 is a block size in granules. */
+#define HD_DIVM(k) (UINT64_MAX / (k) + 1)
+static const uint64_t class_divm[HD_NCLASSES] = {
+#define HD_DIVM4(k) HD_DIVM(k), HD_DIVM(k + 1), HD_DIVM(k + 2), HD_DIVM(k + 3)
+    HD_DIVM4(1),  HD_DIVM4(5),  HD_DIVM4(9),  HD_DIVM4(13),
+    HD_DIVM4(17), HD_DIVM4(21), HD_DIVM4(25), HD_DIVM4(29),
+#undef HD_DIVM4
+};
+_Static_assert(HD_NCLASSES == 32, "class_divm lists 32 classes");
 
 /* ========================================================================================== */
 /* The region table and its chunks.                                                           */
@@ -265,26 +309,29 @@ static void region_put(hd_alloc_t *a, uint32_t r) {
  * called). NULL, with nothing changed, when the hook or the region table fails. */
 static hd_arena_t *arena_new(hd_alloc_t *a) {
     HD_ASSERT(a->usable_arenas == NULL && a->spare_arena == NULL);
-    hd_arena_t *ar = hd__malloc(sizeof(*ar));
-    if (!ar) return NULL;
+    void *raw = hd__malloc(sizeof(hd_arena_t) + HD_CACHE_LINE - 1);
+    if (!raw) return NULL;
+    hd_arena_t *ar =
+        (hd_arena_t *)(((uintptr_t)raw + HD_CACHE_LINE - 1) & ~(uintptr_t)(HD_CACHE_LINE - 1));
     char *base = hd__mem.map(HD_ARENA_SIZE);
     /* The hook promises pages; a ref needs at least 16-byte alignment of the base. */
     HD_ASSERT(((uintptr_t)base & (HD_ALIGN - 1)) == 0);
     uint32_t c;
     if (!base || chunk_take(a, &c) < 0) {
         if (base) hd__mem.unmap(base, HD_ARENA_SIZE);
-        hd__free(ar);
+        hd__free(raw);
         return NULL;
     }
 
-    /* From here nothing can fail. */
+    /* From here nothing can fail. The descriptors are written as pools are carved. */
     uintptr_t first = ((uintptr_t)base + HD_POOL_SIZE - 1) & ~(uintptr_t)(HD_POOL_SIZE - 1);
-    *ar = (hd_arena_t){
-        .base = base,
-        .pool_first = (char *)first,
-        .region = c * HD_CHUNK_REGIONS,
-        .ntotalpools = HD_ARENA_POOLS - (first != (uintptr_t)base),
-    };
+    memset((char *)ar + sizeof ar->pools, 0, sizeof *ar - sizeof ar->pools);
+    ar->base = base;
+    ar->pool_first = (char *)first;
+    ar->first_off = (uint32_t)((first - (uintptr_t)base) >> HD_ALIGN_SHIFT);
+    ar->region = c * HD_CHUNK_REGIONS;
+    ar->ntotalpools = HD_ARENA_POOLS - (first != (uintptr_t)base);
+    ar->raw = raw;
     ar->nfreepools = ar->ntotalpools;
     a->chunks[c].arena = ar;
     for (uint32_t i = 0; i < HD_CHUNK_REGIONS; i++)
@@ -313,7 +360,7 @@ static void arena_free(hd_alloc_t *a, hd_arena_t *ar) {
         a->region_base[ar->region + i] = NULL;
     chunk_put(a, ar->region / HD_CHUNK_REGIONS);
     hd__mem.unmap(ar->base, HD_ARENA_SIZE);
-    hd__free(ar);
+    hd__free(ar->raw);
     a->arenas_current--;
     a->arenas_reclaimed++;
 }
@@ -355,19 +402,19 @@ static bool arenas_ok(const hd_alloc_t *a) {
 
 static void usedpool_push(hd_alloc_t *a, hd_pool_t *pool) {
     hd_pool_t *head = a->usedpools[pool->szidx];
-    pool->prevpool = NULL;
-    pool->nextpool = head == HD_NOPOOL ? NULL : head;
-    if (pool->nextpool) pool->nextpool->prevpool = pool;
+    pool->prevpool = 0;
+    pool->nextpool = head == HD_NOPOOL ? 0 : head->ref;
+    if (head != HD_NOPOOL) head->prevpool = pool->ref;
     a->usedpools[pool->szidx] = pool;
 }
 
 static void usedpool_unlink(hd_alloc_t *a, hd_pool_t *pool) {
     if (pool->prevpool)
-        pool->prevpool->nextpool = pool->nextpool;
+        pool_of_ref(a, pool->prevpool)->nextpool = pool->nextpool;
     else
-        a->usedpools[pool->szidx] = pool->nextpool ? pool->nextpool : HD_NOPOOL;
-    if (pool->nextpool) pool->nextpool->prevpool = pool->prevpool;
-    pool->nextpool = pool->prevpool = NULL;
+        a->usedpools[pool->szidx] = pool->nextpool ? pool_of_ref(a, pool->nextpool) : HD_NOPOOL;
+    if (pool->nextpool) pool_of_ref(a, pool->nextpool)->prevpool = pool->prevpool;
+    pool->nextpool = pool->prevpool = 0;
 }
 
 /* Takes a free pool from the fullest usable arena (mapping one if there is none), sets it up
@@ -384,15 +431,16 @@ static hd_pool_t *pool_new(hd_alloc_t *a, uint32_t c) {
     if (nf > 1) a->nfp2lasta[nf - 1] = ar;
     if (ar == a->spare_arena) a->spare_arena = NULL;
 
-    hd_pool_t *pool = ar->freepools;
-    if (pool) {
+    hd_pool_t *pool;
+    if (ar->freepools) {
+        pool = pool_in(ar, ar->freepools);
         ar->freepools = pool->nextpool;
     } else {
-        /* Carve the next never-used pool; only its header is touched. */
-        pool = (hd_pool_t *)(ar->pool_first + (size_t)ar->ncarved++ * HD_POOL_SIZE);
-        pool->arena = ar;
-        pool->ref = ((hd_ref_t)ar->region << HD_REF_GRANULE_BITS) +
-                    (hd_ref_t)(((char *)pool - ar->base) >> HD_ALIGN_SHIFT);
+        /* Carve the next never-used pool: a descriptor; the pool's pages stay untouched. */
+        uint32_t i = ar->ncarved++;
+        pool = &ar->pools[i];
+        pool->ref = ((hd_ref_t)ar->region << HD_REF_GRANULE_BITS) + ar->first_off +
+                    i * (HD_POOL_SIZE >> HD_ALIGN_SHIFT);
         pool->szidx = HD_NOCLASS;
     }
     if (--ar->nfreepools == 0) usable_unlink(a, ar);
@@ -401,8 +449,7 @@ static hd_pool_t *pool_new(hd_alloc_t *a, uint32_t c) {
     if (pool->szidx != c) {
         pool->szidx = (uint8_t)c;
         pool->freeblock = NULL;
-        pool->nextoffset = HD_POOL_OVERHEAD;
-        pool->maxnextoffset = HD_POOL_SIZE - HD_CLASS_SIZE(c);
+        pool->nextoffset = 0;
     }
     pool->count = 0;
     pool->full = 0;
@@ -415,9 +462,9 @@ static hd_pool_t *pool_new(hd_alloc_t *a, uint32_t c) {
  * usable_arenas in O(1) with nfp2lasta (CPython's insert_to_freepool). An arena left with no
  * used pool is unmapped, unless it can become the spare. */
 static void pool_release(hd_alloc_t *a, hd_pool_t *pool) {
-    hd_arena_t *ar = pool->arena;
+    hd_arena_t *ar = arena_of(a, pool->ref);
     pool->nextpool = ar->freepools;
-    ar->freepools = pool;
+    ar->freepools = pool->ref;
 
     /* ar leaves the run of arenas with nf free pools; if it was the run's last, the last is
      * now its predecessor, when that is in the run. */
@@ -499,9 +546,9 @@ HD_NOINLINE static void *alloc_refill(hd_alloc_t *a, size_t n, hd_ref_t *ref) {
              * above it were found full. */
             bp = (char *)pool->freeblock;
             pool->freeblock = pool->freeblock->next;
-        } else if (pool->nextoffset <= pool->maxnextoffset) {
-            bp = (char *)pool + pool->nextoffset;
-            pool->nextoffset += HD_CLASS_SIZE(c);
+        } else if (pool->nextoffset + HD_CLASS_SIZE(c) <= HD_POOL_SIZE) {
+            bp = pool_addr(a, pool) + pool->nextoffset;
+            pool->nextoffset = (uint16_t)(pool->nextoffset + HD_CLASS_SIZE(c));
         } else {
             usedpool_unlink(a, pool);
             pool->full = 1;
@@ -557,16 +604,19 @@ HD_NOINLINE static void free_refile(hd_alloc_t *a, hd_pool_t *pool) {
     HD_ASSERT_EXPENSIVE(arenas_ok(a));
 }
 
-/* The fast path, about 16 instructions on x86-64: one load tells large from small, then push the
- * block on its pool's free list; one branch for a pool that was full or is now empty. */
+/* The fast path, about 16 instructions on x86-64: the chunk's arena tells large from small and
+ * holds the pool's descriptor; push the block on the pool's free list; one branch for a pool
+ * that was full or is now empty. Touches the arena record and the block, never the pool's
+ * other pages. */
 void hd__alloc_free(hd_alloc_t *a, void *p, hd_ref_t ref) {
     /* Catches a ref and pointer that do not belong together (a caller's bookkeeping bug). */
     HD_ASSERT(hd__alloc_check(a, ref) == p);
-    if (HD_UNLIKELY(a->region_large[ref >> HD_REF_GRANULE_BITS] != 0)) {
+    hd_arena_t *ar = arena_of(a, ref);
+    if (HD_UNLIKELY(ar == NULL)) {
         large_free(a, p, ref);
         return;
     }
-    hd_pool_t *pool = HD_POOL_ADDR(p);
+    hd_pool_t *pool = &ar->pools[((uintptr_t)p - (uintptr_t)ar->pool_first) >> HD_POOL_BITS];
     hd_block_t *b = p;
     b->next = pool->freeblock;
     pool->freeblock = b;
@@ -577,33 +627,38 @@ void hd__alloc_free(hd_alloc_t *a, void *p, hd_ref_t ref) {
 /* Checking refs and walking blocks.                                                          */
 /* ========================================================================================== */
 
-/* Reads only the tables, the arena record of a live arena and the header of a pool that has
- * been carved from it, all of which are mapped. */
+/* Reads only the chunk table, the arena record of a live arena and the descriptor of a pool
+ * carved from it: no division, and no memory of the pool itself, so that checking a handle
+ * costs the object's own cache line and lines that stay cached. */
 void *hd__alloc_check(const hd_alloc_t *a, hd_ref_t ref) {
     uint32_t r = ref >> HD_REF_GRANULE_BITS;
-    uint32_t g = ref & ((1u << HD_REF_GRANULE_BITS) - 1);
-    if (r == 0 || r >= a->nregions || !a->region_base[r]) return NULL;
+    /* While the table is inline only region 0 (the sentinels) exists, and chunks is NULL. */
+    if (r == 0 || r >= a->nregions) return NULL;
     const hd_arena_t *ar = a->chunks[r / HD_CHUNK_REGIONS].arena;
-    if (!ar) return g == 0 ? a->region_base[r] : NULL;
+    if (!ar) return (ref & ((1u << HD_REF_GRANULE_BITS) - 1)) == 0 ? a->region_base[r] : NULL;
 
-    char *p = a->region_base[r] + ((size_t)g << HD_ALIGN_SHIFT);
-    if (p < ar->pool_first || p >= ar->pool_first + (size_t)ar->ncarved * HD_POOL_SIZE) return NULL;
-    const hd_pool_t *pool = HD_POOL_ADDR(p);
-    uint32_t off = (uint32_t)(p - (const char *)pool);
-    if (pool->count == 0 || off < HD_POOL_OVERHEAD || off >= pool->nextoffset) return NULL;
-    if ((off - HD_POOL_OVERHEAD) % HD_CLASS_SIZE(pool->szidx) != 0) return NULL;
-    return p;
+    /* Granules from the arena's first pool; below it, the subtraction wraps past ncarved. */
+    uint32_t off = (ref & (HD_ARENA_SIZE / HD_ALIGN - 1)) - ar->first_off;
+    uint32_t i = off >> (HD_POOL_BITS - HD_ALIGN_SHIFT);
+    if (i >= ar->ncarved) return NULL;
+    const hd_pool_t *pool = &ar->pools[i];
+    uint32_t g = off & ((HD_POOL_SIZE >> HD_ALIGN_SHIFT) - 1);
+    if (pool->count == 0 || (g << HD_ALIGN_SHIFT) >= pool->nextoffset) return NULL;
+    uint64_t m = class_divm[pool->szidx];
+    if ((uint64_t)g * m > m - 1) return NULL; /* g % (szidx + 1) != 0: inside a block */
+    return ar->pool_first + ((size_t)off << HD_ALIGN_SHIFT);
 }
 
 void hd__alloc_foreach(const hd_alloc_t *a, void (*fn)(void *ctx, void *block, hd_ref_t ref),
                        void *ctx) {
     for (const hd_arena_t *ar = a->arenas; ar; ar = ar->next_all) {
         for (uint32_t i = 0; i < ar->ncarved; i++) {
-            hd_pool_t *pool = (hd_pool_t *)(ar->pool_first + (size_t)i * HD_POOL_SIZE);
+            const hd_pool_t *pool = &ar->pools[i];
+            char *base = ar->pool_first + (size_t)i * HD_POOL_SIZE;
             if (pool->count == 0) continue;
             uint32_t size = HD_CLASS_SIZE(pool->szidx);
-            for (uint32_t off = HD_POOL_OVERHEAD; off < pool->nextoffset; off += size)
-                fn(ctx, (char *)pool + off, block_ref(pool, (char *)pool + off));
+            for (uint32_t off = 0; off < pool->nextoffset; off += size)
+                fn(ctx, base + off, pool->ref + (off >> HD_ALIGN_SHIFT));
         }
     }
     for (int l = 0; l < 2; l++) {
@@ -630,7 +685,7 @@ void hd__alloc_stats(const hd_alloc_t *a, hd_heap_stats_t *out) {
         freepools += ar->nfreepools;
         if (ar->pool_first != ar->base) alignment += HD_POOL_SIZE;
         for (uint32_t i = 0; i < ar->ncarved; i++) {
-            const hd_pool_t *pool = (const hd_pool_t *)(ar->pool_first + (size_t)i * HD_POOL_SIZE);
+            const hd_pool_t *pool = &ar->pools[i];
             if (pool->count == 0) continue;
             hd_class_stats_t *cs = &out->classes[pool->szidx];
             cs->pools++;
@@ -644,8 +699,7 @@ void hd__alloc_stats(const hd_alloc_t *a, hd_heap_stats_t *out) {
         const hd_class_stats_t *cs = &out->classes[c];
         allocated += cs->blocks_in_use * cs->block_size;
         available += cs->blocks_available * cs->block_size;
-        headers += cs->pools * HD_POOL_OVERHEAD;
-        quantization += cs->pools * ((HD_POOL_SIZE - HD_POOL_OVERHEAD) % cs->block_size);
+        quantization += cs->pools * (HD_POOL_SIZE % cs->block_size);
     }
     out->arenas_allocated_total = a->arenas_allocated_total;
     out->arenas_reclaimed = a->arenas_reclaimed;
@@ -655,7 +709,7 @@ void hd__alloc_stats(const hd_alloc_t *a, hd_heap_stats_t *out) {
     out->bytes_allocated_blocks = allocated;
     out->bytes_available_blocks = available;
     out->bytes_unused_pools = freepools * HD_POOL_SIZE;
-    out->bytes_pool_headers = headers;
+    out->bytes_pool_headers = headers; /* 0: the headers live in the arena records */
     out->bytes_quantization = quantization;
     out->bytes_arena_alignment = alignment;
     out->large_objects = a->large_objects;
@@ -683,7 +737,7 @@ void hd__alloc_destroy(hd_alloc_t *a) {
     for (hd_arena_t *ar = a->arenas, *next; ar; ar = next) {
         next = ar->next_all;
         hd__mem.unmap(ar->base, HD_ARENA_SIZE);
-        hd__free(ar);
+        hd__free(ar->raw);
     }
     for (int l = 0; l < 2; l++) {
         uint32_t c = l == 0 ? a->chunks_large : a->chunks_full;

@@ -353,7 +353,7 @@ int hd_trace_compare(hd_heap_t *h, uint32_t id, uint32_t old_id, hd_trace_group_
     XX(bytes_allocated_blocks, "bytes in allocated blocks")                                        \
     XX(bytes_available_blocks, "bytes in available blocks of used pools")                          \
     XX(bytes_unused_pools, "bytes in unused pools")                                                \
-    XX(bytes_pool_headers, "bytes lost to pool headers")                                           \
+    XX(bytes_pool_headers, "bytes of arenas lost to pool headers (0: they live in arena records)") \
     XX(bytes_quantization, "bytes lost to quantization")                                           \
     XX(bytes_arena_alignment, "bytes lost to arena alignment")                                     \
     XX(large_objects, "objects over 512 bytes, from the system allocator")                         \
