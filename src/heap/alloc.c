@@ -39,92 +39,6 @@
 /* Layout and tunables.                                                                       */
 /* ========================================================================================== */
 
-/* A free block's first 8 bytes link it to the next free block of its pool; the rest of the
- * block is left as it was (object.c keeps its check at offset 16 and zeroes it on free). */
-typedef struct hd_block_s {
-    struct hd_block_s *next;
-} hd_block_t;
-
-/* A pool's header (descriptor), in its arena record, never in the pool. Invariants:
- *   count + (blocks on freeblock) == nextoffset / size  (blocks carved)
- *   nextoffset <= HD_POOL_SIZE; a block fits at nextoffset iff nextoffset + size <= HD_POOL_SIZE
- *   count == 0  <=>  the pool is free (on its arena's freepools)
- *   full == 1   =>   count >= 1, freeblock == NULL, no block left to carve, on no list
- *   ref == the ref of the pool's first byte (its first block), so a block's ref is
- *          ref + (offset >> 4); pools are 16 KiB aligned, so offset = address & 16383
- * where size == HD_CLASS_SIZE(szidx). Lists link pools by ref (0 = none), which keeps the
- * descriptor at 32 bytes, two to a cache line; only the slow paths follow them.
- */
-typedef struct hd_pool_s {
-    hd_block_t *freeblock; /* first free block; NULL if none (some may remain to carve) */
-    hd_ref_t ref;          /* ref of the pool's first byte */
-    hd_ref_t nextpool;     /* usedpools[szidx] list, or the arena's freepools; 0 = none */
-    hd_ref_t prevpool;     /* usedpools[szidx] list; 0 = none (the head) */
-    uint16_t count;        /* blocks in use */
-    uint16_t nextoffset;   /* offset of the next block to carve */
-    uint8_t szidx;         /* size class; HD_NOCLASS before the pool's first use */
-    uint8_t full;          /* taken off usedpools: nothing left to hand out */
-} hd_pool_t;
-
-#define HD_NOCLASS 0xffu
-/* Blocks of class c in a pool: 1024 of 16 bytes .. 32 of 512 bytes. */
-#define HD_POOL_BLOCKS(c) (HD_POOL_SIZE / HD_CLASS_SIZE(c))
-/* A block's offset in its pool: pools are 16 KiB aligned inside their arena. */
-#define HD_POOL_OFFSET(p) ((uint32_t)((uintptr_t)(p) & (HD_POOL_SIZE - 1)))
-
-_Static_assert(sizeof(hd_pool_t) == 32, "two pool descriptors per cache line");
-_Static_assert(HD_POOL_SIZE <= UINT16_MAX + 1u, "nextoffset fits its uint16 (as HD_POOL_SIZE)");
-_Static_assert(HD_POOL_SIZE < UINT16_MAX, "nextoffset can reach HD_POOL_SIZE itself");
-_Static_assert(HD_POOL_BLOCKS(0) <= UINT16_MAX, "a pool's block count fits its uint16 count");
-_Static_assert(HD_POOL_BLOCKS(HD_NCLASSES - 1) >= 2, "a pool of the largest class is shared");
-_Static_assert(HD_NCLASSES < HD_NOCLASS, "HD_NOCLASS is no class");
-_Static_assert(HD_POOL_SIZE % 4096 == 0, "pools are whole pages, so a free pool's pages and "
-                                         "untouched blocks are never faulted in");
-
-/* An arena: a malloc'd record for each 1 MiB mapping, holding the descriptors of its pools
- * (the mapping itself holds only blocks, so that an arena's untouched pages stay untouched).
- * The record starts on a cache line, so that each descriptor sits in one. Invariants:
- *   nfreepools == (pools on freepools) + (ntotalpools - ncarved)
- *   ntotalpools * HD_POOL_SIZE + (pool_first != base ? HD_POOL_SIZE : 0) == HD_ARENA_SIZE
- *   on usable_arenas  <=>  nfreepools > 0
- *   region_base[region + i] == base + i * HD_REGION_SIZE, chunks[region / 16].arena == this
- *   pools[i] describes the pool at pool_first + i * HD_POOL_SIZE, for i < ncarved
- *   first_off == (pool_first - base) / 16: the granule of the first pool in the arena's refs
- */
-typedef struct hd_arena_s {
-    hd_pool_t pools[HD_ARENA_POOLS];        /* the pools' descriptors, first ncarved in use */
-    char *base;                             /* the mapping from hd__mem.map */
-    char *pool_first;                       /* base rounded up to a pool boundary */
-    uint32_t first_off;                     /* (pool_first - base) >> 4 */
-    uint32_t ncarved;                       /* pools ever used: the rest are never touched */
-    uint32_t region;                        /* region number of base (16-aligned) */
-    uint32_t ntotalpools;                   /* HD_ARENA_POOLS, or one less if base is unaligned */
-    uint32_t nfreepools;                    /* free pools, including those never used */
-    hd_ref_t freepools;                     /* emptied pools, singly linked through nextpool */
-    struct hd_arena_s *nextarena;           /* usable_arenas, sorted by nfreepools */
-    struct hd_arena_s *prevarena;           /* usable_arenas */
-    struct hd_arena_s *next_all, *prev_all; /* hd_alloc_t.arenas: every mapped arena */
-    void *raw;                              /* what hd__malloc returned (before alignment) */
-} hd_arena_t;
-
-#define HD_CACHE_LINE 64
-_Static_assert(offsetof(hd_arena_t, pools) == 0 && HD_CACHE_LINE % sizeof(hd_pool_t) == 0,
-               "descriptors tile the record's cache lines");
-
-/* A chunk: 16 consecutive regions, the unit in which regions are handed out. Invariants:
- *   arena chunk:  arena != NULL, used == 0, on no list.
- *   large chunk:  arena == NULL, used != 0; bit i of used set <=> region 16 * chunk + i holds a
- *                 large allocation (bit 0 of chunk 0: the sentinels); on chunks_full iff used
- *                 == HD_CHUNK_FULL, else on chunks_large.
- *   free chunk:   arena == NULL, used == 0, on chunks_free; its region_base entries are NULL.
- */
-typedef struct hd_chunk_s {
-    hd_arena_t *arena; /* the arena in the chunk, or NULL */
-    uint32_t next;     /* next chunk on its list, HD_NOCHUNK at the end */
-    uint32_t prev;     /* previous chunk on chunks_large / chunks_full */
-    uint32_t used;     /* large chunk: the regions in use, one bit each */
-} hd_chunk_t;
-
 #define HD_CHUNK_REGIONS HD_ARENA_REGIONS
 #define HD_CHUNK_FULL    ((1u << HD_CHUNK_REGIONS) - 1)
 #define HD_NOCHUNK       UINT32_MAX
@@ -140,17 +54,13 @@ _Static_assert((HD_REGIONS_INLINE & (HD_REGIONS_INLINE - 1)) == 0 &&
 
 /* The empty list: its NULL freeblock sends the fast path to the refill. It lives in read-only
  * memory, so a bug that writes to it faults at once. */
-static const hd_pool_t nopool = {.szidx = HD_NOCLASS};
-#define HD_NOPOOL ((hd_pool_t *)&nopool)
+const hd_pool_t hd__nopool = {.szidx = HD_NOCLASS};
 
 static inline hd_ref_t block_ref(const hd_pool_t *pool, const void *bp) {
-    return pool->ref + (HD_POOL_OFFSET(bp) >> HD_ALIGN_SHIFT);
+    return hd__pool_block_ref(pool, bp);
 }
-
-/* The arena holding a small block's ref; NULL for a large or free chunk. The chunk table
- * exists whenever a block does. */
 static inline hd_arena_t *arena_of(const hd_alloc_t *a, hd_ref_t ref) {
-    return a->chunks[ref >> (HD_REF_GRANULE_BITS + 4)].arena;
+    return hd__alloc_arena_of(a, ref);
 }
 
 /* The descriptor of the pool holding ref (a block or pool ref of a carved pool of ar). */
@@ -169,13 +79,13 @@ static inline char *pool_addr(const hd_alloc_t *a, const hd_pool_t *pool) {
  * computation", 2019): g % k == 0 iff g * M(k) <= M(k) - 1 in 64-bit arithmetic, with
  * M(k) = 2^64 / k rounded up, for every 32-bit g. k = szidx + 1 is a block size in granules. */
 #define HD_DIVM(k) (UINT64_MAX / (k) + 1)
-static const uint64_t class_divm[HD_NCLASSES] = {
+const uint64_t hd__class_divm[HD_NCLASSES] = {
 #define HD_DIVM4(k) HD_DIVM(k), HD_DIVM(k + 1), HD_DIVM(k + 2), HD_DIVM(k + 3)
     HD_DIVM4(1),  HD_DIVM4(5),  HD_DIVM4(9),  HD_DIVM4(13),
     HD_DIVM4(17), HD_DIVM4(21), HD_DIVM4(25), HD_DIVM4(29),
 #undef HD_DIVM4
 };
-_Static_assert(HD_NCLASSES == 32, "class_divm lists 32 classes");
+_Static_assert(HD_NCLASSES == 32, "hd__class_divm lists 32 classes");
 
 /* ========================================================================================== */
 /* The region table and its chunks.                                                           */
@@ -533,7 +443,7 @@ static void *large_alloc(hd_alloc_t *a, size_t n, hd_ref_t *ref) {
 
 /* The slow path: the head pool of the class has no free block (or the request is large).
  * Carves the head's next block, drops heads found full, or starts a new pool. */
-HD_NOINLINE static void *alloc_refill(hd_alloc_t *a, size_t n, hd_ref_t *ref) {
+void *hd__alloc_refill(hd_alloc_t *a, size_t n, hd_ref_t *ref) {
     if (n > HD_SMALL_MAX) return large_alloc(a, n, ref);
     /* A zero-byte request (a caller's bug, asserted above) is served as one byte. */
     uint32_t c = n ? HD_SIZE_CLASS(n) : 0;
@@ -560,26 +470,11 @@ HD_NOINLINE static void *alloc_refill(hd_alloc_t *a, size_t n, hd_ref_t *ref) {
     }
 }
 
-/* The fast path, about 18 instructions on x86-64: clamp the class, load the list head, pop
- * its free block, count it, compute the ref. Its one branch is the free list running dry; requests
- * over 512 bytes take it too, since usedpools[HD_NCLASSES] is always the empty placeholder. */
-void *hd__alloc_block(hd_alloc_t *a, size_t n, hd_ref_t *ref) {
-    HD_ASSERT(n >= 1);
-    size_t c = (n - 1) >> HD_ALIGN_SHIFT;
-    hd_pool_t *pool = a->usedpools[c < HD_NCLASSES ? c : HD_NCLASSES];
-    hd_block_t *bp = pool->freeblock;
-    if (HD_UNLIKELY(bp == NULL)) return alloc_refill(a, n, ref);
-    pool->freeblock = bp->next;
-    pool->count++;
-    *ref = block_ref(pool, bp);
-    return bp;
-}
-
 /* ========================================================================================== */
 /* Freeing.                                                                                   */
 /* ========================================================================================== */
 
-HD_NOINLINE static void large_free(hd_alloc_t *a, void *p, hd_ref_t ref) {
+void hd__alloc_large_free(hd_alloc_t *a, void *p, hd_ref_t ref) {
     uint32_t r = ref >> HD_REF_GRANULE_BITS;
     HD_ASSERT(a->region_base[r] == p && (ref & ((1u << HD_REF_GRANULE_BITS) - 1)) == 0);
     a->large_objects--;
@@ -590,7 +485,7 @@ HD_NOINLINE static void large_free(hd_alloc_t *a, void *p, hd_ref_t ref) {
 
 /* The slow path of a free: the pool was full (back onto its class list, at the front as
  * CPython does) or is now empty (back to its arena). */
-HD_NOINLINE static void free_refile(hd_alloc_t *a, hd_pool_t *pool) {
+void hd__alloc_refile(hd_alloc_t *a, hd_pool_t *pool) {
     if (pool->full) {
         pool->full = 0;
         if (pool->count > 0) {
@@ -604,50 +499,9 @@ HD_NOINLINE static void free_refile(hd_alloc_t *a, hd_pool_t *pool) {
     HD_ASSERT_EXPENSIVE(arenas_ok(a));
 }
 
-/* The fast path, about 16 instructions on x86-64: the chunk's arena tells large from small and
- * holds the pool's descriptor; push the block on the pool's free list; one branch for a pool
- * that was full or is now empty. Touches the arena record and the block, never the pool's
- * other pages. */
-void hd__alloc_free(hd_alloc_t *a, void *p, hd_ref_t ref) {
-    /* Catches a ref and pointer that do not belong together (a caller's bookkeeping bug). */
-    HD_ASSERT(hd__alloc_check(a, ref) == p);
-    hd_arena_t *ar = arena_of(a, ref);
-    if (HD_UNLIKELY(ar == NULL)) {
-        large_free(a, p, ref);
-        return;
-    }
-    hd_pool_t *pool = &ar->pools[((uintptr_t)p - (uintptr_t)ar->pool_first) >> HD_POOL_BITS];
-    hd_block_t *b = p;
-    b->next = pool->freeblock;
-    pool->freeblock = b;
-    if (HD_UNLIKELY((--pool->count == 0) | pool->full)) free_refile(a, pool);
-}
-
 /* ========================================================================================== */
 /* Checking refs and walking blocks.                                                          */
 /* ========================================================================================== */
-
-/* Reads only the chunk table, the arena record of a live arena and the descriptor of a pool
- * carved from it: no division, and no memory of the pool itself, so that checking a handle
- * costs the object's own cache line and lines that stay cached. */
-void *hd__alloc_check(const hd_alloc_t *a, hd_ref_t ref) {
-    uint32_t r = ref >> HD_REF_GRANULE_BITS;
-    /* While the table is inline only region 0 (the sentinels) exists, and chunks is NULL. */
-    if (r == 0 || r >= a->nregions) return NULL;
-    const hd_arena_t *ar = a->chunks[r / HD_CHUNK_REGIONS].arena;
-    if (!ar) return (ref & ((1u << HD_REF_GRANULE_BITS) - 1)) == 0 ? a->region_base[r] : NULL;
-
-    /* Granules from the arena's first pool; below it, the subtraction wraps past ncarved. */
-    uint32_t off = (ref & (HD_ARENA_SIZE / HD_ALIGN - 1)) - ar->first_off;
-    uint32_t i = off >> (HD_POOL_BITS - HD_ALIGN_SHIFT);
-    if (i >= ar->ncarved) return NULL;
-    const hd_pool_t *pool = &ar->pools[i];
-    uint32_t g = off & ((HD_POOL_SIZE >> HD_ALIGN_SHIFT) - 1);
-    if (pool->count == 0 || (g << HD_ALIGN_SHIFT) >= pool->nextoffset) return NULL;
-    uint64_t m = class_divm[pool->szidx];
-    if ((uint64_t)g * m > m - 1) return NULL; /* g % (szidx + 1) != 0: inside a block */
-    return ar->pool_first + ((size_t)off << HD_ALIGN_SHIFT);
-}
 
 void hd__alloc_foreach(const hd_alloc_t *a, void (*fn)(void *ctx, void *block, hd_ref_t ref),
                        void *ctx) {

@@ -127,9 +127,91 @@ typedef uint32_t hd_ref_t; /* 0 = none */
 /* Pools per arena: 64 (63 when the arena's mapping is not 16 KiB aligned). */
 #define HD_ARENA_POOLS (HD_ARENA_SIZE / HD_POOL_SIZE)
 
-struct hd_pool_s;
-struct hd_arena_s;
-struct hd_chunk_s;
+/* A free block's first 8 bytes link it to the next free block of its pool; the rest of the
+ * block is left as it was (object.c keeps its check at offset 16 and zeroes it on free). */
+typedef struct hd_block_s {
+    struct hd_block_s *next;
+} hd_block_t;
+
+/* A pool's header (descriptor), in its arena record, never in the pool. Invariants:
+ *   count + (blocks on freeblock) == nextoffset / size  (blocks carved)
+ *   nextoffset <= HD_POOL_SIZE; a block fits at nextoffset iff nextoffset + size <= HD_POOL_SIZE
+ *   count == 0  <=>  the pool is free (on its arena's freepools)
+ *   full == 1   =>   count >= 1, freeblock == NULL, no block left to carve, on no list
+ *   ref == the ref of the pool's first byte (its first block), so a block's ref is
+ *          ref + (offset >> 4); pools are 16 KiB aligned, so offset = address & 16383
+ * where size == HD_CLASS_SIZE(szidx). Lists link pools by ref (0 = none), which keeps the
+ * descriptor at 32 bytes, two to a cache line; only the slow paths follow them.
+ */
+typedef struct hd_pool_s {
+    hd_block_t *freeblock; /* first free block; NULL if none (some may remain to carve) */
+    hd_ref_t ref;          /* ref of the pool's first byte */
+    hd_ref_t nextpool;     /* usedpools[szidx] list, or the arena's freepools; 0 = none */
+    hd_ref_t prevpool;     /* usedpools[szidx] list; 0 = none (the head) */
+    uint16_t count;        /* blocks in use */
+    uint16_t nextoffset;   /* offset of the next block to carve */
+    uint8_t szidx;         /* size class; HD_NOCLASS before the pool's first use */
+    uint8_t full;          /* taken off usedpools: nothing left to hand out */
+} hd_pool_t;
+
+#define HD_NOCLASS 0xffu
+/* Blocks of class c in a pool: 1024 of 16 bytes .. 32 of 512 bytes. */
+#define HD_POOL_BLOCKS(c) (HD_POOL_SIZE / HD_CLASS_SIZE(c))
+/* A block's offset in its pool: pools are 16 KiB aligned inside their arena. */
+#define HD_POOL_OFFSET(p) ((uint32_t)((uintptr_t)(p) & (HD_POOL_SIZE - 1)))
+
+_Static_assert(sizeof(hd_pool_t) == 32, "two pool descriptors per cache line");
+_Static_assert(HD_POOL_SIZE <= UINT16_MAX + 1u, "nextoffset fits its uint16 (as HD_POOL_SIZE)");
+_Static_assert(HD_POOL_SIZE < UINT16_MAX, "nextoffset can reach HD_POOL_SIZE itself");
+_Static_assert(HD_POOL_BLOCKS(0) <= UINT16_MAX, "a pool's block count fits its uint16 count");
+_Static_assert(HD_POOL_BLOCKS(HD_NCLASSES - 1) >= 2, "a pool of the largest class is shared");
+_Static_assert(HD_NCLASSES < HD_NOCLASS, "HD_NOCLASS is no class");
+_Static_assert(HD_POOL_SIZE % 4096 == 0, "pools are whole pages, so a free pool's pages and "
+                                         "untouched blocks are never faulted in");
+
+/* An arena: a malloc'd record for each 1 MiB mapping, holding the descriptors of its pools
+ * (the mapping itself holds only blocks, so that an arena's untouched pages stay untouched).
+ * The record starts on a cache line, so that each descriptor sits in one. Invariants:
+ *   nfreepools == (pools on freepools) + (ntotalpools - ncarved)
+ *   ntotalpools * HD_POOL_SIZE + (pool_first != base ? HD_POOL_SIZE : 0) == HD_ARENA_SIZE
+ *   on usable_arenas  <=>  nfreepools > 0
+ *   region_base[region + i] == base + i * HD_REGION_SIZE, chunks[region / 16].arena == this
+ *   pools[i] describes the pool at pool_first + i * HD_POOL_SIZE, for i < ncarved
+ *   first_off == (pool_first - base) / 16: the granule of the first pool in the arena's refs
+ */
+typedef struct hd_arena_s {
+    hd_pool_t pools[HD_ARENA_POOLS];        /* the pools' descriptors, first ncarved in use */
+    char *base;                             /* the mapping from hd__mem.map */
+    char *pool_first;                       /* base rounded up to a pool boundary */
+    uint32_t first_off;                     /* (pool_first - base) >> 4 */
+    uint32_t ncarved;                       /* pools ever used: the rest are never touched */
+    uint32_t region;                        /* region number of base (16-aligned) */
+    uint32_t ntotalpools;                   /* HD_ARENA_POOLS, or one less if base is unaligned */
+    uint32_t nfreepools;                    /* free pools, including those never used */
+    hd_ref_t freepools;                     /* emptied pools, singly linked through nextpool */
+    struct hd_arena_s *nextarena;           /* usable_arenas, sorted by nfreepools */
+    struct hd_arena_s *prevarena;           /* usable_arenas */
+    struct hd_arena_s *next_all, *prev_all; /* hd_alloc_t.arenas: every mapped arena */
+    void *raw;                              /* what hd__malloc returned (before alignment) */
+} hd_arena_t;
+
+#define HD_CACHE_LINE 64
+_Static_assert(offsetof(hd_arena_t, pools) == 0 && HD_CACHE_LINE % sizeof(hd_pool_t) == 0,
+               "descriptors tile the record's cache lines");
+
+/* A chunk: 16 consecutive regions, the unit in which regions are handed out. Invariants:
+ *   arena chunk:  arena != NULL, used == 0, on no list.
+ *   large chunk:  arena == NULL, used != 0; bit i of used set <=> region 16 * chunk + i holds a
+ *                 large allocation (bit 0 of chunk 0: the sentinels); on chunks_full iff used
+ *                 == HD_CHUNK_FULL, else on chunks_large.
+ *   free chunk:   arena == NULL, used == 0, on chunks_free; its region_base entries are NULL.
+ */
+typedef struct hd_chunk_s {
+    hd_arena_t *arena; /* the arena in the chunk, or NULL */
+    uint32_t next;     /* next chunk on its list, HD_NOCHUNK at the end */
+    uint32_t prev;     /* previous chunk on chunks_large / chunks_full */
+    uint32_t used;     /* large chunk: the regions in use, one bit each */
+} hd_chunk_t;
 
 /* Invariants (alloc.c explains the chunks, pools and arenas behind them):
  *   region_base[0] == the heap's sentinel area; region_base[r] == NULL for a free region.
@@ -168,20 +250,10 @@ void hd__alloc_init(hd_alloc_t *a, void *sentinel_base);
 /* Unmaps every arena and frees every large allocation and the region table: O(arenas + large
  * objects). Leaves a as hd__alloc_init left it. */
 void hd__alloc_destroy(hd_alloc_t *a);
-/* Returns a 16-byte aligned block of at least n bytes (n >= 1) and its ref in *ref; NULL when
- * the hook fails or the region table is full. The block's contents are unspecified. */
-void *hd__alloc_block(hd_alloc_t *a, size_t n, hd_ref_t *ref);
-/* Frees a block returned by hd__alloc_block. Overwrites the block's first 8 bytes (its free
- * list link) and leaves the rest, so object.c's check at offset 16 keeps the 0 it wrote. */
-void hd__alloc_free(hd_alloc_t *a, void *p, hd_ref_t ref);
 /* The bytes a request of n takes: its size class for small, n for large. */
 static inline size_t hd__alloc_charge(size_t n) {
     return n <= HD_SMALL_MAX ? HD_ROUND_UP(n) : n;
 }
-/* If ref names the start of a block that has been handed out by hd__alloc_block (in use now,
- * or freed since but not yet returned with its pool or arena), returns its address; else NULL.
- * Never reads outside the heap's mapped memory. Used to check client handles. */
-void *hd__alloc_check(const hd_alloc_t *a, hd_ref_t ref);
 /* Calls fn for every block handed out and not returned with its pool or arena (live, or
  * freed since: the caller tells them apart by the object's check) and every live large
  * allocation. O(blocks carved); for rare whole-heap passes (trace clear, tests). fn must not
@@ -194,6 +266,93 @@ void hd__alloc_stats(const hd_alloc_t *a, hd_heap_stats_t *out);
 static inline void *hd__ref_ptr(const hd_alloc_t *a, hd_ref_t r) {
     return a->region_base[r >> HD_REF_GRANULE_BITS] +
            ((size_t)(r & ((1u << HD_REF_GRANULE_BITS) - 1)) << HD_ALIGN_SHIFT);
+}
+
+/* The fast paths, inline in their callers as mimalloc's are; the slow paths stay in alloc.c. */
+
+extern const hd_pool_t hd__nopool; /* the empty list's placeholder (read-only) */
+#define HD_NOPOOL ((hd_pool_t *)&hd__nopool)
+extern const uint64_t hd__class_divm[HD_NCLASSES]; /* alloc.c: divisibility constants */
+
+/* The arena holding a small block's ref; NULL for a large or free chunk. The chunk table
+ * exists whenever a block does. */
+static inline hd_arena_t *hd__alloc_arena_of(const hd_alloc_t *a, hd_ref_t ref) {
+    return a->chunks[ref >> (HD_REF_GRANULE_BITS + 4)].arena;
+}
+static inline hd_ref_t hd__pool_block_ref(const hd_pool_t *pool, const void *bp) {
+    return pool->ref + (HD_POOL_OFFSET(bp) >> HD_ALIGN_SHIFT);
+}
+
+/* The slow path of hd__alloc_block: the head pool of the class has no free block, or the
+ * request is large. Carves, drops heads found full, or starts a new pool. */
+HD_NOINLINE void *hd__alloc_refill(hd_alloc_t *a, size_t n, hd_ref_t *ref);
+/* The slow paths of hd__alloc_free: a large block; a pool that was full or is now empty. */
+HD_NOINLINE void hd__alloc_large_free(hd_alloc_t *a, void *p, hd_ref_t ref);
+HD_NOINLINE void hd__alloc_refile(hd_alloc_t *a, hd_pool_t *pool);
+
+/* Returns a 16-byte aligned block of at least n bytes (n >= 1) and its ref in *ref; NULL when
+ * the hook fails or the region table is full. The block's contents are unspecified.
+ * The fast path, about 10 instructions on x86-64: clamp the class, load the list head, pop
+ * its free block, count it, compute the ref. Its one branch is the free list running dry;
+ * requests over 512 bytes take it too, since usedpools[HD_NCLASSES] is always the empty
+ * placeholder. */
+static inline void *hd__alloc_block(hd_alloc_t *a, size_t n, hd_ref_t *ref) {
+    HD_ASSERT(n >= 1);
+    size_t c = (n - 1) >> HD_ALIGN_SHIFT;
+    hd_pool_t *pool = a->usedpools[c < HD_NCLASSES ? c : HD_NCLASSES];
+    hd_block_t *bp = pool->freeblock;
+    if (HD_UNLIKELY(bp == NULL)) return hd__alloc_refill(a, n, ref);
+    pool->freeblock = bp->next;
+    pool->count++;
+    *ref = hd__pool_block_ref(pool, bp);
+    return bp;
+}
+
+/* If ref names the start of a block that has been handed out by hd__alloc_block (in use now,
+ * or freed since but not yet returned with its pool or arena), returns its address; else NULL.
+ * Never reads outside the heap's mapped memory. Used to check client handles.
+ * Reads only the chunk table, the arena record of a live arena and the descriptor of a pool
+ * carved from it: no division, and no memory of the pool itself, so that checking a handle
+ * costs the object's own cache line and lines that stay cached. */
+static inline void *hd__alloc_check(const hd_alloc_t *a, hd_ref_t ref) {
+    uint32_t r = ref >> HD_REF_GRANULE_BITS;
+    /* While the table is inline only region 0 (the sentinels) exists, and chunks is NULL. */
+    if (HD_UNLIKELY(r == 0 || r >= a->nregions)) return NULL;
+    const hd_arena_t *ar = a->chunks[r / HD_ARENA_REGIONS].arena;
+    if (HD_UNLIKELY(!ar))
+        return (ref & ((1u << HD_REF_GRANULE_BITS) - 1)) == 0 ? a->region_base[r] : NULL;
+
+    /* Granules from the arena's first pool; below it, the subtraction wraps past ncarved. */
+    uint32_t off = (ref & (HD_ARENA_SIZE / HD_ALIGN - 1)) - ar->first_off;
+    uint32_t i = off >> (HD_POOL_BITS - HD_ALIGN_SHIFT);
+    if (HD_UNLIKELY(i >= ar->ncarved)) return NULL;
+    const hd_pool_t *pool = &ar->pools[i];
+    uint32_t g = off & ((HD_POOL_SIZE >> HD_ALIGN_SHIFT) - 1);
+    if (HD_UNLIKELY(pool->count == 0 || (g << HD_ALIGN_SHIFT) >= pool->nextoffset)) return NULL;
+    uint64_t m = hd__class_divm[pool->szidx];
+    if (HD_UNLIKELY((uint64_t)g * m > m - 1)) return NULL; /* g % (szidx + 1): inside a block */
+    return ar->pool_first + ((size_t)off << HD_ALIGN_SHIFT);
+}
+
+/* Frees a block returned by hd__alloc_block. Overwrites the block's first 8 bytes (its free
+ * list link) and leaves the rest, so object.c's check at offset 16 keeps the 0 it wrote.
+ * The fast path, about 12 instructions on x86-64: the chunk's arena tells large from small and
+ * holds the pool's descriptor; push the block on the pool's free list; one branch for a pool
+ * that was full or is now empty. Touches the arena record and the block, never the pool's
+ * other pages. */
+static inline void hd__alloc_free(hd_alloc_t *a, void *p, hd_ref_t ref) {
+    /* Catches a ref and pointer that do not belong together (a caller's bookkeeping bug). */
+    HD_ASSERT(hd__alloc_check(a, ref) == p);
+    hd_arena_t *ar = hd__alloc_arena_of(a, ref);
+    if (HD_UNLIKELY(ar == NULL)) {
+        hd__alloc_large_free(a, p, ref);
+        return;
+    }
+    hd_pool_t *pool = &ar->pools[((uintptr_t)p - (uintptr_t)ar->pool_first) >> HD_POOL_BITS];
+    hd_block_t *b = p;
+    b->next = pool->freeblock;
+    pool->freeblock = b;
+    if (HD_UNLIKELY((--pool->count == 0) | pool->full)) hd__alloc_refile(a, pool);
 }
 
 /* ------------------------------------------------------------------------------------------ */

@@ -284,10 +284,9 @@ static int check_args(const hd_alloc_args_t *a) {
  * trace entry, the block) all come before the first change to the object graph, so a
  * failure leaves the heap as it was. Interned strings stay in their table (a cache), but
  * only once the limits let the object in: a refused allocation must not use up tag ids.
- * For a bare container the path is: checks, one block pop, 24-32 bytes of stores, the gc
- * count and the list append.
+ * This is the general path; hd_alloc below takes the common allocations itself.
  */
-int hd_alloc(hd_heap_t *h, const hd_alloc_args_t *a, hd_handle_t *out) {
+static HD_NOINLINE int alloc_general(hd_heap_t *h, const hd_alloc_args_t *a, hd_handle_t *out) {
     int rc = check_args(a);
     if (rc < 0) return rc;
     bool has_tag = a->tag && *a->tag, has_site = a->site && *a->site;
@@ -332,6 +331,71 @@ int hd_alloc(hd_heap_t *h, const hd_alloc_args_t *a, hd_handle_t *out) {
         h->ncontainers++;
         /* CPython's order (_PyObject_GC_Link): count, maybe collect, then track. The new
          * object is alive (one client reference) but invisible to this collection. */
+        hd__gc_on_alloc(h);
+        hd__gc_track(h, r, o);
+    }
+    *out = hd__handle_of(o, r);
+    return 0;
+}
+
+/* The fast path's bounds: at most 64 slots and 224 payload bytes make at most 512 bytes
+ * (24 + 256 + 8 + 224), a pool block. */
+#define HD_FAST_SLOTS 64u
+#define HD_FAST_SIZE  224u
+_Static_assert(sizeof(hd_obj_t) + 4 * HD_FAST_SLOTS + sizeof(hd_objext_t) + HD_FAST_SIZE <=
+                   HD_SMALL_MAX,
+               "a fast allocation is a pool block");
+
+/* Zeroes the n bytes (a multiple of 16, at least 32) of a fresh block in 16-byte stores:
+ * cheaper than a call to memset for the small objects that dominate. */
+static inline void zero_block(void *p, size_t n) {
+    typedef uint64_t v2 __attribute__((vector_size(16), aligned(16)));
+    v2 *v = p, z = {0, 0};
+    v[0] = z;
+    v[1] = z;
+    for (size_t i = 2; i < n / 16; i++) {
+        /* Keeps GCC from turning the loop back into the memset call it replaces. */
+        __asm__("" : "+r"(v));
+        v[i] = z;
+    }
+}
+
+/*
+ * Returns a new client reference. The common allocation (no tag, site, flags or initial data,
+ * at most 64 slots and 224 payload bytes, tracing off) is done here, with every such feature
+ * test folded into one branch, the limits checked by one compare each (0, unlimited, wraps to
+ * the largest value), the block zeroed in 16-byte stores and the header written whole: about
+ * 45 instructions on x86-64 besides the block pop, for an object with a payload and no slots.
+ * Everything else, and every error, takes alloc_general.
+ */
+int hd_alloc(hd_heap_t *h, const hd_alloc_args_t *a, hd_handle_t *out) {
+    if (HD_UNLIKELY(!a || ((uintptr_t)a->tag | (uintptr_t)a->site | a->flags | a->data_len) ||
+                    a->nslots > HD_FAST_SLOTS || a->size > HD_FAST_SIZE || hd__tracing(h)))
+        return alloc_general(h, a, out);
+    uint32_t nslots = a->nslots, size = a->size;
+    size_t bytes = sizeof(hd_obj_t) + 4u * nslots + (size ? sizeof(hd_objext_t) + size : 0);
+    size_t charge = HD_ROUND_UP(bytes);
+    if (HD_UNLIKELY(h->nobjects > h->max_objects - 1 || h->nbytes + charge - 1 > h->max_bytes - 1))
+        return HD_ELIMIT;
+
+    hd_ref_t r;
+    hd_obj_t *o = hd__alloc_block(&h->alloc, bytes, &r);
+    if (HD_UNLIKELY(!o)) return HD_ENOMEM;
+    zero_block(o, charge);
+    o->refcnt = 1;
+    o->crefs = 1;
+    o->check = hd__next_check(h);
+    o->nslots = (uint16_t)nslots;
+    if (size) {
+        o->flags = HD_OF_EXT;
+        ((hd_objext_t *)(o->slots + nslots))->size = size;
+    }
+    h->nobjects++;
+    h->nbytes += charge;
+    h->allocs_total++;
+    if (nslots) {
+        h->ncontainers++;
+        /* CPython's order (_PyObject_GC_Link): count, maybe collect, then track. */
         hd__gc_on_alloc(h);
         hd__gc_track(h, r, o);
     }
