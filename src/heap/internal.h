@@ -591,8 +591,20 @@ static inline void hd__gc_list_merge(hd_heap_t *h, hd_ref_t from, hd_ref_t to) {
 /* object.c                                                                                    */
 /* ------------------------------------------------------------------------------------------ */
 
-/* Checks a client handle: *ref and *o name a live object of this heap, or HD_ENOOBJ. */
-int hd__handle_resolve(hd_heap_t *h, hd_handle_t hd, hd_ref_t *ref, hd_obj_t **o);
+/* Checks a client handle: *ref and *o name a live object of this heap, or HD_ENOOBJ. Inline:
+ * every client operation starts with it. */
+static inline int hd__handle_resolve(hd_heap_t *h, hd_handle_t hd, hd_ref_t *ref, hd_obj_t **o) {
+    hd_ref_t r = (hd_ref_t)hd;
+    uint32_t check = (uint32_t)(hd >> 32);
+    if (HD_UNLIKELY(check == 0)) return HD_ENOOBJ;
+    hd_obj_t *p = hd__alloc_check(&h->alloc, r);
+    /* The allocator vouches that p is a block start of this heap; the check tells a live
+     * object from a freed one and from an earlier occupant of the same block. */
+    if (HD_UNLIKELY(!p || p->check != check)) return HD_ENOOBJ;
+    *ref = r;
+    *o = p;
+    return 0;
+}
 /* Drops one reference that is not the client's (a slot's, the garbage list's, gc.c's
  * transient one). Frees the object at zero, cascading without recursion. */
 void hd__obj_decref_internal(hd_heap_t *h, hd_ref_t r);

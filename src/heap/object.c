@@ -92,19 +92,6 @@ void hd__intern_free(hd_intern_t *t) {
 /* Handles.                                                                                   */
 /* ========================================================================================== */
 
-int hd__handle_resolve(hd_heap_t *h, hd_handle_t hd, hd_ref_t *ref, hd_obj_t **o) {
-    hd_ref_t r = (hd_ref_t)hd;
-    uint32_t check = (uint32_t)(hd >> 32);
-    if (HD_UNLIKELY(check == 0)) return HD_ENOOBJ;
-    hd_obj_t *p = hd__alloc_check(&h->alloc, r);
-    /* The allocator vouches that p is a block start of this heap; the check tells a live
-     * object from a freed one and from an earlier occupant of the same block. */
-    if (HD_UNLIKELY(!p || p->check != check)) return HD_ENOOBJ;
-    *ref = r;
-    *o = p;
-    return 0;
-}
-
 /* ========================================================================================== */
 /* The free cascade.                                                                          */
 /* ========================================================================================== */
@@ -195,8 +182,7 @@ static HD_NOINLINE void release(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
             later = r;
         } else if (o->nslots == 0) {
             /* Nothing can die with it, so it needs no frame: the whole dealloc at once. */
-            if (o->flags & (HD_OF_FINALIZER | HD_OF_WEAKREFD | HD_OF_TRACED))
-                dealloc_head(h, r, o);
+            if (o->flags & (HD_OF_FINALIZER | HD_OF_WEAKREFD | HD_OF_TRACED)) dealloc_head(h, r, o);
             dealloc_free(h, r, o);
         } else {
             nesting++;
@@ -428,7 +414,15 @@ int hd_decref(hd_heap_t *h, hd_handle_t hd, uint32_t n) {
     if (n > o->crefs) return HD_EREFS;
     o->crefs -= n;
     o->refcnt -= n;
-    if (o->refcnt == 0) release(h, r, o);
+    if (o->refcnt == 0) {
+        /* An atomic object with nothing to report dies alone: what release does for it, without
+         * the frame loop. */
+        if (HD_LIKELY(o->nslots == 0 &&
+                      !(o->flags & (HD_OF_FINALIZER | HD_OF_WEAKREFD | HD_OF_TRACED))))
+            dealloc_free(h, r, o);
+        else
+            release(h, r, o);
+    }
     return 0;
 }
 
