@@ -58,7 +58,7 @@ typedef struct hd_cfg_type_s {
                  perr_t *e);
     void (*print)(const hd_config_key_t *k, const void *field, FILE *f);
     int (*equal)(const void *a, const void *b);
-    int (*copy)(void *dst, const void *src); /* deep; -1 on out-of-memory, dst untouched */
+    int (*copy)(void *dst, const void *src); /* deep; HD_ENOMEM leaves dst untouched */
     void (*free)(void *field);
 } hd_cfg_type_t;
 
@@ -86,7 +86,7 @@ static int perr(perr_t *e, yaml_node_t *n, const char *fmt, ...) {
     vsnprintf(e->msg, sizeof e->msg, fmt, ap);
     va_end(ap);
     e->mark = n->start_mark;
-    return -1;
+    return HD_EINVAL;
 }
 
 static const char *scalar_text(yaml_node_t *n) {
@@ -108,7 +108,7 @@ typedef struct unit_s {
 
 static int parse_number(const hd_config_key_t *k, yaml_node_t *n, const unit_t *units,
                         uint64_t bare_mult, uint64_t *out, perr_t *e) {
-    if (need_scalar(k, n, e) < 0) return -1;
+    if (need_scalar(k, n, e) < 0) return HD_EINVAL;
     const char *s = scalar_text(n);
     if (*s < '0' || *s > '9') return perr(e, n, "%s: \"%s\" is not %s", k->name, s, k->type->name);
     errno = 0;
@@ -196,7 +196,7 @@ static int parse_bool(const hd_config_key_t *k, yaml_document_t *doc, yaml_node_
                       perr_t *e) {
     static const char *const yes[] = {"true", "yes", "on", NULL};
     static const char *const no[] = {"false", "no", "off", NULL};
-    if (need_scalar(k, n, e) < 0) return -1;
+    if (need_scalar(k, n, e) < 0) return HD_EINVAL;
     for (int i = 0; yes[i]; i++) {
         if (strcasecmp(scalar_text(n), yes[i]) == 0) return out->i = 1, 0;
         if (strcasecmp(scalar_text(n), no[i]) == 0) return out->i = 0, 0;
@@ -217,7 +217,7 @@ static int copy_int(void *dst, const void *src) {
 /* enum: one of k->names, stored as its index. */
 static int parse_enum(const hd_config_key_t *k, yaml_document_t *doc, yaml_node_t *n, cfgval_t *out,
                       perr_t *e) {
-    if (need_scalar(k, n, e) < 0) return -1;
+    if (need_scalar(k, n, e) < 0) return HD_EINVAL;
     char allowed[256] = "";
     for (int i = 0; k->names[i]; i++) {
         if (strcasecmp(scalar_text(n), k->names[i]) == 0) return out->i = i, 0;
@@ -233,7 +233,7 @@ static void print_enum(const hd_config_key_t *k, const void *field, FILE *f) {
 /* mode: octal permission bits; YAML 1.1 reads 0660 as octal too, so both spellings agree. */
 static int parse_mode(const hd_config_key_t *k, yaml_document_t *doc, yaml_node_t *n, cfgval_t *out,
                       perr_t *e) {
-    if (need_scalar(k, n, e) < 0) return -1;
+    if (need_scalar(k, n, e) < 0) return HD_EINVAL;
     const char *s = scalar_text(n);
     char *end;
     errno = 0;
@@ -269,7 +269,7 @@ static void print_quoted(const char *s, FILE *f) {
 }
 static int parse_string(const hd_config_key_t *k, yaml_document_t *doc, yaml_node_t *n,
                         cfgval_t *out, perr_t *e) {
-    if (need_scalar(k, n, e) < 0) return -1;
+    if (need_scalar(k, n, e) < 0) return HD_EINVAL;
     if (n->data.scalar.length > k->max)
         return perr(e, n, "%s: longer than %llu bytes", k->name, (unsigned long long)k->max);
     if (strlen(scalar_text(n)) != n->data.scalar.length)
@@ -288,7 +288,7 @@ static int equal_string(const void *a, const void *b) {
 }
 static int copy_string(void *dst, const void *src) {
     char *s = strdup(*(char *const *)src);
-    if (!s) return -1;
+    if (!s) return HD_ENOMEM;
     *(char **)dst = s;
     return 0;
 }
@@ -356,11 +356,11 @@ static int equal_strlist(const void *a, const void *b) {
 static int copy_strlist(void *dst, const void *src) {
     const hd_strlist_t *s = src;
     hd_strlist_t l = {NULL, 0};
-    if (s->n && !(l.v = calloc(s->n, sizeof *l.v))) return -1;
+    if (s->n && !(l.v = calloc(s->n, sizeof *l.v))) return HD_ENOMEM;
     for (; l.n < s->n; l.n++) {
         if (!(l.v[l.n] = strdup(s->v[l.n]))) {
             strlist_free(&l);
-            return -1;
+            return HD_ENOMEM;
         }
     }
     *(hd_strlist_t *)dst = l;
@@ -379,7 +379,7 @@ static int parse_triple(const hd_config_key_t *k, yaml_document_t *doc, yaml_nod
     for (int i = 0; i < 3; i++) {
         yaml_node_t *item = yaml_document_get_node(doc, n->data.sequence.items.start[i]);
         uint64_t v;
-        if (parse_number(k, item, NULL, 1, &v, e) < 0) return -1;
+        if (parse_number(k, item, NULL, 1, &v, e) < 0) return HD_EINVAL;
         out->triple[i] = (int)v;
     }
     return 0;
@@ -432,21 +432,21 @@ int hd_config_split_hostport(const char *s, char *host, size_t hostlen, unsigned
     size_t hl;
     if (*s == '[') {
         const char *close = strchr(s, ']');
-        if (!close || close[1] != ':') return -1;
+        if (!close || close[1] != ':') return HD_EINVAL;
         h = s + 1;
         hl = (size_t)(close - h);
         colon = close + 1;
     } else {
         colon = strrchr(s, ':');
         if (!colon || memchr(s, ':', (size_t)(colon - s)))
-            return -1; /* no port, or a bare IPv6 address */
+            return HD_EINVAL; /* no port, or a bare IPv6 address */
         hl = (size_t)(colon - s);
     }
-    if (hl >= hostlen || !colon[1]) return -1;
+    if (hl >= hostlen || !colon[1]) return HD_EINVAL;
     char *end;
     errno = 0;
     unsigned long p = strtoul(colon + 1, &end, 10);
-    if (*end || errno || p > 65535 || colon[1] < '0' || colon[1] > '9') return -1;
+    if (*end || errno || p > 65535 || colon[1] < '0' || colon[1] > '9') return HD_EINVAL;
     memcpy(host, h, hl);
     host[hl] = '\0';
     *port = (unsigned)p;
@@ -563,7 +563,7 @@ static int apply_document(yaml_document_t *doc, const char *file, hd_config_t *c
     if (!root) return 0; /* an empty file: the defaults */
     if (root->type != YAML_MAPPING_NODE) {
         set_error(err, file, &root->start_mark, "expected a mapping of key: value lines");
-        return -1;
+        return HD_EINVAL;
     }
     bool seen[NKEYS] = {false};
     for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top;
@@ -572,7 +572,7 @@ static int apply_document(yaml_document_t *doc, const char *file, hd_config_t *c
         yaml_node_t *vn = yaml_document_get_node(doc, p->value);
         if (kn->type != YAML_SCALAR_NODE) {
             set_error(err, file, &kn->start_mark, "keys must be plain names");
-            return -1;
+            return HD_EINVAL;
         }
         size_t i = 0;
         while (i < NKEYS && strcmp(keys[i].name, scalar_text(kn)) != 0)
@@ -581,12 +581,12 @@ static int apply_document(yaml_document_t *doc, const char *file, hd_config_t *c
         if (i == NKEYS) {
             snprintf(msg, sizeof msg, "unknown key \"%.200s\"", scalar_text(kn));
             set_error(err, file, &kn->start_mark, msg);
-            return -1;
+            return HD_EINVAL;
         }
         if (seen[i]) {
             snprintf(msg, sizeof msg, "%s: given twice", keys[i].name);
             set_error(err, file, &kn->start_mark, msg);
-            return -1;
+            return HD_EINVAL;
         }
         seen[i] = true;
         const hd_config_key_t *k = &keys[i];
@@ -595,7 +595,7 @@ static int apply_document(yaml_document_t *doc, const char *file, hd_config_t *c
         perr_t pe;
         if (k->type->parse(k, doc, vn, &v, &pe) < 0) {
             set_error(err, file, &pe.mark, pe.msg);
-            return -1;
+            return HD_EINVAL;
         }
         if (k->validate && k->type != &type_strlist && k->type != &type_string) {
             const char *why = k->validate(&v);
@@ -603,7 +603,7 @@ static int apply_document(yaml_document_t *doc, const char *file, hd_config_t *c
                 snprintf(msg, sizeof msg, "%s: %s", k->name, why);
                 set_error(err, file, &vn->start_mark, msg);
                 k->type->free(&v);
-                return -1;
+                return HD_EINVAL;
             }
         }
         k->type->free(field_of(k, cfg));
@@ -621,15 +621,15 @@ static int load_parser(yaml_parser_t *parser, const char *file, hd_config_t *cfg
         snprintf(msg, sizeof msg, "%s%s%s", parser->problem ? parser->problem : "invalid YAML",
                  parser->context ? " " : "", parser->context ? parser->context : "");
         set_error(err, file, &parser->problem_mark, msg);
-        return -1;
+        return HD_EINVAL;
     }
     int rc = apply_document(&doc, file, cfg, err);
     yaml_document_delete(&doc);
     return rc;
 }
 
-/* Builds the defaults into cfg. Returns 0, or -1 with err filled (out of memory, or a broken
- * table row) and cfg empty. */
+/* Builds the defaults into cfg. Returns 0, or HD_ENOMEM, HD_EINTERNAL (a broken table row) or
+ * HD_EINVAL with err filled and cfg empty. */
 static int defaults_try(hd_config_t *cfg, hd_config_error_t *err) {
     /* Every field starts zeroed, then the generated document, which names every key, fills
      * each one. */
@@ -641,7 +641,7 @@ static int defaults_try(hd_config_t *cfg, hd_config_error_t *err) {
     yaml_parser_t parser;
     if (n >= sizeof text || !yaml_parser_initialize(&parser)) {
         set_error(err, "<defaults>", NULL, n >= sizeof text ? "table too large" : "out of memory");
-        return -1;
+        return n >= sizeof text ? HD_EINTERNAL : HD_ENOMEM;
     }
     yaml_parser_set_input_string(&parser, (const unsigned char *)text, n);
     int rc = load_parser(&parser, "<defaults>", cfg, err);
@@ -665,32 +665,33 @@ int hd_config_load(const char *path, hd_config_t *cfg, hd_config_error_t *err) {
         char msg[300];
         snprintf(msg, sizeof msg, "cannot open: %s", strerror(errno));
         set_error(err, path, NULL, msg);
-        return -1;
+        return HD_EINVAL;
     }
     hd_config_t tmp;
-    if (defaults_try(&tmp, err) < 0) {
+    int rc = defaults_try(&tmp, err);
+    if (rc < 0) {
         fclose(f);
-        return -1;
+        return rc;
     }
     yaml_parser_t parser;
     if (!yaml_parser_initialize(&parser)) {
         fclose(f);
         hd_config_free(&tmp);
         set_error(err, path, NULL, "out of memory");
-        return -1;
+        return HD_ENOMEM;
     }
     yaml_parser_set_input_file(&parser, f);
-    int rc = load_parser(&parser, path, &tmp, err);
+    rc = load_parser(&parser, path, &tmp, err);
     /* A second document in the file would be ignored silently; reject it instead. */
     if (rc == 0) {
         yaml_document_t extra;
         if (!yaml_parser_load(&parser, &extra)) {
             set_error(err, path, &parser.problem_mark, "invalid YAML after the document");
-            rc = -1;
+            rc = HD_EINVAL;
         } else {
             if (yaml_document_get_root_node(&extra)) {
                 set_error(err, path, &extra.start_mark, "more than one YAML document");
-                rc = -1;
+                rc = HD_EINVAL;
             }
             yaml_document_delete(&extra);
         }
@@ -699,7 +700,7 @@ int hd_config_load(const char *path, hd_config_t *cfg, hd_config_error_t *err) {
     fclose(f);
     if (rc < 0) {
         hd_config_free(&tmp);
-        return -1;
+        return rc;
     }
     *cfg = tmp;
     return 0;
@@ -721,7 +722,7 @@ int hd_config_copy(hd_config_t *dst, const hd_config_t *src) {
     for (size_t i = 0; i < NKEYS; i++) {
         if (keys[i].type->copy(field_of(&keys[i], dst), field_of(&keys[i], src)) < 0) {
             hd_config_free(dst);
-            return -1;
+            return HD_ENOMEM;
         }
     }
     return 0;
@@ -778,7 +779,7 @@ static char *value_text(const hd_config_key_t *k, const hd_config_t *cfg) {
 
 int hd_config_apply_reload(hd_config_t *live, const hd_config_t *fresh) {
     hd_config_t next;
-    if (hd_config_copy(&next, live) < 0) return -1;
+    if (hd_config_copy(&next, live) < 0) return HD_ENOMEM;
     int changed = 0;
     for (size_t i = 0; i < NKEYS; i++) {
         const hd_config_key_t *k = &keys[i];
@@ -792,7 +793,7 @@ int hd_config_apply_reload(hd_config_t *live, const hd_config_t *fresh) {
         cfgval_t v;
         if (k->type->copy(&v, field_of(k, fresh)) < 0) {
             hd_config_free(&next);
-            return -1;
+            return HD_ENOMEM;
         }
         k->type->free(field_of(k, &next));
         memcpy(field_of(k, &next), &v, k->type->size);

@@ -56,12 +56,13 @@ typedef struct hd_config_error_s {
 /* Fills cfg with the defaults (the table's default column). Aborts on out-of-memory: it is
  * start-up code. */
 void hd_config_defaults(hd_config_t *cfg);
-/* Loads path over the defaults into cfg. Returns 0, or -1 with err filled and cfg untouched.
+/* Loads path over the defaults into cfg. Returns 0, or a negative hd_err_t (HD_EINVAL for a bad
+ * or unreadable file, HD_ENOMEM) with err filled and cfg untouched.
  * On success the caller frees cfg with hd_config_free. */
 int hd_config_load(const char *path, hd_config_t *cfg, hd_config_error_t *err);
 /* Writes "FILE:LINE:COL: message" (the parts that are known) into buf. */
 void hd_config_error_format(const hd_config_error_t *err, char *buf, size_t len);
-/* Deep copy. Returns 0, or -1 on out-of-memory with dst zeroed. */
+/* Deep copy. Returns 0, or HD_ENOMEM with dst zeroed. */
 int hd_config_copy(hd_config_t *dst, const hd_config_t *src);
 void hd_config_free(hd_config_t *cfg);
 /* Writes the effective config as YAML, one "key: value" line per table row, secrets
@@ -75,11 +76,11 @@ void hd_config_print_keys(FILE *f);
 
 /* Reload: copies every reloadable key that differs from fresh into live and logs each change;
  * logs a warning for each non-reloadable key that differs and keeps the running value.
- * Returns the number of keys changed, or -1 on out-of-memory with live unchanged. */
+ * Returns the number of keys changed, or HD_ENOMEM with live unchanged. */
 int hd_config_apply_reload(hd_config_t *live, const hd_config_t *fresh);
 
 /* Parses "host:port", "[v6]:port" or ":port" (all addresses). host gets "" for ":port".
- * Returns 0 or -1. */
+ * Returns 0 or HD_EINVAL. */
 int hd_config_split_hostport(const char *s, char *host, size_t hostlen, unsigned *port);
 
 #endif /* HD_SERVER_CONFIG_H */

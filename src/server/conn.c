@@ -25,7 +25,6 @@
 #include "server.h"
 #include "session.h"
 
-#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -166,7 +165,7 @@ void hd__conn_close(hd_conn_t *c) {
     if (!(c->flags & HD_CONN_MOVED)) hd_log_debug("%s: connection closed", c->peer);
     /* The flag above makes this function idempotent; libuv's own handles must never be
      * closed twice, which would free the conn while a callback still points at it. */
-    assert(!uv_is_closing(&c->h.handle) && !uv_is_closing((uv_handle_t *)&c->timer));
+    HD_ASSERT(!uv_is_closing(&c->h.handle) && !uv_is_closing((uv_handle_t *)&c->timer));
     c->closes_pending = 2;
     uv_close(&c->h.handle, on_closed);
     uv_close((uv_handle_t *)&c->timer, on_closed);

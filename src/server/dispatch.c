@@ -37,7 +37,6 @@
  */
 #include "dispatch.h"
 
-#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -490,7 +489,7 @@ static int write_event(const hd_event_t *ev, hd_buf_t *out) {
     Heapd__V1__ServerFrame frame = HEAPD__V1__SERVER_FRAME__INIT;
     frame.kind_case = HEAPD__V1__SERVER_FRAME__KIND_EVENT;
     frame.event = &event;
-    assert(protobuf_c_message_get_packed_size(&frame.base) + HD_FRAME_HEADER <= EVENT_FRAME_MAX);
+    HD_ASSERT(protobuf_c_message_get_packed_size(&frame.base) + HD_FRAME_HEADER <= EVENT_FRAME_MAX);
     return hd_frame_write_msg(out, &frame.base);
 }
 

@@ -10,7 +10,6 @@
  */
 #include "envelope.h"
 
-#include <assert.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,11 +57,11 @@ static inline const ProtobufCFieldDescriptor *field_of(const ProtobufCMessageDes
     return fd;
 }
 
-/* Reads a varint at *pos (< end); 0, or -1 if it is cut short or longer than 10 bytes. */
+/* Reads a varint at *pos (< end); 0, or HD_EPROTO if it is cut short or longer than 10 bytes. */
 static int wire_varint(const uint8_t *p, size_t end, size_t *pos, uint64_t *out) {
     uint64_t v = 0;
     for (unsigned shift = 0; shift < 70; shift += 7) {
-        if (*pos >= end) return -1;
+        if (*pos >= end) return HD_EPROTO;
         uint8_t b = p[(*pos)++];
         v |= (uint64_t)(b & 0x7F) << shift;
         if ((b & 0x80) == 0) {
@@ -70,7 +69,7 @@ static int wire_varint(const uint8_t *p, size_t end, size_t *pos, uint64_t *out)
             return 0;
         }
     }
-    return -1;
+    return HD_EPROTO;
 }
 
 /*
@@ -174,7 +173,7 @@ int hd_dispatch_scan(const uint8_t *p, size_t len, uint64_t *id) {
 /* Reads a varint of at most 2 bytes at *pos (keys and lengths of the canonical envelope). */
 static int wire_short(const uint8_t *p, size_t end, size_t *pos, uint64_t *out) {
     size_t at = *pos;
-    return wire_varint(p, end, pos, out) < 0 || *pos - at > 2 ? -1 : 0;
+    return wire_varint(p, end, pos, out) < 0 || *pos - at > 2 ? HD_EPROTO : 0;
 }
 
 Heapd__V1__Request *hd__envelope_decode(hd_framemem_t *m, const uint8_t *p, size_t len) {
@@ -253,7 +252,7 @@ static const ProtobufCMessage *result_of(const rsp_t *rs) {
     if (rs->result_case == HEAPD__V1__RESPONSE__RESULT__NOT_SET) return NULL;
     const ProtobufCFieldDescriptor *fd =
         field_of(&heapd__v1__response__descriptor, (uint32_t)rs->result_case);
-    assert(fd != NULL && fd->type == PROTOBUF_C_TYPE_MESSAGE);
+    HD_ASSERT(fd != NULL && fd->type == PROTOBUF_C_TYPE_MESSAGE);
     return *(const ProtobufCMessage *const *)((const char *)rs + fd->offset);
 }
 

@@ -18,9 +18,9 @@
 #include "framemem.h"
 #include "heapd.pb-c.h"
 
-/* Debug and sanitizer builds check the hand-made envelope against protobuf-c on every frame,
- * and abort on a difference. */
-#if defined(HD_FRAMEMEM_ASAN) || !defined(NDEBUG)
+/* Debug and sanitizer builds (those with HD_ASSERT on) check the hand-made envelope against
+ * protobuf-c on every frame, and abort on a difference. */
+#ifdef HD_ASSERTS_ON
 #define HD_ENVELOPE_CHECKS 1
 #endif
 

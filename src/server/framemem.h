@@ -25,17 +25,11 @@
 
 #include <protobuf-c/protobuf-c.h>
 
-/* Sanitizer builds poison the free space of frame memory (ASan), so that an overrun of one
- * message into the next is caught as it would be between two mallocs. */
-#if defined(__SANITIZE_ADDRESS__)
-#define HD_FRAMEMEM_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define HD_FRAMEMEM_ASAN 1
-#endif
-#endif
+#include "common.h"
 
-#ifdef HD_FRAMEMEM_ASAN
+/* ASan builds poison the free space of frame memory, so that an overrun of one message into
+ * the next is caught as it would be between two mallocs. */
+#ifdef HD_ASAN
 #include <sanitizer/asan_interface.h>
 #define hd__framemem_poison(p, n)   ASAN_POISON_MEMORY_REGION((p), (n))
 #define hd__framemem_unpoison(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))

@@ -175,7 +175,7 @@ static int bind_tcp(hd_server_t *srv, const char *spec) {
     unsigned portnum;
     if (hd_config_split_hostport(spec, host, sizeof host, &portnum) < 0) {
         hd_log_error("listen: \"%s\" is not host:port", spec);
-        return -1;
+        return HD_EINVAL;
     }
     snprintf(port, sizeof port, "%u", portnum);
     struct addrinfo hints, *res;
@@ -186,7 +186,7 @@ static int bind_tcp(hd_server_t *srv, const char *spec) {
     int rc = getaddrinfo(*host ? host : NULL, port, &hints, &res);
     if (rc != 0) {
         hd_log_error("listen %s: %s", spec, gai_strerror(rc));
-        return -1;
+        return HD_EINVAL;
     }
     int bound = 0;
     for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
@@ -219,58 +219,84 @@ static int bind_tcp(hd_server_t *srv, const char *spec) {
         bound++;
     }
     freeaddrinfo(res);
-    return bound > 0 ? 0 : -1;
+    return bound > 0 ? 0 : HD_EINTERNAL;
 }
 
-/* A socket file left by a heapd that died is replaced; one that answers is another heapd. */
+/* A socket file left by a heapd that died is removed; one that answers is another heapd's.
+ * Returns 0, or HD_EINTERNAL with errno saying why (EEXIST: not a socket; EADDRINUSE). */
 static int clear_stale_socket(const char *path) {
     struct stat st;
-    if (lstat(path, &st) < 0) return errno == ENOENT ? 0 : -1;
+    if (lstat(path, &st) < 0) return errno == ENOENT ? 0 : HD_EINTERNAL;
     if (!S_ISSOCK(st.st_mode)) {
         errno = EEXIST;
-        return -1;
+        return HD_EINTERNAL;
     }
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -1;
+    if (fd < 0) return HD_EINTERNAL;
     int live = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
     close(fd);
     if (live) {
         errno = EADDRINUSE;
-        return -1;
+        return HD_EINTERNAL;
     }
-    return unlink(path);
+    return unlink(path) == 0 ? 0 : HD_EINTERNAL;
 }
 
-static int bind_unix(hd_server_t *srv, const char *path, unsigned mode) {
-    if (clear_stale_socket(path) < 0) {
-        hd_log_error("unix_socket %s: %s", path, strerror(errno));
-        return -1;
-    }
+/* The Unix socket is bound under a temporary name beside path, made listening, and only then
+ * given its name with link(2): a client that sees the file can connect at once (a file bound
+ * before listen(2) refuses connections), and link, unlike rename, never replaces a socket
+ * another heapd has just put there. When the temporary name would not fit in sun_path, path
+ * is bound directly. Returns 0 with the listening descriptor in *out, or HD_EINTERNAL after
+ * logging why. */
+static int listen_unix(const char *path, unsigned mode, uv_os_sock_t *out) {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    char tmp[sizeof sa.sun_path];
+    const char *slash = strrchr(path, '/');
+    int dirlen = slash ? (int)(slash - path + 1) : 0;
+    int n = snprintf(tmp, sizeof tmp, "%.*s.heapd-%ld.tmp", dirlen, path, (long)getpid());
+    const char *bind_path = n > 0 && (size_t)n < sizeof tmp ? tmp : path;
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", bind_path);
     uv_os_sock_t fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         hd_log_error("unix_socket %s: socket: %s", path, strerror(errno));
-        return -1;
+        return HD_EINTERNAL;
     }
+    if (bind_path == tmp) unlink(tmp); /* left by a heapd of this pid that died */
     /* The file is created with the mode asked for, never briefly wider: start-up is still
      * single-threaded, so the process-wide umask may change for this one call. */
     mode_t old = umask(~mode & 0777);
     int rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
     umask(old);
-    if (rc < 0 || chmod(path, mode) < 0 || listen(fd, HD_LISTEN_BACKLOG) < 0) {
-        hd_log_error("unix_socket %s: %s", path, strerror(errno));
-        if (rc == 0) unlink(path);
+    const char *what = "bind";
+    if (rc == 0 && (what = "chmod", chmod(bind_path, mode) < 0)) rc = -1;
+    if (rc == 0 && (what = "listen", listen(fd, HD_LISTEN_BACKLOG) < 0)) rc = -1;
+    if (rc == 0 && bind_path == tmp && (what = "link", link(tmp, path) < 0)) rc = -1;
+    int saved = errno;
+    if (bind_path == tmp || rc < 0) unlink(bind_path);
+    if (rc < 0) {
+        hd_log_error("unix_socket %s: %s: %s", path, what, strerror(saved));
         close(fd);
-        return -1;
+        return HD_EINTERNAL;
     }
+    *out = fd;
+    return 0;
+}
+
+static int bind_unix(hd_server_t *srv, const char *path, unsigned mode) {
+    if (clear_stale_socket(path) < 0) {
+        hd_log_error("unix_socket %s: %s", path, strerror(errno));
+        return HD_EINTERNAL;
+    }
+    uv_os_sock_t fd;
+    int rc = listen_unix(path, mode, &fd);
+    if (rc < 0) return rc;
     hd_listener_t *l = add_listener(srv, fd, 1);
     if (!l) {
         unlink(path);
         close(fd);
-        return -1;
+        return HD_ENOMEM;
     }
     snprintf(l->name, sizeof l->name, "unix %s", path);
     snprintf(l->path, sizeof l->path, "%s", path);
@@ -288,7 +314,7 @@ static int take_activated(hd_server_t *srv) {
     unsetenv("LISTEN_FDNAMES");
     if (n <= 0 || n > 64) {
         hd_log_error("LISTEN_FDS=%s is not a descriptor count", nfds);
-        return -1;
+        return HD_EINVAL;
     }
     for (int fd = HD_LISTEN_FDS_START; fd < HD_LISTEN_FDS_START + n; fd++) {
         struct sockaddr_storage ss;
@@ -298,13 +324,13 @@ static int take_activated(hd_server_t *srv) {
         if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0 ||
             getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) < 0 || type != SOCK_STREAM) {
             hd_log_error("passed descriptor %d is not a stream socket", fd);
-            return -1;
+            return HD_EINVAL;
         }
         fcntl(fd, F_SETFD, FD_CLOEXEC);
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
         int is_unix = ss.ss_family == AF_UNIX;
         hd_listener_t *l = add_listener(srv, fd, is_unix);
-        if (!l) return -1;
+        if (!l) return HD_ENOMEM;
         l->activated = 1;
         if (is_unix) {
             const struct sockaddr_un *su = (const struct sockaddr_un *)&ss;
@@ -322,22 +348,22 @@ static int take_activated(hd_server_t *srv) {
 }
 
 int hd__listeners_start(hd_server_t *srv) {
-    int passed = take_activated(srv);
-    if (passed < 0) return -1;
-    if (passed == 0) {
-        for (size_t i = 0; i < srv->cfg.listen.n; i++)
-            if (bind_tcp(srv, srv->cfg.listen.v[i]) < 0) return -1;
-        if (*srv->cfg.unix_socket &&
-            bind_unix(srv, srv->cfg.unix_socket, srv->cfg.unix_socket_mode) < 0)
-            return -1;
+    int rc = take_activated(srv);
+    if (rc < 0) return rc;
+    if (rc == 0) {
+        for (size_t i = 0; i < srv->cfg.listen.n && rc == 0; i++)
+            rc = bind_tcp(srv, srv->cfg.listen.v[i]);
+        if (rc == 0 && *srv->cfg.unix_socket)
+            rc = bind_unix(srv, srv->cfg.unix_socket, srv->cfg.unix_socket_mode);
+        if (rc < 0) return rc;
     }
     if (srv->nlisteners == 0) {
         hd_log_error("nothing to listen on: listen and unix_socket are both empty");
-        return -1;
+        return HD_EINVAL;
     }
     for (size_t i = 0; i < srv->nlisteners; i++) {
         hd_listener_t *l = &srv->listeners[i];
-        int rc = uv_poll_init_socket(srv->loop, &l->poll, l->fd);
+        rc = uv_poll_init_socket(srv->loop, &l->poll, l->fd);
         if (rc == 0) {
             l->poll.data = l;
             uv_timer_init(srv->loop, &l->backoff);
@@ -346,7 +372,7 @@ int hd__listeners_start(hd_server_t *srv) {
         }
         if (rc < 0) {
             hd_log_error("%s: %s", l->name, uv_strerror(rc));
-            return -1;
+            return HD_EINTERNAL;
         }
         hd_log_info("listening on %s%s", l->name, l->activated ? " (socket activation)" : "");
     }

@@ -29,7 +29,7 @@ int hd__notify(const char *state) {
     size_t len = strlen(path);
     if ((path[0] != '/' && path[0] != '@') || len >= sizeof sa.sun_path) {
         hd_log_debug("NOTIFY_SOCKET \"%s\" is not a Unix socket path; not notifying", path);
-        return -1;
+        return HD_EINVAL;
     }
     memcpy(sa.sun_path, path, len);
     if (path[0] == '@')
@@ -40,7 +40,7 @@ int hd__notify(const char *state) {
     int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         hd_log_debug("notify: socket: %s", strerror(errno));
-        return -1;
+        return HD_EINTERNAL;
     }
     ssize_t n;
     do
@@ -50,9 +50,9 @@ int hd__notify(const char *state) {
     close(fd);
     if (n < 0) {
         hd_log_debug("notify: sendto %s: %s", path, strerror(saved));
-        return -1;
+        return HD_EINTERNAL;
     }
-    return 1;
+    return 0;
 }
 
 int hd__notifyf(const char *fmt, ...) {

@@ -6,7 +6,6 @@
  * gc.garbage is cut to what fits, and a get_referrers/get_referents list over it is refused
  * with its new references dropped again, so a refused request changes nothing.
  */
-#include <assert.h>
 
 #include "ops.h"
 
@@ -25,7 +24,7 @@ static size_t handle_room(hd_opctx_t *c) {
 static void undo_refs(hd_heap_t *h, const hd_handles_t *hv) {
     for (size_t i = 0; i < hv->n; i++) {
         int rc = hd_decref(h, hv->v[i], 1);
-        assert(rc == 0);
+        HD_ASSERT(rc == 0);
         (void)rc;
     }
 }
@@ -168,7 +167,7 @@ static int keep_distinct(hd_opctx_t *c, hd_handles_t *hv, bool newref) {
         if (set[j] == h) {
             if (newref) {
                 int rc = hd_decref(c->heap, h, 1); /* undoes this entry's incref: cannot fail */
-                assert(rc == 0);
+                HD_ASSERT(rc == 0);
                 (void)rc;
             }
             continue;

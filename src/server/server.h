@@ -225,7 +225,8 @@ void hd__conn_fail(hd_conn_t *c, uint64_t id, int code, const char *why);
 
 /* listener.c */
 /* Binds (or takes from systemd) every listener and starts accepting. Logs where it listens.
- * Returns 0, or -1 after logging why. */
+ * A Unix socket's file appears only once it is listening. Returns 0, or a negative hd_err_t
+ * after logging why. */
 int hd__listeners_start(hd_server_t *srv);
 /* Stops accepting, closes the sockets and removes the Unix socket file. */
 void hd__listeners_stop(hd_server_t *srv);
@@ -233,13 +234,20 @@ void hd__listeners_stop(hd_server_t *srv);
 void hd__listener_reject_done(void);
 
 /* notify.c */
-/* Sends state ("READY=1", "STATUS=...") to $NOTIFY_SOCKET. Returns 1 if sent, 0 when there
- * is no notify socket, -1 on error (logged at debug). */
+/* Sends state ("READY=1", "STATUS=...") to $NOTIFY_SOCKET, if there is one. Returns 0, or
+ * HD_EINVAL (not a socket path) or HD_EINTERNAL (not sent), logged at debug. */
 int hd__notify(const char *state);
 int hd__notifyf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* main.c */
+/* server.c */
 /* Milliseconds since an arbitrary point (uv_hrtime), for any thread. */
 uint64_t hd__now_ms(void);
+/* Applies the config's log level and format (process-wide). */
+void hd__server_apply_logging(const hd_config_t *cfg);
+/* Runs srv, its config loaded and config_path set: binds the listeners, starts the workers,
+ * tells systemd READY=1 and serves until SIGTERM or SIGINT, reloading on SIGHUP. Returns 0
+ * after a clean shutdown, or a negative hd_err_t when it could not start (logged). Exits the
+ * process with status 1 when workers fail to start, since their threads cannot be undone. */
+int hd__server_run(hd_server_t *srv);
 
 #endif /* HD_SERVER_SERVER_H */

@@ -16,7 +16,6 @@
  */
 #include "session.h"
 
-#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -156,7 +155,7 @@ void hd__session_destroy(hd_session_t *s, const char *why) {
         w->sessions = s->next;
     if (s->next) s->next->prev = s->prev;
     /* Destroying twice would close the timer twice and free s under its callback. */
-    assert(!uv_is_closing((uv_handle_t *)&s->linger));
+    HD_ASSERT(!uv_is_closing((uv_handle_t *)&s->linger));
     uv_close((uv_handle_t *)&s->linger, on_session_closed);
 }
 

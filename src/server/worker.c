@@ -178,7 +178,7 @@ int hd__workers_start(hd_server_t *srv, size_t n) {
     srv->workers = calloc(n, sizeof *srv->workers);
     if (!srv->workers) {
         hd_log_error("out of memory starting %zu workers", n);
-        return -1;
+        return HD_ENOMEM;
     }
     srv->nworkers = n;
     for (size_t i = 0; i < n; i++) {
@@ -193,7 +193,7 @@ int hd__workers_start(hd_server_t *srv, size_t n) {
         if (rc == 0) rc = uv_async_init(&w->loop, &w->async, on_async);
         if (rc < 0) {
             hd_log_error("starting worker %zu: %s", i, uv_strerror(rc));
-            return -1;
+            return rc == UV_ENOMEM ? HD_ENOMEM : HD_EINTERNAL;
         }
         w->async.data = w;
         uv_timer_init(&w->loop, &w->stats_timer);
@@ -205,7 +205,7 @@ int hd__workers_start(hd_server_t *srv, size_t n) {
         int rc = uv_thread_create(&w->thread, worker_main, w);
         if (rc < 0) {
             hd_log_error("starting worker thread %zu: %s", i, uv_strerror(rc));
-            return -1;
+            return HD_EINTERNAL;
         }
         w->state |= HD_WORKER_RUNNING;
     }

@@ -1,0 +1,147 @@
+/*
+ * server.c: the server as a whole, once its config is loaded: start-up in order, the main
+ * loop, SIGHUP reload, shutdown, and the clock every thread reads.
+ *
+ * Start-up: bind the listeners (a Unix socket's file appears only once it listens), start the
+ * workers, then tell systemd READY=1 and log "ready". The main thread then runs the main
+ * loop: the listeners and three signals. SIGHUP reloads the reloadable settings (an invalid
+ * file keeps the running config, logging why); SIGTERM and SIGINT stop accepting, let the
+ * workers finish what they were doing and close every session.
+ *
+ * This file owns the main loop and the order of things; main.c owns the command line and the
+ * exit codes, and everything else belongs to the files named in server.h.
+ */
+#include "server.h"
+#include "session.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+uint64_t hd__now_ms(void) {
+    return uv_hrtime() / 1000000u;
+}
+
+void hd__server_apply_logging(const hd_config_t *cfg) {
+    hd_log_set_level((hd_log_level_t)cfg->log_level);
+    hd_log_set_format((hd_log_format_t)cfg->log_format);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Signals.                                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+static uint64_t monotonic_usec(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static void reload(hd_server_t *srv) {
+    hd__notifyf("RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=Reloading the configuration",
+                (unsigned long long)monotonic_usec());
+    if (!srv->config_path) {
+        hd_log_warn("SIGHUP: started without --config; nothing to reload");
+        hd__notify("READY=1\nSTATUS=Running (no config file to reload)");
+        return;
+    }
+    hd_config_t fresh;
+    hd_config_error_t err;
+    if (hd_config_load(srv->config_path, &fresh, &err) < 0) {
+        char msg[1024];
+        hd_config_error_format(&err, msg, sizeof msg);
+        hd_log_error("config reload failed: %s; keeping the running config", msg);
+        hd__notifyf("READY=1\nSTATUS=Running; last reload failed: %.900s", msg);
+        return;
+    }
+    int changed = hd_config_apply_reload(&srv->cfg, &fresh);
+    hd_config_free(&fresh);
+    if (changed < 0) {
+        hd_log_error("config reload: out of memory; keeping the running config");
+        hd__notify("READY=1\nSTATUS=Running; last reload failed: out of memory");
+        return;
+    }
+    hd__server_apply_logging(&srv->cfg);
+    for (size_t i = 0; i < srv->nworkers; i++) {
+        hd_msg_t *m = hd__msg_new(HD_MSG_RELOAD);
+        if (!m || hd_config_copy(&m->cfg, &srv->cfg) < 0) {
+            hd_log_error("config reload: out of memory sending worker %zu its config", i);
+            hd__msg_free(m);
+            continue;
+        }
+        hd__worker_post(&srv->workers[i], m);
+    }
+    hd_log_info("config reloaded from %s: %d setting%s changed", srv->config_path, changed,
+                changed == 1 ? "" : "s");
+    hd__notifyf("READY=1\nSTATUS=Running; config reloaded (%d changed)", changed);
+}
+
+static void shutdown_begin(hd_server_t *srv, int signum) {
+    if (srv->stopping) return;
+    srv->stopping = 1;
+    hd_log_info("%s: shutting down", strsignal(signum));
+    hd__notify("STOPPING=1\nSTATUS=Shutting down");
+    hd__listeners_stop(srv);
+    for (size_t i = 0; i < sizeof srv->sig / sizeof srv->sig[0]; i++)
+        uv_close((uv_handle_t *)&srv->sig[i], NULL);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+    hd_server_t *srv = h->data;
+    if (signum == SIGHUP)
+        reload(srv);
+    else
+        shutdown_begin(srv, signum);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Running.                                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+int hd__server_run(hd_server_t *srv) {
+    srv->start_ms = hd__now_ms();
+    uv_loop_t loop;
+    if (uv_loop_init(&loop) < 0 || hd__registry_init(&srv->registry) < 0) {
+        hd_log_error("cannot initialise the event loop");
+        return HD_EINTERNAL;
+    }
+    srv->loop = &loop;
+    size_t nworkers = srv->cfg.workers ? srv->cfg.workers : uv_available_parallelism();
+    hd_log_info("heapd %s starting (pid %ld, %zu worker%s, config %s)", HEAPD_VERSION,
+                (long)getpid(), nworkers, nworkers == 1 ? "" : "s",
+                srv->config_path ? srv->config_path : "built-in defaults");
+
+    int rc = hd__listeners_start(srv);
+    if (rc < 0) {
+        srv->stopping = 1;
+        hd__listeners_stop(srv);
+    } else if (hd__workers_start(srv, nworkers) < 0) {
+        /* Some threads may run already, and there is nothing to unwind yet: no client has
+         * connected. Remove the socket file and go. */
+        hd__listeners_stop(srv);
+        exit(1);
+    } else {
+        static const int signums[] = {SIGTERM, SIGINT, SIGHUP};
+        for (size_t i = 0; i < 3; i++) {
+            uv_signal_init(&loop, &srv->sig[i]);
+            srv->sig[i].data = srv;
+            uv_signal_start(&srv->sig[i], on_signal, signums[i]);
+        }
+        hd__notifyf("READY=1\nMAINPID=%ld\nSTATUS=Serving on %zu listener%s with %zu worker%s",
+                    (long)getpid(), srv->nlisteners, srv->nlisteners == 1 ? "" : "s", nworkers,
+                    nworkers == 1 ? "" : "s");
+        hd_log_info("ready");
+    }
+    uv_run(&loop, UV_RUN_DEFAULT); /* until the listeners and signals are closed */
+    hd__workers_stop(srv);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&loop) < 0) hd_log_error("main loop still has handles at exit");
+    free(srv->listeners);
+    hd__registry_free(&srv->registry);
+    hd_config_free(&srv->cfg);
+    hd_log_info("stopped");
+    return rc;
+}
