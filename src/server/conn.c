@@ -5,7 +5,8 @@
  *   adopted   the worker gets its socket from the listener (or from another worker, to
  *             resume a session there) and starts reading; hello must come within
  *             HD_HELLO_TIMEOUT_MS, in a frame of at most HD_FRAME_HELLO_MAX bytes.
- *   hello     session.c answers it and attaches a session; frames may then be max_frame_bytes.
+ *   hello     session.c decides (attach a session, move to the session's worker, or refuse)
+ *             and this file carries it out; frames may then be max_frame_bytes.
  *   serving   each frame goes to dispatch.c; after each, the engine's events are drained so
  *             they follow the response that raised them. Responses collect in `out` and are
  *             written once per read, so pipelined requests cost one write.
@@ -19,8 +20,9 @@
  *   closing   uv_close on the stream and the timer; the session (if any) detaches; the conn
  *             is freed when both close callbacks have run.
  *
- * This file does not own sessions (session.c), the request table (dispatch.c) or framing
- * (codec.c).
+ * This file is the only one that acts on a connection: lower layers return decisions (hello)
+ * and callbacks report (dispatch's goodbye). It does not own sessions (session.c), the request
+ * table (dispatch.c) or framing (codec.c).
  */
 #include "server.h"
 #include "session.h"
@@ -51,13 +53,14 @@ static void op_goodbye(void *ctx) {
     ((hd_conn_t *)ctx)->flags |= HD_CONN_GOODBYE;
 }
 static int op_server_stats(void *ctx, hd_server_stats_t *out) {
-    return hd__sessions_server_stats(ctx, out);
+    return hd__sessions_server_stats(((hd_conn_t *)ctx)->worker, out);
 }
 static int op_list_sessions(void *ctx, hd_session_info_t **out, size_t *n) {
-    return hd__sessions_list(ctx, out, n);
+    return hd__sessions_list(((hd_conn_t *)ctx)->worker, out, n);
 }
 static int op_kill_session(void *ctx, const char *id) {
-    return hd__sessions_kill(ctx, id);
+    hd_conn_t *c = ctx;
+    return hd__sessions_kill(c->worker, c->peer, id);
 }
 
 static const hd_server_ops_t server_ops = {
@@ -144,24 +147,26 @@ static void on_closed(uv_handle_t *h) {
     else
         w->conns = c->next;
     if (c->next) c->next->prev = c->prev;
-    if (c->flags & HD_CONN_COUNTED) atomic_fetch_sub(&w->srv->connections, 1);
-    if (c->reject) hd__listener_reject_done();
-    atomic_fetch_sub(&w->nconns, 1);
+    hd__slot_release(&c->slot);
     hd_frame_parser_free(&c->parser);
     hd_buf_free(&c->out);
     free(c);
+}
+
+/* Takes c's session from it (NULL if none): c serves no heap from here on. */
+static hd_session_t *take_session(hd_conn_t *c) {
+    hd_session_t *s = c->session;
+    c->session = NULL;
+    c->env.heap = NULL;
+    return s;
 }
 
 void hd__conn_close(hd_conn_t *c) {
     if (c->flags & HD_CONN_CLOSING) return;
     c->flags |= HD_CONN_CLOSING;
     c->flags &= ~HD_CONN_READING;
-    hd_session_t *s = c->session;
-    if (s) {
-        c->session = NULL;
-        c->env.heap = NULL;
-        hd__session_detach(s);
-    }
+    hd_session_t *s = take_session(c);
+    if (s) hd__session_detach(s);
     if (!(c->flags & HD_CONN_MOVED)) hd_log_debug("%s: connection closed", c->peer);
     /* The flag above makes this function idempotent; libuv's own handles must never be
      * closed twice, which would free the conn while a callback still points at it. */
@@ -268,9 +273,40 @@ void hd__conn_fail(hd_conn_t *c, uint64_t id, int code, const char *why) {
     }
 }
 
+void hd__conn_session_killed(hd_conn_t *c) {
+    hd_session_t *s = take_session(c);
+    if (s) hd__session_destroy(s, "killed by an admin");
+    hd__conn_fail(c, 0, HD_ENOSESSION, "session killed by an admin");
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Frames.                                                                                     */
 /* ------------------------------------------------------------------------------------------ */
+
+/* The connection's first frame: session.c decides on the hello, and this carries it out.
+ * True when a session is attached and the answer queued; otherwise c is closing, or has moved
+ * to another worker, and takes no more frames. */
+static bool hello(hd_conn_t *c, const uint8_t *payload, size_t len) {
+    hd_hello_t h;
+    hd__session_hello(c, payload, len, &h);
+    if (h.verdict == HD_HELLO_REFUSE) {
+        hd__conn_fail(c, h.id, h.code, h.why);
+        return false;
+    }
+    if (h.verdict == HD_HELLO_MOVE) {
+        int rc = hd__conn_move(c, h.owner, payload, len);
+        if (rc < 0) hd__conn_fail(c, h.id, rc, "could not move the connection to its session");
+        return false;
+    }
+    c->session = h.session;
+    c->flags |= HD_CONN_HELLO_DONE;
+    c->env.heap = h.session->heap;
+    c->env.admin = h.admin;
+    hd__conn_reconfigure(c);
+    int rc = hd__session_hello_answer(&h, &c->worker->cfg, c->env.max_read_bytes, &c->out);
+    if (rc < 0) hd__conn_fail(c, h.id, rc, "out of memory answering hello");
+    return rc == 0;
+}
 
 /* The parser refused a frame header: say why and close. */
 static void frame_error(hd_conn_t *c, int err) {
@@ -303,8 +339,7 @@ static void process(hd_conn_t *c) {
             break;
         }
         if (!(c->flags & HD_CONN_HELLO_DONE)) {
-            if (hd__session_hello(c, payload, len) < 0)
-                break; /* refused (answered, closing) or moved to another worker */
+            if (!hello(c, payload, len)) break; /* refused (answered, closing) or moved */
         } else {
             int rc = hd_dispatch_frame(&c->env, payload, len, &c->out);
             nframes++;
@@ -320,7 +355,8 @@ static void process(hd_conn_t *c) {
         if (c->flags & HD_CONN_GOODBYE) {
             c->flags &= ~HD_CONN_GOODBYE;
             c->flags |= HD_CONN_LAST_WRITE;
-            if (c->session) hd__session_destroy(c->session, "goodbye");
+            hd_session_t *s = take_session(c);
+            if (s) hd__session_destroy(s, "goodbye");
         }
         if (c->out.len >= HD_FLUSH_BYTES) flush(c);
         if (!(c->flags & HD_CONN_CLOSING) && queued(c) > w->cfg.output_buffer_limit) {
@@ -373,15 +409,13 @@ void hd__conn_adopt(hd_worker_t *w, hd_msg_t *m) {
     hd_conn_t *c = calloc(1, sizeof *c);
     if (!c) {
         hd_log_warn("%s: out of memory adopting the connection; closed", m->peer);
-        if (m->counted) atomic_fetch_sub(&w->srv->connections, 1);
-        if (m->reject) hd__listener_reject_done();
-        atomic_fetch_sub(&w->nconns, 1);
-        return; /* hd__msg_free closes the socket */
+        return; /* hd__msg_free closes the socket and releases the slot */
     }
     c->worker = w;
     c->is_unix = m->is_unix;
     c->reject = m->reject;
-    c->flags = m->counted ? HD_CONN_COUNTED : 0;
+    c->slot = m->slot; /* the conn holds it from here */
+    memset(&m->slot, 0, sizeof m->slot);
     memcpy(c->peer, m->peer, sizeof c->peer);
     hd_frame_parser_init(&c->parser, HD_FRAME_HELLO_MAX);
     hd_buf_init(&c->out);
@@ -448,11 +482,14 @@ int hd__conn_move(hd_conn_t *c, hd_worker_t *to, const uint8_t *frame, size_t le
     memcpy(m->data, start, n);
     m->len = n;
     m->is_unix = c->is_unix;
-    m->counted = (c->flags & HD_CONN_COUNTED) != 0;
     memcpy(m->peer, c->peer, sizeof m->peer);
+    /* The connection's count goes with it (its place in this worker's nconns is given back
+     * when c is freed). */
+    m->slot.srv = c->slot.srv;
+    m->slot.counted = c->slot.counted;
+    c->slot.counted = false;
     /* Closing here first takes the socket out of this loop's epoll set, so only the new
      * worker ever reads it; the duplicate keeps the connection open. */
-    c->flags &= ~HD_CONN_COUNTED;
     c->flags |= HD_CONN_MOVED;
     hd__conn_close(c);
     hd__worker_post(to, m);

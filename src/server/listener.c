@@ -95,31 +95,34 @@ static void hand_over(hd_listener_t *l, uv_os_sock_t fd, const struct sockaddr *
     else
         format_inet(sa, salen, m->peer, sizeof m->peer);
 
+    m->slot.srv = srv;
     uint64_t open = atomic_fetch_add(&srv->connections, 1) + 1;
+    m->slot.counted = true;
     if (open > srv->cfg.max_connections) {
-        atomic_fetch_sub(&srv->connections, 1);
-        if (atomic_fetch_add(&rejecting, 1) >= HD_REJECT_MAX) {
+        hd__slot_release(&m->slot);
+        m->slot.ticket = atomic_fetch_add(&rejecting, 1) < HD_REJECT_MAX;
+        if (!m->slot.ticket) {
             atomic_fetch_sub(&rejecting, 1);
             hd_log_warn("%s: too many connections (max_connections %llu); closed", m->peer,
                         (unsigned long long)srv->cfg.max_connections);
-            close(fd);
-            hd__msg_free(m);
+            hd__msg_free(m); /* closes fd */
             return;
         }
         hd_log_warn("%s: too many connections (max_connections %llu); refusing its hello", m->peer,
                     (unsigned long long)srv->cfg.max_connections);
         m->reject = HD_ETOOMANY;
-    } else {
-        m->counted = 1;
     }
     hd_worker_t *w = hd__worker_pick(srv);
     hd_log_debug("%s: accepted on %s, to worker %d", m->peer, l->name, w->index);
     hd__worker_post(w, m);
 }
 
-/* Called by conn.c (any worker) when a refused connection closes. */
-void hd__listener_reject_done(void) {
-    atomic_fetch_sub(&rejecting, 1);
+void hd__slot_release(hd_slot_t *s) {
+    if (s->worker) atomic_fetch_sub(&s->worker->nconns, 1);
+    if (s->counted) atomic_fetch_sub(&s->srv->connections, 1);
+    if (s->ticket) atomic_fetch_sub(&rejecting, 1);
+    s->worker = NULL;
+    s->counted = s->ticket = false;
 }
 
 static void on_readable(uv_poll_t *poll, int status, int events) {

@@ -23,6 +23,7 @@
 #define HD_SERVER_SERVER_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -40,6 +41,23 @@ typedef struct hd_session_s hd_session_t;
 
 /* Room for a peer's name: "[ffff:...:ffff]:65535" or "unix:pid=4194304,uid=4294967295,#n". */
 #define HD_PEER_LEN 64
+
+/* ------------------------------------------------------------------------------------------ */
+/* Connection slots (listener.c).                                                              */
+/* ------------------------------------------------------------------------------------------ */
+
+/* A connection's hold on the server's counts, from the listener's accept to its close: one of
+ * server.connections (or, over max_connections, one of the listener's refusal tickets) and
+ * one of its worker's nconns. It moves with the connection, from the hand-over message to the
+ * conn (and to a new message when the conn moves to another worker), and is given back once,
+ * by hd__slot_release, wherever it is when its holder goes: hd__msg_free, or conn.c when the
+ * conn is freed. Release clears what it gave back, so a second one does nothing. */
+typedef struct hd_slot_s {
+    hd_server_t *srv;
+    hd_worker_t *worker; /* counted in worker->nconns (set when posted to it), or NULL */
+    bool counted;        /* holds one of srv->connections */
+    bool ticket;         /* holds one of the listener's refusal tickets */
+} hd_slot_t;
 
 /* ------------------------------------------------------------------------------------------ */
 /* Worker inbox messages (worker.c).                                                           */
@@ -61,7 +79,7 @@ typedef struct hd_msg_s {
     uv_os_sock_t fd; /* the socket; the receiver owns it */
     int is_unix;     /* a Unix stream socket, else TCP */
     int reject;      /* 0, or the error to answer its hello with (HD_ETOOMANY) */
-    int counted;     /* holds a slot of server.connections */
+    hd_slot_t slot;  /* released by hd__msg_free unless the conn took it */
     char peer[HD_PEER_LEN];
     uint8_t *data; /* bytes already received, to be parsed first (owned) */
     size_t len;
@@ -150,7 +168,6 @@ enum hd_conn_flag_e {
     HD_CONN_PAUSED = 0x04,     /* unsent output over output_buffer_limit: not reading */
     HD_CONN_LAST_WRITE = 0x08, /* close once the queued output is written */
     HD_CONN_CLOSING = 0x10,    /* uv_close called; waiting for the close callbacks */
-    HD_CONN_COUNTED = 0x20,    /* holds a slot of server.connections */
     HD_CONN_MOVED = 0x40,      /* its socket went to another worker: not a disconnect */
     HD_CONN_IN_PROCESS = 0x80, /* conn.c:process is on the stack */
     HD_CONN_GOODBYE = 0x100,   /* the session asked to end; destroy it after this frame */
@@ -175,7 +192,8 @@ struct hd_conn_s {
     char peer[HD_PEER_LEN];
     unsigned flags; /* hd_conn_flag_e */
     int is_unix;
-    int reject; /* 0, or the error its hello gets */
+    int reject;     /* 0, or the error its hello gets */
+    hd_slot_t slot; /* released when the conn is freed */
     int closes_pending;
     unsigned writes_pending; /* uv_write requests whose callback has not run */
     uint64_t last_active;    /* uv_now of the last bytes received */
@@ -222,6 +240,8 @@ void hd__conn_reconfigure(hd_conn_t *c);
 int hd__conn_move(hd_conn_t *c, hd_worker_t *to, const uint8_t *frame, size_t len);
 /* Queues a framed error (id 0 unless known) and closes c once it is written. */
 void hd__conn_fail(hd_conn_t *c, uint64_t id, int code, const char *why);
+/* An admin killed c's session: it is destroyed, and c is told ENOSESSION and closed. */
+void hd__conn_session_killed(hd_conn_t *c);
 
 /* listener.c */
 /* Binds (or takes from systemd) every listener and starts accepting. Logs where it listens.
@@ -230,8 +250,8 @@ void hd__conn_fail(hd_conn_t *c, uint64_t id, int code, const char *why);
 int hd__listeners_start(hd_server_t *srv);
 /* Stops accepting, closes the sockets and removes the Unix socket file. */
 void hd__listeners_stop(hd_server_t *srv);
-/* A connection refused over max_connections has closed (any thread). */
-void hd__listener_reject_done(void);
+/* Gives back what slot holds (any thread) and clears it. */
+void hd__slot_release(hd_slot_t *slot);
 
 /* notify.c */
 /* Sends state ("READY=1", "STATUS=...") to $NOTIFY_SOCKET, if there is one. Returns 0, or

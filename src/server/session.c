@@ -139,13 +139,8 @@ void hd__session_destroy(hd_session_t *s, const char *why) {
     hd_registry_t *r = registry_of(s);
     uv_mutex_lock(&r->lock);
     registry_remove(r, s);
-    hd_conn_t *c = s->conn;
     s->conn = NULL;
     uv_mutex_unlock(&r->lock);
-    if (c) {
-        c->session = NULL;
-        c->env.heap = NULL;
-    }
     hd_log_info("session %s destroyed (%s)", s->id, why);
     hd_heap_free(s->heap);
     s->heap = NULL;
@@ -178,12 +173,6 @@ void hd__session_detach(hd_session_t *s) {
     }
 }
 
-void hd__session_kill(hd_session_t *s) {
-    hd_conn_t *c = s->conn;
-    hd__session_destroy(s, "killed by an admin");
-    if (c) hd__conn_fail(c, 0, HD_ENOSESSION, "session killed by an admin");
-}
-
 /* Attaches s to c. The caller has checked that s is detached and registered. */
 static void attach(hd_session_t *s, hd_conn_t *c) {
     hd_registry_t *r = registry_of(s);
@@ -194,7 +183,6 @@ static void attach(hd_session_t *s, hd_conn_t *c) {
     snprintf(s->peer, sizeof s->peer, "%s", c->peer);
     s->last_active_ms = s->active_at = hd__now_ms();
     uv_mutex_unlock(&r->lock);
-    c->session = s;
 }
 
 /* A new session for c, attached. Returns 0 or HD_ENOMEM, HD_ETOOMANY, HD_EINTERNAL. */
@@ -253,7 +241,6 @@ static int session_create(hd_conn_t *c, const char *client_name, hd_session_t **
     s->next = w->sessions;
     if (w->sessions) w->sessions->prev = s;
     w->sessions = s;
-    c->session = s;
     s->published_at = hd__now_ms();
     *out = s;
     return 0;
@@ -305,34 +292,33 @@ static int find_for_resume(hd_worker_t *w, const char *id, const char *token, hd
     return rc;
 }
 
-static void answer_hello(hd_conn_t *c, uint64_t id, int resumed, int admin) {
-    const hd_config_t *cfg = &c->worker->cfg;
-    hd_session_t *s = c->session;
+int hd__session_hello_answer(const hd_hello_t *h, const hd_config_t *cfg, uint64_t max_read_bytes,
+                             hd_buf_t *out) {
+    const hd_session_t *s = h->session;
     Heapd__V1__Limits limits = HEAPD__V1__LIMITS__INIT;
     limits.max_bytes = cfg->session_max_bytes;
     limits.max_objects = cfg->session_max_objects;
     limits.max_frame_bytes = cfg->max_frame_bytes;
-    limits.max_read_bytes = c->env.max_read_bytes;
+    limits.max_read_bytes = max_read_bytes;
     Heapd__V1__HelloResult hr = HEAPD__V1__HELLO_RESULT__INIT;
-    hr.session_id = s->id;
-    hr.resume_token = s->resume_token;
+    hr.session_id = (char *)s->id;
+    hr.resume_token = (char *)s->resume_token;
     hr.server_version = (char *)HEAPD_VERSION;
     hr.protocol_version = HD_PROTOCOL_VERSION;
     hr.limits = &limits;
-    hr.resumed = resumed;
-    hr.admin = admin;
+    hr.resumed = h->resumed;
+    hr.admin = h->admin;
     Heapd__V1__Status status = HEAPD__V1__STATUS__INIT;
     status.name = (char *)"OK";
     Heapd__V1__Response resp = HEAPD__V1__RESPONSE__INIT;
-    resp.id = id;
+    resp.id = h->id;
     resp.status = &status;
     resp.result_case = HEAPD__V1__RESPONSE__RESULT_HELLO;
     resp.hello = &hr;
     Heapd__V1__ServerFrame frame = HEAPD__V1__SERVER_FRAME__INIT;
     frame.kind_case = HEAPD__V1__SERVER_FRAME__KIND_RESPONSE;
     frame.response = &resp;
-    if (hd_frame_write_msg(&c->out, &frame.base) < 0)
-        hd__conn_fail(c, id, HD_ENOMEM, "out of memory answering hello");
+    return hd_frame_write_msg(out, &frame.base);
 }
 
 /* protobuf-c's allocator, noting failures so that out of memory is told from bad bytes. */
@@ -351,23 +337,32 @@ static void hello_free(void *data, void *p) {
     free(p);
 }
 
-int hd__session_hello(hd_conn_t *c, const uint8_t *payload, size_t len) {
+/* A refusal: logged here, answered and closed by conn.c. */
+static void refuse(hd_hello_t *out, const hd_conn_t *c, int code, const char *why) {
+    hd_log_warn("%s: hello refused: %s: %s", c->peer, hd_err_name(code), why);
+    out->verdict = HD_HELLO_REFUSE;
+    out->code = code;
+    out->why = why;
+}
+
+void hd__session_hello(hd_conn_t *c, const uint8_t *payload, size_t len, hd_hello_t *out) {
     hd_worker_t *w = c->worker;
+    memset(out, 0, sizeof *out);
     hello_alloc_t ha = {{hello_malloc, hello_free, NULL}, 0};
     ha.a.allocator_data = &ha;
     Heapd__V1__ClientFrame *f = heapd__v1__client_frame__unpack(&ha.a, len, payload);
     if (!f) {
-        hd_log_warn("%s: %s; closing", c->peer,
-                    ha.failed ? "out of memory reading hello" : "first frame is not a ClientFrame");
-        hd__conn_fail(c, 0, ha.failed ? HD_ENOMEM : HD_EPROTO,
-                      ha.failed ? "out of memory reading hello" : "undecodable frame");
-        return -1;
+        if (ha.failed)
+            refuse(out, c, HD_ENOMEM, "out of memory reading hello");
+        else
+            refuse(out, c, HD_EPROTO, "undecodable frame: the first frame is not a ClientFrame");
+        return;
     }
     const Heapd__V1__Request *req =
         f->kind_case == HEAPD__V1__CLIENT_FRAME__KIND_REQUEST ? f->request : NULL;
     const Heapd__V1__Hello *h =
         req && req->op_case == HEAPD__V1__REQUEST__OP_HELLO ? req->hello : NULL;
-    uint64_t id = req ? req->id : 0;
+    out->id = req ? req->id : 0;
     int admin = 0, rc = 0;
     const char *why = NULL;
     if (!h)
@@ -395,10 +390,10 @@ int hd__session_hello(hd_conn_t *c, const uint8_t *payload, size_t len) {
              * hello again, where the session can be resumed without crossing threads. */
             hd_log_debug("%s: moving to worker %d to resume session %s", c->peer, owner->index,
                          h->session_id);
-            rc = hd__conn_move(c, owner, payload, len);
+            out->verdict = HD_HELLO_MOVE;
+            out->owner = owner;
             heapd__v1__client_frame__free_unpacked(f, &ha.a);
-            if (rc < 0) hd__conn_fail(c, id, rc, "could not move the connection to its session");
-            return -1;
+            return;
         }
         if (rc == 0) {
             attach(s, c);
@@ -409,21 +404,17 @@ int hd__session_hello(hd_conn_t *c, const uint8_t *payload, size_t len) {
         why = rc == HD_ETOOMANY ? "too many sessions (max_sessions)" : "cannot create a session";
     }
     if (rc < 0) {
-        hd_log_warn("%s: hello refused: %s: %s", c->peer, hd_err_name(rc), why);
-        hd__conn_fail(c, id, rc, why);
-        heapd__v1__client_frame__free_unpacked(f, &ha.a);
-        return -1;
+        refuse(out, c, rc, why);
+    } else {
+        out->verdict = HD_HELLO_ATTACH;
+        out->session = s;
+        out->resumed = resumed;
+        out->admin = admin;
+        hd_log_info("%s: session %s %s%s (client \"%.*s\")", c->peer, s->id,
+                    resumed ? "resumed" : "created", admin ? ", admin" : "", HD_CLIENT_NAME_LEN - 1,
+                    h->client_name);
     }
-    c->flags |= HD_CONN_HELLO_DONE;
-    c->env.heap = s->heap;
-    c->env.admin = admin;
-    hd__conn_reconfigure(c);
-    hd_log_info("%s: session %s %s%s (client \"%.*s\")", c->peer, s->id,
-                resumed ? "resumed" : "created", admin ? ", admin" : "", HD_CLIENT_NAME_LEN - 1,
-                h->client_name);
-    answer_hello(c, id, resumed, admin);
     heapd__v1__client_frame__free_unpacked(f, &ha.a);
-    return 0;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -440,11 +431,11 @@ static uint64_t rss_bytes(void) {
     return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
 }
 
-int hd__sessions_server_stats(hd_conn_t *c, hd_server_stats_t *out) {
-    hd_server_t *srv = c->worker->srv;
+int hd__sessions_server_stats(hd_worker_t *w, hd_server_stats_t *out) {
+    hd_server_t *srv = w->srv;
     hd_registry_t *r = &srv->registry;
     memset(out, 0, sizeof *out);
-    publish_dirty(c->worker);
+    publish_dirty(w);
     uv_mutex_lock(&r->lock);
     out->sessions = r->nsessions;
     out->sessions_detached = r->sessions_detached;
@@ -461,9 +452,9 @@ int hd__sessions_server_stats(hd_conn_t *c, hd_server_stats_t *out) {
     return 0;
 }
 
-int hd__sessions_list(hd_conn_t *c, hd_session_info_t **out, size_t *n) {
-    hd_registry_t *r = &c->worker->srv->registry;
-    publish_dirty(c->worker);
+int hd__sessions_list(hd_worker_t *w, hd_session_info_t **out, size_t *n) {
+    hd_registry_t *r = &w->srv->registry;
+    publish_dirty(w);
     uint64_t now = hd__now_ms();
     int rc = 0;
     uv_mutex_lock(&r->lock);
@@ -491,8 +482,8 @@ int hd__sessions_list(hd_conn_t *c, hd_session_info_t **out, size_t *n) {
 
 /* Unregisters the session at once, so no one can resume or list it, and tells its owner to
  * destroy it (the owner may be this worker: the kill then lands after this response). */
-int hd__sessions_kill(hd_conn_t *c, const char *id) {
-    hd_registry_t *r = &c->worker->srv->registry;
+int hd__sessions_kill(hd_worker_t *w, const char *peer, const char *id) {
+    hd_registry_t *r = &w->srv->registry;
     hd_msg_t *m = hd__msg_new(HD_MSG_KILL);
     if (!m) return HD_ENOMEM;
     snprintf(m->session_id, sizeof m->session_id, "%s", id);
@@ -508,7 +499,7 @@ int hd__sessions_kill(hd_conn_t *c, const char *id) {
         hd__msg_free(m);
         return HD_ENOSESSION;
     }
-    hd_log_info("%s: killing session %s", c->peer, id);
+    hd_log_info("%s: killing session %s", peer, id);
     hd__worker_post(owner, m);
     return 0;
 }

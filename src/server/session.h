@@ -8,7 +8,9 @@
  * resumes it: the connection first moves to the owner's worker (conn.c:hd__conn_move).
  *
  * This file does not own connections (conn.c) or the wire format of requests (dispatch.c);
- * it owns the hello exchange because hello is what creates and finds sessions.
+ * it owns the hello exchange because hello is what creates and finds sessions. It never acts
+ * on a connection: hello returns a decision (hd_hello_t) that conn.c carries out, and a
+ * session only records which connection it is attached to.
  */
 #ifndef HD_SERVER_SESSION_H
 #define HD_SERVER_SESSION_H
@@ -51,28 +53,50 @@ struct hd_session_s {
     uint64_t created_unix;
 };
 
-/* Hello: the first frame of connection c, not yet attached. Answers it and returns 0 when c
- * is now attached to a session. Otherwise c was answered with an error and will close, or
- * was moved to another worker, and the caller must not touch it further (returns -1). */
-int hd__session_hello(hd_conn_t *c, const uint8_t *payload, size_t len);
+/* What a hello decided. conn.c carries it out: it answers (hd__session_hello_answer) and
+ * serves an attached session, moves the connection to the session's worker, or answers the
+ * refusal and closes. */
+typedef enum hd_hello_verdict_e {
+    HD_HELLO_ATTACH, /* session is attached to the connection */
+    HD_HELLO_MOVE,   /* the session to resume is owner's: the connection goes there */
+    HD_HELLO_REFUSE, /* answer code and why, then close */
+} hd_hello_verdict_t;
+
+typedef struct hd_hello_s {
+    hd_hello_verdict_t verdict;
+    uint64_t id;           /* the hello's request id (0 when it could not be read) */
+    int code;              /* REFUSE: a negative hd_err_t */
+    const char *why;       /* REFUSE: for the client (static text) */
+    hd_worker_t *owner;    /* MOVE */
+    hd_session_t *session; /* ATTACH */
+    int resumed, admin;    /* ATTACH */
+} hd_hello_t;
+
+/* Decides on the hello frame of connection c (not yet attached): checks it, authenticates,
+ * and creates or finds the session, attaching it to c on ATTACH (the session records c; of c
+ * only its worker, peer and reject are read). Logs what it decided. */
+void hd__session_hello(hd_conn_t *c, const uint8_t *payload, size_t len, hd_hello_t *out);
+/* Appends the framed answer to an ATTACH decision to out: the HelloResult with the limits of
+ * cfg and max_read_bytes. Returns 0 or a negative hd_err_t (HD_ENOMEM). */
+int hd__session_hello_answer(const hd_hello_t *h, const hd_config_t *cfg, uint64_t max_read_bytes,
+                             hd_buf_t *out);
 
 /* The connection dropped: the session lingers for session_linger, or is destroyed now when
  * that is 0 or the worker is stopping. */
 void hd__session_detach(hd_session_t *s);
 /* Destroys s now: unregisters it and frees its heap; s itself is freed once its timer has
- * closed. An attached connection is left to the caller (its session pointer is cleared). */
+ * closed. The caller has taken s from its connection, if it had one (conn.c). */
 void hd__session_destroy(hd_session_t *s, const char *why);
-/* An admin killed s: its connection, if any, is told ENOSESSION and closed. */
-void hd__session_kill(hd_session_t *s);
 /* Counts nframes requests just served and publishes the counters when they are due. */
 void hd__session_touch(hd_session_t *s, uint64_t nframes);
 /* The stats timer of worker w: publishes every dirty session of w. */
 void hd__sessions_publish_due(uv_timer_t *t);
 
-/* The admin services dispatch reaches through hd_server_ops_t (ctx: the calling conn). */
-int hd__sessions_server_stats(hd_conn_t *c, hd_server_stats_t *out);
-int hd__sessions_list(hd_conn_t *c, hd_session_info_t **out, size_t *n);
-int hd__sessions_kill(hd_conn_t *c, const char *id);
+/* The admin services dispatch reaches through hd_server_ops_t, for a session of worker w. */
+int hd__sessions_server_stats(hd_worker_t *w, hd_server_stats_t *out);
+int hd__sessions_list(hd_worker_t *w, hd_session_info_t **out, size_t *n);
+/* peer: the admin's connection, for the log. */
+int hd__sessions_kill(hd_worker_t *w, const char *peer, const char *id);
 
 /* Registry. */
 int hd__registry_init(hd_registry_t *r);

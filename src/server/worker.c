@@ -34,6 +34,7 @@ hd_msg_t *hd__msg_new(hd_msg_type_t type) {
 /* A connection message freed without being adopted gives back what it held. */
 void hd__msg_free(hd_msg_t *m) {
     if (!m) return;
+    hd__slot_release(&m->slot);
     if (m->fd >= 0) close(m->fd);
     free(m->data);
     hd_config_free(&m->cfg);
@@ -41,7 +42,11 @@ void hd__msg_free(hd_msg_t *m) {
 }
 
 void hd__worker_post(hd_worker_t *w, hd_msg_t *m) {
-    if (m->type == HD_MSG_CONN) atomic_fetch_add(&w->nconns, 1);
+    if (m->type == HD_MSG_CONN) {
+        HD_ASSERT(m->slot.worker == NULL);
+        atomic_fetch_add(&w->nconns, 1);
+        m->slot.worker = w;
+    }
     uv_mutex_lock(&w->inbox_lock);
     int closed = w->state & HD_WORKER_STOPPING;
     if (!closed) {
@@ -54,15 +59,7 @@ void hd__worker_post(hd_worker_t *w, hd_msg_t *m) {
         uv_async_send(&w->async);
     }
     uv_mutex_unlock(&w->inbox_lock);
-    if (closed) {
-        /* The worker is shutting down: a connection sent to it now just closes. */
-        if (m->type == HD_MSG_CONN) {
-            atomic_fetch_sub(&w->nconns, 1);
-            if (m->counted) atomic_fetch_sub(&w->srv->connections, 1);
-            if (m->reject) hd__listener_reject_done();
-        }
-        hd__msg_free(m);
-    }
+    if (closed) hd__msg_free(m); /* shutting down: a connection sent now just closes */
 }
 
 hd_worker_t *hd__worker_pick(hd_server_t *srv) {
@@ -97,7 +94,10 @@ static void on_msg_reload(hd_worker_t *w, hd_msg_t *m) {
 static void on_msg_kill(hd_worker_t *w, hd_msg_t *m) {
     for (hd_session_t *s = w->sessions; s; s = s->next) {
         if (strcmp(s->id, m->session_id) == 0) {
-            hd__session_kill(s);
+            if (s->conn)
+                hd__conn_session_killed(s->conn); /* the connection acts on itself */
+            else
+                hd__session_destroy(s, "killed by an admin");
             return;
         }
     }
