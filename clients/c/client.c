@@ -975,8 +975,13 @@ static int dec_heap_stats(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
 static int dec_server_stats(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
     const Heapd__V1__ServerStatsResult *r = (const void *)m;
     hdc_server_stats_t *o = k->out[0];
-#define HDC_SERVER_COPY(name, desc) o->name = r->name;
-    HDC_SERVER_STATS_MAP(HDC_SERVER_COPY)
+    /* Checked here rather than before sending, so that in a pipeline or batch the failure
+     * lands in the call's own place. */
+    if (o->size < offsetof(hdc_server_stats_t, sessions) + sizeof o->sessions) return HDC_EINVAL;
+        /* Only the fields inside the caller's size: it may have been compiled with fewer. */
+#define HDC_SERVER_COPY(name, desc)                                                                \
+    if (offsetof(hdc_server_stats_t, name) + sizeof o->name <= o->size) o->name = r->name;
+    HD_SERVER_STATS_MAP(HDC_SERVER_COPY)
 #undef HDC_SERVER_COPY
     return 0;
 }
@@ -1256,8 +1261,8 @@ void hdc_handles_free(hdc_handles_t *hv) {
     XX(gc_enable)                                                                                  \
     XX(gc_disable)                                                                                 \
     XX(gc_freeze)                                                                                  \
-    XX(gc_unfreeze) XX(gc_garbage_clear) XX(trace_start) XX(trace_stop) XX(trace_clear)            \
-        XX(trace_reset_peak)
+    XX(gc_unfreeze)                                                                                \
+    XX(gc_garbage_clear) XX(trace_start) XX(trace_stop) XX(trace_clear) XX(trace_reset_peak)
 #define HDC_NOARG_RESULT_CALLS(XX)                                                                 \
     XX(gc_isenabled, int *out, SCALAR(out))                                                        \
     XX(gc_get_count, uint64_t out[3], CALL(dec_gc_count, out))                                     \

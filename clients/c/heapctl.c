@@ -462,13 +462,13 @@ static int cmd_ping(ctx_t *x, int argc, char **argv) {
 
 static const char *const server_stat_desc[] = {
 #define DESC(name, desc) desc,
-    HDC_SERVER_STATS_MAP(DESC)
+    HD_SERVER_STATS_MAP(DESC)
 #undef DESC
 };
 
 static int cmd_server(ctx_t *x, int argc, char **argv) {
     if (argc > 1) return usage_err(x, "server takes no arguments");
-    hdc_server_stats_t s;
+    hdc_server_stats_t s = HDC_SERVER_STATS_INIT;
     int rc = hdc_server_stats(x->c, &s);
     if (rc) return rc;
     const hdc_hello_t *h = hdc_hello_info(x->c);
@@ -476,7 +476,7 @@ static int cmd_server(ctx_t *x, int argc, char **argv) {
         j_str(&x->j, "server_version", h->server_version);
         j_obj(&x->j, "server");
 #define JF(name, desc) j_u64(&x->j, #name, s.name);
-        HDC_SERVER_STATS_MAP(JF)
+        HD_SERVER_STATS_MAP(JF)
 #undef JF
         j_end_obj(&x->j);
         return 0;
@@ -486,7 +486,7 @@ static int cmd_server(ctx_t *x, int argc, char **argv) {
     size_t i = 0;
 #define TF(name, desc)                                                                             \
     out(x, "  %-20s %16s  %s\n", #name, fmt_num(nb, s.name), server_stat_desc[i++]);
-    HDC_SERVER_STATS_MAP(TF)
+    HD_SERVER_STATS_MAP(TF)
 #undef TF
     return 0;
 }
@@ -565,7 +565,7 @@ static void on_stop_signal(int sig) {
 
 /* One refresh of top: server totals and sessions, in one round trip. */
 static int top_once(ctx_t *x, int clear) {
-    hdc_server_stats_t s;
+    hdc_server_stats_t s = HDC_SERVER_STATS_INIT;
     hdc_sessions_t l = {0};
     hdc_pipeline_begin(x->c);
     hdc_server_stats(x->c, &s);
@@ -579,7 +579,7 @@ static int top_once(ctx_t *x, int clear) {
     if (x->json) {
         j_obj(&x->j, "server");
 #define JF(name, desc) j_u64(&x->j, #name, s.name);
-        HDC_SERVER_STATS_MAP(JF)
+        HD_SERVER_STATS_MAP(JF)
 #undef JF
         j_end_obj(&x->j);
         print_sessions(x, &l, mine);

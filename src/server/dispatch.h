@@ -24,6 +24,7 @@
 
 #include "codec.h"
 #include "heap.h"
+#include "heapd/server_stats.h"
 
 /* The protocol version this daemon speaks (Hello.protocol_version). */
 #define HD_PROTOCOL_VERSION 1u
@@ -50,7 +51,12 @@ _Static_assert(HD_DISPATCH_OP_RESERVE * 2 <= HD_DISPATCH_FRAME_SLACK,
 /* clang-format off */
 /* Services the server provides to dispatch: goodbye, events and admin requests. */
 typedef struct hd_session_info_s { char id[40]; char peer[64]; int attached; uint64_t bytes, objects, requests, idle_ms, created_unix; } hd_session_info_t;
-typedef struct hd_server_stats_s { uint64_t sessions, sessions_detached, connections, requests, bytes_total, objects_total, uptime_ms, rss_bytes; } hd_server_stats_t;
+/* One field per entry of HD_SERVER_STATS_MAP (generated from ServerStatsResult). */
+typedef struct hd_server_stats_s {
+#define HD_SERVER_STATS_FIELD(name, desc) uint64_t name;
+    HD_SERVER_STATS_MAP(HD_SERVER_STATS_FIELD)
+#undef HD_SERVER_STATS_FIELD
+} hd_server_stats_t;
 typedef struct hd_server_ops_s {
     void (*goodbye)(void *ctx);                           /* end the session after this response is written */
     int (*server_stats)(void *ctx, hd_server_stats_t *out);

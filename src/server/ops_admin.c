@@ -23,14 +23,9 @@ static int op_server_stats(hd_opctx_t *c, const Heapd__V1__ServerStats *a,
     memset(&st, 0, sizeof st);
     int rc = hd__op_server_err(ops->server_stats(c->env->ops_ctx, &st));
     if (rc < 0) return rc;
-    r->sessions = st.sessions;
-    r->sessions_detached = st.sessions_detached;
-    r->connections = st.connections;
-    r->requests = st.requests;
-    r->bytes_total = st.bytes_total;
-    r->objects_total = st.objects_total;
-    r->uptime_ms = st.uptime_ms;
-    r->rss_bytes = st.rss_bytes;
+#define HD_SERVER_STATS_COPY(name, desc) r->name = st.name;
+    HD_SERVER_STATS_MAP(HD_SERVER_STATS_COPY)
+#undef HD_SERVER_STATS_COPY
     return 0;
 }
 

@@ -527,7 +527,7 @@ static void test_heap_stats(void **state) {
 
 static void test_admin(void **state) {
     hdc_t *u = open_client(USER_TOKEN), *a = open_client(ADMIN_TOKEN);
-    hdc_server_stats_t s;
+    hdc_server_stats_t s = HDC_SERVER_STATS_INIT;
     hdc_sessions_t l = {0};
     assert_int_equal(hdc_server_stats(u, &s), HDC_EPERM);
     assert_int_equal(hdc_list_sessions(u, &l), HDC_EPERM);
@@ -543,6 +543,21 @@ static void test_admin(void **state) {
     assert_true(s.sessions >= 2);
     assert_true(s.connections >= 2);
     assert_true(s.objects_total >= 1);
+
+    /* Versioned by size: a caller built with fewer statistics gets only those, and one that
+     * did not set the size gets EINVAL. */
+    hdc_server_stats_t old;
+    memset(&old, 0xAB, sizeof old);
+    old.size = offsetof(hdc_server_stats_t, sessions_detached);
+    assert_int_equal(hdc_server_stats(a, &old), 0);
+    assert_true(old.sessions >= 2);
+    uint64_t untouched;
+    memset(&untouched, 0xAB, sizeof untouched);
+    assert_true(old.sessions_detached == untouched);
+    assert_true(old.rss_bytes == untouched);
+    hdc_server_stats_t unset = {0};
+    assert_int_equal(hdc_server_stats(a, &unset), HDC_EINVAL);
+    assert_true(unset.sessions == 0);
     assert_true(s.rss_bytes > 0);
     assert_int_equal(hdc_list_sessions(a, &l), 0);
     const char *uid = hdc_hello_info(u)->session_id;

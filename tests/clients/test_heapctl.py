@@ -442,6 +442,7 @@ class Install(unittest.TestCase):
         self.assertTrue(os.path.exists(os.path.join(prefix, "include/heapd/client.h")))
         self.assertTrue(os.path.exists(os.path.join(prefix, "include/heapd/errors.h")))
         self.assertTrue(os.path.exists(os.path.join(prefix, "include/heapd/stats.h")))
+        self.assertTrue(os.path.exists(os.path.join(prefix, "include/heapd/server_stats.h")))
         self.assertTrue(os.path.exists(os.path.join(prefix, "bin/heapctl")))
         pcs = [os.path.join(dp, f) for dp, _, fs in os.walk(prefix) for f in fs
                if f == "heapdclient.pc"]

@@ -52,6 +52,7 @@
 #include <stdint.h>
 
 #include <heapd/errors.h>
+#include <heapd/server_stats.h>
 #include <heapd/stats.h>
 
 #ifdef __cplusplus
@@ -388,22 +389,22 @@ int hdc_heap_stats(hdc_t *c, hdc_heap_stats_t *out);
 /* Admin: needs a session opened with an admin token, else HDC_EPERM.                          */
 /* ------------------------------------------------------------------------------------------ */
 
-/* XX(field, description): the server's statistics, one list for the struct and for printing. */
-#define HDC_SERVER_STATS_MAP(XX)                                                                   \
-    XX(sessions, "live sessions, attached or not")                                                 \
-    XX(sessions_detached, "sessions waiting to be resumed")                                        \
-    XX(connections, "open connections")                                                            \
-    XX(requests, "requests served since start")                                                    \
-    XX(bytes_total, "object bytes over all heaps")                                                 \
-    XX(objects_total, "live objects over all heaps")                                               \
-    XX(uptime_ms, "milliseconds since start")                                                      \
-    XX(rss_bytes, "the daemon's resident set")
-
+/* The server's statistics: size, then one uint64_t per entry of HD_SERVER_STATS_MAP
+ * (heapd/server_stats.h, generated from the protocol's ServerStatsResult; XX(field,
+ * description), for printing too). Versioned by size, since the struct grows with the
+ * server's statistics and this is a shared library: set size to the size you allocated
+ * (HDC_SERVER_STATS_INIT does); the library fills the fields that fit in it and leaves any
+ * others alone. Statistics are only ever appended. */
 typedef struct hdc_server_stats_s {
+    size_t size; /* sizeof the struct the caller has */
 #define HDC_SERVER_FIELD(name, desc) uint64_t name;
-    HDC_SERVER_STATS_MAP(HDC_SERVER_FIELD)
+    HD_SERVER_STATS_MAP(HDC_SERVER_FIELD)
 #undef HDC_SERVER_FIELD
 } hdc_server_stats_t;
+
+/* clang-format off */
+#define HDC_SERVER_STATS_INIT {.size = sizeof(hdc_server_stats_t)}
+/* clang-format on */
 
 typedef struct hdc_session_info_s {
     char *id;
@@ -420,6 +421,7 @@ typedef struct hdc_sessions_s {
 } hdc_sessions_t;
 void hdc_sessions_free(hdc_sessions_t *s);
 
+/* HDC_EINVAL (once the answer is in) when out->size does not cover the first statistic. */
 int hdc_server_stats(hdc_t *c, hdc_server_stats_t *out);
 int hdc_list_sessions(hdc_t *c, hdc_sessions_t *out);
 /* Ends a session (attached or not) and frees its heap; HDC_ENOSESSION if unknown. */
