@@ -130,9 +130,15 @@ int hd__server_run(hd_server_t *srv) {
             srv->sig[i].data = srv;
             uv_signal_start(&srv->sig[i], on_signal, signums[i]);
         }
-        hd__notifyf("READY=1\nMAINPID=%ld\nSTATUS=Serving on %zu listener%s with %zu worker%s",
-                    (long)getpid(), srv->nlisteners, srv->nlisteners == 1 ? "" : "s", nworkers,
-                    nworkers == 1 ? "" : "s");
+        /* Where it listens, for `systemctl status` and for tests (tests/server/harness.py
+         * reads the addresses from here, as the log may say nothing at its level). */
+        char where[768];
+        size_t n = 0;
+        for (size_t i = 0; i < srv->nlisteners && n < sizeof where; i++)
+            n += (size_t)snprintf(where + n, sizeof where - n, "%s%s", i ? ", " : "",
+                                  srv->listeners[i].name);
+        hd__notifyf("READY=1\nMAINPID=%ld\nSTATUS=Serving on %s with %zu worker%s", (long)getpid(),
+                    where, nworkers, nworkers == 1 ? "" : "s");
         hd_log_info("ready");
     }
     uv_run(&loop, UV_RUN_DEFAULT); /* until the listeners and signals are closed */

@@ -4,10 +4,6 @@
 #                    resuming after a dropped connection, timeouts and malformed replies.
 #   clients.heapctl  test_heapctl.py (unittest): each command's --json output and exit code,
 #                    the shell, --keep/--session, and `cmake --install` + pkg-config.
-if(NOT TARGET heapdclient OR NOT TARGET heapd)
-    return()
-endif()
-
 add_executable(test_cclient ${CMAKE_CURRENT_LIST_DIR}/test_cclient.c)
 target_link_libraries(test_cclient PRIVATE heapdclient PkgConfig::CMOCKA)
 # heap.h only to check that the client's codes are the engine's.
@@ -15,19 +11,16 @@ target_include_directories(test_cclient PRIVATE ${CMAKE_SOURCE_DIR}/src/heap)
 add_test(NAME clients.cclient COMMAND test_cclient $<TARGET_FILE:heapd>)
 set_tests_properties(clients.cclient PROPERTIES TIMEOUT 180)
 
-if(PYTHON3)
-    add_test(NAME clients.heapctl
-             COMMAND ${PYTHON3} ${CMAKE_CURRENT_LIST_DIR}/test_heapctl.py
-                     $<TARGET_FILE:heapctl> $<TARGET_FILE:heapd> ${CMAKE_BINARY_DIR})
-    # The install test compiles a program against the installed library: in a sanitizer
-    # build it needs the same runtime, or the library cannot load.
-    set(HD_SAN_FLAGS "")
-    if(HEAPD_ASAN)
-        string(APPEND HD_SAN_FLAGS " -fsanitize=address")
-    endif()
-    if(HEAPD_UBSAN)
-        string(APPEND HD_SAN_FLAGS " -fsanitize=undefined")
-    endif()
-    set_tests_properties(clients.heapctl PROPERTIES TIMEOUT 300
-                         ENVIRONMENT "HEAPD_TEST_CFLAGS=${HD_SAN_FLAGS}")
+# The install test compiles a program against the installed library: in a sanitizer build it
+# needs the same runtime, or the library cannot load.
+set(HD_SAN_FLAGS "")
+if(HEAPD_ASAN)
+    string(APPEND HD_SAN_FLAGS " -fsanitize=address")
 endif()
+if(HEAPD_UBSAN)
+    string(APPEND HD_SAN_FLAGS " -fsanitize=undefined")
+endif()
+heapd_daemon_test(clients.heapctl ${CMAKE_CURRENT_LIST_DIR}/test_heapctl.py
+                  ARGS $<TARGET_FILE:heapctl> ${CMAKE_BINARY_DIR}
+                  TIMEOUT 300
+                  ENV "HEAPD_TEST_CFLAGS=${HD_SAN_FLAGS}")

@@ -3,7 +3,8 @@
  *
  * The group setup writes a config file into a temporary directory (Unix socket only, a client
  * token, an admin token, a small frame limit so that batches can outgrow a response), starts
- * the heapd given as argv[1] on it and waits for the socket; the teardown stops it. Every test
+ * the heapd given as argv[1] on it and waits for its READY=1 on a notify socket, as systemd
+ * does; the teardown stops it and waits for it to exit. Nothing sleeps for a fixed time. Every test
  * opens its own connection(s), so its own session and heap. Two fake servers (forked children
  * on their own sockets) cover the replies a real heapd never sends: none (timeout) and garbage.
  *
@@ -17,6 +18,7 @@
 #include "heapd/client.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -25,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -44,9 +47,55 @@ static pid_t heapd_pid = -1;
 /* The daemon.                                                                                 */
 /* ------------------------------------------------------------------------------------------ */
 
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
+static uint64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* A Unix datagram socket bound at path, for heapd's $NOTIFY_SOCKET; -1 on failure. */
+static int notify_socket(const char *path) {
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path) return -1;
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+}
+
+/* Waits for READY=1 on nfd: 0, or -1 when heapd exits first or 10 s pass. The poll wakes on
+ * each message, and every 100 ms to see whether heapd died. */
+static int wait_ready(int nfd, pid_t pid) {
+    for (uint64_t until = now_ms() + 10000; now_ms() < until;) {
+        struct pollfd p = {.fd = nfd, .events = POLLIN};
+        if (poll(&p, 1, 100) > 0) {
+            char msg[1024];
+            ssize_t n = recv(nfd, msg, sizeof msg - 1, 0);
+            if (n > 0) {
+                msg[n] = '\0';
+                if (strncmp(msg, "READY=1", 7) == 0 || strstr(msg, "\nREADY=1")) return 0;
+            }
+        } else if (waitpid(pid, NULL, WNOHANG) == pid) {
+            heapd_pid = -1;
+            return -1;
+        }
+    }
+    return -1;
+}
+
+/* Waits up to 10 s for pid to exit (a pidfd becomes readable when it does); 1 if it did. */
+static int wait_exit(pid_t pid, int *status) {
+    int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pfd >= 0) {
+        struct pollfd p = {.fd = pfd, .events = POLLIN};
+        int r = poll(&p, 1, 10000);
+        close(pfd);
+        if (r <= 0) return 0;
+    }
+    return waitpid(pid, status, 0) == pid; /* without pidfds: until it exits */
 }
 
 static int start_heapd(void **state) {
@@ -72,37 +121,30 @@ static int start_heapd(void **state) {
             "log_level: warn\n",
             sock);
     fclose(f);
+    char npath[128];
+    snprintf(npath, sizeof npath, "%s/notify.sock", tmpdir);
+    int nfd = notify_socket(npath);
+    if (nfd < 0) return -1;
     heapd_pid = fork();
     if (heapd_pid < 0) return -1;
     if (heapd_pid == 0) {
         FILE *lf = freopen(log, "w", stderr);
         (void)lf;
+        setenv("NOTIFY_SOCKET", npath, 1);
         execl(heapd_path, heapd_path, "--config", cfg, (char *)NULL);
         _exit(127);
     }
-    /* Wait until it answers a hello. */
-    for (int i = 0; i < 200; i++) {
-        hdc_t *c = hdc_new();
-        hdc_options_t o;
-        hdc_options_init(&o);
-        o.token = USER_TOKEN;
-        int rc = hdc_connect(c, sock_url, &o);
-        if (rc == 0) hdc_goodbye(c);
-        hdc_free(c);
-        if (rc == 0) return 0;
-        sleep_ms(25);
-    }
-    fprintf(stderr, "heapd did not start; see %s\n", log);
-    return -1;
+    int rc = wait_ready(nfd, heapd_pid);
+    close(nfd);
+    if (rc < 0) fprintf(stderr, "heapd did not start; see %s\n", log);
+    return rc;
 }
 
 static int stop_heapd(void **state) {
     if (heapd_pid > 0) {
         kill(heapd_pid, SIGTERM);
         int st;
-        for (int i = 0; i < 200 && waitpid(heapd_pid, &st, WNOHANG) == 0; i++)
-            sleep_ms(25);
-        if (waitpid(heapd_pid, &st, WNOHANG) == 0) {
+        if (!wait_exit(heapd_pid, &st)) {
             kill(heapd_pid, SIGKILL);
             waitpid(heapd_pid, &st, 0);
         }
@@ -534,11 +576,11 @@ static void test_admin(void **state) {
     assert_int_equal(hdc_kill_session(u, "x"), HDC_EPERM);
 
     uint64_t h = new_obj(u, 64, 0, NULL, NULL, 0);
-    /* The server publishes each session's counters every few milliseconds: wait for it. */
-    for (int i = 0; i < 100; i++) {
+    /* The server publishes each session's counters every few milliseconds: ask until it has
+     * (each ask is a round trip, which paces the loop). */
+    for (uint64_t until = now_ms() + 5000; now_ms() < until;) {
         assert_int_equal(hdc_server_stats(a, &s), 0);
         if (s.objects_total >= 1) break;
-        sleep_ms(10);
     }
     assert_true(s.sessions >= 2);
     assert_true(s.connections >= 2);
@@ -826,10 +868,10 @@ static void test_resume(void **state) {
 
     /* Once it is detached, a new client resumes it with the id and token. */
     hdc_close(c);
-    for (int i = 0; i < 100; i++) { /* the server notices the close asynchronously */
+    /* The server notices the close asynchronously: until then hello answers EBUSY. Each try
+     * is a connection and a round trip, which paces the loop. */
+    for (uint64_t until = now_ms() + 5000; now_ms() < until;)
         if (hdc_connect(d, sock_url, &o) != HDC_EBUSY) break;
-        sleep_ms(20);
-    }
     assert_true(hdc_is_connected(d));
     assert_true(hdc_hello_info(d)->resumed);
     assert_int_equal(hdc_getrefcount(d, h, &v), 0);
@@ -855,7 +897,7 @@ static void test_resume(void **state) {
 /* ------------------------------------------------------------------------------------------ */
 
 /* Listens on tmpdir/name; the child accepts one connection, reads, writes reply (n bytes,
- * none if n is 0) and holds the connection open for a while. */
+ * none if n is 0) and holds the connection open until it is killed. */
 static pid_t fake_server(const char *name, const void *reply, size_t n, char *url, size_t cap) {
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     snprintf(sa.sun_path, sizeof sa.sun_path, "%s/%s", tmpdir, name);
@@ -874,7 +916,7 @@ static pid_t fake_server(const char *name, const void *reply, size_t n, char *ur
             ssize_t w = write(cfd, reply, n);
             (void)w;
         }
-        sleep(3);
+        pause(); /* holds the connection until the test kills it */
         _exit(0);
     }
     close(fd);

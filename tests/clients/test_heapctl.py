@@ -1,10 +1,11 @@
 #!/usr/bin/python3
 """test_heapctl.py: heapctl against a real heapd.
 
-    test_heapctl.py HEAPCTL HEAPD [BUILD_DIR]
+    test_heapctl.py HEAPCTL [BUILD_DIR]
 
-Starts HEAPD on a temporary Unix socket with a config file written here (a client token and
-an admin token), then runs HEAPCTL as a user would: every command with --json, checking the
+Starts heapd (HEAPD_BIN) through tests/server/harness.py, the shared daemon fixture, on a
+temporary Unix socket with a client token and an admin token, then runs HEAPCTL as a user
+would: every command with --json, checking the
 documents and the exit codes (0 ok, 1 server error, 2 usage, 3 cannot connect, 5 denied), the
 shell fed from a pipe, --keep followed by --session/--resume, and a few text renderings. With
 BUILD_DIR it also checks `cmake --install` and the pkg-config file by compiling and running a
@@ -12,54 +13,24 @@ small program against the installed library.
 """
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 import unittest
 
-HEAPCTL = HEAPD = BUILD_DIR = None
-TMP = SOCK = None
+import harness as h
+
+HEAPCTL = BUILD_DIR = None
 DAEMON = None
+TMP = SOCK = None
 USER = "user-token"
 ADMIN = "admin-token"
 
 
 def start_daemon():
     global TMP, SOCK, DAEMON
-    TMP = tempfile.mkdtemp(prefix="heapctl-test-")
-    SOCK = os.path.join(TMP, "heapd.sock")
-    cfg = os.path.join(TMP, "heapd.yaml")
-    with open(cfg, "w") as f:
-        f.write(
-            "listen: []\n"
-            f'unix_socket: "{SOCK}"\n'
-            f'tokens: ["{USER}"]\n'
-            f'admin_tokens: ["{ADMIN}"]\n'
-            "session_linger: 60s\n"
-            "log_level: warn\n"
-        )
-    log = open(os.path.join(TMP, "heapd.log"), "w")
-    DAEMON = subprocess.Popen([HEAPD, "--config", cfg], stdout=log, stderr=log)
-    for _ in range(200):
-        r = run("ping", token=USER, check=None)
-        if r.returncode == 0:
-            return
-        time.sleep(0.025)
-    raise RuntimeError("heapd did not start; see " + log.name)
-
-
-def stop_daemon():
-    if DAEMON:
-        DAEMON.send_signal(signal.SIGTERM)
-        try:
-            DAEMON.wait(10)
-        except subprocess.TimeoutExpired:
-            DAEMON.kill()
-            DAEMON.wait()
-    shutil.rmtree(TMP, ignore_errors=True)
+    DAEMON = h.Daemon({"tokens": [USER], "admin_tokens": [ADMIN], "session_linger": "60s",
+                       "log_level": "warn"}, tcp=False).start()
+    TMP, SOCK = DAEMON.dir, DAEMON.sock_path
 
 
 def run(*args, token=USER, json_out=False, stdin=None, check=0, url=None, extra=()):
@@ -390,13 +361,17 @@ class Sessions(unittest.TestCase):
 
         small, _ = self.keep("alloc a size=16\n")
         big, _ = self.keep("alloc a size=4000\nalloc b size=4000\n")
-        # Counters are published every few milliseconds.
-        for _ in range(100):
+        # Counters are published every few milliseconds: ask until they are (each ask is a
+        # heapctl run, which paces it).
+        def published():
             d = js("sessions", token=ADMIN)
             rows = {s["id"]: s for s in d["sessions"]}
-            if rows.get(big, {}).get("objects") == 2 and rows.get(small, {}).get("objects"):
-                break
-            time.sleep(0.02)
+            ok = rows.get(big, {}).get("objects") == 2 and rows.get(small, {}).get("objects")
+            return (d, rows) if ok else None
+
+        got = h.wait_until(published)
+        self.assertIsNotNone(got, "the counters were never published")
+        d, rows = got
         sizes = [s["bytes"] for s in d["sessions"]]
         self.assertEqual(sizes, sorted(sizes, reverse=True))
         ids = [s["id"] for s in d["sessions"]]
@@ -483,19 +458,20 @@ class Install(unittest.TestCase):
 
 
 def main():
-    global HEAPCTL, HEAPD, BUILD_DIR
-    if len(sys.argv) < 3:
+    global HEAPCTL, BUILD_DIR
+    if len(sys.argv) < 2:
         print(__doc__, file=sys.stderr)
         return 2
-    HEAPCTL, HEAPD = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
-    if len(sys.argv) > 3:
-        BUILD_DIR = os.path.abspath(sys.argv[3])
+    HEAPCTL = os.path.abspath(sys.argv[1])
+    if len(sys.argv) > 2:
+        BUILD_DIR = os.path.abspath(sys.argv[2])
     start_daemon()
     try:
         prog = unittest.main(argv=[sys.argv[0], "-v"], exit=False)
-        return 0 if prog.result.wasSuccessful() else 1
+        ok = prog.result.wasSuccessful()
     finally:
-        stop_daemon()
+        DAEMON.stop()  # fails if heapd did not exit 0 or a sanitizer spoke
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -1,19 +1,27 @@
-"""harness.py: starts the real heapd and talks to it over the protocol, for the server tests.
+"""harness.py: the one fixture for tests that start the real heapd, and a protocol client.
 
-Each test module imports this. The environment tells it where things are (the ctest
-registration in tests/server/CMakeLists.txt sets these):
-  HEAPD_BIN       the heapd binary (build/bin/heapd)
-  HEAPD_PB2_DIR   the directory holding heapd_pb2.py, generated at build time by protoc
+Every Python test that runs a daemon uses Daemon from here: the server tests (tests/server),
+heapctl's (tests/clients/test_heapctl.py) and the Python client's. The environment tells it
+where things are (ctest's registration, heapd_daemon_test in tests/CMakeLists.txt, sets them):
+  HEAPD_BIN         the heapd binary (build/bin/heapd)
+  HEAPD_PB2_DIR     the directory holding heapd_pb2.py, generated at build time by protoc
+                    (needed only by Client, the protocol client)
+  HEAPD_SOURCE_DIR  the source tree
 
 Daemon(config) writes a temporary YAML config (a Unix socket in a temporary directory, TCP
-on 127.0.0.1 port 0 unless told otherwise), starts heapd, waits for its "ready" log line and
-reads the addresses it listens on from its log. Client speaks the framing (4-byte big-endian
-length + one protobuf message) and collects events that arrive between responses.
+on 127.0.0.1 port 0 unless told otherwise), starts heapd and waits until it is ready: it
+gives heapd a notify socket of its own, as systemd does, and waits for READY=1, whose STATUS
+names the addresses heapd listens on. Nothing here sleeps for a fixed time: a test that
+brings its own NOTIFY_SOCKET gets the "ready" log line waited for instead. On stop() it
+checks that heapd exited 0 and that no sanitizer reported anything. Client speaks the framing
+(4-byte big-endian length + one protobuf message) and collects events that arrive between
+responses.
 """
 
 import atexit
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -26,7 +34,10 @@ import time
 import unittest
 
 sys.path.insert(0, os.environ.get("HEAPD_PB2_DIR", "."))
-import heapd_pb2 as pb  # noqa: E402  (generated into the build tree)
+try:
+    import heapd_pb2 as pb  # noqa: E402  (generated into the build tree)
+except ImportError:  # tests that only run heapd (heapctl's) need not have it
+    pb = None
 
 HEAPD_BIN = os.environ.get("HEAPD_BIN", "build/bin/heapd")
 START_TIMEOUT = 10.0
@@ -76,6 +87,8 @@ class Daemon:
         self.write_config(cfg)
         self.env = dict(os.environ)
         self.env.update(env or {})
+        self.user_env = env
+        self.ready_status = None
         self.pass_fds = pass_fds
         self.args = args
         self.proc = None
@@ -92,28 +105,78 @@ class Daemon:
                 f.write("%s: %s\n" % (k, yaml_value(v)))
 
     def start(self, wait_ready=True):
+        """Starts heapd; with wait_ready, returns once it is serving (fails the test if it
+        exits or is not ready within START_TIMEOUT)."""
         args = self.args or [HEAPD_BIN, "--config", self.config_path]
+        env = dict(self.env)
+        notify = None
+        if "NOTIFY_SOCKET" not in (self.user_env or {}):
+            notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            path = os.path.join(self.dir, "notify.sock")
+            notify.bind(path)
+            env["NOTIFY_SOCKET"] = path
         self.proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, env=self.env, pass_fds=self.pass_fds)
+            stderr=subprocess.PIPE, env=env, pass_fds=self.pass_fds)
         RUNNING.append(self.proc)
         self.reader = threading.Thread(target=self._read_log, daemon=True)
         self.reader.start()
-        if wait_ready:
-            try:
+        try:
+            if wait_ready and notify:
+                self._wait_notify_ready(notify)
+            elif wait_ready:
                 self.wait_log(r'\bready("\})?$', START_TIMEOUT)  # text or json
-            except BaseException:
-                self.proc.kill()  # never leave a half-started daemon behind
-                self.proc.wait()
-                raise
-            for line in self.log():
-                m = re.search(r"listening on tcp (\S+):(\d+)", line)
-                if m and not self.tcp_addr:
-                    self.tcp_addr = (m.group(1).strip("[]"), int(m.group(2)))
-                m = re.search(r'listening on unix ([^\s"]+)', line)
-                if m and not self.unix_addr:
-                    self.unix_addr = m.group(1)
+                self._addresses_from_log()
+        except BaseException:
+            self.proc.kill()  # never leave a half-started daemon behind
+            self.proc.wait()
+            raise
+        finally:
+            if notify:
+                notify.close()
         return self
+
+    def _wait_notify_ready(self, notify):
+        """Reads heapd's notify messages until READY=1; takes the addresses from its STATUS
+        ("Serving on tcp 127.0.0.1:4242, unix /tmp/x/heapd.sock with 2 workers")."""
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            left = deadline - time.monotonic()
+            # Wakes on a message, or every 0.1 s to see whether heapd died before it was ready.
+            readable, _, _ = select.select([notify], [], [], max(0.0, min(left, 0.1)))
+            if readable:
+                msg = dict(l.split("=", 1) for l in notify.recv(4096).decode().split("\n")
+                           if "=" in l)
+                if msg.get("READY") == "1":
+                    self.ready_status = msg.get("STATUS", "")
+                    m = re.match(r"Serving on (.*) with \d+ workers?$", self.ready_status)
+                    for name in (m.group(1).split(", ") if m else []):
+                        kind, _, where = name.partition(" ")
+                        if kind == "tcp" and not self.tcp_addr:
+                            host, _, port = where.rpartition(":")
+                            self.tcp_addr = (host.strip("[]"), int(port))
+                        elif kind == "unix" and not self.unix_addr:
+                            self.unix_addr = where
+                    return
+            elif self.proc.poll() is not None:
+                raise AssertionError("heapd exited %d before it was ready; log:\n%s"
+                                     % (self.proc.returncode, self._log_tail()))
+            elif left <= 0:
+                raise AssertionError("heapd not ready in %s s; log:\n%s"
+                                     % (START_TIMEOUT, self._log_tail()))
+
+    def _addresses_from_log(self):
+        for line in self.log():
+            m = re.search(r"listening on tcp (\S+):(\d+)", line)
+            if m and not self.tcp_addr:
+                self.tcp_addr = (m.group(1).strip("[]"), int(m.group(2)))
+            m = re.search(r'listening on unix ([^\s"]+)', line)
+            if m and not self.unix_addr:
+                self.unix_addr = m.group(1)
+
+    def _log_tail(self, n=40):
+        self.reader.join(1)
+        return "\n".join(self.log()[-n:])
 
     def _read_log(self):
         for raw in self.proc.stderr:
@@ -221,6 +284,8 @@ class Client:
     """A blocking protocol client. Events received while waiting are kept in .events."""
 
     def __init__(self, addr, timeout=IO_TIMEOUT):
+        if pb is None:
+            raise RuntimeError("heapd_pb2 not found: set HEAPD_PB2_DIR (ctest does)")
         if isinstance(addr, str):
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         else:
@@ -333,13 +398,16 @@ def status_name(resp):
     return resp.status.name
 
 
-def wait_until(pred, timeout=5.0, interval=0.02):
+def wait_until(pred, timeout=5.0):
+    """pred's first true value, asked again until timeout. pred asks heapd something (a
+    request, a connection): that round trip paces the retries, so nothing sleeps. For what
+    the server changes on its own time (counters it publishes, a slot it gives back after a
+    close) and says nowhere else."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         v = pred()
         if v:
             return v
-        time.sleep(interval)
     return pred()
 
 
