@@ -9,6 +9,7 @@
  */
 #include "testutil.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -1039,6 +1040,14 @@ static void test_errors(void **state) {
     assert_int_equal(got[0], 1);
     assert_int_equal(got[1], 2);
     assert_int_equal(got[2], 10); /* unchanged, as gc.set_threshold(1, 2) */
+    /* Every C int, as CPython's: 2**31 - 1 and -2**31 are the ends (past them the Python
+     * client raises OverflowError, as gc.set_threshold does). */
+    int ends[3] = {INT_MAX, INT_MIN, -5};
+    assert_int_equal(hd_gc_set_threshold(h, ends, 3), 0);
+    hd_gc_get_threshold(h, got);
+    assert_true(got[0] == INT_MAX && got[1] == INT_MIN && got[2] == -5);
+    int defaults[3] = {700, 10, 10};
+    assert_int_equal(hd_gc_set_threshold(h, defaults, 3), 0);
     hd_handles_t hv = {0};
     assert_int_equal(hd_gc_get_referents(h, NULL, 1, 0, &hv), HD_EINVAL);
     assert_int_equal(hd_gc_get_referents(h, NULL, 0, 0, NULL), HD_EINVAL);
@@ -1048,6 +1057,19 @@ static void test_errors(void **state) {
     /* Any debug flags are stored, as gc.set_debug. */
     hd_gc_set_debug(h, HD_GC_DEBUG_ALL);
     assert_int_equal(hd_gc_get_debug(h), HD_GC_DEBUG_ALL);
+    /* Any int, as CPython's gc.set_debug(-1): every bit set, DEBUG_SAVEALL's among them. */
+    hd_gc_set_debug(h, -1);
+    assert_int_equal(hd_gc_get_debug(h), -1);
+    hd_handle_t a = tu_obj(h, 1, 0);
+    link(h, a, 0, a);
+    drop(h, a);
+    assert_int_equal(collect(h, 2), 1);
+    assert_true(tu_alive(h, a)); /* saved on the garbage list, not freed */
+    hd_gc_set_debug(h, 0);
+    hd_gc_garbage_clear(h);
+    assert_int_equal(collect(h, 2), 1);
+    assert_false(tu_alive(h, a));
+    hd_handles_free(&hv);
 }
 
 /* Every gc call that allocates fails cleanly at every allocation: HD_ENOMEM, nothing
