@@ -200,16 +200,27 @@ static void test_garbage_cleared_last_to_first(void **state) {
 /* Refcount cascades: depth first (subtype_dealloc's clear_slots).                            */
 /* ------------------------------------------------------------------------------------------ */
 
-/* p.s0 = a; a.s0 = c; p.s1 = b; del p -> p a c b: a's subtree dies before slot 1 is looked at. */
-static void test_cascade_depth_first(void **state) {
-    hd_heap_t *h = heap(state);
+/* p -> [a -> [c], b], all with finalizers; only p keeps its client reference. weak_a1,
+ * weak_c, weak_a2, when not NULL, name weak references made in that order. */
+static hd_handle_t tree_pacb(hd_heap_t *h, const char *weak_a1, const char *weak_c,
+                             const char *weak_a2) {
     hd_handle_t p = obj(h, 2, "p"), a = obj(h, 1, "a"), c = obj(h, 0, "c"), b = obj(h, 0, "b");
     link(h, a, 0, c);
     link(h, p, 0, a);
     link(h, p, 1, b);
+    if (weak_a1) weak(h, a, weak_a1);
+    if (weak_c) weak(h, c, weak_c);
+    if (weak_a2) weak(h, a, weak_a2);
     drop(h, a);
     drop(h, b);
     drop(h, c);
+    return p;
+}
+
+/* p.s0 = a; a.s0 = c; p.s1 = b; del p -> p a c b: a's subtree dies before slot 1 is looked at. */
+static void test_cascade_depth_first(void **state) {
+    hd_heap_t *h = heap(state);
+    hd_handle_t p = tree_pacb(h, NULL, NULL, NULL);
     assert_string_equal(events(h), "");
     drop(h, p);
     assert_string_equal(events(h), "p a c b");
@@ -232,17 +243,7 @@ static void test_cascade_shared_child(void **state) {
  * finalizer and before their slots: p.s0 = a (weak wa1, wa2); a.s0 = c (weak wc); p.s1 = b. */
 static void test_cascade_with_weakrefs(void **state) {
     hd_heap_t *h = heap(state);
-    hd_handle_t p = obj(h, 2, "p"), a = obj(h, 1, "a"), c = obj(h, 0, "c"), b = obj(h, 0, "b");
-    link(h, a, 0, c);
-    link(h, p, 0, a);
-    link(h, p, 1, b);
-    weak(h, a, "wa1");
-    weak(h, c, "wc");
-    weak(h, a, "wa2");
-    drop(h, a);
-    drop(h, b);
-    drop(h, c);
-    drop(h, p);
+    drop(h, tree_pacb(h, "wa1", "wc", "wa2"));
     assert_string_equal(events(h), "p a ~wa2 ~wa1 c ~wc b");
     weak_free_all(h);
 }
