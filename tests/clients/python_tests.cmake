@@ -1,13 +1,23 @@
 # The Python client's tests, included by tests/clients/CMakeLists.txt.
 #
-#   python.errors    no daemon: the exception table against src/heap/heap.h's HD_ERR_MAP, the
-#                    URL parser, the gc constants.
-#   python.client    the whole public API against a heapd the test starts on a temporary Unix
-#                    socket (and a free TCP port) with a temporary config.
-#   python.examples  every script in clients/python/examples against such a heapd.
+#   python.errors            no daemon: the exception table against src/heap/heap.h's
+#                            HD_ERR_MAP, the URL parser, the gc constants, importing without
+#                            protobuf, choosing the codec.
+#   python.codec             no daemon: the C and the pure-Python codecs against each other
+#                            and against protobuf (every op, every result, mutated frames).
+#   python.strict.<impl>     no daemon: fake servers that break the protocol.
+#   python.client.<impl>     the whole public API against a heapd the test starts on a
+#                            temporary Unix socket (and a free TCP port).
+#   python.examples          every script in clients/python/examples against such a heapd.
 #
-# Each runs /usr/bin/python3 (Debian's, with python3-protobuf) with PYTHONPATH set to the
-# build's clients/python, where the heapd_python target puts the package.
+# <impl> is the codec the client runs on, HEAPD_PYTHON_IMPLEMENTATION: "c" (the extension
+# heapd/_speedups, when it is built) and "python" (the pure-Python fallback); both pass the
+# same tests. Each runs /usr/bin/python3 (Debian's, with python3-protobuf) with PYTHONPATH set
+# to the build's clients/python, where the heapd_python target puts the package.
+#
+# In a sanitizer build the C codec is instrumented too; the tests then run Python with the
+# sanitizer runtime preloaded (tests/clients/pyasan.py), so the codec is checked by ASan and
+# UBSan under the whole suite.
 if(NOT TARGET heapd_python)
     return()
 endif()
@@ -15,22 +25,56 @@ endif()
 set(HEAPD_PY_TEST_PYTHON /usr/bin/python3)
 set(HEAPD_PY_TEST_DIR ${CMAKE_CURRENT_LIST_DIR})
 set(HEAPD_PY_TEST_ENV "PYTHONPATH=${CMAKE_BINARY_DIR}/clients/python" "PYTHONDONTWRITEBYTECODE=1")
+set(HEAPD_PY_PRELOAD "")
+foreach(san ASAN:asan UBSAN:ubsan)
+    string(REPLACE ":" ";" san ${san})
+    list(GET san 0 option)
+    list(GET san 1 lib)
+    if(HEAPD_${option})
+        execute_process(COMMAND ${CMAKE_C_COMPILER} -print-file-name=lib${lib}.so
+                        OUTPUT_VARIABLE path OUTPUT_STRIP_TRAILING_WHITESPACE)
+        list(APPEND HEAPD_PY_PRELOAD ${path})
+    endif()
+endforeach()
+if(HEAPD_PY_PRELOAD)
+    string(REPLACE ";" " " HEAPD_PY_PRELOAD "${HEAPD_PY_PRELOAD}")
+    list(APPEND HEAPD_PY_TEST_ENV "HEAPD_PY_SANITIZER_PRELOAD=${HEAPD_PY_PRELOAD}")
+endif()
 if(TARGET heapd)
     set(HEAPD_PY_TEST_DAEMON $<TARGET_FILE:heapd>)
 else()
     set(HEAPD_PY_TEST_DAEMON ${CMAKE_BINARY_DIR}/bin/heapd)
 endif()
 
+set(HEAPD_PY_IMPLS python)
+set(HEAPD_PY_CODEC_ARGS "")
+if(TARGET heapd_speedups)
+    set(HEAPD_PY_IMPLS c python)
+    set(HEAPD_PY_CODEC_ARGS --require-c)
+endif()
+
 add_test(NAME python.errors
          COMMAND ${HEAPD_PY_TEST_PYTHON} ${HEAPD_PY_TEST_DIR}/test_python_errors.py
                  --heap-h ${CMAKE_SOURCE_DIR}/src/heap/heap.h)
-add_test(NAME python.client
-         COMMAND ${HEAPD_PY_TEST_PYTHON} ${HEAPD_PY_TEST_DIR}/test_python_client.py
-                 --heapd ${HEAPD_PY_TEST_DAEMON})
+add_test(NAME python.codec
+         COMMAND ${HEAPD_PY_TEST_PYTHON} ${HEAPD_PY_TEST_DIR}/test_python_codec.py
+                 ${HEAPD_PY_CODEC_ARGS})
+set_tests_properties(python.errors python.codec PROPERTIES
+                     TIMEOUT 120 ENVIRONMENT "${HEAPD_PY_TEST_ENV}")
+
+foreach(impl ${HEAPD_PY_IMPLS})
+    add_test(NAME python.strict.${impl}
+             COMMAND ${HEAPD_PY_TEST_PYTHON} ${HEAPD_PY_TEST_DIR}/test_python_strict.py)
+    add_test(NAME python.client.${impl}
+             COMMAND ${HEAPD_PY_TEST_PYTHON} ${HEAPD_PY_TEST_DIR}/test_python_client.py
+                     --heapd ${HEAPD_PY_TEST_DAEMON})
+    set_tests_properties(python.strict.${impl} python.client.${impl} PROPERTIES
+                         TIMEOUT 300
+                         ENVIRONMENT "${HEAPD_PY_TEST_ENV};HEAPD_PYTHON_IMPLEMENTATION=${impl}")
+endforeach()
+
 add_test(NAME python.examples
          COMMAND ${HEAPD_PY_TEST_PYTHON} ${HEAPD_PY_TEST_DIR}/test_python_examples.py
                  --heapd ${HEAPD_PY_TEST_DAEMON}
                  --examples ${CMAKE_SOURCE_DIR}/clients/python/examples)
-set_tests_properties(python.errors PROPERTIES TIMEOUT 60 ENVIRONMENT "${HEAPD_PY_TEST_ENV}")
-set_tests_properties(python.client python.examples PROPERTIES
-                     TIMEOUT 300 ENVIRONMENT "${HEAPD_PY_TEST_ENV}")
+set_tests_properties(python.examples PROPERTIES TIMEOUT 300 ENVIRONMENT "${HEAPD_PY_TEST_ENV}")

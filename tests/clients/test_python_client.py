@@ -28,7 +28,10 @@ import threading
 import time
 import unittest
 
-import heapd
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pyasan  # noqa: E402  (the sanitizer build's preload; see pyasan.py)
+
+import heapd  # noqa: E402
 
 USER_TOKEN = "user-token"
 ADMIN_TOKEN = "admin-token"
@@ -86,7 +89,7 @@ class Daemon:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([self.binary, "--config", self.config_path],
                                      stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, env=pyasan.daemon_env())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -218,6 +221,33 @@ class SessionTest(HeapdTestCase):
                 else:
                     os.environ[k] = v
 
+    def test_url_forms(self):
+        # The forms of heapctl --connect: tcp://h:p, h:p, unix:/path, /path.
+        for url in (DAEMON.tcp_url, f"127.0.0.1:{DAEMON.tcp_port}", f"unix:{DAEMON.socket}",
+                    f"unix://{DAEMON.socket}", DAEMON.socket):
+            with heapd.connect(url, token=USER_TOKEN) as s:
+                self.assertEqual(s.url, url)
+                self.assertGreater(s.ping(), 0)
+        old = os.environ.get("HEAPD_URL")
+        os.environ["HEAPD_URL"] = DAEMON.socket
+        try:
+            with heapd.connect(token=USER_TOKEN) as s:
+                self.assertEqual(s.url, DAEMON.socket)
+                self.assertGreater(s.ping(), 0)
+        finally:
+            if old is None:
+                os.environ.pop("HEAPD_URL")
+            else:
+                os.environ["HEAPD_URL"] = old
+        with self.assertRaises(ValueError):
+            heapd.connect("http://127.0.0.1:1")
+
+    def test_implementation(self):
+        self.assertIn(heapd.implementation, ("c", "python"))
+        want = os.environ.get("HEAPD_PYTHON_IMPLEMENTATION")
+        if want:
+            self.assertEqual(heapd.implementation, want)
+
     def test_bad_token(self):
         with self.assertRaises(heapd.AuthenticationFailed):
             heapd.connect(DAEMON.url, token="wrong")
@@ -282,7 +312,7 @@ class SessionTest(HeapdTestCase):
         a = s.alloc(slots=1, data=b"abc", tag="A")
         b = a.share()
         # Drop the connection under the session, as a network failure would.
-        s._transport._sock.shutdown(socket.SHUT_RDWR)
+        s._sock.shutdown(socket.SHUT_RDWR)
         with self.assertRaises(heapd.ConnectionClosed):
             s.getrefcount(a)
         self.assertFalse(s.connected)
@@ -474,13 +504,56 @@ class RefTest(HeapdTestCase):
         self.assertEqual(self.objects(), 0)
 
     def test_flush_sends_queued_releases(self):
+        a = self.s.alloc(tag="gone")
+        del a
+        # Queued: nothing is sent yet (no callback waits for deaths), so the server still
+        # holds the object until the next request; flush() is such a request.
+        self.assertEqual(self.s._deferred and len(self.s._deferred), 1)
+        self.s.flush()
+        self.assertEqual(len(self.s._deferred), 0)
+        self.assertEqual(self.objects(), 0)
+
+    def test_del_with_finalizer_callback_runs_it_at_once(self):
+        # With a callback waiting for deaths, `del` releases at once when the session is
+        # idle, so the callback runs at the del, as __del__ does in CPython.
         seen = []
         self.s.on_finalize = seen.append
         a = self.s.alloc(finalizer=True, tag="gone")
         del a
-        self.assertEqual(seen, [])  # queued: nothing sent yet
-        self.s.flush()
         self.assertEqual([ev.tag for ev in seen], ["gone"])
+        # While a call is in progress (here: as a Ref's __del__ would run in the middle of
+        # the client's own code), the release waits for the next request.
+        h = self.s.alloc(finalizer=True, tag="later").forget()
+        self.s._busy += 1
+        try:
+            self.s._release_later(h)
+        finally:
+            self.s._busy -= 1
+        self.assertEqual([ev.tag for ev in seen], ["gone"])
+        self.s.flush()
+        self.assertEqual([ev.tag for ev in seen], ["gone", "later"])
+        # So does a del in another thread while this one holds the session.
+        h = self.s.alloc(finalizer=True, tag="thread").forget()
+        with self.s._lock:
+            t = threading.Thread(target=self.s._release_later, args=(h,))
+            t.start()
+            t.join()
+            self.assertEqual(len(seen), 2)
+        self.s.flush()
+        self.assertEqual([ev.tag for ev in seen], ["gone", "later", "thread"])
+        # A callback may call the session, so a del inside one releases at once.
+        c = [self.s.alloc(finalizer=True, tag="in callback")]
+        order = []
+
+        def drop(phase, info):
+            if phase == "start" and c:
+                c.clear()
+                order.append(len(seen))
+        self.s.gc.callbacks.append(drop)
+        self.s.gc.collect()
+        self.s.gc.callbacks.clear()
+        self.assertEqual(order, [4])
+        self.assertEqual(seen[-1].tag, "in callback")
 
     def test_many_dels_in_one_batch(self):
         refs = [self.s.alloc(size=8) for _ in range(300)]
@@ -686,6 +759,251 @@ class ErrorTest(HeapdTestCase):
 
 
 # -----------------------------------------------------------------------------------------
+# Pipelines and batches.
+# -----------------------------------------------------------------------------------------
+
+
+class CountingSocket:
+    """Wraps a session's socket to count its writes."""
+
+    def __init__(self, sock):
+        self._sock = sock
+        self.writes = 0
+
+    def sendall(self, data):
+        self.writes += 1
+        return self._sock.sendall(data)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+class PipelineTest(HeapdTestCase):
+    def count_writes(self):
+        counter = CountingSocket(self.s._sock)
+        self.s._sock = counter
+        self.addCleanup(lambda: setattr(self.s, "_sock", counter._sock)
+                        if self.s._sock is counter else None)
+        return counter
+
+    def test_results_in_order_in_one_write(self):
+        s = self.s
+        holder = s.alloc(slots=2)
+        writes = self.count_writes()
+        with s.pipeline() as p:
+            self.assertIs(p.alloc(size=8, tag="a"), p)  # calls chain, as in redis-py
+            p.ping().getrefcount(holder).get_slot(holder, 0)
+            p.set_slot(holder, 1, holder)
+            p.info(holder).gc.collect()
+            p.write(holder, 0, b"").getsizeof(holder)
+            self.assertEqual(len(p), 9)
+        self.assertEqual(writes.writes, 1)
+        r = p.results
+        self.assertEqual(len(r), 9)
+        self.assertIsInstance(r[0], heapd.Ref)
+        self.assertEqual(r[0].info().tag, "a")
+        self.assertIsInstance(r[1], int)
+        self.assertEqual(r[2], 1)
+        self.assertIsNone(r[3])
+        self.assertIsNone(r[4])
+        self.assertIsInstance(r[5], heapd.ObjectInfo)
+        self.assertEqual(r[5].refcount, 2)  # in order: after the set_slot
+        self.assertEqual(r[6], 0)
+        self.assertEqual(r[8], s.getsizeof(holder))
+        holder[1] = None
+
+    def test_many_calls_in_the_window(self):
+        s = self.s
+        writes = self.count_writes()
+        with s.pipeline() as p:
+            for _ in range(10000):
+                p.alloc(size=8)
+        self.assertGreater(writes.writes, 1)  # written in windows, not all at once
+        self.assertEqual(len(p.results), 10000)
+        self.assertEqual(len({r.handle for r in p.results}), 10000)
+        self.assertEqual(self.objects(), 10000)
+        with s.pipeline() as q:
+            for r in p.results:
+                q.release(r)
+        self.assertEqual(self.objects(), 0)
+
+    def test_execute_inside_the_block(self):
+        s = self.s
+        with s.pipeline() as p:
+            p.ping()
+            first = p.execute()
+            self.assertEqual(len(first), 1)
+            p.alloc()
+        self.assertEqual(len(p.results), 1)
+        self.assertIsInstance(p.results[0], heapd.Ref)
+        with s.pipeline() as p:
+            pass
+        self.assertIsNone(p.results)
+        self.assertEqual(p.execute(), [])
+
+    def test_failures_raise_after_every_result(self):
+        s = self.s
+        a = s.alloc()
+        stale = s.adopt(a.forget())
+        s.adopt(stale.handle).release()  # frees the object: stale's handle is dead
+        with self.assertRaises(heapd.NoSuchObject) as cm:
+            with s.pipeline() as p:
+                p.alloc(tag="before")
+                p.getrefcount(stale)
+                p.alloc(tag="after")
+        notes = getattr(cm.exception, "__notes__", [])
+        self.assertIn("(call 2 of 3: getrefcount)", notes)
+        # Every call ran, and its result is kept: the Refs are not lost.
+        self.assertEqual([r.info().tag for r in (p.results[0], p.results[2])],
+                         ["before", "after"])
+        self.assertIs(p.results[1], cm.exception)
+        stale.forget()
+
+    def test_failures_as_objects(self):
+        s = self.s
+        with s.pipeline(raise_on_error=False) as p:
+            p.alloc(slots=70000)  # EINVAL
+            p.alloc(size=64 << 20)  # over the session's bytes
+            p.ping()
+        self.assertIsInstance(p.results[0], heapd.InvalidArgument)
+        self.assertIsInstance(p.results[1], MemoryError)
+        self.assertIsInstance(p.results[2], int)
+        # raise_on_error given to execute() wins over the pipeline's.
+        p = s.pipeline()
+        p.alloc(slots=70000)
+        results = p.execute(raise_on_error=False)
+        self.assertIsInstance(results[0], heapd.InvalidArgument)
+
+    def test_exception_in_block_sends_nothing(self):
+        s = self.s
+        a = s.alloc(tag="kept")
+        b = s.alloc(tag="released")
+        writes = self.count_writes()
+        with self.assertRaises(ZeroDivisionError):
+            with s.pipeline() as p:
+                p.alloc()
+                p.release(b)
+                1 / 0
+        self.assertEqual(writes.writes, 0)
+        self.assertTrue(b.released)
+        # The release queued in the abandoned pipeline is kept for the next request.
+        self.assertEqual(self.objects(), 1)
+        self.assertEqual(a.info().tag, "kept")
+
+    def test_release_in_a_pipeline(self):
+        s = self.s
+        refs = [s.alloc() for _ in range(5)]
+        with s.pipeline() as p:
+            for r in refs:
+                p.release(r)
+                self.assertTrue(r.released)
+            with self.assertRaises(heapd.ReferenceReleased):
+                p.release(refs[0])
+        self.assertEqual(p.results, [None] * 5)
+        self.assertEqual(self.objects(), 0)
+
+    def test_multi_round_trip_calls_are_refused(self):
+        s = self.s
+        big = s.alloc(size=200 << 10)
+        with s.pipeline() as p:
+            with self.assertRaises(TypeError):
+                p.gc.get_objects()
+            with self.assertRaises(TypeError):
+                p.alloc_many(3)
+            with self.assertRaises(TypeError):
+                p.read(big)  # to the end: needs the size first
+            with self.assertRaises(TypeError):
+                p.gc.garbage
+            p.read(big, 0, 16)
+        self.assertEqual(p.results, [bytes(16)])
+
+    def test_events_in_a_pipeline(self):
+        s = self.s
+        seen = []
+        s.on_finalize = seen.append
+        refs = [s.alloc(finalizer=True, tag=f"t{i}") for i in range(3)]
+        with s.pipeline() as p:
+            for r in refs:
+                p.release(r)
+        # The pipeline waited for the events its calls raised.
+        self.assertEqual([ev.tag for ev in seen], ["t0", "t1", "t2"])
+
+    def test_interrupted_exchange_gives_back_its_references(self):
+        s = self.s
+        real = s._receive
+        calls = {"n": 0}
+
+        def interrupt():
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise KeyboardInterrupt
+            return real()
+        s._receive = interrupt
+        try:
+            with self.assertRaises(KeyboardInterrupt):
+                with s.pipeline() as p:
+                    for _ in range(20):
+                        p.alloc()
+        finally:
+            s._receive = real
+        # The answers come later; the handles they hold are released, not leaked.
+        self.assertEqual(self.objects(), 0)
+        self.assertTrue(s.connected)
+
+
+class ManyTest(HeapdTestCase):
+    def test_alloc_many_and_release_many(self):
+        s = self.s
+        refs = s.alloc_many(1000, size=8, slots=1, tag="Many")
+        self.assertEqual(len(refs), 1000)
+        self.assertEqual(len({r.handle for r in refs}), 1000)
+        self.assertTrue(all(isinstance(r, heapd.Ref) for r in refs))
+        self.assertEqual(refs[7].info().tag, "Many")
+        self.assertEqual(refs[7].info().site, f"{__file__}:{sys._getframe().f_lineno - 5}")
+        self.assertEqual(self.objects(), 1000)
+        self.assertIsNone(s.release_many(refs))
+        self.assertTrue(all(r.released for r in refs))
+        self.assertEqual(self.objects(), 0)
+        self.assertEqual(s.alloc_many(0), [])
+        s.release_many([])
+
+    def test_alloc_many_is_all_or_nothing(self):
+        s = self.s
+        keep = s.alloc()
+        with self.assertRaises(heapd.LimitReached):
+            s.alloc_many(3, size=12 << 20)  # the third is over the session's 32 MiB
+        self.assertEqual(self.objects(), 1)
+        with self.assertRaises(heapd.InvalidArgument):
+            s.alloc_many(-1)
+        keep.release()
+
+    def test_release_many_checks_first(self):
+        s = self.s
+        refs = s.alloc_many(3)
+        refs[1].release()
+        with self.assertRaises(heapd.ReferenceReleased):
+            s.release_many(refs)
+        self.assertFalse(refs[0].released)
+        self.assertEqual(self.objects(), 2)
+        with self.assertRaises(ValueError):
+            s.release_many([refs[0], refs[0]])
+        with self.assertRaises(TypeError):
+            s.release_many([object()])
+        other = self.connect()
+        with self.assertRaises(ValueError):
+            s.release_many([other.alloc()])
+        s.release_many([refs[0], refs[2]])
+        self.assertEqual(self.objects(), 0)
+
+    def test_alloc_many_with_finalizer_callbacks(self):
+        s = self.s
+        seen = []
+        refs = s.alloc_many(4, finalizer=seen.append, tag="F")
+        s.release_many(refs)
+        self.assertEqual([ev.tag for ev in seen], ["F"] * 4)
+
+
+# -----------------------------------------------------------------------------------------
 # Scopes.
 # -----------------------------------------------------------------------------------------
 
@@ -881,27 +1199,35 @@ class GcTest(HeapdTestCase):
         s = self.s
         refs = [s.alloc(slots=1) for _ in range(130)]
         s.alloc(size=4)  # atomic: not tracked, freed at once anyway
-        objs = s.gc.get_objects(page_size=16)
+        objs = s.gc.iter_objects(page_size=16)
         self.assertTrue(hasattr(objs, "__next__"))
         found = list(objs)
         self.assertEqual(set(found), set(refs))
         self.assertEqual(len(found), 130)
-        self.assertEqual(len(list(s.gc.get_objects(generation=0))), 130)
-        self.assertEqual(list(s.gc.get_objects(generation=2)), [])
+        # get_objects() is the stdlib's: a list.
+        listed = s.gc.get_objects()
+        self.assertIsInstance(listed, list)
+        self.assertEqual(set(listed), set(refs))
+        del listed
+        self.assertEqual(len(s.gc.get_objects(generation=0)), 130)
+        self.assertEqual(s.gc.get_objects(generation=2), [])
         del found
         s.gc.freeze()
-        self.assertEqual(list(s.gc.get_objects()), [])
+        self.assertEqual(s.gc.get_objects(), [])
         s.gc.unfreeze()
-        self.assertEqual(len(list(s.gc.get_objects(generation=2))), 130)
+        self.assertEqual(len(s.gc.get_objects(generation=2)), 130)
+        self.assertEqual(len(list(s.gc.iter_objects(generation=2))), 130)
+        with self.assertRaises(heapd.InvalidArgument):
+            s.gc.get_objects(generation=3)
 
     def test_get_objects_abandoned(self):
         refs = [self.s.alloc(slots=1) for _ in range(40)]
-        it = self.s.gc.get_objects(page_size=8)
+        it = self.s.gc.iter_objects(page_size=8)
         first = next(it)
         it.close()  # releases the page's other Refs and the server's cursor
         del it, first
         self.assertEqual(self.s.getrefcount(refs[0]), 1)
-        it = self.s.gc.get_objects(page_size=8)
+        it = self.s.gc.iter_objects(page_size=8)
         next(it)
         del it  # abandoned without close
         self.assertEqual(self.s.getrefcount(refs[1]), 1)
@@ -917,13 +1243,23 @@ class GcTest(HeapdTestCase):
         del a, b
         self.assertEqual(gc.collect(), 2)
         garbage = gc.garbage
+        self.assertIsInstance(garbage, heapd.GarbageList)
         self.assertEqual(len(garbage), 2)
         self.assertEqual({r.info().tag for r in garbage}, {"Node"})
-        del garbage
+        self.assertEqual(garbage[0].info().tag, "Node")
+        self.assertEqual(garbage[-1], garbage[1])
+        self.assertEqual(len(garbage[:]), 2)
+        with self.assertRaises(IndexError):
+            garbage[2]
+        with self.assertRaises(TypeError):
+            del garbage[0]
+        with self.assertRaises(TypeError):
+            garbage[0] = None
         self.assertEqual(self.objects(), 2)
         gc.set_debug(0)
-        gc.clear_garbage()
+        gc.garbage.clear()
         self.assertEqual(gc.garbage, [])
+        self.assertFalse(garbage)  # a live view: the same object sees the clear
         # As in CPython, the cycle itself is left for the next collection.
         self.assertEqual(self.objects(), 2)
         self.assertEqual(gc.collect(), 2)
@@ -951,11 +1287,12 @@ class GcTest(HeapdTestCase):
         # The callbacks ran during collect(), before it returned.
         self.assertEqual([c[0] for c in calls], ["start", "stop"])
         start, stop = calls[0][1], calls[1][1]
-        self.assertEqual(start["generation"], 1)
+        # Exactly the stdlib's keys; "stop" adds the documented extra "duration".
+        self.assertEqual(start, {"generation": 1, "collected": 0, "uncollectable": 0})
         self.assertEqual(stop, {"generation": 1, "collected": 2, "uncollectable": 0,
-                                "pause": stop["pause"]})
-        self.assertGreaterEqual(stop["pause"], 0.0)
-        self.assertIsInstance(stop["pause"], float)
+                                "duration": stop["duration"]})
+        self.assertGreaterEqual(stop["duration"], 0.0)
+        self.assertIsInstance(stop["duration"], float)
         gc.callbacks.clear()
         gc.collect()
         self.assertEqual(len(calls), 2)

@@ -13,11 +13,15 @@ Run: PYTHONPATH=<build>/clients/python /usr/bin/python3 test_python_errors.py [-
 import os
 import re
 import socket
+import subprocess
 import sys
 import unittest
 
-import heapd
-from heapd import errors
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pyasan  # noqa: E402,F401
+
+import heapd  # noqa: E402
+from heapd import errors  # noqa: E402
 
 HEAP_H = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "src", "heap",
                       "heap.h")
@@ -90,25 +94,78 @@ class ErrorTableTest(unittest.TestCase):
 
 
 class UrlTest(unittest.TestCase):
+    # The forms of heapctl --connect (clients/c/client.c open_url).
     def test_tcp(self):
         self.assertEqual(heapd.parse_url("tcp://127.0.0.1:7420"),
                          (socket.AF_UNSPEC, ("127.0.0.1", 7420)))
         self.assertEqual(heapd.parse_url("tcp://[::1]:9"), (socket.AF_UNSPEC, ("::1", 9)))
+        self.assertEqual(heapd.parse_url("tcp://localhost:0"),
+                         (socket.AF_UNSPEC, ("localhost", 0)))
         self.assertEqual(heapd.DEFAULT_URL, "tcp://127.0.0.1:7420")
 
+    def test_host_port(self):
+        self.assertEqual(heapd.parse_url("127.0.0.1:7420"),
+                         (socket.AF_UNSPEC, ("127.0.0.1", 7420)))
+        self.assertEqual(heapd.parse_url("db.example:65535"),
+                         (socket.AF_UNSPEC, ("db.example", 65535)))
+        self.assertEqual(heapd.parse_url("[fe80::1]:80"), (socket.AF_UNSPEC, ("fe80::1", 80)))
+
     def test_unix(self):
-        for url in ("unix:/run/heapd.sock", "unix:///run/heapd.sock"):
+        for url in ("unix:/run/heapd.sock", "unix:///run/heapd.sock", "/run/heapd.sock"):
             self.assertEqual(heapd.parse_url(url), (socket.AF_UNIX, "/run/heapd.sock"))
         self.assertEqual(heapd.parse_url("unix:rel.sock"), (socket.AF_UNIX, "rel.sock"))
 
     def test_bad(self):
-        for url in ("http://x:1", "tcp://host", "tcp://:5", "unix:", "127.0.0.1:7420", ""):
+        for url in ("http://x:1", "tcp://host", "tcp://:5", "unix:", "", "host", ":7420",
+                    "host:", "host:port", "host:65536", "host:-1", "[::1]", "[::1:80",
+                    "tcp://[::1]9", "rel/path:80", "host:７"):
             with self.assertRaises(ValueError, msg=url):
                 heapd.parse_url(url)
+        with self.assertRaises(TypeError):
+            heapd.parse_url(None)
 
     def test_connect_refused_is_connection_closed(self):
         with self.assertRaises(heapd.ConnectionClosed):
             heapd.connect("unix:/nonexistent/heapd-test.sock", connect_timeout=1)
+
+
+class ImportTest(unittest.TestCase):
+    def test_without_protobuf_names_the_debian_package(self):
+        # A Python without the protobuf module: importing heapd says what to install.
+        code = """
+import sys
+class NoGoogle:
+    def find_spec(self, name, path=None, target=None):
+        if name == "google" or name.startswith("google."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NoGoogle())
+try:
+    import heapd
+except ImportError as exc:
+    print("ImportError:", exc)
+else:
+    print("imported")
+"""
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=60, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+        self.assertIn("ImportError:", out.stdout, out.stderr)
+        self.assertIn("python3-protobuf", out.stdout)
+        self.assertIn("apt-get install python3-protobuf", out.stdout)
+
+    def test_implementation_can_be_chosen(self):
+        for choice in ("python", "c"):
+            out = subprocess.run(
+                [sys.executable, "-c", "import heapd; print(heapd.implementation)"],
+                capture_output=True, text=True, timeout=60,
+                env=dict(os.environ, HEAPD_PYTHON_IMPLEMENTATION=choice))
+            if choice == "c" and out.returncode and "_speedups" in out.stderr:
+                continue  # built without the C codec: choosing it fails, as it should
+            self.assertEqual(out.stdout.strip(), choice, out.stderr)
+        out = subprocess.run([sys.executable, "-c", "import heapd"], capture_output=True,
+                             text=True, timeout=60,
+                             env=dict(os.environ, HEAPD_PYTHON_IMPLEMENTATION="fortran"))
+        self.assertNotEqual(out.returncode, 0)
+        self.assertIn("HEAPD_PYTHON_IMPLEMENTATION", out.stderr)
 
 
 class GcConstantsTest(unittest.TestCase):

@@ -33,7 +33,7 @@ def main(url=None):
             if phase == "stop":
                 collections.append(info["generation"])
                 print(f"   collection of generation {info['generation']}: "
-                      f"collected {info['collected']}, took {info['pause'] * 1e6:.0f} us")
+                      f"collected {info['collected']}, took {info['duration'] * 1e6:.0f} us")
 
         gc.callbacks.append(on_collect)
 

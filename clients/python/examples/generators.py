@@ -33,7 +33,8 @@ and iterator::
 Here the numbers are int objects in a heapd session.  The generator hands out one at
 a time and each is released when the loop moves on, so the heap's peak (measured with
 ``s.tracemalloc``) stays at a number or two, where building the whole list first
-holds them all.  ``s.gc.get_objects()`` is itself a generator that pages through the heap.
+holds them all.  ``s.gc.iter_objects()`` is itself a generator that pages through the heap
+(``s.gc.get_objects()`` returns a list, as the stdlib's does).
 
 Usage: generators.py [URL]
 """
@@ -111,10 +112,10 @@ def main(url=None):
             for char in Reverse(word):
                 print(char)
 
-        print("-- s.gc.get_objects() streams the heap page by page")
+        print("-- s.gc.iter_objects() streams the heap page by page")
         with s.scope():
             objs = [s.alloc(slots=1, tag="Obj") for _ in range(250)]
-            seen = sum(1 for _ in s.gc.get_objects(page_size=64))
+            seen = sum(1 for _ in s.gc.iter_objects(page_size=64))
             print(f"the collector tracks {seen} objects (read 64 at a time); "
                   f"we made {len(objs)}")
 

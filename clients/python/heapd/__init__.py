@@ -73,10 +73,12 @@ Sessions and connections
 """
 
 from . import errors
+from ._codec import implementation
+from ._core import PROTOCOL_VERSION, Finalized, Limits, Scope
 from ._gc import (DEBUG_COLLECTABLE, DEBUG_LEAK, DEBUG_SAVEALL, DEBUG_STATS,
-                  DEBUG_UNCOLLECTABLE, GC)
-from ._ref import ObjectInfo, Ref
-from ._session import PROTOCOL_VERSION, Finalized, Limits, Scope, Session, connect
+                  DEBUG_UNCOLLECTABLE, GC, GarbageList)
+from ._ref import AsyncRef, ObjectInfo, Ref
+from ._session import Pipeline, Session, connect
 from ._trace import Snapshot, Statistic, StatisticDiff, Tracemalloc
 from ._transport import DEFAULT_URL, parse_url
 from ._version import __version__  # generated from project(VERSION) by CMake
@@ -84,8 +86,18 @@ from ._weak import WeakRef
 from .errors import *  # noqa: F401,F403 (one exception class per server status code)
 
 __all__ = [
-    "connect", "Session", "Ref", "Scope", "WeakRef", "GC", "Tracemalloc", "Snapshot",
-    "Statistic", "StatisticDiff", "ObjectInfo", "Finalized", "Limits", "DEFAULT_URL",
-    "PROTOCOL_VERSION", "parse_url", "DEBUG_STATS", "DEBUG_COLLECTABLE",
-    "DEBUG_UNCOLLECTABLE", "DEBUG_SAVEALL", "DEBUG_LEAK", "errors", "__version__",
+    "connect", "Session", "Pipeline", "Ref", "AsyncRef", "Scope", "WeakRef", "GC",
+    "GarbageList", "Tracemalloc", "Snapshot", "Statistic", "StatisticDiff", "ObjectInfo",
+    "Finalized", "Limits", "DEFAULT_URL", "PROTOCOL_VERSION", "parse_url", "DEBUG_STATS",
+    "DEBUG_COLLECTABLE", "DEBUG_UNCOLLECTABLE", "DEBUG_SAVEALL", "DEBUG_LEAK", "errors",
+    "implementation", "__version__",
 ] + errors.__all__
+
+
+def __getattr__(name):
+    # heapd.asyncio is imported on first use, so that a blocking program does not pay for
+    # the asyncio module.
+    if name == "asyncio":
+        import importlib
+        return importlib.import_module(".asyncio", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

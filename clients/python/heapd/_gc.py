@@ -1,17 +1,24 @@
 """The session's cycle collector, shaped like Python's ``gc`` module.
 
 ``s.gc`` runs CPython 3.11's collector over the session's heap on the server; each
-method is the ``gc`` function of the same name.  Objects are passed and returned as
-:class:`heapd.Ref`; every ``Ref`` a method returns owns a new reference (release it, or
-take it inside a ``with s.scope():`` block).
+method is the ``gc`` function of the same name, with the same arguments and the same
+shape of result (``get_objects()`` a list, ``get_count()`` a tuple, ``garbage`` a list
+you can ``clear()``).  Objects are passed and returned as :class:`heapd.Ref`; every
+``Ref`` a method returns owns a new reference (release it, or take it inside a ``with
+s.scope():`` block).  In an asyncio session every method is a coroutine; in a pipeline
+(``p.gc``) the single-request ones are queued.
+
+Extras, beyond the stdlib: :meth:`GC.iter_objects` pages through a heap of any size in
+bounded memory; ``gc.callbacks`` info dicts carry ``"duration"`` (see :class:`GC`).
 """
 
-__all__ = ["GC", "DEBUG_STATS", "DEBUG_COLLECTABLE", "DEBUG_UNCOLLECTABLE", "DEBUG_SAVEALL",
-           "DEBUG_LEAK"]
+__all__ = ["GC", "GarbageList", "DEBUG_STATS", "DEBUG_COLLECTABLE", "DEBUG_UNCOLLECTABLE",
+           "DEBUG_SAVEALL", "DEBUG_LEAK"]
 
 import operator
+import reprlib
 
-from ._proto import heapd_pb2 as pb
+from ._ops import OPS
 
 # The debugging flags of gc.set_debug(), with the engine's values (heap.h HD_GC_DEBUG_*),
 # which are CPython's.
@@ -20,6 +27,28 @@ DEBUG_COLLECTABLE = 2
 DEBUG_UNCOLLECTABLE = 4
 DEBUG_SAVEALL = 32
 DEBUG_LEAK = DEBUG_COLLECTABLE | DEBUG_UNCOLLECTABLE | DEBUG_SAVEALL
+
+_COLLECT = OPS["gc_collect"]
+_GET_OBJECTS = OPS["gc_get_objects"]
+_GARBAGE = OPS["gc_garbage"]
+_CLOSE_CURSOR = OPS["gc_close_cursor"]
+
+
+def _none(session, value):
+    return None
+
+
+def _tuple(session, value):
+    return tuple(value)
+
+
+def _adopt_all(session, handles):
+    return session._adopt_all(handles)
+
+
+def _stats(session, result):
+    return [{"collections": g.collections, "collected": g.collected,
+             "uncollectable": g.uncollectable} for g in result]
 
 
 def _c_int(value, too_large):
@@ -34,9 +63,9 @@ def _c_int(value, too_large):
     return value
 
 
-def _handles(refs):
-    from ._session import _handle  # deferred: _session imports this module
-    return [_handle(r) for r in refs]
+def _signed32(session, value):
+    value &= 0xFFFFFFFF
+    return value - 2**32 if value >= 2**31 else value
 
 
 class GC:
@@ -45,10 +74,12 @@ class GC:
     Attributes:
         callbacks: a list of callables, as ``gc.callbacks``: each is called as
             ``callback(phase, info)`` around every collection of the heap, automatic or
-            not, with ``phase`` ``"start"`` or ``"stop"`` and ``info`` a dict with
-            ``generation``, ``collected``, ``uncollectable`` and ``pause`` (seconds the
-            collection took; 0 at start).  They run during a call on the session
-            (see :mod:`heapd`), in the thread that made it.
+            not, with ``phase`` ``"start"`` or ``"stop"`` and ``info`` a dict with exactly
+            the stdlib's keys, ``"generation"``, ``"collected"`` and ``"uncollectable"``,
+            plus, at ``"stop"``, the documented extra ``"duration"``: the collection's
+            time in seconds (the key CPython 3.15 adds).  They run during a call on the
+            session (see :mod:`heapd`), in the thread that made it; in an asyncio
+            session, on its event loop.
     """
 
     DEBUG_STATS = DEBUG_STATS
@@ -57,36 +88,37 @@ class GC:
     DEBUG_SAVEALL = DEBUG_SAVEALL
     DEBUG_LEAK = DEBUG_LEAK
 
-    def __init__(self, session):
-        self._session = session
-        self.callbacks = []
+    def __init__(self, owner, callbacks=None):
+        self._owner = owner  # the session, or a pipeline
+        self.callbacks = [] if callbacks is None else callbacks
 
-    def _call(self, op, msg=None):
-        return self._session._call(op, msg)
+    def _do(self, name, args=None, finish=None):
+        op = OPS[name]
+        return self._owner._do(op, op.args() if args is None else args, finish)
 
     def collect(self, generation=2):
         """Collects generations 0..generation; returns the unreachable objects found."""
-        return self._call("gc_collect", pb.GcCollect(generation=generation)).value
+        return self._owner._do(_COLLECT, _COLLECT.args(generation=generation), None)
 
     def enable(self):
         """Turns automatic collection on."""
-        self._call("gc_enable")
+        return self._do("gc_enable", finish=_none)
 
     def disable(self):
         """Turns automatic collection off (``collect()`` still works)."""
-        self._call("gc_disable")
+        return self._do("gc_disable", finish=_none)
 
     def isenabled(self):
         """True if automatic collection is on."""
-        return self._call("gc_isenabled").value
+        return self._do("gc_isenabled")
 
     def get_count(self):
         """The current collection counts, a tuple ``(count0, count1, count2)``."""
-        return tuple(self._call("gc_get_count").count)
+        return self._do("gc_get_count", finish=_tuple)
 
     def get_threshold(self):
         """The collection thresholds, a tuple; ``(700, 10, 10)`` by default."""
-        return tuple(self._call("gc_get_threshold").threshold)
+        return self._do("gc_get_threshold", finish=_tuple)
 
     def set_threshold(self, threshold0, threshold1=None, threshold2=None):
         """Sets the collection thresholds, as ``gc.set_threshold(t0[, t1[, t2]])``."""
@@ -95,62 +127,83 @@ class GC:
             if t is None:
                 break
             values.append(_c_int(t, "signed integer is greater than maximum"))
-        self._call("gc_set_threshold", pb.GcSetThreshold(threshold=values))
+        op = OPS["gc_set_threshold"]
+        return self._owner._do(op, op.args(threshold=values), _none)
 
     def get_stats(self):
         """Per-generation statistics: a list of three dicts with ``collections``,
         ``collected`` and ``uncollectable``."""
-        return [{"collections": g.collections, "collected": g.collected,
-                 "uncollectable": g.uncollectable}
-                for g in self._call("gc_get_stats").generations]
+        return self._do("gc_get_stats", finish=_stats)
 
     def freeze(self):
         """Moves every tracked object into the permanent generation."""
-        self._call("gc_freeze")
+        return self._do("gc_freeze", finish=_none)
 
     def unfreeze(self):
         """Moves the permanent generation back into the oldest generation."""
-        self._call("gc_unfreeze")
+        return self._do("gc_unfreeze", finish=_none)
 
     def get_freeze_count(self):
         """The number of objects in the permanent generation."""
-        return self._call("gc_get_freeze_count").value
+        return self._do("gc_get_freeze_count")
 
     def is_tracked(self, ref):
         """True if the collector tracks the object (it has slots)."""
-        return self._call("gc_is_tracked", pb.GcIsTracked(handle=_handles([ref])[0])).value
+        op = OPS["gc_is_tracked"]
+        return self._owner._do(op, op.args(handle=self._owner._handle(ref)), None)
 
     def get_referrers(self, *refs):
         """The tracked objects with a slot pointing at any of ``refs``, as new Refs."""
-        result = self._call("gc_get_referrers", pb.GcGetReferrers(handles=_handles(refs)))
-        return [self._session._adopt(h) for h in result.handles]
+        op = OPS["gc_get_referrers"]
+        handles = [self._owner._handle(r) for r in refs]
+        return self._owner._do(op, op.args(handles=handles), _adopt_all)
 
     def get_referents(self, *refs):
         """The objects the slots of ``refs`` point at, as new Refs: every non-empty slot
         in order, duplicates kept, as ``gc.get_referents``."""
-        result = self._call("gc_get_referents", pb.GcGetReferents(handles=_handles(refs)))
-        return [self._session._adopt(h) for h in result.handles]
+        op = OPS["gc_get_referents"]
+        handles = [self._owner._handle(r) for r in refs]
+        return self._owner._do(op, op.args(handles=handles), _adopt_all)
 
-    def get_objects(self, generation=None, page_size=0):
+    def get_objects(self, generation=None):
+        """Every object the collector tracks (in ``generation``, or all), as a list of
+        new Refs, as ``gc.get_objects()``.  See :meth:`iter_objects` for a heap too large
+        to hold as one list."""
+        return self._owner._drive(self._objects_steps(generation, 0))
+
+    def _objects_steps(self, generation, page_size):
+        owner = self._owner
+        refs = []
+        cursor = 0
+        try:
+            while True:
+                args = _GET_OBJECTS.args(generation=generation, cursor=cursor, max=page_size)
+                (page,) = yield [(_GET_OBJECTS, args, None)]
+                handles, cursor = page
+                refs.extend(owner._adopt_all(handles))
+                if not cursor:
+                    return refs
+        finally:
+            if cursor:
+                owner._defer("gc_close_cursor", cursor=cursor)
+
+    def iter_objects(self, generation=None, page_size=0):
         """Yields every object the collector tracks (in ``generation``, or all), as Refs.
 
         A generator: it fetches ``page_size`` objects at a time (0 = as many as fit in
         a response), so a heap of any size streams through in bounded memory.  Closing
-        the generator early releases the server's cursor.
+        the generator early releases the server's cursor.  (This is what
+        ``get_objects()`` was before it returned a list, as the stdlib's does.)
         """
-        session = self._session
-        msg = pb.GcGetObjects(max=page_size)
-        if generation is not None:
-            msg.generation = generation
+        session = self._owner
         cursor = 0
         try:
             while True:
-                msg.cursor = cursor
-                result = self._call("gc_get_objects", msg)
-                cursor = result.next_cursor
+                args = _GET_OBJECTS.args(generation=generation, cursor=cursor, max=page_size)
+                handles, cursor = session._do(_GET_OBJECTS, args, None)
                 # Wrap the whole page first: Refs not yet yielded when the generator is
                 # closed are freed, and so released, with it.
-                page = [session._adopt(h) for h in result.handles]
+                page = session._adopt_all(handles)
                 page.reverse()
                 while page:
                     yield page.pop()
@@ -167,28 +220,142 @@ class GC:
         :attr:`garbage` instead of freeing them)."""
         # Any C int, -1 included, as in CPython; the wire carries its 32 bits unsigned.
         flags = _c_int(flags, "Python int too large to convert to C int")
-        self._call("gc_set_debug", pb.GcSetDebug(flags=flags & 0xFFFFFFFF))
+        op = OPS["gc_set_debug"]
+        return self._owner._do(op, op.args(flags=flags & 0xFFFFFFFF), _none)
 
     def get_debug(self):
         """The debugging flags."""
-        value = self._call("gc_get_debug").value & 0xFFFFFFFF
-        return value - 2**32 if value >= 2**31 else value
+        return self._do("gc_get_debug", finish=_signed32)
 
     @property
     def garbage(self):
-        """The objects in the heap's ``gc.garbage`` list, as a list of new Refs.
+        """The heap's ``gc.garbage``: a live view of the server's list (:class:`GarbageList`).
 
-        Uncollectable cycles (``legacy_finalizer`` objects) and, under
-        ``DEBUG_SAVEALL``, every collected cycle land there.  This is a copy: use
-        :meth:`clear_garbage` to empty the server's list.
+        Uncollectable cycles (``legacy_finalizer`` objects) and, under ``DEBUG_SAVEALL``,
+        every collected cycle land there.  ``len()``, indexing, iteration and comparison
+        read the server's list as it is now; ``gc.garbage.clear()`` and ``del
+        gc.garbage[:]`` empty it, dropping its references, as in CPython.
         """
-        refs = []
-        while True:
-            result = self._call("gc_garbage", pb.GcGarbage(start=len(refs)))
-            refs.extend(self._session._adopt(h) for h in result.handles)
-            if not result.handles or len(refs) >= result.total:
-                return refs
+        return self._owner._garbage_view()
 
     def clear_garbage(self):
-        """Empties ``gc.garbage``, dropping its references (as ``gc.garbage.clear()``)."""
-        self._call("gc_garbage_clear")
+        """Empties ``gc.garbage``, dropping its references (``gc.garbage.clear()``)."""
+        return self._do("gc_garbage_clear", finish=_none)
+
+    def _garbage_steps(self, start=0, stop=None):
+        """Reads gc.garbage[start:stop] (None: to the end) as new Refs, page by page."""
+        owner = self._owner
+        refs = []
+        while stop is None or start + len(refs) < stop:
+            want = 0 if stop is None else stop - start - len(refs)
+            args = _GARBAGE.args(start=start + len(refs), max=want)
+            (page,) = yield [(_GARBAGE, args, None)]
+            handles, total = page
+            refs.extend(owner._adopt_all(handles))
+            if not handles or start + len(refs) >= total:
+                break
+        return refs
+
+    def _garbage_len_steps(self):
+        (page,) = yield [(_GARBAGE, _GARBAGE.args(start=0, max=1, borrow=True), None)]
+        return page.total
+
+
+class GarbageList:
+    """``s.gc.garbage``: the server's garbage list, read and cleared as the stdlib's list.
+
+    Every read asks the server (one round trip), so the view is always current; each
+    element is a new :class:`heapd.Ref` owning its own reference.  Deleting entries other
+    than all of them (``del garbage[:]``) is not possible on the server and raises
+    :class:`TypeError`, as does assigning."""
+
+    __slots__ = ("_gc",)
+
+    def __init__(self, gc):
+        self._gc = gc
+
+    def _drive(self, gen):
+        return self._gc._owner._drive(gen)
+
+    def __len__(self):
+        return self._drive(self._gc._garbage_len_steps())
+
+    def __bool__(self):
+        return len(self) > 0
+
+    def __iter__(self):
+        return iter(self._drive(self._gc._garbage_steps()))
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self._drive(self._gc._garbage_steps())[index]
+        if not isinstance(index, int):
+            raise TypeError(f"list indices must be integers or slices, not "
+                            f"{type(index).__name__}")
+        if index < 0:
+            index += len(self)
+            if index < 0:
+                raise IndexError("list index out of range")
+        refs = self._drive(self._gc._garbage_steps(index, index + 1))
+        if not refs:
+            raise IndexError("list index out of range")
+        return refs[0]
+
+    def __delitem__(self, index):
+        if isinstance(index, slice) and index == slice(None):
+            self.clear()
+            return
+        raise TypeError("gc.garbage entries can only be deleted all at once "
+                        "(del gc.garbage[:] or gc.garbage.clear())")
+
+    def __setitem__(self, index, value):
+        raise TypeError("gc.garbage is the server's list: it cannot be assigned to")
+
+    def clear(self):
+        """Empties the server's garbage list, dropping its references."""
+        return self._gc.clear_garbage()
+
+    def copy(self):
+        """The list as it is now, as a list of new Refs."""
+        return list(self)
+
+    def __eq__(self, other):
+        if isinstance(other, GarbageList):
+            other = list(other)
+        if not isinstance(other, list):
+            return NotImplemented
+        return list(self) == other
+
+    __hash__ = None
+
+    def __repr__(self):
+        return reprlib.repr(list(self))
+
+
+class AsyncGarbageList:
+    """``s.gc.garbage`` of an asyncio session: ``await garbage.list()``,
+    ``await garbage.count()``, ``await garbage.clear()``, ``async for ref in garbage``."""
+
+    __slots__ = ("_gc",)
+
+    def __init__(self, gc):
+        self._gc = gc
+
+    def list(self):
+        """The list as it is now, as a list of new Refs (a coroutine)."""
+        return self._gc._owner._drive(self._gc._garbage_steps())
+
+    def count(self):
+        """``len(gc.garbage)`` (a coroutine)."""
+        return self._gc._owner._drive(self._gc._garbage_len_steps())
+
+    def clear(self):
+        """Empties the server's garbage list (a coroutine)."""
+        return self._gc.clear_garbage()
+
+    async def __aiter__(self):
+        for ref in await self.list():
+            yield ref
+
+    def __len__(self):
+        raise TypeError("use await s.gc.garbage.count() in an asyncio session")

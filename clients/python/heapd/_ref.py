@@ -20,11 +20,11 @@ Slots and payload mirror a Python object's attributes and its bytes:
 new ``Ref`` (or ``None``), ``ref.write()``/``ref.read()`` copy payload bytes.
 """
 
-__all__ = ["Ref", "ObjectInfo"]
+__all__ = ["Ref", "AsyncRef", "ObjectInfo"]
 
 import collections
 
-from .errors import OutOfRange, ReferenceReleased
+from .errors import ReferenceReleased
 
 #: What :meth:`Ref.info` returns: the engine's ``hd_obj_info_t``.
 ObjectInfo = collections.namedtuple(
@@ -99,18 +99,14 @@ class Ref:
 
     def share(self):
         """Takes another reference to the same object; returns the new ``Ref`` owning it."""
-        handle = self._live()
-        self._session._incref(handle)
-        return self._session._adopt(handle)
+        return self._session.share(self)
 
     def release(self):
         """Drops this reference now; the object is freed if it was the last one.
 
         Raises :class:`heapd.ReferenceReleased` if it was already released.
         """
-        handle = self._live()
-        self._released = True
-        self._session._decref(handle)
+        return self._session.release(self)
 
     def forget(self):
         """Gives up ownership without dropping the reference; returns the handle.
@@ -144,51 +140,68 @@ class Ref:
         An index past the last slot raises :class:`heapd.OutOfRange` (an
         :class:`IndexError`), so ``for child in ref:`` walks the slots.
         """
-        handle = self._live()
-        return self._session._get_slot(handle, _slot_index(index))
+        return self._session.get_slot(self, index)
 
     def __setitem__(self, index, target):
         """Points slot ``index`` at ``target`` (a ``Ref``), or empties it for ``None``."""
-        handle = self._live()
-        if target is None:
-            target_handle = 0
-        elif isinstance(target, Ref):
-            if target._session is not self._session:
-                raise ValueError("cannot store a reference from another session")
-            target_handle = target._live()
-        else:
-            raise TypeError(f"slot value must be a heapd.Ref or None, not {type(target).__name__}")
-        self._session._set_slot(handle, _slot_index(index), target_handle)
+        self._session.set_slot(self, index, target)
 
     def __delitem__(self, index):
         """Empties slot ``index`` (``del ref[i]`` is ``ref[i] = None``)."""
-        self[index] = None
+        self._session.set_slot(self, index, None)
+
+    def get_slot(self, index):
+        """``ref[index]`` by name (the form an asyncio session awaits)."""
+        return self._session.get_slot(self, index)
+
+    def set_slot(self, index, target):
+        """``ref[index] = target`` by name (the form an asyncio session awaits)."""
+        return self._session.set_slot(self, index, target)
 
     # -- payload ---------------------------------------------------------------------------
 
     def write(self, offset, data):
         """Copies ``data`` (bytes-like) into the payload at ``offset``."""
-        handle = self._live()
-        if offset < 0:
-            raise OutOfRange(f"negative offset {offset}")
-        self._session._write(handle, offset, bytes(data))
+        return self._session.write(self, offset, data)
 
     def read(self, offset=0, length=None):
         """Returns ``length`` payload bytes from ``offset`` (``None``: to the end)."""
-        handle = self._live()
-        if offset < 0 or (length is not None and length < 0):
-            raise OutOfRange(f"negative offset or length ({offset}, {length})")
-        return self._session._read(handle, offset, length)
+        return self._session.read(self, offset, length)
 
     def info(self):
         """Returns an :class:`ObjectInfo` describing the object."""
-        return self._session._obj_info(self._live())
+        return self._session.info(self)
 
 
-def _slot_index(index):
-    """Checks a slot index: slots are numbered 0..slots-1, with no negative indexing."""
-    if not isinstance(index, int) or isinstance(index, bool):
-        raise TypeError(f"slot index must be an int, not {type(index).__name__}")
-    if index < 0 or index > 0xFFFFFFFF:
-        raise OutOfRange(f"slot index {index}")
-    return index
+class AsyncRef(Ref):
+    """A :class:`Ref` of a :class:`heapd.asyncio.Session`: the same methods, as coroutines
+    (``await ref.share()``, ``await ref.get_slot(0)``, ``await ref.set_slot(0, other)``),
+    and ``async with`` in place of ``with``.  Subscripting cannot await, so ``ref[i] = x``
+    raises :class:`TypeError`; use :meth:`set_slot`."""
+
+    __slots__ = ()
+
+    def __getitem__(self, index):
+        raise TypeError("an asyncio Ref has no subscripts: use await ref.get_slot(i)")
+
+    def __setitem__(self, index, target):
+        raise TypeError("an asyncio Ref has no subscripts: use await ref.set_slot(i, x)")
+
+    def __delitem__(self, index):
+        raise TypeError("an asyncio Ref has no subscripts: use await ref.set_slot(i, None)")
+
+    def __iter__(self):
+        raise TypeError("an asyncio Ref is not iterable: await ref.get_slot(i) in a loop")
+
+    def __enter__(self):
+        raise TypeError("use async with for an asyncio Ref")
+
+    def __exit__(self, *exc):  # pragma: no cover - __enter__ refuses
+        pass
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        if not self._released:
+            await self.release()

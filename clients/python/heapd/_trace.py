@@ -10,10 +10,34 @@ the server; the client gets the grouped statistics.  Where ``tracemalloc`` group
 
 __all__ = ["Tracemalloc", "Snapshot", "Statistic", "StatisticDiff"]
 
-from ._proto import heapd_pb2 as pb
+from ._ops import OPS, pb
 from .errors import ReferenceReleased
 
 _GROUPS = {"site": pb.BY_SITE, "lineno": pb.BY_SITE, "tag": pb.BY_TAG}
+_STATISTICS = OPS["trace_statistics"]
+_COMPARE = OPS["trace_compare"]
+_SNAPSHOT_FREE = OPS["trace_snapshot_free"]
+
+
+def _none(session, value):
+    return None
+
+
+def _stats(session, result):
+    return [Statistic(s.key, s.bytes, s.count) for s in result.stats]
+
+
+def _diffs(session, result):
+    return [StatisticDiff(s.key, s.bytes, s.bytes_diff, s.count, s.count_diff)
+            for s in result.stats]
+
+
+def _pair(session, result):
+    return result.current, result.peak
+
+
+def _snapshot(session, snapshot_id):
+    return Snapshot(session, snapshot_id)
 
 
 def _group(key_type):
@@ -124,33 +148,37 @@ class Snapshot:
         """Statistics grouped by ``key_type`` (``'site'`` or ``'tag'``), largest first,
         as a list of :class:`Statistic` (at most ``limit``, 0 = all that fit in a
         response)."""
-        msg = pb.TraceStatistics(snapshot=self._live(), group=_group(key_type), limit=limit)
-        result = self._session._call("trace_statistics", msg)
-        return [Statistic(s.key, s.bytes, s.count) for s in result.stats]
+        args = _STATISTICS.args(snapshot=self._live(), group=_group(key_type), limit=limit)
+        return self._session._do(_STATISTICS, args, _stats)
 
     def compare_to(self, old_snapshot, key_type="site", limit=0):
         """Growth since ``old_snapshot``, largest change first, as a list of
         :class:`StatisticDiff` (sites or tags that did not change are left out)."""
-        msg = pb.TraceCompare(snapshot=self._live(), old_snapshot=old_snapshot._live(),
-                              group=_group(key_type), limit=limit)
-        result = self._session._call("trace_compare", msg)
-        return [StatisticDiff(s.key, s.bytes, s.bytes_diff, s.count, s.count_diff)
-                for s in result.stats]
+        args = _COMPARE.args(snapshot=self._live(), old_snapshot=old_snapshot._live(),
+                             group=_group(key_type), limit=limit)
+        return self._session._do(_COMPARE, args, _diffs)
 
     def close(self):
         """Frees the snapshot on the server now.  Closing twice, or after the session was
         closed, does nothing."""
-        if not self._closed:
+        session = self._session
+        if self._closed or session.closed:
             self._closed = True
-            if not self._session.closed:
-                self._session._call("trace_snapshot_free",
-                                    pb.TraceSnapshotFree(snapshot=self._id))
+            return session._done(None)
+        self._closed = True
+        return session._do(_SNAPSHOT_FREE, _SNAPSHOT_FREE.args(snapshot=self._id), _none)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
 
     def __del__(self):
         if not self._closed:
@@ -166,37 +194,49 @@ class Tracemalloc:
 
     def __init__(self, session):
         self._session = session
+        self._nframe = 1
 
-    def _call(self, op, msg=None):
-        return self._session._call(op, msg)
+    def _do(self, name, finish=_none):
+        op = OPS[name]
+        return self._session._do(op, op.args(), finish)
 
-    def start(self):
-        """Starts tracing new objects (objects that already exist stay untraced)."""
-        self._call("trace_start")
+    def start(self, nframe=1):
+        """Starts tracing new objects (objects that already exist stay untraced), keeping
+        up to ``nframe`` frames of each allocation's traceback, as
+        ``tracemalloc.start(nframe)``."""
+        if not isinstance(nframe, int) or isinstance(nframe, bool):
+            raise TypeError(f"an integer is required, not {type(nframe).__name__}")
+        if not 1 <= nframe <= 65535:
+            raise ValueError("the number of frames must be in range [1; 65535]")
+        self._nframe = nframe
+        return self._do("trace_start")
+
+    def get_traceback_limit(self):
+        """The ``nframe`` of the last :meth:`start` (1 before any)."""
+        return self._nframe
 
     def stop(self):
         """Stops tracing and forgets the traces, as ``tracemalloc.stop()``."""
-        self._call("trace_stop")
+        return self._do("trace_stop")
 
     def is_tracing(self):
         """True while tracing is on."""
-        return self._call("trace_is_tracing").value
+        return self._do("trace_is_tracing", None)
 
     def clear_traces(self):
         """Forgets the traces of the objects traced so far; tracing goes on."""
-        self._call("trace_clear")
+        return self._do("trace_clear")
 
     def get_traced_memory(self):
         """``(current, peak)``: bytes of traced objects now, and the most since the
         start or the last :meth:`reset_peak`."""
-        result = self._call("trace_get_traced_memory")
-        return result.current, result.peak
+        return self._do("trace_get_traced_memory", _pair)
 
     def reset_peak(self):
         """Sets the peak of :meth:`get_traced_memory` to the current size."""
-        self._call("trace_reset_peak")
+        return self._do("trace_reset_peak")
 
     def take_snapshot(self):
         """A :class:`Snapshot` of the live traced objects; :class:`heapd.NotTracing` (a
         :class:`RuntimeError`, as tracemalloc raises) when tracing is off."""
-        return Snapshot(self._session, self._call("trace_snapshot").snapshot)
+        return self._do("trace_snapshot", _snapshot)

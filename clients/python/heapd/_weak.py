@@ -2,8 +2,27 @@
 
 __all__ = ["WeakRef"]
 
-from ._proto import heapd_pb2 as pb
+from ._ops import OPS
 from .errors import ReferenceReleased
+
+_GET = OPS["weakref_get"]
+_FREE = OPS["weakref_free"]
+
+
+def _adopt(session, handle):
+    return session._adopt(handle)
+
+
+def _dead_or_adopt(weak):
+    def finish(session, handle):
+        if not handle:
+            weak._dead = True
+        return session._adopt(handle)
+    return finish
+
+
+def _none(session, value):
+    return None
 
 
 class WeakRef:
@@ -39,13 +58,11 @@ class WeakRef:
         return self._callback
 
     def __call__(self):
-        """A new :class:`heapd.Ref` to the referent, or ``None`` if it has died."""
+        """A new :class:`heapd.Ref` to the referent, or ``None`` if it has died (in an
+        asyncio session, a coroutine giving that)."""
         if self._closed:
             raise ReferenceReleased(f"weak reference {self._weak:#x} is closed")
-        handle = self._session._call("weakref_get", pb.WeakrefGet(weak=self._weak)).handle
-        if not handle:
-            self._dead = True
-        return self._session._adopt(handle)
+        return self._session._do(_GET, _GET.args(weak=self._weak), _dead_or_adopt(self))
 
     def _referent_died(self):
         """Called by the session on the WEAKREF_CLEARED event."""
@@ -55,13 +72,15 @@ class WeakRef:
 
     def close(self):
         """Frees the weak reference on the server now; calling it afterwards raises.
-        Closing twice, or after the session was closed, does nothing."""
-        if self._closed:
-            return
+        Closing twice, or after the session was closed, does nothing.  (In an asyncio
+        session, await it.)"""
+        session = self._session
+        if self._closed or session.closed:
+            self._closed = True
+            return session._done(None)
         self._closed = True
-        self._session._weak_callbacks.pop(self._weak, None)
-        if not self._session.closed:
-            self._session._call("weakref_free", pb.WeakrefFree(weak=self._weak))
+        session._weak_callbacks.pop(self._weak, None)
+        return session._do(_FREE, _FREE.args(weak=self._weak), _none)
 
     def __del__(self):
         if not self._closed:
@@ -75,6 +94,12 @@ class WeakRef:
 
     def __exit__(self, *exc):
         self.close()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
 
     def __repr__(self):
         state = "closed" if self._closed else ("dead" if self._dead else f"to {self._target:#x}")

@@ -16,12 +16,14 @@ an :class:`IndexError`, and so on.  So both of these work::
     except MemoryError: ...
 
 Errors that the client detects by itself (a dropped connection, a reference used
-after its release) have their own classes below, also under :class:`Error`.
+after its release, a reply that breaks the protocol) have their own classes below, also
+under :class:`Error`.
 """
 
 __all__ = [
     "ERROR_MAP",
     "Error",
+    "BadReply",
     "ConnectionClosed",
     "ReferenceReleased",
     "error_class",
@@ -122,6 +124,20 @@ def _make_classes():
 
 
 _make_classes()
+
+
+class BadReply(ProtocolError):  # noqa: F821 (made by _make_classes)
+    """The server's reply broke the protocol: a hello that is not heapd's, an undecodable
+    frame, a response that does not answer the request it should, a frame over the limit.
+
+    The client finds this itself (``code`` is 0, ``name`` ``"EBADREPLY"``, as the C
+    client's ``HDC_EBADREPLY``) and drops the connection, which can no longer be trusted.
+    It is a :class:`ProtocolError`, the class of the server's own EPROTO.
+    """
+
+    code = 0
+    name = "EBADREPLY"
+    message = "malformed or unexpected reply from the server"
 
 
 def error_class(code):
