@@ -4,7 +4,8 @@
 #                            HD_ERR_MAP, the URL parser, the gc constants, importing without
 #                            protobuf, choosing the codec.
 #   python.codec             no daemon: the C and the pure-Python codecs against each other
-#                            and against protobuf (every op, every result, mutated frames).
+#                            and against protobuf (every op, every result, mutated frames);
+#                            the op table read from the descriptor against heapd_ops.def.
 #   python.strict.<impl>     no daemon: fake servers that break the protocol.
 #   python.client.<impl>     the whole public API against a heapd the test starts on a
 #                            temporary Unix socket (and a free TCP port).
@@ -58,7 +59,7 @@ add_test(NAME python.errors
                  --heap-h ${CMAKE_SOURCE_DIR}/src/heap/heap.h)
 add_test(NAME python.codec
          COMMAND ${HEAPD_PY_TEST_PYTHON} ${HEAPD_PY_TEST_DIR}/test_python_codec.py
-                 ${HEAPD_PY_CODEC_ARGS})
+                 ${HEAPD_PY_CODEC_ARGS} --ops-def ${CMAKE_BINARY_DIR}/proto/heapd_ops.def)
 set_tests_properties(python.errors python.codec PROPERTIES
                      TIMEOUT 120 ENVIRONMENT "${HEAPD_PY_TEST_ENV}")
 

@@ -19,6 +19,7 @@ Run: PYTHONPATH=<build>/clients/python /usr/bin/python3 test_python_codec.py [--
 
 import os
 import random
+import re
 import sys
 import unittest
 
@@ -36,6 +37,7 @@ except ImportError:
     _speedups = None
 
 REQUIRE_C = False
+OPS_DEF = None
 SEED = int(os.environ.get("HEAPD_TEST_SEED", "20261201"))
 
 SCHEMA = _ops.SCHEMA.as_tuple()
@@ -427,6 +429,31 @@ class DecodeTest(CodecCase):
             self.assertEqual(outcome["c"], outcome["python"], data.hex())
 
 
+class OpTableTest(unittest.TestCase):
+    """The client reads each op's properties from the descriptor (_ops.OPS); the daemon's
+    request table and the C client are generated from the same declarations (heapd_ops.def):
+    the two readings must agree row for row."""
+
+    def test_ops_match_heapd_ops_def(self):
+        if not OPS_DEF:
+            self.skipTest("no --ops-def")
+        with open(OPS_DEF, encoding="utf-8") as f:
+            text = f.read()
+        block = text[text.index("#define HD_OPS(XX)"):]
+        block = block[:block.index("\n\n")]
+        rows = {}
+        for m in re.finditer(r"XX\(([A-Z_]+), (\w+), (\d+), (\w+), \w+, \w+, (RESULT|STATUS), "
+                             r"\w*, \w*, ([01]), ([01]), ([01]), ([01]), ([01])\)", block):
+            _, name, number, family, kind, admin, readonly, unbatched, events, grows = m.groups()
+            rows[name] = (int(number), family, kind == "RESULT", admin == "1",
+                          readonly == "1", unbatched == "1", events == "1", grows == "1")
+        self.assertEqual(len(rows), len(OPS))
+        for name, op in OPS.items():
+            self.assertEqual(rows[name], (op.number, op.family, op.result, op.admin,
+                                          op.readonly, op.unbatched, op.eventful, op.grows),
+                             name)
+
+
 def _take_flag(argv, name):
     if name in argv:
         argv.remove(name)
@@ -434,6 +461,16 @@ def _take_flag(argv, name):
     return False
 
 
+def _take_option(argv, name):
+    if name in argv:
+        i = argv.index(name)
+        value = argv[i + 1]
+        del argv[i:i + 2]
+        return value
+    return None
+
+
 if __name__ == "__main__":
     REQUIRE_C = _take_flag(sys.argv, "--require-c")
+    OPS_DEF = _take_option(sys.argv, "--ops-def")
     unittest.main()

@@ -51,7 +51,9 @@ Events and callbacks
     Events are only requested while some callback is registered.  Callbacks may call
     the session.  An exception in a callback is printed and ignored, as Python does
     for ``gc.callbacks`` and weakref callbacks.  ``s.poll(timeout)`` reads events
-    without making a call.
+    without making a call.  While a callback waits for deaths (finalizers, weak
+    reference callbacks), ``del ref`` on an idle session releases at once, so the
+    callback runs at the ``del`` as ``__del__`` does.
 
 Errors
     Every failure raises a subclass of :class:`Error`, one per server status code
@@ -60,8 +62,24 @@ Errors
     ``LimitReached`` are ``MemoryError``, ``InvalidArgument`` is ``ValueError``,
     ``OutOfRange`` is ``IndexError``, ``NotTracing`` is ``RuntimeError``.
 
+Pipelines
+    ``with s.pipeline() as p:`` queues calls (the session's methods; each returns ``p``)
+    and sends them in one write at the end of the block; ``p.results`` holds their
+    results in order.  The first failure is raised once every result is in, or with
+    ``raise_on_error=False`` kept in the results as the exception object, as redis-py
+    does.  ``s.alloc_many(n, ...)`` and ``s.release_many(refs)`` do many in one round trip.
+
+Speed
+    A C codec (``heapd._speedups``) encodes and decodes frames, as hiredis does for
+    redis-py; without it the client runs on a pure-Python codec that behaves the same.
+    :data:`implementation` is ``"c"`` or ``"python"``; ``$HEAPD_PYTHON_IMPLEMENTATION``
+    chooses.
+
 Sessions and connections
-    :func:`connect` takes ``tcp://host:port`` or ``unix:/path``.  Leaving the
+    :func:`connect` takes ``tcp://host:port``, ``host:port``, ``unix:/path`` or ``/path``
+    (default ``$HEAPD_URL``).  It checks the server's hello and raises :class:`BadReply`
+    (a :class:`ProtocolError`) for anything but heapd's; every response is checked
+    against the request it answers.  Leaving the
     ``with`` block (or ``s.close()``) says goodbye, which ends the session.  If the
     connection drops, the server keeps the session for a while: ``s.reconnect()``
     resumes it in place (every ``Ref`` stays valid), and

@@ -18,8 +18,10 @@ exactly one field (``HandleResult``, ``ValueResult``, ``HandlesResult``, ...), w
 decodes to that field's value.  Absent fields decode to their proto3 default, absent
 fields with presence (``oneof`` members, singular messages) to ``None``.
 
-Which ops may raise events, and so need a trailing ping when events are wanted, is the
-op's own property: :attr:`Op.eventful`.
+Each op's properties come from its ``(opdef)`` option (``proto/heapd.proto``), the same
+declaration the daemon's request table and the C client are generated from: which ops may
+raise events, and so need a trailing ping when events are wanted (:attr:`Op.eventful`),
+which need admin, which only read.
 """
 
 import collections
@@ -46,11 +48,6 @@ SUPPORTED_TYPES = frozenset({
     _FD.TYPE_SINT32, _FD.TYPE_SINT64,
 })
 
-# Ops that may free objects or run the collector, and so raise events.  This is the op's
-# property as the server defines it; TODO(issue 8) read it from the proto's op options once
-# they exist, instead of this list.
-_EVENTFUL = frozenset({"alloc", "decref", "set_slot", "gc_collect", "gc_garbage_clear",
-                       "batch"})
 
 
 class Schema:
@@ -116,7 +113,8 @@ def _namedtuple(desc):
 
 
 class Op:
-    """One protocol operation (a field of ``Request.op``).
+    """One protocol operation (a field of ``Request.op``), with the properties its
+    ``(opdef)`` option declares in ``proto/heapd.proto``.
 
     Attributes:
         name: the field name, e.g. ``"alloc"``.
@@ -124,19 +122,31 @@ class Op:
         args: namedtuple class of the request message: ``op.args(size=16)``.
         result: True if a successful response carries a result (``Response.<name>``).
         resnum: the result field number of a success: ``number``, or 0 without a result.
-        eventful: True if the op may raise events (free objects, run the collector).
+        eventful: the op may raise events (it can free objects or run the collector):
+            opdef ``events``.
+        family: opdef ``family``, as its name (``"OBJECTS"``, ``"GC"``, ...).
+        admin, readonly, unbatched, grows: the opdef flags of the same names.
     """
 
-    __slots__ = ("name", "number", "args", "result", "resnum", "eventful", "message")
+    __slots__ = ("name", "number", "args", "result", "resnum", "eventful", "message",
+                 "family", "admin", "readonly", "unbatched", "grows")
 
     def __init__(self, field, result_field):
+        opdef = field.GetOptions().Extensions[pb.opdef]
+        if not opdef.family:
+            raise TypeError(f"Request.{field.name} has no (opdef) family")
         self.name = field.name
         self.number = field.number
         self.message = field.message_type
         self.args = _namedtuple(field.message_type)
         self.result = result_field is not None
         self.resnum = self.number if self.result else 0  # the result field a success has
-        self.eventful = field.name in _EVENTFUL
+        self.eventful = opdef.events
+        self.family = pb.OpDef.Family.Name(opdef.family)
+        self.admin = opdef.admin
+        self.readonly = opdef.readonly
+        self.unbatched = opdef.unbatched
+        self.grows = opdef.grows
 
     def __repr__(self):
         return f"<heapd op {self.name} ({self.number})>"
