@@ -40,7 +40,7 @@ def ok():
 
 def hello_result(**kw):
     fields = dict(session_id="0123456789abcdef", resume_token="f" * 32,
-                  server_version="0.1.0", protocol_version=1, limits=GOOD_LIMITS)
+                  server_version="9.8.7", protocol_version=1, limits=GOOD_LIMITS)
     fields.update(kw)
     return pb.HelloResult(**fields)
 
