@@ -1,12 +1,12 @@
-"""Runs a Python test under the sanitizers' runtime when the C codec was built with them.
+"""Runs a Python test under the sanitizers' runtime, for the C codec's checked build.
 
-In a build with HEAPD_ASAN, heapd._speedups is instrumented, and an instrumented library
-can only be loaded into a process whose first library is the ASan runtime. The ctest
-registration (python_tests.cmake) then sets HEAPD_PY_SANITIZER_PRELOAD to that runtime;
-importing this module re-executes the test with it in LD_PRELOAD, so that the C codec runs
-checked under the whole suite. CPython's own memory, which it does not free at exit, is
-not reported (detect_leaks=0 for the Python process); the daemons a test starts get the
-options they had before (HEAPD_DAEMON_ASAN_OPTIONS, see daemon_env()) and no preload.
+In a build with HEAPD_ASAN or HEAPD_UBSAN, clients/python builds a checked twin of
+heapd._speedups, and an instrumented library can only be loaded into a process whose first
+library is the ASan runtime. The ctest registration (python_tests.cmake) then sets
+HEAPD_PY_SANITIZER_PRELOAD to the runtimes; importing this module re-executes the test with
+them in LD_PRELOAD. CPython's own memory, which it does not free at exit, is not reported
+(detect_leaks=0 for the Python process); a daemon the test starts would get the options the
+suite gave and no preload (daemon_env()).
 """
 
 import os

@@ -9,6 +9,9 @@
 #   python.strict.<impl>     no daemon: fake servers that break the protocol.
 #   python.client.<impl>     the whole public API against a heapd the test starts on a
 #                            temporary Unix socket (and a free TCP port).
+#   python.asyncio.<impl>    heapd.asyncio against such a heapd (many tasks on one session and
+#                            on many sessions, events on the loop, cancellation) and against
+#                            fake servers.
 #   python.examples          every script in clients/python/examples against such a heapd.
 #
 # <impl> is the codec the client runs on, HEAPD_PYTHON_IMPLEMENTATION: "c" (the extension
@@ -16,9 +19,11 @@
 # same tests. Each runs /usr/bin/python3 (Debian's, with python3-protobuf) with PYTHONPATH set
 # to the build's clients/python, where the heapd_python target puts the package.
 #
-# In a sanitizer build the C codec is instrumented too; the tests then run Python with the
-# sanitizer runtime preloaded (tests/clients/pyasan.py), so the codec is checked by ASan and
-# UBSan under the whole suite.
+# In a sanitizer build the package's C codec is built without the sanitizers (Debian's python3
+# has no sanitizer runtime, and every program that imports heapd would abort), and a checked
+# twin is built beside it: python.codec loads that one (--speedups) with the runtime preloaded
+# (tests/clients/pyasan.py), so its encoder and decoder, fed every op, every result and mutated
+# frames, run under ASan and UBSan.
 if(NOT TARGET heapd_python)
     return()
 endif()
@@ -37,9 +42,10 @@ foreach(san ASAN:asan UBSAN:ubsan)
         list(APPEND HEAPD_PY_PRELOAD ${path})
     endif()
 endforeach()
+set(HEAPD_PY_CODEC_ENV ${HEAPD_PY_TEST_ENV})
 if(HEAPD_PY_PRELOAD)
     string(REPLACE ";" " " HEAPD_PY_PRELOAD "${HEAPD_PY_PRELOAD}")
-    list(APPEND HEAPD_PY_TEST_ENV "HEAPD_PY_SANITIZER_PRELOAD=${HEAPD_PY_PRELOAD}")
+    list(APPEND HEAPD_PY_CODEC_ENV "HEAPD_PY_SANITIZER_PRELOAD=${HEAPD_PY_PRELOAD}")
 endif()
 if(TARGET heapd)
     set(HEAPD_PY_TEST_DAEMON $<TARGET_FILE:heapd>)
@@ -53,6 +59,9 @@ if(TARGET heapd_speedups)
     set(HEAPD_PY_IMPLS c python)
     set(HEAPD_PY_CODEC_ARGS --require-c)
 endif()
+if(TARGET heapd_speedups_checked)
+    list(APPEND HEAPD_PY_CODEC_ARGS --speedups $<TARGET_FILE:heapd_speedups_checked>)
+endif()
 
 add_test(NAME python.errors
          COMMAND ${HEAPD_PY_TEST_PYTHON} ${HEAPD_PY_TEST_DIR}/test_python_errors.py
@@ -60,8 +69,8 @@ add_test(NAME python.errors
 add_test(NAME python.codec
          COMMAND ${HEAPD_PY_TEST_PYTHON} ${HEAPD_PY_TEST_DIR}/test_python_codec.py
                  ${HEAPD_PY_CODEC_ARGS} --ops-def ${CMAKE_BINARY_DIR}/proto/heapd_ops.def)
-set_tests_properties(python.errors python.codec PROPERTIES
-                     TIMEOUT 120 ENVIRONMENT "${HEAPD_PY_TEST_ENV}")
+set_tests_properties(python.errors PROPERTIES TIMEOUT 120 ENVIRONMENT "${HEAPD_PY_TEST_ENV}")
+set_tests_properties(python.codec PROPERTIES TIMEOUT 120 ENVIRONMENT "${HEAPD_PY_CODEC_ENV}")
 
 foreach(impl ${HEAPD_PY_IMPLS})
     add_test(NAME python.strict.${impl}
@@ -69,7 +78,11 @@ foreach(impl ${HEAPD_PY_IMPLS})
     add_test(NAME python.client.${impl}
              COMMAND ${HEAPD_PY_TEST_PYTHON} ${HEAPD_PY_TEST_DIR}/test_python_client.py
                      --heapd ${HEAPD_PY_TEST_DAEMON})
-    set_tests_properties(python.strict.${impl} python.client.${impl} PROPERTIES
+    add_test(NAME python.asyncio.${impl}
+             COMMAND ${HEAPD_PY_TEST_PYTHON} ${HEAPD_PY_TEST_DIR}/test_python_asyncio.py
+                     --heapd ${HEAPD_PY_TEST_DAEMON})
+    set_tests_properties(python.strict.${impl} python.client.${impl} python.asyncio.${impl}
+                         PROPERTIES
                          TIMEOUT 300
                          ENVIRONMENT "${HEAPD_PY_TEST_ENV};HEAPD_PYTHON_IMPLEMENTATION=${impl}")
 endforeach()

@@ -28,10 +28,7 @@ import threading
 import time
 import unittest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import pyasan  # noqa: E402  (the sanitizer build's preload; see pyasan.py)
-
-import heapd  # noqa: E402
+import heapd
 
 USER_TOKEN = "user-token"
 ADMIN_TOKEN = "admin-token"
@@ -89,7 +86,7 @@ class Daemon:
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([self.binary, "--config", self.config_path],
                                      stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, env=pyasan.daemon_env())
+                                     stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -15,6 +15,7 @@ daemon is needed:
 * values of the wrong type or out of range are refused alike (TypeError, OverflowError).
 
 Run: PYTHONPATH=<build>/clients/python /usr/bin/python3 test_python_codec.py [--require-c]
+         [--ops-def <build>/proto/heapd_ops.def] [--speedups PATH-TO-A-CHECKED-_speedups.so]
 """
 
 import os
@@ -35,6 +36,15 @@ try:
     from heapd import _speedups
 except ImportError:
     _speedups = None
+
+
+def load_speedups(path):
+    """The C codec from ``path``: the sanitizer build's checked twin of heapd._speedups."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_speedups", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 REQUIRE_C = False
 OPS_DEF = None
@@ -473,4 +483,7 @@ def _take_option(argv, name):
 if __name__ == "__main__":
     REQUIRE_C = _take_flag(sys.argv, "--require-c")
     OPS_DEF = _take_option(sys.argv, "--ops-def")
+    checked = _take_option(sys.argv, "--speedups")
+    if checked:
+        _speedups = load_speedups(checked)
     unittest.main()

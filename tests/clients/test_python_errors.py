@@ -17,11 +17,8 @@ import subprocess
 import sys
 import unittest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import pyasan  # noqa: E402,F401
-
-import heapd  # noqa: E402
-from heapd import errors  # noqa: E402
+import heapd
+from heapd import errors
 
 HEAP_H = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "src", "heap",
                       "heap.h")

@@ -19,11 +19,8 @@ import tempfile
 import threading
 import unittest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import pyasan  # noqa: E402,F401
-
-import heapd  # noqa: E402
-from heapd._ops import pb  # noqa: E402
+import heapd
+from heapd._ops import pb
 
 GOOD_LIMITS = pb.Limits(max_bytes=0, max_objects=0, max_frame_bytes=65536,
                         max_read_bytes=61440)

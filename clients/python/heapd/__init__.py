@@ -69,6 +69,10 @@ Pipelines
     ``raise_on_error=False`` kept in the results as the exception object, as redis-py
     does.  ``s.alloc_many(n, ...)`` and ``s.release_many(refs)`` do many in one round trip.
 
+asyncio
+    :mod:`heapd.asyncio` has the same session with coroutines for methods
+    (``s = await heapd.asyncio.connect(url)``), usable from many tasks at once.
+
 Speed
     A C codec (``heapd._speedups``) encodes and decodes frames, as hiredis does for
     redis-py; without it the client runs on a pure-Python codec that behaves the same.

@@ -236,7 +236,7 @@ class _Exchange:
     failure, or ``_PENDING``; ``missing`` counts the pending ones.  An exchange whose caller
     gave up is marked ``abandoned``: results that come later are released, not kept."""
 
-    __slots__ = ("ops", "out", "missing", "abandoned", "answered", "waiter")
+    __slots__ = ("ops", "out", "missing", "abandoned", "answered", "expected", "waiter")
 
     def __init__(self, ops):
         self.ops = ops
@@ -244,6 +244,7 @@ class _Exchange:
         self.missing = len(ops)
         self.abandoned = False
         self.answered = 0  # responses read for it, barrier included
+        self.expected = len(ops)  # responses it waits for, barrier included (set by _plan)
         self.waiter = None  # the asyncio future of an async exchange
 
 
@@ -396,12 +397,14 @@ class SessionCore:
                     frames.append(self._encode(rid, op, args))
                     entries.append((rid, op, CALL, exchange, i))
                     eventful = eventful or op.eventful
+            exchange.expected = len(calls)
             if eventful and self._mask:
                 # Events follow the response of the request that raised them: a ping
                 # behind the calls makes them arrive before this exchange ends.
                 rid = self._new_id()
                 frames.append(self._encode(rid, PING, _PING_ARGS))
                 entries.append((rid, PING, BARRIER, exchange, -1))
+                exchange.expected += 1
         except BaseException:
             self._mask = mask
             self._deferred.extendleft(reversed(taken))
@@ -509,7 +512,8 @@ class SessionCore:
             if fid == 0 and code:
                 self._last_word(code, message, name)
             self._protocol_error(f"response id {fid} where {rid} ({op.name}) was due")
-        self._inflight.popleft()
+        # Checked before the entry leaves the queue, so that a bad answer fails its own
+        # call too when the connection is dropped.
         if code:
             if resnum and op.name != "batch":
                 self._protocol_error(f"failed {op.name} carries result field {resnum}")
@@ -520,6 +524,7 @@ class SessionCore:
                 self._protocol_error(f"{op.name} answered with result field {resnum} "
                                      f"(expected {want or 'none'})")
             value = result
+        self._inflight.popleft()
         if exchange is not None:
             exchange.answered += 1
         if ekind == CALL:

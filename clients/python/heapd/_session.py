@@ -627,21 +627,27 @@ class Pipeline(SessionCore):
             return self.results
         session = self._session
         ex = session._exchange([(op, args) for op, args, _ in calls])
-        results = []
-        append = results.append
-        first = None
-        error = errors.Error
-        for i, ((op, _args, finish), value) in enumerate(zip(calls, ex.out)):
-            if isinstance(value, error):
-                _note(value, i, op, len(calls))
-                if first is None:
-                    first = value
-                append(value)
-            elif finish is None:
-                append(value)
-            else:
-                append(finish(session, value))
-        self.results = results
+        self.results, first = collect_results(session, calls, ex)
         if first is not None and raise_first:
             raise first
-        return results
+        return self.results
+
+
+def collect_results(session, calls, ex):
+    """A pipeline's results (each call's finished value, or its exception with a note
+    saying which call it was) and its first failure, or None."""
+    results = []
+    append = results.append
+    first = None
+    error = errors.Error
+    for i, ((op, _args, finish), value) in enumerate(zip(calls, ex.out)):
+        if isinstance(value, error):
+            _note(value, i, op, len(calls))
+            if first is None:
+                first = value
+            append(value)
+        elif finish is None:
+            append(value)
+        else:
+            append(finish(session, value))
+    return results, first
