@@ -47,12 +47,6 @@ if(HEAPD_PY_PRELOAD)
     string(REPLACE ";" " " HEAPD_PY_PRELOAD "${HEAPD_PY_PRELOAD}")
     list(APPEND HEAPD_PY_CODEC_ENV "HEAPD_PY_SANITIZER_PRELOAD=${HEAPD_PY_PRELOAD}")
 endif()
-if(TARGET heapd)
-    set(HEAPD_PY_TEST_DAEMON $<TARGET_FILE:heapd>)
-else()
-    set(HEAPD_PY_TEST_DAEMON ${CMAKE_BINARY_DIR}/bin/heapd)
-endif()
-
 set(HEAPD_PY_IMPLS python)
 set(HEAPD_PY_CODEC_ARGS "")
 if(TARGET heapd_speedups)
@@ -72,23 +66,22 @@ add_test(NAME python.codec
 set_tests_properties(python.errors PROPERTIES TIMEOUT 120 ENVIRONMENT "${HEAPD_PY_TEST_ENV}")
 set_tests_properties(python.codec PROPERTIES TIMEOUT 120 ENVIRONMENT "${HEAPD_PY_CODEC_ENV}")
 
+# The suites that start heapd do it through the shared fixture (tests/server/harness.py),
+# registered by heapd_daemon_test (tests/CMakeLists.txt).
 foreach(impl ${HEAPD_PY_IMPLS})
     add_test(NAME python.strict.${impl}
              COMMAND ${HEAPD_PY_TEST_PYTHON} ${HEAPD_PY_TEST_DIR}/test_python_strict.py)
-    add_test(NAME python.client.${impl}
-             COMMAND ${HEAPD_PY_TEST_PYTHON} ${HEAPD_PY_TEST_DIR}/test_python_client.py
-                     --heapd ${HEAPD_PY_TEST_DAEMON})
-    add_test(NAME python.asyncio.${impl}
-             COMMAND ${HEAPD_PY_TEST_PYTHON} ${HEAPD_PY_TEST_DIR}/test_python_asyncio.py
-                     --heapd ${HEAPD_PY_TEST_DAEMON})
-    set_tests_properties(python.strict.${impl} python.client.${impl} python.asyncio.${impl}
-                         PROPERTIES
-                         TIMEOUT 300
+    set_tests_properties(python.strict.${impl} PROPERTIES TIMEOUT 120
                          ENVIRONMENT "${HEAPD_PY_TEST_ENV};HEAPD_PYTHON_IMPLEMENTATION=${impl}")
+    foreach(suite client asyncio)
+        heapd_daemon_test(python.${suite}.${impl} ${HEAPD_PY_TEST_DIR}/test_python_${suite}.py
+                          TIMEOUT 300
+                          PYTHONPATH ${CMAKE_BINARY_DIR}/clients/python
+                          ENV HEAPD_PYTHON_IMPLEMENTATION=${impl})
+    endforeach()
 endforeach()
 
-add_test(NAME python.examples
-         COMMAND ${HEAPD_PY_TEST_PYTHON} ${HEAPD_PY_TEST_DIR}/test_python_examples.py
-                 --heapd ${HEAPD_PY_TEST_DAEMON}
-                 --examples ${CMAKE_SOURCE_DIR}/clients/python/examples)
-set_tests_properties(python.examples PROPERTIES TIMEOUT 300 ENVIRONMENT "${HEAPD_PY_TEST_ENV}")
+heapd_daemon_test(python.examples ${HEAPD_PY_TEST_DIR}/test_python_examples.py
+                  ARGS --examples ${CMAKE_SOURCE_DIR}/clients/python/examples
+                  TIMEOUT 300
+                  PYTHONPATH ${CMAKE_BINARY_DIR}/clients/python)

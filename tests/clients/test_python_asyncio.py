@@ -3,8 +3,8 @@
 protocol): the blocking session's methods as coroutines, many tasks on one session and on
 many sessions at once, pipelines, events delivered on the loop, cancellation, strictness.
 
-Run: PYTHONPATH=<build>/clients/python /usr/bin/python3 test_python_asyncio.py \\
-         --heapd <build>/bin/heapd [unittest arguments]
+Run (ctest does, through heapd_daemon_test): HEAPD_BIN=<build>/bin/heapd
+    PYTHONPATH=tests/server:<build>/clients/python /usr/bin/python3 test_python_asyncio.py
 """
 
 import asyncio
@@ -18,18 +18,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import heapd  # noqa: E402
 import heapd.asyncio  # noqa: E402
 from heapd._ops import pb  # noqa: E402
-from test_python_client import USER_TOKEN, Daemon, find_heapd  # noqa: E402
+from test_python_client import USER_TOKEN, Daemon  # noqa: E402
 from test_python_strict import FakeServer, frame, response  # noqa: E402
 
-HEAPD_BIN = None
 DAEMON = None
 
 
 def setUpModule():
     global DAEMON
-    if not HEAPD_BIN or not os.access(HEAPD_BIN, os.X_OK):
-        raise unittest.SkipTest(f"no heapd binary (pass --heapd PATH; got {HEAPD_BIN!r})")
-    DAEMON = Daemon(HEAPD_BIN).start()
+    DAEMON = Daemon().start()
 
 
 def tearDownModule():
@@ -417,5 +414,4 @@ class StrictTest(unittest.IsolatedAsyncioTestCase):
 
 
 if __name__ == "__main__":
-    HEAPD_BIN = find_heapd(sys.argv)
     unittest.main()

@@ -1,33 +1,30 @@
 #!/usr/bin/python3
 """Tests of the Python client (clients/python/heapd) against a real heapd.
 
-The module starts the built daemon once, with a temporary config that listens on a
-temporary Unix socket and a free TCP port, and stops it at the end.  Every public
-method of the package is exercised here: sessions and resumption, references and
-``del``, scopes, slots and payload, the gc, weakref and tracemalloc mirrors, events and
-their callbacks, admin requests, and the errors that mirror the server's status codes.
+The module starts the built daemon once through the shared fixture (tests/server/harness.py),
+with a temporary config that listens on a temporary Unix socket and a free TCP port, and
+stops it at the end.  Every public method of the package is exercised here: sessions and
+resumption, references and ``del``, scopes, slots and payload, pipelines and batches, the gc,
+weakref and tracemalloc mirrors, events and their callbacks, admin requests, and the errors
+that mirror the server's status codes.  test_python_asyncio.py and test_python_examples.py
+reuse :class:`Daemon`.
 
-Run: PYTHONPATH=<build>/clients/python /usr/bin/python3 test_python_client.py \\
-         --heapd <build>/bin/heapd [unittest arguments]
-(or set HEAPD_BIN instead of --heapd).  test_python_examples.py reuses :class:`Daemon`.
+Run (ctest does, through heapd_daemon_test): HEAPD_BIN=<build>/bin/heapd
+    PYTHONPATH=tests/server:<build>/clients/python /usr/bin/python3 test_python_client.py
 """
 
 import contextlib
 import gc as pygc
 import io
-import json
 import os
 import re
-import shutil
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import unittest
 
+import harness  # tests/server/harness.py: the one fixture that starts heapd
 import heapd
 
 USER_TOKEN = "user-token"
@@ -36,113 +33,56 @@ HEAP_H = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "s
                       "heap.h")
 
 
-class Daemon:
-    """A heapd process on a temporary Unix socket and a free TCP port.
+class Daemon(harness.Daemon):
+    """The shared fixture's daemon (tests/server/harness.py: it waits for READY=1 and checks
+    the exit and the sanitizers at stop), with the Python tests' defaults and URLs.
 
-    ``config`` entries override the defaults written to its temporary heapd.yaml (keys
-    as in config/heapd.yaml).  Its log is kept in the temporary directory and printed
-    by :meth:`stop` when asked to (a test failed).
+    ``config`` entries override DEFAULTS (keys as in config/heapd.yaml).
     """
 
     DEFAULTS = {
-        "listen": ["127.0.0.1:0"],
-        "unix_socket_mode": "0600",
         "workers": 2,
+        "log_level": "info",
         "max_frame_bytes": "64KiB",  # small, so that reads and writes are chunked
         "session_max_bytes": "32MiB",
         "session_linger": "60s",
         "tokens": [USER_TOKEN],
         "admin_tokens": [ADMIN_TOKEN],
-        "log_level": "info",
     }
 
-    def __init__(self, binary, **config):
-        self.binary = binary
-        self.dir = tempfile.mkdtemp(prefix="heapd-py-")
-        self.socket = os.path.join(self.dir, "heapd.sock")
-        self.config = dict(self.DEFAULTS, unix_socket=self.socket, **config)
-        self.config_path = os.path.join(self.dir, "heapd.yaml")
-        self.log_path = os.path.join(self.dir, "heapd.log")
-        self.proc = None
-        self.tcp_port = None
+    def __init__(self, **config):
+        super().__init__(dict(self.DEFAULTS, **config))
+
+    @property
+    def socket(self):
+        return self.unix_addr
 
     @property
     def url(self):
-        return f"unix:{self.socket}"
+        return f"unix:{self.unix_addr}"
+
+    @property
+    def tcp_port(self):
+        return self.tcp_addr[1]
 
     @property
     def tcp_url(self):
-        return f"tcp://127.0.0.1:{self.tcp_port}"
-
-    def _write_config(self):
-        with open(self.config_path, "w", encoding="utf-8") as f:
-            f.write("# Written by test_python_client.py for one test run.\n")
-            for key, value in self.config.items():
-                # JSON scalars and flow sequences are valid YAML.
-                f.write(f"{key}: {json.dumps(value)}\n")
-
-    def start(self, timeout=15.0):
-        self._write_config()
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([self.binary, "--config", self.config_path],
-                                     stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"heapd exited with {self.proc.returncode}:\n{self.log()}")
-            text = self.log()
-            port = re.search(r"listening on tcp 127\.0\.0\.1:(\d+)", text)
-            if port and re.search(r"\bready\b", text) and os.path.exists(self.socket):
-                self.tcp_port = int(port.group(1))
-                return self
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"heapd did not become ready in {timeout}s:\n{self.log()}")
-
-    def log(self):
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except FileNotFoundError:
-            return ""
+        return f"tcp://127.0.0.1:{self.tcp_addr[1]}"
 
     def stop(self, show_log=False):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc is not None:
-            self._log.close()
         if show_log:
-            sys.stderr.write(f"--- heapd log ---\n{self.log()}--- end of heapd log ---\n")
-        shutil.rmtree(self.dir, ignore_errors=True)
+            sys.stderr.write("--- heapd log ---\n" + "\n".join(self.log())
+                             + "\n--- end of heapd log ---\n")
+        return super().stop()
 
 
-def find_heapd(argv):
-    """The heapd binary: ``--heapd PATH`` (taken out of argv), else $HEAPD_BIN."""
-    if "--heapd" in argv:
-        i = argv.index("--heapd")
-        path = argv[i + 1]
-        del argv[i:i + 2]
-        return path
-    return os.environ.get("HEAPD_BIN")
-
-
-HEAPD_BIN = None
 DAEMON = None
 FAILED = False
 
 
 def setUpModule():
     global DAEMON
-    if not HEAPD_BIN or not os.access(HEAPD_BIN, os.X_OK):
-        raise unittest.SkipTest(f"no heapd binary (pass --heapd PATH or set HEAPD_BIN; "
-                                f"got {HEAPD_BIN!r})")
-    DAEMON = Daemon(HEAPD_BIN).start()
+    DAEMON = Daemon().start()
 
 
 def tearDownModule():
@@ -380,7 +320,7 @@ class ServerEndsConnectionTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.daemon = Daemon(HEAPD_BIN, idle_timeout="1s").start()
+        cls.daemon = Daemon(idle_timeout="1s").start()
 
     @classmethod
     def tearDownClass(cls):
@@ -1578,5 +1518,4 @@ class AdminTest(HeapdTestCase):
 
 
 if __name__ == "__main__":
-    HEAPD_BIN = find_heapd(sys.argv)
     unittest.main()

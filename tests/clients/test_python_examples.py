@@ -6,8 +6,9 @@ live daemon; this test starts one (test_python_client.Daemon), runs every script
 the daemon's URL as argv[1] (one of them through $HEAPD_URL instead), and checks that
 each exits 0, prints something, and reports no exception on stderr.
 
-Run: PYTHONPATH=<build>/clients/python /usr/bin/python3 test_python_examples.py \\
-         --heapd <build>/bin/heapd [--examples DIR]
+Run (ctest does, through heapd_daemon_test): HEAPD_BIN=<build>/bin/heapd
+    PYTHONPATH=tests/server:<build>/clients/python /usr/bin/python3 test_python_examples.py
+    [--examples DIR]
 """
 
 import glob
@@ -17,9 +18,8 @@ import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_python_client import USER_TOKEN, Daemon, find_heapd  # noqa: E402
+from test_python_client import USER_TOKEN, Daemon  # noqa: E402
 
-HEAPD_BIN = None
 EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "clients",
                             "python", "examples")
 
@@ -34,9 +34,7 @@ EXPECTED = {
 class ExamplesTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        if not HEAPD_BIN or not os.access(HEAPD_BIN, os.X_OK):
-            raise unittest.SkipTest(f"no heapd binary (pass --heapd PATH; got {HEAPD_BIN!r})")
-        cls.daemon = Daemon(HEAPD_BIN).start()
+        cls.daemon = Daemon().start()
 
     @classmethod
     def tearDownClass(cls):
@@ -86,7 +84,6 @@ class ExamplesTest(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    HEAPD_BIN = find_heapd(sys.argv)
     if "--examples" in sys.argv:
         i = sys.argv.index("--examples")
         EXAMPLES_DIR = sys.argv[i + 1]
