@@ -351,9 +351,13 @@ int hd_dispatch_error(uint64_t id, int code, const char *message, hd_buf_t *out)
     Heapd__V1__Response rs = HEAPD__V1__RESPONSE__INIT;
     rs.id = id;
     rs.status = &status;
+    return hd_dispatch_write_response(&rs, out);
+}
+
+int hd_dispatch_write_response(const rsp_t *rs, hd_buf_t *out) {
     Heapd__V1__ServerFrame frame = HEAPD__V1__SERVER_FRAME__INIT;
     frame.kind_case = HEAPD__V1__SERVER_FRAME__KIND_RESPONSE;
-    frame.response = &rs;
+    frame.response = (rsp_t *)rs;
     return hd_frame_write_msg(out, &frame.base);
 }
 
@@ -380,10 +384,7 @@ static int write_response(hd_framemem_t *m, rsp_t *rs, hd_buf_t *out) {
                                     out->len - start - HD_FRAME_HEADER);
 #endif
     } else {
-        Heapd__V1__ServerFrame frame = HEAPD__V1__SERVER_FRAME__INIT;
-        frame.kind_case = HEAPD__V1__SERVER_FRAME__KIND_RESPONSE;
-        frame.response = rs;
-        rc = hd_frame_write_msg(out, &frame.base);
+        rc = hd_dispatch_write_response(rs, out);
     }
     if (rc == HD_ENOMEM)
         rc = hd_dispatch_error(rs->id, HD_ENOMEM, "the response did not fit in memory", out);

@@ -79,6 +79,9 @@ int hd_dispatch_frame(hd_dispatch_env_t *env, const uint8_t *payload, size_t len
 int hd_dispatch_drain_events(hd_dispatch_env_t *env, hd_buf_t *out);
 /* Appends a framed error response (id, code) — for frames rejected before decoding. */
 int hd_dispatch_error(uint64_t id, int code, const char *message, hd_buf_t *out);
+/* Appends ServerFrame { response = *rs } behind its length prefix. Borrows rs. */
+struct Heapd__V1__Response;
+int hd_dispatch_write_response(const struct Heapd__V1__Response *rs, hd_buf_t *out);
 /* clang-format on */
 
 /*

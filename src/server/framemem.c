@@ -115,12 +115,7 @@ __attribute__((noinline)) void *hd__framemem_alloc_slow(hd_framemem_t *m, size_t
         m->spills = s;
         use_slab(m, s);
     }
-    void *p = m->ptr;
-    m->ptr += need;
-    m->left -= need;
-    m->used += need;
-    hd__framemem_unpoison(p, n);
-    return p;
+    return hd__framemem_bump(m, need, n);
 }
 
 /* Ends a frame: frees its spill slabs, resizes home as the frame and the window say, and makes

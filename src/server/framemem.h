@@ -102,19 +102,23 @@ static inline size_t hd__framemem_round(size_t n) {
     return (n + HD_FRAMEMEM_REDZONE + HD_FRAMEMEM_ALIGN - 1) & ~(size_t)(HD_FRAMEMEM_ALIGN - 1);
 }
 
+/* Takes need bytes (hd__framemem_round(n), need <= m->left) from the current slab for an
+ * allocation of n. */
+static inline void *hd__framemem_bump(hd_framemem_t *m, size_t need, size_t n) {
+    void *p = m->ptr;
+    m->ptr += need;
+    m->left -= need;
+    m->used += need;
+    hd__framemem_unpoison(p, n);
+    return p;
+}
+
 /* n bytes, aligned for any type, uninitialised, until the frame ends; NULL when out of memory
  * (m->failed is then set). The fast path is a compare, a round-up, a compare and three adds. */
 static inline void *hd__framemem_alloc(hd_framemem_t *m, size_t n) {
     if (__builtin_expect(n < m->left, 1)) {
         size_t need = hd__framemem_round(n);
-        if (__builtin_expect(need <= m->left, 1)) {
-            void *p = m->ptr;
-            m->ptr += need;
-            m->left -= need;
-            m->used += need;
-            hd__framemem_unpoison(p, n);
-            return p;
-        }
+        if (__builtin_expect(need <= m->left, 1)) return hd__framemem_bump(m, need, n);
     }
     return hd__framemem_alloc_slow(m, n);
 }

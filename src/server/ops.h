@@ -99,6 +99,17 @@ static inline void hd__op_charge(hd_opctx_t *c, uint64_t n) {
     c->budget = n < c->budget ? c->budget - n : 0;
 }
 
+/* For a result that lists entries until the budget is spent: whether entry m, with the
+ * overhead bytes of its field tag and length, still fits after the *used bytes the list's
+ * entries took so far; if it does, adds it to *used. */
+static inline bool hd__op_entry_fits(hd_opctx_t *c, uint64_t *used, const ProtobufCMessage *m,
+                                     unsigned overhead) {
+    uint64_t size = protobuf_c_message_get_packed_size(m) + overhead;
+    if (*used + size > c->budget) return false;
+    *used += size;
+    return true;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Errors and argument checks.                                                                 */
 /* ------------------------------------------------------------------------------------------ */

@@ -57,9 +57,7 @@ static int op_list_sessions(hd_opctx_t *c, const Heapd__V1__ListSessions *a,
         m[k].requests = s->requests;
         m[k].idle_ms = s->idle_ms;
         m[k].created_unix = s->created_unix;
-        uint64_t size = protobuf_c_message_get_packed_size(&m[k].base) + 2;
-        if (used + size > c->budget) break;
-        used += size;
+        if (!hd__op_entry_fits(c, &used, &m[k].base, 2)) break;
         v[k] = &m[k];
     }
     r->sessions = v;

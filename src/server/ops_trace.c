@@ -87,9 +87,7 @@ static int trace_result(hd_opctx_t *c, const hd_trace_stats_t *ts, uint32_t limi
         m[k].count_diff = s->count_diff;
         m[k].bytes_diff = s->bytes_diff;
         /* An entry is at most about 300 bytes: its tag and a 2-byte length prefix. */
-        uint64_t size = protobuf_c_message_get_packed_size(&m[k].base) + 3;
-        if (used + size > c->budget) break;
-        used += size;
+        if (!hd__op_entry_fits(c, &used, &m[k].base, 3)) break;
         m[k].key = hd__op_strdup(c, m[k].key);
         if (m[k].key == NULL) return HD_ENOMEM;
         v[k] = &m[k];

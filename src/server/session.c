@@ -315,10 +315,7 @@ int hd__session_hello_answer(const hd_hello_t *h, const hd_config_t *cfg, uint64
     resp.status = &status;
     resp.result_case = HEAPD__V1__RESPONSE__RESULT_HELLO;
     resp.hello = &hr;
-    Heapd__V1__ServerFrame frame = HEAPD__V1__SERVER_FRAME__INIT;
-    frame.kind_case = HEAPD__V1__SERVER_FRAME__KIND_RESPONSE;
-    frame.response = &resp;
-    return hd_frame_write_msg(out, &frame.base);
+    return hd_dispatch_write_response(&resp, out);
 }
 
 /* protobuf-c's allocator, noting failures so that out of memory is told from bad bytes. */
