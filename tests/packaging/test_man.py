@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import unittest
 
 MAN_DIR = os.environ["HEAPD_MAN_DIR"]

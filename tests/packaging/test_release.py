@@ -2,10 +2,11 @@
 
 The version is written once, in project(heapd VERSION X.Y.Z) in the top CMakeLists.txt (ctest
 passes it as HEAPD_VERSION). Everything that shows a version must show that one: heapd
---version, heapctl --version, heapd.__version__, the C library's pkg-config file and SONAME,
-the man pages (test_man.py), CHANGELOG.md's latest release and debian/changelog's upstream
-version. And no other file may spell it out for the build: a copy would drift at the next
-release.
+--version, heapctl --version, heapd.__version__, the C library's pkg-config file and file
+name, the man pages (test_man.py), CHANGELOG.md's latest release and debian/changelog's
+upstream version. And no other file may spell it out for the build: a copy would drift at the
+next release. The library's SONAME has its own number (HEAPD_CLIENT_SOVERSION, bumped on ABI
+breaks), which the Debian package's name and symbols file must follow.
 
 The license is MIT (LICENSE). No file may name another one, in an SPDX line or in words, so a
 header pasted from elsewhere, or a dependency vendored under another license, is caught here.
@@ -14,15 +15,21 @@ header pasted from elsewhere, or a dependency vendored under another license, is
 import os
 import re
 import subprocess
+import sys
 import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import source_files  # noqa: E402
 
 SOURCE_DIR = os.environ["HEAPD_SOURCE_DIR"]
 BUILD_DIR = os.environ["HEAPD_BUILD_DIR"]
 VERSION = os.environ["HEAPD_VERSION"]
 
-# Files allowed to contain the version string: the one source, the two changelogs, and the
-# protocol's examples of a hello answer (a wire format sample, not used by any build).
-VERSION_ALLOWED = {"CMakeLists.txt", "CHANGELOG.md", "debian/changelog", "docs/PROTOCOL.md"}
+# Files allowed to contain the version string: the one source, the two changelogs, the
+# protocol's examples of a hello answer (a wire format sample, not used by any build), and:
+VERSION_ALLOWED = {"CMakeLists.txt", "CHANGELOG.md", "debian/changelog", "docs/PROTOCOL.md",
+                   # The version each symbol first appeared in: history, not the current one.
+                   "debian/libheapdclient0.symbols"}
 
 # Words and identifiers that name a license other than MIT.
 OTHER_LICENSES = re.compile(
@@ -44,29 +51,9 @@ def run(*cmd, env=None):
                           env=dict(os.environ, **(env or {})))
 
 
-def source_files():
-    """The repository's files (git ls-files when it is a checkout, else a walk without the
-    build trees), as paths relative to SOURCE_DIR."""
-    r = run("git", "-C", SOURCE_DIR, "ls-files", "--cached", "--others", "--exclude-standard")
-    if r.returncode == 0 and r.stdout.strip():
-        files = r.stdout.splitlines()
-    else:
-        files = []
-        for root, dirs, names in os.walk(SOURCE_DIR):
-            dirs[:] = [d for d in dirs if not d.startswith((".git", "build"))]
-            for n in names:
-                files.append(os.path.relpath(os.path.join(root, n), SOURCE_DIR))
-    out = []
-    for rel in files:
-        if rel.startswith(("build/", "build-", "debian/.debhelper", "obj-")):
-            continue
-        path = os.path.join(SOURCE_DIR, rel)
-        if os.path.isfile(path) and not os.path.islink(path):
-            out.append(rel)
-    return out
-
-
 def read_text(rel):
+    if os.path.islink(os.path.join(SOURCE_DIR, rel)):
+        return None  # its target is scanned in its own right
     try:
         with open(os.path.join(SOURCE_DIR, rel), encoding="utf-8") as f:
             return f.read()
@@ -102,8 +89,8 @@ class VersionTest(unittest.TestCase):
         self.assertTrue(lib.endswith(".so." + VERSION), lib)
         r = run("readelf", "-d", lib)
         self.assertEqual(r.returncode, 0, r.stderr)
-        major = VERSION.split(".")[0]
-        self.assertIn("Library soname: [libheapdclient.so.%s]" % major, r.stdout)
+        self.assertIn("Library soname: [libheapdclient.so.%s]"
+                      % os.environ["HEAPD_CLIENT_SOVERSION"], r.stdout)
 
     def test_changelog_has_this_version(self):
         with open(os.path.join(SOURCE_DIR, "CHANGELOG.md"), encoding="utf-8") as f:
@@ -119,6 +106,41 @@ class VersionTest(unittest.TestCase):
         for v, d in releases[1:]:
             self.assertRegex(v, r"^\d+\.\d+\.\d+$")
             self.assertTrue(d, "release %s has no date" % v)
+
+    def test_debian_changelog(self):
+        with open(os.path.join(SOURCE_DIR, "debian", "changelog"), encoding="utf-8") as f:
+            first = f.readline()
+        m = re.match(r"heapd \((?:\d+:)?([^)-]+)-(\d+)\) ", first)
+        self.assertTrue(m, "debian/changelog's first line: %r" % first)
+        self.assertEqual(m.group(1), VERSION, "debian/changelog's upstream version is not "
+                                              "project(VERSION): add an entry (dch -v %s-1)"
+                         % VERSION)
+
+    def test_debian_library_package_follows_the_soname(self):
+        so = os.environ["HEAPD_CLIENT_SOVERSION"]
+        with open(os.path.join(SOURCE_DIR, "debian", "control"), encoding="utf-8") as f:
+            control = f.read()
+        self.assertIn("\nPackage: libheapdclient%s\n" % so, control)
+        self.assertIn("libheapdclient%s (= ${binary:Version})" % so, control)
+        symbols = os.path.join(SOURCE_DIR, "debian", "libheapdclient%s.symbols" % so)
+        with open(symbols, encoding="utf-8") as f:
+            lines = [l for l in f if not l.startswith("#")]
+        self.assertEqual(lines[0], "libheapdclient.so.%s libheapdclient%s #MINVER#\n" % (so, so))
+
+    def test_debian_build_depends_has_the_libraries(self):
+        # Every library (and header package) .ci/setup installs for the build must be a build
+        # dependency of the source package, or dpkg-buildpackage works on CI machines only.
+        with open(os.path.join(SOURCE_DIR, ".ci", "setup"), encoding="utf-8") as f:
+            setup = f.read()
+        packages = re.search(r"PACKAGES=\((.*?)\)", setup, re.S).group(1).split()
+        with open(os.path.join(SOURCE_DIR, "debian", "control"), encoding="utf-8") as f:
+            control = f.read()
+        build_depends = re.search(r"^Build-Depends:(.*?)^\S", control, re.S | re.M).group(1)
+        names = set(re.findall(r"([a-z0-9][a-z0-9+.-]+)", build_depends))
+        wanted = [p for p in packages if p.endswith("-dev") and "clang" not in p]
+        self.assertGreater(len(wanted), 3)
+        self.assertEqual([p for p in wanted if p not in names], [],
+                         "libraries in .ci/setup but not in debian/control's Build-Depends")
 
     def test_written_once(self):
         pattern = re.compile(r"(?<![\d.])%s(?![\d.])" % re.escape(VERSION))
