@@ -22,6 +22,8 @@ docs/DEPLOYMENT.md works as written.
    against the daemon started from the installed units, who is refused, what the upgrade
    keeps and what the purge removes.
 
+The walk's script is left in <build>/deployment-walk.sh, to read after a failure.
+
 Skipped, with the reason, only when a tool is missing (dpkg-buildpackage, debhelper, lintian;
 systemd-nspawn for the walk, which also needs root). .ci/setup installs them.
 """
@@ -117,6 +119,8 @@ journal_has 'listening on unix /run/heapd/heapd.sock (socket activation)'
         "after": r"""
 grep -qx 'collected 1' "$OUT"
 grep -qx 'heapd @VERSION@ answers at tcp://127.0.0.1:7420' "$OUT"
+# heapd-protocol(7)'s way to a client in another language, from the installed .proto.
+(cd /tmp && protoc -I/usr/share/heapd --python_out=. heapd.proto && test -s heapd_pb2.py)
 # The packaged module, with its C codec.
 has '^@VERSION@ /usr/lib/python3/dist-packages/heapd/__init__.py c$' \
     python3 -c 'import heapd; print(heapd.__version__, heapd.__file__, heapd.implementation)'
