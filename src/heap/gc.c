@@ -216,31 +216,67 @@ void hd__gc_on_alloc(hd_heap_t *h) {
  * header of each slot target once: O(young + young slots); objects of other generations
  * are read, never written.
  */
+/* How many objects ahead of a pass its slot targets are prefetched: enough misses in flight
+ * to cover memory latency (8 objects of 4 slots = 32 lines, about the core's miss buffers),
+ * few enough that the lines are still cached when the pass gets there. */
+#define HD_GC_PREFETCH_AHEAD 4
+
+/* Prefetches the headers of the slot targets of ahead (a young object, or
+ * young's sentinel, where the lookahead stops); returns the next object to look ahead at.
+ * Only a hint: a pass reads nothing through it. */
+static inline hd_ref_t prefetch_targets(regions_t rb, hd_ref_t ahead, hd_ref_t young) {
+    if (ahead == young) return ahead;
+    const hd_obj_t *a = obj_at(rb, ahead);
+    for (uint32_t i = 0, n = a->nslots; i < n; i++)
+        if (a->slots[i]) __builtin_prefetch(ref_at(rb, a->slots[i]), 0, 3);
+    hd_ref_t next = a->gc_next;
+    /* GCC counts a prefetch as no side effect, and the lookahead's result feeds only more
+     * prefetches: without this use it deletes the whole lookahead as dead code. */
+    __asm__ volatile("" : : "r"(next));
+    return next;
+}
+
+static inline hd_ref_t prefetch_start(regions_t rb, hd_ref_t young) {
+    hd_ref_t ahead = link_at(rb, young)->gc_next;
+    for (int k = 0; k < HD_GC_PREFETCH_AHEAD; k++)
+        ahead = prefetch_targets(rb, ahead, young);
+    return ahead;
+}
+
 static void update_and_subtract_refs(hd_heap_t *h, hd_ref_t young, int g) {
     regions_t rb = h->alloc.region_base;
+    hd_ref_t ahead = prefetch_start(rb, young);
     for (hd_ref_t r = link_at(rb, young)->gc_next; r != young;) {
         hd_obj_t *o = obj_at(rb, r);
         HD_ASSERT(o->refcnt > 0 && (o->flags & HD_OF_TRACKED) && hd__obj_gen(o) <= g);
-        if (!(o->flags & HD_OF_COLLECTING)) { /* update_refs */
-            o->gc_prev = o->refcnt;
-            o->flags |= HD_OF_COLLECTING;
-        }
+        ahead = prefetch_targets(rb, ahead, young);
+        /* update_refs, unless a slot reached o first. Written without a branch: whether o was
+         * reached first is a coin toss in a random graph, and a mispredicted branch on a load
+         * that missed throws away every miss in flight behind it. */
+        uint16_t of = o->flags;
+        uint32_t om = 0u - (uint32_t)((of & HD_OF_COLLECTING) != 0); /* all ones if reached */
+        o->gc_prev = (o->gc_prev & om) | (o->refcnt & ~om);
+        o->flags = (uint16_t)(of | HD_OF_COLLECTING);
         for (uint32_t i = 0, n = o->nslots; i < n; i++) { /* subtract_refs */
             hd_ref_t t = o->slots[i];
             if (!t) continue;
             hd_obj_t *to = obj_at(rb, t);
             uint16_t f = to->flags;
-            if (f & HD_OF_COLLECTING) {
-                /* gc_refs below zero means a slot reference that refcnt did not count. */
-                HD_ASSERT(to->gc_prev > 0);
-                to->gc_prev--;
-            } else if ((f & HD_OF_TRACKED) && ((f & HD_OF_GEN_MASK) >> HD_OF_GEN_SHIFT) <= g) {
-                /* A young object the walk has not reached: update, then subtract. */
-                HD_ASSERT(to->refcnt > 0);
-                to->gc_prev = to->refcnt - 1;
-                to->flags = (uint16_t)(f | HD_OF_COLLECTING);
-            }
-            /* Else atomic, older or frozen: outside young. */
+            /* In young: already reached (COLLECTING), or tracked in generations 0..g and not
+             * yet reached (then updated here: gc_refs = refcnt, then the subtraction). Else
+             * atomic, older or frozen: outside young, and the stores write back what was
+             * there. Branch-free, as above. */
+            uint32_t reached = (f & HD_OF_COLLECTING) != 0;
+            uint32_t in_young =
+                reached |
+                ((f & HD_OF_TRACKED) & (((f & HD_OF_GEN_MASK) >> HD_OF_GEN_SHIFT) <= (unsigned)g));
+            /* gc_refs below zero means a slot reference that refcnt did not count. */
+            HD_ASSERT(!in_young || (reached ? to->gc_prev : to->refcnt) > 0);
+            if (!in_young) continue;    /* stores would only dirty older objects' lines */
+            uint32_t rm = 0u - reached; /* a mask, so no branch */
+            uint32_t refs = (to->gc_prev & rm) | (to->refcnt & ~rm);
+            to->gc_prev = refs - 1;
+            to->flags = (uint16_t)(f | HD_OF_COLLECTING);
         }
         r = o->gc_next;
     }
@@ -248,11 +284,14 @@ static void update_and_subtract_refs(hd_heap_t *h, hd_ref_t young, int g) {
 
 /* A slot of a reachable object points at t: t is reachable too. If move_unreachable has
  * already moved t to the unreachable list, t goes back to the end of young (where the scan
- * will reach it again); if the scan has not reached t yet, gc_refs = 1 tells it. */
+ * will reach it again); if the scan has not reached t yet, gc_refs = 1 tells it. The common
+ * cases (scanned already, not yet reached, outside young) take no branch on t's state: the
+ * store writes back what was there unless t is COLLECTING with gc_refs 0. */
 static inline void visit_reachable(regions_t rb, hd_ref_t t, hd_ref_t young) {
     hd_obj_t *to = obj_at(rb, t);
-    if (!(to->flags & HD_OF_COLLECTING)) return; /* other generation, atomic, or scanned */
-    if (to->flags & HD_OF_UNREACHABLE) {
+    uint16_t f = to->flags;
+    if (HD_UNLIKELY((f & (HD_OF_COLLECTING | HD_OF_UNREACHABLE)) ==
+                    (HD_OF_COLLECTING | HD_OF_UNREACHABLE))) {
         link_at(rb, to->gc_prev)->gc_next = to->gc_next;
         link_at(rb, to->gc_next)->gc_prev = to->gc_prev;
         /* young's sentinel keeps its tail in gc_prev even while the nodes' gc_prev hold
@@ -263,9 +302,11 @@ static inline void visit_reachable(regions_t rb, hd_ref_t t, hd_ref_t young) {
         ys->gc_prev = t;
         to->gc_prev = 1;
         to->flags &= (uint16_t)~HD_OF_UNREACHABLE;
-    } else if (to->gc_prev == 0) {
-        to->gc_prev = 1;
+        return;
     }
+    /* Stored only when it changes: a store that writes back the same value still dirties a
+     * line, and writing back every target's line doubles a pass's memory traffic. */
+    if ((f & HD_OF_COLLECTING) && to->gc_prev == 0) to->gc_prev = 1;
 }
 
 /*
@@ -286,8 +327,12 @@ static uint64_t move_unreachable(hd_heap_t *h, hd_ref_t young, hd_ref_t unreacha
     hd_gchead_t *us = link_at(rb, unreachable);
     hd_ref_t prev = young; /* the last scanned reachable object, or young's sentinel */
     uint64_t nreachable = 0;
+    /* The lookahead follows gc_next from ahead of the scan: only the object at the scan
+     * position ever moves to unreachable, so it stays on young. */
+    hd_ref_t ahead = prefetch_start(rb, young);
     for (hd_ref_t r = link_at(rb, young)->gc_next; r != young; r = link_at(rb, prev)->gc_next) {
         hd_obj_t *o = obj_at(rb, r);
+        ahead = prefetch_targets(rb, ahead, young);
         if (o->gc_prev > 0) {
             /* Reachable. Visiting may append to young, and so change o->gc_next when o is
              * the tail: the next object is read from prev after the visits. */
