@@ -264,16 +264,15 @@ static void update_and_subtract_refs(hd_heap_t *h, hd_ref_t young, int g) {
             uint16_t f = to->flags;
             /* In young: already reached (COLLECTING), or tracked in generations 0..g and not
              * yet reached (then updated here: gc_refs = refcnt, then the subtraction). Else
-             * atomic, older or frozen: outside young, and the stores write back what was
-             * there. Branch-free, as above. */
+             * atomic, older or frozen: outside young, left untouched. Which of the first two
+             * is a coin toss: a mask, not a branch, as above. */
             uint32_t reached = (f & HD_OF_COLLECTING) != 0;
-            uint32_t in_young =
-                reached |
-                ((f & HD_OF_TRACKED) & (((f & HD_OF_GEN_MASK) >> HD_OF_GEN_SHIFT) <= (unsigned)g));
+            unsigned gen = (unsigned)(f & HD_OF_GEN_MASK) >> HD_OF_GEN_SHIFT;
+            uint32_t in_young = reached | ((f & HD_OF_TRACKED) && gen <= (unsigned)g);
             /* gc_refs below zero means a slot reference that refcnt did not count. */
             HD_ASSERT(!in_young || (reached ? to->gc_prev : to->refcnt) > 0);
-            if (!in_young) continue;    /* stores would only dirty older objects' lines */
-            uint32_t rm = 0u - reached; /* a mask, so no branch */
+            if (!in_young) continue; /* stores would only dirty older objects' lines */
+            uint32_t rm = 0u - reached;
             uint32_t refs = (to->gc_prev & rm) | (to->refcnt & ~rm);
             to->gc_prev = refs - 1;
             to->flags = (uint16_t)(f | HD_OF_COLLECTING);
