@@ -99,18 +99,23 @@ static int table_grow(hd_alloc_t *a, uint32_t need) {
     while (cap < need)
         cap *= 2;
     size_t nchunks = cap / HD_CHUNK_REGIONS;
-    size_t bytes = (size_t)cap * (sizeof(char *) + sizeof(uint64_t)) + nchunks * sizeof(hd_chunk_t);
+    size_t nfp = HD_ARENA_POOLS + 1;
+    size_t bytes = (size_t)cap * (sizeof(char *) + sizeof(uint64_t)) +
+                   nchunks * sizeof(hd_chunk_t) + nfp * sizeof(hd_arena_t *);
     char *mem = hd__malloc(bytes);
     if (!mem) return HD_ENOMEM;
 
     char **base = (char **)mem;
     uint64_t *large = (uint64_t *)(base + cap);
     hd_chunk_t *chunks = (hd_chunk_t *)(large + cap);
+    hd_arena_t **nfp2lasta = (hd_arena_t **)(chunks + nchunks);
+    _Static_assert(sizeof(hd_chunk_t) % sizeof(void *) == 0, "nfp2lasta stays aligned");
     bool first = a->chunks == NULL;
     uint32_t n = first ? HD_CHUNK_REGIONS : a->nregions;
     memset(base, 0, (size_t)cap * sizeof(*base));
     memset(large, 0, (size_t)cap * sizeof(*large));
     memset(chunks, 0, nchunks * sizeof(*chunks));
+    memset(nfp2lasta, 0, nfp * sizeof(*nfp2lasta));
     if (first) {
         base[0] = a->region_base[0];
         chunks[0] = (hd_chunk_t){.next = HD_NOCHUNK, .prev = HD_NOCHUNK, .used = 1};
@@ -119,11 +124,13 @@ static int table_grow(hd_alloc_t *a, uint32_t need) {
         memcpy(base, a->region_base, n * sizeof(*base));
         memcpy(large, a->region_large, n * sizeof(*large));
         memcpy(chunks, a->chunks, n / HD_CHUNK_REGIONS * sizeof(*chunks));
+        memcpy(nfp2lasta, a->nfp2lasta, nfp * sizeof(*nfp2lasta));
         hd__free(a->region_base);
     }
     a->region_base = base;
     a->region_large = large;
     a->chunks = chunks;
+    a->nfp2lasta = nfp2lasta;
     a->nregions = n;
     a->region_cap = cap;
     return 0;

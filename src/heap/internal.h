@@ -224,7 +224,8 @@ typedef struct hd_chunk_s {
  *   not yet found full, or is alloc.c's empty placeholder pool; usedpools[HD_NCLASSES] (large
  *   requests) always is the placeholder.
  *   usable_arenas is sorted by nfreepools ascending (allocate from the fullest arena);
- *   nfp2lasta[n] is the last arena on it with n free pools (NULL if none).
+ *   nfp2lasta[n] is the last arena on it with n free pools (NULL if none); nfp2lasta is
+ *   NULL while the table is inline (no arena yet), then shares the table's allocation.
  *   arenas_current == arenas_allocated_total - arenas_reclaimed <= arenas_highwater.
  */
 typedef struct hd_alloc_s {
@@ -236,9 +237,10 @@ typedef struct hd_alloc_s {
     uint32_t chunks_large;         /* large chunks with a free region, doubly linked */
     uint32_t chunks_full;          /* large chunks without one, doubly linked */
     char *region_inline[HD_REGIONS_INLINE];
-    struct hd_pool_s *usedpools[HD_NCLASSES + 1];     /* per class; [HD_NCLASSES] for large */
-    struct hd_arena_s *usable_arenas;                 /* arenas with free pools, fullest first */
-    struct hd_arena_s *nfp2lasta[HD_ARENA_POOLS + 1]; /* free pools -> last such usable arena */
+    struct hd_pool_s *usedpools[HD_NCLASSES + 1]; /* per class; [HD_NCLASSES] for large */
+    struct hd_arena_s *usable_arenas;             /* arenas with free pools, fullest first */
+    struct hd_arena_s **nfp2lasta;  /* free pools (0..64) -> last such usable arena; in the
+                                     * region table's block, so an empty heap holds none */
     struct hd_arena_s *arenas;      /* every mapped arena, for destroy and stats */
     struct hd_arena_s *spare_arena; /* one empty arena kept against thrashing */
     uint64_t arenas_allocated_total, arenas_reclaimed, arenas_highwater, arenas_current;

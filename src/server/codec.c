@@ -145,6 +145,12 @@ int hd_frame_parser_feed(hd_frame_parser_t *p, const void *in, size_t n) {
     return 0;
 }
 
+void hd_frame_parser_trim(hd_frame_parser_t *p) {
+    if (p->rd != p->buf.len || p->buf.data == NULL) return;
+    hd_buf_free(&p->buf);
+    p->rd = p->done = 0;
+}
+
 int hd_frame_parser_next(hd_frame_parser_t *p, const uint8_t **payload, size_t *len) {
     /* Frames are handed out in place; the bytes of those taken are dropped by the next feed,
      * once per read rather than once per frame. */

@@ -96,6 +96,9 @@ int hd_frame_parser_feed(hd_frame_parser_t *p, const void *in, size_t n);
 int hd_frame_parser_next(hd_frame_parser_t *p, const uint8_t **payload, size_t *len);
 /* Bytes buffered and not yet handed out as frames (whole frames and the partial one). */
 size_t hd_frame_parser_pending(const hd_frame_parser_t *p);
+/* Frees the buffer when nothing is buffered (an idle connection's), so that it is sized again
+ * by the next bytes that arrive. Frames handed out before are invalid afterwards. */
+void hd_frame_parser_trim(hd_frame_parser_t *p);
 
 /* Appends a length prefix and len payload bytes. HD_EFRAME if len is 0 or over 32 bits. */
 int hd_frame_write(hd_buf_t *out, const void *payload, size_t len);

@@ -329,6 +329,13 @@ static void process(hd_conn_t *c) {
     c->flags |= HD_CONN_IN_PROCESS;
     hd_worker_t *w = c->worker;
     uint64_t nframes = 0;
+    /* Responses are packed into the worker's spare buffer, which goes back to the worker once
+     * written (below): a connection holds an output buffer only while output is pending. The
+     * buffer moves, it is never shared: if output stays queued, the connection keeps it. */
+    if (c->out.data == NULL && w->scratch.data != NULL) {
+        c->out = w->scratch;
+        hd_buf_init(&w->scratch);
+    }
     while (!(c->flags & (HD_CONN_LAST_WRITE | HD_CONN_CLOSING | HD_CONN_PAUSED))) {
         const uint8_t *payload;
         size_t len;
@@ -371,6 +378,11 @@ static void process(hd_conn_t *c) {
         if (c->session) hd__session_touch(c->session, nframes);
     }
     flush(c);
+    if (c->out.len == 0 && c->out.data != NULL && w->scratch.data == NULL &&
+        c->out.cap <= HD_SCRATCH_KEEP) {
+        w->scratch = c->out;
+        hd_buf_init(&c->out);
+    }
     c->flags &= ~HD_CONN_IN_PROCESS;
     settle(c);
 }
@@ -399,6 +411,21 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     c->last_active = uv_now(&c->worker->loop);
     hd_frame_parser_feed(&c->parser, buf->base, (size_t)nread); /* errors surface in next() */
     process(c);
+}
+
+/* Buffers sized on demand, released when idle: a connection that has had no traffic for
+ * HD_TRIM_IDLE_MS and has nothing buffered gives its buffers back (an idle session then costs
+ * its structs and its empty heap, no buffer). */
+void hd__conns_trim(uv_timer_t *t) {
+    hd_worker_t *w = t->data;
+    uint64_t now = uv_now(&w->loop);
+    for (hd_conn_t *c = w->conns; c; c = c->next) {
+        if ((c->flags & (HD_CONN_CLOSING | HD_CONN_IN_PROCESS)) ||
+            now - c->last_active < HD_TRIM_IDLE_MS)
+            continue;
+        if (c->out.len == 0) hd_buf_free(&c->out);
+        hd_frame_parser_trim(&c->parser);
+    }
 }
 
 /* ------------------------------------------------------------------------------------------ */

@@ -107,12 +107,15 @@ struct hd_worker_s {
     uv_async_t async;       /* the inbox doorbell */
     uv_timer_t stats_timer; /* publishes dirty sessions' stats (session.c) */
     uv_timer_t stop_timer;  /* bounds how long shutdown waits for output to drain */
+    uv_timer_t trim_timer;  /* frees idle connections' buffers (conn.c:hd__conns_trim) */
     uv_mutex_t inbox_lock;  /* guards inbox_head/inbox_tail */
     hd_msg_t *inbox_head, *inbox_tail;
     hd_config_t cfg;               /* this worker's copy; only this thread reads it */
     hd_conn_t *conns;              /* this worker's connections (doubly linked through next/prev) */
     hd_session_t *sessions;        /* this worker's sessions (doubly linked) */
     uint8_t *readbuf;              /* where libuv reads into; the parser copies out at once */
+    hd_buf_t scratch;              /* an empty output buffer, lent to the connection being
+                                    * processed (conn.c:process); at most HD_SCRATCH_KEEP */
     unsigned state;                /* hd_worker_state_e */
     atomic_uint_fast64_t requests; /* frames dispatched, for server_stats */
     atomic_uint nconns;            /* connections it holds, for the listener's choice */
@@ -212,6 +215,13 @@ struct hd_conn_s {
 #define HD_OUTPUT_HARD_FACTOR 4u
 /* Shutdown waits at most this long for unsent output before closing connections anyway. */
 #define HD_STOP_DRAIN_MS 2000u
+/* Every HD_TRIM_INTERVAL_MS a worker frees the input and output buffers of its connections
+ * that have had nothing buffered and no traffic for HD_TRIM_IDLE_MS: an idle connection then
+ * holds no buffer at all, and a busy one keeps its buffers (no malloc per read). */
+#define HD_TRIM_INTERVAL_MS 1000u
+/* The largest output buffer a worker keeps to lend (bigger ones are freed once written). */
+#define HD_SCRATCH_KEEP (256u * 1024u)
+#define HD_TRIM_IDLE_MS 1000u
 
 /* worker.c */
 int hd__workers_start(hd_server_t *srv, size_t n);
@@ -228,6 +238,8 @@ hd_worker_t *hd__worker_pick(hd_server_t *srv);
 /* conn.c */
 /* Adopts msg's socket on w (the worker's thread). Takes msg's fd and data. */
 void hd__conn_adopt(hd_worker_t *w, hd_msg_t *msg);
+/* The worker's trim_timer callback: frees idle connections' empty buffers. */
+void hd__conns_trim(uv_timer_t *t);
 /* Starts closing c: the session detaches, the socket closes, c is freed later. */
 void hd__conn_close(hd_conn_t *c);
 /* Shutdown: stop reading, queue ESHUTDOWN (id 0) after the answers already queued, close
