@@ -310,6 +310,20 @@ static inline void *hd__alloc_block(hd_alloc_t *a, size_t n, hd_ref_t *ref) {
     return bp;
 }
 
+/* hd__alloc_block without its slow path: NULL when the class's head pool has no free block
+ * (the caller then takes its own slow path, which calls hd__alloc_block). Calls nothing, so
+ * that a caller's fast path can stay a leaf function. n is 1..HD_SMALL_MAX. */
+static inline void *hd__alloc_block_pop(hd_alloc_t *a, size_t n, hd_ref_t *ref) {
+    HD_ASSERT(n >= 1 && n <= HD_SMALL_MAX);
+    hd_pool_t *pool = a->usedpools[(n - 1) >> HD_ALIGN_SHIFT];
+    hd_block_t *bp = pool->freeblock;
+    if (HD_UNLIKELY(bp == NULL)) return NULL;
+    pool->freeblock = bp->next;
+    pool->count++;
+    *ref = hd__pool_block_ref(pool, bp);
+    return bp;
+}
+
 /* If ref names the start of a block that has been handed out by hd__alloc_block (in use now,
  * or freed since but not yet returned with its pool or arena), returns its address; else NULL.
  * Never reads outside the heap's mapped memory. Used to check client handles.

@@ -324,6 +324,16 @@ static HD_NOINLINE int alloc_general(hd_heap_t *h, const hd_alloc_args_t *a, hd_
     return 0;
 }
 
+/* The end of a fast allocation of a container: count it, maybe collect, then track it
+ * (CPython's order, _PyObject_GC_Link). The new object is alive (one client reference) but
+ * invisible to that collection. */
+static HD_NOINLINE int alloc_track(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
+    h->ncontainers++;
+    hd__gc_on_alloc(h);
+    hd__gc_track(h, r, o);
+    return 0;
+}
+
 /* The fast path's bounds: at most 64 slots and 224 payload bytes make at most 512 bytes
  * (24 + 256 + 8 + 224), a pool block. */
 #define HD_FAST_SLOTS 64u
@@ -365,8 +375,9 @@ int hd_alloc(hd_heap_t *h, const hd_alloc_args_t *a, hd_handle_t *out) {
         return HD_ELIMIT;
 
     hd_ref_t r;
-    hd_obj_t *o = hd__alloc_block(&h->alloc, bytes, &r);
-    if (HD_UNLIKELY(!o)) return HD_ENOMEM;
+    hd_obj_t *o = hd__alloc_block_pop(&h->alloc, bytes, &r);
+    /* The head pool is empty: the general path refills (and fails the same way, if it must). */
+    if (HD_UNLIKELY(!o)) return alloc_general(h, a, out);
     zero_block(o, charge);
     o->refcnt = 1;
     o->crefs = 1;
@@ -379,13 +390,9 @@ int hd_alloc(hd_heap_t *h, const hd_alloc_args_t *a, hd_handle_t *out) {
     h->nobjects++;
     h->nbytes += charge;
     h->allocs_total++;
-    if (nslots) {
-        h->ncontainers++;
-        /* CPython's order (_PyObject_GC_Link): count, maybe collect, then track. */
-        hd__gc_on_alloc(h);
-        hd__gc_track(h, r, o);
-    }
     *out = hd__handle_of(o, r);
+    /* Containers go on out of line, so that this stays a leaf function (no frame to save). */
+    if (nslots) return alloc_track(h, r, o);
     return 0;
 }
 
