@@ -396,11 +396,11 @@ static int write_response(hd_framemem_t *m, rsp_t *rs, hd_buf_t *out) {
 static req_t *decode_long(hd_framemem_t *m, const uint8_t *payload, size_t len, hd_buf_t *out,
                           int *rc) {
     uint64_t id = 0;
-    int err = hd_dispatch_scan(payload, len, &id);
+    const char *why = NULL;
+    int err = hd_dispatch_scan(payload, len, &id, &why);
     if (err < 0) {
         if (err != HD_EPROTO) {
-            *rc = hd_dispatch_error(id, err, "the frame holds too many messages; split the batch",
-                                    out);
+            *rc = hd_dispatch_error(id, err, why, out);
             return NULL;
         }
         err = hd_dispatch_error(id, HD_EPROTO, "the frame is not a ClientFrame", out);

@@ -106,10 +106,11 @@ int hd_dispatch_write_response(const struct Heapd__V1__Response *rs, hd_buf_t *o
 
 /* Checks a ClientFrame payload's wire format without decoding it, as hd_dispatch_frame does
  * first: HD_EPROTO if it is not protobuf or nests deeper than any real frame (protobuf-c's
- * decoder recurses once per level), HD_EINVAL if it holds more messages than a frame may;
- * else 0. Sets *id to the request's id when the walk gets that far (else leaves it). For
- * session.c, to run on a hello frame before decoding it. */
-int hd_dispatch_scan(const uint8_t *payload, size_t len, uint64_t *id);
+ * decoder recurses once per level), HD_EINVAL if it holds more messages than a frame may or a
+ * string with a NUL byte (*why says which; why may be NULL); else 0. Sets *id to the request's
+ * id when the walk gets that far (else leaves it). session.c runs it on a hello frame before
+ * decoding it. */
+int hd_dispatch_scan(const uint8_t *payload, size_t len, uint64_t *id, const char **why);
 
 /* The name of a Request op ("alloc", "gc_collect", ...) for logs; "?" if unknown. */
 const char *hd_dispatch_op_name(int op_case);

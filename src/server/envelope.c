@@ -4,7 +4,8 @@
  * The wire scan comes first for every frame that is not canonical, and for the op message of
  * every frame that is: a walk over the raw bytes that bounds nesting and message count (the
  * protobuf-c decoder recurses per level and allocates per message) and recovers the request
- * id even when the frame cannot be decoded.
+ * id even when the frame cannot be decoded. It also refuses strings holding a NUL byte, for
+ * every string field of every message, at no cost beyond the field lookup it makes anyway.
  *
  * This file owns no request semantics: dispatch.c runs what it decodes.
  */
@@ -81,7 +82,7 @@ static int wire_varint(const uint8_t *p, size_t end, size_t *pos, uint64_t *out)
  * it gets that far (else leaves it).
  */
 int hd__wire_scan(const ProtobufCMessageDescriptor *desc, int base, size_t nmsg, const uint8_t *p,
-                  size_t len, uint64_t *id) {
+                  size_t len, uint64_t *id, const char **why) {
     struct {
         const ProtobufCMessageDescriptor *desc;
         size_t end;
@@ -118,11 +119,20 @@ int hd__wire_scan(const ProtobufCMessageDescriptor *desc, int base, size_t nmsg,
             if (wire_varint(p, end, &pos, &v) < 0 || v > end - pos) return HD_EPROTO;
             const ProtobufCFieldDescriptor *fd = field_of(stack[depth].desc, field);
             if (fd == NULL || fd->type != PROTOBUF_C_TYPE_MESSAGE) {
+                /* A decoded string ends at its first NUL: "token\0junk" would be read as
+                 * "token". Such a string is refused, never cut. */
+                if (fd != NULL && fd->type == PROTOBUF_C_TYPE_STRING && memchr(p + pos, 0, v)) {
+                    if (why) *why = "a string field holds a NUL byte";
+                    return HD_EINVAL;
+                }
                 pos += (size_t)v;
                 break;
             }
             if (depth + 1 >= WIRE_MAX_DEPTH) return HD_EPROTO;
-            if (++nmsg > WIRE_MAX_MESSAGES) return HD_EINVAL;
+            if (++nmsg > WIRE_MAX_MESSAGES) {
+                if (why) *why = "the frame holds too many messages; split the batch";
+                return HD_EINVAL;
+            }
             depth++;
             stack[depth].desc = fd->descriptor;
             stack[depth].end = pos + (size_t)v;
@@ -133,8 +143,8 @@ int hd__wire_scan(const ProtobufCMessageDescriptor *desc, int base, size_t nmsg,
     }
 }
 
-int hd_dispatch_scan(const uint8_t *p, size_t len, uint64_t *id) {
-    return hd__wire_scan(&heapd__v1__client_frame__descriptor, 0, 0, p, len, id);
+int hd_dispatch_scan(const uint8_t *p, size_t len, uint64_t *id, const char **why) {
+    return hd__wire_scan(&heapd__v1__client_frame__descriptor, 0, 0, p, len, id, why);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -206,7 +216,7 @@ Heapd__V1__Request *hd__envelope_decode(hd_framemem_t *m, const uint8_t *p, size
     }
     /* The op lies at depth 2, inside the request and the frame's 2 submessages. */
     uint64_t unused;
-    if (op == NULL || hd__wire_scan(op->descriptor, 2, 2, op_data, op_len, &unused) != 0)
+    if (op == NULL || hd__wire_scan(op->descriptor, 2, 2, op_data, op_len, &unused, NULL) != 0)
         return NULL;
     req_t *rq = hd__framemem_alloc(m, sizeof *rq);
     if (rq == NULL) return NULL;

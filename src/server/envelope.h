@@ -27,10 +27,12 @@
 /* Walks the wire format of a message of type desc, at nesting depth `base` of its frame (0
  * for the ClientFrame itself) inside `nmsg` enclosing submessages, without decoding it:
  * HD_EPROTO on bytes that are not protobuf or nest deeper than any real frame, HD_EINVAL when
- * the frame holds more messages than a frame may; else 0. Sets *id to the request's id when
- * it gets that far (else leaves it). hd_dispatch_scan is this for a whole ClientFrame. */
+ * the frame holds more messages than a frame may or a string field holds a NUL byte (which
+ * the decoded C string would silently cut off), with *why saying which (why may be NULL);
+ * else 0. Sets *id to the request's id when it gets that far (else leaves it).
+ * hd_dispatch_scan is this for a whole ClientFrame. */
 int hd__wire_scan(const ProtobufCMessageDescriptor *desc, int base, size_t nmsg, const uint8_t *p,
-                  size_t len, uint64_t *id);
+                  size_t len, uint64_t *id, const char **why);
 
 /* The Request of a canonical ClientFrame payload, decoded into m; NULL when the payload is
  * not canonical, or its op fails the scan or does not decode (the caller then scans and

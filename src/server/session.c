@@ -345,6 +345,18 @@ static void refuse(hd_hello_t *out, const hd_conn_t *c, int code, const char *wh
 void hd__session_hello(hd_conn_t *c, const uint8_t *payload, size_t len, hd_hello_t *out) {
     hd_worker_t *w = c->worker;
     memset(out, 0, sizeof *out);
+    /* The scan bounds nesting before protobuf-c recurses, and refuses a string with a NUL
+     * byte: "token\0junk" must not pass as "token". */
+    const char *why_scan = NULL;
+    int scan = hd_dispatch_scan(payload, len, &out->id, &why_scan);
+    if (scan == HD_EINVAL) {
+        refuse(out, c, HD_EINVAL, why_scan);
+        return;
+    }
+    if (scan < 0) {
+        refuse(out, c, HD_EPROTO, "undecodable frame: the first frame is not a ClientFrame");
+        return;
+    }
     hello_alloc_t ha = {{hello_malloc, hello_free, NULL}, 0};
     ha.a.allocator_data = &ha;
     Heapd__V1__ClientFrame *f = heapd__v1__client_frame__unpack(&ha.a, len, payload);

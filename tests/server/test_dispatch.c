@@ -1313,9 +1313,9 @@ static void test_undecodable(void **state) {
     assert_int_equal(rc, HD_EPROTO);
     assert_err(rs, HD_EPROTO);
     uint64_t id = 99;
-    assert_int_equal(hd_dispatch_scan(deep, n, &id), HD_EPROTO);
+    assert_int_equal(hd_dispatch_scan(deep, n, &id, NULL), HD_EPROTO);
     assert_int_equal(id, 99);
-    assert_int_equal(hd_dispatch_scan(cut, sizeof cut, &id), HD_EPROTO);
+    assert_int_equal(hd_dispatch_scan(cut, sizeof cut, &id, NULL), HD_EPROTO);
     assert_int_equal(id, 42);
     assert_heap_unchanged(&before);
 }
