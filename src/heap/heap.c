@@ -7,7 +7,8 @@
  * whole, so it costs O(arenas + large objects), never O(objects).
  *
  * Events (finalized, weak reference cleared, collection start and stop) are queued here in
- * a ring buffer, only for the types the session asked for, and popped by the daemon.
+ * 4 KiB chunks of 16-byte records, only for the types the session asked for, and popped by
+ * the daemon.
  */
 #include "internal.h"
 
@@ -62,9 +63,9 @@ void hd_heap_free(hd_heap_t *h) {
     if (h->weak) hd__weakref_destroy(h);
     if (h->trace) hd__trace_destroy(h);
     hd__gc_destroy(h);
+    hd__events_destroy(h);
     hd__intern_free(&h->tags);
     hd__intern_free(&h->sites);
-    hd__free(h->events.v);
     hd__alloc_destroy(&h->alloc);
     hd__free(h);
 }
@@ -74,36 +75,94 @@ void hd_heap_set_limits(hd_heap_t *h, uint64_t max_bytes, uint64_t max_objects) 
     h->max_objects = max_objects;
 }
 
+const char *hd_heap_why(const hd_heap_t *h) {
+    return h->why ? h->why : "";
+}
+
 /* ========================================================================================== */
 /* Events.                                                                                    */
 /* ========================================================================================== */
 
-/* Invariant: n <= cap; the queued events are v[(head + i) % cap] for i in 0..n-1. */
-static int events_grow(hd_evqueue_t *q) {
-    size_t ncap = q->cap ? q->cap * 2 : 64;
-    if (ncap > HD_EVENTS_MAX) ncap = HD_EVENTS_MAX;
-    if (ncap <= q->cap) return HD_ELIMIT;
-    hd_event_t *nv = hd__malloc(ncap * sizeof *nv);
-    if (!nv) return HD_ENOMEM;
-    for (size_t i = 0; i < q->n; i++)
-        nv[i] = q->v[(q->head + i) % q->cap];
-    hd__free(q->v);
-    q->v = nv;
-    q->cap = ncap;
-    q->head = 0;
-    return 0;
+/* A record slot at the tail, taking a chunk when the tail is full (the spare first). NULL,
+ * with nothing changed, when no chunk can be had. */
+static hd_evrec_t *rec_push(hd_evqueue_t *q) {
+    hd_evchunk_t *c = q->tail;
+    if (!c || c->wr == HD_EVCHUNK_RECS) {
+        hd_evchunk_t *nc = q->spare;
+        if (nc)
+            q->spare = NULL;
+        else if (!(nc = hd__malloc(sizeof *nc)))
+            return NULL;
+        nc->next = NULL;
+        nc->rd = nc->wr = 0;
+        if (c)
+            c->next = nc;
+        else
+            q->head = nc;
+        q->tail = c = nc;
+    }
+    return &c->rec[c->wr++];
+}
+
+/* The oldest record, which must exist; an emptied chunk becomes the spare or is freed. */
+static hd_evrec_t rec_pop(hd_evqueue_t *q) {
+    hd_evchunk_t *c = q->head;
+    HD_ASSERT(c && c->rd < c->wr);
+    hd_evrec_t r = c->rec[c->rd++];
+    if (c->rd == c->wr && (c->wr == HD_EVCHUNK_RECS || c == q->tail)) {
+        q->head = c->next;
+        if (!q->head) q->tail = NULL;
+        if (q->spare)
+            hd__free(c);
+        else
+            q->spare = c;
+    }
+    return r;
+}
+
+/* Whether n more records can be pushed without a new chunk, or the chunk can be had: taking
+ * it here means the records of one event never straddle a failure. */
+static bool rec_room(hd_evqueue_t *q, unsigned n) {
+    hd_evchunk_t *c = q->tail;
+    if (c && c->wr + n <= HD_EVCHUNK_RECS) return true;
+    if (q->spare) return true;
+    hd_evchunk_t *nc = hd__malloc(sizeof *nc);
+    if (!nc) return false;
+    q->spare = nc;
+    return true;
 }
 
 void hd__event_push(hd_heap_t *h, const hd_event_t *ev) {
     hd_evqueue_t *q = &h->events;
+    HD_ASSERT(ev->type != HD_EV_FINALIZED);
     if (!hd__event_wanted(h, ev->type)) return;
-    if (q->n == q->cap && events_grow(q) < 0) {
+    unsigned nrec = ev->type == HD_EV_GC_STOP ? 2 : 1;
+    if (q->n >= HD_EVENTS_MAX || !rec_room(q, nrec)) {
         q->dropped++;
         return;
     }
-    hd_event_t *slot = &q->v[(q->head + q->n) % q->cap];
-    *slot = *ev;
-    if (!slot->tag) slot->tag = "";
+    hd_evrec_t *r = rec_push(q);
+    *r = (hd_evrec_t){.type = (uint8_t)ev->type, .generation = (int8_t)ev->generation};
+    if (ev->type == HD_EV_WEAKREF_CLEARED) r->a = ev->weak;
+    if (ev->type == HD_EV_GC_STOP) {
+        r->a = ev->collected;
+        r = rec_push(q); /* rec_room made sure it is there */
+        r->raw[0] = ev->uncollectable;
+        r->raw[1] = ev->pause_ns;
+    }
+    q->n++;
+}
+
+void hd__event_push_finalized(hd_heap_t *h, hd_handle_t handle, uint16_t tag) {
+    hd_evqueue_t *q = &h->events;
+    if (!hd__event_wanted(h, HD_EV_FINALIZED)) return;
+    if (q->n >= HD_EVENTS_MAX || !rec_room(q, 1)) {
+        q->dropped++;
+        return;
+    }
+    hd_evrec_t *r = rec_push(q);
+    *r = (hd_evrec_t){.type = HD_EV_FINALIZED, .tag = tag, .a = handle};
+    hd__intern_ref(&h->tags, tag);
     q->n++;
 }
 
@@ -117,13 +176,45 @@ unsigned hd_events_get_mask(hd_heap_t *h) {
 
 int hd_events_pop(hd_heap_t *h, hd_event_t *out) {
     hd_evqueue_t *q = &h->events;
+    hd__intern_release(&h->tags, q->held_tag);
+    q->held_tag = 0;
     if (!q->n) return 0;
-    *out = q->v[q->head];
-    q->head = (q->head + 1) % q->cap;
+    hd_evrec_t r = rec_pop(q);
+    memset(out, 0, sizeof *out);
+    out->type = (hd_event_type_t)r.type;
+    out->generation = r.generation;
+    out->tag = "";
+    switch (out->type) {
+    case HD_EV_FINALIZED:
+        out->handle = r.a;
+        out->tag = hd__intern_str(&h->tags, r.tag);
+        q->held_tag = r.tag; /* released at the next pop: the string is lent until then */
+        break;
+    case HD_EV_WEAKREF_CLEARED: out->weak = r.a; break;
+    case HD_EV_GC_STOP: {
+        hd_evrec_t r2 = rec_pop(q);
+        out->collected = r.a;
+        out->uncollectable = r2.raw[0];
+        out->pause_ns = r2.raw[1];
+        break;
+    }
+    default: break;
+    }
     q->n--;
     return 1;
 }
 
 uint64_t hd_events_dropped(hd_heap_t *h) {
     return h->events.dropped;
+}
+
+void hd__events_destroy(hd_heap_t *h) {
+    hd_evqueue_t *q = &h->events;
+    hd_event_t ev;
+    while (hd_events_pop(h, &ev))
+        ;
+    hd__intern_release(&h->tags, q->held_tag);
+    q->held_tag = 0;
+    hd__free(q->spare);
+    q->spare = NULL;
 }

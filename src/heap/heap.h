@@ -111,6 +111,9 @@ int hd_heap_new(const hd_heap_config_t *cfg, hd_heap_t **out);
 void hd_heap_free(hd_heap_t *h);
 /* Changes the limits; lowering below current use is allowed and blocks further growth. */
 void hd_heap_set_limits(hd_heap_t *h, uint64_t max_bytes, uint64_t max_objects);
+/* Which limit the heap's last HD_ELIMIT ran into, for a person ("max_objects: ..."); "" if
+ * none. Static text. */
+const char *hd_heap_why(const hd_heap_t *h);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Objects and reference counting.                                                             */
@@ -286,7 +289,7 @@ typedef struct hd_event_s {
     hd_event_type_t type;
     hd_handle_t handle; /* FINALIZED: the freed object's (now stale) handle */
     hd_weak_t weak;     /* WEAKREF_CLEARED */
-    const char *tag;    /* FINALIZED: interned, borrowed from the heap (valid while it lives) */
+    const char *tag;    /* FINALIZED: interned, lent by the heap until the next hd_events_pop */
     int generation;
     uint64_t collected, uncollectable, pause_ns;
 } hd_event_t;
@@ -294,7 +297,8 @@ typedef struct hd_event_s {
 /* Chooses which events are queued (default: none). Events already queued stay. */
 void hd_events_set_mask(hd_heap_t *h, unsigned mask);
 unsigned hd_events_get_mask(hd_heap_t *h);
-/* Pops the oldest queued event; returns 1 if one was popped, 0 if the queue is empty. */
+/* Pops the oldest queued event; returns 1 if one was popped, 0 if the queue is empty. The
+ * event's tag stays valid until the next call (a queued event holds its tag's string). */
 int hd_events_pop(hd_heap_t *h, hd_event_t *out);
 /* Events that could not be queued (out of memory or queue limit) since the heap began. */
 uint64_t hd_events_dropped(hd_heap_t *h);
@@ -306,7 +310,7 @@ uint64_t hd_events_dropped(hd_heap_t *h);
 typedef enum hd_trace_group_e { HD_TRACE_BY_SITE = 0, HD_TRACE_BY_TAG = 1 } hd_trace_group_t;
 
 typedef struct hd_trace_stat_s {
-    const char *key;    /* site or tag; "" for none; borrowed from the heap */
+    const char *key;    /* site or tag; "" for none; borrowed, valid while the snapshot lives */
     uint64_t count;     /* live traced objects */
     uint64_t bytes;     /* their getsizeof bytes */
     int64_t count_diff; /* compare_to only */

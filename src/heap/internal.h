@@ -389,6 +389,7 @@ enum {
     HD_OF_UNREACHABLE = 0x0200, /* gc.c: tentatively unreachable */
     HD_OF_GARBAGE = 0x0400,     /* on the garbage list (holds one internal reference) */
     HD_OF_WANTS_FINAL = 0x0800, /* allocated with HD_OBJ_FINALIZER (for hd_obj_info) */
+    HD_OF_LABELS = 0x1000,      /* has a tag or a site: holds a reference on each interned id */
 };
 
 /*
@@ -503,18 +504,65 @@ typedef struct hd_gcstate_s {
     uint64_t next_cursor;
 } hd_gcstate_t;
 
+/* One interned string. A live id names its string and counts its references: each live object
+ * with that tag (or site), each trace snapshot listing it, each queued FINALIZED event naming
+ * it. A free id has s == NULL and links the free list through next_free. */
+typedef struct hd_istr_s {
+    char *s;            /* the string (owned); NULL while the id is free */
+    uint64_t refs;      /* live: references; the string is freed when they reach 0 */
+    uint32_t hash;      /* str_hash(s), so the table can move entries without rehashing */
+    uint32_t next_free; /* free: the next free id, 0 = none */
+} hd_istr_t;
+
+/* Invariants: ids 1 .. n-1 have been handed out; each is live (s != NULL, refs >= 1, in the
+ * table exactly once) or free (s == NULL, on the free list, not in the table); nlive counts the
+ * live ones; tcap >= 2 * (nlive + 1), a power of two (or 0 with no table). ent[0] is "" and is
+ * never counted. */
 typedef struct hd_intern_s {
-    char **strs;     /* id -> string; strs[0] = "" */
-    uint32_t n, cap; /* ids in use (including 0) / capacity */
-    uint16_t *table; /* open addressing: ids, 0 = empty; tcap is a power of two */
+    hd_istr_t *ent;     /* id -> string; NULL until the first string */
+    uint32_t n, cap;    /* ids handed out (including 0) / capacity of ent */
+    uint32_t nlive;     /* live ids */
+    uint32_t free_head; /* first free id, 0 = none */
+    uint16_t *table;    /* open addressing, linear probing: live ids, 0 = empty */
     uint32_t tcap;
 } hd_intern_t;
 
+/* One queued event, 16 bytes: a FINALIZED event names its tag by interned id and holds a
+ * reference on it. GC_STOP takes two records, the second holding raw[0] = uncollectable and
+ * raw[1] = pause_ns. */
+typedef union hd_evrec_u {
+    struct {
+        uint8_t type;      /* hd_event_type_t */
+        int8_t generation; /* GC_START, GC_STOP */
+        uint16_t tag;      /* FINALIZED: interned tag id (one reference) */
+        uint32_t unused;
+        uint64_t a; /* FINALIZED: handle; WEAKREF_CLEARED: weak; GC_STOP: collected */
+    };
+    uint64_t raw[2];
+} hd_evrec_t;
+_Static_assert(sizeof(hd_evrec_t) == 16, "an event record is 16 bytes");
+
+/* Queued events live in 4 KiB chunks of records, linked oldest first, so the queue grows and
+ * shrinks a chunk at a time and never copies. Invariant: rd <= wr <= HD_EVCHUNK_RECS; records
+ * rec[rd .. wr) are queued. */
+#define HD_EVCHUNK_RECS 255
+typedef struct hd_evchunk_s {
+    struct hd_evchunk_s *next; /* the next newer chunk */
+    uint32_t rd, wr;           /* next record to pop / to push */
+    hd_evrec_t rec[HD_EVCHUNK_RECS];
+} hd_evchunk_t;
+_Static_assert(sizeof(hd_evchunk_t) == 4096, "an event chunk is one page");
+
+/* Invariants: head == NULL iff tail == NULL iff no chunk is in use; n events are queued in
+ * head .. tail; spare is NULL or an empty chunk on no list. */
 typedef struct hd_evqueue_s {
-    hd_event_t *v; /* ring buffer */
-    size_t head, n, cap;
+    hd_evchunk_t *head, *tail; /* oldest and newest chunk in use */
+    hd_evchunk_t *spare;       /* one emptied chunk kept, so a steady trickle never mallocs */
+    uint64_t n;                /* events queued */
     unsigned mask;
     uint64_t dropped;
+    uint16_t held_tag; /* the tag of the FINALIZED event popped last: its reference is dropped at
+                        * the next pop, so the string hd_events_pop lent stays valid until then */
 } hd_evqueue_t;
 
 struct hd_weakstate_s;  /* weakref.c's own, allocated on first use */
@@ -535,6 +583,7 @@ struct hd_heap_s {
     bool tracing;       /* trace.c: tracing is on (hd__tracing) */
     hd_intern_t tags, sites;
     hd_evqueue_t events;
+    const char *why; /* what the last HD_ELIMIT ran into (static text), for hd_heap_why */
     struct hd_weakstate_s *weak;
     struct hd_tracestate_s *trace;
 };
@@ -635,10 +684,17 @@ void hd__obj_clear_slots(hd_heap_t *h, hd_ref_t r);
 int hd__handles_push(hd_heap_t *h, hd_handles_t *out, hd_ref_t r, int newref);
 /* Drops the client references that hd__handles_push took for out[from..] (error unwinding). */
 void hd__handles_unwind(hd_heap_t *h, hd_handles_t *out, size_t from, int newref);
-/* Interning of tags and sites: id 0 is "". */
+/* Interning of tags and sites: id 0 is "". hd__intern finds or adds s and takes one reference
+ * on its id (0 or HD_ENOMEM; HD_ELIMIT when 65,535 distinct strings are live); hd__intern_ref
+ * takes another; hd__intern_release drops one, freeing the string and its id at zero. Id 0
+ * counts nothing. */
 int hd__intern(hd_intern_t *t, const char *s, uint16_t *id);
+static inline void hd__intern_ref(hd_intern_t *t, uint16_t id) {
+    if (id) t->ent[id].refs++;
+}
+void hd__intern_release(hd_intern_t *t, uint16_t id);
 static inline const char *hd__intern_str(const hd_intern_t *t, uint16_t id) {
-    return t->strs ? t->strs[id] : "";
+    return id ? t->ent[id].s : "";
 }
 void hd__intern_free(hd_intern_t *t);
 
@@ -646,8 +702,18 @@ void hd__intern_free(hd_intern_t *t);
 /* heap.c                                                                                      */
 /* ------------------------------------------------------------------------------------------ */
 
-/* Queues ev if its type is in the mask; counts a drop when it cannot. */
+/* Records why (static text) for hd_heap_why and returns HD_ELIMIT. */
+static inline int hd__limit(hd_heap_t *h, const char *why) {
+    h->why = why;
+    return HD_ELIMIT;
+}
+
+/* Queues ev (not FINALIZED) if its type is in the mask; counts a drop when it cannot. */
 void hd__event_push(hd_heap_t *h, const hd_event_t *ev);
+/* Queues FINALIZED for handle with its tag's id (taking a reference on it), if wanted. */
+void hd__event_push_finalized(hd_heap_t *h, hd_handle_t handle, uint16_t tag);
+/* Frees the queue's chunks and the tag references its events hold. */
+void hd__events_destroy(hd_heap_t *h);
 static inline bool hd__event_wanted(hd_heap_t *h, hd_event_type_t t) {
     return (h->events.mask & HD_EVMASK(t)) != 0;
 }

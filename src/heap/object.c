@@ -7,7 +7,8 @@
  * reaches zero the object is freed at once and its slots' references are dropped, depth
  * first and with CPython's trashcan, as subtype_dealloc does, without recursion and without
  * allocating (the work list is threaded through the dying objects' own gc links). Also the
- * per-heap interning of tags and sites.
+ * per-heap interning of tags and sites, counted so that an id whose last holder has gone is
+ * reused.
  *
  * Does not own: memory (alloc.c), generations and collection (gc.c), weak references
  * (weakref.c), tracing statistics (trace.c), the event queue (heap.c).
@@ -26,13 +27,23 @@ static uint32_t str_hash(const char *s) {
     return x;
 }
 
-/* Invariant: table holds every id 1..n-1 exactly once; tcap >= 2 * n (load <= 1/2). */
+/* The table's slot holding id, whose hash is hash. The id is live, so it is there. */
+static uint32_t table_slot(const hd_intern_t *t, uint16_t id, uint32_t hash) {
+    uint32_t i = hash & (t->tcap - 1);
+    while (t->table[i] != id)
+        i = (i + 1) & (t->tcap - 1);
+    return i;
+}
+
+/* Doubles the table (or creates it) and reinserts every live id: 0 or HD_ENOMEM (nothing
+ * changed). */
 static int intern_grow(hd_intern_t *t) {
     uint32_t ncap = t->tcap ? t->tcap * 2 : 16;
     uint16_t *nt = hd__calloc(ncap, sizeof *nt);
     if (!nt) return HD_ENOMEM;
     for (uint32_t id = 1; id < t->n; id++) {
-        uint32_t i = str_hash(t->strs[id]) & (ncap - 1);
+        if (!t->ent[id].s) continue;
+        uint32_t i = t->ent[id].hash & (ncap - 1);
         while (nt[i])
             i = (i + 1) & (ncap - 1);
         nt[i] = (uint16_t)id;
@@ -43,6 +54,21 @@ static int intern_grow(hd_intern_t *t) {
     return 0;
 }
 
+/* Takes id out of the table, shifting the rest of its cluster back so that no probe breaks
+ * (linear probing without tombstones, as weakref.c's map). */
+static void table_remove(hd_intern_t *t, uint16_t id) {
+    uint32_t mask = t->tcap - 1, hole = table_slot(t, id, t->ent[id].hash);
+    for (uint32_t i = (hole + 1) & mask; t->table[i]; i = (i + 1) & mask) {
+        uint32_t home = t->ent[t->table[i]].hash & mask;
+        /* Move i into the hole unless its home lies cyclically in (hole, i]. */
+        if (((i - home) & mask) >= ((i - hole) & mask)) {
+            t->table[hole] = t->table[i];
+            hole = i;
+        }
+    }
+    t->table[hole] = 0;
+}
+
 int hd__intern(hd_intern_t *t, const char *s, uint16_t *id) {
     if (!s || !*s) {
         *id = 0;
@@ -51,39 +77,66 @@ int hd__intern(hd_intern_t *t, const char *s, uint16_t *id) {
     uint32_t hash = str_hash(s);
     if (t->tcap) {
         for (uint32_t i = hash & (t->tcap - 1); t->table[i]; i = (i + 1) & (t->tcap - 1)) {
-            if (strcmp(t->strs[t->table[i]], s) == 0) {
+            hd_istr_t *e = &t->ent[t->table[i]];
+            if (e->hash == hash && strcmp(e->s, s) == 0) {
+                e->refs++;
                 *id = t->table[i];
                 return 0;
             }
         }
     }
-    /* A new string. Ids are 16 bits: 65,535 distinct tags (or sites) per heap. */
-    if (t->n == 0) t->n = 1; /* id 0 is "" */
-    if (t->n > UINT16_MAX) return HD_ELIMIT;
-    if ((t->n + 1) * 2 > t->tcap && intern_grow(t) < 0) return HD_ENOMEM;
-    if (t->n + 1 > t->cap) {
+    /* A new string. Ids are 16 bits: 65,535 distinct tags (or sites) live at once per heap;
+     * an id whose last object died is reused. Everything that can fail comes first. */
+    if (t->nlive >= UINT16_MAX) return HD_ELIMIT;
+    if ((t->nlive + 2) * 2 > t->tcap && intern_grow(t) < 0) return HD_ENOMEM;
+    if (!t->free_head && t->n + 1 > t->cap) {
         uint32_t ncap = t->cap ? t->cap * 2 : 16;
-        char **ns = hd__realloc(t->strs, ncap * sizeof *ns);
-        if (!ns) return HD_ENOMEM;
-        ns[0] = (char *)"";
-        t->strs = ns;
+        if (ncap > UINT16_MAX + 1u) ncap = UINT16_MAX + 1u;
+        hd_istr_t *ne = hd__realloc(t->ent, ncap * sizeof *ne);
+        if (!ne) return HD_ENOMEM;
+        if (!t->ent) {
+            ne[0] = (hd_istr_t){.s = (char *)""};
+            t->n = 1;
+        }
+        t->ent = ne;
         t->cap = ncap;
     }
     char *copy = hd__strdup(s);
     if (!copy) return HD_ENOMEM;
+    uint32_t n;
+    if (t->free_head) {
+        n = t->free_head;
+        t->free_head = t->ent[n].next_free;
+    } else {
+        n = t->n++;
+    }
+    t->ent[n] = (hd_istr_t){.s = copy, .refs = 1, .hash = hash};
     uint32_t i = hash & (t->tcap - 1);
     while (t->table[i])
         i = (i + 1) & (t->tcap - 1);
-    t->table[i] = (uint16_t)t->n;
-    t->strs[t->n] = copy;
-    *id = (uint16_t)t->n++;
+    t->table[i] = (uint16_t)n;
+    t->nlive++;
+    *id = (uint16_t)n;
     return 0;
+}
+
+void hd__intern_release(hd_intern_t *t, uint16_t id) {
+    if (!id) return;
+    hd_istr_t *e = &t->ent[id];
+    /* A release without its reference: the string would be freed under another holder. */
+    HD_ASSERT(e->s != NULL && e->refs > 0);
+    if (--e->refs) return;
+    table_remove(t, id);
+    hd__free(e->s);
+    *e = (hd_istr_t){.next_free = t->free_head};
+    t->free_head = id;
+    t->nlive--;
 }
 
 void hd__intern_free(hd_intern_t *t) {
     for (uint32_t id = 1; id < t->n; id++)
-        hd__free(t->strs[id]);
-    hd__free(t->strs);
+        hd__free(t->ent[id].s);
+    hd__free(t->ent);
     hd__free(t->table);
     memset(t, 0, sizeof *t);
 }
@@ -137,12 +190,22 @@ void hd__intern_free(hd_intern_t *t) {
  * dealloc is deferred. */
 #define HD_TRASH_UNWIND_LEVEL 50
 
-/* The finalizer, the weak references and the trace counts, before the slots. Out of line:
- * most objects have none of the three. */
+/* What a dealloc does before the slots, besides untracking (HD_DEALLOC_HEAD). */
+#define HD_DEALLOC_HEAD (HD_OF_FINALIZER | HD_OF_WEAKREFD | HD_OF_TRACED | HD_OF_LABELS)
+
+/* The finalizer, the weak references, the trace counts and the labels' references, before the
+ * slots. Out of line: most objects have none of the four. The event and the trace counts
+ * read the tag and site ids, so the labels go last. */
 static HD_NOINLINE void dealloc_head(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
     if (o->flags & HD_OF_FINALIZER) hd__obj_finalize(h, r, o);
     if (o->flags & HD_OF_WEAKREFD) hd__weakref_clear(h, r, o);
     if (o->flags & HD_OF_TRACED) hd__trace_free(h, o);
+    if (o->flags & HD_OF_LABELS) {
+        hd_objext_t *x = hd__obj_ext(o);
+        hd__intern_release(&h->tags, x->tag);
+        hd__intern_release(&h->sites, x->site);
+        o->flags &= (uint16_t)~HD_OF_LABELS;
+    }
 }
 
 /* The end of a dealloc: the object's block goes back, its handle goes stale. */
@@ -160,9 +223,7 @@ void hd__obj_finalize(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
     o->flags &= (uint16_t)~HD_OF_FINALIZER;
     if (hd__event_wanted(h, HD_EV_FINALIZED)) {
         hd_objext_t *x = hd__obj_ext(o);
-        hd_event_t ev = {.type = HD_EV_FINALIZED, .handle = hd__handle_of(o, r)};
-        ev.tag = hd__intern_str(&h->tags, x ? x->tag : 0);
-        hd__event_push(h, &ev);
+        hd__event_push_finalized(h, hd__handle_of(o, r), x ? x->tag : 0);
     }
 }
 
@@ -182,11 +243,11 @@ static HD_NOINLINE void release(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
             later = r;
         } else if (o->nslots == 0) {
             /* Nothing can die with it, so it needs no frame: the whole dealloc at once. */
-            if (o->flags & (HD_OF_FINALIZER | HD_OF_WEAKREFD | HD_OF_TRACED)) dealloc_head(h, r, o);
+            if (o->flags & HD_DEALLOC_HEAD) dealloc_head(h, r, o);
             dealloc_free(h, r, o);
         } else {
             nesting++;
-            if (o->flags & (HD_OF_FINALIZER | HD_OF_WEAKREFD | HD_OF_TRACED)) dealloc_head(h, r, o);
+            if (o->flags & HD_DEALLOC_HEAD) dealloc_head(h, r, o);
             o->gc_prev = 0;
             o->gc_next = top;
             top = r;
@@ -268,8 +329,9 @@ static int check_args(const hd_alloc_args_t *a) {
 /*
  * Returns a new client reference. The steps that can fail (arguments, limits, interning,
  * trace entry, the block) all come before the first change to the object graph, so a
- * failure leaves the heap as it was. Interned strings stay in their table (a cache), but
- * only once the limits let the object in: a refused allocation must not use up tag ids.
+ * failure leaves the heap as it was. Labels are interned only once the limits let the object
+ * in, and a later failure gives their references back: a refused allocation uses up no
+ * tag id.
  * This is the general path; hd_alloc below takes the common allocations itself.
  */
 static HD_NOINLINE int alloc_general(hd_heap_t *h, const hd_alloc_args_t *a, hd_handle_t *out) {
@@ -279,24 +341,35 @@ static HD_NOINLINE int alloc_general(hd_heap_t *h, const hd_alloc_args_t *a, hd_
     bool ext = a->size || has_tag || has_site;
     size_t bytes = hd__obj_bytes(a->nslots, a->size, ext);
     size_t charge = hd__alloc_charge(bytes);
-    if (HD_UNLIKELY(h->max_objects && h->nobjects >= h->max_objects)) return HD_ELIMIT;
-    if (HD_UNLIKELY(h->max_bytes && h->nbytes + charge > h->max_bytes)) return HD_ELIMIT;
+    if (HD_UNLIKELY(h->max_objects && h->nobjects >= h->max_objects))
+        return hd__limit(h, "max_objects: the heap holds as many objects as it may");
+    if (HD_UNLIKELY(h->max_bytes && h->nbytes + charge > h->max_bytes))
+        return hd__limit(h, "max_bytes: the object would take the heap over it");
+    /* Each label's id takes a reference here, given back if a later step fails. */
     uint16_t tag = 0, site = 0;
-    if ((has_tag && (rc = hd__intern(&h->tags, a->tag, &tag)) < 0) ||
-        (has_site && (rc = hd__intern(&h->sites, a->site, &site)) < 0))
+    if (has_tag && (rc = hd__intern(&h->tags, a->tag, &tag)) < 0) {
+        if (rc == HD_ELIMIT) hd__limit(h, "65,535 distinct tags are in use in this heap");
         return rc;
-    if (hd__tracing(h) && (rc = hd__trace_prepare(h, site, tag)) < 0) return rc;
+    }
+    if (has_site && (rc = hd__intern(&h->sites, a->site, &site)) < 0) {
+        if (rc == HD_ELIMIT) hd__limit(h, "65,535 distinct sites are in use in this heap");
+        goto unlabel;
+    }
+    if (hd__tracing(h) && (rc = hd__trace_prepare(h, site, tag)) < 0) goto unlabel;
 
     hd_ref_t r;
     hd_obj_t *o = hd__alloc_block(&h->alloc, bytes, &r);
-    if (HD_UNLIKELY(!o)) return HD_ENOMEM;
+    if (HD_UNLIKELY(!o)) {
+        rc = HD_ENOMEM;
+        goto unlabel;
+    }
     o->gc_prev = o->gc_next = 0;
     o->refcnt = 1;
     o->crefs = 1;
     o->check = hd__next_check(h);
     o->nslots = (uint16_t)a->nslots;
     o->flags =
-        (uint16_t)((ext ? HD_OF_EXT : 0) |
+        (uint16_t)((ext ? HD_OF_EXT : 0) | (tag || site ? HD_OF_LABELS : 0) |
                    ((a->flags & HD_OBJ_FINALIZER) ? HD_OF_FINALIZER | HD_OF_WANTS_FINAL : 0) |
                    ((a->flags & HD_OBJ_LEGACY_FINALIZER) ? HD_OF_LEGACY : 0));
     memset(o->slots, 0, 4u * (size_t)a->nslots);
@@ -322,6 +395,11 @@ static HD_NOINLINE int alloc_general(hd_heap_t *h, const hd_alloc_args_t *a, hd_
     }
     *out = hd__handle_of(o, r);
     return 0;
+
+unlabel:
+    hd__intern_release(&h->tags, tag);
+    hd__intern_release(&h->sites, site);
+    return rc;
 }
 
 /* The end of a fast allocation of a container: count it, maybe collect, then track it
@@ -372,7 +450,7 @@ int hd_alloc(hd_heap_t *h, const hd_alloc_args_t *a, hd_handle_t *out) {
     size_t bytes = sizeof(hd_obj_t) + 4u * nslots + (size ? sizeof(hd_objext_t) + size : 0);
     size_t charge = HD_ROUND_UP(bytes);
     if (HD_UNLIKELY(h->nobjects > h->max_objects - 1 || h->nbytes + charge - 1 > h->max_bytes - 1))
-        return HD_ELIMIT;
+        return alloc_general(h, a, out); /* says which limit */
 
     hd_ref_t r;
     hd_obj_t *o = hd__alloc_block_pop(&h->alloc, bytes, &r);
@@ -424,8 +502,7 @@ int hd_decref(hd_heap_t *h, hd_handle_t hd, uint32_t n) {
     if (o->refcnt == 0) {
         /* An atomic object with nothing to report dies alone: what release does for it, without
          * the frame loop. */
-        if (HD_LIKELY(o->nslots == 0 &&
-                      !(o->flags & (HD_OF_FINALIZER | HD_OF_WEAKREFD | HD_OF_TRACED))))
+        if (HD_LIKELY(o->nslots == 0 && !(o->flags & HD_DEALLOC_HEAD)))
             dealloc_free(h, r, o);
         else
             release(h, r, o);

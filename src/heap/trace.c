@@ -197,11 +197,28 @@ void hd__trace_free(hd_heap_t *h, hd_obj_t *o) {
     ts->current -= bytes;
 }
 
+/* A snapshot names its sites and tags by id, so it holds a reference on each: the strings
+ * outlive the objects that had them for as long as the snapshot does. */
+static void snap_labels(hd_heap_t *h, const snapshot_t *snap, bool take) {
+    for (size_t i = 0; i < snap->n; i++) {
+        uint16_t site = (uint16_t)(snap->ents[i].key >> 16), tag = (uint16_t)snap->ents[i].key;
+        if (take) {
+            hd__intern_ref(&h->sites, site);
+            hd__intern_ref(&h->tags, tag);
+        } else {
+            hd__intern_release(&h->sites, site);
+            hd__intern_release(&h->tags, tag);
+        }
+    }
+}
+
 void hd__trace_destroy(hd_heap_t *h) {
     struct hd_tracestate_s *ts = h->trace;
     if (!ts) return;
-    for (size_t i = 0; i < ts->nsnaps; i++)
+    for (size_t i = 0; i < ts->nsnaps; i++) {
+        snap_labels(h, &ts->snaps[i], false);
         hd__free(ts->snaps[i].ents);
+    }
     hd__free(ts->snaps);
     hd__free(ts->slots);
     hd__free(ts);
@@ -286,6 +303,7 @@ int hd_trace_snapshot(hd_heap_t *h, uint32_t *id) {
     snap->id = ts->next_snap++;
     snap->n = n;
     snap->ents = ents;
+    snap_labels(h, snap, true);
     *id = snap->id;
     return 0;
 }
@@ -294,6 +312,7 @@ int hd_trace_snapshot_free(hd_heap_t *h, uint32_t id) {
     struct hd_tracestate_s *ts = h->trace;
     snapshot_t *snap = snap_find(ts, id);
     if (!snap) return HD_ENOSNAP;
+    snap_labels(h, snap, false);
     hd__free(snap->ents);
     *snap = ts->snaps[--ts->nsnaps];
     return 0;

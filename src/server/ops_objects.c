@@ -43,7 +43,9 @@ static int op_alloc(hd_opctx_t *c, const Heapd__V1__Alloc *a, Heapd__V1__HandleR
         .data = a->data.data,
         .data_len = a->data.len,
     };
-    return hd_alloc(c->heap, &args, &r->handle);
+    rc = hd_alloc(c->heap, &args, &r->handle);
+    if (rc == HD_ELIMIT) return hd__op_fail(c, rc, "%s", hd_heap_why(c->heap));
+    return rc;
 }
 
 static int op_incref(hd_opctx_t *c, const Heapd__V1__Incref *a) {

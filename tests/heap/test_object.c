@@ -404,19 +404,19 @@ static void test_limit_refusal_interns_nothing(void **state) {
     hd_heap_free(h);
 }
 
-/* Tags and sites are interned as 16-bit ids: 65,535 distinct ones of each per heap. A new one
- * past that is HD_ELIMIT and changes nothing; known tags, the other table and tracing (whose
- * keys pack both ids) go on working. */
+/* Tags and sites are interned as 16-bit ids: 65,535 distinct ones of each live at once per
+ * heap. A new one past that is HD_ELIMIT and changes nothing; known tags, the other table and
+ * tracing (whose keys pack both ids) go on working. */
 static void test_intern_limit(void **state) {
     hd_heap_t *h = TU_HEAP(state);
     assert_int_equal(hd_trace_start(h), 0);
     char tag[16];
     hd_alloc_args_t a = {.tag = tag, .site = "app.py:1"};
+    static hd_handle_t live[65535];
     hd_handle_t o;
     for (unsigned i = 1; i <= 65535; i++) {
         snprintf(tag, sizeof tag, "T%u", i);
-        assert_int_equal(hd_alloc(h, &a, &o), 0);
-        assert_int_equal(hd_decref(h, o, 1), 0);
+        assert_int_equal(hd_alloc(h, &a, &live[i - 1]), 0);
     }
     hd_heap_stats_t before, after;
     uint64_t cur0, peak0, cur1, peak1;
@@ -431,19 +431,12 @@ static void test_intern_limit(void **state) {
     assert_memory_equal(&before, &after, sizeof before);
     assert_true(cur0 == cur1 && peak0 == peak1);
 
-    /* The last id still names its tag, in the object and in the trace statistics. */
+    /* A known tag is no new id. */
     snprintf(tag, sizeof tag, "T%u", 65535u);
     assert_int_equal(hd_alloc(h, &a, &o), 0);
     hd_obj_info_t info;
     assert_int_equal(hd_obj_info(h, o, &info), 0);
     assert_string_equal(info.tag, "T65535");
-    uint32_t snap;
-    assert_int_equal(hd_trace_snapshot(h, &snap), 0);
-    hd_trace_stats_t st;
-    assert_int_equal(hd_trace_statistics(h, snap, HD_TRACE_BY_TAG, &st), 0);
-    assert_int_equal(st.n, 1);
-    assert_string_equal(st.v[0].key, "T65535");
-    hd_trace_stats_free(&st);
     assert_int_equal(hd_decref(h, o, 1), 0);
 
     /* The site table has its own 65,535. */
@@ -453,6 +446,71 @@ static void test_intern_limit(void **state) {
     assert_string_equal(info.site, "new.py:1");
     assert_string_equal(info.tag, "");
     assert_int_equal(hd_decref(h, o, 1), 0);
+    for (unsigned i = 0; i < 65535; i++)
+        assert_int_equal(hd_decref(h, live[i], 1), 0);
+}
+
+/* Interned strings are counted: once no object, snapshot or queued event names a tag, its id
+ * is free for another. A long-lived heap can use any number of distinct tags over its life. */
+static void test_intern_reclaimed(void **state) {
+    hd_heap_t *h = TU_HEAP(state);
+    char tag[16];
+    hd_alloc_args_t a = {.tag = tag, .site = tag};
+    hd_handle_t o;
+    for (unsigned i = 0; i < 200000; i++) {
+        snprintf(tag, sizeof tag, "T%u", i);
+        assert_int_equal(hd_alloc(h, &a, &o), 0);
+        assert_int_equal(hd_decref(h, o, 1), 0);
+    }
+    /* Two objects share a tag; the second keeps it after the first goes. */
+    hd_alloc_args_t s = {.tag = "shared", .nslots = 1};
+    hd_handle_t x, y;
+    assert_int_equal(hd_alloc(h, &s, &x), 0);
+    assert_int_equal(hd_alloc(h, &s, &y), 0);
+    assert_int_equal(hd_decref(h, x, 1), 0);
+    hd_obj_info_t info;
+    assert_int_equal(hd_obj_info(h, y, &info), 0);
+    assert_string_equal(info.tag, "shared");
+
+    /* A snapshot keeps the tags it lists, though their objects die and their ids would be
+     * reused by new tags. */
+    assert_int_equal(hd_trace_start(h), 0);
+    hd_alloc_args_t t = {.tag = "snapped", .site = "here:1"};
+    assert_int_equal(hd_alloc(h, &t, &x), 0);
+    uint32_t snap;
+    assert_int_equal(hd_trace_snapshot(h, &snap), 0);
+    assert_int_equal(hd_decref(h, x, 1), 0);
+    for (unsigned i = 0; i < 100; i++) {
+        snprintf(tag, sizeof tag, "N%u", i);
+        assert_int_equal(hd_alloc(h, &a, &o), 0);
+        assert_int_equal(hd_decref(h, o, 1), 0);
+    }
+    hd_trace_stats_t st;
+    assert_int_equal(hd_trace_statistics(h, snap, HD_TRACE_BY_TAG, &st), 0);
+    assert_int_equal(st.n, 1);
+    assert_string_equal(st.v[0].key, "snapped");
+    hd_trace_stats_free(&st);
+    assert_int_equal(hd_trace_statistics(h, snap, HD_TRACE_BY_SITE, &st), 0);
+    assert_string_equal(st.v[0].key, "here:1");
+    hd_trace_stats_free(&st);
+    assert_int_equal(hd_trace_snapshot_free(h, snap), 0);
+
+    /* A queued FINALIZED event keeps its tag until it has been popped. */
+    hd_events_set_mask(h, HD_EVMASK(HD_EV_FINALIZED));
+    hd_alloc_args_t f = {.tag = "dying", .flags = HD_OBJ_FINALIZER};
+    assert_int_equal(hd_alloc(h, &f, &x), 0);
+    assert_int_equal(hd_decref(h, x, 1), 0);
+    for (unsigned i = 0; i < 100; i++) {
+        snprintf(tag, sizeof tag, "M%u", i);
+        assert_int_equal(hd_alloc(h, &a, &o), 0);
+        assert_int_equal(hd_decref(h, o, 1), 0);
+    }
+    hd_event_t ev;
+    assert_int_equal(hd_events_pop(h, &ev), 1);
+    assert_int_equal(ev.type, HD_EV_FINALIZED);
+    assert_string_equal(ev.tag, "dying");
+    assert_int_equal(hd_events_pop(h, &ev), 0);
+    assert_int_equal(hd_decref(h, y, 1), 0);
 }
 
 /* Destroying a heap releases everything through the hook, however many objects it holds. */
@@ -532,6 +590,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_limits, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_limit_refusal_interns_nothing, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_intern_limit, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_intern_reclaimed, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_destroy_releases_all, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_many_small_heaps, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_errors_map, tu_setup, tu_teardown),
