@@ -54,7 +54,7 @@ _Static_assert((HD_REGIONS_INLINE & (HD_REGIONS_INLINE - 1)) == 0 &&
 
 /* The empty list: its NULL freeblock sends the fast path to the refill. It lives in read-only
  * memory, so a bug that writes to it faults at once. */
-const hd_pool_t hd__nopool = {.szidx = HD_NOCLASS};
+const hd_pool_t hd__nopool = {.nextoffset = HD_POOL_SIZE, .szidx = HD_NOCLASS};
 
 static inline hd_ref_t block_ref(const hd_pool_t *pool, const void *bp) {
     return hd__pool_block_ref(pool, bp);

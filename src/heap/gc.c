@@ -220,6 +220,8 @@ void hd__gc_on_alloc(hd_heap_t *h) {
  * to cover memory latency (8 objects of 4 slots = 32 lines, about the core's miss buffers),
  * few enough that the lines are still cached when the pass gets there. */
 #define HD_GC_PREFETCH_AHEAD 4
+/* Refs (16-byte granules) either side of an object within which a target counts as near. */
+#define HD_GC_NEAR 64u
 
 /* Prefetches the headers of the slot targets of ahead (a young object, or
  * young's sentinel, where the lookahead stops); returns the next object to look ahead at.
@@ -227,8 +229,13 @@ void hd__gc_on_alloc(hd_heap_t *h) {
 static inline hd_ref_t prefetch_targets(regions_t rb, hd_ref_t ahead, hd_ref_t young) {
     if (ahead == young) return ahead;
     const hd_obj_t *a = obj_at(rb, ahead);
-    for (uint32_t i = 0, n = a->nslots; i < n; i++)
-        if (a->slots[i]) __builtin_prefetch(ref_at(rb, a->slots[i]), 0, 3);
+    for (uint32_t i = 0, n = a->nslots; i < n; i++) {
+        /* A target within 1 KiB of the object (a ring, a list, a chord) is in lines the scan
+         * is reading anyway: no prefetch, and no address to compute. */
+        hd_ref_t t = a->slots[i];
+        if (t && (uint32_t)(t - ahead + HD_GC_NEAR) > 2 * HD_GC_NEAR)
+            __builtin_prefetch(ref_at(rb, t), 0, 3);
+    }
     hd_ref_t next = a->gc_next;
     /* GCC counts a prefetch as no side effect, and the lookahead's result feeds only more
      * prefetches: without this use it deletes the whole lookahead as dead code. */

@@ -317,8 +317,18 @@ static inline void *hd__alloc_block_pop(hd_alloc_t *a, size_t n, hd_ref_t *ref) 
     HD_ASSERT(n >= 1 && n <= HD_SMALL_MAX);
     hd_pool_t *pool = a->usedpools[(n - 1) >> HD_ALIGN_SHIFT];
     hd_block_t *bp = pool->freeblock;
-    if (HD_UNLIKELY(bp == NULL)) return NULL;
-    pool->freeblock = bp->next;
+    if (HD_LIKELY(bp != NULL)) {
+        pool->freeblock = bp->next;
+    } else {
+        /* A growing heap carves its head pool's next block here too (the placeholder's
+         * nextoffset is HD_POOL_SIZE, so it never carves). */
+        uint32_t size = HD_CLASS_SIZE((n - 1) >> HD_ALIGN_SHIFT);
+        if (HD_UNLIKELY(pool->nextoffset + size > HD_POOL_SIZE)) return NULL;
+        *ref = pool->ref + ((uint32_t)pool->nextoffset >> HD_ALIGN_SHIFT);
+        pool->nextoffset = (uint16_t)(pool->nextoffset + size);
+        pool->count++;
+        return hd__ref_ptr(a, *ref);
+    }
     pool->count++;
     *ref = hd__pool_block_ref(pool, bp);
     return bp;
