@@ -166,6 +166,10 @@ size_t hd_frame_parser_pending(const hd_frame_parser_t *p) {
     return p->buf.len - p->rd;
 }
 
+size_t hd_frame_parser_partial(const hd_frame_parser_t *p) {
+    return p->buf.len - p->done;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* The frame writer.                                                                           */
 /* ------------------------------------------------------------------------------------------ */

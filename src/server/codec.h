@@ -96,6 +96,8 @@ int hd_frame_parser_feed(hd_frame_parser_t *p, const void *in, size_t n);
 int hd_frame_parser_next(hd_frame_parser_t *p, const uint8_t **payload, size_t *len);
 /* Bytes buffered and not yet handed out as frames (whole frames and the partial one). */
 size_t hd_frame_parser_pending(const hd_frame_parser_t *p);
+/* Bytes received of the frame in progress, its header included: 0 between frames. */
+size_t hd_frame_parser_partial(const hd_frame_parser_t *p);
 /* Frees the buffer when nothing is buffered (an idle connection's), so that it is sized again
  * by the next bytes that arrive. Frames handed out before are invalid afterwards. */
 void hd_frame_parser_trim(hd_frame_parser_t *p);

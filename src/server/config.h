@@ -26,24 +26,28 @@ typedef struct hd_strlist_s {
 } hd_strlist_t;
 
 typedef struct hd_config_s {
-    hd_strlist_t listen;          /* "host:port" each; may be empty */
-    char *unix_socket;            /* path; "" for none */
-    unsigned unix_socket_mode;    /* permission bits, 0..0777 */
-    uint64_t workers;             /* event loops; 0 = one per core */
-    uint64_t max_connections;     /* open client connections, all listeners together */
-    uint64_t max_sessions;        /* sessions, attached and detached */
-    uint64_t max_frame_bytes;     /* largest frame after hello, either direction */
-    uint64_t session_max_bytes;   /* hd_heap_config_t.max_bytes; 0 = unlimited */
-    uint64_t session_max_objects; /* hd_heap_config_t.max_objects; 0 = unlimited */
-    uint64_t idle_timeout;        /* ms: close a connection silent this long; 0 = never */
-    uint64_t session_linger;      /* ms: keep a detached session this long */
-    uint64_t output_buffer_limit; /* unsent bytes before reads pause */
-    hd_strlist_t tokens;          /* hello must present one of these when non-empty */
-    hd_strlist_t admin_tokens;    /* tokens that also allow the admin requests */
-    int log_level;                /* hd_log_level_t */
-    int log_format;               /* hd_log_format_t */
-    int gc_enabled;               /* new sessions: automatic collection */
-    int gc_threshold[3];          /* new sessions: gc.set_threshold */
+    hd_strlist_t listen;             /* "host:port" each; may be empty */
+    char *unix_socket;               /* path; "" for none */
+    unsigned unix_socket_mode;       /* permission bits, 0..0777 */
+    uint64_t workers;                /* event loops; 0 = one per core */
+    uint64_t max_connections;        /* open client connections, all listeners together */
+    uint64_t max_connections_per_ip; /* TCP connections from one address (IPv6: one /64) */
+    uint64_t hello_timeout;          /* ms from accept for the hello to be answered */
+    uint64_t frame_timeout;          /* ms a frame may take, plus 1 s per min_frame_rate bytes */
+    uint64_t min_frame_rate;         /* bytes per second a slow frame must keep up; 0 = none */
+    uint64_t max_sessions;           /* sessions, attached and detached */
+    uint64_t max_frame_bytes;        /* largest frame after hello, either direction */
+    uint64_t session_max_bytes;      /* hd_heap_config_t.max_bytes; 0 = unlimited */
+    uint64_t session_max_objects;    /* hd_heap_config_t.max_objects; 0 = unlimited */
+    uint64_t idle_timeout;           /* ms: close a connection silent this long; 0 = never */
+    uint64_t session_linger;         /* ms: keep a detached session this long */
+    uint64_t output_buffer_limit;    /* unsent bytes before reads pause */
+    hd_strlist_t tokens;             /* hello must present one of these when non-empty */
+    hd_strlist_t admin_tokens;       /* tokens that also allow the admin requests */
+    int log_level;                   /* hd_log_level_t */
+    int log_format;                  /* hd_log_format_t */
+    int gc_enabled;                  /* new sessions: automatic collection */
+    int gc_threshold[3];             /* new sessions: gc.set_threshold */
 } hd_config_t;
 
 /* Where a loading error was found; line and column are 1-based, 0 when not known. */

@@ -4,7 +4,9 @@
  * The life of a connection:
  *   adopted   the worker gets its socket from the listener (or from another worker, to
  *             resume a session there) and starts reading; hello must come within
- *             HD_HELLO_TIMEOUT_MS, in a frame of at most HD_FRAME_HELLO_MAX bytes.
+ *             hello_timeout of that, however the bytes trickle, in a frame of at most
+ *             HD_FRAME_HELLO_MAX bytes. Any frame must keep up min_frame_rate once it has
+ *             taken frame_timeout (see "deadlines" below).
  *   hello     session.c decides (attach a session, move to the session's worker, or refuse)
  *             and this file carries it out; frames may then be max_frame_bytes.
  *   serving   each frame goes to dispatch.c; after each, the engine's events are drained so
@@ -80,6 +82,7 @@ static size_t queued(const hd_conn_t *c) {
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void frame_clock(hd_conn_t *c);
 
 static void start_reading(hd_conn_t *c) {
     if (c->flags & (HD_CONN_READING | HD_CONN_PAUSED | HD_CONN_LAST_WRITE | HD_CONN_CLOSING))
@@ -91,6 +94,11 @@ static void start_reading(hd_conn_t *c) {
         return;
     }
     c->flags |= HD_CONN_READING;
+    /* A frame half read when reading stopped gets its time from now on. */
+    if (c->frame_at) {
+        c->frame_at = 0;
+        frame_clock(c);
+    }
 }
 
 static void stop_reading(hd_conn_t *c) {
@@ -100,40 +108,98 @@ static void stop_reading(hd_conn_t *c) {
     }
 }
 
-/* How long the connection may stay silent now: the hello deadline, then idle_timeout. */
-static uint64_t current_timeout(const hd_conn_t *c) {
-    uint64_t idle = c->worker->cfg.idle_timeout;
-    if (c->flags & HD_CONN_HELLO_DONE) return idle;
-    return idle && idle < HD_HELLO_TIMEOUT_MS ? idle : HD_HELLO_TIMEOUT_MS;
+/* The deadlines of a connection, in uv_now milliseconds (0 = none):
+ *   hello  accepted_at + hello_timeout, until the hello is answered; bytes do not move it.
+ *   frame  a frame in progress (its first byte came at frame_at) must be complete by
+ *          frame_at + frame_timeout + 1 s per min_frame_rate bytes of it received so far
+ *          (Apache's mod_reqtimeout rule): a client may be slow, not slower than that.
+ *          Only while reading: a paused connection's clock starts again when reading does.
+ *   idle   last_active + idle_timeout.
+ * The earliest one that has passed names the reason the connection is closed. */
+typedef enum deadline_e { DL_NONE, DL_HELLO, DL_FRAME, DL_IDLE } deadline_t;
+
+static uint64_t frame_due(const hd_conn_t *c) {
+    const hd_config_t *cfg = &c->worker->cfg;
+    if (!c->frame_at || !cfg->frame_timeout || !(c->flags & HD_CONN_READING)) return 0;
+    uint64_t got = hd_frame_parser_partial(&c->parser);
+    uint64_t grace = cfg->min_frame_rate ? got * 1000 / cfg->min_frame_rate : 0;
+    return c->frame_at + cfg->frame_timeout + grace;
+}
+
+/* The earliest deadline, and which it is. */
+static deadline_t next_deadline(const hd_conn_t *c, uint64_t *due) {
+    const hd_config_t *cfg = &c->worker->cfg;
+    deadline_t which = DL_NONE;
+    *due = UINT64_MAX;
+    uint64_t d;
+    if (!(c->flags & HD_CONN_HELLO_DONE) && (d = c->accepted_at + cfg->hello_timeout) < *due)
+        *due = d, which = DL_HELLO;
+    if ((d = frame_due(c)) && d < *due) *due = d, which = DL_FRAME;
+    if (cfg->idle_timeout && (d = c->last_active + cfg->idle_timeout) < *due)
+        *due = d, which = DL_IDLE;
+    return which;
 }
 
 static void on_timer(uv_timer_t *t);
 
-/* Arms the timer for the moment the current timeout would run out. Activity does not re-arm
- * it: when it fires it looks at last_active and re-arms for the remainder, which keeps a busy
+/* Arms the timer for the earliest deadline. Activity does not re-arm it: when it fires it
+ * looks at the deadlines again and re-arms for the remainder, which keeps a busy
  * connection's reads free of timer work. */
 static void arm_timer(hd_conn_t *c) {
-    uint64_t timeout = current_timeout(c);
-    if (timeout == 0) {
+    uint64_t due;
+    if (next_deadline(c, &due) == DL_NONE) {
         uv_timer_stop(&c->timer);
+        c->timer_due = 0;
         return;
     }
-    uint64_t now = uv_now(&c->worker->loop), due = c->last_active + timeout;
+    uint64_t now = uv_now(&c->worker->loop);
+    c->timer_due = due;
     uv_timer_start(&c->timer, on_timer, due > now ? due - now : 0, 0);
+}
+
+/* A frame started or ended: the frame deadline appears or goes. Re-arms only when the new
+ * deadline comes before the armed one. */
+static void frame_clock(hd_conn_t *c) {
+    if (c->flags & HD_CONN_CLOSING) return;
+    if (hd_frame_parser_partial(&c->parser) == 0) {
+        c->frame_at = 0;
+        return;
+    }
+    if (c->frame_at) return;
+    c->frame_at = uv_now(&c->worker->loop);
+    uint64_t due = frame_due(c);
+    if (due && (!c->timer_due || due < c->timer_due)) arm_timer(c);
 }
 
 static void on_timer(uv_timer_t *t) {
     hd_conn_t *c = t->data;
-    uint64_t timeout = current_timeout(c);
-    if (timeout == 0 || (c->flags & HD_CONN_CLOSING)) return;
-    if (uv_now(&c->worker->loop) - c->last_active < timeout) {
+    if (c->flags & HD_CONN_CLOSING) return;
+    uint64_t due, now = uv_now(&c->worker->loop);
+    c->timer_due = 0;
+    deadline_t which = next_deadline(c, &due);
+    if (which == DL_NONE) return;
+    if (now < due) {
         arm_timer(c);
         return;
     }
-    int hello = !(c->flags & HD_CONN_HELLO_DONE);
-    hd_log_info("%s: %s for %llu ms; closing", c->peer, hello ? "no hello" : "idle",
-                (unsigned long long)timeout);
-    hd__conn_fail(c, 0, HD_ETIMEDOUT, hello ? "no hello in time" : "idle timeout");
+    const hd_config_t *cfg = &c->worker->cfg;
+    if (which == DL_HELLO) {
+        hd_log_info("%s: no hello within %llu ms of connecting; closing", c->peer,
+                    (unsigned long long)cfg->hello_timeout);
+        hd__conn_fail(c, 0, HD_ETIMEDOUT, "no hello in time (hello_timeout)");
+    } else if (which == DL_FRAME) {
+        hd_log_info("%s: a frame of %zu bytes so far took %llu ms: slower than min_frame_rate "
+                    "(%llu bytes/s after frame_timeout); closing",
+                    c->peer, hd_frame_parser_partial(&c->parser),
+                    (unsigned long long)(now - c->frame_at),
+                    (unsigned long long)cfg->min_frame_rate);
+        hd__conn_fail(c, 0, HD_ETIMEDOUT, "frame too slow (frame_timeout, min_frame_rate)");
+    } else {
+        int hello = !(c->flags & HD_CONN_HELLO_DONE);
+        hd_log_info("%s: %s for %llu ms; closing", c->peer, hello ? "no hello, idle" : "idle",
+                    (unsigned long long)cfg->idle_timeout);
+        hd__conn_fail(c, 0, HD_ETIMEDOUT, hello ? "no hello in time" : "idle timeout");
+    }
     /* A client that neither sends nor reads would hold the connection forever. */
     if (!(c->flags & HD_CONN_CLOSING) && c->writes_pending) hd__conn_close(c);
 }
@@ -411,6 +477,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     c->last_active = uv_now(&c->worker->loop);
     hd_frame_parser_feed(&c->parser, buf->base, (size_t)nread); /* errors surface in next() */
     process(c);
+    frame_clock(c);
 }
 
 /* Buffers sized on demand, released when idle: a connection that has had no traffic for
@@ -440,7 +507,6 @@ void hd__conn_adopt(hd_worker_t *w, hd_msg_t *m) {
     }
     c->worker = w;
     c->is_unix = m->is_unix;
-    c->reject = m->reject;
     c->slot = m->slot; /* the conn holds it from here */
     memset(&m->slot, 0, sizeof m->slot);
     memcpy(c->peer, m->peer, sizeof c->peer);
@@ -449,7 +515,7 @@ void hd__conn_adopt(hd_worker_t *w, hd_msg_t *m) {
     c->env.ops = &server_ops;
     c->env.ops_ctx = c;
     c->env.max_read_bytes = w->cfg.max_frame_bytes - HD_DISPATCH_FRAME_SLACK;
-    c->last_active = uv_now(&w->loop);
+    c->last_active = c->accepted_at = uv_now(&w->loop);
     if (c->is_unix)
         uv_pipe_init(&w->loop, &c->h.pipe, 0);
     else
@@ -512,9 +578,9 @@ int hd__conn_move(hd_conn_t *c, hd_worker_t *to, const uint8_t *frame, size_t le
     memcpy(m->peer, c->peer, sizeof m->peer);
     /* The connection's count goes with it (its place in this worker's nconns is given back
      * when c is freed). */
-    m->slot.srv = c->slot.srv;
-    m->slot.counted = c->slot.counted;
-    c->slot.counted = false;
+    m->slot = c->slot;
+    m->slot.worker = NULL; /* c's place in this worker's nconns stays with c */
+    c->slot.counted = c->slot.ip_counted = false;
     /* Closing here first takes the socket out of this loop's epoll set, so only the new
      * worker ever reads it; the duplicate keeps the connection open. */
     c->flags |= HD_CONN_MOVED;

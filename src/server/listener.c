@@ -5,8 +5,10 @@
  * from 3 on) or, without it, are bound here: each `listen` entry (every address its host
  * resolves to) and `unix_socket`. Each is polled for readability; accept4 takes connections
  * off the backlog and each goes, as a bare descriptor, to the worker holding the fewest
- * connections (worker.c). The connection limit is checked here: a connection over it is
- * still handed over, marked to have its hello answered with ETOOMANY.
+ * connections (worker.c). The connection limits are checked here: a connection over
+ * max_connections, or over max_connections_per_ip from its address, is answered ETOOMANY at
+ * once, without reading anything from it, and closed; the refusals are logged as one summary
+ * line a second, however many there are.
  *
  * This file owns the listening descriptors and the Unix socket file; it owns no connection.
  */
@@ -33,10 +35,8 @@
 #define HD_ACCEPT_BATCH 64
 /* Wait before accepting again when the process is out of descriptors. */
 #define HD_ACCEPT_BACKOFF_MS 100
-/* Connections over max_connections waiting to be told so; more are closed at once. */
-#define HD_REJECT_MAX 64
-
-static atomic_uint rejecting; /* connections handed over only to be refused */
+/* How often the refusal counts are logged, as one line each. */
+#define HD_REFUSALS_INTERVAL_MS 1000u
 
 /* ------------------------------------------------------------------------------------------ */
 /* Names.                                                                                      */
@@ -68,6 +68,170 @@ static void format_unix_peer(uv_os_sock_t fd, char *buf, size_t size) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Connections per address.                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The key of a TCP peer: an IPv4 address as its IPv4-mapped IPv6 form, an IPv6 address cut to
+ * its /64 (one subscriber's prefix, which hands out addresses at will). False for anything
+ * else. */
+static bool peer_key(const struct sockaddr *sa, uint8_t key[16]) {
+    memset(key, 0, 16);
+    if (sa->sa_family == AF_INET) {
+        key[10] = key[11] = 0xff;
+        memcpy(key + 12, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+        return true;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const uint8_t *a = ((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+        /* An IPv4-mapped address is that IPv4 peer. */
+        static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+        memcpy(key, a, memcmp(a, mapped, 12) == 0 ? 16 : 8);
+        return true;
+    }
+    return false;
+}
+
+static size_t peer_home(const uint8_t key[16], size_t mask) {
+    uint64_t a, b;
+    memcpy(&a, key, 8);
+    memcpy(&b, key + 8, 8);
+    return (size_t)(((a ^ (b * 0x9E3779B97F4A7C15ull)) * 0xC2B2AE3D27D4EB4Full) >> 32) & mask;
+}
+
+/* The slot of key, or of the empty slot where it would go. Call with the lock held. */
+static hd_peer_count_t *peer_find(hd_peers_t *p, const uint8_t key[16]) {
+    size_t mask = p->cap - 1;
+    for (size_t i = peer_home(key, mask);; i = (i + 1) & mask)
+        if (p->v[i].count == 0 || memcmp(p->v[i].key, key, 16) == 0) return &p->v[i];
+}
+
+/* Doubles the table; false when memory is short (nothing changed). Lock held. */
+static bool peers_grow(hd_peers_t *p) {
+    size_t ncap = p->cap ? 2 * p->cap : 64;
+    hd_peer_count_t *nv = calloc(ncap, sizeof *nv), *old = p->v;
+    if (!nv) return false;
+    size_t oldcap = p->cap;
+    p->v = nv;
+    p->cap = ncap;
+    for (size_t i = 0; i < oldcap; i++)
+        if (old[i].count) *peer_find(p, old[i].key) = old[i];
+    free(old);
+    return true;
+}
+
+/* Counts one more connection from key unless that makes more than max (0: no limit): true
+ * if counted. Memory short for the table is no reason to refuse a client: it is let in,
+ * uncounted. */
+static bool peer_take(hd_peers_t *p, const uint8_t key[16], uint64_t max, bool *counted) {
+    *counted = false;
+    uv_mutex_lock(&p->lock);
+    bool ok = true;
+    if ((p->n + 1) * 4 <= p->cap * 3 || peers_grow(p)) {
+        hd_peer_count_t *e = peer_find(p, key);
+        if (max && e->count >= max) {
+            ok = false;
+        } else {
+            if (e->count++ == 0) {
+                memcpy(e->key, key, 16);
+                p->n++;
+            }
+            *counted = true;
+        }
+    }
+    uv_mutex_unlock(&p->lock);
+    return ok;
+}
+
+/* Gives back one connection of key, removing its entry at zero (shifting its cluster back). */
+static void peer_give(hd_peers_t *p, const uint8_t key[16]) {
+    uv_mutex_lock(&p->lock);
+    hd_peer_count_t *e = p->cap ? peer_find(p, key) : NULL;
+    HD_ASSERT(e && e->count > 0);
+    if (e && e->count && --e->count == 0) {
+        size_t mask = p->cap - 1, hole = (size_t)(e - p->v);
+        for (size_t i = (hole + 1) & mask; p->v[i].count; i = (i + 1) & mask) {
+            size_t home = peer_home(p->v[i].key, mask);
+            if (((i - home) & mask) >= ((i - hole) & mask)) {
+                p->v[hole] = p->v[i];
+                hole = i;
+            }
+        }
+        p->v[hole].count = 0;
+        p->n--;
+    }
+    uv_mutex_unlock(&p->lock);
+}
+
+int hd__peers_init(hd_peers_t *p) {
+    memset(p, 0, sizeof *p);
+    return uv_mutex_init(&p->lock);
+}
+
+void hd__peers_free(hd_peers_t *p) {
+    free(p->v);
+    uv_mutex_destroy(&p->lock);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Refusals.                                                                                   */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The answer of a refused connection: Response { id 0, ETOOMANY }, framed. */
+static int refusal_frame(hd_buf_t *out, bool per_ip) {
+    return hd_dispatch_error(0, HD_ETOOMANY,
+                             per_ip ? "too many connections from this address "
+                                      "(max_connections_per_ip)"
+                                    : "too many connections (max_connections)",
+                             out);
+}
+
+/* Answers fd ETOOMANY without reading from it, and closes it. The answer is a few dozen bytes
+ * into an empty socket buffer, so one non-blocking send takes it; if it cannot, the client
+ * just sees the close. */
+static void refuse(hd_server_t *srv, uv_os_sock_t fd, bool per_ip) {
+    hd_buf_t b;
+    hd_buf_init(&b);
+    if (refusal_frame(&b, per_ip) == 0) {
+        ssize_t n = send(fd, b.data, b.len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        (void)n;
+    }
+    hd_buf_free(&b);
+    /* FIN after the answer, so the client reads it before it learns of the close. */
+    shutdown(fd, SHUT_WR);
+    close(fd);
+    atomic_fetch_add(per_ip ? &srv->refusals.per_ip : &srv->refusals.max_connections, 1);
+    atomic_fetch_add(&srv->refusals.total, 1);
+}
+
+bool hd__refusal_log_ok(hd_server_t *srv) {
+    if (atomic_fetch_add(&srv->refusals.hellos_logged, 1) < HD_HELLO_REFUSALS_LOGGED) return true;
+    atomic_fetch_add(&srv->refusals.hellos, 1);
+    return false;
+}
+
+/* Once a second: one line for the connections refused in it, one for the hello refusals that
+ * were not logged on their own. */
+static void on_refusals(uv_timer_t *t) {
+    hd_server_t *srv = t->data;
+    hd_refusals_t *r = &srv->refusals;
+    uint64_t over = atomic_exchange(&r->max_connections, 0);
+    uint64_t per_ip = atomic_exchange(&r->per_ip, 0);
+    uint64_t hellos = atomic_exchange(&r->hellos, 0);
+    atomic_store(&r->hellos_logged, 0);
+    if (over + per_ip)
+        hd_log_warn("%llu connection%s rejected in the last second with ETOOMANY (%llu over "
+                    "max_connections %llu, %llu over max_connections_per_ip %llu)",
+                    (unsigned long long)(over + per_ip), over + per_ip == 1 ? "" : "s",
+                    (unsigned long long)over, (unsigned long long)srv->cfg.max_connections,
+                    (unsigned long long)per_ip,
+                    (unsigned long long)srv->cfg.max_connections_per_ip);
+    if (hellos)
+        hd_log_warn("%llu more hello%s refused in the last second (not logged one by one past "
+                    "%u a second)",
+                    (unsigned long long)hellos, hellos == 1 ? "" : "s", HD_HELLO_REFUSALS_LOGGED);
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Accepting.                                                                                  */
 /* ------------------------------------------------------------------------------------------ */
 
@@ -78,40 +242,39 @@ static void on_backoff(uv_timer_t *t) {
     if (!l->srv->stopping) uv_poll_start(&l->poll, UV_READABLE, on_readable);
 }
 
-/* Hands one accepted socket to a worker, or closes it when that cannot be done. */
+/* Hands one accepted socket to a worker, refuses it over a limit, or closes it when that
+ * cannot be done. */
 static void hand_over(hd_listener_t *l, uv_os_sock_t fd, const struct sockaddr *sa,
                       socklen_t salen) {
     hd_server_t *srv = l->srv;
+    hd_slot_t slot = {.srv = srv};
+    uint64_t open = atomic_fetch_add(&srv->connections, 1) + 1;
+    slot.counted = true;
+    if (open > srv->cfg.max_connections) {
+        hd__slot_release(&slot);
+        refuse(srv, fd, false);
+        return;
+    }
+    if (!l->is_unix && peer_key(sa, slot.ip) &&
+        !peer_take(&srv->peers, slot.ip, srv->cfg.max_connections_per_ip, &slot.ip_counted)) {
+        hd__slot_release(&slot);
+        refuse(srv, fd, true);
+        return;
+    }
     hd_msg_t *m = hd__msg_new(HD_MSG_CONN);
     if (!m) {
         hd_log_warn("out of memory accepting a connection on %s; closed", l->name);
+        hd__slot_release(&slot);
         close(fd);
         return;
     }
     m->fd = fd;
     m->is_unix = l->is_unix;
+    m->slot = slot;
     if (l->is_unix)
         format_unix_peer(fd, m->peer, sizeof m->peer);
     else
         format_inet(sa, salen, m->peer, sizeof m->peer);
-
-    m->slot.srv = srv;
-    uint64_t open = atomic_fetch_add(&srv->connections, 1) + 1;
-    m->slot.counted = true;
-    if (open > srv->cfg.max_connections) {
-        hd__slot_release(&m->slot);
-        m->slot.ticket = atomic_fetch_add(&rejecting, 1) < HD_REJECT_MAX;
-        if (!m->slot.ticket) {
-            atomic_fetch_sub(&rejecting, 1);
-            hd_log_warn("%s: too many connections (max_connections %llu); closed", m->peer,
-                        (unsigned long long)srv->cfg.max_connections);
-            hd__msg_free(m); /* closes fd */
-            return;
-        }
-        hd_log_warn("%s: too many connections (max_connections %llu); refusing its hello", m->peer,
-                    (unsigned long long)srv->cfg.max_connections);
-        m->reject = HD_ETOOMANY;
-    }
     hd_worker_t *w = hd__worker_pick(srv);
     hd_log_debug("%s: accepted on %s, to worker %d", m->peer, l->name, w->index);
     hd__worker_post(w, m);
@@ -120,9 +283,9 @@ static void hand_over(hd_listener_t *l, uv_os_sock_t fd, const struct sockaddr *
 void hd__slot_release(hd_slot_t *s) {
     if (s->worker) atomic_fetch_sub(&s->worker->nconns, 1);
     if (s->counted) atomic_fetch_sub(&s->srv->connections, 1);
-    if (s->ticket) atomic_fetch_sub(&rejecting, 1);
+    if (s->ip_counted) peer_give(&s->srv->peers, s->ip);
     s->worker = NULL;
-    s->counted = s->ticket = false;
+    s->counted = s->ip_counted = false;
 }
 
 static void on_readable(uv_poll_t *poll, int status, int events) {
@@ -364,6 +527,10 @@ int hd__listeners_start(hd_server_t *srv) {
         hd_log_error("nothing to listen on: listen and unix_socket are both empty");
         return HD_EINVAL;
     }
+    uv_timer_init(srv->loop, &srv->refusals.timer);
+    srv->refusals.timer.data = srv;
+    uv_timer_start(&srv->refusals.timer, on_refusals, HD_REFUSALS_INTERVAL_MS,
+                   HD_REFUSALS_INTERVAL_MS);
     for (size_t i = 0; i < srv->nlisteners; i++) {
         hd_listener_t *l = &srv->listeners[i];
         rc = uv_poll_init_socket(srv->loop, &l->poll, l->fd);
@@ -391,6 +558,10 @@ static void on_listener_closed(uv_handle_t *h) {
 }
 
 void hd__listeners_stop(hd_server_t *srv) {
+    if (srv->refusals.timer.loop && !uv_is_closing((uv_handle_t *)&srv->refusals.timer)) {
+        on_refusals(&srv->refusals.timer); /* the last second's count */
+        uv_close((uv_handle_t *)&srv->refusals.timer, NULL);
+    }
     for (size_t i = 0; i < srv->nlisteners; i++) {
         hd_listener_t *l = &srv->listeners[i];
         if (l->poll.loop && !uv_is_closing((uv_handle_t *)&l->poll)) {

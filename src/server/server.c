@@ -104,7 +104,8 @@ static void on_signal(uv_signal_t *h, int signum) {
 int hd__server_run(hd_server_t *srv) {
     srv->start_ms = hd__now_ms();
     uv_loop_t loop;
-    if (uv_loop_init(&loop) < 0 || hd__registry_init(&srv->registry) < 0) {
+    if (uv_loop_init(&loop) < 0 || hd__registry_init(&srv->registry) < 0 ||
+        hd__peers_init(&srv->peers) < 0) {
         hd_log_error("cannot initialise the event loop");
         return HD_EINTERNAL;
     }
@@ -147,6 +148,7 @@ int hd__server_run(hd_server_t *srv) {
     if (uv_loop_close(&loop) < 0) hd_log_error("main loop still has handles at exit");
     free(srv->listeners);
     hd__registry_free(&srv->registry);
+    hd__peers_free(&srv->peers);
     hd_config_free(&srv->cfg);
     hd_log_info("stopped");
     return rc;

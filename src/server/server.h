@@ -47,16 +47,19 @@ typedef struct hd_session_s hd_session_t;
 /* ------------------------------------------------------------------------------------------ */
 
 /* A connection's hold on the server's counts, from the listener's accept to its close: one of
- * server.connections (or, over max_connections, one of the listener's refusal tickets) and
- * one of its worker's nconns. It moves with the connection, from the hand-over message to the
- * conn (and to a new message when the conn moves to another worker), and is given back once,
- * by hd__slot_release, wherever it is when its holder goes: hd__msg_free, or conn.c when the
- * conn is freed. Release clears what it gave back, so a second one does nothing. */
+ * server.connections, one of its address's count (TCP, when max_connections_per_ip is set)
+ * and one of its worker's nconns. It moves with the connection, from the hand-over message to
+ * the conn (and to a new message when the conn moves to another worker), and is given back
+ * once, by hd__slot_release, wherever it is when its holder goes: hd__msg_free, or conn.c
+ * when the conn is freed. Release clears what it gave back, so a second one does nothing. A
+ * connection over a limit never gets a slot: the listener answers it ETOOMANY and closes it
+ * at once (listener.c). */
 typedef struct hd_slot_s {
     hd_server_t *srv;
     hd_worker_t *worker; /* counted in worker->nconns (set when posted to it), or NULL */
     bool counted;        /* holds one of srv->connections */
-    bool ticket;         /* holds one of the listener's refusal tickets */
+    bool ip_counted;     /* holds one of the count of address ip in srv->peers */
+    uint8_t ip[16];      /* the peer's address key (listener.c:peer_key) */
 } hd_slot_t;
 
 /* ------------------------------------------------------------------------------------------ */
@@ -78,7 +81,6 @@ typedef struct hd_msg_s {
     /* HD_MSG_CONN */
     uv_os_sock_t fd; /* the socket; the receiver owns it */
     int is_unix;     /* a Unix stream socket, else TCP */
-    int reject;      /* 0, or the error to answer its hello with (HD_ETOOMANY) */
     hd_slot_t slot;  /* released by hd__msg_free unless the conn took it */
     char peer[HD_PEER_LEN];
     uint8_t *data; /* bytes already received, to be parsed first (owned) */
@@ -136,6 +138,32 @@ typedef struct hd_listener_s {
     char path[108]; /* the Unix socket we created and unlink at exit, or "" */
 } hd_listener_t;
 
+/* Open TCP connections per peer address (an IPv4 address, or an IPv6 /64), for
+ * max_connections_per_ip: taken by the listener on the main thread, given back by whichever
+ * thread frees the connection, so behind a lock. Open addressing with linear probing and
+ * backward-shift removal; an entry exists iff its count > 0.
+ * Invariant: n <= cap * 3 / 4; cap is 0 or a power of two. */
+typedef struct hd_peer_count_s {
+    uint8_t key[16];
+    uint32_t count; /* 0 = empty slot */
+} hd_peer_count_t;
+typedef struct hd_peers_s {
+    uv_mutex_t lock;
+    hd_peer_count_t *v;
+    size_t n, cap;
+} hd_peers_t;
+
+/* Refusals, counted where they happen and logged by the listener's one-second timer as one
+ * summary line per second, whatever their number (listener.c:on_refusals). */
+typedef struct hd_refusals_s {
+    atomic_uint_fast64_t max_connections; /* connections over max_connections */
+    atomic_uint_fast64_t per_ip;          /* over max_connections_per_ip */
+    atomic_uint_fast64_t hellos;          /* hellos refused past the few logged each second */
+    atomic_uint_fast64_t hellos_logged;   /* hello refusals logged in this second */
+    atomic_uint_fast64_t total;           /* connections refused since start (server_stats) */
+    uv_timer_t timer;
+} hd_refusals_t;
+
 /* Invariant: sessions_detached <= nsessions; registry v[0..nsessions) are live sessions. */
 typedef struct hd_registry_s {
     uv_mutex_t lock;
@@ -154,6 +182,8 @@ struct hd_server_s {
     hd_worker_t *workers;
     size_t nworkers;
     hd_registry_t registry;
+    hd_peers_t peers;                 /* open TCP connections per address */
+    hd_refusals_t refusals;           /* refused connections and hellos, for the log */
     atomic_uint_fast64_t connections; /* open client connections that count to the limit */
     uint64_t start_ms;                /* uv_hrtime at start, in ms */
     unsigned next_worker;             /* round-robin tie breaker */
@@ -185,7 +215,7 @@ struct hd_conn_s {
         uv_tcp_t tcp;
         uv_pipe_t pipe;
     } h;
-    uv_timer_t timer; /* hello deadline, then the idle timeout */
+    uv_timer_t timer; /* the earliest of the hello, frame and idle deadlines (conn.c) */
     hd_worker_t *worker;
     hd_session_t *session;  /* attached session, NULL before hello */
     hd_conn_t *next, *prev; /* the worker's list */
@@ -195,11 +225,13 @@ struct hd_conn_s {
     char peer[HD_PEER_LEN];
     unsigned flags; /* hd_conn_flag_e */
     int is_unix;
-    int reject;     /* 0, or the error its hello gets */
     hd_slot_t slot; /* released when the conn is freed */
     int closes_pending;
     unsigned writes_pending; /* uv_write requests whose callback has not run */
     uint64_t last_active;    /* uv_now of the last bytes received */
+    uint64_t accepted_at;    /* uv_now when this worker adopted it: the hello deadline's start */
+    uint64_t frame_at;       /* uv_now of the first byte of the frame in progress; 0 = none */
+    uint64_t timer_due;      /* uv_now the timer is armed for; 0 = not armed */
 };
 
 /* ------------------------------------------------------------------------------------------ */
@@ -209,8 +241,8 @@ struct hd_conn_s {
 /* libuv reads into a per-worker buffer of this size; the frame parser copies the bytes out
  * at once, so one buffer serves every connection of the worker. */
 #define HD_READBUF_SIZE (64u * 1024u)
-/* Hello must arrive within this long of connecting, even with no idle timeout. */
-#define HD_HELLO_TIMEOUT_MS 10000u
+/* Hello refusals logged one by one in a second; more are counted in a summary line. */
+#define HD_HELLO_REFUSALS_LOGGED 10u
 /* A connection whose unsent output exceeds this multiple of output_buffer_limit is dropped. */
 #define HD_OUTPUT_HARD_FACTOR 4u
 /* Shutdown waits at most this long for unsent output before closing connections anyway. */
@@ -262,8 +294,14 @@ void hd__conn_session_killed(hd_conn_t *c);
 int hd__listeners_start(hd_server_t *srv);
 /* Stops accepting, closes the sockets and removes the Unix socket file. */
 void hd__listeners_stop(hd_server_t *srv);
+/* The per-address counts: set up before the listeners start, freed after the workers stop. */
+int hd__peers_init(hd_peers_t *p);
+void hd__peers_free(hd_peers_t *p);
 /* Gives back what slot holds (any thread) and clears it. */
 void hd__slot_release(hd_slot_t *slot);
+/* Whether a refused hello may be logged on its own line now (at most HD_HELLO_REFUSALS_LOGGED a
+ * second); otherwise it is counted in the listener's summary. Any thread. */
+bool hd__refusal_log_ok(hd_server_t *srv);
 
 /* notify.c */
 /* Sends state ("READY=1", "STATUS=...") to $NOTIFY_SOCKET, if there is one. Returns 0, or

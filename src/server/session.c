@@ -334,9 +334,11 @@ static void hello_free(void *data, void *p) {
     free(p);
 }
 
-/* A refusal: logged here, answered and closed by conn.c. */
+/* A refusal: logged here (a few a second; past that, counted in the listener's summary),
+ * answered and closed by conn.c. */
 static void refuse(hd_hello_t *out, const hd_conn_t *c, int code, const char *why) {
-    hd_log_warn("%s: hello refused: %s: %s", c->peer, hd_err_name(code), why);
+    if (hd__refusal_log_ok(c->worker->srv))
+        hd_log_warn("%s: hello refused: %s: %s", c->peer, hd_err_name(code), why);
     out->verdict = HD_HELLO_REFUSE;
     out->code = code;
     out->why = why;
@@ -376,8 +378,6 @@ void hd__session_hello(hd_conn_t *c, const uint8_t *payload, size_t len, hd_hell
     const char *why = NULL;
     if (!h)
         rc = HD_EHELLO, why = "the first request must be hello";
-    else if (c->reject)
-        rc = c->reject, why = "too many connections (max_connections)";
     else if (w->state & HD_WORKER_STOPPING)
         rc = HD_ESHUTDOWN, why = "server is shutting down";
     else if (h->protocol_version != HD_PROTOCOL_VERSION)
@@ -454,6 +454,7 @@ int hd__sessions_server_stats(hd_worker_t *w, hd_server_stats_t *out) {
     }
     uv_mutex_unlock(&r->lock);
     out->connections = atomic_load(&srv->connections);
+    out->connections_rejected = atomic_load(&srv->refusals.total);
     for (size_t i = 0; i < srv->nworkers; i++)
         out->requests += atomic_load_explicit(&srv->workers[i].requests, memory_order_relaxed);
     out->uptime_ms = hd__now_ms() - srv->start_ms;

@@ -74,7 +74,7 @@ typedef struct hd_hello_s {
 
 /* Decides on the hello frame of connection c (not yet attached): checks it, authenticates,
  * and creates or finds the session, attaching it to c on ATTACH (the session records c; of c
- * only its worker, peer and reject are read). Logs what it decided. */
+ * only its worker and peer are read). Logs what it decided. */
 void hd__session_hello(hd_conn_t *c, const uint8_t *payload, size_t len, hd_hello_t *out);
 /* Appends the framed answer to an ATTACH decision to out: the HelloResult with the limits of
  * cfg and max_read_bytes. Returns 0 or a negative hd_err_t (HD_ENOMEM). */

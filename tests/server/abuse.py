@@ -273,14 +273,24 @@ def attack_4(d, conns, source="127.0.0.2", hold=3.0):
         while live and not stop.is_set():
             for s in list(live):
                 try:
-                    s.send(b"\x0a")
-                    if s.recv(4096) == b"":
-                        raise OSError
+                    while s.recv(4096):  # the server's last word, if any, then EOF
+                        pass
+                    closed = True
                 except BlockingIOError:
-                    continue
+                    closed = False
                 except OSError:
+                    closed = True
+                if not closed:
+                    try:
+                        s.send(b"\x0a")
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        closed = True
+                if closed:
                     alive["closed_at"].append(time.monotonic() - alive["t0"])
                     live.remove(s)
+            alive["live"] = len(live)
             stop.wait(0.2)
 
     t = threading.Thread(target=trickle, daemon=True)
@@ -290,11 +300,15 @@ def attack_4(d, conns, source="127.0.0.2", hold=3.0):
         got = None
         while time.monotonic() < deadline:
             c = h.Client(d.tcp_addr)
-            r = c.hello()
+            try:
+                got = c.hello().status.name
+            except (h.Closed, OSError):
+                got = "closed"
             c.close()
-            got = r.status.name
             if got == "OK":
                 break
+        while alive.get("live", 1) and time.monotonic() < deadline:
+            stop.wait(0.1)  # how long the attackers last, when they are cut off
         return {"attackers": len(socks), "client": got,
                 "attackers_closed": len(alive["closed_at"]),
                 "last_closed_s": max(alive["closed_at"], default=None)}

@@ -19,6 +19,23 @@ class BoundsTest(h.unittest.TestCase):
         self.addCleanup(d.stop)
         return d
 
+    def test_04_slowloris_before_hello(self):
+        # Connections from 127.0.0.2 that send a header and then a byte every 0.2 s. With
+        # max_connections_per_ip they get half the slots and a client from 127.0.0.1 is served
+        # at once; without it they hold every slot, but only until hello_timeout, counted from
+        # accept: the client is served within about that.
+        d = self.daemon(max_connections=40, max_connections_per_ip=20, hello_timeout="1s")
+        r = abuse.attack_4(d, conns=40, hold=0.5)
+        self.assertEqual(r["client"], "OK")
+        d.stop()
+        d = self.daemon(max_connections=40, max_connections_per_ip=0, hello_timeout="1s")
+        t0 = h.time.monotonic()
+        r = abuse.attack_4(d, conns=40, hold=5)
+        self.assertEqual(r["client"], "OK")
+        self.assertLess(h.time.monotonic() - t0, 4)
+        self.assertEqual(r["attackers_closed"], r["attackers"])
+        d.wait_log("no hello within 1000 ms of connecting")
+
     def test_09_tag_ids_are_reclaimed(self):
         # 65,536 distinct tags over a session's life, each freed with its object: the ids
         # come back, so the next new tag is served.
@@ -26,6 +43,15 @@ class BoundsTest(h.unittest.TestCase):
         r = abuse.attack_9(d)
         self.assertIsNone(r["refused"])
         self.assertEqual(r["new_tag"], "OK")
+
+    def test_10_every_refusal_answered_and_summarised(self):
+        # 100 connections over max_connections at once: each hears ETOOMANY, none is cut off
+        # silently, and the log says so in one line a second.
+        d = self.daemon(max_connections=8)
+        r = abuse.attack_10_rejections(d, extra=100)
+        self.assertEqual((r["etoomany"], r["other"]), (100, []))
+        self.assertLessEqual(r["log_lines"], 3)
+        d.wait_log("connections rejected in the last second with ETOOMANY")
 
     def test_10_strings_with_nul_are_refused(self):
         # "adm1n\0junk" is not the token "adm1n", and "Node\0junk" is no tag.

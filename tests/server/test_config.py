@@ -18,6 +18,7 @@ SOURCE_DIR = os.environ.get("HEAPD_SOURCE_DIR",
                             os.path.join(os.path.dirname(__file__), "..", ".."))
 SHIPPED = os.path.join(SOURCE_DIR, "config", "heapd.yaml")
 KEYS = ["listen", "unix_socket", "unix_socket_mode", "workers", "max_connections",
+        "max_connections_per_ip", "hello_timeout", "frame_timeout", "min_frame_rate",
         "max_sessions", "max_frame_bytes", "session_max_bytes", "session_max_objects",
         "idle_timeout", "session_linger", "output_buffer_limit", "tokens", "admin_tokens",
         "log_level", "log_format", "gc_enabled", "gc_threshold"]

@@ -1,8 +1,9 @@
 """test_limits.py: each configured limit, enforced by the real heapd.
 
 max_connections, max_sessions, the frame limits (4096 bytes before hello, max_frame_bytes
-after), session_max_bytes and session_max_objects, idle_timeout (and the hello deadline),
-output_buffer_limit (pause and resume; disconnect far over it).
+after), session_max_bytes and session_max_objects, idle_timeout, hello_timeout (absolute),
+frame_timeout with min_frame_rate, output_buffer_limit (pause and resume; disconnect far over
+it).
 """
 
 import socket
@@ -26,11 +27,15 @@ class LimitsTest(h.unittest.TestCase):
     def test_max_connections(self):
         d = self.daemon(max_connections=3)
         held = [d.session() for _ in range(3)]
+        # Over the limit: ETOOMANY (id 0) at once, before the server reads anything, then the
+        # close. A hello sent meanwhile changes nothing.
         extra = d.connect(unix=False)
-        r = extra.hello()
-        self.assertEqual(r.status.name, "ETOOMANY")
-        self.assertEqual(extra.expect_closed(), [])
-        d.wait_log("too many connections")
+        extra.send_request(extra.req("hello", protocol_version=1))
+        got = extra.expect_closed()
+        self.assertEqual([(r.id, r.status.name) for r in got], [(0, "ETOOMANY")])
+        self.assertIn("max_connections", got[0].status.message)
+        d.wait_log(r"1 connection rejected in the last second with ETOOMANY \(1 over "
+                   r"max_connections 3")
         held.pop().close()
         # The slot comes back once the server has seen the close.
         def try_again():
@@ -141,7 +146,47 @@ class LimitsTest(h.unittest.TestCase):
         c = d.connect()
         got = c.expect_closed(timeout=5)
         self.assertEqual([r.status.name for r in got], ["ETIMEDOUT"])
-        d.wait_log("no hello for 300 ms")
+        d.wait_log("no hello, idle for 300 ms")
+
+    def test_hello_deadline_is_absolute(self):
+        # Bytes trickling in do not move the hello deadline (a slowloris before hello).
+        d = self.daemon(hello_timeout="500ms")
+        c = d.connect()
+        t0 = time.monotonic()
+        c.send_raw(struct.pack(">I", 100))
+        with self.assertRaises((h.Closed, OSError)):
+            while time.monotonic() - t0 < 5:
+                c.send_raw(b"\x0a")
+                c.sock.settimeout(0.05)
+                try:
+                    if c.sock.recv(4096) == b"":
+                        raise h.Closed("closed")
+                except socket.timeout:
+                    pass
+        self.assertLess(time.monotonic() - t0, 2.5)
+        d.wait_log("no hello within 500 ms of connecting; closing")
+
+    def test_slow_frame(self):
+        # After frame_timeout a frame must keep up min_frame_rate; a faster one is fine.
+        d = self.daemon(frame_timeout="300ms", min_frame_rate="1KiB")
+        c = d.session()
+        o = c.alloc(size=8)
+        body = pb.ClientFrame(request=c.req("read", handle=o, offset=0, length=8))
+        data = h.frame(body.SerializeToString())
+        c.send_raw(data[:5])  # a header and a byte, then nothing
+        got = c.expect_closed(timeout=5)
+        self.assertEqual([r.status.name for r in got], ["ETIMEDOUT"])
+        d.wait_log("slower than min_frame_rate")
+        # A frame sent whole in pieces over a while is fine.
+        c = d.session()
+        o = c.alloc(size=8)
+        rid = c.next_id
+        data = h.frame(pb.ClientFrame(request=c.req("read", handle=o, offset=0, length=8))
+                       .SerializeToString())
+        for i in range(len(data)):
+            c.send_raw(data[i:i + 1])
+            time.sleep(0.01)
+        self.assertEqual(c.recv_response().id, rid)
 
     def test_output_buffer_pauses_and_resumes(self):
         d = self.daemon(output_buffer_limit="64KiB")
