@@ -177,16 +177,20 @@ class LimitsTest(h.unittest.TestCase):
         got = c.expect_closed(timeout=5)
         self.assertEqual([r.status.name for r in got], ["ETIMEDOUT"])
         d.wait_log("slower than min_frame_rate")
-        # A frame sent whole in pieces over a while is fine.
+        # A frame that takes longer than frame_timeout but keeps well above min_frame_rate
+        # (6000 bytes, 100 every 10 ms: ten times the rate) is fine.
         c = d.session()
-        o = c.alloc(size=8)
+        o = c.alloc(size=6000)
         rid = c.next_id
-        data = h.frame(pb.ClientFrame(request=c.req("read", handle=o, offset=0, length=8))
-                       .SerializeToString())
-        for i in range(len(data)):
-            c.send_raw(data[i:i + 1])
+        data = h.frame(pb.ClientFrame(request=c.req("write", handle=o, offset=0,
+                                                    data=b"w" * 6000)).SerializeToString())
+        t0 = time.monotonic()
+        for i in range(0, len(data), 100):
+            c.send_raw(data[i:i + 100])
             time.sleep(0.01)
-        self.assertEqual(c.recv_response().id, rid)
+        self.assertGreater(time.monotonic() - t0, 0.3)
+        r = c.recv_response()
+        self.assertEqual((r.id, r.status.name), (rid, "OK"))
 
     def test_output_buffer_pauses_and_resumes(self):
         d = self.daemon(output_buffer_limit="64KiB")
