@@ -13,6 +13,9 @@
 #                            on many sessions, events on the loop, cancellation) and against
 #                            fake servers.
 #   python.examples          every script in clients/python/examples against such a heapd.
+#   python.package           pip install (offline, into a venv; with and without the C codec),
+#                            python3 -m build and cmake --install each give a package that
+#                            talks to such a heapd.
 #
 # <impl> is the codec the client runs on, HEAPD_PYTHON_IMPLEMENTATION: "c" (the extension
 # heapd/_speedups, when it is built) and "python" (the pure-Python fallback); both pass the
@@ -80,6 +83,10 @@ foreach(impl ${HEAPD_PY_IMPLS})
                           ENV HEAPD_PYTHON_IMPLEMENTATION=${impl})
     endforeach()
 endforeach()
+
+heapd_daemon_test(python.package ${HEAPD_PY_TEST_DIR}/test_python_package.py
+                  ARGS ${CMAKE_BINARY_DIR}
+                  TIMEOUT 300)
 
 heapd_daemon_test(python.examples ${HEAPD_PY_TEST_DIR}/test_python_examples.py
                   ARGS --examples ${CMAKE_SOURCE_DIR}/clients/python/examples
