@@ -949,6 +949,31 @@ static int dec_trace_stats(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
     return 0;
 }
 
+static int dec_trace_traces(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    const Heapd__V1__TraceTracesResult *r = (const void *)m;
+    hdc_trace_traces_t *out = k->out[0];
+    out->n = 0;
+    out->total = r->total;
+    out->v = calloc(r->n_traces ? r->n_traces : 1, sizeof *out->v);
+    if (!out->v) return HDC_ENOMEM;
+    for (size_t i = 0; i < r->n_traces; i++) {
+        const Heapd__V1__TraceEntry *e = r->traces[i];
+        hdc_trace_entry_t *d = &out->v[out->n];
+        d->site = dupstr(e->site ? e->site : "");
+        d->tag = dupstr(e->tag ? e->tag : "");
+        if (!d->site || !d->tag) {
+            free(d->site);
+            free(d->tag);
+            hdc_trace_traces_free(out);
+            return HDC_ENOMEM;
+        }
+        d->size = e->size;
+        d->count = e->count;
+        out->n++;
+    }
+    return 0;
+}
+
 static int dec_heap_stats(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
     const Heapd__V1__HeapStatsResult *r = (const void *)m;
     hdc_heap_stats_t *o = k->out[0];
@@ -1423,6 +1448,30 @@ int hdc_trace_compare(hdc_t *c, uint32_t snapshot, uint32_t old_snapshot, hdc_tr
                                         : HEAPD__V1__TRACE_GROUP__BY_SITE;
     m.limit = limit;
     return stub_trace_compare(c, &m, CALL(dec_trace_stats, out));
+}
+
+int hdc_trace_snapshot_traces(hdc_t *c, uint32_t snapshot, uint64_t start, uint32_t max,
+                              hdc_trace_traces_t *out) {
+    Heapd__V1__TraceSnapshotTraces m = HEAPD__V1__TRACE_SNAPSHOT_TRACES__INIT;
+    m.snapshot = snapshot;
+    m.start = start;
+    m.max = max;
+    return stub_trace_snapshot_traces(c, &m, CALL(dec_trace_traces, out));
+}
+
+void hdc_trace_traces_free(hdc_trace_traces_t *t) {
+    if (!t) return;
+    for (size_t i = 0; i < t->n; i++) {
+        free(t->v[i].site);
+        free(t->v[i].tag);
+    }
+    free(t->v);
+    t->v = NULL;
+    t->n = 0;
+}
+
+int hdc_trace_get_tracemalloc_memory(hdc_t *c, uint64_t *bytes) {
+    return stub_trace_get_tracemalloc_memory(c, NULL, SCALAR(bytes));
 }
 
 void hdc_trace_stats_free(hdc_trace_stats_t *s) {

@@ -124,14 +124,18 @@ const char *hd_heap_why(const hd_heap_t *h);
 #define HD_OBJ_FLAGS_ALL        0x3u
 
 #define HD_MAX_SLOTS   65535u
-#define HD_MAX_TAG_LEN 255u /* bytes of a type tag or allocation site */
+#define HD_MAX_TAG_LEN 255u /* bytes of a type tag */
+/* Bytes of an allocation site: its traceback, one "filename:lineno" line per frame, most
+ * recent first ("app.py:42" is a traceback of one frame), as tracemalloc.start(nframe)
+ * records it. 4 KiB holds about 40 frames of 100-byte paths. */
+#define HD_MAX_SITE_LEN 4096u
 #define HD_MAX_PAYLOAD (1u << 30)
 
 typedef struct hd_alloc_args_s {
     uint32_t size;    /* payload bytes, zeroed */
     uint32_t nslots;  /* reference slots, initially empty; > 0 makes a container */
     const char *tag;  /* optional type tag ("Node"); NULL or "" for none */
-    const char *site; /* optional allocation site ("app.py:42"); NULL or "" for none */
+    const char *site; /* optional allocation site, a traceback (HD_MAX_SITE_LEN); NULL or "" */
     unsigned flags;   /* HD_OBJ_* */
     const void *data; /* optional initial payload bytes, data_len <= size */
     size_t data_len;
@@ -168,6 +172,7 @@ typedef struct hd_obj_info_s {
     uint32_t nslots;
     unsigned flags;   /* HD_OBJ_* given at allocation */
     int tracked;      /* 1 if the collector tracks it */
+    int traced;       /* 1 if tracing counts it (allocated while tracing, not cleared since) */
     int generation;   /* 0..2, 3 = frozen (permanent), -1 untracked */
     const char *tag;  /* borrowed, valid while the object lives; "" if none */
     const char *site; /* borrowed, valid while the object lives; "" if none */
@@ -337,6 +342,19 @@ int hd_trace_statistics(hd_heap_t *h, uint32_t id, hd_trace_group_t by, hd_trace
 /* Growth from snapshot old_id to snapshot id, sorted by |bytes_diff|, largest first. */
 int hd_trace_compare(hd_heap_t *h, uint32_t id, uint32_t old_id, hd_trace_group_t by,
                      hd_trace_stats_t *out);
+
+/* count traced objects of one site (traceback), tag and size, in a snapshot. */
+typedef struct hd_trace_entry_s {
+    const char *site; /* borrowed from the heap; "" for none */
+    const char *tag;  /* borrowed from the heap; "" for none */
+    uint64_t size;    /* each object's getsizeof bytes */
+    uint64_t count;
+} hd_trace_entry_t;
+/* A snapshot's traces as entries, max of them from index start (see trace.c). */
+int hd_trace_snapshot_traces(hd_heap_t *h, uint32_t id, size_t start, size_t max,
+                             hd_trace_entry_t *out, size_t *n, size_t *total);
+/* Bytes the tracing state and its snapshots hold (tracemalloc.get_tracemalloc_memory). */
+uint64_t hd_trace_memory(hd_heap_t *h);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Statistics: sys._debugmallocstats() and more. One X-macro list, expanded everywhere.        */

@@ -760,9 +760,9 @@ void hd__weakref_destroy(hd_heap_t *h);
 /* trace.c                                                                                     */
 /* ------------------------------------------------------------------------------------------ */
 
-/* Before an allocation while tracing: makes sure the (site, tag) entry exists, so that
- * hd__trace_alloc cannot fail. 0 or HD_ENOMEM. */
-int hd__trace_prepare(hd_heap_t *h, uint16_t site, uint16_t tag);
+/* Before an allocation while tracing: makes sure the (site, tag, size) entry exists, size
+ * being the object's hd__obj_sizeof, so that hd__trace_alloc cannot fail. 0 or HD_ENOMEM. */
+int hd__trace_prepare(hd_heap_t *h, uint16_t site, uint16_t tag, size_t size);
 /* Counts a new object (sets HD_OF_TRACED), its extension and size already written. Cannot
  * fail after hd__trace_prepare with the same site and tag (only frees in between). */
 void hd__trace_alloc(hd_heap_t *h, hd_obj_t *o, uint16_t site, uint16_t tag);

@@ -322,7 +322,7 @@ static int check_args(const hd_alloc_args_t *a) {
     if (a->flags & ~HD_OBJ_FLAGS_ALL) return HD_EINVAL;
     if (a->data_len > a->size || (a->data_len && !a->data)) return HD_EINVAL;
     if (a->tag && strnlen(a->tag, HD_MAX_TAG_LEN + 1) > HD_MAX_TAG_LEN) return HD_EINVAL;
-    if (a->site && strnlen(a->site, HD_MAX_TAG_LEN + 1) > HD_MAX_TAG_LEN) return HD_EINVAL;
+    if (a->site && strnlen(a->site, HD_MAX_SITE_LEN + 1) > HD_MAX_SITE_LEN) return HD_EINVAL;
     return 0;
 }
 
@@ -355,7 +355,7 @@ static HD_NOINLINE int alloc_general(hd_heap_t *h, const hd_alloc_args_t *a, hd_
         if (rc == HD_ELIMIT) hd__limit(h, "65,535 distinct sites are in use in this heap");
         goto unlabel;
     }
-    if (hd__tracing(h) && (rc = hd__trace_prepare(h, site, tag)) < 0) goto unlabel;
+    if (hd__tracing(h) && (rc = hd__trace_prepare(h, site, tag, bytes)) < 0) goto unlabel;
 
     hd_ref_t r;
     hd_obj_t *o = hd__alloc_block(&h->alloc, bytes, &r);
@@ -611,6 +611,7 @@ int hd_obj_info(hd_heap_t *h, hd_handle_t hd, hd_obj_info_t *out) {
     out->flags = ((o->flags & HD_OF_WANTS_FINAL) ? HD_OBJ_FINALIZER : 0) |
                  ((o->flags & HD_OF_LEGACY) ? HD_OBJ_LEGACY_FINALIZER : 0);
     out->tracked = (o->flags & HD_OF_TRACKED) != 0;
+    out->traced = (o->flags & HD_OF_TRACED) != 0;
     out->generation = out->tracked ? hd__obj_gen(o) : -1;
     out->tag = hd__intern_str(&h->tags, x ? x->tag : 0);
     out->site = hd__intern_str(&h->sites, x ? x->site : 0);

@@ -2,30 +2,49 @@
  * trace.c: allocation tracing, tracemalloc for a heap.
  *
  * While tracing is on, every object allocated is counted in an aggregate keyed by its
- * (site, tag) pair: {count, bytes}, bytes being hd__obj_sizeof. There are no per-object trace
- * records: the object header already says its site, tag and size, and HD_OF_TRACED says it was
- * counted, so a free uncounts it from its own extension. The aggregates live in an open
- * addressing hash map keyed by site << 16 | tag; hd__trace_prepare makes sure the entry exists
- * before object.c allocates (the only step that can fail), so hd__trace_alloc cannot fail.
- * current and peak follow tracemalloc.get_traced_memory().
+ * (site, tag, size) triple: {count, bytes}, size and bytes being hd__obj_sizeof. A site is
+ * the allocation's traceback, as the client recorded it (one frame per line, most recent
+ * first: see HD_MAX_SITE_LEN), so sites are tracebacks and tracebacks are interned. There are
+ * no per-object trace records: the object header already says its site, tag and size, and
+ * HD_OF_TRACED says it was counted, so a free uncounts it from its own extension. Keeping the
+ * size in the key makes an aggregate a set of identical traces, so that a snapshot can list
+ * the traces themselves, as tracemalloc's Snapshot.traces does, as (site, tag, size) x count.
+ * The aggregates live in an open addressing hash map keyed by site << 48 | tag << 32 | size;
+ * hd__trace_prepare makes sure the entry exists before object.c allocates (the only step that
+ * can fail), so hd__trace_alloc cannot fail. current and peak follow
+ * tracemalloc.get_traced_memory().
  *
  * Snapshots copy the non-empty aggregates; statistics group a snapshot by site or by tag and
- * compare groups two snapshots, as Snapshot.statistics() and Snapshot.compare_to().
+ * compare groups two snapshots, as Snapshot.statistics() and Snapshot.compare_to();
+ * hd_trace_snapshot_traces lists a snapshot's entries.
  *
  * This file owns HD_OF_TRACED and the heap's tracing flag. It does not decide what is
  * allocated or freed: object.c calls in. The state is allocated on the first hd_trace_start.
  */
 #include "internal.h"
 
-/* The aggregate key of a (site, tag) pair. */
-static inline uint32_t trace_key(uint16_t site, uint16_t tag) {
-    return ((uint32_t)site << 16) | tag;
+/* The aggregate key of a (site, tag, size) triple; an object's size (hd__obj_sizeof) is
+ * under 2^31 (HD_MAX_PAYLOAD plus the largest header and slots). */
+static inline uint64_t trace_key(uint16_t site, uint16_t tag, size_t size) {
+    return ((uint64_t)site << 48) | ((uint64_t)tag << 32) | (uint32_t)size;
 }
+static inline uint16_t key_site(uint64_t key) {
+    return (uint16_t)(key >> 48);
+}
+static inline uint16_t key_tag(uint64_t key) {
+    return (uint16_t)(key >> 32);
+}
+static inline uint32_t key_size(uint64_t key) {
+    return (uint32_t)key;
+}
+_Static_assert((uint64_t)HD_MAX_PAYLOAD + 24u + 4u * HD_MAX_SLOTS + 8u < (1ull << 32),
+               "an object's size fits the 32 bits of the key");
 
-/* A map slot: the live traced objects of one (site, tag). A used slot may be empty (count 0):
- * hd__trace_prepare creates it and frees do not remove it. */
+/* A map slot: the live traced objects of one (site, tag, size). A used slot may be empty
+ * (count 0): hd__trace_prepare creates it and frees do not remove it. Invariant: bytes ==
+ * count * key_size(key). */
 typedef struct traceslot_s {
-    uint32_t key;  /* site << 16 | tag */
+    uint64_t key;  /* site << 48 | tag << 32 | size */
     uint32_t used; /* 1 if the slot holds a key (key 0 is a valid key) */
     uint64_t count;
     uint64_t bytes;
@@ -33,7 +52,7 @@ typedef struct traceslot_s {
 
 /* One snapshot entry: a non-empty aggregate at the time of the snapshot. */
 typedef struct snapent_s {
-    uint32_t key;
+    uint64_t key;
     uint64_t count, bytes;
 } snapent_t;
 
@@ -70,12 +89,12 @@ _Static_assert((TRACE_MAP_MIN & (TRACE_MAP_MIN - 1)) == 0, "map capacity is a po
 /* The aggregate map.                                                                          */
 /* ------------------------------------------------------------------------------------------ */
 
-static inline uint32_t slot_home(uint32_t key, uint32_t mask) {
-    return (uint32_t)((key * 0x9E3779B97F4A7C15ull) >> 32) & mask;
+static inline uint32_t slot_home(uint64_t key, uint32_t mask) {
+    return (uint32_t)(((key ^ (key >> 29)) * 0x9E3779B97F4A7C15ull) >> 32) & mask;
 }
 
 /* The slot of key, or NULL. About a dozen instructions when the home slot holds the key. */
-static inline traceslot_t *slot_find(struct hd_tracestate_s *ts, uint32_t key) {
+static inline traceslot_t *slot_find(struct hd_tracestate_s *ts, uint64_t key) {
     if (HD_UNLIKELY(ts->cap == 0)) return NULL;
     uint32_t mask = ts->cap - 1;
     for (uint32_t i = slot_home(key, mask);; i = (i + 1) & mask) {
@@ -86,7 +105,7 @@ static inline traceslot_t *slot_find(struct hd_tracestate_s *ts, uint32_t key) {
 }
 
 /* Inserts key (absent) into a map with room; returns its slot. */
-static traceslot_t *slot_insert(traceslot_t *slots, uint32_t cap, uint32_t key) {
+static traceslot_t *slot_insert(traceslot_t *slots, uint32_t cap, uint64_t key) {
     uint32_t mask = cap - 1, i = slot_home(key, mask);
     while (slots[i].used)
         i = (i + 1) & mask;
@@ -137,8 +156,8 @@ static void traces_clear(hd_heap_t *h, struct hd_tracestate_s *ts) {
 /* ------------------------------------------------------------------------------------------ */
 
 /* Finds or creates the slot of key and remembers it in last. Out of line: the fast path in
- * hd__trace_prepare handles a repeat of the previous (site, tag). */
-static HD_NOINLINE int prepare_slow(struct hd_tracestate_s *ts, uint32_t key) {
+ * hd__trace_prepare handles a repeat of the previous (site, tag, size). */
+static HD_NOINLINE int prepare_slow(struct hd_tracestate_s *ts, uint64_t key) {
     traceslot_t *s = slot_find(ts, key);
     if (!s) {
         if ((uint64_t)(ts->nused + 1) * 4 > (uint64_t)ts->cap * 3) {
@@ -152,10 +171,10 @@ static HD_NOINLINE int prepare_slow(struct hd_tracestate_s *ts, uint32_t key) {
     return 0;
 }
 
-/* About six instructions when the (site, tag) is the previous allocation's. */
-int hd__trace_prepare(hd_heap_t *h, uint16_t site, uint16_t tag) {
+/* About six instructions when the (site, tag, size) is the previous allocation's. */
+int hd__trace_prepare(hd_heap_t *h, uint16_t site, uint16_t tag, size_t size) {
     struct hd_tracestate_s *ts = h->trace;
-    uint32_t key = trace_key(site, tag);
+    uint64_t key = trace_key(site, tag, size);
     if (HD_LIKELY(ts->cap != 0)) {
         const traceslot_t *s = &ts->slots[ts->last];
         if (HD_LIKELY(s->used && s->key == key)) return 0;
@@ -165,13 +184,13 @@ int hd__trace_prepare(hd_heap_t *h, uint16_t site, uint16_t tag) {
 
 void hd__trace_alloc(hd_heap_t *h, hd_obj_t *o, uint16_t site, uint16_t tag) {
     struct hd_tracestate_s *ts = h->trace;
-    uint32_t key = trace_key(site, tag);
+    size_t bytes = hd__obj_sizeof(o);
+    uint64_t key = trace_key(site, tag, bytes);
     /* hd__trace_prepare just found this slot and nothing has inserted since (frees neither
      * move nor remove slots), so the hint holds; the check guards a caller that skipped it. */
     traceslot_t *s = &ts->slots[ts->last];
     if (HD_UNLIKELY(!s->used || s->key != key)) s = slot_find(ts, key);
     HD_ASSERT(s != NULL);
-    size_t bytes = hd__obj_sizeof(o);
     s->count++;
     s->bytes += bytes;
     ts->ntraced++;
@@ -183,9 +202,9 @@ void hd__trace_alloc(hd_heap_t *h, hd_obj_t *o, uint16_t site, uint16_t tag) {
 void hd__trace_free(hd_heap_t *h, hd_obj_t *o) {
     struct hd_tracestate_s *ts = h->trace;
     hd_objext_t *x = hd__obj_ext(o);
-    uint32_t key = x ? trace_key(x->site, x->tag) : 0;
-    traceslot_t *s = slot_find(ts, key);
     size_t bytes = hd__obj_sizeof(o);
+    uint64_t key = x ? trace_key(x->site, x->tag, bytes) : trace_key(0, 0, bytes);
+    traceslot_t *s = slot_find(ts, key);
     /* A TRACED object was counted in its slot since the last clear; a miss or an underflow
      * means a clear left the flag on some live object. */
     HD_ASSERT(s != NULL && s->count > 0 && s->bytes >= bytes && ts->current >= bytes);
@@ -201,7 +220,7 @@ void hd__trace_free(hd_heap_t *h, hd_obj_t *o) {
  * outlive the objects that had them for as long as the snapshot does. */
 static void snap_labels(hd_heap_t *h, const snapshot_t *snap, bool take) {
     for (size_t i = 0; i < snap->n; i++) {
-        uint16_t site = (uint16_t)(snap->ents[i].key >> 16), tag = (uint16_t)snap->ents[i].key;
+        uint16_t site = key_site(snap->ents[i].key), tag = key_tag(snap->ents[i].key);
         if (take) {
             hd__intern_ref(&h->sites, site);
             hd__intern_ref(&h->tags, tag);
@@ -343,8 +362,8 @@ static int group_snapshot(const snapshot_t *snap, hd_trace_group_t by, group_t *
     group_t *g = hd__malloc(snap->n * sizeof(*g));
     if (!g) return HD_ENOMEM;
     for (size_t i = 0; i < snap->n; i++) {
-        uint32_t key = snap->ents[i].key;
-        g[i].gid = (uint16_t)(by == HD_TRACE_BY_SITE ? key >> 16 : key & 0xFFFF);
+        uint64_t key = snap->ents[i].key;
+        g[i].gid = by == HD_TRACE_BY_SITE ? key_site(key) : key_tag(key);
         g[i].count = snap->ents[i].count;
         g[i].bytes = snap->ents[i].bytes;
     }
@@ -479,4 +498,45 @@ void hd_trace_stats_free(hd_trace_stats_t *s) {
     if (!s) return;
     hd__free(s->v);
     memset(s, 0, sizeof(*s));
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* A snapshot's traces, and what tracing costs.                                                */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Copies at most max entries of snapshot id, from index start, into out (site, tag, size and
+ * count each; the strings are borrowed from the heap); *n gets how many, *total the entries
+ * the snapshot has. The order is the snapshot's and does not change. HD_ENOSNAP, or HD_ERANGE
+ * for a start past the end. */
+int hd_trace_snapshot_traces(hd_heap_t *h, uint32_t id, size_t start, size_t max,
+                             hd_trace_entry_t *out, size_t *n, size_t *total) {
+    const snapshot_t *snap = snap_find(h->trace, id);
+    *n = 0;
+    *total = 0;
+    if (!snap) return HD_ENOSNAP;
+    *total = snap->n;
+    if (start > snap->n) return HD_ERANGE;
+    size_t k = 0;
+    for (size_t i = start; i < snap->n && k < max; i++, k++) {
+        uint64_t key = snap->ents[i].key;
+        out[k].site = hd__intern_str(&h->sites, key_site(key));
+        out[k].tag = hd__intern_str(&h->tags, key_tag(key));
+        out[k].size = key_size(key);
+        out[k].count = snap->ents[i].count;
+    }
+    *n = k;
+    return 0;
+}
+
+/* As tracemalloc.get_tracemalloc_memory(): the bytes the tracing state holds, its map and
+ * its snapshots (the sites and tags it names live in the heap's intern tables, as objects'
+ * do). 0 before the first hd_trace_start. */
+uint64_t hd_trace_memory(hd_heap_t *h) {
+    const struct hd_tracestate_s *ts = h->trace;
+    if (!ts) return 0;
+    uint64_t bytes = sizeof(*ts) + (uint64_t)ts->cap * sizeof(traceslot_t) +
+                     (uint64_t)ts->snapcap * sizeof(snapshot_t);
+    for (size_t i = 0; i < ts->nsnaps; i++)
+        bytes += (uint64_t)ts->snaps[i].n * sizeof(snapent_t);
+    return bytes;
 }

@@ -11,11 +11,11 @@ _Static_assert(HEAPD__V1__OBJ_FLAG__OBJ_FINALIZER == HD_OBJ_FINALIZER, "ObjFlag 
 _Static_assert(HEAPD__V1__OBJ_FLAG__OBJ_LEGACY_FINALIZER == HD_OBJ_LEGACY_FINALIZER,
                "ObjFlag = HD_OBJ_*");
 
-/* A type tag or site: at most HD_MAX_TAG_LEN bytes of UTF-8 (clients decode it as a string). */
-static int check_label(hd_opctx_t *c, const char *what, const char *s) {
+/* A type tag (at most HD_MAX_TAG_LEN bytes) or site (a traceback, at most HD_MAX_SITE_LEN):
+ * UTF-8, since clients decode it as a string. */
+static int check_label(hd_opctx_t *c, const char *what, const char *s, size_t max) {
     size_t n = strlen(s);
-    if (n > HD_MAX_TAG_LEN)
-        return hd__op_fail(c, HD_EINVAL, "%s of %zu bytes is over %u", what, n, HD_MAX_TAG_LEN);
+    if (n > max) return hd__op_fail(c, HD_EINVAL, "%s of %zu bytes is over %zu", what, n, max);
     if (!hd__op_utf8_valid(s)) return hd__op_fail(c, HD_EINVAL, "%s is not valid UTF-8", what);
     return 0;
 }
@@ -31,8 +31,8 @@ static int op_alloc(hd_opctx_t *c, const Heapd__V1__Alloc *a, Heapd__V1__HandleR
     if (a->data.len > a->size)
         return hd__op_fail(c, HD_EINVAL, "data of %zu bytes is over the size, %u", a->data.len,
                            a->size);
-    int rc = check_label(c, "tag", a->tag);
-    if (rc == 0) rc = check_label(c, "site", a->site);
+    int rc = check_label(c, "tag", a->tag, HD_MAX_TAG_LEN);
+    if (rc == 0) rc = check_label(c, "site", a->site, HD_MAX_SITE_LEN);
     if (rc < 0) return rc;
     hd_alloc_args_t args = {
         .size = a->size,
@@ -126,6 +126,7 @@ static int op_obj_info(hd_opctx_t *c, const Heapd__V1__ObjInfo *a, Heapd__V1__Ob
     r->slots = info.nslots;
     r->flags = info.flags;
     r->tracked = info.tracked != 0;
+    r->traced = info.traced != 0;
     r->generation = info.generation;
     r->tag = tag;
     r->site = site;

@@ -122,4 +122,53 @@ static int op_trace_compare(hd_opctx_t *c, const Heapd__V1__TraceCompare *a,
     return trace_result(c, ts, a->limit, r);
 }
 
+/* A snapshot's traces, as many as the request's max and the budget allow from its start. The
+ * strings are copied, as statistics' keys are. */
+static int op_trace_snapshot_traces(hd_opctx_t *c, const Heapd__V1__TraceSnapshotTraces *a,
+                                    Heapd__V1__TraceTracesResult *r) {
+    /* The engine copies at most this many entries out at once; the budget cuts the rest. */
+    size_t max = a->max != 0 && a->max < 4096 ? a->max : 4096;
+    hd_trace_entry_t *e = hd__op_array(c, max, sizeof *e);
+    if (e == NULL) return HD_ENOMEM;
+    size_t n, total;
+    int rc = hd_trace_snapshot_traces(c->heap, a->snapshot, a->start, max, e, &n, &total);
+    if (rc == HD_ERANGE)
+        return hd__op_fail(c, rc, "start %llu is past the %zu traces of snapshot %u",
+                           (unsigned long long)a->start, total, a->snapshot);
+    if (rc < 0) return snap_err(c, rc, a->snapshot);
+    Heapd__V1__TraceEntry *m = hd__op_array(c, n, sizeof *m);
+    Heapd__V1__TraceEntry **v = hd__op_array(c, n, sizeof *v);
+    if (n && (m == NULL || v == NULL)) return HD_ENOMEM;
+    uint64_t used = 0;
+    size_t k = 0;
+    for (; k < n; k++) {
+        heapd__v1__trace_entry__init(&m[k]);
+        m[k].site = (char *)e[k].site;
+        m[k].tag = (char *)e[k].tag;
+        m[k].size = e[k].size;
+        m[k].count = e[k].count;
+        /* The entry, its tag in the list and a length prefix of up to 3 bytes. */
+        uint64_t size = protobuf_c_message_get_packed_size(&m[k].base) + 4;
+        if (used + size > c->budget) break;
+        used += size;
+        m[k].site = hd__op_strdup(c, m[k].site);
+        m[k].tag = hd__op_strdup(c, m[k].tag);
+        if (m[k].site == NULL || m[k].tag == NULL) return HD_ENOMEM;
+        v[k] = &m[k];
+    }
+    if (k == 0 && n > 0)
+        return hd__op_fail(c, HD_ERANGE, "no room for a trace in what is left of the response");
+    r->traces = v;
+    r->n_traces = k;
+    r->total = total;
+    return 0;
+}
+
+static int op_trace_get_tracemalloc_memory(hd_opctx_t *c,
+                                           const Heapd__V1__TraceGetTracemallocMemory *a,
+                                           Heapd__V1__ValueResult *r) {
+    r->value = hd_trace_memory(c->heap);
+    return 0;
+}
+
 HD_OPS_TRACE(HD_OP_RUNNER)

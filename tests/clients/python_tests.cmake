@@ -12,6 +12,8 @@
 #   python.asyncio.<impl>    heapd.asyncio against such a heapd (many tasks on one session and
 #                            on many sessions, events on the loop, cancellation) and against
 #                            fake servers.
+#   python.stdlib_docs.<impl> the examples of the gc, weakref and tracemalloc documentation,
+#                            adapted by the session prefix, against such a heapd.
 #   python.examples          every script in clients/python/examples against such a heapd.
 #   python.package           pip install (offline, into a venv; with and without the C codec),
 #                            python3 -m build and cmake --install each give a package that
@@ -76,7 +78,7 @@ foreach(impl ${HEAPD_PY_IMPLS})
              COMMAND ${HEAPD_PY_TEST_PYTHON} ${HEAPD_PY_TEST_DIR}/test_python_strict.py)
     set_tests_properties(python.strict.${impl} PROPERTIES TIMEOUT 120
                          ENVIRONMENT "${HEAPD_PY_TEST_ENV};HEAPD_PYTHON_IMPLEMENTATION=${impl}")
-    foreach(suite client asyncio)
+    foreach(suite client asyncio stdlib_docs)
         heapd_daemon_test(python.${suite}.${impl} ${HEAPD_PY_TEST_DIR}/test_python_${suite}.py
                           TIMEOUT 300
                           PYTHONPATH ${CMAKE_BINARY_DIR}/clients/python

@@ -63,14 +63,17 @@ class SessionTest(AsyncTestCase):
     async def test_methods_are_coroutines_with_the_same_names(self):
         s = self.s
         for name in ("ping", "alloc", "alloc_many", "release_many", "getrefcount", "getsizeof",
-                     "weakref", "stats", "flush", "close", "detach", "reconnect", "poll",
+                     "stats", "flush", "close", "detach", "reconnect", "poll",
                      "share", "release", "get_slot", "set_slot", "read", "write", "info"):
             self.assertTrue(inspect.iscoroutinefunction(getattr(s, name)), name)
             self.assertTrue(hasattr(heapd.Session, name), name)
         for name in ("collect", "get_count", "get_objects", "get_referrers", "freeze"):
             self.assertTrue(inspect.iscoroutinefunction(getattr(s.gc, name)), name)
-        for name in ("start", "stop", "take_snapshot", "get_traced_memory"):
+        for name in ("start", "stop", "take_snapshot", "get_traced_memory",
+                     "get_object_traceback", "get_tracemalloc_memory"):
             self.assertTrue(inspect.iscoroutinefunction(getattr(s.tracemalloc, name)), name)
+        for name in ("ref", "finalize", "__call__"):
+            self.assertTrue(inspect.iscoroutinefunction(getattr(s.weakref, name)), name)
         self.assertRegex(s.session_id, r"^[0-9a-f]{16}$")
         self.assertTrue(s.connected)
         self.assertGreater(await s.ping(), 0)
@@ -346,6 +349,28 @@ class GcAndEventsTest(AsyncTestCase):
         with self.assertRaises(heapd.ReferenceReleased):
             await w()
 
+    async def test_weakref_module(self):
+        s = self.s
+        seen = []
+        a = await s.alloc(tag="Kenny")
+        f = await s.weakref.finalize(a, seen.append, "killed")
+        self.assertIn("for 'Kenny'", repr(f))
+        self.assertTrue(f.alive)
+        w = await s.weakref.ref(a)
+        self.assertEqual(await w(), a)
+        await a.release()
+        self.assertEqual(seen, ["killed"])
+        self.assertFalse(f.alive)
+        b = await s.alloc()
+        g = await s.weakref.finalize(b, seen.append, "detached")
+        obj, func, args, kwargs = await g.detach()
+        self.assertEqual((obj, func, args, kwargs), (b, seen.append, ("detached",), {}))
+        with self.assertRaises(TypeError):
+            s.weakref.WeakValueDictionary()
+        with self.assertRaises(TypeError):
+            heapd.WeakRef(b)  # a direct WeakRef needs a blocking session
+        del obj
+
     async def test_tracemalloc(self):
         s = self.s
         tm = s.tracemalloc
@@ -355,9 +380,12 @@ class GcAndEventsTest(AsyncTestCase):
         current, peak = await tm.get_traced_memory()
         self.assertGreater(current, 300)
         snap = await tm.take_snapshot()
-        stats = await snap.statistics("tag")
+        self.assertIsInstance(snap, heapd.Snapshot)  # the client's: its methods need no await
+        stats = snap.statistics("tag")
         self.assertEqual(stats[0].count, 3)
-        await snap.close()
+        self.assertEqual(str(await tm.get_object_traceback(refs[0])),
+                         str(snap.statistics("lineno")[0].traceback))
+        self.assertGreater(await tm.get_tracemalloc_memory(), 0)
         await tm.stop()
         await s.release_many(refs)
 

@@ -20,8 +20,11 @@ import os
 import re
 import socket
 import sys
+import shutil
+import tempfile
 import threading
 import time
+import tracemalloc
 import unittest
 
 import harness  # tests/server/harness.py: the one fixture that starts heapd
@@ -201,7 +204,9 @@ class SessionTest(HeapdTestCase):
             ref = s.alloc(size=8)
             w = s.weakref(ref)
             s.tracemalloc.start()
+            traced = s.alloc(tag="traced")
             snap = s.tracemalloc.take_snapshot()
+            del traced
         self.assertTrue(s.closed)
         self.assertFalse(s.connected)
         with self.assertRaises(heapd.NoSuchSession):
@@ -213,7 +218,7 @@ class SessionTest(HeapdTestCase):
         del ref  # a Ref of a closed session is dropped quietly
         s.close()  # closing twice is fine
         w.close()  # so is closing what the session held
-        snap.close()
+        self.assertEqual(len(snap.traces), 1)  # a snapshot is the client's: it stays
 
     def test_close_method(self):
         s = self.connect()
@@ -1329,6 +1334,86 @@ class WeakrefTest(HeapdTestCase):
             self.s.weakref(a, callback=5)
 
 
+class WeakrefModuleTest(HeapdTestCase):
+    def test_module(self):
+        s = self.s
+        self.assertIsInstance(s.weakref, heapd.WeakrefModule)
+        self.assertIs(s.weakref.ref, heapd.WeakRef)
+        a = s.alloc()
+        w = s.weakref.ref(a)
+        self.assertIsInstance(w, heapd.WeakRef)
+        self.assertEqual(heapd.WeakRef(a)(), a)  # made directly, as weakref.ref(a)
+        with self.assertRaises(TypeError):
+            heapd.WeakRef(5)
+        with self.assertRaises(NotImplementedError):
+            s.weakref.getweakrefcount(a)
+        del a
+        self.assertIsNone(w())
+
+    def test_finalize(self):
+        s = self.s
+        seen = []
+        a = s.alloc(tag="Thing")
+        f = s.weakref.finalize(a, seen.append, "gone")
+        self.assertIsInstance(f, heapd.Finalize)
+        self.assertTrue(f.alive)
+        self.assertRegex(repr(f), r"^<finalize object at 0x[0-9a-f]+; for 'Thing' at 0x[0-9a-f]+>$")
+        peek = f.peek()
+        self.assertEqual(peek[1:], (seen.append, ("gone",), {}))
+        self.assertEqual(peek[0], a)
+        del peek
+        del a  # runs at the del: a death callback is waiting
+        self.assertEqual(seen, ["gone"])
+        self.assertFalse(f.alive)
+        self.assertIsNone(f())
+        self.assertIsNone(f.detach())
+        self.assertIn("dead", repr(f))
+        # A finalizer that raises is printed and ignored, as Python does.
+        b = s.alloc()
+        s.weakref.finalize(b, lambda: 1 / 0)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            del b
+            s.flush()
+        self.assertIn("ZeroDivisionError", err.getvalue())
+        self.assertIn("Exception ignored in: <finalize object", err.getvalue())
+        # In a collection too, with the object's cycle.
+        c = s.alloc(slots=1)
+        c[0] = c
+        s.weakref.finalize(c, seen.append, "collected")
+        del c
+        self.assertEqual(seen, ["gone"])
+        s.gc.collect()
+        self.assertEqual(seen, ["gone", "collected"])
+        self.assertEqual(self.objects(), 0)
+
+    def test_weak_value_dictionary(self):
+        s = self.s
+        d = s.weakref.WeakValueDictionary()
+        self.assertIsInstance(d, heapd.WeakValueDictionary)
+        a, b = s.alloc(tag="a"), s.alloc(tag="b")
+        d["a"] = a
+        d["b"] = b
+        self.assertEqual(len(d), 2)
+        self.assertEqual(d["a"], a)
+        self.assertIn("b", d)
+        self.assertEqual(sorted(d), ["a", "b"])
+        del b
+        s.flush()
+        self.assertNotIn("b", d)
+        self.assertEqual(list(d), ["a"])
+        self.assertIsNone(d.get("b"))
+        d["a"] = s.alloc(tag="a2")  # replaced: the new object is not kept alive either
+        self.assertNotIn("a", d)
+        self.assertEqual(len(d), 0)  # its death removed the entry, as in CPython
+        d["c"] = a
+        del d["c"]
+        self.assertEqual(len(d), 0)
+        with self.assertRaises(KeyError):
+            del d["c"]
+        del a
+
+
 class FinalizerTest(HeapdTestCase):
     def test_on_finalize(self):
         seen = []
@@ -1429,62 +1514,166 @@ class TracemallocTest(HeapdTestCase):
         keep = [s.alloc(size=64, tag="Small", site="app.py:1") for _ in range(3)]
         old = tm.take_snapshot()
         self.assertIsInstance(old, heapd.Snapshot)
+        self.assertIsInstance(old, tracemalloc.Snapshot)
         keep += [s.alloc(size=1000, tag="Big", site="app.py:2") for _ in range(2)]
         keep.append(s.alloc(size=8))  # site defaults to this line
         line = sys._getframe().f_lineno - 1
         new = tm.take_snapshot()
+        self.assertEqual(len(new.traces), 6)
+        self.assertEqual(new.traceback_limit, 1)
+        big = [t for t in new.traces if str(t.traceback) == "app.py:2"]
+        self.assertEqual(len(big), 2)
+        self.assertIsInstance(big[0], tracemalloc.Trace)
+        self.assertEqual(big[0].domain, 0)
+        self.assertEqual(big[0].size, s.getsizeof(keep[3]))
+        self.assertEqual(sum(t.size for t in new.traces), tm.get_traced_memory()[0])
 
-        by_site = new.statistics("site")
-        self.assertEqual([st.key for st in by_site[:2]], ["app.py:2", "app.py:1"])
-        self.assertEqual(by_site[0].count, 2)
-        self.assertGreaterEqual(by_site[0].size, 2000)
-        self.assertIn(f"{__file__}:{line}", [st.key for st in by_site])
-        self.assertIn("app.py:2: size=", str(by_site[0]))
-        self.assertIn("count=2", str(by_site[0]))
-        self.assertEqual(new.statistics("lineno"), by_site)
+        by_line = new.statistics("lineno")
+        self.assertIsInstance(by_line[0], tracemalloc.Statistic)
+        self.assertEqual([str(st.traceback) for st in by_line[:2]], ["app.py:2", "app.py:1"])
+        self.assertEqual(by_line[0].count, 2)
+        self.assertGreaterEqual(by_line[0].size, 2000)
+        self.assertIn(f"{__file__}:{line}", [str(st.traceback) for st in by_line])
+        self.assertIn("app.py:2: size=", str(by_line[0]))
+        self.assertIn("count=2", str(by_line[0]))
+        self.assertEqual(new.statistics("traceback"), by_line)  # one frame per traceback
+        self.assertEqual(new.statistics("site"), by_line)
+        self.assertEqual([str(st.traceback) for st in new.statistics("filename")[:2]],
+                         ["app.py:0", f"{__file__}:0"])
         by_tag = new.statistics("tag")
-        self.assertEqual([st.key for st in by_tag][:2], ["Big", "Small"])
-        self.assertIsInstance(by_tag[0], heapd.Statistic)
-        self.assertEqual(len(new.statistics("tag", limit=1)), 1)
+        self.assertEqual([st.tag for st in by_tag][:2], ["Big", "Small"])
+        self.assertIsInstance(by_tag[0], heapd.TagStatistic)
+        self.assertRegex(str(by_tag[0]), r"^Big: size=\d+ B, count=2, average=\d+ B$")
 
-        diff = new.compare_to(old, "site")
-        self.assertIsInstance(diff[0], heapd.StatisticDiff)
-        self.assertEqual(diff, new.compare_to(old, "lineno"))
-        self.assertEqual(diff[0].key, "app.py:2")
+        diff = new.compare_to(old, "lineno")
+        self.assertIsInstance(diff[0], tracemalloc.StatisticDiff)
+        self.assertEqual(str(diff[0].traceback), "app.py:2")
         self.assertEqual((diff[0].count, diff[0].count_diff), (2, 2))
         self.assertEqual(diff[0].size, diff[0].size_diff)
         self.assertIn("(+2)", str(diff[0]))
-        tag_diff = {d.key: d for d in new.compare_to(old, "tag")}
+        tag_diff = {d.tag: d for d in new.compare_to(old, "tag")}
         self.assertEqual(tag_diff["Big"].count_diff, 2)
-        self.assertEqual(tag_diff.get("Small", None) and tag_diff["Small"].count_diff, 0)
+        self.assertEqual(tag_diff["Small"].count_diff, 0)
+        with self.assertRaises(ValueError):
+            new.statistics("nonsense")
+        with self.assertRaises(ValueError):
+            new.statistics("tag", cumulative=True)
 
-        with self.assertRaises(ValueError):
-            new.statistics("filename")
-        with self.assertRaises(ValueError):
-            new.compare_to(old, "traceback")
-        old.close()
-        with self.assertRaises(heapd.ReferenceReleased):
-            old.statistics()
-        with self.assertRaises(heapd.ReferenceReleased):
-            new.compare_to(old)
-        with new:
-            self.assertEqual(new.id, new.id)
-        with self.assertRaises(heapd.Error):
-            new.statistics()
+        # filter_traces with the stdlib's filters keeps the tags with their traces.
+        only = new.filter_traces([tracemalloc.Filter(True, "app.py")])
+        self.assertIsInstance(only, heapd.Snapshot)
+        self.assertEqual(len(only.traces), 5)
+        self.assertEqual(sorted(only.tags), ["Big", "Big", "Small", "Small", "Small"])
+        self.assertEqual(len(new.filter_traces([tracemalloc.Filter(False, "app.py")]).traces), 1)
+        self.assertEqual(len(new.filter_traces([tracemalloc.DomainFilter(True, 0)]).traces), 6)
+        self.assertEqual(len(new.filter_traces([]).traces), 6)
+
+        # dump() and load(), the stdlib's, round-trip it.
+        path = os.path.join(self.tmpdir(), "snap.pickle")
+        new.dump(path)
+        loaded = heapd.Snapshot.load(path)
+        self.assertIsInstance(loaded, heapd.Snapshot)
+        self.assertEqual(loaded.traces, new.traces)
+        self.assertEqual(loaded.tags, new.tags)
+        self.assertEqual(loaded.statistics("lineno"), by_line)
+        self.assertEqual(tracemalloc.Snapshot.load(path).statistics("tag"), by_tag)
         del keep
         tm.stop()
 
-    def test_dropped_snapshot_is_freed(self):
+    def tmpdir(self):
+        d = tempfile.mkdtemp(prefix="heapd-py-test-")
+        self.addCleanup(shutil.rmtree, d, True)
+        return d
+
+    def test_snapshot_is_freed_on_the_server(self):
         tm = self.s.tracemalloc
         tm.start()
+        self.assertGreater(tm.get_tracemalloc_memory(), 0)
+        refs = [self.s.alloc(size=i, tag=f"T{i}") for i in range(50)]
+        mem = tm.get_tracemalloc_memory()
         snap = tm.take_snapshot()
-        sid = snap.id
-        del snap
-        self.s.ping()  # the deferred free went out ahead of the ping, without a warning
-        other = tm.take_snapshot()
-        self.assertIn(str(other.id), repr(other))
-        self.assertTrue(sid)
+        self.assertEqual(len(snap.traces), 50)
+        # Its traces are here: the server's copy was freed as it was read (what stays is the
+        # snapshot list's room, a few dozen bytes).
+        self.assertLess(tm.get_tracemalloc_memory(), mem + 512)
+        self.assertEqual(len(snap.statistics("tag")), 50)
+        del refs
         tm.stop()
+
+    def test_many_traces_page(self):
+        s = self.s
+        tm = s.tracemalloc
+        tm.start()
+        # More entries than one 64 KiB response holds: read in pages.
+        refs = s.alloc_many(0)
+        with s.pipeline() as p:
+            for i in range(3000):
+                p.alloc(size=i % 500, site=f"gen{i}.py:{i}", tag="G")
+        refs = p.results
+        snap = tm.take_snapshot()
+        self.assertEqual(len(snap.traces), 3000)
+        self.assertEqual(len(snap.statistics("traceback")), 3000)
+        s.release_many(refs)
+        tm.stop()
+
+    def test_traceback_of_nframe(self):
+        s = self.s
+        tm = s.tracemalloc
+        self.assertEqual(tm.get_traceback_limit(), 1)
+
+        def inner():
+            return s.alloc(size=10, tag="deep")
+
+        def outer():
+            return inner()
+
+        tm.start(3)
+        self.assertEqual(tm.get_traceback_limit(), 3)
+        first = sys._getframe().f_lineno + 1
+        a = outer()
+        tb = tm.get_object_traceback(a)
+        self.assertIsInstance(tb, tracemalloc.Traceback)
+        self.assertEqual(len(tb), 3)
+        # Oldest to most recent, as the stdlib's Traceback sorts them.
+        self.assertEqual([f.lineno for f in tb], [first, first - 5, first - 8])
+        self.assertEqual({f.filename for f in tb}, {__file__})
+        self.assertEqual(tb.format()[-1].strip(), 'return s.alloc(size=10, tag="deep")')
+        snap = tm.take_snapshot()
+        self.assertEqual(snap.traceback_limit, 3)
+        stat = snap.statistics("traceback")[0]
+        self.assertEqual(stat.traceback, tb)
+        self.assertEqual(len(snap.statistics("lineno", cumulative=True)), 3)
+        # The same line called from elsewhere is another traceback, the same 'lineno'.
+        b = inner()
+        snap = tm.take_snapshot()
+        self.assertEqual(len(snap.statistics("traceback")), 2)
+        self.assertEqual(len(snap.statistics("lineno")), 1)
+        # Objects allocated before tracing have no traceback.
+        tm.stop()
+        self.assertIsNone(tm.get_object_traceback(a))
+        self.assertEqual(tm.get_traceback_limit(), 1)
+        c = s.alloc()
+        self.assertIsNone(tm.get_object_traceback(c))
+        tm.start(200)  # a deep stack is cut to what the server takes
+        d = s.alloc()
+        self.assertLessEqual(len(tm.get_object_traceback(d)), 200)
+        with self.assertRaises(ValueError):
+            tm.start(0)
+        with self.assertRaises(TypeError):
+            tm.start(1.5)
+        tm.stop()
+        del a, b, c, d
+
+    def test_object_traceback_in_a_pipeline(self):
+        s = self.s
+        s.tracemalloc.start()
+        a = s.alloc(site="x.py:3")
+        with s.pipeline() as p:
+            p.tracemalloc.get_object_traceback(a).tracemalloc.get_tracemalloc_memory()
+        self.assertEqual(str(p.results[0]), "x.py:3")
+        self.assertGreater(p.results[1], 0)
+        s.tracemalloc.stop()
+        del a
 
 
 # -----------------------------------------------------------------------------------------

@@ -627,7 +627,7 @@ static int do_alloc(world_t *w, hd_alloc_args_t *a, uint32_t tagc, uint32_t site
     size_t tl = a->tag ? strlen(a->tag) : 0, sl = a->site ? strlen(a->site) : 0;
     bool valid = a->nslots <= HD_MAX_SLOTS && a->size <= HD_MAX_PAYLOAD &&
                  !(a->flags & ~HD_OBJ_FLAGS_ALL) && a->data_len <= a->size &&
-                 (!a->data_len || a->data) && tl <= HD_MAX_TAG_LEN && sl <= HD_MAX_TAG_LEN;
+                 (!a->data_len || a->data) && tl <= HD_MAX_TAG_LEN && sl <= HD_MAX_SITE_LEN;
     bool ext = a->size || tl || sl;
     uint64_t bytes = 24 + 4ull * a->nslots + (ext ? 8 : 0) + a->size;
     uint64_t charge = charge_of(bytes);

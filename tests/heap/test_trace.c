@@ -2,7 +2,8 @@
  * test_trace.c: allocation tracing (trace.c), checked against tracemalloc's behaviour:
  * start/stop/is_tracing, get_traced_memory's current and peak, reset_peak, clear_traces,
  * objects allocated before start, snapshots, statistics by site and by tag, compare_to
- * finding a leak, the error codes, and out-of-memory at every allocation.
+ * finding a leak, a snapshot's traces and tracebacks as sites, the error codes, and
+ * out-of-memory at every allocation.
  */
 #include "testutil.h"
 
@@ -616,6 +617,105 @@ static void test_oom(void **state) {
     assert_traced(h, 0, peak);
 }
 
+/* A snapshot's traces: one entry per (site, tag, size) with its count, so the traces add up
+ * to get_traced_memory; a site is a traceback of several lines; the memory the state holds
+ * grows with its snapshots. */
+static void test_snapshot_traces(void **state) {
+    hd_heap_t *h = TU_HEAP(state);
+    assert_int_equal(hd_trace_memory(h), 0);
+    assert_int_equal(hd_trace_start(h), 0);
+    uint64_t empty = hd_trace_memory(h);
+    assert_true(empty > 0);
+    const char *tb = "inner.py:3\nmiddle.py:20\nouter.py:100";
+    hd_handle_t o[7];
+    for (int i = 0; i < 3; i++)
+        o[i] = obj_at(h, tb, "Node", 1, 16);
+    o[3] = obj_at(h, tb, "Node", 1, 40); /* same site and tag, another size */
+    o[4] = obj_at(h, "other.py:1", NULL, 0, 8);
+    o[5] = obj_at(h, "other.py:1", NULL, 0, 8);
+    o[6] = obj_at(h, NULL, NULL, 0, 0);
+    uint32_t id = snap(h);
+    assert_true(hd_trace_memory(h) > empty);
+
+    hd_trace_entry_t e[8];
+    size_t n = 0, total = 0;
+    assert_int_equal(hd_trace_snapshot_traces(h, id, 0, 8, e, &n, &total), 0);
+    assert_int_equal(n, 4);
+    assert_int_equal(total, 4);
+    uint64_t sum = 0, objects = 0;
+    int seen = 0;
+    for (size_t i = 0; i < n; i++) {
+        sum += e[i].size * e[i].count;
+        objects += e[i].count;
+        if (strcmp(e[i].site, tb) == 0 && e[i].size == size_of(h, o[0])) {
+            assert_string_equal(e[i].tag, "Node");
+            assert_int_equal(e[i].count, 3);
+            seen |= 1;
+        } else if (strcmp(e[i].site, tb) == 0) {
+            assert_int_equal(e[i].size, size_of(h, o[3]));
+            assert_int_equal(e[i].count, 1);
+            seen |= 2;
+        } else if (strcmp(e[i].site, "other.py:1") == 0) {
+            assert_string_equal(e[i].tag, "");
+            assert_int_equal(e[i].count, 2);
+            seen |= 4;
+        } else {
+            assert_string_equal(e[i].site, "");
+            assert_int_equal(e[i].size, size_of(h, o[6]));
+            seen |= 8;
+        }
+    }
+    assert_int_equal(seen, 15);
+    assert_int_equal(objects, 7);
+    uint64_t current, peak;
+    traced(h, &current, &peak);
+    assert_int_equal(sum, current);
+
+    /* Pages: the same entries, in the same order, from any start; past the end is ERANGE. */
+    hd_trace_entry_t p[2];
+    assert_int_equal(hd_trace_snapshot_traces(h, id, 3, 2, p, &n, &total), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(p[0].count, e[3].count);
+    assert_ptr_equal(p[0].site, e[3].site);
+    assert_int_equal(hd_trace_snapshot_traces(h, id, 4, 2, p, &n, &total), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(hd_trace_snapshot_traces(h, id, 5, 2, p, &n, &total), HD_ERANGE);
+    assert_int_equal(hd_trace_snapshot_traces(h, id + 1, 0, 2, p, &n, &total), HD_ENOSNAP);
+
+    /* Statistics by site still sum over tags and sizes. */
+    hd_trace_stats_t st;
+    assert_int_equal(hd_trace_statistics(h, id, HD_TRACE_BY_SITE, &st), 0);
+    const hd_trace_stat_t *s = stat_of(&st, tb);
+    assert_non_null(s);
+    assert_int_equal(s->count, 4);
+    hd_trace_stats_free(&st);
+
+    /* A site up to HD_MAX_SITE_LEN bytes; one more is EINVAL. */
+    char *longsite = malloc(HD_MAX_SITE_LEN + 2);
+    memset(longsite, 'f', HD_MAX_SITE_LEN);
+    memcpy(longsite + HD_MAX_SITE_LEN - 5, ".py:1", 5);
+    longsite[HD_MAX_SITE_LEN] = '\0';
+    hd_handle_t big = obj_at(h, longsite, NULL, 0, 0);
+    hd_obj_info_t info;
+    assert_int_equal(hd_obj_info(h, big, &info), 0);
+    assert_string_equal(info.site, longsite);
+    assert_int_equal(info.traced, 1);
+    longsite[HD_MAX_SITE_LEN] = 'x';
+    longsite[HD_MAX_SITE_LEN + 1] = '\0';
+    hd_alloc_args_t a = {.site = longsite};
+    hd_handle_t none = 0;
+    assert_int_equal(hd_alloc(h, &a, &none), HD_EINVAL);
+    free(longsite);
+
+    assert_int_equal(hd_trace_snapshot_free(h, id), 0);
+    hd_trace_stop(h);
+    assert_int_equal(hd_obj_info(h, big, &info), 0);
+    assert_int_equal(info.traced, 0);
+    assert_int_equal(hd_decref(h, big, 1), 0);
+    for (int i = 0; i < 7; i++)
+        assert_int_equal(hd_decref(h, o[i], 1), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_start_stop, tu_setup, tu_teardown),
@@ -629,6 +729,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_collected_cycle_uncounted, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_many_keys, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_oom, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_snapshot_traces, tu_setup, tu_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -165,6 +165,27 @@ class OpsTest(h.unittest.TestCase):
         diff = c.ok("trace_compare", snapshot=s2, old_snapshot=s1, group=pb.BY_TAG).stats
         self.assertEqual(diff[0].key, "A")
         self.assertEqual(diff[0].count_diff, 3)
+        # The snapshot's traces: one entry per (site, tag, size), with its count.
+        tr = c.ok("trace_snapshot_traces", snapshot=s2)
+        self.assertEqual(tr.total, 2)
+        got = sorted((e.site, e.tag, e.count) for e in tr.traces)
+        self.assertEqual(got, [("a.py:1", "A", 3), ("b.py:2", "B", 1)])
+        sizes = {e.tag: e.size for e in tr.traces}
+        self.assertEqual(sizes["A"] * 3 + sizes["B"], mem.current)
+        page = c.ok("trace_snapshot_traces", snapshot=s2, start=1, max=5)
+        self.assertEqual((len(page.traces), page.total), (1, 2))
+        self.assertEqual(c.call("trace_snapshot_traces", snapshot=s2, start=3).status.name,
+                         "ERANGE")
+        self.assertEqual(c.call("trace_snapshot_traces", snapshot=999).status.name, "ENOSNAP")
+        self.assertGreater(c.ok("trace_get_tracemalloc_memory").value, 0)
+        # A site is a traceback: several frames, one per line, up to 4096 bytes.
+        tb = "\n".join(f"mod{i}.py:{i}" for i in range(20))
+        deep = c.alloc(site=tb, tag="T")
+        info = c.ok("obj_info", handle=deep)
+        self.assertEqual((info.site, info.traced), (tb, True))
+        c.ok("decref", handle=deep)
+        r = c.call("alloc", site="x" * 4097)
+        self.assertEqual(r.status.name, "EINVAL")
         c.ok("trace_snapshot_free", snapshot=s1)
         c.ok("trace_snapshot_free", snapshot=s2)
         c.ok("trace_reset_peak")

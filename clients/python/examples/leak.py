@@ -54,8 +54,8 @@ def main(url=None):
             server.handle(i)
         snapshot2 = tm.take_snapshot()
 
-        print("Top differences by site:")
-        for stat in snapshot2.compare_to(snapshot1, "site")[:3]:
+        print("Top differences by line (tracemalloc's 'lineno'):")
+        for stat in snapshot2.compare_to(snapshot1, "lineno")[:3]:
             print(f"  {stat}")
         print("Top differences by tag:")
         for stat in snapshot2.compare_to(snapshot1, "tag")[:3]:
@@ -71,8 +71,6 @@ def main(url=None):
         snapshot3 = tm.take_snapshot()
         for stat in snapshot3.compare_to(snapshot2, "tag")[:2]:
             print(f"  {stat}")
-        for snap in (snapshot1, snapshot2, snapshot3):
-            snap.close()
         tm.stop()
 
 

@@ -27,8 +27,9 @@ Objects and references
 
 Modules you know, per session
     ``s.getrefcount(ref)`` and ``s.getsizeof(ref)`` are ``sys``'s; ``s.gc`` is the
-    ``gc`` module (:class:`GC`); ``s.weakref(ref, callback)`` is ``weakref.ref``
-    (:class:`WeakRef`); ``s.tracemalloc`` is ``tracemalloc`` (:class:`Tracemalloc`);
+    ``gc`` module (:class:`GC`); ``s.weakref`` is ``weakref`` (calling it is
+    ``weakref.ref``; also ``finalize``, ``WeakValueDictionary``); ``s.tracemalloc`` is
+    ``tracemalloc`` (:class:`Tracemalloc`; its snapshots are ``tracemalloc.Snapshot``);
     ``s.stats()`` is ``sys._debugmallocstats()`` as a dict.
 
 Finalizers
@@ -101,15 +102,18 @@ from ._gc import (DEBUG_COLLECTABLE, DEBUG_LEAK, DEBUG_SAVEALL, DEBUG_STATS,
                   DEBUG_UNCOLLECTABLE, GC, GarbageList)
 from ._ref import AsyncRef, ObjectInfo, Ref
 from ._session import Pipeline, Session, connect
-from ._trace import Snapshot, Statistic, StatisticDiff, Tracemalloc
+from ._trace import (DomainFilter, Filter, Frame, Snapshot, Statistic, StatisticDiff,
+                     TagStatistic, TagStatisticDiff, Traceback, Tracemalloc)
 from ._transport import DEFAULT_URL, parse_url
 from ._version import __version__  # generated from project(VERSION) by CMake
-from ._weak import WeakRef
+from ._weak import Finalize, WeakRef, WeakValueDictionary, WeakrefModule
 from .errors import *  # noqa: F401,F403 (one exception class per server status code)
 
 __all__ = [
-    "connect", "Session", "Pipeline", "Ref", "AsyncRef", "Scope", "WeakRef", "GC",
-    "GarbageList", "Tracemalloc", "Snapshot", "Statistic", "StatisticDiff", "ObjectInfo",
+    "connect", "Session", "Pipeline", "Ref", "AsyncRef", "Scope", "WeakRef", "Finalize",
+    "WeakValueDictionary", "WeakrefModule", "GC",
+    "GarbageList", "Tracemalloc", "Snapshot", "Statistic", "StatisticDiff", "TagStatistic",
+    "TagStatisticDiff", "Traceback", "Frame", "Filter", "DomainFilter", "ObjectInfo",
     "Finalized", "Limits", "DEFAULT_URL", "PROTOCOL_VERSION", "parse_url", "DEBUG_STATS",
     "DEBUG_COLLECTABLE", "DEBUG_UNCOLLECTABLE", "DEBUG_SAVEALL", "DEBUG_LEAK", "errors",
     "implementation", "__version__",

@@ -41,10 +41,10 @@ from ._codec import codec
 from ._gc import GC
 from ._ops import OPS, pb
 from ._ref import ObjectInfo, Ref
-from ._trace import Tracemalloc
+from ._trace import Tracemalloc, clip_site, format_site
 from ._transport import resolve_url
 from ._version import __version__
-from ._weak import WeakRef
+from ._weak import WeakrefModule, _made
 
 __all__ = ["SessionCore", "Scope", "Limits", "Finalized", "PROTOCOL_VERSION", "CLIENT_NAME"]
 
@@ -263,6 +263,7 @@ class SessionCore:
         admin: True if the token granted admin requests.
         gc: the session's collector (:class:`heapd.GC`).
         tracemalloc: the session's allocation tracer (:class:`heapd.Tracemalloc`).
+        weakref: the session's ``weakref`` module (callable as ``weakref.ref``).
         on_finalize: ``None``, or a callable run with a :class:`Finalized` for every
             object allocated with ``finalizer=...`` when the server frees it.
     """
@@ -286,13 +287,16 @@ class SessionCore:
         self._weak_callbacks = {}  # weak handle -> weakref.ref(WeakRef) with a callback
         self._ended = False  # the server's last word (id 0) ended the connection
         self.on_finalize = None
+        self._finalizers_alive = {}  # weak handle -> Finalize (weakref.finalize), while alive
         self.gc = GC(self)
         self.tracemalloc = Tracemalloc(self)
+        self.weakref = WeakrefModule(self)
         self.session_id = self.resume_token = ""
         self.server_version = ""
         self.limits = Limits(0, 0, 0, 0)
         self.resumed = self.admin = False
         self._root = self  # the session itself (a pipeline's is the session it queues for)
+        self._trace_nframe = 1  # frames of the caller's stack each allocation records
         self._max_out = 4096  # largest frame we may send (the hello's limit until known)
 
     # -- the hello ---------------------------------------------------------------------------
@@ -484,7 +488,9 @@ class SessionCore:
         if self._closed:
             return
         self._deferred.append((DECREF, handle))
-        if self._mask & _EV_DEATHS and self.connected:
+        # The callbacks wanted now count, even before set_events told the server: the flush
+        # sends set_events ahead of the release.
+        if self.connected and self._wanted_mask() & _EV_DEATHS:
             self._eager_flush()
 
     def _eager_flush(self):
@@ -705,8 +711,11 @@ class SessionCore:
         if data is None and not finalizer and not legacy_finalizer and (
                 site is None or (site.__class__ is str and len(site) < 64)):
             # The common case, kept short: a pipeline of allocations spends its time here.
-            return self._do(ALLOC, _ALLOC_ARGS(size, slots, tag or "", site if site is not None
-                                               else _caller_site(), 0, b""), _alloc_finish)
+            if site is None:
+                nframe = self._root._trace_nframe
+                site = _caller_site() if nframe == 1 else _caller_traceback(nframe)
+            return self._do(ALLOC, _ALLOC_ARGS(size, slots, tag or "", site, 0, b""),
+                            _alloc_finish)
         args, rest = self._alloc_args(size, slots, tag, site, finalizer, data,
                                       legacy_finalizer)
         finish = _alloc_finish if not callable(finalizer) else _finalizer_finish(finalizer)
@@ -723,7 +732,8 @@ class SessionCore:
             elif len(data) > size:
                 raise errors.InvalidArgument(f"{len(data)} bytes of data for a payload of {size}")
         if site is None:
-            site = _caller_site()
+            nframe = self._root._trace_nframe
+            site = _caller_site() if nframe == 1 else _caller_traceback(nframe)
         flags = 0
         if finalizer:
             flags |= _OBJ_FINALIZER
@@ -755,7 +765,8 @@ class SessionCore:
         if not isinstance(n, int) or n < 0:
             raise errors.InvalidArgument(f"bad count {n!r}")
         if site is None:
-            site = _caller_site()
+            nframe = self._root._trace_nframe
+            site = _caller_site() if nframe == 1 else _caller_traceback(nframe)
         args, rest = self._alloc_args(size, slots, tag, site, finalizer, data,
                                       legacy_finalizer)
         if rest:
@@ -871,19 +882,17 @@ class SessionCore:
         op = OPS["obj_info"]
         return self._do(op, op.args(self._handle(ref)), _obj_info)
 
-    def weakref(self, ref, callback=None):
-        """Returns a :class:`WeakRef` to ``ref``'s object, as ``weakref.ref(obj, callback)``.
-
-        Calling the result gives a new :class:`Ref`, or ``None`` once the object is
-        dead.  ``callback``, if given, is called with the :class:`WeakRef` when the
-        object dies (from the server's event, during a later call on the session).
-        """
+    def _weakref_new(self, ref, callback=None, into=None):
+        """``s.weakref(ref, callback)`` (see :class:`heapd._weak.WeakrefModule`): a weak
+        reference to ``ref``'s object, made into ``into`` (a WeakRef being initialised) or a
+        new :class:`WeakRef`.  ``callback``, if given, is called with the WeakRef when the
+        object dies (from the server's event, during a later call on the session)."""
         if callback is not None and not callable(callback):
             raise TypeError("callback must be callable")
         h = self._handle(ref)
         op = OPS["weakref_new"]
         return self._do(op, op.args(handle=h, notify=callback is not None),
-                        _new_weakref(h, callback))
+                        _made(h, callback, into))
 
     def stats(self):
         """The heap's statistics (the engine's HD_HEAP_STATS_MAP, plus size classes, gc
@@ -939,17 +948,6 @@ def _shared(handle):
     return finish
 
 
-def _new_weakref(target, callback):
-    def finish(session, weak):
-        if not weak:
-            session._protocol_error("weakref_new answered with weak handle 0")
-        w = WeakRef(session, weak, target, callback)
-        if callback is not None:
-            session._weak_callbacks[weak] = weakref.ref(w)
-        return w
-    return finish
-
-
 def _obj_info(session, r):
     return ObjectInfo(r.refcount, r.client_refs, r.sizeof_bytes, r.size, r.slots,
                       bool(r.flags & _OBJ_FINALIZER), bool(r.flags & _OBJ_LEGACY_FINALIZER),
@@ -988,22 +986,37 @@ def _slot_index(index):
     return index
 
 
-def _clip(text, limit=255):
-    """Shortens a site to the server's limit of 255 UTF-8 bytes, keeping its end (the
-    file name and line number matter most)."""
+def _clip(text):
+    """A site the server takes (a traceback of at most 4096 UTF-8 bytes): the oldest frames
+    dropped, a single line too long cut at its start (see _trace.clip_site)."""
     if not isinstance(text, str):
         raise TypeError(f"site must be a str, not {type(text).__name__}")
-    if len(text) <= limit // 4:
+    if len(text) <= 1024:
         return text
-    raw = text.encode()
-    if len(raw) <= limit:
-        return text
-    return "..." + raw[-(limit - 3):].decode(errors="ignore")
+    return clip_site(text)
 
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _OWN = {}  # code file name -> True if it is one of this package's files
 _SITES = {}  # (code, line) -> "file:line", for the callers seen
+
+
+def _caller_traceback(nframe):
+    """Up to ``nframe`` frames of the stack outside this package, most recent first, as
+    ``tracemalloc.start(nframe)`` records them, formatted as a site (a traceback)."""
+    frame = sys._getframe(1)
+    own = _OWN
+    frames = []
+    while frame is not None and len(frames) < nframe:
+        code = frame.f_code
+        mine = own.get(code.co_filename)
+        if mine is None:
+            mine = own[code.co_filename] = (
+                os.path.dirname(os.path.abspath(code.co_filename)) == _HERE)
+        if not mine:
+            frames.append((code.co_filename, frame.f_lineno))
+        frame = frame.f_back
+    return format_site(frames)
 
 
 def _caller_site():

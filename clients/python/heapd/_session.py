@@ -27,6 +27,7 @@ from ._core import (CLIENT_NAME, DECREF, GOODBYE, PING, _PING_ARGS, SessionCore,
 from ._gc import GC, GarbageList
 from ._trace import Tracemalloc
 from ._transport import open_socket
+from ._weak import WeakrefModule, run_atexit_finalizers
 
 #: In-flight requests a pipeline keeps at most before it reads responses.
 WINDOW_FRAMES = 4096
@@ -165,6 +166,8 @@ class Session(SessionCore):
         with self._lock:
             if self._closed:
                 return
+            if self._finalizers_alive and self.connected:
+                run_atexit_finalizers(self)  # as weakref.finalize's run at exit
             self._deferred.clear()  # the heap goes with the session
             try:
                 if self.connected:
@@ -552,6 +555,7 @@ class Pipeline(SessionCore):
         self.results = None
         self.gc = GC(self, callbacks=session.gc.callbacks)
         self.tracemalloc = Tracemalloc(self)
+        self.weakref = WeakrefModule(self)
 
     def __len__(self):
         return len(self._calls)

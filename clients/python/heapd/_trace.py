@@ -1,222 +1,313 @@
-"""Allocation tracing, shaped like Python's ``tracemalloc`` module.
+"""Allocation tracing, shaped like Python's ``tracemalloc`` module, on the stdlib's own classes.
 
-``s.tracemalloc`` traces the objects of the session's heap: while tracing is on, each
-new object is recorded with its allocation *site* (``file:line``, the caller of
-:meth:`heapd.Session.alloc` by default) and *tag*.  Snapshots are taken and compared on
-the server; the client gets the grouped statistics.  Where ``tracemalloc`` groups by
-``'lineno'``, heapd groups by ``'site'`` (``'lineno'`` is accepted as a synonym) or by
-``'tag'`` (the object's type name).
+``s.tracemalloc`` traces the objects of the session's heap.  While tracing is on, each new
+object is recorded with its *traceback*: ``s.tracemalloc.start(nframe)`` makes the client
+send, with every allocation, up to ``nframe`` frames of the caller's stack (outside this
+package; 1 by default, as in the stdlib), and the server keeps one traceback per site and
+counts the traced objects by traceback, tag and size.
+
+A snapshot is the stdlib's: :meth:`Tracemalloc.take_snapshot` takes one on the server, reads
+its traces and frees it, and returns a :class:`Snapshot`, a subclass of
+``tracemalloc.Snapshot`` holding them.  So ``snapshot.traces``, ``statistics('lineno' |
+'filename' | 'traceback', cumulative)``, ``compare_to()``, ``filter_traces()`` with
+``tracemalloc.Filter`` and ``DomainFilter``, ``dump()`` and ``Snapshot.load()`` are the
+stdlib's code, with its results (``tracemalloc.Statistic``, ``StatisticDiff``, ``Traceback``,
+``Frame``) and their formatting.  Documented extras: ``key_type='tag'`` groups by the
+objects' tag (:class:`TagStatistic`, :class:`TagStatisticDiff`), and ``'site'`` is a synonym
+of ``'traceback'``, since a site is a traceback.  Every trace is in domain 0 (Python's);
+``total_nframe`` is not recorded (``None``).  Objects allocated without a site have the
+traceback ``<unknown>:0``, as the stdlib's do.
 """
 
-__all__ = ["Tracemalloc", "Snapshot", "Statistic", "StatisticDiff"]
+__all__ = ["Tracemalloc", "Snapshot", "TagStatistic", "TagStatisticDiff", "Statistic",
+           "StatisticDiff", "Traceback", "Frame", "Filter", "DomainFilter", "format_site",
+           "parse_site", "MAX_SITE_BYTES"]
 
-from ._ops import OPS, pb
-from .errors import ReferenceReleased
+import tracemalloc as _tm
+from collections.abc import Iterable
+from tracemalloc import DomainFilter, Filter, Frame, Statistic, StatisticDiff, Traceback
 
-_GROUPS = {"site": pb.BY_SITE, "lineno": pb.BY_SITE, "tag": pb.BY_TAG}
-_STATISTICS = OPS["trace_statistics"]
-_COMPARE = OPS["trace_compare"]
-_SNAPSHOT_FREE = OPS["trace_snapshot_free"]
+from ._ops import OPS
+
+#: The longest site the server takes (HD_MAX_SITE_LEN): a traceback beyond it loses its
+#: oldest frames.
+MAX_SITE_BYTES = 4096
+
+_UNKNOWN = (("<unknown>", 0),)
+
+_SNAPSHOT = OPS["trace_snapshot"]
+_TRACES = OPS["trace_snapshot_traces"]
+_FREE = OPS["trace_snapshot_free"]
+_OBJ_INFO = OPS["obj_info"]
+
+
+def format_site(frames):
+    """A traceback as the server keeps it: ``frames`` are ``(filename, lineno)`` pairs, most
+    recent first; one ``filename:lineno`` line each, the oldest dropped beyond
+    :data:`MAX_SITE_BYTES`.  (A newline in a file name would end its line: it is sent as
+    ``\\n``.)"""
+    lines = []
+    size = -1
+    for filename, lineno in frames:
+        line = f"{filename.replace(chr(10), chr(92) + 'n')}:{lineno}"
+        n = len(line.encode("utf-8", "surrogateescape")) + 1
+        if size + n > MAX_SITE_BYTES:
+            break
+        lines.append(line)
+        size += n
+    if not lines:
+        return clip_site(frames and f"{frames[0][0]}:{frames[0][1]}" or "")
+    return "\n".join(lines)
+
+
+def clip_site(site):
+    """A site that fits :data:`MAX_SITE_BYTES`: its oldest lines dropped, and a single line too
+    long for it cut at the start (its end, the file name and line, matters most)."""
+    raw = site.encode("utf-8", "surrogateescape")
+    if len(raw) <= MAX_SITE_BYTES:
+        return site
+    lines = site.split("\n")
+    while len(lines) > 1 and len("\n".join(lines).encode("utf-8", "surrogateescape")) > \
+            MAX_SITE_BYTES:
+        lines.pop()
+    text = lines[0] if len(lines) == 1 else "\n".join(lines)
+    raw = text.encode("utf-8", "surrogateescape")
+    if len(raw) <= MAX_SITE_BYTES:
+        return text
+    return "..." + raw[-(MAX_SITE_BYTES - 3):].decode("utf-8", "ignore")
+
+
+_PARSED = {}
+
+
+def parse_site(site):
+    """The frames of a site, most recent first, as tracemalloc's raw traces have them: a
+    tuple of ``(filename, lineno)``; a line that is no ``filename:lineno`` is a file name
+    with line 0, and no site at all is ``(("<unknown>", 0),)``."""
+    frames = _PARSED.get(site)
+    if frames is not None:
+        return frames
+    if not site:
+        frames = _UNKNOWN
+    else:
+        out = []
+        for line in site.split("\n"):
+            name, sep, lineno = line.rpartition(":")
+            if sep and lineno.isdigit():
+                out.append((name, int(lineno)))
+            else:
+                out.append((line, 0))
+        frames = tuple(out)
+    if len(_PARSED) > 65536:
+        _PARSED.clear()
+    _PARSED[site] = frames
+    return frames
+
+
+# ---------------------------------------------------------------------------------------
+# Snapshots.
+# ---------------------------------------------------------------------------------------
+
+
+class TagStatistic:
+    """Statistics of one tag (``statistics('tag')``, a heapd extra): ``tag``, ``size`` (bytes,
+    as getsizeof), ``count`` (traced objects), formatted as the stdlib formats a Statistic."""
+
+    __slots__ = ("tag", "size", "count")
+
+    def __init__(self, tag, size, count):
+        self.tag, self.size, self.count = tag, size, count
+
+    def __str__(self):
+        text = f"{self.tag or '<no tag>'}: size={_tm._format_size(self.size, False)}, " \
+               f"count={self.count}"
+        if self.count:
+            text += f", average={_tm._format_size(self.size / self.count, False)}"
+        return text
+
+    def __repr__(self):
+        return f"<TagStatistic tag={self.tag!r} size={self.size} count={self.count}>"
+
+    def __eq__(self, other):
+        if not isinstance(other, TagStatistic):
+            return NotImplemented
+        return (self.tag, self.size, self.count) == (other.tag, other.size, other.count)
+
+    def __hash__(self):
+        return hash((self.tag, self.size, self.count))
+
+    def _sort_key(self):
+        return (self.size, self.count, self.tag)
+
+
+class TagStatisticDiff:
+    """Growth of one tag between snapshots (``compare_to(old, 'tag')``): ``tag``, ``size``,
+    ``size_diff``, ``count``, ``count_diff``, formatted as the stdlib's StatisticDiff."""
+
+    __slots__ = ("tag", "size", "size_diff", "count", "count_diff")
+
+    def __init__(self, tag, size, size_diff, count, count_diff):
+        self.tag, self.size, self.size_diff = tag, size, size_diff
+        self.count, self.count_diff = count, count_diff
+
+    def __str__(self):
+        text = (f"{self.tag or '<no tag>'}: size={_tm._format_size(self.size, False)} "
+                f"({_tm._format_size(self.size_diff, True)}), "
+                f"count={self.count} ({self.count_diff:+d})")
+        if self.count:
+            text += f", average={_tm._format_size(self.size / self.count, False)}"
+        return text
+
+    def __repr__(self):
+        return (f"<TagStatisticDiff tag={self.tag!r} size={self.size} "
+                f"size_diff={self.size_diff:+d} count={self.count} "
+                f"count_diff={self.count_diff:+d}>")
+
+    def __eq__(self, other):
+        if not isinstance(other, TagStatisticDiff):
+            return NotImplemented
+        return ((self.tag, self.size, self.size_diff, self.count, self.count_diff) ==
+                (other.tag, other.size, other.size_diff, other.count, other.count_diff))
+
+    def __hash__(self):
+        return hash((self.tag, self.size, self.size_diff, self.count, self.count_diff))
+
+    def _sort_key(self):
+        return (abs(self.size_diff), self.size, abs(self.count_diff), self.count, self.tag)
+
+
+class Snapshot(_tm.Snapshot):
+    """A snapshot of a heap's traced objects: ``tracemalloc.Snapshot`` itself, with each
+    trace's tag kept beside it (see the module docstring).
+
+    ``traces`` holds one ``tracemalloc.Trace`` per traced object (domain 0, its getsizeof
+    bytes, its traceback); ``traceback_limit`` is the ``nframe`` tracing was started with.
+    """
+
+    def __init__(self, traces, traceback_limit, tags=None):
+        super().__init__(traces, traceback_limit)
+        self.tags = list(tags) if tags is not None else [""] * len(self.traces)
+
+    def statistics(self, key_type, cumulative=False):
+        """As ``tracemalloc.Snapshot.statistics``; also ``'tag'`` and ``'site'``."""
+        if key_type == "tag":
+            if cumulative:
+                raise ValueError("cumulative mode cannot by used with key type 'tag'")
+            stats = list(self._by_tag().values())
+            stats.sort(reverse=True, key=TagStatistic._sort_key)
+            return stats
+        return super().statistics(_key(key_type), cumulative)
+
+    def compare_to(self, old_snapshot, key_type, cumulative=False):
+        """As ``tracemalloc.Snapshot.compare_to``; also ``'tag'`` and ``'site'``."""
+        if key_type == "tag":
+            if cumulative:
+                raise ValueError("cumulative mode cannot by used with key type 'tag'")
+            new, old = self._by_tag(), old_snapshot._by_tag()
+            diffs = []
+            for tag, s in new.items():
+                o = old.pop(tag, None)
+                if o is None:
+                    diffs.append(TagStatisticDiff(tag, s.size, s.size, s.count, s.count))
+                else:
+                    diffs.append(TagStatisticDiff(tag, s.size, s.size - o.size, s.count,
+                                                  s.count - o.count))
+            for tag, o in old.items():
+                diffs.append(TagStatisticDiff(tag, 0, -o.size, 0, -o.count))
+            diffs.sort(reverse=True, key=TagStatisticDiff._sort_key)
+            return diffs
+        return super().compare_to(old_snapshot, _key(key_type), cumulative)
+
+    def _by_tag(self):
+        stats = {}
+        for (_domain, size, _frames, _total), tag in zip(self.traces._traces, self.tags):
+            stat = stats.get(tag)
+            if stat is None:
+                stats[tag] = TagStatistic(tag, size, 1)
+            else:
+                stat.size += size
+                stat.count += 1
+        return stats
+
+    def _group_by(self, key_type, cumulative):
+        if key_type == "tag":  # compare_to() of a stdlib snapshot against this one
+            raise ValueError("unknown key_type: 'tag'")
+        return super()._group_by(_key(key_type), cumulative)
+
+    def filter_traces(self, filters):
+        """As ``tracemalloc.Snapshot.filter_traces``: a new :class:`Snapshot` with the
+        traces the filters keep, tags and all."""
+        if not isinstance(filters, Iterable):
+            raise TypeError("filters must be a list of filters, not %s"
+                            % type(filters).__name__)
+        traces = self.traces._traces
+        if filters:
+            include = [f for f in filters if f.inclusive]
+            exclude = [f for f in filters if not f.inclusive]
+            keep = [i for i, trace in enumerate(traces)
+                    if self._filter_trace(include, exclude, trace)]
+            return Snapshot([traces[i] for i in keep], self.traceback_limit,
+                            [self.tags[i] for i in keep])
+        return Snapshot(list(traces), self.traceback_limit, self.tags)
+
+
+def _key(key_type):
+    return "traceback" if key_type == "site" else key_type
+
+
+# ---------------------------------------------------------------------------------------
+# The module.
+# ---------------------------------------------------------------------------------------
 
 
 def _none(session, value):
     return None
 
 
-def _stats(session, result):
-    return [Statistic(s.key, s.bytes, s.count) for s in result.stats]
-
-
-def _diffs(session, result):
-    return [StatisticDiff(s.key, s.bytes, s.bytes_diff, s.count, s.count_diff)
-            for s in result.stats]
-
-
 def _pair(session, result):
     return result.current, result.peak
 
 
-def _snapshot(session, snapshot_id):
-    return Snapshot(session, snapshot_id)
-
-
-def _group(key_type):
-    try:
-        return _GROUPS[key_type]
-    except KeyError:
-        raise ValueError(f"unknown key_type: {key_type!r} (use 'site' or 'tag')") from None
-
-
-def _format_size(size, sign=False):
-    """Formats a byte count as tracemalloc does: ``512 B``, ``1.5 KiB``, ``+20 KiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 100 and unit != "B":
-            return f"{size:+.1f} {unit}" if sign else f"{size:.1f} {unit}"
-        if abs(size) < 10 * 1024 or unit == "TiB":
-            return f"{size:+.0f} {unit}" if sign else f"{size:.0f} {unit}"
-        size /= 1024
-
-
-class Statistic:
-    """Statistics of one site or tag in a snapshot (``tracemalloc.Statistic``).
-
-    Attributes: ``key`` (the site or tag; ``""`` for none), ``size`` (bytes, as
-    getsizeof), ``count`` (live objects).
-    """
-
-    __slots__ = ("key", "size", "count")
-
-    def __init__(self, key, size, count):
-        self.key, self.size, self.count = key, size, count
-
-    def __str__(self):
-        text = f"{self.key or '<unknown>'}: size={_format_size(self.size)}, count={self.count}"
-        if self.count:
-            text += f", average={_format_size(self.size / self.count)}"
-        return text
-
-    def __repr__(self):
-        return f"<Statistic key={self.key!r} size={self.size} count={self.count}>"
-
-    def __eq__(self, other):
-        if not isinstance(other, Statistic):
-            return NotImplemented
-        return (self.key, self.size, self.count) == (other.key, other.size, other.count)
-
-    __hash__ = None
-
-
-class StatisticDiff:
-    """Growth of one site or tag between two snapshots (``tracemalloc.StatisticDiff``).
-
-    Attributes: ``key``, ``size`` and ``count`` in the newer snapshot, and their
-    changes ``size_diff`` and ``count_diff`` since the older one.
-    """
-
-    __slots__ = ("key", "size", "size_diff", "count", "count_diff")
-
-    def __init__(self, key, size, size_diff, count, count_diff):
-        self.key, self.size, self.size_diff = key, size, size_diff
-        self.count, self.count_diff = count, count_diff
-
-    def __str__(self):
-        text = (f"{self.key or '<unknown>'}: size={_format_size(self.size)} "
-                f"({_format_size(self.size_diff, sign=True)}), "
-                f"count={self.count} ({self.count_diff:+d})")
-        if self.count:
-            text += f", average={_format_size(self.size / self.count)}"
-        return text
-
-    def __repr__(self):
-        return (f"<StatisticDiff key={self.key!r} size={self.size} size_diff={self.size_diff:+d}"
-                f" count={self.count} count_diff={self.count_diff:+d}>")
-
-    def __eq__(self, other):
-        if not isinstance(other, StatisticDiff):
-            return NotImplemented
-        return ((self.key, self.size, self.size_diff, self.count, self.count_diff)
-                == (other.key, other.size, other.size_diff, other.count, other.count_diff))
-
-    __hash__ = None
-
-
-class Snapshot:
-    """A snapshot of the traced objects, held on the server (``tracemalloc.Snapshot``).
-
-    Close it (or use it as a context manager) to free it on the server; a snapshot
-    that Python frees is released with the session's next request.
-    """
-
-    __slots__ = ("_session", "_id", "_closed")
-
-    def __init__(self, session, snapshot_id):
-        self._session = session
-        self._id = snapshot_id
-        self._closed = False
-
-    @property
-    def id(self):
-        """The server's number for this snapshot."""
-        return self._id
-
-    def _live(self):
-        if self._closed:
-            raise ReferenceReleased(f"snapshot {self._id} is closed")
-        return self._id
-
-    def statistics(self, key_type="site", limit=0):
-        """Statistics grouped by ``key_type`` (``'site'`` or ``'tag'``), largest first,
-        as a list of :class:`Statistic` (at most ``limit``, 0 = all that fit in a
-        response)."""
-        args = _STATISTICS.args(snapshot=self._live(), group=_group(key_type), limit=limit)
-        return self._session._do(_STATISTICS, args, _stats)
-
-    def compare_to(self, old_snapshot, key_type="site", limit=0):
-        """Growth since ``old_snapshot``, largest change first, as a list of
-        :class:`StatisticDiff` (sites or tags that did not change are left out)."""
-        args = _COMPARE.args(snapshot=self._live(), old_snapshot=old_snapshot._live(),
-                             group=_group(key_type), limit=limit)
-        return self._session._do(_COMPARE, args, _diffs)
-
-    def close(self):
-        """Frees the snapshot on the server now.  Closing twice, or after the session was
-        closed, does nothing."""
-        session = self._session
-        if self._closed or session.closed:
-            self._closed = True
-            return session._done(None)
-        self._closed = True
-        return session._do(_SNAPSHOT_FREE, _SNAPSHOT_FREE.args(snapshot=self._id), _none)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    async def __aenter__(self):
-        return self
-
-    async def __aexit__(self, *exc):
-        await self.close()
-
-    def __del__(self):
-        if not self._closed:
-            self._closed = True
-            self._session._defer("trace_snapshot_free", snapshot=self._id)
-
-    def __repr__(self):
-        return f"<heapd.Snapshot {self._id}{' closed' if self._closed else ''}>"
+def _object_traceback(session, info):
+    if not info.traced:
+        return None
+    return Traceback(parse_site(info.site))
 
 
 class Tracemalloc:
-    """The ``tracemalloc`` module of one session (``s.tracemalloc``)."""
+    """The ``tracemalloc`` module of one session (``s.tracemalloc``).
 
-    def __init__(self, session):
-        self._session = session
-        self._nframe = 1
+    Its state (the ``nframe`` of :meth:`start`) belongs to the session: a pipeline's
+    ``p.tracemalloc`` is the same module."""
 
-    def _do(self, name, finish=_none):
+    def __init__(self, owner):
+        self._owner = owner  # the session, or a pipeline
+
+    def _do(self, name, finish=_none, args=None):
         op = OPS[name]
-        return self._session._do(op, op.args(), finish)
+        return self._owner._do(op, op.args() if args is None else args, finish)
 
     def start(self, nframe=1):
         """Starts tracing new objects (objects that already exist stay untraced), keeping
         up to ``nframe`` frames of each allocation's traceback, as
         ``tracemalloc.start(nframe)``."""
         if not isinstance(nframe, int) or isinstance(nframe, bool):
-            raise TypeError(f"an integer is required, not {type(nframe).__name__}")
+            raise TypeError(f"'{type(nframe).__name__}' object cannot be interpreted as an "
+                            f"integer")
         if not 1 <= nframe <= 65535:
             raise ValueError("the number of frames must be in range [1; 65535]")
-        self._nframe = nframe
+        root = self._owner._root
+        root._trace_nframe = nframe
         return self._do("trace_start")
 
     def get_traceback_limit(self):
-        """The ``nframe`` of the last :meth:`start` (1 before any)."""
-        return self._nframe
+        """The ``nframe`` tracing keeps (``tracemalloc.get_traceback_limit()``): that of the
+        last :meth:`start`, 1 before any."""
+        return self._owner._root._trace_nframe
 
     def stop(self):
         """Stops tracing and forgets the traces, as ``tracemalloc.stop()``."""
+        self._owner._root._trace_nframe = 1
         return self._do("trace_stop")
 
     def is_tracing(self):
@@ -236,7 +327,45 @@ class Tracemalloc:
         """Sets the peak of :meth:`get_traced_memory` to the current size."""
         return self._do("trace_reset_peak")
 
+    def get_tracemalloc_memory(self):
+        """Bytes the server's tracing state holds (its table and its snapshots), as
+        ``tracemalloc.get_tracemalloc_memory()``."""
+        return self._do("trace_get_tracemalloc_memory", None)
+
+    def get_object_traceback(self, ref):
+        """The ``tracemalloc.Traceback`` where the object was allocated, or None if it was
+        not traced, as ``tracemalloc.get_object_traceback(obj)``."""
+        owner = self._owner
+        return owner._do(_OBJ_INFO, _OBJ_INFO.args(owner._handle(ref)), _object_traceback)
+
     def take_snapshot(self):
-        """A :class:`Snapshot` of the live traced objects; :class:`heapd.NotTracing` (a
-        :class:`RuntimeError`, as tracemalloc raises) when tracing is off."""
-        return self._do("trace_snapshot", _snapshot)
+        """A :class:`Snapshot` of the traced objects (a ``tracemalloc.Snapshot``);
+        :class:`heapd.NotTracing` (a :class:`RuntimeError`, as tracemalloc raises) when
+        tracing is off.  The server's snapshot is read in pages and freed."""
+        return self._owner._drive(self._snapshot_steps())
+
+    def _snapshot_steps(self):
+        owner = self._owner
+        (sid,) = yield [(_SNAPSHOT, _SNAPSHOT.args(), None)]
+        raw = []
+        tags = []
+        freed = False
+        try:
+            start = 0
+            while True:
+                (page,) = yield [(_TRACES, _TRACES.args(snapshot=sid, start=start), None)]
+                for site, tag, size, count in page.traces:
+                    # One tuple per (site, tag, size), count times: the traces of objects
+                    # alike are the same trace.
+                    trace = (0, size, parse_site(site), None)
+                    raw.extend([trace] * count)
+                    tags.extend([tag] * count)
+                start += len(page.traces)
+                if start >= page.total or not page.traces:
+                    break
+            freed = True
+            yield [(_FREE, _FREE.args(snapshot=sid), _none)]
+        finally:
+            if not freed:
+                owner._defer("trace_snapshot_free", snapshot=sid)
+        return Snapshot(raw, owner._root._trace_nframe, tags)

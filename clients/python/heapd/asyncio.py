@@ -53,6 +53,7 @@ from ._session import Pipeline as _BlockingPipeline
 from ._session import collect_results, finish_step
 from ._trace import Tracemalloc
 from ._transport import parse_url
+from ._weak import AsyncWeakrefModule, run_atexit_finalizers
 
 __all__ = ["connect", "Session", "Pipeline"]
 
@@ -158,6 +159,7 @@ class Session(SessionCore):
         self._init_state(url, token, timeout, connect_timeout, resume_wait, client_name)
         self.gc = AsyncGC(self)
         self.tracemalloc = AsyncTracemalloc(self)
+        self.weakref = AsyncWeakrefModule(self)
 
     # -- connection lifetime ---------------------------------------------------------------
 
@@ -224,6 +226,8 @@ class Session(SessionCore):
         :meth:`heapd.Session.close`)."""
         if self._closed:
             return
+        if self._finalizers_alive and self.connected:
+            run_atexit_finalizers(self)  # as weakref.finalize's run at exit
         self._deferred.clear()
         try:
             if self.connected:
@@ -509,7 +513,7 @@ def _coroutine(method):
 
 _SESSION_CALLS = ("ping", "flush", "alloc", "alloc_many", "release_many", "getrefcount",
                   "getsizeof", "share", "release", "get_slot", "set_slot", "write", "read",
-                  "info", "weakref", "stats", "server_stats", "list_sessions", "kill_session")
+                  "info", "stats", "server_stats", "list_sessions", "kill_session")
 for _name in _SESSION_CALLS:
     setattr(Session, _name, _coroutine(getattr(SessionCore, _name)))
 
@@ -551,7 +555,7 @@ class AsyncTracemalloc(Tracemalloc):
 
 
 for _name in ("start", "stop", "is_tracing", "clear_traces", "get_traced_memory",
-              "reset_peak", "take_snapshot"):
+              "reset_peak", "take_snapshot", "get_tracemalloc_memory", "get_object_traceback"):
     setattr(AsyncTracemalloc, _name, _coroutine(getattr(Tracemalloc, _name)))
 
 

@@ -239,7 +239,7 @@ typedef struct hdc_obj_info_s {
     int tracked;                    /* 1 if the collector tracks it */
     int generation;                 /* 0..2, 3 = frozen, -1 = untracked */
     char tag[HDC_MAX_TAG_LEN + 1];  /* "" if none */
-    char site[HDC_MAX_TAG_LEN + 1]; /* "" if none */
+    char site[HDC_MAX_TAG_LEN + 1]; /* "" if none; a longer site (a traceback) is cut */
 } hdc_obj_info_t;
 
 int hdc_obj_info(hdc_t *c, uint64_t handle, hdc_obj_info_t *out);
@@ -355,6 +355,29 @@ int hdc_trace_statistics(hdc_t *c, uint32_t snapshot, hdc_trace_group_t group, u
 /* Growth from old_snapshot to snapshot, largest |bytes_diff| first. */
 int hdc_trace_compare(hdc_t *c, uint32_t snapshot, uint32_t old_snapshot, hdc_trace_group_t group,
                       uint32_t limit, hdc_trace_stats_t *out);
+
+/* count traced objects alike: one site (a traceback, one "file:line" per line, most recent
+ * first), tag and size. */
+typedef struct hdc_trace_entry_s {
+    char *site;
+    char *tag;
+    uint64_t size, count;
+} hdc_trace_entry_t;
+
+/* Caller frees with hdc_trace_traces_free(). */
+typedef struct hdc_trace_traces_s {
+    hdc_trace_entry_t *v;
+    size_t n;
+    uint64_t total; /* entries in the snapshot */
+} hdc_trace_traces_t;
+void hdc_trace_traces_free(hdc_trace_traces_t *t);
+
+/* A snapshot's traces (Snapshot.traces) from entry start, at most max (0: as many as fit in
+ * one response); follow start up to out->total. */
+int hdc_trace_snapshot_traces(hdc_t *c, uint32_t snapshot, uint64_t start, uint32_t max,
+                              hdc_trace_traces_t *out);
+/* Bytes the tracing state holds (tracemalloc.get_tracemalloc_memory()). */
+int hdc_trace_get_tracemalloc_memory(hdc_t *c, uint64_t *bytes);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Heap statistics.                                                                            */
