@@ -581,6 +581,29 @@ void hd__alloc_stats(const hd_alloc_t *a, hd_heap_stats_t *out) {
 /* Lifetime.                                                                                  */
 /* ========================================================================================== */
 
+/* One row of HD_ARENA_MAP_POOLS entries per arena: its ntotalpools pools in address order,
+ * preceded by the pool lost to alignment when the mapping is not pool-aligned. */
+void hd__alloc_pool_map(const hd_alloc_t *a, hd_pool_map_t *out, size_t max_arenas,
+                        size_t *narenas) {
+    _Static_assert(HD_ARENA_MAP_POOLS == HD_ARENA_POOLS, "one map entry per pool of an arena");
+    size_t k = 0;
+    for (const hd_arena_t *ar = a->arenas; ar && k < max_arenas; ar = ar->next_all, k++) {
+        hd_pool_map_t *row = out + k * HD_ARENA_MAP_POOLS;
+        uint32_t lead = HD_ARENA_POOLS - ar->ntotalpools; /* 1 if unaligned, else 0 */
+        for (uint32_t i = 0; i < lead; i++)
+            row[i] = (hd_pool_map_t){HD_POOL_MAP_ALIGNED, 0, 0};
+        for (uint32_t i = 0; i < ar->ntotalpools; i++) {
+            const hd_pool_t *pool = &ar->pools[i];
+            if (i >= ar->ncarved || pool->count == 0)
+                row[lead + i] = (hd_pool_map_t){HD_POOL_MAP_UNUSED, 0, 0};
+            else
+                row[lead + i] = (hd_pool_map_t){pool->szidx, pool->count,
+                                                (uint16_t)HD_POOL_BLOCKS(pool->szidx)};
+        }
+    }
+    *narenas = k;
+}
+
 void hd__alloc_init(hd_alloc_t *a, void *sentinel_base) {
     memset(a, 0, sizeof(*a));
     a->region_base = a->region_inline;

@@ -259,6 +259,20 @@ int hd_gc_garbage(hd_heap_t *h, size_t start, size_t max, int newref, hd_handles
                   size_t *total);
 /* Empties the garbage list, dropping its references (objects may be freed, cascading). */
 void hd_gc_garbage_clear(hd_heap_t *h);
+/* Entries in the garbage list now (len(gc.garbage)). */
+size_t hd_gc_garbage_len(hd_heap_t *h);
+
+/* What one finished collection did, for a gc callback. */
+typedef struct hd_gc_info_s {
+    int generation;         /* the oldest generation collected, 0..2 */
+    uint64_t collected;     /* unreachable objects freed (or saved under DEBUG_SAVEALL) */
+    uint64_t uncollectable; /* unreachable objects kept for legacy finalizers */
+    uint64_t pause_ns;      /* the collection's duration, monotonic clock */
+} hd_gc_info_t;
+/* Calls cb(ctx, info) after every collection of h, automatic or not, as CPython's
+ * gc.callbacks does with phase "stop" (NULL removes it). cb must not call into h: it runs
+ * while the collection is still marked as running. */
+void hd_gc_set_callback(hd_heap_t *h, void (*cb)(void *ctx, const hd_gc_info_t *info), void *ctx);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Weak references.                                                                            */
@@ -398,6 +412,21 @@ typedef struct hd_heap_stats_s {
 } hd_heap_stats_t;
 
 void hd_heap_stats(hd_heap_t *h, hd_heap_stats_t *out);
+
+/* The picture of the allocator: one entry per pool of each arena, HD_ARENA_MAP_POOLS per
+ * arena, the pools in address order. */
+#define HD_ARENA_MAP_POOLS  64    /* 1 MiB arena / 16 KiB pool */
+#define HD_POOL_MAP_UNUSED  0xffu /* a pool that holds no block now (free or never used) */
+#define HD_POOL_MAP_ALIGNED 0xfeu /* the pool an unaligned arena loses to alignment */
+typedef struct hd_pool_map_s {
+    uint8_t size_class;     /* 0..31 (blocks of 16 * (class + 1) bytes), or HD_POOL_MAP_* */
+    uint16_t blocks_in_use; /* 0 for the HD_POOL_MAP_* states */
+    uint16_t blocks_total;  /* blocks of its class a pool holds; 0 for the HD_POOL_MAP_* states */
+} hd_pool_map_t;
+/* Fills out (room for max_arenas * HD_ARENA_MAP_POOLS entries) with the pools of the first
+ * max_arenas arenas, most recently mapped first; *narenas gets the number of arenas
+ * described. Walks arena records, never blocks: O(arenas). */
+void hd_heap_pool_map(hd_heap_t *h, hd_pool_map_t *out, size_t max_arenas, size_t *narenas);
 
 #ifdef __cplusplus
 }

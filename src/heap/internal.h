@@ -264,6 +264,9 @@ void hd__alloc_foreach(const hd_alloc_t *a, void (*fn)(void *ctx, void *block, h
                        void *ctx);
 /* Fills the allocator's fields of out (arenas_*, bytes_*, large_*, classes[]). */
 void hd__alloc_stats(const hd_alloc_t *a, hd_heap_stats_t *out);
+/* hd_heap_pool_map's walk (heap.h). */
+void hd__alloc_pool_map(const hd_alloc_t *a, hd_pool_map_t *out, size_t max_arenas,
+                        size_t *narenas);
 
 static inline void *hd__ref_ptr(const hd_alloc_t *a, hd_ref_t r) {
     return a->region_base[r >> HD_REF_GRANULE_BITS] +
@@ -512,6 +515,8 @@ typedef struct hd_gcstate_s {
     size_t ngarbage, garbage_cap;
     hd_gc_cursor_t *cursors; /* open get_objects cursors */
     uint64_t next_cursor;
+    void (*callback)(void *ctx, const hd_gc_info_t *info); /* hd_gc_set_callback, or NULL */
+    void *callback_ctx;
 } hd_gcstate_t;
 
 /* One interned string. A live id names its string and counts its references: each live object

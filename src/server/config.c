@@ -540,6 +540,16 @@ static const hd_config_key_t keys[] = {
                              RELOAD, PUBLIC, NULL,               NULL),
     KEY(gc_threshold,        triple,   "[700, 10, 10]",        0,                     INT_MAX,
                              RELOAD, PUBLIC, NULL,               NULL),
+    KEY(http,                strlist,  "[\"127.0.0.1:7421\"]", 0,                     16,
+                             FIXED,  PUBLIC, NULL,               validate_hostport),
+    KEY(http_admin_open,     bool,     "false",                0,                     1,
+                             RELOAD, PUBLIC, NULL,               NULL),
+    KEY(http_max_connections, uint,    "64",                   1,                     10000,
+                             RELOAD, PUBLIC, NULL,               NULL),
+    KEY(http_timeout,        duration, "10s",                  100,                   DAY_MS,
+                             RELOAD, PUBLIC, NULL,               NULL),
+    KEY(metrics_top_sessions, uint,    "10",                   0,                     1000,
+                             RELOAD, PUBLIC, NULL,               NULL),
 };
 /* clang-format on */
 #define NKEYS (sizeof keys / sizeof keys[0])

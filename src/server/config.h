@@ -48,6 +48,11 @@ typedef struct hd_config_s {
     int log_format;                  /* hd_log_format_t */
     int gc_enabled;                  /* new sessions: automatic collection */
     int gc_threshold[3];             /* new sessions: gc.set_threshold */
+    hd_strlist_t http;               /* the HTTP server's "host:port" list; empty: off */
+    int http_admin_open;             /* the dashboard's session pages need no admin token */
+    uint64_t http_max_connections;   /* open HTTP connections */
+    uint64_t http_timeout;           /* ms: a request's head must arrive, a response be taken */
+    uint64_t metrics_top_sessions;   /* sessions with series of their own in /metrics */
 } hd_config_t;
 
 /* Where a loading error was found; line and column are 1-based, 0 when not known. */

@@ -186,6 +186,7 @@ static void on_timer(uv_timer_t *t) {
     if (which == DL_HELLO) {
         hd_log_info("%s: no hello within %llu ms of connecting; closing", c->peer,
                     (unsigned long long)cfg->hello_timeout);
+        hd__metrics_reject(c->worker->srv, HD_REJECT_HELLO_TIMEOUT);
         hd__conn_fail(c, 0, HD_ETIMEDOUT, "no hello in time (hello_timeout)");
     } else if (which == DL_FRAME) {
         hd_log_info("%s: a frame of %zu bytes so far took %llu ms: slower than min_frame_rate "
@@ -193,11 +194,14 @@ static void on_timer(uv_timer_t *t) {
                     c->peer, hd_frame_parser_partial(&c->parser),
                     (unsigned long long)(now - c->frame_at),
                     (unsigned long long)cfg->min_frame_rate);
+        if (!(c->flags & HD_CONN_HELLO_DONE))
+            hd__metrics_reject(c->worker->srv, HD_REJECT_SLOW_FRAME);
         hd__conn_fail(c, 0, HD_ETIMEDOUT, "frame too slow (frame_timeout, min_frame_rate)");
     } else {
         int hello = !(c->flags & HD_CONN_HELLO_DONE);
         hd_log_info("%s: %s for %llu ms; closing", c->peer, hello ? "no hello, idle" : "idle",
                     (unsigned long long)cfg->idle_timeout);
+        if (hello) hd__metrics_reject(c->worker->srv, HD_REJECT_HELLO_TIMEOUT);
         hd__conn_fail(c, 0, HD_ETIMEDOUT, hello ? "no hello in time" : "idle timeout");
     }
     /* A client that neither sends nor reads would hold the connection forever. */
@@ -282,6 +286,7 @@ static void on_write(uv_write_t *req, int status) {
  * no allocation), else queued in libuv with the buffer's ownership. */
 static void flush(hd_conn_t *c) {
     if (c->out.len == 0 || (c->flags & HD_CONN_CLOSING)) return;
+    hd__counter_add(&c->worker->metrics.bytes_out, c->out.len);
     size_t off = 0;
     if (queued(c) == 0 && c->writes_pending == 0) {
         uv_buf_t b = uv_buf_init((char *)c->out.data, (unsigned)c->out.len);
@@ -475,6 +480,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
         return;
     }
     c->last_active = uv_now(&c->worker->loop);
+    hd__counter_add(&c->worker->metrics.bytes_in, (uint64_t)nread);
     hd_frame_parser_feed(&c->parser, buf->base, (size_t)nread); /* errors surface in next() */
     process(c);
     frame_clock(c);
@@ -516,6 +522,7 @@ void hd__conn_adopt(hd_worker_t *w, hd_msg_t *m) {
     c->env.ops_ctx = c;
     c->env.max_read_bytes = w->cfg.max_frame_bytes - HD_DISPATCH_FRAME_SLACK;
     c->last_active = c->accepted_at = uv_now(&w->loop);
+    c->env.counters = &w->metrics.ops;
     if (c->is_unix)
         uv_pipe_init(&w->loop, &c->h.pipe, 0);
     else

@@ -264,6 +264,27 @@ int hd_dispatch_op_raises_events(int op_case) {
     return row != NULL && row->events;
 }
 
+void hd_dispatch_foreach_op(void (*fn)(void *ctx, int op_case, const char *name), void *ctx) {
+    for (size_t i = 0; i < sizeof op_table / sizeof op_table[0]; i++)
+        if (op_table[i].run != NULL) fn(ctx, (int)i, op_table[i].name);
+}
+
+/* Counters are indexed by op number and status code (dispatch.h). */
+_Static_assert(sizeof op_table / sizeof op_table[0] <= HD_OPS_SLOTS, "op numbers fit the counters");
+#define STATUS_FITS(name, num, msg)                                                                \
+    _Static_assert(num < HD_STATUS_SLOTS, #name " fits the counters");
+HD_ERR_MAP(STATUS_FITS)
+#undef STATUS_FITS
+
+static void count(hd_op_counters_t *k, int op_case, uint32_t code) {
+    atomic_uint_fast64_t *op = &k->ops[(unsigned)op_case < HD_OPS_SLOTS ? op_case : 0];
+    atomic_uint_fast64_t *st = &k->statuses[code < HD_STATUS_SLOTS ? code : HD_STATUS_SLOTS - 1];
+    atomic_store_explicit(op, atomic_load_explicit(op, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    atomic_store_explicit(st, atomic_load_explicit(st, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Running one op.                                                                             */
 /* ------------------------------------------------------------------------------------------ */
@@ -328,6 +349,7 @@ void hd__op_run(hd_opctx_t *c, const req_t *rq, rsp_t *rs, bool nested) {
     } else if (rs->status == NULL) {
         rs->status = &status_ok;
     }
+    if (c->env->counters) count(c->env->counters, rq->op_case, rs->status->code);
 }
 
 /* ------------------------------------------------------------------------------------------ */

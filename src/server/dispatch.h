@@ -19,6 +19,7 @@
 #ifndef HD_DISPATCH_H
 #define HD_DISPATCH_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -48,6 +49,17 @@ _Static_assert(HD_DISPATCH_OP_RESERVE < HD_DISPATCH_MIN_READ,
 _Static_assert(HD_DISPATCH_OP_RESERVE * 2 <= HD_DISPATCH_FRAME_SLACK,
                "the slack covers a batch's last op overshooting the budget");
 
+/* Requests by op and responses by status, counted by run_op for every op it runs (a batch
+ * and each op inside it). One set per worker: written only by that worker's thread, with a
+ * relaxed load and store (metrics.h:hd__counter_add), read by any thread. Indexed by the op's
+ * field number and by the status's positive code (0 = OK); dispatch.c asserts that both fit. */
+#define HD_OPS_SLOTS    128
+#define HD_STATUS_SLOTS 100
+typedef struct hd_op_counters_s {
+    atomic_uint_fast64_t ops[HD_OPS_SLOTS];
+    atomic_uint_fast64_t statuses[HD_STATUS_SLOTS];
+} hd_op_counters_t;
+
 /* clang-format off */
 /* Services the server provides to dispatch: goodbye, events and admin requests. */
 typedef struct hd_session_info_s { char id[40]; char peer[64]; int attached; uint64_t bytes, objects, requests, idle_ms, created_unix; } hd_session_info_t;
@@ -69,6 +81,7 @@ typedef struct hd_dispatch_env_s {
     const hd_server_ops_t *ops;
     void *ops_ctx;
     uint64_t max_read_bytes;   /* cap on a read/batch result so a response fits in a frame */
+    hd_op_counters_t *counters; /* the worker's, or NULL: not counted */
 } hd_dispatch_env_t;
 /* Decodes one frame payload (a ClientFrame after hello), runs it, and appends one framed
  * ServerFrame response (length prefix included) to out. Returns 0, or HD_EPROTO when the
@@ -119,5 +132,7 @@ int hd_dispatch_op_mutates(int op_case);
 /* 1 if the op may raise events (it can free objects or run a collection); an op that may not
  * never leaves an event to drain. */
 int hd_dispatch_op_raises_events(int op_case);
+/* Calls fn(ctx, op_case, name) for every op of the request table, in field-number order. */
+void hd_dispatch_foreach_op(void (*fn)(void *ctx, int op_case, const char *name), void *ctx);
 
 #endif /* HD_DISPATCH_H */

@@ -200,6 +200,7 @@ static void refuse(hd_server_t *srv, uv_os_sock_t fd, bool per_ip) {
     shutdown(fd, SHUT_WR);
     close(fd);
     atomic_fetch_add(per_ip ? &srv->refusals.per_ip : &srv->refusals.max_connections, 1);
+    hd__metrics_reject(srv, per_ip ? HD_REJECT_MAX_PER_IP : HD_REJECT_MAX_CONNECTIONS);
     atomic_fetch_add(&srv->refusals.total, 1);
 }
 
@@ -300,6 +301,7 @@ static void on_readable(uv_poll_t *poll, int status, int events) {
         uv_os_sock_t fd =
             accept4(l->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd >= 0) {
+            atomic_fetch_add(&l->srv->counters.accepted, 1);
             hand_over(l, fd, (struct sockaddr *)&ss, len);
             continue;
         }

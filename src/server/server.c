@@ -11,6 +11,7 @@
  * This file owns the main loop and the order of things; main.c owns the command line and the
  * exit codes, and everything else belongs to the files named in server.h.
  */
+#include "http.h"
 #include "server.h"
 #include "session.h"
 
@@ -65,6 +66,7 @@ static void reload(hd_server_t *srv) {
         return;
     }
     hd__server_apply_logging(&srv->cfg);
+    hd__http_reload(srv);
     for (size_t i = 0; i < srv->nworkers; i++) {
         hd_msg_t *m = hd__msg_new(HD_MSG_RELOAD);
         if (!m || hd_config_copy(&m->cfg, &srv->cfg) < 0) {
@@ -82,6 +84,7 @@ static void reload(hd_server_t *srv) {
 static void shutdown_begin(hd_server_t *srv, int signum) {
     if (srv->stopping) return;
     srv->stopping = 1;
+    atomic_store(&srv->serving, HD_SERVING_STOPPING);
     hd_log_info("%s: shutting down", strsignal(signum));
     hd__notify("STOPPING=1\nSTATUS=Shutting down");
     hd__listeners_stop(srv);
@@ -115,6 +118,8 @@ int hd__server_run(hd_server_t *srv) {
                 (long)getpid(), nworkers, nworkers == 1 ? "" : "s",
                 srv->config_path ? srv->config_path : "built-in defaults");
 
+    /* The HTTP server's names, for the STATUS below. */
+    char http_names[512] = "";
     int rc = hd__listeners_start(srv);
     if (rc < 0) {
         srv->stopping = 1;
@@ -124,6 +129,9 @@ int hd__server_run(hd_server_t *srv) {
          * connected. Remove the socket file and go. */
         hd__listeners_stop(srv);
         exit(1);
+    } else if ((rc = hd__http_start(srv, http_names, sizeof http_names)) < 0) {
+        srv->stopping = 1;
+        hd__listeners_stop(srv); /* then the workers stop, below */
     } else {
         static const int signums[] = {SIGTERM, SIGINT, SIGHUP};
         for (size_t i = 0; i < 3; i++) {
@@ -138,12 +146,16 @@ int hd__server_run(hd_server_t *srv) {
         for (size_t i = 0; i < srv->nlisteners && n < sizeof where; i++)
             n += (size_t)snprintf(where + n, sizeof where - n, "%s%s", i ? ", " : "",
                                   srv->listeners[i].name);
+        if (*http_names && n < sizeof where)
+            snprintf(where + n, sizeof where - n, "%s%s", n ? ", " : "", http_names);
+        atomic_store(&srv->serving, HD_SERVING);
         hd__notifyf("READY=1\nMAINPID=%ld\nSTATUS=Serving on %s with %zu worker%s", (long)getpid(),
                     where, nworkers, nworkers == 1 ? "" : "s");
         hd_log_info("ready");
     }
     uv_run(&loop, UV_RUN_DEFAULT); /* until the listeners and signals are closed */
     hd__workers_stop(srv);
+    hd__http_stop(srv); /* last: /readyz says 503 while the workers finish */
     uv_run(&loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&loop) < 0) hd_log_error("main loop still has handles at exit");
     free(srv->listeners);

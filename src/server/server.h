@@ -33,6 +33,7 @@
 #include "dispatch.h"
 #include "heap.h"
 #include "log.h"
+#include "metrics.h"
 
 typedef struct hd_server_s hd_server_t;
 typedef struct hd_worker_s hd_worker_t;
@@ -121,6 +122,7 @@ struct hd_worker_s {
     unsigned state;                /* hd_worker_state_e */
     atomic_uint_fast64_t requests; /* frames dispatched, for server_stats */
     atomic_uint nconns;            /* connections it holds, for the listener's choice */
+    hd_wmetrics_t metrics;         /* counters, tick and snapshots for operators (metrics.c) */
 };
 
 /* ------------------------------------------------------------------------------------------ */
@@ -172,6 +174,13 @@ typedef struct hd_registry_s {
     size_t sessions_detached;
 } hd_registry_t;
 
+/* Values of hd_server_t.serving. */
+enum hd_serving_e {
+    HD_SERVING_STARTING = 0, /* not yet listening */
+    HD_SERVING = 1,          /* listening, workers running, READY=1 sent */
+    HD_SERVING_STOPPING = 2, /* shutting down */
+};
+
 struct hd_server_s {
     hd_config_t cfg;         /* as loaded; the main thread's copy */
     const char *config_path; /* NULL: built-in defaults */
@@ -188,6 +197,9 @@ struct hd_server_s {
     uint64_t start_ms;                /* uv_hrtime at start, in ms */
     unsigned next_worker;             /* round-robin tie breaker */
     int stopping;
+    atomic_int serving;         /* hd_serving_e, for /readyz */
+    hd_srv_counters_t counters; /* connections accepted and refused (metrics.h) */
+    struct hd_http_s *http;     /* the HTTP server (http.c), or NULL when off */
 };
 
 /* ------------------------------------------------------------------------------------------ */

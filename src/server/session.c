@@ -142,6 +142,7 @@ void hd__session_destroy(hd_session_t *s, const char *why) {
     s->conn = NULL;
     uv_mutex_unlock(&r->lock);
     hd_log_info("session %s destroyed (%s)", s->id, why);
+    hd__metrics_session_close(s);
     hd_heap_free(s->heap);
     s->heap = NULL;
     if (s->prev)
@@ -199,7 +200,9 @@ static int session_create(hd_conn_t *c, const char *client_name, hd_session_t **
     memcpy(hc.gc_threshold, w->cfg.gc_threshold, sizeof hc.gc_threshold);
     int rc = hd_heap_new(&hc, &s->heap);
     if (rc == 0) rc = random_hex(s->resume_token, HD_RESUME_TOKEN_LEN / 2);
+    if (rc == 0) rc = hd__metrics_session_open(s);
     if (rc < 0) {
+        hd__metrics_session_close(s);
         hd_heap_free(s->heap);
         free(s);
         return rc;
@@ -232,6 +235,7 @@ static int session_create(hd_conn_t *c, const char *client_name, hd_session_t **
     }
     uv_mutex_unlock(&r->lock);
     if (rc < 0) {
+        hd__metrics_session_close(s);
         hd_heap_free(s->heap);
         free(s);
         return rc;
@@ -339,6 +343,15 @@ static void hello_free(void *data, void *p) {
 static void refuse(hd_hello_t *out, const hd_conn_t *c, int code, const char *why) {
     if (hd__refusal_log_ok(c->worker->srv))
         hd_log_warn("%s: hello refused: %s: %s", c->peer, hd_err_name(code), why);
+    hd_reject_t reason =
+        code == HD_ETOOMANY    ? (c->reject ? HD_REJECT_MAX_CONNECTIONS : HD_REJECT_MAX_SESSIONS)
+        : code == HD_EAUTH     ? HD_REJECT_AUTH
+        : code == HD_EVERSION  ? HD_REJECT_VERSION
+        : code == HD_ESHUTDOWN ? HD_REJECT_SHUTDOWN
+        : code == HD_ENOSESSION || code == HD_EBUSY                   ? HD_REJECT_RESUME
+        : code == HD_EPROTO || code == HD_EHELLO || code == HD_EINVAL ? HD_REJECT_BAD_HELLO
+                                                                      : HD_REJECT_INTERNAL;
+    hd__metrics_reject(c->worker->srv, reason);
     out->verdict = HD_HELLO_REFUSE;
     out->code = code;
     out->why = why;

@@ -37,13 +37,14 @@ struct hd_session_s {
     char resume_token[HD_RESUME_TOKEN_LEN + 1];
     char client_name[HD_CLIENT_NAME_LEN];
     hd_heap_t *heap;
-    hd_worker_t *worker;       /* the owner, for the session's whole life */
-    hd_session_t *next, *prev; /* the owner's list */
-    uv_timer_t linger;         /* runs while detached */
-    uint64_t nrequests;        /* frames dispatched */
-    uint64_t published_at;     /* hd__now_ms of the last publish */
-    uint64_t active_at;        /* hd__now_ms of the last request; published as last_active_ms */
-    int dirty;                 /* counters changed since the last publish */
+    hd_worker_t *worker;        /* the owner, for the session's whole life */
+    hd_session_t *next, *prev;  /* the owner's list */
+    uv_timer_t linger;          /* runs while detached */
+    uint64_t nrequests;         /* frames dispatched */
+    uint64_t published_at;      /* hd__now_ms of the last publish */
+    uint64_t active_at;         /* hd__now_ms of the last request; published as last_active_ms */
+    int dirty;                  /* counters changed since the last publish */
+    hd_sess_metrics_t *metrics; /* what only the owner updates for metrics.c */
     /* locked */
     hd_conn_t *conn; /* the attached connection, or NULL */
     int registered;

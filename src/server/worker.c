@@ -131,6 +131,7 @@ static void on_msg_stop(hd_worker_t *w, hd_msg_t *m) {
     uv_close((uv_handle_t *)&w->async, NULL);
     uv_close((uv_handle_t *)&w->stats_timer, NULL);
     uv_close((uv_handle_t *)&w->trim_timer, NULL);
+    hd__metrics_worker_stop(w);
     uv_timer_start(&w->stop_timer, on_stop_timeout, HD_STOP_DRAIN_MS, 0);
     uv_unref((uv_handle_t *)&w->stop_timer);
 }
@@ -204,6 +205,7 @@ int hd__workers_start(hd_server_t *srv, size_t n) {
         /* Started before the thread runs the loop; it never keeps the loop alive. */
         uv_timer_start(&w->trim_timer, hd__conns_trim, HD_TRIM_INTERVAL_MS, HD_TRIM_INTERVAL_MS);
         uv_unref((uv_handle_t *)&w->trim_timer);
+        hd__metrics_worker_init(w);
     }
     for (size_t i = 0; i < n; i++) {
         hd_worker_t *w = &srv->workers[i];
@@ -236,6 +238,7 @@ void hd__workers_stop(hd_server_t *srv) {
             hd__msg_free(m);
         }
         uv_mutex_destroy(&w->inbox_lock);
+        hd__metrics_worker_free(w);
         hd_config_free(&w->cfg);
         free(w->readbuf);
         hd_buf_free(&w->scratch);

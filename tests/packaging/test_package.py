@@ -423,6 +423,9 @@ class Container:
         os.makedirs(os.path.join(self.tmpfs, "work"))
         self._mount(["-t", "overlay", "-o", "lowerdir=/,upperdir=%s/upper,workdir=%s/work"
                      % (self.tmpfs, self.tmpfs), "heapd-test", self.root])
+        # The walk starts on a machine without heapd: a config the host may have (left by a
+        # manual install) would make dpkg ask about its conffile. Removed in the overlay only.
+        shutil.rmtree(os.path.join(self.root, "etc", "heapd"), ignore_errors=True)
         self.log = open(os.path.join(self.dir, "boot.log"), "w+")
         # --keep-unit and --register=no: no systemd or machined is needed on the host.
         # --unit=basic.target: systemd, journald and the sockets; not the host's services.

@@ -80,6 +80,7 @@ class Daemon:
             "unix_socket_mode": "0600",
             "workers": 2,
             "log_level": "debug",
+            "http": [],  # the HTTP server's default port is fixed: tests ask for port 0
         }
         cfg.update(config or {})
         self.config = cfg
@@ -97,6 +98,7 @@ class Daemon:
         self.log_cond = threading.Condition(self.log_lock)
         self.tcp_addr = None
         self.unix_addr = None
+        self.http_addr = None  # (host, port) of the HTTP server's first address
         self.clients = []  # closed by stop()
 
     def write_config(self, cfg):
@@ -157,6 +159,9 @@ class Daemon:
                             self.tcp_addr = (host.strip("[]"), int(port))
                         elif kind == "unix" and not self.unix_addr:
                             self.unix_addr = where
+                        elif kind == "http" and not self.http_addr:
+                            host, _, port = where.rpartition(":")
+                            self.http_addr = (host.strip("[]"), int(port))
                     return
             elif self.proc.poll() is not None:
                 raise AssertionError("heapd exited %d before it was ready; log:\n%s"
@@ -173,6 +178,9 @@ class Daemon:
             m = re.search(r'listening on unix ([^\s"]+)', line)
             if m and not self.unix_addr:
                 self.unix_addr = m.group(1)
+            m = re.search(r"listening on http (\S+):(\d+)", line)
+            if m and not self.http_addr:
+                self.http_addr = (m.group(1).strip("[]"), int(m.group(2)))
 
     def _log_tail(self, n=40):
         self.reader.join(1)
@@ -219,6 +227,17 @@ class Daemon:
         if r.status.code != 0:
             raise AssertionError("hello failed: %s %s" % (r.status.name, r.status.message))
         return c
+
+    def http_get(self, path, headers=None, method="GET", timeout=IO_TIMEOUT):
+        """One request to the HTTP server on a new connection: (status, headers, body)."""
+        import http.client
+        conn = http.client.HTTPConnection(*self.http_addr, timeout=timeout)
+        try:
+            conn.request(method, path, headers=headers or {})
+            r = conn.getresponse()
+            return r.status, dict(r.getheaders()), r.read()
+        finally:
+            conn.close()
 
     def signal(self, sig):
         self.proc.send_signal(sig)

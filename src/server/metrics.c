@@ -1,0 +1,535 @@
+/*
+ * metrics.c: the workers' counters, ticks and snapshots, the view readers take of them, and
+ * the Prometheus text exposition (see metrics.h).
+ *
+ * Costs. On a request: two relaxed counter updates in dispatch.c and one per read and write in
+ * conn.c, each a plain load and store on the worker's own cache lines. On a collection: the
+ * callback below, a few counters and one ring entry under the worker's metrics lock (a
+ * collection takes microseconds at least). Every HD_SNAPSHOT_MS: one hd_heap_stats per
+ * session (O(arenas), never blocks), on the worker, into a fresh array swapped in under the
+ * lock. Readers hold a worker's lock only to copy.
+ *
+ * Families follow the Prometheus conventions: heapd_ prefix, base units (_bytes, _seconds),
+ * _total on counters, HELP and TYPE on every family. Counters only grow: the collector's are
+ * the worker's running sums, kept when sessions end. Per-session series exist only for the
+ * metrics_top_sessions largest sessions by bytes, so the number of series is bounded whatever
+ * the number of sessions.
+ */
+#include "metrics.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "server.h"
+#include "session.h"
+
+const uint64_t hd__pause_bounds_ns[HD_PAUSE_NBUCKETS] = {
+    10000,    50000,    100000,    500000,    1000000,    5000000,
+    10000000, 50000000, 100000000, 500000000, 1000000000, 5000000000,
+};
+
+static uint64_t unix_ms(void) {
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (uint64_t)tv.tv_sec * 1000u + (uint64_t)tv.tv_usec / 1000u;
+}
+
+uint64_t hd__rss_bytes(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long long size = 0, resident = 0;
+    if (!f) return 0;
+    if (fscanf(f, "%llu %llu", &size, &resident) != 2) resident = 0;
+    fclose(f);
+    return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+void hd__metrics_reject(hd_server_t *srv, hd_reject_t why) {
+    if ((unsigned)why < HD_REJECT_N) atomic_fetch_add(&srv->counters.rejected[why], 1);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Collections.                                                                                */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The heap's gc callback (hd_gc_set_callback), on the owner's thread: ctx is the session. */
+static void on_gc(void *ctx, const hd_gc_info_t *info) {
+    hd_session_t *s = ctx;
+    hd_wmetrics_t *m = &s->worker->metrics;
+    hd_sess_metrics_t *sm = s->metrics;
+    int g = info->generation;
+    uint64_t now = hd__now_ms();
+    hd__counter_add(&m->gc_collections[g], 1);
+    hd__counter_add(&m->gc_collected[g], info->collected);
+    hd__counter_add(&m->gc_uncollectable[g], info->uncollectable);
+    hd__counter_add(&m->pause_ns_sum, info->pause_ns);
+    size_t b = 0;
+    while (b < HD_PAUSE_NBUCKETS && info->pause_ns > hd__pause_bounds_ns[b])
+        b++;
+    hd__counter_add(&m->pause_buckets[b], 1);
+
+    sm->pause_ns_total += info->pause_ns;
+    if (info->pause_ns > sm->pause_ns_max) sm->pause_ns_max = info->pause_ns;
+    if (g == 2) {
+        sm->gc2_ms[sm->gc2_next] = now;
+        sm->gc2_next = (sm->gc2_next + 1) % 16;
+    }
+    if (info->uncollectable) {
+        sm->uncoll_ms[sm->uncoll_next] = now;
+        sm->uncoll_n[sm->uncoll_next] = info->uncollectable;
+        sm->uncoll_next = (sm->uncoll_next + 1) % 16;
+    }
+
+    hd_gc_mark_t mark = {unix_ms(), info->pause_ns, info->collected, info->uncollectable, g, ""};
+    snprintf(mark.session, sizeof mark.session, "%s", s->id);
+    uv_mutex_lock(&m->lock);
+    size_t at = (m->ring_head + m->ring_n) % HD_GC_RING;
+    m->ring[at] = mark;
+    if (m->ring_n < HD_GC_RING)
+        m->ring_n++;
+    else
+        m->ring_head = (m->ring_head + 1) % HD_GC_RING;
+    uv_mutex_unlock(&m->lock);
+}
+
+int hd__metrics_session_open(hd_session_t *s) {
+    s->metrics = calloc(1, sizeof *s->metrics);
+    if (!s->metrics) return HD_ENOMEM;
+    hd_gc_set_callback(s->heap, on_gc, s);
+    return 0;
+}
+
+void hd__metrics_session_close(hd_session_t *s) {
+    if (s->heap) hd_gc_set_callback(s->heap, NULL, NULL);
+    free(s->metrics);
+    s->metrics = NULL;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Ticks and snapshots, on the worker.                                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+#define MINUTE_MS 60000u
+
+static void summarize(hd_worker_t *w, hd_session_t *s, uint64_t now, hd_sess_summary_t *o) {
+    hd_heap_t *h = s->heap;
+    hd_sess_metrics_t *sm = s->metrics;
+    memset(o, 0, sizeof *o);
+    snprintf(o->id, sizeof o->id, "%s", s->id);
+    snprintf(o->client_name, sizeof o->client_name, "%s", s->client_name);
+    snprintf(o->peer, sizeof o->peer, "%s", s->peer);
+    o->attached = s->conn != NULL;
+    o->worker = (unsigned)w->index;
+    o->created_unix = s->created_unix;
+    o->idle_ms = now > s->active_at ? now - s->active_at : 0;
+    o->requests = s->nrequests;
+    hd_heap_stats(h, &o->heap);
+    o->max_bytes = w->cfg.session_max_bytes;
+    o->max_objects = w->cfg.session_max_objects;
+    o->gc_enabled = hd_gc_isenabled(h);
+    hd_gc_get_threshold(h, o->gc_threshold);
+    o->gc_debug = (unsigned)hd_gc_get_debug(h);
+    hd_gc_get_count(h, o->gc_count);
+    hd_gc_get_stats(h, o->gc);
+    o->garbage = hd_gc_garbage_len(h);
+    o->frozen = hd_gc_get_freeze_count(h);
+    o->events_dropped = hd_events_dropped(h);
+    o->tracing = hd_trace_is_tracing(h);
+    if (o->tracing) hd_trace_get_traced_memory(h, &o->traced_current, &o->traced_peak);
+    if (sm) {
+        o->gc_pause_ns_total = sm->pause_ns_total;
+        o->gc_pause_ns_max = sm->pause_ns_max;
+        for (int i = 0; i < 16; i++) {
+            if (sm->gc2_ms[i] && now - sm->gc2_ms[i] < MINUTE_MS) o->gc2_recent++;
+            if (sm->uncoll_ms[i] && now - sm->uncoll_ms[i] < MINUTE_MS)
+                o->uncollectable_growth += sm->uncoll_n[i];
+        }
+        if (!o->tracing)
+            sm->tracing_since = 0;
+        else if (!sm->tracing_since)
+            sm->tracing_since = now;
+        o->tracing_ms = o->tracing ? now - sm->tracing_since : 0;
+    }
+}
+
+static void take_snapshot(hd_worker_t *w) {
+    hd_wmetrics_t *m = &w->metrics;
+    size_t n = 0;
+    for (hd_session_t *s = w->sessions; s; s = s->next)
+        n++;
+    hd_sess_summary_t *v = n ? malloc(n * sizeof *v) : NULL;
+    if (n && !v) return; /* keep the last one; the next tick tries again */
+    uint64_t now = hd__now_ms();
+    size_t k = 0;
+    for (hd_session_t *s = w->sessions; s && k < n; s = s->next)
+        if (s->heap) summarize(w, s, now, &v[k++]);
+    uv_mutex_lock(&m->lock);
+    hd_sess_summary_t *old = m->snap;
+    m->snap = v;
+    m->nsnap = k;
+    m->snap_ms = now;
+    uv_mutex_unlock(&m->lock);
+    free(old);
+}
+
+static void on_tick(uv_timer_t *t) {
+    hd_worker_t *w = t->data;
+    hd_wmetrics_t *m = &w->metrics;
+    uint64_t now = hd__now_ms();
+    uint64_t lag = now > m->expected_ms ? now - m->expected_ms : 0;
+    atomic_store_explicit(&m->lag_us, lag * 1000u, memory_order_relaxed);
+    atomic_store_explicit(&m->heartbeat_ms, now, memory_order_relaxed);
+    m->expected_ms = now + HD_TICK_MS;
+    if (++m->ticks % (HD_SNAPSHOT_MS / HD_TICK_MS) == 0) take_snapshot(w);
+}
+
+void hd__metrics_worker_init(hd_worker_t *w) {
+    hd_wmetrics_t *m = &w->metrics;
+    uv_mutex_init(&m->lock);
+    uv_timer_init(&w->loop, &m->tick);
+    m->tick.data = w;
+    uint64_t now = hd__now_ms();
+    atomic_store(&m->heartbeat_ms, now);
+    m->expected_ms = now + HD_TICK_MS;
+    /* Started before the thread runs the loop; it never keeps the loop alive. */
+    uv_timer_start(&m->tick, on_tick, HD_TICK_MS, HD_TICK_MS);
+    uv_unref((uv_handle_t *)&m->tick);
+}
+
+void hd__metrics_worker_stop(hd_worker_t *w) {
+    uv_close((uv_handle_t *)&w->metrics.tick, NULL);
+}
+
+void hd__metrics_worker_free(hd_worker_t *w) {
+    free(w->metrics.snap);
+    w->metrics.snap = NULL;
+    uv_mutex_destroy(&w->metrics.lock);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Views, on any thread.                                                                       */
+/* ------------------------------------------------------------------------------------------ */
+
+static uint64_t load(atomic_uint_fast64_t *c) {
+    return atomic_load_explicit(c, memory_order_relaxed);
+}
+
+void hd__mview_free(hd_mview_t *v) {
+    free(v->workers);
+    free(v->sess);
+    free(v->marks);
+    memset(v, 0, sizeof *v);
+}
+
+int hd__metrics_view(hd_server_t *srv, int with_marks, hd_mview_t *v) {
+    memset(v, 0, sizeof *v);
+    v->now_ms = hd__now_ms();
+    v->now_unix_ms = unix_ms();
+    v->uptime_ms = v->now_ms - srv->start_ms;
+    v->rss_bytes = hd__rss_bytes();
+    v->connections = atomic_load(&srv->connections);
+    v->accepted = atomic_load(&srv->counters.accepted);
+    for (int i = 0; i < HD_REJECT_N; i++)
+        v->rejected[i] = atomic_load(&srv->counters.rejected[i]);
+    uv_mutex_lock(&srv->registry.lock);
+    v->sessions = srv->registry.nsessions;
+    v->sessions_detached = srv->registry.sessions_detached;
+    uv_mutex_unlock(&srv->registry.lock);
+    v->top_sessions = 10; /* the caller sets its metrics_top_sessions */
+    v->memory_cap_bytes = 0;
+    v->memory_cap_reached = 0;
+
+    size_t nw = srv->nworkers, room = 0, marks = 0;
+    v->nworkers = nw;
+    v->workers = calloc(nw ? nw : 1, sizeof *v->workers);
+    if (!v->workers) return HD_ENOMEM;
+    for (size_t i = 0; i < nw; i++) {
+        hd_wmetrics_t *m = &srv->workers[i].metrics;
+        uv_mutex_lock(&m->lock);
+        room += m->nsnap;
+        marks += m->ring_n;
+        uv_mutex_unlock(&m->lock);
+    }
+    /* Sessions may appear between the count and the copy: each worker's copy is cut to the
+     * room it was counted for, plus a margin. */
+    room += 16 * nw;
+    v->sess = malloc((room ? room : 1) * sizeof *v->sess);
+    if (with_marks) v->marks = malloc((marks + HD_GC_RING) * sizeof *v->marks);
+    if (!v->sess || (with_marks && !v->marks)) {
+        hd__mview_free(v);
+        return HD_ENOMEM;
+    }
+    size_t mroom = marks + HD_GC_RING;
+    for (size_t i = 0; i < nw; i++) {
+        hd_worker_t *w = &srv->workers[i];
+        hd_wmetrics_t *m = &w->metrics;
+        hd_worker_view_t *wv = &v->workers[i];
+        uint64_t beat = load(&m->heartbeat_ms);
+        wv->silent_ms = v->now_ms > beat ? v->now_ms - beat : 0;
+        wv->lag_us = load(&m->lag_us);
+        if (wv->silent_ms > HD_TICK_MS && (wv->silent_ms - HD_TICK_MS) * 1000u > wv->lag_us)
+            wv->lag_us = (wv->silent_ms - HD_TICK_MS) * 1000u;
+        wv->requests = atomic_load_explicit(&w->requests, memory_order_relaxed);
+        for (int k = 0; k < HD_OPS_SLOTS; k++)
+            v->ops[k] += load(&m->ops.ops[k]);
+        for (int k = 0; k < HD_STATUS_SLOTS; k++)
+            v->statuses[k] += load(&m->ops.statuses[k]);
+        v->bytes_in += load(&m->bytes_in);
+        v->bytes_out += load(&m->bytes_out);
+        for (int g = 0; g < 3; g++) {
+            v->gc_collections[g] += load(&m->gc_collections[g]);
+            v->gc_collected[g] += load(&m->gc_collected[g]);
+            v->gc_uncollectable[g] += load(&m->gc_uncollectable[g]);
+        }
+        for (int b = 0; b <= HD_PAUSE_NBUCKETS; b++)
+            v->pause_buckets[b] += load(&m->pause_buckets[b]);
+        v->pause_ns_sum += load(&m->pause_ns_sum);
+        uv_mutex_lock(&m->lock);
+        size_t take = m->nsnap < room - v->nsess ? m->nsnap : room - v->nsess;
+        memcpy(v->sess + v->nsess, m->snap, take * sizeof *v->sess);
+        v->nsess += take;
+        for (size_t k = 0; with_marks && k < m->ring_n && v->nmarks < mroom; k++)
+            v->marks[v->nmarks++] = m->ring[(m->ring_head + k) % HD_GC_RING];
+        uv_mutex_unlock(&m->lock);
+    }
+    return 0;
+}
+
+void hd__mview_heap_sum(const hd_mview_t *v, hd_heap_stats_t *sum) {
+    memset(sum, 0, sizeof *sum);
+    for (size_t i = 0; i < v->nsess; i++) {
+        const hd_heap_stats_t *h = &v->sess[i].heap;
+#define SUM_FIELD(name, desc) sum->name += h->name;
+        HD_HEAP_STATS_MAP(SUM_FIELD)
+#undef SUM_FIELD
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The Prometheus text exposition format, version 0.0.4.                                       */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct out_s {
+    hd_buf_t *b;
+    int rc;
+} out_t;
+
+static void put(out_t *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(out_t *o, const char *fmt, ...) {
+    if (o->rc < 0) return;
+    for (size_t want = 256;;) {
+        if (hd_buf_reserve(o->b, want) < 0) {
+            o->rc = HD_ENOMEM;
+            return;
+        }
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf((char *)o->b->data + o->b->len, o->b->cap - o->b->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            o->rc = HD_EINTERNAL;
+            return;
+        }
+        if ((size_t)n < o->b->cap - o->b->len) {
+            o->b->len += (size_t)n;
+            return;
+        }
+        want = (size_t)n + 1;
+    }
+}
+
+/* HELP and TYPE lines of a family. */
+static void family(out_t *o, const char *name, const char *type, const char *help) {
+    put(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* A label value, escaped as the format says (backslash, double quote, newline). */
+static void label_value(out_t *o, const char *s) {
+    char esc[256];
+    size_t k = 0;
+    for (; *s && k < sizeof esc - 3; s++) {
+        if (*s == '\\' || *s == '"')
+            esc[k++] = '\\', esc[k++] = *s;
+        else if (*s == '\n')
+            esc[k++] = '\\', esc[k++] = 'n';
+        else
+            esc[k++] = *s;
+    }
+    esc[k] = '\0';
+    put(o, "%s", esc);
+}
+
+static void sample_u(out_t *o, const char *name, uint64_t value) {
+    put(o, "%s %" PRIu64 "\n", name, value);
+}
+
+static void sample_s(out_t *o, const char *name, double seconds) {
+    put(o, "%s %.9g\n", name, seconds);
+}
+
+typedef struct op_render_s {
+    out_t *o;
+    const hd_mview_t *v;
+} op_render_t;
+
+static void render_op(void *ctx, int op_case, const char *name) {
+    op_render_t *r = ctx;
+    put(r->o, "heapd_requests_total{op=\"%s\"} %" PRIu64 "\n", name, r->v->ops[op_case]);
+}
+
+static int by_bytes_desc(const void *a, const void *b) {
+    const hd_sess_summary_t *x = *(const hd_sess_summary_t *const *)a;
+    const hd_sess_summary_t *y = *(const hd_sess_summary_t *const *)b;
+    if (x->heap.object_bytes != y->heap.object_bytes)
+        return x->heap.object_bytes < y->heap.object_bytes ? 1 : -1;
+    return strcmp(x->id, y->id);
+}
+
+int hd__metrics_render(const hd_mview_t *v, hd_buf_t *out) {
+    out_t o = {out, 0};
+
+    /* The server. */
+    family(&o, "heapd_build_info", "gauge", "Always 1; the version is in the label.");
+    put(&o, "heapd_build_info{version=\"%s\"} 1\n", HEAPD_VERSION);
+    family(&o, "heapd_uptime_seconds", "gauge", "Seconds since heapd started.");
+    sample_s(&o, "heapd_uptime_seconds", (double)v->uptime_ms / 1e3);
+    family(&o, "heapd_resident_memory_bytes", "gauge", "Resident set size of the process.");
+    sample_u(&o, "heapd_resident_memory_bytes", v->rss_bytes);
+    family(&o, "heapd_connections", "gauge", "Open client connections (protocol, not HTTP).");
+    sample_u(&o, "heapd_connections", v->connections);
+    family(&o, "heapd_connections_accepted_total", "counter",
+           "Client connections accepted by the listeners.");
+    sample_u(&o, "heapd_connections_accepted_total", v->accepted);
+    family(&o, "heapd_connections_rejected_total", "counter",
+           "Client connections refused before they had a session, by reason.");
+#define REJECT_SAMPLE(e, label, desc)                                                              \
+    put(&o, "heapd_connections_rejected_total{reason=\"%s\"} %" PRIu64 "\n", label,                \
+        v->rejected[HD_REJECT_##e]);
+    HD_REJECT_MAP(REJECT_SAMPLE)
+#undef REJECT_SAMPLE
+    family(&o, "heapd_sessions", "gauge", "Live sessions, attached or detached.");
+    sample_u(&o, "heapd_sessions", v->sessions);
+    family(&o, "heapd_sessions_detached", "gauge",
+           "Sessions without a connection, lingering for a resume.");
+    sample_u(&o, "heapd_sessions_detached", v->sessions_detached);
+    family(&o, "heapd_requests_total", "counter",
+           "Requests run, by op (the ops of a batch are counted, and the batch too).");
+    op_render_t r = {&o, v};
+    hd_dispatch_foreach_op(render_op, &r);
+    put(&o, "heapd_requests_total{op=\"unknown\"} %" PRIu64 "\n", v->ops[0]);
+    family(&o, "heapd_errors_total", "counter", "Requests answered with an error, by status code.");
+#define ERROR_SAMPLE(name, num, msg)                                                               \
+    put(&o, "heapd_errors_total{code=\"" #name "\"} %" PRIu64 "\n", v->statuses[num]);
+    HD_ERR_MAP(ERROR_SAMPLE)
+#undef ERROR_SAMPLE
+    family(&o, "heapd_received_bytes_total", "counter", "Bytes received from clients.");
+    sample_u(&o, "heapd_received_bytes_total", v->bytes_in);
+    family(&o, "heapd_sent_bytes_total", "counter", "Bytes sent to clients.");
+    sample_u(&o, "heapd_sent_bytes_total", v->bytes_out);
+    family(&o, "heapd_worker_loop_lag_seconds", "gauge",
+           "How late each worker's 250 ms timer ran last (or how long it is overdue now).");
+    for (size_t i = 0; i < v->nworkers; i++)
+        put(&o, "heapd_worker_loop_lag_seconds{worker=\"%zu\"} %.6f\n", i,
+            (double)v->workers[i].lag_us / 1e6);
+
+    /* Memory, summed over every session's heap. */
+    hd_heap_stats_t sum;
+    hd__mview_heap_sum(v, &sum);
+    static const struct {
+        const char *name, *help;
+        size_t offset;
+    } mem[] = {
+#define MEM(name, field, help) {name, help, offsetof(hd_heap_stats_t, field)}
+        MEM("heapd_memory_object_bytes", object_bytes,
+            "Bytes held by live objects (block sizes), as session_max_bytes counts them."),
+        MEM("heapd_memory_allocated_blocks_bytes", bytes_allocated_blocks,
+            "Bytes in allocated blocks of pools (in use)."),
+        MEM("heapd_memory_available_blocks_bytes", bytes_available_blocks,
+            "Bytes in free blocks of pools in use (available)."),
+        MEM("heapd_memory_unused_pools_bytes", bytes_unused_pools, "Bytes in unused pools."),
+        MEM("heapd_memory_quantization_bytes", bytes_quantization,
+            "Bytes lost at the end of pools whose size is not a multiple of the block size."),
+        MEM("heapd_memory_arena_alignment_bytes", bytes_arena_alignment,
+            "Bytes lost aligning arenas to pools."),
+        MEM("heapd_memory_arena_bytes", arena_bytes, "Bytes of arenas mapped (1 MiB each)."),
+        MEM("heapd_memory_large_bytes", large_bytes,
+            "Bytes of objects over 512 bytes, from the system allocator."),
+#undef MEM
+    };
+    for (size_t i = 0; i < sizeof mem / sizeof mem[0]; i++) {
+        family(&o, mem[i].name, "gauge", mem[i].help);
+        sample_u(&o, mem[i].name, *(const uint64_t *)((const char *)&sum + mem[i].offset));
+    }
+    family(&o, "heapd_memory_arenas", "gauge", "Arenas mapped, over all heaps.");
+    sample_u(&o, "heapd_memory_arenas", sum.arenas_current);
+    family(&o, "heapd_memory_large_objects", "gauge", "Objects over 512 bytes.");
+    sample_u(&o, "heapd_memory_large_objects", sum.large_objects);
+    family(&o, "heapd_objects", "gauge", "Live objects, over all heaps.");
+    sample_u(&o, "heapd_objects", sum.objects);
+    family(&o, "heapd_memory_limit_bytes", "gauge",
+           "The server-wide memory cap; 0: none (each session is bound by session_max_bytes).");
+    sample_u(&o, "heapd_memory_limit_bytes", v->memory_cap_bytes);
+    family(&o, "heapd_memory_used_bytes", "gauge",
+           "What the heaps hold from the system: arenas and large objects.");
+    sample_u(&o, "heapd_memory_used_bytes", sum.arena_bytes + sum.large_bytes);
+
+    /* The collector. */
+    static const char *const gc_names[3][2] = {
+        {"heapd_gc_collections_total", "Collections, by the oldest generation collected."},
+        {"heapd_gc_collected_total", "Unreachable objects collected, by generation."},
+        {"heapd_gc_uncollectable_total",
+         "Unreachable objects kept as uncollectable (gc.garbage), by generation."},
+    };
+    const uint64_t *gc_values[3] = {v->gc_collections, v->gc_collected, v->gc_uncollectable};
+    for (int f = 0; f < 3; f++) {
+        family(&o, gc_names[f][0], "counter", gc_names[f][1]);
+        for (int g = 0; g < 3; g++)
+            put(&o, "%s{generation=\"%d\"} %" PRIu64 "\n", gc_names[f][0], g, gc_values[f][g]);
+    }
+    uint64_t garbage = 0;
+    for (size_t i = 0; i < v->nsess; i++)
+        garbage += v->sess[i].garbage;
+    family(&o, "heapd_gc_garbage_objects", "gauge", "Entries of the heaps' gc.garbage lists.");
+    sample_u(&o, "heapd_gc_garbage_objects", garbage);
+    family(&o, "heapd_gc_pause_seconds", "histogram", "How long collections took.");
+    uint64_t cum = 0;
+    for (int b = 0; b < HD_PAUSE_NBUCKETS; b++) {
+        cum += v->pause_buckets[b];
+        put(&o, "heapd_gc_pause_seconds_bucket{le=\"%g\"} %" PRIu64 "\n",
+            (double)hd__pause_bounds_ns[b] / 1e9, cum);
+    }
+    cum += v->pause_buckets[HD_PAUSE_NBUCKETS];
+    put(&o, "heapd_gc_pause_seconds_bucket{le=\"+Inf\"} %" PRIu64 "\n", cum);
+    sample_s(&o, "heapd_gc_pause_seconds_sum", (double)v->pause_ns_sum / 1e9);
+    sample_u(&o, "heapd_gc_pause_seconds_count", cum);
+
+    /* The largest sessions, at most top_sessions of them. */
+    size_t ntop = v->nsess < v->top_sessions ? v->nsess : (size_t)v->top_sessions;
+    const hd_sess_summary_t **top = ntop ? malloc(v->nsess * sizeof *top) : NULL;
+    if (ntop && !top) return HD_ENOMEM;
+    for (size_t i = 0; top && i < v->nsess; i++)
+        top[i] = &v->sess[i];
+    if (top) qsort(top, v->nsess, sizeof *top, by_bytes_desc);
+    static const char *const per[][2] = {
+        {"heapd_session_object_bytes",
+         "Object bytes of the metrics_top_sessions largest sessions."},
+        {"heapd_session_objects", "Live objects of the metrics_top_sessions largest sessions."},
+        {"heapd_session_arena_bytes", "Arena bytes of the metrics_top_sessions largest sessions."},
+    };
+    for (int f = 0; f < 3; f++) {
+        family(&o, per[f][0], "gauge", per[f][1]);
+        for (size_t i = 0; i < ntop; i++) {
+            const hd_heap_stats_t *h = &top[i]->heap;
+            uint64_t val = f == 0 ? h->object_bytes : f == 1 ? h->objects : h->arena_bytes;
+            put(&o, "%s{session=\"", per[f][0]);
+            label_value(&o, top[i]->id);
+            put(&o, "\"} %" PRIu64 "\n", val);
+        }
+    }
+    free(top);
+    return o.rc;
+}
