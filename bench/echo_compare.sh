@@ -38,6 +38,7 @@ trap 'exit 130' INT TERM
 cat > "$tmp/heapd.yaml" << EOF2
 listen: []
 unix_socket: "$tmp/heapd.sock"
+http: []
 log_level: warn
 workers: 1
 EOF2

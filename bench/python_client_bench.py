@@ -178,7 +178,7 @@ def start_heapd(binary, tmp):
     cfg = os.path.join(tmp, "heapd.yaml")
     log = os.path.join(tmp, "heapd.log")
     with open(cfg, "w") as f:
-        f.write('listen: ["127.0.0.1:0"]\nunix_socket: ""\nlog_level: info\n')
+        f.write('listen: ["127.0.0.1:0"]\nunix_socket: ""\nhttp: []\nlog_level: info\n')
     proc = subprocess.Popen([binary, "--config", cfg], stdout=open(log, "w"),
                             stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 10

@@ -49,6 +49,7 @@ redis_pid=$!
 cat > "$tmp/heapd.yaml" << EOF
 listen: ["127.0.0.1:$HEAPD_PORT"]
 unix_socket: ""
+http: []
 log_level: warn
 workers: $WORKERS
 EOF

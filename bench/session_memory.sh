@@ -76,6 +76,7 @@ read -r rb ra redis_clients redis_used < <(measure redis "$tmp/redis.sock" "$rpi
 cat > "$tmp/heapd.yaml" << EOF2
 listen: []
 unix_socket: "$tmp/heapd.sock"
+http: []
 log_level: warn
 max_connections: $((N + 100))
 max_sessions: $((N + 100))

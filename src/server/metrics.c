@@ -290,7 +290,7 @@ int hd__metrics_view(hd_server_t *srv, int with_marks, hd_mview_t *v) {
         v->pause_ns_sum += load(&m->pause_ns_sum);
         uv_mutex_lock(&m->lock);
         size_t take = m->nsnap < room - v->nsess ? m->nsnap : room - v->nsess;
-        memcpy(v->sess + v->nsess, m->snap, take * sizeof *v->sess);
+        if (take) memcpy(v->sess + v->nsess, m->snap, take * sizeof *v->sess);
         v->nsess += take;
         for (size_t k = 0; with_marks && k < m->ring_n && v->nmarks < mroom; k++)
             v->marks[v->nmarks++] = m->ring[(m->ring_head + k) % HD_GC_RING];

@@ -110,6 +110,7 @@ static int start_heapd(void **state) {
     if (!f) return -1;
     fprintf(f,
             "listen: []\n"
+            "http: []\n"
             "unix_socket: \"%s\"\n"
             "unix_socket_mode: \"0600\"\n"
             "workers: 2\n"

@@ -132,14 +132,14 @@ class ConfigTest(h.unittest.TestCase):
     def test_port_in_use_exits_1(self):
         with h.Daemon(unix=False) as d:
             taken = "127.0.0.1:%d" % d.tcp_addr[1]
-            path = self.write('listen: ["%s"]\nunix_socket: ""\n' % taken)
+            path = self.write('listen: ["%s"]\nunix_socket: ""\nhttp: []\n' % taken)
             r = run("--config", path)
             self.assertEqual(r.returncode, 1)
             self.assertIn("Address already in use", r.stderr)
 
     def test_live_unix_socket_is_not_stolen(self):
         with h.Daemon(tcp=False) as d:
-            path = self.write('listen: []\nunix_socket: "%s"\n' % d.sock_path)
+            path = self.write('listen: []\nunix_socket: "%s"\nhttp: []\n' % d.sock_path)
             r = run("--config", path)
             self.assertEqual(r.returncode, 1)
             self.assertIn("Address already in use", r.stderr)
