@@ -7,7 +7,10 @@
  * does (the URL split into path and query, a query parameter, the admin cookie). Checked:
  * the bounds hold (head, URL, credentials; strings NUL-terminated), a failed reader consumes
  * nothing more, and the two runs agree request by request and on how the stream ended, so
- * that what the server answers does not depend on how TCP cut the bytes.
+ * that what the server answers does not depend on how TCP cut the bytes. One thing may
+ * differ: which of two faults of one bad request is seen first (an over-long header whose
+ * value is handed over in pieces, or a bad byte further on), so the status of a failed stream
+ * is 400, 414 or 431 in either run, not necessarily the same one.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -86,7 +89,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t len = size ? size - 1 - ncuts : 0;
     run(stream, len, NULL, 0, &whole);
     run(stream, len, cuts, ncuts, &cut);
-    if (whole.nreqs != cut.nreqs || whole.state != cut.state || whole.error != cut.error) abort();
+    if (whole.nreqs != cut.nreqs || whole.state != cut.state) abort();
+    for (const run_t *r = &whole; r; r = r == &whole ? &cut : NULL)
+        if (r->state == HD_HTTP_FAILED && r->error != 400 && r->error != 414 && r->error != 431)
+            abort();
     for (size_t i = 0; i < whole.nreqs && i < MAX_REQS; i++)
         if (strcmp(whole.urls[i], cut.urls[i]) != 0 || whole.methods[i] != cut.methods[i] ||
             whole.keep[i] != cut.keep[i])
