@@ -344,7 +344,7 @@ static void refuse(hd_hello_t *out, const hd_conn_t *c, int code, const char *wh
     if (hd__refusal_log_ok(c->worker->srv))
         hd_log_warn("%s: hello refused: %s: %s", c->peer, hd_err_name(code), why);
     hd_reject_t reason =
-        code == HD_ETOOMANY    ? (c->reject ? HD_REJECT_MAX_CONNECTIONS : HD_REJECT_MAX_SESSIONS)
+        code == HD_ETOOMANY    ? HD_REJECT_MAX_SESSIONS /* max_connections is refused at accept */
         : code == HD_EAUTH     ? HD_REJECT_AUTH
         : code == HD_EVERSION  ? HD_REJECT_VERSION
         : code == HD_ESHUTDOWN ? HD_REJECT_SHUTDOWN
