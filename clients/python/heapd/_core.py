@@ -1001,20 +1001,22 @@ _OWN = {}  # code file name -> True if it is one of this package's files
 _SITES = {}  # (code, line) -> "file:line", for the callers seen
 
 
+def _mine(filename):
+    """True if ``filename`` is one of this package's files (the answer cached)."""
+    mine = _OWN.get(filename)
+    if mine is None:
+        mine = _OWN[filename] = os.path.dirname(os.path.abspath(filename)) == _HERE
+    return mine
+
+
 def _caller_traceback(nframe):
     """Up to ``nframe`` frames of the stack outside this package, most recent first, as
     ``tracemalloc.start(nframe)`` records them, formatted as a site (a traceback)."""
     frame = sys._getframe(1)
-    own = _OWN
     frames = []
     while frame is not None and len(frames) < nframe:
-        code = frame.f_code
-        mine = own.get(code.co_filename)
-        if mine is None:
-            mine = own[code.co_filename] = (
-                os.path.dirname(os.path.abspath(code.co_filename)) == _HERE)
-        if not mine:
-            frames.append((code.co_filename, frame.f_lineno))
+        if not _mine(frame.f_code.co_filename):
+            frames.append((frame.f_code.co_filename, frame.f_lineno))
         frame = frame.f_back
     return format_site(frames)
 
@@ -1025,10 +1027,9 @@ def _caller_site():
     own = _OWN
     while frame is not None:
         code = frame.f_code
-        mine = own.get(code.co_filename)
+        mine = own.get(code.co_filename)  # _mine() inline: this runs on every allocation
         if mine is None:
-            mine = own[code.co_filename] = (
-                os.path.dirname(os.path.abspath(code.co_filename)) == _HERE)
+            mine = _mine(code.co_filename)
         if not mine:
             break
         frame = frame.f_back

@@ -329,11 +329,16 @@ class Session(SessionCore):
                     continue
             self._settle(frame)
 
-    def _receive(self):
-        """Reads more bytes from the socket into the reader (blocking)."""
+    def _receive(self, quiet_timeout=False):
+        """Reads more bytes from the socket into the reader; returns False when none came
+        (a non-blocking socket, or a timeout with ``quiet_timeout``)."""
         try:
             chunk = self._sock.recv(_RECV)
+        except (BlockingIOError, InterruptedError):
+            return False
         except socket.timeout:
+            if quiet_timeout:
+                return False
             # A reply may still come later and would then answer the wrong request: the
             # stream can no longer be trusted.
             self._drop()
@@ -346,6 +351,7 @@ class Session(SessionCore):
             self._drop()
             raise errors.ConnectionClosed(text)
         self._reader.feed(chunk)
+        return True
 
     def _send(self, data):
         try:
@@ -379,25 +385,8 @@ class Session(SessionCore):
                                       f"connection dropped") from None
             if frame is not None:
                 return frame
-            try:
-                chunk = self._sock.recv(_RECV)
-            except (BlockingIOError, InterruptedError):
+            if not self._receive(quiet_timeout=final or not block):
                 return None
-            except socket.timeout:
-                if final or not block:
-                    return None
-                # A reply may still come later and would then answer the wrong request:
-                # the stream can no longer be trusted.
-                self._drop()
-                raise errors.ConnectionClosed("timed out waiting for the server") from None
-            except OSError as exc:
-                self._drop()
-                raise errors.ConnectionClosed(f"receive failed: {exc}") from exc
-            if not chunk:
-                text = _closed_text(reader)
-                self._drop()
-                raise errors.ConnectionClosed(text)
-            reader.feed(chunk)
 
     def _do(self, op, args, finish):
         ex = self._exchange(((op, args),))
