@@ -595,6 +595,8 @@ static uint64_t collect_with_events(hd_heap_t *h, int generation) {
     uint64_t t0 = now_ns();
     uint64_t found = collect_main(h, generation, &m, &n);
     uint64_t pause = now_ns() - t0;
+    h->gc.pause_ns_total += pause;
+    if (pause > h->gc.pause_ns_max) h->gc.pause_ns_max = pause;
     if (hd__event_wanted(h, HD_EV_GC_STOP)) {
         hd_event_t ev = {.type = HD_EV_GC_STOP,
                          .generation = generation,

@@ -208,6 +208,10 @@ uint64_t hd_events_dropped(hd_heap_t *h) {
     return h->events.dropped;
 }
 
+uint64_t hd_events_queued(hd_heap_t *h) {
+    return h->events.n;
+}
+
 void hd__events_destroy(hd_heap_t *h) {
     hd_evqueue_t *q = &h->events;
     hd_event_t ev;

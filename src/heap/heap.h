@@ -321,6 +321,8 @@ unsigned hd_events_get_mask(hd_heap_t *h);
 int hd_events_pop(hd_heap_t *h, hd_event_t *out);
 /* Events that could not be queued (out of memory or queue limit) since the heap began. */
 uint64_t hd_events_dropped(hd_heap_t *h);
+/* Events queued and not yet popped. */
+uint64_t hd_events_queued(hd_heap_t *h);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Allocation tracing: tracemalloc for a heap.                                                 */
@@ -356,6 +358,9 @@ int hd_trace_statistics(hd_heap_t *h, uint32_t id, hd_trace_group_t by, hd_trace
 /* Growth from snapshot old_id to snapshot id, sorted by |bytes_diff|, largest first. */
 int hd_trace_compare(hd_heap_t *h, uint32_t id, uint32_t old_id, hd_trace_group_t by,
                      hd_trace_stats_t *out);
+/* What hd_trace_statistics would say of a snapshot taken now, without taking one: the live
+ * traces grouped by site or tag, largest first. HD_ENOTRACE when not tracing. */
+int hd_trace_top(hd_heap_t *h, hd_trace_group_t by, hd_trace_stats_t *out);
 
 /* count traced objects of one site (traceback), tag and size, in a snapshot. */
 typedef struct hd_trace_entry_s {
@@ -393,7 +398,10 @@ uint64_t hd_trace_memory(hd_heap_t *h);
     XX(bytes_quantization, "bytes lost to quantization")                                           \
     XX(bytes_arena_alignment, "bytes lost to arena alignment")                                     \
     XX(large_objects, "objects over 512 bytes, from the system allocator")                         \
-    XX(large_bytes, "bytes of those objects")
+    XX(large_bytes, "bytes of those objects")                                                      \
+    XX(alloc_bytes_total, "bytes allocated since the heap began (as object_bytes counts them)")    \
+    XX(gc_pause_ns_total, "nanoseconds spent in collections since the heap began")                 \
+    XX(gc_pause_ns_max, "nanoseconds of the longest collection")
 
 typedef struct hd_class_stats_s {
     uint32_t block_size;
@@ -427,6 +435,21 @@ typedef struct hd_pool_map_s {
  * max_arenas arenas, most recently mapped first; *narenas gets the number of arenas
  * described. Walks arena records, never blocks: O(arenas). */
 void hd_heap_pool_map(hd_heap_t *h, hd_pool_map_t *out, size_t max_arenas, size_t *narenas);
+
+/* How hd_heap_census orders its groups. */
+typedef enum hd_census_order_e { HD_CENSUS_BY_BYTES = 0, HD_CENSUS_BY_COUNT = 1 } hd_census_order_t;
+
+/* Every live object, traced or not, grouped by tag or by site (redis-cli --bigkeys for a
+ * heap): *out gets one entry per group with its objects' count and getsizeof bytes (the
+ * diffs are 0), ordered by `order` (largest first, then by the other figure, then by key).
+ * Keys are borrowed from the heap. Walks every block in use: O(blocks carved), for an
+ * operator's occasional look, not for a request path that runs often. Returns 0, HD_EINVAL
+ * (by or order unknown) or HD_ENOMEM, with *out empty on error; free it with
+ * hd_trace_stats_free. */
+int hd_heap_census(hd_heap_t *h, hd_trace_group_t by, hd_census_order_t order,
+                   hd_trace_stats_t *out);
+/* Reorders a census (or any statistics) by order, as hd_heap_census does. */
+void hd_census_sort(hd_trace_stats_t *s, hd_census_order_t order);
 
 #ifdef __cplusplus
 }

@@ -511,7 +511,9 @@ typedef struct hd_gcstate_s {
     uint64_t long_lived_total;   /* size of gen 2 after the last full collection */
     uint64_t long_lived_pending; /* objects promoted into gen 2 since then */
     hd_gc_genstats_t stats[3];
-    hd_ref_t *garbage; /* the garbage list; each entry holds one reference */
+    uint64_t pause_ns_total; /* time spent in collect_main, every collection */
+    uint64_t pause_ns_max;   /* the longest of them */
+    hd_ref_t *garbage;       /* the garbage list; each entry holds one reference */
     size_t ngarbage, garbage_cap;
     hd_gc_cursor_t *cursors; /* open get_objects cursors */
     uint64_t next_cursor;
@@ -594,8 +596,9 @@ struct hd_heap_s {
     uint64_t nobjects, ncontainers, nbytes;
     uint64_t max_objects, max_bytes;
     uint64_t allocs_total, frees_total;
-    uint64_t check_rng; /* xorshift state drawing handle checks; never 0 */
-    bool tracing;       /* trace.c: tracing is on (hd__tracing) */
+    uint64_t alloc_bytes_total; /* sum of the charges of every allocation */
+    uint64_t check_rng;         /* xorshift state drawing handle checks; never 0 */
+    bool tracing;               /* trace.c: tracing is on (hd__tracing) */
     hd_intern_t tags, sites;
     hd_evqueue_t events;
     const char *why; /* what the last HD_ELIMIT ran into (static text), for hd_heap_why */

@@ -384,6 +384,7 @@ static HD_NOINLINE int alloc_general(hd_heap_t *h, const hd_alloc_args_t *a, hd_
     }
     h->nobjects++;
     h->nbytes += charge;
+    h->alloc_bytes_total += charge;
     h->allocs_total++;
     if (HD_UNLIKELY(hd__tracing(h))) hd__trace_alloc(h, o, site, tag);
     if (a->nslots) {
@@ -467,6 +468,7 @@ int hd_alloc(hd_heap_t *h, const hd_alloc_args_t *a, hd_handle_t *out) {
     }
     h->nobjects++;
     h->nbytes += charge;
+    h->alloc_bytes_total += charge;
     h->allocs_total++;
     *out = hd__handle_of(o, r);
     /* Containers go on out of line, so that this stays a leaf function (no frame to save). */

@@ -301,27 +301,34 @@ static snapshot_t *snap_find(struct hd_tracestate_s *ts, uint32_t id) {
     return NULL;
 }
 
+/* The non-empty aggregates, copied into *out (id 0): 0 or HD_ENOMEM. */
+static int copy_live(const struct hd_tracestate_s *ts, snapshot_t *out) {
+    out->id = 0;
+    out->n = 0;
+    out->ents = NULL;
+    for (uint32_t i = 0; i < ts->cap; i++)
+        out->n += ts->slots[i].used && ts->slots[i].count > 0;
+    if (out->n && !(out->ents = hd__malloc(out->n * sizeof(*out->ents)))) return HD_ENOMEM;
+    size_t k = 0;
+    for (uint32_t i = 0; i < ts->cap; i++) {
+        const traceslot_t *s = &ts->slots[i];
+        if (s->used && s->count > 0) out->ents[k++] = (snapent_t){s->key, s->count, s->bytes};
+    }
+    return 0;
+}
+
 /* *id names a new snapshot, freed with hd_trace_snapshot_free or with the heap. */
 int hd_trace_snapshot(hd_heap_t *h, uint32_t *id) {
     struct hd_tracestate_s *ts = h->trace;
     if (!h->tracing) return HD_ENOTRACE;
     if (ts->next_snap == 0) return HD_ENOMEM; /* 2^32 - 1 snapshots taken: ids exhausted */
     int rc = hd__vec_reserve((void **)&ts->snaps, &ts->snapcap, ts->nsnaps + 1, sizeof(snapshot_t));
+    snapshot_t taken;
+    if (rc == 0) rc = copy_live(ts, &taken);
     if (rc) return rc;
-    size_t n = 0;
-    for (uint32_t i = 0; i < ts->cap; i++)
-        n += ts->slots[i].used && ts->slots[i].count > 0;
-    snapent_t *ents = NULL;
-    if (n && !(ents = hd__malloc(n * sizeof(*ents)))) return HD_ENOMEM;
-    size_t k = 0;
-    for (uint32_t i = 0; i < ts->cap; i++) {
-        const traceslot_t *s = &ts->slots[i];
-        if (s->used && s->count > 0) ents[k++] = (snapent_t){s->key, s->count, s->bytes};
-    }
     snapshot_t *snap = &ts->snaps[ts->nsnaps++];
+    *snap = taken;
     snap->id = ts->next_snap++;
-    snap->n = n;
-    snap->ents = ents;
     snap_labels(h, snap, true);
     *id = snap->id;
     return 0;
@@ -413,13 +420,9 @@ static const char *group_key(hd_heap_t *h, hd_trace_group_t by, uint16_t gid) {
     return hd__intern_str(by == HD_TRACE_BY_SITE ? &h->sites : &h->tags, gid);
 }
 
-/* *out is overwritten with a new vector the caller frees with hd_trace_stats_free (empty on
- * error). Keys are borrowed from the heap. */
-int hd_trace_statistics(hd_heap_t *h, uint32_t id, hd_trace_group_t by, hd_trace_stats_t *out) {
-    memset(out, 0, sizeof(*out));
-    if (by != HD_TRACE_BY_SITE && by != HD_TRACE_BY_TAG) return HD_EINVAL;
-    const snapshot_t *snap = snap_find(h->trace, id);
-    if (!snap) return HD_ENOSNAP;
+/* The statistics of snap into *out (empty on error), as hd_trace_statistics. */
+static int snap_statistics(hd_heap_t *h, const snapshot_t *snap, hd_trace_group_t by,
+                           hd_trace_stats_t *out) {
     group_t *g;
     size_t n;
     int rc = group_snapshot(snap, by, &g, &n);
@@ -440,6 +443,28 @@ int hd_trace_statistics(hd_heap_t *h, uint32_t id, hd_trace_group_t by, hd_trace
     out->v = v;
     out->n = out->cap = n;
     return 0;
+}
+
+/* *out is overwritten with a new vector the caller frees with hd_trace_stats_free (empty on
+ * error). Keys are borrowed from the heap. */
+int hd_trace_statistics(hd_heap_t *h, uint32_t id, hd_trace_group_t by, hd_trace_stats_t *out) {
+    memset(out, 0, sizeof(*out));
+    if (by != HD_TRACE_BY_SITE && by != HD_TRACE_BY_TAG) return HD_EINVAL;
+    const snapshot_t *snap = snap_find(h->trace, id);
+    if (!snap) return HD_ENOSNAP;
+    return snap_statistics(h, snap, by, out);
+}
+
+/* The live aggregates as a snapshot that is never registered, so no id is used up. */
+int hd_trace_top(hd_heap_t *h, hd_trace_group_t by, hd_trace_stats_t *out) {
+    memset(out, 0, sizeof(*out));
+    if (by != HD_TRACE_BY_SITE && by != HD_TRACE_BY_TAG) return HD_EINVAL;
+    if (!h->tracing) return HD_ENOTRACE;
+    snapshot_t now;
+    int rc = copy_live(h->trace, &now);
+    if (rc == 0) rc = snap_statistics(h, &now, by, out);
+    hd__free(now.ents);
+    return rc;
 }
 
 /* *out as hd_trace_statistics. Every key present in either snapshot appears once. */

@@ -142,6 +142,13 @@ static void workload(world_t *w) {
         OP(w, hd_trace_statistics(w->h, w->snap[0], HD_TRACE_BY_TAG, &st));
         hd_trace_stats_free(&st);
     }
+    hd_trace_stats_t cs = {0};
+    OP(w, hd_heap_census(w->h, HD_TRACE_BY_TAG, HD_CENSUS_BY_COUNT, &cs));
+    hd_trace_stats_free(&cs);
+    if (hd_trace_is_tracing(w->h)) {
+        OP(w, hd_trace_top(w->h, HD_TRACE_BY_SITE, &cs));
+        hd_trace_stats_free(&cs);
+    }
     for (int i = 0; i < w->nweak; i++) {
         hd_handle_t o;
         OP(w, hd_weakref_get(w->h, w->weak[i], &o));

@@ -7,6 +7,7 @@
 #include "testutil.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 static void check_stats(hd_heap_t *h, uint64_t live) {
     hd_heap_stats_t s;
@@ -29,6 +30,8 @@ static void check_stats(hd_heap_t *h, uint64_t live) {
     assert_true(s.arenas_current <= s.arenas_highwater);
     assert_int_equal(s.arenas_allocated_total - s.arenas_reclaimed, s.arenas_current);
     assert_int_equal(s.allocs_total - s.frees_total, s.objects);
+    assert_true(s.alloc_bytes_total >= s.object_bytes);
+    assert_true(s.gc_pause_ns_max <= s.gc_pause_ns_total);
 }
 
 static void test_random_workload(void **state) {
@@ -157,6 +160,90 @@ static void test_gc_callback(void **state) {
     assert_int_equal(hd_gc_collect(h, 2, NULL), 0);
     assert_int_equal(seen.n, 10);
     assert_int_equal(hd_gc_garbage_len(h), 0);
+/* The census against a count kept by hand: every live object once, in its tag's or site's
+ * group, with its getsizeof bytes; in both orders; untagged objects in group "". */
+static void test_census(void **state) {
+    hd_heap_t *h = TU_HEAP(state);
+    static const char *const tags[] = {"Node", "Leaf", NULL, "Big"};
+    static const char *const sites[] = {"a.py:1", NULL, "b.py:2"};
+    enum { N = 3000 };
+    hd_handle_t *v = calloc(N, sizeof *v);
+    uint64_t tcount[4] = {0}, tbytes[4] = {0}, scount[3] = {0}, sbytes[3] = {0};
+    hd_trace_stats_t st;
+    assert_int_equal(hd_heap_census(h, HD_TRACE_BY_TAG, HD_CENSUS_BY_BYTES, &st), 0);
+    assert_int_equal(st.n, 0);
+    assert_int_equal(hd_heap_census(h, 2, HD_CENSUS_BY_BYTES, &st), HD_EINVAL);
+    assert_int_equal(hd_heap_census(h, HD_TRACE_BY_TAG, 2, &st), HD_EINVAL);
+    srand(7);
+    for (int i = 0; i < N; i++) {
+        int t = rand() % 4, s = rand() % 3;
+        hd_alloc_args_t a = {.tag = tags[t],
+                             .site = sites[s],
+                             .nslots = (uint32_t)(rand() % 3),
+                             .size = t == 3 ? 600u + (uint32_t)(rand() % 900)
+                                            : (uint32_t)(rand() % 64)};
+        assert_int_equal(hd_alloc(h, &a, &v[i]), 0);
+        /* Every third object dies again, so the walk meets freed blocks too. */
+        if (i % 3 == 2) {
+            assert_int_equal(hd_decref(h, v[i], 1), 0);
+            continue;
+        }
+        uint64_t bytes;
+        assert_int_equal(hd_getsizeof(h, v[i], &bytes), 0);
+        tcount[t]++, tbytes[t] += bytes, scount[s]++, sbytes[s] += bytes;
+    }
+    assert_int_equal(hd_heap_census(h, HD_TRACE_BY_TAG, HD_CENSUS_BY_BYTES, &st), 0);
+    assert_int_equal(st.n, 4);
+    for (size_t i = 0; i < st.n; i++) {
+        int t = 0;
+        while (t < 4 && strcmp(tags[t] ? tags[t] : "", st.v[i].key) != 0)
+            t++;
+        assert_true(t < 4);
+        assert_int_equal(st.v[i].count, tcount[t]);
+        assert_int_equal(st.v[i].bytes, tbytes[t]);
+        if (i) assert_true(st.v[i - 1].bytes >= st.v[i].bytes);
+    }
+    assert_string_equal(st.v[0].key, "Big");
+    hd_census_sort(&st, HD_CENSUS_BY_COUNT);
+    for (size_t i = 1; i < st.n; i++)
+        assert_true(st.v[i - 1].count >= st.v[i].count);
+    hd_trace_stats_free(&st);
+    assert_int_equal(hd_heap_census(h, HD_TRACE_BY_SITE, HD_CENSUS_BY_COUNT, &st), 0);
+    assert_int_equal(st.n, 3);
+    for (size_t i = 0; i < st.n; i++) {
+        int s = 0;
+        while (s < 3 && strcmp(sites[s] ? sites[s] : "", st.v[i].key) != 0)
+            s++;
+        assert_true(s < 3);
+        assert_int_equal(st.v[i].count, scount[s]);
+        assert_int_equal(st.v[i].bytes, sbytes[s]);
+    }
+    hd_trace_stats_free(&st);
+    for (int i = 0; i < N; i++)
+        if (i % 3 != 2) assert_int_equal(hd_decref(h, v[i], 1), 0);
+    free(v);
+}
+
+/* Collections are timed whether or not anyone listens for GC_STOP. */
+static void test_pause_and_alloc_totals(void **state) {
+    hd_heap_t *h = TU_HEAP(state);
+    hd_heap_stats_t s;
+    hd_handle_t a = tu_obj(h, 1, 0), b = tu_obj(h, 1, 40);
+    assert_int_equal(hd_set_slot(h, a, 0, b), 0);
+    assert_int_equal(hd_set_slot(h, b, 0, a), 0);
+    assert_int_equal(hd_decref(h, a, 1), 0);
+    assert_int_equal(hd_decref(h, b, 1), 0);
+    hd_heap_stats(h, &s);
+    assert_int_equal(s.gc_pause_ns_total, 0);
+    assert_int_equal(s.alloc_bytes_total, 32 + 80);
+    uint64_t found;
+    assert_int_equal(hd_gc_collect(h, 2, &found), 0);
+    assert_int_equal(found, 2);
+    hd_heap_stats(h, &s);
+    assert_true(s.gc_pause_ns_total > 0);
+    assert_int_equal(s.gc_pause_ns_max, s.gc_pause_ns_total);
+    assert_int_equal(s.alloc_bytes_total, 32 + 80); /* a total: frees do not lower it */
+    assert_int_equal(s.object_bytes, 0);
 }
 
 int main(void) {
@@ -164,6 +251,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_random_workload, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_pool_map, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_gc_callback, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_census, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_pause_and_alloc_totals, tu_setup, tu_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

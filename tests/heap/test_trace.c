@@ -269,6 +269,40 @@ static void test_statistics(void **state) {
     hd_trace_stats_free(NULL);
 }
 
+/* trace_top is the statistics of a snapshot taken now, and takes none: the next snapshot has
+ * the next id, and nothing is left to free. */
+static void test_top_is_a_snapshot_not_kept(void **state) {
+    hd_heap_t *h = TU_HEAP(state);
+    hd_trace_stats_t top, st;
+    assert_int_equal(hd_trace_top(h, HD_TRACE_BY_SITE, &top), HD_ENOTRACE);
+    assert_int_equal(top.n, 0);
+    assert_int_equal(hd_trace_start(h), 0);
+    assert_int_equal(hd_trace_top(h, 7, &top), HD_EINVAL);
+    hd_handle_t v[6];
+    for (int i = 0; i < 6; i++)
+        v[i] = obj_at(h, i % 3 ? "a.py:1" : "b.py:2", i % 2 ? "Node" : "Leaf", 1, 10u * i);
+    uint32_t first = snap(h);
+    for (int by = HD_TRACE_BY_SITE; by <= HD_TRACE_BY_TAG; by++) {
+        assert_int_equal(hd_trace_top(h, (hd_trace_group_t)by, &top), 0);
+        assert_int_equal(hd_trace_statistics(h, first, (hd_trace_group_t)by, &st), 0);
+        assert_int_equal(top.n, st.n);
+        for (size_t i = 0; i < st.n; i++) {
+            assert_string_equal(top.v[i].key, st.v[i].key);
+            assert_int_equal(top.v[i].count, st.v[i].count);
+            assert_int_equal(top.v[i].bytes, st.v[i].bytes);
+        }
+        hd_trace_stats_free(&top);
+        hd_trace_stats_free(&st);
+    }
+    assert_int_equal(snap(h), first + 1);
+    /* Live, not frozen: what is freed is gone from the next top. */
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(hd_decref(h, v[i], 1), 0);
+    assert_int_equal(hd_trace_top(h, HD_TRACE_BY_TAG, &top), 0);
+    assert_int_equal(top.n, 0);
+    hd_trace_stats_free(&top);
+}
+
 /* Equal bytes sort by count (more first), then by key. */
 static void test_statistics_ties(void **state) {
     hd_heap_t *h = TU_HEAP(state);
@@ -724,6 +758,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_clear, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_statistics, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_statistics_ties, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_top_is_a_snapshot_not_kept, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_compare_finds_leak, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_errors, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_collected_cycle_uncounted, tu_setup, tu_teardown),
