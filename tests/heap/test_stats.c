@@ -160,6 +160,8 @@ static void test_gc_callback(void **state) {
     assert_int_equal(hd_gc_collect(h, 2, NULL), 0);
     assert_int_equal(seen.n, 10);
     assert_int_equal(hd_gc_garbage_len(h), 0);
+}
+
 /* The census against a count kept by hand: every live object once, in its tag's or site's
  * group, with its getsizeof bytes; in both orders; untagged objects in group "". */
 static void test_census(void **state) {
