@@ -25,6 +25,7 @@
  */
 #include "heapd/client.h"
 #include "heapd_ops.def"
+#include "heapctl_doctor.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -1605,6 +1606,45 @@ static int cmd_echo(ctx_t *x, int argc, char **argv) {
 static int cmd_help(ctx_t *x, int argc, char **argv);
 static int exit_code_for(int rc);
 
+/* doctor [--session ID] [--http HOST:PORT]: the memory doctor's findings, from the daemon's
+ * HTTP server (heapctl_doctor.c); the address from --http, $HEAPD_HTTP or 127.0.0.1:7421. */
+static int cmd_doctor(ctx_t *x, int argc, char **argv) {
+    hd_doctor_req_t rq = {getenv("HEAPD_HTTP"), x->token, NULL, x->json, x->timeout_ms};
+    if (!rq.http_addr || !*rq.http_addr) rq.http_addr = "127.0.0.1:7421";
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--session") == 0 && i + 1 < argc)
+            rq.session = argv[++i];
+        else if (strcmp(argv[i], "--http") == 0 && i + 1 < argc)
+            rq.http_addr = argv[++i];
+        else
+            return usage_err(x, "usage: doctor [--session ID] [--http HOST:PORT]");
+    }
+    if (rq.timeout_ms <= 0) rq.timeout_ms = 10000;
+    char *body = NULL;
+    int status = 0;
+    int rc = hd_heapctl_doctor(&rq, &body, &status, x->msg, sizeof x->msg);
+    if (rc == HD_DOCTOR_USAGE) return RC_USAGE;
+    if (rc == HD_DOCTOR_CONNECT) return HDC_ECONNECT;
+    if (rc < 0) return HDC_EBADREPLY;
+    if (status != 200) {
+        /* The server's plain-text reason, first line, without its status prefix. */
+        char *nl = strchr(body, '\n');
+        if (nl) *nl = '\0';
+        const char *why = strstr(body, ": ") ? strstr(body, ": ") + 2 : body;
+        snprintf(x->msg, sizeof x->msg, "doctor: %s (HTTP %d from %s)", why, status, rq.http_addr);
+        free(body);
+        return status == 401 ? HDC_EAUTH : status == 404 ? HDC_ENOSESSION : HDC_EBADREPLY;
+    }
+    if (x->json) {
+        j_sep(&x->j, "doctor");
+        fputs(body, x->j.f);
+    } else {
+        out(x, "%s", body);
+    }
+    free(body);
+    return 0;
+}
+
 /* The shell is run by main, not by run_command; its row is for help and lookup. */
 static int cmd_shell(ctx_t *x, int argc, char **argv) {
     return usage_err(x, "the shell cannot be nested");
@@ -1623,6 +1663,8 @@ static const cmd_t commands[] = {
      "live view of sessions and memory"},
     {"shell", cmd_shell, CMD_NOSHELL, 0, "", "interactive prompt; reads commands from stdin"},
     {"help", cmd_help, CMD_NOCONN, 0, "[COMMAND]", "this text, or a command's subcommands"},
+    {"doctor", cmd_doctor, CMD_NOCONN, 0, "[--session ID] [--http HOST:PORT]",
+     "the memory doctor's findings, from the HTTP server ($HEAPD_HTTP, 127.0.0.1:7421)"},
     {"alloc", cmd_alloc, CMD_SHELL, OP_ALLOC,
      "NAME [size=N] [slots=N] [tag=T] [site=S] [data=TEXT] "
      "[finalizer] [legacy]",

@@ -12,6 +12,10 @@
  *              second (docs/DEPLOYMENT.md, "The dashboard's JSON", documents every field)
  *   /api/sessions  every session's summary, largest first
  *   /api/gc    recent collections (?since=UNIX_MS), oldest first
+ *   /api/session?id=ID  (admin) one session: summary, heap map, size classes, top tags and
+ *              sites, collector; 503 with Retry-After while its owner takes the first look
+ *   /api/doctor[?session=ID][&format=text]  the memory doctor's findings (a session's need an
+ *              admin)
  *
  * Every handler works on a view copied from the workers' snapshots, so a request never waits
  * on a worker and never touches a heap. JSON numbers are integers below 2^53 except the 64-bit
@@ -25,8 +29,10 @@
 #include <string.h>
 
 #include "dashboard_assets.h"
+#include "doctor.h"
 
 #include "server.h"
+#include "session.h"
 
 /* ------------------------------------------------------------------------------------------ */
 /* Metrics and probes.                                                                         */
@@ -135,7 +141,7 @@ static void json_u64s(hd_http_resp_t *rs, const char *name, const uint64_t *v, i
 static void json_heap(hd_http_resp_t *rs, const hd_heap_stats_t *h) {
     const char *sep = "";
 #define JSON_FIELD(name, desc)                                                                     \
-    hd__http_printf(rs, "%s\"" #name "\":%" PRIu64, sep, h->name);                                \
+    hd__http_printf(rs, "%s\"" #name "\":%" PRIu64, sep, h->name);                                 \
     sep = ",";
     HD_HEAP_STATS_MAP(JSON_FIELD)
 #undef JSON_FIELD
@@ -157,9 +163,8 @@ static int h_overview(hd_http_ctx_t *x, hd_http_resp_t *rs) {
         garbage += v.sess[i].garbage;
     hd__http_printf(rs,
                     "{\"version\":\"%s\",\"now_unix_ms\":%" PRIu64 ",\"uptime_ms\":%" PRIu64
-                    ",\"rss_bytes\":%" PRIu64 ",\"connections\":%" PRIu64
-                    ",\"sessions\":%" PRIu64 ",\"sessions_detached\":%" PRIu64
-                    ",\"admin\":%s,\"memory\":{",
+                    ",\"rss_bytes\":%" PRIu64 ",\"connections\":%" PRIu64 ",\"sessions\":%" PRIu64
+                    ",\"sessions_detached\":%" PRIu64 ",\"admin\":%s,\"memory\":{",
                     HEAPD_VERSION, v.now_unix_ms, v.uptime_ms, v.rss_bytes, v.connections,
                     v.sessions, v.sessions_detached, hd__http_is_admin(x) ? "true" : "false");
     json_heap(rs, &sum);
@@ -177,18 +182,17 @@ static int h_overview(hd_http_ctx_t *x, hd_http_resp_t *rs) {
                     garbage, v.pause_ns_sum);
     for (size_t i = 0; i < v.nworkers; i++) {
         requests += v.workers[i].requests;
-        hd__http_printf(rs, "%s{\"lag_us\":%" PRIu64 ",\"silent_ms\":%" PRIu64
-                            ",\"requests\":%" PRIu64 "}",
-                        i ? "," : "", v.workers[i].lag_us, v.workers[i].silent_ms,
-                        v.workers[i].requests);
+        hd__http_printf(
+            rs, "%s{\"lag_us\":%" PRIu64 ",\"silent_ms\":%" PRIu64 ",\"requests\":%" PRIu64 "}",
+            i ? "," : "", v.workers[i].lag_us, v.workers[i].silent_ms, v.workers[i].requests);
     }
     hd__http_printf(rs, "],\"requests\":%" PRIu64 ",\"history\":[", requests);
     for (size_t i = 0; i < x->hist_n; i++) {
         const hd_http_hist_t *p = &x->hist[(x->hist_head + i) % x->hist_cap];
         hd__http_printf(rs,
                         "%s{\"t\":%" PRIu64 ",\"object_bytes\":%" PRIu64 ",\"used_bytes\":%" PRIu64
-                        ",\"rss_bytes\":%" PRIu64 ",\"requests\":%" PRIu64
-                        ",\"sessions\":%" PRIu64 ",\"collections\":%" PRIu64 "}",
+                        ",\"rss_bytes\":%" PRIu64 ",\"requests\":%" PRIu64 ",\"sessions\":%" PRIu64
+                        ",\"collections\":%" PRIu64 "}",
                         i ? "," : "", p->unix_ms, p->object_bytes, p->used_bytes, p->rss_bytes,
                         p->requests, p->sessions, p->collections);
     }
@@ -220,16 +224,15 @@ static int h_sessions(hd_http_ctx_t *x, hd_http_resp_t *rs) {
             hd__http_printf(rs, ",\"peer\":");
             json_str(rs, s->peer);
         }
-        hd__http_printf(rs,
-                        ",\"attached\":%s,\"worker\":%u,\"object_bytes\":%" PRIu64
-                        ",\"objects\":%" PRIu64 ",\"arena_bytes\":%" PRIu64
-                        ",\"requests\":%" PRIu64 ",\"idle_ms\":%" PRIu64
-                        ",\"created_unix\":%" PRIu64 ",\"gc_enabled\":%s,\"tracing\":%s"
-                        ",\"garbage\":%" PRIu64 "}",
-                        s->attached ? "true" : "false", s->worker, s->heap.object_bytes,
-                        s->heap.objects, s->heap.arena_bytes, s->requests, s->idle_ms,
-                        s->created_unix, s->gc_enabled ? "true" : "false",
-                        s->tracing ? "true" : "false", s->garbage);
+        hd__http_printf(
+            rs,
+            ",\"attached\":%s,\"worker\":%u,\"object_bytes\":%" PRIu64 ",\"objects\":%" PRIu64
+            ",\"arena_bytes\":%" PRIu64 ",\"requests\":%" PRIu64 ",\"idle_ms\":%" PRIu64
+            ",\"created_unix\":%" PRIu64 ",\"gc_enabled\":%s,\"tracing\":%s"
+            ",\"garbage\":%" PRIu64 "}",
+            s->attached ? "true" : "false", s->worker, s->heap.object_bytes, s->heap.objects,
+            s->heap.arena_bytes, s->requests, s->idle_ms, s->created_unix,
+            s->gc_enabled ? "true" : "false", s->tracing ? "true" : "false", s->garbage);
     }
     hd__http_printf(rs, "]}");
     hd__mview_free(&v);
@@ -267,6 +270,165 @@ static int h_gc(hd_http_ctx_t *x, hd_http_resp_t *rs) {
     return done(rs);
 }
 
+static void json_stats(hd_http_resp_t *rs, const char *name, const hd_detail_stat_t *v, size_t n) {
+    hd__http_printf(rs, ",\"%s\":[", name);
+    for (size_t i = 0; i < n; i++) {
+        hd__http_printf(rs, "%s{\"key\":", i ? "," : "");
+        json_str(rs, v[i].key);
+        hd__http_printf(rs, ",\"count\":%" PRIu64 ",\"bytes\":%" PRIu64 "}", v[i].count,
+                        v[i].bytes);
+    }
+    hd__http_printf(rs, "]");
+}
+
+static int h_session(hd_http_ctx_t *x, hd_http_resp_t *rs) {
+    char id[24];
+    if (hd_http_query_get(x->query, "id", id, sizeof id) <= 0) {
+        hd__http_error(rs, 400, "usage: /api/session?id=SESSION_ID");
+        return 0;
+    }
+    hd_sess_detail_t *d = malloc(sizeof *d);
+    if (!d) return HD_ENOMEM;
+    int rc = hd__metrics_detail(x->srv, id, d);
+    if (rc == HD_ENOSESSION) {
+        free(d);
+        hd__http_error(rs, 404, "no such session");
+        return 0;
+    }
+    if (rc == HD_EBUSY) {
+        free(d);
+        rs->status = 503;
+        rs->type = "application/json";
+        rs->headers = "Retry-After: 1\r\n";
+        return hd__http_printf(rs, "{\"pending\":true}");
+    }
+    const hd_sess_summary_t *s = &d->sum;
+    hd__http_printf(rs, "{\"id\":");
+    json_str(rs, s->id);
+    hd__http_printf(rs, ",\"client_name\":");
+    json_str(rs, s->client_name);
+    hd__http_printf(rs, ",\"peer\":");
+    json_str(rs, s->peer);
+    hd__http_printf(rs,
+                    ",\"attached\":%s,\"worker\":%u,\"requests\":%" PRIu64 ",\"idle_ms\":%" PRIu64
+                    ",\"created_unix\":%" PRIu64 ",\"max_bytes\":%" PRIu64
+                    ",\"max_objects\":%" PRIu64 ",\"heap\":{",
+                    s->attached ? "true" : "false", s->worker, s->requests, s->idle_ms,
+                    s->created_unix, s->max_bytes, s->max_objects);
+    json_heap(rs, &s->heap);
+    hd__http_printf(rs, "},\"classes\":[");
+    for (int i = 0; i < HD_NCLASSES; i++) {
+        const hd_class_stats_t *c = &s->heap.classes[i];
+        hd__http_printf(rs,
+                        "%s{\"block_size\":%u,\"pools\":%" PRIu64 ",\"blocks_in_use\":%" PRIu64
+                        ",\"blocks_available\":%" PRIu64 "}",
+                        i ? "," : "", c->block_size, c->pools, c->blocks_in_use,
+                        c->blocks_available);
+    }
+    hd__http_printf(rs, "],\"gc\":{\"enabled\":%s,\"debug\":%u,", s->gc_enabled ? "true" : "false",
+                    s->gc_debug);
+    json_u64s(rs, "count", s->gc_count, 3);
+    hd__http_printf(rs, ",\"threshold\":[%d,%d,%d],\"stats\":[", s->gc_threshold[0],
+                    s->gc_threshold[1], s->gc_threshold[2]);
+    for (int g = 0; g < 3; g++)
+        hd__http_printf(rs,
+                        "%s{\"collections\":%" PRIu64 ",\"collected\":%" PRIu64
+                        ",\"uncollectable\":%" PRIu64 "}",
+                        g ? "," : "", s->gc[g].collections, s->gc[g].collected,
+                        s->gc[g].uncollectable);
+    hd__http_printf(rs,
+                    "],\"garbage\":%" PRIu64 ",\"frozen\":%" PRIu64 ",\"pause_ns_total\":%" PRIu64
+                    ",\"pause_ns_max\":%" PRIu64 "},\"tracing\":{\"on\":%s,\"current\":%" PRIu64
+                    ",\"peak\":%" PRIu64 "}",
+                    s->garbage, s->frozen, s->gc_pause_ns_total, s->gc_pause_ns_max,
+                    s->tracing ? "true" : "false", s->traced_current, s->traced_peak);
+    json_stats(rs, "tags", d->tags, d->ntags);
+    json_stats(rs, "sites", d->sites, d->nsites);
+    /* The map: one row per arena, [class, blocks in use, blocks of the class] per pool. */
+    hd__http_printf(rs, ",\"map\":{\"arenas\":[");
+    for (size_t a = 0; a < d->narenas; a++) {
+        hd__http_printf(rs, "%s[", a ? "," : "");
+        for (int p = 0; p < HD_ARENA_MAP_POOLS; p++) {
+            const hd_pool_map_t *e = &d->map[a * HD_ARENA_MAP_POOLS + p];
+            hd__http_printf(rs, "%s[%u,%u,%u]", p ? "," : "", e->size_class, e->blocks_in_use,
+                            e->blocks_total);
+        }
+        hd__http_printf(rs, "]");
+    }
+    hd__http_printf(rs, "]}}");
+    free(d);
+    return done(rs);
+}
+
+#define HD_DOCTOR_MAX 256 /* findings listed; more are counted */
+
+static int h_doctor(hd_http_ctx_t *x, hd_http_resp_t *rs) {
+    char session[24] = "", format[8] = "json";
+    hd_http_query_get(x->query, "session", session, sizeof session);
+    hd_http_query_get(x->query, "format", format, sizeof format);
+    if (session[0] && !hd__http_is_admin(x)) {
+        hd__http_error(rs, 401, "a session's findings need an admin token");
+        rs->headers = "WWW-Authenticate: Bearer realm=\"heapd\"\r\n";
+        return 0;
+    }
+    hd_mview_t v;
+    if (hd__metrics_view(x->srv, 0, &v) < 0) return HD_ENOMEM;
+    /* Known to the registry: a session created since the last snapshot has no finding yet. */
+    int known = !session[0];
+    uv_mutex_lock(&x->srv->registry.lock);
+    for (size_t i = 0; i < x->srv->registry.nsessions && !known; i++)
+        known = strcmp(x->srv->registry.v[i]->id, session) == 0;
+    uv_mutex_unlock(&x->srv->registry.lock);
+    if (!known) {
+        hd__mview_free(&v);
+        hd__http_error(rs, 404, "no such session");
+        return 0;
+    }
+    hd_finding_t *f = malloc(HD_DOCTOR_MAX * sizeof *f);
+    if (!f) {
+        hd__mview_free(&v);
+        return HD_ENOMEM;
+    }
+    hd_doctor_in_t in = {&v, x->cfg->session_linger, session[0] ? session : NULL};
+    size_t n = hd__doctor_run(&in, f, HD_DOCTOR_MAX), shown = n < HD_DOCTOR_MAX ? n : HD_DOCTOR_MAX;
+    char summary[160];
+    if (n == 0 && session[0])
+        snprintf(summary, sizeof summary, "no problems found (session %s)", session);
+    else if (n == 0)
+        snprintf(summary, sizeof summary, "no problems found (%zu session%s)", v.nsess,
+                 v.nsess == 1 ? "" : "s");
+    else
+        snprintf(summary, sizeof summary, "%zu finding%s", n, n == 1 ? "" : "s");
+    if (strcmp(format, "text") == 0) {
+        hd__http_printf(rs, "heapd memory doctor: %s\n", summary);
+        for (size_t i = 0; i < shown; i++)
+            hd__http_printf(rs, "\n[%s] %s%s%s: %s\n  evidence: %s\n  advice: %s\n", f[i].severity,
+                            f[i].session[0] ? "session " : "server", f[i].session,
+                            f[i].session[0] ? "" : "", f[i].title, f[i].evidence, f[i].advice);
+    } else {
+        hd__http_printf(rs, "{\"summary\":");
+        json_str(rs, summary);
+        hd__http_printf(rs, ",\"total\":%zu,\"findings\":[", n);
+        for (size_t i = 0; i < shown; i++) {
+            hd__http_printf(rs, "%s{\"rule\":\"%s\",\"severity\":\"%s\",\"session\":", i ? "," : "",
+                            f[i].rule, f[i].severity);
+            json_str(rs, f[i].session);
+            hd__http_printf(rs, ",\"title\":");
+            json_str(rs, f[i].title);
+            hd__http_printf(rs, ",\"evidence\":");
+            json_str(rs, f[i].evidence);
+            hd__http_printf(rs, ",\"advice\":");
+            json_str(rs, f[i].advice);
+            hd__http_printf(rs, "}");
+        }
+        hd__http_printf(rs, "]}");
+    }
+    free(f);
+    hd__mview_free(&v);
+    if (strcmp(format, "text") == 0) return 0;
+    return done(rs);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* The dashboard's files.                                                                      */
 /* ------------------------------------------------------------------------------------------ */
@@ -274,7 +436,7 @@ static int h_gc(hd_http_ctx_t *x, hd_http_resp_t *rs) {
 /* The security headers of every file of the dashboard: nothing but heapd's own origin, so the
  * page works on a machine without a network, and no framing by other sites. */
 #define DASHBOARD_HEADERS                                                                          \
-    "Content-Security-Policy: default-src 'self'; img-src 'self' data:; frame-ancestors "       \
+    "Content-Security-Policy: default-src 'self'; img-src 'self' data:; frame-ancestors "          \
     "'none'\r\nX-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\n"
 
 static int asset(const char *name, hd_http_resp_t *rs) {
@@ -303,16 +465,12 @@ static int h_css(hd_http_ctx_t *x, hd_http_resp_t *rs) {
 /* ------------------------------------------------------------------------------------------ */
 
 static const hd_http_route_t routes[] = {
-    {"/metrics", h_metrics, 0},
-    {"/healthz", h_healthz, 0},
-    {"/readyz", h_readyz, 0},
-    {"/", h_index, 0},
-    {"/index.html", h_index, 0},
-    {"/dashboard.js", h_js, 0},
-    {"/dashboard.css", h_css, 0},
-    {"/api/overview", h_overview, 0},
-    {"/api/sessions", h_sessions, 0},
-    {"/api/gc", h_gc, 0},
+    {"/metrics", h_metrics, 0},       {"/healthz", h_healthz, 0},
+    {"/readyz", h_readyz, 0},         {"/", h_index, 0},
+    {"/index.html", h_index, 0},      {"/dashboard.js", h_js, 0},
+    {"/dashboard.css", h_css, 0},     {"/api/overview", h_overview, 0},
+    {"/api/sessions", h_sessions, 0}, {"/api/gc", h_gc, 0},
+    {"/api/session", h_session, 1},   {"/api/doctor", h_doctor, 0},
 };
 
 const hd_http_route_t *hd__http_route_find(const char *path) {

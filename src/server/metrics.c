@@ -153,7 +153,101 @@ static void summarize(hd_worker_t *w, hd_session_t *s, uint64_t now, hd_sess_sum
         else if (!sm->tracing_since)
             sm->tracing_since = now;
         o->tracing_ms = o->tracing ? now - sm->tracing_since : 0;
+        memcpy(o->sites, sm->sites, sm->nsites * sizeof *sm->sites);
+        o->nsites = sm->nsites;
     }
+}
+
+/* While tracing: every HD_SITE_SAMPLE_MS, the largest sites now, each with its bytes at the
+ * two samples before (0 if it was not among them). */
+static void sample_sites(hd_session_t *s, uint64_t now) {
+    hd_sess_metrics_t *sm = s->metrics;
+    if (!hd_trace_is_tracing(s->heap)) {
+        sm->nsites = 0;
+        return;
+    }
+    if (sm->sampled_ms && now - sm->sampled_ms < HD_SITE_SAMPLE_MS) return;
+    hd_trace_stats_t top;
+    if (hd_trace_top(s->heap, HD_TRACE_BY_SITE, &top) < 0) return;
+    hd_site_trend_t next[HD_SITE_TRENDS];
+    size_t n = 0;
+    for (size_t i = 0; i < top.n && n < HD_SITE_TRENDS; i++, n++) {
+        hd_site_trend_t *t = &next[n];
+        snprintf(t->key, sizeof t->key, "%s", top.v[i].key);
+        t->bytes[0] = top.v[i].bytes;
+        t->bytes[1] = t->bytes[2] = 0;
+        for (size_t k = 0; k < sm->nsites; k++)
+            if (strcmp(sm->sites[k].key, t->key) == 0) {
+                t->bytes[1] = sm->sites[k].bytes[0];
+                t->bytes[2] = sm->sites[k].bytes[1];
+            }
+    }
+    hd_trace_stats_free(&top);
+    memcpy(sm->sites, next, n * sizeof *next);
+    sm->nsites = n;
+    sm->sampled_ms = now;
+}
+
+static void copy_top(hd_heap_t *h, hd_trace_group_t by, hd_detail_stat_t *out, size_t *n) {
+    hd_trace_stats_t st;
+    *n = 0;
+    if (hd_heap_census(h, by, HD_CENSUS_BY_BYTES, &st) < 0) return;
+    for (size_t i = 0; i < st.n && *n < HD_DETAIL_TOP; i++, (*n)++) {
+        snprintf(out[*n].key, sizeof out[*n].key, "%s", st.v[i].key);
+        out[*n].count = st.v[i].count;
+        out[*n].bytes = st.v[i].bytes;
+    }
+    hd_trace_stats_free(&st);
+}
+
+/* The detail of the wanted session, if it is this worker's. */
+static void take_detail(hd_worker_t *w, uint64_t now) {
+    hd_wmetrics_t *m = &w->metrics;
+    char id[24];
+    uv_mutex_lock(&m->lock);
+    int due = m->want[0] && now < m->want_until &&
+              (!m->detail || strcmp(m->detail->sum.id, m->want) != 0 ||
+               now - m->detail->taken_ms >= HD_SNAPSHOT_MS);
+    memcpy(id, m->want, sizeof id);
+    uv_mutex_unlock(&m->lock);
+    if (!due) return;
+    hd_session_t *s = w->sessions;
+    while (s && strcmp(s->id, id) != 0)
+        s = s->next;
+    if (!s || !s->heap) return;
+    hd_sess_detail_t *d = malloc(sizeof *d);
+    if (!d) return;
+    summarize(w, s, now, &d->sum);
+    d->taken_ms = now;
+    hd_heap_pool_map(s->heap, d->map, HD_DETAIL_ARENAS, &d->narenas);
+    copy_top(s->heap, HD_TRACE_BY_TAG, d->tags, &d->ntags);
+    copy_top(s->heap, HD_TRACE_BY_SITE, d->sites, &d->nsites);
+    uv_mutex_lock(&m->lock);
+    hd_sess_detail_t *old = m->detail;
+    m->detail = d;
+    uv_mutex_unlock(&m->lock);
+    free(old);
+}
+
+int hd__metrics_detail(hd_server_t *srv, const char *id, hd_sess_detail_t *out) {
+    hd_worker_t *owner = NULL;
+    uv_mutex_lock(&srv->registry.lock);
+    for (size_t i = 0; i < srv->registry.nsessions; i++)
+        if (strcmp(srv->registry.v[i]->id, id) == 0) owner = srv->registry.v[i]->worker;
+    uv_mutex_unlock(&srv->registry.lock);
+    if (!owner) return HD_ENOSESSION;
+    hd_wmetrics_t *m = &owner->metrics;
+    uint64_t now = hd__now_ms();
+    int rc = HD_EBUSY;
+    uv_mutex_lock(&m->lock);
+    snprintf(m->want, sizeof m->want, "%s", id);
+    m->want_until = now + 5000;
+    if (m->detail && strcmp(m->detail->sum.id, id) == 0 && now - m->detail->taken_ms < 2000) {
+        memcpy(out, m->detail, sizeof *out);
+        rc = 0;
+    }
+    uv_mutex_unlock(&m->lock);
+    return rc;
 }
 
 static void take_snapshot(hd_worker_t *w) {
@@ -165,8 +259,11 @@ static void take_snapshot(hd_worker_t *w) {
     if (n && !v) return; /* keep the last one; the next tick tries again */
     uint64_t now = hd__now_ms();
     size_t k = 0;
-    for (hd_session_t *s = w->sessions; s && k < n; s = s->next)
-        if (s->heap) summarize(w, s, now, &v[k++]);
+    for (hd_session_t *s = w->sessions; s && k < n; s = s->next) {
+        if (!s->heap) continue;
+        sample_sites(s, now);
+        summarize(w, s, now, &v[k++]);
+    }
     uv_mutex_lock(&m->lock);
     hd_sess_summary_t *old = m->snap;
     m->snap = v;
@@ -185,6 +282,7 @@ static void on_tick(uv_timer_t *t) {
     atomic_store_explicit(&m->heartbeat_ms, now, memory_order_relaxed);
     m->expected_ms = now + HD_TICK_MS;
     if (++m->ticks % (HD_SNAPSHOT_MS / HD_TICK_MS) == 0) take_snapshot(w);
+    take_detail(w, now);
 }
 
 void hd__metrics_worker_init(hd_worker_t *w) {
@@ -206,7 +304,9 @@ void hd__metrics_worker_stop(hd_worker_t *w) {
 
 void hd__metrics_worker_free(hd_worker_t *w) {
     free(w->metrics.snap);
+    free(w->metrics.detail);
     w->metrics.snap = NULL;
+    w->metrics.detail = NULL;
     uv_mutex_destroy(&w->metrics.lock);
 }
 

@@ -89,6 +89,14 @@ typedef struct hd_gc_mark_s {
     char session[24];
 } hd_gc_mark_t;
 
+/* A traced site's bytes at the last three samples, newest first (the doctor's leak rule). */
+#define HD_SITE_TRENDS    8     /* the largest sites of a tracing session, each sample */
+#define HD_SITE_SAMPLE_MS 5000u /* how far apart the samples are */
+typedef struct hd_site_trend_s {
+    char key[64];
+    uint64_t bytes[3];
+} hd_site_trend_t;
+
 /* One session as its owner saw it at the last snapshot. */
 typedef struct hd_sess_summary_s {
     char id[24];
@@ -113,7 +121,26 @@ typedef struct hd_sess_summary_s {
     uint64_t traced_current, traced_peak;
     uint64_t tracing_ms; /* how long tracing has been on (0: off) */
     uint64_t events_dropped;
+    hd_site_trend_t sites[HD_SITE_TRENDS]; /* while tracing: its largest sites' trends */
+    size_t nsites;
 } hd_sess_summary_t;
+
+/* More of one session, taken by its owner while someone looks at its page (the dashboard's
+ * /api/session): the heap map and the census by tag and by site. */
+#define HD_DETAIL_ARENAS 128 /* arenas drawn in the heap map (128 MiB); the rest are counted */
+#define HD_DETAIL_TOP    16  /* tags and sites listed */
+typedef struct hd_detail_stat_s {
+    char key[128];
+    uint64_t count, bytes;
+} hd_detail_stat_t;
+typedef struct hd_sess_detail_s {
+    hd_sess_summary_t sum;
+    uint64_t taken_ms;
+    size_t narenas;
+    hd_pool_map_t map[HD_DETAIL_ARENAS * HD_ARENA_MAP_POOLS];
+    hd_detail_stat_t tags[HD_DETAIL_TOP], sites[HD_DETAIL_TOP];
+    size_t ntags, nsites;
+} hd_sess_detail_t;
 
 /* A session's figures that only its owner updates between snapshots (session.c gives every
  * session one: hd__metrics_session_open). */
@@ -125,6 +152,9 @@ typedef struct hd_sess_metrics_s {
     uint64_t uncoll_n[16];
     unsigned uncoll_next;
     uint64_t tracing_since; /* hd__now_ms when a snapshot first saw it tracing, or 0 */
+    hd_site_trend_t sites[HD_SITE_TRENDS]; /* the trends of the last sample */
+    size_t nsites;
+    uint64_t sampled_ms; /* when the last sample was taken */
 } hd_sess_metrics_t;
 
 /* A worker's share. The counters are written by the worker only; lock guards snap, the ring
@@ -146,6 +176,9 @@ typedef struct hd_wmetrics_s {
     uint64_t snap_ms;
     hd_gc_mark_t ring[HD_GC_RING]; /* the last ring_n collections, oldest at ring_head */
     size_t ring_head, ring_n;
+    char want[24];            /* a session whose detail someone looks at, or "" */
+    uint64_t want_until;      /* hd__now_ms until which it is wanted */
+    hd_sess_detail_t *detail; /* the last detail taken, or NULL */
 } hd_wmetrics_t;
 
 /* What a reader gathered from every worker (hd__metrics_view): plain memory. */
@@ -192,6 +225,11 @@ static inline void hd__counter_add(atomic_uint_fast64_t *c, uint64_t n) {
 }
 /* Counts a refused connection (any thread). */
 void hd__metrics_reject(hd_server_t *srv, hd_reject_t why);
+
+/* The detail of session id, if its owner took one within the last 2 s, copied into out
+ * (returns 0); else asks the owner for one (within HD_TICK_MS) and returns HD_EBUSY; or
+ * HD_ENOSESSION. Any thread. */
+int hd__metrics_detail(hd_server_t *srv, const char *id, hd_sess_detail_t *out);
 
 /* Reader side, any thread. Fills v from every worker (with_marks: the recent collections
  * too). Returns 0 or HD_ENOMEM; free with hd__mview_free. */

@@ -31,8 +31,8 @@ function css(name) { return getComputedStyle(document.documentElement).getProper
 
 async function getJSON(url) {
   const r = await fetch(url, { cache: "no-store", credentials: "same-origin" });
-  if (r.status === 401) return { status: 401 };
-  if (r.status === 404) return { status: 404 };
+  // 401: needs an admin; 404: no such session; 503: its worker is taking the first look.
+  if (r.status === 401 || r.status === 404 || r.status === 503) return { status: r.status };
   if (!r.ok) throw new Error(url + ": " + r.status);
   return { status: 200, data: await r.json() };
 }
@@ -47,6 +47,7 @@ function drawLines(canvas, times, series, fmt) {
   g.font = "11px system-ui, sans-serif";
   let max = 1;
   for (const s of series) for (const v of s.values) max = Math.max(max, v);
+  max = Math.ceil(max / 4) * 4; // four whole steps on the axis
   const t0 = times.length ? times[0] : 0, t1 = times.length ? times[times.length - 1] : 1;
   const x = (t) => padL + (W - padL - 6) * (t1 > t0 ? (t - t0) / (t1 - t0) : 1);
   const y = (v) => 6 + (H - padB - 6) * (1 - v / max);
@@ -238,6 +239,7 @@ function fillTable(table, rows) {
 async function refreshSession(id) {
   $("s-id").textContent = id;
   const r = await getJSON("/api/session?id=" + encodeURIComponent(id));
+  if (r.status === 503) return; // asked for: the next tick has it
   $("s-denied").hidden = r.status !== 401;
   $("s-gone").hidden = r.status !== 404;
   $("s-body").hidden = r.status !== 200;
