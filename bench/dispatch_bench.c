@@ -1,14 +1,16 @@
 /*
  * dispatch_bench.c: heapd-dispatch-bench, the protocol layer's speed without sockets.
  *
- *   heapd-dispatch-bench [--frames N]
+ *   heapd-dispatch-bench [--frames N] [--counted]
  *
  * Runs N request frames through hd_dispatch_frame and hd_dispatch_drain_events on one heap, in
  * one thread, exactly as a worker does for one connection, and prints one JSON object with
  * the time per frame. The frames are heapd-bench's default mix (bench/heapd_bench.c), packed
  * once with the generated protobuf-c code: a cycle of six, alloc (16 bytes, one slot) and the
  * decref of the handle it returned, incref and decref of a container, and set_slot of one of
- * the container's slots to a target object and back to empty.
+ * the container's slots to a target object and back to empty. --counted gives the env the
+ * per-worker counters a worker's connections have (requests by op and status, for /metrics),
+ * as the daemon does; without it they are off, so the two runs show what counting costs.
  *
  * Wall-clock time here moves with the machine's load; for a figure that repeats, count
  * instructions with callgrind at two sizes and take the difference (docs/PERFORMANCE.md):
@@ -73,16 +75,19 @@ static uint64_t run(hd_dispatch_env_t *env, const frame_t *f, hd_buf_t *out) {
 int main(int argc, char **argv) {
     static const struct option options[] = {
         {"frames", required_argument, NULL, 'n'},
+        {"counted", no_argument, NULL, 'c'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     unsigned long long nframes = 3000000;
-    int o;
-    while ((o = getopt_long(argc, argv, "n:h", options, NULL)) != -1) {
+    int o, counted = 0;
+    while ((o = getopt_long(argc, argv, "n:ch", options, NULL)) != -1) {
         if (o == 'n') {
             nframes = strtoull(optarg, NULL, 10);
+        } else if (o == 'c') {
+            counted = 1;
         } else {
-            fputs("usage: heapd-dispatch-bench [--frames N]   (default 3000000)\n",
+            fputs("usage: heapd-dispatch-bench [--frames N] [--counted]   (default 3000000)\n",
                   o == 'h' ? stdout : stderr);
             return o == 'h' ? 0 : 2;
         }
@@ -94,7 +99,10 @@ int main(int argc, char **argv) {
     hd_handle_t base, target;
     if (hd_alloc(heap, &base_args, &base) < 0 || hd_alloc(heap, &target_args, &target) < 0)
         die("cannot allocate the container");
-    hd_dispatch_env_t env = {.heap = heap, .max_read_bytes = HD_DISPATCH_DEFAULT_READ};
+    static hd_op_counters_t counters;
+    hd_dispatch_env_t env = {.heap = heap,
+                             .max_read_bytes = HD_DISPATCH_DEFAULT_READ,
+                             .counters = counted ? &counters : NULL};
 
     /* The cycle: alloc, decref (of its handle), incref, decref, set_slot x2. */
     enum { F_ALLOC, F_DECREF_NEW, F_INCREF, F_DECREF_BASE, F_SET, F_CLEAR, NFRAMES };
