@@ -155,7 +155,8 @@ int hd__server_run(hd_server_t *srv) {
     }
     uv_run(&loop, UV_RUN_DEFAULT); /* until the listeners and signals are closed */
     hd__workers_stop(srv);
-    hd__http_stop(srv); /* last: /readyz says 503 while the workers finish */
+    hd__http_stop(srv); /* after the workers: /readyz says 503 while they finish */
+    hd__workers_free(srv);
     uv_run(&loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&loop) < 0) hd_log_error("main loop still has handles at exit");
     free(srv->listeners);

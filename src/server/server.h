@@ -276,6 +276,9 @@ hd_msg_t *hd__msg_new(hd_msg_type_t type);
 void hd__msg_free(hd_msg_t *msg);
 /* Posts HD_MSG_STOP to every worker and joins them all. */
 void hd__workers_stop(hd_server_t *srv);
+/* Frees what the stopped workers held. Separate from hd__workers_stop so that readers on
+ * another thread (the HTTP server's views of the workers' metrics) can go on until then. */
+void hd__workers_free(hd_server_t *srv);
 /* The worker with the fewest connections. */
 hd_worker_t *hd__worker_pick(hd_server_t *srv);
 

@@ -237,6 +237,13 @@ void hd__workers_stop(hd_server_t *srv) {
             next = m->next;
             hd__msg_free(m);
         }
+        w->inbox_head = w->inbox_tail = NULL;
+    }
+}
+
+void hd__workers_free(hd_server_t *srv) {
+    for (size_t i = 0; i < srv->nworkers; i++) {
+        hd_worker_t *w = &srv->workers[i];
         uv_mutex_destroy(&w->inbox_lock);
         hd__metrics_worker_free(w);
         hd_config_free(&w->cfg);
