@@ -127,6 +127,32 @@ class DoctorTest(h.unittest.TestCase):
         self.assertRegex(f["evidence"], r"^1\d of 1\d sessions are detached")
         held.ok("ping")
 
+    def test_a_sessions_page_needs_an_admin(self):
+        s = self.d.session()
+        s.alloc(size=10, tag="Node")
+        path = "/api/session?id=" + self.sid(s)
+        status, headers, _ = self.d.http_get(path)
+        self.assertEqual(status, 401)
+        self.assertIn("Bearer", headers["WWW-Authenticate"])
+        self.assertEqual(self.d.http_get(path, headers={"Authorization": "Bearer nope"})[0], 401)
+        for creds in ({"Authorization": "Bearer " + ADMIN}, {"Cookie": "a=b; heapd_admin=" + ADMIN}):
+            # The first look asks the owner worker for the detail (503, Retry-After: 1).
+            got = h.wait_until(lambda: self.d.http_get(path, headers=creds))
+            status, headers, body = got
+            self.assertIn(status, (200, 503))
+            if status == 503:
+                self.assertEqual(headers["Retry-After"], "1")
+            got = h.wait_until(lambda: (lambda r: r if r[0] == 200 else None)(
+                self.d.http_get(path, headers=creds)))
+            self.assertIsNotNone(got)
+            detail = json.loads(got[2])
+            self.assertEqual(detail["id"], self.sid(s))
+            self.assertEqual([t["key"] for t in detail["tags"]], ["Node"])
+            self.assertEqual(len(detail["map"]["arenas"]), detail["heap"]["arenas_current"])
+        status, _, _ = self.d.http_get("/api/session?id=ffffffffffffffff",
+                                       headers={"Authorization": "Bearer " + ADMIN})
+        self.assertEqual(status, 404)
+
     def test_a_sessions_findings_need_an_admin(self):
         s = self.d.session()
         status, headers, _ = self.d.http_get("/api/doctor?session=" + self.sid(s))
