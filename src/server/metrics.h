@@ -237,7 +237,8 @@ int hd__metrics_view(hd_server_t *srv, int with_marks, hd_mview_t *v);
 void hd__mview_free(hd_mview_t *v);
 /* Appends the Prometheus text exposition (format 0.0.4) of v to out. Returns 0 or HD_ENOMEM. */
 int hd__metrics_render(const hd_mview_t *v, hd_buf_t *out);
-/* The resident set size of the process, in bytes; 0 if unknown. */
+/* The resident set size of the process, from /proc/self/statm, in bytes; 0 if unknown
+ * (server_stats and /metrics report the same figure). */
 uint64_t hd__rss_bytes(void);
 
 #endif /* HD_SERVER_METRICS_H */

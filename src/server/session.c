@@ -443,16 +443,6 @@ void hd__session_hello(hd_conn_t *c, const uint8_t *payload, size_t len, hd_hell
 /* Admin services.                                                                             */
 /* ------------------------------------------------------------------------------------------ */
 
-/* The resident set from /proc/self/statm (pages), in bytes; 0 if unknown. */
-static uint64_t rss_bytes(void) {
-    FILE *f = fopen("/proc/self/statm", "r");
-    unsigned long long size = 0, resident = 0;
-    if (!f) return 0;
-    if (fscanf(f, "%llu %llu", &size, &resident) != 2) resident = 0;
-    fclose(f);
-    return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
-}
-
 int hd__sessions_server_stats(hd_worker_t *w, hd_server_stats_t *out) {
     hd_server_t *srv = w->srv;
     hd_registry_t *r = &srv->registry;
@@ -471,7 +461,7 @@ int hd__sessions_server_stats(hd_worker_t *w, hd_server_stats_t *out) {
     for (size_t i = 0; i < srv->nworkers; i++)
         out->requests += atomic_load_explicit(&srv->workers[i].requests, memory_order_relaxed);
     out->uptime_ms = hd__now_ms() - srv->start_ms;
-    out->rss_bytes = rss_bytes();
+    out->rss_bytes = hd__rss_bytes();
     return 0;
 }
 
