@@ -748,8 +748,9 @@ static int check_handles(hd_heap_t *h, const hd_handle_t *objs, size_t n) {
  * listed once. Compares slot refs against the sorted targets without reading the targets:
  * O(tracked slots * log n).
  */
-int hd_gc_get_referrers(hd_heap_t *h, const hd_handle_t *objs, size_t n, int newref,
+int hd_gc_get_referrers(hd_heap_t *h, const hd_handle_t *objs, size_t n, int flags,
                         hd_handles_t *out) {
+    int newref = flags & HD_LIST_NEWREF;
     if (!out || (n && !objs)) return HD_EINVAL;
     /* Every handle is checked before the target array is allocated, so that a stale one is
      * HD_ENOOBJ whatever the memory (as in hd_gc_get_referents). */
@@ -785,10 +786,13 @@ int hd_gc_get_referrers(hd_heap_t *h, const hd_handle_t *objs, size_t n, int new
     return rc;
 }
 
-/* As gc.get_referents: every non-empty slot of each of objs, in order, duplicates kept.
- * O(slots of objs). */
-int hd_gc_get_referents(hd_heap_t *h, const hd_handle_t *objs, size_t n, int newref,
+/* As gc.get_referents: every non-empty slot of each of objs, in order, duplicates kept; with
+ * HD_LIST_DISTINCT each target once, where it first appears, marked HD_OF_LISTED while the
+ * list is built (so it needs no memory but the list, however many duplicates a request
+ * names). A list that would pass out->max stops at once with HD_ERANGE. O(slots of objs). */
+int hd_gc_get_referents(hd_heap_t *h, const hd_handle_t *objs, size_t n, int flags,
                         hd_handles_t *out) {
+    int newref = flags & HD_LIST_NEWREF, distinct = flags & HD_LIST_DISTINCT;
     if (!out || (n && !objs)) return HD_EINVAL;
     for (size_t k = 0; k < n; k++) { /* every handle is checked before anything changes */
         hd_ref_t r;
@@ -797,18 +801,23 @@ int hd_gc_get_referents(hd_heap_t *h, const hd_handle_t *objs, size_t n, int new
         if (rc < 0) return rc;
     }
     size_t from = out->n;
-    for (size_t k = 0; k < n; k++) {
+    int rc = 0;
+    for (size_t k = 0; k < n && rc == 0; k++) {
         hd_obj_t *o = hd__obj(h, (hd_ref_t)objs[k]);
         for (uint32_t i = 0; i < o->nslots; i++) {
-            if (!o->slots[i]) continue;
-            int rc = hd__handles_push(h, out, o->slots[i], newref);
-            if (rc < 0) {
-                hd__handles_unwind(h, out, from, newref);
-                return rc;
-            }
+            hd_ref_t t = o->slots[i];
+            if (!t) continue;
+            hd_obj_t *to = hd__obj(h, t);
+            if (distinct && (to->flags & HD_OF_LISTED)) continue;
+            if ((rc = hd__handles_push(h, out, t, newref)) < 0) break;
+            if (distinct) to->flags |= HD_OF_LISTED;
         }
     }
-    return 0;
+    /* After this, no object is marked: every marked one is in the list. */
+    for (size_t i = from; distinct && i < out->n; i++)
+        hd__obj(h, (hd_ref_t)out->v[i])->flags &= (uint16_t)~HD_OF_LISTED;
+    if (rc < 0) hd__handles_unwind(h, out, from, newref);
+    return rc;
 }
 
 /* ------------------------------------------------------------------------------------------ */

@@ -187,7 +187,14 @@ int hd_obj_info(hd_heap_t *h, hd_handle_t o, hd_obj_info_t *out);
 typedef struct hd_handles_s {
     hd_handle_t *v;
     size_t n, cap;
+    size_t max; /* 0, or the most handles the vector may hold: a call that would list more
+                 * fails with HD_ERANGE as soon as it finds one too many, its references
+                 * given back, so a result is bounded before it is built */
 } hd_handles_t;
+
+/* Flags of the calls that list objects. */
+#define HD_LIST_NEWREF   1 /* each handle listed holds a new client reference */
+#define HD_LIST_DISTINCT 2 /* hd_gc_get_referents: each object once, where it first appears */
 /* Frees the vector's memory (not the references it may hold). */
 void hd_handles_free(hd_handles_t *hv);
 
@@ -234,13 +241,15 @@ int hd_gc_is_tracked(hd_heap_t *h, hd_handle_t o, int *tracked);
 void hd_gc_set_debug(hd_heap_t *h, int flags);
 int hd_gc_get_debug(hd_heap_t *h);
 /* Tracked objects (frozen ones excluded) with a slot pointing at any of objs, each listed
- * once, in the order of generations 0, 1, 2 and of each generation's list. With newref, each
- * result holds a new client reference; otherwise the handles are borrowed. */
-int hd_gc_get_referrers(hd_heap_t *h, const hd_handle_t *objs, size_t n, int newref,
+ * once, in the order of generations 0, 1, 2 and of each generation's list. With
+ * HD_LIST_NEWREF in flags, each result holds a new client reference; otherwise the handles
+ * are borrowed. HD_ERANGE past out->max. */
+int hd_gc_get_referrers(hd_heap_t *h, const hd_handle_t *objs, size_t n, int flags,
                         hd_handles_t *out);
 /* Every non-empty slot target of each of objs, in order, duplicates kept (as
- * gc.get_referents). newref as above. */
-int hd_gc_get_referents(hd_heap_t *h, const hd_handle_t *objs, size_t n, int newref,
+ * gc.get_referents), or each target once with HD_LIST_DISTINCT. Flags and out->max as
+ * above. */
+int hd_gc_get_referents(hd_heap_t *h, const hd_handle_t *objs, size_t n, int flags,
                         hd_handles_t *out);
 /* Pages through the tracked objects of a generation (0..2, or -1 for all of 0..2, in that
  * order). Start with *cursor = 0: the call snapshots the generation (later calls ignore

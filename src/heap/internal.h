@@ -403,6 +403,7 @@ enum {
     HD_OF_GARBAGE = 0x0400,     /* on the garbage list (holds one internal reference) */
     HD_OF_WANTS_FINAL = 0x0800, /* allocated with HD_OBJ_FINALIZER (for hd_obj_info) */
     HD_OF_LABELS = 0x1000,      /* has a tag or a site: holds a reference on each interned id */
+    HD_OF_LISTED = 0x2000,      /* gc.c: already in the list being built (distinct referents) */
 };
 
 /*
@@ -698,7 +699,8 @@ void hd__obj_finalize(hd_heap_t *h, hd_ref_t r, hd_obj_t *o);
 /* Empties every slot of o, dropping the slots' references (tp_clear). o must stay alive
  * across the call: the caller holds a reference. */
 void hd__obj_clear_slots(hd_heap_t *h, hd_ref_t r);
-/* Takes a client reference for a result vector (newref) and appends the handle. */
+/* Takes a client reference for a result vector (newref) and appends the handle; HD_ERANGE
+ * when the vector already holds out->max handles. */
 int hd__handles_push(hd_heap_t *h, hd_handles_t *out, hd_ref_t r, int newref);
 /* Drops the client references that hd__handles_push took for out[from..] (error unwinding). */
 void hd__handles_unwind(hd_heap_t *h, hd_handles_t *out, size_t from, int newref);

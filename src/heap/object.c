@@ -626,6 +626,7 @@ int hd_obj_info(hd_heap_t *h, hd_handle_t hd, hd_obj_info_t *out) {
 
 int hd__handles_push(hd_heap_t *h, hd_handles_t *out, hd_ref_t r, int newref) {
     hd_obj_t *o = hd__obj(h, r);
+    if (HD_UNLIKELY(out->max && out->n >= out->max)) return HD_ERANGE;
     if (newref && o->refcnt == UINT32_MAX) return HD_EOVERFLOW;
     if (hd__vec_reserve((void **)&out->v, &out->cap, out->n + 1, sizeof *out->v) < 0)
         return HD_ENOMEM;
@@ -652,5 +653,5 @@ void hd_handles_free(hd_handles_t *hv) {
     if (!hv) return;
     hd__free(hv->v);
     hv->v = NULL;
-    hv->n = hv->cap = 0;
+    hv->n = hv->cap = 0; /* max stays: it is the caller's bound, not the vector's memory */
 }

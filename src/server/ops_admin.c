@@ -10,11 +10,6 @@
 
 #include "ops.h"
 
-/* The payload is a pointer to memory from malloc (the server's list_sessions result). */
-static void release_free_ptr(void *p) {
-    free(*(void **)p);
-}
-
 static int op_server_stats(hd_opctx_t *c, const Heapd__V1__ServerStats *a,
                            Heapd__V1__ServerStatsResult *r) {
     const hd_server_ops_t *ops = c->env->ops;
@@ -29,23 +24,23 @@ static int op_server_stats(hd_opctx_t *c, const Heapd__V1__ServerStats *a,
     return 0;
 }
 
+/* The server's list is copied, as far as it fits the budget, and freed at once: a batch of
+ * list_sessions holds at most one list at a time. */
 static int op_list_sessions(hd_opctx_t *c, const Heapd__V1__ListSessions *a,
                             Heapd__V1__ListSessionsResult *r) {
     const hd_server_ops_t *ops = c->env->ops;
     if (ops == NULL || ops->list_sessions == NULL) return hd__op_not_provided(c, "list_sessions");
-    hd_session_info_t **list = hd__op_hold(c, sizeof *list, release_free_ptr);
-    if (list == NULL) return HD_ENOMEM;
+    hd_session_info_t *list = NULL;
     size_t n = 0;
-    int rc = hd__op_server_err(ops->list_sessions(c->env->ops_ctx, list, &n));
+    int rc = hd__op_server_err(ops->list_sessions(c->env->ops_ctx, &list, &n));
     if (rc < 0) return rc;
-    if (*list == NULL) n = 0;
+    if (list == NULL) n = 0;
     Heapd__V1__SessionInfo *m = hd__op_array(c, n, sizeof *m);
     Heapd__V1__SessionInfo **v = hd__op_array(c, n, sizeof *v);
-    if (m == NULL || v == NULL) return HD_ENOMEM;
     uint64_t used = 0;
     size_t k = 0;
-    for (; k < n; k++) {
-        hd_session_info_t *s = &(*list)[k];
+    for (; m != NULL && v != NULL && k < n; k++) {
+        hd_session_info_t *s = &list[k];
         s->id[sizeof s->id - 1] = '\0';
         s->peer[sizeof s->peer - 1] = '\0';
         heapd__v1__session_info__init(&m[k]);
@@ -58,8 +53,15 @@ static int op_list_sessions(hd_opctx_t *c, const Heapd__V1__ListSessions *a,
         m[k].idle_ms = s->idle_ms;
         m[k].created_unix = s->created_unix;
         if (!hd__op_entry_fits(c, &used, &m[k].base, 2)) break;
+        m[k].id = hd__op_strdup(c, s->id);
+        m[k].peer = hd__op_strdup(c, s->peer);
+        if (m[k].id == NULL || m[k].peer == NULL) break;
         v[k] = &m[k];
     }
+    bool short_of_memory =
+        m == NULL || v == NULL || (k < n && (m[k].id == NULL || m[k].peer == NULL));
+    free(list);
+    if (short_of_memory) return HD_ENOMEM;
     r->sessions = v;
     r->n_sessions = k;
     r->total = n;

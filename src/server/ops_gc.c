@@ -3,8 +3,10 @@
  * names and semantics of CPython 3.11's gc module.
  *
  * The results that list handles draw on the response budget: a page of gc_get_objects or of
- * gc.garbage is cut to what fits, and a get_referrers/get_referents list over it is refused
- * with its new references dropped again, so a refused request changes nothing.
+ * gc.garbage is cut to what fits, and a get_referrers/get_referents list is bounded by it as
+ * the engine builds it (hd_handles_t.max), refused with ERANGE at the first handle too many,
+ * its new references dropped again, so a refused request changes nothing and no request
+ * makes the server hold more than its budget.
  */
 
 #include "ops.h"
@@ -144,57 +146,33 @@ static int op_gc_is_tracked(hd_opctx_t *c, const Heapd__V1__GcIsTracked *a,
     return 0;
 }
 
-typedef int (*graph_fn)(hd_heap_t *h, const hd_handle_t *objs, size_t n, int newref,
+typedef int (*graph_fn)(hd_heap_t *h, const hd_handle_t *objs, size_t n, int flags,
                         hd_handles_t *out);
 
-/* Keeps the first of each run of equal handles in hv, in order, and drops the new reference
- * each later one holds (with newref). The handles seen go in an open-addressing set in frame
- * memory, of at least twice as many slots as handles; 0 is never a handle, so it marks an
- * empty slot. O(n) expected. HD_ENOMEM leaves hv as it was. */
-static int keep_distinct(hd_opctx_t *c, hd_handles_t *hv, bool newref) {
-    if (hv->n < 2) return 0;
-    size_t cap = 16;
-    while (cap < hv->n * 2 && cap < SIZE_MAX / 4)
-        cap *= 2;
-    uint64_t *set = hd__op_array(c, cap, sizeof *set);
-    if (set == NULL) return HD_ENOMEM;
-    size_t k = 0;
-    for (size_t i = 0; i < hv->n; i++) {
-        uint64_t h = hv->v[i];
-        size_t j = (size_t)((h * 0x9E3779B97F4A7C15u) >> 20) & (cap - 1);
-        while (set[j] != 0 && set[j] != h)
-            j = (j + 1) & (cap - 1);
-        if (set[j] == h) {
-            if (newref) {
-                int rc = hd_decref(c->heap, h, 1); /* undoes this entry's incref: cannot fail */
-                HD_ASSERT(rc == 0);
-                (void)rc;
-            }
-            continue;
-        }
-        set[j] = h;
-        hv->v[k++] = h;
-    }
-    hv->n = k;
-    return 0;
-}
-
-/* get_referrers and get_referents: the result's size is the engine's to decide, so a list
- * over the budget is refused after the fact, and the references it took are dropped. */
+/* get_referrers and get_referents: the result's size is the engine's to decide, so the list is
+ * bounded as it is built: the engine stops with ERANGE at the first handle past what fits in
+ * the budget, giving back the references it took, and the vector is freed at once, so that a
+ * batch of such requests never holds more than one of them. */
 static int graph_query(hd_opctx_t *c, graph_fn fn, const uint64_t *objs, size_t n, bool borrow,
                        bool distinct, Heapd__V1__HandlesResult *r) {
     hd_handles_t *hv = hd__op_hold(c, sizeof *hv, release_handles);
     if (hv == NULL) return HD_ENOMEM;
-    int rc = fn(c->heap, objs, n, !borrow, hv);
-    if (rc < 0) return rc;
-    if (distinct && (rc = keep_distinct(c, hv, !borrow)) < 0) {
+    size_t room = handle_room(c);
+    hv->max = room ? room : 1; /* max 0 would be no bound; one past room is refused below */
+    int flags = (borrow ? 0 : HD_LIST_NEWREF) | (distinct ? HD_LIST_DISTINCT : 0);
+    int rc = fn(c->heap, objs, n, flags, hv);
+    if (rc == 0 && hv->n > room) {
         if (!borrow) undo_refs(c->heap, hv);
-        return rc;
+        rc = HD_ERANGE;
     }
-    if (hv->n > handle_room(c)) {
-        if (!borrow) undo_refs(c->heap, hv);
-        return hd__op_fail(c, HD_ERANGE, "%zu handles are over the %zu that fit in max_read_bytes",
-                           hv->n, handle_room(c));
+    if (rc < 0) {
+        hd_handles_free(hv);
+        if (rc == HD_ERANGE)
+            return hd__op_fail(c, rc,
+                               "the list is over the %zu handles that fit in what is left of "
+                               "max_read_bytes",
+                               room);
+        return rc;
     }
     r->handles = hv->v;
     r->n_handles = hv->n;

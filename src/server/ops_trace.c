@@ -4,7 +4,7 @@
  *
  * Statistics are copied out of the engine's result, largest first, up to the request's limit
  * and the response budget; their keys are copied too, since a later op of a batch may free
- * the snapshot before the response is packed.
+ * the snapshot before the response is packed, and the engine's result is freed at once.
  */
 #include "ops.h"
 
@@ -12,10 +12,6 @@ _Static_assert((int)HEAPD__V1__TRACE_GROUP__BY_SITE == (int)HD_TRACE_BY_SITE,
                "TraceGroup = hd_trace_group");
 _Static_assert((int)HEAPD__V1__TRACE_GROUP__BY_TAG == (int)HD_TRACE_BY_TAG,
                "TraceGroup = hd_trace_group");
-
-static void release_trace_stats(void *p) {
-    hd_trace_stats_free(p);
-}
 
 static int snap_err(hd_opctx_t *c, int err, uint32_t id) {
     if (err == HD_ENOSNAP) return hd__op_fail(c, err, "snapshot %u", id);
@@ -98,28 +94,32 @@ static int trace_result(hd_opctx_t *c, const hd_trace_stats_t *ts, uint32_t limi
     return 0;
 }
 
+/* The engine's vector is freed as soon as what fits is copied, never held until the response
+ * is packed: a batch of statistics requests holds at most one of them at a time. */
 static int op_trace_statistics(hd_opctx_t *c, const Heapd__V1__TraceStatistics *a,
                                Heapd__V1__TraceStatsResult *r) {
     int rc = check_group(c, a->group);
     if (rc < 0) return rc;
-    hd_trace_stats_t *ts = hd__op_hold(c, sizeof *ts, release_trace_stats);
-    if (ts == NULL) return HD_ENOMEM;
-    rc = hd_trace_statistics(c->heap, a->snapshot, (hd_trace_group_t)a->group, ts);
+    hd_trace_stats_t ts;
+    rc = hd_trace_statistics(c->heap, a->snapshot, (hd_trace_group_t)a->group, &ts);
     if (rc < 0) return snap_err(c, rc, a->snapshot);
-    return trace_result(c, ts, a->limit, r);
+    rc = trace_result(c, &ts, a->limit, r);
+    hd_trace_stats_free(&ts);
+    return rc;
 }
 
 static int op_trace_compare(hd_opctx_t *c, const Heapd__V1__TraceCompare *a,
                             Heapd__V1__TraceStatsResult *r) {
     int rc = check_group(c, a->group);
     if (rc < 0) return rc;
-    hd_trace_stats_t *ts = hd__op_hold(c, sizeof *ts, release_trace_stats);
-    if (ts == NULL) return HD_ENOMEM;
-    rc = hd_trace_compare(c->heap, a->snapshot, a->old_snapshot, (hd_trace_group_t)a->group, ts);
+    hd_trace_stats_t ts;
+    rc = hd_trace_compare(c->heap, a->snapshot, a->old_snapshot, (hd_trace_group_t)a->group, &ts);
     if (rc == HD_ENOSNAP)
         return hd__op_fail(c, rc, "snapshot %u or %u", a->snapshot, a->old_snapshot);
     if (rc < 0) return rc;
-    return trace_result(c, ts, a->limit, r);
+    rc = trace_result(c, &ts, a->limit, r);
+    hd_trace_stats_free(&ts);
+    return rc;
 }
 
 /* A snapshot's traces, as many as the request's max and the budget allow from its start. The

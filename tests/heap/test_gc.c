@@ -680,6 +680,61 @@ static void test_get_referents(void **state) {
     assert_int_equal(hv.n, 0);
     assert_int_equal(tu_refcnt(h, s), before);
     hd_handles_free(&hv);
+
+    /* Distinct: each target once, where it first appears, however often objs repeat. */
+    hd_handle_t rep[6] = {a, a, b, a, s, b};
+    assert_int_equal(hd_gc_get_referents(h, rep, 6, HD_LIST_NEWREF | HD_LIST_DISTINCT, &hv), 0);
+    assert_int_equal(hv.n, 3);
+    assert_true(hv.v[0] == s && hv.v[1] == b && hv.v[2] == a);
+    assert_int_equal(tu_refcnt(h, s), before + 1);
+    release_all(h, &hv);
+    /* No mark is left behind: the same call again gives the same list. */
+    assert_int_equal(hd_gc_get_referents(h, rep, 6, HD_LIST_DISTINCT, &hv), 0);
+    assert_int_equal(hv.n, 3);
+    hv.n = 0;
+    hd_handles_free(&hv);
+}
+
+/* A list is bounded as it is built: one past max is HD_ERANGE at once, with every reference
+ * given back and no mark left, however large the whole list would have been. */
+static void test_referents_bounded(void **state) {
+    hd_heap_t *h = TU_HEAP(state);
+    hd_handle_t t = tu_obj(h, 0, 8), o = tu_obj(h, 1000, 0), u = tu_obj(h, 0, 8);
+    for (uint32_t i = 0; i < 1000; i++)
+        link(h, o, i, i == 999 ? u : t);
+    static hd_handle_t many[4096];
+    for (int i = 0; i < 4096; i++)
+        many[i] = o;
+    uint64_t before = tu_refcnt(h, t);
+    hd_handles_t hv = {.max = 100};
+    /* 4,096,000 handles asked for; the vector never grows past about 100. */
+    assert_int_equal(hd_gc_get_referents(h, many, 4096, HD_LIST_NEWREF, &hv), HD_ERANGE);
+    assert_int_equal(hv.n, 0);
+    assert_true(hv.cap <= 256);
+    assert_int_equal(tu_refcnt(h, t), before);
+    /* Distinct fits: two objects. */
+    assert_int_equal(hd_gc_get_referents(h, many, 4096, HD_LIST_NEWREF | HD_LIST_DISTINCT, &hv), 0);
+    assert_int_equal(hv.n, 2);
+    release_all(h, &hv);
+    hv.max = 1;
+    assert_int_equal(hd_gc_get_referents(h, many, 1, HD_LIST_NEWREF | HD_LIST_DISTINCT, &hv),
+                     HD_ERANGE);
+    assert_int_equal(tu_refcnt(h, t), before);
+    hv.max = 2;
+    assert_int_equal(hd_gc_get_referents(h, many, 1, HD_LIST_DISTINCT, &hv), 0);
+    assert_int_equal(hv.n, 2);
+    hv.n = 0;
+    /* Referrers too. */
+    hd_handle_t r1 = tu_obj(h, 1, 0), r2 = tu_obj(h, 1, 0);
+    link(h, r1, 0, u);
+    link(h, r2, 0, u);
+    hv.max = 2;
+    assert_int_equal(hd_gc_get_referrers(h, &u, 1, HD_LIST_NEWREF, &hv), HD_ERANGE);
+    assert_int_equal(hv.n, 0);
+    hv.max = 3;
+    assert_int_equal(hd_gc_get_referrers(h, &u, 1, 0, &hv), 0);
+    assert_int_equal(hv.n, 3);
+    hd_handles_free(&hv);
 }
 
 static void test_get_objects_paging(void **state) {
@@ -1220,6 +1275,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_is_tracked, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_get_referrers, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_get_referents, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_referents_bounded, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_get_objects_paging, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_get_objects_cursor_limits, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_saveall, tu_setup, tu_teardown),

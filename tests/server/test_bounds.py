@@ -19,6 +19,30 @@ class BoundsTest(h.unittest.TestCase):
         self.addCleanup(d.stop)
         return d
 
+    def test_01_results_bounded_before_they_are_built(self):
+        # One handle repeated 4096 times, an object of 4096 slots: 16.7M handles (134 MB)
+        # asked for by a 32 KiB request. The list stops at what fits in max_read_bytes.
+        d = self.daemon(max_frame_bytes="1MiB")
+        r = abuse.attack_1(d)
+        self.assertEqual(r["status"], "ERANGE")
+        self.assertEqual((r["distinct_status"], r["distinct"]), ("OK", 1))
+        self.assertLess(r["rss_peak"] - r["rss_before"], 3 * r["max_read_bytes"] + 4 * MIB, r)
+        # In a batch: 100 such requests hold no more than one does.
+        c = d.session()
+        o = c.alloc(slots=1000)
+        t = c.alloc(size=8)
+        abuse.send_batch(c, [abuse.request(k, "set_slot", abuse.field_fixed64(1, o) +
+                                           abuse.field_varint(2, k) + abuse.field_fixed64(3, t))
+                             for k in range(1000)])
+        body = abuse.field_bytes(1, h.struct.pack("<1000Q", *([o] * 1000))) + \
+            abuse.field_varint(2, 1)
+        with abuse.Measure(d) as m:
+            res = abuse.send_batch(c, [abuse.request(k, "gc_get_referents", body)
+                                       for k in range(100)])
+        self.assertEqual({x.status.name for x in res.batch.results}, {"ERANGE"})
+        self.assertLess(m.grew(), 3 * r["max_read_bytes"] + 4 * MIB)
+        self.assertEqual(c.ok("getrefcount", handle=t).value, 1001)
+
     def test_04_slowloris_before_hello(self):
         # Connections from 127.0.0.2 that send a header and then a byte every 0.2 s. With
         # max_connections_per_ip they get half the slots and a client from 127.0.0.1 is served
