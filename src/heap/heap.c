@@ -15,11 +15,6 @@
 #include <sys/random.h>
 #include <time.h>
 
-/* At most this many events wait in one heap; past it they are counted as dropped. A
- * collection that frees a million finalizable objects still fits; a client that never
- * reads is bounded at about 64 MiB. */
-#define HD_EVENTS_MAX (1u << 20)
-
 void hd_heap_config_init(hd_heap_config_t *cfg) {
     memset(cfg, 0, sizeof *cfg);
     cfg->gc_enabled = 1;
@@ -137,7 +132,7 @@ void hd__event_push(hd_heap_t *h, const hd_event_t *ev) {
     HD_ASSERT(ev->type != HD_EV_FINALIZED);
     if (!hd__event_wanted(h, ev->type)) return;
     unsigned nrec = ev->type == HD_EV_GC_STOP ? 2 : 1;
-    if (q->n >= HD_EVENTS_MAX || !rec_room(q, nrec)) {
+    if (!rec_room(q, nrec)) {
         q->dropped++;
         return;
     }
@@ -156,7 +151,7 @@ void hd__event_push(hd_heap_t *h, const hd_event_t *ev) {
 void hd__event_push_finalized(hd_heap_t *h, hd_handle_t handle, uint16_t tag) {
     hd_evqueue_t *q = &h->events;
     if (!hd__event_wanted(h, HD_EV_FINALIZED)) return;
-    if (q->n >= HD_EVENTS_MAX || !rec_room(q, 1)) {
+    if (!rec_room(q, 1)) {
         q->dropped++;
         return;
     }
@@ -202,6 +197,10 @@ int hd_events_pop(hd_heap_t *h, hd_event_t *out) {
     }
     q->n--;
     return 1;
+}
+
+uint64_t hd_events_pending(const hd_heap_t *h) {
+    return h->events.n;
 }
 
 uint64_t hd_events_dropped(hd_heap_t *h) {

@@ -328,7 +328,9 @@ unsigned hd_events_get_mask(hd_heap_t *h);
 /* Pops the oldest queued event; returns 1 if one was popped, 0 if the queue is empty. The
  * event's tag stays valid until the next call (a queued event holds its tag's string). */
 int hd_events_pop(hd_heap_t *h, hd_event_t *out);
-/* Events that could not be queued (out of memory or queue limit) since the heap began. */
+/* Events queued and not yet popped. */
+uint64_t hd_events_pending(const hd_heap_t *h);
+/* Events that could not be queued (the server out of memory) since the heap began. */
 uint64_t hd_events_dropped(hd_heap_t *h);
 /* Events queued and not yet popped. */
 uint64_t hd_events_queued(hd_heap_t *h);

@@ -528,6 +528,8 @@ static const hd_config_key_t keys[] = {
                              RELOAD, PUBLIC, NULL,               NULL),
     KEY(output_buffer_limit, size,     "8MiB",                 4 * KIB,               4 * GIB,
                              RELOAD, PUBLIC, NULL,               NULL),
+    KEY(client_stall_timeout, duration, "60s",                 0,                     DAY_MS,
+                             RELOAD, PUBLIC, NULL,               NULL),
     KEY(tokens,              strlist,  "[]",                   0,                     1024,
                              RELOAD, SECRET, NULL,               validate_token),
     KEY(admin_tokens,        strlist,  "[]",                   0,                     1024,

@@ -42,6 +42,7 @@ typedef struct hd_config_s {
     uint64_t idle_timeout;           /* ms: close a connection silent this long; 0 = never */
     uint64_t session_linger;         /* ms: keep a detached session this long */
     uint64_t output_buffer_limit;    /* unsent bytes before reads pause */
+    uint64_t client_stall_timeout;   /* ms a client may take no output before it is dropped */
     hd_strlist_t tokens;             /* hello must present one of these when non-empty */
     hd_strlist_t admin_tokens;       /* tokens that also allow the admin requests */
     int log_level;                   /* hd_log_level_t */

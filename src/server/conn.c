@@ -12,9 +12,12 @@
  *   serving   each frame goes to dispatch.c; after each, the engine's events are drained so
  *             they follow the response that raised them. Responses collect in `out` and are
  *             written once per read, so pipelined requests cost one write.
- *   paused    unsent output (libuv's write queue) is over output_buffer_limit: no frames are
- *             taken and no bytes read until it drains to half the limit. Output over
- *             HD_OUTPUT_HARD_FACTOR times the limit drops the connection.
+ *   paused    unsent output (libuv's write queue) is over output_buffer_limit, or events are
+ *             owed that would take it over: no frames are taken and no bytes read until it
+ *             drains to half the limit; events become output only as it drains, so a client
+ *             that reads gets every one and the server buffers no more than the limit (and
+ *             one response). A client that takes none of its output for
+ *             client_stall_timeout is disconnected.
  *   last write a bad frame, goodbye, a refused hello, idle timeout or shutdown: nothing more
  *             is read; the connection closes once its output is written. When the server
  *             ends it (idle, shutdown, an admin's kill) that output ends with one error
@@ -31,6 +34,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -83,6 +88,10 @@ static size_t queued(const hd_conn_t *c) {
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void frame_clock(hd_conn_t *c);
+static void output_progress(hd_conn_t *c);
+static uint64_t stall_due(const hd_conn_t *c);
+static void arm_timer(hd_conn_t *c);
+static void flush(hd_conn_t *c);
 
 static void start_reading(hd_conn_t *c) {
     if (c->flags & (HD_CONN_READING | HD_CONN_PAUSED | HD_CONN_LAST_WRITE | HD_CONN_CLOSING))
@@ -114,9 +123,12 @@ static void stop_reading(hd_conn_t *c) {
  *          frame_at + frame_timeout + 1 s per min_frame_rate bytes of it received so far
  *          (Apache's mod_reqtimeout rule): a client may be slow, not slower than that.
  *          Only while reading: a paused connection's clock starts again when reading does.
+ *   stall  output waiting for the client since out_since, when it last took any of it:
+ *          out_since + client_stall_timeout. A client that reads, however slowly, is never
+ *          disconnected; one that stops reading is, with a log line.
  *   idle   last_active + idle_timeout.
  * The earliest one that has passed names the reason the connection is closed. */
-typedef enum deadline_e { DL_NONE, DL_HELLO, DL_FRAME, DL_IDLE } deadline_t;
+typedef enum deadline_e { DL_NONE, DL_HELLO, DL_FRAME, DL_STALL, DL_IDLE } deadline_t;
 
 static uint64_t frame_due(const hd_conn_t *c) {
     const hd_config_t *cfg = &c->worker->cfg;
@@ -124,6 +136,11 @@ static uint64_t frame_due(const hd_conn_t *c) {
     uint64_t got = hd_frame_parser_partial(&c->parser);
     uint64_t grace = cfg->min_frame_rate ? got * 1000 / cfg->min_frame_rate : 0;
     return c->frame_at + cfg->frame_timeout + grace;
+}
+
+static uint64_t stall_due(const hd_conn_t *c) {
+    uint64_t t = c->worker->cfg.client_stall_timeout;
+    return c->out_since && t ? c->out_since + t : 0;
 }
 
 /* The earliest deadline, and which it is. */
@@ -135,6 +152,7 @@ static deadline_t next_deadline(const hd_conn_t *c, uint64_t *due) {
     if (!(c->flags & HD_CONN_HELLO_DONE) && (d = c->accepted_at + cfg->hello_timeout) < *due)
         *due = d, which = DL_HELLO;
     if ((d = frame_due(c)) && d < *due) *due = d, which = DL_FRAME;
+    if ((d = stall_due(c)) && d < *due) *due = d, which = DL_STALL;
     if (cfg->idle_timeout && (d = c->last_active + cfg->idle_timeout) < *due)
         *due = d, which = DL_IDLE;
     return which;
@@ -176,6 +194,7 @@ static void on_timer(uv_timer_t *t) {
     if (c->flags & HD_CONN_CLOSING) return;
     uint64_t due, now = uv_now(&c->worker->loop);
     c->timer_due = 0;
+    output_progress(c);
     deadline_t which = next_deadline(c, &due);
     if (which == DL_NONE) return;
     if (now < due) {
@@ -197,6 +216,12 @@ static void on_timer(uv_timer_t *t) {
         if (!(c->flags & HD_CONN_HELLO_DONE))
             hd__metrics_reject(c->worker->srv, HD_REJECT_SLOW_FRAME);
         hd__conn_fail(c, 0, HD_ETIMEDOUT, "frame too slow (frame_timeout, min_frame_rate)");
+    } else if (which == DL_STALL) {
+        hd_log_warn("%s: took none of its %zu bytes of output for %llu ms (client_stall_timeout); "
+                    "disconnecting",
+                    c->peer, queued(c) + c->out.len, (unsigned long long)cfg->client_stall_timeout);
+        hd__conn_close(c); /* nothing more can reach a client that does not read */
+        return;
     } else {
         int hello = !(c->flags & HD_CONN_HELLO_DONE);
         hd_log_info("%s: %s for %llu ms; closing", c->peer, hello ? "no hello, idle" : "idle",
@@ -250,15 +275,79 @@ void hd__conn_close(hd_conn_t *c) {
 /* Writing.                                                                                    */
 /* ------------------------------------------------------------------------------------------ */
 
+/* Whether the session has events the client is still owed (after the client's EOF they are
+ * still sent; after the server's last word, nothing is). */
+static bool events_owed(const hd_conn_t *c) {
+    return c->session && !(c->flags & HD_CONN_FAILED) && hd_events_pending(c->session->heap);
+}
+
 /* Closes the connection once it has nothing left to write, or resumes reading. */
 static void settle(hd_conn_t *c) {
     if (c->flags & (HD_CONN_CLOSING | HD_CONN_IN_PROCESS)) return;
     if (c->flags & HD_CONN_LAST_WRITE) {
         stop_reading(c);
-        if (c->out.len == 0 && c->writes_pending == 0) hd__conn_close(c);
+        if (c->out.len == 0 && c->writes_pending == 0 && !events_owed(c)) hd__conn_close(c);
         return;
     }
     if (!(c->flags & HD_CONN_PAUSED)) start_reading(c);
+}
+
+/* Output on its way to the client: libuv's write queue and the socket's send queue (bytes
+ * not yet taken by the peer: unacknowledged on TCP, unread on a Unix socket, SIOCOUTQ). */
+static size_t output_waiting(const hd_conn_t *c) {
+    size_t q = queued(c);
+    uv_os_fd_t fd;
+    int outq = 0;
+    if (uv_fileno(&c->h.handle, &fd) == 0 && ioctl(fd, SIOCOUTQ, &outq) == 0 && outq > 0)
+        q += (size_t)outq;
+    return q;
+}
+
+/* The stall clock: while output waits, any byte of it the client takes is progress (bytes
+ * handed to the socket so far, less those still waiting, grew). Read on the timer and when a
+ * write completes, never per request. */
+static void output_progress(hd_conn_t *c) {
+    if (queued(c) == 0 && c->writes_pending == 0) {
+        c->out_since = 0;
+        return;
+    }
+    uint64_t taken = c->out_total - output_waiting(c);
+    if (taken != c->out_taken || !c->out_since) {
+        c->out_since = uv_now(&c->worker->loop);
+        c->out_taken = taken;
+    }
+}
+
+/* Stops taking frames and bytes until the client has taken its output down to half of
+ * output_buffer_limit (on_write). */
+static void pause_output(hd_conn_t *c, const char *why) {
+    if (c->flags & (HD_CONN_PAUSED | HD_CONN_CLOSING)) return;
+    hd_log_debug("%s: %zu bytes of unsent output, %s; pausing", c->peer, queued(c), why);
+    c->flags |= HD_CONN_PAUSED;
+    stop_reading(c);
+}
+
+/* Turns the session's queued events into output as long as the connection holds less than
+ * output_buffer_limit of it, handing it to the socket 64 KiB at a time. True when none is
+ * left; false when the rest must wait for the client to read (backpressure: an event is
+ * never dropped for a client that reads, and never buffered past the limit for one that
+ * does not). */
+static bool drain_events(hd_conn_t *c) {
+    uint64_t limit = c->worker->cfg.output_buffer_limit;
+    while (events_owed(c) && !(c->flags & HD_CONN_CLOSING)) {
+        size_t held = queued(c);
+        if (held >= limit) return false;
+        size_t room = limit - held < HD_FLUSH_BYTES ? (size_t)(limit - held) : HD_FLUSH_BYTES;
+        int rc = hd_dispatch_drain_events_upto(&c->env, &c->out, room);
+        if (rc == 1) return true;
+        if (rc < 0) {
+            hd_log_warn("%s: out of memory framing events; closing", c->peer);
+            hd__conn_close(c);
+            return false;
+        }
+        flush(c);
+    }
+    return true;
 }
 
 static void on_write(uv_write_t *req, int status) {
@@ -274,10 +363,11 @@ static void on_write(uv_write_t *req, int status) {
         return;
     }
     c->last_active = uv_now(&c->worker->loop); /* a client taking its output is alive */
+    output_progress(c);
     if ((c->flags & HD_CONN_PAUSED) && queued(c) <= c->worker->cfg.output_buffer_limit / 2) {
         hd_log_debug("%s: output drained to %zu bytes; reading again", c->peer, queued(c));
         c->flags &= ~HD_CONN_PAUSED;
-        process(c); /* frames already buffered first */
+        process(c); /* the events owed, then the frames already buffered */
     }
     settle(c);
 }
@@ -288,6 +378,7 @@ static void flush(hd_conn_t *c) {
     if (c->out.len == 0 || (c->flags & HD_CONN_CLOSING)) return;
     hd__counter_add(&c->worker->metrics.bytes_out, c->out.len);
     size_t off = 0;
+    c->out_total += c->out.len;
     if (queued(c) == 0 && c->writes_pending == 0) {
         uv_buf_t b = uv_buf_init((char *)c->out.data, (unsigned)c->out.len);
         int n = uv_try_write(&c->h.stream, &b, 1);
@@ -321,18 +412,18 @@ static void flush(hd_conn_t *c) {
         return;
     }
     c->writes_pending++;
-    uint64_t limit = c->worker->cfg.output_buffer_limit;
-    if (queued(c) > HD_OUTPUT_HARD_FACTOR * limit) {
-        hd_log_warn("%s: %zu bytes of unsent output, over %u x output_buffer_limit (%llu); "
-                    "disconnecting",
-                    c->peer, queued(c), HD_OUTPUT_HARD_FACTOR, (unsigned long long)limit);
-        hd__conn_close(c);
+    /* Output is waiting on the client now: the stall clock runs from here. */
+    if (!c->out_since) {
+        c->out_since = uv_now(&c->worker->loop);
+        c->out_taken = c->out_total - output_waiting(c);
+        uint64_t due = stall_due(c);
+        if (due && (!c->timer_due || due < c->timer_due)) arm_timer(c);
     }
 }
 
 void hd__conn_fail(hd_conn_t *c, uint64_t id, int code, const char *why) {
-    if (c->flags & (HD_CONN_CLOSING | HD_CONN_LAST_WRITE)) return;
-    c->flags |= HD_CONN_LAST_WRITE;
+    if (c->flags & (HD_CONN_CLOSING | HD_CONN_FAILED)) return;
+    c->flags |= HD_CONN_LAST_WRITE | HD_CONN_FAILED;
     stop_reading(c);
     if (hd_dispatch_error(id, code, why, &c->out) < 0) {
         hd__conn_close(c);
@@ -407,7 +498,14 @@ static void process(hd_conn_t *c) {
         c->out = w->scratch;
         hd_buf_init(&w->scratch);
     }
-    while (!(c->flags & (HD_CONN_LAST_WRITE | HD_CONN_CLOSING | HD_CONN_PAUSED))) {
+    /* Each turn: the events owed first (a request's events come before the next response),
+     * then one frame. Once the client has sent EOF only the events are left to send. */
+    while (!(c->flags & (HD_CONN_CLOSING | HD_CONN_FAILED | HD_CONN_PAUSED))) {
+        if (!drain_events(c)) {
+            pause_output(c, "events waiting for the client to read");
+            break;
+        }
+        if (c->flags & HD_CONN_LAST_WRITE) break;
         const uint8_t *payload;
         size_t len;
         int r = hd_frame_parser_next(&c->parser, &payload, &len);
@@ -423,13 +521,12 @@ static void process(hd_conn_t *c) {
             nframes++;
             if (rc == HD_EPROTO) {
                 hd_log_warn("%s: undecodable request; closing", c->peer);
-                c->flags |= HD_CONN_LAST_WRITE;
+                c->flags |= HD_CONN_LAST_WRITE | HD_CONN_FAILED;
             } else if (rc < 0) {
                 hd_log_warn("%s: %s answering a request; closing", c->peer, hd_strerror(rc));
-                c->flags |= HD_CONN_LAST_WRITE;
+                c->flags |= HD_CONN_LAST_WRITE | HD_CONN_FAILED;
             }
         }
-        if (c->session) hd_dispatch_drain_events(&c->env, &c->out);
         if (c->flags & HD_CONN_GOODBYE) {
             c->flags &= ~HD_CONN_GOODBYE;
             c->flags |= HD_CONN_LAST_WRITE;
@@ -437,12 +534,8 @@ static void process(hd_conn_t *c) {
             if (s) hd__session_destroy(s, "goodbye");
         }
         if (c->out.len >= HD_FLUSH_BYTES) flush(c);
-        if (!(c->flags & HD_CONN_CLOSING) && queued(c) > w->cfg.output_buffer_limit) {
-            hd_log_debug("%s: %zu bytes of unsent output, over output_buffer_limit; pausing",
-                         c->peer, queued(c));
-            c->flags |= HD_CONN_PAUSED;
-            stop_reading(c);
-        }
+        if (!(c->flags & HD_CONN_CLOSING) && queued(c) > w->cfg.output_buffer_limit)
+            pause_output(c, "over output_buffer_limit");
     }
     if (nframes) {
         atomic_fetch_add_explicit(&w->requests, nframes, memory_order_relaxed);
@@ -473,10 +566,11 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
             hd__conn_close(c);
             return;
         }
-        /* The client is done sending; it may still be reading the answers it is owed. */
+        /* The client is done sending; it may still be reading the answers and the events
+         * it is owed. */
         c->flags |= HD_CONN_LAST_WRITE;
         stop_reading(c);
-        settle(c);
+        process(c);
         return;
     }
     c->last_active = uv_now(&c->worker->loop);
@@ -599,6 +693,7 @@ int hd__conn_move(hd_conn_t *c, hd_worker_t *to, const uint8_t *frame, size_t le
 void hd__conn_finish(hd_conn_t *c) {
     if (c->flags & HD_CONN_CLOSING) return;
     if (c->flags & HD_CONN_LAST_WRITE) { /* already ending; its last words are queued */
+        c->flags |= HD_CONN_FAILED;      /* and no more events: the session goes with the server */
         flush(c);
         settle(c);
         return;

@@ -516,13 +516,20 @@ static int write_event(const hd_event_t *ev, hd_buf_t *out) {
     return hd_frame_write_msg(out, &frame.base);
 }
 
-int hd_dispatch_drain_events(hd_dispatch_env_t *env, hd_buf_t *out) {
-    for (;;) {
+int hd_dispatch_drain_events_upto(hd_dispatch_env_t *env, hd_buf_t *out, size_t limit) {
+    while (hd_events_pending(env->heap)) {
+        if (out->len >= limit) return 0;
         /* Room first, so that a popped event is never lost to out of memory. */
         if (hd_buf_reserve(out, EVENT_FRAME_MAX) < 0) return HD_ENOMEM;
         hd_event_t ev;
-        if (!hd_events_pop(env->heap, &ev)) return 0;
+        if (!hd_events_pop(env->heap, &ev)) break;
         int rc = write_event(&ev, out);
         if (rc < 0) return rc;
     }
+    return 1;
+}
+
+int hd_dispatch_drain_events(hd_dispatch_env_t *env, hd_buf_t *out) {
+    int rc = hd_dispatch_drain_events_upto(env, out, SIZE_MAX);
+    return rc < 0 ? rc : 0;
 }

@@ -90,6 +90,10 @@ typedef struct hd_dispatch_env_s {
 int hd_dispatch_frame(hd_dispatch_env_t *env, const uint8_t *payload, size_t len, hd_buf_t *out);
 /* Appends every queued engine event of env->heap as framed ServerFrame events to out. */
 int hd_dispatch_drain_events(hd_dispatch_env_t *env, hd_buf_t *out);
+/* The same, while out holds less than limit bytes (it may end up to one event frame past
+ * it): 1 when the queue is empty, 0 when events are left for later, or HD_ENOMEM. So a
+ * connection turns events into output only as fast as its client takes it. */
+int hd_dispatch_drain_events_upto(hd_dispatch_env_t *env, hd_buf_t *out, size_t limit);
 /* Appends a framed error response (id, code) — for frames rejected before decoding. */
 int hd_dispatch_error(uint64_t id, int code, const char *message, hd_buf_t *out);
 /* Appends ServerFrame { response = *rs } behind its length prefix. Borrows rs. */

@@ -216,6 +216,7 @@ enum hd_conn_flag_e {
     HD_CONN_MOVED = 0x40,      /* its socket went to another worker: not a disconnect */
     HD_CONN_IN_PROCESS = 0x80, /* conn.c:process is on the stack */
     HD_CONN_GOODBYE = 0x100,   /* the session asked to end; destroy it after this frame */
+    HD_CONN_FAILED = 0x200,    /* the server's last word is queued: nothing may follow it */
 };
 
 /* Invariant: closes_pending is 2 between uv_close and the first close callback (the stream
@@ -244,6 +245,9 @@ struct hd_conn_s {
     uint64_t accepted_at;    /* uv_now when this worker adopted it: the hello deadline's start */
     uint64_t frame_at;       /* uv_now of the first byte of the frame in progress; 0 = none */
     uint64_t timer_due;      /* uv_now the timer is armed for; 0 = not armed */
+    uint64_t out_since;      /* uv_now the client last took any output, while some waits; 0 */
+    uint64_t out_total;      /* bytes of output handed to the socket or to libuv, ever */
+    uint64_t out_taken;      /* of those, taken by the client when out_since was set */
 };
 
 /* ------------------------------------------------------------------------------------------ */
@@ -255,8 +259,6 @@ struct hd_conn_s {
 #define HD_READBUF_SIZE (64u * 1024u)
 /* Hello refusals logged one by one in a second; more are counted in a summary line. */
 #define HD_HELLO_REFUSALS_LOGGED 10u
-/* A connection whose unsent output exceeds this multiple of output_buffer_limit is dropped. */
-#define HD_OUTPUT_HARD_FACTOR 4u
 /* Shutdown waits at most this long for unsent output before closing connections anyway. */
 #define HD_STOP_DRAIN_MS 2000u
 /* Every HD_TRIM_INTERVAL_MS a worker frees the input and output buffers of its connections

@@ -60,6 +60,15 @@ class BoundsTest(h.unittest.TestCase):
         self.assertEqual(r["attackers_closed"], r["attackers"])
         d.wait_log("no hello within 1000 ms of connecting")
 
+    def test_07_event_bursts_under_flow_control(self):
+        # One decref frees a chain of 50,000 objects with finalizers and 200-byte tags: 11 MB
+        # of events against a 64 KiB output buffer. A client that reads gets every one, keeps
+        # its connection, and the server never buffers the burst.
+        d = self.daemon(output_buffer_limit="64KiB")
+        r = abuse.attack_7(d, n=50000)
+        self.assertEqual((r["events"], r["connection_alive"], r["dropped"]), (50000, True, 0), r)
+        self.assertLess(r["rss_peak"] - r["rss_before"], 8 * MIB, r)
+
     def test_09_tag_ids_are_reclaimed(self):
         # 65,536 distinct tags over a session's life, each freed with its object: the ids
         # come back, so the next new tag is served.

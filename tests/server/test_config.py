@@ -20,9 +20,10 @@ SHIPPED = os.path.join(SOURCE_DIR, "config", "heapd.yaml")
 KEYS = ["listen", "unix_socket", "unix_socket_mode", "workers", "max_connections",
         "max_connections_per_ip", "hello_timeout", "frame_timeout", "min_frame_rate",
         "max_sessions", "max_frame_bytes", "session_max_bytes", "session_max_objects",
-        "idle_timeout", "session_linger", "output_buffer_limit", "tokens", "admin_tokens",
-        "log_level", "log_format", "gc_enabled", "gc_threshold", "http", "http_admin_open",
-        "http_max_connections", "http_timeout", "metrics_top_sessions"]
+        "idle_timeout", "session_linger", "output_buffer_limit", "client_stall_timeout",
+        "tokens", "admin_tokens", "log_level", "log_format", "gc_enabled", "gc_threshold",
+        "http", "http_admin_open", "http_max_connections", "http_timeout",
+        "metrics_top_sessions"]
 
 
 def run(*args, timeout=10):
