@@ -2,8 +2,12 @@
 make the server hold"), each the request that reproduced it (tests/server/abuse.py) and the
 bound that now holds, the server's resident set read from /proc against what it charged.
 
-Finding 6 (work per frame) belongs to issue 11 and is not here.
+Finding 6 (work per frame) belongs to issue 11 and is not here. In a sanitizer build
+(HEAPD_SANITIZED, set by ctest) RSS says nothing about what heapd holds (ASan keeps freed
+memory in quarantine), so the RSS bounds are not checked there; everything else is.
 """
+
+import os
 
 import harness as h
 
@@ -12,7 +16,15 @@ import abuse
 MIB = 1 << 20
 
 
+RSS_CHECKS = not os.environ.get("HEAPD_SANITIZED")
+
+
 class BoundsTest(h.unittest.TestCase):
+    def assertRSS(self, grew, bound, what=None):
+        """RSS grew by at most bound (not checked in a sanitizer build)."""
+        if RSS_CHECKS:
+            self.assertLess(grew, bound, what)
+
     def daemon(self, **cfg):
         cfg.setdefault("log_level", "info")
         d = h.Daemon(cfg).start()
@@ -26,7 +38,7 @@ class BoundsTest(h.unittest.TestCase):
         r = abuse.attack_1(d)
         self.assertEqual(r["status"], "ERANGE")
         self.assertEqual((r["distinct_status"], r["distinct"]), ("OK", 1))
-        self.assertLess(r["rss_peak"] - r["rss_before"], 3 * r["max_read_bytes"] + 4 * MIB, r)
+        self.assertRSS(r["rss_peak"] - r["rss_before"], 3 * r["max_read_bytes"] + 4 * MIB, r)
         # In a batch: 100 such requests hold no more than one does.
         c = d.session()
         o = c.alloc(slots=1000)
@@ -40,7 +52,7 @@ class BoundsTest(h.unittest.TestCase):
             res = abuse.send_batch(c, [abuse.request(k, "gc_get_referents", body)
                                        for k in range(100)])
         self.assertEqual({x.status.name for x in res.batch.results}, {"ERANGE"})
-        self.assertLess(m.grew(), 3 * r["max_read_bytes"] + 4 * MIB)
+        self.assertRSS(m.grew(), 3 * r["max_read_bytes"] + 4 * MIB)
         self.assertEqual(c.ok("getrefcount", handle=t).value, 1001)
 
     def test_04_slowloris_before_hello(self):
@@ -67,7 +79,7 @@ class BoundsTest(h.unittest.TestCase):
         d = self.daemon(output_buffer_limit="64KiB")
         r = abuse.attack_7(d, n=50000)
         self.assertEqual((r["events"], r["connection_alive"], r["dropped"]), (50000, True, 0), r)
-        self.assertLess(r["rss_peak"] - r["rss_before"], 8 * MIB, r)
+        self.assertRSS(r["rss_peak"] - r["rss_before"], 8 * MIB, r)
 
     def test_09_tag_ids_are_reclaimed(self):
         # 65,536 distinct tags over a session's life, each freed with its object: the ids
