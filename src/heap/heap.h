@@ -409,7 +409,10 @@ uint64_t hd_trace_memory(hd_heap_t *h);
     XX(bytes_quantization, "bytes lost to quantization")                                           \
     XX(bytes_arena_alignment, "bytes lost to arena alignment")                                     \
     XX(large_objects, "objects over 512 bytes, from the system allocator")                         \
-    XX(large_bytes, "bytes of those objects")
+    XX(large_bytes, "bytes of those objects")                                                      \
+    XX(alloc_bytes_total, "bytes allocated since the heap began (as object_bytes counts them)")    \
+    XX(gc_pause_ns_total, "nanoseconds spent in collections since the heap began")                 \
+    XX(gc_pause_ns_max, "nanoseconds of the longest collection")
 
 typedef struct hd_class_stats_s {
     uint32_t block_size;

@@ -15,6 +15,9 @@ void hd_heap_stats(hd_heap_t *h, hd_heap_stats_t *out) {
     out->object_bytes = h->nbytes;
     out->allocs_total = h->allocs_total;
     out->frees_total = h->frees_total;
+    out->alloc_bytes_total = h->alloc_bytes_total;
+    out->gc_pause_ns_total = h->gc.pause_ns_total;
+    out->gc_pause_ns_max = h->gc.pause_ns_max;
 }
 
 /* ------------------------------------------------------------------------------------------ */

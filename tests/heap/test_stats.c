@@ -30,6 +30,8 @@ static void check_stats(hd_heap_t *h, uint64_t live) {
     assert_true(s.arenas_current <= s.arenas_highwater);
     assert_int_equal(s.arenas_allocated_total - s.arenas_reclaimed, s.arenas_current);
     assert_int_equal(s.allocs_total - s.frees_total, s.objects);
+    assert_true(s.alloc_bytes_total >= s.object_bytes);
+    assert_true(s.gc_pause_ns_max <= s.gc_pause_ns_total);
 }
 
 static void test_random_workload(void **state) {
@@ -224,12 +226,35 @@ static void test_census(void **state) {
     free(v);
 }
 
+/* Collections are timed whether or not anyone listens for GC_STOP. */
+static void test_pause_and_alloc_totals(void **state) {
+    hd_heap_t *h = TU_HEAP(state);
+    hd_heap_stats_t s;
+    hd_handle_t a = tu_obj(h, 1, 0), b = tu_obj(h, 1, 40);
+    assert_int_equal(hd_set_slot(h, a, 0, b), 0);
+    assert_int_equal(hd_set_slot(h, b, 0, a), 0);
+    assert_int_equal(hd_decref(h, a, 1), 0);
+    assert_int_equal(hd_decref(h, b, 1), 0);
+    hd_heap_stats(h, &s);
+    assert_int_equal(s.gc_pause_ns_total, 0);
+    assert_int_equal(s.alloc_bytes_total, 32 + 80);
+    uint64_t found;
+    assert_int_equal(hd_gc_collect(h, 2, &found), 0);
+    assert_int_equal(found, 2);
+    hd_heap_stats(h, &s);
+    assert_true(s.gc_pause_ns_total > 0);
+    assert_int_equal(s.gc_pause_ns_max, s.gc_pause_ns_total);
+    assert_int_equal(s.alloc_bytes_total, 32 + 80); /* a total: frees do not lower it */
+    assert_int_equal(s.object_bytes, 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_random_workload, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_pool_map, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_gc_callback, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_census, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_pause_and_alloc_totals, tu_setup, tu_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
