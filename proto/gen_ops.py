@@ -31,8 +31,12 @@ import sys
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 PACKAGE = "heapd.v1"
-FAMILIES = ["SESSION", "OBJECTS", "GC", "WEAKREF", "TRACE", "STATS", "ADMIN"]
-FLAGS = ["admin", "readonly", "unbatched", "events", "grows"]
+FAMILIES = ["SESSION", "OBJECTS", "GC", "WEAKREF", "TRACE", "STATS", "ADMIN", "INSPECT"]
+# The families whose ops need admin (and only theirs do).
+ADMIN_FAMILIES = ("ADMIN", "INSPECT")
+# The families of ops that act on the session's heap: only they may be any_session.
+HEAP_FAMILIES = ("OBJECTS", "GC", "WEAKREF", "TRACE", "STATS")
+FLAGS = ["admin", "readonly", "unbatched", "events", "grows", "any_session"]
 
 
 class ProtoError(Exception):
@@ -120,8 +124,12 @@ def collect(path):
             raise ProtoError("%s: an op that raises events is not readonly" % where)
         if op["grows"] and op["kind"] != "RESULT":
             raise ProtoError("%s: grows, but has no result field" % where)
-        if op["admin"] != (family == "ADMIN"):
-            raise ProtoError("%s: admin ops, and only they, are of family ADMIN" % where)
+        if op["admin"] != (family in ADMIN_FAMILIES):
+            raise ProtoError("%s: admin ops, and only they, are of family ADMIN or INSPECT"
+                             % where)
+        if op["any_session"] and family not in HEAP_FAMILIES:
+            raise ProtoError("%s: only an op on the heap (%s) may be any_session"
+                             % (where, ", ".join(HEAP_FAMILIES)))
         ops.append(op)
     for r in results.values():
         raise ProtoError("Response.%s = %d answers no Request op of that number"
@@ -183,7 +191,7 @@ def render_server_stats(stats):
 
 
 def row(op):
-    return "XX(%s, %s, %d, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)" % (
+    return "XX(%s, %s, %d, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)" % (
         op["NAME"], op["name"], op["number"], op["family"], op["Request"],
         c_lower(op["Request"]), op["kind"], op["Result"],
         c_lower(op["Result"]) if op["Result"] else "",
@@ -205,14 +213,14 @@ HEADER = """\
  * option in the .proto, and the build writes this file again.
  *
  * XX(NAME, name, number, FAMILY, Request, request, KIND, Result, result,
- *    admin, readonly, unbatched, events, grows)
+ *    admin, readonly, unbatched, events, grows, any_session)
  *   NAME, name       the op's field of Request.op: HEAPD__V1__REQUEST__OP_<NAME>, rq-><name>
  *   number           its field number; a result field has the same one
- *   FAMILY           SESSION, OBJECTS, GC, WEAKREF, TRACE, STATS or ADMIN (OpDef.Family)
+ *   FAMILY           SESSION, OBJECTS, GC, WEAKREF, TRACE, STATS, ADMIN or INSPECT (OpDef.Family)
  *   Request, request its message: the type Heapd__V1__<Request>, heapd__v1__<request>__*
  *   KIND             RESULT when Response.result has the field <name>, else STATUS
  *   Result, result   that field's message, as Request/request (empty for STATUS)
- *   admin ... grows  OpDef's flags, 0 or 1 (proto/heapd.proto says what each means)
+ *   admin ... any_session  OpDef's flags, 0 or 1 (proto/heapd.proto says what each means)
  *
  * HD_OPS(XX) lists every op; HD_OPS_<FAMILY>(XX) the ops of one family; HD_OP_FAMILIES(XX)
  * the families, as XX(FAMILY, family).

@@ -114,8 +114,11 @@ struct call_s {
     size_t len;                               /* hdc_read: bytes expected */
     size_t width;                             /* dec_scalar: bytes of *out[0] (4 or 8) */
     int status;                               /* 0 or negative, once answered */
-    int done;     /* failed before it was sent: no response will come for it */
-    int answered; /* a response (or a batch entry) completed it */
+    int done;       /* failed before it was sent: no response will come for it */
+    int answered;   /* a response (or a batch entry) completed it */
+    int wrapped;    /* sent inside a session_op: its response is the session_op result, */
+    int inner_want; /* ... of this case */
+    const ProtobufCMessageDescriptor *inner_result; /* ... and type */
 };
 
 typedef enum qmode_e { MODE_NORMAL, MODE_PIPELINE, MODE_BATCH } qmode_t;
@@ -147,6 +150,10 @@ struct hdc_s {
 
     hdc_event_cb cb;
     void *cb_arg;
+    hdc_monitor_cb mon_cb;
+    void *mon_arg;
+
+    char *target; /* hdc_set_target: heap calls go to this session; NULL: our own */
 
     int status;       /* the last call's code */
     char errmsg[512]; /* and its message; "" after success */
@@ -301,6 +308,7 @@ void hdc_free(hdc_t *c) {
     free(c->url);
     free(c->token);
     free(c->client_name);
+    free(c->target);
     buf_free(&c->wbuf);
     buf_free(&c->rbuf);
     free(c->calls);
@@ -328,6 +336,11 @@ const char *hdc_errmsg(const hdc_t *c) {
 void hdc_set_event_cb(hdc_t *c, hdc_event_cb cb, void *arg) {
     c->cb = cb;
     c->cb_arg = arg;
+}
+
+void hdc_set_monitor_cb(hdc_t *c, hdc_monitor_cb cb, void *arg) {
+    c->mon_cb = cb;
+    c->mon_arg = arg;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -378,27 +391,76 @@ static int connect_unix(hdc_t *c, const char *path) {
     return 0;
 }
 
-static int connect_tcp(hdc_t *c, const char *hostport) {
+/* A parsed URL: a Unix socket path, or a host and a port. */
+typedef struct url_s {
+    int is_unix;
+    const char *path; /* in the URL string */
     char host[256];
-    const char *port;
-    if (hostport[0] == '[') { /* [v6addr]:port */
-        const char *end = strchr(hostport, ']');
-        if (!end || end[1] != ':' || (size_t)(end - hostport - 1) >= sizeof host)
-            return note(c, HDC_EINVAL, "bad address \"%s\": want [v6addr]:port", hostport);
-        memcpy(host, hostport + 1, (size_t)(end - hostport - 1));
-        host[end - hostport - 1] = '\0';
+    char port[8];
+} url_t;
+
+/* Reads url as the Python client's heapd.parse_url does (clients/python/heapd/_transport.py),
+ * so that both accept exactly the same strings: "unix:" then a path ("//" after it is
+ * dropped), a bare "/path", or "tcp://" and then host:port, or host:port alone; a bracketed
+ * IPv6 host; a port of digits up to 65535; a host without '/', '[' or ']'. Returns 0, or
+ * HDC_EINVAL with why filled. */
+static int parse_url(const char *u, url_t *out, char *why, size_t whylen) {
+    memset(out, 0, sizeof *out);
+    if (strncmp(u, "unix:", 5) == 0 || u[0] == '/') {
+        const char *path = u[0] == '/' ? u : u + 5;
+        if (u[0] != '/' && strncmp(path, "//", 2) == 0) path += 2;
+        if (!*path) return snprintf(why, whylen, "no socket path in \"%s\"", u), HDC_EINVAL;
+        out->is_unix = 1;
+        out->path = path; /* one too long for a socket fails when connecting, as in Python */
+        return 0;
+    }
+    const char *hp = u, *port;
+    size_t hl;
+    if (strncmp(u, "tcp://", 6) == 0) {
+        hp = u + 6;
+    } else if (strstr(u, "://")) {
+        snprintf(why, whylen,
+                 "unsupported URL \"%s\": expected tcp://host:port, host:port, unix:/path or "
+                 "/path",
+                 u);
+        return HDC_EINVAL;
+    }
+    if (hp[0] == '[') {
+        const char *end = strchr(hp, ']');
+        if (!end || end[1] != ':')
+            return snprintf(why, whylen, "bad address \"%s\": want [v6addr]:port", u), HDC_EINVAL;
+        hp++;
+        hl = (size_t)(end - hp);
         port = end + 2;
     } else {
-        const char *colon = strrchr(hostport, ':');
-        if (!colon || colon == hostport || (size_t)(colon - hostport) >= sizeof host)
-            return note(c, HDC_EINVAL, "bad address \"%s\": want host:port", hostport);
-        memcpy(host, hostport, (size_t)(colon - hostport));
-        host[colon - hostport] = '\0';
+        const char *colon = strrchr(hp, ':');
+        if (!colon)
+            return snprintf(why, whylen, "bad address \"%s\": want host:port", u), HDC_EINVAL;
+        hl = (size_t)(colon - hp);
         port = colon + 1;
     }
-    if (!*port || strspn(port, "0123456789") != strlen(port))
-        return note(c, HDC_EINVAL, "bad port in \"%s\"", hostport);
+    if (hl == 0 || hl >= sizeof out->host || memchr(hp, '/', hl) || memchr(hp, '[', hl) ||
+        memchr(hp, ']', hl))
+        return snprintf(why, whylen, "bad address \"%s\": want host:port", u), HDC_EINVAL;
+    unsigned long pv = 0;
+    const char *d = port;
+    for (; *d >= '0' && *d <= '9' && pv <= 65535; d++)
+        pv = pv * 10 + (unsigned long)(*d - '0');
+    if (d == port || *d || pv > 65535)
+        return snprintf(why, whylen, "bad port in \"%s\"", u), HDC_EINVAL;
+    memcpy(out->host, hp, hl);
+    out->host[hl] = '\0';
+    snprintf(out->port, sizeof out->port, "%lu", pv);
+    return 0;
+}
 
+int hdc_url_check(const char *url, char *why, size_t whylen) {
+    url_t u;
+    char buf[1];
+    return parse_url(url ? url : "", &u, why ? why : buf, why ? whylen : sizeof buf);
+}
+
+static int connect_tcp(hdc_t *c, const char *host, const char *port) {
     struct addrinfo hints, *res = NULL;
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
@@ -424,19 +486,12 @@ static int connect_tcp(hdc_t *c, const char *hostport) {
     return 0;
 }
 
-/* Opens c->fd for c->url: "tcp://host:port", "unix:/path", "unix:///path", or bare
- * "host:port" and "/path". */
+/* Opens c->fd for c->url (parse_url's forms). */
 static int open_url(hdc_t *c) {
-    const char *u = c->url;
-    if (strncmp(u, "unix:", 5) == 0) {
-        const char *p = u + 5;
-        if (strncmp(p, "//", 2) == 0) p += 2;
-        return connect_unix(c, p);
-    }
-    if (u[0] == '/') return connect_unix(c, u);
-    if (strncmp(u, "tcp://", 6) == 0) return connect_tcp(c, u + 6);
-    if (strstr(u, "://")) return note(c, HDC_EINVAL, "unsupported URL \"%s\"", u);
-    return connect_tcp(c, u);
+    url_t u;
+    char why[512];
+    if (parse_url(c->url, &u, why, sizeof why) < 0) return note(c, HDC_EINVAL, "%s", why);
+    return u.is_unix ? connect_unix(c, u.path) : connect_tcp(c, u.host, u.port);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -575,6 +630,24 @@ static void deliver_event(hdc_t *c, const Heapd__V1__Event *e) {
     c->in_callback = 0;
 }
 
+static void deliver_record(hdc_t *c, const Heapd__V1__MonitorRecord *m) {
+    if (!c->mon_cb) return;
+    hdc_monitor_record_t r = {
+        .time_unix_us = m->time_unix_us,
+        .session_id = m->session_id ? m->session_id : "",
+        .client_name = m->client_name ? m->client_name : "",
+        .peer = m->peer ? m->peer : "",
+        .op = m->op ? m->op : "",
+        .args = m->args ? m->args : "",
+        .status = m->status,
+        .duration_us = m->duration_us,
+        .dropped = m->dropped,
+    };
+    c->in_callback = 1;
+    c->mon_cb(c, &r, c->mon_arg);
+    c->in_callback = 0;
+}
+
 /* Moves chead past calls that failed before they were sent. */
 static void skip_done(hdc_t *c) {
     while (c->chead < c->ncalls && c->calls[c->chead].done)
@@ -594,6 +667,9 @@ static int process_frames(hdc_t *c, int *nevents) {
         if (!f) return fail(c, HDC_EBADREPLY, "a frame that does not decode");
         if (f->kind_case == HEAPD__V1__SERVER_FRAME__KIND_EVENT && f->event) {
             deliver_event(c, f->event);
+            if (nevents) ++*nevents;
+        } else if (f->kind_case == HEAPD__V1__SERVER_FRAME__KIND_MONITOR && f->monitor) {
+            deliver_record(c, f->monitor);
             if (nevents) ++*nevents;
         } else if (f->kind_case == HEAPD__V1__SERVER_FRAME__KIND_RESPONSE && f->response) {
             /* Responses come in request order. Our ids start at 1, so id 0 is the server
@@ -688,6 +764,23 @@ static void complete(hdc_t *c, call_t *k, const Heapd__V1__Response *r) {
         k->status = note(c, HDC_EBADREPLY, "a response without a valid status");
         return;
     }
+    /* A call sent to another session: session_op succeeded, and its result is the call's own
+     * response. When session_op itself failed (no such session, not allowed), so did the call. */
+    int want = k->want;
+    const ProtobufCMessageDescriptor *result = k->result;
+    if (k->wrapped && r->status->code == 0) {
+        if (r->result_case != HEAPD__V1__RESPONSE__RESULT_SESSION_OP || !r->session_op) {
+            k->status = note(c, HDC_EBADREPLY, "a session_op response without its op's response");
+            return;
+        }
+        r = r->session_op;
+        want = k->inner_want;
+        result = k->inner_result;
+        if (!r->status || r->status->code < 0) {
+            k->status = note(c, HDC_EBADREPLY, "a response without a valid status");
+            return;
+        }
+    }
     if (r->status->code != 0) {
         k->status = -r->status->code;
         const char *m = r->status->message;
@@ -703,14 +796,35 @@ static void complete(hdc_t *c, call_t *k, const Heapd__V1__Response *r) {
         return;
     }
     const ProtobufCMessage *m = result_msg(r);
-    if (k->want && ((int)r->result_case != k->want || !m || m->descriptor != k->result)) {
+    if (want && ((int)r->result_case != want || !m || m->descriptor != result)) {
         k->status = note(c, HDC_EBADREPLY, "a response with the wrong result (%d, not %d)",
-                         (int)r->result_case, k->want);
+                         (int)r->result_case, want);
         return;
     }
     k->status = k->decode ? k->decode(c, k, m) : 0;
     if (k->status) note(c, k->status, NULL);
 }
+
+/* The families of ops on the session's heap, which hdc_set_target sends to another session. */
+#define FAMILY_ON_HEAP_SESSION 0
+#define FAMILY_ON_HEAP_OBJECTS 1
+#define FAMILY_ON_HEAP_GC      1
+#define FAMILY_ON_HEAP_WEAKREF 1
+#define FAMILY_ON_HEAP_TRACE   1
+#define FAMILY_ON_HEAP_STATS   1
+#define FAMILY_ON_HEAP_ADMIN   0
+#define FAMILY_ON_HEAP_INSPECT 0
+static const unsigned char on_heap[HD_OPS_MAX_NUMBER + 1] = {
+#define HDC_ON_HEAP(NAME, name, number, FAMILY, ...) [number] = FAMILY_ON_HEAP_##FAMILY,
+    HD_OPS(HDC_ON_HEAP)
+#undef HDC_ON_HEAP
+};
+
+static int op_on_heap(int op_case) {
+    return op_case > 0 && op_case <= HD_OPS_MAX_NUMBER && on_heap[op_case];
+}
+
+static int stub_session_op(hdc_t *c, Heapd__V1__SessionOp *m, call_t k);
 
 /* Sends rq (its id is set here) and, in NORMAL mode, waits for its answer; k (NULL: a status
  * only) says how to decode it. Borrows rq; copies k. */
@@ -718,12 +832,27 @@ static int submit(hdc_t *c, Heapd__V1__Request *rq, const call_t *k) {
     if (c->in_callback) return note(c, HDC_EINVAL, "hdc_* called from the event callback");
     if (c->mode == MODE_NORMAL) set_ok(c);
     call_t call = k ? *k : (call_t){0};
+    /* A heap call while another session is the target goes inside a session_op, which
+     * comes back here as a call of its own. */
+    int to_target = c->target && op_on_heap(rq->op_case);
+    if (to_target && c->mode != MODE_BATCH) {
+        Heapd__V1__SessionOp so = HEAPD__V1__SESSION_OP__INIT;
+        so.session_id = c->target;
+        so.op = rq;
+        call.wrapped = 1;
+        call.inner_want = call.want;
+        call.inner_result = call.result;
+        return stub_session_op(c, &so, call);
+    }
     rq->id = call.id = ++c->next_id;
     /* A call that cannot be queued in a pipeline or batch still takes its place (done,
      * failed), so that the statuses hdc_*_end reports stay aligned with the caller's calls. */
     int rc = 0;
     if (!c->connected && rq->op_case != HEAPD__V1__REQUEST__OP_HELLO)
         rc = note(c, HDC_ECLOSED, "not connected");
+    else if (to_target) /* in a batch, which the server runs in this session only */
+        rc = note(c, HDC_EINVAL,
+                  "a batch cannot go to another session: hdc_set_target(c, NULL) first");
 
     if (c->mode == MODE_BATCH) {
         if (grow((void **)&c->bcalls, &c->bcap, c->nbcalls + 1, sizeof *c->bcalls) ||
@@ -925,15 +1054,14 @@ static int dec_traced_memory(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
     return 0;
 }
 
-static int dec_trace_stats(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
-    const Heapd__V1__TraceStatsResult *r = (const void *)m;
-    hdc_trace_stats_t *out = k->out[0];
+/* Copies n TraceStat messages into a new *out (total: n unless the caller says more). */
+static int copy_stats(hdc_trace_stats_t *out, Heapd__V1__TraceStat *const *stats, size_t n) {
     out->n = 0;
-    out->total = r->total;
-    out->v = calloc(r->n_stats ? r->n_stats : 1, sizeof *out->v);
+    out->total = n;
+    out->v = calloc(n ? n : 1, sizeof *out->v);
     if (!out->v) return HDC_ENOMEM;
-    for (size_t i = 0; i < r->n_stats; i++) {
-        const Heapd__V1__TraceStat *s = r->stats[i];
+    for (size_t i = 0; i < n; i++) {
+        const Heapd__V1__TraceStat *s = stats[i];
         hdc_trace_stat_t *d = &out->v[out->n];
         d->key = dupstr(s->key ? s->key : "");
         if (!d->key) {
@@ -947,6 +1075,14 @@ static int dec_trace_stats(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
         out->n++;
     }
     return 0;
+}
+
+static int dec_trace_stats(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    const Heapd__V1__TraceStatsResult *r = (const void *)m;
+    hdc_trace_stats_t *out = k->out[0];
+    int rc = copy_stats(out, r->stats, r->n_stats);
+    out->total = r->total;
+    return rc;
 }
 
 static int dec_trace_traces(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
@@ -974,9 +1110,7 @@ static int dec_trace_traces(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
     return 0;
 }
 
-static int dec_heap_stats(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
-    const Heapd__V1__HeapStatsResult *r = (const void *)m;
-    hdc_heap_stats_t *o = k->out[0];
+static int copy_heap_stats(hdc_heap_stats_t *o, const Heapd__V1__HeapStatsResult *r) {
     memset(o, 0, sizeof *o);
 #define HDC_STATS_COPY(name, desc) o->name = r->name;
     HD_HEAP_STATS_MAP(HDC_STATS_COPY)
@@ -997,6 +1131,10 @@ static int dec_heap_stats(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
     return copy_genstats(o->gc, r->gc, r->n_gc);
 }
 
+static int dec_heap_stats(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    return copy_heap_stats(k->out[0], (const Heapd__V1__HeapStatsResult *)m);
+}
+
 static int dec_server_stats(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
     const Heapd__V1__ServerStatsResult *r = (const void *)m;
     hdc_server_stats_t *o = k->out[0];
@@ -1011,6 +1149,67 @@ static int dec_server_stats(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
     return 0;
 }
 
+static void session_info_free(hdc_session_info_t *d) {
+    free(d->id);
+    free(d->peer);
+    free(d->client_name);
+    free(d->last_op);
+    memset(d, 0, sizeof *d);
+}
+
+/* Copies s into d (whose strings are then the caller's to free, even on failure). */
+static int copy_session(hdc_session_info_t *d, const Heapd__V1__SessionInfo *s) {
+    memset(d, 0, sizeof *d);
+    d->id = dupstr(s->id ? s->id : "");
+    d->peer = dupstr(s->peer ? s->peer : "");
+    d->client_name = dupstr(s->client_name ? s->client_name : "");
+    d->last_op = dupstr(s->last_op ? s->last_op : "");
+    if (!d->id || !d->peer || !d->client_name || !d->last_op) return HDC_ENOMEM;
+    d->attached = s->attached ? 1 : 0;
+    d->admin = s->admin ? 1 : 0;
+    d->worker = s->worker;
+    d->bytes = s->bytes;
+    d->objects = s->objects;
+    d->requests = s->requests;
+    d->idle_ms = s->idle_ms;
+    d->created_unix = s->created_unix;
+    d->allocs_total = s->allocs_total;
+    d->alloc_bytes_total = s->alloc_bytes_total;
+    d->collections = s->collections;
+    d->gc_pause_ns_total = s->gc_pause_ns_total;
+    return 0;
+}
+
+static int dec_session_report(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    const Heapd__V1__SessionReportResult *r = (const void *)m;
+    hdc_session_report_t *o = k->out[0];
+    memset(o, 0, sizeof *o);
+    if (!r->session || !r->heap || r->n_gc_threshold != 3) return HDC_EBADREPLY;
+    int rc = copy_session(&o->session, r->session);
+    if (rc == 0) rc = copy_heap_stats(&o->heap, r->heap);
+    if (rc == 0) rc = copy_stats(&o->traced_sites, r->traced_sites, r->n_traced_sites);
+    if (rc == 0) rc = copy_stats(&o->tags_by_bytes, r->tags_by_bytes, r->n_tags_by_bytes);
+    if (rc == 0) rc = copy_stats(&o->tags_by_count, r->tags_by_count, r->n_tags_by_count);
+    if (rc == 0) rc = copy_stats(&o->sites_by_bytes, r->sites_by_bytes, r->n_sites_by_bytes);
+    if (rc == 0) rc = copy_stats(&o->sites_by_count, r->sites_by_count, r->n_sites_by_count);
+    if (rc) {
+        hdc_session_report_free(o);
+        return rc;
+    }
+    o->gc_enabled = r->gc_enabled ? 1 : 0;
+    for (int i = 0; i < 3; i++)
+        o->gc_threshold[i] = r->gc_threshold[i];
+    o->gc_debug = r->gc_debug;
+    o->tracing = r->tracing ? 1 : 0;
+    o->traced_current = r->traced_current;
+    o->traced_peak = r->traced_peak;
+    o->tags_by_bytes.total = o->tags_by_count.total = o->tags = r->tags;
+    o->sites_by_bytes.total = o->sites_by_count.total = o->sites = r->sites;
+    o->events_queued = r->events_queued;
+    o->output_bytes = r->output_bytes;
+    return 0;
+}
+
 static int dec_sessions(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
     const Heapd__V1__ListSessionsResult *r = (const void *)m;
     hdc_sessions_t *out = k->out[0];
@@ -1019,20 +1218,10 @@ static int dec_sessions(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
     out->v = calloc(r->n_sessions ? r->n_sessions : 1, sizeof *out->v);
     if (!out->v) return HDC_ENOMEM;
     for (size_t i = 0; i < r->n_sessions; i++) {
-        const Heapd__V1__SessionInfo *s = r->sessions[i];
-        hdc_session_info_t *d = &out->v[out->n++];
-        d->id = dupstr(s->id ? s->id : "");
-        d->peer = dupstr(s->peer ? s->peer : "");
-        if (!d->id || !d->peer) {
+        if (copy_session(&out->v[out->n++], r->sessions[i]) < 0) {
             hdc_sessions_free(out);
             return HDC_ENOMEM;
         }
-        d->attached = s->attached ? 1 : 0;
-        d->bytes = s->bytes;
-        d->objects = s->objects;
-        d->requests = s->requests;
-        d->idle_ms = s->idle_ms;
-        d->created_unix = s->created_unix;
     }
     return 0;
 }
@@ -1119,7 +1308,8 @@ int hdc_connect(hdc_t *c, const char *url, const hdc_options_t *opts) {
         hdc_options_init(&defaults);
         opts = &defaults;
     }
-    char *u = dupstr(url ? url : HDC_DEFAULT_URL);
+    const char *env = getenv("HEAPD_URL");
+    char *u = dupstr(url ? url : env && *env ? env : HDC_DEFAULT_URL);
     char *t = dupstr(opts->token);
     char *n = dupstr(opts->client_name);
     if (!u || (opts->token && !t) || (opts->client_name && !n)) {
@@ -1474,6 +1664,25 @@ int hdc_trace_get_tracemalloc_memory(hdc_t *c, uint64_t *bytes) {
     return stub_trace_get_tracemalloc_memory(c, NULL, SCALAR(bytes));
 }
 
+int hdc_trace_top(hdc_t *c, hdc_trace_group_t group, uint32_t limit, hdc_trace_stats_t *out) {
+    Heapd__V1__TraceTop m = HEAPD__V1__TRACE_TOP__INIT;
+    m.group = group == HDC_TRACE_BY_TAG ? HEAPD__V1__TRACE_GROUP__BY_TAG
+                                        : HEAPD__V1__TRACE_GROUP__BY_SITE;
+    m.limit = limit;
+    return stub_trace_top(c, &m, CALL(dec_trace_stats, out));
+}
+
+int hdc_heap_census(hdc_t *c, hdc_trace_group_t group, hdc_census_order_t order, uint32_t limit,
+                    hdc_trace_stats_t *out) {
+    Heapd__V1__HeapCensus m = HEAPD__V1__HEAP_CENSUS__INIT;
+    m.group = group == HDC_TRACE_BY_TAG ? HEAPD__V1__TRACE_GROUP__BY_TAG
+                                        : HEAPD__V1__TRACE_GROUP__BY_SITE;
+    m.order = order == HDC_CENSUS_BY_COUNT ? HEAPD__V1__CENSUS_ORDER__BY_COUNT
+                                           : HEAPD__V1__CENSUS_ORDER__BY_BYTES;
+    m.limit = limit;
+    return stub_heap_census(c, &m, CALL(dec_trace_stats, out));
+}
+
 void hdc_trace_stats_free(hdc_trace_stats_t *s) {
     if (!s) return;
     for (size_t i = 0; i < s->n; i++)
@@ -1495,13 +1704,157 @@ int hdc_kill_session(hdc_t *c, const char *session_id) {
 
 void hdc_sessions_free(hdc_sessions_t *s) {
     if (!s) return;
+    for (size_t i = 0; i < s->n; i++)
+        session_info_free(&s->v[i]);
+    free(s->v);
+    s->v = NULL;
+    s->n = 0;
+}
+
+static void info_free_fields(hdc_info_t *info) {
+    for (size_t i = 0; i < info->n; i++) {
+        free(info->v[i].section);
+        free(info->v[i].key);
+        free(info->v[i].s);
+    }
+    free(info->v);
+    info->v = NULL;
+    info->n = 0;
+}
+
+void hdc_info_free(hdc_info_t *info) {
+    if (info) info_free_fields(info);
+}
+
+static int dec_server_info(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    const Heapd__V1__ServerInfoResult *r = (const void *)m;
+    hdc_info_t *out = k->out[0];
+    size_t n = 0;
+    for (size_t i = 0; i < r->n_sections; i++)
+        n += r->sections[i]->n_fields;
+    out->v = calloc(n ? n : 1, sizeof *out->v);
+    out->n = 0;
+    if (!out->v) return HDC_ENOMEM;
+    for (size_t i = 0; i < r->n_sections; i++) {
+        const Heapd__V1__InfoSection *s = r->sections[i];
+        for (size_t j = 0; j < s->n_fields; j++) {
+            const Heapd__V1__InfoField *f = s->fields[j];
+            hdc_info_field_t *d = &out->v[out->n++];
+            d->section = dupstr(s->name ? s->name : "");
+            d->key = dupstr(f->key ? f->key : "");
+            d->s = dupstr(f->value_case == HEAPD__V1__INFO_FIELD__VALUE_S && f->s ? f->s : "");
+            if (!d->section || !d->key || !d->s) {
+                info_free_fields(out);
+                return HDC_ENOMEM;
+            }
+            switch (f->value_case) {
+            case HEAPD__V1__INFO_FIELD__VALUE_U: d->type = HDC_INFO_U64, d->u = f->u; break;
+            case HEAPD__V1__INFO_FIELD__VALUE_I: d->type = HDC_INFO_I64, d->i = f->i; break;
+            case HEAPD__V1__INFO_FIELD__VALUE_D: d->type = HDC_INFO_F64, d->d = f->d; break;
+            default: d->type = HDC_INFO_STR; break; /* a string, or a type this client lacks */
+            }
+        }
+    }
+    return 0;
+}
+
+int hdc_server_info(hdc_t *c, const char *section, hdc_info_t *out) {
+    Heapd__V1__ServerInfo m = HEAPD__V1__SERVER_INFO__INIT;
+    m.section = (char *)(section ? section : "");
+    memset(out, 0, sizeof *out);
+    return stub_server_info(c, &m, CALL(dec_server_info, out));
+}
+
+void hdc_slowlog_free(hdc_slowlog_t *s) {
+    if (!s) return;
     for (size_t i = 0; i < s->n; i++) {
-        free(s->v[i].id);
-        free(s->v[i].peer);
+        hdc_slowlog_entry_t *e = &s->v[i];
+        free(e->session_id);
+        free(e->client_name);
+        free(e->peer);
+        free(e->op);
+        free(e->args);
     }
     free(s->v);
     s->v = NULL;
     s->n = 0;
+}
+
+static int dec_slowlog(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    const Heapd__V1__SlowlogResult *r = (const void *)m;
+    hdc_slowlog_t *out = k->out[0];
+    out->v = calloc(r->n_entries ? r->n_entries : 1, sizeof *out->v);
+    out->n = 0;
+    out->len = r->len;
+    out->total = r->total;
+    if (!out->v) return HDC_ENOMEM;
+    for (size_t i = 0; i < r->n_entries; i++) {
+        const Heapd__V1__SlowlogEntry *s = r->entries[i];
+        hdc_slowlog_entry_t *d = &out->v[out->n++];
+        d->id = s->id;
+        d->time_unix_us = s->time_unix_us;
+        d->duration_us = s->duration_us;
+        d->status = s->status;
+        d->session_id = dupstr(s->session_id ? s->session_id : "");
+        d->client_name = dupstr(s->client_name ? s->client_name : "");
+        d->peer = dupstr(s->peer ? s->peer : "");
+        d->op = dupstr(s->op ? s->op : "");
+        d->args = dupstr(s->args ? s->args : "");
+        if (!d->session_id || !d->client_name || !d->peer || !d->op || !d->args) {
+            hdc_slowlog_free(out);
+            return HDC_ENOMEM;
+        }
+    }
+    return 0;
+}
+
+int hdc_slowlog_get(hdc_t *c, uint32_t count, hdc_slowlog_t *out) {
+    Heapd__V1__SlowlogGet m = HEAPD__V1__SLOWLOG_GET__INIT;
+    m.count = count;
+    memset(out, 0, sizeof *out);
+    return stub_slowlog_get(c, &m, CALL(dec_slowlog, out));
+}
+
+int hdc_slowlog_reset(hdc_t *c) {
+    return stub_slowlog_reset(c, NULL, NOCALL);
+}
+
+int hdc_monitor(hdc_t *c) {
+    return stub_monitor(c, NULL, NOCALL);
+}
+
+void hdc_session_report_free(hdc_session_report_t *r) {
+    if (!r) return;
+    session_info_free(&r->session);
+    hdc_trace_stats_free(&r->traced_sites);
+    hdc_trace_stats_free(&r->tags_by_bytes);
+    hdc_trace_stats_free(&r->tags_by_count);
+    hdc_trace_stats_free(&r->sites_by_bytes);
+    hdc_trace_stats_free(&r->sites_by_count);
+}
+
+int hdc_session_report(hdc_t *c, const char *session_id, uint32_t top, hdc_session_report_t *out) {
+    Heapd__V1__SessionReport m = HEAPD__V1__SESSION_REPORT__INIT;
+    m.session_id = (char *)(session_id ? session_id : "");
+    m.top = top;
+    memset(out, 0, sizeof *out);
+    return stub_session_report(c, &m, CALL(dec_session_report, out));
+}
+
+/* session_op is sent by submit() for every heap call while a target is set. */
+int hdc_set_target(hdc_t *c, const char *session_id) {
+    set_ok(c);
+    if (c->in_callback || c->mode == MODE_BATCH)
+        return note(c, HDC_EINVAL, "hdc_set_target inside a callback or batch");
+    char *t = session_id ? dupstr(session_id) : NULL;
+    if (session_id && !t) return note(c, HDC_ENOMEM, NULL);
+    free(c->target);
+    c->target = t;
+    return 0;
+}
+
+const char *hdc_target(const hdc_t *c) {
+    return c->target;
 }
 
 /* ------------------------------------------------------------------------------------------ */

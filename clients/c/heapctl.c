@@ -1,14 +1,18 @@
 /*
  * heapctl.c: the command-line tool of heapd, built on libheapdclient.
  *
- *   heapctl [--connect URL] [--token T] [--json] [--session ID --resume TOKEN] [--keep]
+ *   heapctl [--connect URL] [--token T] [--json] [--session ID [--resume TOKEN]] [--keep]
  *           COMMAND [ARGS]
  *
- * Each invocation opens its own session, so its own heap: `stats`, `gc` and `trace` show that
- * fresh heap unless they run inside `shell` (one session for a whole script) or attach to an
- * existing detached session with --session ID --resume TOKEN. --keep leaves the session
- * detached at exit instead of ending it, and prints how to resume it, so a shell script can
- * build a heap in one invocation and inspect it with the next ones.
+ * Each invocation opens its own session, so its own heap. The heap commands (`stats`,
+ * `census`, `gc`, `trace`) act on another session when given --session ID: heapctl, as an
+ * admin, sends each of their requests to that session (hdc_set_target, the protocol's
+ * session_op), so `heapctl --session 17 gc collect` collects session 17's heap. Without it
+ * they would act on heapctl's own new, empty session, which ends when heapctl exits: those
+ * that only read say so on stderr, those that change something refuse with a hint, unless
+ * they run inside `shell` (one session for a whole script) or with --keep. --session ID
+ * --resume TOKEN instead attaches to that detached session as its owner. --keep leaves the
+ * session detached at exit instead of ending it, and prints how to resume it.
  *
  * What it owns: argument parsing, the command tables (one row per command: handler, flags,
  * usage, help; one row per gc and trace subcommand), the text and JSON renderings, the shell's
@@ -23,8 +27,7 @@
  *
  * Global state: `stop_requested`, set by SIGINT/SIGTERM while `top` runs, and nothing else.
  */
-#include "heapd/client.h"
-#include "heapd_ops.def"
+#include "heapctl.h"
 #include "heapctl_doctor.h"
 
 #include <ctype.h>
@@ -39,84 +42,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#ifndef HEAPD_VERSION
-#define HEAPD_VERSION "0"
-#endif
-
-/* XX(NAME, code, meaning): heapctl's exit codes, printed by --help. */
-#define EXIT_CODES(XX)                                                                             \
-    XX(EXIT_OK, 0, "success")                                                                      \
-    XX(EXIT_SERVER, 1, "the server answered with an error (or a local failure)")                   \
-    XX(EXIT_USAGE, 2, "bad command line or shell command")                                         \
-    XX(EXIT_CONNECT, 3, "cannot connect to the server")                                            \
-    XX(EXIT_LOST, 4, "the connection was lost or timed out, or the reply was malformed")           \
-    XX(EXIT_DENIED, 5, "authentication failed or permission denied (EAUTH, EPERM)")
-
-enum {
-#define EXIT_ENUM(name, code, meaning) name = code,
-    EXIT_CODES(EXIT_ENUM)
-#undef EXIT_ENUM
-};
-
-/* A command's result: 0, RC_USAGE (message in x->msg), or a negative hdc code. */
-#define RC_USAGE 1
-
-#define MAX_ARGS   64
-#define JSON_DEPTH 16
-
-static volatile sig_atomic_t stop_requested;
-
-/* ------------------------------------------------------------------------------------------ */
-/* Types.                                                                                      */
-/* ------------------------------------------------------------------------------------------ */
-
-/* A minimal JSON writer: compact, one document per line. need_comma[d] says whether the
- * next value at depth d follows another. */
-typedef struct jw_s {
-    FILE *f;
-    int depth;
-    int need_comma[JSON_DEPTH];
-} jw_t;
-
-/* A shell name bound to an object handle or a weak handle. */
-typedef struct var_s {
-    char *name;
-    uint64_t value;
-    int weak; /* 1: a weak handle (from `weak`) */
-} var_t;
-
-typedef struct ctx_s {
-    hdc_t *c;
-    int json;
-    const char *url, *token, *session_id, *resume_token;
-    int keep; /* leave the session detached at exit */
-    int timeout_ms;
-    int in_shell;
-    FILE *out; /* the current command's output buffer */
-    char *outbuf;
-    size_t outlen;
-    jw_t j;
-    char msg[512]; /* the usage message of RC_USAGE */
-    var_t *vars;
-    size_t nvars, capvars;
-    char **events; /* events received during a command, rendered, printed after it */
-    size_t nevents, capevents;
-    uint32_t event_mask;
-} ctx_t;
-
-typedef int (*cmd_fn)(ctx_t *x, int argc, char **argv);
-
-#define CMD_NOCONN  0x1u /* runs without a connection */
-#define CMD_SHELL   0x2u /* only inside `shell` */
-#define CMD_NOSHELL 0x4u /* not inside `shell` */
-
-/* The protocol's ops by field number, OP_<NAME>, and which of them need an admin session: both
- * from heapd_ops.def, generated from proto/heapd.proto. */
-enum {
-#define OP_NUMBER(NAME, name, number, ...) OP_##NAME = number,
-    HD_OPS(OP_NUMBER)
-#undef OP_NUMBER
-};
 static const unsigned char op_admin[HD_OPS_MAX_NUMBER + 1] = {
 #define OP_ADMIN(NAME, name, number, FAMILY, Request, request, KIND, Result, result, admin, ...)   \
     [number] = admin,
@@ -124,17 +49,7 @@ static const unsigned char op_admin[HD_OPS_MAX_NUMBER + 1] = {
 #undef OP_ADMIN
 };
 
-/* op: the protocol op whose properties the command has (0: none, or it sends several kinds);
- * a command of an admin op is marked (admin) in the help. The server, not heapctl, refuses it
- * to a session without an admin token (EPERM), and says why. */
-typedef struct cmd_s {
-    const char *name;
-    cmd_fn run;
-    unsigned flags;
-    int op;
-    const char *args;
-    const char *help;
-} cmd_t;
+volatile sig_atomic_t stop_requested;
 
 static int cmd_admin(const cmd_t *c) {
     return c->op > 0 && c->op <= HD_OPS_MAX_NUMBER && op_admin[c->op];
@@ -147,7 +62,7 @@ static int run_command(ctx_t *x, const cmd_t *cmd, int argc, char **argv);
 /* Output helpers.                                                                             */
 /* ------------------------------------------------------------------------------------------ */
 
-static int usage_err(ctx_t *x, const char *fmt, ...) {
+int usage_err(ctx_t *x, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(x->msg, sizeof x->msg, fmt, ap);
@@ -155,7 +70,7 @@ static int usage_err(ctx_t *x, const char *fmt, ...) {
     return RC_USAGE;
 }
 
-static void out(ctx_t *x, const char *fmt, ...) {
+void out(ctx_t *x, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vfprintf(x->out, fmt, ap);
@@ -163,7 +78,7 @@ static void out(ctx_t *x, const char *fmt, ...) {
 }
 
 /* 1234567 -> "1,234,567". buf holds at least 32 bytes. */
-static const char *fmt_num(char *buf, uint64_t v) {
+const char *fmt_num(char *buf, uint64_t v) {
     char tmp[32];
     int n = snprintf(tmp, sizeof tmp, "%" PRIu64, v), o = 0;
     for (int i = 0; i < n; i++) {
@@ -175,7 +90,7 @@ static const char *fmt_num(char *buf, uint64_t v) {
 }
 
 /* 1536 -> "1.5 KiB", as tracemalloc prints sizes. */
-static const char *fmt_size(char *buf, size_t cap, double v) {
+const char *fmt_size(char *buf, size_t cap, double v) {
     static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
     int u = 0;
     double a = v < 0 ? -v : v;
@@ -191,7 +106,7 @@ static const char *fmt_size(char *buf, size_t cap, double v) {
     return buf;
 }
 
-static const char *fmt_handle(char *buf, uint64_t h) {
+const char *fmt_handle(char *buf, uint64_t h) {
     snprintf(buf, 24, "0x%016" PRIx64, h);
     return buf;
 }
@@ -208,7 +123,7 @@ static void j_sep(jw_t *j, const char *key) {
     }
 }
 
-static void j_rawstr(FILE *f, const char *s) {
+void j_rawstr(FILE *f, const char *s) {
     fputc('"', f);
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
         if (*p == '"' || *p == '\\')
@@ -228,11 +143,11 @@ static void j_open(jw_t *j, const char *key, char brace) {
     j->need_comma[j->depth] = 0;
 }
 
-static void j_obj(jw_t *j, const char *key) {
+void j_obj(jw_t *j, const char *key) {
     j_open(j, key, '{');
 }
 
-static void j_arr(jw_t *j, const char *key) {
+void j_arr(jw_t *j, const char *key) {
     j_open(j, key, '[');
 }
 
@@ -241,39 +156,80 @@ static void j_close(jw_t *j, char brace) {
     if (j->depth > 0) j->depth--;
 }
 
-static void j_end_obj(jw_t *j) {
+void j_end_obj(jw_t *j) {
     j_close(j, '}');
 }
 
-static void j_end_arr(jw_t *j) {
+void j_end_arr(jw_t *j) {
     j_close(j, ']');
 }
 
-static void j_str(jw_t *j, const char *key, const char *v) {
+void j_str(jw_t *j, const char *key, const char *v) {
     j_sep(j, key);
     j_rawstr(j->f, v ? v : "");
 }
 
-static void j_u64(jw_t *j, const char *key, uint64_t v) {
+void j_u64(jw_t *j, const char *key, uint64_t v) {
     j_sep(j, key);
     fprintf(j->f, "%" PRIu64, v);
 }
 
-static void j_i64(jw_t *j, const char *key, int64_t v) {
+void j_i64(jw_t *j, const char *key, int64_t v) {
     j_sep(j, key);
     fprintf(j->f, "%" PRId64, v);
 }
 
-static void j_bool(jw_t *j, const char *key, int v) {
+void j_bool(jw_t *j, const char *key, int v) {
     j_sep(j, key);
     fputs(v ? "true" : "false", j->f);
+}
+
+void j_id(jw_t *j, const char *key, uint64_t v) {
+    j_sep(j, key);
+    fprintf(j->f, "\"%" PRIu64 "\"", v);
+}
+
+void j_double(jw_t *j, const char *key, double v) {
+    j_sep(j, key);
+    char buf[40];
+    snprintf(buf, sizeof buf, "%.17g", v == v && v - v == 0 ? v : 0); /* no NaN or inf */
+    /* With a point, so that JSON readers see a float even when the value is whole. */
+    fprintf(j->f, "%s%s", buf, strpbrk(buf, ".e") ? "" : ".0");
+}
+
+/* What a heap command or subcommand does to the session it acts on. */
+enum {
+    HEAP_READS = 0,      /* only reads */
+    HEAP_WRITES = 1,     /* changes it (collector, tracer, snapshots) */
+    HEAP_WRITES_ARGS = 2 /* reads without arguments, changes with them (gc threshold T0) */
+};
+
+/* A heap command on heapctl's own new session, which is empty and ends when heapctl exits,
+ * is of no use to an operator: one that reads runs and is noted (after its output), one that
+ * changes something is refused with a hint. With --session ID, --resume, --keep or in the
+ * shell it is what the user asked for. */
+int own_session(ctx_t *x, const char *what, int writes) {
+    if (x->target) {
+        if (x->json) j_str(&x->j, "session", x->target);
+        return 0;
+    }
+    if (x->resume_token || x->keep || x->in_shell) return 0;
+    if (writes)
+        return usage_err(x,
+                         "%s would act on heapctl's own new session, which is empty and ends "
+                         "when heapctl exits: name a session with --session ID (`heapctl "
+                         "sessions` lists them), or work in `heapctl shell`",
+                         what);
+    x->note_own = 1;
+    if (x->json) j_bool(&x->j, "own_session", 1);
+    return 0;
 }
 
 /* ------------------------------------------------------------------------------------------ */
 /* Argument helpers.                                                                           */
 /* ------------------------------------------------------------------------------------------ */
 
-static int parse_u64(const char *s, uint64_t *v) {
+int parse_u64(const char *s, uint64_t *v) {
     if (!s || !*s || *s == '-') return -1;
     char *end;
     errno = 0;
@@ -283,7 +239,7 @@ static int parse_u64(const char *s, uint64_t *v) {
     return 0;
 }
 
-static int parse_int(const char *s, int *v) {
+int parse_int(const char *s, int *v) {
     if (!s || !*s) return -1;
     char *end;
     errno = 0;
@@ -293,7 +249,7 @@ static int parse_int(const char *s, int *v) {
     return 0;
 }
 
-static int parse_u32(ctx_t *x, const char *what, const char *s, uint32_t *v) {
+int parse_u32(ctx_t *x, const char *what, const char *s, uint32_t *v) {
     uint64_t r;
     if (parse_u64(s, &r) || r > UINT32_MAX)
         return usage_err(x, "%s: expected a number up to 4294967295, got \"%s\"", what, s);
@@ -379,10 +335,10 @@ static void on_event(hdc_t *c, const hdc_event_t *ev, void *arg) {
         j_str(&j, "event", event_names[ev->type]);
         switch (ev->type) {
         case HDC_EV_FINALIZED:
-            j_u64(&j, "handle", ev->handle);
+            j_id(&j, "handle", ev->handle);
             j_str(&j, "tag", ev->tag);
             break;
-        case HDC_EV_WEAKREF_CLEARED: j_u64(&j, "weak", ev->weak); break;
+        case HDC_EV_WEAKREF_CLEARED: j_id(&j, "weak", ev->weak); break;
         case HDC_EV_GC_START: j_i64(&j, "generation", ev->generation); break;
         case HDC_EV_GC_STOP:
             j_i64(&j, "generation", ev->generation);
@@ -434,7 +390,7 @@ static void flush_events(ctx_t *x) {
 /* ping, server, sessions, kill, top.                                                          */
 /* ------------------------------------------------------------------------------------------ */
 
-static double mono_ms(void) {
+double mono_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
@@ -450,7 +406,7 @@ static int cmd_ping(ctx_t *x, int argc, char **argv) {
     const hdc_hello_t *h = hdc_hello_info(x->c);
     if (x->json) {
         j_u64(&x->j, "rtt_us", (uint64_t)(rtt * 1000));
-        j_u64(&x->j, "server_time_unix_ns", t);
+        j_id(&x->j, "server_time_unix_ns", t);
         j_str(&x->j, "server_version", h->server_version);
         j_u64(&x->j, "protocol_version", h->protocol_version);
         j_str(&x->j, "session_id", h->session_id);
@@ -498,8 +454,38 @@ static int by_bytes_desc(const void *a, const void *b) {
     return strcmp(p->id, q->id);
 }
 
-/* Prints the sessions, largest heap first. Sorts s in place. */
-static void print_sessions(ctx_t *x, hdc_sessions_t *s, const char *mine) {
+/* One session's fields, into the current JSON object. */
+void json_session(ctx_t *x, const hdc_session_info_t *e) {
+    j_str(&x->j, "id", e->id);
+    j_str(&x->j, "client_name", e->client_name);
+    j_str(&x->j, "peer", e->peer);
+    j_bool(&x->j, "attached", e->attached);
+    j_bool(&x->j, "admin", e->admin);
+    j_u64(&x->j, "worker", e->worker);
+    j_u64(&x->j, "bytes", e->bytes);
+    j_u64(&x->j, "objects", e->objects);
+    j_u64(&x->j, "requests", e->requests);
+    j_str(&x->j, "last_op", e->last_op);
+    j_u64(&x->j, "idle_ms", e->idle_ms);
+    j_u64(&x->j, "created_unix", e->created_unix);
+    j_u64(&x->j, "allocs_total", e->allocs_total);
+    j_u64(&x->j, "alloc_bytes_total", e->alloc_bytes_total);
+    j_u64(&x->j, "collections", e->collections);
+    j_u64(&x->j, "gc_pause_ns_total", e->gc_pause_ns_total);
+}
+
+static int widest(const hdc_sessions_t *s, size_t off, int least) {
+    int w = least;
+    for (size_t i = 0; i < s->n; i++) {
+        int n = (int)strlen(*(char *const *)((const char *)&s->v[i] + off));
+        if (n > w) w = n;
+    }
+    return w;
+}
+
+/* Prints the sessions, largest heap first. Sorts s in place. Peers and names are never cut:
+ * their columns are as wide as the widest. */
+void print_sessions(ctx_t *x, hdc_sessions_t *s, const char *mine) {
     qsort(s->v, s->n, sizeof *s->v, by_bytes_desc);
     if (x->json) {
         j_u64(&x->j, "total", s->total);
@@ -507,32 +493,28 @@ static void print_sessions(ctx_t *x, hdc_sessions_t *s, const char *mine) {
         for (size_t i = 0; i < s->n; i++) {
             const hdc_session_info_t *e = &s->v[i];
             j_obj(&x->j, NULL);
-            j_str(&x->j, "id", e->id);
-            j_str(&x->j, "peer", e->peer);
-            j_bool(&x->j, "attached", e->attached);
+            json_session(x, e);
             j_bool(&x->j, "self", mine && strcmp(mine, e->id) == 0);
-            j_u64(&x->j, "bytes", e->bytes);
-            j_u64(&x->j, "objects", e->objects);
-            j_u64(&x->j, "requests", e->requests);
-            j_u64(&x->j, "idle_ms", e->idle_ms);
-            j_u64(&x->j, "created_unix", e->created_unix);
             j_end_obj(&x->j);
         }
         j_end_arr(&x->j);
         return;
     }
-    out(x, "%-34s %-24s %-9s %12s %10s %10s %9s\n", "SESSION", "PEER", "STATE", "BYTES", "OBJECTS",
-        "REQUESTS", "IDLE");
+    int wp = widest(s, offsetof(hdc_session_info_t, peer), 4);
+    int wn = widest(s, offsetof(hdc_session_info_t, client_name), 6);
+    out(x, "%-16s  %-*s  %-*s  %-8s %12s %10s %10s %-16s %9s\n", "SESSION", wn, "CLIENT", wp,
+        "PEER", "STATE", "BYTES", "OBJECTS", "REQUESTS", "LAST OP", "IDLE");
     char b1[32], b2[32], b3[32];
     for (size_t i = 0; i < s->n; i++) {
         const hdc_session_info_t *e = &s->v[i];
         int self = mine && strcmp(mine, e->id) == 0;
-        out(x, "%-34.34s %-24.24s %-9s %12s %10s %10s %8.1fs\n", e->id, e->peer,
+        out(x, "%-16s  %-*s  %-*s  %-8s %12s %10s %10s %-16s %8.1fs\n", e->id, wn, e->client_name,
+            wp, e->peer,
             self          ? "self"
             : e->attached ? "attached"
                           : "detached",
             fmt_num(b1, e->bytes), fmt_num(b2, e->objects), fmt_num(b3, e->requests),
-            e->idle_ms / 1000.0);
+            *e->last_op ? e->last_op : "-", e->idle_ms / 1000.0);
     }
     if (s->total > s->n) out(x, "(%" PRIu64 " more not shown)\n", s->total - s->n);
 }
@@ -558,98 +540,121 @@ static int cmd_kill(ctx_t *x, int argc, char **argv) {
     return 0;
 }
 
-static void flush_out(ctx_t *x);
+static int cmd_obj_info(ctx_t *x, int argc, char **argv);
 
-static void on_stop_signal(int sig) {
-    stop_requested = 1;
-}
-
-/* One refresh of top: server totals and sessions, in one round trip. */
-static int top_once(ctx_t *x, int clear) {
-    hdc_server_stats_t s = HDC_SERVER_STATS_INIT;
-    hdc_sessions_t l = {0};
-    hdc_pipeline_begin(x->c);
-    hdc_server_stats(x->c, &s);
-    hdc_list_sessions(x->c, &l);
-    int rc = hdc_pipeline_end(x->c, NULL, 0);
-    if (rc) {
-        hdc_sessions_free(&l);
-        return rc;
+/* info [SECTION]: "# Memory" then key:value lines, as redis-cli info prints them; with --json
+ * one object per section. In the shell, `info OBJ` (a name or a handle) is an object's. */
+static int cmd_info(ctx_t *x, int argc, char **argv) {
+    uint64_t h;
+    if (x->in_shell && argc == 2 && (var_find(x, argv[1]) || parse_u64(argv[1], &h) == 0))
+        return cmd_obj_info(x, argc, argv);
+    if (argc > 2) return usage_err(x, "usage: info [SECTION]");
+    hdc_info_t info = {0};
+    int rc = hdc_server_info(x->c, argc == 2 ? argv[1] : NULL, &info);
+    if (rc) return rc;
+    const char *section = NULL;
+    if (x->json) j_obj(&x->j, "sections");
+    for (size_t i = 0; i < info.n; i++) {
+        const hdc_info_field_t *f = &info.v[i];
+        if (!section || strcmp(section, f->section) != 0) {
+            if (x->json) {
+                if (section) j_end_obj(&x->j);
+                j_obj(&x->j, f->section);
+            } else {
+                out(x, "%s# %c%s\n", section ? "\n" : "", toupper((unsigned char)f->section[0]),
+                    f->section + 1);
+            }
+            section = f->section;
+        }
+        if (x->json) {
+            switch (f->type) {
+            case HDC_INFO_U64: j_u64(&x->j, f->key, f->u); break;
+            case HDC_INFO_I64: j_i64(&x->j, f->key, f->i); break;
+            case HDC_INFO_F64: j_double(&x->j, f->key, f->d); break;
+            case HDC_INFO_STR: j_str(&x->j, f->key, f->s); break;
+            }
+            continue;
+        }
+        switch (f->type) {
+        case HDC_INFO_U64: out(x, "%s:%" PRIu64 "\n", f->key, f->u); break;
+        case HDC_INFO_I64: out(x, "%s:%" PRId64 "\n", f->key, f->i); break;
+        case HDC_INFO_F64: out(x, "%s:%.2f\n", f->key, f->d); break;
+        case HDC_INFO_STR: out(x, "%s:%s\n", f->key, f->s); break;
+        }
     }
-    const char *mine = hdc_hello_info(x->c)->session_id;
     if (x->json) {
-        j_obj(&x->j, "server");
-#define JF(name, desc) j_u64(&x->j, #name, s.name);
-        HD_SERVER_STATS_MAP(JF)
-#undef JF
+        if (section) j_end_obj(&x->j);
         j_end_obj(&x->j);
-        print_sessions(x, &l, mine);
-    } else {
-        char b1[32], b2[32], b3[32], b4[32];
-        uint64_t up = s.uptime_ms / 1000;
-        if (clear) out(x, "\033[H\033[2J");
-        out(x,
-            "heapd %s - up %" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ", %" PRIu64 " sessions (%" PRIu64
-            " detached), %" PRIu64 " connections, %s requests\n",
-            hdc_hello_info(x->c)->server_version, up / 3600, up / 60 % 60, up % 60, s.sessions,
-            s.sessions_detached, s.connections, fmt_num(b1, s.requests));
-        out(x, "Mem: %s in %s objects over all heaps, daemon RSS %s\n\n",
-            fmt_size(b2, sizeof b2, (double)s.bytes_total), fmt_num(b3, s.objects_total),
-            fmt_size(b4, sizeof b4, (double)s.rss_bytes));
-        print_sessions(x, &l, mine);
     }
-    hdc_sessions_free(&l);
+    hdc_info_free(&info);
     return 0;
 }
 
-static int cmd_top(ctx_t *x, int argc, char **argv) {
-    long iterations = -1; /* forever */
-    double delay = 2.0;
-    for (int i = 1; i < argc; i++) {
-        char *end;
-        if (strcmp(argv[i], "--once") == 0) {
-            iterations = 1;
-        } else if (strcmp(argv[i], "-n") == 0 && i + 1 < argc) {
-            iterations = strtol(argv[++i], &end, 10);
-            if (*end || iterations < 1) return usage_err(x, "-n wants a count >= 1");
-        } else if (strcmp(argv[i], "-d") == 0 && i + 1 < argc) {
-            delay = strtod(argv[++i], &end);
-            if (*end || delay < 0 || delay > 3600) return usage_err(x, "-d wants seconds");
+/* slowlog [get [N] | len | reset]. */
+static int cmd_slowlog(ctx_t *x, int argc, char **argv) {
+    static const char use[] = "usage: slowlog [get [N] | len | reset]";
+    const char *sub = argc > 1 ? argv[1] : "get";
+    uint32_t count = 10;
+    if (argc > 3 || (strcmp(sub, "get") != 0 && argc > 2)) return usage_err(x, "%s", use);
+    if (strcmp(sub, "reset") == 0) {
+        int rc = hdc_slowlog_reset(x->c);
+        if (rc == 0 && !x->json) out(x, "OK\n");
+        return rc;
+    }
+    if (strcmp(sub, "get") != 0 && strcmp(sub, "len") != 0) return usage_err(x, "%s", use);
+    if (argc == 3 && parse_u32(x, "N", argv[2], &count)) return RC_USAGE;
+    hdc_slowlog_t s = {0};
+    int rc = hdc_slowlog_get(x->c, strcmp(sub, "len") == 0 ? 1 : count, &s);
+    if (rc) return rc;
+    if (strcmp(sub, "len") == 0) {
+        if (x->json) {
+            j_u64(&x->j, "len", s.len);
+            j_u64(&x->j, "total", s.total);
         } else {
-            return usage_err(x, "usage: top [--once] [-n N] [-d SECONDS]");
+            out(x, "%" PRIu64 "\n", s.len);
         }
+        hdc_slowlog_free(&s);
+        return 0;
     }
-    int clear = !x->json && isatty(STDOUT_FILENO) && iterations != 1;
-    struct sigaction sa, old_int, old_term;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_stop_signal;
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGTERM, &sa, &old_term);
-    stop_requested = 0;
-    int rc = 0;
-    for (long n = 0; iterations < 0 || n < iterations; n++) {
-        if (n > 0) {
-            if (x->json) {
-                j_end_obj(&x->j);
-                out(x, "\n");
-            }
-            flush_out(x);
-            struct timespec ts = {(time_t)delay, (long)((delay - (time_t)delay) * 1e9)};
-            while (!stop_requested && nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-            }
-            if (stop_requested) break;
-            if (x->json) {
-                j_obj(&x->j, NULL);
-                j_bool(&x->j, "ok", 1);
-                j_str(&x->j, "command", "top");
-            }
+    if (x->json) {
+        j_u64(&x->j, "len", s.len);
+        j_u64(&x->j, "total", s.total);
+        j_arr(&x->j, "entries");
+    }
+    for (size_t i = 0; i < s.n; i++) {
+        const hdc_slowlog_entry_t *e = &s.v[i];
+        const char *st = e->status ? hdc_err_name(-(int)e->status) : "OK";
+        if (x->json) {
+            j_obj(&x->j, NULL);
+            j_id(&x->j, "id", e->id);
+            j_u64(&x->j, "time_unix_us", e->time_unix_us);
+            j_u64(&x->j, "duration_us", e->duration_us);
+            j_str(&x->j, "session_id", e->session_id);
+            j_str(&x->j, "client_name", e->client_name);
+            j_str(&x->j, "peer", e->peer);
+            j_str(&x->j, "op", e->op);
+            j_str(&x->j, "args", e->args);
+            j_u64(&x->j, "status", e->status);
+            j_str(&x->j, "status_name", st);
+            j_end_obj(&x->j);
+            continue;
         }
-        rc = top_once(x, clear);
-        if (rc || stop_requested) break;
+        time_t t = (time_t)(e->time_unix_us / 1000000);
+        struct tm tm;
+        char when[40] = "?";
+        if (gmtime_r(&t, &tm)) strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &tm);
+        out(x,
+            "%" PRIu64 ") %s.%06" PRIu64 " UTC  %" PRIu64
+            " us  session %s (%s, %s)\n    %s %s -> %s\n",
+            e->id, when, e->time_unix_us % 1000000, e->duration_us, e->session_id,
+            *e->client_name ? e->client_name : "-", e->peer, e->op, e->args, st);
     }
-    sigaction(SIGINT, &old_int, NULL);
-    sigaction(SIGTERM, &old_term, NULL);
-    return rc;
+    if (x->json)
+        j_end_arr(&x->j);
+    else if (s.n == 0)
+        out(x, "(empty: no request took over slowlog_threshold_us)\n");
+    hdc_slowlog_free(&s);
+    return 0;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -662,7 +667,7 @@ static const char *const heap_stat_desc[] = {
 #undef DESC
 };
 
-static void print_genstats(ctx_t *x, const hdc_gc_genstats_t g[3]) {
+void print_genstats(ctx_t *x, const hdc_gc_genstats_t g[3]) {
     if (x->json) {
         j_arr(&x->j, "generations");
         for (int i = 0; i < 3; i++) {
@@ -684,6 +689,8 @@ static void print_genstats(ctx_t *x, const hdc_gc_genstats_t g[3]) {
 
 static int cmd_stats(ctx_t *x, int argc, char **argv) {
     if (argc > 1) return usage_err(x, "stats takes no arguments");
+    int own = own_session(x, "stats", 0);
+    if (own) return own;
     hdc_heap_stats_t s;
     int thr[3], enabled = 0;
     hdc_pipeline_begin(x->c);
@@ -757,6 +764,7 @@ static int cmd_stats(ctx_t *x, int argc, char **argv) {
 typedef struct subcmd_s {
     const char *name;
     cmd_fn run;
+    int heap; /* HEAP_READS, HEAP_WRITES or HEAP_WRITES_ARGS */
     const char *args;
     const char *help;
 } subcmd_t;
@@ -765,6 +773,7 @@ typedef struct subcmd_s {
  * is no argv[1]. */
 static int run_sub(ctx_t *x, const subcmd_t *table, int argc, char **argv) {
     const subcmd_t *sub = NULL;
+    const char *cmd = argv[0];
     if (argc < 2) {
         sub = &table[0];
     } else {
@@ -781,7 +790,11 @@ static int run_sub(ctx_t *x, const subcmd_t *table, int argc, char **argv) {
         argv++;
     }
     if (x->json) j_str(&x->j, "subcommand", sub->name);
-    return sub->run(x, argc, argv);
+    char what[64];
+    snprintf(what, sizeof what, "%s %s", cmd, sub->name);
+    int writes = sub->heap == HEAP_WRITES || (sub->heap == HEAP_WRITES_ARGS && argc > 1);
+    int rc = own_session(x, what, writes);
+    return rc ? rc : sub->run(x, argc, argv);
 }
 
 static int gc_show(ctx_t *x, int argc, char **argv) {
@@ -944,7 +957,7 @@ static void print_handles(ctx_t *x, const char *key, const hdc_handles_t *hv) {
     if (x->json) {
         j_arr(&x->j, key);
         for (size_t i = 0; i < hv->n; i++)
-            j_u64(&x->j, NULL, hv->v[i]);
+            j_id(&x->j, NULL, hv->v[i]);
         j_end_arr(&x->j);
         return;
     }
@@ -977,18 +990,22 @@ static int gc_garbage_clear(ctx_t *x, int argc, char **argv) {
 }
 
 static const subcmd_t gc_cmds[] = {
-    {"show", gc_show, "", "enabled, count, thresholds, frozen, debug flags, per-generation stats"},
-    {"count", gc_count, "", "gc.get_count()"},
-    {"threshold", gc_threshold, "[T0 [T1 [T2]]]", "gc.get_threshold(), or set_threshold first"},
-    {"enable", gc_enable, "", "gc.enable()"},
-    {"disable", gc_disable, "", "gc.disable()"},
-    {"collect", gc_collect, "[GEN]", "gc.collect(GEN); all generations by default"},
-    {"freeze", gc_freeze, "", "gc.freeze(): move every tracked object to the permanent gen"},
-    {"unfreeze", gc_unfreeze, "", "gc.unfreeze()"},
-    {"debug", gc_debug, "[FLAGS]", "gc.get_debug(), or set_debug(FLAGS) first (1,2,4,32)"},
-    {"garbage", gc_garbage, "", "list gc.garbage"},
-    {"garbage-clear", gc_garbage_clear, "", "empty gc.garbage"},
-    {NULL, NULL, NULL, NULL},
+    {"show", gc_show, HEAP_READS, "",
+     "enabled, count, thresholds, frozen, debug flags, per-generation stats"},
+    {"count", gc_count, HEAP_READS, "", "gc.get_count()"},
+    {"threshold", gc_threshold, HEAP_WRITES_ARGS, "[T0 [T1 [T2]]]",
+     "gc.get_threshold(), or set_threshold first"},
+    {"enable", gc_enable, HEAP_WRITES, "", "gc.enable()"},
+    {"disable", gc_disable, HEAP_WRITES, "", "gc.disable()"},
+    {"collect", gc_collect, HEAP_WRITES, "[GEN]", "gc.collect(GEN); all generations by default"},
+    {"freeze", gc_freeze, HEAP_WRITES, "",
+     "gc.freeze(): move every tracked object to the permanent gen"},
+    {"unfreeze", gc_unfreeze, HEAP_WRITES, "", "gc.unfreeze()"},
+    {"debug", gc_debug, HEAP_WRITES_ARGS, "[FLAGS]",
+     "gc.get_debug(), or set_debug(FLAGS) first (1,2,4,32)"},
+    {"garbage", gc_garbage, HEAP_READS, "", "list gc.garbage"},
+    {"garbage-clear", gc_garbage_clear, HEAP_WRITES, "", "empty gc.garbage"},
+    {NULL, NULL, 0, NULL, NULL},
 };
 
 static int cmd_gc(ctx_t *x, int argc, char **argv) {
@@ -1140,18 +1157,14 @@ static int trace_top(ctx_t *x, int argc, char **argv) {
     int rc = trace_parse(x, argc, argv, &o, 1);
     if (rc) return rc;
     uint32_t id = 0;
-    int fresh = o.npos == 0; /* no snapshot named: take one and free it afterwards */
-    rc = fresh ? hdc_trace_snapshot(x->c, &id) : parse_u32(x, "trace top", o.pos[0], &id);
-    if (rc) return rc;
     hdc_trace_stats_t s = {0};
-    rc = hdc_trace_statistics(x->c, id, o.group, o.limit, &s);
-    if (fresh) {
-        int keep = hdc_status(x->c); /* keep the statistics' error message, if any */
-        hdc_trace_snapshot_free(x->c, id);
-        if (keep) rc = keep;
+    if (o.npos == 0) { /* no snapshot named: the live traces */
+        rc = hdc_trace_top(x->c, o.group, o.limit, &s);
+    } else if ((rc = parse_u32(x, "trace top", o.pos[0], &id)) == 0) {
+        rc = hdc_trace_statistics(x->c, id, o.group, o.limit, &s);
     }
     if (rc) return rc;
-    if (x->json) j_u64(&x->j, "snapshot", id);
+    if (x->json && id) j_u64(&x->j, "snapshot", id);
     print_trace_stats(x, &s, 0, o.group == HDC_TRACE_BY_TAG ? "tag" : "site");
     hdc_trace_stats_free(&s);
     return 0;
@@ -1177,22 +1190,242 @@ static int trace_compare(ctx_t *x, int argc, char **argv) {
     return 0;
 }
 
+/* snapshot, free, compare and top SNAP name snapshots, which live and die with the session
+ * that took them: of use only in the shell or a kept session. */
 static const subcmd_t trace_cmds[] = {
-    {"status", trace_status, "", "tracemalloc.is_tracing() and get_traced_memory()"},
-    {"start", trace_start, "", "tracemalloc.start()"},
-    {"stop", trace_stop, "", "tracemalloc.stop() (clears the traces)"},
-    {"clear", trace_clear, "", "tracemalloc.clear_traces()"},
-    {"reset-peak", trace_reset_peak, "", "tracemalloc.reset_peak()"},
-    {"snapshot", trace_snapshot, "", "take a snapshot; prints its number"},
-    {"top", trace_top, "[SNAP] [--by site|tag] [-n N]",
-     "largest allocation sites (of SNAP, or of a fresh snapshot)"},
-    {"compare", trace_compare, "NEW OLD [--by site|tag] [-n N]", "growth from OLD to NEW"},
-    {"free", trace_free, "SNAP", "release a snapshot"},
-    {NULL, NULL, NULL, NULL},
+    {"status", trace_status, HEAP_READS, "", "tracemalloc.is_tracing() and get_traced_memory()"},
+    {"start", trace_start, HEAP_WRITES, "", "tracemalloc.start()"},
+    {"stop", trace_stop, HEAP_WRITES, "", "tracemalloc.stop() (clears the traces)"},
+    {"clear", trace_clear, HEAP_WRITES, "", "tracemalloc.clear_traces()"},
+    {"reset-peak", trace_reset_peak, HEAP_WRITES, "", "tracemalloc.reset_peak()"},
+    {"snapshot", trace_snapshot, HEAP_WRITES, "", "take a snapshot; prints its number"},
+    {"top", trace_top, HEAP_READS, "[SNAP] [--by site|tag] [-n N]",
+     "largest allocation sites (of SNAP, or of the live traces)"},
+    {"compare", trace_compare, HEAP_WRITES, "NEW OLD [--by site|tag] [-n N]",
+     "growth from OLD to NEW"},
+    {"free", trace_free, HEAP_WRITES, "SNAP", "release a snapshot"},
+    {NULL, NULL, 0, NULL, NULL},
 };
 
 static int cmd_trace(ctx_t *x, int argc, char **argv) {
     return run_sub(x, trace_cmds, argc, argv);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* census and inspect: a session's largest groups of objects, and everything about it.         */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Prints groups of live objects (tags or sites) as a table, or as a JSON array under key. */
+static void print_groups(ctx_t *x, const char *key, const char *what, const hdc_trace_stats_t *s,
+                         uint64_t total_bytes) {
+    char b1[32], b2[32], b3[32];
+    if (x->json) {
+        j_arr(&x->j, key);
+        for (size_t i = 0; i < s->n; i++) {
+            j_obj(&x->j, NULL);
+            j_str(&x->j, "key", s->v[i].key);
+            j_u64(&x->j, "count", s->v[i].count);
+            j_u64(&x->j, "bytes", s->v[i].bytes);
+            j_end_obj(&x->j);
+        }
+        j_end_arr(&x->j);
+        return;
+    }
+    int w = (int)strlen(what);
+    for (size_t i = 0; i < s->n; i++)
+        if ((int)strlen(s->v[i].key) > w) w = (int)strlen(s->v[i].key);
+    out(x, "  %-*s %14s %12s %7s %10s\n", w, what, "OBJECTS", "BYTES", "BYTES%", "AVERAGE");
+    for (size_t i = 0; i < s->n; i++) {
+        const hdc_trace_stat_t *e = &s->v[i];
+        double pct = total_bytes ? 100.0 * (double)e->bytes / (double)total_bytes : 0;
+        out(x, "  %-*s %14s %12s %6.1f%% %10s\n", w, *e->key ? e->key : "(none)",
+            fmt_num(b1, e->count), fmt_size(b2, sizeof b2, (double)e->bytes), pct,
+            fmt_size(b3, sizeof b3, e->count ? (double)e->bytes / (double)e->count : 0));
+    }
+}
+
+/* census [--by tag|site] [--sort bytes|count] [-n N]. */
+static int cmd_census(ctx_t *x, int argc, char **argv) {
+    static const char use[] = "usage: census [--by tag|site] [--sort bytes|count] [-n N]";
+    hdc_trace_group_t by = HDC_TRACE_BY_TAG;
+    hdc_census_order_t order = HDC_CENSUS_BY_BYTES;
+    uint32_t limit = 10;
+    for (int i = 1; i < argc; i++) {
+        const char *v = i + 1 < argc ? argv[i + 1] : "";
+        if (strcmp(argv[i], "--by") == 0 && (!strcmp(v, "tag") || !strcmp(v, "site")))
+            by = strcmp(v, "tag") == 0 ? HDC_TRACE_BY_TAG : HDC_TRACE_BY_SITE, i++;
+        else if (strcmp(argv[i], "--sort") == 0 && (!strcmp(v, "bytes") || !strcmp(v, "count")))
+            order = strcmp(v, "bytes") == 0 ? HDC_CENSUS_BY_BYTES : HDC_CENSUS_BY_COUNT, i++;
+        else if (strcmp(argv[i], "-n") == 0 && i + 1 < argc) {
+            int rc = parse_u32(x, "-n", argv[++i], &limit);
+            if (rc) return rc;
+        } else
+            return usage_err(x, "%s (not \"%s\")", use, argv[i]);
+    }
+    int rc = own_session(x, "census", 0);
+    if (rc) return rc;
+    hdc_trace_stats_t s = {0};
+    hdc_heap_stats_t st;
+    hdc_pipeline_begin(x->c);
+    hdc_heap_census(x->c, by, order, limit, &s);
+    hdc_heap_stats(x->c, &st);
+    rc = hdc_pipeline_end(x->c, NULL, 0);
+    if (rc) {
+        hdc_trace_stats_free(&s);
+        return rc;
+    }
+    const char *what = by == HDC_TRACE_BY_TAG ? "tag" : "site";
+    char b1[32], b2[32];
+    if (x->json) {
+        j_str(&x->j, "by", what);
+        j_str(&x->j, "sort", order == HDC_CENSUS_BY_COUNT ? "count" : "bytes");
+        j_u64(&x->j, "total", s.total);
+        j_u64(&x->j, "objects", st.objects);
+        j_u64(&x->j, "object_bytes", st.object_bytes);
+    } else {
+        out(x, "%s objects in %s, %" PRIu64 " %ss; the largest by %s:\n", fmt_num(b1, st.objects),
+            fmt_size(b2, sizeof b2, (double)st.object_bytes), s.total, what,
+            order == HDC_CENSUS_BY_COUNT ? "count" : "bytes");
+    }
+    print_groups(x, "stats", by == HDC_TRACE_BY_TAG ? "TAG" : "SITE", &s, st.object_bytes);
+    hdc_trace_stats_free(&s);
+    return 0;
+}
+
+/* "3h 4m", "12.5s": a duration in ms, for people. */
+const char *fmt_ago(char *buf, size_t cap, uint64_t ms) {
+    uint64_t s = ms / 1000;
+    if (s < 60)
+        snprintf(buf, cap, "%.1fs", ms / 1000.0);
+    else if (s < 3600)
+        snprintf(buf, cap, "%" PRIu64 "m %" PRIu64 "s", s / 60, s % 60);
+    else
+        snprintf(buf, cap, "%" PRIu64 "h %" PRIu64 "m", s / 3600, s / 60 % 60);
+    return buf;
+}
+
+static void print_report(ctx_t *x, const hdc_session_report_t *r) {
+    const hdc_session_info_t *e = &r->session;
+    const hdc_heap_stats_t *h = &r->heap;
+    if (x->json) {
+        j_obj(&x->j, "session");
+        json_session(x, e);
+        j_end_obj(&x->j);
+        j_obj(&x->j, "heap");
+#define JF(name, desc) j_u64(&x->j, #name, h->name);
+        HD_HEAP_STATS_MAP(JF)
+#undef JF
+        j_end_obj(&x->j);
+        j_obj(&x->j, "gc");
+        j_bool(&x->j, "enabled", r->gc_enabled);
+        j_arr(&x->j, "count");
+        for (int i = 0; i < 3; i++)
+            j_u64(&x->j, NULL, h->gc_count[i]);
+        j_end_arr(&x->j);
+        j_arr(&x->j, "threshold");
+        for (int i = 0; i < 3; i++)
+            j_i64(&x->j, NULL, r->gc_threshold[i]);
+        j_end_arr(&x->j);
+        j_u64(&x->j, "debug", r->gc_debug);
+        j_u64(&x->j, "freeze_count", h->gc_freeze_count);
+        print_genstats(x, h->gc);
+        j_end_obj(&x->j);
+        j_obj(&x->j, "tracing");
+        j_bool(&x->j, "on", r->tracing);
+        j_u64(&x->j, "current", r->traced_current);
+        j_u64(&x->j, "peak", r->traced_peak);
+        print_groups(x, "sites", "", &r->traced_sites, 0);
+        j_end_obj(&x->j);
+        j_u64(&x->j, "tags", r->tags);
+        j_u64(&x->j, "sites", r->sites);
+        print_groups(x, "tags_by_bytes", "", &r->tags_by_bytes, 0);
+        print_groups(x, "tags_by_count", "", &r->tags_by_count, 0);
+        print_groups(x, "sites_by_bytes", "", &r->sites_by_bytes, 0);
+        print_groups(x, "sites_by_count", "", &r->sites_by_count, 0);
+        j_obj(&x->j, "queues");
+        j_u64(&x->j, "events_queued", r->events_queued);
+        j_u64(&x->j, "events_dropped", h->events_dropped);
+        j_u64(&x->j, "event_mask", h->event_mask);
+        j_u64(&x->j, "output_bytes", r->output_bytes);
+        j_end_obj(&x->j);
+        return;
+    }
+    char b1[32], b2[32], b3[32], b4[32];
+    out(x, "session %s  client \"%s\"  %s%s\n", e->id, e->client_name,
+        e->attached ? "attached" : "detached", e->admin ? ", admin" : "");
+    out(x, "  peer          %s\n", e->peer);
+    out(x, "  worker        %u\n", e->worker);
+    time_t created = (time_t)e->created_unix;
+    struct tm tm;
+    char when[64] = "?";
+    if (gmtime_r(&created, &tm)) strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S UTC", &tm);
+    out(x, "  created       %s\n", when);
+    out(x, "  requests      %s, the last %s, %s ago\n", fmt_num(b1, e->requests),
+        *e->last_op ? e->last_op : "(none)", fmt_ago(b2, sizeof b2, e->idle_ms));
+    out(x,
+        "  output        %s unsent; events %" PRIu64 " queued, %" PRIu64 " dropped, mask 0x%02x\n",
+        fmt_size(b1, sizeof b1, (double)r->output_bytes), r->events_queued, h->events_dropped,
+        h->event_mask);
+    out(x, "heap\n");
+    out(x, "  objects       %s (%s containers), %s in objects\n", fmt_num(b1, h->objects),
+        fmt_num(b2, h->containers), fmt_size(b3, sizeof b3, (double)h->object_bytes));
+    out(x,
+        "  arenas        %" PRIu64 " (%s mapped, high water %" PRIu64 "), %" PRIu64
+        " large objects (%s)\n",
+        h->arenas_current, fmt_size(b1, sizeof b1, (double)h->arena_bytes), h->arenas_highwater,
+        h->large_objects, fmt_size(b2, sizeof b2, (double)h->large_bytes));
+    out(x, "  allocated     %s objects, %s, since it began; %s freed\n",
+        fmt_num(b1, h->allocs_total), fmt_size(b2, sizeof b2, (double)h->alloc_bytes_total),
+        fmt_num(b3, h->frees_total));
+    out(x, "gc\n");
+    out(x,
+        "  %s, threshold (%d, %d, %d), count (%" PRIu64 ", %" PRIu64 ", %" PRIu64
+        "), frozen %" PRIu64 ", debug 0x%x\n",
+        r->gc_enabled ? "enabled" : "disabled", r->gc_threshold[0], r->gc_threshold[1],
+        r->gc_threshold[2], h->gc_count[0], h->gc_count[1], h->gc_count[2], h->gc_freeze_count,
+        r->gc_debug);
+    out(x, "  collections   %" PRIu64 ", pauses %.3f ms in all, %.3f ms the longest\n",
+        e->collections, h->gc_pause_ns_total / 1e6, h->gc_pause_ns_max / 1e6);
+    print_genstats(x, h->gc);
+    if (r->tracing) {
+        out(x, "tracing on: current %s, peak %s; largest sites:\n",
+            fmt_size(b1, sizeof b1, (double)r->traced_current),
+            fmt_size(b4, sizeof b4, (double)r->traced_peak));
+        print_groups(x, NULL, "SITE", &r->traced_sites, r->traced_current);
+    } else {
+        out(x, "tracing off\n");
+    }
+    out(x, "largest tags by bytes (of %" PRIu64 " tags)\n", r->tags);
+    print_groups(x, NULL, "TAG", &r->tags_by_bytes, h->object_bytes);
+    out(x, "largest tags by count\n");
+    print_groups(x, NULL, "TAG", &r->tags_by_count, h->object_bytes);
+    out(x, "largest sites by bytes (of %" PRIu64 " sites)\n", r->sites);
+    print_groups(x, NULL, "SITE", &r->sites_by_bytes, h->object_bytes);
+    out(x, "largest sites by count\n");
+    print_groups(x, NULL, "SITE", &r->sites_by_count, h->object_bytes);
+}
+
+/* inspect [SESSION_ID] [-n N]: the session named, or --session's. */
+static int cmd_inspect(ctx_t *x, int argc, char **argv) {
+    const char *id = x->target;
+    uint32_t top = 10;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-n") == 0 && i + 1 < argc) {
+            int rc = parse_u32(x, "-n", argv[++i], &top);
+            if (rc) return rc;
+        } else if (argv[i][0] != '-' && (id == x->target)) {
+            id = argv[i];
+        } else {
+            return usage_err(x, "usage: inspect [SESSION_ID] [-n N]");
+        }
+    }
+    if (!id) return usage_err(x, "inspect needs a session id (or --session ID); see `sessions`");
+    hdc_session_report_t r;
+    int rc = hdc_session_report(x->c, id, top, &r);
+    if (rc) return rc;
+    print_report(x, &r);
+    hdc_session_report_free(&r);
+    return 0;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1204,7 +1437,7 @@ static void print_binding(ctx_t *x, const char *name, uint64_t h, const char *wh
     char hb[24];
     if (x->json) {
         j_str(&x->j, "name", name ? name : "");
-        j_u64(&x->j, what, h);
+        j_id(&x->j, what, h);
     } else if (name) {
         out(x, "%s = %s\n", name, h ? fmt_handle(hb, h) : "empty");
     } else {
@@ -1264,9 +1497,9 @@ static int cmd_link(ctx_t *x, int argc, char **argv) {
     if (rc == 0) rc = hdc_set_slot(x->c, h, idx, t);
     if (rc) return rc;
     if (x->json) {
-        j_u64(&x->j, "handle", h);
+        j_id(&x->j, "handle", h);
         j_u64(&x->j, "index", idx);
-        j_u64(&x->j, "target", t);
+        j_id(&x->j, "target", t);
     } else {
         out(x, unlink ? "%s[%u] emptied\n" : "%s[%u] -> %s\n", argv[1], idx, unlink ? "" : argv[3]);
     }
@@ -1298,7 +1531,7 @@ static int cmd_refs(ctx_t *x, int argc, char **argv) {
     if (rc) return rc;
     if (strcmp(argv[0], "release") == 0) var_del(x, argv[1]);
     if (x->json) {
-        j_u64(&x->j, "handle", h);
+        j_id(&x->j, "handle", h);
         j_u64(&x->j, "n", n);
     } else {
         out(x, "%s %s x%u\n", argv[0], argv[1], n);
@@ -1358,7 +1591,7 @@ static int cmd_read(ctx_t *x, int argc, char **argv) {
     return rc;
 }
 
-static int cmd_info(ctx_t *x, int argc, char **argv) {
+static int cmd_obj_info(ctx_t *x, int argc, char **argv) {
     if (argc != 2) return usage_err(x, "usage: info OBJ");
     uint64_t h;
     hdc_obj_info_t o;
@@ -1367,7 +1600,7 @@ static int cmd_info(ctx_t *x, int argc, char **argv) {
     if (rc) return rc;
     char hb[24];
     if (x->json) {
-        j_u64(&x->j, "handle", h);
+        j_id(&x->j, "handle", h);
         j_u64(&x->j, "refcount", o.refcount);
         j_u64(&x->j, "client_refs", o.client_refs);
         j_u64(&x->j, "sizeof", o.sizeof_bytes);
@@ -1559,7 +1792,7 @@ static int cmd_vars(ctx_t *x, int argc, char **argv) {
         if (x->json) {
             j_obj(&x->j, NULL);
             j_str(&x->j, "name", x->vars[i].name);
-            j_u64(&x->j, "value", x->vars[i].value);
+            j_id(&x->j, "value", x->vars[i].value);
             j_bool(&x->j, "weak", x->vars[i].weak);
             j_end_obj(&x->j);
         } else {
@@ -1604,7 +1837,7 @@ static int cmd_echo(ctx_t *x, int argc, char **argv) {
 /* ------------------------------------------------------------------------------------------ */
 
 static int cmd_help(ctx_t *x, int argc, char **argv);
-static int exit_code_for(int rc);
+int exit_code_for(int rc);
 
 /* doctor [--session ID] [--http HOST:PORT]: the memory doctor's findings, from the daemon's
  * HTTP server (heapctl_doctor.c); the address from --http, $HEAPD_HTTP or 127.0.0.1:7421. */
@@ -1652,15 +1885,28 @@ static int cmd_shell(ctx_t *x, int argc, char **argv) {
 
 static const cmd_t commands[] = {
     {"ping", cmd_ping, 0, OP_PING, "", "round trip to the server"},
-    {"stats", cmd_stats, 0, OP_HEAP_STATS, "",
+    {"stats", cmd_stats, CMD_HEAP, OP_HEAP_STATS, "",
      "the heap's statistics (sys._debugmallocstats, gc.get_stats)"},
-    {"gc", cmd_gc, 0, 0, "[SUBCOMMAND ...]", "the cycle collector (see `help gc`)"},
-    {"trace", cmd_trace, 0, 0, "[SUBCOMMAND ...]", "allocation tracing (see `help trace`)"},
+    {"census", cmd_census, CMD_HEAP, OP_HEAP_CENSUS, "[--by tag|site] [--sort bytes|count] [-n N]",
+     "live objects by tag or site, largest first (like redis-cli --bigkeys)"},
+    {"gc", cmd_gc, CMD_HEAP, 0, "[SUBCOMMAND ...]", "the cycle collector (see `help gc`)"},
+    {"trace", cmd_trace, CMD_HEAP, 0, "[SUBCOMMAND ...]", "allocation tracing (see `help trace`)"},
     {"server", cmd_server, 0, OP_SERVER_STATS, "", "the server's totals"},
     {"sessions", cmd_sessions, 0, OP_LIST_SESSIONS, "", "sessions, largest heap first"},
+    {"inspect", cmd_inspect, 0, OP_SESSION_REPORT, "[SESSION_ID] [-n N]",
+     "everything about one session: heap, gc, tracing, top tags and sites, queues"},
     {"kill", cmd_kill, 0, OP_KILL_SESSION, "SESSION_ID", "end a session and free its heap"},
-    {"top", cmd_top, CMD_NOSHELL, OP_LIST_SESSIONS, "[--once] [-n N] [-d SECONDS]",
-     "live view of sessions and memory"},
+    {"info", cmd_info, 0, OP_SERVER_INFO, "[SECTION | OBJ]",
+     "server, clients, memory, gc, limits, stats, persistence: key:value lines (in the "
+     "shell, info OBJ: an object's refcount, size, slots, generation, tag, site)"},
+    {"slowlog", cmd_slowlog, 0, OP_SLOWLOG_GET, "[get [N] | len | reset]",
+     "requests slower than slowlog_threshold_us, newest first"},
+    {"top", cmd_top, CMD_NOSHELL, OP_LIST_SESSIONS, "[--once] [-n N] [-d SECONDS] [--sort KEY]",
+     "live view of sessions and memory, with rates; q quits"},
+    {"latency", cmd_latency, CMD_NOSHELL, 0, "[-i MS] [-n SAMPLES]",
+     "ping round trips until ^C: min, avg, p50, p99, max (like redis-cli --latency)"},
+    {"monitor", cmd_monitor, CMD_NOSHELL, OP_MONITOR, "[-n RECORDS]",
+     "every request of every session as it is served, until ^C"},
     {"shell", cmd_shell, CMD_NOSHELL, 0, "", "interactive prompt; reads commands from stdin"},
     {"help", cmd_help, CMD_NOCONN, 0, "[COMMAND]", "this text, or a command's subcommands"},
     {"doctor", cmd_doctor, CMD_NOCONN, 0, "[--session ID] [--http HOST:PORT]",
@@ -1679,8 +1925,6 @@ static const cmd_t commands[] = {
     {"release", cmd_refs, CMD_SHELL, OP_DECREF, "OBJ", "drop one reference and forget the name"},
     {"write", cmd_write, CMD_SHELL, OP_WRITE, "OBJ OFFSET TEXT", "write bytes into the payload"},
     {"read", cmd_read, CMD_SHELL, OP_READ, "OBJ OFFSET LENGTH", "read bytes of the payload"},
-    {"info", cmd_info, CMD_SHELL, OP_OBJ_INFO, "OBJ",
-     "refcount, size, slots, flags, generation, tag, site"},
     {"refcount", cmd_query, CMD_SHELL, OP_GETREFCOUNT, "OBJ",
      "sys.getrefcount (no temporary reference)"},
     {"sizeof", cmd_query, CMD_SHELL, OP_GETSIZEOF, "OBJ", "sys.getsizeof"},
@@ -1717,8 +1961,9 @@ static void print_usage(FILE *f) {
             "%s)\n"
             "  -t, --token T         token or admin token (default: $HEAPD_TOKEN)\n"
             "  -j, --json            machine-readable output: one JSON document per command\n"
-            "      --session ID      attach to this detached session ...\n"
-            "      --resume TOKEN    ... proving it with its resume token\n"
+            "      --session ID      heap commands act on session ID (admin; see `sessions`)\n"
+            "      --resume TOKEN    with --session: attach to that detached session as its "
+            "owner\n"
             "  -k, --keep            leave the session detached at exit and print how to "
             "resume it\n"
             "      --timeout MS      wait at most MS for each answer (default %d)\n"
@@ -1733,8 +1978,11 @@ static void print_usage(FILE *f) {
     for (const cmd_t *c = commands; c->name; c++)
         if (c->flags & CMD_SHELL) fprintf(f, "  %-9s %s\n    %s\n", c->name, c->args, c->help);
     fprintf(f, "  quit      leave the shell (also end of input)\n");
-    fprintf(f, "\nEach invocation is its own session (its own heap). Use `shell` to work in "
-               "one session,\nor --keep and then --session/--resume to come back to it.\n");
+    fprintf(f, "\nEach invocation is its own session (its own heap). The heap commands (stats, "
+               "census, gc,\ntrace) act on another session with --session ID; without it "
+               "those that change\nsomething refuse, since heapctl's own session ends with it. "
+               "Use `shell` to work in one\nsession, or --keep and then --session/--resume to "
+               "come back to it.\n");
     fprintf(f, "\nExit codes:\n");
 #define EXIT_HELP(name, code, meaning) fprintf(f, "  %d  %s\n", code, meaning);
     EXIT_CODES(EXIT_HELP)
@@ -1832,7 +2080,7 @@ static int split_words(char *line, char **argv, int max) {
     }
 }
 
-static int exit_code_for(int rc) {
+int exit_code_for(int rc) {
     switch (rc) {
     case 0: return EXIT_OK;
     case RC_USAGE: return EXIT_USAGE;
@@ -1919,10 +2167,10 @@ static int shell(ctx_t *x, int argc, char **argv) {
 /* ------------------------------------------------------------------------------------------ */
 
 /* Writes the buffered output to stdout and starts a new buffer (top's refreshes). */
-static void flush_out(ctx_t *x) {
+void flush_out(ctx_t *x) {
     fclose(x->out);
     fwrite(x->outbuf, 1, x->outlen, stdout);
-    fflush(stdout);
+    if (fflush(stdout) != 0) stop_requested = 1; /* main reports it: EXIT_OUTPUT */
     free(x->outbuf);
     x->outbuf = NULL;
     x->out = open_memstream(&x->outbuf, &x->outlen);
@@ -1949,6 +2197,7 @@ static int run_command(ctx_t *x, const cmd_t *cmd, int argc, char **argv) {
         j_str(&x->j, "command", cmd->name);
     }
     /* Admin commands are not checked here: the server answers EPERM, and says why. */
+    x->note_own = 0;
     int rc = cmd->run(x, argc, argv);
     if (rc < 0 && x->c) snprintf(x->msg, sizeof x->msg, "%s", hdc_errmsg(x->c));
     const char *msg = x->msg;
@@ -1969,13 +2218,18 @@ static int run_command(ctx_t *x, const cmd_t *cmd, int argc, char **argv) {
         }
         fflush(x->out);
         fwrite(x->outbuf, 1, x->outlen, stdout);
+        if (x->note_own && !x->json) {
+            fflush(stdout);
+            fprintf(stderr, "heapctl: note: that was heapctl's own new, empty session; name "
+                            "another with --session ID (`heapctl sessions` lists them)\n");
+        }
     } else if (x->json) {
         jw_t j = {stdout, 0, {0}};
         j_obj(&j, NULL);
         j_bool(&j, "ok", 0);
         j_str(&j, "command", cmd->name);
         j_obj(&j, "error");
-        j_i64(&j, "code", rc == RC_USAGE ? 0 : rc);
+        j_i64(&j, "code", rc == RC_USAGE ? 0 : -rc); /* the protocol's positive number */
         j_str(&j, "name", rc == RC_USAGE ? "usage" : hdc_err_name(rc));
         j_str(&j, "message", msg && *msg ? msg : hdc_strerror(rc));
         j_end_obj(&j);
@@ -2010,7 +2264,7 @@ static int fail_early(ctx_t *x, int rc, const char *msg) {
         j_obj(&j, NULL);
         j_bool(&j, "ok", 0);
         j_obj(&j, "error");
-        j_i64(&j, "code", rc == RC_USAGE ? 0 : rc);
+        j_i64(&j, "code", rc == RC_USAGE ? 0 : -rc);
         j_str(&j, "name", rc == RC_USAGE ? "usage" : hdc_err_name(rc));
         j_str(&j, "message", msg);
         j_end_obj(&j);
@@ -2045,7 +2299,7 @@ int main(int argc, char **argv) {
         {NULL, 0, NULL, 0},
     };
     int opt;
-    char bad[128] = "";
+    char bad[400] = "";
     /* "+": stop at the command, so that its own options (top -n) are left to it. */
     while ((opt = getopt_long(argc, argv, "+c:t:jkhV", longopts, NULL)) != -1) {
         switch (opt) {
@@ -2065,12 +2319,16 @@ int main(int argc, char **argv) {
         }
     }
     if (!bad[0] && optind >= argc) snprintf(bad, sizeof bad, "no command given");
-    if (!bad[0] && (!x.session_id) != (!x.resume_token))
-        snprintf(bad, sizeof bad, "--session and --resume go together");
+    if (!bad[0] && x.resume_token && !x.session_id)
+        snprintf(bad, sizeof bad, "--resume needs --session ID");
+    if (!x.resume_token) x.target = x.session_id, x.session_id = NULL;
     const cmd_t *cmd = bad[0] ? NULL : find_cmd(argv[optind]);
     if (!bad[0] && (!cmd || (cmd->flags & CMD_SHELL)))
         snprintf(bad, sizeof bad, "unknown command \"%s\"%s", argv[optind],
                  cmd ? " (it works inside `heapctl shell`)" : "");
+    char why[300];
+    if (!bad[0] && !(cmd->flags & CMD_NOCONN) && hdc_url_check(x.url, why, sizeof why) != 0)
+        snprintf(bad, sizeof bad, "--connect (or $HEAPD_URL): %s", why);
     if (bad[0]) return fail_early(&x, RC_USAGE, bad);
 
     if (!(cmd->flags & CMD_NOCONN)) {
@@ -2090,6 +2348,11 @@ int main(int argc, char **argv) {
             return code;
         }
         hdc_set_event_cb(x.c, on_event, &x);
+        if (x.target && (rc = hdc_set_target(x.c, x.target)) != 0) {
+            int code = fail_early(&x, rc, hdc_errmsg(x.c));
+            hdc_free(x.c);
+            return code;
+        }
     }
 
     int code = cmd->run == cmd_shell
@@ -2121,5 +2384,12 @@ int main(int argc, char **argv) {
         free(x.vars[i].name);
     free(x.vars);
     free(x.events);
+    /* Output that never reached its reader is a failure, whatever the server said:
+     * `heapctl stats > /dev/full` must not look like it worked. */
+    errno = 0;
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "heapctl: cannot write the output: %s\n", strerror(errno ? errno : EIO));
+        code = EXIT_OUTPUT;
+    }
     return code;
 }

@@ -84,6 +84,8 @@ def bounds(k):
         return ""
     if t == "three integers":
         return "each from %s to %s" % (lo, hi)
+    if t == "a list of uids or user names, or off":
+        return "at most %s items" % hi
     fail("no wording for the bounds of type \"%s\" (key %s): teach mkman.py:bounds" %
          (t, k["name"]))
 

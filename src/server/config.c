@@ -15,6 +15,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdlib.h>
@@ -48,6 +49,7 @@ typedef union cfgval_u {
     unsigned mode;
     char *s;
     hd_strlist_t list;
+    hd_uidlist_t uids;
     int triple[3];
 } cfgval_t;
 
@@ -396,6 +398,79 @@ static int copy_triple(void *dst, const void *src) {
     return 0;
 }
 
+/* uids: a list of uids or user names (resolved when the file is read), or off. */
+static int parse_uids(const hd_config_key_t *k, yaml_document_t *doc, yaml_node_t *n, cfgval_t *out,
+                      perr_t *e) {
+    static const char *const off[] = {"off", "false", "no", "none", NULL};
+    memset(&out->uids, 0, sizeof out->uids);
+    if (n->type == YAML_SCALAR_NODE) {
+        for (int i = 0; off[i]; i++)
+            if (strcasecmp(scalar_text(n), off[i]) == 0) return out->uids.off = 1, 0;
+    }
+    if (n->type != YAML_SEQUENCE_NODE)
+        return perr(e, n,
+                    "%s: expected a list of uids or user names such as [1000, \"alice\"], "
+                    "or off",
+                    k->name);
+    size_t cap = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+    if (cap > k->max)
+        return perr(e, n, "%s: more than %llu items", k->name, (unsigned long long)k->max);
+    hd_uidlist_t l = {0, NULL, 0};
+    if (cap && !(l.v = calloc(cap, sizeof *l.v))) return perr(e, n, "%s: out of memory", k->name);
+    for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top;
+         it++) {
+        yaml_node_t *item = yaml_document_get_node(doc, *it);
+        const char *s = item->type == YAML_SCALAR_NODE ? scalar_text(item) : "";
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(s, &end, 10);
+        if (*s >= '0' && *s <= '9' && !*end && !errno && v < UINT32_MAX) {
+            l.v[l.n++] = (uint32_t)v;
+            continue;
+        }
+        struct passwd pw, *found = NULL;
+        char buf[1024];
+        if (*s && getpwnam_r(s, &pw, buf, sizeof buf, &found) == 0 && found) {
+            l.v[l.n++] = (uint32_t)found->pw_uid;
+            continue;
+        }
+        free(l.v);
+        return perr(e, item, "%s: \"%s\" is neither a uid nor a user name", k->name, s);
+    }
+    out->uids = l;
+    return 0;
+}
+static void print_uids(const hd_config_key_t *k, const void *field, FILE *f) {
+    const hd_uidlist_t *l = field;
+    if (l->off) {
+        fputs("off", f);
+        return;
+    }
+    fputc('[', f);
+    for (size_t i = 0; i < l->n; i++)
+        fprintf(f, "%s%lu", i ? ", " : "", (unsigned long)l->v[i]);
+    fputc(']', f);
+}
+static int equal_uids(const void *a, const void *b) {
+    const hd_uidlist_t *x = a, *y = b;
+    return x->off == y->off && x->n == y->n && (!x->n || !memcmp(x->v, y->v, x->n * sizeof *x->v));
+}
+static int copy_uids(void *dst, const void *src) {
+    const hd_uidlist_t *s = src;
+    hd_uidlist_t l = {s->off, NULL, s->n};
+    if (s->n) {
+        if (!(l.v = malloc(s->n * sizeof *l.v))) return HD_ENOMEM;
+        memcpy(l.v, s->v, s->n * sizeof *l.v);
+    }
+    *(hd_uidlist_t *)dst = l;
+    return 0;
+}
+static void free_uids(void *field) {
+    hd_uidlist_t *l = field;
+    free(l->v);
+    memset(l, 0, sizeof *l);
+}
+
 static const hd_cfg_type_t type_uint = {"an integer", sizeof(uint64_t), parse_uint,  print_uint,
                                         equal_bytes8, copy_u64,         free_nothing};
 static const hd_cfg_type_t type_size = {
@@ -419,6 +494,13 @@ static const hd_cfg_type_t type_string = {"a string",   sizeof(char *), parse_st
 static const hd_cfg_type_t type_strlist = {"a list of strings", sizeof(hd_strlist_t), parse_strlist,
                                            print_strlist,       equal_strlist,        copy_strlist,
                                            free_strlist};
+static const hd_cfg_type_t type_uids = {"a list of uids or user names, or off",
+                                        sizeof(hd_uidlist_t),
+                                        parse_uids,
+                                        print_uids,
+                                        equal_uids,
+                                        copy_uids,
+                                        free_uids};
 static const hd_cfg_type_t type_triple = {"three integers", 3 * sizeof(int), parse_triple,
                                           print_triple,     equal_triple,    copy_triple,
                                           free_nothing};
@@ -534,6 +616,8 @@ static const hd_config_key_t keys[] = {
                              RELOAD, SECRET, NULL,               validate_token),
     KEY(admin_tokens,        strlist,  "[]",                   0,                     1024,
                              RELOAD, SECRET, NULL,               validate_token),
+    KEY(admin_peer_uids,     uids,     "[]",                   0,                     1024,
+                             RELOAD, PUBLIC, NULL,               NULL),
     KEY(log_level,           enum,     "info",                 0,                     0,
                              RELOAD, PUBLIC, hd_log_level_names, NULL),
     KEY(log_format,          enum,     "text",                 0,                     0,
@@ -551,6 +635,12 @@ static const hd_config_key_t keys[] = {
     KEY(http_timeout,        duration, "10s",                  100,                   DAY_MS,
                              RELOAD, PUBLIC, NULL,               NULL),
     KEY(metrics_top_sessions, uint,    "10",                   0,                     1000,
+                             RELOAD, PUBLIC, NULL,               NULL),
+    KEY(slowlog_threshold_us, uint,    "10000",                0,                     3600000000ull,
+                             RELOAD, PUBLIC, NULL,               NULL),
+    KEY(slowlog_max_len,     uint,     "128",                  0,                     10000,
+                             RELOAD, PUBLIC, NULL,               NULL),
+    KEY(monitor_buffer,      size,     "1MiB",                 4 * KIB,               GIB,
                              RELOAD, PUBLIC, NULL,               NULL),
 };
 /* clang-format on */

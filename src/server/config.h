@@ -25,6 +25,13 @@ typedef struct hd_strlist_s {
     size_t n;
 } hd_strlist_t;
 
+/* Uids, or the whole mechanism turned off (admin_peer_uids). */
+typedef struct hd_uidlist_s {
+    int off;     /* 1: no peer is an admin by its credentials */
+    uint32_t *v; /* n uids, owned */
+    size_t n;
+} hd_uidlist_t;
+
 typedef struct hd_config_s {
     hd_strlist_t listen;             /* "host:port" each; may be empty */
     char *unix_socket;               /* path; "" for none */
@@ -45,6 +52,7 @@ typedef struct hd_config_s {
     uint64_t client_stall_timeout;   /* ms a client may take no output before it is dropped */
     hd_strlist_t tokens;             /* hello must present one of these when non-empty */
     hd_strlist_t admin_tokens;       /* tokens that also allow the admin requests */
+    hd_uidlist_t admin_peer_uids;    /* Unix peers that are admins besides root and our own uid */
     int log_level;                   /* hd_log_level_t */
     int log_format;                  /* hd_log_format_t */
     int gc_enabled;                  /* new sessions: automatic collection */
@@ -54,6 +62,9 @@ typedef struct hd_config_s {
     uint64_t http_max_connections;   /* open HTTP connections */
     uint64_t http_timeout;           /* ms: a request's head must arrive, a response be taken */
     uint64_t metrics_top_sessions;   /* sessions with series of their own in /metrics */
+    uint64_t slowlog_threshold_us;   /* requests that run longer go to the slowlog */
+    uint64_t slowlog_max_len;        /* entries the slowlog keeps; 0 = no slowlog */
+    uint64_t monitor_buffer;         /* bytes of records a monitor may have waiting */
 } hd_config_t;
 
 /* Where a loading error was found; line and column are 1-based, 0 when not known. */

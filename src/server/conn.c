@@ -18,6 +18,10 @@
  *             that reads gets every one and the server buffers no more than the limit (and
  *             one response). A client that takes none of its output for
  *             client_stall_timeout is disconnected.
+ *   waiting   a request names another session (an admin's session_report, session_op):
+ *             dispatch defers it, and the frame goes to the worker that owns that session
+ *             (inspect.h), which runs it there and sends back the framed response. Until it is
+ *             back no frames are taken and no bytes read, so responses stay in request order.
  *   last write a bad frame, goodbye, a refused hello, idle timeout or shutdown: nothing more
  *             is read; the connection closes once its output is written. When the server
  *             ends it (idle, shutdown, an admin's kill) that output ends with one error
@@ -29,6 +33,8 @@
  * and callbacks report (dispatch's goodbye). It does not own sessions (session.c), the request
  * table (dispatch.c) or framing (codec.c).
  */
+#include "inspect.h"
+#include "observe.h"
 #include "server.h"
 #include "session.h"
 
@@ -52,6 +58,14 @@ typedef struct hd_write_s {
 
 static void process(hd_conn_t *c);
 
+/* The structured fields of a log line about c (log.h): its peer and session, the op and the
+ * error if given. A compound literal of the caller's block, so no memory is kept. */
+#define conn_fields(c, op_, code_)                                                                 \
+    (&(hd_log_fields_t){.session = (c)->session ? (c)->session->id : NULL,                         \
+                        .peer = (c)->peer,                                                         \
+                        .op = (op_),                                                               \
+                        .code = (code_)})
+
 /* ------------------------------------------------------------------------------------------ */
 /* The services dispatch calls back into (ctx is the conn).                                    */
 /* ------------------------------------------------------------------------------------------ */
@@ -69,12 +83,36 @@ static int op_kill_session(void *ctx, const char *id) {
     hd_conn_t *c = ctx;
     return hd__sessions_kill(c->worker, c->peer, id);
 }
+static int op_server_info(void *ctx, const char *section, hd_info_item_t **out, size_t *n) {
+    return hd__server_info(((hd_conn_t *)ctx)->worker, section, out, n);
+}
+static int op_slowlog_get(void *ctx, size_t count, hd_slow_entry_t **out, size_t *n, uint64_t *len,
+                          uint64_t *total) {
+    return hd__slowlog_get(&((hd_conn_t *)ctx)->worker->srv->slowlog, count, out, n, len, total);
+}
+static int op_slowlog_reset(void *ctx) {
+    hd_conn_t *c = ctx;
+    hd__slowlog_reset(&c->worker->srv->slowlog);
+    hd_log_infof(conn_fields(c, "slowlog_reset", 0), "%s: slowlog reset", c->peer);
+    return 0;
+}
+static int op_monitor(void *ctx) {
+    hd_conn_t *c = ctx;
+    int rc = hd__monitor_start(c);
+    if (rc == 0)
+        hd_log_infof(conn_fields(c, "monitor", 0), "%s: monitoring every request", c->peer);
+    return rc;
+}
 
 static const hd_server_ops_t server_ops = {
     .goodbye = op_goodbye,
     .server_stats = op_server_stats,
     .list_sessions = op_list_sessions,
     .kill_session = op_kill_session,
+    .server_info = op_server_info,
+    .slowlog_get = op_slowlog_get,
+    .slowlog_reset = op_slowlog_reset,
+    .monitor = op_monitor,
 };
 
 /* ------------------------------------------------------------------------------------------ */
@@ -94,11 +132,12 @@ static void arm_timer(hd_conn_t *c);
 static void flush(hd_conn_t *c);
 
 static void start_reading(hd_conn_t *c) {
-    if (c->flags & (HD_CONN_READING | HD_CONN_PAUSED | HD_CONN_LAST_WRITE | HD_CONN_CLOSING))
+    if (c->flags &
+        (HD_CONN_READING | HD_CONN_PAUSED | HD_CONN_WAITING | HD_CONN_LAST_WRITE | HD_CONN_CLOSING))
         return;
     int rc = uv_read_start(&c->h.stream, on_alloc, on_read);
     if (rc < 0) {
-        hd_log_warn("%s: cannot read: %s", c->peer, uv_strerror(rc));
+        hd_log_warnf(conn_fields(c, NULL, 0), "%s: cannot read: %s", c->peer, uv_strerror(rc));
         hd__conn_close(c);
         return;
     }
@@ -203,12 +242,12 @@ static void on_timer(uv_timer_t *t) {
     }
     const hd_config_t *cfg = &c->worker->cfg;
     if (which == DL_HELLO) {
-        hd_log_info("%s: no hello within %llu ms of connecting; closing", c->peer,
+        hd_log_infof(conn_fields(c, NULL, HD_ETIMEDOUT), "%s: no hello within %llu ms of connecting; closing", c->peer,
                     (unsigned long long)cfg->hello_timeout);
         hd__metrics_reject(c->worker->srv, HD_REJECT_HELLO_TIMEOUT);
         hd__conn_fail(c, 0, HD_ETIMEDOUT, "no hello in time (hello_timeout)");
     } else if (which == DL_FRAME) {
-        hd_log_info("%s: a frame of %zu bytes so far took %llu ms: slower than min_frame_rate "
+        hd_log_infof(conn_fields(c, NULL, HD_ETIMEDOUT), "%s: a frame of %zu bytes so far took %llu ms: slower than min_frame_rate "
                     "(%llu bytes/s after frame_timeout); closing",
                     c->peer, hd_frame_parser_partial(&c->parser),
                     (unsigned long long)(now - c->frame_at),
@@ -224,7 +263,7 @@ static void on_timer(uv_timer_t *t) {
         return;
     } else {
         int hello = !(c->flags & HD_CONN_HELLO_DONE);
-        hd_log_info("%s: %s for %llu ms; closing", c->peer, hello ? "no hello, idle" : "idle",
+        hd_log_infof(conn_fields(c, NULL, HD_ETIMEDOUT), "%s: %s for %llu ms; closing", c->peer, hello ? "no hello, idle" : "idle",
                     (unsigned long long)cfg->idle_timeout);
         if (hello) hd__metrics_reject(c->worker->srv, HD_REJECT_HELLO_TIMEOUT);
         hd__conn_fail(c, 0, HD_ETIMEDOUT, hello ? "no hello in time" : "idle timeout");
@@ -262,6 +301,7 @@ void hd__conn_close(hd_conn_t *c) {
     c->flags &= ~HD_CONN_READING;
     hd_session_t *s = take_session(c);
     if (s) hd__session_detach(s);
+    hd__monitor_stop(c);
     if (!(c->flags & HD_CONN_MOVED)) hd_log_debug("%s: connection closed", c->peer);
     /* The flag above makes this function idempotent; libuv's own handles must never be
      * closed twice, which would free the conn while a callback still points at it. */
@@ -281,9 +321,10 @@ static bool events_owed(const hd_conn_t *c) {
     return c->session && !(c->flags & HD_CONN_FAILED) && hd_events_pending(c->session->heap);
 }
 
-/* Closes the connection once it has nothing left to write, or resumes reading. */
+/* Closes the connection once it has nothing left to write, or resumes reading. A waiting
+ * connection still owes an answer: it neither closes nor reads. */
 static void settle(hd_conn_t *c) {
-    if (c->flags & (HD_CONN_CLOSING | HD_CONN_IN_PROCESS)) return;
+    if (c->flags & (HD_CONN_CLOSING | HD_CONN_IN_PROCESS | HD_CONN_WAITING)) return;
     if (c->flags & HD_CONN_LAST_WRITE) {
         stop_reading(c);
         if (c->out.len == 0 && c->writes_pending == 0 && !events_owed(c)) hd__conn_close(c);
@@ -369,6 +410,7 @@ static void on_write(uv_write_t *req, int status) {
         c->flags &= ~HD_CONN_PAUSED;
         process(c); /* the events owed, then the frames already buffered */
     }
+    if (c->monitor) hd__conn_monitor_ready(c);
     settle(c);
 }
 
@@ -395,7 +437,8 @@ static void flush(hd_conn_t *c) {
     }
     hd_write_t *wr = malloc(sizeof *wr);
     if (!wr) {
-        hd_log_warn("%s: out of memory queueing output; closing", c->peer);
+        hd_log_warnf(conn_fields(c, NULL, HD_ENOMEM), "%s: out of memory queueing output; closing",
+                     c->peer);
         hd__conn_close(c);
         return;
     }
@@ -424,6 +467,7 @@ static void flush(hd_conn_t *c) {
 void hd__conn_fail(hd_conn_t *c, uint64_t id, int code, const char *why) {
     if (c->flags & (HD_CONN_CLOSING | HD_CONN_FAILED)) return;
     c->flags |= HD_CONN_LAST_WRITE | HD_CONN_FAILED;
+    c->flags &= ~HD_CONN_WAITING; /* a deferred answer still to come is dropped when it does */
     stop_reading(c);
     if (hd_dispatch_error(id, code, why, &c->out) < 0) {
         hd__conn_close(c);
@@ -439,6 +483,164 @@ void hd__conn_session_killed(hd_conn_t *c) {
     hd_session_t *s = take_session(c);
     if (s) hd__session_destroy(s, "killed by an admin");
     hd__conn_fail(c, 0, HD_ENOSESSION, "session killed by an admin");
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Requests run by another session's worker.                                                   */
+/* ------------------------------------------------------------------------------------------ */
+
+/* A deferred request on its way to the owner of session_id and back. The owner dispatches
+ * frame again with that session's env (on_owner) into answer, which the origin writes where
+ * the request's response belongs. */
+typedef struct conn_call_s {
+    hd_xcall_t x;
+    uint64_t serial;         /* the waiting connection, on x.origin */
+    uint64_t max_read_bytes; /* its response budget */
+    char peer[HD_PEER_LEN];  /* the admin's, for the log */
+    uint8_t *frame;          /* the request's frame payload (owned) */
+    size_t len;
+    hd_buf_t answer; /* the framed response */
+} conn_call_t;
+
+static void call_free(hd_xcall_t *x) {
+    conn_call_t *k = (conn_call_t *)x;
+    free(k->frame);
+    hd_buf_free(&k->answer);
+    free(k);
+}
+
+/* The report service of an on_owner env, whose ctx is the session. */
+static int owner_report(void *ctx, unsigned top, hd_session_report_t *out) {
+    return hd__session_report(ctx, top, out);
+}
+
+static const hd_server_ops_t owner_ops = {.session_report = owner_report};
+
+/* The request's id, for an answer made without dispatch. */
+static uint64_t frame_id(const uint8_t *frame, size_t len) {
+    uint64_t id = 0;
+    hd_dispatch_scan(frame, len, &id, NULL);
+    return id;
+}
+
+/* On the owner's thread: the request, dispatched as if the session had sent it, with admin
+ * rights (the origin checked them). Events it raised there go to that session's client. */
+static void call_run(hd_xcall_t *x, hd_session_t *s) {
+    conn_call_t *k = (conn_call_t *)x;
+    if (!s) {
+        char why[96];
+        snprintf(why, sizeof why, "no such session: %s (it ended meanwhile)", x->session_id);
+        hd_dispatch_error(frame_id(k->frame, k->len), HD_ENOSESSION, why, &k->answer);
+        return;
+    }
+    hd_dispatch_env_t env;
+    memset(&env, 0, sizeof env);
+    env.heap = s->heap;
+    env.admin = 1;
+    env.on_owner = 1;
+    env.ops = &owner_ops;
+    env.ops_ctx = s;
+    env.max_read_bytes = k->max_read_bytes;
+    int rc = hd_dispatch_frame(&env, k->frame, k->len, &k->answer);
+    /* What an admin did to a session is worth a line of its own; what it looked at, at debug. */
+    int acted = hd_dispatch_op_mutates(env.last_op); /* session_op may; session_report reads */
+    if (hd_log_enabled(acted ? HD_LOG_INFO : HD_LOG_DEBUG)) {
+        const char *op;
+        char args[HD_ARGS_LEN];
+        hd__request_text(k->frame, k->len, &op, args, sizeof args);
+        hd_logf(acted ? HD_LOG_INFO : HD_LOG_DEBUG,
+                &(hd_log_fields_t){
+                    .session = s->id, .peer = k->peer, .op = op, .code = env.last_status},
+                "%s: in session %s, as an admin: %s %s -> %s", k->peer, s->id, op, args,
+                env.last_status ? hd_err_name(-env.last_status) : "OK");
+    }
+    if (rc == HD_DISPATCH_DEFER) /* an on_owner env never defers; if it did, say so */
+        hd_dispatch_error(frame_id(k->frame, k->len), HD_EINTERNAL, "deferred twice", &k->answer);
+    if (s->conn) hd__conn_kick(s->conn);
+}
+
+static hd_conn_t *conn_by_serial(hd_worker_t *w, uint64_t serial) {
+    for (hd_conn_t *c = w->conns; c; c = c->next)
+        if (c->serial == serial) return c;
+    return NULL;
+}
+
+/* Back on the origin: the answer goes where the request's response belongs, and the
+ * connection takes frames again. A connection that stopped waiting (closed, failed) drops it. */
+static void call_done(hd_xcall_t *x, hd_worker_t *w) {
+    conn_call_t *k = (conn_call_t *)x;
+    hd_conn_t *c = conn_by_serial(w, k->serial);
+    if (c && (c->flags & HD_CONN_WAITING) && !(c->flags & HD_CONN_CLOSING)) {
+        c->flags &= ~HD_CONN_WAITING;
+        int rc = x->status == HD_ESHUTDOWN
+                     ? hd_dispatch_error(frame_id(k->frame, k->len), HD_ESHUTDOWN,
+                                         "the session's worker is shutting down", &c->out)
+                 : k->answer.len ? hd_buf_append(&c->out, k->answer.data, k->answer.len)
+                                 : HD_ENOMEM;
+        if (rc < 0) {
+            hd_log_warnf(conn_fields(c, NULL, rc), "%s: %s answering a request; closing", c->peer,
+                         hd_strerror(rc));
+            c->flags |= HD_CONN_LAST_WRITE | HD_CONN_FAILED;
+        }
+        process(c); /* the events owed, then the frames that waited behind it */
+    }
+    call_free(x);
+}
+
+/* dispatch deferred the request in frame to the owner of c->env.defer_to: sends it there and
+ * waits, or answers at once when that cannot be done. */
+static void defer(hd_conn_t *c, const uint8_t *frame, size_t len) {
+    conn_call_t *k = calloc(1, sizeof *k);
+    int rc = k && (k->frame = malloc(len ? len : 1)) ? 0 : HD_ENOMEM;
+    if (rc == 0) {
+        memcpy(k->frame, frame, len);
+        k->len = len;
+        snprintf(k->x.session_id, sizeof k->x.session_id, "%s", c->env.defer_to);
+        k->x.run = call_run;
+        k->x.done = call_done;
+        k->x.free = call_free;
+        k->x.origin = c->worker;
+        k->serial = c->serial;
+        k->max_read_bytes = c->env.max_read_bytes;
+        memcpy(k->peer, c->peer, sizeof k->peer);
+        hd_buf_init(&k->answer);
+        rc = hd__xcall_post(c->worker->srv, &k->x);
+    }
+    if (rc == 0) {
+        c->flags |= HD_CONN_WAITING;
+        stop_reading(c);
+        return;
+    }
+    if (k) call_free(&k->x);
+    char why[96];
+    snprintf(why, sizeof why, "no such session: %s", c->env.defer_to);
+    if (hd_dispatch_error(frame_id(frame, len), rc, rc == HD_ENOSESSION ? why : NULL, &c->out) < 0)
+        c->flags |= HD_CONN_LAST_WRITE | HD_CONN_FAILED;
+}
+
+void hd__conn_kick(hd_conn_t *c) {
+    if (c->flags & (HD_CONN_WAITING | HD_CONN_IN_PROCESS | HD_CONN_CLOSING) || !events_owed(c))
+        return;
+    process(c); /* writes them as the client's reading allows, and gives the output buffer back
+                   once it is empty */
+}
+
+void hd__conn_monitor_ready(hd_conn_t *c) {
+    if (!c->monitor || (c->flags & (HD_CONN_CLOSING | HD_CONN_LAST_WRITE | HD_CONN_IN_PROCESS)))
+        return;
+    uint64_t limit = c->worker->cfg.output_buffer_limit;
+    /* A write the socket takes at once has no callback to come back with: go on until the
+     * records run out or the socket's queue fills, whose drain (on_write) calls again. */
+    for (;;) {
+        uint64_t unsent = queued(c) + c->out.len;
+        if (unsent >= limit || hd__monitor_take(c->monitor, &c->out, limit - unsent) == 0) break;
+        flush(c);
+        if (c->flags & HD_CONN_CLOSING) return;
+    }
+}
+
+uint64_t hd__conn_unsent(const hd_conn_t *c) {
+    return c->out.len + (c->flags & HD_CONN_CLOSING ? 0 : queued(c));
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -480,7 +682,7 @@ static void frame_error(hd_conn_t *c, int err) {
         snprintf(why, sizeof why, "zero-length frame");
     else
         snprintf(why, sizeof why, "%s", hd_strerror(err));
-    hd_log_warn("%s: %s; closing", c->peer, why);
+    hd_log_warnf(conn_fields(c, NULL, err), "%s: %s; closing", c->peer, why);
     hd__conn_fail(c, 0, err, why);
 }
 
@@ -491,6 +693,11 @@ static void process(hd_conn_t *c) {
     c->flags |= HD_CONN_IN_PROCESS;
     hd_worker_t *w = c->worker;
     uint64_t nframes = 0;
+    /* For the slowlog and the monitors, each request is timed: one clock read per request,
+     * each ending the previous request's time and starting the next's (a clock read can cost
+     * as much as a small request; see bench/observe_cost.sh). */
+    int observe = hd__observing(w);
+    uint64_t mark = observe ? uv_hrtime() : 0;
     /* Responses are packed into the worker's spare buffer, which goes back to the worker once
      * written (below): a connection holds an output buffer only while output is pending. The
      * buffer moves, it is never shared: if output stays queued, the connection keeps it. */
@@ -500,7 +707,7 @@ static void process(hd_conn_t *c) {
     }
     /* Each turn: the events owed first (a request's events come before the next response),
      * then one frame. Once the client has sent EOF only the events are left to send. */
-    while (!(c->flags & (HD_CONN_CLOSING | HD_CONN_FAILED | HD_CONN_PAUSED))) {
+    while (!(c->flags & (HD_CONN_CLOSING | HD_CONN_FAILED | HD_CONN_PAUSED | HD_CONN_WAITING))) {
         if (!drain_events(c)) {
             pause_output(c, "events waiting for the client to read");
             break;
@@ -519,11 +726,20 @@ static void process(hd_conn_t *c) {
         } else {
             int rc = hd_dispatch_frame(&c->env, payload, len, &c->out);
             nframes++;
-            if (rc == HD_EPROTO) {
-                hd_log_warn("%s: undecodable request; closing", c->peer);
+            if (observe) {
+                uint64_t now = uv_hrtime();
+                if (rc != HD_DISPATCH_DEFER) hd__observe_request(c, payload, len, now - mark);
+                mark = now;
+            }
+            if (rc == HD_DISPATCH_DEFER) {
+                defer(c, payload, len);
+            } else if (rc == HD_EPROTO) {
+                hd_log_warnf(conn_fields(c, NULL, HD_EPROTO), "%s: undecodable request; closing",
+                             c->peer);
                 c->flags |= HD_CONN_LAST_WRITE | HD_CONN_FAILED;
             } else if (rc < 0) {
-                hd_log_warn("%s: %s answering a request; closing", c->peer, hd_strerror(rc));
+                hd_log_warnf(conn_fields(c, hd_dispatch_op_name(c->env.last_op), rc),
+                             "%s: %s answering a request; closing", c->peer, hd_strerror(rc));
                 c->flags |= HD_CONN_LAST_WRITE | HD_CONN_FAILED;
             }
         }
@@ -539,7 +755,7 @@ static void process(hd_conn_t *c) {
     }
     if (nframes) {
         atomic_fetch_add_explicit(&w->requests, nframes, memory_order_relaxed);
-        if (c->session) hd__session_touch(c->session, nframes);
+        if (c->session) hd__session_touch(c->session, nframes, c->env.last_op);
     }
     flush(c);
     if (c->out.len == 0 && c->out.data != NULL && w->scratch.data == NULL &&
@@ -607,6 +823,8 @@ void hd__conn_adopt(hd_worker_t *w, hd_msg_t *m) {
     }
     c->worker = w;
     c->is_unix = m->is_unix;
+    c->cred = m->cred;
+    c->serial = ++w->next_serial;
     c->slot = m->slot; /* the conn holds it from here */
     memset(&m->slot, 0, sizeof m->slot);
     memcpy(c->peer, m->peer, sizeof c->peer);
@@ -676,6 +894,7 @@ int hd__conn_move(hd_conn_t *c, hd_worker_t *to, const uint8_t *frame, size_t le
     memcpy(m->data, start, n);
     m->len = n;
     m->is_unix = c->is_unix;
+    m->cred = c->cred;
     memcpy(m->peer, c->peer, sizeof m->peer);
     /* The connection's count goes with it (its place in this worker's nconns is given back
      * when c is freed). */
@@ -692,6 +911,7 @@ int hd__conn_move(hd_conn_t *c, hd_worker_t *to, const uint8_t *frame, size_t le
 
 void hd__conn_finish(hd_conn_t *c) {
     if (c->flags & HD_CONN_CLOSING) return;
+    c->flags &= ~HD_CONN_WAITING;        /* its answer may never come back: the reason ends it */
     if (c->flags & HD_CONN_LAST_WRITE) { /* already ending; its last words are queued */
         c->flags |= HD_CONN_FAILED;      /* and no more events: the session goes with the server */
         flush(c);

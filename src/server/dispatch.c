@@ -212,6 +212,7 @@ typedef struct op_row_s {
     bool grows;
     bool size_after; /* readonly && grows: the result is sized after the op ran */
     bool events;
+    bool any_session; /* session_op may run it in another session */
 } op_row_t;
 
 #define RESULT_DESC_RESULT(result) &heapd__v1__##result##__descriptor
@@ -219,7 +220,7 @@ typedef struct op_row_s {
 #define RESULT_OFFSET_RESULT(name) offsetof(rsp_t, name)
 #define RESULT_OFFSET_STATUS(name) 0
 #define OP_ROW(NAME, name, number, FAMILY, Request, request, KIND, Result, result, admin,          \
-               readonly, unbatched, events, grows)                                                 \
+               readonly, unbatched, events, grows, any_session)                                    \
     [number] = {#name,                                                                             \
                 hd__run_##name,                                                                    \
                 RESULT_DESC_##KIND(result),                                                        \
@@ -229,7 +230,8 @@ typedef struct op_row_s {
                 unbatched,                                                                         \
                 grows,                                                                             \
                 (readonly) && (grows),                                                             \
-                events},
+                events,                                                                            \
+                any_session},
 static const op_row_t op_table[] = {HD_OPS(OP_ROW)};
 #undef OP_ROW
 
@@ -283,6 +285,11 @@ static void count(hd_op_counters_t *k, int op_case, uint32_t code) {
                           memory_order_relaxed);
     atomic_store_explicit(st, atomic_load_explicit(st, memory_order_relaxed) + 1,
                           memory_order_relaxed);
+}
+
+int hd_dispatch_op_any_session(int op_case) {
+    const op_row_t *row = op_row(op_case);
+    return row != NULL && row->any_session;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -339,8 +346,10 @@ void hd__op_run(hd_opctx_t *c, const req_t *rq, rsp_t *rs, bool nested) {
     else if (unlikely(nested && row->unbatched))
         rc = hd__op_fail(c, HD_EINVAL, "%s is not allowed inside a batch", row->name);
     else if (unlikely(row->admin && !c->env->admin))
-        rc =
-            hd__op_fail(c, HD_EPERM, "%s needs a session that presented an admin token", row->name);
+        rc = hd__op_fail(c, HD_EPERM,
+                         "%s needs an admin session (an admin token, or on the Unix socket a "
+                         "peer uid that admin_peer_uids allows)",
+                         row->name);
     else
         rc = run_row(c, row, rq, rs);
     if (rc < 0) {
@@ -466,10 +475,17 @@ int hd_dispatch_frame(hd_dispatch_env_t *env, const uint8_t *payload, size_t len
     c.holds = NULL;
     c.budget = budget_of(env);
     c.partial = 0;
+    c.deferred = false;
     c.detail[0] = '\0';
+    env->last_op = (int)rq->op_case;
     rsp_t rs;
     hd__op_run(&c, rq, &rs, false);
-    rc = write_response(m, &rs, out);
+    if (unlikely(c.deferred)) {
+        rc = HD_DISPATCH_DEFER; /* answered by the worker that owns env->defer_to */
+    } else {
+        env->last_status = rs.status->code;
+        rc = write_response(m, &rs, out);
+    }
     release_holds(&c);
     hd__framemem_leave(m);
     return rc;

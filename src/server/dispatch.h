@@ -60,33 +60,138 @@ typedef struct hd_op_counters_s {
     atomic_uint_fast64_t statuses[HD_STATUS_SLOTS];
 } hd_op_counters_t;
 
-/* clang-format off */
-/* Services the server provides to dispatch: goodbye, events and admin requests. */
-typedef struct hd_session_info_s { char id[40]; char peer[64]; int attached; uint64_t bytes, objects, requests, idle_ms, created_unix; } hd_session_info_t;
+/* Room for a peer's name: "[ffff:...:ffff%ifname]:65535" or "unix:pid=...,uid=...,#n". */
+#define HD_PEER_LEN 128
+/* Room for a session id (16 hex digits) with its NUL, with room to spare. */
+#define HD_ID_LEN 40
+/* Room for a client name: Hello.client_name's first 63 bytes. */
+#define HD_NAME_LEN 64
+
+/* One session as the registry publishes it (list_sessions; SessionInfo in the .proto). */
+typedef struct hd_session_info_s {
+    char id[HD_ID_LEN];
+    char peer[HD_PEER_LEN];
+    char client_name[HD_NAME_LEN];
+    const char *last_op; /* a static op name, "" before the first request */
+    int attached, admin;
+    unsigned worker;
+    uint64_t bytes, objects, requests, idle_ms, created_unix;
+    uint64_t allocs_total, alloc_bytes_total, collections, gc_pause_ns_total;
+} hd_session_info_t;
+
+/* The most entries of each top list of a report. */
+#define HD_REPORT_TOP_MAX 100
+/* A group of a report's top lists: its key (tag or site) copied, so that the report outlives
+ * the heap it was taken from. */
+typedef struct hd_report_stat_s {
+    char key[256];
+    uint64_t count, bytes;
+} hd_report_stat_t;
+typedef struct hd_report_list_s {
+    size_t n;
+    hd_report_stat_t v[HD_REPORT_TOP_MAX];
+} hd_report_list_t;
+
+/* Everything about one session, taken on its owner's thread (inspect.c:hd__session_report)
+ * and readable on any thread afterwards: it holds no pointer into the session. */
+typedef struct hd_session_report_s {
+    hd_session_info_t info; /* current counters, not the published ones */
+    hd_heap_stats_t heap;   /* hd_heap_stats */
+    uint64_t gc_count[3];
+    int gc_threshold[3];
+    int gc_enabled;
+    unsigned gc_debug;
+    uint64_t gc_freeze_count;
+    hd_gc_genstats_t gc_stats[3];
+    uint64_t events_dropped, events_queued;
+    unsigned event_mask;
+    int tracing;
+    uint64_t traced_current, traced_peak;
+    hd_report_list_t traced_sites; /* hd_trace_top by site, when tracing */
+    hd_report_list_t tags_by_bytes, tags_by_count, sites_by_bytes, sites_by_count;
+    uint64_t ntags, nsites; /* distinct tags and sites among the live objects */
+    uint64_t output_bytes;  /* framed output its connection has not written yet */
+} hd_session_report_t;
+
+/* One field of server_info: its section, key and value, of one of three types. */
+typedef enum hd_info_type_e { HD_INFO_U64, HD_INFO_F64, HD_INFO_STR } hd_info_type_t;
+typedef struct hd_info_item_s {
+    const char *section, *key; /* static */
+    hd_info_type_t type;
+    uint64_t u;
+    double d;
+    char s[160];
+} hd_info_item_t;
+
+/* Bytes of a request's summary ("size=16 slots=2 tag=\"Node\""), its NUL included. */
+#define HD_ARGS_LEN 256
+
+/* One slowlog entry (slowlog.c): a request that ran long, as SlowlogEntry says. */
+typedef struct hd_slow_entry_s {
+    uint64_t id, time_unix_us, duration_us;
+    char session_id[HD_ID_LEN];
+    char client_name[HD_NAME_LEN];
+    char peer[HD_PEER_LEN];
+    char op[32];
+    char args[HD_ARGS_LEN];
+    uint32_t status;
+} hd_slow_entry_t;
+
 /* One field per entry of HD_SERVER_STATS_MAP (generated from ServerStatsResult). */
 typedef struct hd_server_stats_s {
 #define HD_SERVER_STATS_FIELD(name, desc) uint64_t name;
     HD_SERVER_STATS_MAP(HD_SERVER_STATS_FIELD)
 #undef HD_SERVER_STATS_FIELD
 } hd_server_stats_t;
+
+/* Services the server provides to dispatch: goodbye and the admin requests. Each returns 0 or
+ * a negative hd_err_t; a NULL entry answers its op with EINTERNAL ("not provided"). */
 typedef struct hd_server_ops_s {
-    void (*goodbye)(void *ctx);                           /* end the session after this response is written */
+    void (*goodbye)(void *ctx); /* end the session after this response is written */
     int (*server_stats)(void *ctx, hd_server_stats_t *out);
-    int (*list_sessions)(void *ctx, hd_session_info_t **out, size_t *n); /* caller frees *out with free() */
-    int (*kill_session)(void *ctx, const char *id);       /* HD_ENOSESSION if unknown */
+    int (*list_sessions)(void *ctx, hd_session_info_t **out, size_t *n); /* caller frees *out */
+    int (*kill_session)(void *ctx, const char *id); /* HD_ENOSESSION if unknown */
+    /* On the owner's thread (an on_owner env): the report of the env's session, top entries
+     * per list (1..HD_REPORT_TOP_MAX). */
+    int (*session_report)(void *ctx, unsigned top, hd_session_report_t *out);
+    /* The fields of one section ("" = all; HD_EINVAL for an unknown one); caller frees *out. */
+    int (*server_info)(void *ctx, const char *section, hd_info_item_t **out, size_t *n);
+    /* The newest count slowlog entries, newest first; caller frees *out. */
+    int (*slowlog_get)(void *ctx, size_t count, hd_slow_entry_t **out, size_t *n, uint64_t *len,
+                       uint64_t *total);
+    int (*slowlog_reset)(void *ctx);
+    /* This connection monitors every request from now on; HD_EINVAL if it already does. */
+    int (*monitor)(void *ctx);
 } hd_server_ops_t;
+
+/* What one connection (or one deferred request) dispatches with. */
 typedef struct hd_dispatch_env_s {
-    hd_heap_t *heap;           /* the session's heap */
-    int admin;                 /* the session presented an admin token */
+    hd_heap_t *heap; /* the session's heap */
+    int admin;       /* the session may make admin requests */
+    int on_owner;    /* this env is another session's, on its owner's thread, for an
+                        admin's deferred request: session_report and session_op run
+                        here instead of deferring */
     const hd_server_ops_t *ops;
     void *ops_ctx;
     uint64_t max_read_bytes;   /* cap on a read/batch result so a response fits in a frame */
     hd_op_counters_t *counters; /* the worker's, or NULL: not counted */
+    int last_op;              /* the op case of the last request decoded, 0 before the first */
+    int last_status;          /* the status code of its response (0 OK, else positive) */
+    char defer_to[HD_ID_LEN]; /* with HD_DISPATCH_DEFER: the session whose owner runs it */
 } hd_dispatch_env_t;
+
+/* hd_dispatch_frame's answer for a request that names another session (session_report,
+ * session_op) outside an on_owner env: nothing was appended to out; the caller hands the frame
+ * to the worker that owns env->defer_to, which dispatches it again with that session's env
+ * (on_owner) and sends back the framed response, to be written where this one would have been. */
+#define HD_DISPATCH_DEFER 1
+
+/* clang-format off */
 /* Decodes one frame payload (a ClientFrame after hello), runs it, and appends one framed
- * ServerFrame response (length prefix included) to out. Returns 0, or HD_EPROTO when the
- * payload could not be decoded (an error response was still appended; the caller closes
- * the connection after writing it). Never touches the heap on a decode error. */
+ * ServerFrame response (length prefix included) to out. Returns 0, HD_DISPATCH_DEFER (see
+ * above), or HD_EPROTO when the payload could not be decoded (an error response was still
+ * appended; the caller closes the connection after writing it). Never touches the heap on a
+ * decode error. Sets env->last_op and env->last_status. */
 int hd_dispatch_frame(hd_dispatch_env_t *env, const uint8_t *payload, size_t len, hd_buf_t *out);
 /* Appends every queued engine event of env->heap as framed ServerFrame events to out. */
 int hd_dispatch_drain_events(hd_dispatch_env_t *env, hd_buf_t *out);
@@ -138,5 +243,7 @@ int hd_dispatch_op_mutates(int op_case);
 int hd_dispatch_op_raises_events(int op_case);
 /* Calls fn(ctx, op_case, name) for every op of the request table, in field-number order. */
 void hd_dispatch_foreach_op(void (*fn)(void *ctx, int op_case, const char *name), void *ctx);
+/* 1 if an admin may run the op in any session with session_op (its opdef's any_session). */
+int hd_dispatch_op_any_session(int op_case);
 
 #endif /* HD_DISPATCH_H */

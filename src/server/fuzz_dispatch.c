@@ -91,11 +91,40 @@ static int fuzz_kill_session(void *ctx, const char *id) {
     return strcmp(id, "session-1") == 0 ? 0 : HD_ENOSESSION;
 }
 
+/* The report of the fuzzed session, whose heap the owner env names: the engine's part is
+ * real, the session's part made up. */
+static int fuzz_session_report(void *ctx, unsigned top, hd_session_report_t *out) {
+    hd_heap_t *h = ctx;
+    memset(out, 0, sizeof *out);
+    snprintf(out->info.id, sizeof out->info.id, "session-1");
+    out->info.last_op = "ping";
+    hd_heap_stats(h, &out->heap);
+    hd_gc_get_threshold(h, out->gc_threshold);
+    out->tracing = hd_trace_is_tracing(h);
+    hd_trace_stats_t st;
+    if (hd_heap_census(h, HD_TRACE_BY_TAG, HD_CENSUS_BY_COUNT, &st) == 0) {
+        for (size_t i = 0; i < st.n && i < top; i++) {
+            snprintf(out->tags_by_count.v[i].key, sizeof out->tags_by_count.v[i].key, "%s",
+                     st.v[i].key);
+            out->tags_by_count.v[i].count = st.v[i].count;
+            out->tags_by_count.n++;
+        }
+        out->ntags = st.n;
+        hd_trace_stats_free(&st);
+    }
+    return 0;
+}
+
 static const hd_server_ops_t fuzz_ops = {
-    fuzz_goodbye,
-    fuzz_server_stats,
-    fuzz_list_sessions,
-    fuzz_kill_session,
+    .goodbye = fuzz_goodbye,
+    .server_stats = fuzz_server_stats,
+    .list_sessions = fuzz_list_sessions,
+    .kill_session = fuzz_kill_session,
+};
+
+/* What the session's owner provides when a deferred request comes to it. */
+static const hd_server_ops_t fuzz_owner_ops = {
+    .session_report = fuzz_session_report,
 };
 
 /* ------------------------------------------------------------------------------------------ */
@@ -183,6 +212,17 @@ static void one_frame(fuzz_t *f, const uint8_t *payload, size_t len) {
     int gc_on = hd_gc_isenabled(f->env.heap);
     size_t from = f->out.len;
     int rc = hd_dispatch_frame(&f->env, payload, len, &f->out);
+    if (rc == HD_DISPATCH_DEFER) {
+        /* Named another session: as its owner would, dispatch again with its env, here the
+         * same heap (a session naming itself). */
+        if (f->out.len != from) abort(); /* a deferred request answered at once */
+        hd_dispatch_env_t owner = f->env;
+        owner.on_owner = 1;
+        owner.ops = &fuzz_owner_ops;
+        owner.ops_ctx = f->env.heap;
+        rc = hd_dispatch_frame(&owner, payload, len, &f->out);
+        if (rc == HD_DISPATCH_DEFER) abort(); /* deferred twice */
+    }
     int code = check_output(f, from);
     if (rc == HD_EPROTO) {
         hd_heap_stats(f->env.heap, &after);

@@ -42,29 +42,44 @@
 /* Names.                                                                                      */
 /* ------------------------------------------------------------------------------------------ */
 
-/* "127.0.0.1:7420", "[::1]:7420" */
+/* The longest names: a numeric IPv6 address with a zone (45 + 1 + IF_NAMESIZE - 1 bytes) in
+ * brackets with a port, and a Unix peer with the widest pid, uid and serial. Peers appear in
+ * logs, list_sessions and the monitor, so they are never cut short. */
+_Static_assert(HD_PEER_LEN > 2 + 45 + 1 + 15 + 6, "an IPv6 peer name fits");
+_Static_assert(HD_PEER_LEN > sizeof "unix:pid=-2147483648,uid=4294967295,#18446744073709551615",
+               "a Unix peer name fits");
+
+/* "127.0.0.1:7420", "[::1]:7420", "[fe80::1%eth0]:7420" */
 static void format_inet(const struct sockaddr *sa, socklen_t len, char *buf, size_t size) {
-    char host[INET6_ADDRSTRLEN], serv[8];
+    char host[NI_MAXHOST], serv[NI_MAXSERV];
     if (getnameinfo(sa, len, host, sizeof host, serv, sizeof serv,
                     NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
         snprintf(buf, size, "?");
         return;
     }
-    snprintf(buf, size, sa->sa_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, serv);
+    int n = snprintf(buf, size, sa->sa_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, serv);
+    HD_ASSERT(n >= 0 && (size_t)n < size);
+    (void)n;
 }
 
 /* A Unix peer is named by its credentials and a serial number, since one process may hold
- * many connections: "unix:pid=123,uid=1000,#7". */
-static void format_unix_peer(uv_os_sock_t fd, char *buf, size_t size) {
-    static unsigned long serial; /* the main thread's alone */
+ * many connections: "unix:pid=123,uid=1000,#7". Its credentials are kept too: they may make
+ * it an admin (session.c). */
+static void format_unix_peer(uv_os_sock_t fd, char *buf, size_t size, hd_peercred_t *out) {
+    static unsigned long long serial; /* the main thread's alone */
     struct ucred cred;
     socklen_t len = sizeof cred;
     serial++;
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0)
-        snprintf(buf, size, "unix:pid=%ld,uid=%lu,#%lu", (long)cred.pid, (unsigned long)cred.uid,
+    memset(out, 0, sizeof *out);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+        snprintf(buf, size, "unix:pid=%ld,uid=%lu,#%llu", (long)cred.pid, (unsigned long)cred.uid,
                  serial);
-    else
-        snprintf(buf, size, "unix:#%lu", serial);
+        out->known = 1;
+        out->uid = (uint32_t)cred.uid;
+        out->pid = (int32_t)cred.pid;
+    } else {
+        snprintf(buf, size, "unix:#%llu", serial);
+    }
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -273,7 +288,7 @@ static void hand_over(hd_listener_t *l, uv_os_sock_t fd, const struct sockaddr *
     m->is_unix = l->is_unix;
     m->slot = slot;
     if (l->is_unix)
-        format_unix_peer(fd, m->peer, sizeof m->peer);
+        format_unix_peer(fd, m->peer, sizeof m->peer, &m->cred);
     else
         format_inet(sa, salen, m->peer, sizeof m->peer);
     hd_worker_t *w = hd__worker_pick(srv);

@@ -3,10 +3,14 @@
  *
  * Text:  2024-11-21T08:00:00.123Z info  listening on tcp 127.0.0.1:7420
  * JSON:  {"ts":"2024-11-21T08:00:00.123Z","level":"info","msg":"listening on tcp 127.0.0.1:7420"}
+ *        {"ts":"...","level":"warn","peer":"127.0.0.1:40112","code":23,"error":"EAUTH",
+ *         "msg":"127.0.0.1:40112: hello refused: EAUTH: unknown token"}
  *
  * Owns nothing but the two settings; never allocates, so it is safe on out-of-memory paths.
  */
 #include "log.h"
+
+#include "heap.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -79,14 +83,19 @@ static void write_all(const char *buf, size_t len) {
     }
 }
 
-void hd_log(hd_log_level_t level, const char *fmt, ...) {
-    if (!hd_log_enabled(level) || level < 0 || level >= HD_LOG_NLEVELS) return;
+/* Appends ,"key":"value" (escaped) to a JSON line. */
+static void append_field(char *line, size_t *n, size_t cap, const char *key, const char *v) {
+    if (!v || *n + strlen(key) + 8 >= cap) return;
+    *n += (size_t)snprintf(line + *n, cap - *n, "\"%s\":\"", key);
+    append_escaped(line, n, cap, v, 1);
+    line[(*n)++] = '"';
+    line[(*n)++] = ',';
+}
+
+static void log_line(hd_log_level_t level, const hd_log_fields_t *f, const char *fmt, va_list ap) {
     int saved_errno = errno;
     char msg[HD_LOG_LINE_MAX];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
 
     struct timespec ts;
     struct tm tm;
@@ -97,16 +106,44 @@ void hd_log(hd_log_level_t level, const char *fmt, ...) {
     snprintf(stamp + sn, sizeof stamp - sn, ".%03ldZ", ts.tv_nsec / 1000000L);
 
     int json = atomic_load_explicit(&log_format, memory_order_relaxed) == HD_LOG_FORMAT_JSON;
-    char line[HD_LOG_LINE_MAX + 128];
+    char line[HD_LOG_LINE_MAX + 640]; /* the message, and room for the fields */
     size_t n;
-    if (json)
-        n = (size_t)snprintf(line, sizeof line, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":\"", stamp,
+    if (json) {
+        n = (size_t)snprintf(line, sizeof line, "{\"ts\":\"%s\",\"level\":\"%s\",", stamp,
                              hd_log_level_names[level]);
-    else
+        if (f) {
+            append_field(line, &n, sizeof line, "session", f->session);
+            append_field(line, &n, sizeof line, "peer", f->peer);
+            append_field(line, &n, sizeof line, "op", f->op);
+            if (f->code) {
+                int err = f->code > 0 ? -f->code : f->code;
+                n += (size_t)snprintf(line + n, sizeof line - n, "\"code\":%d,", -err);
+                append_field(line, &n, sizeof line, "error", hd_err_name(err));
+            }
+        }
+        n += (size_t)snprintf(line + n, sizeof line - n, "\"msg\":\"");
+    } else {
         n = (size_t)snprintf(line, sizeof line, "%s %-5s ", stamp, hd_log_level_names[level]);
+    }
     append_escaped(line, &n, sizeof line, msg, json);
     if (json) line[n++] = '"', line[n++] = '}';
     line[n++] = '\n';
     write_all(line, n);
     errno = saved_errno;
+}
+
+void hd_log(hd_log_level_t level, const char *fmt, ...) {
+    if (!hd_log_enabled(level) || level < 0 || level >= HD_LOG_NLEVELS) return;
+    va_list ap;
+    va_start(ap, fmt);
+    log_line(level, NULL, fmt, ap);
+    va_end(ap);
+}
+
+void hd_logf(hd_log_level_t level, const hd_log_fields_t *f, const char *fmt, ...) {
+    if (!hd_log_enabled(level) || level < 0 || level >= HD_LOG_NLEVELS) return;
+    va_list ap;
+    va_start(ap, fmt);
+    log_line(level, f, fmt, ap);
+    va_end(ap);
 }

@@ -50,9 +50,28 @@ int hd_log_enabled(hd_log_level_t level);
  * escaped, so one call is always one line. Long messages are truncated. */
 void hd_log(hd_log_level_t level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* What a line is about, for machines: in the JSON format each set field is a key of its own
+ * beside "msg" ("session", "peer", "op", and "code" with "error", the protocol's positive
+ * number and its name), so a log pipeline can filter on them; the text format shows the
+ * message alone, which names them in words. */
+typedef struct hd_log_fields_s {
+    const char *session; /* a session id, or NULL */
+    const char *peer;    /* a connection's peer, or NULL */
+    const char *op;      /* an op's name, or NULL */
+    int code;            /* an error: a negative hd_err_t (or its positive status); 0: none */
+} hd_log_fields_t;
+
+/* hd_log with fields (f may be NULL). */
+void hd_logf(hd_log_level_t level, const hd_log_fields_t *f, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 #define hd_log_debug(...) hd_log(HD_LOG_DEBUG, __VA_ARGS__)
 #define hd_log_info(...)  hd_log(HD_LOG_INFO, __VA_ARGS__)
 #define hd_log_warn(...)  hd_log(HD_LOG_WARN, __VA_ARGS__)
 #define hd_log_error(...) hd_log(HD_LOG_ERROR, __VA_ARGS__)
+/* With fields: hd_log_infof(&(hd_log_fields_t){.peer = c->peer}, "..."). */
+#define hd_log_debugf(f, ...) hd_logf(HD_LOG_DEBUG, f, __VA_ARGS__)
+#define hd_log_infof(f, ...)  hd_logf(HD_LOG_INFO, f, __VA_ARGS__)
+#define hd_log_warnf(f, ...)  hd_logf(HD_LOG_WARN, f, __VA_ARGS__)
 
 #endif /* HD_SERVER_LOG_H */

@@ -55,6 +55,8 @@ typedef struct hd_opctx_s {
     uint64_t budget;               /* bytes the variable parts of results may still take */
     int partial;                   /* 0, or the error status of a result kept anyway (a batch
                                       stopped early): set by a handler that returns 0 */
+    bool deferred;                 /* the handler returned 0 having named, in env->defer_to, the
+                                      session whose worker runs this request: no response now */
     char detail[HD_OP_DETAIL_MAX]; /* why the current op failed, beyond hd_strerror; or "" */
 } hd_opctx_t;
 
@@ -141,6 +143,18 @@ bool hd__op_utf8_valid(const char *s);
 void hd__op_run(hd_opctx_t *c, const Heapd__V1__Request *rq, Heapd__V1__Response *rs, bool nested);
 /* Three GcGenStats messages (generations 0..2) into *out (ops_gc.c, for heap_stats too). */
 int hd__op_gen_stats(hd_opctx_t *c, Heapd__V1__GcGenStats ***out);
+/* ops_trace.c, for heap_census too: EINVAL unless group is a TraceGroup; and the copy of the
+ * engine's statistics into r, in their order, up to limit entries (0 = no limit) and the
+ * budget, keys copied (the caller frees ts at once). */
+int hd__op_check_group(hd_opctx_t *c, int group);
+int hd__op_trace_stats(hd_opctx_t *c, const hd_trace_stats_t *ts, uint32_t limit,
+                       Heapd__V1__TraceStatsResult *r);
+/* ops_stats.c, for session_report too: r filled as heap_stats answers for c->heap. */
+int hd__op_heap_stats(hd_opctx_t *c, Heapd__V1__HeapStatsResult *r);
+/* ops_admin.c, for session_report too: m filled from s (whose strings it borrows, cut to
+ * their buffers: copy them if s goes first); ENOSESSION unless id could be a session id. */
+int hd__op_session_info(hd_opctx_t *c, hd_session_info_t *s, Heapd__V1__SessionInfo *m);
+int hd__op_check_session_id(hd_opctx_t *c, const char *id);
 
 /* ------------------------------------------------------------------------------------------ */
 /* The runners: the request table's entry into each typed handler.                             */

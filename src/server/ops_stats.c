@@ -1,6 +1,7 @@
 /*
- * ops_stats.c: the handler of heap_stats (family STATS of proto/heapd.proto), the protocol's
- * sys._debugmallocstats() and more.
+ * ops_stats.c: the handlers of the heap statistics ops (family STATS of proto/heapd.proto):
+ * heap_stats, the protocol's sys._debugmallocstats() and more, and heap_census, the live
+ * objects grouped by tag or site.
  *
  * HeapStatsResult has one field per entry of the engine's HD_HEAP_STATS_MAP (src/heap/heap.h),
  * filled by expanding that list, then the size classes in use, the collector's counters and
@@ -8,8 +9,12 @@
  */
 #include "ops.h"
 
-static int op_heap_stats(hd_opctx_t *c, const Heapd__V1__HeapStats *a,
-                         Heapd__V1__HeapStatsResult *r) {
+_Static_assert((int)HEAPD__V1__CENSUS_ORDER__BY_BYTES == (int)HD_CENSUS_BY_BYTES,
+               "CensusOrder = hd_census_order_t");
+_Static_assert((int)HEAPD__V1__CENSUS_ORDER__BY_COUNT == (int)HD_CENSUS_BY_COUNT,
+               "CensusOrder = hd_census_order_t");
+
+int hd__op_heap_stats(hd_opctx_t *c, Heapd__V1__HeapStatsResult *r) {
     hd_heap_stats_t *st = hd__op_zalloc(c, sizeof *st);
     uint64_t *count = hd__op_array(c, 3, sizeof *count);
     if (st == NULL || count == NULL || hd__op_gen_stats(c, &r->gc) < 0) return HD_ENOMEM;
@@ -47,6 +52,25 @@ static int op_heap_stats(hd_opctx_t *c, const Heapd__V1__HeapStats *a,
     r->events_dropped = hd_events_dropped(c->heap);
     r->event_mask = hd_events_get_mask(c->heap);
     return 0;
+}
+
+static int op_heap_stats(hd_opctx_t *c, const Heapd__V1__HeapStats *a,
+                         Heapd__V1__HeapStatsResult *r) {
+    return hd__op_heap_stats(c, r);
+}
+
+static int op_heap_census(hd_opctx_t *c, const Heapd__V1__HeapCensus *a,
+                          Heapd__V1__TraceStatsResult *r) {
+    int rc = hd__op_check_group(c, a->group);
+    if (rc < 0) return rc;
+    if ((int)a->order != HD_CENSUS_BY_BYTES && (int)a->order != HD_CENSUS_BY_COUNT)
+        return hd__op_fail(c, HD_EINVAL, "order %d is neither BY_BYTES nor BY_COUNT", a->order);
+    hd_trace_stats_t ts; /* freed once copied, as trace_statistics' */
+    rc = hd_heap_census(c->heap, (hd_trace_group_t)a->group, (hd_census_order_t)a->order, &ts);
+    if (rc < 0) return rc;
+    rc = hd__op_trace_stats(c, &ts, a->limit, r);
+    hd_trace_stats_free(&ts);
+    return rc;
 }
 
 HD_OPS_STATS(HD_OP_RUNNER)

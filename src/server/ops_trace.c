@@ -18,7 +18,7 @@ static int snap_err(hd_opctx_t *c, int err, uint32_t id) {
     return err;
 }
 
-static int check_group(hd_opctx_t *c, int group) {
+int hd__op_check_group(hd_opctx_t *c, int group) {
     if (group != HD_TRACE_BY_SITE && group != HD_TRACE_BY_TAG)
         return hd__op_fail(c, HD_EINVAL, "group %d is neither BY_SITE nor BY_TAG", group);
     return 0;
@@ -64,10 +64,8 @@ static int op_trace_snapshot_free(hd_opctx_t *c, const Heapd__V1__TraceSnapshotF
     return snap_err(c, hd_trace_snapshot_free(c->heap, a->snapshot), a->snapshot);
 }
 
-/* Copies the engine's statistics into r, largest first, up to limit entries (0 = no limit)
- * and the budget. */
-static int trace_result(hd_opctx_t *c, const hd_trace_stats_t *ts, uint32_t limit,
-                        Heapd__V1__TraceStatsResult *r) {
+int hd__op_trace_stats(hd_opctx_t *c, const hd_trace_stats_t *ts, uint32_t limit,
+                       Heapd__V1__TraceStatsResult *r) {
     size_t n = limit != 0 && limit < ts->n ? limit : ts->n;
     Heapd__V1__TraceStat *m = hd__op_array(c, n, sizeof *m);
     Heapd__V1__TraceStat **v = hd__op_array(c, n, sizeof *v);
@@ -98,26 +96,38 @@ static int trace_result(hd_opctx_t *c, const hd_trace_stats_t *ts, uint32_t limi
  * is packed: a batch of statistics requests holds at most one of them at a time. */
 static int op_trace_statistics(hd_opctx_t *c, const Heapd__V1__TraceStatistics *a,
                                Heapd__V1__TraceStatsResult *r) {
-    int rc = check_group(c, a->group);
+    int rc = hd__op_check_group(c, a->group);
     if (rc < 0) return rc;
     hd_trace_stats_t ts;
     rc = hd_trace_statistics(c->heap, a->snapshot, (hd_trace_group_t)a->group, &ts);
     if (rc < 0) return snap_err(c, rc, a->snapshot);
-    rc = trace_result(c, &ts, a->limit, r);
+    rc = hd__op_trace_stats(c, &ts, a->limit, r);
     hd_trace_stats_free(&ts);
     return rc;
 }
 
 static int op_trace_compare(hd_opctx_t *c, const Heapd__V1__TraceCompare *a,
                             Heapd__V1__TraceStatsResult *r) {
-    int rc = check_group(c, a->group);
+    int rc = hd__op_check_group(c, a->group);
     if (rc < 0) return rc;
     hd_trace_stats_t ts;
     rc = hd_trace_compare(c->heap, a->snapshot, a->old_snapshot, (hd_trace_group_t)a->group, &ts);
     if (rc == HD_ENOSNAP)
         return hd__op_fail(c, rc, "snapshot %u or %u", a->snapshot, a->old_snapshot);
     if (rc < 0) return rc;
-    rc = trace_result(c, &ts, a->limit, r);
+    rc = hd__op_trace_stats(c, &ts, a->limit, r);
+    hd_trace_stats_free(&ts);
+    return rc;
+}
+
+static int op_trace_top(hd_opctx_t *c, const Heapd__V1__TraceTop *a,
+                        Heapd__V1__TraceStatsResult *r) {
+    int rc = hd__op_check_group(c, a->group);
+    if (rc < 0) return rc;
+    hd_trace_stats_t ts;
+    rc = hd_trace_top(c->heap, (hd_trace_group_t)a->group, &ts);
+    if (rc < 0) return rc;
+    rc = hd__op_trace_stats(c, &ts, a->limit, r);
     hd_trace_stats_free(&ts);
     return rc;
 }

@@ -12,6 +12,7 @@
  * exit codes, and everything else belongs to the files named in server.h.
  */
 #include "http.h"
+#include "observe.h"
 #include "server.h"
 #include "session.h"
 
@@ -106,9 +107,11 @@ static void on_signal(uv_signal_t *h, int signum) {
 
 int hd__server_run(hd_server_t *srv) {
     srv->start_ms = hd__now_ms();
+    srv->uid = (uint32_t)geteuid();
     uv_loop_t loop;
     if (uv_loop_init(&loop) < 0 || hd__registry_init(&srv->registry) < 0 ||
-        hd__peers_init(&srv->peers) < 0) {
+        hd__peers_init(&srv->peers) < 0 || hd__slowlog_init(&srv->slowlog) < 0 ||
+        uv_mutex_init(&srv->monitor_lock) < 0) {
         hd_log_error("cannot initialise the event loop");
         return HD_EINTERNAL;
     }
@@ -162,6 +165,8 @@ int hd__server_run(hd_server_t *srv) {
     free(srv->listeners);
     hd__registry_free(&srv->registry);
     hd__peers_free(&srv->peers);
+    hd__slowlog_free(&srv->slowlog);
+    uv_mutex_destroy(&srv->monitor_lock);
     hd_config_free(&srv->cfg);
     hd_log_info("stopped");
     return rc;

@@ -39,9 +39,17 @@ typedef struct hd_server_s hd_server_t;
 typedef struct hd_worker_s hd_worker_t;
 typedef struct hd_conn_s hd_conn_t;
 typedef struct hd_session_s hd_session_t;
+typedef struct hd_xcall_s hd_xcall_t;
+typedef struct hd_monitor_s hd_monitor_t;
 
-/* Room for a peer's name: "[ffff:...:ffff]:65535" or "unix:pid=4194304,uid=4294967295,#n". */
-#define HD_PEER_LEN 64
+/* A Unix socket peer's credentials, as the kernel gave them at connect (SO_PEERCRED). */
+typedef struct hd_peercred_s {
+    int known; /* a Unix peer whose credentials were read */
+    uint32_t uid;
+    int32_t pid;
+} hd_peercred_t;
+
+/* HD_PEER_LEN (dispatch.h): room for a peer's name, which listener.c never cuts short. */
 
 /* ------------------------------------------------------------------------------------------ */
 /* Connection slots (listener.c).                                                              */
@@ -73,6 +81,8 @@ typedef enum hd_msg_type_e {
     HD_MSG_RELOAD, /* a new config copy to adopt */
     HD_MSG_KILL,   /* destroy the session with this id, if this worker still has it */
     HD_MSG_STOP,   /* shut down: finish output, close everything, leave the loop */
+    HD_MSG_XCALL,  /* run call on a session of this worker (inspect.h) */
+    HD_MSG_XREPLY, /* call, run by the session's owner, back where it came from */
     HD_MSG_NTYPES
 } hd_msg_type_t;
 
@@ -82,6 +92,7 @@ typedef struct hd_msg_s {
     /* HD_MSG_CONN */
     uv_os_sock_t fd; /* the socket; the receiver owns it */
     int is_unix;     /* a Unix stream socket, else TCP */
+    hd_peercred_t cred;
     hd_slot_t slot;  /* released by hd__msg_free unless the conn took it */
     char peer[HD_PEER_LEN];
     uint8_t *data; /* bytes already received, to be parsed first (owned) */
@@ -89,7 +100,10 @@ typedef struct hd_msg_s {
     /* HD_MSG_RELOAD */
     hd_config_t cfg; /* owned; the worker keeps it */
     /* HD_MSG_KILL */
-    char session_id[40];
+    char session_id[HD_ID_LEN];
+    /* HD_MSG_XCALL, HD_MSG_XREPLY: owned; hd__msg_free sends an XCALL back unrun, with
+     * HD_ESHUTDOWN, and frees an XREPLY's call */
+    hd_xcall_t *call;
 } hd_msg_t;
 
 /* ------------------------------------------------------------------------------------------ */
@@ -123,6 +137,7 @@ struct hd_worker_s {
     atomic_uint_fast64_t requests; /* frames dispatched, for server_stats */
     atomic_uint nconns;            /* connections it holds, for the listener's choice */
     hd_wmetrics_t metrics;         /* counters, tick and snapshots for operators (metrics.c) */
+    uint64_t next_serial;          /* hd_conn_t.serial of its next connection */
 };
 
 /* ------------------------------------------------------------------------------------------ */
@@ -166,6 +181,22 @@ typedef struct hd_refusals_s {
     uv_timer_t timer;
 } hd_refusals_t;
 
+/* ------------------------------------------------------------------------------------------ */
+/* What operators watch (observe.h): the slowlog and the monitors.                            */
+/* ------------------------------------------------------------------------------------------ */
+
+/* hd_slow_entry_t: dispatch.h. */
+
+/* A ring of the slowest requests, newest at v[(head + n - 1) % cap]. Invariant: n <= cap;
+ * cap <= the slowlog_max_len in force when it last grew; next_id counts every entry ever
+ * added. Any worker adds under the lock. */
+typedef struct hd_slowlog_s {
+    uv_mutex_t lock;
+    hd_slow_entry_t *v;
+    size_t cap, n, head;
+    uint64_t next_id;
+} hd_slowlog_t;
+
 /* Invariant: sessions_detached <= nsessions; registry v[0..nsessions) are live sessions. */
 typedef struct hd_registry_s {
     uv_mutex_t lock;
@@ -195,7 +226,13 @@ struct hd_server_s {
     hd_refusals_t refusals;           /* refused connections and hellos, for the log */
     atomic_uint_fast64_t connections; /* open client connections that count to the limit */
     uint64_t start_ms;                /* uv_hrtime at start, in ms */
+    uint32_t uid;                     /* geteuid() at start: its Unix peers are admins */
     unsigned next_worker;             /* round-robin tie breaker */
+    hd_slowlog_t slowlog;
+    uv_mutex_t monitor_lock;          /* guards monitors, the list of every monitor */
+    hd_monitor_t *monitors;
+    atomic_uint nmonitors;            /* its length: 0 lets a request skip monitoring at once */
+    atomic_uint_fast64_t monitor_dropped; /* records dropped for slow monitors, ever */
     int stopping;
     atomic_int serving;         /* hd_serving_e, for /readyz */
     hd_srv_counters_t counters; /* connections accepted and refused (metrics.h) */
@@ -217,6 +254,8 @@ enum hd_conn_flag_e {
     HD_CONN_IN_PROCESS = 0x80, /* conn.c:process is on the stack */
     HD_CONN_GOODBYE = 0x100,   /* the session asked to end; destroy it after this frame */
     HD_CONN_FAILED = 0x200,    /* the server's last word is queued: nothing may follow it */
+    HD_CONN_WAITING = 0x400,   /* a request runs on another worker (HD_DISPATCH_DEFER): no more
+                                  frames are taken, nor bytes read, until its answer is back */
 };
 
 /* Invariant: closes_pending is 2 between uv_close and the first close callback (the stream
@@ -238,6 +277,9 @@ struct hd_conn_s {
     char peer[HD_PEER_LEN];
     unsigned flags; /* hd_conn_flag_e */
     int is_unix;
+    hd_peercred_t cred;    /* a Unix peer's uid and pid */
+    uint64_t serial;       /* unique on its worker: how a deferred answer finds it again */
+    hd_monitor_t *monitor; /* this connection monitors every request (monitor.c), or NULL */
     hd_slot_t slot; /* released when the conn is freed */
     int closes_pending;
     unsigned writes_pending; /* uv_write requests whose callback has not run */
@@ -296,6 +338,14 @@ void hd__conn_close(hd_conn_t *c);
 void hd__conn_finish(hd_conn_t *c);
 /* Applies the worker's (new) config to c: frame limit, read limit, idle timer. */
 void hd__conn_reconfigure(hd_conn_t *c);
+/* Events were queued in c's session by someone else's request (an admin's session_op):
+ * writes them now, unless c is between a request and its response. */
+void hd__conn_kick(hd_conn_t *c);
+/* Bytes of output c holds that its peer has not taken: framed, and queued in libuv. */
+uint64_t hd__conn_unsent(const hd_conn_t *c);
+/* c monitors, and records wait for it (observe.h): writes what its output limit allows now,
+ * the rest as its socket drains. */
+void hd__conn_monitor_ready(hd_conn_t *c);
 /* Hands c's socket, and the bytes received from frame (the hello) on, to worker `to`, then
  * closes c here without detaching anything. Returns 0 or a negative hd_err_t. */
 int hd__conn_move(hd_conn_t *c, hd_worker_t *to, const uint8_t *frame, size_t len);

@@ -20,8 +20,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "heapd.pb-c.h"
+#include "observe.h"
 
 /* ------------------------------------------------------------------------------------------ */
 /* Small helpers.                                                                              */
@@ -47,6 +49,34 @@ static int random_hex(char *out, size_t nbytes) {
     }
     out[2 * nbytes] = '\0';
     return 0;
+}
+
+/* Copies a client's name into dst (cap bytes), cut short at a character boundary and with any
+ * byte that is not part of valid UTF-8 replaced by '?', so that lists and logs that show it
+ * always hold valid UTF-8 (protobuf strings must be). */
+static void copy_name(char *dst, size_t cap, const char *src) {
+    size_t o = 0;
+    const unsigned char *p = (const unsigned char *)src;
+    while (*p && o + 1 < cap) {
+        size_t n = *p < 0x80             ? 1
+                   : (*p & 0xE0) == 0xC0 ? 2
+                   : (*p & 0xF0) == 0xE0 ? 3
+                   : (*p & 0xF8) == 0xF0 ? 4
+                                         : 0;
+        size_t k = 1;
+        while (n && k < n && (p[k] & 0xC0) == 0x80)
+            k++;
+        if (n == 0 || k < n || (n == 2 && *p < 0xC2)) {
+            dst[o++] = '?';
+            p++;
+            continue;
+        }
+        if (o + n >= cap) break; /* the whole character, or none of it */
+        memcpy(dst + o, p, n);
+        o += n;
+        p += n;
+    }
+    dst[o] = '\0';
 }
 
 static hd_registry_t *registry_of(hd_session_t *s) {
@@ -79,19 +109,49 @@ void hd__registry_free(hd_registry_t *r) {
     uv_mutex_destroy(&r->lock);
 }
 
+hd_worker_t *hd__registry_owner(hd_server_t *srv, const char *id) {
+    hd_registry_t *r = &srv->registry;
+    uv_mutex_lock(&r->lock);
+    long i = registry_find(r, id);
+    hd_worker_t *w = i >= 0 ? r->v[i]->worker : NULL;
+    uv_mutex_unlock(&r->lock);
+    return w;
+}
+
+hd_session_t *hd__session_find(hd_worker_t *w, const char *id) {
+    for (hd_session_t *s = w->sessions; s; s = s->next)
+        if (strcmp(s->id, id) == 0) return s;
+    return NULL;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Counters for other threads.                                                                 */
 /* ------------------------------------------------------------------------------------------ */
+
+/* Collections run in h, all generations together. */
+static uint64_t collections_of(hd_heap_t *h) {
+    hd_gc_genstats_t g[3];
+    hd_gc_get_stats(h, g);
+    return g[0].collections + g[1].collections + g[2].collections;
+}
 
 /* Copies the owner's counters where other threads read them. */
 static void publish(hd_session_t *s) {
     hd_heap_stats_t st;
     hd_heap_stats(s->heap, &st);
+    uint64_t collections = collections_of(s->heap);
     hd_registry_t *r = registry_of(s);
     uv_mutex_lock(&r->lock);
     s->pub_bytes = st.object_bytes;
     s->pub_objects = st.objects;
     s->pub_requests = s->nrequests;
+    s->pub_allocs = st.allocs_total;
+    s->pub_alloc_bytes = st.alloc_bytes_total;
+    s->pub_collections = collections;
+    s->pub_gc_pause_ns = st.gc_pause_ns_total;
+    s->pub_gc_pause_max = st.gc_pause_ns_max;
+    s->pub_footprint = st.arena_bytes + st.large_bytes;
+    s->pub_last_op = s->last_op;
     s->last_active_ms = s->active_at;
     uv_mutex_unlock(&r->lock);
     s->published_at = hd__now_ms();
@@ -109,10 +169,11 @@ void hd__sessions_publish_due(uv_timer_t *t) {
 
 /* Publishes at once when the last publish is an interval old, else arms the worker's timer
  * to do it within an interval: other threads see counters at most that stale. */
-void hd__session_touch(hd_session_t *s, uint64_t nframes) {
+void hd__session_touch(hd_session_t *s, uint64_t nframes, int last_op) {
     hd_worker_t *w = s->worker;
     uint64_t now = hd__now_ms();
     s->nrequests += nframes;
+    s->last_op = last_op;
     s->active_at = now;
     s->dirty = 1;
     if (now - s->published_at >= HD_STATS_INTERVAL_MS || (w->state & HD_WORKER_STOPPING))
@@ -141,7 +202,8 @@ void hd__session_destroy(hd_session_t *s, const char *why) {
     registry_remove(r, s);
     s->conn = NULL;
     uv_mutex_unlock(&r->lock);
-    hd_log_info("session %s destroyed (%s)", s->id, why);
+    hd_log_infof(&(hd_log_fields_t){.session = s->id, .peer = s->peer}, "session %s destroyed (%s)",
+                 s->id, why);
     hd__metrics_session_close(s);
     hd_heap_free(s->heap);
     s->heap = NULL;
@@ -168,18 +230,20 @@ void hd__session_detach(hd_session_t *s) {
     } else if (w->cfg.session_linger == 0) {
         hd__session_destroy(s, "connection closed and session_linger is 0");
     } else {
-        hd_log_info("session %s detached; kept %llu ms for resumption", s->id,
-                    (unsigned long long)w->cfg.session_linger);
+        hd_log_infof(&(hd_log_fields_t){.session = s->id, .peer = s->peer},
+                     "session %s detached; kept %llu ms for resumption", s->id,
+                     (unsigned long long)w->cfg.session_linger);
         uv_timer_start(&s->linger, on_linger_expired, w->cfg.session_linger, 0);
     }
 }
 
 /* Attaches s to c. The caller has checked that s is detached and registered. */
-static void attach(hd_session_t *s, hd_conn_t *c) {
+static void attach(hd_session_t *s, hd_conn_t *c, int admin) {
     hd_registry_t *r = registry_of(s);
     uv_timer_stop(&s->linger);
     uv_mutex_lock(&r->lock);
     s->conn = c;
+    s->admin = admin;
     if (s->registered) r->sessions_detached--;
     snprintf(s->peer, sizeof s->peer, "%s", c->peer);
     s->last_active_ms = s->active_at = hd__now_ms();
@@ -187,7 +251,7 @@ static void attach(hd_session_t *s, hd_conn_t *c) {
 }
 
 /* A new session for c, attached. Returns 0 or HD_ENOMEM, HD_ETOOMANY, HD_EINTERNAL. */
-static int session_create(hd_conn_t *c, const char *client_name, hd_session_t **out) {
+static int session_create(hd_conn_t *c, const char *client_name, int admin, hd_session_t **out) {
     hd_worker_t *w = c->worker;
     hd_registry_t *r = &w->srv->registry;
     hd_session_t *s = calloc(1, sizeof *s);
@@ -208,7 +272,7 @@ static int session_create(hd_conn_t *c, const char *client_name, hd_session_t **
         return rc;
     }
     s->worker = w;
-    snprintf(s->client_name, sizeof s->client_name, "%s", client_name);
+    copy_name(s->client_name, sizeof s->client_name, client_name);
     s->created_unix = (uint64_t)time(NULL);
 
     uv_mutex_lock(&r->lock);
@@ -230,6 +294,7 @@ static int session_create(hd_conn_t *c, const char *client_name, hd_session_t **
         r->v[r->nsessions++] = s;
         s->registered = 1;
         s->conn = c;
+        s->admin = admin;
         snprintf(s->peer, sizeof s->peer, "%s", c->peer);
         s->last_active_ms = s->active_at = hd__now_ms();
     }
@@ -254,20 +319,34 @@ static int session_create(hd_conn_t *c, const char *client_name, hd_session_t **
 /* Hello.                                                                                      */
 /* ------------------------------------------------------------------------------------------ */
 
+/* Whether c's peer is an admin by its credentials, as PostgreSQL's peer authentication: a
+ * Unix socket peer whose uid (the kernel's, SO_PEERCRED) is root's, the daemon's own or one
+ * of admin_peer_uids, unless admin_peer_uids is off. Never a TCP peer. */
+static int peer_is_admin(const hd_config_t *cfg, const hd_conn_t *c, uint32_t own_uid) {
+    const hd_uidlist_t *l = &cfg->admin_peer_uids;
+    if (!c->is_unix || !c->cred.known || l->off) return 0;
+    if (c->cred.uid == 0 || c->cred.uid == own_uid) return 1;
+    for (size_t i = 0; i < l->n; i++)
+        if (l->v[i] == c->cred.uid) return 1;
+    return 0;
+}
+
 /* Decides who the presented token makes the client. Tokens are compared in constant time,
  * every configured one, so the time taken says nothing about which matched. Without tokens
  * in the config anyone is a user and a presented token is ignored; with `tokens`, hello must
- * present one; an admin token is accepted wherever a token is. */
-static int authenticate(const hd_config_t *cfg, const char *token, int *admin) {
+ * present one, unless the peer is an admin by its credentials (peer); an admin token is
+ * accepted wherever a token is. A token that matches nothing is refused even from such a
+ * peer: it is a mistake worth saying. */
+static int authenticate(const hd_config_t *cfg, const char *token, int peer, int *admin) {
     int is_admin = 0, is_user = 0;
     for (size_t i = 0; i < cfg->admin_tokens.n; i++)
         is_admin |= hd__ct_equal(token, cfg->admin_tokens.v[i]);
     for (size_t i = 0; i < cfg->tokens.n; i++)
         is_user |= hd__ct_equal(token, cfg->tokens.v[i]);
-    *admin = is_admin;
+    *admin = is_admin || peer;
     if (is_admin || is_user) return 0;
     if (*token) return cfg->tokens.n || cfg->admin_tokens.n ? HD_EAUTH : 0;
-    return cfg->tokens.n ? HD_EAUTH : 0;
+    return cfg->tokens.n && !peer ? HD_EAUTH : 0;
 }
 
 /* Finds the detached session id for resumption. Returns 0 with *mine set when it is this
@@ -342,7 +421,8 @@ static void hello_free(void *data, void *p) {
  * answered and closed by conn.c. */
 static void refuse(hd_hello_t *out, const hd_conn_t *c, int code, const char *why) {
     if (hd__refusal_log_ok(c->worker->srv))
-        hd_log_warn("%s: hello refused: %s: %s", c->peer, hd_err_name(code), why);
+        hd_log_warnf(&(hd_log_fields_t){.peer = c->peer, .op = "hello", .code = code},
+                     "%s: hello refused: %s: %s", c->peer, hd_err_name(code), why);
     hd_reject_t reason =
         code == HD_ETOOMANY    ? HD_REJECT_MAX_SESSIONS /* max_connections is refused at accept */
         : code == HD_EAUTH     ? HD_REJECT_AUTH
@@ -388,6 +468,7 @@ void hd__session_hello(hd_conn_t *c, const uint8_t *payload, size_t len, hd_hell
         req && req->op_case == HEAPD__V1__REQUEST__OP_HELLO ? req->hello : NULL;
     out->id = req ? req->id : 0;
     int admin = 0, rc = 0;
+    int peer_admin = peer_is_admin(&w->cfg, c, w->srv->uid);
     const char *why = NULL;
     if (!h)
         rc = HD_EHELLO, why = "the first request must be hello";
@@ -395,7 +476,7 @@ void hd__session_hello(hd_conn_t *c, const uint8_t *payload, size_t len, hd_hell
         rc = HD_ESHUTDOWN, why = "server is shutting down";
     else if (h->protocol_version != HD_PROTOCOL_VERSION)
         rc = HD_EVERSION, why = "this server speaks protocol version 1";
-    else if ((rc = authenticate(&w->cfg, h->token, &admin)) < 0)
+    else if ((rc = authenticate(&w->cfg, h->token, peer_admin, &admin)) < 0)
         why = *h->token ? "unknown token" : "a token is required";
 
     hd_session_t *s = NULL;
@@ -418,11 +499,11 @@ void hd__session_hello(hd_conn_t *c, const uint8_t *payload, size_t len, hd_hell
             return;
         }
         if (rc == 0) {
-            attach(s, c);
+            attach(s, c, admin);
             resumed = 1;
         }
     } else if (rc == 0) {
-        rc = session_create(c, h->client_name, &s);
+        rc = session_create(c, h->client_name, admin, &s);
         why = rc == HD_ETOOMANY ? "too many sessions (max_sessions)" : "cannot create a session";
     }
     if (rc < 0) {
@@ -432,9 +513,13 @@ void hd__session_hello(hd_conn_t *c, const uint8_t *payload, size_t len, hd_hell
         out->session = s;
         out->resumed = resumed;
         out->admin = admin;
-        hd_log_info("%s: session %s %s%s (client \"%.*s\")", c->peer, s->id,
-                    resumed ? "resumed" : "created", admin ? ", admin" : "", HD_CLIENT_NAME_LEN - 1,
-                    h->client_name);
+        hd_log_infof(&(hd_log_fields_t){.session = s->id, .peer = c->peer, .op = "hello"},
+                     "%s: session %s %s%s (client \"%.*s\")", c->peer, s->id,
+                     resumed ? "resumed" : "created",
+                     !admin       ? ""
+                     : peer_admin ? ", admin by its peer credentials"
+                                  : ", admin by token",
+                     HD_CLIENT_NAME_LEN - 1, h->client_name);
     }
     heapd__v1__client_frame__free_unpacked(f, &ha.a);
 }
@@ -479,12 +564,20 @@ int hd__sessions_list(hd_worker_t *w, hd_session_info_t **out, size_t *n) {
             const hd_session_t *s = r->v[i];
             snprintf(v[i].id, sizeof v[i].id, "%s", s->id);
             snprintf(v[i].peer, sizeof v[i].peer, "%s", s->peer);
+            snprintf(v[i].client_name, sizeof v[i].client_name, "%s", s->client_name);
+            v[i].last_op = s->pub_last_op ? hd_dispatch_op_name(s->pub_last_op) : "";
             v[i].attached = s->conn != NULL;
+            v[i].admin = s->admin;
+            v[i].worker = (unsigned)s->worker->index;
             v[i].bytes = s->pub_bytes;
             v[i].objects = s->pub_objects;
             v[i].requests = s->pub_requests;
             v[i].idle_ms = now > s->last_active_ms ? now - s->last_active_ms : 0;
             v[i].created_unix = s->created_unix;
+            v[i].allocs_total = s->pub_allocs;
+            v[i].alloc_bytes_total = s->pub_alloc_bytes;
+            v[i].collections = s->pub_collections;
+            v[i].gc_pause_ns_total = s->pub_gc_pause_ns;
         }
         *out = v;
         *n = r->nsessions;
@@ -512,7 +605,188 @@ int hd__sessions_kill(hd_worker_t *w, const char *peer, const char *id) {
         hd__msg_free(m);
         return HD_ENOSESSION;
     }
-    hd_log_info("%s: killing session %s", peer, id);
+    hd_log_infof(&(hd_log_fields_t){.session = id, .peer = peer, .op = "kill_session"},
+                 "%s: killing session %s", peer, id);
     hd__worker_post(owner, m);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The server's info.                                                                          */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The sections of server_info, in their order. */
+static const char *const info_sections[] = {"server", "clients", "memory",      "gc",
+                                            "limits", "stats",   "persistence", NULL};
+
+typedef struct info_s {
+    hd_info_item_t *v;
+    size_t n, cap;
+    const char *want; /* the section asked for, or "" */
+    const char *section;
+    int failed;
+} info_t;
+
+static hd_info_item_t *info_add(info_t *in, const char *key, hd_info_type_t type) {
+    if (in->failed || (*in->want && strcmp(in->want, in->section) != 0)) return NULL;
+    if (in->n == in->cap) {
+        size_t cap = in->cap ? 2 * in->cap : 64;
+        hd_info_item_t *v = realloc(in->v, cap * sizeof *v);
+        if (!v) {
+            in->failed = 1;
+            return NULL;
+        }
+        in->v = v;
+        in->cap = cap;
+    }
+    hd_info_item_t *it = &in->v[in->n++];
+    memset(it, 0, sizeof *it);
+    it->section = in->section;
+    it->key = key;
+    it->type = type;
+    return it;
+}
+
+static void info_u(info_t *in, const char *key, uint64_t v) {
+    hd_info_item_t *it = info_add(in, key, HD_INFO_U64);
+    if (it) it->u = v;
+}
+
+static void info_d(info_t *in, const char *key, double v) {
+    hd_info_item_t *it = info_add(in, key, HD_INFO_F64);
+    if (it) it->d = v;
+}
+
+static void info_s(info_t *in, const char *key, const char *v) {
+    hd_info_item_t *it = info_add(in, key, HD_INFO_STR);
+    if (it) snprintf(it->s, sizeof it->s, "%s", v);
+}
+
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The fields of every section are gathered in one pass, the ones not asked for skipped by
+ * info_add: a section's keys are written once, here. */
+int hd__server_info(hd_worker_t *w, const char *section, hd_info_item_t **out, size_t *n) {
+    hd_server_t *srv = w->srv;
+    const hd_config_t *cfg = &w->cfg;
+    size_t k = 0;
+    while (info_sections[k] && *section && strcmp(info_sections[k], section) != 0)
+        k++;
+    if (*section && !info_sections[k]) return HD_EINVAL;
+
+    /* The sessions' published counters, copied under the lock, summed and sorted outside. */
+    hd_registry_t *r = &srv->registry;
+    publish_dirty(w);
+    uv_mutex_lock(&r->lock);
+    size_t ns = r->nsessions, detached = r->sessions_detached, admins = 0;
+    uint64_t *bytes = malloc((ns ? ns : 1) * sizeof *bytes);
+    uint64_t objects = 0, heap = 0, collections = 0, pause = 0, pause_max = 0, largest = 0;
+    char largest_id[HD_ID_LEN] = "";
+    for (size_t i = 0; bytes && i < ns; i++) {
+        const hd_session_t *s = r->v[i];
+        bytes[i] = s->pub_bytes;
+        objects += s->pub_objects;
+        heap += s->pub_footprint;
+        collections += s->pub_collections;
+        pause += s->pub_gc_pause_ns;
+        if (s->pub_gc_pause_max > pause_max) pause_max = s->pub_gc_pause_max;
+        admins += s->admin && s->conn;
+        if (s->pub_bytes > largest || !largest_id[0]) {
+            largest = s->pub_bytes;
+            snprintf(largest_id, sizeof largest_id, "%s", s->id);
+        }
+    }
+    uv_mutex_unlock(&r->lock);
+    if (!bytes) return HD_ENOMEM;
+    uint64_t total = 0;
+    for (size_t i = 0; i < ns; i++)
+        total += bytes[i];
+    qsort(bytes, ns, sizeof *bytes, cmp_u64);
+    hd_server_stats_t st;
+    hd__sessions_server_stats(w, &st);
+    uint64_t slow_len, slow_total;
+    hd__slowlog_counts(&srv->slowlog, &slow_len, &slow_total);
+
+    info_t in = {NULL, 0, 0, section, NULL, 0};
+    in.section = "server";
+    info_s(&in, "version", HEAPD_VERSION);
+    info_u(&in, "protocol_version", HD_PROTOCOL_VERSION);
+    info_u(&in, "pid", (uint64_t)getpid());
+    info_u(&in, "uptime_ms", st.uptime_ms);
+    info_u(&in, "workers", srv->nworkers);
+    info_s(&in, "config_file", srv->config_path ? srv->config_path : "");
+    char where[160] = "";
+    for (size_t i = 0, m = 0; i < srv->nlisteners && m < sizeof where; i++)
+        m += (size_t)snprintf(where + m, sizeof where - m, "%s%s", i ? ", " : "",
+                              srv->listeners[i].name);
+    info_s(&in, "listeners", where);
+
+    in.section = "clients";
+    info_u(&in, "connections", st.connections);
+    info_u(&in, "sessions", ns);
+    info_u(&in, "sessions_attached", ns - detached);
+    info_u(&in, "sessions_detached", detached);
+    info_u(&in, "admin_sessions", admins);
+    info_u(&in, "monitors", hd__monitor_count(srv));
+
+    in.section = "memory";
+    info_u(&in, "object_bytes", total);
+    info_u(&in, "objects", objects);
+    info_u(&in, "heap_bytes", heap);
+    info_u(&in, "rss_bytes", st.rss_bytes);
+    /* As Redis's mem_fragmentation_ratio: what the process holds per byte of live objects;
+     * heap_overhead_ratio is the heaps' own part of it (arenas and large objects). */
+    info_d(&in, "fragmentation_ratio", total ? (double)st.rss_bytes / (double)total : 0);
+    info_d(&in, "heap_overhead_ratio", total ? (double)heap / (double)total : 0);
+    info_u(&in, "session_bytes_mean", ns ? total / ns : 0);
+    info_u(&in, "session_bytes_p50", ns ? bytes[(ns - 1) / 2] : 0);
+    info_u(&in, "session_bytes_p90", ns ? bytes[(ns - 1) * 9 / 10] : 0);
+    info_u(&in, "session_bytes_p99", ns ? bytes[(ns - 1) * 99 / 100] : 0);
+    info_u(&in, "session_bytes_max", ns ? bytes[ns - 1] : 0);
+    info_s(&in, "largest_session", largest_id);
+
+    in.section = "gc";
+    info_u(&in, "collections", collections);
+    info_u(&in, "gc_pause_ns_total", pause);
+    info_u(&in, "gc_pause_ns_max", pause_max);
+    info_u(&in, "gc_enabled_default", (uint64_t)cfg->gc_enabled);
+    char thr[48];
+    snprintf(thr, sizeof thr, "%d,%d,%d", cfg->gc_threshold[0], cfg->gc_threshold[1],
+             cfg->gc_threshold[2]);
+    info_s(&in, "gc_threshold_default", thr);
+
+    in.section = "limits";
+    info_u(&in, "max_connections", cfg->max_connections);
+    info_u(&in, "max_sessions", cfg->max_sessions);
+    info_u(&in, "max_frame_bytes", cfg->max_frame_bytes);
+    info_u(&in, "session_max_bytes", cfg->session_max_bytes);
+    info_u(&in, "session_max_objects", cfg->session_max_objects);
+    info_u(&in, "idle_timeout_ms", cfg->idle_timeout);
+    info_u(&in, "session_linger_ms", cfg->session_linger);
+    info_u(&in, "output_buffer_limit", cfg->output_buffer_limit);
+    info_u(&in, "slowlog_threshold_us", cfg->slowlog_threshold_us);
+    info_u(&in, "slowlog_max_len", cfg->slowlog_max_len);
+    info_u(&in, "monitor_buffer", cfg->monitor_buffer);
+
+    in.section = "stats";
+    info_u(&in, "requests", st.requests);
+    info_u(&in, "slowlog_len", slow_len);
+    info_u(&in, "slowlog_total", slow_total);
+    info_u(&in, "monitor_dropped", atomic_load(&srv->monitor_dropped));
+
+    /* Heaps live in memory only: the section says so, for tools that look for it. */
+    in.section = "persistence";
+    info_u(&in, "enabled", 0);
+
+    free(bytes);
+    if (in.failed) {
+        free(in.v);
+        return HD_ENOMEM;
+    }
+    *out = in.v;
+    *n = in.n;
     return 0;
 }

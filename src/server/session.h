@@ -17,9 +17,9 @@
 
 #include "server.h"
 
-#define HD_SESSION_ID_LEN   16 /* hex digits: 64 random bits, unique among live sessions */
-#define HD_RESUME_TOKEN_LEN 32 /* hex digits: 128 random bits */
-#define HD_CLIENT_NAME_LEN  64 /* bytes of Hello.client_name kept for logs */
+#define HD_SESSION_ID_LEN   16          /* hex digits: 64 random bits, unique among live sessions */
+#define HD_RESUME_TOKEN_LEN 32          /* hex digits: 128 random bits */
+#define HD_CLIENT_NAME_LEN  HD_NAME_LEN /* bytes of Hello.client_name kept, with its NUL */
 
 /* A session's published counters lag its heap by at most this long, so reading them from
  * another worker (server_stats, list_sessions) costs the owner one stats walk per interval
@@ -43,13 +43,19 @@ struct hd_session_s {
     uint64_t nrequests;         /* frames dispatched */
     uint64_t published_at;      /* hd__now_ms of the last publish */
     uint64_t active_at;         /* hd__now_ms of the last request; published as last_active_ms */
+    int last_op;                /* the op case of its last request, 0 before the first */
     int dirty;                  /* counters changed since the last publish */
     hd_sess_metrics_t *metrics; /* what only the owner updates for metrics.c */
     /* locked */
     hd_conn_t *conn; /* the attached connection, or NULL */
     int registered;
+    int admin;              /* the attached (or last) connection may make admin requests */
     char peer[HD_PEER_LEN]; /* the attached connection's peer, or the last one */
     uint64_t pub_bytes, pub_objects, pub_requests;
+    uint64_t pub_allocs, pub_alloc_bytes, pub_collections, pub_gc_pause_ns;
+    uint64_t pub_gc_pause_max; /* the longest collection */
+    uint64_t pub_footprint;    /* arenas mapped and large objects: what the heap takes */
+    int pub_last_op;
     uint64_t last_active_ms; /* hd__now_ms of the last request */
     uint64_t created_unix;
 };
@@ -88,8 +94,9 @@ void hd__session_detach(hd_session_t *s);
 /* Destroys s now: unregisters it and frees its heap; s itself is freed once its timer has
  * closed. The caller has taken s from its connection, if it had one (conn.c). */
 void hd__session_destroy(hd_session_t *s, const char *why);
-/* Counts nframes requests just served and publishes the counters when they are due. */
-void hd__session_touch(hd_session_t *s, uint64_t nframes);
+/* Counts nframes requests just served (the last of op last_op) and publishes the counters
+ * when they are due. */
+void hd__session_touch(hd_session_t *s, uint64_t nframes, int last_op);
 /* The stats timer of worker w: publishes every dirty session of w. */
 void hd__sessions_publish_due(uv_timer_t *t);
 
@@ -98,10 +105,20 @@ int hd__sessions_server_stats(hd_worker_t *w, hd_server_stats_t *out);
 int hd__sessions_list(hd_worker_t *w, hd_session_info_t **out, size_t *n);
 /* peer: the admin's connection, for the log. */
 int hd__sessions_kill(hd_worker_t *w, const char *peer, const char *id);
+/* The server's info, as server_info answers it: the fields of section ("" = every section),
+ * from the registry's published counters, the config and the server. *out is malloc'd, the
+ * caller frees it. Returns 0, HD_EINVAL (no such section) or HD_ENOMEM. Any worker; for
+ * anything else that shows the server (a /metrics page) too. */
+int hd__server_info(hd_worker_t *w, const char *section, hd_info_item_t **out, size_t *n);
 
 /* Registry. */
 int hd__registry_init(hd_registry_t *r);
 void hd__registry_free(hd_registry_t *r);
+/* The worker that owns session id, or NULL if there is none. A session never changes worker,
+ * but may be gone by the time its worker looks: the owner checks again. Any thread. */
+hd_worker_t *hd__registry_owner(hd_server_t *srv, const char *id);
+/* The session id of this worker, or NULL. Its thread only. */
+hd_session_t *hd__session_find(hd_worker_t *w, const char *id);
 
 /* 1 if a equals secret, in time that depends only on the lengths. */
 int hd__ct_equal(const char *a, const char *secret);

@@ -3,13 +3,15 @@
  *
  * Other threads talk to a worker only by posting a message: the listener hands it new
  * connections, another worker moves a connection to it (a session is resumed only on the
- * worker that owns it), main.c sends config reloads and the stop order, and an admin's
- * kill_session on another worker names a session to destroy. Messages are handled in order,
- * on the worker's thread, by one handler per type (the table below).
+ * worker that owns it), main.c sends config reloads and the stop order, an admin's
+ * kill_session on another worker names a session to destroy, and a cross-thread call
+ * (inspect.h) comes to run on one of its sessions or comes back from another worker. Messages are
+ * handled in order, on the worker's thread, by one handler per type (the table below).
  *
  * This file owns the threads, the loops and the inboxes; connections are conn.c's and
  * sessions are session.c's.
  */
+#include "inspect.h"
 #include "server.h"
 #include "session.h"
 
@@ -34,6 +36,7 @@ hd_msg_t *hd__msg_new(hd_msg_type_t type) {
 /* A connection message freed without being adopted gives back what it held. */
 void hd__msg_free(hd_msg_t *m) {
     if (!m) return;
+    if (m->call) hd__xcall_undelivered(m);
     hd__slot_release(&m->slot);
     if (m->fd >= 0) close(m->fd);
     free(m->data);
@@ -103,6 +106,18 @@ static void on_msg_kill(hd_worker_t *w, hd_msg_t *m) {
     }
 }
 
+static void on_msg_xcall(hd_worker_t *w, hd_msg_t *m) {
+    hd_xcall_t *x = m->call;
+    m->call = NULL;
+    hd__xcall_run(w, x);
+}
+
+static void on_msg_xreply(hd_worker_t *w, hd_msg_t *m) {
+    hd_xcall_t *x = m->call;
+    m->call = NULL;
+    hd__xcall_done(w, x);
+}
+
 static void on_stop_timeout(uv_timer_t *t) {
     hd_worker_t *w = t->data;
     hd_log_warn("worker %d: output still unsent after %u ms; closing connections", w->index,
@@ -137,10 +152,8 @@ static void on_msg_stop(hd_worker_t *w, hd_msg_t *m) {
 }
 
 static void (*const msg_handlers[HD_MSG_NTYPES])(hd_worker_t *, hd_msg_t *) = {
-    [HD_MSG_CONN] = on_msg_conn,
-    [HD_MSG_RELOAD] = on_msg_reload,
-    [HD_MSG_KILL] = on_msg_kill,
-    [HD_MSG_STOP] = on_msg_stop,
+    [HD_MSG_CONN] = on_msg_conn, [HD_MSG_RELOAD] = on_msg_reload, [HD_MSG_KILL] = on_msg_kill,
+    [HD_MSG_STOP] = on_msg_stop, [HD_MSG_XCALL] = on_msg_xcall,   [HD_MSG_XREPLY] = on_msg_xreply,
 };
 
 /* The doorbell: takes the whole inbox under the lock, then handles it without the lock. */
@@ -229,15 +242,21 @@ void hd__workers_stop(hd_server_t *srv) {
         }
         hd__worker_post(&srv->workers[i], m);
     }
+    /* Every thread first: freeing a message can post another (a call sent back), which
+     * takes the inbox lock of any worker. */
+    for (size_t i = 0; i < srv->nworkers; i++)
+        if (srv->workers[i].state & HD_WORKER_RUNNING) uv_thread_join(&srv->workers[i].thread);
     for (size_t i = 0; i < srv->nworkers; i++) {
         hd_worker_t *w = &srv->workers[i];
-        if (w->state & HD_WORKER_RUNNING) uv_thread_join(&w->thread);
         /* Whatever was posted after the stop order was freed by hd__worker_post. */
-        for (hd_msg_t *m = w->inbox_head, *next; m; m = next) {
+        uv_mutex_lock(&w->inbox_lock);
+        hd_msg_t *m = w->inbox_head;
+        w->inbox_head = w->inbox_tail = NULL;
+        uv_mutex_unlock(&w->inbox_lock);
+        for (hd_msg_t *next; m; m = next) {
             next = m->next;
             hd__msg_free(m);
         }
-        w->inbox_head = w->inbox_tail = NULL;
     }
 }
 

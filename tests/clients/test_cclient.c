@@ -116,6 +116,8 @@ static int start_heapd(void **state) {
             "workers: 2\n"
             "tokens: [\"" USER_TOKEN "\"]\n"
             "admin_tokens: [\"" ADMIN_TOKEN "\"]\n"
+            /* root's Unix peer credentials would make every session an admin */
+            "admin_peer_uids: off\n"
             "max_frame_bytes: 64KiB\n"
             "session_linger: 60s\n"
             "idle_timeout: 60s\n"
@@ -229,11 +231,36 @@ static void test_connect_errors(void **state) {
     assert_string_not_equal(hdc_errmsg(c), "");
     assert_null(hdc_hello_info(c));
 
+    /* The URL forms (the Python client's heapd.parse_url's, checked against it by
+     * test_heapctl.py): a bad one is refused before anything is tried. */
+    static const char *const good[] = {"tcp://h:1", "h:1",           "[::1]:7420", "tcp://[::1]:0",
+                                       "unix:/a/b", "unix:///a/b",   "unix:rel",   "/a/b",
+                                       "::1:7420",  "tcp://h:007420"};
+    static const char *const bad[] = {
+        "tcp://h",   "h:",    ":1",      "h:65536", "h:1x",    "[::1]",
+        "[::1]7420", "unix:", "x://h:1", "a/b:1",   "[a/b]:1", "h:-1"};
+    char why[200];
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        if (hdc_url_check(good[i], why, sizeof why) != 0) fail_msg("%s: %s", good[i], why);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        if (hdc_url_check(bad[i], why, sizeof why) != HDC_EINVAL) fail_msg("%s accepted", bad[i]);
+        assert_non_null(strstr(why, bad[i]));
+    }
     /* Calls without a connection. */
     assert_int_equal(hdc_ping(c, NULL), HDC_ECLOSED);
     assert_int_equal(hdc_reconnect(c), HDC_EINVAL);
     assert_int_equal(hdc_pipeline_begin(c), HDC_ECLOSED);
     assert_int_equal(hdc_batch_begin(c), HDC_ECLOSED);
+
+    /* No URL: $HEAPD_URL, when set. */
+    setenv("HEAPD_URL", "tcp://127.0.0.1:notaport", 1);
+    assert_int_equal(hdc_connect(c, NULL, &o), HDC_EINVAL);
+    assert_non_null(strstr(hdc_errmsg(c), "notaport"));
+    setenv("HEAPD_URL", sock_url, 1);
+    o.token = USER_TOKEN;
+    assert_int_equal(hdc_connect(c, NULL, &o), 0);
+    assert_int_equal(hdc_ping(c, NULL), 0);
+    unsetenv("HEAPD_URL");
     hdc_free(c);
     hdc_free(NULL);
 }
@@ -627,6 +654,85 @@ static void test_admin(void **state) {
     close_client(a);
 }
 
+/* Another session, for an admin: its report, and heap calls sent to it with hdc_set_target. */
+static void test_other_session(void **state) {
+    hdc_t *u = open_client(USER_TOKEN), *a = open_client(ADMIN_TOKEN);
+    const char *uid = hdc_hello_info(u)->session_id;
+    uint64_t big = new_obj(u, 900, 0, "Big", "big.c:1", 0);
+    uint64_t x = new_obj(u, 8, 1, "Node", "node.c:2", 0), y = new_obj(u, 8, 1, "Node", NULL, 0);
+    assert_int_equal(hdc_set_slot(u, x, 0, y), 0);
+    assert_int_equal(hdc_set_slot(u, y, 0, x), 0);
+    assert_int_equal(hdc_decref(u, x, 1), 0);
+    assert_int_equal(hdc_decref(u, y, 1), 0);
+
+    hdc_session_report_t r;
+    assert_int_equal(hdc_session_report(a, "0123456789abcdef", 0, &r), HDC_ENOSESSION);
+    assert_int_equal(hdc_session_report(a, uid, 1, &r), 0);
+    assert_string_equal(r.session.id, uid);
+    assert_string_equal(r.session.client_name, "test_cclient");
+    assert_string_equal(r.session.last_op, "decref");
+    assert_int_equal(r.heap.objects, 3);
+    assert_int_equal(r.tags_by_bytes.n, 1);
+    assert_string_equal(r.tags_by_bytes.v[0].key, "Big");
+    assert_string_equal(r.tags_by_count.v[0].key, "Node");
+    assert_int_equal(r.tags, 2);
+    assert_int_equal(r.sites, 3);
+    assert_int_equal(r.gc_threshold[0], 700);
+    assert_false(r.tracing);
+    hdc_session_report_free(&r);
+    assert_int_equal(hdc_session_report(u, uid, 0, &r), HDC_EPERM);
+
+    /* Heap calls to the other session, pipelined too; the ones an admin may not run there
+     * are refused, the rest are not touched. */
+    assert_int_equal(hdc_set_target(a, uid), 0);
+    assert_string_equal(hdc_target(a), uid);
+    hdc_trace_stats_t st = {0};
+    assert_int_equal(hdc_heap_census(a, HDC_TRACE_BY_TAG, HDC_CENSUS_BY_COUNT, 0, &st), 0);
+    assert_int_equal(st.n, 2);
+    assert_string_equal(st.v[0].key, "Node");
+    assert_int_equal(st.v[0].count, 2);
+    hdc_trace_stats_free(&st);
+    uint64_t found = 0;
+    int enabled = 1, status[3];
+    assert_int_equal(hdc_pipeline_begin(a), 0);
+    hdc_gc_collect(a, HDC_GC_ALL, &found);
+    hdc_gc_disable(a);
+    hdc_gc_isenabled(a, &enabled);
+    assert_int_equal(hdc_pipeline_end(a, status, 3), 0);
+    assert_int_equal(found, 2);
+    assert_false(enabled);
+    assert_int_equal(hdc_gc_isenabled(u, &enabled), 0); /* as the session itself sees it */
+    assert_false(enabled);
+    assert_int_equal(hdc_trace_top(a, HDC_TRACE_BY_SITE, 0, &st), HDC_ENOTRACE);
+    assert_int_equal(hdc_trace_start(a), 0);
+    uint64_t z = new_obj(u, 40, 0, "Z", "z.c:3", 0);
+    assert_int_equal(hdc_trace_top(a, HDC_TRACE_BY_SITE, 0, &st), 0);
+    assert_int_equal(st.n, 1);
+    assert_string_equal(st.v[0].key, "z.c:3");
+    hdc_trace_stats_free(&st);
+    assert_int_equal(hdc_alloc(a, &(hdc_alloc_args_t){.size = 1}, &x), HDC_EPERM);
+    assert_non_null(strstr(hdc_errmsg(a), "cannot be run in another session"));
+    assert_int_equal(hdc_gc_freeze(a), HDC_EPERM);
+    assert_int_equal(hdc_batch_begin(a), 0);
+    assert_int_equal(hdc_gc_enable(a), HDC_EINVAL);
+    assert_int_equal(hdc_batch_end(a, NULL, 0), HDC_EINVAL);
+    assert_int_equal(hdc_ping(a, NULL), 0); /* not a heap call: this connection's own */
+    hdc_heap_stats_t hs;
+    assert_int_equal(hdc_heap_stats(a, &hs), 0);
+    assert_int_equal(hs.objects, 2);
+    assert_int_equal(hdc_set_target(a, NULL), 0);
+    assert_null(hdc_target(a));
+    assert_int_equal(hdc_heap_stats(a, &hs), 0);
+    assert_int_equal(hs.objects, 0); /* back to its own */
+    assert_int_equal(hdc_set_target(u, "0123456789abcdef"), 0);
+    assert_int_equal(hdc_heap_stats(u, &hs), HDC_EPERM); /* not an admin */
+    assert_int_equal(hdc_set_target(u, NULL), 0);
+    assert_int_equal(hdc_decref(u, big, 1), 0);
+    assert_int_equal(hdc_decref(u, z, 1), 0);
+    close_client(u);
+    close_client(a);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Pipelines and batches.                                                                      */
 /* ------------------------------------------------------------------------------------------ */
@@ -971,6 +1077,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_trace),
         cmocka_unit_test(test_heap_stats),
         cmocka_unit_test(test_admin),
+        cmocka_unit_test(test_other_session),
         cmocka_unit_test(test_pipeline),
         cmocka_unit_test(test_batch),
         cmocka_unit_test(test_events),

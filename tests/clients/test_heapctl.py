@@ -13,8 +13,13 @@ small program against the installed library.
 """
 import json
 import os
+import pty
+import select
+import signal
 import subprocess
 import sys
+import termios
+import time
 import unittest
 
 import harness as h
@@ -29,7 +34,7 @@ ADMIN = "admin-token"
 def start_daemon():
     global TMP, SOCK, DAEMON
     DAEMON = h.Daemon({"tokens": [USER], "admin_tokens": [ADMIN], "session_linger": "60s",
-                       "log_level": "warn"}, tcp=False).start()
+                       "log_level": "warn"}, tcp=False).start()  # peer credentials off
     TMP, SOCK = DAEMON.dir, DAEMON.sock_path
 
 
@@ -69,14 +74,16 @@ class Basics(unittest.TestCase):
         self.assertTrue(d["ok"])
         self.assertEqual(d["command"], "ping")
         self.assertEqual(d["protocol_version"], 1)
-        self.assertGreater(d["server_time_unix_ns"], 1_600_000_000 * 10**9)
+        # 64-bit values travel as strings: a JSON number loses them past 2^53.
+        self.assertIsInstance(d["server_time_unix_ns"], str)
+        self.assertGreater(int(d["server_time_unix_ns"]), 1_600_000_000 * 10**9)
         self.assertFalse(d["admin"])
         self.assertTrue(d["session_id"])
         self.assertIn("PONG", run("ping").stdout)
 
     def test_usage(self):
         for args in (["--json"], ["--json", "frobnicate"], ["--json", "alloc", "x"],
-                     ["--json", "--session", "s", "ping"], ["--json", "--timeout", "x", "ping"]):
+                     ["--json", "--resume", "t", "ping"], ["--json", "--timeout", "x", "ping"]):
             r = subprocess.run([HEAPCTL, "--connect", "unix:" + SOCK] + args,
                                capture_output=True, text=True, timeout=30)
             self.assertEqual(r.returncode, 2, args)
@@ -103,7 +110,8 @@ class Basics(unittest.TestCase):
         self.assertFalse(js("help", "ping")["admin"])
         self.assertFalse(js("help", "alloc")["admin"])
         self.assertEqual({c["name"] for c in js("help")["commands"] if c["admin"]},
-                         {"server", "sessions", "kill", "top"})
+                         {"server", "sessions", "inspect", "kill", "top", "info", "slowlog",
+                          "monitor"})
         r = subprocess.run([HEAPCTL, "--help"], capture_output=True, text=True, timeout=30)
         self.assertIn("(admin)", [l for l in r.stdout.splitlines() if "largest heap" in l][0])
 
@@ -117,8 +125,37 @@ class Basics(unittest.TestCase):
     def test_auth(self):
         d = js("ping", token="wrong", check=5)
         self.assertEqual(d["error"]["name"], "EAUTH")
+        self.assertEqual(d["error"]["code"], 23)  # the protocol's number, positive
         d = js("ping", token=None, check=5)
         self.assertEqual(d["error"]["name"], "EAUTH")
+
+    def test_url_forms(self):
+        """The URL forms of the Python client's heapd.parse_url, with the same checks: a bad
+        URL is a usage error (2) before anything is tried; a good one that leads nowhere
+        cannot connect (3)."""
+        good = ["tcp://127.0.0.1:1", "127.0.0.1:1", "tcp://127.0.0.1:0001", "[::1]:1",
+                "tcp://[::1]:1", "unix:/nonexistent/x.sock", "unix:///nonexistent/x.sock",
+                "unix:nonexistent-rel.sock", "/nonexistent/x.sock"]
+        bad = ["tcp://127.0.0.1", "127.0.0.1:", ":7420", "127.0.0.1:65536", "127.0.0.1:7x",
+               "[::1]", "[::1]7420", "unix:", "http://127.0.0.1:1", "a/b:1", "[a/b]:1"]
+        for url in good:
+            self.assertEqual(js("ping", url=url, check=3)["error"]["name"], "ECONNECT", url)
+        for url in bad:
+            d = js("ping", url=url, check=2)
+            self.assertIn(url, d["error"]["message"])
+        self.assertEqual(js("ping", url=SOCK)["command"], "ping")  # a bare path
+        # The same verdicts as the Python client's parser, where it has these forms.
+        sys.path.insert(0, os.path.join(BUILD_DIR or "", "clients", "python"))
+        try:
+            import heapd
+            heapd.parse_url("/probe")
+        except (ImportError, ValueError, AttributeError):
+            self.skipTest("no heapd.parse_url with the bare forms to compare with")
+        for url in good:
+            heapd.parse_url(url)
+        for url in bad:
+            with self.assertRaises(ValueError, msg=url):
+                heapd.parse_url(url)
 
     def test_env(self):
         env = dict(os.environ, HEAPD_URL="unix:" + SOCK, HEAPD_TOKEN=USER)
@@ -141,10 +178,13 @@ class Stats(unittest.TestCase):
         self.assertEqual(len(d["gc"]["generations"]), 3)
 
     def test_stats_text(self):
-        out = run("stats").stdout
-        self.assertIn("class   size   num pools", out)
-        self.assertIn("arenas_current", out)
-        self.assertIn("generation 2: collections=0", out)
+        r = run("stats")
+        self.assertIn("class   size   num pools", r.stdout)
+        self.assertIn("arenas_current", r.stdout)
+        self.assertIn("generation 2: collections=0", r.stdout)
+        # Without --session it says whose heap that was.
+        self.assertIn("heapctl's own new, empty session", r.stderr)
+        self.assertTrue(js("stats")["own_session"])
 
 
 class Gc(unittest.TestCase):
@@ -158,22 +198,28 @@ class Gc(unittest.TestCase):
 
     def test_subcommands(self):
         self.assertEqual(js("gc", "count")["count"], [0, 0, 0])
-        self.assertEqual(js("gc", "threshold", "100", "5")["threshold"], [100, 5, 10])
-        self.assertEqual(js("gc", "threshold")["threshold"], [700, 10, 10])  # a new session
-        self.assertFalse(js("gc", "disable")["enabled"])
-        self.assertTrue(js("gc", "enable")["enabled"])
-        d = js("gc", "collect")
-        self.assertEqual((d["generation"], d["found"]), (2, 0))
-        self.assertEqual(js("gc", "collect", "1")["generation"], 1)
-        d = js("gc", "collect", "9", check=1)
-        self.assertEqual(d["error"]["name"], "EINVAL")
-        self.assertEqual(d["exit"], 1)
-        self.assertEqual(js("gc", "freeze")["freeze_count"], 0)
-        self.assertEqual(js("gc", "unfreeze")["freeze_count"], 0)
-        self.assertEqual(js("gc", "debug", "32")["debug"], 32)
+        self.assertEqual(js("gc", "threshold")["threshold"], [700, 10, 10])
         d = js("gc", "garbage")
         self.assertEqual((d["total"], d["handles"]), (0, []))
-        self.assertTrue(js("gc", "garbage-clear")["ok"])
+        self.assertEqual(js("gc", "debug")["debug"], 0)
+        # What would change heapctl's own session, which dies with it, is refused with a
+        # hint; with --keep it is what was asked for.
+        for args in (["threshold", "100", "5"], ["disable"], ["enable"], ["collect"],
+                     ["freeze"], ["unfreeze"], ["debug", "32"], ["garbage-clear"]):
+            d = js("gc", *args, check=2)
+            self.assertIn("--session ID", d["error"]["message"], args)
+        self.assertIn("heapctl sessions", run("gc", "disable", check=2).stderr)
+        self.assertEqual(js("gc", "threshold", "100", "5", extra=["--keep"])["threshold"],
+                         [100, 5, 10])
+        self.assertFalse(js("gc", "disable", extra=["--keep"])["enabled"])
+        d = js("gc", "collect", extra=["--keep"])
+        self.assertEqual((d["generation"], d["found"]), (2, 0))
+        self.assertEqual(js("gc", "collect", "1", extra=["--keep"])["generation"], 1)
+        d = js("gc", "collect", "9", check=1, extra=["--keep"])
+        self.assertEqual(d["error"]["name"], "EINVAL")
+        self.assertEqual(d["exit"], 1)
+        self.assertEqual(js("gc", "freeze", extra=["--keep"])["freeze_count"], 0)
+        self.assertEqual(js("gc", "debug", "32", extra=["--keep"])["debug"], 32)
         js("gc", "threshold", "x", check=2)
         self.assertIn("threshold:  700 10 10", run("gc").stdout)
 
@@ -182,15 +228,18 @@ class Trace(unittest.TestCase):
     def test_trace(self):
         d = js("trace")
         self.assertEqual((d["subcommand"], d["tracing"], d["current"]), ("status", False, 0))
-        self.assertTrue(js("trace", "start")["tracing"])
-        self.assertFalse(js("trace", "stop")["tracing"])
-        self.assertFalse(js("trace", "clear")["tracing"])
-        self.assertFalse(js("trace", "reset-peak")["tracing"])
-        d = js("trace", "snapshot", check=1)
-        self.assertEqual(d["error"]["name"], "ENOTRACE")
+        self.assertTrue(d["own_session"])
         d = js("trace", "top", check=1)
         self.assertEqual(d["error"]["name"], "ENOTRACE")
-        d = js("trace", "free", "7", check=1)
+        for sub in ("start", "stop", "clear", "reset-peak", "snapshot"):
+            self.assertIn("--session ID", js("trace", sub, check=2)["error"]["message"])
+        self.assertTrue(js("trace", "start", extra=["--keep"])["tracing"])
+        self.assertFalse(js("trace", "stop", extra=["--keep"])["tracing"])
+        self.assertFalse(js("trace", "clear", extra=["--keep"])["tracing"])
+        self.assertFalse(js("trace", "reset-peak", extra=["--keep"])["tracing"])
+        d = js("trace", "snapshot", check=1, extra=["--keep"])
+        self.assertEqual(d["error"]["name"], "ENOTRACE")
+        d = js("trace", "free", "7", check=1, extra=["--keep"])
         self.assertEqual(d["error"]["name"], "ENOSNAP")
         js("trace", "compare", "1", check=2)
 
@@ -272,6 +321,8 @@ class Shell(unittest.TestCase):
             by.setdefault(d["command"], []).append(d)
         a = by["alloc"][0]["handle"]
         b = by["alloc"][1]["handle"]
+        self.assertIsInstance(a, str)  # handles are 64-bit: strings in JSON
+        self.assertGreater(int(a), 2**32)  # the check is in the high half
         info = by["info"][0]
         self.assertEqual((info["refcount"], info["client_refs"], info["slots"]), (2, 1, 1))
         self.assertEqual((info["tag"], info["flags"], info["generation"]), ("Node", 1, 0))
@@ -403,6 +454,303 @@ class Sessions(unittest.TestCase):
         self.assertIn("SESSION", text)
         self.assertIn("Mem:", text)
         js("top", "-n", "0", token=ADMIN, check=2)
+
+
+class OtherSession(unittest.TestCase):
+    """--session ID on every heap command: the admin's view of another session."""
+
+    def setUp(self):
+        docs = jlines("shell", extra=["--keep"], stdin=(
+            "alloc a slots=1 size=200 tag=Node site=app.py:1\n"
+            "alloc b slots=1 size=200 tag=Node site=app.py:1\n"
+            "alloc c size=3000 tag=Blob site=io.py:7\n"
+            "link a 0 b\nlink b 0 a\nrelease a\nrelease b\n"))
+        self.sid = docs[-1]["kept_session"]["session_id"]
+
+    def tearDown(self):
+        js("kill", self.sid, token=ADMIN, check=None)
+
+    def on(self, *args, check=0):
+        return js(*args, token=ADMIN, extra=["--session", self.sid], check=check)
+
+    def test_every_heap_command(self):
+        d = self.on("stats")
+        self.assertEqual(d["session"], self.sid)
+        self.assertNotIn("own_session", d)
+        self.assertEqual(d["heap"]["objects"], 3)
+        census = self.on("census")
+        self.assertEqual([(s["key"], s["count"]) for s in census["stats"]],
+                         [("Blob", 1), ("Node", 2)])
+        census = self.on("census", "--by", "site", "--sort", "count", "-n", "1")
+        self.assertEqual([(s["key"], s["count"]) for s in census["stats"]], [("app.py:1", 2)])
+        self.assertEqual(census["total"], 2)
+        self.assertEqual(self.on("gc")["count"][0], 2)
+        self.assertEqual(self.on("gc", "count")["count"][0], 2)
+        self.assertEqual(self.on("gc", "threshold", "50", "5")["threshold"], [50, 5, 10])
+        self.assertEqual(self.on("gc", "threshold")["threshold"], [50, 5, 10])
+        self.assertFalse(self.on("gc", "disable")["enabled"])
+        self.assertTrue(self.on("gc", "enable")["enabled"])
+        self.assertEqual(self.on("gc", "debug")["debug"], 0)
+        self.assertEqual(self.on("gc", "collect")["found"], 2)  # the a <-> b cycle
+        self.assertEqual(self.on("stats")["heap"]["objects"], 1)
+        self.assertEqual(self.on("trace")["tracing"], False)
+        self.assertTrue(self.on("trace", "start")["tracing"])
+        self.assertEqual(self.on("trace", "top")["stats"], [])  # nothing new traced yet
+        self.assertFalse(self.on("trace", "stop")["tracing"])
+        # What an operator may not do to someone else's heap: the server says so.
+        for args in (["gc", "freeze"], ["gc", "unfreeze"], ["gc", "debug", "32"],
+                     ["gc", "garbage"], ["gc", "garbage-clear"], ["trace", "clear"],
+                     ["trace", "reset-peak"], ["trace", "snapshot"], ["trace", "free", "1"],
+                     ["trace", "compare", "2", "1"], ["trace", "top", "1"]):
+            d = self.on(*args, check=5)
+            self.assertEqual(d["error"]["name"], "EPERM", args)
+            self.assertIn("cannot be run in another session", d["error"]["message"])
+        # Only an admin may.
+        d = js("stats", extra=["--session", self.sid], check=5)
+        self.assertEqual(d["error"]["name"], "EPERM")
+        d = js("stats", token=ADMIN, extra=["--session", "0123456789abcdef"], check=1)
+        self.assertEqual(d["error"]["name"], "ENOSESSION")
+        text = run("gc", "collect", token=ADMIN, extra=["--session", self.sid]).stdout
+        self.assertIn("collected generation 2", text)
+
+    def test_inspect(self):
+        d = js("inspect", self.sid, token=ADMIN)
+        self.assertEqual(d["session"]["id"], self.sid)
+        self.assertTrue(d["session"]["client_name"].startswith("heapctl/"))
+        self.assertFalse(d["session"]["attached"])
+        self.assertEqual(d["session"]["last_op"], "decref")
+        self.assertEqual(d["heap"]["objects"], 3)
+        self.assertEqual(d["tags_by_bytes"][0]["key"], "Blob")
+        self.assertEqual(d["tags_by_count"][0]["key"], "Node")
+        self.assertEqual(d["sites_by_count"][0], {"key": "app.py:1", "count": 2,
+                                                  "bytes": d["sites_by_count"][0]["bytes"]})
+        self.assertEqual(d["gc"]["threshold"], [700, 10, 10])
+        self.assertFalse(d["tracing"]["on"])
+        self.assertEqual(d["queues"]["output_bytes"], 0)
+        self.assertEqual(js("inspect", token=ADMIN, extra=["--session", self.sid])["session"]
+                         ["id"], self.sid)
+        text = run("inspect", self.sid, "-n", "1", token=ADMIN).stdout
+        for want in ("session " + self.sid, "largest tags by bytes", "Blob", "tracing off",
+                     "peer          unix:pid="):
+            self.assertIn(want, text)
+        js("inspect", token=ADMIN, check=2)
+        self.assertEqual(js("inspect", self.sid, check=5)["error"]["name"], "EPERM")
+
+    def test_sessions_show_names_and_last_ops(self):
+        d = h.wait_until(lambda: (lambda d: d if any(
+            s["id"] == self.sid and s["objects"] == 3 for s in d["sessions"]) else None)(
+            js("sessions", token=ADMIN)))
+        self.assertIsNotNone(d, "the counters were never published")
+        row = [s for s in d["sessions"] if s["id"] == self.sid][0]
+        self.assertTrue(row["client_name"].startswith("heapctl/"))
+        self.assertEqual(row["last_op"], "decref")
+        self.assertEqual(row["allocs_total"], 3)
+        text = run("sessions", token=ADMIN).stdout
+        self.assertIn("LAST OP", text.splitlines()[0])
+
+
+class Operators(unittest.TestCase):
+    """info, slowlog, latency, monitor: against a daemon of their own with a 1 us slowlog
+    threshold, so that every request that does real work is in the slowlog."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.d = h.Daemon({"admin_tokens": [ADMIN], "slowlog_threshold_us": 1,
+                          "slowlog_max_len": 50, "log_level": "info"}, tcp=False).start()
+        cls.url = "unix:" + cls.d.sock_path
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.stop()
+
+    def js(self, *args, check=0):
+        return js(*args, token=ADMIN, url=self.url, check=check)
+
+    def test_info(self):
+        d = self.js("info")
+        self.assertEqual(list(d["sections"]), ["server", "clients", "memory", "gc", "limits",
+                                               "stats", "persistence"])
+        self.assertEqual(d["sections"]["limits"]["slowlog_threshold_us"], 1)
+        self.assertIsInstance(d["sections"]["memory"]["fragmentation_ratio"], float)
+        self.assertEqual(list(self.js("info", "memory")["sections"]), ["memory"])
+        text = run("info", "clients", token=ADMIN, url=self.url).stdout
+        self.assertTrue(text.startswith("# Clients\n"), text)
+        self.assertRegex(text, r"\nsessions:\d+\n")
+        self.assertEqual(self.js("info", "nope", check=1)["error"]["name"], "EINVAL")
+        self.assertEqual(js("info", url=self.url, token=None, check=5)["error"]["code"], 24)
+
+    def test_slowlog(self):
+        shell = "alloc big size=8000000 tag=Big\ncensus\n"
+        run("shell", stdin=shell, url=self.url, token=None)
+        d = self.js("slowlog", "get", "50")
+        ops = [e["op"] for e in d["entries"]]
+        self.assertIn("alloc", ops)
+        e = d["entries"][ops.index("alloc")]
+        self.assertIn("size=8000000", e["args"])
+        self.assertIsInstance(e["id"], str)  # a 64-bit id
+        self.assertGreaterEqual(e["duration_us"], 1)
+        self.assertEqual(e["status_name"], "OK")
+        self.assertGreaterEqual(self.js("slowlog", "len")["len"], 1)
+        text = run("slowlog", token=ADMIN, url=self.url).stdout
+        self.assertIn("alloc size=8000000", text)
+        self.assertIn(" us  session ", text)
+        self.js("slowlog", "reset")
+        # What is left is the reset itself and heapctl's goodbye after it.
+        left = {e["op"] for e in self.js("slowlog", "get", "10")["entries"]}
+        self.assertLessEqual(left, {"slowlog_reset", "goodbye"})
+        self.js("slowlog", "frobnicate", check=2)
+
+    def test_latency(self):
+        d = self.js("latency", "-n", "20", "-i", "0")
+        self.assertEqual(d["samples"], 20)
+        self.assertLessEqual(d["min_ms"], d["avg_ms"])
+        self.assertLessEqual(d["avg_ms"], d["max_ms"])
+        self.assertLessEqual(d["p50_ms"], d["p99_ms"])
+        self.assertLessEqual(d["p99_ms"], d["max_ms"])
+        text = run("latency", "-n", "5", "-i", "1", token=ADMIN, url=self.url).stdout
+        self.assertRegex(text, r"min: [\d.]+, max: [\d.]+, avg: [\d.]+, p50: [\d.]+, "
+                               r"p99: [\d.]+ \(5 samples\)")
+        self.js("latency", "-n", "0", check=2)
+
+    def test_monitor(self):
+        cmd = [HEAPCTL, "--connect", self.url, "--token", ADMIN, "monitor", "-n", "3"]
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            self.assertTrue(p.stdout.readline().startswith("OK: every request"))
+            run("shell", url=self.url, token=None,
+                stdin="alloc a size=3 tag=Mon\nrelease a\necho not a request\nstats\n")
+            out, err = p.communicate(timeout=30)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.assertEqual(p.returncode, 0, err)
+        lines = out.splitlines()
+        self.assertEqual(len(lines), 3, out)
+        self.assertRegex(lines[0], r'^\d+\.\d{6} \[\w+ unix:pid=\d+,uid=\d+,#\d+\] alloc '
+                                   r'size=3 tag="Mon" -> OK \(\d+ us\)$')
+        self.assertIn("] decref ", lines[1])
+        self.assertIn("] heap_stats ", lines[2])
+        # --json: one document per record, then the summary.
+        cmd = [HEAPCTL, "--connect", self.url, "--token", ADMIN, "--json", "monitor", "-n", "2"]
+        start = len(self.d.log())
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            self.d.wait_log("monitoring every request", start=start)
+            run("ping", url=self.url, token=None)
+            out, err = p.communicate(timeout=30)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        docs = [json.loads(l) for l in out.splitlines()]
+        self.assertEqual([d.get("op") for d in docs[:2]], ["ping", "goodbye"])
+        self.assertEqual((docs[2]["records"], docs[2]["dropped"]), (2, 0))
+        self.assertEqual(js("monitor", url=self.url, token=None, check=5)["error"]["name"],
+                         "EPERM")
+
+    def test_output_that_cannot_be_written(self):
+        with open("/dev/full", "w") as full:
+            r = subprocess.run([HEAPCTL, "--connect", self.url, "stats"], stdout=full,
+                               stderr=subprocess.PIPE, text=True, timeout=30)
+        self.assertEqual(r.returncode, 6, r.stderr)
+        self.assertIn("cannot write the output", r.stderr)
+
+
+class Top(unittest.TestCase):
+    """top on a terminal (a pseudo-terminal): keys, and the terminal given back on every way
+    out: q, ^C, SIGTERM, the server going away."""
+
+    def spawn(self, *args, url=None):
+        """heapctl top in a pty; returns (pid, master fd, the terminal's settings before)."""
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.environ["LINES"] = "40"
+            os.execv(HEAPCTL, [HEAPCTL, "--connect", url or "unix:" + SOCK, "--token", ADMIN,
+                               "top", "-d", "0.2"] + list(args))
+        return pid, fd, termios.tcgetattr(fd)
+
+    def read_until(self, fd, pattern, timeout=20):
+        buf = b""
+        deadline = time.monotonic() + timeout
+        while pattern.encode() not in buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("no %r in %r" % (pattern, buf[-500:]))
+            r, _, _ = select.select([fd], [], [], left)
+            if r:
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                buf += chunk
+        return buf
+
+    def finish(self, pid, fd, before):
+        """Waits for heapctl; checks the terminal is as it was; returns the exit status."""
+        rest = b""
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            rest += chunk
+        _, status = os.waitpid(pid, 0)
+        # The pty pair shares one set of settings: the master reads what heapctl left.
+        after = termios.tcgetattr(fd)
+        os.close(fd)
+        self.assertEqual(after[3] & (termios.ICANON | termios.ECHO),
+                         before[3] & (termios.ICANON | termios.ECHO), "terminal left raw")
+        self.assertEqual(after, before)
+        self.assertIn(b"\033[?1049l", rest)  # back from the alternate screen
+        return os.waitstatus_to_exitcode(status)
+
+    def test_keys_and_q(self):
+        pid, fd, before = self.spawn()
+        out = self.read_until(fd, "Sort: bytes")
+        self.assertIn(b"\033[?1049h", out)  # the alternate screen
+        self.assertIn(b"REQ/S", out)
+        os.write(fd, b"r")
+        self.read_until(fd, "Sort: requests")
+        os.write(fd, b"n")
+        self.read_until(fd, "Sort: name")
+        os.write(fd, b"q")
+        self.assertEqual(self.finish(pid, fd, before), 0)
+
+    def test_interrupt_and_terminate(self):
+        for how in ("\x03", signal.SIGTERM):  # ^C through the terminal, then a signal
+            pid, fd, before = self.spawn("--sort", "objects")
+            self.read_until(fd, "Sort: objects")
+            if isinstance(how, str):
+                os.write(fd, how.encode())
+            else:
+                os.kill(pid, how)
+            self.assertEqual(self.finish(pid, fd, before), 0)
+
+    def test_the_server_going_away(self):
+        d = h.Daemon({"admin_tokens": [ADMIN], "log_level": "warn"}, tcp=False).start()
+        try:
+            pid, fd, before = self.spawn(url="unix:" + d.sock_path)
+            self.read_until(fd, "Sort: bytes")
+            d.signal(signal.SIGTERM)
+            d.wait_exit()
+            self.assertEqual(self.finish(pid, fd, before), 1)  # ESHUTDOWN: the server said so
+        finally:
+            d.stop()
+
+    def test_rates_in_json(self):
+        docs = jlines("top", "-n", "2", "-d", "0.1", "--sort", "requests", token=ADMIN)
+        self.assertEqual(len(docs), 2)
+        self.assertEqual(docs[1]["sort"], "requests")
+        for key in ("requests_per_s", "alloc_bytes_per_s", "collections_per_s"):
+            self.assertIn(key, docs[1]["server"])
+            self.assertIn(key, docs[1]["sessions"][0])
+        self.assertGreater(docs[1]["server"]["requests_per_s"], 0)  # its own two pipelines
+        js("top", "--sort", "frobs", token=ADMIN, check=2)
 
 
 class Install(unittest.TestCase):

@@ -15,7 +15,7 @@ SOURCE_DIR = os.environ.get("HEAPD_SOURCE_DIR",
 # Build outputs that can sit in the tree: CMake build directories, and what dpkg-buildpackage
 # leaves when it is run in place (debian/rules clean removes it).
 _GENERATED = ("build/", "build-", "obj-", "debian/.debhelper/", "debian/tmp/", "debian/heapd/",
-              "debian/libheapdclient0/", "debian/libheapdclient-dev/", "debian/python3-heapd/")
+              "debian/libheapdclient1/", "debian/libheapdclient-dev/", "debian/python3-heapd/")
 
 
 def source_files():

@@ -5,7 +5,7 @@ docs/DEPLOYMENT.md works as written.
    committed) is built with `dpkg-buildpackage -us -uc -b`, as the guide says, with
    DEB_BUILD_OPTIONS=nocheck (this test is part of the suite that would run) and
    DPKG_GENSYMBOLS_CHECK_LEVEL=4 (a symbol added to libheapdclient without its line in
-   debian/libheapdclient0.symbols fails the build).
+   debian/libheapdclient1.symbols fails the build).
 2. lintian on the result: no error, and no warning but those listed in LINTIAN_ACCEPTED with
    the reason each stays.
 3. The packages hold what they should (the files the man pages and the guide name, the
@@ -46,7 +46,7 @@ from common import SOURCE_DIR, source_files  # noqa: E402
 VERSION = os.environ["HEAPD_VERSION"]
 MAN_DIR = os.environ.get("HEAPD_MAN_DIR", "")
 GUIDE = os.path.join(SOURCE_DIR, "docs", "DEPLOYMENT.md")
-PACKAGES = ["heapd", "libheapdclient0", "libheapdclient-dev", "python3-heapd"]
+PACKAGES = ["heapd", "libheapdclient1", "libheapdclient-dev", "python3-heapd"]
 
 # Warnings lintian gives that stay, and why.
 LINTIAN_ACCEPTED = {
@@ -82,7 +82,7 @@ HOOKS = {
 not dpkg -s heapd   # a fresh root: heapd is not installed yet
 """,
         "after": r"""
-for p in heapd libheapdclient0 python3-heapd; do
+for p in heapd libheapdclient1 python3-heapd; do
     [ "$(dpkg-query -W -f='${Version} ${db:Status-Abbrev}' $p)" = "@VERSION@-1 ii " ] || fail "$p"
 done
 getent group heapd >/dev/null
@@ -158,8 +158,8 @@ runuser -u alice -- heapctl --connect unix:/run/heapd/heapd.sock ping >/dev/null
         "after": r"""
 wait_reload $n
 [ -n "$TOKEN" ]
-refused 5 heapctl ping
-refused 5 env HEAPD_TOKEN=wrong heapctl ping
+refused 5 runuser -u alice -- heapctl ping  # root would be an admin by its uid
+refused 5 env HEAPD_TOKEN=wrong heapctl ping  # a wrong token is refused even from root
 HEAPD_TOKEN="$TOKEN" runuser -u alice -- heapctl ping >/dev/null  # environment kept
 has '^tokens: \["<redacted>"\]$' heapd --check-config /etc/heapd/heapd.yaml
 journal_has 'hello refused: EAUTH'
@@ -172,8 +172,9 @@ not grep -qF "$TOKEN" <(journalctl -u heapd.service --no-pager -o cat)   # never
     },
     "admin-use": {
         "after": r"""
+grep -q 'SESSION' "$OUT"
 grep -q 'sessions' "$OUT"
-refused 5 env HEAPD_TOKEN="$TOKEN" heapctl server
+refused 5 env HEAPD_TOKEN="$TOKEN" runuser -u alice -- heapctl server
 not grep -qF "$ADMIN_TOKEN" <(journalctl -u heapd.service --no-pager -o cat)
 """,
     },
@@ -199,7 +200,7 @@ grep -qx active "$OUT"
     },
     "remove": {
         "after": r"""
-for p in heapd libheapdclient0 libheapdclient-dev python3-heapd; do not dpkg -s $p; done
+for p in heapd libheapdclient1 libheapdclient-dev python3-heapd; do not dpkg -s $p; done
 for f in /etc/heapd /usr/bin/heapd /lib/systemd/system/heapd.service /run/heapd/heapd.sock \
          /etc/systemd/system/sockets.target.wants/heapd.socket \
          /etc/systemd/system/multi-user.target.wants/heapd.service; do
@@ -546,7 +547,7 @@ class PackageTest(unittest.TestCase):
                   "/usr/share/doc/heapd/DEPLOYMENT.md.gz"]:
             self.assertIn(f, heapd)
         so = os.environ.get("HEAPD_CLIENT_SOVERSION", "0")
-        lib = files("libheapdclient0")
+        lib = files("libheapdclient1")
         self.assertIn("/usr/lib/%s/libheapdclient.so.%s" % (self.multiarch(), so), lib)
         dev = files("libheapdclient-dev")
         self.assertIn("/usr/include/heapd/client.h", dev)
@@ -561,7 +562,7 @@ class PackageTest(unittest.TestCase):
         run(["dpkg-deb", "--control", b.debs["heapd"], ctl + "/heapd"])
         with open(ctl + "/heapd/conffiles") as f:
             self.assertEqual(f.read().split(), ["/etc/heapd/heapd.yaml"])
-        run(["dpkg-deb", "--control", b.debs["libheapdclient0"], ctl + "/lib"])
+        run(["dpkg-deb", "--control", b.debs["libheapdclient1"], ctl + "/lib"])
         with open(ctl + "/lib/symbols") as f:
             self.assertIn("hdc_connect@Base", f.read())
 

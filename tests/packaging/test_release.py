@@ -29,7 +29,7 @@ VERSION = os.environ["HEAPD_VERSION"]
 # protocol's examples of a hello answer (a wire format sample, not used by any build), and:
 VERSION_ALLOWED = {"CMakeLists.txt", "CHANGELOG.md", "debian/changelog", "docs/PROTOCOL.md",
                    # The version each symbol first appeared in: history, not the current one.
-                   "debian/libheapdclient0.symbols"}
+                   "debian/libheapdclient1.symbols"}
 
 # Words and identifiers that name a license other than MIT.
 OTHER_LICENSES = re.compile(

@@ -9,7 +9,7 @@ where things are (ctest's registration, heapd_daemon_test in tests/CMakeLists.tx
   HEAPD_SOURCE_DIR  the source tree
 
 Daemon(config) writes a temporary YAML config (a Unix socket in a temporary directory, TCP
-on 127.0.0.1 port 0 unless told otherwise), starts heapd and waits until it is ready: it
+on 127.0.0.1 port 0 unless told otherwise, admin by peer credentials off), starts heapd and waits until it is ready: it
 gives heapd a notify socket of its own, as systemd does, and waits for READY=1, whose STATUS
 names the addresses heapd listens on. Nothing here sleeps for a fixed time: a test that
 brings its own NOTIFY_SOCKET gets the "ready" log line waited for instead. On stop() it
@@ -81,6 +81,10 @@ class Daemon:
             "workers": 2,
             "log_level": "debug",
             "http": [],  # the HTTP server's default port is fixed: tests ask for port 0
+            # The tests run as root, whom a Unix socket's peer credentials make an admin
+            # without a token: off, so that tokens decide. The tests of peer credentials
+            # (test_peercred.py) turn it on.
+            "admin_peer_uids": "off",
         }
         cfg.update(config or {})
         self.config = cfg

@@ -21,9 +21,9 @@ KEYS = ["listen", "unix_socket", "unix_socket_mode", "workers", "max_connections
         "max_connections_per_ip", "hello_timeout", "frame_timeout", "min_frame_rate",
         "max_sessions", "max_frame_bytes", "session_max_bytes", "session_max_objects",
         "idle_timeout", "session_linger", "output_buffer_limit", "client_stall_timeout",
-        "tokens", "admin_tokens", "log_level", "log_format", "gc_enabled", "gc_threshold",
-        "http", "http_admin_open", "http_max_connections", "http_timeout",
-        "metrics_top_sessions"]
+        "tokens", "admin_tokens", "admin_peer_uids", "log_level", "log_format", "gc_enabled",
+        "gc_threshold", "http", "http_admin_open", "http_max_connections", "http_timeout",
+        "metrics_top_sessions", "slowlog_threshold_us", "slowlog_max_len", "monitor_buffer"]
 
 
 def run(*args, timeout=10):
@@ -160,16 +160,31 @@ class ConfigTest(h.unittest.TestCase):
         d.stop()
 
     def test_json_log_format(self):
-        with h.Daemon({"log_format": "json"}) as d:
-            d.session(client_name='quote " and \\ back').ok("ping")
+        with h.Daemon({"log_format": "json", "tokens": ["t"]}) as d:
+            c = d.session(client_name='quote " and \\ back', token="t")
+            c.ok("ping")
+            sid = c.hello_result.session_id
             d.wait_log("session .* created")
+            with d.connect() as bad:
+                bad.hello(token="wrong")
+            d.wait_log("hello refused")
         lines = d.log()
         self.assertGreater(len(lines), 3)
-        for line in lines:
-            rec = json.loads(line)
-            self.assertEqual(set(rec), {"ts", "level", "msg"})
+        recs = [json.loads(line) for line in lines]
+        for rec in recs:
+            self.assertTrue({"ts", "level", "msg"} <= set(rec), rec)
+            self.assertTrue(set(rec) <= {"ts", "level", "msg", "session", "peer", "op", "code",
+                                         "error"}, rec)
             self.assertIn(rec["level"], ("debug", "info", "warn", "error"))
-        self.assertTrue(any('quote " and \\ back' in json.loads(l)["msg"] for l in lines))
+        self.assertTrue(any('quote " and \\ back' in r["msg"] for r in recs))
+        # Structured fields, for a log pipeline to filter on rather than to parse messages.
+        created = [r for r in recs if "created" in r["msg"]][0]
+        self.assertEqual((created["session"], created["op"]), (sid, "hello"))
+        self.assertTrue(created["peer"].startswith("unix:pid="))
+        refused = [r for r in recs if "hello refused" in r["msg"]][0]
+        self.assertEqual((refused["code"], refused["error"], refused["level"]),
+                         (23, "EAUTH", "warn"))
+        self.assertIn("peer", refused)
 
     def test_log_level_filters(self):
         # No "ready" line at this level: the harness waits for READY=1 on its notify socket.

@@ -73,10 +73,10 @@ static int fake_kill_session(void *ctx, const char *id) {
 }
 
 static const hd_server_ops_t fake_ops = {
-    fake_goodbye,
-    fake_server_stats,
-    fake_list_sessions,
-    fake_kill_session,
+    .goodbye = fake_goodbye,
+    .server_stats = fake_server_stats,
+    .list_sessions = fake_list_sessions,
+    .kill_session = fake_kill_session,
 };
 
 static int setup(void **state) {

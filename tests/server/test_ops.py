@@ -20,6 +20,16 @@ class Recording(h.Client):
         return super().req(op, **fields)
 
 
+def session_op(c, session_id, op):
+    """Sends op (a Request) inside a session_op to session_id; returns the response."""
+    rq = c.req("session_op", session_id=session_id)
+    rq.session_op.op.CopyFrom(op)
+    c.send_request(rq)
+    resp = c.recv_response()
+    assert resp.id == rq.id
+    return resp
+
+
 def session(daemon, **hello):
     c = Recording(daemon.unix_addr)
     daemon.clients.append(c)
@@ -162,6 +172,12 @@ class OpsTest(h.unittest.TestCase):
         st = c.ok("trace_statistics", snapshot=s2, group=pb.BY_SITE).stats
         self.assertEqual(st[0].key, "a.py:1")
         self.assertEqual(st[0].count, 3)
+        # trace_top: the same, of the live traces, and no snapshot taken for it.
+        top = c.ok("trace_top", group=pb.BY_SITE)
+        self.assertEqual([(s.key, s.count, s.bytes) for s in top.stats],
+                         [(s.key, s.count, s.bytes) for s in st])
+        self.assertEqual(len(c.ok("trace_top", group=pb.BY_TAG, limit=1).stats), 1)
+        self.assertEqual(c.call("trace_top", group=9).status.name, "EINVAL")
         diff = c.ok("trace_compare", snapshot=s2, old_snapshot=s1, group=pb.BY_TAG).stats
         self.assertEqual(diff[0].key, "A")
         self.assertEqual(diff[0].count_diff, 3)
@@ -195,6 +211,60 @@ class OpsTest(h.unittest.TestCase):
         for o in objs:
             c.ok("decref", handle=o)
 
+    # -- the census ----------------------------------------------------------------------------
+
+    def test_census(self):
+        c = self.c
+        objs = [c.alloc(size=500, tag="Big", site="big.py:1") for _ in range(2)]
+        objs += [c.alloc(size=8, slots=1, tag="Small", site="small.py:%d" % i) for i in range(5)]
+        objs.append(c.alloc(size=4))
+        by_bytes = c.ok("heap_census", group=pb.BY_TAG).stats
+        self.assertEqual([s.key for s in by_bytes], ["Big", "Small", ""])
+        self.assertEqual([s.count for s in by_bytes], [2, 5, 1])
+        self.assertEqual(by_bytes[0].bytes, 2 * (24 + 8 + 500))
+        by_count = c.ok("heap_census", group=pb.BY_TAG, order=pb.BY_COUNT, limit=2)
+        self.assertEqual([s.key for s in by_count.stats], ["Small", "Big"])
+        self.assertEqual(by_count.total, 3)
+        sites = c.ok("heap_census", group=pb.BY_SITE, order=pb.BY_COUNT).stats
+        self.assertEqual((sites[0].key, sites[0].count), ("big.py:1", 2))
+        self.assertEqual(c.call("heap_census", group=5).status.name, "EINVAL")
+        self.assertEqual(c.call("heap_census", order=5).status.name, "EINVAL")
+        for o in objs:
+            c.ok("decref", handle=o)
+        self.assertEqual(list(c.ok("heap_census").stats), [])
+
+    # -- another session, for an admin ---------------------------------------------------------
+
+    def test_inspect_another_session(self):
+        victim = session(self.d, client_name="victim")
+        vid = victim.hello_result.session_id
+        o = victim.alloc(size=100, tag="Node", site="v.py:1")
+        victim.ok("set_events", mask=0x18)  # gc_start, gc_stop
+        adm = session(self.d, token="adm1n")
+        r = adm.ok("session_report", session_id=vid, top=5)
+        self.assertEqual((r.session.id, r.session.client_name), (vid, "victim"))
+        self.assertEqual(r.session.last_op, "set_events")
+        self.assertEqual(r.heap.objects, 1)
+        self.assertEqual([(s.key, s.count) for s in r.tags_by_bytes], [("Node", 1)])
+        self.assertEqual(list(r.gc_threshold), [700, 10, 10])
+        # session_op: the op's own response, run in the victim's heap.
+        op = pb.Request(id=77, gc_collect=pb.GcCollect())
+        r = session_op(adm, vid, op)
+        self.assertEqual(r.status.name, "OK")
+        inner = r.session_op
+        self.assertEqual((inner.id, inner.status.name), (77, "OK"))
+        self.assertTrue(inner.HasField("gc_collect"))
+        # ... whose events go to the victim's client.
+        victim.ok("ping")
+        self.assertEqual([e.WhichOneof("kind") for e in victim.events], ["gc_start", "gc_stop"])
+        op = pb.Request(id=78, alloc=pb.Alloc(size=1))
+        self.assertEqual(session_op(adm, vid, op).status.name, "EPERM")
+        self.assertEqual(adm.call("session_report", session_id="nope").status.name, "ENOSESSION")
+        self.assertEqual(self.c.call("session_report", session_id=vid).status.name, "EPERM")
+        victim.ok("decref", handle=o)
+        adm.close()
+        victim.close()
+
     # -- session requests ----------------------------------------------------------------------
 
     def test_ping_stats_goodbye(self):
@@ -221,6 +291,15 @@ class OpsTest(h.unittest.TestCase):
         self.assertEqual(adm.call("kill_session", session_id="nope").status.name, "ENOSESSION")
         # A plain session may not.
         self.assertEqual(self.c.call("server_stats").status.name, "EPERM")
+        # server_info, the slowlog and monitor (test_observe.py has the details).
+        info = adm.ok("server_info", section="clients")
+        self.assertEqual([s.name for s in info.sections], ["clients"])
+        self.assertGreaterEqual(adm.ok("slowlog_get").total, 0)
+        adm.ok("slowlog_reset")
+        self.assertEqual(adm.call("monitor").status.name, "OK")
+        self.c.ok("ping")
+        f = adm.recv_frame()
+        self.assertEqual((f.WhichOneof("kind"), f.monitor.op), ("monitor", "ping"))
         adm.close()
 
     # -- pipelining and batches ----------------------------------------------------------------

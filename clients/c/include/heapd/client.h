@@ -30,6 +30,14 @@
  * by an earlier request has been delivered. The callback must not call hdc_* functions on the
  * same connection (they return HDC_EINVAL).
  *
+ * Other sessions. An admin connection may look into any session, and act on it, by its id:
+ * hdc_session_report() gathers everything about one, and after hdc_set_target() every call on
+ * the heap (objects, gc, weak references, tracing, statistics) goes to that session instead
+ * of this one, each wrapped in the protocol's session_op: the server runs the ops an admin
+ * may run on another session (their opdef's any_session: reading the heap, collecting,
+ * thresholds, enabling and disabling collection, starting and stopping tracing) and refuses
+ * the others with HDC_EPERM.
+ *
  * Sessions. A dropped connection leaves the session detached on the server for its linger
  * time; hdc_reconnect() connects again and resumes it with the session id and resume token
  * the hello returned, keeping the heap and every client reference. A request that was in
@@ -129,10 +137,16 @@ hdc_t *hdc_new(void);
  * no-op. */
 void hdc_free(hdc_t *c);
 
-/* Connects to url and says hello. url is "tcp://host:port" (host may be a name, an IPv4
- * address or a bracketed IPv6 address) or "unix:/path" ("unix:///path" too). opts may be
- * NULL for the defaults; its strings are copied. An open connection is closed first. */
+/* Connects to url and says hello. url is "tcp://host:port" or "host:port" (host may be a
+ * name, an IPv4 address or a bracketed IPv6 address), "unix:/path" ("unix:///path" and a
+ * relative "unix:path" too) or a bare absolute "/path": the forms the Python client's
+ * heapd.parse_url accepts, with the same checks. NULL: $HEAPD_URL if set and not empty, else
+ * HDC_DEFAULT_URL. opts may be NULL for the defaults; its strings are copied. An open
+ * connection is closed first. A bad URL is HDC_EINVAL, before any connection is tried. */
 int hdc_connect(hdc_t *c, const char *url, const hdc_options_t *opts);
+/* Checks url as hdc_connect would, without connecting. Returns 0 or HDC_EINVAL; why (may be
+ * NULL) gets the reason, cut to whylen bytes. */
+int hdc_url_check(const char *url, char *why, size_t whylen);
 /* Connects again to the last URL and resumes the session the last hello returned. While the
  * server still counts the dropped connection as attached it answers HDC_EBUSY; that answer is
  * retried for up to two seconds. */
@@ -355,6 +369,9 @@ int hdc_trace_statistics(hdc_t *c, uint32_t snapshot, hdc_trace_group_t group, u
 /* Growth from old_snapshot to snapshot, largest |bytes_diff| first. */
 int hdc_trace_compare(hdc_t *c, uint32_t snapshot, uint32_t old_snapshot, hdc_trace_group_t group,
                       uint32_t limit, hdc_trace_stats_t *out);
+/* The live traces grouped by site or tag, largest first: hdc_trace_statistics of a snapshot
+ * taken now, without keeping one. HDC_ENOTRACE when not tracing. */
+int hdc_trace_top(hdc_t *c, hdc_trace_group_t group, uint32_t limit, hdc_trace_stats_t *out);
 
 /* count traced objects alike: one site (a traceback, one "file:line" per line, most recent
  * first), tag and size. */
@@ -408,6 +425,17 @@ typedef struct hdc_heap_stats_s {
 
 int hdc_heap_stats(hdc_t *c, hdc_heap_stats_t *out);
 
+/* How hdc_heap_census orders its groups. */
+typedef enum hdc_census_order_e {
+    HDC_CENSUS_BY_BYTES = 0,
+    HDC_CENSUS_BY_COUNT = 1
+} hdc_census_order_t;
+/* Every live object, traced or not, grouped by tag or by site, largest first by order (like
+ * redis-cli --bigkeys): each entry's count and bytes; out->total is the number of groups.
+ * limit 0: as many as fit. Caller frees *out with hdc_trace_stats_free(). */
+int hdc_heap_census(hdc_t *c, hdc_trace_group_t group, hdc_census_order_t order, uint32_t limit,
+                    hdc_trace_stats_t *out);
+
 /* ------------------------------------------------------------------------------------------ */
 /* Admin: needs a session opened with an admin token, else HDC_EPERM.                          */
 /* ------------------------------------------------------------------------------------------ */
@@ -434,6 +462,12 @@ typedef struct hdc_session_info_s {
     char *peer; /* the attached connection's peer, or the last one */
     int attached;
     uint64_t bytes, objects, requests, idle_ms, created_unix;
+    char *client_name; /* Hello.client_name */
+    char *last_op;     /* the op of its last request, "" before the first */
+    int admin;         /* it may make admin requests */
+    uint32_t worker;   /* the server's worker thread that owns it */
+    /* Totals since the session began, for rates between two lists. */
+    uint64_t allocs_total, alloc_bytes_total, collections, gc_pause_ns_total;
 } hdc_session_info_t;
 
 /* Caller frees with hdc_sessions_free(). */
@@ -449,6 +483,96 @@ int hdc_server_stats(hdc_t *c, hdc_server_stats_t *out);
 int hdc_list_sessions(hdc_t *c, hdc_sessions_t *out);
 /* Ends a session (attached or not) and frees its heap; HDC_ENOSESSION if unknown. */
 int hdc_kill_session(hdc_t *c, const char *session_id);
+
+/* Everything about one session, gathered by the server on the thread that owns it. Caller
+ * frees it with hdc_session_report_free(). */
+typedef struct hdc_session_report_s {
+    hdc_session_info_t session; /* as hdc_list_sessions, but current */
+    hdc_heap_stats_t heap;      /* as hdc_heap_stats in that session */
+    int gc_enabled;
+    int gc_threshold[3];
+    uint32_t gc_debug;
+    int tracing;
+    uint64_t traced_current, traced_peak;
+    hdc_trace_stats_t traced_sites;   /* hdc_trace_top by site, when tracing */
+    hdc_trace_stats_t tags_by_bytes;  /* hdc_heap_census by tag, by bytes */
+    hdc_trace_stats_t tags_by_count;  /* ... by count */
+    hdc_trace_stats_t sites_by_bytes; /* hdc_heap_census by site */
+    hdc_trace_stats_t sites_by_count;
+    uint64_t tags, sites;   /* distinct tags and sites among the live objects */
+    uint64_t events_queued; /* events waiting to be sent to its client */
+    uint64_t output_bytes;  /* output not yet written to its client */
+} hdc_session_report_t;
+void hdc_session_report_free(hdc_session_report_t *r);
+/* The report of session_id, with top entries per list (0: 10; at most 100). HDC_ENOSESSION
+ * if unknown. */
+int hdc_session_report(hdc_t *c, const char *session_id, uint32_t top, hdc_session_report_t *out);
+
+/* The server's info, as `redis-cli info` shows it: typed key/value fields in sections
+ * (server, clients, memory, gc, limits, stats, persistence). Caller frees with hdc_info_free. */
+typedef enum hdc_info_type_e {
+    HDC_INFO_U64,
+    HDC_INFO_I64,
+    HDC_INFO_F64,
+    HDC_INFO_STR
+} hdc_info_type_t;
+typedef struct hdc_info_field_s {
+    char *section, *key;
+    hdc_info_type_t type;
+    uint64_t u; /* HDC_INFO_U64 */
+    int64_t i;  /* HDC_INFO_I64 */
+    double d;   /* HDC_INFO_F64 */
+    char *s;    /* HDC_INFO_STR ("" otherwise) */
+} hdc_info_field_t;
+typedef struct hdc_info_s {
+    hdc_info_field_t *v;
+    size_t n;
+} hdc_info_t;
+void hdc_info_free(hdc_info_t *info);
+/* One section, or all of them (section NULL or ""); HDC_EINVAL for an unknown section. */
+int hdc_server_info(hdc_t *c, const char *section, hdc_info_t *out);
+
+/* The slowlog: requests that ran longer than the server's slowlog_threshold_us. Caller frees
+ * with hdc_slowlog_free. */
+typedef struct hdc_slowlog_entry_s {
+    uint64_t id, time_unix_us, duration_us;
+    char *session_id, *client_name, *peer, *op, *args;
+    uint32_t status; /* the request's status code, positive (0 OK) */
+} hdc_slowlog_entry_t;
+typedef struct hdc_slowlog_s {
+    hdc_slowlog_entry_t *v; /* newest first */
+    size_t n;
+    uint64_t len;   /* entries the server keeps now */
+    uint64_t total; /* entries it ever logged */
+} hdc_slowlog_t;
+void hdc_slowlog_free(hdc_slowlog_t *s);
+/* The newest count entries (0: 10). */
+int hdc_slowlog_get(hdc_t *c, uint32_t count, hdc_slowlog_t *out);
+int hdc_slowlog_reset(hdc_t *c);
+
+/* Monitoring: after hdc_monitor(), the server sends a record of every request any other
+ * session makes. Records are handed to the callback as events are (during any later call, or
+ * hdc_poll, which counts them with the events it delivers). The strings are borrowed for the
+ * callback's duration. dropped: records the server dropped just before this one, because this
+ * client read too slowly. */
+typedef struct hdc_monitor_record_s {
+    uint64_t time_unix_us;
+    const char *session_id, *client_name, *peer, *op, *args;
+    uint32_t status;
+    uint64_t duration_us;
+    uint64_t dropped;
+} hdc_monitor_record_t;
+typedef void (*hdc_monitor_cb)(hdc_t *c, const hdc_monitor_record_t *r, void *arg);
+void hdc_set_monitor_cb(hdc_t *c, hdc_monitor_cb cb, void *arg);
+/* This connection monitors from now on (admin); HDC_EINVAL if it already does. */
+int hdc_monitor(hdc_t *c);
+
+/* From now on, calls on the heap go to session_id (NULL: back to this connection's own
+ * session); see "Other sessions" at the top. Not inside a batch (HDC_EINVAL), since the server
+ * runs each op of another session on its own. session_id is copied. */
+int hdc_set_target(hdc_t *c, const char *session_id);
+/* The session calls go to, or NULL for this connection's own. */
+const char *hdc_target(const hdc_t *c);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Pipelining and batches.                                                                     */

@@ -1,0 +1,154 @@
+/*
+ * inspect.c: cross-thread calls to a session's owner, and the report of one session
+ * (see inspect.h for the flow and the ownership of a call).
+ */
+#include "inspect.h"
+#include "session.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------------------------------ */
+/* Calls.                                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+int hd__xcall_post(hd_server_t *srv, hd_xcall_t *x) {
+    hd_msg_t *m = hd__msg_new(HD_MSG_XCALL), *back = hd__msg_new(HD_MSG_XREPLY);
+    if (!m || !back) {
+        hd__msg_free(m);
+        hd__msg_free(back);
+        return HD_ENOMEM;
+    }
+    hd_worker_t *owner = hd__registry_owner(srv, x->session_id);
+    if (!owner) {
+        hd__msg_free(m);
+        hd__msg_free(back);
+        return HD_ENOSESSION;
+    }
+    x->status = 0;
+    x->back = back;
+    m->call = x;
+    hd__worker_post(owner, m); /* an owner that is stopping sends it back: hd__msg_free */
+    return 0;
+}
+
+/* Sends x back after its run (or instead of it). */
+static void reply(hd_xcall_t *x) {
+    hd_msg_t *back = x->back;
+    x->back = NULL;
+    if (x->reply) {
+        hd__msg_free(back);
+        x->reply(x);
+        return;
+    }
+    back->call = x;
+    hd__worker_post(x->origin, back); /* an origin that is stopping frees it: hd__msg_free */
+}
+
+void hd__xcall_run(hd_worker_t *w, hd_xcall_t *x) {
+    hd_session_t *s = hd__session_find(w, x->session_id);
+    x->status = s ? 0 : HD_ENOSESSION;
+    x->run(x, s);
+    reply(x);
+}
+
+void hd__xcall_done(hd_worker_t *w, hd_xcall_t *x) {
+    x->done(x, w);
+}
+
+void hd__xcall_undelivered(hd_msg_t *m) {
+    hd_xcall_t *x = m->call;
+    m->call = NULL;
+    if (!x) return;
+    if (m->type == HD_MSG_XCALL) {
+        x->status = HD_ESHUTDOWN;
+        reply(x);
+    } else {
+        x->free(x);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The report.                                                                                 */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The first top entries of s into l, keys copied. */
+static void take_list(hd_report_list_t *l, const hd_trace_stats_t *s, unsigned top) {
+    l->n = s->n < top ? s->n : top;
+    for (size_t i = 0; i < l->n; i++) {
+        snprintf(l->v[i].key, sizeof l->v[i].key, "%s", s->v[i].key ? s->v[i].key : "");
+        l->v[i].count = s->v[i].count;
+        l->v[i].bytes = s->v[i].bytes;
+    }
+}
+
+/* The census by `by` into the lists by bytes and by count; *ngroups gets the group count. */
+static int take_census(hd_heap_t *h, hd_trace_group_t by, unsigned top, hd_report_list_t *bytes,
+                       hd_report_list_t *count, uint64_t *ngroups) {
+    hd_trace_stats_t st;
+    int rc = hd_heap_census(h, by, HD_CENSUS_BY_BYTES, &st);
+    if (rc < 0) return rc;
+    take_list(bytes, &st, top);
+    hd_census_sort(&st, HD_CENSUS_BY_COUNT);
+    take_list(count, &st, top);
+    *ngroups = st.n;
+    hd_trace_stats_free(&st);
+    return 0;
+}
+
+int hd__session_report(hd_session_t *s, unsigned top, hd_session_report_t *out) {
+    hd_heap_t *h = s->heap;
+    memset(out, 0, sizeof *out);
+    if (top == 0 || top > HD_REPORT_TOP_MAX) top = top ? HD_REPORT_TOP_MAX : 10;
+    hd_heap_stats(h, &out->heap);
+    hd_gc_get_count(h, out->gc_count);
+    hd_gc_get_threshold(h, out->gc_threshold);
+    hd_gc_get_stats(h, out->gc_stats);
+    out->gc_enabled = hd_gc_isenabled(h);
+    out->gc_debug = (unsigned)hd_gc_get_debug(h);
+    out->gc_freeze_count = hd_gc_get_freeze_count(h);
+    out->events_dropped = hd_events_dropped(h);
+    out->events_queued = hd_events_queued(h);
+    out->event_mask = hd_events_get_mask(h);
+    out->tracing = hd_trace_is_tracing(h);
+    hd_trace_get_traced_memory(h, &out->traced_current, &out->traced_peak);
+    out->output_bytes = s->conn ? hd__conn_unsent(s->conn) : 0;
+
+    /* What list_sessions publishes, but as it is now. The fields marked "locked" in
+     * session.h are written only by this thread, so reading them here needs no lock. */
+    hd_session_info_t *i = &out->info;
+    uint64_t now = hd__now_ms();
+    snprintf(i->id, sizeof i->id, "%s", s->id);
+    snprintf(i->peer, sizeof i->peer, "%s", s->peer);
+    snprintf(i->client_name, sizeof i->client_name, "%s", s->client_name);
+    i->last_op = s->last_op ? hd_dispatch_op_name(s->last_op) : "";
+    i->attached = s->conn != NULL;
+    i->admin = s->admin;
+    i->worker = (unsigned)s->worker->index;
+    i->bytes = out->heap.object_bytes;
+    i->objects = out->heap.objects;
+    i->requests = s->nrequests;
+    i->idle_ms = now > s->active_at ? now - s->active_at : 0;
+    i->created_unix = s->created_unix;
+    i->allocs_total = out->heap.allocs_total;
+    i->alloc_bytes_total = out->heap.alloc_bytes_total;
+    for (int g = 0; g < 3; g++)
+        i->collections += out->gc_stats[g].collections;
+    i->gc_pause_ns_total = out->heap.gc_pause_ns_total;
+
+    int rc = 0;
+    if (out->tracing) {
+        hd_trace_stats_t st;
+        rc = hd_trace_top(h, HD_TRACE_BY_SITE, &st);
+        if (rc == 0) {
+            take_list(&out->traced_sites, &st, top);
+            hd_trace_stats_free(&st);
+        }
+    }
+    int r2 =
+        take_census(h, HD_TRACE_BY_TAG, top, &out->tags_by_bytes, &out->tags_by_count, &out->ntags);
+    int r3 = take_census(h, HD_TRACE_BY_SITE, top, &out->sites_by_bytes, &out->sites_by_count,
+                         &out->nsites);
+    return rc < 0 ? rc : r2 < 0 ? r2 : r3;
+}
