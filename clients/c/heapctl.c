@@ -1114,6 +1114,24 @@ static int trace_parse(ctx_t *x, int argc, char **argv, trace_opts_t *o, int max
     return 0;
 }
 
+#define SITE_CELL 512
+
+/* A site as one table cell: a traceback's most recent frame (its first line), with
+ * " (+N frames)" when it has more; a one-line site as it is. Returns buf, or key itself. */
+static const char *site_cell(char *buf, size_t len, const char *key) {
+    const char *nl = strchr(key, '\n');
+    if (!nl) return key;
+    unsigned more = 0;
+    for (const char *p = nl; p; p = strchr(p + 1, '\n'))
+        if (p[1]) more++;
+    if (!more) {
+        snprintf(buf, len, "%.*s", (int)(nl - key), key);
+        return buf;
+    }
+    snprintf(buf, len, "%.*s (+%u frame%s)", (int)(nl - key), key, more, more == 1 ? "" : "s");
+    return buf;
+}
+
 /* Prints statistics like tracemalloc's Statistic and StatisticDiff. */
 static void print_trace_stats(ctx_t *x, const hdc_trace_stats_t *s, int diff, const char *by) {
     char b1[32], b2[32], b3[32];
@@ -1138,7 +1156,8 @@ static void print_trace_stats(ctx_t *x, const hdc_trace_stats_t *s, int diff, co
     out(x, "[ Top %zu by %s%s ]\n", s->n, by, diff ? ", differences" : "");
     for (size_t i = 0; i < s->n; i++) {
         const hdc_trace_stat_t *e = &s->v[i];
-        const char *key = *e->key ? e->key : "<unknown>";
+        char cell[SITE_CELL];
+        const char *key = *e->key ? site_cell(cell, sizeof cell, e->key) : "<unknown>";
         uint64_t avg = e->count ? e->bytes / e->count : 0;
         if (diff)
             out(x, "%s: size=%s (%s%s), count=%" PRIu64 " (%+" PRId64 "), average=%s\n", key,
@@ -1231,15 +1250,19 @@ static void print_groups(ctx_t *x, const char *key, const char *what, const hdc_
         j_end_arr(&x->j);
         return;
     }
+    char cell[SITE_CELL];
     int w = (int)strlen(what);
-    for (size_t i = 0; i < s->n; i++)
-        if ((int)strlen(s->v[i].key) > w) w = (int)strlen(s->v[i].key);
+    for (size_t i = 0; i < s->n; i++) {
+        int l = (int)strlen(site_cell(cell, sizeof cell, s->v[i].key));
+        if (l > w) w = l;
+    }
     out(x, "  %-*s %14s %12s %7s %10s\n", w, what, "OBJECTS", "BYTES", "BYTES%", "AVERAGE");
     for (size_t i = 0; i < s->n; i++) {
         const hdc_trace_stat_t *e = &s->v[i];
         double pct = total_bytes ? 100.0 * (double)e->bytes / (double)total_bytes : 0;
-        out(x, "  %-*s %14s %12s %6.1f%% %10s\n", w, *e->key ? e->key : "(none)",
-            fmt_num(b1, e->count), fmt_size(b2, sizeof b2, (double)e->bytes), pct,
+        const char *name = site_cell(cell, sizeof cell, e->key);
+        out(x, "  %-*s %14s %12s %6.1f%% %10s\n", w, *name ? name : "(none)", fmt_num(b1, e->count),
+            fmt_size(b2, sizeof b2, (double)e->bytes), pct,
             fmt_size(b3, sizeof b3, e->count ? (double)e->bytes / (double)e->count : 0));
     }
 }
@@ -1598,7 +1621,7 @@ static int cmd_obj_info(ctx_t *x, int argc, char **argv) {
     int rc = resolve(x, argv[1], &h);
     if (rc == 0) rc = hdc_obj_info(x->c, h, &o);
     if (rc) return rc;
-    char hb[24];
+    char hb[24], cell[SITE_CELL];
     if (x->json) {
         j_id(&x->j, "handle", h);
         j_u64(&x->j, "refcount", o.refcount);
@@ -1618,7 +1641,7 @@ static int cmd_obj_info(ctx_t *x, int argc, char **argv) {
         " size=%u slots=%u flags=0x%x tracked=%s generation=%d tag=%s site=%s\n",
         argv[1], fmt_handle(hb, h), o.refcount, o.client_refs, o.sizeof_bytes, o.size, o.slots,
         o.flags, o.tracked ? "yes" : "no", o.generation, *o.tag ? o.tag : "-",
-        *o.site ? o.site : "-");
+        *o.site ? site_cell(cell, sizeof cell, o.site) : "-");
     return 0;
 }
 
@@ -2051,7 +2074,8 @@ static int cmd_help(ctx_t *x, int argc, char **argv) {
     return 0;
 }
 
-/* Splits line into words: whitespace separates, "double quotes" group (with \" and \\),
+/* Splits line into words: whitespace separates, "double quotes" group (with \" and \\, and \n
+ * for a newline: a site's traceback is one "file:line" line per frame),
  * # starts a comment. Writes into line. Returns the word count, or -1 if there are too many
  * or a quote is not closed. */
 static int split_words(char *line, char **argv, int max) {
@@ -2066,6 +2090,11 @@ static int split_words(char *line, char **argv, int max) {
         while (*r && !isspace((unsigned char)*r)) {
             if (*r == '"') {
                 for (r++; *r && *r != '"'; r++) {
+                    if (*r == '\\' && r[1] == 'n') {
+                        r++;
+                        *w++ = '\n';
+                        continue;
+                    }
                     if (*r == '\\' && (r[1] == '"' || r[1] == '\\')) r++;
                     *w++ = *r;
                 }

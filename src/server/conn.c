@@ -242,16 +242,18 @@ static void on_timer(uv_timer_t *t) {
     }
     const hd_config_t *cfg = &c->worker->cfg;
     if (which == DL_HELLO) {
-        hd_log_infof(conn_fields(c, NULL, HD_ETIMEDOUT), "%s: no hello within %llu ms of connecting; closing", c->peer,
-                    (unsigned long long)cfg->hello_timeout);
+        hd_log_infof(conn_fields(c, NULL, HD_ETIMEDOUT),
+                     "%s: no hello within %llu ms of connecting; closing", c->peer,
+                     (unsigned long long)cfg->hello_timeout);
         hd__metrics_reject(c->worker->srv, HD_REJECT_HELLO_TIMEOUT);
         hd__conn_fail(c, 0, HD_ETIMEDOUT, "no hello in time (hello_timeout)");
     } else if (which == DL_FRAME) {
-        hd_log_infof(conn_fields(c, NULL, HD_ETIMEDOUT), "%s: a frame of %zu bytes so far took %llu ms: slower than min_frame_rate "
-                    "(%llu bytes/s after frame_timeout); closing",
-                    c->peer, hd_frame_parser_partial(&c->parser),
-                    (unsigned long long)(now - c->frame_at),
-                    (unsigned long long)cfg->min_frame_rate);
+        hd_log_infof(conn_fields(c, NULL, HD_ETIMEDOUT),
+                     "%s: a frame of %zu bytes so far took %llu ms: slower than min_frame_rate "
+                     "(%llu bytes/s after frame_timeout); closing",
+                     c->peer, hd_frame_parser_partial(&c->parser),
+                     (unsigned long long)(now - c->frame_at),
+                     (unsigned long long)cfg->min_frame_rate);
         if (!(c->flags & HD_CONN_HELLO_DONE))
             hd__metrics_reject(c->worker->srv, HD_REJECT_SLOW_FRAME);
         hd__conn_fail(c, 0, HD_ETIMEDOUT, "frame too slow (frame_timeout, min_frame_rate)");
@@ -263,8 +265,8 @@ static void on_timer(uv_timer_t *t) {
         return;
     } else {
         int hello = !(c->flags & HD_CONN_HELLO_DONE);
-        hd_log_infof(conn_fields(c, NULL, HD_ETIMEDOUT), "%s: %s for %llu ms; closing", c->peer, hello ? "no hello, idle" : "idle",
-                    (unsigned long long)cfg->idle_timeout);
+        hd_log_infof(conn_fields(c, NULL, HD_ETIMEDOUT), "%s: %s for %llu ms; closing", c->peer,
+                     hello ? "no hello, idle" : "idle", (unsigned long long)cfg->idle_timeout);
         if (hello) hd__metrics_reject(c->worker->srv, HD_REJECT_HELLO_TIMEOUT);
         hd__conn_fail(c, 0, HD_ETIMEDOUT, hello ? "no hello in time" : "idle timeout");
     }

@@ -173,11 +173,11 @@ typedef struct hd_dispatch_env_s {
                         here instead of deferring */
     const hd_server_ops_t *ops;
     void *ops_ctx;
-    uint64_t max_read_bytes;   /* cap on a read/batch result so a response fits in a frame */
+    uint64_t max_read_bytes;    /* cap on a read/batch result so a response fits in a frame */
     hd_op_counters_t *counters; /* the worker's, or NULL: not counted */
-    int last_op;              /* the op case of the last request decoded, 0 before the first */
-    int last_status;          /* the status code of its response (0 OK, else positive) */
-    char defer_to[HD_ID_LEN]; /* with HD_DISPATCH_DEFER: the session whose owner runs it */
+    int last_op;                /* the op case of the last request decoded, 0 before the first */
+    int last_status;            /* the status code of its response (0 OK, else positive) */
+    char defer_to[HD_ID_LEN];   /* with HD_DISPATCH_DEFER: the session whose owner runs it */
 } hd_dispatch_env_t;
 
 /* hd_dispatch_frame's answer for a request that names another session (session_report,

@@ -93,7 +93,7 @@ typedef struct hd_msg_s {
     uv_os_sock_t fd; /* the socket; the receiver owns it */
     int is_unix;     /* a Unix stream socket, else TCP */
     hd_peercred_t cred;
-    hd_slot_t slot;  /* released by hd__msg_free unless the conn took it */
+    hd_slot_t slot; /* released by hd__msg_free unless the conn took it */
     char peer[HD_PEER_LEN];
     uint8_t *data; /* bytes already received, to be parsed first (owned) */
     size_t len;
@@ -229,9 +229,9 @@ struct hd_server_s {
     uint32_t uid;                     /* geteuid() at start: its Unix peers are admins */
     unsigned next_worker;             /* round-robin tie breaker */
     hd_slowlog_t slowlog;
-    uv_mutex_t monitor_lock;          /* guards monitors, the list of every monitor */
+    uv_mutex_t monitor_lock; /* guards monitors, the list of every monitor */
     hd_monitor_t *monitors;
-    atomic_uint nmonitors;            /* its length: 0 lets a request skip monitoring at once */
+    atomic_uint nmonitors;                /* its length: 0 lets a request skip monitoring at once */
     atomic_uint_fast64_t monitor_dropped; /* records dropped for slow monitors, ever */
     int stopping;
     atomic_int serving;         /* hd_serving_e, for /readyz */
@@ -280,7 +280,7 @@ struct hd_conn_s {
     hd_peercred_t cred;    /* a Unix peer's uid and pid */
     uint64_t serial;       /* unique on its worker: how a deferred answer finds it again */
     hd_monitor_t *monitor; /* this connection monitors every request (monitor.c), or NULL */
-    hd_slot_t slot; /* released when the conn is freed */
+    hd_slot_t slot;        /* released when the conn is freed */
     int closes_pending;
     unsigned writes_pending; /* uv_write requests whose callback has not run */
     uint64_t last_active;    /* uv_now of the last bytes received */

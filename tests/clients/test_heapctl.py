@@ -463,7 +463,7 @@ class OtherSession(unittest.TestCase):
         docs = jlines("shell", extra=["--keep"], stdin=(
             "alloc a slots=1 size=200 tag=Node site=app.py:1\n"
             "alloc b slots=1 size=200 tag=Node site=app.py:1\n"
-            "alloc c size=3000 tag=Blob site=io.py:7\n"
+            "alloc c size=3000 tag=Blob site=\"io.py:7\\nlib.py:3\\nmain.py:1\"\n"
             "link a 0 b\nlink b 0 a\nrelease a\nrelease b\n"))
         self.sid = docs[-1]["kept_session"]["session_id"]
 
@@ -484,6 +484,10 @@ class OtherSession(unittest.TestCase):
         census = self.on("census", "--by", "site", "--sort", "count", "-n", "1")
         self.assertEqual([(s["key"], s["count"]) for s in census["stats"]], [("app.py:1", 2)])
         self.assertEqual(census["total"], 2)
+        text = run("census", "--by", "site", token=ADMIN, extra=["--session", self.sid]).stdout
+        self.assertIn("  io.py:7 (+2 frames) ", text)  # a traceback: its most recent frame
+        self.assertIn("io.py:7\nlib.py:3\nmain.py:1", [s["key"] for s in census["stats"]]
+                      + [s["key"] for s in self.on("census", "--by", "site")["stats"]])
         self.assertEqual(self.on("gc")["count"][0], 2)
         self.assertEqual(self.on("gc", "count")["count"][0], 2)
         self.assertEqual(self.on("gc", "threshold", "50", "5")["threshold"], [50, 5, 10])

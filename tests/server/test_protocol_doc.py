@@ -5,7 +5,8 @@ of Request.op, and Response.result), and the operation tables from PROTOCOL.md. 
   - every op has its (opdef), with a family;
   - every result field answers the op of the same number and name;
   - PROTOCOL.md's operation tables list every op, with its number, and no op that is not one;
-  - each row's result, admin, mutates and events columns agree with the .proto.
+  - each row's result, admin, mutates and events columns agree with the .proto;
+  - session_op's prose names exactly the ops whose (opdef) says any_session.
 The generator (proto/gen_ops.py) refuses a .proto that breaks the first two at build time;
 this test keeps the document honest, and checks the options are in heapd_pb2 for clients.
 """
@@ -89,6 +90,15 @@ class ProtocolDoc(unittest.TestCase):
                     self.assertIn(res[name].message_type.name, cols["result"], where)
                 elif name != "hello":
                     self.assertEqual(cols["result"], "—", where + ": has no result")
+
+    def test_session_op_lists_the_any_session_ops(self):
+        with open(DOC) as f:
+            text = f.read()
+        start = text.index("`session_op` runs one op in that session")
+        prose = text[start:text.index("\n\n", start)]
+        listed = set(re.findall(r"`(\w+)`", prose)) - {"session_op", "any_session", "(opdef)"}
+        want = {name for name, f in ops().items() if opdef(f).any_session}
+        self.assertEqual(listed, want)
 
 
 if __name__ == "__main__":
