@@ -113,6 +113,7 @@ struct call_s {
     void *out[3];                             /* the caller's out-parameters, by position */
     size_t len;                               /* hdc_read: bytes expected */
     size_t width;                             /* dec_scalar: bytes of *out[0] (4 or 8) */
+    size_t send_end;                          /* resume: its frame ends here in sent */
     int status;                               /* 0 or negative, once answered */
     int done;       /* failed before it was sent: no response will come for it */
     int answered;   /* a response (or a batch entry) completed it */
@@ -157,6 +158,14 @@ struct hdc_s {
 
     int status;       /* the last call's code */
     char errmsg[512]; /* and its message; "" after success */
+
+    /* Resuming (resume_ms > 0): the frames of calls[chead..ncalls) sent or queued, from
+     * sent_start, kept to be sent again on a new connection. */
+    int resume_ms;
+    int resuming; /* try_resume is on the stack */
+    buf_t sent;
+    size_t sent_start;
+    uint64_t resumes;
 };
 
 /* ------------------------------------------------------------------------------------------ */
@@ -276,6 +285,7 @@ static void shut(hdc_t *c, int code) {
     c->chead = c->ncalls;
     c->wbuf.len = c->woff = 0;
     c->rbuf.len = c->rpos = 0;
+    c->sent.len = c->sent_start = 0;
 }
 
 /* A transport failure: the stream can no longer be trusted, so it is closed. */
@@ -311,6 +321,7 @@ void hdc_free(hdc_t *c) {
     free(c->target);
     buf_free(&c->wbuf);
     buf_free(&c->rbuf);
+    buf_free(&c->sent);
     free(c->calls);
     free(c->bcalls);
     free(c->bops);
@@ -528,10 +539,20 @@ static int queue_frame(hdc_t *c, Heapd__V1__Request *rq) {
     p[3] = (uint8_t)n;
     heapd__v1__client_frame__pack(&f, p + 4);
     c->wbuf.len += n + 4;
+    if (c->resume_ms > 0 && rq->op_case != HEAPD__V1__REQUEST__OP_HELLO) {
+        if (buf_reserve(&c->sent, n + 4)) {
+            c->wbuf.len -= n + 4;
+            return note(c, HDC_ENOMEM, NULL);
+        }
+        memcpy(c->sent.p + c->sent.len, p, n + 4);
+        c->sent.len += n + 4;
+    }
     return 0;
 }
 
 static int process_frames(hdc_t *c, int *nevents);
+static int can_resume(const hdc_t *c);
+static int try_resume(hdc_t *c, const char *what);
 
 /* The connection broke under us (err: an errno value, 0 for EOF). The server may have said
  * why just before it closed, and answered some calls: read and handle what is left, then
@@ -545,6 +566,8 @@ static int broken(hdc_t *c, int err) {
     }
     int rc = process_frames(c, NULL);
     if (c->fd < 0) return rc ? rc : HDC_ECLOSED;
+    if (can_resume(c))
+        return try_resume(c, err ? strerror(err) : "the server closed the connection");
     return fail(c, HDC_ECLOSED, err ? strerror(err) : "the server closed the connection");
 }
 
@@ -592,6 +615,9 @@ static int server_notice(hdc_t *c, const Heapd__V1__Response *r) {
     int code = r->status && r->status->code > 0 ? -r->status->code : HDC_EBADREPLY;
     const char *m = r->status && r->status->message && *r->status->message ? r->status->message
                                                                            : hdc_strerror(code);
+    /* A restart (or an idle timeout) leaves the session to resume; a kill does not. */
+    if ((code == HDC_ESHUTDOWN || code == HDC_ETIMEDOUT) && can_resume(c))
+        return try_resume(c, hdc_strerror(code));
     note(c, code, "%s: %s (the server closed the connection)", hdc_err_name(code), m);
     shut(c, code);
     return code;
@@ -654,6 +680,24 @@ static void skip_done(hdc_t *c) {
         c->chead++;
 }
 
+/* A response completed call k (the oldest unanswered): its frame need not be sent again. */
+static void answered(hdc_t *c, call_t *k, const Heapd__V1__Response *r) {
+    complete(c, k, r);
+    if (c->resume_ms <= 0) return;
+    if (k->send_end > c->sent_start) c->sent_start = k->send_end;
+    if (c->sent_start == c->sent.len) {
+        c->sent.len = c->sent_start = 0;
+        /* Later calls' offsets were into the emptied buffer: none is unanswered. */
+    } else if (c->sent_start > c->sent.cap / 2 && c->sent_start > 65536) {
+        size_t keep = c->sent.len - c->sent_start;
+        memmove(c->sent.p, c->sent.p + c->sent_start, keep);
+        for (size_t i = c->chead; i < c->ncalls; i++)
+            if (c->calls[i].send_end) c->calls[i].send_end -= c->sent_start;
+        c->sent.len = keep;
+        c->sent_start = 0;
+    }
+}
+
 /* Handles every complete frame in rbuf. *nevents counts the events delivered. Returns 0 or a
  * negative code after closing the connection. */
 static int process_frames(hdc_t *c, int *nevents) {
@@ -683,7 +727,7 @@ static int process_frames(hdc_t *c, int *nevents) {
             else if (c->chead == c->ncalls || r->id != c->calls[c->chead].id)
                 rc = fail(c, HDC_EBADREPLY, "a response to no request of ours");
             else
-                complete(c, &c->calls[c->chead++], r);
+                answered(c, &c->calls[c->chead++], r);
             if (rc) {
                 heapd__v1__server_frame__free_unpacked(f, NULL);
                 return rc;
@@ -723,6 +767,154 @@ static int wait_calls(hdc_t *c) {
         if (rc == 1) rc = fail(c, HDC_ETIMEOUT, "no answer in time");
     }
     return rc;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Resuming after a drop (resume_ms).                                                          */
+/* ------------------------------------------------------------------------------------------ */
+
+static int dec_hello(hdc_t *c, call_t *k, const ProtobufCMessage *m);
+
+#define RESUME_BACKOFF_MIN_MS 10
+#define RESUME_BACKOFF_MAX_MS 1000
+
+static int can_resume(const hdc_t *c) {
+    return c->resume_ms > 0 && !c->resuming && c->have_hello && c->connected && c->h_session &&
+           c->h_resume;
+}
+
+/* Pumps until fewer than replay_window calls are unanswered. */
+static int window_wait(hdc_t *c) {
+    uint64_t w = c->hello.limits.replay_window;
+    int rc = 0;
+    while (rc == 0 && w && c->ncalls - c->chead >= w) {
+        rc = flush_some(c);
+        if (rc) break;
+        rc = process_frames(c, NULL);
+        skip_done(c);
+        if (rc || c->ncalls - c->chead < w) break;
+        rc = io_step(c, c->timeout_ms > 0 ? c->timeout_ms : -1);
+        if (rc == 1) rc = fail(c, HDC_ETIMEOUT, "no answer in time");
+    }
+    return rc;
+}
+
+/* Says hello on the fresh socket, resuming the session, and waits for the answer without
+ * touching the calls in flight. Returns 0 or a negative code (the server's, for a refusal). */
+static int resume_hello(hdc_t *c) {
+    Heapd__V1__Hello m = HEAPD__V1__HELLO__INIT;
+    m.protocol_version = HDC_PROTOCOL_VERSION;
+    m.client_name = c->client_name ? c->client_name : "libheapdclient/" HEAPD_VERSION;
+    m.token = c->token ? c->token : "";
+    m.session_id = c->h_session;
+    m.resume_token = c->h_resume;
+    m.resend = 1;
+    Heapd__V1__Request rq = HEAPD__V1__REQUEST__INIT;
+    rq.op_case = HEAPD__V1__REQUEST__OP_HELLO;
+    rq.hello = &m;
+    rq.id = ++c->next_id;
+    int rc = queue_frame(c, &rq);
+    if (rc) return rc;
+    uint64_t deadline = now_ms() + (uint64_t)(c->timeout_ms > 0 ? c->timeout_ms : 10000);
+    while (c->woff < c->wbuf.len || c->rbuf.len - c->rpos < 4 ||
+           c->rbuf.len - c->rpos - 4 <
+               ((size_t)c->rbuf.p[c->rpos] << 24 | (size_t)c->rbuf.p[c->rpos + 1] << 16 |
+                (size_t)c->rbuf.p[c->rpos + 2] << 8 | c->rbuf.p[c->rpos + 3])) {
+        uint64_t now = now_ms();
+        if (now >= deadline) return note(c, HDC_ETIMEOUT, "no answer to hello in time");
+        struct pollfd p = {c->fd, POLLIN, 0};
+        if (c->woff < c->wbuf.len) p.events |= POLLOUT;
+        int n = poll(&p, 1, (int)(deadline - now));
+        if (n < 0 && errno != EINTR) return note(c, HDC_ECLOSED, "%s", strerror(errno));
+        if (n <= 0) continue;
+        if (p.revents & POLLOUT) {
+            ssize_t k = send(c->fd, c->wbuf.p + c->woff, c->wbuf.len - c->woff, MSG_NOSIGNAL);
+            if (k < 0 && errno != EAGAIN && errno != EINTR)
+                return note(c, HDC_ECLOSED, "%s", strerror(errno));
+            if (k > 0) c->woff += (size_t)k;
+            if (c->woff == c->wbuf.len) c->wbuf.len = c->woff = 0;
+        }
+        if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
+            if (buf_reserve(&c->rbuf, RECV_CHUNK)) return note(c, HDC_ENOMEM, NULL);
+            ssize_t k = recv(c->fd, c->rbuf.p + c->rbuf.len, c->rbuf.cap - c->rbuf.len, 0);
+            if (k == 0) return note(c, HDC_ECLOSED, "the server closed the connection");
+            if (k < 0 && errno != EAGAIN && errno != EINTR)
+                return note(c, HDC_ECLOSED, "%s", strerror(errno));
+            if (k > 0) c->rbuf.len += (size_t)k;
+        }
+    }
+    const uint8_t *p = c->rbuf.p + c->rpos;
+    size_t n = (size_t)p[0] << 24 | (size_t)p[1] << 16 | (size_t)p[2] << 8 | p[3];
+    if (n == 0 || n > PRE_HELLO_IN_LIMIT) return note(c, HDC_EBADREPLY, "bad frame length");
+    Heapd__V1__ServerFrame *f = heapd__v1__server_frame__unpack(NULL, n, p + 4);
+    c->rpos += 4 + n;
+    if (!f) return note(c, HDC_EBADREPLY, "a hello answer that does not decode");
+    const Heapd__V1__Response *r =
+        f->kind_case == HEAPD__V1__SERVER_FRAME__KIND_RESPONSE ? f->response : NULL;
+    if (!r || !r->status) {
+        rc = note(c, HDC_EBADREPLY, "the answer to hello is not a response");
+    } else if (r->status->code != 0) {
+        rc = note(c, -r->status->code, "%s: %s", hdc_err_name(-r->status->code),
+                  r->status->message ? r->status->message : "");
+    } else if (r->result_case != HEAPD__V1__RESPONSE__RESULT_HELLO || !r->hello) {
+        rc = note(c, HDC_EBADREPLY, "a hello answer without its result");
+    } else {
+        call_t k = {0};
+        rc = dec_hello(c, &k, &r->hello->base);
+        if (rc == 0 && !c->hello.resumed)
+            rc = note(c, HDC_EBADREPLY, "the session was not resumed");
+    }
+    heapd__v1__server_frame__free_unpacked(f, NULL);
+    return rc;
+}
+
+/* The connection dropped (what: why): connects again until resume_ms runs out, resumes the
+ * session and queues every unanswered call's frame again. The calls stay where they are and
+ * complete as their answers come; 0, or the failure that ended the tries (the calls fail with
+ * it, as on any drop). */
+static int try_resume(hdc_t *c, const char *what) {
+    c->resuming = 1;
+    uint64_t deadline = now_ms() + (uint64_t)c->resume_ms;
+    unsigned backoff = RESUME_BACKOFF_MIN_MS;
+    int rc;
+    for (;;) {
+        if (c->fd >= 0) close(c->fd);
+        c->fd = -1;
+        c->wbuf.len = c->woff = 0;
+        c->rbuf.len = c->rpos = 0;
+        c->connected = 0;
+        rc = open_url(c);
+        if (rc == 0) rc = resume_hello(c);
+        if (rc == 0) break;
+        /* The session is gone or refuses us: trying again would not help. */
+        if (rc == HDC_ENOSESSION || rc == HDC_EAUTH || rc == HDC_EBADREPLY || now_ms() >= deadline)
+            break;
+        struct timespec ts = {backoff / 1000, (long)(backoff % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+        backoff = backoff * 2 > RESUME_BACKOFF_MAX_MS ? RESUME_BACKOFF_MAX_MS : backoff * 2;
+    }
+    c->resuming = 0;
+    if (rc) {
+        char why[sizeof c->errmsg + 256];
+        snprintf(why, sizeof why, "%.200s; resuming failed: %s", what, c->errmsg);
+        note(c, rc == HDC_ENOSESSION ? rc : HDC_ECLOSED, "%s", why);
+        shut(c, rc == HDC_ENOSESSION ? rc : HDC_ECLOSED);
+        return rc == HDC_ENOSESSION ? rc : HDC_ECLOSED;
+    }
+    c->connected = 1;
+    c->resumes++;
+    /* Everything unanswered, in order and with its id: the server answers what it already ran
+     * from its replay window and runs the rest. */
+    size_t n = c->sent.len - c->sent_start;
+    if (n && buf_reserve(&c->wbuf, n)) return fail(c, HDC_ENOMEM, "re-sending");
+    memcpy(c->wbuf.p + c->wbuf.len, c->sent.p + c->sent_start, n);
+    c->wbuf.len += n;
+    set_ok(c);
+    return 0;
+}
+
+uint64_t hdc_resumes(const hdc_t *c) {
+    return c->resumes;
 }
 
 int hdc_poll(hdc_t *c, int timeout_ms) {
@@ -872,7 +1064,11 @@ static int submit(hdc_t *c, Heapd__V1__Request *rq, const call_t *k) {
     if (rc && c->mode == MODE_NORMAL) return rc;
     if (grow((void **)&c->calls, &c->ccap, c->ncalls + 1, sizeof *c->calls))
         return note(c, HDC_ENOMEM, NULL);
+    /* Resuming re-sends what is unanswered, and the server keeps replay_window responses:
+     * never leave more than that unanswered, or a re-send could find its response gone. */
+    if (!rc && c->resume_ms > 0 && c->mode == MODE_PIPELINE) rc = window_wait(c);
     if (!rc) rc = queue_frame(c, rq);
+    call.send_end = c->sent.len;
     if (rc && c->mode == MODE_NORMAL) return rc;
     call.status = rc;
     call.done = rc != 0;
@@ -883,6 +1079,7 @@ static int submit(hdc_t *c, Heapd__V1__Request *rq, const call_t *k) {
     rc = wait_calls(c);
     rc = rc ? rc : c->calls[mine].status;
     c->ncalls = c->chead = 0;
+    c->sent.len = c->sent_start = 0;
     return rc;
 }
 
@@ -1246,7 +1443,9 @@ static int dec_hello(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
     c->hello.resume_token = res;
     c->hello.server_version = ver;
     c->hello.protocol_version = r->protocol_version;
+    c->hello.last_id = r->last_id;
     if (r->limits) {
+        c->hello.limits.replay_window = r->limits->replay_window;
         c->hello.limits.max_bytes = r->limits->max_bytes;
         c->hello.limits.max_objects = r->limits->max_objects;
         c->hello.limits.max_frame_bytes = r->limits->max_frame_bytes;
@@ -1326,6 +1525,8 @@ int hdc_connect(hdc_t *c, const char *url, const hdc_options_t *opts) {
     c->token = t;
     c->client_name = n;
     c->timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : 0;
+    c->resume_ms = opts->resume_ms > 0 ? opts->resume_ms : 0;
+    c->sent.len = c->sent_start = 0;
     forget_hello(c);
     return open_session(c, opts->session_id, opts->resume_token);
 }
@@ -1700,6 +1901,10 @@ int hdc_kill_session(hdc_t *c, const char *session_id) {
     Heapd__V1__KillSession m = HEAPD__V1__KILL_SESSION__INIT;
     m.session_id = (char *)(session_id ? session_id : "");
     return stub_kill_session(c, &m, NOCALL);
+}
+
+int hdc_save(hdc_t *c, uint64_t *save_id) {
+    return stub_save(c, NULL, SCALAR(save_id));
 }
 
 void hdc_sessions_free(hdc_sessions_t *s) {

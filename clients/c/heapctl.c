@@ -541,6 +541,45 @@ static int cmd_kill(ctx_t *x, int argc, char **argv) {
 }
 
 static int cmd_obj_info(ctx_t *x, int argc, char **argv);
+/* The save op, then its completion: server_stats' persist_save_done reaching its id. */
+static int cmd_save(ctx_t *x, int argc, char **argv) {
+    (void)argv;
+    if (argc > 1) return usage_err(x, "save takes no arguments");
+    hdc_server_stats_t before = HDC_SERVER_STATS_INIT, after = HDC_SERVER_STATS_INIT;
+    uint64_t id = 0;
+    int rc = hdc_server_stats(x->c, &before);
+    if (rc == 0) rc = hdc_save(x->c, &id);
+    if (rc) return rc;
+    for (int i = 0;; i++) {
+        if ((rc = hdc_server_stats(x->c, &after))) return rc;
+        if (after.persist_save_done >= id) break;
+        if (i >= 6000) {
+            snprintf(x->msg, sizeof x->msg, "ETIMEOUT: save %" PRIu64 " not finished after 60 s",
+                     id);
+            return HDC_ETIMEOUT;
+        }
+        struct timespec ts = {0, 10 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    uint64_t ok = after.persist_saves_ok - before.persist_saves_ok;
+    uint64_t failed = after.persist_saves_failed - before.persist_saves_failed;
+    if (x->json) {
+        j_u64(&x->j, "save_id", id);
+        j_u64(&x->j, "saved", ok);
+        j_u64(&x->j, "failed", failed);
+    } else {
+        out(x, "save %" PRIu64 ": %" PRIu64 " session%s saved, %" PRIu64 " failed\n", id, ok,
+            ok == 1 ? "" : "s", failed);
+    }
+    if (failed) {
+        snprintf(x->msg, sizeof x->msg,
+                 "EIO: %" PRIu64 " snapshot%s could not be written (see the server's log); the "
+                 "previous ones are kept",
+                 failed, failed == 1 ? "" : "s");
+        return HDC_EIO;
+    }
+    return 0;
+}
 
 /* info [SECTION]: "# Memory" then key:value lines, as redis-cli info prints them; with --json
  * one object per section. In the shell, `info OBJ` (a name or a handle) is an object's. */
@@ -1924,6 +1963,8 @@ static const cmd_t commands[] = {
      "shell, info OBJ: an object's refcount, size, slots, generation, tag, site)"},
     {"slowlog", cmd_slowlog, 0, OP_SLOWLOG_GET, "[get [N] | len | reset]",
      "requests slower than slowlog_threshold_us, newest first"},
+    {"save", cmd_save, 0, OP_SAVE, "",
+     "snapshot every changed session to data_dir now, and wait for it"},
     {"top", cmd_top, CMD_NOSHELL, OP_LIST_SESSIONS, "[--once] [-n N] [-d SECONDS] [--sort KEY]",
      "live view of sessions and memory, with rates; q quits"},
     {"latency", cmd_latency, CMD_NOSHELL, 0, "[-i MS] [-n SAMPLES]",
@@ -2227,8 +2268,9 @@ static int run_command(ctx_t *x, const cmd_t *cmd, int argc, char **argv) {
     }
     /* Admin commands are not checked here: the server answers EPERM, and says why. */
     x->note_own = 0;
+    x->msg[0] = '\0';
     int rc = cmd->run(x, argc, argv);
-    if (rc < 0 && x->c) snprintf(x->msg, sizeof x->msg, "%s", hdc_errmsg(x->c));
+    if (rc < 0 && x->c && !x->msg[0]) snprintf(x->msg, sizeof x->msg, "%s", hdc_errmsg(x->c));
     const char *msg = x->msg;
     /* With events on, a ping is a barrier: every event this command raised is delivered. */
     if (x->in_shell && x->event_mask && x->c && hdc_is_connected(x->c)) hdc_ping(x->c, NULL);

@@ -249,6 +249,8 @@ static hd_arena_t *arena_new(hd_alloc_t *a) {
     ar->region = c * HD_CHUNK_REGIONS;
     ar->ntotalpools = HD_ARENA_POOLS - (first != (uintptr_t)base);
     ar->raw = raw;
+    ar->map = base;
+    ar->map_len = HD_ARENA_SIZE;
     ar->nfreepools = ar->ntotalpools;
     a->chunks[c].arena = ar;
     for (uint32_t i = 0; i < HD_CHUNK_REGIONS; i++)
@@ -276,7 +278,7 @@ static void arena_free(hd_alloc_t *a, hd_arena_t *ar) {
     for (uint32_t i = 0; i < HD_CHUNK_REGIONS; i++)
         a->region_base[ar->region + i] = NULL;
     chunk_put(a, ar->region / HD_CHUNK_REGIONS);
-    hd__mem.unmap(ar->base, HD_ARENA_SIZE);
+    hd__mem.unmap(ar->map, ar->map_len);
     hd__free(ar->raw);
     a->arenas_current--;
     a->arenas_reclaimed++;
@@ -615,12 +617,19 @@ void hd__alloc_init(hd_alloc_t *a, void *sentinel_base) {
         a->usedpools[c] = HD_NOPOOL;
 }
 
+int hd__alloc_reserve_regions(hd_alloc_t *a, uint32_t need) {
+    if (need <= HD_REGIONS_INLINE && !a->chunks) return 0;
+    if (a->chunks && need <= a->region_cap) return 0;
+    if (need > HD_MAX_REGIONS) return HD_ENOMEM;
+    return table_grow(a, need < HD_REGIONS_FIRST ? HD_REGIONS_FIRST : need);
+}
+
 /* Walks arenas and large chunks only, never blocks. Leaves a as hd__alloc_init left it. */
 void hd__alloc_destroy(hd_alloc_t *a) {
     void *sentinel_base = a->region_base[0];
     for (hd_arena_t *ar = a->arenas, *next; ar; ar = next) {
         next = ar->next_all;
-        hd__mem.unmap(ar->base, HD_ARENA_SIZE);
+        hd__mem.unmap(ar->map, ar->map_len);
         hd__free(ar->raw);
     }
     for (int l = 0; l < 2; l++) {

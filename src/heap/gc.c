@@ -984,6 +984,55 @@ void hd_gc_garbage_clear(hd_heap_t *h) {
     hd__free(v);
 }
 
+/* Snapshots (snapshot.c): the open cursors, oldest first, each with what it has not yet
+ * handed out. Their entries are (ref, check) pairs resolved at use, so any values are safe;
+ * only the counts and ids are checked. */
+void hd__gc_save_cursors(hd_heap_t *h, hd__snapw_t *w) {
+    uint32_t n = 0;
+    for (hd_gc_cursor_t *c = h->gc.cursors; c; c = c->next)
+        n++;
+    hd__sw_u32(w, n);
+    for (hd_gc_cursor_t *c = h->gc.cursors; c; c = c->next) {
+        hd__sw_u64(w, c->id);
+        hd__sw_u64(w, c->n - c->pos);
+        for (size_t i = c->pos; i < c->n; i++) {
+            hd__sw_u32(w, c->v[i].ref);
+            hd__sw_u32(w, c->v[i].check);
+        }
+    }
+}
+
+int hd__gc_load_cursors(hd_heap_t *h, hd__snapr_t *r) {
+    hd_gcstate_t *gc = &h->gc;
+    uint32_t n = hd__sr_u32(r);
+    if (r->err) return r->err;
+    if (n > HD_GC_MAX_CURSORS) return hd__sr_fail(r, "gc: too many cursors");
+    hd_gc_cursor_t **tail = &gc->cursors;
+    uint64_t last = 0;
+    for (uint32_t k = 0; k < n; k++) {
+        uint64_t id = hd__sr_u64(r), left = hd__sr_u64(r);
+        if (r->err) return r->err;
+        if (id <= last || id > gc->next_cursor || left == 0 || left > UINT32_MAX)
+            return hd__sr_fail(r, "gc: bad cursor");
+        last = id;
+        hd_gc_cursor_t *c = hd__calloc(1, sizeof *c);
+        if (!c) return hd__sr_oom(r);
+        c->id = id;
+        *tail = c;
+        tail = &c->next;
+        /* Grown as the entries arrive, so a short stream never reserves what it claims. */
+        size_t cap = 0;
+        for (uint64_t i = 0; i < left; i++) {
+            if (c->n == cap && hd__vec_reserve((void **)&c->v, &cap, c->n + 1, sizeof *c->v))
+                return hd__sr_oom(r);
+            c->v[c->n].ref = hd__sr_u32(r);
+            c->v[c->n++].check = hd__sr_u32(r);
+            if (r->err) return r->err;
+        }
+    }
+    return 0;
+}
+
 void hd__gc_destroy(hd_heap_t *h) {
     hd_gcstate_t *gc = &h->gc;
     while (gc->cursors) {

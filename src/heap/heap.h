@@ -58,6 +58,8 @@ extern "C" {
     XX(ESHUTDOWN, 29, "server is shutting down")                                                   \
     XX(EBUSY, 30, "session is attached to another connection")                                     \
     XX(ETIMEDOUT, 31, "idle timeout")                                                              \
+    XX(EREPLAY, 32, "request id older than the replay window (not run again)")                     \
+    XX(EIO, 33, "I/O error (persistence)")                                                         \
     XX(EINTERNAL, 99, "internal error")
 
 typedef enum hd_err_e {
@@ -129,7 +131,7 @@ const char *hd_heap_why(const hd_heap_t *h);
  * recent first ("app.py:42" is a traceback of one frame), as tracemalloc.start(nframe)
  * records it. 4 KiB holds about 40 frames of 100-byte paths. */
 #define HD_MAX_SITE_LEN 4096u
-#define HD_MAX_PAYLOAD (1u << 30)
+#define HD_MAX_PAYLOAD  (1u << 30)
 
 typedef struct hd_alloc_args_s {
     uint32_t size;    /* payload bytes, zeroed */
@@ -461,6 +463,29 @@ int hd_heap_census(hd_heap_t *h, hd_trace_group_t by, hd_census_order_t order,
                    hd_trace_stats_t *out);
 /* Reorders a census (or any statistics) by order, as hd_heap_census does. */
 void hd_census_sort(hd_trace_stats_t *s, hd_census_order_t order);
+
+/* ------------------------------------------------------------------------------------------ */
+/* Snapshots: a heap as a byte stream and back (snapshot.c; docs/PERSISTENCE.md). The engine   */
+/* does no I/O: the caller's callbacks move the bytes.                                         */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Writes len bytes; 0 or a negative hd_err_t, which ends the save with that error. */
+typedef int (*hd_snap_write_fn)(void *ctx, const void *buf, size_t len);
+/* Fills buf with exactly len bytes; 0 or a negative hd_err_t (HD_EINVAL at a short stream). */
+typedef int (*hd_snap_read_fn)(void *ctx, void *buf, size_t len);
+
+/* Writes everything a client can observe of h (objects and their handles, payloads, slots,
+ * references, generations, counts, thresholds, statistics, debug flags, the garbage list,
+ * cursors, queued events and the mask, weak references, tracing with its snapshots) and the
+ * allocator's state, so that the loaded heap goes on exactly as h would (the same handles for
+ * the same later allocations). Reads h only, allocates nothing and calls nothing but write, so
+ * a forked child may call it. Returns 0 or write's error. */
+int hd_heap_save(hd_heap_t *h, hd_snap_write_fn write, void *ctx);
+/* Reads a heap that hd_heap_save wrote. On success *out is a new heap. Every field is checked
+ * (a stream that passes its checksums may still be forged): on a malformed stream the result
+ * is HD_EINVAL with *why naming the first check that failed (static text), nothing is left
+ * allocated, and *out is untouched; read's errors and HD_ENOMEM are returned as they are. */
+int hd_heap_load(hd_snap_read_fn read, void *ctx, hd_heap_t **out, const char **why);
 
 #ifdef __cplusplus
 }

@@ -193,6 +193,9 @@ typedef struct hd_arena_s {
     struct hd_arena_s *prevarena;           /* usable_arenas */
     struct hd_arena_s *next_all, *prev_all; /* hd_alloc_t.arenas: every mapped arena */
     void *raw;                              /* what hd__malloc returned (before alignment) */
+    char *map;                              /* what hd__mem.map returned: base, except for an
+                                             * arena restored at base's old alignment */
+    size_t map_len;                         /* its length: HD_ARENA_SIZE, or one pool more */
 } hd_arena_t;
 
 #define HD_CACHE_LINE 64
@@ -249,6 +252,9 @@ typedef struct hd_alloc_s {
 
 /* Maps ref 0's region to the sentinels. Allocates nothing, cannot fail. */
 void hd__alloc_init(hd_alloc_t *a, void *sentinel_base);
+/* Grows the region table to hold at least need regions (its capacity doubling from the inline
+ * 16, as allocation grows it), for snapshot.c, which then fills it. 0 or HD_ENOMEM. */
+int hd__alloc_reserve_regions(hd_alloc_t *a, uint32_t need);
 /* Unmaps every arena and frees every large allocation and the region table: O(arenas + large
  * objects). Leaves a as hd__alloc_init left it. */
 void hd__alloc_destroy(hd_alloc_t *a);
@@ -717,6 +723,73 @@ static inline const char *hd__intern_str(const hd_intern_t *t, uint16_t id) {
     return id ? t->ent[id].s : "";
 }
 void hd__intern_free(hd_intern_t *t);
+
+/* ------------------------------------------------------------------------------------------ */
+/* snapshot.c: the byte stream a heap is saved to and loaded from. Each subsystem writes and  */
+/* reads its own private state with these (gc.c cursors, weakref.c, trace.c, object.c         */
+/* interning); snapshot.c owns the order and the cross-checks.                                */
+/* ------------------------------------------------------------------------------------------ */
+
+/* A writer: small fields are gathered in buf, large runs go straight to the callback. The
+ * first error sticks and later writes do nothing. Allocates nothing. */
+typedef struct hd__snapw_s {
+    hd_snap_write_fn write;
+    void *ctx;
+    int err;
+    size_t n;
+    unsigned char buf[4096];
+} hd__snapw_t;
+
+/* A reader: every read fills exactly what it asks for or fails; the first failure sticks
+ * (err, why) and later reads return zeros. */
+typedef struct hd__snapr_s {
+    hd_snap_read_fn read;
+    void *ctx;
+    int err;
+    const char *why; /* static text: the first check that failed */
+} hd__snapr_t;
+
+void hd__sw_bytes(hd__snapw_t *w, const void *p, size_t n);
+void hd__sw_u8(hd__snapw_t *w, uint8_t v);
+void hd__sw_u16(hd__snapw_t *w, uint16_t v);
+void hd__sw_u32(hd__snapw_t *w, uint32_t v);
+void hd__sw_u64(hd__snapw_t *w, uint64_t v);
+/* 0 or the sticky error. */
+int hd__sr_bytes(hd__snapr_t *r, void *p, size_t n);
+uint8_t hd__sr_u8(hd__snapr_t *r);
+uint16_t hd__sr_u16(hd__snapr_t *r);
+uint32_t hd__sr_u32(hd__snapr_t *r);
+uint64_t hd__sr_u64(hd__snapr_t *r);
+/* Records why (static text) as the reader's failure unless one is recorded; returns
+ * HD_EINVAL (or the earlier error). */
+int hd__sr_fail(hd__snapr_t *r, const char *why);
+/* Records HD_ENOMEM as the reader's failure (unless one is recorded); returns it. */
+int hd__sr_oom(hd__snapr_t *r);
+/* A live object at ref, or NULL: ref names a carved block or a large allocation whose check
+ * is not 0 (snapshot.c zeroes the checks of free blocks before anything asks). */
+hd_obj_t *hd__snap_live(hd_heap_t *h, hd_ref_t ref);
+
+/* Each subsystem's part. Saves read only; loads fill a fresh heap and check what they can
+ * see alone, returning 0 or the reader's error; snapshot.c checks the rest. */
+void hd__intern_save(const hd_intern_t *t, hd__snapw_t *w);
+/* maxlen: the longest string the table may hold (a tag's or a site's). */
+int hd__intern_load(hd_intern_t *t, size_t maxlen, hd__snapr_t *r);
+/* Sets every live id's references to counted[id] (what the loaded heap's holders hold) and
+ * frees ids that nothing holds. HD_EINVAL if a holder names a free id. */
+int hd__intern_recount(hd_intern_t *t, const uint64_t *counted, hd__snapr_t *r);
+void hd__gc_save_cursors(hd_heap_t *h, hd__snapw_t *w);
+int hd__gc_load_cursors(hd_heap_t *h, hd__snapr_t *r);
+void hd__weakref_save(hd_heap_t *h, hd__snapw_t *w);
+/* Reads and checks the weak table against the loaded objects (their checks and WEAKREFD). */
+int hd__weakref_load(hd_heap_t *h, hd__snapr_t *r, uint64_t nweakrefd);
+void hd__trace_save(hd_heap_t *h, hd__snapw_t *w);
+int hd__trace_load(hd_heap_t *h, hd__snapr_t *r);
+/* Checks the loaded aggregates against the ntraced TRACED objects and counts the snapshots'
+ * labels into tags[] and sites[]. */
+int hd__trace_check(hd_heap_t *h, uint64_t ntraced, uint64_t *tags, uint64_t *sites,
+                    hd__snapr_t *r);
+/* Frees the state of a load that failed, without releasing labels never counted. */
+void hd__trace_discard(hd_heap_t *h);
 
 /* ------------------------------------------------------------------------------------------ */
 /* heap.c                                                                                      */

@@ -141,6 +141,139 @@ void hd__intern_free(hd_intern_t *t) {
     memset(t, 0, sizeof *t);
 }
 
+/* Snapshots (snapshot.c): the ids as they are, so that the loaded heap's objects, trace
+ * snapshots and queued events name the same strings; the references are recounted from those
+ * holders after loading (hd__intern_recount), never trusted from the stream. The free list is
+ * kept in order, so that the next new string gets the id it would have had. */
+void hd__intern_save(const hd_intern_t *t, hd__snapw_t *w) {
+    hd__sw_u32(w, t->n);
+    hd__sw_u32(w, t->free_head);
+    for (uint32_t id = 1; id < t->n; id++) {
+        const hd_istr_t *e = &t->ent[id];
+        if (!e->s) {
+            hd__sw_u16(w, 0);
+            hd__sw_u32(w, e->next_free);
+            continue;
+        }
+        size_t len = strlen(e->s);
+        hd__sw_u16(w, (uint16_t)len);
+        hd__sw_bytes(w, e->s, len);
+    }
+}
+
+/* A UTF-8 check (what the server requires of every string it is sent): shortest forms only,
+ * no surrogates, nothing past U+10FFFF. */
+static bool utf8_ok(const unsigned char *s, size_t n) {
+    static const uint32_t minv[4] = {0, 0x80, 0x800, 0x10000};
+    for (size_t i = 0; i < n;) {
+        unsigned c = s[i], k;
+        uint32_t cp;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if ((c & 0xe0) == 0xc0) {
+            k = 1, cp = c & 0x1f;
+        } else if ((c & 0xf0) == 0xe0) {
+            k = 2, cp = c & 0x0f;
+        } else if ((c & 0xf8) == 0xf0) {
+            k = 3, cp = c & 0x07;
+        } else {
+            return false;
+        }
+        if (n - i <= k) return false;
+        for (unsigned j = 1; j <= k; j++) {
+            if ((s[i + j] & 0xc0) != 0x80) return false;
+            cp = (cp << 6) | (s[i + j] & 0x3f);
+        }
+        if (cp < minv[k] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+        i += k + 1;
+    }
+    return true;
+}
+
+int hd__intern_load(hd_intern_t *t, size_t maxlen, hd__snapr_t *r) {
+    uint32_t n = hd__sr_u32(r), free_head = hd__sr_u32(r);
+    if (r->err) return r->err;
+    if (n > UINT16_MAX + 1u || (n == 0 && free_head) || free_head >= (n ? n : 1))
+        return hd__sr_fail(r, "interned strings: bad count or free list");
+    if (n <= 1) return 0; /* no string was ever interned (or only "") */
+    uint32_t cap = 16;
+    while (cap < n)
+        cap *= 2;
+    if (!(t->ent = hd__calloc(cap, sizeof *t->ent))) return hd__sr_oom(r);
+    t->ent[0] = (hd_istr_t){.s = (char *)""};
+    t->n = 1;
+    t->cap = cap;
+    t->free_head = free_head;
+    uint32_t nfree = 0;
+    for (uint32_t id = 1; id < n; id++) {
+        uint16_t len = hd__sr_u16(r);
+        if (r->err) return r->err;
+        if (len == 0) {
+            uint32_t next = hd__sr_u32(r);
+            if (next >= n) return hd__sr_fail(r, "interned strings: bad free link");
+            t->ent[id] = (hd_istr_t){.next_free = next};
+            t->n = id + 1;
+            nfree++;
+            continue;
+        }
+        if (len > maxlen) return hd__sr_fail(r, "interned strings: too long");
+        char *copy = hd__malloc((size_t)len + 1);
+        if (!copy) return hd__sr_oom(r);
+        t->ent[id] = (hd_istr_t){.s = copy, .refs = 1};
+        t->n = id + 1;
+        if (hd__sr_bytes(r, copy, len)) return r->err;
+        copy[len] = '\0';
+        if (memchr(copy, 0, len) || !utf8_ok((unsigned char *)copy, len))
+            return hd__sr_fail(r, "interned strings: a NUL byte or bad UTF-8");
+        t->ent[id].hash = str_hash(copy);
+        t->nlive++;
+    }
+    /* The free list: every free id exactly once. */
+    uint32_t seen = 0;
+    for (uint32_t id = free_head; id; id = t->ent[id].next_free) {
+        if (t->ent[id].s || seen++ >= nfree || t->ent[id].refs)
+            return hd__sr_fail(r, "interned strings: broken free list");
+        t->ent[id].refs = 1; /* visited (free entries count nothing; cleared below) */
+    }
+    if (seen != nfree) return hd__sr_fail(r, "interned strings: a free id off the free list");
+    for (uint32_t id = 1; id < n; id++)
+        if (!t->ent[id].s) t->ent[id].refs = 0;
+    /* The table, as hd__intern keeps it: tcap >= 2 * (nlive + 1). */
+    uint32_t tcap = 16;
+    while (tcap < 2 * (t->nlive + 1))
+        tcap *= 2;
+    if (!(t->table = hd__calloc(tcap, sizeof *t->table))) return hd__sr_oom(r);
+    t->tcap = tcap;
+    for (uint32_t id = 1; id < n; id++) {
+        hd_istr_t *e = &t->ent[id];
+        if (!e->s) continue;
+        uint32_t i = e->hash & (tcap - 1);
+        for (; t->table[i]; i = (i + 1) & (tcap - 1)) {
+            const hd_istr_t *o = &t->ent[t->table[i]];
+            if (o->hash == e->hash && strcmp(o->s, e->s) == 0)
+                return hd__sr_fail(r, "interned strings: a string twice");
+        }
+        t->table[i] = (uint16_t)id;
+    }
+    return 0;
+}
+
+int hd__intern_recount(hd_intern_t *t, const uint64_t *counted, hd__snapr_t *r) {
+    for (uint32_t id = 1; id < t->n; id++) {
+        hd_istr_t *e = &t->ent[id];
+        if (!e->s) {
+            if (counted[id]) return hd__sr_fail(r, "interned strings: a free id in use");
+            continue;
+        }
+        e->refs = counted[id] ? counted[id] : 1;
+        /* Held by nothing: the heap was saved while a popped event lent it (heap.c's
+         * held_tag), which the next pop would have released. Release it now. */
+        if (!counted[id]) hd__intern_release(t, (uint16_t)id);
+    }
+    return 0;
+}
+
 /* ========================================================================================== */
 /* Handles.                                                                                   */
 /* ========================================================================================== */

@@ -565,3 +565,183 @@ uint64_t hd_trace_memory(hd_heap_t *h) {
         bytes += (uint64_t)ts->snaps[i].n * sizeof(snapent_t);
     return bytes;
 }
+
+/* ------------------------------------------------------------------------------------------ */
+/* Snapshots (snapshot.c).                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The aggregates at their map positions (so that snapshots taken later list them in the same
+ * order), the totals, and every snapshot. */
+void hd__trace_save(hd_heap_t *h, hd__snapw_t *w) {
+    struct hd_tracestate_s *ts = h->trace;
+    hd__sw_u8(w, ts != NULL);
+    if (!ts) return;
+    hd__sw_u32(w, ts->cap);
+    hd__sw_u32(w, ts->nused);
+    hd__sw_u32(w, ts->last);
+    hd__sw_u64(w, ts->current);
+    hd__sw_u64(w, ts->peak);
+    hd__sw_u64(w, ts->ntraced);
+    for (uint32_t i = 0; i < ts->cap; i++) {
+        const traceslot_t *sl = &ts->slots[i];
+        if (!sl->used) continue;
+        hd__sw_u32(w, i);
+        hd__sw_u64(w, sl->key);
+        hd__sw_u64(w, sl->count);
+        hd__sw_u64(w, sl->bytes);
+    }
+    hd__sw_u64(w, ts->nsnaps);
+    hd__sw_u32(w, ts->next_snap);
+    for (size_t k = 0; k < ts->nsnaps; k++) {
+        const snapshot_t *snap = &ts->snaps[k];
+        hd__sw_u32(w, snap->id);
+        hd__sw_u64(w, snap->n);
+        for (size_t i = 0; i < snap->n; i++) {
+            hd__sw_u64(w, snap->ents[i].key);
+            hd__sw_u64(w, snap->ents[i].count);
+            hd__sw_u64(w, snap->ents[i].bytes);
+        }
+    }
+}
+
+int hd__trace_load(hd_heap_t *h, hd__snapr_t *r) {
+    if (!hd__sr_u8(r))
+        return r->err ? r->err : h->tracing ? hd__sr_fail(r, "tracing: on without state") : 0;
+    struct hd_tracestate_s *ts = hd__calloc(1, sizeof *ts);
+    if (!ts) return hd__sr_oom(r);
+    h->trace = ts; /* freed with the heap on any failure below */
+    uint32_t cap = hd__sr_u32(r), nused = hd__sr_u32(r), last = hd__sr_u32(r);
+    ts->current = hd__sr_u64(r);
+    ts->peak = hd__sr_u64(r);
+    ts->ntraced = hd__sr_u64(r);
+    if (r->err) return r->err;
+    if (cap & (cap - 1) || (cap && cap < TRACE_MAP_MIN) ||
+        (uint64_t)nused * 4 > (uint64_t)cap * 3 || last >= (cap ? cap : 1) ||
+        ts->peak < ts->current ||
+        /* The map doubled only when a new (site, tag, size) did not fit, and each was new
+         * with an allocation. */
+        (cap > TRACE_MAP_MIN && (uint64_t)cap * 3 >= 8 * (h->allocs_total + 1)))
+        return hd__sr_fail(r, "tracing: bad map size or totals");
+    if (cap && !(ts->slots = hd__calloc(cap, sizeof *ts->slots))) return hd__sr_oom(r);
+    ts->cap = cap;
+    ts->last = last;
+    for (uint32_t k = 0; k < nused; k++) {
+        uint32_t i = hd__sr_u32(r);
+        uint64_t key = hd__sr_u64(r);
+        uint64_t count = hd__sr_u64(r), bytes = hd__sr_u64(r);
+        if (r->err) return r->err;
+        if (i >= cap || ts->slots[i].used || slot_find(ts, key) ||
+            bytes != count * (uint64_t)key_size(key))
+            return hd__sr_fail(r, "tracing: bad aggregate slot");
+        ts->slots[i] = (traceslot_t){.key = key, .used = 1, .count = count, .bytes = bytes};
+        ts->nused++;
+    }
+    /* Every key must be found where it sits: no empty slot between its home and it. */
+    for (uint32_t i = 0; i < cap; i++)
+        if (ts->slots[i].used && slot_find(ts, ts->slots[i].key) != &ts->slots[i])
+            return hd__sr_fail(r, "tracing: an aggregate out of its probe sequence");
+    uint64_t nsnaps = hd__sr_u64(r);
+    ts->next_snap = hd__sr_u32(r);
+    if (r->err) return r->err;
+    if (ts->next_snap == 0 && nsnaps) return hd__sr_fail(r, "tracing: bad snapshot ids");
+    if (nsnaps > UINT32_MAX) return hd__sr_fail(r, "tracing: too many snapshots");
+    for (uint64_t k = 0; k < nsnaps; k++) {
+        if (hd__vec_reserve((void **)&ts->snaps, &ts->snapcap, ts->nsnaps + 1, sizeof(snapshot_t)))
+            return hd__sr_oom(r);
+        snapshot_t *snap = &ts->snaps[ts->nsnaps];
+        *snap = (snapshot_t){.id = hd__sr_u32(r)};
+        uint64_t n = hd__sr_u64(r);
+        if (r->err) return r->err;
+        if (snap->id == 0 || snap->id >= ts->next_snap || snap_find(ts, snap->id) ||
+            n > (uint64_t)UINT32_MAX + 1)
+            return hd__sr_fail(r, "tracing: bad snapshot");
+        ts->nsnaps++;
+        size_t scap = 0;
+        for (uint64_t i = 0; i < n; i++) {
+            if (snap->n == scap &&
+                hd__vec_reserve((void **)&snap->ents, &scap, snap->n + 1, sizeof *snap->ents))
+                return hd__sr_oom(r);
+            snapent_t *e = &snap->ents[snap->n];
+            e->key = hd__sr_u64(r);
+            e->count = hd__sr_u64(r);
+            e->bytes = hd__sr_u64(r);
+            if (r->err) return r->err;
+            if (e->count == 0 || e->bytes != e->count * (uint64_t)key_size(e->key))
+                return hd__sr_fail(r, "tracing: a bad snapshot entry");
+            snap->n++;
+        }
+    }
+    return 0;
+}
+
+typedef struct tracecheck_s {
+    struct hd_tracestate_s *ts;
+    uint64_t *sums; /* count, bytes per slot */
+    int bad;
+} tracecheck_t;
+
+static void visit_traced(void *ctx, void *block, hd_ref_t ref) {
+    tracecheck_t *tc = ctx;
+    hd_obj_t *o = block;
+    (void)ref;
+    if (o->check == 0 || !(o->flags & HD_OF_TRACED)) return;
+    hd_objext_t *x = hd__obj_ext(o);
+    traceslot_t *sl =
+        slot_find(tc->ts, trace_key(x ? x->site : 0, x ? x->tag : 0, hd__obj_sizeof(o)));
+    if (!sl) {
+        tc->bad = 1;
+        return;
+    }
+    size_t i = (size_t)(sl - tc->ts->slots);
+    tc->sums[2 * i]++;
+    tc->sums[2 * i + 1] += hd__obj_sizeof(o);
+}
+
+static bool label_live(const hd_intern_t *t, uint16_t id) {
+    return id == 0 || (id < t->n && t->ent[id].s != NULL);
+}
+
+int hd__trace_check(hd_heap_t *h, uint64_t ntraced, uint64_t *tags, uint64_t *sites,
+                    hd__snapr_t *r) {
+    struct hd_tracestate_s *ts = h->trace;
+    if (!ts || !ts->cap) {
+        if (ntraced) return hd__sr_fail(r, "tracing: traced objects without aggregates");
+        if (!ts) return 0;
+    }
+    for (size_t k = 0; k < ts->nsnaps; k++) {
+        const snapshot_t *snap = &ts->snaps[k];
+        for (size_t i = 0; i < snap->n; i++) {
+            uint16_t site = key_site(snap->ents[i].key), tag = key_tag(snap->ents[i].key);
+            if (!label_live(&h->sites, site) || !label_live(&h->tags, tag))
+                return hd__sr_fail(r, "tracing: a snapshot names a free tag or site");
+            sites[site]++;
+            tags[tag]++;
+        }
+    }
+    tracecheck_t tc = {.ts = ts};
+    if (ts->cap && !(tc.sums = hd__calloc(2 * (size_t)ts->cap, sizeof *tc.sums)))
+        return hd__sr_oom(r);
+    if (ts->cap) hd__alloc_foreach(&h->alloc, visit_traced, &tc);
+    uint64_t count = 0, bytes = 0;
+    for (uint32_t i = 0; i < ts->cap && !tc.bad; i++) {
+        if (ts->slots[i].count != tc.sums[2 * i] || ts->slots[i].bytes != tc.sums[2 * i + 1])
+            tc.bad = 1;
+        count += tc.sums[2 * i];
+        bytes += tc.sums[2 * i + 1];
+    }
+    hd__free(tc.sums);
+    if (tc.bad || count != ts->ntraced || bytes != ts->current)
+        return hd__sr_fail(r, "tracing: aggregates disagree with the traced objects");
+    return 0;
+}
+
+/* Frees a state that hd__trace_load left half checked, without releasing the labels its
+ * snapshots name (they were never counted). */
+void hd__trace_discard(hd_heap_t *h) {
+    struct hd_tracestate_s *ts = h->trace;
+    if (!ts) return;
+    for (size_t i = 0; i < ts->nsnaps; i++)
+        hd__free(ts->snaps[i].ents);
+    ts->nsnaps = 0;
+    hd__trace_destroy(h);
+}

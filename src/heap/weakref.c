@@ -352,3 +352,137 @@ void hd__weakref_destroy(hd_heap_t *h) {
     weakstate_free(h->weak);
     h->weak = NULL;
 }
+
+/* ------------------------------------------------------------------------------------------ */
+/* Snapshots (snapshot.c).                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The entries as they are (so weak handles, chains and the free list come back unchanged),
+ * then the map's (ref, first entry) pairs; the map itself is rebuilt at the same capacity. */
+void hd__weakref_save(hd_heap_t *h, hd__snapw_t *w) {
+    struct hd_weakstate_s *ws = h->weak;
+    hd__sw_u8(w, ws != NULL);
+    if (!ws) return;
+    hd__sw_u64(w, ws->nent);
+    hd__sw_u32(w, ws->free_list);
+    for (size_t i = 0; i < ws->nent; i++) {
+        const weakent_t *e = &ws->entries[i];
+        hd__sw_u32(w, e->check);
+        hd__sw_u32(w, e->ref);
+        hd__sw_u32(w, e->ocheck);
+        hd__sw_u32(w, e->prev);
+        hd__sw_u32(w, e->next);
+        hd__sw_u8(w, (uint8_t)e->notify);
+    }
+    hd__sw_u32(w, ws->mapcap);
+    hd__sw_u32(w, ws->nmap);
+    for (uint32_t i = 0; i < ws->mapcap; i++) {
+        if (!ws->map[i].ref) continue;
+        hd__sw_u32(w, ws->map[i].ref);
+        hd__sw_u32(w, ws->map[i].head);
+    }
+}
+
+/* Checks every invariant of the table above against the loaded objects: free entries on the
+ * free list once each; each map pair names a live object with WEAKREFD (nweakrefd of them in
+ * all) and a circular chain of live entries naming it by its check; every live entry on one
+ * chain; dead entries on none. */
+static int weak_check(hd_heap_t *h, struct hd_weakstate_s *ws, uint64_t nweakrefd, hd__snapr_t *r) {
+    size_t nfree = 0, nlive = 0, onchains = 0;
+    for (size_t i = 0; i < ws->nent; i++) {
+        const weakent_t *e = &ws->entries[i];
+        if (e->check == 0) {
+            if (e->ref || e->ocheck || e->prev || e->notify)
+                return hd__sr_fail(r, "weak references: a free entry holds data");
+            nfree++;
+        } else if (e->ref == 0) {
+            if (e->prev || e->next)
+                return hd__sr_fail(r, "weak references: a dead entry on a chain");
+        } else {
+            hd_obj_t *o = hd__snap_live(h, e->ref);
+            if (!o || o->check != e->ocheck || !(o->flags & HD_OF_WEAKREFD))
+                return hd__sr_fail(r, "weak references: a referent that is not alive");
+            if (e->prev == 0 || e->prev > ws->nent || e->next == 0 || e->next > ws->nent)
+                return hd__sr_fail(r, "weak references: bad chain links");
+            nlive++;
+        }
+    }
+    /* Free list: marked by notify = 2 while walking (free entries have notify 0). */
+    size_t seen = 0;
+    for (eid_t id = ws->free_list; id; id = ent(ws, id)->next) {
+        if (id > ws->nent || ent(ws, id)->check || ent(ws, id)->notify || seen++ >= nfree)
+            return hd__sr_fail(r, "weak references: broken free list");
+        ent(ws, id)->notify = 2;
+    }
+    if (seen != nfree) return hd__sr_fail(r, "weak references: a free entry off the free list");
+    for (size_t i = 0; i < ws->nent; i++)
+        if (ws->entries[i].check == 0) ws->entries[i].notify = 0;
+    if (ws->nmap != nweakrefd) return hd__sr_fail(r, "weak references: map and objects disagree");
+    /* Chains: each visited entry gets notify |= 2 (live entries have notify 0 or 1). */
+    for (uint32_t i = 0; i < ws->mapcap; i++) {
+        hd_ref_t ref = ws->map[i].ref;
+        if (!ref) continue;
+        eid_t head = ws->map[i].head, id = head, prev = ent(ws, head)->prev;
+        do {
+            weakent_t *e = ent(ws, id);
+            if (e->check == 0 || e->ref != ref || e->prev != prev || (e->notify & 2) ||
+                onchains++ >= nlive)
+                return hd__sr_fail(r, "weak references: broken chain");
+            e->notify |= 2;
+            prev = id;
+            id = e->next;
+        } while (id != head);
+        if (ent(ws, head)->prev != prev) return hd__sr_fail(r, "weak references: broken chain");
+    }
+    if (onchains != nlive) return hd__sr_fail(r, "weak references: an entry on no chain");
+    for (size_t i = 0; i < ws->nent; i++)
+        ws->entries[i].notify &= 1;
+    return 0;
+}
+
+int hd__weakref_load(hd_heap_t *h, hd__snapr_t *r, uint64_t nweakrefd) {
+    if (!hd__sr_u8(r))
+        return r->err      ? r->err
+               : nweakrefd ? hd__sr_fail(r, "weak references: none, but objects say so")
+                           : 0;
+    struct hd_weakstate_s *ws = weakstate_new();
+    if (!ws) return hd__sr_oom(r);
+    h->weak = ws; /* freed with the heap on any failure below */
+    uint64_t nent = hd__sr_u64(r);
+    ws->free_list = hd__sr_u32(r);
+    if (r->err) return r->err;
+    if (nent >= UINT32_MAX - 1 || ws->free_list > nent)
+        return hd__sr_fail(r, "weak references: bad count");
+    for (uint64_t i = 0; i < nent; i++) {
+        if (hd__vec_reserve((void **)&ws->entries, &ws->entcap, ws->nent + 1, sizeof(weakent_t)))
+            return hd__sr_oom(r);
+        weakent_t *e = &ws->entries[ws->nent];
+        e->check = hd__sr_u32(r);
+        e->ref = hd__sr_u32(r);
+        e->ocheck = hd__sr_u32(r);
+        e->prev = hd__sr_u32(r);
+        e->next = hd__sr_u32(r);
+        e->notify = hd__sr_u8(r);
+        if (r->err) return r->err;
+        if (e->notify > 1) return hd__sr_fail(r, "weak references: bad notify flag");
+        ws->nent++;
+    }
+    uint32_t mapcap = hd__sr_u32(r), nmap = hd__sr_u32(r);
+    if (r->err) return r->err;
+    if (mapcap & (mapcap - 1) || (mapcap && mapcap < WEAK_MAP_MIN) ||
+        (uint64_t)nmap * 4 > (uint64_t)mapcap * 3 || nmap > nent ||
+        /* The map doubled only when an entry did not fit, and entries are never unmade. */
+        (mapcap > WEAK_MAP_MIN && (uint64_t)mapcap * 3 >= 8 * (nent + 1)))
+        return hd__sr_fail(r, "weak references: bad map size");
+    if (mapcap && !(ws->map = hd__calloc(mapcap, sizeof *ws->map))) return hd__sr_oom(r);
+    ws->mapcap = mapcap;
+    for (uint32_t i = 0; i < nmap; i++) {
+        hd_ref_t ref = hd__sr_u32(r);
+        eid_t head = hd__sr_u32(r);
+        if (r->err) return r->err;
+        if (!ref || !head || head > ws->nent || ent(ws, head)->ref != ref || map_find(ws, ref))
+            return hd__sr_fail(r, "weak references: bad map entry");
+        map_insert(ws, ref, head);
+    }
+    return weak_check(h, ws, nweakrefd, r);
+}

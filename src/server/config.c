@@ -642,6 +642,18 @@ static const hd_config_key_t keys[] = {
                              RELOAD, PUBLIC, NULL,               NULL),
     KEY(monitor_buffer,      size,     "1MiB",                 4 * KIB,               GIB,
                              RELOAD, PUBLIC, NULL,               NULL),
+    KEY(data_dir,            string,   "\"\"",                 0,                     3900,
+                             FIXED,  PUBLIC, NULL,               NULL),
+    KEY(snapshot_interval,   duration, "300s",                 0,                     7 * DAY_MS,
+                             RELOAD, PUBLIC, NULL,               NULL),
+    KEY(snapshot_on_detach,  bool,     "false",                0,                     1,
+                             RELOAD, PUBLIC, NULL,               NULL),
+    KEY(snapshot_compress,   bool,     "false",                0,                     1,
+                             RELOAD, PUBLIC, NULL,               NULL),
+    KEY(replay_window,       uint,     "4096",                 0,                     1u << 20,
+                             RELOAD, PUBLIC, NULL,               NULL),
+    KEY(replay_window_bytes, size,     "1MiB",                 0,                     GIB,
+                             RELOAD, PUBLIC, NULL,               NULL),
 };
 /* clang-format on */
 #define NKEYS (sizeof keys / sizeof keys[0])

@@ -65,6 +65,12 @@ typedef struct hd_config_s {
     uint64_t slowlog_threshold_us;   /* requests that run longer go to the slowlog */
     uint64_t slowlog_max_len;        /* entries the slowlog keeps; 0 = no slowlog */
     uint64_t monitor_buffer;         /* bytes of records a monitor may have waiting */
+    char *data_dir;                  /* snapshots (docs/PERSISTENCE.md); "" = none kept */
+    uint64_t snapshot_interval;      /* ms between background saves; 0 = only on SIGTERM/save */
+    int snapshot_on_detach;          /* save a session in the background when it detaches */
+    int snapshot_compress;           /* zstd the snapshot sections */
+    uint64_t replay_window;          /* responses kept per session for re-sent requests */
+    uint64_t replay_window_bytes;    /* and their bytes at most */
 } hd_config_t;
 
 /* Where a loading error was found; line and column are 1-based, 0 when not known. */

@@ -104,6 +104,10 @@ static int op_monitor(void *ctx) {
     return rc;
 }
 
+static int op_save(void *ctx, uint64_t *save_id) {
+    return hd__sessions_save(((hd_conn_t *)ctx)->worker, save_id);
+}
+
 static const hd_server_ops_t server_ops = {
     .goodbye = op_goodbye,
     .server_stats = op_server_stats,
@@ -113,7 +117,14 @@ static const hd_server_ops_t server_ops = {
     .slowlog_get = op_slowlog_get,
     .slowlog_reset = op_slowlog_reset,
     .monitor = op_monitor,
+    .save = op_save,
 };
+
+void hd__conn_save_done(hd_conn_t *c) {
+    if (!(c->flags & HD_CONN_SAVEWAIT)) return;
+    c->flags &= ~HD_CONN_SAVEWAIT;
+    process(c);
+}
 
 /* ------------------------------------------------------------------------------------------ */
 /* Reading, timers, closing.                                                                   */
@@ -132,8 +143,8 @@ static void arm_timer(hd_conn_t *c);
 static void flush(hd_conn_t *c);
 
 static void start_reading(hd_conn_t *c) {
-    if (c->flags &
-        (HD_CONN_READING | HD_CONN_PAUSED | HD_CONN_WAITING | HD_CONN_LAST_WRITE | HD_CONN_CLOSING))
+    if (c->flags & (HD_CONN_READING | HD_CONN_PAUSED | HD_CONN_WAITING | HD_CONN_LAST_WRITE |
+                    HD_CONN_CLOSING | HD_CONN_SAVEWAIT))
         return;
     int rc = uv_read_start(&c->h.stream, on_alloc, on_read);
     if (rc < 0) {
@@ -668,6 +679,7 @@ static bool hello(hd_conn_t *c, const uint8_t *payload, size_t len) {
     c->flags |= HD_CONN_HELLO_DONE;
     c->env.heap = h.session->heap;
     c->env.admin = h.admin;
+    c->resend_upto = h.resend ? h.session->replay.last_id : 0;
     hd__conn_reconfigure(c);
     int rc = hd__session_hello_answer(&h, &c->worker->cfg, c->env.max_read_bytes, &c->out);
     if (rc < 0) hd__conn_fail(c, h.id, rc, "out of memory answering hello");
@@ -686,6 +698,35 @@ static void frame_error(hd_conn_t *c, int err) {
         snprintf(why, sizeof why, "%s", hd_strerror(err));
     hd_log_warnf(conn_fields(c, NULL, err), "%s: %s; closing", c->peer, why);
     hd__conn_fail(c, 0, err, why);
+}
+
+/* A re-sent request (its id at most the session's last before the resume): answered from
+ * the replay window without running it, or refused with EREPLAY when its response is gone. */
+static int replay_answer(hd_conn_t *c, uint64_t id) {
+    const hd_replay_t *rp = &c->session->replay;
+    const uint8_t *frame;
+    size_t len;
+    int found = hd__replay_find(rp, id, &frame, &len);
+    if (found == 1) return hd_buf_append(&c->out, frame, len);
+    char why[160];
+    if (found == 0)
+        snprintf(why, sizeof why, "request %llu ran; its response was too large to keep",
+                 (unsigned long long)id);
+    else
+        snprintf(why, sizeof why, "request %llu is older than the replay window (oldest %llu)",
+                 (unsigned long long)id, (unsigned long long)hd__replay_oldest(rp));
+    return hd_dispatch_error(id, HD_EREPLAY, why, &c->out);
+}
+
+/* Keeps the response just framed at out[before..] for re-sends of request id. */
+static void replay_record(hd_conn_t *c, uint64_t id, size_t before) {
+    hd_replay_t *rp = &c->session->replay;
+    size_t held = rp->held;
+    if (hd__replay_put(rp, id, c->out.data + before, c->out.len - before) < 0)
+        hd_log_debug("%s: no memory to keep the response of request %llu for re-sends", c->peer,
+                     (unsigned long long)id);
+    if (rp->held != held)
+        atomic_fetch_add(&c->worker->replay_bytes, (int_fast64_t)rp->held - (int_fast64_t)held);
 }
 
 /* Takes whole frames until none is left, the output is over its limit, or the connection
@@ -710,6 +751,14 @@ static void process(hd_conn_t *c) {
     /* Each turn: the events owed first (a request's events come before the next response),
      * then one frame. Once the client has sent EOF only the events are left to send. */
     while (!(c->flags & (HD_CONN_CLOSING | HD_CONN_FAILED | HD_CONN_PAUSED | HD_CONN_WAITING))) {
+        /* A background save reads the heap on another thread: nothing runs until it is done
+         * (hd__conn_save_done), events are not drained, and nothing is read meanwhile
+         * (backpressure to the client). */
+        if (c->session && c->session->saving) {
+            c->flags |= HD_CONN_SAVEWAIT;
+            stop_reading(c);
+            break;
+        }
         if (!drain_events(c)) {
             pause_output(c, "events waiting for the client to read");
             break;
@@ -726,7 +775,16 @@ static void process(hd_conn_t *c) {
         if (!(c->flags & HD_CONN_HELLO_DONE)) {
             if (!hello(c, payload, len)) break; /* refused (answered, closing) or moved */
         } else {
-            int rc = hd_dispatch_frame(&c->env, payload, len, &c->out);
+            uint64_t id = hd__replay_peek_id(payload, len);
+            int rc;
+            if (c->resend_upto && id && id <= c->resend_upto) {
+                rc = replay_answer(c, id);
+            } else {
+                c->resend_upto = 0;
+                size_t before = c->out.len;
+                rc = hd_dispatch_frame(&c->env, payload, len, &c->out);
+                if (rc == 0 && id) replay_record(c, id, before);
+            }
             nframes++;
             if (observe) {
                 uint64_t now = uv_hrtime();

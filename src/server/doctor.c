@@ -249,6 +249,33 @@ static void server_rules(ctx_t *c) {
             }
         }
     }
+    /* The last save failed and none has succeeded since: a restart now would lose what the
+     * sessions did after their last snapshot. */
+    if (v->persist_enabled && v->persist_last_fail_unix &&
+        v->persist_last_fail_unix >= v->persist_last_ok_unix) {
+        FINDING(c, snapshot_failing, NULL) {
+            say(f->evidence, sizeof f->evidence,
+                "%" PRIu64 " save%s failed since start, the last at %" PRIu64
+                " (Unix time) with none written since: %s",
+                v->persist_saves_failed, v->persist_saves_failed == 1 ? "" : "s",
+                v->persist_last_fail_unix,
+                v->persist_last_error[0] ? v->persist_last_error : "(no reason kept)");
+            say(f->advice, sizeof f->advice,
+                "each session's previous snapshot is kept, but what it did since would be lost "
+                "at a restart: free space in data_dir or fix its permissions, then heapctl save");
+        }
+    }
+    if (v->persist_refused) {
+        FINDING(c, snapshot_refused, NULL) {
+            say(f->evidence, sizeof f->evidence,
+                "%" PRIu64 " snapshot file%s in data_dir could not be read at start (truncated, "
+                "corrupt, another version or not a snapshot)",
+                v->persist_refused, v->persist_refused == 1 ? "" : "s");
+            say(f->advice, sizeof f->advice,
+                "those sessions were not restored: the log names each file and why; the files "
+                "are kept as *.corrupt in data_dir, to inspect, then delete");
+        }
+    }
     if (v->sessions_detached >= HD_DOC_DETACHED_MIN &&
         v->sessions_detached * 100 >= v->sessions * HD_DOC_DETACHED_PERCENT) {
         FINDING(c, detached, NULL) {

@@ -34,6 +34,8 @@
 /* XX(name, severity, title): every rule, in the order findings are listed. */
 #define HD_DOCTOR_RULES(XX)                                                                        \
     XX(memory_cap, "critical", "the server is near its memory cap")                                \
+    XX(snapshot_failing, "critical", "session snapshots cannot be written")                        \
+    XX(snapshot_refused, "warning", "snapshot files were refused at start")                        \
     XX(near_limit, "warning", "a session is near its limit")                                       \
     XX(fragmentation, "warning", "heavy fragmentation")                                            \
     XX(sparse_arenas, "warning", "arenas held by few blocks")                                      \

@@ -12,9 +12,10 @@ heapd_fuzz_target(TARGET fuzz_dispatch TEST server.fuzz_dispatch
 # session.c's hello decision, against a server struct with tokens and a worker loop. Seeded
 # with a few hellos (tests/server/fuzz_hello_seeds); 10 s in the suite.
 heapd_fuzz_target(TARGET fuzz_hello TEST server.fuzz_hello
-                  SOURCES fuzz_hello.c ${HD_SERVER_SOURCES} ${HD_WIRE_SOURCES}
+                  SOURCES fuzz_hello.c ${HD_SERVER_SOURCES} ${HD_WIRE_SOURCES} ${HD_PERSIST_SOURCES}
                   INCLUDES ${CMAKE_CURRENT_SOURCE_DIR}
                   LIBS hdproto PkgConfig::LIBUV PkgConfig::YAML HttpParser::HttpParser
+                       PkgConfig::XXHASH PkgConfig::ZSTD
                   ARGS -timeout=10 -max_len=8192 -max_total_time=10
                   SEEDS ${CMAKE_SOURCE_DIR}/tests/server/fuzz_hello_seeds)
 

@@ -87,6 +87,11 @@ static int fuzz_list_sessions(void *ctx, hd_session_info_t **out, size_t *n) {
     return 0;
 }
 
+static int fuzz_save(void *ctx, uint64_t *save_id) {
+    *save_id = 7;
+    return 0;
+}
+
 static int fuzz_kill_session(void *ctx, const char *id) {
     return strcmp(id, "session-1") == 0 ? 0 : HD_ENOSESSION;
 }
@@ -120,6 +125,7 @@ static const hd_server_ops_t fuzz_ops = {
     .server_stats = fuzz_server_stats,
     .list_sessions = fuzz_list_sessions,
     .kill_session = fuzz_kill_session,
+    .save = fuzz_save,
 };
 
 /* What the session's owner provides when a deferred request comes to it. */

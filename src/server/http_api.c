@@ -4,8 +4,9 @@
  *   /metrics   Prometheus text exposition 0.0.4 (metrics.c:hd__metrics_render)
  *   /healthz   200 while every worker's loop answers (its tick ran within HD_STALL_MS), else
  *              503 naming the stalled workers: a liveness probe
- *   /readyz    200 once the listeners are up, while not shutting down and while the memory cap
- *              is not reached; else 503 with the reason: a readiness probe
+ *   /readyz    200 once the listeners are up and data_dir's sessions are restored, while not
+ *              shutting down and while the memory cap is not reached; else 503 with the
+ *              reason: a readiness probe
  *   /, /dashboard.js, /dashboard.css   the dashboard (src/server/dashboard/, embedded at build
  *              time by cmake/embed.cmake into dashboard_assets.c)
  *   /api/overview  the server's figures, its workers and the last ten minutes, one point a
@@ -79,7 +80,9 @@ static int h_readyz(hd_http_ctx_t *x, hd_http_resp_t *rs) {
     if (serving != HD_SERVING) {
         rs->status = 503;
         hd__http_printf(rs, "not ready: %s\n",
-                        serving == HD_SERVING_STOPPING ? "shutting down" : "starting");
+                        serving == HD_SERVING_STOPPING    ? "shutting down"
+                        : serving == HD_SERVING_RESTORING ? "restoring sessions from data_dir"
+                                                          : "starting");
     } else if (v.memory_cap_reached) {
         rs->status = 503;
         hd__http_printf(rs, "not ready: the server's memory cap (%" PRIu64 " bytes) is reached\n",
@@ -186,7 +189,17 @@ static int h_overview(hd_http_ctx_t *x, hd_http_resp_t *rs) {
             rs, "%s{\"lag_us\":%" PRIu64 ",\"silent_ms\":%" PRIu64 ",\"requests\":%" PRIu64 "}",
             i ? "," : "", v.workers[i].lag_us, v.workers[i].silent_ms, v.workers[i].requests);
     }
-    hd__http_printf(rs, "],\"requests\":%" PRIu64 ",\"history\":[", requests);
+    hd__http_printf(rs,
+                    "],\"requests\":%" PRIu64 ",\"persistence\":{\"enabled\":%s"
+                    ",\"saves_ok\":%" PRIu64 ",\"saves_failed\":%" PRIu64
+                    ",\"bytes_written\":%" PRIu64 ",\"background_saves\":%" PRIu64
+                    ",\"in_progress\":%" PRIu64 ",\"last_ok_unix\":%" PRIu64
+                    ",\"last_fail_unix\":%" PRIu64 ",\"restored\":%" PRIu64 ",\"refused\":%" PRIu64
+                    ",\"replay_bytes\":%" PRIu64 "},\"history\":[",
+                    requests, v.persist_enabled ? "true" : "false", v.persist_saves_ok,
+                    v.persist_saves_failed, v.persist_bytes_written, v.persist_background_saves,
+                    v.persist_in_progress, v.persist_last_ok_unix, v.persist_last_fail_unix,
+                    v.persist_restored, v.persist_refused, v.replay_bytes);
     for (size_t i = 0; i < x->hist_n; i++) {
         const hd_http_hist_t *p = &x->hist[(x->hist_head + i) % x->hist_cap];
         hd__http_printf(rs,

@@ -48,9 +48,32 @@ static void reply(hd_xcall_t *x) {
 
 void hd__xcall_run(hd_worker_t *w, hd_xcall_t *x) {
     hd_session_t *s = hd__session_find(w, x->session_id);
+    if (s && s->saving) {
+        /* A pool thread reads its heap (persist.c): the call waits for the save, as the
+         * session's own requests do. */
+        x->next_wait = s->xwait;
+        s->xwait = x;
+        return;
+    }
     x->status = s ? 0 : HD_ENOSESSION;
     x->run(x, s);
     reply(x);
+}
+
+void hd__xcall_run_waiting(hd_worker_t *w, hd_xcall_t *newest) {
+    hd_xcall_t *oldest = NULL;
+    while (newest) {
+        hd_xcall_t *x = newest;
+        newest = x->next_wait;
+        x->next_wait = oldest;
+        oldest = x;
+    }
+    while (oldest) {
+        hd_xcall_t *x = oldest;
+        oldest = x->next_wait;
+        x->next_wait = NULL;
+        hd__xcall_run(w, x);
+    }
 }
 
 void hd__xcall_done(hd_worker_t *w, hd_xcall_t *x) {

@@ -25,6 +25,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "persist.h"
 #include "server.h"
 #include "session.h"
 
@@ -214,7 +215,8 @@ static void take_detail(hd_worker_t *w, uint64_t now) {
     hd_session_t *s = w->sessions;
     while (s && strcmp(s->id, id) != 0)
         s = s->next;
-    if (!s || !s->heap) return;
+    /* Being saved in the background: the next tick takes it (see take_snapshot). */
+    if (!s || !s->heap || s->saving) return;
     hd_sess_detail_t *d = malloc(sizeof *d);
     if (!d) return;
     summarize(w, s, now, &d->sum);
@@ -261,6 +263,20 @@ static void take_snapshot(hd_worker_t *w) {
     size_t k = 0;
     for (hd_session_t *s = w->sessions; s && k < n; s = s->next) {
         if (!s->heap) continue;
+        if (s->saving) {
+            /* A background save reads this heap on a pool thread (persist.c): no other thread
+             * touches it meanwhile, so the figures are the last ones taken, if any. m->snap is
+             * written by this thread only, so it is read here without the lock. */
+            const hd_sess_summary_t *last = NULL;
+            for (size_t i = 0; i < m->nsnap && !last; i++)
+                if (strcmp(m->snap[i].id, s->id) == 0) last = &m->snap[i];
+            if (!last) continue;
+            v[k] = *last;
+            v[k].attached = s->conn != NULL;
+            v[k].idle_ms = now > s->active_at ? now - s->active_at : 0;
+            k++;
+            continue;
+        }
         sample_sites(s, now);
         summarize(w, s, now, &v[k++]);
     }
@@ -340,6 +356,19 @@ int hd__metrics_view(hd_server_t *srv, int with_marks, hd_mview_t *v) {
     v->sessions_detached = srv->registry.sessions_detached;
     uv_mutex_unlock(&srv->registry.lock);
     v->top_sessions = 10; /* the caller sets its metrics_top_sessions */
+    hd_persist_stats_t *ps = &srv->persist;
+    v->persist_enabled = hd__persist_enabled(&srv->cfg); /* data_dir is fixed at start */
+    v->persist_saves_ok = atomic_load(&ps->saves_ok);
+    v->persist_saves_failed = atomic_load(&ps->saves_failed);
+    v->persist_bytes_written = atomic_load(&ps->bytes_written);
+    v->persist_background_saves = atomic_load(&ps->background_saves);
+    v->persist_last_ok_unix = atomic_load(&ps->last_ok_unix);
+    v->persist_last_fail_unix = atomic_load(&ps->last_fail_unix);
+    v->persist_restored = atomic_load(&ps->restored);
+    v->persist_refused = atomic_load(&ps->refused);
+    uv_mutex_lock(&srv->persist.lock);
+    memcpy(v->persist_last_error, ps->last_error, sizeof v->persist_last_error);
+    uv_mutex_unlock(&srv->persist.lock);
     v->memory_cap_bytes = 0;
     v->memory_cap_reached = 0;
 
@@ -374,6 +403,8 @@ int hd__metrics_view(hd_server_t *srv, int with_marks, hd_mview_t *v) {
         if (wv->silent_ms > HD_TICK_MS && (wv->silent_ms - HD_TICK_MS) * 1000u > wv->lag_us)
             wv->lag_us = (wv->silent_ms - HD_TICK_MS) * 1000u;
         wv->requests = atomic_load_explicit(&w->requests, memory_order_relaxed);
+        v->persist_in_progress += atomic_load(&w->persist_busy);
+        v->replay_bytes += (uint64_t)atomic_load(&w->replay_bytes);
         for (int k = 0; k < HD_OPS_SLOTS; k++)
             v->ops[k] += load(&m->ops.ops[k]);
         for (int k = 0; k < HD_STATUS_SLOTS; k++)
@@ -606,6 +637,37 @@ int hd__metrics_render(const hd_mview_t *v, hd_buf_t *out) {
     put(&o, "heapd_gc_pause_seconds_bucket{le=\"+Inf\"} %" PRIu64 "\n", cum);
     sample_s(&o, "heapd_gc_pause_seconds_sum", (double)v->pause_ns_sum / 1e9);
     sample_u(&o, "heapd_gc_pause_seconds_count", cum);
+
+    /* Persistence (docs/PERSISTENCE.md), as Redis's INFO persistence has it. */
+    family(&o, "heapd_snapshot_enabled", "gauge", "1 when a data_dir is set: sessions are saved.");
+    sample_u(&o, "heapd_snapshot_enabled", (uint64_t)v->persist_enabled);
+    family(&o, "heapd_snapshot_saves_total", "counter",
+           "Session snapshots written, and saves that failed (the previous snapshot kept).");
+    put(&o, "heapd_snapshot_saves_total{result=\"ok\"} %" PRIu64 "\n", v->persist_saves_ok);
+    put(&o, "heapd_snapshot_saves_total{result=\"failed\"} %" PRIu64 "\n", v->persist_saves_failed);
+    family(&o, "heapd_snapshot_written_bytes_total", "counter", "Bytes of snapshots written.");
+    sample_u(&o, "heapd_snapshot_written_bytes_total", v->persist_bytes_written);
+    family(&o, "heapd_snapshot_background_saves_total", "counter",
+           "Saves run on a pool thread (interval, the save op, on detach).");
+    sample_u(&o, "heapd_snapshot_background_saves_total", v->persist_background_saves);
+    family(&o, "heapd_snapshot_in_progress", "gauge", "Background saves running now.");
+    sample_u(&o, "heapd_snapshot_in_progress", v->persist_in_progress);
+    family(&o, "heapd_snapshot_last_success_timestamp_seconds", "gauge",
+           "Unix time of the last snapshot written (0: never).");
+    sample_u(&o, "heapd_snapshot_last_success_timestamp_seconds", v->persist_last_ok_unix);
+    family(&o, "heapd_snapshot_last_failure_timestamp_seconds", "gauge",
+           "Unix time of the last save that failed (0: never).");
+    sample_u(&o, "heapd_snapshot_last_failure_timestamp_seconds", v->persist_last_fail_unix);
+    family(&o, "heapd_snapshot_restored_sessions", "gauge",
+           "Sessions restored from data_dir at start.");
+    sample_u(&o, "heapd_snapshot_restored_sessions", v->persist_restored);
+    family(&o, "heapd_snapshot_refused_files", "gauge",
+           "Snapshot files refused at start (truncated, corrupt, another version), moved to "
+           "*.corrupt.");
+    sample_u(&o, "heapd_snapshot_refused_files", v->persist_refused);
+    family(&o, "heapd_replay_window_bytes", "gauge",
+           "Bytes of responses kept for re-sent requests, over every session's replay window.");
+    sample_u(&o, "heapd_replay_window_bytes", v->replay_bytes);
 
     /* The largest sessions, at most top_sessions of them. */
     size_t ntop = v->nsess < v->top_sessions ? v->nsess : (size_t)v->top_sessions;

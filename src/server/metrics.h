@@ -205,6 +205,14 @@ typedef struct hd_mview_s {
     hd_gc_mark_t *marks; /* nmarks recent collections, oldest first per worker */
     size_t nmarks;
     uint64_t top_sessions; /* metrics_top_sessions */
+    /* Persistence (persist.c: hd_server_t.persist and the workers' figures). */
+    int persist_enabled; /* a data_dir is set */
+    uint64_t persist_saves_ok, persist_saves_failed, persist_bytes_written;
+    uint64_t persist_background_saves, persist_in_progress;
+    uint64_t persist_last_ok_unix, persist_last_fail_unix; /* 0: never */
+    uint64_t persist_restored, persist_refused;            /* at start */
+    uint64_t replay_bytes;        /* held by every session's replay window */
+    char persist_last_error[256]; /* the last failed save, "session: step: reason", or "" */
 } hd_mview_t;
 
 /* Sums of the sessions' heap statistics in a view. */

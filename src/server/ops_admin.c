@@ -224,4 +224,14 @@ static int op_monitor(hd_opctx_t *c, const Heapd__V1__Monitor *a) {
     return rc;
 }
 
+static int op_save(hd_opctx_t *c, const Heapd__V1__Save *a, Heapd__V1__SaveResult *r) {
+    (void)a;
+    const hd_server_ops_t *ops = c->env->ops;
+    if (ops == NULL || ops->save == NULL) return hd__op_not_provided(c, "save");
+    int rc = hd__op_server_err(ops->save(c->env->ops_ctx, &r->save_id));
+    if (rc == HD_EIO)
+        return hd__op_fail(c, rc, "the server keeps no snapshots (data_dir is not set)");
+    return rc;
+}
+
 HD_OPS_ADMIN(HD_OP_RUNNER)

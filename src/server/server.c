@@ -14,6 +14,7 @@
 #include "http.h"
 #include "observe.h"
 #include "server.h"
+#include "persist.h"
 #include "session.h"
 
 #include <signal.h>
@@ -116,6 +117,7 @@ int hd__server_run(hd_server_t *srv) {
         return HD_EINTERNAL;
     }
     srv->loop = &loop;
+    uv_mutex_init(&srv->persist.lock);
     size_t nworkers = srv->cfg.workers ? srv->cfg.workers : uv_available_parallelism();
     hd_log_info("heapd %s starting (pid %ld, %zu worker%s, config %s)", HEAPD_VERSION,
                 (long)getpid(), nworkers, nworkers == 1 ? "" : "s",
@@ -136,6 +138,9 @@ int hd__server_run(hd_server_t *srv) {
         srv->stopping = 1;
         hd__listeners_stop(srv); /* then the workers stop, below */
     } else {
+        /* Sessions saved by the last run come back before anyone can connect. */
+        atomic_store(&srv->serving, HD_SERVING_RESTORING);
+        hd__persist_restore(srv);
         static const int signums[] = {SIGTERM, SIGINT, SIGHUP};
         for (size_t i = 0; i < 3; i++) {
             uv_signal_init(&loop, &srv->sig[i]);
@@ -167,6 +172,7 @@ int hd__server_run(hd_server_t *srv) {
     hd__peers_free(&srv->peers);
     hd__slowlog_free(&srv->slowlog);
     uv_mutex_destroy(&srv->monitor_lock);
+    uv_mutex_destroy(&srv->persist.lock);
     hd_config_free(&srv->cfg);
     hd_log_info("stopped");
     return rc;

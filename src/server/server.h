@@ -34,6 +34,8 @@
 #include "heap.h"
 #include "log.h"
 #include "metrics.h"
+#include "replay.h"
+#include "snapfile.h"
 
 typedef struct hd_server_s hd_server_t;
 typedef struct hd_worker_s hd_worker_t;
@@ -83,6 +85,8 @@ typedef enum hd_msg_type_e {
     HD_MSG_STOP,   /* shut down: finish output, close everything, leave the loop */
     HD_MSG_XCALL,  /* run call on a session of this worker (inspect.h) */
     HD_MSG_XREPLY, /* call, run by the session's owner, back where it came from */
+    HD_MSG_RESTORE, /* a session read from a snapshot, to adopt detached (persist.c) */
+    HD_MSG_SAVE,    /* save every changed session in the background (persist.c) */
     HD_MSG_NTYPES
 } hd_msg_type_t;
 
@@ -104,6 +108,12 @@ typedef struct hd_msg_s {
     /* HD_MSG_XCALL, HD_MSG_XREPLY: owned; hd__msg_free sends an XCALL back unrun, with
      * HD_ESHUTDOWN, and frees an XREPLY's call */
     hd_xcall_t *call;
+    /* HD_MSG_RESTORE: what the snapshot holds (heap and replay owned until adopted), and the
+     * semaphore the restore posts when done */
+    hd_snapmeta_t meta;
+    hd_heap_t *heap;
+    hd_replay_t replay;
+    uv_sem_t *sem;
 } hd_msg_t;
 
 /* ------------------------------------------------------------------------------------------ */
@@ -138,6 +148,10 @@ struct hd_worker_s {
     atomic_uint nconns;            /* connections it holds, for the listener's choice */
     hd_wmetrics_t metrics;         /* counters, tick and snapshots for operators (metrics.c) */
     uint64_t next_serial;          /* hd_conn_t.serial of its next connection */
+    struct hd_persist_worker_s *persist;   /* persist.c's state; NULL without data_dir */
+    atomic_uint_fast64_t persist_gen_done; /* the newest save generation it has finished */
+    atomic_uint persist_busy;              /* a background save of its sessions runs */
+    atomic_int_fast64_t replay_bytes;      /* bytes its sessions' replay windows hold */
 };
 
 /* ------------------------------------------------------------------------------------------ */
@@ -207,10 +221,18 @@ typedef struct hd_registry_s {
 
 /* Values of hd_server_t.serving. */
 enum hd_serving_e {
-    HD_SERVING_STARTING = 0, /* not yet listening */
-    HD_SERVING = 1,          /* listening, workers running, READY=1 sent */
-    HD_SERVING_STOPPING = 2, /* shutting down */
+    HD_SERVING_STARTING = 0,  /* not yet listening */
+    HD_SERVING = 1,           /* listening, workers running, READY=1 sent */
+    HD_SERVING_STOPPING = 2,  /* shutting down */
+    HD_SERVING_RESTORING = 3, /* listening, reading data_dir's snapshots before READY=1 */
 };
+/* Persistence figures (persist.c), for server_stats; any thread. */
+typedef struct hd_persist_stats_s {
+    atomic_uint_fast64_t saves_ok, saves_failed, bytes_written, background_saves;
+    atomic_uint_fast64_t last_ok_unix, last_fail_unix, restored, refused;
+    uv_mutex_t lock;      /* guards last_error */
+    char last_error[256]; /* the last failure, "session: step: reason" */
+} hd_persist_stats_t;
 
 struct hd_server_s {
     hd_config_t cfg;         /* as loaded; the main thread's copy */
@@ -237,6 +259,8 @@ struct hd_server_s {
     atomic_int serving;         /* hd_serving_e, for /readyz */
     hd_srv_counters_t counters; /* connections accepted and refused (metrics.h) */
     struct hd_http_s *http;     /* the HTTP server (http.c), or NULL when off */
+    hd_persist_stats_t persist;
+    atomic_uint_fast64_t persist_gen; /* save generations requested (the save op) */
 };
 
 /* ------------------------------------------------------------------------------------------ */
@@ -256,6 +280,7 @@ enum hd_conn_flag_e {
     HD_CONN_FAILED = 0x200,    /* the server's last word is queued: nothing may follow it */
     HD_CONN_WAITING = 0x400,   /* a request runs on another worker (HD_DISPATCH_DEFER): no more
                                   frames are taken, nor bytes read, until its answer is back */
+    HD_CONN_SAVEWAIT = 0x4000, /* its session is being saved (persist.c): frames wait, unread */
 };
 
 /* Invariant: closes_pending is 2 between uv_close and the first close callback (the stream
@@ -290,6 +315,8 @@ struct hd_conn_s {
     uint64_t out_since;      /* uv_now the client last took any output, while some waits; 0 */
     uint64_t out_total;      /* bytes of output handed to the socket or to libuv, ever */
     uint64_t out_taken;      /* of those, taken by the client when out_since was set */
+    uint64_t resend_upto;    /* after a resume: ids up to this are re-sends (replay.h); 0 after
+                              * the first newer id */
 };
 
 /* ------------------------------------------------------------------------------------------ */
@@ -351,6 +378,8 @@ void hd__conn_monitor_ready(hd_conn_t *c);
 int hd__conn_move(hd_conn_t *c, hd_worker_t *to, const uint8_t *frame, size_t len);
 /* Queues a framed error (id 0 unless known) and closes c once it is written. */
 void hd__conn_fail(hd_conn_t *c, uint64_t id, int code, const char *why);
+/* c's session was being saved and no longer is: its waiting frames run, reading resumes. */
+void hd__conn_save_done(hd_conn_t *c);
 /* An admin killed c's session: it is destroyed, and c is told ENOSESSION and closed. */
 void hd__conn_session_killed(hd_conn_t *c);
 

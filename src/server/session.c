@@ -24,6 +24,7 @@
 
 #include "heapd.pb-c.h"
 #include "observe.h"
+#include "persist.h"
 
 /* ------------------------------------------------------------------------------------------ */
 /* Small helpers.                                                                              */
@@ -202,11 +203,23 @@ void hd__session_destroy(hd_session_t *s, const char *why) {
     registry_remove(r, s);
     s->conn = NULL;
     uv_mutex_unlock(&r->lock);
-    hd_log_infof(&(hd_log_fields_t){.session = s->id, .peer = s->peer}, "session %s destroyed (%s)",
-                 s->id, why);
+    if (s->saving) {
+        /* A background save reads the heap: the rest waits for it (persist.c). Unregistered
+         * already, so no one can resume or list it meanwhile. */
+        uv_timer_stop(&s->linger);
+        s->doomed = why;
+        return;
+    }
     hd__metrics_session_close(s);
     hd_heap_free(s->heap);
     s->heap = NULL;
+    atomic_fetch_sub(&w->replay_bytes, (int_fast64_t)s->replay.held);
+    hd__replay_free(&s->replay);
+    /* Ended for good, its snapshot goes too; at shutdown it was just written to stay. */
+    hd__persist_forget(w, s->id);
+    /* Logged once it is all gone, file included: tests and operators may act on the line. */
+    hd_log_infof(&(hd_log_fields_t){.session = s->id, .peer = s->peer}, "session %s destroyed (%s)",
+                 s->id, why);
     if (s->prev)
         s->prev->next = s->next;
     else
@@ -234,6 +247,7 @@ void hd__session_detach(hd_session_t *s) {
                      "session %s detached; kept %llu ms for resumption", s->id,
                      (unsigned long long)w->cfg.session_linger);
         uv_timer_start(&s->linger, on_linger_expired, w->cfg.session_linger, 0);
+        hd__persist_detached(s);
     }
 }
 
@@ -274,6 +288,7 @@ static int session_create(hd_conn_t *c, const char *client_name, int admin, hd_s
     s->worker = w;
     copy_name(s->client_name, sizeof s->client_name, client_name);
     s->created_unix = (uint64_t)time(NULL);
+    hd__replay_init(&s->replay, (uint32_t)w->cfg.replay_window, w->cfg.replay_window_bytes);
 
     uv_mutex_lock(&r->lock);
     if (r->nsessions >= w->cfg.max_sessions) {
@@ -312,6 +327,82 @@ static int session_create(hd_conn_t *c, const char *client_name, int admin, hd_s
     w->sessions = s;
     s->published_at = hd__now_ms();
     *out = s;
+    return 0;
+}
+
+/* A well-formed id or token: n lowercase hex digits, as random_hex writes them. */
+static int hex_form(const char *s, size_t n) {
+    if (strlen(s) != n) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return 0;
+    return 1;
+}
+
+int hd__session_restore(hd_worker_t *w, const hd_snapmeta_t *meta, hd_heap_t *heap,
+                        hd_replay_t *rp) {
+    hd_registry_t *r = &w->srv->registry;
+    if (!hex_form(meta->id, HD_SESSION_ID_LEN) ||
+        !hex_form(meta->resume_token, HD_RESUME_TOKEN_LEN))
+        return HD_EINVAL;
+    hd_session_t *s = calloc(1, sizeof *s);
+    if (!s) return HD_ENOMEM;
+    snprintf(s->id, sizeof s->id, "%s", meta->id);
+    snprintf(s->resume_token, sizeof s->resume_token, "%s", meta->resume_token);
+    snprintf(s->client_name, sizeof s->client_name, "%.*s", HD_CLIENT_NAME_LEN - 1,
+             meta->client_name);
+    s->created_unix = meta->created_unix;
+    s->nrequests = meta->nrequests;
+    s->worker = w;
+    /* The heap stays the caller's until the end: a failure below gives it back. */
+    s->heap = heap;
+    int rc = hd__metrics_session_open(s);
+    if (rc < 0) {
+        free(s);
+        return rc;
+    }
+    uv_mutex_lock(&r->lock);
+    if (registry_find(r, s->id) >= 0) {
+        rc = HD_EBUSY;
+    } else if (r->nsessions >= w->cfg.max_sessions) {
+        rc = HD_ETOOMANY;
+    } else if (r->nsessions == r->cap) {
+        size_t cap = r->cap ? 2 * r->cap : 64;
+        hd_session_t **v = realloc(r->v, cap * sizeof *v);
+        if (v)
+            r->v = v, r->cap = cap;
+        else
+            rc = HD_ENOMEM;
+    }
+    if (rc == 0) {
+        r->v[r->nsessions++] = s;
+        r->sessions_detached++;
+        s->registered = 1;
+        snprintf(s->peer, sizeof s->peer, "restored");
+        s->last_active_ms = s->active_at = hd__now_ms();
+    }
+    uv_mutex_unlock(&r->lock);
+    if (rc < 0) {
+        hd__metrics_session_close(s);
+        free(s);
+        return rc;
+    }
+    s->replay = *rp;
+    atomic_fetch_add(&w->replay_bytes, (int_fast64_t)s->replay.held);
+    hd__replay_init(rp, rp->max_entries, rp->max_bytes);
+    /* Its snapshot is the file it came from. */
+    s->saved_nreq = s->nrequests;
+    s->ever_saved = 1;
+    uv_timer_init(&w->loop, &s->linger);
+    s->linger.data = s;
+    s->next = w->sessions;
+    if (w->sessions) w->sessions->prev = s;
+    w->sessions = s;
+    s->published_at = hd__now_ms();
+    publish(s);
+    uint64_t linger = w->cfg.session_linger ? w->cfg.session_linger : 1;
+    hd_log_info("session %s restored (%llu objects); kept %llu ms for resumption", s->id,
+                (unsigned long long)s->pub_objects, (unsigned long long)linger);
+    uv_timer_start(&s->linger, on_linger_expired, linger, 0);
     return 0;
 }
 
@@ -383,6 +474,7 @@ int hd__session_hello_answer(const hd_hello_t *h, const hd_config_t *cfg, uint64
     limits.max_objects = cfg->session_max_objects;
     limits.max_frame_bytes = cfg->max_frame_bytes;
     limits.max_read_bytes = max_read_bytes;
+    limits.replay_window = s->replay.max_entries;
     Heapd__V1__HelloResult hr = HEAPD__V1__HELLO_RESULT__INIT;
     hr.session_id = (char *)s->id;
     hr.resume_token = (char *)s->resume_token;
@@ -391,6 +483,7 @@ int hd__session_hello_answer(const hd_hello_t *h, const hd_config_t *cfg, uint64
     hr.limits = &limits;
     hr.resumed = h->resumed;
     hr.admin = h->admin;
+    hr.last_id = h->resumed ? s->replay.last_id : 0;
     Heapd__V1__Status status = HEAPD__V1__STATUS__INIT;
     status.name = (char *)"OK";
     Heapd__V1__Response resp = HEAPD__V1__RESPONSE__INIT;
@@ -513,6 +606,7 @@ void hd__session_hello(hd_conn_t *c, const uint8_t *payload, size_t len, hd_hell
         out->session = s;
         out->resumed = resumed;
         out->admin = admin;
+        out->resend = resumed && h->resend;
         hd_log_infof(&(hd_log_fields_t){.session = s->id, .peer = c->peer, .op = "hello"},
                      "%s: session %s %s%s (client \"%.*s\")", c->peer, s->id,
                      resumed ? "resumed" : "created",
@@ -547,7 +641,26 @@ int hd__sessions_server_stats(hd_worker_t *w, hd_server_stats_t *out) {
         out->requests += atomic_load_explicit(&srv->workers[i].requests, memory_order_relaxed);
     out->uptime_ms = hd__now_ms() - srv->start_ms;
     out->rss_bytes = hd__rss_bytes();
+    const hd_persist_stats_t *ps = &srv->persist;
+    out->persist_saves_ok = atomic_load(&ps->saves_ok);
+    out->persist_saves_failed = atomic_load(&ps->saves_failed);
+    out->persist_bytes_written = atomic_load(&ps->bytes_written);
+    out->persist_last_ok_unix = atomic_load(&ps->last_ok_unix);
+    out->persist_last_fail_unix = atomic_load(&ps->last_fail_unix);
+    for (size_t i = 0; i < srv->nworkers; i++) {
+        out->persist_in_progress += atomic_load(&srv->workers[i].persist_busy);
+        out->replay_bytes += atomic_load(&srv->workers[i].replay_bytes);
+    }
+    out->persist_background_saves = atomic_load(&ps->background_saves);
+    out->persist_restored = atomic_load(&ps->restored);
+    out->persist_refused = atomic_load(&ps->refused);
+    out->persist_save_requested = atomic_load(&srv->persist_gen);
+    out->persist_save_done = hd__persist_gen_done(srv);
     return 0;
+}
+
+int hd__sessions_save(hd_worker_t *w, uint64_t *save_id) {
+    return hd__persist_request_save(w->srv, save_id);
 }
 
 int hd__sessions_list(hd_worker_t *w, hd_session_info_t **out, size_t *n) {
@@ -777,9 +890,35 @@ int hd__server_info(hd_worker_t *w, const char *section, hd_info_item_t **out, s
     info_u(&in, "slowlog_total", slow_total);
     info_u(&in, "monitor_dropped", atomic_load(&srv->monitor_dropped));
 
-    /* Heaps live in memory only: the section says so, for tools that look for it. */
+    /* As Redis's INFO persistence: what was saved, when, and what failed (persist.c). */
     in.section = "persistence";
-    info_u(&in, "enabled", 0);
+    hd_persist_stats_t *ps = &srv->persist;
+    uint64_t in_progress = 0, replay = 0;
+    for (size_t i = 0; i < srv->nworkers; i++) {
+        in_progress += atomic_load(&srv->workers[i].persist_busy);
+        replay += (uint64_t)atomic_load(&srv->workers[i].replay_bytes);
+    }
+    uint64_t last_ok = atomic_load(&ps->last_ok_unix), last_fail = atomic_load(&ps->last_fail_unix);
+    info_u(&in, "enabled", (uint64_t)hd__persist_enabled(cfg));
+    info_s(&in, "data_dir", cfg->data_dir ? cfg->data_dir : "");
+    info_u(&in, "snapshot_interval_ms", cfg->snapshot_interval);
+    info_u(&in, "saves_ok", atomic_load(&ps->saves_ok));
+    info_u(&in, "saves_failed", atomic_load(&ps->saves_failed));
+    info_u(&in, "bytes_written", atomic_load(&ps->bytes_written));
+    info_u(&in, "background_saves", atomic_load(&ps->background_saves));
+    info_u(&in, "save_in_progress", in_progress);
+    info_u(&in, "last_save_ok_unix", last_ok);
+    info_u(&in, "last_save_fail_unix", last_fail);
+    info_s(&in, "last_save_status", !last_fail || last_ok > last_fail ? "ok" : "err");
+    char last_error[sizeof ps->last_error];
+    uv_mutex_lock(&ps->lock);
+    memcpy(last_error, ps->last_error, sizeof last_error);
+    uv_mutex_unlock(&ps->lock);
+    info_s(&in, "last_save_error", last_error);
+    info_u(&in, "sessions_restored", atomic_load(&ps->restored));
+    info_u(&in, "files_refused", atomic_load(&ps->refused));
+    info_u(&in, "replay_window", cfg->replay_window);
+    info_u(&in, "replay_bytes", replay);
 
     free(bytes);
     if (in.failed) {

@@ -15,7 +15,9 @@
 #ifndef HD_SERVER_SESSION_H
 #define HD_SERVER_SESSION_H
 
+#include "replay.h"
 #include "server.h"
+#include "snapfile.h"
 
 #define HD_SESSION_ID_LEN   16          /* hex digits: 64 random bits, unique among live sessions */
 #define HD_RESUME_TOKEN_LEN 32          /* hex digits: 128 random bits */
@@ -46,6 +48,14 @@ struct hd_session_s {
     int last_op;                /* the op case of its last request, 0 before the first */
     int dirty;                  /* counters changed since the last publish */
     hd_sess_metrics_t *metrics; /* what only the owner updates for metrics.c */
+    hd_replay_t replay;         /* the responses of its last requests (replay.h) */
+    uint64_t saved_nreq;        /* persist.c: nrequests when its snapshot was written */
+    uint8_t ever_saved;         /* persist.c: it has a snapshot in data_dir */
+    uint8_t save_wanted;        /* persist.c: to be saved by the next background save */
+    uint8_t saving;             /* persist.c: a background save reads its heap on another
+                                 * thread: no request runs, it is not freed (conn.c waits) */
+    const char *doomed;         /* destroyed while saving: why, finished once the save is done */
+    hd_xcall_t *xwait;          /* inspect.c: calls from other threads waiting for the save */
     /* locked */
     hd_conn_t *conn; /* the attached connection, or NULL */
     int registered;
@@ -77,6 +87,7 @@ typedef struct hd_hello_s {
     hd_worker_t *owner;    /* MOVE */
     hd_session_t *session; /* ATTACH */
     int resumed, admin;    /* ATTACH */
+    int resend;            /* ATTACH, resumed: re-sends come first (Hello.resend) */
 } hd_hello_t;
 
 /* Decides on the hello frame of connection c (not yet attached): checks it, authenticates,
@@ -110,6 +121,16 @@ int hd__sessions_kill(hd_worker_t *w, const char *peer, const char *id);
  * caller frees it. Returns 0, HD_EINVAL (no such section) or HD_ENOMEM. Any worker; for
  * anything else that shows the server (a /metrics page) too. */
 int hd__server_info(hd_worker_t *w, const char *section, hd_info_item_t **out, size_t *n);
+
+/* The save op: a background save of every session (persist.c); HD_EIO without data_dir. */
+int hd__sessions_save(hd_worker_t *w, uint64_t *save_id);
+
+/* A snapshot's session comes back on worker w, detached, lingering session_linger, as if its
+ * connection had just dropped. Takes heap and the window's contents (rp is left empty) on
+ * success. HD_EINVAL for an id or token not of this server's form, HD_EBUSY for an id already
+ * live, HD_ETOOMANY, HD_ENOMEM. */
+int hd__session_restore(hd_worker_t *w, const hd_snapmeta_t *meta, hd_heap_t *heap,
+                        hd_replay_t *rp);
 
 /* Registry. */
 int hd__registry_init(hd_registry_t *r);

@@ -12,6 +12,7 @@
  * sessions are session.c's.
  */
 #include "inspect.h"
+#include "persist.h"
 #include "server.h"
 #include "session.h"
 
@@ -41,6 +42,8 @@ void hd__msg_free(hd_msg_t *m) {
     if (m->fd >= 0) close(m->fd);
     free(m->data);
     hd_config_free(&m->cfg);
+    hd_heap_free(m->heap);
+    hd__replay_free(&m->replay);
     free(m);
 }
 
@@ -92,6 +95,16 @@ static void on_msg_reload(hd_worker_t *w, hd_msg_t *m) {
         hd_heap_set_limits(s->heap, w->cfg.session_max_bytes, w->cfg.session_max_objects);
     for (hd_conn_t *c = w->conns; c; c = c->next)
         hd__conn_reconfigure(c);
+    hd__persist_worker_reconfigure(w);
+}
+
+static void on_msg_restore(hd_worker_t *w, hd_msg_t *m) {
+    hd__persist_on_restore(w, m);
+}
+
+static void on_msg_save(hd_worker_t *w, hd_msg_t *m) {
+    (void)m;
+    hd__persist_worker_save(w);
 }
 
 static void on_msg_kill(hd_worker_t *w, hd_msg_t *m) {
@@ -133,6 +146,10 @@ static void on_msg_stop(hd_worker_t *w, hd_msg_t *m) {
     uv_mutex_lock(&w->inbox_lock);
     w->state |= HD_WORKER_STOPPING;
     uv_mutex_unlock(&w->inbox_lock);
+    /* No request runs from here on (this callback stops every connection's reading before
+     * it returns): every session, attached or not, is saved as it is, before finishing a
+     * connection can destroy its session. */
+    hd__persist_worker_stop(w);
     hd_conn_t *next;
     for (hd_conn_t *c = w->conns; c; c = next) {
         next = c->next;
@@ -154,6 +171,7 @@ static void on_msg_stop(hd_worker_t *w, hd_msg_t *m) {
 static void (*const msg_handlers[HD_MSG_NTYPES])(hd_worker_t *, hd_msg_t *) = {
     [HD_MSG_CONN] = on_msg_conn, [HD_MSG_RELOAD] = on_msg_reload, [HD_MSG_KILL] = on_msg_kill,
     [HD_MSG_STOP] = on_msg_stop, [HD_MSG_XCALL] = on_msg_xcall,   [HD_MSG_XREPLY] = on_msg_xreply,
+    [HD_MSG_RESTORE] = on_msg_restore, [HD_MSG_SAVE] = on_msg_save,
 };
 
 /* The doorbell: takes the whole inbox under the lock, then handles it without the lock. */
@@ -219,6 +237,10 @@ int hd__workers_start(hd_server_t *srv, size_t n) {
         uv_timer_start(&w->trim_timer, hd__conns_trim, HD_TRIM_INTERVAL_MS, HD_TRIM_INTERVAL_MS);
         uv_unref((uv_handle_t *)&w->trim_timer);
         hd__metrics_worker_init(w);
+        if (hd__persist_worker_init(w) < 0) {
+            hd_log_error("starting worker %zu: out of memory", i);
+            return HD_ENOMEM;
+        }
     }
     for (size_t i = 0; i < n; i++) {
         hd_worker_t *w = &srv->workers[i];
@@ -265,6 +287,7 @@ void hd__workers_free(hd_server_t *srv) {
         hd_worker_t *w = &srv->workers[i];
         uv_mutex_destroy(&w->inbox_lock);
         hd__metrics_worker_free(w);
+        hd__persist_worker_free(w);
         hd_config_free(&w->cfg);
         free(w->readbuf);
         hd_buf_free(&w->scratch);

@@ -24,3 +24,14 @@ heapd_daemon_test(clients.heapctl ${CMAKE_CURRENT_LIST_DIR}/test_heapctl.py
                   ARGS $<TARGET_FILE:heapctl> ${CMAKE_BINARY_DIR}
                   TIMEOUT 300
                   ENV "HEAPD_TEST_CFLAGS=${HD_SAN_FLAGS}")
+
+# Resuming through restarts and cut links (issue 12): resume_driver pipelines 100,000 mutating
+# requests with resume_ms on; test_resume.py restarts the daemon under it twice (SIGTERM, its
+# sessions saved and restored) and cuts its TCP link through a proxy, and compares its final
+# heap with a run where nothing happened.
+add_executable(resume_driver ${CMAKE_CURRENT_LIST_DIR}/resume_driver.c)
+target_link_libraries(resume_driver PRIVATE heapdclient)
+target_include_directories(resume_driver PRIVATE ${CMAKE_SOURCE_DIR}/src/heap)
+heapd_daemon_test(clients.resume ${CMAKE_CURRENT_LIST_DIR}/test_resume.py
+                  ARGS $<TARGET_FILE:resume_driver>
+                  TIMEOUT 300)

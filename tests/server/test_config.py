@@ -23,7 +23,9 @@ KEYS = ["listen", "unix_socket", "unix_socket_mode", "workers", "max_connections
         "idle_timeout", "session_linger", "output_buffer_limit", "client_stall_timeout",
         "tokens", "admin_tokens", "admin_peer_uids", "log_level", "log_format", "gc_enabled",
         "gc_threshold", "http", "http_admin_open", "http_max_connections", "http_timeout",
-        "metrics_top_sessions", "slowlog_threshold_us", "slowlog_max_len", "monitor_buffer"]
+        "metrics_top_sessions", "slowlog_threshold_us", "slowlog_max_len", "monitor_buffer", "data_dir",
+        "snapshot_interval", "snapshot_on_detach", "snapshot_compress", "replay_window",
+        "replay_window_bytes"]
 
 
 def run(*args, timeout=10):

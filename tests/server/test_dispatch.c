@@ -68,6 +68,11 @@ static int fake_list_sessions(void *ctx, hd_session_info_t **out, size_t *n) {
     return 0;
 }
 
+static int fake_save(void *ctx, uint64_t *save_id) {
+    *save_id = 7;
+    return 0;
+}
+
 static int fake_kill_session(void *ctx, const char *id) {
     return strcmp(id, "s2") == 0 ? 0 : HD_ENOSESSION;
 }
@@ -77,6 +82,7 @@ static const hd_server_ops_t fake_ops = {
     .server_stats = fake_server_stats,
     .list_sessions = fake_list_sessions,
     .kill_session = fake_kill_session,
+    .save = fake_save,
 };
 
 static int setup(void **state) {

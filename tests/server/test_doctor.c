@@ -180,6 +180,21 @@ static void test_detached(void **state) {
     assert_int_equal(run(NULL), 0);
 }
 
+static void test_snapshot_failing(void **state) {
+    fx.v.persist_enabled = 1;
+    fx.v.persist_saves_ok = 40;
+    fx.v.persist_last_ok_unix = 1700000000;
+    fx.v.persist_saves_failed = 2;
+    fx.v.persist_last_fail_unix = 1700000300;
+    strcpy(fx.v.persist_last_error, "aaaaaaaaaaaaaaaa: writing x: No space left on device");
+    expect_one("snapshot_failing", "", "2 saves failed since start, the last at 1700000300");
+    assert_non_null(strstr(fx.f[0].evidence, "No space left on device"));
+    fx.v.persist_last_ok_unix = 1700000360; /* a save went through since */
+    assert_int_equal(run(NULL), 0);
+    fx.v.persist_refused = 1;
+    expect_one("snapshot_refused", "", "1 snapshot file in data_dir could not be read");
+}
+
 static void test_one_session_only(void **state) {
     fx.sess[0].gc_pause_ns_max = 250000000;
     fx.sess[1].gc_pause_ns_max = 250000000;
@@ -206,6 +221,7 @@ int main(void) {
         cmocka_unit_test_setup(test_tracing_long, setup),
         cmocka_unit_test_setup(test_leak, setup),
         cmocka_unit_test_setup(test_detached, setup),
+        cmocka_unit_test_setup(test_snapshot_failing, setup),
         cmocka_unit_test_setup(test_one_session_only, setup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

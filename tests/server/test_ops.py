@@ -289,8 +289,13 @@ class OpsTest(h.unittest.TestCase):
         got = victim.expect_closed()
         self.assertTrue(all(r.status.name == "ENOSESSION" for r in got))
         self.assertEqual(adm.call("kill_session", session_id="nope").status.name, "ENOSESSION")
+        # Without a data_dir there is nowhere to save (test_persist.py saves for real).
+        r = adm.call("save")
+        self.assertEqual(r.status.name, "EIO")
+        self.assertIn("data_dir", r.status.message)
         # A plain session may not.
         self.assertEqual(self.c.call("server_stats").status.name, "EPERM")
+        self.assertEqual(self.c.call("save").status.name, "EPERM")
         # server_info, the slowlog and monitor (test_observe.py has the details).
         info = adm.ok("server_info", section="clients")
         self.assertEqual([s.name for s in info.sections], ["clients"])

@@ -102,6 +102,9 @@ ERROR_MAP = (
     ("ESHUTDOWN", 29, "server is shutting down", "ShuttingDown", ()),
     ("EBUSY", 30, "session is attached to another connection", "SessionBusy", ()),
     ("ETIMEDOUT", 31, "idle timeout", "IdleTimeout", ()),
+    ("EREPLAY", 32, "request id older than the replay window (not run again)", "ReplayExpired",
+     ()),
+    ("EIO", 33, "I/O error (persistence)", "PersistenceError", (OSError,)),
     ("EINTERNAL", 99, "internal error", "InternalError", ()),
 )
 

@@ -160,6 +160,16 @@ function drawHeapMap(canvas, map) {
 
 const state = { gc: [], gcSince: 0, admin: false };
 
+// The persistence part of the server line: when the sessions were last saved, or that saving
+// fails (docs/PERSISTENCE.md); nothing when there is no data_dir.
+function snapshotLine(o) {
+  const p = o.persistence;
+  if (!p || !p.enabled) return "";
+  if (p.last_fail_unix && p.last_fail_unix >= p.last_ok_unix) return " · snapshots FAILING";
+  if (!p.last_ok_unix) return " · no snapshot yet";
+  return ` · saved ${fmtMs(Math.max(0, o.now_unix_ms - p.last_ok_unix * 1000))} ago`;
+}
+
 async function refreshOverview() {
   const r = await getJSON("/api/overview");
   const o = r.data;
@@ -167,7 +177,8 @@ async function refreshOverview() {
   $("server-line").textContent =
     `heapd ${o.version} · up ${fmtMs(o.uptime_ms)} · ${o.sessions} session${o.sessions === 1 ? "" : "s"}` +
     ` (${o.sessions_detached} detached) · ${o.connections} connections · RSS ${fmtBytes(o.rss_bytes)}` +
-    ` · ${o.workers.length} workers, lag ${Math.max(0, ...o.workers.map((w) => w.lag_us / 1000)).toFixed(1)} ms`;
+    ` · ${o.workers.length} workers, lag ${Math.max(0, ...o.workers.map((w) => w.lag_us / 1000)).toFixed(1)} ms` +
+    snapshotLine(o);
   $("login").hidden = o.admin;
   $("logout").hidden = !o.admin || !document.cookie.includes("heapd_admin=");
   const h = o.history, t = h.map((p) => p.t);

@@ -107,6 +107,12 @@ typedef struct hdc_options_s {
     const char *session_id;   /* resume this detached session ... */
     const char *resume_token; /* ... proving it with this token; both NULL: a new session */
     int timeout_ms;           /* connect and each wait for a response; 0 = wait forever */
+    /* Resume transparently: when the connection drops or the daemon restarts, connect again
+     * (backing off from 10 ms to 1 s) for up to this long, resume the session and re-send
+     * every unanswered request with its id, which the server answers from its replay window
+     * when it already ran it (never twice). 0 = off: a drop fails the calls with
+     * HDC_ECLOSED. While on, at most limits.replay_window requests are left unanswered. */
+    int resume_ms;
 } hdc_options_t;
 
 /* Fills o with the defaults: no token, no resumption, HDC_DEFAULT_TIMEOUT_MS. */
@@ -117,6 +123,7 @@ typedef struct hdc_limits_s {
     uint64_t max_objects;     /* live objects the heap may hold; 0 = unlimited */
     uint64_t max_frame_bytes; /* largest frame either side may send */
     uint64_t max_read_bytes;  /* largest read, handle page or batch result per response */
+    uint64_t replay_window;   /* responses the server keeps for re-sent requests */
 } hdc_limits_t;
 
 /* What the hello answered. Strings are owned by the connection, valid until the next
@@ -127,8 +134,9 @@ typedef struct hdc_hello_s {
     const char *server_version;
     uint32_t protocol_version;
     hdc_limits_t limits;
-    int resumed; /* 1: an existing session was resumed, its heap as it was left */
-    int admin;   /* 1: admin requests are allowed */
+    int resumed;      /* 1: an existing session was resumed, its heap as it was left */
+    int admin;        /* 1: admin requests are allowed */
+    uint64_t last_id; /* on a resume: the last request id the session ran */
 } hdc_hello_t;
 
 /* A new, unconnected client; NULL when out of memory. */
@@ -483,6 +491,11 @@ int hdc_server_stats(hdc_t *c, hdc_server_stats_t *out);
 int hdc_list_sessions(hdc_t *c, hdc_sessions_t *out);
 /* Ends a session (attached or not) and frees its heap; HDC_ENOSESSION if unknown. */
 int hdc_kill_session(hdc_t *c, const char *session_id);
+/* Starts a background save of every session (docs/PERSISTENCE.md); *save_id names it: it is
+ * done when hdc_server_stats' persist_save_done reaches it. HDC_EIO without data_dir. */
+int hdc_save(hdc_t *c, uint64_t *save_id);
+/* How many times this client resumed its session after a drop (resume_ms). */
+uint64_t hdc_resumes(const hdc_t *c);
 
 /* Everything about one session, gathered by the server on the thread that owns it. Caller
  * frees it with hdc_session_report_free(). */
