@@ -2031,6 +2031,9 @@ static void print_usage(FILE *f) {
             "  -k, --keep            leave the session detached at exit and print how to "
             "resume it\n"
             "      --timeout MS      wait at most MS for each answer (default %d)\n"
+            "      --reconnect S     when the connection drops or heapd restarts, resume the "
+            "session\n"
+            "                        for up to S seconds, re-sending what was unanswered\n"
             "  -h, --help            this text;  -V, --version  the version\n\n"
             "Commands:\n",
             HDC_DEFAULT_URL, HDC_DEFAULT_TIMEOUT_MS);
@@ -2356,7 +2359,7 @@ int main(int argc, char **argv) {
     x.token = getenv("HEAPD_TOKEN");
     x.timeout_ms = HDC_DEFAULT_TIMEOUT_MS;
 
-    enum { OPT_SESSION = 256, OPT_RESUME, OPT_TIMEOUT };
+    enum { OPT_SESSION = 256, OPT_RESUME, OPT_TIMEOUT, OPT_RECONNECT };
     static const struct option longopts[] = {
         {"connect", required_argument, NULL, 'c'},
         {"token", required_argument, NULL, 't'},
@@ -2365,6 +2368,7 @@ int main(int argc, char **argv) {
         {"session", required_argument, NULL, OPT_SESSION},
         {"resume", required_argument, NULL, OPT_RESUME},
         {"timeout", required_argument, NULL, OPT_TIMEOUT},
+        {"reconnect", required_argument, NULL, OPT_RECONNECT},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -2383,6 +2387,11 @@ int main(int argc, char **argv) {
         case OPT_TIMEOUT:
             if (parse_int(optarg, &x.timeout_ms) || x.timeout_ms < 0)
                 snprintf(bad, sizeof bad, "--timeout wants milliseconds, not \"%s\"", optarg);
+            break;
+        case OPT_RECONNECT:
+            if (parse_int(optarg, &x.reconnect_s) || x.reconnect_s < 0 || x.reconnect_s > 86400)
+                snprintf(bad, sizeof bad, "--reconnect wants seconds (0 to 86400), not \"%s\"",
+                         optarg);
             break;
         case 'h': print_usage(stdout); return EXIT_OK;
         case 'V': printf("heapctl %s\n", HEAPD_VERSION); return EXIT_OK;
@@ -2412,6 +2421,7 @@ int main(int argc, char **argv) {
         o.session_id = x.session_id;
         o.resume_token = x.resume_token;
         o.timeout_ms = x.timeout_ms;
+        o.resume_ms = x.reconnect_s * 1000;
         int rc = hdc_connect(x.c, x.url, &o);
         if (rc) {
             int code = fail_early(&x, rc, hdc_errmsg(x.c));

@@ -70,6 +70,7 @@ typedef struct ctx_s {
     const char *target; /* --session without --resume: heap commands act on that session */
     int keep;           /* leave the session detached at exit */
     int timeout_ms;
+    int reconnect_s; /* --reconnect: resume_ms of the C client, in seconds (0: off) */
     int in_shell;
     FILE *out; /* the current command's output buffer */
     char *outbuf;

@@ -55,6 +55,12 @@ struct hd_persist_worker_s {
     uint64_t gen_asked;  /* the newest save generation asked of this worker */
 };
 
+/* How much longer systemd is asked to wait (EXTEND_TIMEOUT_USEC) after each session saved at
+ * shutdown or read at start: a save or a load makes progress at 0.5 GB/s or more
+ * (docs/PERFORMANCE.md), so 30 s covers a heap of several GB, and a daemon that stops making
+ * progress is still killed by TimeoutStopSec/TimeoutStartSec. */
+#define HD_NOTIFY_EXTEND_US 30000000ull
+
 static uint64_t unix_now(void) {
     return (uint64_t)time(NULL);
 }
@@ -369,6 +375,8 @@ void hd__persist_worker_stop(hd_worker_t *w) {
         if (!dirty(s)) continue;
         hd__persist_save_now(w, s);
         n++;
+        /* Each session written is progress: systemd waits on (notify.c is thread-safe). */
+        hd__notifyf("EXTEND_TIMEOUT_USEC=%llu", HD_NOTIFY_EXTEND_US);
     }
     if (n)
         hd_log_info("worker %d: %d session%s saved in %llu ms", w->index, n, n == 1 ? "" : "s",
@@ -414,6 +422,7 @@ int hd__persist_restore(hd_server_t *srv) {
     uv_sem_init(&done, 0);
     size_t posted = 0, refused = 0;
     uint64_t t0 = hd__now_ms();
+    hd__notifyf("STATUS=Restoring sessions from %s", dir);
     for (struct dirent *e; (e = readdir(d));) {
         char path[4096];
         if (e->d_name[0] == '.') {
@@ -457,6 +466,7 @@ int hd__persist_restore(hd_server_t *srv) {
         m->sem = &done;
         hd__worker_post(&srv->workers[posted % srv->nworkers], m);
         posted++;
+        hd__notifyf("EXTEND_TIMEOUT_USEC=%llu", HD_NOTIFY_EXTEND_US);
     }
     closedir(d);
     for (size_t i = 0; i < posted; i++)

@@ -88,7 +88,8 @@ static void shutdown_begin(hd_server_t *srv, int signum) {
     srv->stopping = 1;
     atomic_store(&srv->serving, HD_SERVING_STOPPING);
     hd_log_info("%s: shutting down", strsignal(signum));
-    hd__notify("STOPPING=1\nSTATUS=Shutting down");
+    hd__notify(hd__persist_enabled(&srv->cfg) ? "STOPPING=1\nSTATUS=Shutting down; saving sessions"
+                                              : "STOPPING=1\nSTATUS=Shutting down");
     hd__listeners_stop(srv);
     for (size_t i = 0; i < sizeof srv->sig / sizeof srv->sig[0]; i++)
         uv_close((uv_handle_t *)&srv->sig[i], NULL);

@@ -86,6 +86,12 @@ foreach(impl ${HEAPD_PY_IMPLS})
     endforeach()
 endforeach()
 
+# Resuming through restarts, cut links and lost responses (connect(resume_timeout=...)), with
+# the codec the package picks: the resume logic is the pure-Python core's, whichever codec.
+heapd_daemon_test(python.resume ${HEAPD_PY_TEST_DIR}/test_python_resume.py
+                  TIMEOUT 300
+                  PYTHONPATH ${CMAKE_BINARY_DIR}/clients/python)
+
 heapd_daemon_test(python.package ${HEAPD_PY_TEST_DIR}/test_python_package.py
                   ARGS ${CMAKE_BINARY_DIR}
                   TIMEOUT 300)

@@ -6,7 +6,9 @@ while the daemon gets SIGTERM twice at random points and is started again (its s
 on the way down and restored on the way up), and again through a proxy that cuts the TCP
 link at random points. Each time the driver must finish without an error and print the same
 heap as the reference: the same objects, references, slots, payloads, generations, collector
-and allocator statistics. A request run twice (an alloc, a decref) or lost would show.
+and allocator statistics. A third run goes through a proxy that cuts after random amounts of
+the server's responses, so that requests that ran lose their answers and their re-sends are
+answered from the replay window. A request run twice (an alloc, a decref) or lost would show.
 
     test_resume.py RESUME_DRIVER
 """
@@ -49,10 +51,13 @@ def run_driver(url, on_chunk=None):
 
 class Proxy:
     """A TCP proxy to the daemon that cuts both directions abruptly (RST) after a random
-    number of bytes from the client, again and again."""
+    number of bytes from the client, again and again. With responses, after a random number
+    of bytes from the server instead: the requests whose responses are lost then ran, and a
+    re-send must be answered from the replay window, not run again."""
 
-    def __init__(self, target, seed):
+    def __init__(self, target, seed, responses=False):
         self.target = target
+        self.responses = responses
         self.rnd = random.Random(seed)
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
@@ -69,10 +74,12 @@ class Proxy:
             except OSError:
                 return
             b = socket.create_connection(self.target)
-            budget = [self.rnd.randint(20000, 600000) if self.cuts < 6 else 1 << 60]
+            low, high = (2000, 60000) if self.responses else (20000, 600000)
+            budget = [self.rnd.randint(low, high) if self.cuts < 6 else 1 << 60]
             pair = (a, b)
-            threading.Thread(target=self.pump, args=(a, b, budget, pair), daemon=True).start()
-            threading.Thread(target=self.pump, args=(b, a, None, pair), daemon=True).start()
+            up, down = (None, budget) if self.responses else (budget, None)
+            threading.Thread(target=self.pump, args=(a, b, up, pair), daemon=True).start()
+            threading.Thread(target=self.pump, args=(b, a, down, pair), daemon=True).start()
 
     def cut(self, pair):
         # shutdown() first: it wakes the other pump's recv, so close() really closes.
@@ -148,6 +155,17 @@ class ResumeTest(unittest.TestCase):
         d.start()
         self.addCleanup(d.stop)
         proxy = Proxy(d.tcp_addr, SEED)
+        self.addCleanup(proxy.close)
+        dump, resumes = run_driver("tcp://127.0.0.1:%d" % proxy.port)
+        self.assertGreaterEqual(proxy.cuts, 3)
+        self.assertGreaterEqual(resumes, 3)
+        self.assertEqual(dump, self.reference)
+
+    def test_lost_responses(self):
+        d = Daemon({"log_level": "info", "session_linger": "60s"})
+        d.start()
+        self.addCleanup(d.stop)
+        proxy = Proxy(d.tcp_addr, SEED, responses=True)
         self.addCleanup(proxy.close)
         dump, resumes = run_driver("tcp://127.0.0.1:%d" % proxy.port)
         self.assertGreaterEqual(proxy.cuts, 3)

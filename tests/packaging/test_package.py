@@ -183,10 +183,24 @@ not grep -qF "$ADMIN_TOKEN" <(journalctl -u heapd.service --no-pager -o cat)
 grep -q 'config reload' "$OUT"
 """,
     },
+    "persist": {
+        "after": r"""
+grep -qx '1 object kept' "$OUT"
+grep -qx 'data_dir: "/var/lib/heapd"' "$OUT"
+journal_has 'restored 1 session from /var/lib/heapd'
+# The state directory: the dynamic user's, 0700; the session ended, so its file went too.
+[ "$(stat -L -c '%a %U' /var/lib/heapd)" = "700 _heapd" ] || fail "state directory mode"
+[ -z "$(ls -A /var/lib/heapd)" ] || fail "snapshots left: $(ls -A /var/lib/heapd)"
+""",
+    },
     "upgrade": {
         "before": r"""
 sum_before=$(md5sum < /etc/heapd/heapd.yaml)
 pid_before=$(systemctl show -p MainPID --value heapd.service)
+# A session kept across the upgrade's restart (section 11's data_dir is set).
+kept=$(printf 'alloc a size=5 data=hello\nsession\n' | HEAPD_TOKEN=$TOKEN heapctl --keep shell |
+       awk '/^session /{print "--session " $2 " --resume " $4}')
+[ -n "$kept" ]
 """,
         "after": r"""
 [ "$(md5sum < /etc/heapd/heapd.yaml)" = "$sum_before" ] || fail "the upgrade changed the config"
@@ -196,6 +210,7 @@ pid_after=$(systemctl show -p MainPID --value heapd.service)
 [ "$pid_after" -gt 0 ]
 [ "$pid_after" -ne "$pid_before" ] || fail "the upgrade did not restart heapd"
 grep -qx active "$OUT"
+has '"objects":1,' env HEAPD_TOKEN="$TOKEN" heapctl --json $kept stats
 """,
     },
     "remove": {
@@ -206,6 +221,7 @@ for f in /etc/heapd /usr/bin/heapd /lib/systemd/system/heapd.service /run/heapd/
          /etc/systemd/system/multi-user.target.wants/heapd.service; do
     [ ! -e "$f" ] || fail "$f is still there"
 done
+[ ! -e /var/lib/heapd ] && [ ! -e /var/lib/private/heapd ] || fail "the state directory stayed"
 not pgrep -x heapd
 getent group heapd >/dev/null   # system groups stay
 """,

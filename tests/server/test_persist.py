@@ -318,6 +318,32 @@ class PersistTest(unittest.TestCase):
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("could not be written", r.stderr)
 
+    def test_heapctl_reconnect_rides_through_a_restart(self):
+        heapctl = os.path.join(os.path.dirname(harness.HEAPD_BIN), "heapctl")
+
+        def shell(*extra):
+            return subprocess.Popen([heapctl, "--connect", "unix:" + d.sock_path] + list(extra)
+                                    + ["shell"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+
+        def say(p, line):
+            p.stdin.write(line + "\n")
+            p.stdin.flush()
+            return p.stdout.readline()
+
+        d = self.daemon()
+        p, q = shell("--reconnect", "20"), shell()
+        self.assertIn("a = ", say(p, "alloc a size=5 data=hello"))
+        self.assertIn("b = ", say(q, "alloc b size=5 data=hello"))
+        self.restart(d)
+        # With --reconnect the shell resumed its session: its object is there, by its name.
+        out, err = p.communicate("read a 0 5\n", timeout=30)
+        self.assertEqual((p.returncode, out), (0, '"hello"\n'), err)
+        # Without, the command fails (the connection is lost) and the shell says so.
+        out, err = q.communicate("read b 0 5\n", timeout=30)
+        self.assertNotEqual(q.returncode, 0)
+        self.assertIn("connection", err.lower())
+
     def test_save_without_data_dir(self):
         d = Daemon({"admin_tokens": ["adm"]})
         self.addCleanup(d.stop)

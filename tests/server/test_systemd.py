@@ -91,6 +91,35 @@ class NotifyTest(h.unittest.TestCase):
             n.expect("RELOADING")
             self.assertIn("reload failed", n.expect("READY")["STATUS"])
 
+    def test_saving_and_restoring_extend_the_timeouts(self):
+        # With data_dir, a stop saves every session (EXTEND_TIMEOUT_USEC after each) and a
+        # start reads them back (STATUS=Restoring ..., EXTEND_TIMEOUT_USEC) before READY=1.
+        n = FakeNotify()
+        self.addCleanup(n.close)
+        d = h.Daemon({"session_linger": "60s", "snapshot_interval": 0},
+                     env={"NOTIFY_SOCKET": n.address})
+        d.config["data_dir"] = os.path.join(d.dir, "data")
+        d.write_config(d.config)
+        d.start()
+        self.addCleanup(d.stop)
+        self.assertIn("Restoring sessions", n.recv()["STATUS"])  # an empty data_dir
+        n.expect("READY")
+        a, b = d.session(), d.session()
+        a.alloc(size=8)
+        b.alloc(size=8)
+        d.signal(signal.SIGTERM)
+        self.assertIn("saving sessions", n.expect("STOPPING")["STATUS"])
+        extends = [n.recv() for _ in range(2)]
+        self.assertEqual([m.get("EXTEND_TIMEOUT_USEC") for m in extends], ["30000000"] * 2)
+        self.assertEqual(d.wait_exit(10), 0)
+        d.tcp_addr = d.unix_addr = None
+        d.start()
+        m = n.recv()
+        self.assertEqual(m.get("STATUS"), "Restoring sessions from " + d.config["data_dir"])
+        self.assertEqual([n.recv().get("EXTEND_TIMEOUT_USEC") for _ in range(2)],
+                         ["30000000"] * 2)
+        self.assertIn("Serving", n.expect("READY")["STATUS"])
+
     def test_no_notify_socket_is_fine(self):
         with h.Daemon(env={"NOTIFY_SOCKET": ""}) as d:
             d.session().ok("ping")

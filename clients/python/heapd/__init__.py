@@ -92,7 +92,9 @@ Sessions and connections
     new ``Session`` (hand references over with ``handle = ref.forget()`` and take them
     back with ``s.adopt(handle)``).  ``s.detach()`` drops the connection on purpose.
     Releases queued when the server ended the connection (idle timeout) are sent
-    after the resume.
+    after the resume.  ``connect(url, resume_timeout=SECONDS)`` resumes by itself after
+    a drop or a restart and re-sends what was unanswered, which the server answers
+    without running it twice (``s.resumes`` counts the resumes).
 """
 
 from . import errors

@@ -54,7 +54,9 @@ PROTOCOL_VERSION = 1
 CLIENT_NAME = "heapd-python/" + __version__
 
 #: The session's limits from the server's hello (0 = unlimited).
-Limits = collections.namedtuple("Limits", "max_bytes max_objects max_frame_bytes max_read_bytes")
+Limits = collections.namedtuple(
+    "Limits", "max_bytes max_objects max_frame_bytes max_read_bytes replay_window",
+    defaults=(0,))
 
 #: What a finalizer callback receives: the freed object's (now stale) handle and its tag.
 Finalized = collections.namedtuple("Finalized", "handle tag")
@@ -270,8 +272,16 @@ class SessionCore:
 
     _is_async = False
 
-    def _init_state(self, url, token, timeout, connect_timeout, resume_wait, client_name):
+    def _init_state(self, url, token, timeout, connect_timeout, resume_wait, client_name,
+                    resume_timeout=None):
         self.url = resolve_url(url)
+        if resume_timeout is not None and not resume_timeout >= 0:
+            raise ValueError(f"resume_timeout must be None or >= 0, not {resume_timeout!r}")
+        self._resume_timeout = resume_timeout or 0
+        self._sent = collections.deque()  # (first id, count, frames) sent, maybe unanswered
+        self._pending_resume = False  # the connection was lost with its requests kept
+        self._detached = False  # detach() was called: no resuming until reconnect()
+        self.resumes = 0
         self._token = token if token is not None else os.environ.get("HEAPD_TOKEN")
         self._timeout = timeout
         self._connect_timeout = connect_timeout
@@ -301,12 +311,13 @@ class SessionCore:
 
     # -- the hello ---------------------------------------------------------------------------
 
-    def _hello_args(self, resume):
+    def _hello_args(self, resume, resend=False):
         sid, tok = resume if resume else ("", "")
         if not isinstance(sid, str) or not isinstance(tok, str):
             raise TypeError("resume must be (session_id, resume_token), two str")
         return HELLO.args(protocol_version=PROTOCOL_VERSION, client_name=self._client_name,
-                          token=self._token or "", session_id=sid, resume_token=tok)
+                          token=self._token or "", session_id=sid, resume_token=tok,
+                          resend=bool(resend))
 
     def _check_hello(self, frame, rid, reader):
         """Takes the hello's answer, or raises: the server's error, or :class:`BadReply`
@@ -345,7 +356,7 @@ class SessionCore:
         self.resumed = hello.resumed
         self.admin = hello.admin
         self.limits = Limits(lim.max_bytes, lim.max_objects, lim.max_frame_bytes,
-                             lim.max_read_bytes)
+                             lim.max_read_bytes, lim.replay_window or 0)
         self._max_out = lim.max_frame_bytes
         reader.max_frame = lim.max_frame_bytes
         # A resumed session keeps the event mask it had; a new one starts with none.
@@ -569,8 +580,67 @@ class SessionCore:
     def _last_word(self, code, message, name):
         """The server ended the connection (id 0): drop it and raise its reason."""
         self._ended = True
-        self._drop()
+        self._lost(code)
         raise errors.error_from_status(code, message, name)
+
+    # -- resuming (resume_timeout) -------------------------------------------------------------
+
+    #: The server's last words after which the session lingers and can be resumed: its
+    #: shutdown (a restart brings the session back from its snapshot) and an idle timeout.
+    _RESUMABLE_CODES = frozenset((errors.ShuttingDown.code, errors.IdleTimeout.code))
+
+    def _can_resume(self, code=None):
+        """Whether a lost connection is resumed, its unanswered requests re-sent."""
+        return (self._resume_timeout > 0 and not self._closed and not self._detached
+                and bool(self.session_id) and (code is None or code in self._RESUMABLE_CODES))
+
+    def _lost(self, code=None):
+        """The connection is gone (a drop, the server's last word ``code``).  Resuming: the
+        requests in flight are kept to be re-sent (``_pending_resume``); else as _drop."""
+        if self._can_resume(code):
+            self._pending_resume = True
+            self._close_transport()
+        else:
+            self._pending_resume = False
+            self._drop()
+
+    def _close_transport(self):
+        """Closes the connection only (subclasses)."""
+        self._drop()
+
+    def _note_sent(self, first, count, data):
+        """Keeps ``count`` frames from id ``first`` (sent now) until they are answered, to
+        re-send after a resume; forgets those answered already."""
+        sent = self._sent
+        low = self._inflight[0][0] if self._inflight else self._next_id
+        while sent and sent[0][0] + sent[0][1] <= low:
+            sent.popleft()
+        sent.append((first, count, data))
+
+    def _unanswered(self):
+        """The pieces of ``_sent`` not answered yet, in order, the first cut at the oldest
+        request in flight: ``[(first id, count, frames)]``."""
+        if not self._inflight:
+            return []
+        low = self._inflight[0][0]
+        out = []
+        for first, count, data in self._sent:
+            if first + count <= low:
+                continue
+            if first < low:
+                pos = 0
+                for _ in range(low - first):  # length-prefixed: step over the answered
+                    pos += 4 + int.from_bytes(data[pos:pos + 4], "big")
+                first, count, data = low, count - (low - first), data[pos:]
+            out.append((first, count, data))
+        return out
+
+    def _replay_limit(self, window):
+        """The in-flight bound while resuming is on: no more requests unanswered than the
+        server keeps responses for, so that a re-send never finds its answer gone."""
+        if self._resume_timeout > 0 and self.limits.replay_window:
+            return min(window, self.limits.replay_window)
+        return window
 
     def _abandon(self, exchange):
         """The caller of ``exchange`` gave up: its results are released when they come."""

@@ -38,7 +38,7 @@ _RECV = 1 << 18
 
 
 def connect(url=None, token=None, *, resume=None, timeout=None, connect_timeout=10.0,
-            resume_wait=2.0, client_name=CLIENT_NAME):
+            resume_wait=2.0, client_name=CLIENT_NAME, resume_timeout=None):
     """Connects to heapd and opens (or resumes) a session.
 
     Args:
@@ -53,6 +53,14 @@ def connect(url=None, token=None, *, resume=None, timeout=None, connect_timeout=
         resume_wait: seconds to keep retrying a resume while the server still sees the
             session attached to its old connection (it notices a drop a moment later).
         client_name: shown in the server's logs and session list.
+        resume_timeout: seconds to keep resuming the session after its connection drops or
+            the server restarts (``None``: never; the call then raises ConnectionClosed).
+            With it, a lost connection is connected again (backing off from 10 ms to 1 s)
+            and the session resumed with ``Hello.resend``, and every request left
+            unanswered is re-sent with its id: the server answers those it ran from its
+            replay window, so none runs twice, and the call returns as if nothing
+            happened.  :attr:`Session.resumes` counts the resumes.  At most
+            ``limits.replay_window`` requests are left unanswered at a time.
 
     Returns:
         A :class:`Session`, which is also a context manager: leaving the ``with``
@@ -65,7 +73,7 @@ def connect(url=None, token=None, *, resume=None, timeout=None, connect_timeout=
     """
     return Session(url, token, resume=resume, timeout=timeout,
                    connect_timeout=connect_timeout, resume_wait=resume_wait,
-                   client_name=client_name)
+                   client_name=client_name, resume_timeout=resume_timeout)
 
 
 class Session(SessionCore):
@@ -82,12 +90,14 @@ class Session(SessionCore):
     """
 
     def __init__(self, url=None, token=None, *, resume=None, timeout=None,
-                 connect_timeout=10.0, resume_wait=2.0, client_name=CLIENT_NAME):
+                 connect_timeout=10.0, resume_wait=2.0, client_name=CLIENT_NAME,
+                 resume_timeout=None):
         self._lock = threading.RLock()
         self._busy = 0  # exchanges in progress (in this thread: the lock is held)
         self._sock = None
         self._reader = None
-        self._init_state(url, token, timeout, connect_timeout, resume_wait, client_name)
+        self._init_state(url, token, timeout, connect_timeout, resume_wait, client_name,
+                         resume_timeout)
         self._open(resume)
 
     # -- connection lifetime ---------------------------------------------------------------
@@ -108,9 +118,10 @@ class Session(SessionCore):
                     raise
                 time.sleep(0.05)
 
-    def _hello(self, resume):
-        """Opens a connection and exchanges hello on it."""
-        args = self._hello_args(resume)
+    def _hello(self, resume, resend=False):
+        """Opens a connection and exchanges hello on it.  With ``resend`` (resuming after a
+        drop) the requests in flight stay, to be re-sent."""
+        args = self._hello_args(resume, resend)
         sock = open_socket(self.url, self._connect_timeout)
         reader = codec.reader()
         try:
@@ -144,7 +155,14 @@ class Session(SessionCore):
             raise
         self._sock = sock
         self._reader = reader
-        self._inflight.clear()
+        self._pending_resume = False
+        if resend:
+            if not self.resumed:
+                self._drop()
+                raise errors.BadReply("the session was not resumed")
+        else:
+            self._inflight.clear()
+            self._sent.clear()
 
     @property
     def connected(self):
@@ -189,6 +207,7 @@ class Session(SessionCore):
             self._require_open()
             if self.connected:
                 self.flush()
+            self._detached = True
             self._drop()
             return self.session_id, self.resume_token
 
@@ -203,20 +222,26 @@ class Session(SessionCore):
                 raise errors.ConnectionClosed("the session was closed (goodbye)")
             self._drop()
             self._open((self.session_id, self.resume_token))
+            self._detached = False
 
     def _drop(self):
         """Closes the connection without a goodbye and forgets the requests in flight.
 
         Releases still in flight when the server ended the connection itself (its last
         word) were never run: they wait for the next connection."""
+        self._close_transport()
+        self._pending_resume = False
+        self._unrun_releases()
+        self._inflight.clear()
+        self._sent.clear()
+
+    def _close_transport(self):
         sock, self._sock = self._sock, None
         if sock is not None:
             try:
                 sock.close()
             except OSError:
                 pass
-        self._unrun_releases()
-        self._inflight.clear()
         self._reader = None
 
     def __enter__(self):
@@ -253,6 +278,8 @@ class Session(SessionCore):
         a bad reply); its answered results are then released."""
         with self._lock:
             self._require_open()
+            if self._sock is None and self._can_resume():
+                self._resume("the connection was lost")
             if self._sock is None:
                 raise errors.ConnectionClosed(
                     "not connected (call reconnect() to resume the session)")
@@ -281,7 +308,25 @@ class Session(SessionCore):
 
     def _run(self, frames):
         """Writes ``frames`` (their entries are the tail of the in-flight queue) within the
-        window, and reads until the queue is empty.
+        window, and reads until the queue is empty.  With resume_timeout, a lost connection
+        is resumed and the loop goes on where it was (see :meth:`_resume`)."""
+        unsent = sum(f.count if f.__class__ is _Chunk else 1 for f in frames)
+        if not self._resume_timeout:
+            self._pump(frames, [0, unsent, 0])
+            return
+        progress = [0, unsent, self._next_id - unsent]
+        while True:
+            try:
+                self._pump(frames, progress)
+                return
+            except (errors.ConnectionClosed, errors.ShuttingDown, errors.IdleTimeout) as exc:
+                if not self._pending_resume:
+                    raise
+                self._resume(str(exc))
+
+    def _pump(self, frames, progress):
+        """The loop of :meth:`_run`.  ``progress`` is ``[frames sent, requests unsent, id of
+        the next to send]``, kept up to date for a resume to go on from.
 
         The loop settles the common response (the success of the call at the head of the
         queue) itself and hands every other frame to ``_settle``."""
@@ -289,20 +334,28 @@ class Session(SessionCore):
         reader = self._reader
         gets = reader.gets
         n = len(frames)
-        i = 0
-        unsent = sum(f.count if f.__class__ is _Chunk else 1 for f in frames)
+        i, unsent, next_rid = progress
+        window = self._replay_limit(WINDOW_FRAMES)
+        keep = self._resume_timeout > 0
         while True:
             if i < n:
                 unanswered = len(inflight) - unsent
-                if unanswered < WINDOW_FRAMES:
+                if unanswered < window:
                     j, size, count = i, 0, 0
-                    while j < n and unanswered + count < WINDOW_FRAMES and (
+                    while j < n and unanswered + count < window and (
                             size < WINDOW_BYTES or j == i):
                         f = frames[j]
                         size += len(f)
                         count += f.count if f.__class__ is _Chunk else 1
                         j += 1
-                    self._send(frames[i] if j == i + 1 else b"".join(frames[i:j]))
+                    data = frames[i] if j == i + 1 else b"".join(frames[i:j])
+                    if keep:
+                        # Kept before the write: a write cut short may have reached the
+                        # server, and a re-send of what ran is answered, not run.
+                        self._note_sent(next_rid, count, data)
+                        next_rid += count
+                        progress[:] = (j, unsent - count, next_rid)
+                    self._send(data)
                     unsent -= count
                     i = j
                     continue
@@ -344,11 +397,11 @@ class Session(SessionCore):
             self._drop()
             raise errors.ConnectionClosed("timed out waiting for the server") from None
         except OSError as exc:
-            self._drop()
+            self._lost()
             raise errors.ConnectionClosed(f"receive failed: {exc}") from exc
         if not chunk:
             text = _closed_text(self._reader)
-            self._drop()
+            self._lost()
             raise errors.ConnectionClosed(text)
         self._reader.feed(chunk)
         return True
@@ -368,8 +421,38 @@ class Session(SessionCore):
                     self._settle(frame)
             except errors.ConnectionClosed:
                 pass
-            self._drop()
+            if self._sock is not None:
+                self._lost()
             raise errors.ConnectionClosed(f"send failed: {exc}") from exc
+
+    def _resume(self, why):
+        """Connects again and resumes the session with ``Hello.resend``, backing off from
+        10 ms to 1 s for up to resume_timeout seconds, then re-sends every request left
+        unanswered, in order and with its id.  Raises ConnectionClosed (the session's
+        requests in flight failing with it) when that does not work out."""
+        deadline = time.monotonic() + self._resume_timeout
+        backoff = 0.01
+        while True:
+            try:
+                self._hello((self.session_id, self.resume_token), resend=True)
+                break
+            except (errors.ConnectionClosed, errors.SessionBusy, errors.ShuttingDown,
+                    errors.TooMany) as exc:
+                # Down, restarting, or not yet aware that the old connection went.
+                if time.monotonic() >= deadline:
+                    self._drop()
+                    raise errors.ConnectionClosed(f"{why}; resuming failed: {exc}") from exc
+                time.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
+                backoff = min(backoff * 2, 1.0)
+            except BaseException:
+                self._drop()  # gone (ENOSESSION), refused (EAUTH) or not heapd
+                raise
+        self.resumes += 1
+        pieces = self._unanswered()
+        self._sent.clear()
+        self._sent.extend(pieces)
+        if pieces:
+            self._send(b"".join(data for _first, _count, data in pieces))
 
     def _read_frame(self, final=False, block=True):
         """The next decoded frame; with ``final`` (after a failed send) or without

@@ -1,0 +1,229 @@
+"""test_python_resume.py: the Python client resumes through restarts and cut links
+(``connect(resume_timeout=...)``), and nothing runs twice.
+
+The Python twin of test_resume.py: a seeded sequence of mixed mutating requests (alloc with
+payload and tag, set_slot, share, release, write, gc.collect(0)) goes out in pipelines of
+CHUNK through a Session with resume_timeout. The reference run has nothing happen to it.
+Then the same sequence while the daemon gets SIGTERM twice, from another thread while a
+pipeline is in flight, and is started again (its sessions saved and restored); and through a
+proxy that cuts the TCP link at random points (test_resume.Proxy). Every call must succeed
+and the final heap, dumped in run-independent terms (objects by the order of the alloc that
+made them, never by handle), must equal the reference: a request run twice or lost shows.
+A third run cuts after random amounts of the server's responses, so that re-sent requests
+that already ran must be answered from the replay window.
+A session without resume_timeout still raises ConnectionClosed, and a detached one is not
+resumed behind the caller's back.
+"""
+
+import os
+import random
+import signal
+import threading
+import unittest
+
+import harness
+from harness import Daemon
+from test_resume import Proxy
+
+import heapd
+
+NOPS = 30000
+CHUNK = 500
+SEED = 20261202
+TAGS = [None, "Node", "Leaf", "Edge"]
+
+
+def drive(url, on_chunk=None, **kw):
+    """Runs the sequence; on_chunk(n) after the n-th pipeline. Returns (dump, resumes)."""
+    rnd = random.Random(SEED)
+    s = heapd.connect(url, timeout=60, client_name="py-resume", **kw)
+    held = []  # per object (by creation order): the Refs this driver holds
+    shape = []  # per object: (slots, size)
+
+    def pick(limit):
+        for _ in range(16):
+            if limit:
+                i = rnd.randrange(limit)
+                if held[i]:
+                    return i
+        return None
+
+    done = chunk = 0
+    while done < NOPS:
+        limit = len(held)
+        n = min(CHUNK, NOPS - done)
+        meaning = []
+        with s.pipeline() as p:
+            for _ in range(n):
+                op = rnd.randrange(100)
+                a, b = pick(limit), pick(limit)
+                if op < 30 or a is None:
+                    size, slots = rnd.randrange(48), rnd.randrange(4)
+                    data = bytes([rnd.randrange(256)]) * min(size, 16)
+                    p.alloc(size=size, slots=slots, tag=TAGS[rnd.randrange(4)],
+                            data=data or None)
+                    meaning.append(("alloc", slots, size))
+                elif op < 50 and shape[a][0] and b is not None:
+                    p.set_slot(held[a][0], rnd.randrange(shape[a][0]), held[b][0])
+                    meaning.append(None)
+                elif op < 62:
+                    p.share(held[a][0])
+                    meaning.append(("share", a))
+                elif op < 80:
+                    p.release(held[a].pop())
+                    meaning.append(None)
+                elif op < 95 and shape[a][1]:
+                    off = rnd.randrange(shape[a][1])
+                    p.write(held[a][0], off, bytes([rnd.randrange(256)]) * (shape[a][1] - off))
+                    meaning.append(None)
+                else:
+                    p.gc.collect(0)
+                    meaning.append(None)
+        for m, r in zip(meaning, p.results):
+            if m and m[0] == "alloc":
+                held.append([r])
+                shape.append(m[1:])
+            elif m:
+                held[m[1]].append(r)
+        done += n
+        chunk += 1
+        if on_chunk:
+            on_chunk(chunk)
+
+    index = {refs[0].handle: i for i, refs in enumerate(held) if refs}
+    out = []
+    for i, refs in enumerate(held):
+        if not refs:
+            continue
+        info = s.info(refs[0])
+        slots = []
+        for k in range(info.slots):
+            r = s.get_slot(refs[0], k)
+            slots.append(None if r is None else index.get(r.handle, "other"))
+            if r is not None:
+                r.release()
+        out.append((i, info.refcount, info.client_refs, info.size, info.tag, info.generation,
+                    tuple(slots), s.read(refs[0]) if info.size else b""))
+    st = s.stats()
+    out.append(("stats", st["objects"], st["object_bytes"], st["containers"]))
+    out.append(("gc", tuple(s.gc.get_count()), repr(s.gc.get_stats())))
+    resumes = s.resumes
+    s.close()
+    return out, resumes
+
+
+class PythonResumeTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        with Daemon({"log_level": "info"}) as d:
+            cls.reference, resumes = drive("unix:" + d.sock_path, resume_timeout=30)
+        assert resumes == 0
+        assert len(cls.reference) > 1000, len(cls.reference)
+
+    def test_two_restarts_mid_pipeline(self):
+        d = Daemon({"log_level": "info", "session_linger": "60s", "snapshot_interval": 0,
+                    "data_dir": "DATA"})
+        d.config["data_dir"] = os.path.join(d.dir, "data")
+        d.write_config(d.config)
+        d.start()
+        self.addCleanup(d.stop)
+        rnd = random.Random(SEED)
+        at = sorted(rnd.sample(range(4, NOPS // CHUNK - 4), 2))
+        threads = []
+        failures = []
+
+        def restart():
+            try:
+                d.signal(signal.SIGTERM)
+                self.assertEqual(d.wait_exit(), 0)
+                notify = os.path.join(d.dir, "notify.sock")
+                if os.path.exists(notify):
+                    os.unlink(notify)
+                d.start()
+            except BaseException as exc:  # noqa: B902 - reported by the test's thread
+                failures.append(exc)
+
+        def on_chunk(n):
+            if n in at:
+                # While the next pipeline is in flight.
+                t = threading.Thread(target=restart)
+                t.start()
+                threads.append(t)
+                if n == at[-1]:
+                    return
+            while threads and not threads[0].is_alive():
+                threads.pop(0).join()
+
+        dump, resumes = drive("unix:" + d.sock_path, on_chunk, resume_timeout=30)
+        for t in threads:
+            t.join()
+        self.assertEqual(failures, [])
+        self.assertGreaterEqual(resumes, 2)
+        self.assertEqual(dump, self.reference)
+        self.assertEqual(sum("restored 1 session" in line for line in d.log()), 2)
+
+    def test_cut_links(self):
+        d = Daemon({"log_level": "info", "session_linger": "60s"})
+        d.start()
+        self.addCleanup(d.stop)
+        proxy = Proxy(d.tcp_addr, SEED)
+        self.addCleanup(proxy.close)
+        dump, resumes = drive("tcp://127.0.0.1:%d" % proxy.port, resume_timeout=30)
+        self.assertGreaterEqual(proxy.cuts, 3)
+        self.assertGreaterEqual(resumes, 3)
+        self.assertEqual(dump, self.reference)
+
+    def test_lost_responses_are_answered_from_the_window(self):
+        d = Daemon({"log_level": "info", "session_linger": "60s"})
+        d.start()
+        self.addCleanup(d.stop)
+        proxy = Proxy(d.tcp_addr, SEED + 1, responses=True)
+        self.addCleanup(proxy.close)
+        dump, resumes = drive("tcp://127.0.0.1:%d" % proxy.port, resume_timeout=30)
+        self.assertGreaterEqual(proxy.cuts, 3)
+        self.assertGreaterEqual(resumes, 3)
+        self.assertEqual(dump, self.reference)
+
+    def test_without_resume_timeout_a_drop_raises(self):
+        d = Daemon({"session_linger": "60s"}).start()
+        self.addCleanup(d.stop)
+        proxy = Proxy(d.tcp_addr, SEED)
+        self.addCleanup(proxy.close)
+        s = heapd.connect("tcp://127.0.0.1:%d" % proxy.port, timeout=30)
+        with self.assertRaises(heapd.ConnectionClosed):
+            for _ in range(200):
+                with s.pipeline() as p:
+                    for _ in range(500):
+                        p.alloc(size=40, data=b"x" * 40)
+        self.assertEqual(s.resumes, 0)
+        self.assertFalse(s.connected)
+
+    def test_detached_is_not_resumed_behind_the_callers_back(self):
+        d = Daemon({"session_linger": "60s"}).start()
+        self.addCleanup(d.stop)
+        s = heapd.connect("unix:" + d.sock_path, resume_timeout=10)
+        r = s.alloc(size=8)
+        s.detach()
+        with self.assertRaises(heapd.ConnectionClosed):
+            s.stats()
+        s.reconnect()
+        self.assertEqual(s.getrefcount(r), 1)
+        self.assertEqual(s.resumes, 0)
+        s.close()
+
+    def test_limits_carry_the_replay_window(self):
+        d = Daemon({"replay_window": 64}).start()
+        self.addCleanup(d.stop)
+        s = heapd.connect("unix:" + d.sock_path, resume_timeout=10)
+        self.assertEqual(s.limits.replay_window, 64)
+        # A pipeline longer than the window still completes: the client waits for answers
+        # rather than leave more than 64 unanswered.
+        with s.pipeline() as p:
+            for _ in range(1000):
+                p.ping()
+        self.assertEqual(len(p.results), 1000)
+        s.close()
+
+
+if __name__ == "__main__":
+    harness.main()
