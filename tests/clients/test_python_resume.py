@@ -11,10 +11,11 @@ and the final heap, dumped in run-independent terms (objects by the order of the
 made them, never by handle), must equal the reference: a request run twice or lost shows.
 A third run cuts after random amounts of the server's responses, so that re-sent requests
 that already ran must be answered from the replay window.
-A session without resume_timeout still raises ConnectionClosed, and a detached one is not
-resumed behind the caller's back.
+heapd.asyncio's Session does the same (adrive). A session without resume_timeout still
+raises ConnectionClosed, and a detached one is not resumed behind the caller's back.
 """
 
+import asyncio
 import os
 import random
 import signal
@@ -26,8 +27,9 @@ from harness import Daemon
 from test_resume import Proxy
 
 import heapd
+import heapd.asyncio
 
-NOPS = 30000
+NOPS = 20000
 CHUNK = 500
 SEED = 20261202
 TAGS = [None, "Node", "Leaf", "Edge"]
@@ -112,6 +114,84 @@ def drive(url, on_chunk=None, **kw):
     return out, resumes
 
 
+async def adrive(url, on_chunk=None, **kw):
+    """drive() on heapd.asyncio: the same sequence, so the same final heap."""
+    rnd = random.Random(SEED)
+    s = await heapd.asyncio.connect(url, timeout=60, client_name="py-resume", **kw)
+    held, shape = [], []
+
+    def pick(limit):
+        for _ in range(16):
+            if limit:
+                i = rnd.randrange(limit)
+                if held[i]:
+                    return i
+        return None
+
+    done = chunk = 0
+    while done < NOPS:
+        limit = len(held)
+        n = min(CHUNK, NOPS - done)
+        meaning = []
+        async with s.pipeline() as p:
+            for _ in range(n):
+                op = rnd.randrange(100)
+                a, b = pick(limit), pick(limit)
+                if op < 30 or a is None:
+                    size, slots = rnd.randrange(48), rnd.randrange(4)
+                    data = bytes([rnd.randrange(256)]) * min(size, 16)
+                    p.alloc(size=size, slots=slots, tag=TAGS[rnd.randrange(4)],
+                            data=data or None)
+                    meaning.append(("alloc", slots, size))
+                elif op < 50 and shape[a][0] and b is not None:
+                    p.set_slot(held[a][0], rnd.randrange(shape[a][0]), held[b][0])
+                    meaning.append(None)
+                elif op < 62:
+                    p.share(held[a][0])
+                    meaning.append(("share", a))
+                elif op < 80:
+                    p.release(held[a].pop())
+                    meaning.append(None)
+                elif op < 95 and shape[a][1]:
+                    off = rnd.randrange(shape[a][1])
+                    p.write(held[a][0], off, bytes([rnd.randrange(256)]) * (shape[a][1] - off))
+                    meaning.append(None)
+                else:
+                    p.gc.collect(0)
+                    meaning.append(None)
+        for m, r in zip(meaning, p.results):
+            if m and m[0] == "alloc":
+                held.append([r])
+                shape.append(m[1:])
+            elif m:
+                held[m[1]].append(r)
+        done += n
+        chunk += 1
+        if on_chunk:
+            on_chunk(chunk)
+
+    index = {refs[0].handle: i for i, refs in enumerate(held) if refs}
+    out = []
+    for i, refs in enumerate(held):
+        if not refs:
+            continue
+        info = await s.info(refs[0])
+        slots = []
+        for k in range(info.slots):
+            r = await s.get_slot(refs[0], k)
+            slots.append(None if r is None else index.get(r.handle, "other"))
+            if r is not None:
+                await r.release()
+        out.append((i, info.refcount, info.client_refs, info.size, info.tag, info.generation,
+                    tuple(slots), await s.read(refs[0]) if info.size else b""))
+    st = await s.stats()
+    out.append(("stats", st["objects"], st["object_bytes"], st["containers"]))
+    out.append(("gc", tuple(await s.gc.get_count()), repr(await s.gc.get_stats())))
+    resumes = s.resumes
+    await s.close()
+    return out, resumes
+
+
 class PythonResumeTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -182,6 +262,47 @@ class PythonResumeTest(unittest.TestCase):
         dump, resumes = drive("tcp://127.0.0.1:%d" % proxy.port, resume_timeout=30)
         self.assertGreaterEqual(proxy.cuts, 3)
         self.assertGreaterEqual(resumes, 3)
+        self.assertEqual(dump, self.reference)
+
+    def test_asyncio_lost_responses_and_a_restart(self):
+        d = Daemon({"log_level": "info", "session_linger": "60s", "snapshot_interval": 0,
+                    "data_dir": "DATA"})
+        d.config["data_dir"] = os.path.join(d.dir, "data")
+        d.write_config(d.config)
+        d.start()
+        self.addCleanup(d.stop)
+        proxy = Proxy(d.tcp_addr, SEED + 2, responses=True)
+        self.addCleanup(proxy.close)
+        dump, resumes = asyncio.run(adrive("tcp://127.0.0.1:%d" % proxy.port,
+                                           resume_timeout=30))
+        self.assertGreaterEqual(proxy.cuts, 3)
+        self.assertGreaterEqual(resumes, 3)
+        self.assertEqual(dump, self.reference)
+        # And through a restart while a pipeline is in flight, on the Unix socket.
+        threads, failures = [], []
+
+        def restart():
+            try:
+                d.signal(signal.SIGTERM)
+                self.assertEqual(d.wait_exit(), 0)
+                notify = os.path.join(d.dir, "notify.sock")
+                if os.path.exists(notify):
+                    os.unlink(notify)
+                d.start()
+            except BaseException as exc:  # noqa: B902 - reported by the test's thread
+                failures.append(exc)
+
+        def on_chunk(n):
+            if n == NOPS // CHUNK // 2:
+                t = threading.Thread(target=restart)
+                t.start()
+                threads.append(t)
+
+        dump, resumes = asyncio.run(adrive("unix:" + d.sock_path, on_chunk, resume_timeout=30))
+        for t in threads:
+            t.join()
+        self.assertEqual(failures, [])
+        self.assertGreaterEqual(resumes, 1)
         self.assertEqual(dump, self.reference)
 
     def test_without_resume_timeout_a_drop_raises(self):

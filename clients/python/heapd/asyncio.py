@@ -59,7 +59,7 @@ __all__ = ["connect", "Session", "Pipeline"]
 
 
 def connect(url=None, token=None, *, resume=None, timeout=None, connect_timeout=10.0,
-            resume_wait=2.0, client_name=CLIENT_NAME):
+            resume_wait=2.0, client_name=CLIENT_NAME, resume_timeout=None):
     """Connects to heapd and opens (or resumes) a session, on the running event loop.
 
     The arguments are :func:`heapd.connect`'s.  ``await`` the result for the
@@ -70,7 +70,8 @@ def connect(url=None, token=None, *, resume=None, timeout=None, connect_timeout=
         async with heapd.asyncio.connect(url) as s: ...
     """
     session = Session(url, token, timeout=timeout, connect_timeout=connect_timeout,
-                      resume_wait=resume_wait, client_name=client_name)
+                      resume_wait=resume_wait, client_name=client_name,
+                      resume_timeout=resume_timeout)
     return _Connecting(session, resume)
 
 
@@ -145,7 +146,7 @@ class Session(SessionCore):
     _ref_class = AsyncRef
 
     def __init__(self, url=None, token=None, *, timeout=None, connect_timeout=10.0,
-                 resume_wait=2.0, client_name=CLIENT_NAME):
+                 resume_wait=2.0, client_name=CLIENT_NAME, resume_timeout=None):
         self._loop = None
         self._transport = None
         self._reader = None
@@ -156,7 +157,10 @@ class Session(SessionCore):
         self._flush_pending = False
         self._events_seen = 0
         self._event_flag = None
-        self._init_state(url, token, timeout, connect_timeout, resume_wait, client_name)
+        self._room_waiters = []  # calls waiting for the in-flight count to fall (resuming)
+        self._resume_task = None  # the task resuming after a drop (resume_timeout)
+        self._init_state(url, token, timeout, connect_timeout, resume_wait, client_name,
+                         resume_timeout)
         self.gc = AsyncGC(self)
         self.tracemalloc = AsyncTracemalloc(self)
         self.weakref = AsyncWeakrefModule(self)
@@ -173,8 +177,10 @@ class Session(SessionCore):
                     raise
                 await asyncio.sleep(0.05)
 
-    async def _hello(self, resume):
-        args = self._hello_args(resume)
+    async def _hello(self, resume, resend=False):
+        """Connects and says hello; with ``resend`` (resuming after a drop) the requests in
+        flight are kept, to be re-sent, and a failure only closes the new connection."""
+        args = self._hello_args(resume, resend)
         loop = asyncio.get_running_loop()
         family, address = parse_url(self.url)
         protocol = _Protocol(self)
@@ -192,7 +198,9 @@ class Session(SessionCore):
         self._loop = loop
         self._transport = transport
         self._reader = codec.reader()
-        self._inflight.clear()
+        if not resend:
+            self._inflight.clear()
+            self._sent.clear()
         self._hello_waiter = loop.create_future()
         try:
             rid = self._new_id()
@@ -205,9 +213,14 @@ class Session(SessionCore):
                 raise errors.ConnectionClosed("timed out waiting for the hello's answer") \
                     from None
             self._check_hello(frame, rid, self._reader)
+            if resend and not self.resumed:
+                raise errors.BadReply("the session was not resumed")
         except BaseException:
             self._hello_waiter = None
-            self._drop()
+            if resend:
+                self._close_transport()
+            else:
+                self._drop()
             raise
         self._hello_waiter = None
 
@@ -226,6 +239,10 @@ class Session(SessionCore):
         :meth:`heapd.Session.close`)."""
         if self._closed:
             return
+        task = self._resume_task
+        if task is not None and not task.done():
+            # Resuming after a drop: the goodbye goes to the resumed session.
+            await asyncio.shield(task)
         if self._finalizers_alive and self.connected:
             run_atexit_finalizers(self)  # as weakref.finalize's run at exit
         self._deferred.clear()
@@ -244,6 +261,7 @@ class Session(SessionCore):
         self._require_open()
         if self.connected:
             await self.flush()
+        self._detached = True
         self._drop()
         return self.session_id, self.resume_token
 
@@ -253,6 +271,7 @@ class Session(SessionCore):
             raise errors.ConnectionClosed("the session was closed (goodbye)")
         self._drop()
         await self._open((self.session_id, self.resume_token))
+        self._detached = False
 
     def _drop(self, error=None):
         """Closes the connection; the calls still waiting fail with ``error`` (by default
@@ -260,10 +279,13 @@ class Session(SessionCore):
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.abort()
+        self._pending_resume = False
         self._unrun_releases()
         waiting = {id(e[3]): e[3] for e in self._inflight if e[3] is not None}
         self._inflight.clear()
+        self._sent.clear()
         self._reader = None
+        self._wake_room()
         if error is None:
             error = errors.ConnectionClosed("connection dropped")
         for ex in waiting.values():
@@ -285,8 +307,79 @@ class Session(SessionCore):
     def _last_word(self, code, message, name):
         self._ended = True
         exc = errors.error_from_status(code, message, name)
-        self._drop(exc)
+        self._lost(code, exc)
         raise exc
+
+    # -- resuming (resume_timeout; see heapd.Session) -------------------------------------------
+
+    def _close_transport(self, error=None):
+        """Closes the connection only; a hello waiting on it fails with ``error``."""
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.abort()
+        self._reader = None
+        w = self._hello_waiter
+        if w is not None and not w.done():
+            w.set_exception(error or errors.ConnectionClosed("connection dropped"))
+
+    def _lost(self, code=None, error=None):
+        """The connection is gone: resumed in a task when resume_timeout allows it (the calls
+        in flight keep waiting, to be answered after the re-send), else dropped."""
+        if not self._can_resume(code):
+            self._drop(error)
+            return
+        self._pending_resume = True
+        self._close_transport(error)
+        task = self._resume_task
+        if self._loop is not None and (task is None or task.done()):
+            why = str(error) if error is not None else "connection lost"
+            self._resume_task = self._loop.create_task(self._resume(why))
+
+    async def _resume(self, why):
+        """Connects again, resumes with Hello.resend, re-sends what is unanswered (backing
+        off from 10 ms to 1 s for up to resume_timeout seconds); on failure every call in
+        flight fails with ConnectionClosed."""
+        deadline = time.monotonic() + self._resume_timeout
+        backoff = 0.01
+        while True:
+            if self._closed or not self._pending_resume:
+                return
+            try:
+                await self._hello((self.session_id, self.resume_token), resend=True)
+                break
+            except (errors.ConnectionClosed, errors.SessionBusy, errors.ShuttingDown,
+                    errors.TooMany) as exc:
+                if time.monotonic() >= deadline:
+                    self._drop(errors.ConnectionClosed(f"{why}; resuming failed: {exc}"))
+                    return
+                await asyncio.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
+                backoff = min(backoff * 2, 1.0)
+            except errors.Error as exc:  # gone (ENOSESSION), refused (EAUTH), not heapd
+                self._drop(exc)
+                return
+        self.resumes += 1
+        self._pending_resume = False
+        pieces = self._unanswered()
+        self._sent.clear()
+        self._sent.extend(pieces)
+        if pieces:
+            self._transport.write(b"".join(data for _first, _count, data in pieces))
+
+    async def _room(self, n):
+        """Resuming: waits until n more requests leave at most limits.replay_window
+        unanswered (a call larger than the window waits for all the others)."""
+        limit = self.limits.replay_window
+        while (self._resume_timeout and limit and self._inflight
+               and len(self._inflight) + n > limit):
+            w = self._loop.create_future()
+            self._room_waiters.append(w)
+            await w
+
+    def _wake_room(self):
+        waiters, self._room_waiters = self._room_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
 
     def _require_open(self):
         if self._closed:
@@ -336,6 +429,8 @@ class Session(SessionCore):
                 w = ex.waiter
                 if not w.done():
                     w.set_result(None)
+        if self._room_waiters:
+            self._wake_room()
 
     def _on_lost(self, exc):
         reader = self._reader
@@ -344,21 +439,26 @@ class Session(SessionCore):
             text += f" in the middle of a frame ({reader.pending} bytes of it received)"
         if exc is not None:
             text += f": {exc}"
-        self._drop(errors.ConnectionClosed(text))
+        self._lost(None, errors.ConnectionClosed(text))
 
     # -- calls ---------------------------------------------------------------------------
 
     def _submit(self, calls):
         """Writes ``calls`` (after the prelude) and returns their :class:`_Exchange`."""
         self._require_open()
-        if not self.connected:
+        if not self.connected and not self._pending_resume:
             raise errors.ConnectionClosed("not connected (call reconnect() to resume the "
                                           "session)")
         ex = _Exchange([op for op, _ in calls])
         ex.waiter = self._loop.create_future()
         frames, entries = self._plan(calls, ex)
         self._inflight.extend(entries)
-        self._transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        if self._resume_timeout:
+            self._note_sent(entries[0][0], len(entries), data)
+        if self.connected and not self._pending_resume:
+            self._transport.write(data)
+        # else: resuming; the resume re-sends it with the rest
         return ex
 
     async def _wait(self, ex):
@@ -389,6 +489,8 @@ class Session(SessionCore):
         await w
 
     async def _do(self, op, args, finish):
+        if self._resume_timeout:
+            await self._room(1)
         ex = self._submit(((op, args),))
         await self._wait(ex)
         value = ex.out[0]
@@ -406,6 +508,8 @@ class Session(SessionCore):
                 return stop.value
             exc = None
             try:
+                if self._resume_timeout:
+                    await self._room(len(calls))
                 ex = self._submit([(op, args) for op, args, _ in calls])
                 await self._wait(ex)
                 send = finish_step(self, calls, ex)
@@ -584,6 +688,8 @@ class Pipeline(_BlockingPipeline):
             self.results = []
             return self.results
         session = self._session
+        if session._resume_timeout:
+            await session._room(len(calls))
         ex = session._submit([(op, args) for op, args, _ in calls])
         await session._wait(ex)
         self.results, first = collect_results(session, calls, ex)
