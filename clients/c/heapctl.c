@@ -55,9 +55,6 @@ static int cmd_admin(const cmd_t *c) {
     return c->op > 0 && c->op <= HD_OPS_MAX_NUMBER && op_admin[c->op];
 }
 
-static const cmd_t *find_cmd(const char *name);
-static int run_command(ctx_t *x, const cmd_t *cmd, int argc, char **argv);
-
 /* ------------------------------------------------------------------------------------------ */
 /* Output helpers.                                                                             */
 /* ------------------------------------------------------------------------------------------ */
@@ -263,23 +260,39 @@ static var_t *var_find(ctx_t *x, const char *name) {
     return NULL;
 }
 
+/* Binds name to value, a reference just taken (weak: a weak handle just made). A name that
+ * held something gives it up: its reference is released (its weak handle freed), as a Python
+ * name's is when it is rebound, and a note on stderr says so. */
 static int var_set(ctx_t *x, const char *name, uint64_t value, int weak) {
     if (!isalpha((unsigned char)name[0]) && name[0] != '_')
         return usage_err(x, "bad name \"%s\": names start with a letter or _", name);
     var_t *v = var_find(x, name);
-    if (!v) {
-        if (x->nvars == x->capvars) {
-            size_t cap = x->capvars ? x->capvars * 2 : 16;
-            var_t *nv = realloc(x->vars, cap * sizeof *nv);
-            if (!nv) return HDC_ENOMEM;
-            x->vars = nv;
-            x->capvars = cap;
-        }
-        char *n = strdup(name);
-        if (!n) return HDC_ENOMEM;
-        v = &x->vars[x->nvars++];
-        v->name = n;
+    if (v) {
+        uint64_t old = v->value;
+        int was_weak = v->weak;
+        v->value = value;
+        v->weak = weak;
+        int rc = was_weak ? hdc_weakref_free(x->c, old) : hdc_decref(x->c, old, 1);
+        char hb[24];
+        if (rc == 0)
+            fprintf(stderr, "heapctl: note: %s was rebound; the %s it held (%s) was released\n",
+                    name, was_weak ? "weak reference" : "reference", fmt_handle(hb, old));
+        else
+            fprintf(stderr, "heapctl: warning: %s was rebound; releasing what it held (%s): %s\n",
+                    name, fmt_handle(hb, old), hdc_errmsg(x->c));
+        return 0;
     }
+    if (x->nvars == x->capvars) {
+        size_t cap = x->capvars ? x->capvars * 2 : 16;
+        var_t *nv = realloc(x->vars, cap * sizeof *nv);
+        if (!nv) return HDC_ENOMEM;
+        x->vars = nv;
+        x->capvars = cap;
+    }
+    char *n = strdup(name);
+    if (!n) return HDC_ENOMEM;
+    v = &x->vars[x->nvars++];
+    v->name = n;
     v->value = value;
     v->weak = weak;
     return 0;
@@ -1971,7 +1984,8 @@ static const cmd_t commands[] = {
      "ping round trips until ^C: min, avg, p50, p99, max (like redis-cli --latency)"},
     {"monitor", cmd_monitor, CMD_NOSHELL, OP_MONITOR, "[-n RECORDS]",
      "every request of every session as it is served, until ^C"},
-    {"shell", cmd_shell, CMD_NOSHELL, 0, "", "interactive prompt; reads commands from stdin"},
+    {"shell", cmd_shell, CMD_NOSHELL, 0, "",
+     "one session, commands from stdin; on a terminal with editing, history, tab completion"},
     {"help", cmd_help, CMD_NOCONN, 0, "[COMMAND]", "this text, or a command's subcommands"},
     {"doctor", cmd_doctor, CMD_NOCONN, 0, "[--session ID] [--http HOST:PORT]",
      "the memory doctor's findings, from the HTTP server ($HEAPD_HTTP, 127.0.0.1:7421)"},
@@ -2011,10 +2025,45 @@ static const cmd_t commands[] = {
     {NULL, NULL, 0, 0, NULL, NULL},
 };
 
-static const cmd_t *find_cmd(const char *name) {
+const cmd_t *find_cmd(const char *name) {
     for (const cmd_t *c = commands; c->name; c++)
         if (strcmp(c->name, name) == 0) return c;
     return NULL;
+}
+
+/* What the shell completes after words[0..nwords): the command's name first; then what the
+ * command takes there (help: a command; gc and trace: a subcommand; events: an event), and
+ * the shell's names anywhere else an object may go. */
+void shell_candidates(ctx_t *x, char **words, int nwords, void (*add)(void *arg, const char *w),
+                      void *arg) {
+    if (nwords == 0) {
+        for (const cmd_t *c = commands; c->name; c++)
+            if (!(c->flags & CMD_NOSHELL)) add(arg, c->name);
+        add(arg, "quit");
+        return;
+    }
+    const cmd_t *cmd = find_cmd(words[0]);
+    if (!cmd) return;
+    if (cmd->run == cmd_help && nwords == 1) {
+        for (const cmd_t *c = commands; c->name; c++)
+            if (!(c->flags & CMD_NOSHELL)) add(arg, c->name);
+        return;
+    }
+    const subcmd_t *subs = cmd->run == cmd_gc ? gc_cmds : cmd->run == cmd_trace ? trace_cmds : NULL;
+    if (subs && nwords == 1) {
+        for (const subcmd_t *t = subs; t->name; t++)
+            add(arg, t->name);
+        return;
+    }
+    if (cmd->run == cmd_events) {
+        add(arg, "none");
+        add(arg, "all");
+        for (size_t i = 0; i < sizeof event_names / sizeof *event_names; i++)
+            if (event_names[i]) add(arg, event_names[i]);
+        return;
+    }
+    for (size_t i = 0; i < x->nvars; i++)
+        add(arg, x->vars[i].name);
 }
 
 static void print_usage(FILE *f) {
@@ -2122,7 +2171,7 @@ static int cmd_help(ctx_t *x, int argc, char **argv) {
  * for a newline: a site's traceback is one "file:line" line per frame),
  * # starts a comment. Writes into line. Returns the word count, or -1 if there are too many
  * or a quote is not closed. */
-static int split_words(char *line, char **argv, int max) {
+int split_words(char *line, char **argv, int max) {
     int argc = 0;
     char *r = line, *w = line;
     for (;;) {
@@ -2168,7 +2217,7 @@ int exit_code_for(int rc) {
 }
 
 /* Reports a line the shell rejects before running it. */
-static void shell_reject(ctx_t *x) {
+void shell_reject(ctx_t *x) {
     if (x->json) {
         jw_t j = {stdout, 0, {0}};
         j_obj(&j, NULL);
@@ -2185,54 +2234,6 @@ static void shell_reject(ctx_t *x) {
         fprintf(stderr, "heapctl: %s\n", x->msg);
     }
     fflush(stdout);
-}
-
-/* The shell: runs each line of stdin as a command in this one session. Its exit code is that
- * of the last command that failed (0 if none); a lost connection ends it at once. It runs
- * outside run_command, since each of its commands has its own buffered output. */
-static int shell(ctx_t *x, int argc, char **argv) {
-    if (argc > 1) {
-        usage_err(x, "shell takes no arguments; it reads commands from stdin");
-        shell_reject(x);
-        return EXIT_USAGE;
-    }
-    int interactive = isatty(STDIN_FILENO) && !x->json;
-    char *line = NULL;
-    size_t cap = 0;
-    int last = EXIT_OK;
-    x->in_shell = 1;
-    if (interactive)
-        printf("heapd shell, session %s. `help` lists the commands; end with quit or ^D.\n",
-               hdc_hello_info(x->c)->session_id);
-    for (;;) {
-        if (interactive) {
-            printf("heapd> ");
-            fflush(stdout);
-        }
-        if (getline(&line, &cap, stdin) < 0) break;
-        char *words[MAX_ARGS];
-        int n = split_words(line, words, MAX_ARGS);
-        if (n == 0) continue;
-        if (n > 0 && (strcmp(words[0], "quit") == 0 || strcmp(words[0], "exit") == 0)) break;
-        const cmd_t *cmd = n > 0 ? find_cmd(words[0]) : NULL;
-        int code;
-        if (n < 0) {
-            usage_err(x, "cannot parse the line: unclosed quote or over %d words", MAX_ARGS);
-            shell_reject(x);
-            code = EXIT_USAGE;
-        } else if (!cmd || (cmd->flags & CMD_NOSHELL)) {
-            usage_err(x, "unknown command \"%s\" (try `help`)", words[0]);
-            shell_reject(x);
-            code = EXIT_USAGE;
-        } else {
-            code = exit_code_for(run_command(x, cmd, n, words));
-        }
-        if (code != EXIT_OK) last = code;
-        if (code == EXIT_LOST) break; /* nothing more can be done on this session */
-    }
-    free(line);
-    x->in_shell = 0;
-    return last;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -2256,7 +2257,7 @@ void flush_out(ctx_t *x) {
 
 /* Runs one command with its output buffered; prints the result or the error. Returns the
  * command's rc (0, RC_USAGE, or a negative code). */
-static int run_command(ctx_t *x, const cmd_t *cmd, int argc, char **argv) {
+int run_command(ctx_t *x, const cmd_t *cmd, int argc, char **argv) {
     x->msg[0] = '\0';
     x->out = open_memstream(&x->outbuf, &x->outlen);
     if (!x->out) {
@@ -2437,7 +2438,7 @@ int main(int argc, char **argv) {
     }
 
     int code = cmd->run == cmd_shell
-                   ? shell(&x, argc - optind, argv + optind)
+                   ? run_shell(&x, argc - optind, argv + optind)
                    : exit_code_for(run_command(&x, cmd, argc - optind, argv + optind));
 
     if (x.c) {

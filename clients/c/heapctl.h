@@ -157,6 +157,22 @@ void print_genstats(ctx_t *x, const hdc_gc_genstats_t g[3]);
 void flush_out(ctx_t *x);
 int exit_code_for(int rc);
 
+/* heapctl.c: the commands, for the shell. */
+const cmd_t *find_cmd(const char *name);
+/* Runs one command with its output buffered; prints the result or the error. Returns the
+ * command's rc (0, RC_USAGE, or a negative code). */
+int run_command(ctx_t *x, const cmd_t *cmd, int argc, char **argv);
+/* Splits line into words in place ("quotes" group, # comments); the count, or -1. */
+int split_words(char *line, char **argv, int max);
+/* Reports a line the shell rejects before running it (the message in x->msg). */
+void shell_reject(ctx_t *x);
+/* Calls add(arg, word) for every word the shell may complete after words[0..nwords). */
+void shell_candidates(ctx_t *x, char **words, int nwords, void (*add)(void *arg, const char *w),
+                      void *arg);
+
+/* heapctl_shell.c: `heapctl shell`; returns its exit code. */
+int run_shell(ctx_t *x, int argc, char **argv);
+
 /* heapctl_watch.c: the live views. */
 int cmd_top(ctx_t *x, int argc, char **argv);
 int cmd_latency(ctx_t *x, int argc, char **argv);

@@ -367,20 +367,33 @@ class Shell(unittest.TestCase):
             "server\n"               # EPERM: 5
             "echo still here\n"
         )
-        r = run("shell", stdin=script, json_out=True, check=5)
+        r = run("shell", stdin=script, json_out=True, check=0)
         docs = [json.loads(l) for l in r.stdout.splitlines()]
         self.assertEqual(len(docs), 10)
         names = [d["error"]["name"] if not d["ok"] else "ok" for d in docs]
         self.assertEqual(names, ["ok", "ERANGE", "usage", "usage", "ENOOBJ", "usage", "usage",
                                  "usage", "EPERM", "ok"])
         self.assertEqual([d.get("exit", 0) for d in docs], [0, 1, 2, 2, 1, 2, 2, 2, 5, 0])
-        # The exit code is the last failure's; text errors go to stderr.
-        r = run("shell", stdin="decref 1\necho x\n", check=1)
+        # The exit code is the last command's, not an earlier error's; text errors go to
+        # stderr.
+        r = run("shell", stdin="decref 1\necho x\n", check=0)
         self.assertIn("ENOOBJ", r.stderr)
+        run("shell", stdin="echo x\ndecref 1\n", check=1)
         run("shell", stdin="help\nquit\necho never\n", check=0)
         self.assertIn("alloc", run("shell", stdin="help\n").stdout)
         r = run("shell", stdin="", check=0)
         self.assertEqual(r.stdout, "")
+
+    def test_rebinding_releases(self):
+        # A name given a new object gives up the old one's reference, as a Python name does:
+        # the first object is freed, and a note says so.
+        script = ("alloc a size=8\nweak w a\nalloc a size=16\nalloc b\nweak w b\n"
+                  "stats\n")
+        r = run("shell", stdin=script, json_out=True)
+        docs = [json.loads(l) for l in r.stdout.splitlines()]
+        self.assertEqual(docs[-1]["heap"]["objects"], 2)  # the first `a` is gone
+        self.assertIn("a was rebound; the reference it held", r.stderr)
+        self.assertIn("w was rebound; the weak reference it held", r.stderr)
 
 
 class Sessions(unittest.TestCase):
@@ -755,6 +768,80 @@ class Top(unittest.TestCase):
             self.assertIn(key, docs[1]["sessions"][0])
         self.assertGreater(docs[1]["server"]["requests_per_s"], 0)  # its own two pipelines
         js("top", "--sort", "frobs", token=ADMIN, check=2)
+
+
+class ShellTerminal(unittest.TestCase):
+    """heapctl shell on a terminal (a pseudo-terminal): libedit's completion and the history
+    kept between runs, as a user at a terminal sees them."""
+
+    def setUp(self):
+        self.hist = os.path.join(TMP, "history-%s" % self.id().rsplit(".", 1)[-1])
+        if os.path.exists(self.hist):
+            os.unlink(self.hist)
+
+    def spawn(self):
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.environ.update(TERM="xterm", HEAPCTL_HISTFILE=self.hist, HOME=TMP)
+            os.execv(HEAPCTL, [HEAPCTL, "--connect", "unix:" + SOCK, "--token", USER, "shell"])
+        return pid, fd
+
+    def read_until(self, fd, pattern, timeout=20):
+        return Top.read_until(self, fd, pattern, timeout)
+
+    def finish(self, pid, fd, timeout=20):
+        """Reads to the end and waits for heapctl; returns its exit status."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r, _, _ = select.select([fd], [], [], 0.2)
+            try:
+                if r and not os.read(fd, 65536):
+                    break
+            except OSError:  # EIO: the terminal's other end is closed
+                break
+        else:
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+        return os.waitstatus_to_exitcode(status)
+
+    def test_completion(self):
+        # Each line is typed short and finished by tab: what it then does shows what the tab
+        # made of it (the terminal's echo is libedit's redrawing, not the line).
+        pid, fd = self.spawn()
+        self.read_until(fd, "heapd> ")
+        os.write(fd, b"all\tnode size=8\r")  # a command
+        self.read_until(fd, "node = 0x")
+        os.write(fd, b"refc\tno\t\r")  # a command, then a name of the shell
+        self.read_until(fd, "\r\n1\r\nheapd> ")  # refcount node: the shell's one reference
+        os.write(fd, b"gc coll\t\r")  # a subcommand
+        self.read_until(fd, "collected generation 2")
+        os.write(fd, b"quit\r")
+        self.assertEqual(self.finish(pid, fd), 0)
+
+    def test_history_between_runs(self):
+        pid, fd = self.spawn()
+        self.read_until(fd, "heapd> ")
+        os.write(fd, b"echo first-run\r")
+        self.read_until(fd, "first-run\r\nheapd> ")  # its output, then the next prompt
+        os.write(fd, b"\x04")  # ^D ends it
+        self.assertEqual(self.finish(pid, fd), 0)
+        with open(self.hist) as f:
+            self.assertIn("first-run", f.read())  # libedit's format: "echo\\040first-run"
+        self.assertEqual(os.stat(self.hist).st_mode & 0o777, 0o600)
+        # A second run: the up arrow brings the first run's line back, and it runs again.
+        pid, fd = self.spawn()
+        self.read_until(fd, "heapd> ")
+        os.write(fd, b"\x1b[A")
+        self.read_until(fd, "first-run")
+        os.write(fd, b"\r")
+        self.read_until(fd, "first-run\r\nheapd> ")
+        os.write(fd, b"echo x\r")
+        self.read_until(fd, "x\r\nheapd> ")
+        os.write(fd, b"decref 1\r")  # the last command fails: so does the shell
+        self.assertIn(b"ENOOBJ", self.read_until(fd, "heapd> "))
+        os.write(fd, b"\x04")
+        self.assertEqual(self.finish(pid, fd), 1)
 
 
 class Install(unittest.TestCase):
