@@ -84,7 +84,8 @@ static int op_kill_session(void *ctx, const char *id) {
     return hd__sessions_kill(c->worker, c->peer, id);
 }
 static int op_server_info(void *ctx, const char *section, hd_info_item_t **out, size_t *n) {
-    return hd__server_info(((hd_conn_t *)ctx)->worker, section, out, n);
+    hd_worker_t *w = ((hd_conn_t *)ctx)->worker;
+    return hd__metrics_info(w->srv, &w->cfg, section, out, n);
 }
 static int op_slowlog_get(void *ctx, size_t count, hd_slow_entry_t **out, size_t *n, uint64_t *len,
                           uint64_t *total) {

@@ -92,25 +92,55 @@ typedef struct hd_report_list_s {
     hd_report_stat_t v[HD_REPORT_TOP_MAX];
 } hd_report_list_t;
 
-/* Everything about one session, taken on its owner's thread (inspect.c:hd__session_report)
- * and readable on any thread afterwards: it holds no pointer into the session. */
-typedef struct hd_session_report_s {
-    hd_session_info_t info; /* current counters, not the published ones */
-    hd_heap_stats_t heap;   /* hd_heap_stats */
-    uint64_t gc_count[3];
-    int gc_threshold[3];
-    int gc_enabled;
+/* A traced site's bytes at the last three samples, newest first (the doctor's leak rule). */
+#define HD_SITE_TRENDS    8     /* the largest sites of a tracing session, each sample */
+#define HD_SITE_SAMPLE_MS 5000u /* how far apart the samples are */
+typedef struct hd_site_trend_s {
+    char key[64];
+    uint64_t bytes[3];
+} hd_site_trend_t;
+
+/* One session as its owner sees it (metrics.c:hd__metrics_summarize, the one gathering of a
+ * session's figures): in every worker's snapshot for /metrics, the dashboard and the doctor,
+ * and at the head of a session's report. Plain memory: valid on any thread once taken. The
+ * collector's pauses are the heap's statistics' (heap.gc_pause_ns_total, _max). */
+typedef struct hd_sess_summary_s {
+    char id[HD_ID_LEN];
+    char client_name[HD_NAME_LEN];
+    char peer[HD_PEER_LEN];
+    const char *last_op; /* a static op name, "" before the first request */
+    int attached, admin;
+    unsigned worker;
+    uint64_t created_unix, idle_ms, requests;
+    hd_heap_stats_t heap;
+    uint64_t max_bytes, max_objects; /* the heap's limits (0: none) */
+    int gc_enabled, gc_threshold[3];
     unsigned gc_debug;
-    uint64_t gc_freeze_count;
-    hd_gc_genstats_t gc_stats[3];
-    uint64_t events_dropped, events_queued;
-    unsigned event_mask;
+    uint64_t gc_count[3];
+    hd_gc_genstats_t gc[3];
+    uint64_t garbage;              /* len(gc.garbage) */
+    uint64_t frozen;               /* gc.get_freeze_count() */
+    uint64_t gc2_recent;           /* full collections in the last minute */
+    uint64_t uncollectable_growth; /* uncollectable objects found in the last minute */
     int tracing;
     uint64_t traced_current, traced_peak;
+    uint64_t tracing_ms; /* how long tracing has been on (0: off) */
+    uint64_t events_dropped;
+    hd_site_trend_t sites[HD_SITE_TRENDS]; /* while tracing: its largest sites' trends */
+    size_t nsites;
+} hd_sess_summary_t;
+
+/* Everything about one session, taken on its owner's thread (inspect.c:hd__session_report):
+ * its summary, what only a look at the session itself tells, and the top lists. Readable on
+ * any thread afterwards: it holds no pointer into the session. */
+typedef struct hd_session_report_s {
+    hd_sess_summary_t sum;
+    uint64_t events_queued;
+    unsigned event_mask;
+    uint64_t output_bytes;         /* framed output its connection has not written yet */
     hd_report_list_t traced_sites; /* hd_trace_top by site, when tracing */
     hd_report_list_t tags_by_bytes, tags_by_count, sites_by_bytes, sites_by_count;
     uint64_t ntags, nsites; /* distinct tags and sites among the live objects */
-    uint64_t output_bytes;  /* framed output its connection has not written yet */
 } hd_session_report_t;
 
 /* One field of server_info: its section, key and value, of one of three types. */

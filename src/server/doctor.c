@@ -183,12 +183,12 @@ static void gc2_frequent(ctx_t *c, const hd_sess_summary_t *s) {
 }
 
 static void long_pause(ctx_t *c, const hd_sess_summary_t *s) {
-    if (s->gc_pause_ns_max < HD_DOC_PAUSE_NS) return;
+    if (s->heap.gc_pause_ns_max < HD_DOC_PAUSE_NS) return;
     FINDING(c, long_pause, s->id) {
         say(f->evidence, sizeof f->evidence,
             "the longest collection took %.1f ms (%" PRIu64 " containers now); every session "
             "of worker %u waited that long",
-            (double)s->gc_pause_ns_max / 1e6, s->heap.containers, s->worker);
+            (double)s->heap.gc_pause_ns_max / 1e6, s->heap.containers, s->worker);
         say(f->advice, sizeof f->advice,
             "fewer containers in the young generations per collection (gc.freeze() after "
             "start-up), or put this heap's work apart from latency-sensitive sessions");

@@ -52,7 +52,7 @@ typedef struct hd_finding_s {
     const char *rule;     /* the rule's name */
     const char *severity; /* "info", "warning", "critical" */
     const char *title;
-    char session[24]; /* "" for the server */
+    char session[HD_ID_LEN]; /* "" for the server */
     char evidence[384];
     char advice[384];
 } hd_finding_t;

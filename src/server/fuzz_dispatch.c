@@ -101,11 +101,11 @@ static int fuzz_kill_session(void *ctx, const char *id) {
 static int fuzz_session_report(void *ctx, unsigned top, hd_session_report_t *out) {
     hd_heap_t *h = ctx;
     memset(out, 0, sizeof *out);
-    snprintf(out->info.id, sizeof out->info.id, "session-1");
-    out->info.last_op = "ping";
-    hd_heap_stats(h, &out->heap);
-    hd_gc_get_threshold(h, out->gc_threshold);
-    out->tracing = hd_trace_is_tracing(h);
+    snprintf(out->sum.id, sizeof out->sum.id, "session-1");
+    out->sum.last_op = "ping";
+    hd_heap_stats(h, &out->sum.heap);
+    hd_gc_get_threshold(h, out->sum.gc_threshold);
+    out->sum.tracing = hd_trace_is_tracing(h);
     hd_trace_stats_t st;
     if (hd_heap_census(h, HD_TRACE_BY_TAG, HD_CENSUS_BY_COUNT, &st) == 0) {
         for (size_t i = 0; i < st.n && i < top; i++) {

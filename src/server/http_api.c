@@ -283,19 +283,19 @@ static int h_gc(hd_http_ctx_t *x, hd_http_resp_t *rs) {
     return done(rs);
 }
 
-static void json_stats(hd_http_resp_t *rs, const char *name, const hd_detail_stat_t *v, size_t n) {
+static void json_stats(hd_http_resp_t *rs, const char *name, const hd_report_list_t *l) {
     hd__http_printf(rs, ",\"%s\":[", name);
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < l->n; i++) {
         hd__http_printf(rs, "%s{\"key\":", i ? "," : "");
-        json_str(rs, v[i].key);
-        hd__http_printf(rs, ",\"count\":%" PRIu64 ",\"bytes\":%" PRIu64 "}", v[i].count,
-                        v[i].bytes);
+        json_str(rs, l->v[i].key);
+        hd__http_printf(rs, ",\"count\":%" PRIu64 ",\"bytes\":%" PRIu64 "}", l->v[i].count,
+                        l->v[i].bytes);
     }
     hd__http_printf(rs, "]");
 }
 
 static int h_session(hd_http_ctx_t *x, hd_http_resp_t *rs) {
-    char id[24];
+    char id[HD_ID_LEN];
     if (hd_http_query_get(x->query, "id", id, sizeof id) <= 0) {
         hd__http_error(rs, 400, "usage: /api/session?id=SESSION_ID");
         return 0;
@@ -315,7 +315,7 @@ static int h_session(hd_http_ctx_t *x, hd_http_resp_t *rs) {
         rs->headers = "Retry-After: 1\r\n";
         return hd__http_printf(rs, "{\"pending\":true}");
     }
-    const hd_sess_summary_t *s = &d->sum;
+    const hd_sess_summary_t *s = &d->rep.sum;
     hd__http_printf(rs, "{\"id\":");
     json_str(rs, s->id);
     hd__http_printf(rs, ",\"client_name\":");
@@ -353,10 +353,10 @@ static int h_session(hd_http_ctx_t *x, hd_http_resp_t *rs) {
                     "],\"garbage\":%" PRIu64 ",\"frozen\":%" PRIu64 ",\"pause_ns_total\":%" PRIu64
                     ",\"pause_ns_max\":%" PRIu64 "},\"tracing\":{\"on\":%s,\"current\":%" PRIu64
                     ",\"peak\":%" PRIu64 "}",
-                    s->garbage, s->frozen, s->gc_pause_ns_total, s->gc_pause_ns_max,
+                    s->garbage, s->frozen, s->heap.gc_pause_ns_total, s->heap.gc_pause_ns_max,
                     s->tracing ? "true" : "false", s->traced_current, s->traced_peak);
-    json_stats(rs, "tags", d->tags, d->ntags);
-    json_stats(rs, "sites", d->sites, d->nsites);
+    json_stats(rs, "tags", &d->rep.tags_by_bytes);
+    json_stats(rs, "sites", &d->rep.sites_by_bytes);
     /* The map: one row per arena, [class, blocks in use, blocks of the class] per pool. */
     hd__http_printf(rs, ",\"map\":{\"arenas\":[");
     for (size_t a = 0; a < d->narenas; a++) {
@@ -376,7 +376,7 @@ static int h_session(hd_http_ctx_t *x, hd_http_resp_t *rs) {
 #define HD_DOCTOR_MAX 256 /* findings listed; more are counted */
 
 static int h_doctor(hd_http_ctx_t *x, hd_http_resp_t *rs) {
-    char session[24] = "", format[8] = "json";
+    char session[HD_ID_LEN] = "", format[8] = "json";
     hd_http_query_get(x->query, "session", session, sizeof session);
     hd_http_query_get(x->query, "format", format, sizeof format);
     if (session[0] && !hd__http_is_admin(x)) {

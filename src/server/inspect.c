@@ -3,6 +3,7 @@
  * (see inspect.h for the flow and the ownership of a call).
  */
 #include "inspect.h"
+#include "metrics.h"
 #include "session.h"
 
 #include <stdio.h>
@@ -124,44 +125,12 @@ int hd__session_report(hd_session_t *s, unsigned top, hd_session_report_t *out) 
     hd_heap_t *h = s->heap;
     memset(out, 0, sizeof *out);
     if (top == 0 || top > HD_REPORT_TOP_MAX) top = top ? HD_REPORT_TOP_MAX : 10;
-    hd_heap_stats(h, &out->heap);
-    hd_gc_get_count(h, out->gc_count);
-    hd_gc_get_threshold(h, out->gc_threshold);
-    hd_gc_get_stats(h, out->gc_stats);
-    out->gc_enabled = hd_gc_isenabled(h);
-    out->gc_debug = (unsigned)hd_gc_get_debug(h);
-    out->gc_freeze_count = hd_gc_get_freeze_count(h);
-    out->events_dropped = hd_events_dropped(h);
+    hd__metrics_summarize(s, hd__now_ms(), &out->sum);
     out->events_queued = hd_events_queued(h);
     out->event_mask = hd_events_get_mask(h);
-    out->tracing = hd_trace_is_tracing(h);
-    hd_trace_get_traced_memory(h, &out->traced_current, &out->traced_peak);
     out->output_bytes = s->conn ? hd__conn_unsent(s->conn) : 0;
-
-    /* What list_sessions publishes, but as it is now. The fields marked "locked" in
-     * session.h are written only by this thread, so reading them here needs no lock. */
-    hd_session_info_t *i = &out->info;
-    uint64_t now = hd__now_ms();
-    snprintf(i->id, sizeof i->id, "%s", s->id);
-    snprintf(i->peer, sizeof i->peer, "%s", s->peer);
-    snprintf(i->client_name, sizeof i->client_name, "%s", s->client_name);
-    i->last_op = s->last_op ? hd_dispatch_op_name(s->last_op) : "";
-    i->attached = s->conn != NULL;
-    i->admin = s->admin;
-    i->worker = (unsigned)s->worker->index;
-    i->bytes = out->heap.object_bytes;
-    i->objects = out->heap.objects;
-    i->requests = s->nrequests;
-    i->idle_ms = now > s->active_at ? now - s->active_at : 0;
-    i->created_unix = s->created_unix;
-    i->allocs_total = out->heap.allocs_total;
-    i->alloc_bytes_total = out->heap.alloc_bytes_total;
-    for (int g = 0; g < 3; g++)
-        i->collections += out->gc_stats[g].collections;
-    i->gc_pause_ns_total = out->heap.gc_pause_ns_total;
-
     int rc = 0;
-    if (out->tracing) {
+    if (out->sum.tracing) {
         hd_trace_stats_t st;
         rc = hd_trace_top(h, HD_TRACE_BY_SITE, &st);
         if (rc == 0) {

@@ -13,10 +13,10 @@
  *                                   reply(x)       (NULL: back to x->origin's inbox)
  *   done(x, origin)  <-----------
  *
- * The report, hd__session_report, is the one place that gathers what an operator sees of a
- * session (its heap statistics, collector, tracer, top tags and sites, queues, last request):
- * session_report answers with it, and anything else that shows sessions (an HTTP /metrics
- * page, a dashboard) calls it from its own run. The report is plain memory (dispatch.h's
+ * The report, hd__session_report, is everything an operator sees of one session: its summary
+ * (the figures every worker's snapshot holds, gathered by metrics.c:hd__metrics_summarize),
+ * its queues, and its top tags and sites. session_report answers with it, and the dashboard's
+ * session page (metrics.c's detail) shows it. The report is plain memory (dispatch.h's
  * hd_session_report_t), valid on any thread once taken.
  *
  * This file owns the calls and the report. It does not own the sessions (session.c), the
@@ -72,9 +72,10 @@ void hd__xcall_done(hd_worker_t *w, hd_xcall_t *x);
 /* A message holding x is freed undelivered (hd__msg_free): x goes on as described above. */
 void hd__xcall_undelivered(hd_msg_t *m);
 
-/* Fills out with everything about s, with top entries (1..HD_REPORT_TOP_MAX) in each top
- * list. On s's owner's thread only. Walks the heap twice (the census by tag and by site):
- * O(blocks in use). Returns 0 or HD_ENOMEM (the lists that could be taken are filled). */
+/* Fills out with everything about s: its summary (metrics.c:hd__metrics_summarize), its
+ * queues, and top entries (1..HD_REPORT_TOP_MAX) in each top list. On s's owner's thread
+ * only. Walks the heap twice (the census by tag and by site): O(blocks in use). Returns 0 or
+ * HD_ENOMEM (the lists that could be taken are filled). */
 int hd__session_report(hd_session_t *s, unsigned top, hd_session_report_t *out);
 
 #endif /* HD_SERVER_INSPECT_H */

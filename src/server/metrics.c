@@ -25,6 +25,8 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "inspect.h"
+#include "observe.h"
 #include "persist.h"
 #include "server.h"
 #include "session.h"
@@ -73,8 +75,6 @@ static void on_gc(void *ctx, const hd_gc_info_t *info) {
         b++;
     hd__counter_add(&m->pause_buckets[b], 1);
 
-    sm->pause_ns_total += info->pause_ns;
-    if (info->pause_ns > sm->pause_ns_max) sm->pause_ns_max = info->pause_ns;
     if (g == 2) {
         sm->gc2_ms[sm->gc2_next] = now;
         sm->gc2_next = (sm->gc2_next + 1) % 16;
@@ -116,14 +116,19 @@ void hd__metrics_session_close(hd_session_t *s) {
 
 #define MINUTE_MS 60000u
 
-static void summarize(hd_worker_t *w, hd_session_t *s, uint64_t now, hd_sess_summary_t *o) {
+void hd__metrics_summarize(hd_session_t *s, uint64_t now, hd_sess_summary_t *o) {
+    hd_worker_t *w = s->worker;
     hd_heap_t *h = s->heap;
     hd_sess_metrics_t *sm = s->metrics;
     memset(o, 0, sizeof *o);
     snprintf(o->id, sizeof o->id, "%s", s->id);
     snprintf(o->client_name, sizeof o->client_name, "%s", s->client_name);
     snprintf(o->peer, sizeof o->peer, "%s", s->peer);
+    o->last_op = s->last_op ? hd_dispatch_op_name(s->last_op) : "";
+    /* The fields session.h marks "locked" are written only by this thread: read here without
+     * the lock. */
     o->attached = s->conn != NULL;
+    o->admin = s->admin;
     o->worker = (unsigned)w->index;
     o->created_unix = s->created_unix;
     o->idle_ms = now > s->active_at ? now - s->active_at : 0;
@@ -142,8 +147,6 @@ static void summarize(hd_worker_t *w, hd_session_t *s, uint64_t now, hd_sess_sum
     o->tracing = hd_trace_is_tracing(h);
     if (o->tracing) hd_trace_get_traced_memory(h, &o->traced_current, &o->traced_peak);
     if (sm) {
-        o->gc_pause_ns_total = sm->pause_ns_total;
-        o->gc_pause_ns_max = sm->pause_ns_max;
         for (int i = 0; i < 16; i++) {
             if (sm->gc2_ms[i] && now - sm->gc2_ms[i] < MINUTE_MS) o->gc2_recent++;
             if (sm->uncoll_ms[i] && now - sm->uncoll_ms[i] < MINUTE_MS)
@@ -189,25 +192,13 @@ static void sample_sites(hd_session_t *s, uint64_t now) {
     sm->sampled_ms = now;
 }
 
-static void copy_top(hd_heap_t *h, hd_trace_group_t by, hd_detail_stat_t *out, size_t *n) {
-    hd_trace_stats_t st;
-    *n = 0;
-    if (hd_heap_census(h, by, HD_CENSUS_BY_BYTES, &st) < 0) return;
-    for (size_t i = 0; i < st.n && *n < HD_DETAIL_TOP; i++, (*n)++) {
-        snprintf(out[*n].key, sizeof out[*n].key, "%s", st.v[i].key);
-        out[*n].count = st.v[i].count;
-        out[*n].bytes = st.v[i].bytes;
-    }
-    hd_trace_stats_free(&st);
-}
-
 /* The detail of the wanted session, if it is this worker's. */
 static void take_detail(hd_worker_t *w, uint64_t now) {
     hd_wmetrics_t *m = &w->metrics;
-    char id[24];
+    char id[HD_ID_LEN];
     uv_mutex_lock(&m->lock);
     int due = m->want[0] && now < m->want_until &&
-              (!m->detail || strcmp(m->detail->sum.id, m->want) != 0 ||
+              (!m->detail || strcmp(m->detail->rep.sum.id, m->want) != 0 ||
                now - m->detail->taken_ms >= HD_SNAPSHOT_MS);
     memcpy(id, m->want, sizeof id);
     uv_mutex_unlock(&m->lock);
@@ -219,11 +210,12 @@ static void take_detail(hd_worker_t *w, uint64_t now) {
     if (!s || !s->heap || s->saving) return;
     hd_sess_detail_t *d = malloc(sizeof *d);
     if (!d) return;
-    summarize(w, s, now, &d->sum);
+    if (hd__session_report(s, HD_DETAIL_TOP, &d->rep) < 0) { /* out of memory: next tick */
+        free(d);
+        return;
+    }
     d->taken_ms = now;
     hd_heap_pool_map(s->heap, d->map, HD_DETAIL_ARENAS, &d->narenas);
-    copy_top(s->heap, HD_TRACE_BY_TAG, d->tags, &d->ntags);
-    copy_top(s->heap, HD_TRACE_BY_SITE, d->sites, &d->nsites);
     uv_mutex_lock(&m->lock);
     hd_sess_detail_t *old = m->detail;
     m->detail = d;
@@ -244,7 +236,7 @@ int hd__metrics_detail(hd_server_t *srv, const char *id, hd_sess_detail_t *out) 
     uv_mutex_lock(&m->lock);
     snprintf(m->want, sizeof m->want, "%s", id);
     m->want_until = now + 5000;
-    if (m->detail && strcmp(m->detail->sum.id, id) == 0 && now - m->detail->taken_ms < 2000) {
+    if (m->detail && strcmp(m->detail->rep.sum.id, id) == 0 && now - m->detail->taken_ms < 2000) {
         memcpy(out, m->detail, sizeof *out);
         rc = 0;
     }
@@ -278,7 +270,7 @@ static void take_snapshot(hd_worker_t *w) {
             continue;
         }
         sample_sites(s, now);
-        summarize(w, s, now, &v[k++]);
+        hd__metrics_summarize(s, now, &v[k++]);
     }
     uv_mutex_lock(&m->lock);
     hd_sess_summary_t *old = m->snap;
@@ -438,6 +430,224 @@ void hd__mview_heap_sum(const hd_mview_t *v, hd_heap_stats_t *sum) {
         HD_HEAP_STATS_MAP(SUM_FIELD)
 #undef SUM_FIELD
     }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* server_info: a view as key:value sections.                                                  */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The sections of server_info, in their order. */
+static const char *const info_sections[] = {"server", "clients", "memory",      "gc",
+                                            "limits", "stats",   "persistence", NULL};
+
+typedef struct info_s {
+    hd_info_item_t *v;
+    size_t n, cap;
+    const char *want; /* the section asked for, or "" */
+    const char *section;
+    int failed;
+} info_t;
+
+static hd_info_item_t *info_add(info_t *in, const char *key, hd_info_type_t type) {
+    if (in->failed || (*in->want && strcmp(in->want, in->section) != 0)) return NULL;
+    if (in->n == in->cap) {
+        size_t cap = in->cap ? 2 * in->cap : 64;
+        hd_info_item_t *v = realloc(in->v, cap * sizeof *v);
+        if (!v) {
+            in->failed = 1;
+            return NULL;
+        }
+        in->v = v;
+        in->cap = cap;
+    }
+    hd_info_item_t *it = &in->v[in->n++];
+    memset(it, 0, sizeof *it);
+    it->section = in->section;
+    it->key = key;
+    it->type = type;
+    return it;
+}
+
+static void info_u(info_t *in, const char *key, uint64_t v) {
+    hd_info_item_t *it = info_add(in, key, HD_INFO_U64);
+    if (it) it->u = v;
+}
+
+static void info_d(info_t *in, const char *key, double v) {
+    hd_info_item_t *it = info_add(in, key, HD_INFO_F64);
+    if (it) it->d = v;
+}
+
+static void info_s(info_t *in, const char *key, const char *v) {
+    hd_info_item_t *it = info_add(in, key, HD_INFO_STR);
+    if (it) snprintf(it->s, sizeof it->s, "%s", v);
+}
+
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The sessions' figures come from the view (the workers' last snapshots, as /metrics and the
+ * dashboard show them: at most HD_SNAPSHOT_MS old), the server's counters from the view too;
+ * only the config, the listeners, the slowlog and the monitors are read here. The fields of
+ * every section are gathered in one pass, the ones not asked for skipped by info_add: a
+ * section's keys are written once, here. */
+int hd__metrics_info(hd_server_t *srv, const hd_config_t *cfg, const char *section,
+                     hd_info_item_t **out, size_t *n) {
+    size_t k = 0;
+    while (info_sections[k] && *section && strcmp(info_sections[k], section) != 0)
+        k++;
+    if (*section && !info_sections[k]) return HD_EINVAL;
+    hd_mview_t v;
+    if (hd__metrics_view(srv, 0, &v) < 0) return HD_ENOMEM;
+    size_t ns = v.nsess, admins = 0;
+    uint64_t *bytes = malloc((ns ? ns : 1) * sizeof *bytes);
+    if (!bytes) {
+        hd__mview_free(&v);
+        return HD_ENOMEM;
+    }
+    hd_heap_stats_t sum;
+    hd__mview_heap_sum(&v, &sum);
+    uint64_t pause_max = 0, largest = 0, requests = 0, collections = 0, rejected = 0;
+    const char *largest_id = "";
+    for (size_t i = 0; i < ns; i++) {
+        const hd_sess_summary_t *s = &v.sess[i];
+        bytes[i] = s->heap.object_bytes;
+        admins += s->admin && s->attached;
+        if (s->heap.gc_pause_ns_max > pause_max) pause_max = s->heap.gc_pause_ns_max;
+        if (s->heap.object_bytes > largest || !*largest_id) {
+            largest = s->heap.object_bytes;
+            largest_id = s->id;
+        }
+    }
+    qsort(bytes, ns, sizeof *bytes, cmp_u64);
+    for (size_t i = 0; i < v.nworkers; i++)
+        requests += v.workers[i].requests;
+    for (int g = 0; g < 3; g++)
+        collections += v.gc_collections[g];
+    for (int r = 0; r < HD_REJECT_N; r++)
+        rejected += v.rejected[r];
+    uint64_t slow_len, slow_total;
+    hd__slowlog_counts(&srv->slowlog, &slow_len, &slow_total);
+    uint64_t total = sum.object_bytes, heap = sum.arena_bytes + sum.large_bytes;
+
+    info_t in = {NULL, 0, 0, section, NULL, 0};
+    in.section = "server";
+    info_s(&in, "version", HEAPD_VERSION);
+    info_u(&in, "protocol_version", HD_PROTOCOL_VERSION);
+    info_u(&in, "pid", (uint64_t)getpid());
+    info_u(&in, "uptime_ms", v.uptime_ms);
+    info_u(&in, "workers", srv->nworkers);
+    info_s(&in, "config_file", srv->config_path ? srv->config_path : "");
+    char where[160] = "";
+    for (size_t i = 0, m = 0; i < srv->nlisteners && m < sizeof where; i++)
+        m += (size_t)snprintf(where + m, sizeof where - m, "%s%s", i ? ", " : "",
+                              srv->listeners[i].name);
+    info_s(&in, "listeners", where);
+
+    in.section = "clients";
+    info_u(&in, "connections", v.connections);
+    info_u(&in, "connections_accepted", v.accepted);
+    info_u(&in, "connections_rejected", rejected);
+    info_u(&in, "sessions", v.sessions);
+    info_u(&in, "sessions_attached", v.sessions - v.sessions_detached);
+    info_u(&in, "sessions_detached", v.sessions_detached);
+    info_u(&in, "admin_sessions", admins);
+    info_u(&in, "monitors", hd__monitor_count(srv));
+
+    in.section = "memory";
+    info_u(&in, "object_bytes", total);
+    info_u(&in, "objects", sum.objects);
+    info_u(&in, "heap_bytes", heap);
+    info_u(&in, "rss_bytes", v.rss_bytes);
+    /* As Redis's mem_fragmentation_ratio: what the process holds per byte of live objects;
+     * heap_overhead_ratio is the heaps' own part of it (arenas and large objects). */
+    info_d(&in, "fragmentation_ratio", total ? (double)v.rss_bytes / (double)total : 0);
+    info_d(&in, "heap_overhead_ratio", total ? (double)heap / (double)total : 0);
+    info_u(&in, "session_bytes_mean", ns ? total / ns : 0);
+    info_u(&in, "session_bytes_p50", ns ? bytes[(ns - 1) / 2] : 0);
+    info_u(&in, "session_bytes_p90", ns ? bytes[(ns - 1) * 9 / 10] : 0);
+    info_u(&in, "session_bytes_p99", ns ? bytes[(ns - 1) * 99 / 100] : 0);
+    info_u(&in, "session_bytes_max", ns ? bytes[ns - 1] : 0);
+    info_s(&in, "largest_session", largest_id);
+
+    in.section = "gc";
+    info_u(&in, "collections", collections);
+    info_u(&in, "collections_gen0", v.gc_collections[0]);
+    info_u(&in, "collections_gen1", v.gc_collections[1]);
+    info_u(&in, "collections_gen2", v.gc_collections[2]);
+    info_u(&in, "collected", v.gc_collected[0] + v.gc_collected[1] + v.gc_collected[2]);
+    info_u(&in, "uncollectable",
+           v.gc_uncollectable[0] + v.gc_uncollectable[1] + v.gc_uncollectable[2]);
+    info_u(&in, "gc_pause_ns_total", v.pause_ns_sum);
+    info_u(&in, "gc_pause_ns_max", pause_max);
+    info_u(&in, "gc_enabled_default", (uint64_t)cfg->gc_enabled);
+    char thr[48];
+    snprintf(thr, sizeof thr, "%d,%d,%d", cfg->gc_threshold[0], cfg->gc_threshold[1],
+             cfg->gc_threshold[2]);
+    info_s(&in, "gc_threshold_default", thr);
+
+    in.section = "limits";
+    info_u(&in, "max_connections", cfg->max_connections);
+    info_u(&in, "max_sessions", cfg->max_sessions);
+    info_u(&in, "max_frame_bytes", cfg->max_frame_bytes);
+    info_u(&in, "session_max_bytes", cfg->session_max_bytes);
+    info_u(&in, "session_max_objects", cfg->session_max_objects);
+    info_u(&in, "idle_timeout_ms", cfg->idle_timeout);
+    info_u(&in, "session_linger_ms", cfg->session_linger);
+    info_u(&in, "output_buffer_limit", cfg->output_buffer_limit);
+    info_u(&in, "slowlog_threshold_us", cfg->slowlog_threshold_us);
+    info_u(&in, "slowlog_max_len", cfg->slowlog_max_len);
+    info_u(&in, "monitor_buffer", cfg->monitor_buffer);
+
+    in.section = "stats";
+    info_u(&in, "requests", requests);
+    info_u(&in, "bytes_in", v.bytes_in);
+    info_u(&in, "bytes_out", v.bytes_out);
+    info_u(&in, "slowlog_len", slow_len);
+    info_u(&in, "slowlog_total", slow_total);
+    info_u(&in, "monitor_dropped", atomic_load(&srv->monitor_dropped));
+
+    /* As Redis's INFO persistence: what was saved, when, and what failed (persist.c). */
+    in.section = "persistence";
+    hd_persist_stats_t *ps = &srv->persist;
+    uint64_t in_progress = 0, replay = 0;
+    for (size_t i = 0; i < srv->nworkers; i++) {
+        in_progress += atomic_load(&srv->workers[i].persist_busy);
+        replay += (uint64_t)atomic_load(&srv->workers[i].replay_bytes);
+    }
+    uint64_t last_ok = atomic_load(&ps->last_ok_unix), last_fail = atomic_load(&ps->last_fail_unix);
+    info_u(&in, "enabled", (uint64_t)hd__persist_enabled(cfg));
+    info_s(&in, "data_dir", cfg->data_dir ? cfg->data_dir : "");
+    info_u(&in, "snapshot_interval_ms", cfg->snapshot_interval);
+    info_u(&in, "saves_ok", atomic_load(&ps->saves_ok));
+    info_u(&in, "saves_failed", atomic_load(&ps->saves_failed));
+    info_u(&in, "bytes_written", atomic_load(&ps->bytes_written));
+    info_u(&in, "background_saves", atomic_load(&ps->background_saves));
+    info_u(&in, "save_in_progress", in_progress);
+    info_u(&in, "last_save_ok_unix", last_ok);
+    info_u(&in, "last_save_fail_unix", last_fail);
+    info_s(&in, "last_save_status", !last_fail || last_ok > last_fail ? "ok" : "err");
+    char last_error[sizeof ps->last_error];
+    uv_mutex_lock(&ps->lock);
+    memcpy(last_error, ps->last_error, sizeof last_error);
+    uv_mutex_unlock(&ps->lock);
+    info_s(&in, "last_save_error", last_error);
+    info_u(&in, "sessions_restored", atomic_load(&ps->restored));
+    info_u(&in, "files_refused", atomic_load(&ps->refused));
+    info_u(&in, "replay_window", cfg->replay_window);
+    info_u(&in, "replay_bytes", replay);
+
+    free(bytes);
+    hd__mview_free(&v); /* after the last use of largest_id, which points into it */
+    if (in.failed) {
+        free(in.v);
+        return HD_ENOMEM;
+    }
+    *out = in.v;
+    *n = in.n;
+    return 0;
 }
 
 /* ------------------------------------------------------------------------------------------ */

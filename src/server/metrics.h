@@ -30,6 +30,7 @@
 #include <uv.h>
 
 #include "codec.h"
+#include "config.h"
 #include "dispatch.h"
 #include "heap.h"
 
@@ -86,68 +87,29 @@ typedef struct hd_gc_mark_s {
     uint64_t pause_ns;
     uint64_t collected, uncollectable;
     int generation;
-    char session[24];
+    char session[HD_ID_LEN];
 } hd_gc_mark_t;
 
-/* A traced site's bytes at the last three samples, newest first (the doctor's leak rule). */
-#define HD_SITE_TRENDS    8     /* the largest sites of a tracing session, each sample */
-#define HD_SITE_SAMPLE_MS 5000u /* how far apart the samples are */
-typedef struct hd_site_trend_s {
-    char key[64];
-    uint64_t bytes[3];
-} hd_site_trend_t;
-
-/* One session as its owner saw it at the last snapshot. */
-typedef struct hd_sess_summary_s {
-    char id[24];
-    char client_name[64];
-    char peer[128];
-    int attached;
-    unsigned worker;
-    uint64_t created_unix, idle_ms, requests;
-    hd_heap_stats_t heap;
-    uint64_t max_bytes, max_objects; /* the heap's limits (0: none) */
-    int gc_enabled, gc_threshold[3];
-    unsigned gc_debug;
-    uint64_t gc_count[3];
-    hd_gc_genstats_t gc[3];
-    uint64_t garbage;              /* len(gc.garbage) */
-    uint64_t frozen;               /* gc.get_freeze_count() */
-    uint64_t gc_pause_ns_total;    /* every collection of its life */
-    uint64_t gc_pause_ns_max;      /* the longest of them */
-    uint64_t gc2_recent;           /* full collections in the last minute */
-    uint64_t uncollectable_growth; /* uncollectable objects found in the last minute */
-    int tracing;
-    uint64_t traced_current, traced_peak;
-    uint64_t tracing_ms; /* how long tracing has been on (0: off) */
-    uint64_t events_dropped;
-    hd_site_trend_t sites[HD_SITE_TRENDS]; /* while tracing: its largest sites' trends */
-    size_t nsites;
-} hd_sess_summary_t;
+/* hd_sess_summary_t, one session as its owner saw it: dispatch.h, since session_report
+ * answers with it too. */
 
 /* More of one session, taken by its owner while someone looks at its page (the dashboard's
- * /api/session): the heap map and the census by tag and by site. */
+ * /api/session): its report (inspect.c:hd__session_report, what session_report answers, with
+ * HD_DETAIL_TOP entries per list) and its heap map. */
 #define HD_DETAIL_ARENAS 128 /* arenas drawn in the heap map (128 MiB); the rest are counted */
 #define HD_DETAIL_TOP    16  /* tags and sites listed */
-typedef struct hd_detail_stat_s {
-    char key[128];
-    uint64_t count, bytes;
-} hd_detail_stat_t;
 typedef struct hd_sess_detail_s {
-    hd_sess_summary_t sum;
+    hd_session_report_t rep;
     uint64_t taken_ms;
     size_t narenas;
     hd_pool_map_t map[HD_DETAIL_ARENAS * HD_ARENA_MAP_POOLS];
-    hd_detail_stat_t tags[HD_DETAIL_TOP], sites[HD_DETAIL_TOP];
-    size_t ntags, nsites;
 } hd_sess_detail_t;
 
 /* A session's figures that only its owner updates between snapshots (session.c gives every
  * session one: hd__metrics_session_open). */
 typedef struct hd_sess_metrics_s {
-    uint64_t gc2_ms[16]; /* hd__now_ms of its last 16 full collections (a ring) */
-    unsigned gc2_next;   /* where the next goes */
-    uint64_t pause_ns_total, pause_ns_max;
+    uint64_t gc2_ms[16];    /* hd__now_ms of its last 16 full collections (a ring) */
+    unsigned gc2_next;      /* where the next goes */
     uint64_t uncoll_ms[16]; /* when it last found uncollectable objects, and how many */
     uint64_t uncoll_n[16];
     unsigned uncoll_next;
@@ -176,7 +138,7 @@ typedef struct hd_wmetrics_s {
     uint64_t snap_ms;
     hd_gc_mark_t ring[HD_GC_RING]; /* the last ring_n collections, oldest at ring_head */
     size_t ring_head, ring_n;
-    char want[24];            /* a session whose detail someone looks at, or "" */
+    char want[HD_ID_LEN];     /* a session whose detail someone looks at, or "" */
     uint64_t want_until;      /* hd__now_ms until which it is wanted */
     hd_sess_detail_t *detail; /* the last detail taken, or NULL */
 } hd_wmetrics_t;
@@ -222,6 +184,10 @@ void hd__mview_heap_sum(const hd_mview_t *v, hd_heap_stats_t *sum);
 void hd__metrics_worker_init(hd_worker_t *w);
 void hd__metrics_worker_stop(hd_worker_t *w); /* closes the tick timer */
 void hd__metrics_worker_free(hd_worker_t *w);
+/* Everything of s that fits a summary, as it is now (the one place that gathers a session's
+ * figures: snapshots, reports and details all take theirs here). On s's owner's thread;
+ * O(arenas), never a walk of the blocks. */
+void hd__metrics_summarize(hd_session_t *s, uint64_t now, hd_sess_summary_t *o);
 /* A new session's sidecar and gc callback; and their end. Return 0 or HD_ENOMEM. */
 int hd__metrics_session_open(hd_session_t *s);
 void hd__metrics_session_close(hd_session_t *s);
@@ -243,6 +209,11 @@ int hd__metrics_detail(hd_server_t *srv, const char *id, hd_sess_detail_t *out);
  * too). Returns 0 or HD_ENOMEM; free with hd__mview_free. */
 int hd__metrics_view(hd_server_t *srv, int with_marks, hd_mview_t *v);
 void hd__mview_free(hd_mview_t *v);
+/* server_info's answer: the fields of section ("" = every section) of a view taken now, with
+ * cfg's limits. *out is malloc'd, the caller frees it. Returns 0, HD_EINVAL (no such section)
+ * or HD_ENOMEM. Any thread. */
+int hd__metrics_info(hd_server_t *srv, const hd_config_t *cfg, const char *section,
+                     hd_info_item_t **out, size_t *n);
 /* Appends the Prometheus text exposition (format 0.0.4) of v to out. Returns 0 or HD_ENOMEM. */
 int hd__metrics_render(const hd_mview_t *v, hd_buf_t *out);
 /* The resident set size of the process, from /proc/self/statm, in bytes; 0 if unknown

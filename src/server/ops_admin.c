@@ -80,9 +80,9 @@ static int op_list_sessions(hd_opctx_t *c, const Heapd__V1__ListSessions *a,
         if (m[k].id == NULL || m[k].peer == NULL || m[k].client_name == NULL) break;
         v[k] = &m[k];
     }
-    bool short_of_memory = m == NULL || v == NULL ||
-                           (k < n && (m[k].id == NULL || m[k].peer == NULL ||
-                                      m[k].client_name == NULL));
+    bool short_of_memory =
+        m == NULL || v == NULL ||
+        (k < n && (m[k].id == NULL || m[k].peer == NULL || m[k].client_name == NULL));
     free(list);
     if (short_of_memory) return HD_ENOMEM;
     r->sessions = v;

@@ -37,6 +37,30 @@ static int stat_list(hd_opctx_t *c, const hd_report_list_t *l, Heapd__V1__TraceS
     return 0;
 }
 
+/* The SessionInfo of a report: the row list_sessions would show, from the summary. */
+static hd_session_info_t *info_of(hd_opctx_t *c, const hd_sess_summary_t *s) {
+    hd_session_info_t *i = hd__op_zalloc(c, sizeof *i);
+    if (i == NULL) return NULL;
+    snprintf(i->id, sizeof i->id, "%s", s->id);
+    snprintf(i->peer, sizeof i->peer, "%s", s->peer);
+    snprintf(i->client_name, sizeof i->client_name, "%s", s->client_name);
+    i->last_op = s->last_op;
+    i->attached = s->attached;
+    i->admin = s->admin;
+    i->worker = s->worker;
+    i->bytes = s->heap.object_bytes;
+    i->objects = s->heap.objects;
+    i->requests = s->requests;
+    i->idle_ms = s->idle_ms;
+    i->created_unix = s->created_unix;
+    i->allocs_total = s->heap.allocs_total;
+    i->alloc_bytes_total = s->heap.alloc_bytes_total;
+    for (int g = 0; g < 3; g++)
+        i->collections += s->gc[g].collections;
+    i->gc_pause_ns_total = s->heap.gc_pause_ns_total;
+    return i;
+}
+
 static int op_session_report(hd_opctx_t *c, const Heapd__V1__SessionReport *a,
                              Heapd__V1__SessionReportResult *r) {
     int rc = hd__op_check_session_id(c, a->session_id);
@@ -55,18 +79,21 @@ static int op_session_report(hd_opctx_t *c, const Heapd__V1__SessionReport *a,
     rc = hd__op_server_err(ops->session_report(c->env->ops_ctx, a->top ? a->top : 10, rep));
     if (rc < 0) return rc;
     if ((rc = hd__op_heap_stats(c, heap)) < 0) return rc;
-    hd__op_session_info(c, &rep->info, info);
+    const hd_sess_summary_t *sum = &rep->sum;
+    hd_session_info_t *si = info_of(c, sum);
+    if (si == NULL) return HD_ENOMEM;
+    hd__op_session_info(c, si, info);
     r->session = info;
     r->heap = heap;
-    r->gc_enabled = rep->gc_enabled != 0;
+    r->gc_enabled = sum->gc_enabled != 0;
     for (int i = 0; i < 3; i++)
-        thr[i] = rep->gc_threshold[i];
+        thr[i] = sum->gc_threshold[i];
     r->gc_threshold = thr;
     r->n_gc_threshold = 3;
-    r->gc_debug = rep->gc_debug;
-    r->tracing = rep->tracing != 0;
-    r->traced_current = rep->traced_current;
-    r->traced_peak = rep->traced_peak;
+    r->gc_debug = sum->gc_debug;
+    r->tracing = sum->tracing != 0;
+    r->traced_current = sum->traced_current;
+    r->traced_peak = sum->traced_peak;
     if ((rc = stat_list(c, &rep->traced_sites, &r->traced_sites, &r->n_traced_sites)) < 0 ||
         (rc = stat_list(c, &rep->tags_by_bytes, &r->tags_by_bytes, &r->n_tags_by_bytes)) < 0 ||
         (rc = stat_list(c, &rep->tags_by_count, &r->tags_by_count, &r->n_tags_by_count)) < 0 ||

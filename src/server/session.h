@@ -62,9 +62,7 @@ struct hd_session_s {
     int admin;              /* the attached (or last) connection may make admin requests */
     char peer[HD_PEER_LEN]; /* the attached connection's peer, or the last one */
     uint64_t pub_bytes, pub_objects, pub_requests;
-    uint64_t pub_allocs, pub_alloc_bytes, pub_collections, pub_gc_pause_ns;
-    uint64_t pub_gc_pause_max; /* the longest collection */
-    uint64_t pub_footprint;    /* arenas mapped and large objects: what the heap takes */
+    uint64_t pub_allocs, pub_alloc_bytes, pub_collections, pub_gc_pause_ns; /* for rates */
     int pub_last_op;
     uint64_t last_active_ms; /* hd__now_ms of the last request */
     uint64_t created_unix;
@@ -116,11 +114,6 @@ int hd__sessions_server_stats(hd_worker_t *w, hd_server_stats_t *out);
 int hd__sessions_list(hd_worker_t *w, hd_session_info_t **out, size_t *n);
 /* peer: the admin's connection, for the log. */
 int hd__sessions_kill(hd_worker_t *w, const char *peer, const char *id);
-/* The server's info, as server_info answers it: the fields of section ("" = every section),
- * from the registry's published counters, the config and the server. *out is malloc'd, the
- * caller frees it. Returns 0, HD_EINVAL (no such section) or HD_ENOMEM. Any worker; for
- * anything else that shows the server (a /metrics page) too. */
-int hd__server_info(hd_worker_t *w, const char *section, hd_info_item_t **out, size_t *n);
 
 /* The save op: a background save of every session (persist.c); HD_EIO without data_dir. */
 int hd__sessions_save(hd_worker_t *w, uint64_t *save_id);

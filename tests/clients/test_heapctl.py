@@ -68,6 +68,23 @@ def jlines(*args, check=0, **kw):
     return [json.loads(l) for l in r.stdout.splitlines() if l.strip()]
 
 
+def pty_drain(pid, fd, timeout=20):
+    """What heapctl writes to its terminal until it closes it; kills it after timeout."""
+    out = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([fd], [], [], 0.2)
+        try:
+            chunk = os.read(fd, 65536) if r else None
+        except OSError:  # EIO: the terminal's other end is closed
+            return out
+        if chunk == b"":
+            return out
+        out += chunk or b""
+    os.kill(pid, signal.SIGKILL)
+    return out
+
+
 class Basics(unittest.TestCase):
     def test_ping(self):
         d = js("ping")
@@ -707,15 +724,7 @@ class Top(unittest.TestCase):
 
     def finish(self, pid, fd, before):
         """Waits for heapctl; checks the terminal is as it was; returns the exit status."""
-        rest = b""
-        while True:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError:
-                break
-            if not chunk:
-                break
-            rest += chunk
+        rest = pty_drain(pid, fd)
         _, status = os.waitpid(pid, 0)
         # The pty pair shares one set of settings: the master reads what heapctl left.
         after = termios.tcgetattr(fd)
@@ -789,18 +798,20 @@ class ShellTerminal(unittest.TestCase):
     def read_until(self, fd, pattern, timeout=20):
         return Top.read_until(self, fd, pattern, timeout)
 
-    def finish(self, pid, fd, timeout=20):
-        """Reads to the end and waits for heapctl; returns its exit status."""
+    def type(self, fd, keys, timeout=20):
+        """Types keys once libedit reads the terminal: it prints its prompt, then takes the
+        terminal out of line mode, and a key typed in between is the line discipline's (a
+        ^D there is an end of file that libedit never sees)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            r, _, _ = select.select([fd], [], [], 0.2)
-            try:
-                if r and not os.read(fd, 65536):
-                    break
-            except OSError:  # EIO: the terminal's other end is closed
-                break
-        else:
-            os.kill(pid, signal.SIGKILL)
+        while termios.tcgetattr(fd)[3] & termios.ICANON:
+            if time.monotonic() > deadline:
+                raise AssertionError("the terminal stayed in line mode")
+            time.sleep(0.01)
+        os.write(fd, keys)
+
+    def finish(self, pid, fd):
+        """Reads to the end and waits for heapctl; returns its exit status."""
+        pty_drain(pid, fd)
         _, status = os.waitpid(pid, 0)
         os.close(fd)
         return os.waitstatus_to_exitcode(status)
@@ -810,21 +821,21 @@ class ShellTerminal(unittest.TestCase):
         # made of it (the terminal's echo is libedit's redrawing, not the line).
         pid, fd = self.spawn()
         self.read_until(fd, "heapd> ")
-        os.write(fd, b"all\tnode size=8\r")  # a command
+        self.type(fd, b"all\tnode size=8\r")  # a command
         self.read_until(fd, "node = 0x")
-        os.write(fd, b"refc\tno\t\r")  # a command, then a name of the shell
+        self.type(fd, b"refc\tno\t\r")  # a command, then a name of the shell
         self.read_until(fd, "\r\n1\r\nheapd> ")  # refcount node: the shell's one reference
-        os.write(fd, b"gc coll\t\r")  # a subcommand
+        self.type(fd, b"gc coll\t\r")  # a subcommand
         self.read_until(fd, "collected generation 2")
-        os.write(fd, b"quit\r")
+        self.type(fd, b"quit\r")
         self.assertEqual(self.finish(pid, fd), 0)
 
     def test_history_between_runs(self):
         pid, fd = self.spawn()
         self.read_until(fd, "heapd> ")
-        os.write(fd, b"echo first-run\r")
+        self.type(fd, b"echo first-run\r")
         self.read_until(fd, "first-run\r\nheapd> ")  # its output, then the next prompt
-        os.write(fd, b"\x04")  # ^D ends it
+        self.type(fd, b"\x04")  # ^D ends it
         self.assertEqual(self.finish(pid, fd), 0)
         with open(self.hist) as f:
             self.assertIn("first-run", f.read())  # libedit's format: "echo\\040first-run"
@@ -832,15 +843,15 @@ class ShellTerminal(unittest.TestCase):
         # A second run: the up arrow brings the first run's line back, and it runs again.
         pid, fd = self.spawn()
         self.read_until(fd, "heapd> ")
-        os.write(fd, b"\x1b[A")
+        self.type(fd, b"\x1b[A")
         self.read_until(fd, "first-run")
-        os.write(fd, b"\r")
+        self.type(fd, b"\r")
         self.read_until(fd, "first-run\r\nheapd> ")
-        os.write(fd, b"echo x\r")
+        self.type(fd, b"echo x\r")
         self.read_until(fd, "x\r\nheapd> ")
-        os.write(fd, b"decref 1\r")  # the last command fails: so does the shell
+        self.type(fd, b"decref 1\r")  # the last command fails: so does the shell
         self.assertIn(b"ENOOBJ", self.read_until(fd, "heapd> "))
-        os.write(fd, b"\x04")
+        self.type(fd, b"\x04")
         self.assertEqual(self.finish(pid, fd), 1)
 
 

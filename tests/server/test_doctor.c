@@ -39,7 +39,7 @@ static void healthy(hd_sess_summary_t *s, const char *id) {
     s->gc_enabled = 1;
     s->gc_threshold[0] = 700, s->gc_threshold[1] = 10, s->gc_threshold[2] = 10;
     s->gc_count[0] = 300;
-    s->gc_pause_ns_max = 2000000;
+    s->heap.gc_pause_ns_max = 2000000;
 }
 
 typedef struct fix_s {
@@ -132,7 +132,7 @@ static void test_gc2_frequent(void **state) {
 }
 
 static void test_long_pause(void **state) {
-    fx.sess[0].gc_pause_ns_max = 250000000;
+    fx.sess[0].heap.gc_pause_ns_max = 250000000;
     expect_one("long_pause", "aaaaaaaaaaaaaaaa", "250.0 ms");
 }
 
@@ -196,8 +196,8 @@ static void test_snapshot_failing(void **state) {
 }
 
 static void test_one_session_only(void **state) {
-    fx.sess[0].gc_pause_ns_max = 250000000;
-    fx.sess[1].gc_pause_ns_max = 250000000;
+    fx.sess[0].heap.gc_pause_ns_max = 250000000;
+    fx.sess[1].heap.gc_pause_ns_max = 250000000;
     fx.v.sessions = 14;
     fx.v.sessions_detached = 11;
     assert_int_equal(run(NULL), 3);

@@ -63,6 +63,23 @@ class InfoTest(unittest.TestCase):
             self.assertGreaterEqual(m["heap_bytes"], m["object_bytes"])
             self.assertGreater(m["fragmentation_ratio"], 1.0)  # RSS over a few KiB of objects
             self.assertLessEqual(m["session_bytes_p50"], m["session_bytes_p90"])
+            # The collector's figures are the workers' own counters, as /metrics shows them.
+            v.ok("gc_collect", generation=2)
+            g = fields(adm.ok("server_info", section="gc"))["gc"]
+            self.assertEqual(g["collections_gen2"], 1)
+            self.assertEqual(g["collections"], g["collections_gen0"] + g["collections_gen1"] + 1)
+            self.assertGreater(g["gc_pause_ns_total"], 0)
+            def paused():  # the longest pause, from the next snapshot of the session
+                g = fields(adm.ok("server_info", section="gc"))["gc"]
+                return g if g["gc_pause_ns_max"] > 0 else None
+            self.assertIsNotNone(h.wait_until(paused))
+            st = fields(adm.ok("server_info", section="stats"))["stats"]
+            self.assertGreater(st["requests"], 10)
+            self.assertGreater(st["bytes_in"], 0)
+            self.assertGreater(st["bytes_out"], 0)
+            cl = fields(adm.ok("server_info", section="clients"))["clients"]
+            self.assertGreaterEqual(cl["connections_accepted"], 2)
+            self.assertEqual(cl["connections_rejected"], 0)
             r = adm.call("server_info", section="nope")
             self.assertEqual(r.status.name, "EINVAL")
             self.assertIn("persistence", r.status.message)
