@@ -91,19 +91,33 @@ _Static_assert(HD_NCLASSES == 32, "hd__class_divm lists 32 classes");
 /* The region table and its chunks.                                                           */
 /* ========================================================================================== */
 
-/* Grows the tables to hold at least need regions. 0, or HD_ENOMEM with nothing changed. The
- * first growth leaves the inline table and records chunk 0 (the sentinels' region and 15
- * regions for large allocations). */
+/* The bytes of the tables' one allocation for cap regions. */
+static size_t table_bytes(uint32_t cap) {
+    return (size_t)cap * (sizeof(char *) + sizeof(uint64_t)) +
+           cap / HD_CHUNK_REGIONS * sizeof(hd_chunk_t) +
+           (HD_ARENA_POOLS + 1) * sizeof(hd_arena_t *);
+}
+
+/* The charge for an arena: its record, as hd__malloc is asked for it. */
+#define HD_ARENA_RECORD (sizeof(hd_arena_t) + HD_CACHE_LINE - 1)
+
+/* Grows the tables to hold at least need regions. 0, or HD_ENOMEM / HD_ELIMIT (the charge)
+ * with nothing changed. The first growth leaves the inline table and records chunk 0 (the
+ * sentinels' region and 15 regions for large allocations). */
 static int table_grow(hd_alloc_t *a, uint32_t need) {
     uint32_t cap = a->region_cap;
     while (cap < need)
         cap *= 2;
     size_t nchunks = cap / HD_CHUNK_REGIONS;
     size_t nfp = HD_ARENA_POOLS + 1;
-    size_t bytes = (size_t)cap * (sizeof(char *) + sizeof(uint64_t)) +
-                   nchunks * sizeof(hd_chunk_t) + nfp * sizeof(hd_arena_t *);
+    size_t bytes = table_bytes(cap);
+    int rc = hd__charge(a->acct, HD_CHARGE_objects, bytes);
+    if (rc < 0) return rc;
     char *mem = hd__malloc(bytes);
-    if (!mem) return HD_ENOMEM;
+    if (!mem) {
+        hd__uncharge(a->acct, HD_CHARGE_objects, bytes);
+        return HD_ENOMEM;
+    }
 
     char **base = (char **)mem;
     uint64_t *large = (uint64_t *)(base + cap);
@@ -126,6 +140,7 @@ static int table_grow(hd_alloc_t *a, uint32_t need) {
         memcpy(chunks, a->chunks, n / HD_CHUNK_REGIONS * sizeof(*chunks));
         memcpy(nfp2lasta, a->nfp2lasta, nfp * sizeof(*nfp2lasta));
         hd__free(a->region_base);
+        hd__uncharge(a->acct, HD_CHARGE_objects, table_bytes(a->region_cap));
     }
     a->region_base = base;
     a->region_large = large;
@@ -146,8 +161,10 @@ static int chunk_take(hd_alloc_t *a, uint32_t *out) {
     }
     uint32_t first = a->chunks ? a->nregions : HD_CHUNK_REGIONS;
     if (first + HD_CHUNK_REGIONS > HD_MAX_REGIONS) return HD_ENOMEM;
-    if (first + HD_CHUNK_REGIONS > a->region_cap && table_grow(a, first + HD_CHUNK_REGIONS) < 0)
-        return HD_ENOMEM;
+    int rc;
+    if (first + HD_CHUNK_REGIONS > a->region_cap &&
+        (rc = table_grow(a, first + HD_CHUNK_REGIONS)) < 0)
+        return rc;
     *out = a->nregions / HD_CHUNK_REGIONS;
     a->nregions += HD_CHUNK_REGIONS;
     a->chunks[*out] = (hd_chunk_t){.next = HD_NOCHUNK, .prev = HD_NOCHUNK};
@@ -182,10 +199,11 @@ static void chunk_list_remove(hd_alloc_t *a, uint32_t *head, uint32_t c) {
  * large chunk. 0, or HD_ENOMEM with nothing changed. */
 static int region_take(hd_alloc_t *a, uint32_t *out) {
     /* The first table makes chunk 0 a large chunk with 15 free regions. */
-    if (!a->chunks && table_grow(a, HD_REGIONS_FIRST) < 0) return HD_ENOMEM;
+    int rc;
+    if (!a->chunks && (rc = table_grow(a, HD_REGIONS_FIRST)) < 0) return rc;
     if (a->chunks_large == HD_NOCHUNK) {
         uint32_t c;
-        if (chunk_take(a, &c) < 0) return HD_ENOMEM;
+        if ((rc = chunk_take(a, &c)) < 0) return rc;
         chunk_list_push(a, &a->chunks_large, c);
     }
     uint32_t c = a->chunks_large;
@@ -223,20 +241,33 @@ static void region_put(hd_alloc_t *a, uint32_t r) {
 /* ========================================================================================== */
 
 /* Maps a new arena and makes it the only usable one (usable_arenas is empty when this is
- * called). NULL, with nothing changed, when the hook or the region table fails. */
+ * called); its record is charged, its pools as they are carved. NULL, with nothing changed
+ * and a->fail set, when the hook, the region table or the charge fails. */
 static hd_arena_t *arena_new(hd_alloc_t *a) {
     HD_ASSERT(a->usable_arenas == NULL && a->spare_arena == NULL);
-    void *raw = hd__malloc(sizeof(hd_arena_t) + HD_CACHE_LINE - 1);
-    if (!raw) return NULL;
+    int rc = hd__charge(a->acct, HD_CHARGE_objects, HD_ARENA_RECORD);
+    if (rc < 0) {
+        a->fail = rc;
+        return NULL;
+    }
+    void *raw = hd__malloc(HD_ARENA_RECORD);
+    if (!raw) {
+        hd__uncharge(a->acct, HD_CHARGE_objects, HD_ARENA_RECORD);
+        a->fail = HD_ENOMEM;
+        return NULL;
+    }
     hd_arena_t *ar =
         (hd_arena_t *)(((uintptr_t)raw + HD_CACHE_LINE - 1) & ~(uintptr_t)(HD_CACHE_LINE - 1));
     char *base = hd__mem.map(HD_ARENA_SIZE);
     /* The hook promises pages; a ref needs at least 16-byte alignment of the base. */
     HD_ASSERT(((uintptr_t)base & (HD_ALIGN - 1)) == 0);
     uint32_t c;
-    if (!base || chunk_take(a, &c) < 0) {
+    rc = base ? chunk_take(a, &c) : HD_ENOMEM;
+    if (rc < 0) {
         if (base) hd__mem.unmap(base, HD_ARENA_SIZE);
         hd__free(raw);
+        hd__uncharge(a->acct, HD_CHARGE_objects, HD_ARENA_RECORD);
+        a->fail = rc;
         return NULL;
     }
 
@@ -278,6 +309,7 @@ static void arena_free(hd_alloc_t *a, hd_arena_t *ar) {
     for (uint32_t i = 0; i < HD_CHUNK_REGIONS; i++)
         a->region_base[ar->region + i] = NULL;
     chunk_put(a, ar->region / HD_CHUNK_REGIONS);
+    hd__uncharge(a->acct, HD_CHARGE_objects, HD_ARENA_RECORD + (size_t)ar->ncarved * HD_POOL_SIZE);
     hd__mem.unmap(ar->map, ar->map_len);
     hd__free(ar->raw);
     a->arenas_current--;
@@ -338,9 +370,21 @@ static void usedpool_unlink(hd_alloc_t *a, hd_pool_t *pool) {
 
 /* Takes a free pool from the fullest usable arena (mapping one if there is none), sets it up
  * for class c and puts it at the front of usedpools[c] (CPython's allocate_from_new_pool).
- * NULL, with nothing changed, when no arena can be mapped. */
+ * A never-used pool is charged as it is carved: its pages become resident and stay so while
+ * its arena is mapped. NULL, with nothing changed and a->fail set, when no arena can be
+ * mapped or the charge is refused. */
 static hd_pool_t *pool_new(hd_alloc_t *a, uint32_t c) {
-    if (!a->usable_arenas && !arena_new(a)) return NULL;
+    if (!a->usable_arenas || !a->usable_arenas->freepools) {
+        int rc = hd__charge(a->acct, HD_CHARGE_objects, HD_POOL_SIZE);
+        if (rc < 0) {
+            a->fail = rc;
+            return NULL;
+        }
+        if (!a->usable_arenas && !arena_new(a)) {
+            hd__uncharge(a->acct, HD_CHARGE_objects, HD_POOL_SIZE);
+            return NULL;
+        }
+    }
     hd_arena_t *ar = a->usable_arenas;
 
     /* ar has the fewest free pools, so taking one keeps the list sorted; only the run
@@ -429,17 +473,29 @@ static void pool_release(hd_alloc_t *a, hd_pool_t *pool) {
 /* Allocation.                                                                                */
 /* ========================================================================================== */
 
-/* Over 512 bytes: from the hook's malloc, with a region of its own. NULL, with nothing
- * changed, when either fails. */
+/* Over 512 bytes: from the hook's malloc, with a region of its own, charged whole. NULL,
+ * with nothing changed and a->fail set, when either fails or the charge is refused. */
 static void *large_alloc(hd_alloc_t *a, size_t n, hd_ref_t *ref) {
+    int rc = hd__charge(a->acct, HD_CHARGE_objects, n);
+    if (rc < 0) {
+        a->fail = rc;
+        return NULL;
+    }
     char *p = hd__malloc(n);
-    if (!p) return NULL;
+    if (!p) {
+        hd__uncharge(a->acct, HD_CHARGE_objects, n);
+        a->fail = HD_ENOMEM;
+        return NULL;
+    }
     /* A ref cannot name an unaligned address. glibc's malloc aligns to 16 bytes; a hook that
      * does not is a bug, reported in debug builds and refused as out-of-memory otherwise. */
     HD_ASSERT(((uintptr_t)p & (HD_ALIGN - 1)) == 0);
     uint32_t r;
-    if (((uintptr_t)p & (HD_ALIGN - 1)) != 0 || region_take(a, &r) < 0) {
+    rc = ((uintptr_t)p & (HD_ALIGN - 1)) != 0 ? HD_ENOMEM : region_take(a, &r);
+    if (rc < 0) {
         hd__free(p);
+        hd__uncharge(a->acct, HD_CHARGE_objects, n);
+        a->fail = rc;
         return NULL;
     }
     a->region_base[r] = p;
@@ -488,6 +544,7 @@ void hd__alloc_large_free(hd_alloc_t *a, void *p, hd_ref_t ref) {
     HD_ASSERT(a->region_base[r] == p && (ref & ((1u << HD_REF_GRANULE_BITS) - 1)) == 0);
     a->large_objects--;
     a->large_bytes -= a->region_large[r];
+    hd__uncharge(a->acct, HD_CHARGE_objects, a->region_large[r]);
     region_put(a, r);
     hd__free(p);
 }
@@ -606,8 +663,17 @@ void hd__alloc_pool_map(const hd_alloc_t *a, hd_pool_map_t *out, size_t max_aren
     *narenas = k;
 }
 
-void hd__alloc_init(hd_alloc_t *a, void *sentinel_base) {
+uint64_t hd__alloc_held(const hd_alloc_t *a) {
+    uint64_t n = a->large_bytes;
+    if (a->region_base != a->region_inline) n += table_bytes(a->region_cap);
+    for (const hd_arena_t *ar = a->arenas; ar; ar = ar->next_all)
+        n += HD_ARENA_RECORD + (uint64_t)ar->ncarved * HD_POOL_SIZE;
+    return n;
+}
+
+void hd__alloc_init(hd_alloc_t *a, void *sentinel_base, hd_account_t *acct) {
     memset(a, 0, sizeof(*a));
+    a->acct = acct;
     a->region_base = a->region_inline;
     a->region_inline[0] = sentinel_base;
     a->nregions = 1;
@@ -641,5 +707,6 @@ void hd__alloc_destroy(hd_alloc_t *a) {
         }
     }
     if (a->region_base != a->region_inline) hd__free(a->region_base);
-    hd__alloc_init(a, sentinel_base);
+    hd__uncharge(a->acct, HD_CHARGE_objects, a->acct->by[HD_CHARGE_objects]);
+    hd__alloc_init(a, sentinel_base, a->acct);
 }

@@ -428,8 +428,13 @@ static bool reserve_garbage(hd_heap_t *h, uint64_t need) {
     hd_gcstate_t *gc = &h->gc;
     if (need == 0) return true;
     if (need > SIZE_MAX - gc->ngarbage) return false;
-    return hd__vec_reserve((void **)&gc->garbage, &gc->garbage_cap, gc->ngarbage + need,
-                           sizeof *gc->garbage) == 0;
+    size_t cap = gc->garbage_cap;
+    if (hd__vec_reserve((void **)&gc->garbage, &gc->garbage_cap, gc->ngarbage + need,
+                        sizeof *gc->garbage) < 0)
+        return false;
+    /* Charged, never refused: 4 bytes for an object that is already charged. */
+    hd__charge_force(&h->acct, HD_CHARGE_collector, (gc->garbage_cap - cap) * sizeof *gc->garbage);
+    return true;
 }
 
 /* Lists r on the garbage list, which takes one internal reference. Room was reserved. */
@@ -839,7 +844,13 @@ struct hd_gc_cursor_s {
     size_t n, pos;
 };
 
-static void cursor_free(hd_gc_cursor_t *c) {
+/* What a cursor of n entries is charged. */
+static size_t cursor_bytes(size_t n) {
+    return sizeof(hd_gc_cursor_t) + n * sizeof(snap_t);
+}
+
+static void cursor_free(hd_heap_t *h, hd_gc_cursor_t *c) {
+    hd__uncharge(&h->acct, HD_CHARGE_cursors, cursor_bytes(c->n));
     hd__free(c->v);
     hd__free(c);
 }
@@ -855,10 +866,16 @@ static int cursor_open(hd_heap_t *h, int gen, hd_gc_cursor_t **out) {
         for (hd_ref_t r = link_at(rb, list)->gc_next; r != list; r = link_at(rb, r)->gc_next)
             n++;
     }
+    /* Charged before it is built, so that a refused cursor costs nothing. */
+    int rc = hd__charge(&h->acct, HD_CHARGE_cursors, cursor_bytes(n));
+    if (rc < 0) return rc;
     hd_gc_cursor_t *c = hd__calloc(1, sizeof *c);
-    if (!c) return HD_ENOMEM;
-    if (n && !(c->v = hd__calloc(n, sizeof *c->v))) {
+    if (c && n && !(c->v = hd__calloc(n, sizeof *c->v))) {
         hd__free(c);
+        c = NULL;
+    }
+    if (!c) {
+        hd__uncharge(&h->acct, HD_CHARGE_cursors, cursor_bytes(n));
         return HD_ENOMEM;
     }
     for (int g = lo; g <= hi; g++) {
@@ -884,7 +901,7 @@ static void cursor_register(hd_heap_t *h, hd_gc_cursor_t *c) {
     if (open >= HD_GC_MAX_CURSORS) {
         hd_gc_cursor_t *oldest = gc->cursors;
         gc->cursors = oldest->next;
-        cursor_free(oldest);
+        cursor_free(h, oldest);
     }
 }
 
@@ -922,7 +939,7 @@ int hd_gc_get_objects(hd_heap_t *h, int generation, uint64_t *cursor, size_t max
         if (hd__handle_resolve(h, hd, &r, &o) < 0) continue; /* freed since the snapshot */
         if ((rc = hd__handles_push(h, out, r, newref)) < 0) {
             hd__handles_unwind(h, out, from, newref);
-            if (!link) cursor_free(c);
+            if (!link) cursor_free(h, c);
             return rc;
         }
     }
@@ -932,7 +949,7 @@ int hd_gc_get_objects(hd_heap_t *h, int generation, uint64_t *cursor, size_t max
         *cursor = c->id;
     } else {
         if (link) *link = c->next;
-        cursor_free(c);
+        cursor_free(h, c);
         *cursor = 0;
     }
     return 0;
@@ -943,7 +960,7 @@ void hd_gc_cursor_close(hd_heap_t *h, uint64_t cursor) {
     if (!link) return;
     hd_gc_cursor_t *c = *link;
     *link = c->next;
-    cursor_free(c);
+    cursor_free(h, c);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -975,6 +992,7 @@ void hd_gc_garbage_clear(hd_heap_t *h) {
     hd_gcstate_t *gc = &h->gc;
     hd_ref_t *v = gc->garbage;
     size_t n = gc->ngarbage;
+    hd__uncharge(&h->acct, HD_CHARGE_collector, gc->garbage_cap * sizeof *v);
     gc->garbage = NULL;
     gc->ngarbage = gc->garbage_cap = 0;
     for (size_t i = n; i-- > 0;) {
@@ -1033,14 +1051,22 @@ int hd__gc_load_cursors(hd_heap_t *h, hd__snapr_t *r) {
     return 0;
 }
 
+void hd__gc_held(const hd_heap_t *h, uint64_t *cursors, uint64_t *collector) {
+    *cursors = 0;
+    for (const hd_gc_cursor_t *c = h->gc.cursors; c; c = c->next)
+        *cursors += cursor_bytes(c->n);
+    *collector = h->gc.garbage_cap * sizeof *h->gc.garbage;
+}
+
 void hd__gc_destroy(hd_heap_t *h) {
     hd_gcstate_t *gc = &h->gc;
     while (gc->cursors) {
         hd_gc_cursor_t *c = gc->cursors;
         gc->cursors = c->next;
-        cursor_free(c);
+        cursor_free(h, c);
     }
     hd__free(gc->garbage);
+    hd__uncharge(&h->acct, HD_CHARGE_collector, gc->garbage_cap * sizeof *gc->garbage);
     gc->garbage = NULL;
     gc->ngarbage = gc->garbage_cap = 0;
 }

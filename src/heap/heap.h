@@ -22,6 +22,7 @@
 #ifndef HD_HEAP_H
 #define HD_HEAP_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -91,6 +92,14 @@ typedef struct hd_mem_methods_s {
 void hd_mem_set_methods(const hd_mem_methods_t *m);
 const hd_mem_methods_t *hd_mem_get_methods(void);
 
+/* The process-wide cap (the daemon's max_memory): what every heap is charged (hd_heap_charges),
+ * summed, may not pass it. A charge that would is refused with HD_ELIMIT ("max_memory: ...")
+ * as a heap's own max_bytes would refuse it; frees and reads go on. 0 = none. Any thread. */
+void hd_mem_set_limit(uint64_t max_bytes);
+uint64_t hd_mem_limit(void);
+/* The sum of every live heap's charges (hd_heap_charges' total), read atomically. */
+uint64_t hd_mem_charged(void);
+
 /* ------------------------------------------------------------------------------------------ */
 /* Heaps.                                                                                      */
 /* ------------------------------------------------------------------------------------------ */
@@ -99,7 +108,7 @@ typedef struct hd_heap_s hd_heap_t;
 typedef uint64_t hd_handle_t; /* 0 is never a valid handle */
 
 typedef struct hd_heap_config_s {
-    uint64_t max_bytes;   /* object bytes (block sizes) the heap may hold; 0 = unlimited */
+    uint64_t max_bytes;   /* bytes the heap may be charged (hd_heap_charges); 0 = unlimited */
     uint64_t max_objects; /* live objects the heap may hold; 0 = unlimited */
     int gc_enabled;       /* automatic collection; default 1 */
     int gc_threshold[3];  /* default 700, 10, 10 */
@@ -116,6 +125,56 @@ void hd_heap_set_limits(hd_heap_t *h, uint64_t max_bytes, uint64_t max_objects);
 /* Which limit the heap's last HD_ELIMIT ran into, for a person ("max_objects: ..."); "" if
  * none. Static text. */
 const char *hd_heap_why(const hd_heap_t *h);
+
+/*
+ * What a heap is charged: every byte held on its session's behalf, by kind. max_bytes bounds
+ * the total; the engine charges its own kinds as it takes memory, the daemon charges the
+ * ones it holds (buffers, session) through hd_heap_charge. Objects are charged at the
+ * granularity the allocator pins: each 16 KiB pool an arena has carved (free or not, its
+ * pages stay resident), arena records, the region table, and large objects whole, so a
+ * fragmented heap is charged what it really holds. Charges a request cannot undo (events a
+ * free raises, the collector's garbage list, output already produced) are counted and never
+ * refused: they are bounded by what the request frees or by their own limits.
+ */
+#define HD_CHARGE_MAP(XX)                                                                          \
+    XX(objects, "pools the objects pin (16 KiB each), arena records, region table, large objects") \
+    XX(labels, "interned tags and sites: their strings and tables")                                \
+    XX(weakrefs, "weak references: their entries and map")                                         \
+    XX(trace, "the tracing table: one entry per (site, tag, size)")                                \
+    XX(snapshots, "trace snapshots")                                                               \
+    XX(cursors, "open gc_get_objects cursors")                                                     \
+    XX(events, "queued events")                                                                    \
+    XX(collector, "the collector's garbage list")                                                  \
+    XX(buffers, "the daemon's buffers for the session: unsent output, the frame being read")       \
+    XX(session, "the session's own records: the heap struct, the daemon's session and its "        \
+                "replay window")
+
+typedef enum hd_charge_e {
+#define HD_CHARGE_ENUM(name, desc) HD_CHARGE_##name,
+    HD_CHARGE_MAP(HD_CHARGE_ENUM)
+#undef HD_CHARGE_ENUM
+        HD_CHARGE_N
+} hd_charge_t;
+
+typedef struct hd_charges_s {
+#define HD_CHARGE_FIELD(name, desc) uint64_t name;
+    HD_CHARGE_MAP(HD_CHARGE_FIELD)
+#undef HD_CHARGE_FIELD
+    uint64_t total; /* the sum: what max_bytes bounds */
+} hd_charges_t;
+
+/* Fills out with what h is charged now. O(1). */
+void hd_heap_charges(const hd_heap_t *h, hd_charges_t *out);
+/* The total alone (hd_charges_t.total). */
+uint64_t hd_heap_charged(const hd_heap_t *h);
+/* For tests: 0 when every engine kind is charged exactly what the heap's structures hold,
+ * else the first kind that is not, as -(1 + kind). Walks the arenas and tables. */
+int hd_heap_charges_verify(const hd_heap_t *h);
+/* Charges delta bytes of kind (the daemon's own: HD_CHARGE_buffers, HD_CHARGE_session) to h,
+ * or gives back -delta. With strict, a charge that would take h over max_bytes or the
+ * process over hd_mem_set_limit is refused (HD_ELIMIT, nothing charged, hd_heap_why says
+ * which); without, it is always counted. Gives back never more than was charged. */
+int hd_heap_charge(hd_heap_t *h, hd_charge_t kind, int64_t delta, bool strict);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Objects and reference counting.                                                             */

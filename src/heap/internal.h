@@ -81,6 +81,38 @@ char *hd__strdup(const char *s);
 int hd__vec_reserve(void **v, size_t *cap, size_t need, size_t sz);
 
 /* ------------------------------------------------------------------------------------------ */
+/* mem.c: charges. What a heap holds, by kind (heap.h HD_CHARGE_MAP), against its max_bytes   */
+/* and the process's cap. Charged where memory is taken, given back where it is freed; the    */
+/* hot paths never charge (a block comes from a pool already charged).                        */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Invariants: total == sum of by[]; the process-wide sum (mem.c) == sum of total over live
+ * accounts; max == 0 || total <= max unless a forced charge or a lowered limit passed it. */
+typedef struct hd_account_s {
+    uint64_t by[HD_CHARGE_N]; /* bytes charged, by kind */
+    uint64_t total;           /* their sum */
+    uint64_t max;             /* the heap's max_bytes; 0 = unlimited */
+    const char *why;          /* what the last HD_ELIMIT ran into (static text) */
+    bool loose;               /* a heap being loaded (snapshot.c): its structures are built
+                               * without charges, which hd__account_recount sets at the end;
+                               * until then a give-back takes what there is */
+} hd_account_t;
+
+/* Charges n bytes of kind, or refuses with HD_ELIMIT (why set, nothing charged) when that
+ * would pass the account's max or the process's cap. Out of line: only slow paths charge. */
+int hd__charge(hd_account_t *acct, hd_charge_t kind, size_t n);
+/* Charges n bytes of kind whatever the limits (memory a request cannot refuse to hold). */
+void hd__charge_force(hd_account_t *acct, hd_charge_t kind, size_t n);
+/* Gives back n bytes of kind, charged before. */
+void hd__uncharge(hd_account_t *acct, hd_charge_t kind, size_t n);
+/* Gives back everything the account holds (the heap is being freed). */
+void hd__uncharge_all(hd_account_t *acct);
+/* hd__vec_reserve, charging the growth ((new cap - cap) * sz) to kind first: 0, HD_ELIMIT
+ * or HD_ENOMEM, nothing changed on failure. */
+int hd__vec_reserve_charged(hd_account_t *acct, hd_charge_t kind, void **v, size_t *cap,
+                            size_t need, size_t sz);
+
+/* ------------------------------------------------------------------------------------------ */
 /* Sizes. Tunables are explained where they are defined, with the relations asserted.          */
 /* ------------------------------------------------------------------------------------------ */
 
@@ -232,6 +264,8 @@ typedef struct hd_chunk_s {
  *   arenas_current == arenas_allocated_total - arenas_reclaimed <= arenas_highwater.
  */
 typedef struct hd_alloc_s {
+    hd_account_t *acct;            /* the heap's: pools, arena records, tables, large blocks */
+    int fail;                      /* why the last hd__alloc_block failed: HD_ENOMEM/ELIMIT */
     char **region_base;            /* region -> base address (64 KiB covered) */
     uint64_t *region_large;        /* region -> bytes of its large allocation, else 0 */
     struct hd_chunk_s *chunks;     /* chunk (16 regions) -> alloc.c's record */
@@ -250,10 +284,12 @@ typedef struct hd_alloc_s {
     uint64_t large_objects, large_bytes;
 } hd_alloc_t;
 
-/* Maps ref 0's region to the sentinels. Allocates nothing, cannot fail. */
-void hd__alloc_init(hd_alloc_t *a, void *sentinel_base);
+/* Maps ref 0's region to the sentinels; what the allocator takes is charged to acct as
+ * HD_CHARGE_objects. Allocates nothing, cannot fail. */
+void hd__alloc_init(hd_alloc_t *a, void *sentinel_base, hd_account_t *acct);
 /* Grows the region table to hold at least need regions (its capacity doubling from the inline
- * 16, as allocation grows it), for snapshot.c, which then fills it. 0 or HD_ENOMEM. */
+ * 16, as allocation grows it), for snapshot.c, which then fills it. 0, HD_ENOMEM or HD_ELIMIT
+ * (the table's charge). */
 int hd__alloc_reserve_regions(hd_alloc_t *a, uint32_t need);
 /* Unmaps every arena and frees every large allocation and the region table: O(arenas + large
  * objects). Leaves a as hd__alloc_init left it. */
@@ -302,9 +338,10 @@ HD_NOINLINE void hd__alloc_large_free(hd_alloc_t *a, void *p, hd_ref_t ref);
 HD_NOINLINE void hd__alloc_refile(hd_alloc_t *a, hd_pool_t *pool);
 
 /* Returns a 16-byte aligned block of at least n bytes (n >= 1) and its ref in *ref; NULL when
- * the hook fails or the region table is full. The block's contents are unspecified.
- * The fast path, about 10 instructions on x86-64: clamp the class, load the list head, pop
- * its free block, count it, compute the ref. Its one branch is the free list running dry;
+ * the hook fails or the region table is full (a->fail = HD_ENOMEM) or the new pool, arena or
+ * large block would pass the account's limits (a->fail = HD_ELIMIT). The block's contents are
+ * unspecified. The fast path, about 10 instructions on x86-64: clamp the class, load the list head,
+ * pop its free block, count it, compute the ref. Its one branch is the free list running dry;
  * requests over 512 bytes take it too, since usedpools[HD_NCLASSES] is always the empty
  * placeholder. */
 static inline void *hd__alloc_block(hd_alloc_t *a, size_t n, hd_ref_t *ref) {
@@ -549,6 +586,7 @@ typedef struct hd_intern_s {
     uint32_t free_head; /* first free id, 0 = none */
     uint16_t *table;    /* open addressing, linear probing: live ids, 0 = empty */
     uint32_t tcap;
+    hd_account_t *acct; /* the heap's: strings and both arrays, as HD_CHARGE_labels */
 } hd_intern_t;
 
 /* One queued event, 16 bytes: a FINALIZED event names its tag by interned id and holds a
@@ -608,7 +646,7 @@ struct hd_heap_s {
     bool tracing;               /* trace.c: tracing is on (hd__tracing) */
     hd_intern_t tags, sites;
     hd_evqueue_t events;
-    const char *why; /* what the last HD_ELIMIT ran into (static text), for hd_heap_why */
+    hd_account_t acct; /* what the heap is charged; acct.why for hd_heap_why */
     struct hd_weakstate_s *weak;
     struct hd_tracestate_s *trace;
 };
@@ -711,7 +749,8 @@ int hd__handles_push(hd_heap_t *h, hd_handles_t *out, hd_ref_t r, int newref);
 /* Drops the client references that hd__handles_push took for out[from..] (error unwinding). */
 void hd__handles_unwind(hd_heap_t *h, hd_handles_t *out, size_t from, int newref);
 /* Interning of tags and sites: id 0 is "". hd__intern finds or adds s and takes one reference
- * on its id (0 or HD_ENOMEM; HD_ELIMIT when 65,535 distinct strings are live); hd__intern_ref
+ * on its id (0 or HD_ENOMEM; HD_ELIMIT when 65,535 distinct strings are live, or when the
+ * charge for a new one is refused, with the account's why set); hd__intern_ref
  * takes another; hd__intern_release drops one, freeing the string and its id at zero. Id 0
  * counts nothing. */
 int hd__intern(hd_intern_t *t, const char *s, uint16_t *id);
@@ -795,9 +834,23 @@ void hd__trace_discard(hd_heap_t *h);
 /* heap.c                                                                                      */
 /* ------------------------------------------------------------------------------------------ */
 
+/* What each engine kind should be charged, worked out from the heap's structures (O(arenas +
+ * labels + snapshots + cursors + event chunks)); the daemon's kinds are left as they are.
+ * hd__account_recount makes the account say so (a loaded heap); hd_heap_charges_verify (heap.h)
+ * compares. */
+void hd__account_expected(const hd_heap_t *h, uint64_t by[HD_CHARGE_N]);
+void hd__account_recount(hd_heap_t *h);
+/* What each file's structures hold, for hd__account_expected. */
+uint64_t hd__alloc_held(const hd_alloc_t *a);
+uint64_t hd__intern_held(const hd_intern_t *t);
+uint64_t hd__weakref_held(const hd_heap_t *h);
+void hd__trace_held(const hd_heap_t *h, uint64_t *trace, uint64_t *snapshots);
+void hd__gc_held(const hd_heap_t *h, uint64_t *cursors, uint64_t *collector);
+uint64_t hd__events_held(const hd_heap_t *h);
+
 /* Records why (static text) for hd_heap_why and returns HD_ELIMIT. */
 static inline int hd__limit(hd_heap_t *h, const char *why) {
-    h->why = why;
+    h->acct.why = why;
     return HD_ELIMIT;
 }
 

@@ -35,12 +35,17 @@ static uint32_t table_slot(const hd_intern_t *t, uint16_t id, uint32_t hash) {
     return i;
 }
 
-/* Doubles the table (or creates it) and reinserts every live id: 0 or HD_ENOMEM (nothing
- * changed). */
+/* Doubles the table (or creates it) and reinserts every live id: 0, HD_ENOMEM or HD_ELIMIT
+ * (the charge; nothing changed). */
 static int intern_grow(hd_intern_t *t) {
     uint32_t ncap = t->tcap ? t->tcap * 2 : 16;
+    int rc = hd__charge(t->acct, HD_CHARGE_labels, ncap * sizeof(uint16_t));
+    if (rc < 0) return rc;
     uint16_t *nt = hd__calloc(ncap, sizeof *nt);
-    if (!nt) return HD_ENOMEM;
+    if (!nt) {
+        hd__uncharge(t->acct, HD_CHARGE_labels, ncap * sizeof(uint16_t));
+        return HD_ENOMEM;
+    }
     for (uint32_t id = 1; id < t->n; id++) {
         if (!t->ent[id].s) continue;
         uint32_t i = t->ent[id].hash & (ncap - 1);
@@ -49,6 +54,7 @@ static int intern_grow(hd_intern_t *t) {
         nt[i] = (uint16_t)id;
     }
     hd__free(t->table);
+    hd__uncharge(t->acct, HD_CHARGE_labels, t->tcap * sizeof(uint16_t));
     t->table = nt;
     t->tcap = ncap;
     return 0;
@@ -88,12 +94,18 @@ int hd__intern(hd_intern_t *t, const char *s, uint16_t *id) {
     /* A new string. Ids are 16 bits: 65,535 distinct tags (or sites) live at once per heap;
      * an id whose last object died is reused. Everything that can fail comes first. */
     if (t->nlive >= UINT16_MAX) return HD_ELIMIT;
-    if ((t->nlive + 2) * 2 > t->tcap && intern_grow(t) < 0) return HD_ENOMEM;
+    int rc;
+    if ((t->nlive + 2) * 2 > t->tcap && (rc = intern_grow(t)) < 0) return rc;
     if (!t->free_head && t->n + 1 > t->cap) {
         uint32_t ncap = t->cap ? t->cap * 2 : 16;
         if (ncap > UINT16_MAX + 1u) ncap = UINT16_MAX + 1u;
+        size_t more = (size_t)(ncap - t->cap) * sizeof(hd_istr_t);
+        if ((rc = hd__charge(t->acct, HD_CHARGE_labels, more)) < 0) return rc;
         hd_istr_t *ne = hd__realloc(t->ent, ncap * sizeof *ne);
-        if (!ne) return HD_ENOMEM;
+        if (!ne) {
+            hd__uncharge(t->acct, HD_CHARGE_labels, more);
+            return HD_ENOMEM;
+        }
         if (!t->ent) {
             ne[0] = (hd_istr_t){.s = (char *)""};
             t->n = 1;
@@ -101,8 +113,14 @@ int hd__intern(hd_intern_t *t, const char *s, uint16_t *id) {
         t->ent = ne;
         t->cap = ncap;
     }
-    char *copy = hd__strdup(s);
-    if (!copy) return HD_ENOMEM;
+    size_t len = strlen(s) + 1;
+    if ((rc = hd__charge(t->acct, HD_CHARGE_labels, len)) < 0) return rc;
+    char *copy = hd__malloc(len);
+    if (!copy) {
+        hd__uncharge(t->acct, HD_CHARGE_labels, len);
+        return HD_ENOMEM;
+    }
+    memcpy(copy, s, len);
     uint32_t n;
     if (t->free_head) {
         n = t->free_head;
@@ -127,18 +145,32 @@ void hd__intern_release(hd_intern_t *t, uint16_t id) {
     HD_ASSERT(e->s != NULL && e->refs > 0);
     if (--e->refs) return;
     table_remove(t, id);
+    hd__uncharge(t->acct, HD_CHARGE_labels, strlen(e->s) + 1);
     hd__free(e->s);
     *e = (hd_istr_t){.next_free = t->free_head};
     t->free_head = id;
     t->nlive--;
 }
 
-void hd__intern_free(hd_intern_t *t) {
+uint64_t hd__intern_held(const hd_intern_t *t) {
+    uint64_t n = (uint64_t)t->cap * sizeof(hd_istr_t) + (uint64_t)t->tcap * sizeof(uint16_t);
     for (uint32_t id = 1; id < t->n; id++)
+        if (t->ent[id].s) n += strlen(t->ent[id].s) + 1;
+    return n;
+}
+
+void hd__intern_free(hd_intern_t *t) {
+    hd_account_t *acct = t->acct;
+    size_t bytes = (size_t)t->cap * sizeof(hd_istr_t) + (size_t)t->tcap * sizeof(uint16_t);
+    for (uint32_t id = 1; id < t->n; id++) {
+        if (t->ent[id].s) bytes += strlen(t->ent[id].s) + 1;
         hd__free(t->ent[id].s);
+    }
     hd__free(t->ent);
     hd__free(t->table);
+    hd__uncharge(acct, HD_CHARGE_labels, bytes);
     memset(t, 0, sizeof *t);
+    t->acct = acct;
 }
 
 /* Snapshots (snapshot.c): the ids as they are, so that the loaded heap's objects, trace
@@ -481,11 +513,13 @@ static HD_NOINLINE int alloc_general(hd_heap_t *h, const hd_alloc_args_t *a, hd_
     /* Each label's id takes a reference here, given back if a later step fails. */
     uint16_t tag = 0, site = 0;
     if (has_tag && (rc = hd__intern(&h->tags, a->tag, &tag)) < 0) {
-        if (rc == HD_ELIMIT) hd__limit(h, "65,535 distinct tags are in use in this heap");
+        if (rc == HD_ELIMIT && h->tags.nlive >= UINT16_MAX)
+            hd__limit(h, "65,535 distinct tags are in use in this heap");
         return rc;
     }
     if (has_site && (rc = hd__intern(&h->sites, a->site, &site)) < 0) {
-        if (rc == HD_ELIMIT) hd__limit(h, "65,535 distinct sites are in use in this heap");
+        if (rc == HD_ELIMIT && h->sites.nlive >= UINT16_MAX)
+            hd__limit(h, "65,535 distinct sites are in use in this heap");
         goto unlabel;
     }
     if (hd__tracing(h) && (rc = hd__trace_prepare(h, site, tag, bytes)) < 0) goto unlabel;
@@ -493,7 +527,7 @@ static HD_NOINLINE int alloc_general(hd_heap_t *h, const hd_alloc_args_t *a, hd_
     hd_ref_t r;
     hd_obj_t *o = hd__alloc_block(&h->alloc, bytes, &r);
     if (HD_UNLIKELY(!o)) {
-        rc = HD_ENOMEM;
+        rc = h->alloc.fail;
         goto unlabel;
     }
     o->gc_prev = o->gc_next = 0;

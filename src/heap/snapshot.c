@@ -979,6 +979,9 @@ int hd_heap_load(hd_snap_read_fn read, void *ctx, hd_heap_t **out, const char **
         if (why) *why = "out of memory";
         return rc;
     }
+    /* The structures are built without charges; what they hold is charged once they are
+     * whole (hd__account_recount), and a failed load gives back what there is. */
+    h->acct.loose = true;
     load_t L = {.h = h, .r = &r};
     rc = load_heap(&L);
     hd__free(L.chunk_seen);
@@ -989,6 +992,8 @@ int hd_heap_load(hd_snap_read_fn read, void *ctx, hd_heap_t **out, const char **
         load_abort(h);
         return rc;
     }
+    h->acct.max = h->max_bytes;
+    hd__account_recount(h);
     if (why) *why = "";
     *out = h;
     return 0;

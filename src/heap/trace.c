@@ -79,6 +79,8 @@ struct hd_tracestate_s {
     snapshot_t *snaps;
     size_t nsnaps, snapcap;
     uint32_t next_snap;
+    hd_account_t *acct; /* the heap's: trace (the struct, cap slots), snapshots (snapcap
+                         * records and every snapshot's entries) */
 };
 
 /* The map starts with this many slots: most heaps use a handful of (site, tag) pairs. */
@@ -114,12 +116,17 @@ static traceslot_t *slot_insert(traceslot_t *slots, uint32_t cap, uint64_t key) 
     return &slots[i];
 }
 
-/* Doubles the map (or creates it): 0 or HD_ENOMEM (the map unchanged). */
+/* Doubles the map (or creates it): 0, HD_ENOMEM or HD_ELIMIT (the map unchanged). */
 static HD_NOINLINE int map_grow(struct hd_tracestate_s *ts) {
     uint32_t ncap = ts->cap ? ts->cap * 2 : TRACE_MAP_MIN;
     if (ncap == 0) return HD_ENOMEM;
+    int rc = hd__charge(ts->acct, HD_CHARGE_trace, (size_t)ncap * sizeof(traceslot_t));
+    if (rc < 0) return rc;
     traceslot_t *ns = hd__calloc(ncap, sizeof(*ns));
-    if (!ns) return HD_ENOMEM;
+    if (!ns) {
+        hd__uncharge(ts->acct, HD_CHARGE_trace, (size_t)ncap * sizeof(traceslot_t));
+        return HD_ENOMEM;
+    }
     for (uint32_t i = 0; i < ts->cap; i++) {
         if (!ts->slots[i].used) continue;
         traceslot_t *s = slot_insert(ns, ncap, ts->slots[i].key);
@@ -127,6 +134,7 @@ static HD_NOINLINE int map_grow(struct hd_tracestate_s *ts) {
         s->bytes = ts->slots[i].bytes;
     }
     hd__free(ts->slots);
+    hd__uncharge(ts->acct, HD_CHARGE_trace, (size_t)ts->cap * sizeof(traceslot_t));
     ts->slots = ns;
     ts->cap = ncap;
     ts->last = 0;
@@ -231,6 +239,16 @@ static void snap_labels(hd_heap_t *h, const snapshot_t *snap, bool take) {
     }
 }
 
+void hd__trace_held(const hd_heap_t *h, uint64_t *trace, uint64_t *snapshots) {
+    const struct hd_tracestate_s *ts = h->trace;
+    *trace = *snapshots = 0;
+    if (!ts) return;
+    *trace = sizeof *ts + (uint64_t)ts->cap * sizeof(traceslot_t);
+    *snapshots = ts->snapcap * sizeof(snapshot_t);
+    for (size_t i = 0; i < ts->nsnaps; i++)
+        *snapshots += ts->snaps[i].n * sizeof(snapent_t);
+}
+
 void hd__trace_destroy(hd_heap_t *h) {
     struct hd_tracestate_s *ts = h->trace;
     if (!ts) return;
@@ -240,6 +258,8 @@ void hd__trace_destroy(hd_heap_t *h) {
     }
     hd__free(ts->snaps);
     hd__free(ts->slots);
+    hd__uncharge(&h->acct, HD_CHARGE_trace, h->acct.by[HD_CHARGE_trace]);
+    hd__uncharge(&h->acct, HD_CHARGE_snapshots, h->acct.by[HD_CHARGE_snapshots]);
     hd__free(ts);
     h->trace = NULL;
     h->tracing = false;
@@ -251,8 +271,14 @@ void hd__trace_destroy(hd_heap_t *h) {
 
 int hd_trace_start(hd_heap_t *h) {
     if (!h->trace) {
+        int rc = hd__charge(&h->acct, HD_CHARGE_trace, sizeof(struct hd_tracestate_s));
+        if (rc < 0) return rc;
         struct hd_tracestate_s *ts = hd__calloc(1, sizeof(*ts));
-        if (!ts) return HD_ENOMEM;
+        if (!ts) {
+            hd__uncharge(&h->acct, HD_CHARGE_trace, sizeof(struct hd_tracestate_s));
+            return HD_ENOMEM;
+        }
+        ts->acct = &h->acct;
         ts->next_snap = 1;
         h->trace = ts;
     }
@@ -267,6 +293,7 @@ void hd_trace_stop(hd_heap_t *h) {
     if (!ts) return;
     traces_clear(h, ts);
     hd__free(ts->slots);
+    hd__uncharge(&h->acct, HD_CHARGE_trace, (size_t)ts->cap * sizeof(traceslot_t));
     ts->slots = NULL;
     ts->cap = 0;
 }
@@ -301,13 +328,19 @@ static snapshot_t *snap_find(struct hd_tracestate_s *ts, uint32_t id) {
     return NULL;
 }
 
+/* The number of non-empty aggregates. */
+static size_t count_live(const struct hd_tracestate_s *ts) {
+    size_t n = 0;
+    for (uint32_t i = 0; i < ts->cap; i++)
+        n += ts->slots[i].used && ts->slots[i].count > 0;
+    return n;
+}
+
 /* The non-empty aggregates, copied into *out (id 0): 0 or HD_ENOMEM. */
 static int copy_live(const struct hd_tracestate_s *ts, snapshot_t *out) {
     out->id = 0;
-    out->n = 0;
+    out->n = count_live(ts);
     out->ents = NULL;
-    for (uint32_t i = 0; i < ts->cap; i++)
-        out->n += ts->slots[i].used && ts->slots[i].count > 0;
     if (out->n && !(out->ents = hd__malloc(out->n * sizeof(*out->ents)))) return HD_ENOMEM;
     size_t k = 0;
     for (uint32_t i = 0; i < ts->cap; i++) {
@@ -322,10 +355,17 @@ int hd_trace_snapshot(hd_heap_t *h, uint32_t *id) {
     struct hd_tracestate_s *ts = h->trace;
     if (!h->tracing) return HD_ENOTRACE;
     if (ts->next_snap == 0) return HD_ENOMEM; /* 2^32 - 1 snapshots taken: ids exhausted */
-    int rc = hd__vec_reserve((void **)&ts->snaps, &ts->snapcap, ts->nsnaps + 1, sizeof(snapshot_t));
+    /* The entries are charged before they are copied: a refused snapshot costs nothing. */
+    size_t bytes = count_live(ts) * sizeof(snapent_t);
+    int rc = hd__vec_reserve_charged(ts->acct, HD_CHARGE_snapshots, (void **)&ts->snaps,
+                                     &ts->snapcap, ts->nsnaps + 1, sizeof(snapshot_t));
+    if (rc < 0) return rc;
+    if ((rc = hd__charge(ts->acct, HD_CHARGE_snapshots, bytes)) < 0) return rc;
     snapshot_t taken;
-    if (rc == 0) rc = copy_live(ts, &taken);
-    if (rc) return rc;
+    if ((rc = copy_live(ts, &taken)) < 0) {
+        hd__uncharge(ts->acct, HD_CHARGE_snapshots, bytes);
+        return rc;
+    }
     snapshot_t *snap = &ts->snaps[ts->nsnaps++];
     *snap = taken;
     snap->id = ts->next_snap++;
@@ -340,6 +380,7 @@ int hd_trace_snapshot_free(hd_heap_t *h, uint32_t id) {
     if (!snap) return HD_ENOSNAP;
     snap_labels(h, snap, false);
     hd__free(snap->ents);
+    hd__uncharge(ts->acct, HD_CHARGE_snapshots, snap->n * sizeof(snapent_t));
     *snap = ts->snaps[--ts->nsnaps];
     return 0;
 }
@@ -609,7 +650,8 @@ int hd__trace_load(hd_heap_t *h, hd__snapr_t *r) {
         return r->err ? r->err : h->tracing ? hd__sr_fail(r, "tracing: on without state") : 0;
     struct hd_tracestate_s *ts = hd__calloc(1, sizeof *ts);
     if (!ts) return hd__sr_oom(r);
-    h->trace = ts; /* freed with the heap on any failure below */
+    ts->acct = &h->acct; /* charged at the end of the load (hd__account_recount) */
+    h->trace = ts;       /* freed with the heap on any failure below */
     uint32_t cap = hd__sr_u32(r), nused = hd__sr_u32(r), last = hd__sr_u32(r);
     ts->current = hd__sr_u64(r);
     ts->peak = hd__sr_u64(r);

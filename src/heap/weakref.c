@@ -61,6 +61,7 @@ struct hd_weakstate_s {
     eid_t free_list; /* free entries, linked through next */
     weakslot_t *map;
     uint32_t nmap, mapcap;
+    hd_account_t *acct; /* the heap's: the struct, entcap entries and mapcap slots */
 };
 
 /* The map starts with this many slots: a handful of weakly referenced objects fit. */
@@ -129,13 +130,18 @@ static void map_remove(struct hd_weakstate_s *ws, weakslot_t *s) {
     ws->nmap--;
 }
 
-/* Makes room for one more map slot: 0 or HD_ENOMEM (the map unchanged). */
+/* Makes room for one more map slot: 0, HD_ENOMEM or HD_ELIMIT (the map unchanged). */
 static int map_reserve(struct hd_weakstate_s *ws) {
     if ((uint64_t)(ws->nmap + 1) * 4 <= (uint64_t)ws->mapcap * 3) return 0;
     uint32_t ncap = ws->mapcap ? ws->mapcap * 2 : WEAK_MAP_MIN;
     if (ncap == 0) return HD_ENOMEM; /* 2^32 slots: the ref space is exhausted long before */
+    int rc = hd__charge(ws->acct, HD_CHARGE_weakrefs, (size_t)ncap * sizeof(weakslot_t));
+    if (rc < 0) return rc;
     weakslot_t *nmap = hd__calloc(ncap, sizeof(*nmap));
-    if (!nmap) return HD_ENOMEM;
+    if (!nmap) {
+        hd__uncharge(ws->acct, HD_CHARGE_weakrefs, (size_t)ncap * sizeof(weakslot_t));
+        return HD_ENOMEM;
+    }
     weakslot_t *old = ws->map;
     uint32_t oldcap = ws->mapcap;
     ws->map = nmap;
@@ -144,6 +150,7 @@ static int map_reserve(struct hd_weakstate_s *ws) {
     for (uint32_t i = 0; i < oldcap; i++)
         if (old[i].ref) map_insert(ws, old[i].ref, old[i].head);
     hd__free(old);
+    hd__uncharge(ws->acct, HD_CHARGE_weakrefs, (size_t)oldcap * sizeof(weakslot_t));
     return 0;
 }
 
@@ -184,11 +191,13 @@ static void chain_remove(struct hd_weakstate_s *ws, eid_t *head, eid_t id) {
 /* Entries.                                                                                    */
 /* ------------------------------------------------------------------------------------------ */
 
-/* Makes sure one entry can be taken without allocating: 0 or HD_ENOMEM (nothing changed). */
+/* Makes sure one entry can be taken without allocating: 0, HD_ENOMEM or HD_ELIMIT (nothing
+ * changed). Entries are reused, never given back: the charge is the capacity. */
 static int entry_reserve(struct hd_weakstate_s *ws) {
     if (ws->free_list) return 0;
     if (ws->nent >= UINT32_MAX - 1) return HD_ENOMEM; /* ids must fit in 32 bits */
-    return hd__vec_reserve((void **)&ws->entries, &ws->entcap, ws->nent + 1, sizeof(weakent_t));
+    return hd__vec_reserve_charged(ws->acct, HD_CHARGE_weakrefs, (void **)&ws->entries, &ws->entcap,
+                                   ws->nent + 1, sizeof(weakent_t));
 }
 
 /* Takes an entry reserved by entry_reserve and gives it a fresh check. */
@@ -214,11 +223,23 @@ static void entry_release(struct hd_weakstate_s *ws, eid_t id) {
     ws->free_list = id;
 }
 
-static struct hd_weakstate_s *weakstate_new(void) {
-    return hd__calloc(1, sizeof(struct hd_weakstate_s));
+/* NULL, with nothing charged, when the charge or the hook fails (*rc says which). */
+static struct hd_weakstate_s *weakstate_new(hd_heap_t *h, int *rc) {
+    if ((*rc = hd__charge(&h->acct, HD_CHARGE_weakrefs, sizeof(struct hd_weakstate_s))) < 0)
+        return NULL;
+    struct hd_weakstate_s *ws = hd__calloc(1, sizeof(struct hd_weakstate_s));
+    if (!ws) {
+        hd__uncharge(&h->acct, HD_CHARGE_weakrefs, sizeof(struct hd_weakstate_s));
+        *rc = HD_ENOMEM;
+        return NULL;
+    }
+    ws->acct = &h->acct;
+    return ws;
 }
 
 static void weakstate_free(struct hd_weakstate_s *ws) {
+    hd__uncharge(ws->acct, HD_CHARGE_weakrefs,
+                 sizeof *ws + ws->entcap * sizeof(weakent_t) + ws->mapcap * sizeof(weakslot_t));
     hd__free(ws->entries);
     hd__free(ws->map);
     hd__free(ws);
@@ -238,7 +259,7 @@ int hd_weakref_new(hd_heap_t *h, hd_handle_t o, int notify, hd_weak_t *out) {
 
     struct hd_weakstate_s *ws = h->weak;
     bool fresh = ws == NULL;
-    if (fresh && !(ws = weakstate_new())) return HD_ENOMEM;
+    if (fresh && !(ws = weakstate_new(h, &rc))) return rc;
     /* Reserve everything first: past this point nothing can fail. */
     weakslot_t *slot = (obj->flags & HD_OF_WEAKREFD) ? map_find(ws, r) : NULL;
     HD_ASSERT(!(obj->flags & HD_OF_WEAKREFD) || slot);
@@ -347,6 +368,12 @@ void hd__weakref_clear(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
     } while (id != newest);
 }
 
+uint64_t hd__weakref_held(const hd_heap_t *h) {
+    const struct hd_weakstate_s *ws = h->weak;
+    if (!ws) return 0;
+    return sizeof *ws + ws->entcap * sizeof(weakent_t) + (uint64_t)ws->mapcap * sizeof(weakslot_t);
+}
+
 void hd__weakref_destroy(hd_heap_t *h) {
     if (!h->weak) return;
     weakstate_free(h->weak);
@@ -445,8 +472,9 @@ int hd__weakref_load(hd_heap_t *h, hd__snapr_t *r, uint64_t nweakrefd) {
         return r->err      ? r->err
                : nweakrefd ? hd__sr_fail(r, "weak references: none, but objects say so")
                            : 0;
-    struct hd_weakstate_s *ws = weakstate_new();
-    if (!ws) return hd__sr_oom(r);
+    int rc;
+    struct hd_weakstate_s *ws = weakstate_new(h, &rc);
+    if (!ws) return rc == HD_ENOMEM ? hd__sr_oom(r) : hd__sr_fail(r, "max_memory reached");
     h->weak = ws; /* freed with the heap on any failure below */
     uint64_t nent = hd__sr_u64(r);
     ws->free_list = hd__sr_u32(r);

@@ -726,8 +726,13 @@ static void replay_record(hd_conn_t *c, uint64_t id, size_t before) {
     if (hd__replay_put(rp, id, c->out.data + before, c->out.len - before) < 0)
         hd_log_debug("%s: no memory to keep the response of request %llu for re-sends", c->peer,
                      (unsigned long long)id);
-    if (rp->held != held)
+    if (rp->held != held) {
         atomic_fetch_add(&c->worker->replay_bytes, (int_fast64_t)rp->held - (int_fast64_t)held);
+        /* The window is the session's: charged, never refused (bounded by replay_window_bytes
+         * and replay_window). */
+        hd_heap_charge(c->session->heap, HD_CHARGE_session, (int64_t)rp->held - (int64_t)held,
+                       false);
+    }
 }
 
 /* Takes whole frames until none is left, the output is over its limit, or the connection

@@ -384,6 +384,8 @@ int hd__session_restore(hd_worker_t *w, const hd_snapmeta_t *meta, hd_heap_t *he
     }
     s->replay = *rp;
     atomic_fetch_add(&w->replay_bytes, (int_fast64_t)s->replay.held);
+    /* Its record and replay window are the session's, as session_create charges them. */
+    hd_heap_charge(heap, HD_CHARGE_session, (int64_t)(sizeof *s + s->replay.held), false);
     hd__replay_init(rp, rp->max_entries, rp->max_bytes);
     /* Its snapshot is the file it came from. */
     s->saved_nreq = s->nrequests;

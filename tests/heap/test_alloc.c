@@ -41,6 +41,7 @@
 typedef struct fx_s {
     _Alignas(HD_ALIGN) hd_gchead_t sentinels[HD_NSENTINELS];
     hd_alloc_t a;
+    hd_account_t acct; /* what the allocator is charged, unlimited */
 } fx_t;
 
 /* The test's own memory comes from libc, not the hook, so that tu_live_allocs() counts only
@@ -50,12 +51,14 @@ static fx_t *fx_new(void) {
     fx_t *f = aligned_alloc(HD_ALIGN, (sizeof(fx_t) + HD_ALIGN - 1) & ~(size_t)(HD_ALIGN - 1));
     assert_non_null(f);
     memset(f, 0, sizeof(*f));
-    hd__alloc_init(&f->a, f->sentinels);
+    hd__alloc_init(&f->a, f->sentinels, &f->acct);
     return f;
 }
 
 static void fx_free(fx_t *f) {
     hd__alloc_destroy(&f->a);
+    /* Everything the allocator charged was given back with it. */
+    assert_int_equal(f->acct.total, 0);
     free(f);
 }
 

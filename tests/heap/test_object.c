@@ -347,27 +347,60 @@ static void test_limits(void **state) {
     assert_int_equal(hd_alloc(h, &a, &x), 0);
     hd_heap_free(h);
 
+    /* max_bytes bounds everything the heap is charged, objects at the granularity the
+     * allocator pins them: the first small block charges its 16 KiB pool, a large block is
+     * charged whole, and the pools of a fragmented heap stay charged. */
     cfg.max_objects = 0;
-    cfg.max_bytes = 1000;
+    cfg.max_bytes = 96 * 1024;
     assert_int_equal(hd_heap_new(&cfg, &h), 0);
-    hd_alloc_args_t big = {.size = 600};
-    assert_int_equal(hd_alloc(h, &big, &x), 0); /* 632 bytes, large */
-    hd_heap_stats(h, &before);
-    assert_int_equal(before.object_bytes, 24 + 8 + 600);
-    assert_int_equal(hd_alloc(h, &big, &x), HD_ELIMIT);
-    hd_alloc_args_t small = {.size = 300}; /* 332 -> 336-byte block: 968 in all */
-    hd_handle_t s1;
-    assert_int_equal(hd_alloc(h, &small, &s1), 0);
-    hd_alloc_args_t tiny = {.nslots = 2}; /* 32 more would make 1000: allowed */
+    hd_charges_t c;
+    hd_heap_charges(h, &c);
+    assert_true(c.session > 0 && c.total == c.session && c.objects == 0);
+    hd_alloc_args_t tiny = {.nslots = 2}; /* a 32-byte block */
     hd_handle_t t1;
     assert_int_equal(hd_alloc(h, &tiny, &t1), 0);
-    assert_int_equal(hd_alloc(h, &tiny, &x), HD_ELIMIT);
+    hd_heap_charges(h, &c);
+    assert_true(c.objects >= 16384 && c.objects < 16384 + 8192); /* a pool, records, table */
+    uint64_t pinned = c.objects;
+    /* 510 more of its 512 blocks cost nothing more. */
+    hd_handle_t many[510];
+    for (int i = 0; i < 510; i++)
+        assert_int_equal(hd_alloc(h, &tiny, &many[i]), 0);
+    hd_heap_charges(h, &c);
+    assert_int_equal(c.objects, pinned);
+    /* Large blocks until refused: the refusal changes nothing and says why. */
+    hd_alloc_args_t big = {.size = 6000};
+    int nbig = 0;
+    int rc;
+    while ((rc = hd_alloc(h, &big, &x)) == 0)
+        nbig++;
+    assert_int_equal(rc, HD_ELIMIT);
+    assert_true(nbig >= 10 && nbig <= 13);
+    assert_non_null(strstr(hd_heap_why(h), "max_bytes"));
+    hd_heap_stats(h, &before);
+    hd_charges_t c2;
+    hd_heap_charges(h, &c);
+    assert_true(c.total <= cfg.max_bytes);
+    assert_int_equal(hd_alloc(h, &tiny, &x), 0); /* the pool still has room */
+    assert_int_equal(hd_decref(h, x, 1), 0);
+    hd_heap_stats(h, &before);
+    assert_int_equal(hd_alloc(h, &big, &x), HD_ELIMIT);
     hd_heap_stats(h, &after);
-    assert_int_equal(after.object_bytes, 1000);
+    hd_heap_charges(h, &c2);
+    assert_memory_equal(&before, &after, sizeof before);
+    assert_memory_equal(&c, &c2, sizeof c);
+    /* Freeing all but one block leaves the pool pinned and charged: a block of another class
+     * needs a pool of its own, which the limit refuses. */
+    for (int i = 0; i < 510; i++)
+        assert_int_equal(hd_decref(h, many[i], 1), 0);
+    hd_heap_charges(h, &c2);
+    assert_int_equal(c2.objects, c.objects);
+    hd_alloc_args_t other = {.nslots = 10};
+    assert_int_equal(hd_alloc(h, &other, &x), HD_ELIMIT);
     /* Lowering a limit below use blocks growth but frees nothing. */
     hd_heap_set_limits(h, 10, 0);
     assert_int_equal(hd_alloc(h, &tiny, &x), HD_ELIMIT);
-    assert_true(tu_alive(h, s1));
+    assert_true(tu_alive(h, t1));
     hd_heap_free(h);
 }
 

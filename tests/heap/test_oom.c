@@ -3,7 +3,14 @@
  * malloc_common.tcl, libuv's test-loop-oom.c). A workload touching every subsystem runs
  * with the N-th allocation failing, for N = 1, 2, ... until a run sees no failure. Every
  * operation that fails must return HD_ENOMEM and leave the heap as it was (objects, bytes,
- * gc counts, every reference count); after the heap is freed nothing is left allocated.
+ * gc counts, every reference count, what it is charged); after the heap is freed nothing is
+ * left allocated and nothing charged.
+ *
+ * Charges get the same treatment: the workload runs again under max_bytes set at every step
+ * from what an empty heap is charged to past what the whole workload takes, so that each
+ * charged structure (pools, arenas, large blocks, region table, labels, weak references, the
+ * trace table, snapshots, cursors) is refused at each point it grows. A refusal must be
+ * HD_ELIMIT and change nothing, and the charges must always add up.
  */
 #include "testutil.h"
 
@@ -20,8 +27,29 @@ typedef struct world_s {
     int nweak;
     uint32_t snap[4];
     int nsnap;
-    int failures; /* operations that failed with HD_ENOMEM this run */
+    int failures; /* operations that failed with HD_ENOMEM (or HD_ELIMIT) this run */
+    int refusal;  /* the code a failing operation must return: HD_ENOMEM or HD_ELIMIT */
 } world_t;
+
+/* What the process was charged before the test's heaps (the fixture's own heap). */
+static uint64_t charged_base;
+
+/* The charges add up: by kind to the total, over heaps to the process's sum (one heap), and
+ * each kind is what the heap's structures hold (hd_heap_charges_verify). */
+static void check_charges(hd_heap_t *h) {
+    hd_charges_t c;
+    hd_heap_charges(h, &c);
+    uint64_t sum = 0;
+#define SUM(name, desc) sum += c.name;
+    HD_CHARGE_MAP(SUM)
+#undef SUM
+    int bad = hd_heap_charges_verify(h);
+    if (bad) fail_msg("charges: kind %d is not what the heap's structures hold", -bad - 1);
+    if (sum != c.total || hd_mem_charged() - charged_base != c.total)
+        fail_msg("charges: %llu by kind, %llu total, %llu for the process", (unsigned long long)sum,
+                 (unsigned long long)c.total,
+                 (unsigned long long)(hd_mem_charged() - charged_base));
+}
 
 /* What must not change when an operation fails. */
 typedef struct fingerprint_s {
@@ -30,6 +58,7 @@ typedef struct fingerprint_s {
     uint64_t refcnt[MAXOBJ];
     size_t ngarbage;
     uint64_t traced, peak;
+    hd_charges_t charges; /* the kinds a failure cannot grow (see take) */
 } fingerprint_t;
 
 static void take(world_t *w, fingerprint_t *f) {
@@ -47,6 +76,28 @@ static void take(world_t *w, fingerprint_t *f) {
     if (hd_gc_garbage(w->h, 0, 0, 1, &g, &total) == 0) f->ngarbage = total;
     hd_handles_free(&g);
     hd_trace_get_traced_memory(w->h, &f->traced, &f->peak);
+    /* A failed request may keep capacity it grew before the failing step (an arena, the
+     * label tables, the weak-reference entries, the snapshot list, the trace table), as a failed
+     * arena map does: those charges must add up and come back with the heap, not
+     * stay equal. */
+    hd_heap_charges(w->h, &f->charges);
+    f->charges.total = 0;
+    f->charges.objects = f->charges.labels = f->charges.weakrefs = f->charges.snapshots = 0;
+    f->charges.trace = 0;
+    check_charges(w->h);
+}
+
+/* Names what changed, for the failure message. */
+static void print_diff(const fingerprint_t *a, const fingerprint_t *b) {
+#define DIFF(name, desc)                                                                           \
+    if (a->charges.name != b->charges.name)                                                        \
+        printf("# charges.%s: %llu -> %llu\n", #name, (unsigned long long)a->charges.name,         \
+               (unsigned long long)b->charges.name);
+    HD_CHARGE_MAP(DIFF)
+#undef DIFF
+    if (memcmp(&a->stats, &b->stats, sizeof a->stats)) printf("# heap statistics differ\n");
+    if (a->traced != b->traced || a->peak != b->peak) printf("# traced memory differs\n");
+    if (memcmp(a->refcnt, b->refcnt, sizeof a->refcnt)) printf("# reference counts differ\n");
 }
 
 /* Runs one operation: rc must be 0 or HD_ENOMEM, and HD_ENOMEM must change nothing. */
@@ -55,10 +106,12 @@ static void take(world_t *w, fingerprint_t *f) {
         fingerprint_t before_, after_;                                                             \
         take((w), &before_);                                                                       \
         int rc_ = (call);                                                                          \
-        if (rc_ == HD_ENOMEM) {                                                                    \
+        if (rc_ == (w)->refusal) {                                                                 \
             take((w), &after_);                                                                    \
-            if (memcmp(&before_, &after_, sizeof before_) != 0)                                    \
-                fail_msg("%s failed with ENOMEM but changed the heap", #call);                     \
+            if (memcmp(&before_, &after_, sizeof before_) != 0) {                                  \
+                print_diff(&before_, &after_);                                                     \
+                fail_msg("%s failed with %s but changed the heap", #call, hd_err_name(rc_));       \
+            }                                                                                      \
             (w)->failures++;                                                                       \
         } else if (rc_ != 0) {                                                                     \
             fail_msg("%s returned %s", #call, hd_err_name(rc_));                                   \
@@ -100,11 +153,11 @@ static void workload(world_t *w) {
         if (ok_) w->nweak++;
     }
     hd_handles_t hv = {0};
-    OP(w, hd_gc_get_referrers(w->h, &w->obj[5], 1, 1, &hv));
+    if (w->nobj > 5) OP(w, hd_gc_get_referrers(w->h, &w->obj[5], 1, 1, &hv));
     for (size_t i = 0; i < hv.n; i++)
         hd_decref(w->h, hv.v[i], 1);
     hd_handles_free(&hv);
-    OP(w, hd_gc_get_referents(w->h, w->obj, 4, 1, &hv));
+    if (w->nobj >= 4) OP(w, hd_gc_get_referents(w->h, w->obj, 4, 1, &hv));
     for (size_t i = 0; i < hv.n; i++)
         hd_decref(w->h, hv.v[i], 1);
     hd_handles_free(&hv);
@@ -162,10 +215,11 @@ static void workload(world_t *w) {
 static void test_fail_nth(void **state) {
     tu_hook_install();
     int64_t base = tu_live_allocs();
+    charged_base = hd_mem_charged();
     int total_failures = 0;
     uint64_t n;
     for (n = 1; n < 100000; n++) {
-        world_t w = {0};
+        world_t w = {.refusal = HD_ENOMEM};
         w.h = tu_heap();
         tu_fail_nth(n);
         workload(&w);
@@ -175,6 +229,9 @@ static void test_fail_nth(void **state) {
         if (tu_live_allocs() != base)
             fail_msg("failing allocation %llu leaked %lld allocations", (unsigned long long)n,
                      (long long)(tu_live_allocs() - base));
+        if (hd_mem_charged() != charged_base)
+            fail_msg("failing allocation %llu left %llu bytes charged", (unsigned long long)n,
+                     (unsigned long long)(hd_mem_charged() - charged_base));
         total_failures += w.failures;
         if (!fired) break;
     }
@@ -182,6 +239,44 @@ static void test_fail_nth(void **state) {
            (unsigned long long)n, total_failures);
     assert_true(n > 10);
     assert_true(total_failures > 0);
+}
+
+/* max_bytes at every step from an empty heap's charge to past the whole workload's: each
+ * refusal is HD_ELIMIT and changes nothing, the charge never passes the limit except by what
+ * is never refused (events, the collector's list), and freeing the heap gives it all back. */
+static void test_charge_limits(void **state) {
+    tu_hook_install();
+    int64_t base = tu_live_allocs();
+    charged_base = hd_mem_charged();
+    world_t full = {.refusal = HD_ELIMIT};
+    full.h = tu_heap();
+    uint64_t empty = hd_heap_charged(full.h), top = 0;
+    workload(&full);
+    hd_charges_t c;
+    hd_heap_charges(full.h, &c);
+    top = c.total;
+    hd_heap_free(full.h);
+    assert_int_equal(full.failures, 0);
+    int runs = 0, refused = 0;
+    for (uint64_t limit = empty + 1; limit < top + 64 * 1024; limit += 509, runs++) {
+        world_t w = {.refusal = HD_ELIMIT};
+        w.h = tu_heap();
+        hd_heap_set_limits(w.h, limit, 0);
+        workload(&w);
+        hd_heap_charges(w.h, &c);
+        if (c.total - c.events - c.collector > limit)
+            fail_msg("max_bytes %llu: charged %llu", (unsigned long long)limit,
+                     (unsigned long long)c.total);
+        refused += w.failures;
+        hd_heap_free(w.h);
+        if (tu_live_allocs() != base || hd_mem_charged() != charged_base)
+            fail_msg("max_bytes %llu: %lld allocations, %llu bytes charged left",
+                     (unsigned long long)limit, (long long)(tu_live_allocs() - base),
+                     (unsigned long long)(hd_mem_charged() - charged_base));
+    }
+    printf("# charge limits: %d runs from %llu to %llu bytes, %d operations refused cleanly\n",
+           runs, (unsigned long long)empty, (unsigned long long)top, refused);
+    assert_true(refused > runs);
 }
 
 /* Creating a heap is the one allocation that cannot leave a half-made heap behind. */
@@ -199,6 +294,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_fail_nth, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_heap_new_oom, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_charge_limits, tu_setup, tu_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
