@@ -1332,6 +1332,21 @@ static int dec_heap_stats(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
     return copy_heap_stats(k->out[0], (const Heapd__V1__HeapStatsResult *)m);
 }
 
+static int dec_heap_charges(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    const Heapd__V1__HeapChargesResult *r = (const void *)m;
+    hdc_heap_charges_t *o = k->out[0];
+    if (o->size < sizeof o->size) return HDC_EINVAL;
+#define HDC_CHARGES_COPY(name, desc)                                                               \
+    if (offsetof(hdc_heap_charges_t, name) + sizeof o->name <= o->size) o->name = r->name;
+    HD_CHARGE_MAP(HDC_CHARGES_COPY)
+    HDC_CHARGES_COPY(total, "")
+    HDC_CHARGES_COPY(max_bytes, "")
+    HDC_CHARGES_COPY(server_charged, "")
+    HDC_CHARGES_COPY(max_memory, "")
+#undef HDC_CHARGES_COPY
+    return 0;
+}
+
 static int dec_server_stats(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
     const Heapd__V1__ServerStatsResult *r = (const void *)m;
     hdc_server_stats_t *o = k->out[0];
@@ -1689,6 +1704,7 @@ void hdc_handles_free(hdc_handles_t *hv) {
     XX(trace_is_tracing, int *out, SCALAR(out))                                                    \
     XX(trace_snapshot, uint32_t *out, SCALAR(out))                                                 \
     XX(heap_stats, hdc_heap_stats_t *out, CALL(dec_heap_stats, out))                               \
+    XX(heap_charges, hdc_heap_charges_t *out, CALL(dec_heap_charges, out))                         \
     XX(server_stats, hdc_server_stats_t *out, CALL(dec_server_stats, out))                         \
     XX(list_sessions, hdc_sessions_t *out, CALL(dec_sessions, out))
 

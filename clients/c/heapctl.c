@@ -719,6 +719,38 @@ static const char *const heap_stat_desc[] = {
 #undef DESC
 };
 
+static const char *const charge_desc[] = {
+#define DESC(name, desc) desc,
+    HD_CHARGE_MAP(DESC)
+#undef DESC
+};
+
+/* What the session is charged, by kind, against max_bytes (and the server's max_memory). */
+static void print_charges(ctx_t *x, const hdc_heap_charges_t *ch) {
+    char nb[32], nb2[32];
+    if (x->json) {
+        j_obj(&x->j, "charged");
+#define JF(name, desc) j_u64(&x->j, #name, ch->name);
+        HD_CHARGE_MAP(JF)
+        JF(total, "")
+        JF(max_bytes, "")
+        JF(server_charged, "")
+        JF(max_memory, "")
+#undef JF
+        j_end_obj(&x->j);
+        return;
+    }
+    out(x, "\ncharged to the session: %s bytes of max_bytes %s\n", fmt_num(nb, ch->total),
+        ch->max_bytes ? fmt_num(nb2, ch->max_bytes) : "(none)");
+    size_t i = 0;
+#define TF(name, desc)                                                                             \
+    out(x, "  %-22s = %14s   %s\n", #name, fmt_num(nb, ch->name), charge_desc[i++]);
+    HD_CHARGE_MAP(TF)
+#undef TF
+    out(x, "server: %s bytes charged over all sessions, max_memory %s\n",
+        fmt_num(nb, ch->server_charged), ch->max_memory ? fmt_num(nb2, ch->max_memory) : "(none)");
+}
+
 void print_genstats(ctx_t *x, const hdc_gc_genstats_t g[3]) {
     if (x->json) {
         j_arr(&x->j, "generations");
@@ -744,9 +776,11 @@ static int cmd_stats(ctx_t *x, int argc, char **argv) {
     int own = own_session(x, "stats", 0);
     if (own) return own;
     hdc_heap_stats_t s;
+    hdc_heap_charges_t ch = HDC_HEAP_CHARGES_INIT;
     int thr[3], enabled = 0;
     hdc_pipeline_begin(x->c);
     hdc_heap_stats(x->c, &s);
+    hdc_heap_charges(x->c, &ch);
     hdc_gc_get_threshold(x->c, thr);
     hdc_gc_isenabled(x->c, &enabled);
     int rc = hdc_pipeline_end(x->c, NULL, 0);
@@ -782,6 +816,7 @@ static int cmd_stats(ctx_t *x, int argc, char **argv) {
         j_end_obj(&x->j);
         j_u64(&x->j, "events_dropped", s.events_dropped);
         j_u64(&x->j, "event_mask", s.event_mask);
+        print_charges(x, &ch);
         return 0;
     }
     char nb[32];
@@ -806,6 +841,7 @@ static int cmd_stats(ctx_t *x, int argc, char **argv) {
         thr[1], thr[2], s.gc_freeze_count);
     print_genstats(x, s.gc);
     out(x, "events: mask 0x%02x, dropped %" PRIu64 "\n", s.event_mask, s.events_dropped);
+    print_charges(x, &ch);
     return 0;
 }
 

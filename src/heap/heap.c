@@ -83,6 +83,7 @@ void hd_heap_charges(const hd_heap_t *h, hd_charges_t *out) {
     HD_CHARGE_MAP(HD_CHARGE_COPY)
 #undef HD_CHARGE_COPY
     out->total = h->acct.total;
+    out->max_bytes = h->acct.max;
 }
 
 uint64_t hd_heap_charged(const hd_heap_t *h) {

@@ -99,6 +99,8 @@ void hd_mem_set_limit(uint64_t max_bytes);
 uint64_t hd_mem_limit(void);
 /* The sum of every live heap's charges (hd_heap_charges' total), read atomically. */
 uint64_t hd_mem_charged(void);
+/* The most that sum was since the last call (or the start); restarts the count from now. */
+uint64_t hd_mem_charged_peak(void);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Heaps.                                                                                      */
@@ -146,8 +148,8 @@ const char *hd_heap_why(const hd_heap_t *h);
     XX(events, "queued events")                                                                    \
     XX(collector, "the collector's garbage list")                                                  \
     XX(buffers, "the daemon's buffers for the session: unsent output, the frame being read")       \
-    XX(session, "the session's own records: the heap struct, the daemon's session and its "        \
-                "replay window")
+    XX(session,                                                                                    \
+       "the session's own records: the heap struct, the daemon's session, its replay window")
 
 typedef enum hd_charge_e {
 #define HD_CHARGE_ENUM(name, desc) HD_CHARGE_##name,
@@ -160,7 +162,8 @@ typedef struct hd_charges_s {
 #define HD_CHARGE_FIELD(name, desc) uint64_t name;
     HD_CHARGE_MAP(HD_CHARGE_FIELD)
 #undef HD_CHARGE_FIELD
-    uint64_t total; /* the sum: what max_bytes bounds */
+    uint64_t total;     /* the sum: what max_bytes bounds */
+    uint64_t max_bytes; /* the heap's limit; 0 = none */
 } hd_charges_t;
 
 /* Fills out with what h is charged now. O(1). */
@@ -455,7 +458,7 @@ uint64_t hd_trace_memory(hd_heap_t *h);
 #define HD_HEAP_STATS_MAP(XX)                                                                      \
     XX(objects, "live objects")                                                                    \
     XX(containers, "live objects with slots")                                                      \
-    XX(object_bytes, "bytes held by live objects (block sizes), counted against max_bytes")        \
+    XX(object_bytes, "bytes held by live objects (block sizes); hd_heap_charges has all of it")    \
     XX(allocs_total, "objects allocated since the heap began")                                     \
     XX(frees_total, "objects freed since the heap began")                                          \
     XX(arenas_allocated_total, "arenas mapped since the heap began")                               \

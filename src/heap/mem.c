@@ -85,6 +85,7 @@ int hd__vec_reserve_charged(hd_account_t *acct, hd_charge_t kind, void **v, size
  * live on several threads, so both are atomic; only slow paths touch them. */
 static _Atomic uint64_t charged_all;
 static _Atomic uint64_t charged_cap;
+static _Atomic uint64_t charged_high; /* the most charged_all was since hd_mem_charged_peak */
 
 void hd_mem_set_limit(uint64_t max_bytes) {
     atomic_store(&charged_cap, max_bytes);
@@ -96,10 +97,22 @@ uint64_t hd_mem_charged(void) {
     return atomic_load(&charged_all);
 }
 
+uint64_t hd_mem_charged_peak(void) {
+    return atomic_exchange(&charged_high, atomic_load(&charged_all));
+}
+
+/* Raises the high-water mark to now: one load, and a CAS only on a new high. */
+static void note_high(uint64_t now) {
+    uint64_t high = atomic_load_explicit(&charged_high, memory_order_relaxed);
+    while (now > high && !atomic_compare_exchange_weak_explicit(
+                             &charged_high, &high, now, memory_order_relaxed, memory_order_relaxed))
+        ;
+}
+
 static void add(hd_account_t *acct, hd_charge_t kind, size_t n) {
     acct->by[kind] += n;
     acct->total += n;
-    atomic_fetch_add_explicit(&charged_all, n, memory_order_relaxed);
+    note_high(atomic_fetch_add_explicit(&charged_all, n, memory_order_relaxed) + n);
 }
 
 int hd__charge(hd_account_t *acct, hd_charge_t kind, size_t n) {
@@ -118,6 +131,7 @@ int hd__charge(hd_account_t *acct, hd_charge_t kind, size_t n) {
         }
         acct->by[kind] += n;
         acct->total += n;
+        note_high(was + n);
         return 0;
     }
     add(acct, kind, n);

@@ -178,6 +178,23 @@ static void print_size(const hd_config_key_t *k, const void *field, FILE *f) {
     fprintf(f, "%llu", (unsigned long long)v);
 }
 
+/* memcap: a size, or auto (HD_MEMCAP_AUTO: a share of the machine's or the cgroup's memory,
+ * worked out by hd_config_memory_cap when it is applied). */
+static int parse_memcap(const hd_config_key_t *k, yaml_document_t *doc, yaml_node_t *n,
+                        cfgval_t *out, perr_t *e) {
+    if (n->type == YAML_SCALAR_NODE && strcasecmp(scalar_text(n), "auto") == 0) {
+        out->u = HD_MEMCAP_AUTO;
+        return 0;
+    }
+    return parse_number(k, n, size_units, 1, &out->u, e);
+}
+static void print_memcap(const hd_config_key_t *k, const void *field, FILE *f) {
+    if (*(const uint64_t *)field == HD_MEMCAP_AUTO)
+        fputs("auto", f);
+    else
+        print_size(k, field, f);
+}
+
 /* duration: stored in milliseconds; a bare number is seconds. */
 static const unit_t duration_units[] = {
     {"s", 1000}, {"ms", 1}, {"m", 60000}, {"h", 3600000}, {NULL, 0}};
@@ -476,6 +493,13 @@ static const hd_cfg_type_t type_uint = {"an integer", sizeof(uint64_t), parse_ui
 static const hd_cfg_type_t type_size = {
     "a size such as 64KiB", sizeof(uint64_t), parse_size,  print_size,
     equal_bytes8,           copy_u64,         free_nothing};
+static const hd_cfg_type_t type_memcap = {"a size such as 4GiB, or auto",
+                                          sizeof(uint64_t),
+                                          parse_memcap,
+                                          print_memcap,
+                                          equal_bytes8,
+                                          copy_u64,
+                                          free_nothing};
 static const hd_cfg_type_t type_duration = {"a duration such as 30s or 500ms",
                                             sizeof(uint64_t),
                                             parse_duration,
@@ -601,6 +625,8 @@ static const hd_config_key_t keys[] = {
     KEY(max_frame_bytes,     size,     "16MiB",                HD_DISPATCH_MIN_FRAME, GIB,
                              RELOAD, PUBLIC, NULL,               NULL),
     KEY(session_max_bytes,   size,     "256MiB",               0,                     1024 * GIB,
+                             RELOAD, PUBLIC, NULL,               NULL),
+    KEY(max_memory,          memcap,   "auto",                 0,                     HD_MEMCAP_AUTO,
                              RELOAD, PUBLIC, NULL,               NULL),
     KEY(session_max_objects, uint,     "4000000",              0,                     1ull << 40,
                              RELOAD, PUBLIC, NULL,               NULL),
@@ -871,6 +897,53 @@ static void print_bound(const hd_config_key_t *k, uint64_t v, FILE *f) {
         k->type->print(k, &v, f);
     else
         fprintf(f, "%llu", (unsigned long long)v);
+}
+
+/* The first unsigned number in path (after prefix, when given), or 0. */
+static uint64_t read_number(const char *path, const char *prefix) {
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char line[256];
+    uint64_t v = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (prefix && strncmp(line, prefix, strlen(prefix)) != 0) continue;
+        const char *p = line + (prefix ? strlen(prefix) : 0);
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (*p >= '0' && *p <= '9') v = strtoull(p, NULL, 10);
+        break;
+    }
+    fclose(f);
+    return v;
+}
+
+/* The limit of the cgroup the process is in (v2 memory.max, or v1), 0 if none is set. */
+static uint64_t cgroup_limit(void) {
+    FILE *f = fopen("/proc/self/cgroup", "r");
+    char line[512], path[700];
+    uint64_t v = 0;
+    if (f) {
+        while (!v && fgets(line, sizeof line, f)) {
+            line[strcspn(line, "\n")] = 0;
+            if (strncmp(line, "0::", 3) == 0) {
+                snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.max", line + 3);
+                v = read_number(path, NULL); /* "max" reads as 0: no limit */
+            }
+        }
+        fclose(f);
+    }
+    if (!v) {
+        v = read_number("/sys/fs/cgroup/memory/memory.limit_in_bytes", NULL);
+        if (v >= (1ull << 62)) v = 0; /* v1's "no limit" is a huge number */
+    }
+    return v;
+}
+
+uint64_t hd_config_memory_cap(const hd_config_t *cfg) {
+    if (cfg->max_memory != HD_MEMCAP_AUTO) return cfg->max_memory;
+    uint64_t mem = read_number("/proc/meminfo", "MemTotal:") * 1024, cg = cgroup_limit();
+    if (cg && (!mem || cg < mem)) mem = cg;
+    return mem / 4 * 3;
 }
 
 void hd_config_print_keys(FILE *f) {

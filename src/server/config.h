@@ -45,6 +45,7 @@ typedef struct hd_config_s {
     uint64_t max_sessions;           /* sessions, attached and detached */
     uint64_t max_frame_bytes;        /* largest frame after hello, either direction */
     uint64_t session_max_bytes;      /* hd_heap_config_t.max_bytes; 0 = unlimited */
+    uint64_t max_memory;             /* all sessions' charges together; 0 = none, or auto */
     uint64_t session_max_objects;    /* hd_heap_config_t.max_objects; 0 = unlimited */
     uint64_t idle_timeout;           /* ms: close a connection silent this long; 0 = never */
     uint64_t session_linger;         /* ms: keep a detached session this long */
@@ -100,6 +101,13 @@ void hd_config_print(const hd_config_t *cfg, FILE *f);
  * then one tab-separated line per key: name, type, default (YAML), min, max, reload|restart,
  * secret yes|no, enum values (comma-separated). */
 void hd_config_print_keys(FILE *f);
+
+/* max_memory's auto: a share of the memory the process may use. */
+#define HD_MEMCAP_AUTO UINT64_MAX
+/* The cap max_memory sets (for hd_mem_set_limit): its value, or for auto three quarters of
+ * the smaller of the machine's memory (/proc/meminfo) and the cgroup's limit (memory.max, v2,
+ * or memory.limit_in_bytes, v1), as Redis would be told to leave room for the rest. */
+uint64_t hd_config_memory_cap(const hd_config_t *cfg);
 
 /* Reload: copies every reloadable key that differs from fresh into live and logs each change;
  * logs a warning for each non-reloadable key that differs and keeps the running value.

@@ -301,9 +301,29 @@ static void on_closed(uv_handle_t *h) {
     free(c);
 }
 
+/* What the connection holds for its session: its struct, its output buffer and what libuv
+ * queues of it, the frame being read. */
+static uint64_t buffers_held(const hd_conn_t *c) {
+    return sizeof *c + c->out.cap + queued(c) + c->parser.buf.cap;
+}
+
+/* Brings the session's HD_CHARGE_buffers up to date (after each batch of frames, each write
+ * and each trim). Never refused: what is charged here is bounded by output_buffer_limit plus
+ * one response, and by max_frame_bytes; it counts against the session's max_bytes for what
+ * the session may allocate next. */
+static void charge_buffers(hd_conn_t *c) {
+    if (!c->session) return;
+    uint64_t now = buffers_held(c);
+    if (now == c->charged) return;
+    hd_heap_charge(c->session->heap, HD_CHARGE_buffers, (int64_t)(now - c->charged), false);
+    c->charged = now;
+}
+
 /* Takes c's session from it (NULL if none): c serves no heap from here on. */
 static hd_session_t *take_session(hd_conn_t *c) {
     hd_session_t *s = c->session;
+    if (s && c->charged) hd_heap_charge(s->heap, HD_CHARGE_buffers, -(int64_t)c->charged, false);
+    c->charged = 0;
     c->session = NULL;
     c->env.heap = NULL;
     return s;
@@ -424,6 +444,7 @@ static void on_write(uv_write_t *req, int status) {
         c->flags &= ~HD_CONN_PAUSED;
         process(c); /* the events owed, then the frames already buffered */
     }
+    charge_buffers(c);
     if (c->monitor) hd__conn_monitor_ready(c);
     settle(c);
 }
@@ -830,6 +851,7 @@ static void process(hd_conn_t *c) {
         hd_buf_init(&c->out);
     }
     c->flags &= ~HD_CONN_IN_PROCESS;
+    charge_buffers(c);
     settle(c);
 }
 
@@ -874,6 +896,7 @@ void hd__conns_trim(uv_timer_t *t) {
             continue;
         if (c->out.len == 0) hd_buf_free(&c->out);
         hd_frame_parser_trim(&c->parser);
+        charge_buffers(c);
     }
 }
 

@@ -234,13 +234,12 @@ static void tracing_long(ctx_t *c, const hd_sess_summary_t *s) {
 static void server_rules(ctx_t *c) {
     const hd_mview_t *v = c->in->view;
     if (v->memory_cap_bytes) {
-        hd_heap_stats_t sum;
-        hd__mview_heap_sum(v, &sum);
-        uint64_t used = sum.arena_bytes + sum.large_bytes;
+        uint64_t used = v->memory_charged_bytes;
         if (used * 100 >= v->memory_cap_bytes * HD_DOC_NEAR_PERCENT || v->memory_cap_reached) {
             FINDING(c, memory_cap, NULL) {
                 say(f->evidence, sizeof f->evidence,
-                    "the heaps hold %.1f MiB of the server's cap of %.1f MiB (%" PRIu64 "%%)%s",
+                    "the sessions are charged %.1f MiB of the server's cap of %.1f MiB "
+                    "(max_memory, %" PRIu64 "%%)%s",
                     MIB(used), MIB(v->memory_cap_bytes), used * 100 / v->memory_cap_bytes,
                     v->memory_cap_reached ? "; the cap is reached" : "");
                 say(f->advice, sizeof f->advice,

@@ -173,8 +173,8 @@ static int h_overview(hd_http_ctx_t *x, hd_http_resp_t *rs) {
     json_heap(rs, &sum);
     hd__http_printf(rs,
                     ",\"limit_bytes\":%" PRIu64 ",\"used_bytes\":%" PRIu64
-                    ",\"limit_reached\":%s},\"gc\":{",
-                    v.memory_cap_bytes, sum.arena_bytes + sum.large_bytes,
+                    ",\"charged_bytes\":%" PRIu64 ",\"limit_reached\":%s},\"gc\":{",
+                    v.memory_cap_bytes, sum.arena_bytes + sum.large_bytes, v.memory_charged_bytes,
                     v.memory_cap_reached ? "true" : "false");
     json_u64s(rs, "collections", v.gc_collections, 3);
     hd__http_printf(rs, ",");

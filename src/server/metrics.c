@@ -361,8 +361,9 @@ int hd__metrics_view(hd_server_t *srv, int with_marks, hd_mview_t *v) {
     uv_mutex_lock(&srv->persist.lock);
     memcpy(v->persist_last_error, ps->last_error, sizeof v->persist_last_error);
     uv_mutex_unlock(&srv->persist.lock);
-    v->memory_cap_bytes = 0;
-    v->memory_cap_reached = 0;
+    v->memory_cap_bytes = hd_mem_limit();
+    v->memory_charged_bytes = hd_mem_charged();
+    v->memory_cap_reached = hd__memory_cap_reached(v->memory_charged_bytes, v->memory_cap_bytes);
 
     size_t nw = srv->nworkers, room = 0, marks = 0;
     v->nworkers = nw;
@@ -786,7 +787,8 @@ int hd__metrics_render(const hd_mview_t *v, hd_buf_t *out) {
     } mem[] = {
 #define MEM(name, field, help) {name, help, offsetof(hd_heap_stats_t, field)}
         MEM("heapd_memory_object_bytes", object_bytes,
-            "Bytes held by live objects (block sizes), as session_max_bytes counts them."),
+            "Bytes held by live objects (block sizes); heapd_memory_charged_bytes is all sessions "
+            "hold."),
         MEM("heapd_memory_allocated_blocks_bytes", bytes_allocated_blocks,
             "Bytes in allocated blocks of pools (in use)."),
         MEM("heapd_memory_available_blocks_bytes", bytes_available_blocks,
@@ -814,6 +816,9 @@ int hd__metrics_render(const hd_mview_t *v, hd_buf_t *out) {
     family(&o, "heapd_memory_limit_bytes", "gauge",
            "The server-wide memory cap; 0: none (each session is bound by session_max_bytes).");
     sample_u(&o, "heapd_memory_limit_bytes", v->memory_cap_bytes);
+    family(&o, "heapd_memory_charged_bytes", "gauge",
+           "What every session is charged together (all it holds), which max_memory bounds.");
+    sample_u(&o, "heapd_memory_charged_bytes", v->memory_charged_bytes);
     family(&o, "heapd_memory_used_bytes", "gauge",
            "What the heaps hold from the system: arenas and large objects.");
     sample_u(&o, "heapd_memory_used_bytes", sum.arena_bytes + sum.large_bytes);

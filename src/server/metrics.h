@@ -54,6 +54,7 @@ _Static_assert(HD_SNAPSHOT_MS % HD_TICK_MS == 0, "snapshots fall on ticks");
     XX(MAX_CONNECTIONS, "max_connections", "over max_connections")                                 \
     XX(MAX_PER_IP, "max_connections_per_ip", "over max_connections_per_ip from one address")       \
     XX(MAX_SESSIONS, "max_sessions", "over max_sessions")                                          \
+    XX(MAX_MEMORY, "max_memory", "a new session while the server held max_memory")                 \
     XX(AUTH, "auth", "missing or unknown token, or wrong resume token")                            \
     XX(VERSION, "version", "unsupported protocol version")                                         \
     XX(BAD_HELLO, "bad_hello", "the first frame was not a well-formed hello")                      \
@@ -158,8 +159,9 @@ typedef struct hd_mview_s {
     uint64_t bytes_in, bytes_out;
     uint64_t gc_collections[3], gc_collected[3], gc_uncollectable[3];
     uint64_t pause_buckets[HD_PAUSE_NBUCKETS + 1], pause_ns_sum;
-    uint64_t memory_cap_bytes; /* 0: no server-wide cap */
-    int memory_cap_reached;
+    uint64_t memory_cap_bytes;     /* max_memory as applied (hd_mem_limit); 0: no cap */
+    uint64_t memory_charged_bytes; /* what every session is charged, summed (hd_mem_charged) */
+    int memory_cap_reached;        /* charged within HD_MEMCAP_NEAR of the cap */
     size_t nworkers;
     hd_worker_view_t *workers; /* nworkers */
     hd_sess_summary_t *sess;   /* nsess, every session of the last snapshots */
@@ -179,6 +181,13 @@ typedef struct hd_mview_s {
 
 /* Sums of the sessions' heap statistics in a view. */
 void hd__mview_heap_sum(const hd_mview_t *v, hd_heap_stats_t *sum);
+
+/* The cap counts as reached once what is charged is within 1/64 of it (or 1 MiB, if less):
+ * charges are refused before they pass it, so the sum stops just short. */
+static inline int hd__memory_cap_reached(uint64_t charged, uint64_t cap) {
+    uint64_t near = cap / 64 < (1u << 20) ? cap / 64 : (1u << 20);
+    return cap && charged + near >= cap;
+}
 
 /* Worker side, on the worker's thread (init before its loop runs, free after it ended). */
 void hd__metrics_worker_init(hd_worker_t *w);

@@ -5,7 +5,8 @@
  *
  * HeapStatsResult has one field per entry of the engine's HD_HEAP_STATS_MAP (src/heap/heap.h),
  * filled by expanding that list, then the size classes in use, the collector's counters and
- * the session's event state.
+ * the session's event state. HeapChargesResult (heap_charges) is the same for HD_CHARGE_MAP:
+ * what the session is charged, by kind.
  */
 #include "ops.h"
 
@@ -71,6 +72,20 @@ static int op_heap_census(hd_opctx_t *c, const Heapd__V1__HeapCensus *a,
     rc = hd__op_trace_stats(c, &ts, a->limit, r);
     hd_trace_stats_free(&ts);
     return rc;
+}
+
+static int op_heap_charges(hd_opctx_t *c, const Heapd__V1__HeapCharges *a,
+                           Heapd__V1__HeapChargesResult *r) {
+    hd_charges_t ch;
+    hd_heap_charges(c->heap, &ch);
+#define HD_CHARGES_FILL(name, desc) r->name = ch.name;
+    HD_CHARGE_MAP(HD_CHARGES_FILL)
+#undef HD_CHARGES_FILL
+    r->total = ch.total;
+    r->max_bytes = ch.max_bytes;
+    r->server_charged = hd_mem_charged();
+    r->max_memory = hd_mem_limit();
+    return 0;
 }
 
 HD_OPS_STATS(HD_OP_RUNNER)

@@ -17,6 +17,7 @@
 #include "persist.h"
 #include "session.h"
 
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +42,37 @@ static uint64_t monotonic_usec(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* max_memory, applied to the engine's process-wide cap; logged when it changes. */
+static void apply_memory_cap(hd_server_t *srv) {
+    uint64_t cap = hd_config_memory_cap(&srv->cfg);
+    if (cap == hd_mem_limit()) return;
+    hd_mem_set_limit(cap);
+    if (cap)
+        hd_log_info("max_memory: sessions may hold %.1f MiB in all%s", (double)cap / (1 << 20),
+                    srv->cfg.max_memory == HD_MEMCAP_AUTO ? " (auto: 3/4 of the memory available)"
+                                                          : "");
+    else
+        hd_log_info("max_memory: 0, no server-wide cap");
+}
+
+/* Freed arenas are unmapped at once and large objects go back to malloc; glibc keeps what
+ * malloc had from brk (buffers, tables, large objects under its mmap threshold) until it is
+ * told to trim. Once a second, if what sessions are charged fell by 16 MiB (or by a quarter,
+ * and at least 1 MiB) from the most it was since the last trim, trim: RSS falls back after a
+ * peak. */
+#define HD_MALLOC_TRIM_MS   1000
+#define HD_MALLOC_TRIM_DROP (16u << 20)
+static void on_trim(uv_timer_t *t) {
+    hd_server_t *srv = t->data;
+    uint64_t now = hd_mem_charged(), peak = hd_mem_charged_peak();
+    if (peak > srv->trim_high) srv->trim_high = peak;
+    uint64_t drop = srv->trim_high > now ? srv->trim_high - now : 0;
+    if (drop >= HD_MALLOC_TRIM_DROP || (drop >= (1u << 20) && now < srv->trim_high / 4 * 3)) {
+        malloc_trim(0);
+        srv->trim_high = now;
+    }
 }
 
 static void reload(hd_server_t *srv) {
@@ -68,6 +100,7 @@ static void reload(hd_server_t *srv) {
         return;
     }
     hd__server_apply_logging(&srv->cfg);
+    apply_memory_cap(srv);
     hd__http_reload(srv);
     for (size_t i = 0; i < srv->nworkers; i++) {
         hd_msg_t *m = hd__msg_new(HD_MSG_RELOAD);
@@ -93,6 +126,7 @@ static void shutdown_begin(hd_server_t *srv, int signum) {
     hd__listeners_stop(srv);
     for (size_t i = 0; i < sizeof srv->sig / sizeof srv->sig[0]; i++)
         uv_close((uv_handle_t *)&srv->sig[i], NULL);
+    uv_close((uv_handle_t *)&srv->trim, NULL);
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
@@ -119,6 +153,7 @@ int hd__server_run(hd_server_t *srv) {
     }
     srv->loop = &loop;
     uv_mutex_init(&srv->persist.lock);
+    apply_memory_cap(srv);
     size_t nworkers = srv->cfg.workers ? srv->cfg.workers : uv_available_parallelism();
     hd_log_info("heapd %s starting (pid %ld, %zu worker%s, config %s)", HEAPD_VERSION,
                 (long)getpid(), nworkers, nworkers == 1 ? "" : "s",
@@ -148,6 +183,10 @@ int hd__server_run(hd_server_t *srv) {
             srv->sig[i].data = srv;
             uv_signal_start(&srv->sig[i], on_signal, signums[i]);
         }
+        uv_timer_init(&loop, &srv->trim);
+        srv->trim.data = srv;
+        uv_timer_start(&srv->trim, on_trim, HD_MALLOC_TRIM_MS, HD_MALLOC_TRIM_MS);
+        uv_unref((uv_handle_t *)&srv->trim);
         /* Where it listens, for `systemctl status` and for tests (tests/server/harness.py
          * reads the addresses from here, as the log may say nothing at its level). */
         char where[768];

@@ -79,12 +79,12 @@ typedef struct hd_slot_s {
 
 /* One row per message type in worker.c's handler table. */
 typedef enum hd_msg_type_e {
-    HD_MSG_CONN,   /* a connection to adopt (new, or moved here to resume a session) */
-    HD_MSG_RELOAD, /* a new config copy to adopt */
-    HD_MSG_KILL,   /* destroy the session with this id, if this worker still has it */
-    HD_MSG_STOP,   /* shut down: finish output, close everything, leave the loop */
-    HD_MSG_XCALL,  /* run call on a session of this worker (inspect.h) */
-    HD_MSG_XREPLY, /* call, run by the session's owner, back where it came from */
+    HD_MSG_CONN,    /* a connection to adopt (new, or moved here to resume a session) */
+    HD_MSG_RELOAD,  /* a new config copy to adopt */
+    HD_MSG_KILL,    /* destroy the session with this id, if this worker still has it */
+    HD_MSG_STOP,    /* shut down: finish output, close everything, leave the loop */
+    HD_MSG_XCALL,   /* run call on a session of this worker (inspect.h) */
+    HD_MSG_XREPLY,  /* call, run by the session's owner, back where it came from */
     HD_MSG_RESTORE, /* a session read from a snapshot, to adopt detached (persist.c) */
     HD_MSG_SAVE,    /* save every changed session in the background (persist.c) */
     HD_MSG_NTYPES
@@ -239,6 +239,8 @@ struct hd_server_s {
     const char *config_path; /* NULL: built-in defaults */
     uv_loop_t *loop;         /* the main loop: listeners and signals */
     uv_signal_t sig[3];      /* SIGTERM, SIGINT, SIGHUP */
+    uv_timer_t trim;         /* server.c: gives freed memory back to the OS after a peak */
+    uint64_t trim_high;      /* the most charged since the last trim (hd_mem_charged) */
     hd_listener_t *listeners;
     size_t nlisteners;
     hd_worker_t *workers;
@@ -317,6 +319,7 @@ struct hd_conn_s {
     uint64_t out_taken;      /* of those, taken by the client when out_since was set */
     uint64_t resend_upto;    /* after a resume: ids up to this are re-sends (replay.h); 0 after
                               * the first newer id */
+    uint64_t charged;        /* what its buffers are charged to its session (HD_CHARGE_buffers) */
 };
 
 /* ------------------------------------------------------------------------------------------ */

@@ -260,10 +260,12 @@ static void attach(hd_session_t *s, hd_conn_t *c, int admin) {
     uv_mutex_unlock(&r->lock);
 }
 
-/* A new session for c, attached. Returns 0 or HD_ENOMEM, HD_ETOOMANY, HD_EINTERNAL. */
+/* A new session for c, attached. Returns 0 or HD_ENOMEM, HD_ETOOMANY, HD_ELIMIT (the server
+ * holds max_memory), HD_EINTERNAL. */
 static int session_create(hd_conn_t *c, const char *client_name, int admin, hd_session_t **out) {
     hd_worker_t *w = c->worker;
     hd_registry_t *r = &w->srv->registry;
+    if (hd_mem_limit() && hd_mem_charged() >= hd_mem_limit()) return HD_ELIMIT;
     hd_session_t *s = calloc(1, sizeof *s);
     if (!s) return HD_ENOMEM;
     hd_heap_config_t hc;
@@ -273,6 +275,8 @@ static int session_create(hd_conn_t *c, const char *client_name, int admin, hd_s
     hc.gc_enabled = w->cfg.gc_enabled;
     memcpy(hc.gc_threshold, w->cfg.gc_threshold, sizeof hc.gc_threshold);
     int rc = hd_heap_new(&hc, &s->heap);
+    /* The session's record is the session's: charged beside the heap struct. */
+    if (rc == 0) hd_heap_charge(s->heap, HD_CHARGE_session, sizeof *s, false);
     if (rc == 0) rc = random_hex(s->resume_token, HD_RESUME_TOKEN_LEN / 2);
     if (rc == 0) rc = hd__metrics_session_open(s);
     if (rc < 0) {
@@ -516,6 +520,7 @@ static void refuse(hd_hello_t *out, const hd_conn_t *c, int code, const char *wh
                      "%s: hello refused: %s: %s", c->peer, hd_err_name(code), why);
     hd_reject_t reason =
         code == HD_ETOOMANY    ? HD_REJECT_MAX_SESSIONS /* max_connections is refused at accept */
+        : code == HD_ELIMIT    ? HD_REJECT_MAX_MEMORY
         : code == HD_EAUTH     ? HD_REJECT_AUTH
         : code == HD_EVERSION  ? HD_REJECT_VERSION
         : code == HD_ESHUTDOWN ? HD_REJECT_SHUTDOWN
@@ -595,7 +600,9 @@ void hd__session_hello(hd_conn_t *c, const uint8_t *payload, size_t len, hd_hell
         }
     } else if (rc == 0) {
         rc = session_create(c, h->client_name, admin, &s);
-        why = rc == HD_ETOOMANY ? "too many sessions (max_sessions)" : "cannot create a session";
+        why = rc == HD_ETOOMANY ? "too many sessions (max_sessions)"
+              : rc == HD_ELIMIT ? "max_memory: the server holds as much as it may; no new session"
+                                : "cannot create a session";
     }
     if (rc < 0) {
         refuse(out, c, rc, why);
@@ -635,6 +642,8 @@ int hd__sessions_server_stats(hd_worker_t *w, hd_server_stats_t *out) {
     uv_mutex_unlock(&r->lock);
     out->connections = atomic_load(&srv->connections);
     out->connections_rejected = atomic_load(&srv->refusals.total);
+    out->charged_bytes = hd_mem_charged();
+    out->max_memory = hd_mem_limit();
     for (size_t i = 0; i < srv->nworkers; i++)
         out->requests += atomic_load_explicit(&srv->workers[i].requests, memory_order_relaxed);
     out->uptime_ms = hd__now_ms() - srv->start_ms;

@@ -63,7 +63,7 @@ class SessionTest(AsyncTestCase):
     async def test_methods_are_coroutines_with_the_same_names(self):
         s = self.s
         for name in ("ping", "alloc", "alloc_many", "release_many", "getrefcount", "getsizeof",
-                     "stats", "flush", "close", "detach", "reconnect", "poll",
+                     "stats", "charges", "flush", "close", "detach", "reconnect", "poll",
                      "share", "release", "get_slot", "set_slot", "read", "write", "info"):
             self.assertTrue(inspect.iscoroutinefunction(getattr(s, name)), name)
             self.assertTrue(hasattr(heapd.Session, name), name)

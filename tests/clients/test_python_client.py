@@ -633,6 +633,19 @@ class RefTest(HeapdTestCase):
             self.assertEqual(len(st["gc_count"]), 3)
             self.assertIn("block_size", st["classes"][0])
 
+    def test_charges(self):
+        # One key per entry of HD_CHARGE_MAP, adding up to the total max_bytes bounds.
+        with open(HEAP_H, encoding="utf-8") as f:
+            names = re.findall(r"XX\((\w+), \"", f.read().split("HD_CHARGE_MAP(XX)")[1]
+                               .split("typedef")[0])
+        self.assertIn("objects", names)
+        with self.s.alloc(size=8):
+            ch = self.s.charges()
+            self.assertEqual(sum(ch[n] for n in names), ch["total"])
+            self.assertGreaterEqual(ch["objects"], 16384)
+            self.assertEqual(ch["max_bytes"], 32 << 20)
+            self.assertGreaterEqual(ch["server_charged"], ch["total"])
+
 
 # -----------------------------------------------------------------------------------------
 # Errors.

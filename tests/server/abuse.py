@@ -5,7 +5,7 @@ Each attack_N(d, ...) takes a running harness.Daemon, does what finding N of iss
 requests that made the server hold far more than it charged, or lock others out) and returns a
 dict of what it measured: the server's resident set from /proc before, at its peak (VmHWM,
 reset through /proc/PID/clear_refs before the attack) and after, and what the session was
-charged (heap_stats.charged_bytes). test_bounds.py asserts a bound on each, one daemon per
+charged (heap_charges.total). test_bounds.py asserts a bound on each, one daemon per
 item; test_abuse.py runs them all against one daemon and then checks that a fresh session is
 served as usual. Run as a script it prints the figures, for docs and closing notes:
 
@@ -59,9 +59,8 @@ def _status(pid, key):
 
 
 def charged(c):
-    """What the session is charged, all it holds counted against max_bytes."""
-    st = c.ok("heap_stats")
-    return getattr(st, "charged_bytes", st.object_bytes)
+    """What the session is charged, all it holds counted against max_bytes (heap_charges)."""
+    return c.ok("heap_charges").total
 
 
 class Measure:
@@ -333,7 +332,7 @@ def attack_5(d, classes=(16, 48, 112, 240, 496), keep_every=None, limit_bytes=No
             live = [x for x in handles if x]
             decrefs(c, [x for i, x in enumerate(live) if i % per_pool])
         st = c.ok("heap_stats")
-        ch = getattr(st, "charged_bytes", st.object_bytes)
+        ch = charged(c)
     res = dict(m.figures(), charged=ch, object_bytes=st.object_bytes,
                arena_bytes=st.arena_bytes, refused=refused)
     c.close()
@@ -500,6 +499,41 @@ def attack_10_fallback(d, mib=200):
     return {"rss_before": before, "rss_top": top, "rss_after": after}
 
 
+def attack_10_max_memory(d, sessions=3, size=4000):
+    """The server-wide cap: `sessions` sessions allocate until refused; then a new session, a
+    read and a free in a full one, /readyz; then one session ends and a new one is served."""
+    held = [d.session() for _ in range(sessions)]
+    refusals, handles = [], []
+    for c in held:
+        hs, refused = allocs(c, [alloc_body(size=size)] * (64 * MIB // (size + 32)), chunk=2000)
+        hs = [x for x in hs if x]
+        handles.append(hs)
+        r = c.call("alloc", size=size)
+        refusals.append((refused, r.status.message))
+    res = {"refusals": refusals, "charged": [charged(c) for c in held]}
+    ch = held[0].ok("heap_charges")
+    res["server_charged"], res["max_memory"] = ch.server_charged, ch.max_memory
+    c = d.connect()
+    r = c.hello()
+    res["new_session"] = "%s: %s" % (r.status.name, r.status.message)
+    c.close()
+    res["read_when_full"] = held[-1].call("read", handle=handles[-1][0], offset=0,
+                                          length=8).status.name
+    res["readyz_full"] = d.http_get("/readyz")[0] if d.http_addr else None
+    res["free_when_full"] = held[-1].call("decref", handle=handles[-1][0]).status.name
+    held[0].call("goodbye")
+    held[0].close()
+    d.wait_log("destroyed \\(goodbye\\)", start=0)
+    res["readyz_after"] = d.http_get("/readyz")[0] if d.http_addr else None
+    c = d.connect()
+    res["new_session_after"] = c.hello().status.name
+    res["alloc_after"] = c.call("alloc", size=size).status.name
+    c.close()
+    for c in held[1:]:
+        c.close()
+    return res
+
+
 def fmt(v):
     if isinstance(v, int) and v > 10 * MIB:
         return "%.1f MiB" % (v / MIB)
@@ -508,7 +542,7 @@ def fmt(v):
 
 def main(argv):
     items = argv[1:] or ["1", "2", "3", "4", "5", "7", "8_labels", "8_cursors", "8_trace", "9",
-                         "10_nul", "10_rejections", "10_fallback"]
+                         "10_nul", "10_rejections", "10_fallback", "10_max_memory"]
     cfg = {"max_connections": 64, "admin_tokens": ["adm1n"], "log_level": "info"}
     for item in items:
         extra = {}
@@ -516,6 +550,8 @@ def main(argv):
             extra = {"session_max_bytes": "4MiB"}
         if item == "7":
             extra = {"output_buffer_limit": "1MiB"}
+        if item == "10_max_memory":
+            extra = {"max_memory": "24MiB", "session_max_bytes": "16MiB", "http": ["127.0.0.1:0"]}
         with h.Daemon(dict(cfg, **extra)) as d:
             fn = globals()["attack_" + item]
             if item == "4":

@@ -146,6 +146,7 @@ static void test_near_limits(void **state) {
 
 static void test_memory_cap(void **state) {
     fx.v.memory_cap_bytes = 40u << 20;
+    fx.v.memory_charged_bytes = 37u << 20;
     expect_one("memory_cap", "", "of the server's cap of 40.0 MiB");
     fx.v.memory_cap_bytes = 1u << 30;
     assert_int_equal(run(NULL), 0);

@@ -106,8 +106,19 @@ class LimitsTest(h.unittest.TestCase):
         after = c.ok("heap_stats")
         self.assertEqual((before.objects, before.object_bytes),
                          (after.objects, after.object_bytes))
-        c.ok("decref", handle=handles[0])
-        c.alloc(size=100)  # room again
+        # Everything the session holds counts: the large blocks, the pool a small object
+        # needs, the connection's buffers, the session's records.
+        ch = c.ok("heap_charges")
+        self.assertLessEqual(ch.total, 65536)
+        self.assertEqual(ch.max_bytes, 65536)
+        self.assertGreaterEqual(ch.objects, before.large_bytes)  # and the region table
+        self.assertGreater(ch.session, 0)
+        self.assertGreater(ch.buffers, 0)
+        for x in handles[:5]:
+            c.ok("decref", handle=x)
+        c.alloc(size=100)  # room again: a 16 KiB pool
+        self.assertGreaterEqual(c.ok("heap_charges").objects, before.large_bytes - 5 * 4032 +
+                                16384)
 
     def test_session_max_objects(self):
         d = self.daemon(session_max_objects=10)

@@ -273,6 +273,11 @@ class OpsTest(h.unittest.TestCase):
         c.alloc(size=8)
         st = c.ok("heap_stats")
         self.assertEqual(st.objects, 1)
+        ch = c.ok("heap_charges")
+        kinds = [f.name for f in ch.DESCRIPTOR.fields][:10]
+        self.assertEqual(ch.total, sum(getattr(ch, k) for k in kinds))
+        self.assertGreaterEqual(ch.objects, 16384)  # the pool of the object
+        self.assertGreaterEqual(ch.server_charged, ch.total)
         r = c.call("goodbye")
         self.assertEqual(r.status.code, 0)
         self.assertEqual(c.expect_closed(), [])

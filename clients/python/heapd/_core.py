@@ -969,6 +969,13 @@ class SessionCore:
         counts and event counters) as a dict, like ``sys._debugmallocstats()``."""
         return self._do(OPS["heap_stats"], OPS["heap_stats"].args(), _dict_finish)
 
+    def charges(self):
+        """What the session is charged, by kind (the engine's HD_CHARGE_MAP: objects, labels,
+        weakrefs, trace, snapshots, cursors, events, collector, buffers, session), with
+        ``total`` (what ``max_bytes`` bounds), ``max_bytes``, ``server_charged`` and
+        ``max_memory``, as a dict."""
+        return self._do(OPS["heap_charges"], OPS["heap_charges"].args(), _dict_finish)
+
     # -- admin -------------------------------------------------------------------------------
 
     def server_stats(self):

@@ -617,7 +617,7 @@ def _coroutine(method):
 
 _SESSION_CALLS = ("ping", "flush", "alloc", "alloc_many", "release_many", "getrefcount",
                   "getsizeof", "share", "release", "get_slot", "set_slot", "write", "read",
-                  "info", "stats", "server_stats", "list_sessions", "kill_session")
+                  "info", "stats", "charges", "server_stats", "list_sessions", "kill_session")
 for _name in _SESSION_CALLS:
     setattr(Session, _name, _coroutine(getattr(SessionCore, _name)))
 

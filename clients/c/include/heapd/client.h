@@ -59,6 +59,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <heapd/charges.h>
 #include <heapd/errors.h>
 #include <heapd/server_stats.h>
 #include <heapd/stats.h>
@@ -443,6 +444,25 @@ typedef enum hdc_census_order_e {
  * limit 0: as many as fit. Caller frees *out with hdc_trace_stats_free(). */
 int hdc_heap_census(hdc_t *c, hdc_trace_group_t group, hdc_census_order_t order, uint32_t limit,
                     hdc_trace_stats_t *out);
+
+/* What the session is charged: size, then one uint64_t per entry of HD_CHARGE_MAP
+ * (heapd/charges.h, from the engine's heap.h; XX(kind, description)), their total (what
+ * max_bytes bounds), the session's max_bytes, what every session of the server is charged
+ * together and the server's max_memory (0: none). Versioned by size as hdc_server_stats_t:
+ * set size (HDC_HEAP_CHARGES_INIT does); fields past it are left alone. */
+typedef struct hdc_heap_charges_s {
+    size_t size; /* sizeof the struct the caller has */
+#define HDC_CHARGE_FIELD(name, desc) uint64_t name;
+    HD_CHARGE_MAP(HDC_CHARGE_FIELD)
+#undef HDC_CHARGE_FIELD
+    uint64_t total, max_bytes, server_charged, max_memory;
+} hdc_heap_charges_t;
+
+/* clang-format off */
+#define HDC_HEAP_CHARGES_INIT {.size = sizeof(hdc_heap_charges_t)}
+/* clang-format on */
+
+int hdc_heap_charges(hdc_t *c, hdc_heap_charges_t *out);
 
 /* ------------------------------------------------------------------------------------------ */
 /* Admin: needs a session opened with an admin token, else HDC_EPERM.                          */
