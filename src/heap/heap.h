@@ -148,8 +148,7 @@ const char *hd_heap_why(const hd_heap_t *h);
     XX(events, "queued events")                                                                    \
     XX(collector, "the collector's garbage list")                                                  \
     XX(buffers, "the daemon's buffers for the session: unsent output, the frame being read")       \
-    XX(session,                                                                                    \
-       "the session's own records: the heap struct, the daemon's session, its replay window")
+    XX(session, "the session's records: heap struct, daemon's session, replay window")
 
 typedef enum hd_charge_e {
 #define HD_CHARGE_ENUM(name, desc) HD_CHARGE_##name,

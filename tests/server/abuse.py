@@ -517,10 +517,11 @@ def attack_10_max_memory(d, sessions=3, size=4000):
     r = c.hello()
     res["new_session"] = "%s: %s" % (r.status.name, r.status.message)
     c.close()
-    res["read_when_full"] = held[-1].call("read", handle=handles[-1][0], offset=0,
-                                          length=8).status.name
+    k = max(i for i, hs in enumerate(handles) if hs)  # the last session that holds objects
+    res["read_when_full"] = held[k].call("read", handle=handles[k][0], offset=0,
+                                         length=8).status.name
     res["readyz_full"] = d.http_get("/readyz")[0] if d.http_addr else None
-    res["free_when_full"] = held[-1].call("decref", handle=handles[-1][0]).status.name
+    res["free_when_full"] = held[k].call("decref", handle=handles[k][0]).status.name
     held[0].call("goodbye")
     held[0].close()
     d.wait_log("destroyed \\(goodbye\\)", start=0)
