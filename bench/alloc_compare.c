@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * alloc_compare.c: heapd-alloc-bench, heapd's engine beside glibc, jemalloc and mimalloc on
  * the same two workloads, in one process, rounds interleaved, so that every figure has its

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * dispatch_bench.c: heapd-dispatch-bench, the protocol layer's speed without sockets.
  *

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # bench/echo_compare.sh: heapd's CPU per request beside a trivial epoll server's
 # (heapd-echo-server) answering the same frames from the same client, in one run.
 #

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * echo_server.c: heapd-echo-server, the least a server can do for heapd-bench's frames: the
  * peer of heapd's CPU per request (bench/echo_compare.sh).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * engine_bench.c: heapd-engine-bench, the engine's speed and memory figures, printed as one
  * JSON object. Each figure sits beside its baseline measured in the same run (the system

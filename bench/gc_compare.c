@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * gc_compare.c: heapd-gc-bench, full collections of heapd's engine beside every CPython 3.11
  * on the machine, on four graph shapes, 1M and 4M objects, live and garbage, plus the

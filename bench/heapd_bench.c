@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * heapd_bench.c: heapd-bench, a load generator for a running heapd.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * idle_clients.c: heapd-idle-clients, N idle connections held open against heapd (each with
  * its own session: connect, hello, one ping) or against redis-server (connect, one PING), for

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # observe_cost.sh: what watching requests costs heapd, side by side in one run.
 #
 #   bench/observe_cost.sh [BUILD_DIR] [ROUNDS] [SECONDS]

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """Benchmark: the heapd Python client beside redis-py, side by side in one run.
 
 Starts heapd (its default config, but on a free loopback TCP port) and a redis-server

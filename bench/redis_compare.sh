@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # bench/redis_compare.sh: heapd-bench against heapd beside redis-benchmark against
 # redis-server, on this machine, in one run; prints a Markdown table (docs/PERFORMANCE.md,
 # "## Daemon").

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * save_stall.c: what a background save costs the other sessions of its worker, and the session
  * being saved (docs/PERSISTENCE.md). bench/save_stall.sh starts heapd with one worker and a

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # What a background save costs the other sessions of its worker (bench/save_stall.c): starts
 # build/bin/heapd with one worker and a data_dir in a temporary directory, runs
 # heapd-save-stall against it, stops it.

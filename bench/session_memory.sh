@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # bench/session_memory.sh: memory per idle session with N connected sessions, heapd beside
 # Redis's memory per idle client, on this machine, in one run.
 #

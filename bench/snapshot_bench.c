@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * snapshot_bench.c: how fast a heap is saved and loaded (docs/PERSISTENCE.md), and what a
  * background save costs the worker that forks it.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # embed.cmake: writes a C file holding files as byte arrays, with a lookup by name
 # (src/server/dashboard_assets.h declares it). Run as a script:
 #   cmake -DOUT=file.c -DDIR=dir -DFILES="a.html;b.js" -P embed.cmake

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # heapd_fuzz_target(): the one way a libFuzzer target is built and run (included by the top
 # CMakeLists.txt; used by src/server/fuzz.cmake and tests/heap/CMakeLists.txt).
 #

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """gen_ops.py: writes the protocol's lists as C X-macros, from heapd.proto's descriptor.
 
     gen_ops.py DESCRIPTOR_SET OPS_DEF SERVER_STATS_H

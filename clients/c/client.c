@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * client.c: libheapdclient, the C client of heapd (API and rules in heapd/client.h).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * heapctl.c: the command-line tool of heapd, built on libheapdclient.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * heapctl.h: what heapctl's files share (heapctl.c, the commands and main; heapctl_watch.c,
  * the live views top, latency and monitor; heapctl_shell.c, the interactive shell).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * heapctl_doctor.c: `heapctl doctor`, the memory doctor's findings (heapd's MEMORY DOCTOR).
  *

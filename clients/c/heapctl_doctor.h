@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * heapctl_doctor.h: `heapctl doctor` asks the daemon's HTTP server for the memory doctor's
  * findings (heapctl_doctor.c).

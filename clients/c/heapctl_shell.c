@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * heapctl_shell.c: `heapctl shell`, commands read line by line and run in one session.
  *

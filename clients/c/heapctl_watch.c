@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * heapctl_watch.c: heapctl's live views, which run until told to stop: `top` (the sessions
  * and the server, refreshed, with rates beside the totals), `latency` (ping round trips, as

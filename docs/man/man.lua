@@ -1,3 +1,4 @@
+-- SPDX-License-Identifier: MIT
 -- man.lua: a pandoc filter for the man pages (mkman.py runs it).
 --
 -- Tables become tagged paragraphs, one per row: the row's first cell is the tag, and the other

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """mkman.py: builds one man page from its Markdown source with pandoc (docs/man/CMakeLists.txt
 runs it for each page).
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * alloc.c: the per-heap pymalloc (CPython 3.11's obmalloc, one instance per heap).
  *

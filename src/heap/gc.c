@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * gc.c: the cycle collector, with the semantics of CPython 3.11's gc module (gcmodule.c).
  *

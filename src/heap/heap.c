@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * heap.c: the public face of a heap: its lifetime, its limits and its event queue.
  *

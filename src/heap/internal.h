@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * internal.h: the engine's shared types and internal prototypes (hd__ names).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * mem.c: the one allocation hook. Every byte the engine takes from the system goes through
  * hd__mem: small tables via malloc/realloc/free, arenas via map/unmap. Tests replace it to

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * snapshot.c: a heap as a byte stream and back (hd_heap_save, hd_heap_load).
  *

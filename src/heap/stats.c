@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * stats.c: heap statistics, the fields of sys._debugmallocstats() and more, as one struct
  * whose fields are listed once in heap.h (HD_HEAP_STATS_MAP), and the census of live objects

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * trace.c: allocation tracing, tracemalloc for a heap.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * weakref.c: weak references, as CPython's weakref.ref without callbacks (a notify flag queues
  * a WEAKREF_CLEARED event instead).

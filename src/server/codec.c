@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * codec.c: byte buffers, the incremental frame parser and the frame writer (codec.h).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * codec.h: heapd's framing, and the growable byte buffer it works in.
  *

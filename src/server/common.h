@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * common.h: what every file of the daemon shares: the one assertion macro and the
  * sanitizer switch.

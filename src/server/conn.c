@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * conn.c: one client connection on its worker: bytes in, frames, responses out.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * dashboard_assets.h: the dashboard's files (src/server/dashboard/), compiled into heapd.
  *

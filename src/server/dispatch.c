@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * dispatch.c: runs one decoded request against a session's heap and frames its response.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * dispatch.h: requests in, engine calls, responses out (src/server/dispatch.c).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * doctor.c: the memory doctor's rules (see doctor.h).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * doctor.h: the memory doctor, heapd's MEMORY DOCTOR: findings about the server and its
  * sessions, each with its evidence (the figures) and what to do about it.

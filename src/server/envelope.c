@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * envelope.c: the wire scan, and the frame's envelope read and written by hand (envelope.h).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * envelope.h: the wire scan, and the frame's envelope read and written by hand (envelope.c).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * framemem.c: frame memory, the per-thread bump allocator of one frame (framemem.h).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * framemem.h: frame memory, the per-thread bump allocator behind one frame (framemem.c).
  *

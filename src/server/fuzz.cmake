@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # The libFuzzer target of the protocol layer, build/bin/fuzz_dispatch (fuzz_dispatch.c): bytes
 # through the frame parser and hd_dispatch_frame against a live heap, compiled with hdwire's
 # sources (HD_WIRE_SOURCES) and the engine's by heapd_fuzz_target (cmake/heapd_fuzz.cmake),

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * fuzz_dispatch.c: a libFuzzer target for the protocol layer, as a connection sees it.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * fuzz_hello.c: a libFuzzer target for the path a connection takes before its hello is
  * answered, the part of the server an unauthenticated client reaches.

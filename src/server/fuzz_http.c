@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * fuzz_http.c: the libFuzzer target of the HTTP request path, build/bin/fuzz_http.
  *

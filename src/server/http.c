@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * http.c: the HTTP server's thread, sockets, connections and routes (see http.h).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * http.h: the HTTP server for operators: Prometheus /metrics, /healthz and /readyz, the
  * dashboard and its JSON API, the memory doctor (docs/DEPLOYMENT.md, "Observability").

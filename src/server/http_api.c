@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * http_api.c: the HTTP server's routes and their handlers (see http_api.h).
  *

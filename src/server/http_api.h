@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * http_api.h: what the HTTP server's pages are made of: the request context a handler gets,
  * the response it fills, and the route table (http_api.c) that names every page.

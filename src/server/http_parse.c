@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * http_parse.c: bounded HTTP/1.1 requests over http-parser (see http_parse.h).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * http_parse.h: HTTP/1.1 requests from a byte stream, bounded, over Debian's http-parser
  * (libhttp-parser, Node.js's parser before llhttp): no sockets and no allocation, so the HTTP

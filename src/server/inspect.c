@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * inspect.c: cross-thread calls to a session's owner, and the report of one session
  * (see inspect.h for the flow and the ownership of a call).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * inspect.h: seeing into any session, and running work on the thread that owns it.
  *

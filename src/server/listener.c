@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * listener.c: the listening sockets and the accept loop, on the main loop.
  *

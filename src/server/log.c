@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * log.c: formats and writes the daemon's log lines (see log.h).
  *

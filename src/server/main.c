@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * main.c: heapd's entry point: the command line, loading the config, and the exit codes.
  *

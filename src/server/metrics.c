@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * metrics.c: the workers' counters, ticks and snapshots, the view readers take of them, and
  * the Prometheus text exposition (see metrics.h).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * metrics.h: what the daemon counts for operators, and the snapshots workers publish.
  *

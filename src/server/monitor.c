@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * monitor.c: monitors (every request of every session, as a stream of records to an admin's
  * connection, like redis-cli MONITOR), and hd__observe_request, which feeds them and the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * notify.c: systemd's readiness protocol (sd_notify), without libsystemd.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * observe.h: what operators watch of the requests: the slowlog, the monitors, and the text a
  * request is shown as in both.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * ops.h: what the op handlers (src/server/ops_<family>.c) share with dispatch.c.
  *

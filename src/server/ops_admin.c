@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * ops_admin.c: the handlers of the admin ops (family ADMIN of proto/heapd.proto): the server's
  * statistics and info, the session list, kill_session, the slowlog and monitor. dispatch.c

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * ops_gc.c: the handlers of the cycle collector's ops (family GC of proto/heapd.proto), the
  * names and semantics of CPython 3.11's gc module.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * ops_inspect.c: the handlers of the ops that look into or act on one other session, for an
  * admin (family INSPECT of proto/heapd.proto): session_report and session_op.

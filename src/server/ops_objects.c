@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * ops_objects.c: the handlers of the object ops (family OBJECTS of proto/heapd.proto):
  * allocation, client references, slots, payloads and what an object says about itself.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * ops_session.c: the handlers of the session's own ops (family SESSION of proto/heapd.proto):
  * hello after the handshake, goodbye, ping, set_events and batch.

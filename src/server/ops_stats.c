@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * ops_stats.c: the handlers of the heap statistics ops (family STATS of proto/heapd.proto):
  * heap_stats, the protocol's sys._debugmallocstats() and more, and heap_census, the live

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * ops_trace.c: the handlers of the allocation tracing ops (family TRACE of proto/heapd.proto),
  * the names and semantics of tracemalloc.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * ops_weakref.c: the handlers of the weak reference ops (family WEAKREF of proto/heapd.proto).
  *

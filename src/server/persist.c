@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * persist.c: when sessions are saved, where, and how they come back (docs/PERSISTENCE.md).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * persist.h: snapshots of sessions across restarts (persist.c; docs/PERSISTENCE.md): the
  * schedule (SIGTERM, snapshot_interval, the save op, snapshot_on_detach), the restore at

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * replay.c: the replay window (replay.h): a ring of entries over a ring of bytes.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * replay.h: a session's replay window, the encoded responses of its last requests, so that a
  * request re-sent after a dropped connection or a restart is answered without running again

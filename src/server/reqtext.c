@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * reqtext.c: a request as an operator reads it, for the slowlog and the monitors.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * server.c: the server as a whole, once its config is loaded: start-up in order, the main
  * loop, SIGHUP reload, shutdown, and the clock every thread reads.

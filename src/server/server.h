@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * server.h: the daemon's internal types and the prototypes its files share.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * session.c: hello, the session lifecycle, the registry and the admin services.
  *

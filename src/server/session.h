@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * session.h: sessions, the registry that names them, hello, and the admin services.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * slowlog.c: the requests that ran longer than slowlog_threshold_us, in a ring of
  * slowlog_max_len entries (Redis's SLOWLOG). Any worker adds, under one lock held for a copy;

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * snapfile.c: writing and reading session snapshot files (snapfile.h, docs/PERSISTENCE.md).
  *

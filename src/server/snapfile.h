@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * snapfile.h: session snapshot files, the format of docs/PERSISTENCE.md: a header, then
  * checksummed (XXH3), optionally zstd-compressed sections holding the session's identity,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * worker.c: the worker threads, each running its own uv loop, and their inboxes.
  *

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # Tests of libheapdclient and heapctl. Each starts its own heapd on a temporary Unix socket
 # with a config file it writes itself, so they run in parallel with anything else.
 #   clients.cclient  test_cclient.c (cmocka): every call, errors, pipelining, batches, events,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Runs a Python test under the sanitizers' runtime, for the C codec's checked build.
 
 In a build with HEAPD_ASAN or HEAPD_UBSAN, clients/python builds a checked twin of

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # The Python client's tests, included by tests/clients/CMakeLists.txt.
 #
 #   python.errors            no daemon: the exception table against src/heap/heap.h's

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * resume_driver.c: the client half of test_resume.py. Pipelines a fixed, seeded sequence of
  * mixed mutating requests (alloc with payload and tag, set_slot, incref, decref, write,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test_cclient.c: libheapdclient against a real heapd.
  *

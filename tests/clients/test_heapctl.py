@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """test_heapctl.py: heapctl against a real heapd.
 
     test_heapctl.py HEAPCTL [BUILD_DIR]

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """Tests of heapd.asyncio against a real heapd (and against fake servers that break the
 protocol): the blocking session's methods as coroutines, many tasks on one session and on
 many sessions at once, pipelines, events delivered on the loop, cancellation, strictness.

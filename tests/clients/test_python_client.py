@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """Tests of the Python client (clients/python/heapd) against a real heapd.
 
 The module starts the built daemon once through the shared fixture (tests/server/harness.py),

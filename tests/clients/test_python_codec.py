@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """The Python client's two wire codecs against each other and against protobuf itself.
 
 heapd._speedups (C) and heapd._pycodec (pure Python) must behave alike, byte for byte and

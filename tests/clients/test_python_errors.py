@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """Unit tests of the Python client that need no daemon.
 
 The main one keeps the client's exception table honest: it parses HD_ERR_MAP out of

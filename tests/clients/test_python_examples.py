@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """Runs every script in clients/python/examples against a real heapd.
 
 Each example retells a code example of the Python memory-management tutorials against a

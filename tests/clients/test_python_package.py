@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """The Python package installs the three ways it is meant to, with nothing downloaded:
 
 * ``pip install --no-index clients/python`` into a virtual environment (the pyproject.toml's

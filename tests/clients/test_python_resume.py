@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """test_python_resume.py: the Python client resumes through restarts and cut links
 (``connect(resume_timeout=...)``), and nothing runs twice.
 

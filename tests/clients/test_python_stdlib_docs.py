@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """The examples of the stdlib's gc, weakref and tracemalloc documentation, run on a heapd
 session (Python 3.11's docs, Doc/library/{gc,weakref,tracemalloc}.rst).
 

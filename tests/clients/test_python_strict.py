@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """The Python client trusts no server: scripted fake servers that break the protocol.
 
 Each test starts a small server on a temporary Unix socket (and one on a free loopback TCP

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """test_resume.py: a client resumes through restarts and dropped links, and nothing runs twice.
 
 resume_driver (resume_driver.c, over libheapdclient with resume_ms on) pipelines 100,000

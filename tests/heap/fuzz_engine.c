@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * fuzz_engine.c: heapd-fuzz-engine, a libFuzzer target for the heap engine, and
  * fuzz_engine_replay, the same harness behind a main() that replays files (ctest runs it over

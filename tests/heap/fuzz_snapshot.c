@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * fuzz_snapshot.c: the heap image loader (snapshot.c:hd_heap_load) under libFuzzer.
  *

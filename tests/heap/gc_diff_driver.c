@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * gc_diff_driver.c: runs one random program against the engine for test_gc_diff.py, which
  * runs the same program under CPython 3.11 and compares the outputs line by line.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test_alloc.c: the per-heap pymalloc (alloc.c) through its internal API, with no heap around
  * it: a test owns an hd_alloc_t and a sentinel area for region 0. Covers every size class,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test_events.c: the order of events, CPython 3.11's to the last one (docs/PROTOCOL.md,
  * "Event order"). Each test is an example whose order was read off /usr/bin/python3 running

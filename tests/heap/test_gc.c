@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test_gc.c: the cycle collector (gc.c) against CPython 3.11's gc module: cycles and what
  * survives them, generations and promotion, counts, thresholds and the automatic trigger

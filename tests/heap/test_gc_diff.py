@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """test_gc_diff.py: the collector and the order of events against CPython, program by program.
 
 Generates random programs (allocate containers and atomic objects, with and without

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test_object.c: the object store: allocation, handles, reference counting, the free
  * cascade, payloads, limits, and the seeds' reference-counting examples.

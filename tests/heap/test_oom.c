@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test_oom.c: allocation-failure injection over the whole engine (SQLite's
  * malloc_common.tcl, libuv's test-loop-oom.c). A workload touching every subsystem runs

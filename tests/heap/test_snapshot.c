@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test_snapshot.c: heap images (snapshot.c): a heap with every kind of state saved and loaded
  * answers every question as before (counts, thresholds, statistics, objects, payloads, slots,

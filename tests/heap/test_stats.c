@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test_stats.c: heap statistics after random workloads. The allocator's byte figures add up
  * to its arenas, and the object store's accounting agrees with the allocator's: every small

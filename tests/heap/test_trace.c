@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test_trace.c: allocation tracing (trace.c), checked against tracemalloc's behaviour:
  * start/stop/is_tracing, get_traced_memory's current and peak, reset_peak, clear_traces,

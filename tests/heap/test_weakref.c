@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test_weakref.c: weak references (weakref.c): creation, dereference and release; death by
  * refcount and by the cycle collector; WEAKREF_CLEARED events and their order against

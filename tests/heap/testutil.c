@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * testutil.c: the counting, fault-injecting allocation hook and object helpers shared by
  * the engine tests (see testutil.h).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * testutil.h: what every engine test shares: a counting, fault-injecting allocation hook
  * (fail the N-th allocation, count live allocations so a test can assert nothing leaked),

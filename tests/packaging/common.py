@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """common.py: what the packaging tests share: the repository's files.
 
 source_files() lists the files of the source tree as git sees them (tracked, plus untracked

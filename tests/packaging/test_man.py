@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """test_man.py: the man pages document everything the programs offer, and render cleanly.
 
 The lists come from the programs themselves, so a new heapctl command, a new option or a new

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """test_package.py: the Debian packages build, pass lintian, install, run and purge, and
 docs/DEPLOYMENT.md works as written.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """test_release.py: one version everywhere, and one license.
 
 The version is written once, in project(heapd VERSION X.Y.Z) in the top CMakeLists.txt (ctest
@@ -42,6 +43,12 @@ OTHER_LICENSES = re.compile(
     r"|\bZlib License|\bArtistic License|public domain",
     re.I)
 SPDX = re.compile(r"SPDX-License-Identifier:\s*(.+?)\s*(?:\*/|-->|$)", re.M)
+# Files that must carry an SPDX line: code, build files, scripts, units and the shipped config.
+SPDX_REQUIRED = re.compile(
+    r"\.(?:c|h|py|proto|sh|cmake|js|css|html|lua|yaml|toml|service|socket|sysusers)$"
+    r"|(?:^|/)CMakeLists\.txt$|^\.ci/[^/]+$|^debian/rules$|^debian/heapd\.postinst$|\.pc\.in$|\.h\.in$")
+# Test data: fuzz corpora and seeds are inputs, not source.
+SPDX_EXEMPT = re.compile(r"(?:^|/)(?:fuzz_corpus|[^/]*_seeds|fixtures)/")
 # Where license names belong: the license itself, and this test's own list of them.
 LICENSE_ALLOWED = {"LICENSE", "tests/packaging/test_release.py"}
 
@@ -182,6 +189,23 @@ class LicenseTest(unittest.TestCase):
                 line = text.count("\n", 0, m.start()) + 1
                 found.append("%s:%d: %s" % (rel, line, m.group(0)))
         self.assertEqual(found, [], "heapd is MIT-licensed (LICENSE); these name another license")
+
+    def test_every_source_file_says_mit(self):
+        # Every file of code, build or configuration says its license in its header (its first
+        # five lines), as an SPDX line: a file added without one is caught here.
+        missing = []
+        for rel in source_files():
+            if not SPDX_REQUIRED.search(rel) or SPDX_EXEMPT.search(rel):
+                continue
+            text = read_text(rel)
+            if text is None:
+                continue
+            head = "\n".join(text.split("\n")[:5])
+            m = SPDX.search(head)
+            if not m or m.group(1) != "MIT":
+                missing.append(rel)
+        self.assertEqual(missing, [], "these files need an 'SPDX-License-Identifier: MIT' line in "
+                         "their first five lines, in the file's comment style")
 
     def test_spdx_lines_say_mit(self):
         # Files may carry an SPDX line (a later sweep adds one to every source file); each

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """abuse.py: the requests of issue 9, each as a hostile client would send it, and what the
 server holds while it runs.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # Unit tests of the protocol layer (hdwire: src/server/codec.c and dispatch.c) without
 # sockets, against a real engine heap. Included by tests/server/CMakeLists.txt.
 add_executable(test_dispatch ${CMAKE_CURRENT_LIST_DIR}/test_dispatch.c

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """harness.py: the one fixture for tests that start the real heapd, and a protocol client.
 
 Every Python test that runs a daemon uses Daemon from here: the server tests (tests/server),

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """test_abuse.py: every request of issue 9 (tests/server/abuse.py) against one daemon, one after
 the other, as one hostile client would send them all; then a fresh session must be served as
 usual, and the server's peak resident set must have stayed within what its limits allow.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """test_auth.py: tokens and admin tokens, against the real heapd.
 
 With `tokens` set, hello must present one of them or an admin token (compared in constant

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """test_badinput.py: malformed input against the real heapd.
 
 A malformed frame, an impossible length or an undecodable message gets an error response

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """test_bounds.py: one regression test per finding of issue 9 ("Bound everything a client can
 make the server hold"), each the request that reproduced it (tests/server/abuse.py) and the
 bound that now holds, the server's resident set read from /proc against what it charged.

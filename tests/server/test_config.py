@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """test_config.py: the config loader and the command line of the real heapd.
 
 --check-config validates a file and prints the effective config (one line per key of the

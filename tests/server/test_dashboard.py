@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """test_dashboard.py: the dashboard in a real browser, against a live heapd under load.
 
 Debian's chromium runs headless (a fresh profile, no network but loopback) on the overview

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test_dispatch.c: unit tests of codec.c (buffers, frame parser, frame writer) and dispatch.c
  * (every request type, error statuses, batches, events, admin) without sockets.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test_doctor.c: every rule of the memory doctor (src/server/doctor.c) on figures built for
  * it: a healthy heap has no finding, and each situation the rules know gets its finding,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """test_doctor.py: the memory doctor against a real heapd: /api/doctor and heapctl doctor.
 
 Each situation a client can make in a moment is made here, in its own session, and the

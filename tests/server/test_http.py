@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """test_http.py: the HTTP server for operators, against the real heapd.
 
 /metrics checked by Prometheus's own promtool and against what the test did to the server

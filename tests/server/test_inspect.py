@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """test_inspect.py: an admin looks into and acts on other sessions (session_report, session_op).
 
 The session may live on any worker: the request goes to that worker and its answer comes

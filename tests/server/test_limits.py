@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """test_limits.py: each configured limit, enforced by the real heapd.
 
 max_connections, max_sessions, the frame limits (4096 bytes before hello, max_frame_bytes

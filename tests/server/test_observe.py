@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """test_observe.py: what operators watch: server_info, the slowlog and monitors.
 
 The slowlog is read with a tiny threshold (1 us: a request that allocates and zeroes 8 MiB is

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """test_ops.py: every request of the protocol against the real heapd, pipelining, batch, events.
 
 One daemon serves the whole module; each test opens its own session. test_every_operation

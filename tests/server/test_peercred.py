@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """test_peercred.py: admin by the peer credentials of the Unix socket (admin_peer_uids).
 
 A Unix socket peer whose uid is root's, heapd's own or one of admin_peer_uids is an admin

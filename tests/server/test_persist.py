@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """test_persist.py: snapshots across restarts and exactly-once re-sends (docs/PERSISTENCE.md).
 
 A SIGTERM saves every session, attached or detached, and a restart brings each back as a

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """test_prometheus.py: a real Prometheus scrapes heapd.
 
 Debian's prometheus server runs on loopback (its web port 0, found from its listening

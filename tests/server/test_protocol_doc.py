@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """test_protocol_doc.py: docs/PROTOCOL.md and proto/heapd.proto say the same about every op.
 
 No daemon: the op list is read from heapd_pb2's descriptor (the (opdef) option of each field

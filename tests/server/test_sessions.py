@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """test_sessions.py: session lifecycle against the real heapd.
 
 Resume after a dropped connection (on the same worker and across workers), goodbye, linger

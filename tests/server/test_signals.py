@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """test_signals.py: SIGHUP reload and SIGTERM/SIGINT shutdown of the real heapd.
 
 SIGHUP reloads the reloadable settings and keeps the running config when the file has become

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test_snapfile.c: snapshot files (snapfile.c) and the replay window (replay.c) without a
  * daemon: a session's file written and read back (identity, heap, window; plain and zstd);

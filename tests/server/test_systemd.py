@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """test_systemd.py: heapd under systemd's protocols, without systemd.
 
 The notify protocol: a fake $NOTIFY_SOCKET (a Python Unix datagram socket, by path and in

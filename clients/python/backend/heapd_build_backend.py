@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The Python package's build backend (PEP 517), with nothing to download.
 
 ``pyproject.toml`` names this module as its backend and requires nothing, so that

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # Makes protoc's generated Python modules importable as a package: protoc writes
 # `import foo_pb2 as foo__pb2` for a proto that imports foo.proto, which only works with
 # the output directory on sys.path. This script, run with -DDIR=<dir>, rewrites each such

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """Context managers: cleanup that does not wait for the collector.
 
 The tutorial::

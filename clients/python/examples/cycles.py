@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """Circular references and the cycle collector.
 
 Two tutorial examples.  First, two lists that hold each other::

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """Generations and thresholds of the cycle collector.
 
 The tutorial::

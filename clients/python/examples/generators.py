@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """Generators and iterators: one value in memory at a time.
 
 The tutorial's generator::

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """Inspecting reference counts, as ``sys.getrefcount`` does.
 
 Two tutorial examples::

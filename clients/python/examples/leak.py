@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """Finding a memory leak with tracing snapshots.
 
 The tutorials' advice: "Monitor memory usage with tools like tracemalloc", and a memory

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """The allocator underneath: arenas, pools and blocks.
 
 The tutorials: "Python uses a specialized allocator (PyMalloc) for small objects.

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """Reference counting: ``a = []``, ``b = a``, ``del a``, ``del b``.
 
 The tutorials' first example::

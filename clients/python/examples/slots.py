@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """``__slots__``: fixed layouts instead of a per-instance ``__dict__``.
 
 The tutorial::

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """Ways to reduce space: slicing copies, and concatenation makes new objects.
 
 The tutorial's tips: "Avoid list slicing: list slicing creates a copy of the object";

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """Stack and heap: objects live on the heap, a function's frame holds references.
 
 The tutorials: "Python allocates memory from the heap for storing objects, while the

@@ -1,4 +1,5 @@
 #!/usr/bin/python3
+# SPDX-License-Identifier: MIT
 """Weak references: breaking cycles without the collector.
 
 The tutorials' advice: "Avoid circular references: break cycles manually if necessary

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """heapd: a Python client for the heapd memory-management daemon.
 
 heapd hosts one managed object heap per client session: CPython's memory manager as a

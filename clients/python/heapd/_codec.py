@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Which wire codec the client runs on: the C extension, or its pure-Python twin.
 
 ``heapd._speedups`` (C, built with the package when Python's headers are present) and

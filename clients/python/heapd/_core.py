@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """What every kind of session shares: its state, the protocol's rules, and the operations.
 
 A session (blocking :class:`heapd.Session`, :class:`heapd.asyncio.Session`) is this class

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The session's cycle collector, shaped like Python's ``gc`` module.
 
 ``s.gc`` runs CPython 3.11's collector over the session's heap on the server; each

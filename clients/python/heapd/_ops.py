@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The protocol's operations and message shapes, read from the protobuf descriptor.
 
 ``proto/heapd.proto`` is the one source of the protocol: this module walks the descriptor

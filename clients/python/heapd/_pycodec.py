@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The wire codec in pure Python: frames in and out, without the protobuf runtime.
 
 This is the fallback of the C codec (``_speedups.c``) and does exactly what it does, with

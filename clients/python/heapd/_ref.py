@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """References to objects in a session's heap.
 
 A :class:`Ref` is the client's side of one *client reference*: the server counts, per

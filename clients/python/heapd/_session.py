@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """The blocking session: one connection to heapd, one managed heap, and calls that wait.
 
 :class:`Session` is :class:`_core.SessionCore` (the protocol's rules and every operation)

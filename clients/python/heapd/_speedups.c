@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * _speedups.c: the heapd Python client's wire codec in C (module heapd._speedups).
  *

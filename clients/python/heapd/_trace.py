@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Allocation tracing, shaped like Python's ``tracemalloc`` module, on the stdlib's own classes.
 
 ``s.tracemalloc`` traces the objects of the session's heap.  While tracing is on, each new

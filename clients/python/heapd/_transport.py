@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Addresses and sockets: where a session connects, and the stream socket under it.
 
 Frames (the length prefix and what is inside) are the codec's business (``_codec.py``);

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Weak references to objects in a session's heap, shaped like Python's ``weakref`` module.
 
 ``s.weakref`` is the module (:class:`WeakrefModule`): calling it, or its ``ref``, is

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """heapd for asyncio: the same session, with coroutines for methods.
 
 ::

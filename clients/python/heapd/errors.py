@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """Exceptions raised by the heapd client.
 
 Every status code the server can answer with comes from one list in the engine,

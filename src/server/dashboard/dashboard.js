@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 // The heapd dashboard: polls heapd's JSON (/api/overview, /api/gc, /api/sessions, and on a
 // session's page /api/session and /api/doctor) and draws it on canvases, every second.
 // No library and no other origin: the page is served by heapd and works offline.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * heapd/client.h: libheapdclient, the C client of the heapd daemon.
  *
