@@ -6,7 +6,9 @@
 #include "testutil.h"
 
 #include <stdlib.h>
+#include <stdint.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 static uint64_t fail_at; /* allocation number that fails; 0 = none */
 static uint64_t nallocs; /* allocations seen since tu_fail_nth */
@@ -41,10 +43,27 @@ static void t_free(void *p) {
     free(p);
 }
 
+/* tu_map_align: every mapping starts at a multiple of this (0: wherever mmap puts it). */
+static size_t map_align;
+
+void tu_map_align(size_t align) {
+    map_align = align;
+}
+
 static void *t_map(size_t n) {
     if (should_fail()) return NULL;
-    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t extra = map_align > page ? map_align : 0;
+    uint8_t *p = mmap(NULL, n + extra, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return NULL;
+    if (extra) {
+        /* Map more, keep the aligned part and give back the pages before and after it. */
+        uint8_t *a = (uint8_t *)(((uintptr_t)p + map_align - 1) & ~(uintptr_t)(map_align - 1));
+        size_t head = (size_t)(a - p), used = (n + page - 1) / page * page;
+        if (head) munmap(p, head);
+        if (extra > head) munmap(a + used, extra - head);
+        p = a;
+    }
     live++;
     return p;
 }

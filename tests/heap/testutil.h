@@ -17,6 +17,9 @@
 
 /* Installs the counting hook (idempotent). */
 void tu_hook_install(void);
+/* Makes the hook's arena mappings start at multiples of align (0: wherever mmap puts them), so
+ * that two heaps map alike even where mmap places at random (ASan). */
+void tu_map_align(size_t align);
 /* Fail the n-th allocation from now (1 = the next one; 0 = never). Maps count too. */
 void tu_fail_nth(uint64_t n);
 /* 1 if the armed failure has fired since the last tu_fail_nth. */
