@@ -698,12 +698,21 @@ class Top(unittest.TestCase):
 
     def spawn(self, *args, url=None):
         """heapctl top in a pty; returns (pid, master fd, the terminal's settings before)."""
+        # The child waits until the terminal's settings are read: else heapctl may have made it
+        # raw already, and "before" would be raw.
+        r, w = os.pipe()
         pid, fd = pty.fork()
         if pid == 0:
+            os.close(w)
+            os.read(r, 1)
             os.environ["LINES"] = "40"
             os.execv(HEAPCTL, [HEAPCTL, "--connect", url or "unix:" + SOCK, "--token", ADMIN,
                                "top", "-d", "0.2"] + list(args))
-        return pid, fd, termios.tcgetattr(fd)
+        os.close(r)
+        before = termios.tcgetattr(fd)
+        os.write(w, b"x")
+        os.close(w)
+        return pid, fd, before
 
     def read_until(self, fd, pattern, timeout=20):
         buf = b""
