@@ -208,7 +208,7 @@ class LicenseTest(unittest.TestCase):
                          "their first five lines, in the file's comment style")
 
     def test_spdx_lines_say_mit(self):
-        # Files may carry an SPDX line (a later sweep adds one to every source file); each
+        # Every source file carries an SPDX line (test_every_source_file_says_mit); each
         # must name MIT. This also proves the pattern matches the usual comment styles.
         for line, want in (("/* SPDX-License-Identifier: MIT */", "MIT"),
                            ("# SPDX-License-Identifier: MIT", "MIT"),
