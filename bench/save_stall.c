@@ -59,8 +59,8 @@ static size_t ping_for(hdc_t *c, double ms, double *v, size_t cap) {
 
 static void report(const char *what, double *v, size_t n) {
     qsort(v, n, sizeof *v, cmp);
-    printf("%-26s %6zu pings  median %7.3f ms  p99 %7.3f ms  worst %7.3f ms\n", what, n,
-           v[n / 2], v[(n * 99) / 100], v[n - 1]);
+    printf("%-26s %6zu pings  median %7.3f ms  p99 %7.3f ms  worst %7.3f ms\n", what, n, v[n / 2],
+           v[(n * 99) / 100], v[n - 1]);
 }
 
 int main(int argc, char **argv) {
@@ -115,7 +115,8 @@ int main(int argc, char **argv) {
     double took = now_ms() - ts;
     report("A, while A is saved", va, na);
     printf("the save op took %.1f ms for every session (%.2f GB/s of A's heap bytes, with "
-           "fsync)\n", took, st.object_bytes / 1e9 / (took / 1e3));
+           "fsync)\n",
+           took, st.object_bytes / 1e9 / (took / 1e3));
 
     /* 2. A detaches (snapshot_on_detach): only A is saved, B goes on beside it. */
     uint64_t before = ss.persist_saves_ok;

@@ -162,7 +162,6 @@ int main(int argc, char **argv) {
         if (hd__snapfile_save(ddir, &meta, h, &rp, &oz, &zbytes, why, sizeof why)) return 1;
         tz[r] = now() - a;
 
-
         /* The peer: the same number of bytes copied once. */
         a = now();
         memcpy(dst, src, nb);
@@ -175,10 +174,12 @@ int main(int argc, char **argv) {
     printf("image      %7.3f s  %6.2f GB/s of heap bytes  (%.1f MB of image)\n", bi, gb / bi,
            (double)img / 1e6);
     printf("written    %7.3f s  %6.2f GB/s  (sections, checksums, write(2): the saved session's "
-           "pause)\n", bw, gb / bw);
+           "pause)\n",
+           bw, gb / bw);
     printf("file       %7.3f s  %6.2f GB/s  (%.1f MB written, fsynced, renamed)\n", bf, gb / bf,
            (double)fbytes / 1e6);
-    printf("file+zstd  %7.3f s  %6.2f GB/s  (%.1f MB written)\n", bz, gb / bz, (double)zbytes / 1e6);
+    printf("file+zstd  %7.3f s  %6.2f GB/s  (%.1f MB written)\n", bz, gb / bz,
+           (double)zbytes / 1e6);
     printf("load       %7.3f s  %6.2f GB/s  (every invariant checked)\n", bl, gb / bl);
     printf("fork       %7.3f ms (what a forked save would stall the whole worker for)\n", bk * 1e3);
     printf("memcpy     %7.3f s  %6.2f GB/s  (the peer: as many bytes copied once)\n", bm, gb / bm);

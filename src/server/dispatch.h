@@ -193,7 +193,8 @@ typedef struct hd_server_ops_s {
     int (*slowlog_reset)(void *ctx);
     /* This connection monitors every request from now on; HD_EINVAL if it already does. */
     int (*monitor)(void *ctx);
-    int (*save)(void *ctx, uint64_t *save_id); /* start a background save; HD_EIO without data_dir */
+    int (*save)(void *ctx,
+                uint64_t *save_id); /* start a background save; HD_EIO without data_dir */
 } hd_server_ops_t;
 
 /* What one connection (or one deferred request) dispatches with. */

@@ -170,8 +170,9 @@ static void on_msg_stop(hd_worker_t *w, hd_msg_t *m) {
 }
 
 static void (*const msg_handlers[HD_MSG_NTYPES])(hd_worker_t *, hd_msg_t *) = {
-    [HD_MSG_CONN] = on_msg_conn, [HD_MSG_RELOAD] = on_msg_reload, [HD_MSG_KILL] = on_msg_kill,
-    [HD_MSG_STOP] = on_msg_stop, [HD_MSG_XCALL] = on_msg_xcall,   [HD_MSG_XREPLY] = on_msg_xreply,
+    [HD_MSG_CONN] = on_msg_conn,       [HD_MSG_RELOAD] = on_msg_reload,
+    [HD_MSG_KILL] = on_msg_kill,       [HD_MSG_STOP] = on_msg_stop,
+    [HD_MSG_XCALL] = on_msg_xcall,     [HD_MSG_XREPLY] = on_msg_xreply,
     [HD_MSG_RESTORE] = on_msg_restore, [HD_MSG_SAVE] = on_msg_save,
 };
 
