@@ -151,8 +151,8 @@ int hd_heap_charge(hd_heap_t *h, hd_charge_t kind, int64_t delta, bool strict) {
 /* ========================================================================================== */
 
 /* A record slot at the tail, taking a chunk when the tail is full (the spare first). NULL,
- * with nothing changed, when no chunk can be had. */
-static hd_evrec_t *rec_push(hd_heap_t *h) {
+ * with nothing changed, when no chunk can be had. snapshot.c's loader pushes with it too. */
+hd_evrec_t *hd__event_rec_push(hd_heap_t *h) {
     hd_evqueue_t *q = &h->events;
     hd_evchunk_t *c = q->tail;
     if (!c || c->wr == HD_EVCHUNK_RECS) {
@@ -217,12 +217,12 @@ void hd__event_push(hd_heap_t *h, const hd_event_t *ev) {
         q->dropped++;
         return;
     }
-    hd_evrec_t *r = rec_push(h);
+    hd_evrec_t *r = hd__event_rec_push(h);
     *r = (hd_evrec_t){.type = (uint8_t)ev->type, .generation = (int8_t)ev->generation};
     if (ev->type == HD_EV_WEAKREF_CLEARED) r->a = ev->weak;
     if (ev->type == HD_EV_GC_STOP) {
         r->a = ev->collected;
-        r = rec_push(h); /* rec_room made sure it is there */
+        r = hd__event_rec_push(h); /* rec_room made sure it is there */
         r->raw[0] = ev->uncollectable;
         r->raw[1] = ev->pause_ns;
     }
@@ -236,7 +236,7 @@ void hd__event_push_finalized(hd_heap_t *h, hd_handle_t handle, uint16_t tag) {
         q->dropped++;
         return;
     }
-    hd_evrec_t *r = rec_push(h);
+    hd_evrec_t *r = hd__event_rec_push(h);
     *r = (hd_evrec_t){.type = HD_EV_FINALIZED, .tag = tag, .a = handle};
     hd__intern_ref(&h->tags, tag);
     q->n++;

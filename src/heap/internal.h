@@ -855,6 +855,9 @@ static inline int hd__limit(hd_heap_t *h, const char *why) {
     return HD_ELIMIT;
 }
 
+/* A record slot at the queue's tail (a new chunk, charged, when the tail is full); NULL with
+ * nothing changed when none can be had. The caller fills it and counts the event. */
+hd_evrec_t *hd__event_rec_push(hd_heap_t *h);
 /* Queues ev (not FINALIZED) if its type is in the mask; counts a drop when it cannot. */
 void hd__event_push(hd_heap_t *h, const hd_event_t *ev);
 /* Queues FINALIZED for handle with its tag's id (taking a reference on it), if wanted. */

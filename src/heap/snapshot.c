@@ -828,23 +828,6 @@ static int load_gc(load_t *L) {
     return hd__gc_load_cursors(h, r);
 }
 
-/* Pushes a record at the queue's tail (heap.c's layout: 4 KiB chunks, oldest first). */
-static hd_evrec_t *ev_push(hd_evqueue_t *q) {
-    hd_evchunk_t *c = q->tail;
-    if (!c || c->wr == HD_EVCHUNK_RECS) {
-        hd_evchunk_t *nc = hd__malloc(sizeof *nc);
-        if (!nc) return NULL;
-        nc->next = NULL;
-        nc->rd = nc->wr = 0;
-        if (c)
-            c->next = nc;
-        else
-            q->head = nc;
-        q->tail = c = nc;
-    }
-    return &c->rec[c->wr++];
-}
-
 /* Frees the queue's chunks without releasing tags (for a load that failed). */
 static void ev_discard(hd_evqueue_t *q) {
     for (hd_evchunk_t *c = q->head, *next; c; c = next) {
@@ -868,7 +851,7 @@ static int load_events(load_t *L) {
     for (uint64_t k = 0; k < n; k++) {
         uint8_t type = hd__sr_u8(r);
         if (r->err) return r->err;
-        hd_evrec_t *rec = ev_push(q);
+        hd_evrec_t *rec = hd__event_rec_push(h);
         if (!rec) return hd__sr_oom(r);
         *rec = (hd_evrec_t){.type = type};
         switch (type) {
@@ -884,7 +867,7 @@ static int load_events(load_t *L) {
         case HD_EV_GC_STOP: {
             rec->generation = (int8_t)hd__sr_u8(r);
             rec->a = hd__sr_u64(r);
-            hd_evrec_t *r2 = ev_push(q);
+            hd_evrec_t *r2 = hd__event_rec_push(h);
             if (!r2) return hd__sr_oom(r);
             r2->raw[0] = hd__sr_u64(r);
             r2->raw[1] = hd__sr_u64(r);

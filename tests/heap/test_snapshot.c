@@ -61,6 +61,9 @@ static hd_heap_t *load(buf_t *b) {
     int rc = hd_heap_load(buf_read, b, &h, &why);
     if (rc) fail_msg("load failed: %s (%s)", hd_err_name(rc), why);
     assert_int_equal(b->pos, b->n);
+    /* What the loaded heap holds is charged once, kind by kind (events' chunks included). */
+    int bad = hd_heap_charges_verify(h);
+    if (bad) fail_msg("loaded heap: charge kind %d is not what its structures hold", -bad - 1);
     return h;
 }
 
