@@ -17,15 +17,13 @@ raises ConnectionClosed, and a detached one is not resumed behind the caller's b
 """
 
 import asyncio
-import os
 import random
-import signal
 import threading
 import unittest
 
 import harness
 from harness import Daemon
-from test_resume import Proxy
+from test_resume import Proxy, assert_resumed_through, cutting_proxy
 
 import heapd
 import heapd.asyncio
@@ -36,161 +34,163 @@ SEED = 20261202
 TAGS = [None, "Node", "Leaf", "Edge"]
 
 
-def drive(url, on_chunk=None, **kw):
-    """Runs the sequence; on_chunk(n) after the n-th pipeline. Returns (dump, resumes)."""
-    rnd = random.Random(SEED)
-    s = heapd.connect(url, timeout=60, client_name="py-resume", **kw)
-    held = []  # per object (by creation order): the Refs this driver holds
-    shape = []  # per object: (slots, size)
+class Workload:
+    """The seeded sequence, written once for both clients and no I/O: queue() fills a
+    pipeline with the next CHUNK requests, absorb() takes their results, and dump() is a
+    generator that yields each call of the final dump as (name, *args), is sent its result,
+    and returns the heap in run-independent terms (objects by creation order)."""
 
-    def pick(limit):
+    def __init__(self):
+        self.rnd = random.Random(SEED)
+        self.held = []  # per object (by creation order): the Refs this driver holds
+        self.shape = []  # per object: (slots, size)
+        self.done = 0
+
+    def more(self):
+        return self.done < NOPS
+
+    def pick(self, limit):
         for _ in range(16):
             if limit:
-                i = rnd.randrange(limit)
-                if held[i]:
+                i = self.rnd.randrange(limit)
+                if self.held[i]:
                     return i
         return None
 
-    done = chunk = 0
-    while done < NOPS:
+    def queue(self, p):
+        rnd, held, shape = self.rnd, self.held, self.shape
         limit = len(held)
-        n = min(CHUNK, NOPS - done)
+        n = min(CHUNK, NOPS - self.done)
         meaning = []
-        with s.pipeline() as p:
-            for _ in range(n):
-                op = rnd.randrange(100)
-                a, b = pick(limit), pick(limit)
-                if op < 30 or a is None:
-                    size, slots = rnd.randrange(48), rnd.randrange(4)
-                    data = bytes([rnd.randrange(256)]) * min(size, 16)
-                    p.alloc(size=size, slots=slots, tag=TAGS[rnd.randrange(4)],
-                            data=data or None)
-                    meaning.append(("alloc", slots, size))
-                elif op < 50 and shape[a][0] and b is not None:
-                    p.set_slot(held[a][0], rnd.randrange(shape[a][0]), held[b][0])
-                    meaning.append(None)
-                elif op < 62:
-                    p.share(held[a][0])
-                    meaning.append(("share", a))
-                elif op < 80:
-                    p.release(held[a].pop())
-                    meaning.append(None)
-                elif op < 95 and shape[a][1]:
-                    off = rnd.randrange(shape[a][1])
-                    p.write(held[a][0], off, bytes([rnd.randrange(256)]) * (shape[a][1] - off))
-                    meaning.append(None)
-                else:
-                    p.gc.collect(0)
-                    meaning.append(None)
-        for m, r in zip(meaning, p.results):
+        for _ in range(n):
+            op = rnd.randrange(100)
+            a, b = self.pick(limit), self.pick(limit)
+            if op < 30 or a is None:
+                size, slots = rnd.randrange(48), rnd.randrange(4)
+                data = bytes([rnd.randrange(256)]) * min(size, 16)
+                p.alloc(size=size, slots=slots, tag=TAGS[rnd.randrange(4)], data=data or None)
+                meaning.append(("alloc", slots, size))
+            elif op < 50 and shape[a][0] and b is not None:
+                p.set_slot(held[a][0], rnd.randrange(shape[a][0]), held[b][0])
+                meaning.append(None)
+            elif op < 62:
+                p.share(held[a][0])
+                meaning.append(("share", a))
+            elif op < 80:
+                p.release(held[a].pop())
+                meaning.append(None)
+            elif op < 95 and shape[a][1]:
+                off = rnd.randrange(shape[a][1])
+                p.write(held[a][0], off, bytes([rnd.randrange(256)]) * (shape[a][1] - off))
+                meaning.append(None)
+            else:
+                p.gc.collect(0)
+                meaning.append(None)
+        self.done += n
+        return meaning
+
+    def absorb(self, meaning, results):
+        for m, r in zip(meaning, results):
             if m and m[0] == "alloc":
-                held.append([r])
-                shape.append(m[1:])
+                self.held.append([r])
+                self.shape.append(m[1:])
             elif m:
-                held[m[1]].append(r)
-        done += n
+                self.held[m[1]].append(r)
+
+    def dump(self):
+        index = {refs[0].handle: i for i, refs in enumerate(self.held) if refs}
+        out = []
+        for i, refs in enumerate(self.held):
+            if not refs:
+                continue
+            info = yield ("info", refs[0])
+            slots = []
+            for k in range(info.slots):
+                r = yield ("get_slot", refs[0], k)
+                slots.append(None if r is None else index.get(r.handle, "other"))
+                if r is not None:
+                    yield ("release", r)
+            data = (yield ("read", refs[0])) if info.size else b""
+            out.append((i, info.refcount, info.client_refs, info.size, info.tag,
+                        info.generation, tuple(slots), data))
+        st = yield ("stats",)
+        out.append(("stats", st["objects"], st["object_bytes"], st["containers"]))
+        count, stats = (yield ("gc.get_count",)), (yield ("gc.get_stats",))
+        out.append(("gc", tuple(count), repr(stats)))
+        return out
+
+
+def method(s, call):
+    """The bound method a dump() call names ("release" is the Ref's own)."""
+    name, *args = call
+    if name == "release":
+        return args[0].release, ()
+    obj = s
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj, args
+
+
+def drive(url, on_chunk=None, **kw):
+    """Runs the Workload on a blocking Session; on_chunk(n) after the n-th pipeline.
+    Returns (dump, resumes)."""
+    w = Workload()
+    s = heapd.connect(url, timeout=60, client_name="py-resume", **kw)
+    chunk = 0
+    while w.more():
+        with s.pipeline() as p:
+            meaning = w.queue(p)
+        w.absorb(meaning, p.results)
         chunk += 1
         if on_chunk:
             on_chunk(chunk)
-
-    index = {refs[0].handle: i for i, refs in enumerate(held) if refs}
-    out = []
-    for i, refs in enumerate(held):
-        if not refs:
-            continue
-        info = s.info(refs[0])
-        slots = []
-        for k in range(info.slots):
-            r = s.get_slot(refs[0], k)
-            slots.append(None if r is None else index.get(r.handle, "other"))
-            if r is not None:
-                r.release()
-        out.append((i, info.refcount, info.client_refs, info.size, info.tag, info.generation,
-                    tuple(slots), s.read(refs[0]) if info.size else b""))
-    st = s.stats()
-    out.append(("stats", st["objects"], st["object_bytes"], st["containers"]))
-    out.append(("gc", tuple(s.gc.get_count()), repr(s.gc.get_stats())))
+    steps, result = w.dump(), None
+    try:
+        while True:
+            fn, args = method(s, steps.send(result))
+            result = fn(*args)
+    except StopIteration as done:
+        out = done.value
     resumes = s.resumes
     s.close()
     return out, resumes
 
 
 async def adrive(url, on_chunk=None, **kw):
-    """drive() on heapd.asyncio: the same sequence, so the same final heap."""
-    rnd = random.Random(SEED)
+    """drive() on heapd.asyncio: the same Workload, so the same final heap."""
+    w = Workload()
     s = await heapd.asyncio.connect(url, timeout=60, client_name="py-resume", **kw)
-    held, shape = [], []
-
-    def pick(limit):
-        for _ in range(16):
-            if limit:
-                i = rnd.randrange(limit)
-                if held[i]:
-                    return i
-        return None
-
-    done = chunk = 0
-    while done < NOPS:
-        limit = len(held)
-        n = min(CHUNK, NOPS - done)
-        meaning = []
+    chunk = 0
+    while w.more():
         async with s.pipeline() as p:
-            for _ in range(n):
-                op = rnd.randrange(100)
-                a, b = pick(limit), pick(limit)
-                if op < 30 or a is None:
-                    size, slots = rnd.randrange(48), rnd.randrange(4)
-                    data = bytes([rnd.randrange(256)]) * min(size, 16)
-                    p.alloc(size=size, slots=slots, tag=TAGS[rnd.randrange(4)],
-                            data=data or None)
-                    meaning.append(("alloc", slots, size))
-                elif op < 50 and shape[a][0] and b is not None:
-                    p.set_slot(held[a][0], rnd.randrange(shape[a][0]), held[b][0])
-                    meaning.append(None)
-                elif op < 62:
-                    p.share(held[a][0])
-                    meaning.append(("share", a))
-                elif op < 80:
-                    p.release(held[a].pop())
-                    meaning.append(None)
-                elif op < 95 and shape[a][1]:
-                    off = rnd.randrange(shape[a][1])
-                    p.write(held[a][0], off, bytes([rnd.randrange(256)]) * (shape[a][1] - off))
-                    meaning.append(None)
-                else:
-                    p.gc.collect(0)
-                    meaning.append(None)
-        for m, r in zip(meaning, p.results):
-            if m and m[0] == "alloc":
-                held.append([r])
-                shape.append(m[1:])
-            elif m:
-                held[m[1]].append(r)
-        done += n
+            meaning = w.queue(p)
+        w.absorb(meaning, p.results)
         chunk += 1
         if on_chunk:
             on_chunk(chunk)
-
-    index = {refs[0].handle: i for i, refs in enumerate(held) if refs}
-    out = []
-    for i, refs in enumerate(held):
-        if not refs:
-            continue
-        info = await s.info(refs[0])
-        slots = []
-        for k in range(info.slots):
-            r = await s.get_slot(refs[0], k)
-            slots.append(None if r is None else index.get(r.handle, "other"))
-            if r is not None:
-                await r.release()
-        out.append((i, info.refcount, info.client_refs, info.size, info.tag, info.generation,
-                    tuple(slots), await s.read(refs[0]) if info.size else b""))
-    st = await s.stats()
-    out.append(("stats", st["objects"], st["object_bytes"], st["containers"]))
-    out.append(("gc", tuple(await s.gc.get_count()), repr(await s.gc.get_stats())))
+    steps, result = w.dump(), None
+    try:
+        while True:
+            fn, args = method(s, steps.send(result))
+            result = await fn(*args)
+    except StopIteration as done:
+        out = done.value
     resumes = s.resumes
     await s.close()
     return out, resumes
+
+
+def restart_in_background(d, threads, failures):
+    """Restarts d (SIGTERM, exit 0, start) from another thread, while the caller's next
+    pipeline is in flight; an error goes to failures for the test's own thread."""
+    def restart():
+        try:
+            d.restart()
+        except BaseException as exc:  # noqa: B902 - reported by the test's thread
+            failures.append(exc)
+    t = threading.Thread(target=restart)
+    t.start()
+    threads.append(t)
 
 
 class PythonResumeTest(unittest.TestCase):
@@ -203,33 +203,15 @@ class PythonResumeTest(unittest.TestCase):
 
     def test_two_restarts_mid_pipeline(self):
         d = Daemon({"log_level": "info", "session_linger": "60s", "snapshot_interval": 0,
-                    "data_dir": "DATA"})
-        d.config["data_dir"] = os.path.join(d.dir, "data")
-        d.write_config(d.config)
-        d.start()
+                    "data_dir": "DATA"}).start()
         self.addCleanup(d.stop)
         rnd = random.Random(SEED)
         at = sorted(rnd.sample(range(4, NOPS // CHUNK - 4), 2))
-        threads = []
-        failures = []
-
-        def restart():
-            try:
-                d.signal(signal.SIGTERM)
-                self.assertEqual(d.wait_exit(), 0)
-                notify = os.path.join(d.dir, "notify.sock")
-                if os.path.exists(notify):
-                    os.unlink(notify)
-                d.start()
-            except BaseException as exc:  # noqa: B902 - reported by the test's thread
-                failures.append(exc)
+        threads, failures = [], []
 
         def on_chunk(n):
             if n in at:
-                # While the next pipeline is in flight.
-                t = threading.Thread(target=restart)
-                t.start()
-                threads.append(t)
+                restart_in_background(d, threads, failures)
                 if n == at[-1]:
                     return
             while threads and not threads[0].is_alive():
@@ -244,60 +226,26 @@ class PythonResumeTest(unittest.TestCase):
         self.assertEqual(sum("restored 1 session" in line for line in d.log()), 2)
 
     def test_cut_links(self):
-        d = Daemon({"log_level": "info", "session_linger": "60s"})
-        d.start()
-        self.addCleanup(d.stop)
-        proxy = Proxy(d.tcp_addr, SEED)
-        self.addCleanup(proxy.close)
-        dump, resumes = drive("tcp://127.0.0.1:%d" % proxy.port, resume_timeout=30)
-        self.assertGreaterEqual(proxy.cuts, 3)
-        self.assertGreaterEqual(resumes, 3)
-        self.assertEqual(dump, self.reference)
+        proxy, url = cutting_proxy(self, SEED)
+        assert_resumed_through(self, proxy, drive(url, resume_timeout=30), self.reference)
 
     def test_lost_responses_are_answered_from_the_window(self):
-        d = Daemon({"log_level": "info", "session_linger": "60s"})
-        d.start()
-        self.addCleanup(d.stop)
-        proxy = Proxy(d.tcp_addr, SEED + 1, responses=True)
-        self.addCleanup(proxy.close)
-        dump, resumes = drive("tcp://127.0.0.1:%d" % proxy.port, resume_timeout=30)
-        self.assertGreaterEqual(proxy.cuts, 3)
-        self.assertGreaterEqual(resumes, 3)
-        self.assertEqual(dump, self.reference)
+        proxy, url = cutting_proxy(self, SEED + 1, responses=True)
+        assert_resumed_through(self, proxy, drive(url, resume_timeout=30), self.reference)
 
     def test_asyncio_lost_responses_and_a_restart(self):
         d = Daemon({"log_level": "info", "session_linger": "60s", "snapshot_interval": 0,
-                    "data_dir": "DATA"})
-        d.config["data_dir"] = os.path.join(d.dir, "data")
-        d.write_config(d.config)
-        d.start()
+                    "data_dir": "DATA"}).start()
         self.addCleanup(d.stop)
-        proxy = Proxy(d.tcp_addr, SEED + 2, responses=True)
-        self.addCleanup(proxy.close)
-        dump, resumes = asyncio.run(adrive("tcp://127.0.0.1:%d" % proxy.port,
-                                           resume_timeout=30))
-        self.assertGreaterEqual(proxy.cuts, 3)
-        self.assertGreaterEqual(resumes, 3)
-        self.assertEqual(dump, self.reference)
+        proxy, url = cutting_proxy(self, SEED + 2, responses=True, daemon=d)
+        assert_resumed_through(self, proxy, asyncio.run(adrive(url, resume_timeout=30)),
+                               self.reference)
         # And through a restart while a pipeline is in flight, on the Unix socket.
         threads, failures = [], []
 
-        def restart():
-            try:
-                d.signal(signal.SIGTERM)
-                self.assertEqual(d.wait_exit(), 0)
-                notify = os.path.join(d.dir, "notify.sock")
-                if os.path.exists(notify):
-                    os.unlink(notify)
-                d.start()
-            except BaseException as exc:  # noqa: B902 - reported by the test's thread
-                failures.append(exc)
-
         def on_chunk(n):
             if n == NOPS // CHUNK // 2:
-                t = threading.Thread(target=restart)
-                t.start()
-                threads.append(t)
+                restart_in_background(d, threads, failures)
 
         dump, resumes = asyncio.run(adrive("unix:" + d.sock_path, on_chunk, resume_timeout=30))
         for t in threads:

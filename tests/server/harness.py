@@ -70,7 +70,8 @@ def yaml_value(v):
 
 
 class Daemon:
-    """One heapd process with a temporary config; a context manager that stops it."""
+    """One heapd process with a temporary config; a context manager that stops it.
+    data_dir "DATA" in config means a data directory inside the daemon's temporary one."""
 
     def __init__(self, config=None, env=None, tcp=True, unix=True, pass_fds=(), args=None):
         self.dir = tempfile.mkdtemp(prefix="heapd-test-")
@@ -88,6 +89,8 @@ class Daemon:
             "admin_peer_uids": "off",
         }
         cfg.update(config or {})
+        if cfg.get("data_dir") == "DATA":  # persistence, in the daemon's own directory
+            cfg["data_dir"] = os.path.join(self.dir, "data")
         self.config = cfg
         self.config_path = os.path.join(self.dir, "heapd.yaml")
         self.write_config(cfg)
@@ -120,6 +123,8 @@ class Daemon:
         if "NOTIFY_SOCKET" not in (self.user_env or {}):
             notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             path = os.path.join(self.dir, "notify.sock")
+            if os.path.exists(path):  # the last start's (a restart)
+                os.unlink(path)
             notify.bind(path)
             env["NOTIFY_SOCKET"] = path
         self.proc = subprocess.Popen(
@@ -249,6 +254,21 @@ class Daemon:
 
     def wait_exit(self, timeout=10.0):
         return self.proc.wait(timeout)
+
+    def restart(self, sig=None):
+        """Stops heapd with sig (SIGTERM by default, which must exit 0) and starts it again
+        on the same config and data; its clients are closed and its addresses read afresh."""
+        sig = sig or signal.SIGTERM
+        for c in self.clients:
+            c.close()
+        self.clients = []
+        self.signal(sig)
+        rc = self.wait_exit()
+        if sig == signal.SIGTERM and rc != 0:
+            raise AssertionError("heapd exited %d after SIGTERM; log:\n%s"
+                                 % (rc, self._log_tail()))
+        self.tcp_addr = self.unix_addr = self.http_addr = None
+        return self.start()
 
     def stop(self):
         """Stops heapd with SIGTERM if it still runs and returns its exit status. Fails when

@@ -67,25 +67,8 @@ class PersistTest(unittest.TestCase):
                 "admin_tokens": ["adm"]}
         base.update(cfg)
         d = Daemon(base)
-        if d.config["data_dir"] == "DATA":
-            d.config["data_dir"] = os.path.join(d.dir, "data")
-            d.write_config(d.config)
         self.addCleanup(d.stop)
         return d.start()
-
-    def restart(self, d, sig=signal.SIGTERM):
-        for c in d.clients:
-            c.close()
-        d.clients = []
-        d.signal(sig)
-        rc = d.wait_exit()
-        if sig == signal.SIGTERM:
-            self.assertEqual(rc, 0)
-        d.tcp_addr = d.unix_addr = d.http_addr = None
-        notify = os.path.join(d.dir, "notify.sock")  # the harness binds a fresh one
-        if os.path.exists(notify):
-            os.unlink(notify)
-        d.start()
 
     def resume(self, d, hr, **kw):
         c = d.connect()
@@ -120,7 +103,7 @@ class PersistTest(unittest.TestCase):
         b.close()  # detached when the SIGTERM comes
         d.wait_log("session %s detached" % b.hello_result.session_id)
         hra, hrb = a.hello_result, b.hello_result
-        self.restart(d)
+        d.restart()
         d.wait_log(r"restored 2 sessions from ")
         self.assertEqual(self.files(d), sorted([hra.session_id + ".snap",
                                                 hrb.session_id + ".snap"]))
@@ -144,7 +127,7 @@ class PersistTest(unittest.TestCase):
         c = d.session()
         c.alloc(size=8)
         hr = c.hello_result
-        self.restart(d)
+        d.restart()
         d.wait_log("session %s restored" % hr.session_id)
         d.wait_log("session %s destroyed \\(not resumed" % hr.session_id, timeout=10)
         # Gone for good: its file too, so the next start does not bring it back.
@@ -176,7 +159,7 @@ class PersistTest(unittest.TestCase):
             c.alloc(size=16, data=b"lost")  # acknowledged after the save: SIGKILL loses these
         c.ok("write", handle=h[0], offset=0, data=b"LOST!")
         hr = c.hello_result
-        self.restart(d, signal.SIGKILL)
+        d.restart(signal.SIGKILL)
         c2, _ = self.resume(d, hr)
         self.assertEqual(c2.ok("heap_stats").objects, 5)
         self.assertEqual(c2.ok("read", handle=h[0], offset=0, length=5).data, b"saved")
@@ -222,7 +205,7 @@ class PersistTest(unittest.TestCase):
         put("d" * 16, b"#!/bin/sh\necho this is not a snapshot\n")      # foreign
         put("e" * 16, b"")                                               # empty
         put("f" * 16, raw)                                               # someone else's
-        self.restart(d)
+        d.restart()
         reasons = {"a": "truncated", "b": "checksum mismatch", "c": "version 2; this heapd reads version 1",
                    "d": "not a heapd snapshot", "e": "empty file", "f": "it holds session " + good}
         for k, why in reasons.items():
@@ -278,7 +261,7 @@ class PersistTest(unittest.TestCase):
         self.assertEqual(f["severity"], "critical")
         self.assertIn("No space left on device", f["evidence"])
         hr = c.hello_result
-        self.restart(d, signal.SIGKILL)
+        d.restart(signal.SIGKILL)
         c2, _ = self.resume(d, hr)
         self.assertEqual(c2.ok("read", handle=h, offset=0, length=5).data, b"first")
 
@@ -336,7 +319,7 @@ class PersistTest(unittest.TestCase):
         p, q = shell("--reconnect", "20"), shell()
         self.assertIn("a = ", say(p, "alloc a size=5 data=hello"))
         self.assertIn("b = ", say(q, "alloc b size=5 data=hello"))
-        self.restart(d)
+        d.restart()
         # With --reconnect the shell resumed its session: its object is there, by its name.
         out, err = p.communicate("read a 0 5\n", timeout=30)
         self.assertEqual((p.returncode, out), (0, '"hello"\n'), err)
@@ -399,7 +382,7 @@ class PersistTest(unittest.TestCase):
         hr = c.hello_result
         rid = c.send("alloc", size=8, data=b"once")
         answer = c.recv_response()
-        self.restart(d)
+        d.restart()
         c2, h2 = self.resume(d, hr, resend=True)
         self.assertEqual(h2.last_id, rid)
         c2.send_request(harness.make_request(rid, "alloc", size=8, data=b"once"))
