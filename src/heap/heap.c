@@ -146,6 +146,10 @@ int hd_heap_charge(hd_heap_t *h, hd_charge_t kind, int64_t delta, bool strict) {
     return hd__charge(&h->acct, kind, (size_t)delta);
 }
 
+uint64_t hd_heap_work(const hd_heap_t *h) {
+    return h->nobjects + h->nbytes / 256;
+}
+
 /* ========================================================================================== */
 /* Events.                                                                                    */
 /* ========================================================================================== */

@@ -128,6 +128,11 @@ void hd_heap_set_limits(hd_heap_t *h, uint64_t max_bytes, uint64_t max_objects);
 /* Which limit the heap's last HD_ELIMIT ran into, for a person ("max_objects: ..."); "" if
  * none. Static text. */
 const char *hd_heap_why(const hd_heap_t *h);
+/* A bound on the work one call can do on this heap, in objects: its live objects (a full
+ * collection, a cascade of frees or a walk visits each at most a few times) plus one per 256
+ * bytes it holds (copying or zeroing payloads). O(1): the daemon asks before every request
+ * that may walk the heap, to decide whether it runs off the event loop. */
+uint64_t hd_heap_work(const hd_heap_t *h);
 
 /*
  * What a heap is charged: every byte held on its session's behalf, by kind. max_bytes bounds

@@ -639,6 +639,8 @@ static const hd_config_key_t keys[] = {
                              RELOAD, PUBLIC, NULL,               NULL),
     KEY(client_stall_timeout, duration, "60s",                 0,                     DAY_MS,
                              RELOAD, PUBLIC, NULL,               NULL),
+    KEY(offload_above,       uint,     "16384",                0,                     1ull << 40,
+                             RELOAD, PUBLIC, NULL,               NULL),
     KEY(tokens,              strlist,  "[]",                   0,                     1024,
                              RELOAD, SECRET, NULL,               validate_token),
     KEY(admin_tokens,        strlist,  "[]",                   0,                     1024,

@@ -52,6 +52,7 @@ typedef struct hd_config_s {
     uint64_t session_linger;         /* ms: keep a detached session this long */
     uint64_t output_buffer_limit;    /* unsent bytes before reads pause */
     uint64_t client_stall_timeout;   /* ms a client may take no output before it is dropped */
+    uint64_t offload_above;          /* objects: a frame that may do more runs off the loop */
     hd_strlist_t tokens;             /* hello must present one of these when non-empty */
     hd_strlist_t admin_tokens;       /* tokens that also allow the admin requests */
     hd_uidlist_t admin_peer_uids;    /* Unix peers that are admins besides root and our own uid */

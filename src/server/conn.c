@@ -19,10 +19,15 @@
  *             that reads gets every one and the server buffers no more than the limit (and
  *             one response). A client that takes none of its output for
  *             client_stall_timeout is disconnected.
- *   waiting   a request names another session (an admin's session_report, session_op):
+ *   deferred  a request names another session (an admin's session_report, session_op):
  *             dispatch defers it, and the frame goes to the worker that owns that session
  *             (inspect.h), which runs it there and sends back the framed response. Until it is
  *             back no frames are taken and no bytes read, so responses stay in request order.
+ *   busy      its session's heap belongs to a job (offload.h): a frame too long for the loop
+ *             went to the thread pool with the frames behind it. No frames are taken and no
+ *             events drained (they wait in order in the parser and the heap), the idle timer
+ *             does not count, reading goes on up to HD_OFFLOAD_WAIT_BYTES; the job's answers
+ *             are written when it is back.
  *   last write a bad frame, goodbye, a refused hello, idle timeout or shutdown: nothing more
  *             is read; the connection closes once its output is written. When the server
  *             ends it (idle, shutdown, an admin's kill) that output ends with one error
@@ -36,6 +41,7 @@
  */
 #include "inspect.h"
 #include "observe.h"
+#include "offload.h"
 #include "server.h"
 #include "session.h"
 
@@ -66,6 +72,11 @@ static void process(hd_conn_t *c);
                         .peer = (c)->peer,                                                         \
                         .op = (op_),                                                               \
                         .code = (code_)})
+
+/* Its session's heap belongs to a job: c's frames wait (offload.h). */
+static inline bool job_busy(const hd_conn_t *c) {
+    return c->session && hd__session_busy(c->session);
+}
 
 /* ------------------------------------------------------------------------------------------ */
 /* The services dispatch calls back into (ctx is the conn).                                    */
@@ -146,7 +157,7 @@ static void flush(hd_conn_t *c);
 
 static void start_reading(hd_conn_t *c) {
     if (c->flags & (HD_CONN_READING | HD_CONN_PAUSED | HD_CONN_WAITING | HD_CONN_LAST_WRITE |
-                    HD_CONN_CLOSING | HD_CONN_SAVEWAIT))
+                    HD_CONN_CLOSING | HD_CONN_SAVEWAIT | HD_CONN_EOF))
         return;
     int rc = uv_read_start(&c->h.stream, on_alloc, on_read);
     if (rc < 0) {
@@ -245,6 +256,7 @@ static void on_timer(uv_timer_t *t) {
     hd_conn_t *c = t->data;
     if (c->flags & HD_CONN_CLOSING) return;
     uint64_t due, now = uv_now(&c->worker->loop);
+    if (job_busy(c)) c->last_active = now; /* the server is the slow one: not idle */
     c->timer_due = 0;
     output_progress(c);
     deadline_t which = next_deadline(c, &due);
@@ -351,15 +363,26 @@ void hd__conn_close(hd_conn_t *c) {
 /* ------------------------------------------------------------------------------------------ */
 
 /* Whether the session has events the client is still owed (after the client's EOF they are
- * still sent; after the server's last word, nothing is). */
+ * still sent; after the server's last word, nothing is). Not while a job has the heap: the
+ * job's events wait there until it is back. */
 static bool events_owed(const hd_conn_t *c) {
-    return c->session && !(c->flags & HD_CONN_FAILED) && hd_events_pending(c->session->heap);
+    return c->session && !(c->flags & HD_CONN_FAILED) && !hd__session_busy(c->session) &&
+           hd_events_pending(c->session->heap);
 }
 
 /* Closes the connection once it has nothing left to write, or resumes reading. A waiting
- * connection still owes an answer: it neither closes nor reads. */
+ * connection (a deferred request) still owes an answer: it neither closes nor reads; a busy one
+ * (its session's job) owes answers: it does not close, and reads while little is buffered. */
 static void settle(hd_conn_t *c) {
     if (c->flags & (HD_CONN_CLOSING | HD_CONN_IN_PROCESS | HD_CONN_WAITING)) return;
+    if (job_busy(c)) {
+        if (hd_frame_parser_pending(&c->parser) >= HD_OFFLOAD_WAIT_BYTES)
+            stop_reading(c);
+        else if (!(c->flags & HD_CONN_PAUSED))
+            start_reading(c);
+        return;
+    }
+    if (c->flags & HD_CONN_EOF) c->flags |= HD_CONN_LAST_WRITE; /* every frame that came ran */
     if (c->flags & HD_CONN_LAST_WRITE) {
         stop_reading(c);
         if (c->out.len == 0 && c->writes_pending == 0 && !events_owed(c)) hd__conn_close(c);
@@ -521,6 +544,38 @@ void hd__conn_session_killed(hd_conn_t *c) {
     hd__conn_fail(c, 0, HD_ENOSESSION, "session killed by an admin");
 }
 
+void hd__conn_offload_done(hd_conn_t *c, hd_buf_t *out, uint64_t nrun, int rc) {
+    if (c->flags & HD_CONN_CLOSING) return;
+    /* The frames the job answered leave the parser; it had given out the first already. */
+    for (uint64_t i = 1; i < nrun; i++) {
+        const uint8_t *payload;
+        size_t len;
+        int r = hd_frame_parser_next(&c->parser, &payload, &len);
+        HD_ASSERT(r == 1);
+        (void)r;
+    }
+    if (out && out->len) {
+        if (c->out.len == 0) { /* the usual case: the answers' buffer becomes the output */
+            hd_buf_free(&c->out);
+            c->out = *out;
+            hd_buf_init(out);
+        } else if (hd_buf_append(&c->out, out->data, out->len) < 0) {
+            rc = HD_ENOMEM;
+        }
+    }
+    if (rc < 0) {
+        hd_log_warn("%s: %s answering a request; closing", c->peer, hd_strerror(rc));
+        c->flags |= HD_CONN_LAST_WRITE;
+    }
+    c->last_active = uv_now(&c->worker->loop);
+    if (c->flags & HD_CONN_FINISHING) {
+        c->flags &= ~HD_CONN_FINISHING;
+        hd__conn_finish(c);
+        return;
+    }
+    process(c); /* the frames that waited, then the output */
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Requests run by another session's worker.                                                   */
 /* ------------------------------------------------------------------------------------------ */
@@ -567,6 +622,14 @@ static void call_run(hd_xcall_t *x, hd_session_t *s) {
         char why[96];
         snprintf(why, sizeof why, "no such session: %s (it ended meanwhile)", x->session_id);
         hd_dispatch_error(frame_id(k->frame, k->len), HD_ENOSESSION, why, &k->answer);
+        return;
+    }
+    if (hd__session_busy(s)) {
+        /* A job has the heap (offload.h): this loop may not touch it until the job is back. */
+        char why[128];
+        snprintf(why, sizeof why, "session %s is running a long request off the loop; try again",
+                 s->id);
+        hd_dispatch_error(frame_id(k->frame, k->len), HD_EBUSY, why, &k->answer);
         return;
     }
     hd_dispatch_env_t env;
@@ -778,7 +841,8 @@ static void process(hd_conn_t *c) {
     }
     /* Each turn: the events owed first (a request's events come before the next response),
      * then one frame. Once the client has sent EOF only the events are left to send. */
-    while (!(c->flags & (HD_CONN_CLOSING | HD_CONN_FAILED | HD_CONN_PAUSED | HD_CONN_WAITING))) {
+    while (!(c->flags & (HD_CONN_CLOSING | HD_CONN_FAILED | HD_CONN_PAUSED | HD_CONN_WAITING)) &&
+           !job_busy(c)) {
         /* A background save reads the heap on another thread: nothing runs until it is done
          * (hd__conn_save_done), events are not drained, and nothing is read meanwhile
          * (backpressure to the client). */
@@ -811,6 +875,16 @@ static void process(hd_conn_t *c) {
                 c->resend_upto = 0;
                 size_t before = c->out.len;
                 rc = hd_dispatch_frame(&c->env, payload, len, &c->out);
+                if (rc == HD_DISPATCH_OFFLOAD) {
+                    /* Too long for the loop: the heap goes to a job until it is back
+                     * (hd__conn_offload_done, which keeps the responses for re-sends).
+                     * Without memory for one it runs here after all. */
+                    if (hd__offload_frames(c, payload, len) == 0) break;
+                    uint64_t inline_work = c->env.inline_work;
+                    c->env.inline_work = 0;
+                    rc = hd_dispatch_frame(&c->env, payload, len, &c->out);
+                    c->env.inline_work = inline_work;
+                }
                 if (rc == 0 && id) replay_record(c, id, before);
             }
             nframes++;
@@ -871,9 +945,9 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
             hd__conn_close(c);
             return;
         }
-        /* The client is done sending; it may still be reading the answers and the events
-         * it is owed. */
-        c->flags |= HD_CONN_LAST_WRITE;
+        /* The client is done sending; it may still be reading the answers it is owed, some
+         * of which may wait for its session's job (settle ends it once they are written). */
+        c->flags |= HD_CONN_EOF;
         stop_reading(c);
         process(c);
         return;
@@ -962,6 +1036,7 @@ void hd__conn_reconfigure(hd_conn_t *c) {
     if (c->flags & HD_CONN_HELLO_DONE) {
         hd_frame_parser_set_max(&c->parser, (uint32_t)cfg->max_frame_bytes);
         c->env.max_read_bytes = cfg->max_frame_bytes - HD_DISPATCH_FRAME_SLACK;
+        c->env.inline_work = cfg->offload_above;
     }
     arm_timer(c);
 }
@@ -1002,6 +1077,13 @@ int hd__conn_move(hd_conn_t *c, hd_worker_t *to, const uint8_t *frame, size_t le
 void hd__conn_finish(hd_conn_t *c) {
     if (c->flags & HD_CONN_CLOSING) return;
     c->flags &= ~HD_CONN_WAITING;        /* its answer may never come back: the reason ends it */
+    if (job_busy(c)) {
+        /* The job stops at its next frame or batch op; its answers go first, then the
+         * reason (hd__conn_offload_done finishes). */
+        c->flags |= HD_CONN_FINISHING;
+        hd__offload_stop(c->session, HD_ESHUTDOWN);
+        return;
+    }
     if (c->flags & HD_CONN_LAST_WRITE) { /* already ending; its last words are queued */
         c->flags |= HD_CONN_FAILED;      /* and no more events: the session goes with the server */
         flush(c);

@@ -363,6 +363,40 @@ void hd__op_run(hd_opctx_t *c, const req_t *rq, rsp_t *rs, bool nested) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Where a frame runs: its work bound (dispatch.h, "Where a frame runs").                      */
+/* ------------------------------------------------------------------------------------------ */
+
+static inline uint64_t sat_add(uint64_t a, uint64_t b) {
+    return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
+/* The work rq may do on a heap of `heap` work (hd_heap_work), in objects. A batch's ops are
+ * counted one by one, the heap growing by an object per op. O(ops in rq). */
+static uint64_t op_work(const req_t *rq, uint64_t heap) {
+    if (rq->op_case == HEAPD__V1__REQUEST__OP_BATCH) {
+        uint64_t w = 1;
+        for (size_t i = 0; i < rq->batch->n_ops; i++)
+            w = sat_add(w, op_work(rq->batch->ops[i], sat_add(heap, i)));
+        return w;
+    }
+    const op_row_t *row = op_row(rq->op_case);
+    /* Admin requests work on the registry and other workers, never on this heap. */
+    if (row == NULL || row->admin || (row->readonly && !row->grows)) return 1;
+    uint64_t w = sat_add(1, heap);
+    if (rq->op_case == HEAPD__V1__REQUEST__OP_ALLOC) w = sat_add(w, rq->alloc->size / 256);
+    return w;
+}
+
+/* 0 when rq may run here, else HD_DISPATCH_OFFLOAD or HD_DISPATCH_LOOP. */
+static int frame_place(const hd_dispatch_env_t *env, const req_t *rq, size_t len) {
+    if (rq->op_case == HEAPD__V1__REQUEST__OP_GOODBYE) return env->off_loop ? HD_DISPATCH_LOOP : 0;
+    if (env->inline_work == 0) return 0;
+    uint64_t heap = env->heap != NULL ? hd_heap_work(env->heap) : 0;
+    uint64_t w = sat_add(op_work(rq, heap), len / 256);
+    return w > env->inline_work ? HD_DISPATCH_OFFLOAD : 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* The seam.                                                                                   */
 /* ------------------------------------------------------------------------------------------ */
 
@@ -466,6 +500,14 @@ int hd_dispatch_frame(hd_dispatch_env_t *env, const uint8_t *payload, size_t len
     } else if ((rq = decode_long(m, payload, len, out, &rc)) == NULL) {
         hd__framemem_leave(m);
         return rc;
+    }
+
+    if (unlikely(env->inline_work != 0 || env->off_loop)) {
+        int place = frame_place(env, rq, len);
+        if (place != 0) {
+            hd__framemem_leave(m);
+            return place;
+        }
     }
 
     /* Field by field: an initialiser would zero all of detail, which run_op resets itself. */

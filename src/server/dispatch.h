@@ -211,6 +211,9 @@ typedef struct hd_dispatch_env_s {
     int last_op;                /* the op case of the last request decoded, 0 before the first */
     int last_status;            /* the status code of its response (0 OK, else positive) */
     char defer_to[HD_ID_LEN];   /* with HD_DISPATCH_DEFER: the session whose owner runs it */
+    uint64_t inline_work;      /* on a worker's loop: a frame that may do more work than this is answered HD_DISPATCH_OFFLOAD; 0 = run every frame */
+    int off_loop;              /* on an offload thread: a frame that needs the loop is answered HD_DISPATCH_LOOP */
+    const _Atomic int *stop;   /* NULL, or set by another thread to a negative hd_err_t: a batch stops before its next op */
 } hd_dispatch_env_t;
 
 /* hd_dispatch_frame's answer for a request that names another session (session_report,
@@ -225,7 +228,15 @@ typedef struct hd_dispatch_env_s {
  * above), or HD_EPROTO when the payload could not be decoded (an error response was still
  * appended; the caller closes the connection after writing it). Never touches the heap on a
  * decode error. Sets env->last_op and env->last_status. */
+ * ServerFrame response (length prefix included) to out. Returns 0, HD_DISPATCH_OFFLOAD or
+ * HD_DISPATCH_LOOP (below: nothing was run or appended), or HD_EPROTO when the payload could
+ * not be decoded (an error response was still appended; the caller closes the connection
+ * after writing it). Never touches the heap on a decode error. */
 int hd_dispatch_frame(hd_dispatch_env_t *env, const uint8_t *payload, size_t len, hd_buf_t *out);
+/* The frame may do more work than env->inline_work: run it off the loop (offload.c). */
+#define HD_DISPATCH_OFFLOAD 2
+/* Off the loop (env->off_loop), the frame needs the loop's services (goodbye): hand it back. */
+#define HD_DISPATCH_LOOP 3
 /* Appends every queued engine event of env->heap as framed ServerFrame events to out. */
 int hd_dispatch_drain_events(hd_dispatch_env_t *env, hd_buf_t *out);
 /* The same, while out holds less than limit bytes (it may end up to one event frame past
@@ -241,6 +252,21 @@ int hd_dispatch_write_response(const struct Heapd__V1__Response *rs, hd_buf_t *o
 
 /*
  * Further notes on the seam above.
+ *
+ * Where a frame runs. A worker's loop serves many sessions, so a frame whose work is not
+ * bounded by a small constant must not run there when its heap is large. Before running a
+ * frame, hd_dispatch_frame bounds its work in objects: an op that only reads and whose result
+ * does not grow (readonly and not grows in its row: getrefcount, obj_info, ping, ...) counts
+ * 1, and so does an admin request (it works on the registry, never on this heap); any other
+ * may walk its heap (an automatic collection in alloc, a cascade of frees in
+ * decref or set_slot, get_referrers, freeze) and counts 1 + hd_heap_work(heap), plus an
+ * alloc's payload bytes / 256; a batch counts the sum of its ops, the heap growing by one
+ * object per op; the frame's own bytes / 256 are added. Over env->inline_work the frame is not
+ * run but answered HD_DISPATCH_OFFLOAD, and the caller runs it elsewhere with an env whose
+ * inline_work is 0 and off_loop is 1 (offload.c). The bound is conservative by design: an
+ * incref in a large heap is counted as if it could walk it. A goodbye needs the loop (it
+ * ends the connection) and is never answered HD_DISPATCH_OFFLOAD; off the loop it is answered
+ * HD_DISPATCH_LOOP, so that the frames before it can run off the loop and it runs after them.
  *
  * hd_dispatch_frame also returns HD_ENOMEM when not even an error response could be appended
  * to out; the client would lose a response, so the caller closes the connection. A missing

@@ -43,9 +43,27 @@ static int op_set_events(hd_opctx_t *c, const Heapd__V1__SetEvents *a,
 /* A batch result's per-op overhead beyond the op's response: its field tag and length. */
 #define BATCH_ENTRY_OVERHEAD 6u
 
+/* Why a batch stops before op i of n, or 0 to go on: its results fill the budget, or another
+ * thread asked the frame to stop (env->stop: the server is shutting down, or the session was
+ * ended while the batch ran off the loop). */
+static int batch_stop(hd_opctx_t *c, size_t i, size_t n) {
+    int stop = c->env->stop != NULL ? atomic_load_explicit(c->env->stop, memory_order_relaxed) : 0;
+    if (stop < 0)
+        return hd__op_fail(c, stop, "batch stopped before op %zu of %zu: %s", i, n,
+                           stop == HD_ESHUTDOWN ? "the server is shutting down"
+                                                : "the session was ended");
+    if (c->budget < HD_DISPATCH_OP_RESERVE)
+        return hd__op_fail(c, HD_ERANGE,
+                           "batch stopped before op %zu of %zu: the results so far fill "
+                           "max_read_bytes; send the rest in another batch",
+                           i, n);
+    return 0;
+}
+
 /* Runs the ops in order; each one's failure is its own. The batch stops early only when the
- * budget cannot hold another op's response: that op answers ERANGE unexecuted, later ops get
- * no result, and the batch's own status is ERANGE (its result still lists what ran). */
+ * budget cannot hold another op's response, or when it is asked to stop (batch_stop): that op
+ * answers ERANGE (or the reason to stop) unexecuted, later ops get no result, and the batch's
+ * own status is that error (its result still lists what ran). */
 static int op_batch(hd_opctx_t *c, const Heapd__V1__Batch *b, Heapd__V1__BatchResult *r) {
     size_t n = b->n_ops;
     Heapd__V1__Response *subs = hd__op_array(c, n, sizeof *subs);
@@ -55,15 +73,12 @@ static int op_batch(hd_opctx_t *c, const Heapd__V1__Batch *b, Heapd__V1__BatchRe
     for (size_t i = 0; i < n; i++) {
         results[i] = &subs[i];
         r->n_results = i + 1;
-        if (c->budget < HD_DISPATCH_OP_RESERVE) {
-            hd__op_fail(c, HD_ERANGE,
-                        "batch stopped before op %zu of %zu: the results so far fill "
-                        "max_read_bytes; send the rest in another batch",
-                        i, n);
+        int stop = batch_stop(c, i, n);
+        if (stop < 0) {
             heapd__v1__response__init(&subs[i]);
             subs[i].id = b->ops[i]->id;
-            subs[i].status = hd__op_status(c, HD_ERANGE);
-            c->partial = HD_ERANGE;
+            subs[i].status = hd__op_status(c, stop);
+            c->partial = stop;
             return 0;
         }
         hd__op_run(c, b->ops[i], &subs[i], true);

@@ -14,6 +14,7 @@
  */
 #include "http.h"
 #include "observe.h"
+#include "offload.h"
 #include "server.h"
 #include "persist.h"
 #include "session.h"
@@ -156,6 +157,7 @@ int hd__server_run(hd_server_t *srv) {
     uv_mutex_init(&srv->persist.lock);
     apply_memory_cap(srv);
     size_t nworkers = srv->cfg.workers ? srv->cfg.workers : uv_available_parallelism();
+    hd__offload_init(nworkers); /* before anything can use libuv's thread pool */
     hd_log_info("heapd %s starting (pid %ld, %zu worker%s, config %s)", HEAPD_VERSION,
                 (long)getpid(), nworkers, nworkers == 1 ? "" : "s",
                 srv->config_path ? srv->config_path : "built-in defaults");

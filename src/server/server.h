@@ -44,6 +44,7 @@ typedef struct hd_conn_s hd_conn_t;
 typedef struct hd_session_s hd_session_t;
 typedef struct hd_xcall_s hd_xcall_t;
 typedef struct hd_monitor_s hd_monitor_t;
+typedef struct hd_job_s hd_job_t;
 
 /* A Unix socket peer's credentials, as the kernel gave them at connect (SO_PEERCRED). */
 typedef struct hd_peercred_s {
@@ -284,6 +285,8 @@ enum hd_conn_flag_e {
     HD_CONN_WAITING = 0x400,   /* a request runs on another worker (HD_DISPATCH_DEFER): no more
                                   frames are taken, nor bytes read, until its answer is back */
     HD_CONN_SAVEWAIT = 0x4000, /* its session is being saved (persist.c): frames wait, unread */
+    HD_CONN_FINISHING = 0x800, /* shutdown came while its session's job ran: finish after it */
+    HD_CONN_EOF = 0x1000,      /* the peer sent all it will: last write once what came is done */
 };
 
 /* Invariant: closes_pending is 2 between uv_close and the first close callback (the stream
@@ -343,6 +346,8 @@ struct hd_conn_s {
 #define HD_TRIM_IDLE_MS 1000u
 
 /* worker.c */
+/* The worker whose thread this is; NULL on any other thread (main, the thread pool). */
+extern _Thread_local hd_worker_t *hd__worker_self;
 int hd__workers_start(hd_server_t *srv, size_t n);
 /* Takes msg (allocated by hd__msg_new); wakes the worker. */
 void hd__worker_post(hd_worker_t *w, hd_msg_t *msg);
@@ -386,6 +391,10 @@ void hd__conn_fail(hd_conn_t *c, uint64_t id, int code, const char *why);
 void hd__conn_save_done(hd_conn_t *c);
 /* An admin killed c's session: it is destroyed, and c is told ENOSESSION and closed. */
 void hd__conn_session_killed(hd_conn_t *c);
+/* c's session's job is back (offload.c): out (NULL: nothing) holds the answers to the first
+ * nrun of the frames c handed it, the first of which c's parser had given out already; rc is
+ * a frame's fatal error or 0. c writes them, takes its next frames, or finishes. */
+void hd__conn_offload_done(hd_conn_t *c, hd_buf_t *out, uint64_t nrun, int rc);
 
 /* listener.c */
 /* Binds (or takes from systemd) every listener and starts accepting. Logs where it listens.

@@ -16,6 +16,7 @@
  * max_sessions bounds it.
  */
 #include "session.h"
+#include "offload.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -135,8 +136,10 @@ static uint64_t collections_of(hd_heap_t *h) {
     return g[0].collections + g[1].collections + g[2].collections;
 }
 
-/* Copies the owner's counters where other threads read them. */
+/* Copies the owner's counters where other threads read them. Not while a job has the heap:
+ * the session stays dirty and is published once the job is back. */
 static void publish(hd_session_t *s) {
+    if (s->job) return;
     hd_heap_stats_t st;
     hd_heap_stats(s->heap, &st);
     uint64_t collections = collections_of(s->heap);
@@ -156,7 +159,10 @@ static void publish(hd_session_t *s) {
     s->dirty = 0;
 }
 
+/* Publishing reads the worker's heaps, so only its own thread does it; the admin requests of
+ * a job (offload.c) read what was published last. */
 static void publish_dirty(hd_worker_t *w) {
+    if (hd__worker_self != w) return;
     for (hd_session_t *s = w->sessions; s; s = s->next)
         if (s->dirty) publish(s);
 }
@@ -196,6 +202,7 @@ static void on_linger_expired(uv_timer_t *t) {
 void hd__session_destroy(hd_session_t *s, const char *why) {
     hd_worker_t *w = s->worker;
     hd_registry_t *r = registry_of(s);
+    if (s->doomed && (s->job || s->saving)) return; /* ending once the heap is back */
     uv_mutex_lock(&r->lock);
     registry_remove(r, s);
     s->conn = NULL;
@@ -207,8 +214,19 @@ void hd__session_destroy(hd_session_t *s, const char *why) {
         s->doomed = why;
         return;
     }
+    if (s->job) {
+        /* The heap is a job's: no one can resume or list the session any more, and the job
+         * stops at its next frame or batch op; offload.c destroys the session when it is back. */
+        hd_log_infof(&(hd_log_fields_t){.session = s->id, .peer = s->peer},
+                     "session %s ending (%s) once its running request stops", s->id, why);
+        s->doomed = why;
+        hd__offload_forget_conn(s);
+        hd__offload_stop(s, (w->state & HD_WORKER_STOPPING) ? HD_ESHUTDOWN : HD_ENOSESSION);
+        uv_timer_stop(&s->linger);
+        return;
+    }
     hd__metrics_session_close(s);
-    hd_heap_free(s->heap);
+    hd__offload_heap_free(w, s->heap);
     s->heap = NULL;
     atomic_fetch_sub(&w->replay_bytes, (int_fast64_t)s->replay.held);
     hd__replay_free(&s->replay);
@@ -231,6 +249,7 @@ void hd__session_detach(hd_session_t *s) {
     hd_worker_t *w = s->worker;
     hd_registry_t *r = registry_of(s);
     publish(s);
+    hd__offload_forget_conn(s); /* the answers of a job running for it go nowhere now */
     uv_mutex_lock(&r->lock);
     s->conn = NULL;
     if (s->registered) r->sessions_detached++;

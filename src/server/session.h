@@ -55,8 +55,10 @@ struct hd_session_s {
     uint8_t save_wanted;        /* persist.c: to be saved by the next background save */
     uint8_t saving;             /* persist.c: a background save reads its heap on another
                                  * thread: no request runs, it is not freed (conn.c waits) */
-    const char *doomed;         /* destroyed while saving: why, finished once the save is done */
+    const char *doomed;         /* destroyed while saving or while a job had the heap: why
+                                 * (static), finished once the heap is the loop's again */
     hd_xcall_t *xwait;          /* inspect.c: calls from other threads waiting for the save */
+    hd_job_t *job;              /* frames running off the loop: the heap is the job's (offload.h) */
     /* locked */
     hd_conn_t *conn; /* the attached connection, or NULL */
     int registered;
@@ -101,8 +103,10 @@ int hd__session_hello_answer(const hd_hello_t *h, const hd_config_t *cfg, uint64
 /* The connection dropped: the session lingers for session_linger, or is destroyed now when
  * that is 0 or the worker is stopping. */
 void hd__session_detach(hd_session_t *s);
-/* Destroys s now: unregisters it and frees its heap; s itself is freed once its timer has
- * closed. The caller has taken s from its connection, if it had one (conn.c). */
+/* Destroys s now: unregisters it and frees its heap (on the thread pool when it is large);
+ * s itself is freed once its timer has closed. While a job has the heap (offload.h), s is
+ * unregistered and marked doomed, and destroyed when the job is back. The caller has taken s
+ * from its connection, if it had one (conn.c). */
 void hd__session_destroy(hd_session_t *s, const char *why);
 /* Counts nframes requests just served (the last of op last_op) and publishes the counters
  * when they are due. */

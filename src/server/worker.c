@@ -93,7 +93,8 @@ static void on_msg_reload(hd_worker_t *w, hd_msg_t *m) {
     w->cfg = m->cfg;
     memset(&m->cfg, 0, sizeof m->cfg);
     for (hd_session_t *s = w->sessions; s; s = s->next)
-        hd_heap_set_limits(s->heap, w->cfg.session_max_bytes, w->cfg.session_max_objects);
+        if (!s->job) /* a job's heap gets the limits when the job is back (offload.c) */
+            hd_heap_set_limits(s->heap, w->cfg.session_max_bytes, w->cfg.session_max_objects);
     for (hd_conn_t *c = w->conns; c; c = c->next)
         hd__conn_reconfigure(c);
     hd__persist_worker_reconfigure(w);
@@ -195,8 +196,11 @@ static void on_async(uv_async_t *a) {
 /* Threads.                                                                                    */
 /* ------------------------------------------------------------------------------------------ */
 
+_Thread_local hd_worker_t *hd__worker_self;
+
 static void worker_main(void *arg) {
     hd_worker_t *w = arg;
+    hd__worker_self = w;
     char name[16];
     snprintf(name, sizeof name, "heapd-w%d", w->index);
     pthread_setname_np(pthread_self(), name);

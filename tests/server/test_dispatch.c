@@ -1284,6 +1284,128 @@ static void test_batch_budget(void **state) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Where a frame runs (dispatch.h): the work bound, the frames that need the loop, stopping.   */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Packs rq and dispatches it; returns the return code, with out holding what was appended. */
+static int dispatch_req(req_t *rq, hd_buf_t *out) {
+    Heapd__V1__ClientFrame cf = HEAPD__V1__CLIENT_FRAME__INIT;
+    cf.kind_case = HEAPD__V1__CLIENT_FRAME__KIND_REQUEST;
+    cf.request = rq;
+    size_t len = heapd__v1__client_frame__get_packed_size(&cf);
+    uint8_t *buf = malloc(len);
+    assert_non_null(buf);
+    heapd__v1__client_frame__pack(&cf, buf);
+    hd_buf_init(out);
+    int rc = hd_dispatch_frame(&env, buf, len, out);
+    free(buf);
+    return rc;
+}
+
+/* The op of op_case (an empty message) is answered HD_DISPATCH_OFFLOAD: nothing appended, the
+ * heap untouched. */
+static void assert_offloaded(int op_case, void *msg) {
+    heap_state_t before;
+    heap_state(&before);
+    req_t rq;
+    set_op(&rq, op_case, msg);
+    hd_buf_t out;
+    assert_int_equal(dispatch_req(&rq, &out), HD_DISPATCH_OFFLOAD);
+    assert_int_equal(out.len, 0);
+    hd_buf_free(&out);
+    assert_heap_unchanged(&before);
+}
+
+/* Over inline_work, an op that may walk the heap is not run; one that only reads a fixed
+ * amount is. */
+static void test_work_bound(void **state) {
+    for (int i = 0; i < 50; i++)
+        alloc_obj(2, 0, NULL);
+    env.inline_work = 10; /* below the heap's 50 objects */
+    Heapd__V1__GcCollect gc = HEAPD__V1__GC_COLLECT__INIT;
+    assert_offloaded(OP(GC_COLLECT), &gc);
+    Heapd__V1__Alloc a = HEAPD__V1__ALLOC__INIT;
+    assert_offloaded(OP(ALLOC), &a);
+    Heapd__V1__GcGetReferrers gr = HEAPD__V1__GC_GET_REFERRERS__INIT;
+    assert_offloaded(OP(GC_GET_REFERRERS), &gr);
+    assert_ok(CALL0(PING));
+    assert_ok(CALL0(GC_GET_COUNT));
+    /* Within the bound every op runs. */
+    env.inline_work = 1000;
+    assert_ok(CALL(GC_COLLECT, &gc));
+    /* A payload counts its bytes: 1 MiB to zero is 4096 objects of work. */
+    a.size = 1u << 20;
+    assert_offloaded(OP(ALLOC), &a);
+    /* A batch counts its ops: 30 allocations in a heap of 50 are 30 * 51 and more. */
+    enum { N = 30 };
+    Heapd__V1__Alloc one = HEAPD__V1__ALLOC__INIT;
+    req_t ops[N];
+    req_t *v[N];
+    for (int i = 0; i < N; i++) {
+        set_op(&ops[i], OP(ALLOC), &one);
+        v[i] = &ops[i];
+    }
+    Heapd__V1__Batch b = HEAPD__V1__BATCH__INIT;
+    b.ops = v;
+    b.n_ops = N;
+    assert_offloaded(OP(BATCH), &b);
+    b.n_ops = 10;
+    assert_ok(CALL(BATCH, &b));
+    /* 0 runs everything here. */
+    env.inline_work = 0;
+    b.n_ops = N;
+    assert_ok(CALL(BATCH, &b));
+}
+
+/* Off the loop, goodbye is handed back unrun; on the loop it runs, whatever the bound. */
+static void test_goodbye_needs_the_loop(void **state) {
+    Heapd__V1__Goodbye bye = HEAPD__V1__GOODBYE__INIT;
+    req_t rq;
+    set_op(&rq, OP(GOODBYE), &bye);
+    hd_buf_t out;
+    env.off_loop = 1;
+    assert_int_equal(dispatch_req(&rq, &out), HD_DISPATCH_LOOP);
+    assert_int_equal(out.len, 0);
+    hd_buf_free(&out);
+    assert_int_equal(goodbyes, 0);
+    assert_ok(CALL0(PING));
+    env.off_loop = 0;
+    for (int i = 0; i < 5; i++)
+        alloc_obj(1, 0, NULL);
+    env.inline_work = 1; /* a heap of 5 objects is over it */
+    assert_ok(CALL(GOODBYE, &bye));
+    assert_int_equal(goodbyes, 1);
+}
+
+/* A batch asked to stop (env->stop) stops before its next op, with that status. */
+static void test_batch_stop(void **state) {
+    hd_handle_t o = alloc_obj(1, 0, NULL);
+    Heapd__V1__Incref inc = HEAPD__V1__INCREF__INIT;
+    inc.handle = o;
+    req_t ops[3];
+    req_t *v[3];
+    for (int i = 0; i < 3; i++) {
+        set_op(&ops[i], OP(INCREF), &inc);
+        v[i] = &ops[i];
+    }
+    Heapd__V1__Batch b = HEAPD__V1__BATCH__INIT;
+    b.ops = v;
+    b.n_ops = 3;
+    _Atomic int stop = HD_ESHUTDOWN;
+    env.stop = &stop;
+    rsp_t *rs = CALL(BATCH, &b);
+    assert_int_equal(rs->status->code, -HD_ESHUTDOWN);
+    assert_non_null(strstr(rs->status->message, "batch stopped before op 0 of 3"));
+    assert_int_equal(rs->batch->n_results, 1);
+    assert_err(rs->batch->results[0], HD_ESHUTDOWN);
+    assert_int_equal(refcount(o), 1);
+    atomic_store(&stop, 0);
+    assert_ok(CALL(BATCH, &b));
+    assert_int_equal(refcount(o), 4);
+    env.stop = NULL;
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Bad input.                                                                                  */
 /* ------------------------------------------------------------------------------------------ */
 
@@ -1453,6 +1575,9 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_admin, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batch_budget, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_work_bound, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_goodbye_needs_the_loop, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batch_stop, setup, teardown),
         cmocka_unit_test_setup_teardown(test_undecodable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_too_many_messages, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknown_op, setup, teardown),

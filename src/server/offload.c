@@ -1,0 +1,231 @@
+/*
+ * offload.c: jobs, the frames of one session run on libuv's thread pool, and heaps freed
+ * there (see offload.h for who may touch what while a job runs).
+ *
+ * The life of a job:
+ *   started   on the loop, by conn.c: the frame dispatch refused to run here and the whole
+ *             frames received behind it are copied into the job; the session's heap is the
+ *             job's from here (s->job).
+ *   running   on a pool thread: the frames in order, each dispatched with the job's env (no
+ *             work bound, off_loop set, the thread-safe services) and followed by its events,
+ *             into the job's output, until the frames run out, the output is full, a frame
+ *             needs the loop, or the job is asked to stop.
+ *   back      on the loop (job_done): the heap is the loop's again; the session is destroyed
+ *             if it was doomed meanwhile, else its limits are brought up to date and the
+ *             connection that sent the frames (if it is still there) is given the answers.
+ */
+#include "offload.h"
+#include "session.h"
+
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Invariants: session->job == this job from start to back; conn == NULL or conn ==
+ * session->conn, the connection the frames came from; frames[0 .. len) are whole frames,
+ * headers included, of which the first nrun have been answered in out. */
+struct hd_job_s {
+    uv_work_t req;
+    hd_session_t *session;
+    hd_conn_t *conn;        /* NULL once it left the session: the answers go nowhere */
+    hd_worker_t *worker;    /* for the services (kill_session) */
+    hd_dispatch_env_t env;  /* the connection's, for the pool: see job_start */
+    _Atomic int stop;       /* 0, or why to stop before the next frame or batch op */
+    char peer[HD_PEER_LEN]; /* the connection's, for the services' log lines */
+    uint8_t *frames;
+    size_t len;
+    uint64_t nrun; /* frames answered */
+    int rc;        /* a frame's fatal error (EPROTO, ENOMEM): the connection then ends */
+    hd_buf_t out;  /* the answers and the events that follow them */
+};
+
+int hd__session_busy(const hd_session_t *s) {
+    return s->job != NULL;
+}
+
+/* No one will read the answers, so the job stops at its next frame or batch op too. */
+void hd__offload_forget_conn(hd_session_t *s) {
+    if (!s->job) return;
+    s->job->conn = NULL;
+    atomic_store_explicit(&s->job->stop, HD_ENOSESSION, memory_order_relaxed);
+}
+
+void hd__offload_stop(hd_session_t *s, int err) {
+    if (s->job) atomic_store_explicit(&s->job->stop, err, memory_order_relaxed);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The services a frame may call off the loop (hd_server_ops_t): only those safe on any       */
+/* thread. The statistics read what the owners published; kill_session posts to the owner.   */
+/* ------------------------------------------------------------------------------------------ */
+
+static int job_server_stats(void *ctx, hd_server_stats_t *out) {
+    return hd__sessions_server_stats(((hd_job_t *)ctx)->worker, out);
+}
+static int job_list_sessions(void *ctx, hd_session_info_t **out, size_t *n) {
+    return hd__sessions_list(((hd_job_t *)ctx)->worker, out, n);
+}
+static int job_kill_session(void *ctx, const char *id) {
+    hd_job_t *j = ctx;
+    return hd__sessions_kill(j->worker, j->peer, id);
+}
+
+static const hd_server_ops_t job_ops = {
+    .goodbye = NULL, /* never called: dispatch hands a goodbye back (HD_DISPATCH_LOOP) */
+    .server_stats = job_server_stats,
+    .list_sessions = job_list_sessions,
+    .kill_session = job_kill_session,
+};
+
+/* ------------------------------------------------------------------------------------------ */
+/* Running.                                                                                    */
+/* ------------------------------------------------------------------------------------------ */
+
+static uint32_t get_be32(const uint8_t *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+
+/* A pool thread runs under SCHED_BATCH (Linux, per thread): the loops do short work and
+ * wait on their sockets, a job is long and CPU-bound. Where they compete for a core, a loop
+ * that wakes up preempts the job at once instead of waiting out its time slice, so the
+ * worker's other sessions are answered in microseconds; the job keeps its full share of the
+ * CPU (its nice is unchanged). Once per thread. */
+static void pool_thread_nice(void) {
+    static _Thread_local int done;
+    if (done) return;
+    done = 1;
+    struct sched_param sp = {0};
+    sched_setscheduler(0, SCHED_BATCH, &sp); /* 0: the calling thread; best effort */
+}
+
+/* On a pool thread: the job's frames, as conn.c:process runs them on the loop. */
+static void job_run(uv_work_t *req) {
+    hd_job_t *j = req->data;
+    pool_thread_nice();
+    size_t at = 0;
+    while (at < j->len) {
+        /* The first frame always runs (a batch asked to stop answers at once, "stopped before
+         * op 0"), so that the request that made the job is answered. */
+        if (j->nrun > 0 && (atomic_load_explicit(&j->stop, memory_order_relaxed) != 0 ||
+                            j->out.len >= HD_OFFLOAD_OUT_BYTES))
+            break;
+        size_t n = get_be32(j->frames + at);
+        int rc = hd_dispatch_frame(&j->env, j->frames + at + HD_FRAME_HEADER, n, &j->out);
+        if (rc > 0) break; /* not run here (HD_DISPATCH_LOOP): it and the rest go back */
+        j->nrun++;
+        at += HD_FRAME_HEADER + n;
+        if (rc < 0) {
+            j->rc = rc;
+            break;
+        }
+        if (hd_dispatch_drain_events(&j->env, &j->out) < 0) {
+            j->rc = HD_ENOMEM;
+            break;
+        }
+    }
+}
+
+static void job_free(hd_job_t *j) {
+    free(j->frames);
+    hd_buf_free(&j->out);
+    free(j);
+}
+
+/* On the loop: the heap is the loop's again. */
+static void job_done(uv_work_t *req, int status) {
+    hd_job_t *j = req->data;
+    hd_session_t *s = j->session;
+    hd_worker_t *w = s->worker;
+    HD_ASSERT(s->job == j && status == 0);
+    s->job = NULL;
+    atomic_fetch_add_explicit(&w->requests, j->nrun, memory_order_relaxed);
+    if (s->doomed) {
+        HD_ASSERT(j->conn == NULL);
+        hd__session_destroy(s, s->doomed);
+    } else {
+        /* A reload while the job ran changed no heap: bring this one up to date. */
+        hd_heap_set_limits(s->heap, w->cfg.session_max_bytes, w->cfg.session_max_objects);
+        if (j->nrun) hd__session_touch(s, j->nrun);
+        if (j->conn)
+            hd__conn_offload_done(j->conn, &j->out, j->nrun, j->rc);
+        else if (s->conn)
+            hd__conn_offload_done(s->conn, NULL, 0, 0); /* resumed meanwhile: its frames */
+    }
+    job_free(j);
+}
+
+int hd__offload_frames(hd_conn_t *c, const uint8_t *payload, size_t len) {
+    hd_session_t *s = c->session;
+    HD_ASSERT(s && !s->job);
+    /* The frame, with its header, and the whole frames received after it. */
+    const uint8_t *start = payload - HD_FRAME_HEADER;
+    const uint8_t *end = c->parser.buf.data + c->parser.done;
+    HD_ASSERT(start >= c->parser.buf.data && payload + len <= end);
+    hd_job_t *j = calloc(1, sizeof *j);
+    if (!j || !(j->frames = malloc((size_t)(end - start)))) {
+        free(j);
+        return HD_ENOMEM;
+    }
+    j->len = (size_t)(end - start);
+    memcpy(j->frames, start, j->len);
+    j->session = s;
+    j->conn = c;
+    j->worker = c->worker;
+    snprintf(j->peer, sizeof j->peer, "%s", c->peer);
+    hd_buf_init(&j->out);
+    j->env = c->env;
+    j->env.inline_work = 0;
+    j->env.off_loop = 1;
+    j->env.stop = &j->stop;
+    j->env.ops = &job_ops;
+    j->env.ops_ctx = j;
+    atomic_init(&j->stop, 0);
+    j->req.data = j;
+    int rc = uv_queue_work(&c->worker->loop, &j->req, job_run, job_done);
+    if (rc < 0) {
+        job_free(j);
+        return HD_ENOMEM;
+    }
+    s->job = j;
+    hd_log_debug("%s: session %s: %zu bytes of requests run off the loop", c->peer, s->id, j->len);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Heaps freed off the loop.                                                                   */
+/* ------------------------------------------------------------------------------------------ */
+
+typedef struct heap_free_s {
+    uv_work_t req;
+    hd_heap_t *heap;
+} heap_free_t;
+
+static void heap_free_run(uv_work_t *req) {
+    pool_thread_nice();
+    hd_heap_free(((heap_free_t *)req->data)->heap);
+}
+
+static void heap_free_done(uv_work_t *req, int status) {
+    free(req->data);
+}
+
+void hd__offload_heap_free(hd_worker_t *w, hd_heap_t *h) {
+    if (!h) return;
+    uint64_t limit = w->cfg.offload_above;
+    heap_free_t *f = limit && hd_heap_work(h) > limit ? malloc(sizeof *f) : NULL;
+    if (f) {
+        f->heap = h;
+        f->req.data = f;
+        if (uv_queue_work(&w->loop, &f->req, heap_free_run, heap_free_done) == 0) return;
+        free(f);
+    }
+    hd_heap_free(h); /* small, or no memory to send it away: here */
+}
+
+void hd__offload_init(size_t nworkers) {
+    if (getenv("UV_THREADPOOL_SIZE")) return;
+    char n[16];
+    snprintf(n, sizeof n, "%zu", nworkers * 4 < 4 ? 4 : nworkers * 4 > 1024 ? 1024 : nworkers * 4);
+    setenv("UV_THREADPOOL_SIZE", n, 0);
+}

@@ -1,0 +1,198 @@
+"""test_offload.py: long requests run off the worker's loop (issue 11; issue 9 item 6).
+
+With one worker, a session whose requests may do more work than offload_above (a collection
+of its heap, a long batch) has them run on the thread pool while the worker's other sessions
+are served; its later requests wait and are answered in order. These tests assert order and
+results, never durations: a "long" batch here is thousands of full collections of a heap of
+tens of thousands of objects, which would run for many seconds, and each test ends it early
+(shutdown, a drop, a kill) or lets a short one finish. The daemon runs with debug logs, and
+"run off the loop" in the log says a job has started.
+"""
+
+import re
+import select
+import signal
+import socket
+
+import harness as h
+from harness import pb
+
+OFFLOAD = r"session %s: \d+ bytes of requests run off the loop"
+
+
+def batch_req(c, ops):
+    """A batch request (not sent) of (op, fields) pairs."""
+    return c.req("batch", ops=[h.make_request(i + 1, op, **f) for i, (op, f) in enumerate(ops)])
+
+
+def run_batch(c, ops):
+    return c.ok("batch", ops=[h.make_request(i + 1, op, **f)
+                              for i, (op, f) in enumerate(ops)]).results
+
+
+def build_rings(c, pairs):
+    """pairs two-slot containers linked in rings of two; returns (kept, garbage) handles: the
+    client keeps one reference per ring of the first half, the second half is garbage."""
+    handles = []
+    for _ in range(0, 2 * pairs, 2000):
+        handles += [r.alloc.handle for r in run_batch(c, [("alloc", dict(slots=2))] * 2000)]
+    handles = handles[:2 * pairs]
+    links = []
+    for i in range(0, len(handles), 2):
+        links.append(("set_slot", dict(handle=handles[i], index=0, target=handles[i + 1])))
+        links.append(("set_slot", dict(handle=handles[i + 1], index=0, target=handles[i])))
+    for i in range(0, len(links), 4000):
+        for r in run_batch(c, links[i:i + 4000]):
+            assert r.status.code == 0, r.status
+    drop = [("decref", dict(handle=x)) for x in handles[1::2]]  # one ref per ring kept
+    drop += [("decref", dict(handle=x)) for x in handles[pairs:][::2]]  # second half: garbage
+    for i in range(0, len(drop), 4000):
+        run_batch(c, drop[i:i + 4000])
+    return handles[:pairs:2], handles[pairs:]
+
+
+class OffloadTest(h.unittest.TestCase):
+    def setUp(self):
+        self.d = h.Daemon({"workers": 1, "offload_above": 1000, "admin_tokens": ["adm"]}).start()
+
+    def tearDown(self):
+        self.d.stop()
+
+    def long_batch(self, c, n=20000):
+        """Sends a batch of n full collections (many seconds of work) and waits until its job
+        has started; returns the request."""
+        mark = len(self.d.log())
+        rq = batch_req(c, [("gc_collect", dict(generation=2))] * n)
+        c.send_request(rq)
+        self.d.wait_log(OFFLOAD % c.hello_result.session_id, start=mark)
+        return rq
+
+    def test_others_served_in_order_while_a_heap_is_collected(self):
+        heavy, light = self.d.session(), self.d.session()
+        kept, garbage = build_rings(heavy, 5000)
+        # Pipelined: a collection of the 20,000-object heap (off the loop), a ping, a batch
+        # whose work is over the bound, and a request that reads the result of the first.
+        ids = [heavy.send("gc_collect", generation=2), heavy.send("ping")]
+        rq = batch_req(heavy, [("alloc", dict(slots=2)), ("gc_collect", dict(generation=2)),
+                               ("getrefcount", dict(handle=kept[0]))])
+        heavy.send_request(rq)
+        ids += [rq.id, heavy.send("gc_get_stats")]
+        # The light session is served meanwhile, and correctly.
+        x = light.alloc(slots=1)
+        light.ok("set_slot", handle=x, index=0, target=x)
+        self.assertEqual(light.ok("getrefcount", handle=x).value, 2)
+        light.ok("decref", handle=x)
+        self.assertEqual(light.ok("gc_collect", generation=2).value, 1)
+        # The heavy session's answers, in order, with CPython's counts.
+        got = [heavy.recv_response() for _ in ids]
+        self.assertEqual([r.id for r in got], ids)
+        self.assertEqual([r.status.code for r in got], [0, 0, 0, 0])
+        self.assertEqual(got[0].gc_collect.value, len(garbage))
+        sub = got[2].batch.results
+        self.assertEqual([r.status.code for r in sub], [0, 0, 0])
+        self.assertEqual(sub[1].gc_collect.value, 0)
+        self.assertEqual(sub[2].getrefcount.value, 2)  # the client's, and its ring partner's
+        self.assertEqual(got[3].gc_get_stats.generations[2].collections, 2)
+        self.assertEqual(heavy.ok("heap_stats").objects, len(kept) * 2 + 1)
+        self.d.wait_log(OFFLOAD % heavy.hello_result.session_id)
+        light_offloaded = re.compile(OFFLOAD % light.hello_result.session_id)
+        self.assertFalse(any(light_offloaded.search(line) for line in self.d.log()))
+
+    def test_a_light_session_is_answered_before_a_long_batch_ends(self):
+        heavy, light = self.d.session(), self.d.session(token="adm")
+        build_rings(heavy, 5000)
+        rq = self.long_batch(heavy)
+        for _ in range(20):
+            light.ok("ping")
+        # Still running: nothing from the heavy session yet. Ending its session stops it.
+        self.assertEqual(select.select([heavy.sock], [], [], 0)[0], [])
+        light.ok("kill_session", session_id=heavy.hello_result.session_id)
+        got = heavy.expect_closed()
+        self.assertEqual([(r.id, r.status.name) for r in got], [(0, "ENOSESSION")])
+        self.d.wait_log("session %s destroyed" % heavy.hello_result.session_id)
+        sessions = light.ok("list_sessions").sessions
+        self.assertEqual([s.id for s in sessions], [light.hello_result.session_id])
+        del rq
+
+    def test_sigterm_stops_the_batch_and_answers_what_ran(self):
+        heavy = self.d.session()
+        build_rings(heavy, 5000)
+        rq = self.long_batch(heavy)
+        self.d.signal(signal.SIGTERM)
+        got = heavy.expect_closed()
+        self.assertEqual([r.id for r in got], [rq.id, 0])
+        res = got[0]
+        self.assertEqual(res.status.name, "ESHUTDOWN")
+        self.assertIn("batch stopped before op", res.status.message)
+        results = res.batch.results
+        self.assertLess(len(results), 20000)
+        self.assertEqual(results[-1].status.name, "ESHUTDOWN")
+        self.assertTrue(all(r.status.code == 0 for r in results[:-1]))
+        if len(results) > 1:
+            self.assertEqual(results[0].gc_collect.value, 5000)
+        self.assertEqual(got[1].status.name, "ESHUTDOWN")
+        self.assertEqual(self.d.wait_exit(), 0)
+
+    def test_drop_during_a_collection_then_resume(self):
+        heavy = self.d.session()
+        kept, garbage = build_rings(heavy, 5000)
+        sid, token = heavy.hello_result.session_id, heavy.hello_result.resume_token
+        self.long_batch(heavy)
+        heavy.close()
+        self.d.wait_log("session %s detached" % sid)
+        # The job stops (no one is reading) and the session is resumed whole.
+        again = self.d.connect()
+        self.assertTrue(again.hello(session_id=sid, resume_token=token).hello.resumed)
+        again.ok("ping")
+        # The batch may have stopped before its first collection, or after some.
+        self.assertIn(again.ok("gc_collect", generation=2).value, (0, len(garbage)))
+        self.assertEqual(again.ok("getrefcount", handle=kept[0]).value, 2)
+        self.assertEqual(again.ok("heap_stats").objects, len(kept) * 2)
+        again.ok("goodbye")
+
+    def test_drop_without_linger_destroys_after_the_job(self):
+        self.d.stop()
+        self.d = h.Daemon({"workers": 1, "offload_above": 1000, "session_linger": 0}).start()
+        heavy = self.d.session()
+        build_rings(heavy, 5000)
+        sid = heavy.hello_result.session_id
+        self.long_batch(heavy)
+        heavy.close()
+        self.d.wait_log("session %s destroyed" % sid)
+        self.d.session().ok("ping")
+
+    def test_goodbye_waits_for_the_collection_before_it(self):
+        heavy = self.d.session()
+        kept, garbage = build_rings(heavy, 5000)
+        sid = heavy.hello_result.session_id
+        ids = [heavy.send("gc_collect", generation=2), heavy.send("goodbye")]
+        got = heavy.expect_closed()
+        self.assertEqual([(r.id, r.status.code) for r in got], [(ids[0], 0), (ids[1], 0)])
+        self.assertEqual(got[0].gc_collect.value, len(garbage))
+        self.d.wait_log("session %s destroyed \\(goodbye\\)" % sid)
+
+    def test_a_client_that_stops_sending_still_gets_every_answer(self):
+        heavy = self.d.session()
+        kept, garbage = build_rings(heavy, 5000)
+        ids = [heavy.send("gc_collect", generation=2), heavy.send("ping")]
+        heavy.sock.shutdown(socket.SHUT_WR)
+        got = heavy.expect_closed()
+        self.assertEqual([(r.id, r.status.code) for r in got], [(ids[0], 0), (ids[1], 0)])
+        self.assertEqual(got[0].gc_collect.value, len(garbage))
+
+    def test_requests_after_a_long_batch_wait_behind_it(self):
+        heavy = self.d.session()
+        build_rings(heavy, 200)
+        # A batch over the bound on a small heap (its ops together), then a ping: both
+        # answered, in order.
+        rq = batch_req(heavy, [("alloc", dict(slots=1))] * 3000)
+        heavy.send_request(rq)
+        pid = heavy.send("ping")
+        a, b = heavy.recv_response(), heavy.recv_response()
+        self.assertEqual((a.id, b.id), (rq.id, pid))
+        self.assertEqual(len(a.batch.results), 3000)
+        self.assertTrue(all(r.status.code == 0 for r in a.batch.results))
+
+
+if __name__ == "__main__":
+    h.unittest.main()
