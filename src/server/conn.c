@@ -48,6 +48,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/sockios.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -930,6 +931,16 @@ static void process(hd_conn_t *c) {
     settle(c);
 }
 
+/* After EOF: whether the peer closed its end whole rather than just its sending half. A Unix
+ * socket tells (POLLHUP once both halves are shut); over TCP a FIN says nothing more, and the
+ * first write after a full close fails instead. */
+static bool peer_gone(hd_conn_t *c) {
+    uv_os_fd_t fd;
+    if (!c->is_unix || uv_fileno(&c->h.handle, &fd) < 0) return false;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    return poll(&p, 1, 0) == 1 && (p.revents & POLLHUP);
+}
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     hd_conn_t *c = h->data;
     buf->base = (char *)c->worker->readbuf;
@@ -946,7 +957,13 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
             return;
         }
         /* The client is done sending; it may still be reading the answers it is owed, some
-         * of which may wait for its session's job (settle ends it once they are written). */
+         * of which may wait for its session's job (settle ends it once they are written).
+         * Unless it is gone: then there is no one to answer and the job may stop early. */
+        if (waiting(c) && peer_gone(c)) {
+            hd_log_debug("%s: peer closed while its request runs", c->peer);
+            hd__conn_close(c);
+            return;
+        }
         c->flags |= HD_CONN_EOF;
         stop_reading(c);
         process(c);

@@ -137,16 +137,34 @@ class OffloadTest(h.unittest.TestCase):
         heavy = self.d.session()
         kept, garbage = build_rings(heavy, 5000)
         sid, token = heavy.hello_result.session_id, heavy.hello_result.resume_token
-        self.long_batch(heavy)
+        mark = len(self.d.log())
+        heavy.send("gc_collect", generation=2)
+        self.d.wait_log(OFFLOAD % sid, start=mark)
         heavy.close()
-        self.d.wait_log("session %s detached" % sid)
-        # The job stops (no one is reading) and the session is resumed whole.
+        self.d.wait_log("session %s detached" % sid, start=mark)
+        # Resumed at once; answered once the collection is done, which it is, whole.
         again = self.d.connect()
         self.assertTrue(again.hello(session_id=sid, resume_token=token).hello.resumed)
         again.ok("ping")
-        # The batch may have stopped before its first collection, or after some.
-        self.assertIn(again.ok("gc_collect", generation=2).value, (0, len(garbage)))
+        self.assertEqual(again.ok("gc_get_stats").generations[2].collections, 1)
+        self.assertEqual(again.ok("gc_collect", generation=2).value, 0)
         self.assertEqual(again.ok("getrefcount", handle=kept[0]).value, 2)
+        self.assertEqual(again.ok("heap_stats").objects, len(kept) * 2)
+        again.ok("goodbye")
+
+    def test_drop_during_a_long_batch_stops_it(self):
+        heavy = self.d.session()
+        kept, garbage = build_rings(heavy, 5000)
+        sid, token = heavy.hello_result.session_id, heavy.hello_result.resume_token
+        self.long_batch(heavy)
+        heavy.close()  # a Unix socket: the server sees the whole close
+        self.d.wait_log("session %s detached" % sid)
+        # The batch stops (no one reads its answer) and the session is resumed whole.
+        again = self.d.connect()
+        self.assertTrue(again.hello(session_id=sid, resume_token=token).hello.resumed)
+        again.ok("ping")
+        # It may have stopped before its first collection, or after some.
+        self.assertIn(again.ok("gc_collect", generation=2).value, (0, len(garbage)))
         self.assertEqual(again.ok("heap_stats").objects, len(kept) * 2)
         again.ok("goodbye")
 
