@@ -60,21 +60,25 @@ void hd__metrics_reject(hd_server_t *srv, hd_reject_t why) {
 /* Collections.                                                                                */
 /* ------------------------------------------------------------------------------------------ */
 
-/* The heap's gc callback (hd_gc_set_callback), on the owner's thread: ctx is the session. */
+/* The heap's gc callback (hd_gc_set_callback), on the thread that has the heap: the owner's,
+ * or a pool thread running the session's job (offload.h), while the owner's loop collects
+ * other sessions' heaps. So the worker's collection counters take atomic adds (a few per
+ * collection), and the session's own fields are read by the owner only when no job runs.
+ * ctx is the session. */
 static void on_gc(void *ctx, const hd_gc_info_t *info) {
     hd_session_t *s = ctx;
     hd_wmetrics_t *m = &s->worker->metrics;
     hd_sess_metrics_t *sm = s->metrics;
     int g = info->generation;
     uint64_t now = hd__now_ms();
-    hd__counter_add(&m->gc_collections[g], 1);
-    hd__counter_add(&m->gc_collected[g], info->collected);
-    hd__counter_add(&m->gc_uncollectable[g], info->uncollectable);
-    hd__counter_add(&m->pause_ns_sum, info->pause_ns);
+    atomic_fetch_add_explicit(&m->gc_collections[g], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&m->gc_collected[g], info->collected, memory_order_relaxed);
+    atomic_fetch_add_explicit(&m->gc_uncollectable[g], info->uncollectable, memory_order_relaxed);
+    atomic_fetch_add_explicit(&m->pause_ns_sum, info->pause_ns, memory_order_relaxed);
     size_t b = 0;
     while (b < HD_PAUSE_NBUCKETS && info->pause_ns > hd__pause_bounds_ns[b])
         b++;
-    hd__counter_add(&m->pause_buckets[b], 1);
+    atomic_fetch_add_explicit(&m->pause_buckets[b], 1, memory_order_relaxed);
 
     if (g == 2) {
         sm->gc2_ms[sm->gc2_next] = now;
@@ -207,8 +211,8 @@ static void take_detail(hd_worker_t *w, uint64_t now) {
     hd_session_t *s = w->sessions;
     while (s && strcmp(s->id, id) != 0)
         s = s->next;
-    /* Being saved in the background: the next tick takes it (see take_snapshot). */
-    if (!s || !s->heap || s->saving) return;
+    /* Being saved in the background, or a job's (offload.h): the next tick takes it. */
+    if (!s || !s->heap || s->saving || s->job) return;
     hd_sess_detail_t *d = malloc(sizeof *d);
     if (!d) return;
     if (hd__session_report(s, HD_DETAIL_TOP, &d->rep) < 0) { /* out of memory: next tick */
@@ -256,9 +260,10 @@ static void take_snapshot(hd_worker_t *w) {
     size_t k = 0;
     for (hd_session_t *s = w->sessions; s && k < n; s = s->next) {
         if (!s->heap) continue;
-        if (s->saving) {
-            /* A background save reads this heap on a pool thread (persist.c): no other thread
-             * touches it meanwhile, so the figures are the last ones taken, if any. m->snap is
+        if (s->saving || s->job) {
+            /* A background save (persist.c) or a job (offload.h) has this heap on a pool
+             * thread: no other thread touches it meanwhile, so the figures are the last ones
+             * taken, if any. m->snap is
              * written by this thread only, so it is read here without the lock. */
             const hd_sess_summary_t *last = NULL;
             for (size_t i = 0; i < m->nsnap && !last; i++)

@@ -107,8 +107,9 @@ typedef struct hd_sess_detail_s {
     hd_pool_map_t map[HD_DETAIL_ARENAS * HD_ARENA_MAP_POOLS];
 } hd_sess_detail_t;
 
-/* A session's figures that only its owner updates between snapshots (session.c gives every
- * session one: hd__metrics_session_open). */
+/* A session's figures that only the thread holding its heap updates between snapshots: its
+ * owner, or the pool thread of its job, during which the owner leaves them alone (session.c
+ * gives every session one: hd__metrics_session_open). */
 typedef struct hd_sess_metrics_s {
     uint64_t gc2_ms[16];    /* hd__now_ms of its last 16 full collections (a ring) */
     unsigned gc2_next;      /* where the next goes */
@@ -121,8 +122,10 @@ typedef struct hd_sess_metrics_s {
     uint64_t sampled_ms; /* when the last sample was taken */
 } hd_sess_metrics_t;
 
-/* A worker's share. The counters are written by the worker only; lock guards snap, the ring
- * and their counts. */
+/* A worker's share. ops, bytes_in and bytes_out are written by the worker's thread only
+ * (hd__counter_add; a job's op counts are added when it is back, offload.c); the collector's
+ * counters are atomic adds, for a job's collections run on a pool thread (metrics.c:on_gc).
+ * lock guards snap, the ring and their counts. */
 typedef struct hd_wmetrics_s {
     hd_op_counters_t ops;
     atomic_uint_fast64_t bytes_in, bytes_out;

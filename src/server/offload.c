@@ -38,6 +38,8 @@ struct hd_job_s {
     uint64_t nrun; /* frames answered */
     int rc;        /* a frame's fatal error (EPROTO, ENOMEM): the connection then ends */
     hd_buf_t out;  /* the answers and the events that follow them */
+    hd_op_counters_t counters; /* what its frames counted, added to the worker's when back */
+    hd_op_counters_t *worker_counters; /* the worker's (single writer: its loop), or NULL */
 };
 
 int hd__session_busy(const hd_session_t *s) {
@@ -126,6 +128,24 @@ static void job_run(uv_work_t *req) {
     }
 }
 
+/* Adds what a job counted to its worker's counters, on the worker's loop (their one writer). */
+static void add_counters(hd_op_counters_t *to, hd_op_counters_t *from) {
+    for (size_t i = 0; i < HD_OPS_SLOTS; i++) {
+        uint64_t n = atomic_load_explicit(&from->ops[i], memory_order_relaxed);
+        if (n)
+            atomic_store_explicit(&to->ops[i],
+                                  atomic_load_explicit(&to->ops[i], memory_order_relaxed) + n,
+                                  memory_order_relaxed);
+    }
+    for (size_t i = 0; i < HD_STATUS_SLOTS; i++) {
+        uint64_t n = atomic_load_explicit(&from->statuses[i], memory_order_relaxed);
+        if (n)
+            atomic_store_explicit(&to->statuses[i],
+                                  atomic_load_explicit(&to->statuses[i], memory_order_relaxed) + n,
+                                  memory_order_relaxed);
+    }
+}
+
 static void job_free(hd_job_t *j) {
     free(j->frames);
     hd_buf_free(&j->out);
@@ -140,6 +160,7 @@ static void job_done(uv_work_t *req, int status) {
     HD_ASSERT(s->job == j && status == 0);
     s->job = NULL;
     atomic_fetch_add_explicit(&w->requests, j->nrun, memory_order_relaxed);
+    if (j->worker_counters) add_counters(j->worker_counters, &j->counters);
     if (s->doomed) {
         HD_ASSERT(j->conn == NULL);
         hd__session_destroy(s, s->doomed);
@@ -175,6 +196,10 @@ int hd__offload_frames(hd_conn_t *c, const uint8_t *payload, size_t len) {
     snprintf(j->peer, sizeof j->peer, "%s", c->peer);
     hd_buf_init(&j->out);
     j->env = c->env;
+    if (c->env.counters) {
+        j->worker_counters = c->env.counters;
+        j->env.counters = &j->counters; /* zeroed by calloc */
+    }
     j->env.inline_work = 0;
     j->env.off_loop = 1;
     j->env.stop = &j->stop;

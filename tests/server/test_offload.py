@@ -9,6 +9,7 @@ tens of thousands of objects, which would run for many seconds, and each test en
 "run off the loop" in the log says a job has started.
 """
 
+import json
 import re
 import select
 import signal
@@ -210,6 +211,82 @@ class OffloadTest(h.unittest.TestCase):
         self.assertEqual((a.id, b.id), (rq.id, pid))
         self.assertEqual(len(a.batch.results), 3000)
         self.assertTrue(all(r.status.code == 0 for r in a.batch.results))
+
+
+def parse_metrics(text):
+    """{(name, frozenset(labels)): value} from the exposition text."""
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})? (\S+)$', line)
+        if m:
+            labels = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
+            out[(m.group(1), labels)] = float(m.group(4))
+    return out
+
+
+class OffloadMetricsTest(h.unittest.TestCase):
+    """The HTTP server reads the worker's metrics while a job has a heap: /metrics and the
+    session list are served from what the worker took before the job, the job's session page
+    is not taken (the heap is the job's), and what a job counted is there once it is back."""
+
+    def setUp(self):
+        self.d = h.Daemon({"workers": 1, "offload_above": 1000, "admin_tokens": ["adm"],
+                           "http": ["127.0.0.1:0"]}).start()
+
+    def tearDown(self):
+        self.d.stop()
+
+    def metrics(self):
+        status, _, body = self.d.http_get("/metrics")
+        self.assertEqual(status, 200)
+        return parse_metrics(body.decode())
+
+    def listed(self):
+        status, _, body = self.d.http_get("/api/sessions")
+        self.assertEqual(status, 200)
+        return {s["id"]: s for s in json.loads(body)["sessions"]}
+
+    def test_metrics_while_a_job_runs_and_after(self):
+        heavy, light = self.d.session(), self.d.session(token="adm")
+        kept, garbage = build_rings(heavy, 5000)
+        sid = heavy.hello_result.session_id
+        objects = len(kept) * 2 + len(garbage)
+        # The worker's snapshot has the heavy session's heap as it is now.
+        self.assertTrue(h.wait_until(
+            lambda: self.listed().get(sid, {}).get("objects") == objects))
+        k = lambda n, **l: (n, frozenset(l.items()))
+        before = self.metrics()
+        # One collection off the loop: its op, its status and the collection are counted.
+        self.assertEqual(heavy.ok("gc_collect", generation=2).value, len(garbage))
+        self.d.wait_log(OFFLOAD % sid)
+        after = self.metrics()
+        for key, n in ((k("heapd_requests_total", op="gc_collect"), 1),
+                       (k("heapd_gc_collections_total", generation="2"), 1),
+                       (k("heapd_gc_collected_total", generation="2"), len(garbage)),
+                       (k("heapd_gc_pause_seconds_count"), 1)):
+            self.assertEqual(after[key] - before[key], n, key)
+        # A long batch: while it runs, the metrics and the list are served, and the session
+        # keeps the figures of the worker's last look at its heap.
+        self.assertTrue(h.wait_until(
+            lambda: self.listed().get(sid, {}).get("objects") == len(kept) * 2))
+        mark = len(self.d.log())
+        heavy.send_request(batch_req(heavy, [("gc_collect", dict(generation=2))] * 20000))
+        self.d.wait_log(OFFLOAD % sid, start=mark)
+        admin = {"Authorization": "Bearer adm"}
+        for _ in range(5):
+            self.assertEqual(self.listed()[sid]["objects"], len(kept) * 2)
+            self.assertGreaterEqual(self.metrics()[k("heapd_sessions")], 2)
+            # Its page would read the heap: asked for, never taken while the job runs.
+            self.assertEqual(self.d.http_get("/api/session?id=" + sid, headers=admin)[0], 503)
+            light.ok("ping")
+        # The light session's page is taken meanwhile (the worker's ticks go on).
+        lid = light.hello_result.session_id
+        self.assertTrue(h.wait_until(
+            lambda: self.d.http_get("/api/session?id=" + lid, headers=admin)[0] == 200))
+        light.ok("kill_session", session_id=sid)
+        heavy.expect_closed()
+        self.d.wait_log("session %s destroyed" % sid)
+        self.assertTrue(h.wait_until(lambda: sid not in self.listed()))
 
 
 if __name__ == "__main__":
