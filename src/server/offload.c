@@ -7,9 +7,10 @@
  *             frames received behind it are copied into the job; the session's heap is the
  *             job's from here (s->job).
  *   running   on a pool thread: the frames in order, each dispatched with the job's env (no
- *             work bound, off_loop set, the thread-safe services) and followed by its events,
- *             into the job's output, until the frames run out, the output is full, a frame
- *             needs the loop, or the job is asked to stop.
+ *             work bound, off_loop set, the thread-safe services), into the job's output,
+ *             until the frames run out, the output is full, a frame needs the loop or leaves
+ *             events (the loop sends them, as the client reads, before the next answer), or
+ *             the job is asked to stop.
  *   back      on the loop (job_done): the heap is the loop's again; the session is destroyed
  *             if it was doomed meanwhile, else its limits are brought up to date and the
  *             connection that sent the frames (if it is still there) is given the answers.
@@ -37,7 +38,7 @@ struct hd_job_s {
     size_t len;
     uint64_t nrun; /* frames answered */
     int rc;        /* a frame's fatal error (EPROTO, ENOMEM): the connection then ends */
-    hd_buf_t out;  /* the answers and the events that follow them */
+    hd_buf_t out;  /* the answers */
     hd_op_counters_t counters; /* what its frames counted, added to the worker's when back */
     hd_op_counters_t *worker_counters; /* the worker's (single writer: its loop), or NULL */
 };
@@ -121,10 +122,10 @@ static void job_run(uv_work_t *req) {
             j->rc = rc;
             break;
         }
-        if (hd_dispatch_drain_events(&j->env, &j->out) < 0) {
-            j->rc = HD_ENOMEM;
-            break;
-        }
+        /* The frame's events go to the client before the next answer, under the loop's flow
+         * control (conn.c:drain_events, as the socket drains): they wait in the heap, and the
+         * frames behind them run after, here or in another job. */
+        if (hd_events_pending(j->env.heap)) break;
     }
 }
 

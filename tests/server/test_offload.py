@@ -199,6 +199,25 @@ class OffloadTest(h.unittest.TestCase):
         self.assertEqual([(r.id, r.status.code) for r in got], [(ids[0], 0), (ids[1], 0)])
         self.assertEqual(got[0].gc_collect.value, len(garbage))
 
+    def test_events_of_a_job_come_between_its_answer_and_the_next(self):
+        heavy = self.d.session()
+        kept, garbage = build_rings(heavy, 5000)
+        w = heavy.ok("weakref_new", handle=garbage[0], notify=True).weak
+        mask = (1 << pb.GC_START) | (1 << pb.GC_STOP) | (1 << pb.WEAKREF_CLEARED)
+        heavy.ok("set_events", mask=mask)
+        sid = heavy.hello_result.session_id
+        mark = len(self.d.log())
+        # Pipelined: a collection off the loop, then two pings behind it.
+        ids = [heavy.send("gc_collect", generation=2), heavy.send("ping"), heavy.send("ping")]
+        frames = [heavy.recv_frame() for _ in range(6)]
+        self.d.wait_log(OFFLOAD % sid, start=mark)
+        kinds = [f.response.id if f.WhichOneof("kind") == "response"
+                 else f.event.WhichOneof("kind") for f in frames]
+        self.assertEqual(kinds, [ids[0], "gc_start", "weakref_cleared", "gc_stop", ids[1], ids[2]])
+        self.assertEqual(frames[0].response.gc_collect.value, len(garbage))
+        self.assertEqual(frames[2].event.weakref_cleared.weak, w)
+        self.assertEqual(frames[3].event.gc_stop.collected, len(garbage))
+
     def test_requests_after_a_long_batch_wait_behind_it(self):
         heavy = self.d.session()
         build_rings(heavy, 200)
