@@ -959,7 +959,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
         /* The client is done sending; it may still be reading the answers it is owed, some
          * of which may wait for its session's job (settle ends it once they are written).
          * Unless it is gone: then there is no one to answer and the job may stop early. */
-        if (waiting(c) && peer_gone(c)) {
+        if (job_busy(c) && peer_gone(c)) {
             hd_log_debug("%s: peer closed while its request runs", c->peer);
             hd__conn_close(c);
             return;

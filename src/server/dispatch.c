@@ -387,9 +387,28 @@ static uint64_t op_work(const req_t *rq, uint64_t heap) {
     return w;
 }
 
+/* Whether rq (or an op of its batch) calls a service only the loop provides (the server's
+ * info, the slowlog, monitor: offload.c's job services are the thread-safe ones). Such a frame
+ * runs on the loop whatever its work: a job hands it back, and the loop never sends it away
+ * (which would hand it back and forth). */
+static bool needs_loop(const req_t *rq) {
+    switch (rq->op_case) {
+    case HEAPD__V1__REQUEST__OP_GOODBYE:
+    case HEAPD__V1__REQUEST__OP_SERVER_INFO:
+    case HEAPD__V1__REQUEST__OP_SLOWLOG_GET:
+    case HEAPD__V1__REQUEST__OP_SLOWLOG_RESET:
+    case HEAPD__V1__REQUEST__OP_MONITOR: return true;
+    case HEAPD__V1__REQUEST__OP_BATCH:
+        for (size_t i = 0; i < rq->batch->n_ops; i++)
+            if (needs_loop(rq->batch->ops[i])) return true;
+        return false;
+    default: return false;
+    }
+}
+
 /* 0 when rq may run here, else HD_DISPATCH_OFFLOAD or HD_DISPATCH_LOOP. */
 static int frame_place(const hd_dispatch_env_t *env, const req_t *rq, size_t len) {
-    if (rq->op_case == HEAPD__V1__REQUEST__OP_GOODBYE) return env->off_loop ? HD_DISPATCH_LOOP : 0;
+    if (needs_loop(rq)) return env->off_loop ? HD_DISPATCH_LOOP : 0;
     if (env->inline_work == 0) return 0;
     uint64_t heap = env->heap != NULL ? hd_heap_work(env->heap) : 0;
     uint64_t w = sat_add(op_work(rq, heap), len / 256);

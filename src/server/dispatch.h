@@ -226,17 +226,15 @@ typedef struct hd_dispatch_env_s {
 /* clang-format off */
 /* Decodes one frame payload (a ClientFrame after hello), runs it, and appends one framed
  * ServerFrame response (length prefix included) to out. Returns 0, HD_DISPATCH_DEFER (see
- * above), or HD_EPROTO when the payload could not be decoded (an error response was still
- * appended; the caller closes the connection after writing it). Never touches the heap on a
- * decode error. Sets env->last_op and env->last_status. */
- * ServerFrame response (length prefix included) to out. Returns 0, HD_DISPATCH_OFFLOAD or
- * HD_DISPATCH_LOOP (below: nothing was run or appended), or HD_EPROTO when the payload could
- * not be decoded (an error response was still appended; the caller closes the connection
- * after writing it). Never touches the heap on a decode error. */
+ * above), HD_DISPATCH_OFFLOAD or HD_DISPATCH_LOOP (below: nothing was run or appended), or
+ * HD_EPROTO when the payload could not be decoded (an error response was still appended; the
+ * caller closes the connection after writing it). Never touches the heap on a decode error.
+ * Sets env->last_op and env->last_status. */
 int hd_dispatch_frame(hd_dispatch_env_t *env, const uint8_t *payload, size_t len, hd_buf_t *out);
 /* The frame may do more work than env->inline_work: run it off the loop (offload.c). */
 #define HD_DISPATCH_OFFLOAD 2
-/* Off the loop (env->off_loop), the frame needs the loop's services (goodbye): hand it back. */
+/* Off the loop (env->off_loop), the frame needs the loop's services (goodbye, ...): hand it
+ * back. */
 #define HD_DISPATCH_LOOP 3
 /* Appends every queued engine event of env->heap as framed ServerFrame events to out. */
 int hd_dispatch_drain_events(hd_dispatch_env_t *env, hd_buf_t *out);
@@ -266,8 +264,12 @@ int hd_dispatch_write_response(const struct Heapd__V1__Response *rs, hd_buf_t *o
  * run but answered HD_DISPATCH_OFFLOAD, and the caller runs it elsewhere with an env whose
  * inline_work is 0 and off_loop is 1 (offload.c). The bound is conservative by design: an
  * incref in a large heap is counted as if it could walk it. A goodbye needs the loop (it
- * ends the connection) and is never answered HD_DISPATCH_OFFLOAD; off the loop it is answered
- * HD_DISPATCH_LOOP, so that the frames before it can run off the loop and it runs after them.
+ * ends the connection), and so do server_info, the slowlog and monitor (their services are
+ * the loop's): a frame holding one is never answered HD_DISPATCH_OFFLOAD; off the loop it is
+ * answered HD_DISPATCH_LOOP, so that the frames before it can run off the loop and it runs
+ * after them. session_report and session_op are deferred to their session's owner as on the
+ * loop (HD_DISPATCH_DEFER, which off the loop also hands the frame back); the owner answers
+ * EBUSY while that session's own heap is a job's.
  *
  * hd_dispatch_frame also returns HD_ENOMEM when not even an error response could be appended
  * to out; the client would lose a response, so the caller closes the connection. A missing

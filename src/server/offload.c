@@ -168,7 +168,7 @@ static void job_done(uv_work_t *req, int status) {
     } else {
         /* A reload while the job ran changed no heap: bring this one up to date. */
         hd_heap_set_limits(s->heap, w->cfg.session_max_bytes, w->cfg.session_max_objects);
-        if (j->nrun) hd__session_touch(s, j->nrun);
+        if (j->nrun) hd__session_touch(s, j->nrun, j->env.last_op);
         if (j->conn)
             hd__conn_offload_done(j->conn, &j->out, j->nrun, j->rc);
         else if (s->conn)
