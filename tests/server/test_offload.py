@@ -105,8 +105,17 @@ class OffloadTest(h.unittest.TestCase):
         rq = self.long_batch(heavy)
         for _ in range(20):
             light.ok("ping")
-        # Still running: nothing from the heavy session yet. Ending its session stops it.
+        # Still running: nothing from the heavy session yet. An operator's look into it would
+        # touch the job's heap: EBUSY. A batch on a large heap that asks for the server's info
+        # runs on the loop (the info is the loop's), and is answered in full.
         self.assertEqual(select.select([heavy.sock], [], [], 0)[0], [])
+        r = light.call("session_report", session_id=heavy.hello_result.session_id)
+        self.assertEqual(r.status.name, "EBUSY")
+        self.assertIn("off the loop", r.status.message)
+        build_rings(light, 1000)
+        res = run_batch(light, [("gc_collect", dict(generation=2)), ("server_info", dict())])
+        self.assertEqual([x.status.code for x in res], [0, 0])
+        self.assertTrue(len(res[1].server_info.sections) > 0)
         light.ok("kill_session", session_id=heavy.hello_result.session_id)
         got = heavy.expect_closed()
         self.assertEqual([(r.id, r.status.name) for r in got], [(0, "ENOSESSION")])
