@@ -16,6 +16,7 @@
  *             connection that sent the frames (if it is still there) is given the answers.
  */
 #include "offload.h"
+#include "observe.h"
 #include "session.h"
 
 #include <sched.h>
@@ -39,6 +40,8 @@ struct hd_job_s {
     uint64_t nrun; /* frames answered */
     int rc;        /* a frame's fatal error (EPROTO, ENOMEM): the connection then ends */
     hd_buf_t out;  /* the answers */
+    uint64_t *took_ns;  /* when someone looks (hd__observing): each answered frame's dispatch */
+    uint32_t *statuses; /* time and status, for the slowlog and the monitors; else NULL */
     hd_op_counters_t counters; /* what its frames counted, added to the worker's when back */
     hd_op_counters_t *worker_counters; /* the worker's (single writer: its loop), or NULL */
 };
@@ -114,8 +117,13 @@ static void job_run(uv_work_t *req) {
                             j->out.len >= HD_OFFLOAD_OUT_BYTES))
             break;
         size_t n = get_be32(j->frames + at);
+        uint64_t t0 = j->took_ns ? uv_hrtime() : 0;
         int rc = hd_dispatch_frame(&j->env, j->frames + at + HD_FRAME_HEADER, n, &j->out);
-        if (rc > 0) break; /* not run here (HD_DISPATCH_LOOP): it and the rest go back */
+        if (rc > 0) break; /* not run here (HD_DISPATCH_LOOP, DEFER): it and the rest go back */
+        if (j->took_ns) {
+            j->took_ns[j->nrun] = uv_hrtime() - t0;
+            j->statuses[j->nrun] = (uint32_t)j->env.last_status;
+        }
         j->nrun++;
         at += HD_FRAME_HEADER + n;
         if (rc < 0) {
@@ -147,7 +155,23 @@ static void add_counters(hd_op_counters_t *to, hd_op_counters_t *from) {
     }
 }
 
+/* On the loop: the slowlog and the monitors get the job's answered frames, as conn.c hands
+ * them its own. */
+static void observe(hd_job_t *j) {
+    hd_conn_t *c = j->conn;
+    int status = c->env.last_status;
+    for (size_t at = 0, i = 0; i < j->nrun; i++) {
+        size_t n = get_be32(j->frames + at);
+        c->env.last_status = (int)j->statuses[i];
+        hd__observe_request(c, j->frames + at + HD_FRAME_HEADER, n, j->took_ns[i]);
+        at += HD_FRAME_HEADER + n;
+    }
+    c->env.last_status = status;
+}
+
 static void job_free(hd_job_t *j) {
+    free(j->took_ns);
+    free(j->statuses);
     free(j->frames);
     hd_buf_free(&j->out);
     free(j);
@@ -169,6 +193,7 @@ static void job_done(uv_work_t *req, int status) {
         /* A reload while the job ran changed no heap: bring this one up to date. */
         hd_heap_set_limits(s->heap, w->cfg.session_max_bytes, w->cfg.session_max_objects);
         if (j->nrun) hd__session_touch(s, j->nrun, j->env.last_op);
+        if (j->conn && j->took_ns) observe(j);
         if (j->conn)
             hd__conn_offload_done(j->conn, &j->out, j->nrun, j->rc);
         else if (s->conn)
@@ -191,6 +216,19 @@ int hd__offload_frames(hd_conn_t *c, const uint8_t *payload, size_t len) {
     }
     j->len = (size_t)(end - start);
     memcpy(j->frames, start, j->len);
+    if (hd__observing(c->worker)) {
+        size_t nframes = 0;
+        for (size_t at = 0; at < j->len; nframes++)
+            at += HD_FRAME_HEADER + get_be32(j->frames + at);
+        j->took_ns = malloc(nframes * sizeof *j->took_ns);
+        j->statuses = malloc(nframes * sizeof *j->statuses);
+        if (!j->took_ns || !j->statuses) { /* not observed, rather than not run */
+            free(j->took_ns);
+            free(j->statuses);
+            j->took_ns = NULL;
+            j->statuses = NULL;
+        }
+    }
     j->session = s;
     j->conn = c;
     j->worker = c->worker;

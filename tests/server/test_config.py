@@ -22,7 +22,7 @@ KEYS = ["listen", "unix_socket", "unix_socket_mode", "workers", "max_connections
         "max_connections_per_ip", "hello_timeout", "frame_timeout", "min_frame_rate",
         "max_sessions", "max_frame_bytes", "session_max_bytes", "max_memory", "session_max_objects",
         "idle_timeout", "session_linger", "output_buffer_limit", "client_stall_timeout",
-        "tokens", "admin_tokens", "admin_peer_uids", "log_level", "log_format", "gc_enabled",
+        "offload_above", "tokens", "admin_tokens", "admin_peer_uids", "log_level", "log_format", "gc_enabled",
         "gc_threshold", "http", "http_admin_open", "http_max_connections", "http_timeout",
         "metrics_top_sessions", "slowlog_threshold_us", "slowlog_max_len", "monitor_buffer", "data_dir",
         "snapshot_interval", "snapshot_on_detach", "snapshot_compress", "replay_window",
