@@ -17,6 +17,8 @@
  */
 #include "offload.h"
 #include "observe.h"
+#include "persist.h"
+#include "replay.h"
 #include "session.h"
 
 #include <sched.h>
@@ -37,9 +39,10 @@ struct hd_job_s {
     char peer[HD_PEER_LEN]; /* the connection's, for the services' log lines */
     uint8_t *frames;
     size_t len;
-    uint64_t nrun; /* frames answered */
-    int rc;        /* a frame's fatal error (EPROTO, ENOMEM): the connection then ends */
-    hd_buf_t out;  /* the answers */
+    uint64_t nrun;      /* frames answered */
+    int rc;             /* a frame's fatal error (EPROTO, ENOMEM): the connection then ends */
+    hd_buf_t out;       /* the answers */
+    size_t *resp_end;   /* where each answered frame's response ends in out (nframes) */
     uint64_t *took_ns;  /* when someone looks (hd__observing): each answered frame's dispatch */
     uint32_t *statuses; /* time and status, for the slowlog and the monitors; else NULL */
     hd_op_counters_t counters; /* what its frames counted, added to the worker's when back */
@@ -124,7 +127,7 @@ static void job_run(uv_work_t *req) {
             j->took_ns[j->nrun] = uv_hrtime() - t0;
             j->statuses[j->nrun] = (uint32_t)j->env.last_status;
         }
-        j->nrun++;
+        j->resp_end[j->nrun++] = j->out.len;
         at += HD_FRAME_HEADER + n;
         if (rc < 0) {
             j->rc = rc;
@@ -169,7 +172,29 @@ static void observe(hd_job_t *j) {
     c->env.last_status = status;
 }
 
+/* On the loop: the responses of the frames the job ran are kept for re-sends, as conn.c
+ * keeps its own (replay.h), whether or not the connection is still there to take them. */
+static void record_replay(hd_job_t *j) {
+    hd_session_t *s = j->session;
+    hd_replay_t *rp = &s->replay;
+    size_t held = rp->held, at = 0, start = 0;
+    for (uint64_t i = 0; i < j->nrun; i++) {
+        size_t n = get_be32(j->frames + at);
+        uint64_t id = hd__replay_peek_id(j->frames + at + HD_FRAME_HEADER, n);
+        /* A frame that failed whole (the job's rc, its last) is not kept, as on the loop. */
+        bool ok = !(i + 1 == j->nrun && j->rc < 0);
+        if (id && ok && hd__replay_put(rp, id, j->out.data + start, j->resp_end[i] - start) < 0)
+            hd_log_debug("%s: no memory to keep the response of request %llu for re-sends", j->peer,
+                         (unsigned long long)id);
+        start = j->resp_end[i];
+        at += HD_FRAME_HEADER + n;
+    }
+    if (rp->held != held)
+        atomic_fetch_add(&s->worker->replay_bytes, (int_fast64_t)rp->held - (int_fast64_t)held);
+}
+
 static void job_free(hd_job_t *j) {
+    free(j->resp_end);
     free(j->took_ns);
     free(j->statuses);
     free(j->frames);
@@ -185,6 +210,13 @@ static void job_done(uv_work_t *req, int status) {
     HD_ASSERT(s->job == j && status == 0);
     s->job = NULL;
     atomic_fetch_add_explicit(&w->requests, j->nrun, memory_order_relaxed);
+    record_replay(j);
+    /* The heap is the loop's again: a shutdown's save of it (persist.c skipped it), or the
+     * background saves that waited for it. */
+    if (w->state & HD_WORKER_STOPPING)
+        hd__persist_save_now(w, s);
+    else
+        hd__persist_kick(w);
     if (j->worker_counters) add_counters(j->worker_counters, &j->counters);
     if (s->doomed) {
         HD_ASSERT(j->conn == NULL);
@@ -216,10 +248,14 @@ int hd__offload_frames(hd_conn_t *c, const uint8_t *payload, size_t len) {
     }
     j->len = (size_t)(end - start);
     memcpy(j->frames, start, j->len);
+    size_t nframes = 0;
+    for (size_t at = 0; at < j->len; nframes++)
+        at += HD_FRAME_HEADER + get_be32(j->frames + at);
+    if (!(j->resp_end = malloc(nframes * sizeof *j->resp_end))) {
+        job_free(j);
+        return HD_ENOMEM;
+    }
     if (hd__observing(c->worker)) {
-        size_t nframes = 0;
-        for (size_t at = 0; at < j->len; nframes++)
-            at += HD_FRAME_HEADER + get_be32(j->frames + at);
         j->took_ns = malloc(nframes * sizeof *j->took_ns);
         j->statuses = malloc(nframes * sizeof *j->statuses);
         if (!j->took_ns || !j->statuses) { /* not observed, rather than not run */

@@ -220,11 +220,15 @@ static void kick(hd_worker_t *w) {
     struct hd_persist_worker_s *pw = w->persist;
     if (!pw || pw->job || (w->state & HD_WORKER_STOPPING)) return;
     hd_session_t *s = w->sessions;
+    int busy = 0;
     for (; s; s = s->next) {
         if (s->save_wanted && !dirty(s)) s->save_wanted = 0;
-        if (s->save_wanted) break;
+        /* A job has the heap (offload.h): saved once it is back (hd__persist_kick). */
+        if (s->save_wanted && s->job) busy = 1;
+        if (s->save_wanted && !s->job) break;
     }
     if (!s) {
+        if (busy) return; /* the generation is not done until those are saved */
         uint64_t gen = pw->gen_asked;
         if (gen > atomic_load(&w->persist_gen_done)) atomic_store(&w->persist_gen_done, gen);
         return;
@@ -272,6 +276,10 @@ static void mark_all(hd_worker_t *w) {
 static void on_interval(uv_timer_t *t) {
     hd_worker_t *w = t->data;
     mark_all(w);
+    kick(w);
+}
+
+void hd__persist_kick(hd_worker_t *w) {
     kick(w);
 }
 
@@ -373,7 +381,7 @@ void hd__persist_worker_stop(hd_worker_t *w) {
     int n = 0;
     uint64_t t0 = hd__now_ms();
     for (hd_session_t *s = w->sessions; s; s = s->next) {
-        if (!dirty(s)) continue;
+        if (!dirty(s) || s->job) continue; /* a job's heap is saved when it is back (offload.c) */
         hd__persist_save_now(w, s);
         n++;
         /* Each session written is progress: systemd waits on (notify.c is thread-safe). */

@@ -27,6 +27,9 @@ void hd__persist_worker_reconfigure(hd_worker_t *w);
 void hd__persist_worker_stop(hd_worker_t *w);
 void hd__persist_worker_free(hd_worker_t *w);
 
+/* Starts the background saves still wanted (after a session's job is back: its heap can be
+ * read again). */
+void hd__persist_kick(hd_worker_t *w);
 /* Saves s now in this thread (shutdown). */
 void hd__persist_save_now(hd_worker_t *w, hd_session_t *s);
 /* HD_MSG_SAVE: a background save of every session of w that changed. */
