@@ -401,6 +401,32 @@ class PersistTest(unittest.TestCase):
         c2.alloc(size=8)
         self.assertEqual(c2.ok("heap_stats").objects, 2)
 
+    # -- with a request off the loop (issue 11) --------------------------------------------
+
+    def test_sigterm_during_a_long_batch_saves_the_session_after_it(self):
+        d = self.daemon(workers=1, offload_above=1000)
+        c = d.session()
+        hs = [r.alloc.handle for r in c.ok("batch", ops=[
+            harness.make_request(i + 1, "alloc", slots=1) for i in range(3000)]).results]
+        c.ok("batch", ops=[harness.make_request(i + 1, "set_slot", handle=hs[i], index=0,
+                                                target=hs[(i + 1) % 3000])
+                           for i in range(3000)])
+        hr = c.hello_result
+        mark = len(d.log())
+        rq = c.req("batch", ops=[harness.make_request(i + 1, "gc_collect", generation=2)
+                                 for i in range(20000)])
+        c.send_request(rq)
+        d.wait_log(r"session %s: \d+ bytes of requests run off the loop" % hr.session_id,
+                   start=mark)
+        # The shutdown saves every other session at once, this one once its batch stopped
+        # (never beside it: its heap was the job's); it comes back whole.
+        self.restart(d)
+        d.wait_log(r"restored 1 session")
+        c2, _ = self.resume(d, hr)
+        self.assertEqual(c2.ok("heap_stats").objects, 3000)
+        self.assertEqual(c2.ok("getrefcount", handle=hs[0]).value, 2)
+        self.assertEqual(c2.ok("gc_collect", generation=2).value, 0)
+
 
 if __name__ == "__main__":
     harness.main()
