@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * neighbour_bench.c: heapd-neighbour-bench, a light session's latency while another session
  * on the same worker collects a large heap back to back (issue 11).

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # bench/neighbour_compare.sh: a light session's ping latency beside a session collecting a
 # large heap back to back, on one worker, with long requests off the loop (offload_above as
 # shipped) and, as the peer in the same run, with every request on the loop

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * offload.c: jobs, the frames of one session run on libuv's thread pool, and heaps freed
  * there (see offload.h for who may touch what while a job runs).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * offload.h: long requests off the worker's loop (offload.c).
  *

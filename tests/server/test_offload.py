@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """test_offload.py: long requests run off the worker's loop (issue 11; issue 9 item 6).
 
 With one worker, a session whose requests may do more work than offload_above (a collection
