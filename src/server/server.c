@@ -77,6 +77,30 @@ static void on_trim(uv_timer_t *t) {
     }
 }
 
+/* glibc's thresholds, fixed at its defaults (128 KiB each), which turns their dynamic
+ * adjustment off (mallopt(3)). Left dynamic, freeing a mapped chunk raises the mmap threshold
+ * to its size (up to 32 MiB) and the trim threshold to twice that, so from then on buffers of
+ * that size come from the thread's malloc arena and stay resident when freed: every thread
+ * keeps its largest transient buffers (a big batch's frame memory, its packed response) as
+ * free memory that no session is charged and no trim sees (on_trim runs only when charges
+ * fall). Each thread has an arena of its own, and jobs run on up to 4 pool threads per worker
+ * (offload.c), so this multiplied: a session charged 16 MiB whose batches ran on 8 pool
+ * threads grew the server by 105 MiB (tests/server/test_bounds.py, test_05), against 29 MiB
+ * when they ran on the worker; with the thresholds fixed, 34 MiB. A buffer of 128 KiB or
+ * more is mapped and unmapped whole, a freed top of an arena over 128 KiB is given back: a
+ * few system calls and page faults per large frame, small beside filling it. An operator's
+ * GLIBC_TUNABLES (or MALLOC_*_ environment) setting either threshold is left alone. */
+#define HD_MALLOC_MMAP_THRESHOLD (128 * 1024)
+#define HD_MALLOC_TRIM_THRESHOLD (128 * 1024)
+static void malloc_policy(void) {
+    const char *t = getenv("GLIBC_TUNABLES");
+    if ((t && (strstr(t, "malloc.mmap_threshold") || strstr(t, "malloc.trim_threshold"))) ||
+        getenv("MALLOC_MMAP_THRESHOLD_") || getenv("MALLOC_TRIM_THRESHOLD_"))
+        return;
+    mallopt(M_MMAP_THRESHOLD, HD_MALLOC_MMAP_THRESHOLD);
+    mallopt(M_TRIM_THRESHOLD, HD_MALLOC_TRIM_THRESHOLD);
+}
+
 static void reload(hd_server_t *srv) {
     hd__notifyf("RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=Reloading the configuration",
                 (unsigned long long)monotonic_usec());
@@ -145,6 +169,7 @@ static void on_signal(uv_signal_t *h, int signum) {
 
 int hd__server_run(hd_server_t *srv) {
     srv->start_ms = hd__now_ms();
+    malloc_policy(); /* before any thread has an arena */
     srv->uid = (uint32_t)geteuid();
     uv_loop_t loop;
     if (uv_loop_init(&loop) < 0 || hd__registry_init(&srv->registry) < 0 ||
