@@ -625,14 +625,8 @@ static void call_run(hd_xcall_t *x, hd_session_t *s) {
         hd_dispatch_error(frame_id(k->frame, k->len), HD_ENOSESSION, why, &k->answer);
         return;
     }
-    if (hd__session_busy(s)) {
-        /* A job has the heap (offload.h): this loop may not touch it until the job is back. */
-        char why[128];
-        snprintf(why, sizeof why, "session %s is running a long request off the loop; try again",
-                 s->id);
-        hd_dispatch_error(frame_id(k->frame, k->len), HD_EBUSY, why, &k->answer);
-        return;
-    }
+    /* inspect.c:hd__xcall_run keeps the call waiting while a job or a save has the heap. */
+    HD_ASSERT(!hd__session_busy(s) && !s->saving);
     hd_dispatch_env_t env;
     memset(&env, 0, sizeof env);
     env.heap = s->heap;
@@ -1093,7 +1087,7 @@ int hd__conn_move(hd_conn_t *c, hd_worker_t *to, const uint8_t *frame, size_t le
 
 void hd__conn_finish(hd_conn_t *c) {
     if (c->flags & HD_CONN_CLOSING) return;
-    c->flags &= ~HD_CONN_WAITING;        /* its answer may never come back: the reason ends it */
+    c->flags &= ~HD_CONN_WAITING; /* its answer may never come back: the reason ends it */
     if (job_busy(c)) {
         /* The job stops at its next frame or batch op; its answers go first, then the
          * reason (hd__conn_offload_done finishes). */

@@ -5,6 +5,7 @@
  */
 #include "inspect.h"
 #include "metrics.h"
+#include "offload.h"
 #include "session.h"
 
 #include <stdio.h>
@@ -50,9 +51,10 @@ static void reply(hd_xcall_t *x) {
 
 void hd__xcall_run(hd_worker_t *w, hd_xcall_t *x) {
     hd_session_t *s = hd__session_find(w, x->session_id);
-    if (s && s->saving) {
-        /* A pool thread reads its heap (persist.c): the call waits for the save, as the
-         * session's own requests do. */
+    if (s && (s->saving || hd__session_busy(s))) {
+        /* A pool thread has its heap, reading it for a background save (persist.c) or
+         * running the session's long request (offload.c): the call waits until it lets go,
+         * as the session's own requests do, and is answered then. */
         x->next_wait = s->xwait;
         s->xwait = x;
         return;

@@ -55,7 +55,7 @@ struct hd_xcall_s {
     hd_worker_t *origin;   /* with the default reply: the worker done runs on */
     int status;            /* 0 once run; HD_ENOSESSION (gone); HD_ESHUTDOWN (never run) */
     hd_msg_t *back;        /* the message that carries x back, allocated when it is posted */
-    hd_xcall_t *next_wait; /* while its session is being saved: the call queued before it */
+    hd_xcall_t *next_wait; /* while a pool thread has its session's heap: the call before it */
 };
 
 /* Posts x to the worker that owns x->session_id. Returns 0 (x is taken), or HD_ENOSESSION
@@ -65,8 +65,9 @@ int hd__xcall_post(hd_server_t *srv, hd_xcall_t *x);
 /* worker.c's handlers. On the owner: runs x with its session (looked up again by id), then
  * replies. On the origin: done. */
 void hd__xcall_run(hd_worker_t *w, hd_xcall_t *x);
-/* The calls that came while s was being saved in the background (hd_session_t.xwait, newest
- * first), run in the order they came, once the save has let go of the heap (persist.c). The
+/* The calls that came while s was being saved in the background or had a job
+ * (hd_session_t.xwait, newest first), run in the order they came, once the save or the job
+ * has let go of the heap (persist.c, offload.c). The
  * list is taken from the session first, since running them may end it. */
 void hd__xcall_run_waiting(hd_worker_t *w, hd_xcall_t *newest);
 void hd__xcall_done(hd_worker_t *w, hd_xcall_t *x);

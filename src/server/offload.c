@@ -17,6 +17,7 @@
  *             connection that sent the frames (if it is still there) is given the answers.
  */
 #include "offload.h"
+#include "inspect.h"
 #include "observe.h"
 #include "persist.h"
 #include "replay.h"
@@ -219,6 +220,11 @@ static void job_done(uv_work_t *req, int status) {
     else
         hd__persist_kick(w);
     if (j->worker_counters) add_counters(j->worker_counters, &j->counters);
+    /* The operators' calls that waited for the heap (inspect.c), taken first: s may be gone
+     * below. They run last, after the session's own answers, unless a save took the heap
+     * meanwhile (above): then they wait for it. */
+    hd_xcall_t *waiting = s->xwait;
+    s->xwait = NULL;
     if (s->doomed) {
         HD_ASSERT(j->conn == NULL);
         hd__session_destroy(s, s->doomed);
@@ -233,6 +239,7 @@ static void job_done(uv_work_t *req, int status) {
             hd__conn_offload_done(s->conn, NULL, 0, 0); /* resumed meanwhile: its frames */
     }
     job_free(j);
+    hd__xcall_run_waiting(w, waiting);
 }
 
 int hd__offload_frames(hd_conn_t *c, const uint8_t *payload, size_t len) {

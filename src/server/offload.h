@@ -15,6 +15,8 @@
  *   - the session's later frames wait, in order, in its connection's parser (conn.c); the
  *     connection goes on reading (so that a drop is seen) up to a bound, then stops;
  *   - its statistics are not published (session.c), new limits wait for the job's end;
+ *   - an operator's call into it from another thread (session_report, session_op) waits on
+ *     the session (inspect.c, xwait) and runs when the job is back, after the job's answers;
  *   - ending the session (a drop without linger, an admin's kill, the linger timer, shutdown)
  *     unregisters it and marks it doomed; the job is asked to stop before its next frame or
  *     batch op, and the session is destroyed when the job is back;

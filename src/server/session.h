@@ -57,7 +57,7 @@ struct hd_session_s {
                                  * thread: no request runs, it is not freed (conn.c waits) */
     const char *doomed;         /* destroyed while saving or while a job had the heap: why
                                  * (static), finished once the heap is the loop's again */
-    hd_xcall_t *xwait;          /* inspect.c: calls from other threads waiting for the save */
+    hd_xcall_t *xwait;          /* inspect.c: other threads' calls waiting for a save or job */
     hd_job_t *job;              /* frames running off the loop: the heap is the job's (offload.h) */
     /* locked */
     hd_conn_t *conn; /* the attached connection, or NULL */
