@@ -420,7 +420,7 @@ class PersistTest(unittest.TestCase):
                    start=mark)
         # The shutdown saves every other session at once, this one once its batch stopped
         # (never beside it: its heap was the job's); it comes back whole.
-        self.restart(d)
+        d.restart()
         d.wait_log(r"restored 1 session")
         c2, _ = self.resume(d, hr)
         self.assertEqual(c2.ok("heap_stats").objects, 3000)
