@@ -135,7 +135,7 @@ struct hdc_s {
 
     hdc_hello_t hello; /* valid when have_hello; its strings are the three below */
     int have_hello;
-    char *h_session, *h_resume, *h_version;
+    char *h_session, *h_resume, *h_version, *h_node;
 
     uint64_t next_id;
     buf_t wbuf; /* frames to send; [woff, len) not sent yet */
@@ -308,7 +308,8 @@ static void forget_hello(hdc_t *c) {
     free(c->h_session);
     free(c->h_resume);
     free(c->h_version);
-    c->h_session = c->h_resume = c->h_version = NULL;
+    free(c->h_node);
+    c->h_session = c->h_resume = c->h_version = c->h_node = NULL;
     c->have_hello = 0;
 }
 
@@ -1444,17 +1445,21 @@ static int dec_hello(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
     char *sid = dupstr(r->session_id ? r->session_id : "");
     char *res = dupstr(r->resume_token ? r->resume_token : "");
     char *ver = dupstr(r->server_version ? r->server_version : "");
-    if (!sid || !res || !ver) {
+    char *node = dupstr(r->node_id ? r->node_id : "");
+    if (!sid || !res || !ver || !node) {
         free(sid);
         free(res);
         free(ver);
+        free(node);
         return HDC_ENOMEM;
     }
     forget_hello(c);
     c->h_session = sid;
     c->h_resume = res;
     c->h_version = ver;
+    c->h_node = node;
     memset(&c->hello, 0, sizeof c->hello);
+    c->hello.node_id = node;
     c->hello.session_id = sid;
     c->hello.resume_token = res;
     c->hello.server_version = ver;
@@ -1922,6 +1927,23 @@ int hdc_kill_session(hdc_t *c, const char *session_id) {
 
 int hdc_save(hdc_t *c, uint64_t *save_id) {
     return stub_save(c, NULL, SCALAR(save_id));
+}
+
+static int dec_drain(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    const Heapd__V1__DrainResult *r = (const void *)m;
+    hdc_drain_t *o = k->out[0];
+    if (!o) return 0;
+    o->draining = r->draining ? 1 : 0;
+    o->sessions = r->sessions;
+    o->attached = r->sessions_attached;
+    copy_str(o->node_id, sizeof o->node_id, r->node_id ? r->node_id : "");
+    return 0;
+}
+
+int hdc_drain(hdc_t *c, int cancel, hdc_drain_t *out) {
+    Heapd__V1__Drain m = HEAPD__V1__DRAIN__INIT;
+    m.cancel = cancel ? 1 : 0;
+    return stub_drain(c, &m, CALL(dec_drain, out));
 }
 
 void hdc_sessions_free(hdc_sessions_t *s) {

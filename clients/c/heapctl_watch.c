@@ -218,7 +218,7 @@ static int row_cmp(const void *a, const void *b) {
 
 /* The totals a rate is taken from, per session, from the previous refresh. */
 typedef struct top_prev_s {
-    char id[40];
+    char id[64];
     uint64_t requests, alloc_bytes, collections;
 } top_prev_t;
 

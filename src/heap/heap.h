@@ -62,6 +62,7 @@ extern "C" {
     XX(ETIMEDOUT, 31, "idle timeout")                                                              \
     XX(EREPLAY, 32, "request id older than the replay window (not run again)")                     \
     XX(EIO, 33, "I/O error (persistence)")                                                         \
+    XX(EMOVED, 34, "the session lives on another node")                                            \
     XX(EINTERNAL, 99, "internal error")
 
 typedef enum hd_err_e {

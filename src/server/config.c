@@ -11,6 +11,7 @@
  * apply the settings: that is the workers' and the listener's business.
  */
 #include "config.h"
+#include "cluster.h"
 #include "dispatch.h"
 #include "log.h"
 
@@ -582,6 +583,25 @@ static const char *validate_token(const void *value) {
     return NULL;
 }
 
+static const char *validate_node_id(const void *value) {
+    return hd__cluster_check_node_id(value);
+}
+
+static const char *validate_url(const void *value) {
+    return hd__cluster_check_url(value);
+}
+
+static const char *validate_peer_url(const void *value) {
+    const char *why = hd__cluster_check_url(value);
+    if (!why && *(const char *)value && !strstr(value, "{node_id}"))
+        return "peer_url must hold {node_id}, replaced by each node's id";
+    return why;
+}
+
+static const char *validate_peer(const void *value) {
+    return hd__cluster_check_peer(value);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* The table.                                                                                  */
 /* ------------------------------------------------------------------------------------------ */
@@ -683,6 +703,14 @@ static const hd_config_key_t keys[] = {
                              RELOAD, PUBLIC, NULL,               NULL),
     KEY(replay_window_bytes, size,     "1MiB",                 0,                     GIB,
                              RELOAD, PUBLIC, NULL,               NULL),
+    KEY(node_id,             string,   "\"\"",                 0,                     32,
+                             FIXED,  PUBLIC, NULL,               validate_node_id),
+    KEY(advertise_url,       string,   "\"\"",                 0,                     255,
+                             RELOAD, PUBLIC, NULL,               validate_url),
+    KEY(peer_url,            string,   "\"\"",                 0,                     255,
+                             RELOAD, PUBLIC, NULL,               validate_peer_url),
+    KEY(peers,               strlist,  "[]",                   0,                     1024,
+                             RELOAD, PUBLIC, NULL,               validate_peer),
 };
 /* clang-format on */
 #define NKEYS (sizeof keys / sizeof keys[0])

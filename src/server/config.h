@@ -74,6 +74,10 @@ typedef struct hd_config_s {
     int snapshot_compress;           /* zstd the snapshot sections */
     uint64_t replay_window;          /* responses kept per session for re-sent requests */
     uint64_t replay_window_bytes;    /* and their bytes at most */
+    char *node_id;       /* this node's name in its session ids; "" = none (cluster.h) */
+    char *advertise_url; /* where clients reach this node, for redirects to it */
+    char *peer_url;      /* any node's URL, {node_id} replaced; "" = none */
+    hd_strlist_t peers;  /* "NODE=URL" each: the other nodes' URLs */
 } hd_config_t;
 
 /* Where a loading error was found; line and column are 1-based, 0 when not known. */

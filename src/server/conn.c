@@ -122,6 +122,11 @@ static int op_save(void *ctx, uint64_t *save_id) {
     return hd__sessions_save(((hd_conn_t *)ctx)->worker, save_id);
 }
 
+static int op_drain(void *ctx, int cancel, hd_drain_info_t *out) {
+    hd_conn_t *c = ctx;
+    return hd__sessions_drain(c->worker, c->peer, cancel, out);
+}
+
 static const hd_server_ops_t server_ops = {
     .goodbye = op_goodbye,
     .server_stats = op_server_stats,
@@ -132,6 +137,7 @@ static const hd_server_ops_t server_ops = {
     .slowlog_reset = op_slowlog_reset,
     .monitor = op_monitor,
     .save = op_save,
+    .drain = op_drain,
 };
 
 void hd__conn_save_done(hd_conn_t *c) {
@@ -525,11 +531,16 @@ static void flush(hd_conn_t *c) {
 }
 
 void hd__conn_fail(hd_conn_t *c, uint64_t id, int code, const char *why) {
+    hd__conn_fail_moved(c, id, code, why, NULL);
+}
+
+void hd__conn_fail_moved(hd_conn_t *c, uint64_t id, int code, const char *why,
+                         const char *moved_to) {
     if (c->flags & (HD_CONN_CLOSING | HD_CONN_FAILED)) return;
     c->flags |= HD_CONN_LAST_WRITE | HD_CONN_FAILED;
     c->flags &= ~HD_CONN_WAITING; /* a deferred answer still to come is dropped when it does */
     stop_reading(c);
-    if (hd_dispatch_error(id, code, why, &c->out) < 0) {
+    if (hd_dispatch_error_moved(id, code, why, moved_to, &c->out) < 0) {
         hd__conn_close(c);
         return;
     }
@@ -620,7 +631,7 @@ static uint64_t frame_id(const uint8_t *frame, size_t len) {
 static void call_run(hd_xcall_t *x, hd_session_t *s) {
     conn_call_t *k = (conn_call_t *)x;
     if (!s) {
-        char why[96];
+        char why[128];
         snprintf(why, sizeof why, "no such session: %s (it ended meanwhile)", x->session_id);
         hd_dispatch_error(frame_id(k->frame, k->len), HD_ENOSESSION, why, &k->answer);
         return;
@@ -706,7 +717,7 @@ static void defer(hd_conn_t *c, const uint8_t *frame, size_t len) {
         return;
     }
     if (k) call_free(&k->x);
-    char why[96];
+    char why[128];
     snprintf(why, sizeof why, "no such session: %s", c->env.defer_to);
     if (hd_dispatch_error(frame_id(frame, len), rc, rc == HD_ENOSESSION ? why : NULL, &c->out) < 0)
         c->flags |= HD_CONN_LAST_WRITE | HD_CONN_FAILED;
@@ -748,7 +759,7 @@ static bool hello(hd_conn_t *c, const uint8_t *payload, size_t len) {
     hd_hello_t h;
     hd__session_hello(c, payload, len, &h);
     if (h.verdict == HD_HELLO_REFUSE) {
-        hd__conn_fail(c, h.id, h.code, h.why);
+        hd__conn_fail_moved(c, h.id, h.code, h.why, h.moved_to[0] ? h.moved_to : NULL);
         return false;
     }
     if (h.verdict == HD_HELLO_MOVE) {

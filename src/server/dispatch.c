@@ -428,11 +428,17 @@ static uint64_t budget_of(const hd_dispatch_env_t *env) {
 }
 
 int hd_dispatch_error(uint64_t id, int code, const char *message, hd_buf_t *out) {
+    return hd_dispatch_error_moved(id, code, message, NULL, out);
+}
+
+int hd_dispatch_error_moved(uint64_t id, int code, const char *message, const char *moved_to,
+                            hd_buf_t *out) {
     int err = code > 0 ? -code : code;
     Heapd__V1__Status status = HEAPD__V1__STATUS__INIT;
     status.code = -err;
     status.name = (char *)hd_err_name(err);
     status.message = (char *)(message != NULL ? message : hd_strerror(err));
+    if (moved_to) status.moved_to = (char *)moved_to;
     Heapd__V1__Response rs = HEAPD__V1__RESPONSE__INIT;
     rs.id = id;
     rs.status = &status;

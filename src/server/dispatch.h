@@ -64,8 +64,8 @@ typedef struct hd_op_counters_s {
 
 /* Room for a peer's name: "[ffff:...:ffff%ifname]:65535" or "unix:pid=...,uid=...,#n". */
 #define HD_PEER_LEN 128
-/* Room for a session id (16 hex digits) with its NUL, with room to spare. */
-#define HD_ID_LEN 40
+/* Room for a session id (a node id of 32 bytes at most, a dot, 16 hex digits) with its NUL. */
+#define HD_ID_LEN 64
 /* Room for a client name: Hello.client_name's first 63 bytes. */
 #define HD_NAME_LEN 64
 
@@ -178,6 +178,14 @@ typedef struct hd_server_stats_s {
 
 /* Services the server provides to dispatch: goodbye and the admin requests. Each returns 0 or
  * a negative hd_err_t; a NULL entry answers its op with EINTERNAL ("not provided"). */
+/* What the drain op answers (docs/SCALING.md). */
+typedef struct hd_drain_info_s {
+    int draining;        /* the node takes no new session */
+    uint64_t sessions;   /* sessions it holds, attached or not */
+    uint64_t attached;   /* of those, attached to a connection */
+    const char *node_id; /* the server's, for the server's life */
+} hd_drain_info_t;
+
 typedef struct hd_server_ops_s {
     void (*goodbye)(void *ctx); /* end the session after this response is written */
     int (*server_stats)(void *ctx, hd_server_stats_t *out);
@@ -196,6 +204,8 @@ typedef struct hd_server_ops_s {
     int (*monitor)(void *ctx);
     int (*save)(void *ctx,
                 uint64_t *save_id); /* start a background save; HD_EIO without data_dir */
+    /* Drain the node (cancel: take new sessions again); out says where it stands. */
+    int (*drain)(void *ctx, int cancel, hd_drain_info_t *out);
 } hd_server_ops_t;
 
 /* What one connection (or one deferred request) dispatches with. */
@@ -244,6 +254,9 @@ int hd_dispatch_drain_events(hd_dispatch_env_t *env, hd_buf_t *out);
 int hd_dispatch_drain_events_upto(hd_dispatch_env_t *env, hd_buf_t *out, size_t limit);
 /* Appends a framed error response (id, code) — for frames rejected before decoding. */
 int hd_dispatch_error(uint64_t id, int code, const char *message, hd_buf_t *out);
+/* The same with Status.moved_to (EMOVED: the URL of the node to say hello to instead). */
+int hd_dispatch_error_moved(uint64_t id, int code, const char *message, const char *moved_to,
+                            hd_buf_t *out);
 /* Appends ServerFrame { response = *rs } behind its length prefix. Borrows rs. */
 struct Heapd__V1__Response;
 int hd_dispatch_write_response(const struct Heapd__V1__Response *rs, hd_buf_t *out);

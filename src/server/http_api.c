@@ -6,7 +6,8 @@
  *   /healthz   200 while every worker's loop answers (its tick ran within HD_STALL_MS), else
  *              503 naming the stalled workers: a liveness probe
  *   /readyz    200 once the listeners are up and data_dir's sessions are restored, while not
- *              shutting down and while the memory cap is not reached; else 503 with the
+ *              shutting down, not draining (the drain op) and while the memory cap is not
+ *              reached; else 503 with the
  *              reason: a readiness probe
  *   /, /dashboard.js, /dashboard.css   the dashboard (src/server/dashboard/, embedded at build
  *              time by cmake/embed.cmake into dashboard_assets.c)
@@ -84,6 +85,10 @@ static int h_readyz(hd_http_ctx_t *x, hd_http_resp_t *rs) {
                         serving == HD_SERVING_STOPPING    ? "shutting down"
                         : serving == HD_SERVING_RESTORING ? "restoring sessions from data_dir"
                                                           : "starting");
+    } else if (atomic_load(&srv->draining)) {
+        rs->status = 503;
+        hd__http_printf(rs, "not ready: draining (%" PRIu64 " session%s left)\n", v.sessions,
+                        v.sessions == 1 ? "" : "s");
     } else if (v.memory_cap_reached) {
         rs->status = 503;
         hd__http_printf(rs, "not ready: the server's memory cap (%" PRIu64 " bytes) is reached\n",

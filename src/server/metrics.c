@@ -444,8 +444,8 @@ void hd__mview_heap_sum(const hd_mview_t *v, hd_heap_stats_t *sum) {
 /* ------------------------------------------------------------------------------------------ */
 
 /* The sections of server_info, in their order. */
-static const char *const info_sections[] = {"server", "clients", "memory",      "gc",
-                                            "limits", "stats",   "persistence", NULL};
+static const char *const info_sections[] = {"server", "clients",     "memory",  "gc", "limits",
+                                            "stats",  "persistence", "cluster", NULL};
 
 typedef struct info_s {
     hd_info_item_t *v;
@@ -645,6 +645,16 @@ int hd__metrics_info(hd_server_t *srv, const hd_config_t *cfg, const char *secti
     info_u(&in, "files_refused", atomic_load(&ps->refused));
     info_u(&in, "replay_window", cfg->replay_window);
     info_u(&in, "replay_bytes", replay);
+
+    /* Scaling out (cluster.h, docs/SCALING.md): who this node is, where it is reached. */
+    in.section = "cluster";
+    char self_url[sizeof((hd_info_item_t *)0)->s]; /* a longer one is shown as "" */
+    hd__cluster_url(cfg, srv->node_id, srv->node_id, self_url, sizeof self_url);
+    info_s(&in, "node_id", srv->node_id);
+    info_s(&in, "advertise_url", self_url);
+    info_u(&in, "draining", (uint64_t)atomic_load(&srv->draining));
+    info_u(&in, "peers", cfg->peers.n);
+    info_s(&in, "peer_url", cfg->peer_url ? cfg->peer_url : "");
 
     free(bytes);
     hd__mview_free(&v); /* after the last use of largest_id, which points into it */

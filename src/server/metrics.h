@@ -61,6 +61,8 @@ _Static_assert(HD_SNAPSHOT_MS % HD_TICK_MS == 0, "snapshots fall on ticks");
     XX(BAD_HELLO, "bad_hello", "the first frame was not a well-formed hello")                      \
     XX(RESUME, "resume", "resume of a session that is gone or attached elsewhere")                 \
     XX(SHUTDOWN, "shutdown", "the server was shutting down")                                       \
+    XX(MOVED, "moved",                                                                             \
+       "sent to another node (EMOVED): the session's owner, or off a draining one")                \
     XX(HELLO_TIMEOUT, "hello_timeout", "no hello within hello_timeout")                            \
     XX(SLOW_FRAME, "slow_frame", "a frame before hello slower than min_frame_rate")                \
     XX(INTERNAL, "internal", "out of memory or an internal error")

@@ -235,4 +235,17 @@ static int op_save(hd_opctx_t *c, const Heapd__V1__Save *a, Heapd__V1__SaveResul
     return rc;
 }
 
+static int op_drain(hd_opctx_t *c, const Heapd__V1__Drain *a, Heapd__V1__DrainResult *r) {
+    const hd_server_ops_t *ops = c->env->ops;
+    if (ops == NULL || ops->drain == NULL) return hd__op_not_provided(c, "drain");
+    hd_drain_info_t d;
+    int rc = hd__op_server_err(ops->drain(c->env->ops_ctx, a->cancel, &d));
+    if (rc < 0) return rc;
+    r->draining = d.draining;
+    r->sessions = d.sessions;
+    r->sessions_attached = d.attached;
+    r->node_id = (char *)d.node_id;
+    return 0;
+}
+
 HD_OPS_ADMIN(HD_OP_RUNNER)

@@ -171,6 +171,7 @@ int hd__server_run(hd_server_t *srv) {
     srv->start_ms = hd__now_ms();
     malloc_policy(); /* before any thread has an arena */
     srv->uid = (uint32_t)geteuid();
+    hd__cluster_node_id(&srv->cfg, srv->node_id);
     uv_loop_t loop;
     if (uv_loop_init(&loop) < 0 || hd__registry_init(&srv->registry) < 0 ||
         hd__peers_init(&srv->peers) < 0 || hd__slowlog_init(&srv->slowlog) < 0 ||
@@ -186,6 +187,9 @@ int hd__server_run(hd_server_t *srv) {
     hd_log_info("heapd %s starting (pid %ld, %zu worker%s, config %s)", HEAPD_VERSION,
                 (long)getpid(), nworkers, nworkers == 1 ? "" : "s",
                 srv->config_path ? srv->config_path : "built-in defaults");
+    if (srv->node_id[0])
+        hd_log_info("node %s (advertised as %s)", srv->node_id,
+                    *srv->cfg.advertise_url ? srv->cfg.advertise_url : "nothing: no advertise_url");
 
     /* The HTTP server's names, for the STATUS below. */
     char http_names[512] = "";

@@ -29,6 +29,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "cluster.h"
 #include "codec.h"
 #include "config.h"
 #include "dispatch.h"
@@ -265,6 +266,9 @@ struct hd_server_s {
     struct hd_http_s *http;     /* the HTTP server (http.c), or NULL when off */
     hd_persist_stats_t persist;
     atomic_uint_fast64_t persist_gen; /* save generations requested (the save op) */
+    char node_id[HD_NODE_ID_MAX + 1]; /* cluster.h: resolved at start, then fixed */
+    atomic_int draining;              /* the drain op: no new session; /readyz 503 */
+    atomic_uint next_peer;            /* round robin over peers for a draining node's hellos */
 };
 
 /* ------------------------------------------------------------------------------------------ */
@@ -387,6 +391,9 @@ void hd__conn_monitor_ready(hd_conn_t *c);
 int hd__conn_move(hd_conn_t *c, hd_worker_t *to, const uint8_t *frame, size_t len);
 /* Queues a framed error (id 0 unless known) and closes c once it is written. */
 void hd__conn_fail(hd_conn_t *c, uint64_t id, int code, const char *why);
+/* The same with Status.moved_to: a hello sent to another node (EMOVED). */
+void hd__conn_fail_moved(hd_conn_t *c, uint64_t id, int code, const char *why,
+                         const char *moved_to);
 /* c's session was being saved and no longer is: its waiting frames run, reading resumes. */
 void hd__conn_save_done(hd_conn_t *c);
 /* An admin killed c's session: it is destroyed, and c is told ENOSESSION and closed. */

@@ -52,6 +52,14 @@ static int random_hex(char *out, size_t nbytes) {
     return 0;
 }
 
+/* A new id or token: this node's id and a dot (when it has one), then n random bytes as hex
+ * digits. out has room for HD_NODE_ID_MAX + 2 + 2n bytes. Returns 0 or HD_EINTERNAL. */
+static int random_name(const hd_server_t *srv, char *out, size_t nbytes) {
+    size_t k = 0;
+    if (srv->node_id[0]) k = (size_t)sprintf(out, "%s.", srv->node_id);
+    return random_hex(out + k, nbytes);
+}
+
 /* Copies a client's name into dst (cap bytes), cut short at a character boundary and with any
  * byte that is not part of valid UTF-8 replaced by '?', so that lists and logs that show it
  * always hold valid UTF-8 (protobuf strings must be). */
@@ -297,7 +305,7 @@ static int session_create(hd_conn_t *c, const char *client_name, int admin, hd_s
     int rc = hd_heap_new(&hc, &s->heap);
     /* The session's record is the session's: charged beside the heap struct. */
     if (rc == 0) hd_heap_charge(s->heap, HD_CHARGE_session, sizeof *s, false);
-    if (rc == 0) rc = random_hex(s->resume_token, HD_RESUME_TOKEN_LEN / 2);
+    if (rc == 0) rc = random_name(w->srv, s->resume_token, HD_RESUME_TOKEN_LEN / 2);
     if (rc == 0) rc = hd__metrics_session_open(s);
     if (rc < 0) {
         hd__metrics_session_close(s);
@@ -322,8 +330,8 @@ static int session_create(hd_conn_t *c, const char *client_name, int admin, hd_s
             rc = HD_ENOMEM;
     }
     /* 64 random bits rarely collide; when they do, draw again. */
-    while (rc == 0 &&
-           ((rc = random_hex(s->id, HD_SESSION_ID_LEN / 2)) < 0 || registry_find(r, s->id) >= 0))
+    while (rc == 0 && ((rc = random_name(w->srv, s->id, HD_SESSION_ID_LEN / 2)) < 0 ||
+                       registry_find(r, s->id) >= 0))
         ;
     if (rc == 0) {
         r->v[r->nsessions++] = s;
@@ -350,8 +358,13 @@ static int session_create(hd_conn_t *c, const char *client_name, int admin, hd_s
     return 0;
 }
 
-/* A well-formed id or token: n lowercase hex digits, as random_hex writes them. */
+/* A well-formed id or token: n lowercase hex digits, as random_hex writes them, after a node
+ * id and a dot or alone (random_name). A session named for another node is kept too: an
+ * operator may hand a lost node's snapshots to another node and point peers at it. */
 static int hex_form(const char *s, size_t n) {
+    char node[HD_NODE_ID_MAX + 1];
+    size_t k = hd__cluster_owner(s, node);
+    if (k) s += k + 1;
     if (strlen(s) != n) return 0;
     for (size_t i = 0; i < n; i++)
         if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return 0;
@@ -366,8 +379,9 @@ int hd__session_restore(hd_worker_t *w, const hd_snapmeta_t *meta, hd_heap_t *he
         return HD_EINVAL;
     hd_session_t *s = calloc(1, sizeof *s);
     if (!s) return HD_ENOMEM;
-    snprintf(s->id, sizeof s->id, "%s", meta->id);
-    snprintf(s->resume_token, sizeof s->resume_token, "%s", meta->resume_token);
+    snprintf(s->id, sizeof s->id, "%.*s", (int)sizeof s->id - 1, meta->id);
+    snprintf(s->resume_token, sizeof s->resume_token, "%.*s", (int)sizeof s->resume_token - 1,
+             meta->resume_token);
     snprintf(s->client_name, sizeof s->client_name, "%.*s", HD_CLIENT_NAME_LEN - 1,
              meta->client_name);
     s->created_unix = meta->created_unix;
@@ -506,6 +520,7 @@ int hd__session_hello_answer(const hd_hello_t *h, const hd_config_t *cfg, uint64
     hr.resumed = h->resumed;
     hr.admin = h->admin;
     hr.last_id = h->resumed ? s->replay.last_id : 0;
+    hr.node_id = (char *)s->worker->srv->node_id;
     Heapd__V1__Status status = HEAPD__V1__STATUS__INIT;
     status.name = (char *)"OK";
     Heapd__V1__Response resp = HEAPD__V1__RESPONSE__INIT;
@@ -535,11 +550,15 @@ static void hello_free(void *data, void *p) {
 /* A refusal: logged here (a few a second; past that, counted in the listener's summary),
  * answered and closed by conn.c. */
 static void refuse(hd_hello_t *out, const hd_conn_t *c, int code, const char *why) {
-    if (hd__refusal_log_ok(c->worker->srv))
+    if (code == HD_EMOVED) /* a redirect is the cluster working, not a client's mistake */
+        hd_log_infof(&(hd_log_fields_t){.peer = c->peer, .op = "hello", .code = code},
+                     "%s: hello redirected: %s", c->peer, why);
+    else if (hd__refusal_log_ok(c->worker->srv))
         hd_log_warnf(&(hd_log_fields_t){.peer = c->peer, .op = "hello", .code = code},
                      "%s: hello refused: %s: %s", c->peer, hd_err_name(code), why);
     hd_reject_t reason =
-        code == HD_ETOOMANY    ? HD_REJECT_MAX_SESSIONS /* max_connections is refused at accept */
+        code == HD_EMOVED      ? HD_REJECT_MOVED
+        : code == HD_ETOOMANY  ? HD_REJECT_MAX_SESSIONS /* max_connections is refused at accept */
         : code == HD_ELIMIT    ? HD_REJECT_MAX_MEMORY
         : code == HD_EAUTH     ? HD_REJECT_AUTH
         : code == HD_EVERSION  ? HD_REJECT_VERSION
@@ -551,6 +570,57 @@ static void refuse(hd_hello_t *out, const hd_conn_t *c, int code, const char *wh
     out->verdict = HD_HELLO_REFUSE;
     out->code = code;
     out->why = why;
+}
+
+/* A resume of a session this node does not hold: when its id names another node whose URL
+ * this node knows, the hello is refused with EMOVED and that URL (Redis Cluster's MOVED);
+ * otherwise the session is lost, and ENOSESSION says so. Returns the code, why filled. */
+static int not_here(const hd_worker_t *w, const char *id, hd_hello_t *out) {
+    const hd_server_t *srv = w->srv;
+    char node[HD_NODE_ID_MAX + 1];
+    if (!hd__cluster_owner(id, node) || strcmp(node, srv->node_id) == 0) {
+        if (srv->node_id[0])
+            snprintf(out->whybuf, sizeof out->whybuf,
+                     "session lost: node %s has no session %.64s (it expired, was ended, or "
+                     "was not saved before the node stopped)",
+                     srv->node_id, id);
+        else
+            snprintf(out->whybuf, sizeof out->whybuf,
+                     "no such session (expired, ended or never existed)");
+        out->why = out->whybuf;
+        return HD_ENOSESSION;
+    }
+    char self[HD_NODE_URL_MAX];
+    hd__cluster_url(&w->cfg, srv->node_id, srv->node_id, self, sizeof self);
+    if (!hd__cluster_url(&w->cfg, srv->node_id, node, out->moved_to, sizeof out->moved_to) ||
+        (self[0] && strcmp(self, out->moved_to) == 0)) {
+        snprintf(out->whybuf, sizeof out->whybuf,
+                 "session lost: %.64s lives on node %s, which this node cannot send you to "
+                 "(not in peers, no peer_url)",
+                 id, node);
+        out->moved_to[0] = '\0';
+        out->why = out->whybuf;
+        return HD_ENOSESSION;
+    }
+    snprintf(out->whybuf, sizeof out->whybuf, "session %.64s lives on node %s at %.100s", id, node,
+             out->moved_to);
+    out->why = out->whybuf;
+    return HD_EMOVED;
+}
+
+/* A new session on a draining node: EMOVED to a peer (round robin), or ESHUTDOWN when there
+ * is none to send it to. Returns the code, why filled. */
+static int draining_refusal(hd_worker_t *w, hd_hello_t *out) {
+    hd_server_t *srv = w->srv;
+    unsigned start = atomic_fetch_add(&srv->next_peer, 1);
+    if (hd__cluster_next_peer(&w->cfg, srv->node_id, start, out->moved_to, sizeof out->moved_to)) {
+        snprintf(out->whybuf, sizeof out->whybuf, "node %s is draining: new sessions go to %.100s",
+                 srv->node_id[0] ? srv->node_id : "(this node)", out->moved_to);
+        out->why = out->whybuf;
+        return HD_EMOVED;
+    }
+    out->why = "this node is draining and takes no new session";
+    return HD_ESHUTDOWN;
 }
 
 void hd__session_hello(hd_conn_t *c, const uint8_t *payload, size_t len, hd_hello_t *out) {
@@ -600,10 +670,11 @@ void hd__session_hello(hd_conn_t *c, const uint8_t *payload, size_t len, hd_hell
     int resumed = 0;
     if (rc == 0 && *h->session_id) {
         rc = find_for_resume(w, h->session_id, h->resume_token, &s, &owner);
-        why = rc == HD_ENOSESSION ? "no such session (expired, ended or never existed)"
-              : rc == HD_EAUTH    ? "wrong resume token"
-              : rc == HD_EBUSY    ? "session is attached to another connection"
-                                  : NULL;
+        if (rc == HD_ENOSESSION) rc = not_here(w, h->session_id, out);
+        why = rc == HD_ENOSESSION || rc == HD_EMOVED ? out->why
+              : rc == HD_EAUTH                       ? "wrong resume token"
+              : rc == HD_EBUSY                       ? "session is attached to another connection"
+                                                     : NULL;
         if (rc == 0 && owner) {
             /* The session lives on another worker: the connection goes there and says
              * hello again, where the session can be resumed without crossing threads. */
@@ -618,6 +689,9 @@ void hd__session_hello(hd_conn_t *c, const uint8_t *payload, size_t len, hd_hell
             attach(s, c, admin);
             resumed = 1;
         }
+    } else if (rc == 0 && atomic_load(&w->srv->draining)) {
+        rc = draining_refusal(w, out);
+        why = out->why;
     } else if (rc == 0) {
         rc = session_create(c, h->client_name, admin, &s);
         why = rc == HD_ETOOMANY ? "too many sessions (max_sessions)"
@@ -688,6 +762,24 @@ int hd__sessions_server_stats(hd_worker_t *w, hd_server_stats_t *out) {
 
 int hd__sessions_save(hd_worker_t *w, uint64_t *save_id) {
     return hd__persist_request_save(w->srv, save_id);
+}
+
+int hd__sessions_drain(hd_worker_t *w, const char *peer, int cancel, hd_drain_info_t *out) {
+    hd_server_t *srv = w->srv;
+    hd_registry_t *r = &srv->registry;
+    int was = atomic_exchange(&srv->draining, !cancel);
+    if (was != !cancel)
+        hd_log_infof(&(hd_log_fields_t){.peer = peer, .op = "drain"}, "%s: %s: %s", peer,
+                     cancel ? "drain cancelled" : "draining",
+                     cancel ? "new sessions are taken again"
+                            : "no new session; the sessions here go on; /readyz answers 503");
+    uv_mutex_lock(&r->lock);
+    out->sessions = r->nsessions;
+    out->attached = r->nsessions - r->sessions_detached;
+    uv_mutex_unlock(&r->lock);
+    out->draining = !cancel;
+    out->node_id = srv->node_id;
+    return 0;
 }
 
 int hd__sessions_list(hd_worker_t *w, hd_session_info_t **out, size_t *n) {

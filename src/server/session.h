@@ -24,6 +24,11 @@
 #define HD_RESUME_TOKEN_LEN 32          /* hex digits: 128 random bits */
 #define HD_CLIENT_NAME_LEN  HD_NAME_LEN /* bytes of Hello.client_name kept, with its NUL */
 
+/* With a node_id, ids and tokens begin with it and a dot (cluster.h), "n1.3f9c2a7e51d04b8c". */
+#define HD_SESSION_ID_MAX   (HD_NODE_ID_MAX + 1 + HD_SESSION_ID_LEN)
+#define HD_RESUME_TOKEN_MAX (HD_NODE_ID_MAX + 1 + HD_RESUME_TOKEN_LEN)
+_Static_assert(HD_SESSION_ID_MAX < HD_ID_LEN, "session ids fit the dispatch layer's id fields");
+
 /* A session's published counters lag its heap by at most this long, so reading them from
  * another worker (server_stats, list_sessions) costs the owner one stats walk per interval
  * rather than one per request. */
@@ -36,8 +41,8 @@
  * destroyed); registered iff the session is in the registry.
  */
 struct hd_session_s {
-    char id[HD_SESSION_ID_LEN + 1];
-    char resume_token[HD_RESUME_TOKEN_LEN + 1];
+    char id[HD_SESSION_ID_MAX + 1];
+    char resume_token[HD_RESUME_TOKEN_MAX + 1];
     char client_name[HD_CLIENT_NAME_LEN];
     hd_heap_t *heap;
     hd_worker_t *worker;        /* the owner, for the session's whole life */
@@ -82,13 +87,15 @@ typedef enum hd_hello_verdict_e {
 
 typedef struct hd_hello_s {
     hd_hello_verdict_t verdict;
-    uint64_t id;           /* the hello's request id (0 when it could not be read) */
-    int code;              /* REFUSE: a negative hd_err_t */
-    const char *why;       /* REFUSE: for the client (static text) */
-    hd_worker_t *owner;    /* MOVE */
-    hd_session_t *session; /* ATTACH */
-    int resumed, admin;    /* ATTACH */
-    int resend;            /* ATTACH, resumed: re-sends come first (Hello.resend) */
+    uint64_t id;                    /* the hello's request id (0 when it could not be read) */
+    int code;                       /* REFUSE: a negative hd_err_t */
+    const char *why;                /* REFUSE: for the client (static text, or whybuf) */
+    char whybuf[320];               /* REFUSE: a why that names the session or node */
+    char moved_to[HD_NODE_URL_MAX]; /* REFUSE with HD_EMOVED: the URL to say hello to */
+    hd_worker_t *owner;             /* MOVE */
+    hd_session_t *session;          /* ATTACH */
+    int resumed, admin;             /* ATTACH */
+    int resend;                     /* ATTACH, resumed: re-sends come first (Hello.resend) */
 } hd_hello_t;
 
 /* Decides on the hello frame of connection c (not yet attached): checks it, authenticates,
@@ -122,6 +129,9 @@ int hd__sessions_kill(hd_worker_t *w, const char *peer, const char *id);
 
 /* The save op: a background save of every session (persist.c); HD_EIO without data_dir. */
 int hd__sessions_save(hd_worker_t *w, uint64_t *save_id);
+/* The drain op (docs/SCALING.md): the node takes no new session from now on (cancel: takes
+ * them again); its sessions go on. peer: the admin's connection, for the log. */
+int hd__sessions_drain(hd_worker_t *w, const char *peer, int cancel, hd_drain_info_t *out);
 
 /* A snapshot's session comes back on worker w, detached, lingering session_linger, as if its
  * connection had just dropped. Takes heap and the window's contents (rp is left empty) on

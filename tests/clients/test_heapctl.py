@@ -604,7 +604,7 @@ class Operators(unittest.TestCase):
     def test_info(self):
         d = self.js("info")
         self.assertEqual(list(d["sections"]), ["server", "clients", "memory", "gc", "limits",
-                                               "stats", "persistence"])
+                                               "stats", "persistence", "cluster"])
         self.assertEqual(d["sections"]["limits"]["slowlog_threshold_us"], 1)
         self.assertIsInstance(d["sections"]["memory"]["fragmentation_ratio"], float)
         self.assertEqual(list(self.js("info", "memory")["sections"]), ["memory"])

@@ -26,7 +26,7 @@ KEYS = ["listen", "unix_socket", "unix_socket_mode", "workers", "max_connections
         "gc_threshold", "http", "http_admin_open", "http_max_connections", "http_timeout",
         "metrics_top_sessions", "slowlog_threshold_us", "slowlog_max_len", "monitor_buffer", "data_dir",
         "snapshot_interval", "snapshot_on_detach", "snapshot_compress", "replay_window",
-        "replay_window_bytes"]
+        "replay_window_bytes", "node_id", "advertise_url", "peer_url", "peers"]
 
 
 def run(*args, timeout=10):

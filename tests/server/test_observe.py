@@ -16,7 +16,7 @@ import harness as h
 from harness import pb
 
 ADMIN = "adm1n"
-SECTIONS = ["server", "clients", "memory", "gc", "limits", "stats", "persistence"]
+SECTIONS = ["server", "clients", "memory", "gc", "limits", "stats", "persistence", "cluster"]
 
 
 def fields(result):

@@ -106,6 +106,7 @@ ERROR_MAP = (
     ("EREPLAY", 32, "request id older than the replay window (not run again)", "ReplayExpired",
      ()),
     ("EIO", 33, "I/O error (persistence)", "PersistenceError", (OSError,)),
+    ("EMOVED", 34, "the session lives on another node", "Moved", ()),
     ("EINTERNAL", 99, "internal error", "InternalError", ()),
 )
 

@@ -136,9 +136,10 @@ typedef struct hdc_hello_s {
     const char *server_version;
     uint32_t protocol_version;
     hdc_limits_t limits;
-    int resumed;      /* 1: an existing session was resumed, its heap as it was left */
-    int admin;        /* 1: admin requests are allowed */
-    uint64_t last_id; /* on a resume: the last request id the session ran */
+    int resumed;         /* 1: an existing session was resumed, its heap as it was left */
+    int admin;           /* 1: admin requests are allowed */
+    uint64_t last_id;    /* on a resume: the last request id the session ran */
+    const char *node_id; /* the node serving the session ("" for one without a node_id) */
 } hdc_hello_t;
 
 /* A new, unconnected client; NULL when out of memory. */
@@ -515,6 +516,17 @@ int hdc_kill_session(hdc_t *c, const char *session_id);
 /* Starts a background save of every session (docs/PERSISTENCE.md); *save_id names it: it is
  * done when hdc_server_stats' persist_save_done reaches it. HDC_EIO without data_dir. */
 int hdc_save(hdc_t *c, uint64_t *save_id);
+/* What hdc_drain answers (docs/SCALING.md). */
+typedef struct hdc_drain_s {
+    int draining;      /* 1: the node takes no new session */
+    uint64_t sessions; /* sessions it still holds, attached or detached */
+    uint64_t attached; /* of those, attached to a connection */
+    char node_id[33];  /* the node's id ("" without one) */
+} hdc_drain_t;
+/* Drains the node (cancel 0): it takes no new session (its /readyz answers 503; a hello for
+ * a new one is sent to a peer with EMOVED), serves and keeps the sessions it has. cancel 1
+ * undoes it. out (may be NULL) says where the node stands. */
+int hdc_drain(hdc_t *c, int cancel, hdc_drain_t *out);
 /* How many times this client resumed its session after a drop (resume_ms). */
 uint64_t hdc_resumes(const hdc_t *c);
 
