@@ -132,6 +132,10 @@ struct hdc_s {
     qmode_t mode;
     int timeout_ms; /* 0 = forever */
     char *url, *token, *client_name;
+    /* Several nodes (docs/SCALING.md): the URL a redirect (EMOVED) sent this hello to, or
+     * NULL for url; each hello starts again from url. moved_to: the last EMOVED's URL. */
+    char *at, *moved_to;
+    unsigned redirects; /* hellos redirected, ever */
 
     hdc_hello_t hello; /* valid when have_hello; its strings are the three below */
     int have_hello;
@@ -318,6 +322,8 @@ void hdc_free(hdc_t *c) {
     hdc_close(c);
     forget_hello(c);
     free(c->url);
+    free(c->at);
+    free(c->moved_to);
     free(c->token);
     free(c->client_name);
     free(c->target);
@@ -394,11 +400,14 @@ static int connect_unix(hdc_t *c, const char *path) {
         return note(c, HDC_EINVAL, "bad unix socket path \"%s\"", path);
     memcpy(sa.sun_path, path, strlen(path) + 1);
     int fd = open_socket(AF_UNIX);
-    if (fd < 0) return note(c, HDC_ECONNECT, "cannot connect to %s: %s", c->url, strerror(errno));
+    if (fd < 0)
+        return note(c, HDC_ECONNECT, "cannot connect to %s%s: %s", c->at ? c->at : c->url,
+                    c->at ? " (the session's node, by redirect)" : "", strerror(errno));
     int err = connect_wait(fd, (struct sockaddr *)&sa, sizeof sa, c->timeout_ms);
     if (err) {
         close(fd);
-        return note(c, HDC_ECONNECT, "cannot connect to %s: %s", c->url, strerror(err));
+        return note(c, HDC_ECONNECT, "cannot connect to %s%s: %s", c->at ? c->at : c->url,
+                    c->at ? " (the session's node, by redirect)" : "", strerror(err));
     }
     c->fd = fd;
     return 0;
@@ -495,15 +504,18 @@ static int connect_tcp(hdc_t *c, const char *host, const char *port) {
         close(fd);
     }
     freeaddrinfo(res);
-    if (c->fd < 0) return note(c, HDC_ECONNECT, "cannot connect to %s: %s", c->url, strerror(err));
+    if (c->fd < 0)
+        return note(c, HDC_ECONNECT, "cannot connect to %s%s: %s", c->at ? c->at : c->url,
+                    c->at ? " (the session's node, by redirect)" : "", strerror(err));
     return 0;
 }
 
-/* Opens c->fd for c->url (parse_url's forms). */
+/* Opens c->fd for c->url, or the node a redirect named (c->at), in parse_url's forms. */
 static int open_url(hdc_t *c) {
     url_t u;
     char why[512];
-    if (parse_url(c->url, &u, why, sizeof why) < 0) return note(c, HDC_EINVAL, "%s", why);
+    const char *url = c->at ? c->at : c->url;
+    if (parse_url(url, &u, why, sizeof why) < 0) return note(c, HDC_EINVAL, "%s", why);
     return u.is_unix ? connect_unix(c, u.path) : connect_tcp(c, u.host, u.port);
 }
 
@@ -775,6 +787,24 @@ static int wait_calls(hdc_t *c) {
 /* Resuming after a drop (resume_ms).                                                          */
 /* ------------------------------------------------------------------------------------------ */
 
+/* Keeps an EMOVED's URL for the next hello (open_session, try_resume). */
+static void note_moved(hdc_t *c, const Heapd__V1__Status *st) {
+    free(c->moved_to);
+    c->moved_to = st->moved_to && *st->moved_to ? dupstr(st->moved_to) : NULL;
+}
+
+/* Takes the last EMOVED's URL as where the next hello goes: 1, or 0 when there is none or the
+ * hello has been sent on HDC_MAX_REDIRECTS times already (*hops counts them). */
+static int follow_moved(hdc_t *c, unsigned *hops) {
+    if (!c->moved_to || *hops >= HDC_MAX_REDIRECTS) return 0;
+    free(c->at);
+    c->at = c->moved_to;
+    c->moved_to = NULL;
+    ++*hops;
+    c->redirects++;
+    return 1;
+}
+
 static int dec_hello(hdc_t *c, call_t *k, const ProtobufCMessage *m);
 
 #define RESUME_BACKOFF_MIN_MS 10
@@ -856,6 +886,7 @@ static int resume_hello(hdc_t *c) {
     if (!r || !r->status) {
         rc = note(c, HDC_EBADREPLY, "the answer to hello is not a response");
     } else if (r->status->code != 0) {
+        if (-r->status->code == HDC_EMOVED) note_moved(c, r->status);
         rc = note(c, -r->status->code, "%s: %s", hdc_err_name(-r->status->code),
                   r->status->message ? r->status->message : "");
     } else if (r->result_case != HEAPD__V1__RESPONSE__RESULT_HELLO || !r->hello) {
@@ -877,7 +908,7 @@ static int resume_hello(hdc_t *c) {
 static int try_resume(hdc_t *c, const char *what) {
     c->resuming = 1;
     uint64_t deadline = now_ms() + (uint64_t)c->resume_ms;
-    unsigned backoff = RESUME_BACKOFF_MIN_MS;
+    unsigned backoff = RESUME_BACKOFF_MIN_MS, hops = 0;
     int rc;
     for (;;) {
         if (c->fd >= 0) close(c->fd);
@@ -888,6 +919,13 @@ static int try_resume(hdc_t *c, const char *what) {
         rc = open_url(c);
         if (rc == 0) rc = resume_hello(c);
         if (rc == 0) break;
+        /* Sent to the session's node: go there at once. */
+        if (rc == HDC_EMOVED && follow_moved(c, &hops)) continue;
+        /* Every other try starts again from the URL given (a balancer), which may send it
+         * to a node that is back, or say the session is lost. */
+        free(c->at);
+        c->at = NULL;
+        hops = 0;
         /* The session is gone or refuses us: trying again would not help. */
         if (rc == HDC_ENOSESSION || rc == HDC_EAUTH || rc == HDC_EBADREPLY || now_ms() >= deadline)
             break;
@@ -977,6 +1015,7 @@ static void complete(hdc_t *c, call_t *k, const Heapd__V1__Response *r) {
     }
     if (r->status->code != 0) {
         k->status = -r->status->code;
+        if (k->status == HDC_EMOVED) note_moved(c, r->status);
         const char *m = r->status->message;
         if (m && *m)
             note(c, k->status, "%s: %s",
@@ -1474,6 +1513,10 @@ static int dec_hello(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
     }
     c->hello.resumed = r->resumed ? 1 : 0;
     c->hello.admin = r->admin ? 1 : 0;
+    /* Ids go on above the session's last: a client that resumed another's session starts
+     * at 1, and after a drop its re-sends would be answered from the replay window as the
+     * earlier requests of the same ids. */
+    if (r->resumed && r->last_id > c->next_id) c->next_id = r->last_id;
     c->have_hello = 1;
     return 0;
 }
@@ -1499,8 +1542,23 @@ static int dec_batch(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
 /* Session calls.                                                                              */
 /* ------------------------------------------------------------------------------------------ */
 
-/* Opens the socket and says hello, resuming session_id when it is given. */
+static int open_session_at(hdc_t *c, const char *session_id, const char *resume_token);
+
+/* Opens the socket and says hello, resuming session_id when it is given; follows redirects
+ * (EMOVED) to the node that owns the session, HDC_MAX_REDIRECTS at most. */
 static int open_session(hdc_t *c, const char *session_id, const char *resume_token) {
+    unsigned hops = 0;
+    int rc;
+    free(c->at);
+    c->at = NULL;
+    while ((rc = open_session_at(c, session_id, resume_token)) == HDC_EMOVED &&
+           follow_moved(c, &hops))
+        ;
+    return rc;
+}
+
+/* One hello on a new connection to c->at or c->url; HDC_EMOVED when it was sent elsewhere. */
+static int open_session_at(hdc_t *c, const char *session_id, const char *resume_token) {
     hdc_close(c);
     set_ok(c);
     int rc = open_url(c);

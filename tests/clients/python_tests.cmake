@@ -15,6 +15,8 @@
 #                            fake servers.
 #   python.stdlib_docs.<impl> the examples of the gc, weakref and tracemalloc documentation,
 #                            adapted by the session prefix, against such a heapd.
+#   python.redirect.<impl>   three nodes: connect, reconnect, resume after a drop, asyncio and
+#                            heapctl given a node that does not own the session (EMOVED).
 #   python.examples          every script in clients/python/examples against such a heapd.
 #   python.package           pip install (offline, into a venv; with and without the C codec),
 #                            python3 -m build and cmake --install each give a package that
@@ -85,6 +87,15 @@ foreach(impl ${HEAPD_PY_IMPLS})
                           PYTHONPATH ${CMAKE_BINARY_DIR}/clients/python
                           ENV HEAPD_PYTHON_IMPLEMENTATION=${impl})
     endforeach()
+endforeach()
+
+# Redirects between nodes (EMOVED, docs/SCALING.md), followed by both codecs' sessions, the
+# asyncio one, and heapctl (the C client).
+foreach(impl ${HEAPD_PY_IMPLS})
+    heapd_daemon_test(python.redirect.${impl} ${HEAPD_PY_TEST_DIR}/test_redirect.py
+                      TIMEOUT 120
+                      PYTHONPATH ${CMAKE_BINARY_DIR}/clients/python
+                      ENV HEAPD_PYTHON_IMPLEMENTATION=${impl} "HEAPCTL_BIN=$<TARGET_FILE:heapctl>")
 endforeach()
 
 # Resuming through restarts, cut links and lost responses (connect(resume_timeout=...)), with

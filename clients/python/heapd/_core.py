@@ -51,6 +51,10 @@ __all__ = ["SessionCore", "Scope", "Limits", "Finalized", "PROTOCOL_VERSION", "C
 
 #: The protocol version this client speaks (``Hello.protocol_version``).
 PROTOCOL_VERSION = 1
+# Hellos sent on to the node a redirect (EMOVED) names, at most, per connect or resume: more
+# means nodes that disagree about who owns the session (docs/SCALING.md); the C client's
+# HDC_MAX_REDIRECTS.
+MAX_REDIRECTS = 5
 
 CLIENT_NAME = "heapd-python/" + __version__
 
@@ -306,6 +310,11 @@ class SessionCore:
         self.server_version = ""
         self.limits = Limits(0, 0, 0, 0)
         self.resumed = self.admin = False
+        # Several nodes (docs/SCALING.md): the node serving the session, the URL it was
+        # reached at (the URL given, or where redirects led), and the redirects followed.
+        self.node_id = ""
+        self.node_url = self.url
+        self.redirects = 0
         self._root = self  # the session itself (a pipeline's is the session it queues for)
         self._trace_nframe = 1  # frames of the caller's stack each allocation records
         self._max_out = 4096  # largest frame we may send (the hello's limit until known)
@@ -326,13 +335,16 @@ class SessionCore:
         if frame[0] != 1:
             raise errors.BadReply(f"expected the hello's response, got a frame of kind "
                                   f"{frame[0]}")
-        _, fid, code, name, message, resnum, result = frame
+        _, fid, code, name, message, resnum, result, moved_to = frame
         if fid not in (rid, 0):
             raise errors.BadReply(f"hello answered with id {fid} (sent {rid})")
         if code:
             if resnum:
                 raise errors.BadReply("failed hello carries a result")
-            raise errors.error_from_status(code, message, name)
+            exc = errors.error_from_status(code, message, name)
+            if isinstance(exc, errors.Moved):
+                exc.url = moved_to
+            raise exc
         if fid != rid:
             raise errors.BadReply("hello answered with id 0")
         if resnum != HELLO.number:
@@ -356,12 +368,18 @@ class SessionCore:
         self.server_version = hello.server_version
         self.resumed = hello.resumed
         self.admin = hello.admin
+        self.node_id = hello.node_id
         self.limits = Limits(lim.max_bytes, lim.max_objects, lim.max_frame_bytes,
                              lim.max_read_bytes, lim.replay_window or 0)
         self._max_out = lim.max_frame_bytes
         reader.max_frame = lim.max_frame_bytes
         # A resumed session keeps the event mask it had; a new one starts with none.
         self._mask = -1 if hello.resumed else 0
+        # Ids go on above the session's last: a Session that resumed another's session
+        # (resume=) starts at 1, and after a drop its re-sends (Hello.resend) would be taken
+        # for the earlier requests of those ids and answered from the replay window.
+        if hello.resumed and hello.last_id >= self._next_id:
+            self._next_id = hello.last_id + 1
         self._ended = False
 
     # -- requests out --------------------------------------------------------------------
@@ -520,7 +538,7 @@ class SessionCore:
             return None
         if kind != 1:
             return None  # a frame kind from a newer protocol
-        _, fid, code, name, message, resnum, result = frame
+        _, fid, code, name, message, resnum, result, _moved = frame
         if not self._inflight:
             if fid == 0 and code:
                 self._last_word(code, message, name)

@@ -15,8 +15,9 @@ decode it strictly:
   ``OverflowError``.
 * ``Codec.reader(max_frame)`` gives a :class:`Reader`: ``feed(data)`` it the bytes read
   from the socket and call ``gets()`` until it returns ``None``.  Each frame comes out as
-  ``(1, id, code, name, message, result_number, result)`` for a response (result
-  ``None`` and result_number 0 when it carries none), ``(2, kind, event)`` for an event,
+  ``(1, id, code, name, message, result_number, result, moved_to)`` for a response
+  (result ``None`` and result_number 0 when it carries none; moved_to the status's
+  redirect URL, ``""`` but for EMOVED), ``(2, kind, event)`` for an event,
   or ``(0, kind)`` for a frame kind this client does not know.  Anything malformed (a
   length of 0 or over ``max_frame``, a bad varint, a field of the wrong wire type, a
   truncated field, invalid UTF-8, a value out of its field's range, a response without
@@ -330,14 +331,14 @@ class Reader:
             # Other fields are from a newer protocol: skipped.
         if status is None:
             raise ValueError("response without a status")
-        code, name, message = _status(data, *status)
+        code, name, message, moved_to = _status(data, *status)
         if resnum:
             mi = self._codec._results.get(resnum)
             if mi is None:
                 result = bytes(data[result[0]:result[1]])
             else:
                 result = self._message(mi, data, *result)
-        return (1, rid, code, name, message, resnum, result)
+        return (1, rid, code, name, message, resnum, result, moved_to)
 
     def _event(self, data, start, end):
         kind = 0
@@ -500,18 +501,20 @@ def _unpack_packed(data, pos, end, ftype, items, mname, fname):
 
 
 def _status(data, start, end):
-    code, name, message = 0, "", ""
+    code, name, message, moved_to = 0, "", "", ""
     for number, wire, fstart, fend in _fields(data, start, end):
         if number == 1:
             if wire != 0:
                 raise ValueError("Status.code is not a varint")
             code = _scalar_value(data, 0, fstart, 0, _INT32, "Status", "code")
-        elif number in (2, 3):
+        elif number in (2, 3, 4):
             if wire != 2:
                 raise ValueError(f"Status field {number} is not a string")
             text = _scalar_value(data, 2, fstart, fend, _STRING, "Status", "name")
             if number == 2:
                 name = text
-            else:
+            elif number == 3:
                 message = text
-    return code, name, message
+            else:
+                moved_to = text
+    return code, name, message, moved_to

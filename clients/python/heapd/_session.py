@@ -23,8 +23,8 @@ import warnings
 
 from . import errors
 from ._codec import codec
-from ._core import (CLIENT_NAME, DECREF, GOODBYE, PING, _PING_ARGS, SessionCore, _Chunk,
-                    _Exchange)
+from ._core import (CLIENT_NAME, DECREF, GOODBYE, MAX_REDIRECTS, PING, _PING_ARGS, SessionCore,
+                    _Chunk, _Exchange)
 from ._gc import GC, GarbageList
 from ._trace import Tracemalloc
 from ._transport import open_socket
@@ -120,10 +120,25 @@ class Session(SessionCore):
                 time.sleep(0.05)
 
     def _hello(self, resume, resend=False):
-        """Opens a connection and exchanges hello on it.  With ``resend`` (resuming after a
-        drop) the requests in flight stay, to be re-sent."""
+        """Opens a connection and exchanges hello on it, following redirects (EMOVED) to the
+        node that owns the session, at most MAX_REDIRECTS.  With ``resend`` (resuming after
+        a drop) the requests in flight stay, to be re-sent."""
+        url = self.url
+        for hops in range(MAX_REDIRECTS + 1):
+            try:
+                self._hello_at(url, resume, resend)
+            except errors.Moved as exc:
+                if not exc.url or hops == MAX_REDIRECTS:
+                    raise
+                url = exc.url
+                self.redirects += 1
+                continue
+            self.node_url = url
+            return
+
+    def _hello_at(self, url, resume, resend):
         args = self._hello_args(resume, resend)
-        sock = open_socket(self.url, self._connect_timeout)
+        sock = open_socket(url, self._connect_timeout)
         reader = codec.reader()
         try:
             sock.settimeout(self._timeout if self._timeout is not None else

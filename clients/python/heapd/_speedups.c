@@ -19,7 +19,8 @@
  *   Codec.encode(rid, op, args)   -> bytes: one frame, length prefix included
  *   Codec.encode_many(iterable)   -> bytes: the frames of (rid, op, args) triples
  *   Codec.reader(max_frame)       -> Reader
- *   Reader.feed(data); Reader.gets() -> None | (1, id, code, name, message, resnum, result)
+ *   Reader.feed(data); Reader.gets() -> None
+ *                                         | (1, id, code, name, message, resnum, result, moved_to)
  *                                         | (2, kind, event) | (0, kind)
  *
  * Encoding errors: TypeError (a value of the wrong type), OverflowError (out of its field's
@@ -964,9 +965,9 @@ done:
     return result;
 }
 
-/* The envelope: Status { code (1), name (2), message (3) }. */
+/* The envelope: Status { code (1), name (2), message (3), moved_to (4) }. */
 static int decode_status(const unsigned char *p, const unsigned char *end, long *code,
-                         PyObject **name, PyObject **message) {
+                         PyObject **name, PyObject **message, PyObject **moved_to) {
     cur_t cur = {p, end};
     wfield_t w;
     int rc;
@@ -982,7 +983,7 @@ static int decode_status(const unsigned char *p, const unsigned char *end, long 
                 return -1;
             }
             *code = (long)s;
-        } else if (w.number == 2 || w.number == 3) {
+        } else if (w.number == 2 || w.number == 3 || w.number == 4) {
             if (w.wire != W_LEN) {
                 bad_input("Status field %u is not a string", w.number);
                 return -1;
@@ -995,13 +996,14 @@ static int decode_status(const unsigned char *p, const unsigned char *end, long 
                 }
                 return -1;
             }
-            Py_XSETREF(*(w.number == 2 ? name : message), s);
+            Py_XSETREF(*(w.number == 2 ? name : w.number == 3 ? message : moved_to), s);
         }
     }
     return rc;
 }
 
-/* Response { id (1), status (2), <result> (N) } -> (1, id, code, name, message, N, result). */
+/* Response { id (1), status (2), <result> (N) } -> (1, id, code, name, message, N, result,
+ * moved_to). */
 static PyObject *decode_response(CodecObject *c, const unsigned char *p, const unsigned char *end) {
     uint64_t rid = 0;
     const unsigned char *sp = NULL, *se = NULL, *rp = NULL, *re = NULL;
@@ -1029,10 +1031,11 @@ static PyObject *decode_response(CodecObject *c, const unsigned char *p, const u
     if (rc < 0) return NULL;
     if (!sp) return bad_input("response without a status");
     long code = 0;
-    PyObject *name = NULL, *message = NULL, *result = NULL;
-    if (decode_status(sp, se, &code, &name, &message) < 0) goto fail;
+    PyObject *name = NULL, *message = NULL, *moved_to = NULL, *result = NULL;
+    if (decode_status(sp, se, &code, &name, &message, &moved_to) < 0) goto fail;
     if (!name && !(name = PyUnicode_New(0, 0))) goto fail;
     if (!message && !(message = PyUnicode_New(0, 0))) goto fail;
+    if (!moved_to && !(moved_to = PyUnicode_New(0, 0))) goto fail;
     if (resnum) {
         int32_t mi = nummap_get(&c->results, resnum);
         result = mi < 0 ? PyBytes_FromStringAndSize((const char *)rp, re - rp)
@@ -1041,11 +1044,12 @@ static PyObject *decode_response(CodecObject *c, const unsigned char *p, const u
     } else {
         result = Py_NewRef(Py_None);
     }
-    return Py_BuildValue("(iKlNNIN)", 1, (unsigned long long)rid, code, name, message, resnum,
-                         result);
+    return Py_BuildValue("(iKlNNINN)", 1, (unsigned long long)rid, code, name, message, resnum,
+                         result, moved_to);
 fail:
     Py_XDECREF(name);
     Py_XDECREF(message);
+    Py_XDECREF(moved_to);
     Py_XDECREF(result);
     return NULL;
 }

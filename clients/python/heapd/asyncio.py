@@ -46,7 +46,7 @@ import traceback
 
 from . import errors
 from ._codec import codec
-from ._core import CLIENT_NAME, GOODBYE, HELLO, SessionCore, _Exchange
+from ._core import CLIENT_NAME, GOODBYE, HELLO, MAX_REDIRECTS, SessionCore, _Exchange
 from ._gc import GC, AsyncGarbageList
 from ._ops import OPS
 from ._ref import AsyncRef
@@ -179,11 +179,26 @@ class Session(SessionCore):
                 await asyncio.sleep(0.05)
 
     async def _hello(self, resume, resend=False):
-        """Connects and says hello; with ``resend`` (resuming after a drop) the requests in
-        flight are kept, to be re-sent, and a failure only closes the new connection."""
+        """Connects and says hello, following redirects (EMOVED) to the node that owns the
+        session, at most MAX_REDIRECTS; with ``resend`` (resuming after a drop) the requests
+        in flight are kept, to be re-sent, and a failure only closes the new connection."""
+        url = self.url
+        for hops in range(MAX_REDIRECTS + 1):
+            try:
+                await self._hello_at(url, resume, resend)
+            except errors.Moved as exc:
+                if not exc.url or hops == MAX_REDIRECTS:
+                    raise
+                url = exc.url
+                self.redirects += 1
+                continue
+            self.node_url = url
+            return
+
+    async def _hello_at(self, url, resume, resend):
         args = self._hello_args(resume, resend)
         loop = asyncio.get_running_loop()
-        family, address = parse_url(self.url)
+        family, address = parse_url(url)
         protocol = _Protocol(self)
         try:
             if family == socket.AF_UNIX:
@@ -192,7 +207,7 @@ class Session(SessionCore):
                 make = loop.create_connection(lambda: protocol, address[0], address[1])
             transport, _ = await asyncio.wait_for(make, self._connect_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
-            raise errors.ConnectionClosed(f"cannot connect to {self.url}: {exc}") from exc
+            raise errors.ConnectionClosed(f"cannot connect to {url}: {exc}") from exc
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -129,6 +129,9 @@ def _make_classes():
 
 
 _make_classes()
+# A redirect to the node that owns the session (docs/SCALING.md): the client follows it by
+# itself; when it cannot (too many hops), ``url`` says where the server sent it.
+Moved.url = ""  # noqa: F821 (made by _make_classes)
 
 
 class BadReply(ProtocolError):  # noqa: F821 (made by _make_classes)

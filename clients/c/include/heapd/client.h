@@ -130,6 +130,10 @@ typedef struct hdc_limits_s {
 
 /* What the hello answered. Strings are owned by the connection, valid until the next
  * hdc_connect/hdc_reconnect or hdc_free. */
+/* Hellos sent on to the node named by a redirect (EMOVED) at most, per connect or resume:
+ * more means nodes that disagree about who owns the session (docs/SCALING.md). */
+#define HDC_MAX_REDIRECTS 5
+
 typedef struct hdc_hello_s {
     const char *session_id;
     const char *resume_token;
