@@ -516,14 +516,15 @@ void print_sessions(ctx_t *x, hdc_sessions_t *s, const char *mine) {
     }
     int wp = widest(s, offsetof(hdc_session_info_t, peer), 4);
     int wn = widest(s, offsetof(hdc_session_info_t, client_name), 6);
-    out(x, "%-16s  %-*s  %-*s  %-8s %12s %10s %10s %-16s %9s\n", "SESSION", wn, "CLIENT", wp,
+    int wi = widest(s, offsetof(hdc_session_info_t, id), 16); /* ids may name their node */
+    out(x, "%-*s  %-*s  %-*s  %-8s %12s %10s %10s %-16s %9s\n", wi, "SESSION", wn, "CLIENT", wp,
         "PEER", "STATE", "BYTES", "OBJECTS", "REQUESTS", "LAST OP", "IDLE");
     char b1[32], b2[32], b3[32];
     for (size_t i = 0; i < s->n; i++) {
         const hdc_session_info_t *e = &s->v[i];
         int self = mine && strcmp(mine, e->id) == 0;
-        out(x, "%-16s  %-*s  %-*s  %-8s %12s %10s %10s %-16s %8.1fs\n", e->id, wn, e->client_name,
-            wp, e->peer,
+        out(x, "%-*s  %-*s  %-*s  %-8s %12s %10s %10s %-16s %8.1fs\n", wi, e->id, wn,
+            e->client_name, wp, e->peer,
             self          ? "self"
             : e->attached ? "attached"
                           : "detached",
@@ -533,13 +534,149 @@ void print_sessions(ctx_t *x, hdc_sessions_t *s, const char *mine) {
     if (s->total > s->n) out(x, "(%" PRIu64 " more not shown)\n", s->total - s->n);
 }
 
+/* A connection of heapctl's own to url (--nodes), as main's to --connect; NULL with x->msg
+ * set and *rc the failure. */
+static hdc_t *connect_node(ctx_t *x, const char *url, int *rc) {
+    hdc_t *c = hdc_new();
+    if (!c) {
+        *rc = HDC_ENOMEM;
+        snprintf(x->msg, sizeof x->msg, "out of memory");
+        return NULL;
+    }
+    hdc_options_t o;
+    hdc_options_init(&o);
+    o.token = x->token;
+    o.client_name = "heapctl/" HEAPD_VERSION;
+    o.timeout_ms = x->timeout_ms;
+    if ((*rc = hdc_connect(c, url, &o)) != 0) {
+        snprintf(x->msg, sizeof x->msg, "node %s: %s", url, hdc_errmsg(c));
+        hdc_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* sessions --nodes a,b,c: every node's list, heapctl's own sessions left out, as one table
+ * (ids name their node), after a line per node. A node that cannot be asked fails the
+ * command, after the others are shown. */
+static int sessions_of_nodes(ctx_t *x) {
+    hdc_sessions_t all = {0};
+    int failed = 0;
+    char *list = strdup(x->nodes), *save = NULL;
+    if (!list) return HDC_ENOMEM;
+    if (x->json) j_arr(&x->j, "nodes");
+    char firstmsg[sizeof x->msg] = "";
+    for (char *u = strtok_r(list, ",", &save); u; u = strtok_r(NULL, ",", &save)) {
+        int rc;
+        hdc_t *c = connect_node(x, u, &rc);
+        hdc_sessions_t s = {0};
+        if (c && (rc = hdc_list_sessions(c, &s)) != 0)
+            snprintf(x->msg, sizeof x->msg, "node %s: %s", u, hdc_errmsg(c));
+        const char *node = c ? hdc_hello_info(c)->node_id : "";
+        const char *mine = c ? hdc_hello_info(c)->session_id : "";
+        size_t kept = 0;
+        for (size_t i = 0; rc == 0 && i < s.n; i++) {
+            if (strcmp(s.v[i].id, mine) == 0) continue;
+            hdc_session_info_t *v = realloc(all.v, (all.n + 1) * sizeof *v);
+            if (!v) {
+                rc = HDC_ENOMEM;
+                break;
+            }
+            all.v = v;
+            all.v[all.n++] = s.v[i];
+            memset(&s.v[i], 0, sizeof s.v[i]); /* moved: its strings are all's now */
+            kept++;
+        }
+        if (rc == 0) all.total += kept + (s.total > s.n ? s.total - s.n : 0);
+        if (x->json) {
+            j_obj(&x->j, NULL);
+            j_str(&x->j, "url", u);
+            j_str(&x->j, "node_id", node ? node : "");
+            j_bool(&x->j, "ok", rc == 0);
+            if (rc == 0)
+                j_u64(&x->j, "sessions", kept);
+            else
+                j_str(&x->j, "error", x->msg);
+            j_end_obj(&x->j);
+        } else if (rc == 0) {
+            out(x, "# node %s (%s): %zu session%s\n", node && *node ? node : "-", u, kept,
+                kept == 1 ? "" : "s");
+        } else {
+            out(x, "# node ? (%s): %s\n", u, x->msg);
+        }
+        if (rc && !failed++) snprintf(firstmsg, sizeof firstmsg, "%s", x->msg);
+        hdc_sessions_free(&s);
+        if (c) {
+            hdc_goodbye(c);
+            hdc_free(c);
+        }
+    }
+    free(list);
+    if (x->json) j_end_arr(&x->j);
+    print_sessions(x, &all, NULL);
+    hdc_sessions_free(&all);
+    if (failed) {
+        snprintf(x->msg, sizeof x->msg, "%.400s%s", firstmsg,
+                 failed > 1 ? " (and other nodes)" : "");
+        return HDC_ECONNECT;
+    }
+    return 0;
+}
+
 static int cmd_sessions(ctx_t *x, int argc, char **argv) {
     if (argc > 1) return usage_err(x, "sessions takes no arguments");
+    if (x->nodes) return sessions_of_nodes(x);
     hdc_sessions_t s = {0};
     int rc = hdc_list_sessions(x->c, &s);
     if (rc) return rc;
     print_sessions(x, &s, hdc_hello_info(x->c)->session_id);
     hdc_sessions_free(&s);
+    return 0;
+}
+
+/* drain [--cancel] [--wait SECONDS]: the node takes no new session (docs/SCALING.md); with
+ * --wait, until the sessions it holds (heapctl's own aside) have ended. */
+static int cmd_drain(ctx_t *x, int argc, char **argv) {
+    int cancel = 0, wait_s = -1;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--cancel") == 0)
+            cancel = 1;
+        else if (strcmp(argv[i], "--wait") == 0 && i + 1 < argc &&
+                 !parse_int(argv[i + 1], &wait_s) && wait_s >= 0)
+            i++;
+        else
+            return usage_err(x, "usage: drain [--cancel] [--wait SECONDS]");
+    }
+    if (cancel && wait_s >= 0) return usage_err(x, "drain: --wait is for a drain, not --cancel");
+    hdc_drain_t d = {0};
+    int rc = hdc_drain(x->c, cancel, &d);
+    for (int i = 0; rc == 0 && wait_s >= 0 && d.sessions > 1; i++) {
+        if ((uint64_t)i * 100 >= (uint64_t)wait_s * 1000) {
+            snprintf(x->msg, sizeof x->msg,
+                     "ETIMEOUT: node %s still holds %" PRIu64 " session%s after %d s",
+                     *d.node_id ? d.node_id : "-", d.sessions - 1, d.sessions == 2 ? "" : "s",
+                     wait_s);
+            return HDC_ETIMEOUT;
+        }
+        struct timespec ts = {0, 100 * 1000000L};
+        nanosleep(&ts, NULL);
+        rc = hdc_drain(x->c, 0, &d);
+    }
+    if (rc) return rc;
+    uint64_t others = d.sessions ? d.sessions - 1 : 0, attached = d.attached ? d.attached - 1 : 0;
+    if (x->json) {
+        j_str(&x->j, "node_id", d.node_id);
+        j_bool(&x->j, "draining", d.draining);
+        j_u64(&x->j, "sessions", others);
+        j_u64(&x->j, "attached", attached);
+    } else if (d.draining) {
+        out(x,
+            "node %s draining: no new session; %" PRIu64 " session%s left (%" PRIu64 " attached)\n",
+            *d.node_id ? d.node_id : "-", others, others == 1 ? "" : "s", attached);
+    } else {
+        out(x, "node %s takes new sessions again; %" PRIu64 " session%s\n",
+            *d.node_id ? d.node_id : "-", others, others == 1 ? "" : "s");
+    }
     return 0;
 }
 
@@ -2015,6 +2152,8 @@ static const cmd_t commands[] = {
      "requests slower than slowlog_threshold_us, newest first"},
     {"save", cmd_save, 0, OP_SAVE, "",
      "snapshot every changed session to data_dir now, and wait for it"},
+    {"drain", cmd_drain, 0, OP_DRAIN, "[--cancel] [--wait SECONDS]",
+     "take no new session (/readyz 503), keep serving the ones here; --wait until they end"},
     {"top", cmd_top, CMD_NOSHELL, OP_LIST_SESSIONS, "[--once] [-n N] [-d SECONDS] [--sort KEY]",
      "live view of sessions and memory, with rates; q quits"},
     {"latency", cmd_latency, CMD_NOSHELL, 0, "[-i MS] [-n SAMPLES]",
@@ -2120,6 +2259,7 @@ static void print_usage(FILE *f) {
             "      --reconnect S     when the connection drops or heapd restarts, resume the "
             "session\n"
             "                        for up to S seconds, re-sending what was unanswered\n"
+            "      --nodes URL,...   with sessions: ask each node (heapd behind a balancer)\n"
             "  -h, --help            this text;  -V, --version  the version\n\n"
             "Commands:\n",
             HDC_DEFAULT_URL, HDC_DEFAULT_TIMEOUT_MS);
@@ -2397,7 +2537,7 @@ int main(int argc, char **argv) {
     x.token = getenv("HEAPD_TOKEN");
     x.timeout_ms = HDC_DEFAULT_TIMEOUT_MS;
 
-    enum { OPT_SESSION = 256, OPT_RESUME, OPT_TIMEOUT, OPT_RECONNECT };
+    enum { OPT_SESSION = 256, OPT_RESUME, OPT_TIMEOUT, OPT_RECONNECT, OPT_NODES };
     static const struct option longopts[] = {
         {"connect", required_argument, NULL, 'c'},
         {"token", required_argument, NULL, 't'},
@@ -2407,6 +2547,7 @@ int main(int argc, char **argv) {
         {"resume", required_argument, NULL, OPT_RESUME},
         {"timeout", required_argument, NULL, OPT_TIMEOUT},
         {"reconnect", required_argument, NULL, OPT_RECONNECT},
+        {"nodes", required_argument, NULL, OPT_NODES},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -2421,6 +2562,7 @@ int main(int argc, char **argv) {
         case 'j': x.json = 1; break;
         case 'k': x.keep = 1; break;
         case OPT_SESSION: x.session_id = optarg; break;
+        case OPT_NODES: x.nodes = optarg; break;
         case OPT_RESUME: x.resume_token = optarg; break;
         case OPT_TIMEOUT:
             if (parse_int(optarg, &x.timeout_ms) || x.timeout_ms < 0)
@@ -2445,11 +2587,24 @@ int main(int argc, char **argv) {
         snprintf(bad, sizeof bad, "unknown command \"%s\"%s", argv[optind],
                  cmd ? " (it works inside `heapctl shell`)" : "");
     char why[300];
-    if (!bad[0] && !(cmd->flags & CMD_NOCONN) && hdc_url_check(x.url, why, sizeof why) != 0)
+    if (!bad[0] && x.nodes) {
+        /* --nodes a,b,c: each is asked on a connection of its own (sessions_of_nodes). */
+        if (cmd->run != cmd_sessions) snprintf(bad, sizeof bad, "--nodes works with sessions only");
+        for (const char *p = x.nodes; !bad[0] && *p;) {
+            size_t n = strcspn(p, ",");
+            char u[512];
+            snprintf(u, sizeof u, "%.*s", (int)n, p);
+            if (n == 0 || n >= sizeof u || hdc_url_check(u, why, sizeof why) != 0)
+                snprintf(bad, sizeof bad, "--nodes: %s", n ? why : "an empty URL");
+            p += n + (p[n] == ',');
+        }
+    }
+    if (!bad[0] && !(cmd->flags & CMD_NOCONN) && !x.nodes &&
+        hdc_url_check(x.url, why, sizeof why) != 0)
         snprintf(bad, sizeof bad, "--connect (or $HEAPD_URL): %s", why);
     if (bad[0]) return fail_early(&x, RC_USAGE, bad);
 
-    if (!(cmd->flags & CMD_NOCONN)) {
+    if (!(cmd->flags & CMD_NOCONN) && !x.nodes) {
         x.c = hdc_new();
         if (!x.c) return fail_early(&x, HDC_ENOMEM, "out of memory");
         hdc_options_t o;

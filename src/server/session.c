@@ -689,7 +689,9 @@ void hd__session_hello(hd_conn_t *c, const uint8_t *payload, size_t len, hd_hell
             attach(s, c, admin);
             resumed = 1;
         }
-    } else if (rc == 0 && atomic_load(&w->srv->draining)) {
+    } else if (rc == 0 && !admin && atomic_load(&w->srv->draining)) {
+        /* An admin still gets a session: an operator must reach the node to watch it
+         * drain, save it, or cancel the drain. */
         rc = draining_refusal(w, out);
         why = out->why;
     } else if (rc == 0) {

@@ -129,7 +129,7 @@ class Basics(unittest.TestCase):
         self.assertFalse(js("help", "alloc")["admin"])
         self.assertEqual({c["name"] for c in js("help")["commands"] if c["admin"]},
                          {"server", "sessions", "inspect", "kill", "top", "info", "slowlog",
-                          "monitor", "save"})
+                          "monitor", "save", "drain"})
         r = subprocess.run([HEAPCTL, "--help"], capture_output=True, text=True, timeout=30)
         self.assertIn("(admin)", [l for l in r.stdout.splitlines() if "largest heap" in l][0])
 

@@ -9,8 +9,10 @@ Run once per codec (HEAPD_PYTHON_IMPLEMENTATION): the status's moved_to is decod
 """
 
 import asyncio
+import json
 import os
 import signal
+import socket
 import subprocess
 import unittest
 
@@ -144,6 +146,94 @@ class RedirectTest(unittest.TestCase):
                            text=True, timeout=30)
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("session lost: node ra has no session", r.stderr)
+
+
+def heapctl(*args, timeout=30):
+    return subprocess.run([HEAPCTL, "--token", "adm"] + list(args), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+class HeapctlClusterTest(unittest.TestCase):
+    """heapctl --nodes a,b,c sessions and heapctl drain."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.a, cls.b = node("ha"), node("hb")
+        peers = ["ha=" + url(cls.a), "hb=" + url(cls.b)]
+        for d in (cls.a, cls.b):
+            reload(d, advertise_url=url(d), peers=peers)
+
+    @classmethod
+    def tearDownClass(cls):
+        for d in (cls.a, cls.b):
+            d.stop()
+
+    def test_sessions_of_every_node(self):
+        on_a = [heapd.connect(url(self.a), client_name="on-a") for _ in range(2)]
+        on_b = [heapd.connect(url(self.b), client_name="on-b")]
+        try:
+            nodes = url(self.a) + "," + url(self.b)
+            r = heapctl("--nodes", nodes, "sessions")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("# node ha (%s): 2 sessions" % url(self.a), r.stdout)
+            self.assertIn("# node hb (%s): 1 session" % url(self.b), r.stdout)
+            for s in on_a + on_b:
+                self.assertIn(s.session_id, r.stdout)
+            r = heapctl("--json", "--nodes", nodes, "sessions")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            doc = json.loads(r.stdout)
+            self.assertEqual([(n["node_id"], n["sessions"]) for n in doc["nodes"]],
+                             [("ha", 2), ("hb", 1)])
+            self.assertEqual(sorted(e["id"] for e in doc["sessions"]),
+                             sorted(s.session_id for s in on_a + on_b))
+            self.assertEqual(doc["total"], 3)
+            # A node that does not answer is named, the others still shown, and it fails.
+            with socket.socket() as free:
+                free.bind(("127.0.0.1", 0))
+                dead = "tcp://127.0.0.1:%d" % free.getsockname()[1]
+                r = heapctl("--nodes", nodes + "," + dead, "sessions")
+            self.assertEqual(r.returncode, 3, r.stderr)
+            self.assertIn("# node hb", r.stdout)
+            self.assertIn("node %s: cannot connect" % dead, r.stderr)
+            # --nodes is for sessions.
+            r = heapctl("--nodes", nodes, "server")
+            self.assertEqual(r.returncode, 2)
+            self.assertIn("--nodes works with sessions only", r.stderr)
+        finally:
+            for s in on_a + on_b:
+                s.close()
+
+    def test_drain(self):
+        kept = heapd.connect(url(self.b), client_name="kept")
+        try:
+            r = heapctl("-c", url(self.b), "drain")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("node hb draining: no new session; 1 session left (1 attached)",
+                          r.stdout)
+            # A new session through b lands on a; the one on b goes on.
+            s = heapd.connect(url(self.b))
+            self.assertEqual(s.node_id, "ha")
+            self.assertEqual(s.redirects, 1)
+            s.close()
+            kept.ping()
+            r = heapctl("-c", url(self.b), "drain", "--wait", "0")
+            self.assertEqual(r.returncode, 4)
+            self.assertIn("node hb still holds 1 session", r.stderr)
+            kept.close()
+            r = heapctl("-c", url(self.b), "--json", "drain", "--wait", "10")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            doc = json.loads(r.stdout)
+            self.assertEqual((doc["node_id"], doc["draining"], doc["sessions"]), ("hb", True, 0))
+            r = heapctl("-c", url(self.b), "drain", "--cancel")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("node hb takes new sessions again", r.stdout)
+            with heapd.connect(url(self.b)) as back:
+                self.assertEqual(back.node_id, "hb")
+            r = heapctl("-c", url(self.b), "drain", "--wait")
+            self.assertEqual(r.returncode, 2)
+        finally:
+            heapctl("-c", url(self.b), "drain", "--cancel")
+            kept.close()
 
 
 if __name__ == "__main__":

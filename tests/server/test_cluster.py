@@ -231,6 +231,8 @@ class RedirectTest(h.unittest.TestCase):
         self.assertEqual(r.status.moved_to, url(self.b))
         self.assertIn("node na is draining", r.status.message)
         self.assertEqual(self.b.session().hello_result.node_id, "nb")
+        # An admin still gets a session there: operators must reach a draining node.
+        self.assertEqual(self.a.session(token="adm").hello_result.node_id, "na")
         # Its own sessions go on, and a detached one is resumed there as ever.
         self.assertEqual(kept.ok("getrefcount", handle=obj).value, 1)
         self.assertTrue(resume(self.a, lhr).hello_result.resumed)
