@@ -36,3 +36,14 @@ target_include_directories(resume_driver PRIVATE ${CMAKE_SOURCE_DIR}/src/heap)
 heapd_daemon_test(clients.resume ${CMAKE_CURRENT_LIST_DIR}/test_resume.py
                   ARGS $<TARGET_FILE:resume_driver>
                   TIMEOUT 300)
+
+# Scaling out (issue 18): three nodes behind a real HAProxy on the shipped
+# deploy/haproxy/haproxy.cfg; 300 Python sessions spread, dropped, resumed home, a node
+# drained, a node killed and brought back from its snapshots; scale_driver does the same
+# through the C client (docs/SCALING.md).
+add_executable(scale_driver ${CMAKE_CURRENT_LIST_DIR}/scale_driver.c)
+target_link_libraries(scale_driver PRIVATE heapdclient)
+heapd_daemon_test(clients.scale ${CMAKE_CURRENT_LIST_DIR}/test_scale.py
+                  TIMEOUT 180
+                  PYTHONPATH ${CMAKE_BINARY_DIR}/clients/python
+                  ENV "HEAPCTL_BIN=$<TARGET_FILE:heapctl>" "SCALE_DRIVER=$<TARGET_FILE:scale_driver>")

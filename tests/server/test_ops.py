@@ -302,6 +302,10 @@ class OpsTest(h.unittest.TestCase):
         # A plain session may not.
         self.assertEqual(self.c.call("server_stats").status.name, "EPERM")
         self.assertEqual(self.c.call("save").status.name, "EPERM")
+        # drain and its cancel (test_cluster.py has the rest: redirects, /readyz).
+        self.assertEqual(self.c.call("drain").status.name, "EPERM")
+        self.assertTrue(adm.ok("drain").draining)
+        self.assertFalse(adm.ok("drain", cancel=True).draining)
         # server_info, the slowlog and monitor (test_observe.py has the details).
         info = adm.ok("server_info", section="clients")
         self.assertEqual([s.name for s in info.sections], ["clients"])
