@@ -299,7 +299,7 @@ class DecodeTest(CodecCase):
                 msg, values = random_message(rng, result_desc)
                 rid = rng.randrange(1 << 64)
                 data = response_frame(rid, op, 0, msg)
-                want = (1, rid, 0, "OK", "", op.number, expected(result_desc, values))
+                want = (1, rid, 0, "OK", "", op.number, expected(result_desc, values), "")
                 for name, frames in self.decode_all(data, chunk=rng.choice((1, 3, 1000))).items():
                     self.assertEqual(frames, [want], f"{name} {op.name}")
                     got = frames[0][6]
@@ -309,7 +309,13 @@ class DecodeTest(CodecCase):
         rng = random.Random(SEED + 2)
         data = response_frame(5, OPS["alloc"], code=4)
         for frames in self.decode_all(data).values():
-            self.assertEqual(frames, [(1, 5, 4, "E", "why", 0, None)])
+            self.assertEqual(frames, [(1, 5, 4, "E", "why", 0, None, "")])
+        # EMOVED carries the URL of the session's node (Status.moved_to), in both codecs.
+        moved = pb.Response(id=6, status=pb.Status(code=34, name="EMOVED", message="go",
+                                                   moved_to="tcp://10.0.0.2:7420"))
+        data = frame(pb.ServerFrame(response=moved).SerializeToString())
+        for frames in self.decode_all(data).values():
+            self.assertEqual(frames, [(1, 6, 34, "EMOVED", "go", 0, None, "tcp://10.0.0.2:7420")])
         for field in pb.Event.DESCRIPTOR.fields:
             for _ in range(10):
                 msg, values = random_message(rng, field.message_type)
@@ -336,12 +342,12 @@ class DecodeTest(CodecCase):
         extra = b"\xf8\x07\x05"  # field 127, a varint
         data = frame(b"\x0a" + bytes([len(raw) + len(extra)]) + raw + extra)
         for frames in self.decode_all(data).values():
-            self.assertEqual(frames, [(1, 3, 0, "OK", "", 10, 9)])
+            self.assertEqual(frames, [(1, 3, 0, "OK", "", 10, 9, "")])
         raw = pb.Response(id=3, status=pb.Status(name="OK")).SerializeToString()
         extra = b"\xfa\x07\x02ab"  # field 127, length-delimited: a result
         data = frame(b"\x0a" + bytes([len(raw) + len(extra)]) + raw + extra)
         for frames in self.decode_all(data).values():
-            self.assertEqual(frames, [(1, 3, 0, "OK", "", 127, b"ab")])
+            self.assertEqual(frames, [(1, 3, 0, "OK", "", 127, b"ab", "")])
         data = frame(b"\x1a\x00")  # ServerFrame field 3: a kind from a newer protocol
         for frames in self.decode_all(data).values():
             self.assertEqual(frames, [(0, 3)])
