@@ -51,19 +51,30 @@ def read_keys(heapd):
 
 
 def read_comments(path):
-    """{key: [paragraph, ...]} from the comment block right above each `key:` line."""
-    comments, block = {}, []
+    """{key: [paragraph, ...]} from the comment block right above each `key:` line.
+
+    A section ("tls:" with its keys indented under it) gives "tls.cert" for its indented
+    "cert:"; the comment above the section line itself introduces the section and names no
+    key of its own."""
+    comments, block, section = {}, [], None
     with open(path, encoding="utf-8") as f:
         for line in f:
             line = line.rstrip("\n")
-            if line.startswith("#"):
-                block.append(line[1:].strip())
+            if line.lstrip().startswith("#"):
+                block.append(line.lstrip()[1:].strip())
                 continue
-            m = re.match(r"([A-Za-z0-9_]+):", line)
+            m = re.match(r"(\s*)([A-Za-z0-9_]+):\s*(.*)$", line)
             if m:
                 # An empty comment line ("#") separates paragraphs.
                 paragraphs = " ".join(l if l else "\n" for l in block).split("\n")
-                comments[m.group(1)] = [p.strip() for p in paragraphs if p.strip()]
+                prose = [p.strip() for p in paragraphs if p.strip()]
+                if m.group(1) and section:
+                    comments[section + "." + m.group(2)] = prose
+                elif not m.group(3):
+                    section = m.group(2)  # a section opens; its keys follow, indented
+                else:
+                    section = None
+                    comments[m.group(2)] = prose
             block = []
     return comments
 

@@ -619,12 +619,32 @@ static const char *validate_peer(const void *value) {
             validate                                                                               \
     }
 
+/* A key of a section ("tls.cert", written under "tls:" in the file); its field is
+ * section_name. A section's rows are consecutive in the table. */
+#define SKEY(section, name, type, def, min, max, reload, secret, names, validate)                  \
+    {                                                                                              \
+#section "." #name, &type_##type, offsetof(hd_config_t, section##_##name), def, min, max,  \
+            reload, secret, names, validate                                                        \
+    }
+
+static const char *const tls_version_names[] = {"1.2", "1.3", NULL};
+
 /* clang-format off */
 static const hd_config_key_t keys[] = {
     /*  name                 type      default                 min                    max
                              reload  secret  enum names          validator */
     KEY(listen,              strlist,  "[\"127.0.0.1:7420\"]", 0,                     64,
                              FIXED,  PUBLIC, NULL,               validate_hostport),
+    SKEY(tls, listen,        strlist,  "[]",                   0,                     64,
+                             FIXED,  PUBLIC, NULL,               validate_hostport),
+    SKEY(tls, cert,          string,   "\"\"",                 0,                     4095,
+                             RELOAD, PUBLIC, NULL,               NULL),
+    SKEY(tls, key,           string,   "\"\"",                 0,                     4095,
+                             RELOAD, PUBLIC, NULL,               NULL),
+    SKEY(tls, client_ca,     string,   "\"\"",                 0,                     4095,
+                             RELOAD, PUBLIC, NULL,               NULL),
+    SKEY(tls, min_version,   enum,     "\"1.2\"",              0,                     0,
+                             RELOAD, PUBLIC, tls_version_names,  NULL),
     KEY(unix_socket,         string,   "\"/tmp/heapd.sock\"",   0,                     107,
                              FIXED,  PUBLIC, NULL,               validate_socket_path),
     KEY(unix_socket_mode,    mode,     "\"0660\"",              0,                     0777,
@@ -734,31 +754,56 @@ static void set_error(hd_config_error_t *err, const char *file, const yaml_mark_
     snprintf(err->message, sizeof err->message, "%s", msg);
 }
 
-/* Applies the mapping in doc over cfg (which holds a complete config). On error cfg is still
- * complete and valid: a field is replaced only by a fully parsed value. */
-static int apply_document(yaml_document_t *doc, const char *file, hd_config_t *cfg,
-                          hd_config_error_t *err) {
-    yaml_node_t *root = yaml_document_get_root_node(doc);
-    if (!root) return 0; /* an empty file: the defaults */
-    if (root->type != YAML_MAPPING_NODE) {
-        set_error(err, file, &root->start_mark, "expected a mapping of key: value lines");
-        return HD_EINVAL;
+/* The row named name under section (NULL: the top level, where a dotted name is not a key),
+ * or NKEYS. */
+static size_t find_key(const char *section, const char *name) {
+    size_t sl = section ? strlen(section) : 0;
+    for (size_t i = 0; i < NKEYS; i++) {
+        const char *kn = keys[i].name, *dot = strchr(kn, '.');
+        if (section ? dot && (size_t)(dot - kn) == sl && strncmp(kn, section, sl) == 0 &&
+                          strcmp(dot + 1, name) == 0
+                    : !dot && strcmp(kn, name) == 0)
+            return i;
     }
-    bool seen[NKEYS] = {false};
-    for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top;
-         p++) {
+    return NKEYS;
+}
+
+/* Whether name is a section: some row is named "name.key". */
+static bool is_section(const char *name) {
+    size_t n = strlen(name);
+    for (size_t i = 0; i < NKEYS; i++)
+        if (strncmp(keys[i].name, name, n) == 0 && keys[i].name[n] == '.') return true;
+    return false;
+}
+
+/* Applies the pairs of mapping m (the top level, or section's) over cfg. */
+static int apply_mapping(yaml_document_t *doc, yaml_node_t *m, const char *section,
+                         const char *file, hd_config_t *cfg, bool *seen, hd_config_error_t *err) {
+    char msg[sizeof err->message];
+    for (yaml_node_pair_t *p = m->data.mapping.pairs.start; p < m->data.mapping.pairs.top; p++) {
         yaml_node_t *kn = yaml_document_get_node(doc, p->key);
         yaml_node_t *vn = yaml_document_get_node(doc, p->value);
         if (kn->type != YAML_SCALAR_NODE) {
             set_error(err, file, &kn->start_mark, "keys must be plain names");
             return HD_EINVAL;
         }
-        size_t i = 0;
-        while (i < NKEYS && strcmp(keys[i].name, scalar_text(kn)) != 0)
-            i++;
-        char msg[sizeof err->message];
+        size_t i = find_key(section, scalar_text(kn));
+        if (i == NKEYS && !section && is_section(scalar_text(kn))) {
+            /* "tls:" alone (every key under it left out, or commented out) is empty. */
+            if (vn->type == YAML_SCALAR_NODE && !*scalar_text(vn)) continue;
+            if (vn->type != YAML_MAPPING_NODE) {
+                snprintf(msg, sizeof msg, "%.200s: expected a mapping of key: value lines",
+                         scalar_text(kn));
+                set_error(err, file, &vn->start_mark, msg);
+                return HD_EINVAL;
+            }
+            int rc = apply_mapping(doc, vn, scalar_text(kn), file, cfg, seen, err);
+            if (rc < 0) return rc;
+            continue;
+        }
         if (i == NKEYS) {
-            snprintf(msg, sizeof msg, "unknown key \"%.200s\"", scalar_text(kn));
+            snprintf(msg, sizeof msg, "unknown key \"%s%s%.200s\"", section ? section : "",
+                     section ? "." : "", scalar_text(kn));
             set_error(err, file, &kn->start_mark, msg);
             return HD_EINVAL;
         }
@@ -791,6 +836,34 @@ static int apply_document(yaml_document_t *doc, const char *file, hd_config_t *c
     return 0;
 }
 
+/* Rules between keys, checked once the whole file is read. Returns NULL or why not. */
+static const char *check_together(const hd_config_t *cfg) {
+    if (cfg->tls_listen.n && (!*cfg->tls_cert || !*cfg->tls_key))
+        return "tls.listen needs tls.cert and tls.key";
+    return NULL;
+}
+
+/* Applies the mapping in doc over cfg (which holds a complete config). On error cfg is still
+ * complete and valid: a field is replaced only by a fully parsed value. */
+static int apply_document(yaml_document_t *doc, const char *file, hd_config_t *cfg,
+                          hd_config_error_t *err) {
+    yaml_node_t *root = yaml_document_get_root_node(doc);
+    if (!root) return 0; /* an empty file: the defaults */
+    if (root->type != YAML_MAPPING_NODE) {
+        set_error(err, file, &root->start_mark, "expected a mapping of key: value lines");
+        return HD_EINVAL;
+    }
+    bool seen[NKEYS] = {false};
+    int rc = apply_mapping(doc, root, NULL, file, cfg, seen, err);
+    if (rc < 0) return rc;
+    const char *why = check_together(cfg);
+    if (why) {
+        set_error(err, file, &root->start_mark, why);
+        return HD_EINVAL;
+    }
+    return 0;
+}
+
 /* Parses the YAML in parser (already given its input) over cfg. */
 static int load_parser(yaml_parser_t *parser, const char *file, hd_config_t *cfg,
                        hd_config_error_t *err) {
@@ -813,10 +886,16 @@ static int defaults_try(hd_config_t *cfg, hd_config_error_t *err) {
     /* Every field starts zeroed, then the generated document, which names every key, fills
      * each one. */
     memset(cfg, 0, sizeof *cfg);
-    char text[4096];
+    char text[8192];
     size_t n = 0;
-    for (size_t i = 0; i < NKEYS && n < sizeof text; i++)
-        n += (size_t)snprintf(text + n, sizeof text - n, "%s: %s\n", keys[i].name, keys[i].def);
+    for (size_t i = 0; i < NKEYS && n < sizeof text; i++) {
+        const char *name = keys[i].name, *dot = strchr(name, '.');
+        if (dot && (i == 0 || strncmp(keys[i - 1].name, name, (size_t)(dot - name + 1)) != 0))
+            n += (size_t)snprintf(text + n, sizeof text - n, "%.*s:\n", (int)(dot - name), name);
+        if (n < sizeof text)
+            n += (size_t)snprintf(text + n, sizeof text - n, "%s%s: %s\n", dot ? "  " : "",
+                                  dot ? dot + 1 : name, keys[i].def);
+    }
     yaml_parser_t parser;
     if (n >= sizeof text || !yaml_parser_initialize(&parser)) {
         set_error(err, "<defaults>", NULL, n >= sizeof text ? "table too large" : "out of memory");
@@ -838,6 +917,36 @@ void hd_config_defaults(hd_config_t *cfg) {
     }
 }
 
+/* Loads the document parser reads (its input set) over the defaults into cfg; name is for
+ * errors. */
+static int load_from(yaml_parser_t *parser, const char *name, hd_config_t *cfg,
+                     hd_config_error_t *err) {
+    hd_config_t tmp;
+    int rc = defaults_try(&tmp, err);
+    if (rc < 0) return rc;
+    rc = load_parser(parser, name, &tmp, err);
+    /* A second document in the file would be ignored silently; reject it instead. */
+    if (rc == 0) {
+        yaml_document_t extra;
+        if (!yaml_parser_load(parser, &extra)) {
+            set_error(err, name, &parser->problem_mark, "invalid YAML after the document");
+            rc = HD_EINVAL;
+        } else {
+            if (yaml_document_get_root_node(&extra)) {
+                set_error(err, name, &extra.start_mark, "more than one YAML document");
+                rc = HD_EINVAL;
+            }
+            yaml_document_delete(&extra);
+        }
+    }
+    if (rc < 0) {
+        hd_config_free(&tmp);
+        return rc;
+    }
+    *cfg = tmp;
+    return 0;
+}
+
 int hd_config_load(const char *path, hd_config_t *cfg, hd_config_error_t *err) {
     FILE *f = fopen(path, "r");
     if (!f) {
@@ -846,43 +955,29 @@ int hd_config_load(const char *path, hd_config_t *cfg, hd_config_error_t *err) {
         set_error(err, path, NULL, msg);
         return HD_EINVAL;
     }
-    hd_config_t tmp;
-    int rc = defaults_try(&tmp, err);
-    if (rc < 0) {
-        fclose(f);
-        return rc;
-    }
     yaml_parser_t parser;
     if (!yaml_parser_initialize(&parser)) {
         fclose(f);
-        hd_config_free(&tmp);
         set_error(err, path, NULL, "out of memory");
         return HD_ENOMEM;
     }
     yaml_parser_set_input_file(&parser, f);
-    rc = load_parser(&parser, path, &tmp, err);
-    /* A second document in the file would be ignored silently; reject it instead. */
-    if (rc == 0) {
-        yaml_document_t extra;
-        if (!yaml_parser_load(&parser, &extra)) {
-            set_error(err, path, &parser.problem_mark, "invalid YAML after the document");
-            rc = HD_EINVAL;
-        } else {
-            if (yaml_document_get_root_node(&extra)) {
-                set_error(err, path, &extra.start_mark, "more than one YAML document");
-                rc = HD_EINVAL;
-            }
-            yaml_document_delete(&extra);
-        }
-    }
+    int rc = load_from(&parser, path, cfg, err);
     yaml_parser_delete(&parser);
     fclose(f);
-    if (rc < 0) {
-        hd_config_free(&tmp);
-        return rc;
+    return rc;
+}
+
+int hd_config_load_text(const char *text, size_t len, hd_config_t *cfg, hd_config_error_t *err) {
+    yaml_parser_t parser;
+    if (!yaml_parser_initialize(&parser)) {
+        set_error(err, "<text>", NULL, "out of memory");
+        return HD_ENOMEM;
     }
-    *cfg = tmp;
-    return 0;
+    yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
+    int rc = load_from(&parser, "<text>", cfg, err);
+    yaml_parser_delete(&parser);
+    return rc;
 }
 
 void hd_config_error_format(const hd_config_error_t *err, char *buf, size_t len) {
@@ -915,7 +1010,10 @@ void hd_config_free(hd_config_t *cfg) {
 
 void hd_config_print(const hd_config_t *cfg, FILE *f) {
     for (size_t i = 0; i < NKEYS; i++) {
-        fprintf(f, "%s: ", keys[i].name);
+        const char *name = keys[i].name, *dot = strchr(name, '.');
+        if (dot && (i == 0 || strncmp(keys[i - 1].name, name, (size_t)(dot - name + 1)) != 0))
+            fprintf(f, "%.*s:\n", (int)(dot - name), name);
+        fprintf(f, "%s%s: ", dot ? "  " : "", dot ? dot + 1 : name);
         keys[i].type->print(&keys[i], field_of(&keys[i], cfg), f);
         fputc('\n', f);
     }

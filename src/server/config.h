@@ -35,6 +35,11 @@ typedef struct hd_uidlist_s {
 
 typedef struct hd_config_s {
     hd_strlist_t listen;             /* "host:port" each; may be empty */
+    hd_strlist_t tls_listen;         /* tls.listen: "host:port" each, TLS listeners (tls.c) */
+    char *tls_cert;                  /* tls.cert: PEM certificate chain file; "" for none */
+    char *tls_key;                   /* tls.key: PEM private key file */
+    char *tls_client_ca;             /* tls.client_ca: PEM CAs; set = clients need a cert */
+    int tls_min_version;             /* tls.min_version: 0 = TLS 1.2, 1 = TLS 1.3 */
     char *unix_socket;               /* path; "" for none */
     unsigned unix_socket_mode;       /* permission bits, 0..0777 */
     uint64_t workers;                /* event loops; 0 = one per core */
@@ -94,6 +99,8 @@ void hd_config_defaults(hd_config_t *cfg);
  * or unreadable file, HD_ENOMEM) with err filled and cfg untouched.
  * On success the caller frees cfg with hd_config_free. */
 int hd_config_load(const char *path, hd_config_t *cfg, hd_config_error_t *err);
+/* hd_config_load for a document in memory (errors name "<text>"): for tests and fuzz_tls.c. */
+int hd_config_load_text(const char *text, size_t len, hd_config_t *cfg, hd_config_error_t *err);
 /* Writes "FILE:LINE:COL: message" (the parts that are known) into buf. */
 void hd_config_error_format(const hd_config_error_t *err, char *buf, size_t len);
 /* Deep copy. Returns 0, or HD_ENOMEM with dst zeroed. */

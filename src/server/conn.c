@@ -35,9 +35,16 @@
  *   closing   uv_close on the stream and the timer; the session (if any) detaches; the conn
  *             is freed when both close callbacks have run.
  *
- * This file is the only one that acts on a connection: lower layers return decisions (hello)
- * and callbacks report (dispatch's goodbye). It does not own sessions (session.c), the request
- * table (dispatch.c) or framing (codec.c).
+ * TLS (a tls.listen connection): tls.c holds the session keys and the BIOs; the bytes read go
+ * through it and only plaintext reaches the parser; `out` is plaintext, sealed into `sealed`
+ * when flushed. The handshake has the hello's deadline. Output owed before the handshake
+ * ends (a timeout's notice) cannot be sealed: it is dropped and the connection just closes.
+ * Plaintext sent to a TLS port is answered in plaintext (EPROTO, once) and closed; a TLS
+ * ClientHello sent to a plaintext port, likewise; each with a log line.
+ *
+ * This file is the only one that acts on a connection: lower layers return decisions (hello,
+ * tls.c's verdict on the bytes it was given) and callbacks report (dispatch's goodbye). It does not
+ * own sessions (session.c), the request table (dispatch.c) or framing (codec.c).
  */
 #include "inspect.h"
 #include "observe.h"
@@ -318,13 +325,17 @@ static void on_closed(uv_handle_t *h) {
     hd__slot_release(&c->slot);
     hd_frame_parser_free(&c->parser);
     hd_buf_free(&c->out);
+    hd_buf_free(&c->sealed);
+    hd_tls_free(c->tls);
     free(c);
 }
 
 /* What the connection holds for its session: its struct, its output buffer and what libuv
- * queues of it, the frame being read. */
+ * queues of it, the frame being read, and with TLS the sealed output and all OpenSSL holds
+ * for it (tls.c counts each of its allocations). */
 static uint64_t buffers_held(const hd_conn_t *c) {
-    return sizeof *c + c->out.cap + queued(c) + c->parser.buf.cap;
+    return sizeof *c + c->out.cap + queued(c) + c->parser.buf.cap + c->sealed.cap +
+           (c->tls ? hd_tls_held(c->tls) : 0);
 }
 
 /* Brings the session's HD_CHARGE_buffers up to date (after each batch of frames, each write
@@ -356,6 +367,17 @@ void hd__conn_close(hd_conn_t *c) {
     hd_session_t *s = take_session(c);
     if (s) hd__session_detach(s);
     hd__monitor_stop(c);
+    /* A TLS stream ends with close_notify, so the client sees an end and not a cut; only
+     * when nothing else is queued, since it must come last. */
+    if (c->tls && !(c->flags & HD_CONN_MOVED) && c->writes_pending == 0 && queued(c) == 0 &&
+        hd_tls_handshake_done(c->tls)) {
+        hd_buf_truncate(&c->sealed, 0);
+        hd_tls_shutdown(c->tls);
+        if (hd_tls_output(c->tls, &c->sealed) == 0 && c->sealed.len) {
+            uv_buf_t b = uv_buf_init((char *)c->sealed.data, (unsigned)c->sealed.len);
+            uv_try_write(&c->h.stream, &b, 1);
+        }
+    }
     if (!(c->flags & HD_CONN_MOVED)) hd_log_debug("%s: connection closed", c->peer);
     /* The flag above makes this function idempotent; libuv's own handles must never be
      * closed twice, which would free the conn while a callback still points at it. */
@@ -480,18 +502,44 @@ static void on_write(uv_write_t *req, int status) {
     settle(c);
 }
 
-/* Hands `out` to the socket: written at once when the socket takes it all (the common case,
- * no allocation), else queued in libuv with the buffer's ownership. */
+/* With TLS: seals `out` into `sealed`, after whatever the handshake has waiting. Output
+ * owed before the handshake is done cannot be sealed and is dropped (the connection is
+ * ending: such output is only ever a notice of why). False when c was closed. */
+static bool seal(hd_conn_t *c) {
+    int rc = 0;
+    if (c->out.len && hd_tls_handshake_done(c->tls))
+        rc = hd_tls_seal(c->tls, c->out.data, c->out.len, &c->sealed);
+    if (rc == 0) {
+        hd_buf_truncate(&c->out, 0);
+        rc = hd_tls_output(c->tls, &c->sealed);
+    }
+    if (rc < 0) {
+        hd_log_warnf(conn_fields(c, NULL, rc), "%s: %s sealing output; closing", c->peer,
+                     rc == HD_ENOMEM ? "out of memory" : hd_tls_error(c->tls));
+        hd__conn_close(c);
+        return false;
+    }
+    return true;
+}
+
+/* Hands `out` (with TLS, `sealed`) to the socket: written at once when the socket takes it
+ * all (the common case, no allocation), else queued in libuv with the buffer's ownership. */
 static void flush(hd_conn_t *c) {
-    if (c->out.len == 0 || (c->flags & HD_CONN_CLOSING)) return;
-    hd__counter_add(&c->worker->metrics.bytes_out, c->out.len);
+    if (c->flags & HD_CONN_CLOSING) return;
+    hd_buf_t *o = &c->out;
+    if (c->tls) {
+        if (!seal(c)) return;
+        o = &c->sealed;
+    }
+    if (o->len == 0) return;
+    hd__counter_add(&c->worker->metrics.bytes_out, o->len);
     size_t off = 0;
-    c->out_total += c->out.len;
+    c->out_total += o->len;
     if (queued(c) == 0 && c->writes_pending == 0) {
-        uv_buf_t b = uv_buf_init((char *)c->out.data, (unsigned)c->out.len);
+        uv_buf_t b = uv_buf_init((char *)o->data, (unsigned)o->len);
         int n = uv_try_write(&c->h.stream, &b, 1);
-        if (n == (int)c->out.len) {
-            hd_buf_truncate(&c->out, 0);
+        if (n == (int)o->len) {
+            hd_buf_truncate(o, 0);
             return;
         }
         if (n < 0 && n != UV_EAGAIN) {
@@ -508,9 +556,9 @@ static void flush(hd_conn_t *c) {
         hd__conn_close(c);
         return;
     }
-    wr->buf = c->out;
+    wr->buf = *o;
     wr->conn = c;
-    hd_buf_init(&c->out);
+    hd_buf_init(o);
     uv_buf_t b = uv_buf_init((char *)wr->buf.data + off, (unsigned)(wr->buf.len - off));
     int rc = uv_write(&wr->req, &c->h.stream, &b, 1, on_write);
     if (rc < 0) {
@@ -946,6 +994,49 @@ static bool peer_gone(hd_conn_t *c) {
     return poll(&p, 1, 0) == 1 && (p.revents & POLLHUP);
 }
 
+/* Plaintext out of tls.c goes where a plaintext connection's bytes go. */
+static void tls_sink(void *arg, const uint8_t *p, size_t len) {
+    hd_frame_parser_feed(&((hd_conn_t *)arg)->parser, p, len); /* errors surface in next() */
+}
+
+/* Bytes read from a TLS connection: through tls.c into the parser. False when the connection
+ * is ending and there is nothing to process (tls.c refused them, or they were not TLS). */
+static bool tls_input(hd_conn_t *c, const uint8_t *p, size_t n) {
+    if (hd_tls_fresh(c->tls) && !hd_tls_looks_like_hello(p, n)) {
+        /* Most likely a heapd client without tls://: tell it in its own language. */
+        hd_log_warnf(conn_fields(c, NULL, HD_EPROTO),
+                     "%s: not TLS on a TLS listener (a plaintext client?); closing", c->peer);
+        hd_tls_free(c->tls);
+        c->tls = NULL;
+        hd__conn_fail(c, 0, HD_EPROTO, "this port speaks TLS: connect with tls://");
+        return false;
+    }
+    bool was_done = hd_tls_handshake_done(c->tls);
+    int rc = hd_tls_input(c->tls, p, n, tls_sink, c);
+    if (rc < 0) {
+        hd_log_warnf(conn_fields(c, NULL, rc), "%s: %s: %s; closing", c->peer,
+                     was_done ? "TLS error" : "TLS handshake failed",
+                     rc == HD_ENOMEM ? "out of memory" : hd_tls_error(c->tls));
+        /* The alert OpenSSL queued, if any, is the last word; nothing else may follow. */
+        c->flags |= HD_CONN_LAST_WRITE | HD_CONN_FAILED;
+        stop_reading(c);
+        hd_buf_truncate(&c->out, 0);
+        flush(c);
+        settle(c);
+        return false;
+    }
+    if (!was_done && hd_tls_handshake_done(c->tls) && hd_log_enabled(HD_LOG_DEBUG)) {
+        char how[96];
+        hd_tls_describe(c->tls, how, sizeof how);
+        hd_log_debug("%s: TLS handshake done (%s)", c->peer, how);
+    }
+    if (rc == HD_TLS_EOF) { /* close_notify: as a plaintext client's EOF */
+        c->flags |= HD_CONN_EOF;
+        stop_reading(c);
+    }
+    return true;
+}
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     hd_conn_t *c = h->data;
     buf->base = (char *)c->worker->readbuf;
@@ -976,7 +1067,22 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     }
     c->last_active = uv_now(&c->worker->loop);
     hd__counter_add(&c->worker->metrics.bytes_in, (uint64_t)nread);
-    hd_frame_parser_feed(&c->parser, buf->base, (size_t)nread); /* errors surface in next() */
+    const uint8_t *p = (const uint8_t *)buf->base;
+    size_t n = (size_t)nread;
+    if (c->tls) {
+        if (!tls_input(c, p, n)) return;
+    } else if (!(c->flags & HD_CONN_HELLO_DONE) && c->parser.buf.len == 0 && n >= 3 &&
+               !c->is_unix && hd_tls_looks_like_hello(p, n)) {
+        /* Its length prefix would be over 350 MB: say what it is rather than EFRAME. */
+        hd_log_warnf(conn_fields(c, NULL, HD_EPROTO),
+                     "%s: a TLS ClientHello on a plaintext listener (TLS is served on "
+                     "tls.listen); closing",
+                     c->peer);
+        hd__conn_fail(c, 0, HD_EPROTO, "this port does not speak TLS (tls.listen does)");
+        return;
+    } else {
+        hd_frame_parser_feed(&c->parser, p, n); /* errors surface in next() */
+    }
     process(c);
     frame_clock(c);
 }
@@ -992,6 +1098,7 @@ void hd__conns_trim(uv_timer_t *t) {
             now - c->last_active < HD_TRIM_IDLE_MS)
             continue;
         if (c->out.len == 0) hd_buf_free(&c->out);
+        if (c->sealed.len == 0) hd_buf_free(&c->sealed);
         hd_frame_parser_trim(&c->parser);
         charge_buffers(c);
     }
@@ -1039,6 +1146,15 @@ void hd__conn_adopt(hd_worker_t *w, hd_msg_t *m) {
     }
     m->fd = -1;
     if (!c->is_unix) uv_tcp_nodelay(&c->h.tcp, 1);
+    hd_buf_init(&c->sealed);
+    if (m->tls) { /* moved here with its session keys */
+        c->tls = m->tls;
+        m->tls = NULL;
+    } else if (m->tls_new && !(c->tls = hd_tls_new(w->srv->tls))) {
+        hd_log_warn("%s: out of memory starting TLS; closed", c->peer);
+        hd__conn_close(c);
+        return;
+    }
     if (w->state & HD_WORKER_STOPPING) {
         hd__conn_fail(c, 0, HD_ESHUTDOWN, "server is shutting down");
         return;
@@ -1066,6 +1182,11 @@ void hd__conn_reconfigure(hd_conn_t *c) {
 int hd__conn_move(hd_conn_t *c, hd_worker_t *to, const uint8_t *frame, size_t len) {
     if (c->parser.err)
         return c->parser.err; /* the bytes after the hello are already known to be bad */
+    /* TLS moves with its keys; bytes it has yet to send would be lost with this loop's
+     * handle. With no tickets the handshake leaves none behind, so this does not happen. */
+    if (c->tls &&
+        (c->writes_pending || queued(c) || c->sealed.len || hd_tls_output_pending(c->tls)))
+        return HD_EINTERNAL;
     uv_os_fd_t fd;
     int rc = uv_fileno(&c->h.handle, &fd);
     if (rc < 0) return HD_EINTERNAL;
@@ -1082,6 +1203,8 @@ int hd__conn_move(hd_conn_t *c, hd_worker_t *to, const uint8_t *frame, size_t le
     m->len = n;
     m->is_unix = c->is_unix;
     m->cred = c->cred;
+    m->tls = c->tls; /* the message owns it now */
+    c->tls = NULL;
     memcpy(m->peer, c->peer, sizeof m->peer);
     /* The connection's count goes with it (its place in this worker's nconns is given back
      * when c is freed). */

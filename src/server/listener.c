@@ -9,7 +9,9 @@
  * connections (worker.c). The connection limits are checked here: a connection over
  * max_connections, or over max_connections_per_ip from its address, is answered ETOOMANY at
  * once, without reading anything from it, and closed; the refusals are logged as one summary
- * line a second, however many there are.
+ * line a second, however many there are. A tls.listen listener is a TCP listener whose
+ * connections carry the flag that makes the worker put TLS (tls.c) under them; its context is
+ * built here, before anything listens, so a certificate that does not load stops the start.
  *
  * This file owns the listening descriptors and the Unix socket file; it owns no connection.
  */
@@ -287,6 +289,7 @@ static void hand_over(hd_listener_t *l, uv_os_sock_t fd, const struct sockaddr *
     }
     m->fd = fd;
     m->is_unix = l->is_unix;
+    m->tls_new = l->tls;
     m->slot = slot;
     if (l->is_unix)
         format_unix_peer(fd, m->peer, sizeof m->peer, &m->cred);
@@ -354,11 +357,12 @@ static hd_listener_t *add_listener(hd_server_t *srv, uv_os_sock_t fd, int is_uni
     return l;
 }
 
-static int bind_tcp(hd_server_t *srv, const char *spec) {
+/* Binds every address spec names; tls: a tls.listen entry, whose connections speak TLS. */
+static int bind_tcp(hd_server_t *srv, const char *spec, int tls) {
     char host[256], port[8];
     unsigned portnum;
     if (hd_config_split_hostport(spec, host, sizeof host, &portnum) < 0) {
-        hd_log_error("listen: \"%s\" is not host:port", spec);
+        hd_log_error("%slisten: \"%s\" is not host:port", tls ? "tls." : "", spec);
         return HD_EINVAL;
     }
     snprintf(port, sizeof port, "%u", portnum);
@@ -395,11 +399,12 @@ static int bind_tcp(hd_server_t *srv, const char *spec) {
             close(fd);
             continue;
         }
+        l->tls = tls;
         struct sockaddr_storage ss;
         socklen_t len = sizeof ss;
         getsockname(fd, (struct sockaddr *)&ss, &len); /* the real port when it was 0 */
         format_inet((struct sockaddr *)&ss, len, name, sizeof name);
-        snprintf(l->name, sizeof l->name, "tcp %s", name);
+        snprintf(l->name, sizeof l->name, "%s %s", tls ? "tls" : "tcp", name);
         bound++;
     }
     freeaddrinfo(res);
@@ -532,15 +537,33 @@ static int take_activated(hd_server_t *srv) {
 }
 
 int hd__listeners_start(hd_server_t *srv) {
+    /* The certificate first: a TLS listener that cannot serve it is a config error, found
+     * before anything listens. */
+    if (srv->cfg.tls_listen.n) {
+        char why[512];
+        if (hd_tls_ctx_new(&srv->cfg, &srv->tls, why, sizeof why) < 0) {
+            hd_log_error("tls: %s", why);
+            return HD_EINVAL;
+        }
+        char subject[256];
+        hd_tls_ctx_subject(srv->tls, subject, sizeof subject);
+        hd_log_info("tls: serving certificate %s (%s)", subject, srv->cfg.tls_cert);
+    }
     int rc = take_activated(srv);
     if (rc < 0) return rc;
     if (rc == 0) {
         for (size_t i = 0; i < srv->cfg.listen.n && rc == 0; i++)
-            rc = bind_tcp(srv, srv->cfg.listen.v[i]);
+            rc = bind_tcp(srv, srv->cfg.listen.v[i], 0);
         if (rc == 0 && *srv->cfg.unix_socket)
             rc = bind_unix(srv, srv->cfg.unix_socket, srv->cfg.unix_socket_mode);
         if (rc < 0) return rc;
     }
+    /* TLS listeners are bound here even under socket activation: a passed socket says
+     * nothing of whether it should speak TLS. */
+    rc = 0;
+    for (size_t i = 0; i < srv->cfg.tls_listen.n && rc == 0; i++)
+        rc = bind_tcp(srv, srv->cfg.tls_listen.v[i], 1);
+    if (rc < 0) return rc;
     if (srv->nlisteners == 0) {
         hd_log_error("nothing to listen on: listen and unix_socket are both empty");
         return HD_EINVAL;

@@ -57,6 +57,7 @@ static void load_or_exit(const char *path, hd_config_t *cfg) {
 /* ------------------------------------------------------------------------------------------ */
 
 int main(int argc, char **argv) {
+    hd_tls_global_init(); /* before anything calls OpenSSL: its allocations are counted */
     static const struct option options[] = {
         {"config", required_argument, NULL, 'c'},
         {"check-config", required_argument, NULL, 't'},

@@ -128,6 +128,19 @@ static void reload(hd_server_t *srv) {
     hd__server_apply_logging(&srv->cfg);
     apply_memory_cap(srv);
     hd__http_reload(srv);
+    /* The certificate files are read again whether or not their names changed (a renewed
+     * certificate is usually written over the old one): new connections get the new one,
+     * open ones keep theirs. */
+    if (srv->tls) {
+        char why[512], subject[256];
+        if (hd_tls_ctx_reload(srv->tls, &srv->cfg, why, sizeof why) < 0) {
+            hd_log_error("config reload: tls: %s; keeping the running certificate", why);
+        } else {
+            hd_tls_ctx_subject(srv->tls, subject, sizeof subject);
+            hd_log_info("config reload: tls: serving certificate %s (%s)", subject,
+                        srv->cfg.tls_cert);
+        }
+    }
     for (size_t i = 0; i < srv->nworkers; i++) {
         hd_msg_t *m = hd__msg_new(HD_MSG_RELOAD);
         if (!m || hd_config_copy(&m->cfg, &srv->cfg) < 0) {
@@ -243,6 +256,8 @@ int hd__server_run(hd_server_t *srv) {
     hd__registry_free(&srv->registry);
     hd__peers_free(&srv->peers);
     hd__slowlog_free(&srv->slowlog);
+    hd_tls_ctx_free(srv->tls);
+    srv->tls = NULL;
     uv_mutex_destroy(&srv->monitor_lock);
     uv_mutex_destroy(&srv->persist.lock);
     hd_config_free(&srv->cfg);

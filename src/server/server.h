@@ -38,6 +38,7 @@
 #include "metrics.h"
 #include "replay.h"
 #include "snapfile.h"
+#include "tls.h"
 
 typedef struct hd_server_s hd_server_t;
 typedef struct hd_worker_s hd_worker_t;
@@ -102,8 +103,10 @@ typedef struct hd_msg_s {
     hd_peercred_t cred;
     hd_slot_t slot; /* released by hd__msg_free unless the conn took it */
     char peer[HD_PEER_LEN];
-    uint8_t *data; /* bytes already received, to be parsed first (owned) */
+    uint8_t *data; /* bytes already received, to be parsed first (owned; plaintext) */
     size_t len;
+    int tls_new;          /* accepted on a TLS listener: the worker starts a handshake */
+    struct hd_tls_s *tls; /* a moved connection's TLS state (owned until adopted), or NULL */
     /* HD_MSG_RELOAD */
     hd_config_t cfg; /* owned; the worker keeps it */
     /* HD_MSG_KILL */
@@ -167,6 +170,7 @@ typedef struct hd_listener_s {
     hd_server_t *srv;
     uv_os_sock_t fd;
     int is_unix;
+    int tls;        /* a tls.listen listener: its connections speak TLS */
     int activated;  /* passed by systemd (LISTEN_FDS), not bound by us */
     char name[128]; /* "tcp 127.0.0.1:7420", "unix /tmp/heapd.sock" */
     char path[108]; /* the Unix socket we created and unlink at exit, or "" */
@@ -264,6 +268,7 @@ struct hd_server_s {
     atomic_int serving;         /* hd_serving_e, for /readyz */
     hd_srv_counters_t counters; /* connections accepted and refused (metrics.h) */
     struct hd_http_s *http;     /* the HTTP server (http.c), or NULL when off */
+    struct hd_tls_ctx_s *tls;   /* the TLS listeners' context (tls.c), or NULL without them */
     hd_persist_stats_t persist;
     atomic_uint_fast64_t persist_gen; /* save generations requested (the save op) */
     char node_id[HD_NODE_ID_MAX + 1]; /* cluster.h: resolved at start, then fixed */
@@ -307,7 +312,9 @@ struct hd_conn_s {
     hd_session_t *session;  /* attached session, NULL before hello */
     hd_conn_t *next, *prev; /* the worker's list */
     hd_frame_parser_t parser;
-    hd_buf_t out; /* framed output not yet handed to libuv */
+    hd_buf_t out;         /* framed output not yet handed to libuv (plaintext) */
+    struct hd_tls_s *tls; /* TLS under this connection (tls.c), or NULL */
+    hd_buf_t sealed;      /* with TLS: out, encrypted, not yet handed to libuv */
     hd_dispatch_env_t env;
     char peer[HD_PEER_LEN];
     unsigned flags; /* hd_conn_flag_e */

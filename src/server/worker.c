@@ -42,6 +42,7 @@ void hd__msg_free(hd_msg_t *m) {
     hd__slot_release(&m->slot);
     if (m->fd >= 0) close(m->fd);
     free(m->data);
+    hd_tls_free(m->tls);
     hd_config_free(&m->cfg);
     hd_heap_free(m->heap);
     hd__replay_free(&m->replay);

@@ -64,6 +64,8 @@ def yaml_value(v):
         return "true" if v else "false"
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(yaml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # a section such as tls:
+        return "{" + ", ".join("%s: %s" % (k, yaml_value(x)) for k, x in v.items()) + "}"
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return str(v)
@@ -105,6 +107,7 @@ class Daemon:
         self.log_lock = threading.Lock()
         self.log_cond = threading.Condition(self.log_lock)
         self.tcp_addr = None
+        self.tls_addr = None  # (host, port) of the first tls.listen address
         self.unix_addr = None
         self.http_addr = None  # (host, port) of the HTTP server's first address
         self.clients = []  # closed by stop()
@@ -167,6 +170,9 @@ class Daemon:
                         if kind == "tcp" and not self.tcp_addr:
                             host, _, port = where.rpartition(":")
                             self.tcp_addr = (host.strip("[]"), int(port))
+                        elif kind == "tls" and not self.tls_addr:
+                            host, _, port = where.rpartition(":")
+                            self.tls_addr = (host.strip("[]"), int(port))
                         elif kind == "unix" and not self.unix_addr:
                             self.unix_addr = where
                         elif kind == "http" and not self.http_addr:
@@ -327,7 +333,8 @@ class Closed(Exception):
 class Client:
     """A blocking protocol client. Events received while waiting are kept in .events."""
 
-    def __init__(self, addr, timeout=IO_TIMEOUT):
+    def __init__(self, addr, timeout=IO_TIMEOUT, ssl_context=None, server_hostname=None):
+        """ssl_context: speak TLS (an ssl.SSLContext) over the TCP connection to addr."""
         if pb is None:
             raise RuntimeError("heapd_pb2 not found: set HEAPD_PB2_DIR (ctest does)")
         if isinstance(addr, str):
@@ -338,6 +345,8 @@ class Client:
         self.sock.settimeout(timeout)
         try:
             self.sock.connect(addr)
+            if ssl_context is not None:
+                self.sock = ssl_context.wrap_socket(self.sock, server_hostname=server_hostname)
         except OSError:
             self.sock.close()
             raise

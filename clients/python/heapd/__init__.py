@@ -83,7 +83,9 @@ Speed
 
 Sessions and connections
     :func:`connect` takes ``tcp://host:port``, ``host:port``, ``unix:/path`` or ``/path``
-    (default ``$HEAPD_URL``).  It checks the server's hello and raises :class:`BadReply`
+    (default ``$HEAPD_URL``), and ``tls://host:port`` for a server's TLS listener (the
+    stdlib :mod:`ssl`: ``ssl_context=``, or redis-py's ``ssl_ca_certs=``,
+    ``ssl_certfile=`` and ``ssl_keyfile=`` for mutual TLS).  It checks the server's hello and raises :class:`BadReply`
     (a :class:`ProtocolError`) for anything but heapd's; every response is checked
     against the request it answers.  Leaving the
     ``with`` block (or ``s.close()``) says goodbye, which ends the session.  If the

@@ -43,7 +43,7 @@ from ._gc import GC
 from ._ops import OPS, pb
 from ._ref import ObjectInfo, Ref
 from ._trace import Tracemalloc, clip_site, format_site
-from ._transport import resolve_url
+from ._transport import is_tls_url, resolve_url, tls_context
 from ._version import __version__
 from ._weak import WeakrefModule, _made
 
@@ -278,8 +278,12 @@ class SessionCore:
     _is_async = False
 
     def _init_state(self, url, token, timeout, connect_timeout, resume_wait, client_name,
-                    resume_timeout=None):
+                    resume_timeout=None, tls=None):
         self.url = resolve_url(url)
+        # The TLS context of a tls:// URL (None otherwise), made once: every connection of
+        # the session (resumes too) uses it. tls: tls_context's keyword arguments.
+        self._tls_args = tls or {}
+        self._ssl_context = tls_context(self.url, **self._tls_args)
         if resume_timeout is not None and not resume_timeout >= 0:
             raise ValueError(f"resume_timeout must be None or >= 0, not {resume_timeout!r}")
         self._resume_timeout = resume_timeout or 0
@@ -318,6 +322,16 @@ class SessionCore:
         self._root = self  # the session itself (a pipeline's is the session it queues for)
         self._trace_nframe = 1  # frames of the caller's stack each allocation records
         self._max_out = 4096  # largest frame we may send (the hello's limit until known)
+
+    def _ssl_for(self, url):
+        """The TLS context for a connection to url (the session's own, or a node it was
+        redirected to): None unless url is tls://; made from the session's TLS arguments (or
+        $HEAPD_CACERT...) when the session began on a URL without TLS."""
+        if not is_tls_url(url):
+            return None
+        if self._ssl_context is None:
+            self._ssl_context = tls_context(url, **self._tls_args)
+        return self._ssl_context
 
     # -- the hello ---------------------------------------------------------------------------
 

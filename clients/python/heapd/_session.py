@@ -39,7 +39,8 @@ _RECV = 1 << 18
 
 
 def connect(url=None, token=None, *, resume=None, timeout=None, connect_timeout=10.0,
-            resume_wait=2.0, client_name=CLIENT_NAME, resume_timeout=None):
+            resume_wait=2.0, client_name=CLIENT_NAME, resume_timeout=None, ssl_context=None,
+            ssl_ca_certs=None, ssl_certfile=None, ssl_keyfile=None):
     """Connects to heapd and opens (or resumes) a session.
 
     Args:
@@ -54,6 +55,13 @@ def connect(url=None, token=None, *, resume=None, timeout=None, connect_timeout=
         resume_wait: seconds to keep retrying a resume while the server still sees the
             session attached to its old connection (it notices a drop a moment later).
         client_name: shown in the server's logs and session list.
+        ssl_context: for a ``tls://host:port`` URL, the :class:`ssl.SSLContext` to use.
+        ssl_ca_certs, ssl_certfile, ssl_keyfile: for a ``tls://`` URL without
+            ``ssl_context`` (redis-py's names): the CA file (PEM) the server's certificate
+            must chain to (default ``$HEAPD_CACERT``, else the system's CAs), and a client
+            certificate with its key for a server that asks for one (mutual TLS; default
+            ``$HEAPD_CERT``, ``$HEAPD_KEY``).  The server's certificate must name the URL's
+            host.  TLS arguments with another URL are a :class:`ValueError`.
         resume_timeout: seconds to keep resuming the session after its connection drops or
             the server restarts (``None``: never; the call then raises ConnectionClosed).
             With it, a lost connection is connected again (backing off from 10 ms to 1 s)
@@ -74,7 +82,9 @@ def connect(url=None, token=None, *, resume=None, timeout=None, connect_timeout=
     """
     return Session(url, token, resume=resume, timeout=timeout,
                    connect_timeout=connect_timeout, resume_wait=resume_wait,
-                   client_name=client_name, resume_timeout=resume_timeout)
+                   client_name=client_name, resume_timeout=resume_timeout,
+                   ssl_context=ssl_context, ssl_ca_certs=ssl_ca_certs,
+                   ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile)
 
 
 class Session(SessionCore):
@@ -92,13 +102,16 @@ class Session(SessionCore):
 
     def __init__(self, url=None, token=None, *, resume=None, timeout=None,
                  connect_timeout=10.0, resume_wait=2.0, client_name=CLIENT_NAME,
-                 resume_timeout=None):
+                 resume_timeout=None, ssl_context=None, ssl_ca_certs=None, ssl_certfile=None,
+                 ssl_keyfile=None):
         self._lock = threading.RLock()
         self._busy = 0  # exchanges in progress (in this thread: the lock is held)
         self._sock = None
         self._reader = None
         self._init_state(url, token, timeout, connect_timeout, resume_wait, client_name,
-                         resume_timeout)
+                         resume_timeout,
+                         tls=dict(ssl_context=ssl_context, ssl_ca_certs=ssl_ca_certs,
+                                  ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile))
         self._open(resume)
 
     # -- connection lifetime ---------------------------------------------------------------
@@ -138,7 +151,7 @@ class Session(SessionCore):
 
     def _hello_at(self, url, resume, resend):
         args = self._hello_args(resume, resend)
-        sock = open_socket(url, self._connect_timeout)
+        sock = open_socket(url, self._connect_timeout, self._ssl_for(url))
         reader = codec.reader()
         try:
             sock.settimeout(self._timeout if self._timeout is not None else

@@ -40,6 +40,7 @@ A session belongs to the event loop it was connected on.
 import asyncio
 import functools
 import socket
+import ssl
 import sys
 import time
 import traceback
@@ -60,7 +61,8 @@ __all__ = ["connect", "Session", "Pipeline"]
 
 
 def connect(url=None, token=None, *, resume=None, timeout=None, connect_timeout=10.0,
-            resume_wait=2.0, client_name=CLIENT_NAME, resume_timeout=None):
+            resume_wait=2.0, client_name=CLIENT_NAME, resume_timeout=None, ssl_context=None,
+            ssl_ca_certs=None, ssl_certfile=None, ssl_keyfile=None):
     """Connects to heapd and opens (or resumes) a session, on the running event loop.
 
     The arguments are :func:`heapd.connect`'s.  ``await`` the result for the
@@ -72,7 +74,9 @@ def connect(url=None, token=None, *, resume=None, timeout=None, connect_timeout=
     """
     session = Session(url, token, timeout=timeout, connect_timeout=connect_timeout,
                       resume_wait=resume_wait, client_name=client_name,
-                      resume_timeout=resume_timeout)
+                      resume_timeout=resume_timeout, ssl_context=ssl_context,
+                      ssl_ca_certs=ssl_ca_certs, ssl_certfile=ssl_certfile,
+                      ssl_keyfile=ssl_keyfile)
     return _Connecting(session, resume)
 
 
@@ -147,7 +151,8 @@ class Session(SessionCore):
     _ref_class = AsyncRef
 
     def __init__(self, url=None, token=None, *, timeout=None, connect_timeout=10.0,
-                 resume_wait=2.0, client_name=CLIENT_NAME, resume_timeout=None):
+                 resume_wait=2.0, client_name=CLIENT_NAME, resume_timeout=None,
+                 ssl_context=None, ssl_ca_certs=None, ssl_certfile=None, ssl_keyfile=None):
         self._loop = None
         self._transport = None
         self._reader = None
@@ -161,7 +166,9 @@ class Session(SessionCore):
         self._room_waiters = []  # calls waiting for the in-flight count to fall (resuming)
         self._resume_task = None  # the task resuming after a drop (resume_timeout)
         self._init_state(url, token, timeout, connect_timeout, resume_wait, client_name,
-                         resume_timeout)
+                         resume_timeout,
+                         tls=dict(ssl_context=ssl_context, ssl_ca_certs=ssl_ca_certs,
+                                  ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile))
         self.gc = AsyncGC(self)
         self.tracemalloc = AsyncTracemalloc(self)
         self.weakref = AsyncWeakrefModule(self)
@@ -204,8 +211,13 @@ class Session(SessionCore):
             if family == socket.AF_UNIX:
                 make = loop.create_unix_connection(lambda: protocol, address)
             else:
-                make = loop.create_connection(lambda: protocol, address[0], address[1])
+                ctx = self._ssl_for(url)
+                make = loop.create_connection(
+                    lambda: protocol, address[0], address[1], ssl=ctx,
+                    server_hostname=address[0] if ctx else None)
             transport, _ = await asyncio.wait_for(make, self._connect_timeout)
+        except ssl.SSLError as exc:
+            raise errors.ConnectionClosed(f"TLS handshake with {url} failed: {exc}") from exc
         except (OSError, asyncio.TimeoutError) as exc:
             raise errors.ConnectionClosed(f"cannot connect to {url}: {exc}") from exc
         sock = transport.get_extra_info("socket")
