@@ -45,6 +45,11 @@
 #include <unistd.h>
 #include <fcntl.h>
 
+#include <arpa/inet.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
 #ifndef HEAPD_VERSION
 #define HEAPD_VERSION "0"
 #endif
@@ -126,9 +131,13 @@ struct call_s {
 typedef enum qmode_e { MODE_NORMAL, MODE_PIPELINE, MODE_BATCH } qmode_t;
 
 struct hdc_s {
-    int fd;          /* -1 when closed */
-    int connected;   /* the hello was answered with success */
-    int in_callback; /* an event callback is running: calls are refused */
+    int fd;                    /* -1 when closed */
+    SSL *ssl;                  /* a tls:// connection's TLS over fd (a socket BIO), else NULL */
+    SSL_CTX *ssl_ctx;          /* made at the first tls:// connect, from the three below */
+    char *cacert, *cert, *key; /* hdc_set_tls; NULL: the system's CAs, no client cert */
+    char tls_why[200];         /* why the last TLS read or write failed */
+    int connected;             /* the hello was answered with success */
+    int in_callback;           /* an event callback is running: calls are refused */
     qmode_t mode;
     int timeout_ms; /* 0 = forever */
     char *url, *token, *client_name;
@@ -280,8 +289,19 @@ static void drop_batch(hdc_t *c) {
     c->nbcalls = 0;
 }
 
+/* Ends TLS on the socket: close_notify if the stream is sound, then frees the SSL. */
+static void tls_end(hdc_t *c) {
+    if (!c->ssl) return;
+    if (SSL_is_init_finished(c->ssl) && !(SSL_get_shutdown(c->ssl) & SSL_SENT_SHUTDOWN))
+        SSL_shutdown(c->ssl); /* one try, no wait: the socket is non-blocking */
+    SSL_free(c->ssl);
+    c->ssl = NULL;
+    ERR_clear_error();
+}
+
 /* Closes the socket and fails every call still waiting with code. */
 static void shut(hdc_t *c, int code) {
+    tls_end(c);
     if (c->fd >= 0) close(c->fd);
     c->fd = -1;
     c->connected = 0;
@@ -327,6 +347,10 @@ void hdc_free(hdc_t *c) {
     free(c->token);
     free(c->client_name);
     free(c->target);
+    free(c->cacert);
+    free(c->cert);
+    free(c->key);
+    SSL_CTX_free(c->ssl_ctx);
     buf_free(&c->wbuf);
     buf_free(&c->rbuf);
     buf_free(&c->sent);
@@ -416,6 +440,7 @@ static int connect_unix(hdc_t *c, const char *path) {
 /* A parsed URL: a Unix socket path, or a host and a port. */
 typedef struct url_s {
     int is_unix;
+    int tls;          /* tls://host:port */
     const char *path; /* in the URL string */
     char host[256];
     char port[8];
@@ -438,12 +463,13 @@ static int parse_url(const char *u, url_t *out, char *why, size_t whylen) {
     }
     const char *hp = u, *port;
     size_t hl;
-    if (strncmp(u, "tcp://", 6) == 0) {
+    if (strncmp(u, "tcp://", 6) == 0 || strncmp(u, "tls://", 6) == 0) {
+        out->tls = u[2] == 's';
         hp = u + 6;
     } else if (strstr(u, "://")) {
         snprintf(why, whylen,
-                 "unsupported URL \"%s\": expected tcp://host:port, host:port, unix:/path or "
-                 "/path",
+                 "unsupported URL \"%s\": expected tcp://host:port, tls://host:port, "
+                 "host:port, unix:/path or /path",
                  u);
         return HDC_EINVAL;
     }
@@ -510,13 +536,184 @@ static int connect_tcp(hdc_t *c, const char *host, const char *port) {
     return 0;
 }
 
-/* Opens c->fd for c->url, or the node a redirect named (c->at), in parse_url's forms. */
+/* ------------------------------------------------------------------------------------------ */
+/* TLS (tls:// URLs): OpenSSL on the socket itself.                                            */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Why OpenSSL failed: the certificate check's verdict if that failed, else the queue's
+ * reason. Clears the queue. */
+static void tls_reason(SSL *ssl, char *buf, size_t len) {
+    long v = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+    unsigned long e = ERR_peek_last_error();
+    const char *r = e ? ERR_reason_error_string(e) : NULL;
+    if (v != X509_V_OK)
+        snprintf(buf, len, "certificate verify failed: %s", X509_verify_cert_error_string(v));
+    else
+        snprintf(buf, len, "%s", r ? r : "TLS error");
+    ERR_clear_error();
+}
+
+/* The client context: the server's certificate verified against cacert (or the system's
+ * CAs), TLS 1.2 at least, and a client certificate for mutual TLS when given. */
+static int tls_context(hdc_t *c) {
+    if (c->ssl_ctx) return 0;
+    char why[256];
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) return note(c, HDC_ENOMEM, NULL);
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    /* A server that closes without close_notify has ended the stream, not attacked it: the
+     * frames say whether anything is missing. */
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_RENEGOTIATION);
+    const char *what = NULL;
+    if (c->cacert ? SSL_CTX_load_verify_locations(ctx, c->cacert, NULL) != 1
+                  : SSL_CTX_set_default_verify_paths(ctx) != 1)
+        what = c->cacert ? c->cacert : "the system's CA certificates";
+    else if (c->cert && SSL_CTX_use_certificate_chain_file(ctx, c->cert) != 1)
+        what = c->cert;
+    else if (c->cert &&
+             SSL_CTX_use_PrivateKey_file(ctx, c->key ? c->key : c->cert, SSL_FILETYPE_PEM) != 1)
+        what = c->key ? c->key : c->cert;
+    if (what) {
+        tls_reason(NULL, why, sizeof why);
+        SSL_CTX_free(ctx);
+        return note(c, HDC_EINVAL, "TLS: cannot load %s: %s", what, why);
+    }
+    c->ssl_ctx = ctx;
+    return 0;
+}
+
+/* The handshake on the connected c->fd, the server's certificate checked against host (a
+ * name, or an IP address). */
+static int tls_start(hdc_t *c, const char *url, const char *host) {
+    int rc = tls_context(c);
+    if (rc) return rc;
+    char why[256];
+    c->ssl = SSL_new(c->ssl_ctx);
+    if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1) {
+        tls_end(c);
+        return note(c, HDC_ENOMEM, NULL);
+    }
+    unsigned char ip[16];
+    if (inet_pton(AF_INET, host, ip) == 1 || inet_pton(AF_INET6, host, ip) == 1) {
+        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), host);
+    } else {
+        SSL_set_tlsext_host_name(c->ssl, host);
+        SSL_set1_host(c->ssl, host);
+    }
+    uint64_t deadline = c->timeout_ms > 0 ? now_ms() + (uint64_t)c->timeout_ms : 0;
+    for (;;) {
+        ERR_clear_error();
+        int r = SSL_connect(c->ssl);
+        if (r == 1) return 0;
+        int e = SSL_get_error(c->ssl, r);
+        if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+            if (e == SSL_ERROR_SYSCALL && !ERR_peek_error())
+                snprintf(why, sizeof why, "%s", errno ? strerror(errno) : "connection closed");
+            else
+                tls_reason(c->ssl, why, sizeof why);
+            break;
+        }
+        struct pollfd p = {c->fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, 0};
+        uint64_t now = now_ms();
+        if (deadline && now >= deadline) {
+            snprintf(why, sizeof why, "timed out");
+            break;
+        }
+        int n = poll(&p, 1, deadline ? (int)(deadline - now) : -1);
+        if (n < 0 && errno != EINTR) {
+            snprintf(why, sizeof why, "%s", strerror(errno));
+            break;
+        }
+    }
+    tls_end(c);
+    return note(c, HDC_ECONNECT, "TLS handshake with %s failed: %s", url, why);
+}
+
+int hdc_set_tls(hdc_t *c, const char *cacert, const char *cert, const char *key) {
+    char *a = dupstr(cacert), *b = dupstr(cert), *k = dupstr(key);
+    set_ok(c);
+    if ((cacert && !a) || (cert && !b) || (key && !k)) {
+        free(a);
+        free(b);
+        free(k);
+        return note(c, HDC_ENOMEM, NULL);
+    }
+    if (key && !cert) {
+        free(a);
+        free(b);
+        free(k);
+        return note(c, HDC_EINVAL, "a TLS key without its certificate");
+    }
+    free(c->cacert);
+    free(c->cert);
+    free(c->key);
+    c->cacert = a, c->cert = b, c->key = k;
+    SSL_CTX_free(c->ssl_ctx); /* the next tls:// connect makes one with these */
+    c->ssl_ctx = NULL;
+    return 0;
+}
+
+/* send(2) and recv(2), through TLS on a tls:// connection: the same results (a would-block
+ * is -1 with EAGAIN; a TLS failure is -1 with EPROTO, tls_why saying why). */
+static ssize_t io_send(hdc_t *c, const void *p, size_t n) {
+    if (!c->ssl) return send(c->fd, p, n, MSG_NOSIGNAL);
+    ERR_clear_error();
+    int r = SSL_write(c->ssl, p, n > INT_MAX ? INT_MAX : (int)n);
+    if (r > 0) return r;
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        errno = EAGAIN;
+    } else if (e != SSL_ERROR_SYSCALL || ERR_peek_error()) {
+        tls_reason(c->ssl, c->tls_why, sizeof c->tls_why);
+        errno = EPROTO;
+    } else if (!errno) {
+        errno = EPIPE;
+    }
+    return -1;
+}
+
+static ssize_t io_recv(hdc_t *c, void *p, size_t n) {
+    if (!c->ssl) return recv(c->fd, p, n, 0);
+    ERR_clear_error();
+    int r = SSL_read(c->ssl, p, n > INT_MAX ? INT_MAX : (int)n);
+    if (r > 0) return r;
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_ZERO_RETURN) return 0;
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        errno = EAGAIN;
+        return -1;
+    }
+    if (e == SSL_ERROR_SYSCALL && !ERR_peek_error()) return errno ? -1 : 0;
+    tls_reason(c->ssl, c->tls_why, sizeof c->tls_why);
+    errno = EPROTO;
+    return -1;
+}
+
+/* Bytes TLS has decrypted and not handed out: poll(2) cannot see them. */
+static int io_buffered(const hdc_t *c) {
+    return c->ssl && SSL_pending(c->ssl) > 0;
+}
+
+/* What an I/O failure with this errno was. */
+static const char *io_why(const hdc_t *c, int err) {
+    return err == EPROTO && c->tls_why[0] ? c->tls_why : strerror(err);
+}
+
+/* Opens c->fd for c->url, or the node a redirect named (c->at), in parse_url's forms; over
+ * TLS for tls://. */
 static int open_url(hdc_t *c) {
     url_t u;
     char why[512];
     const char *url = c->at ? c->at : c->url;
     if (parse_url(url, &u, why, sizeof why) < 0) return note(c, HDC_EINVAL, "%s", why);
-    return u.is_unix ? connect_unix(c, u.path) : connect_tcp(c, u.host, u.port);
+    c->tls_why[0] = '\0';
+    int rc = u.is_unix ? connect_unix(c, u.path) : connect_tcp(c, u.host, u.port);
+    if (rc == 0 && u.tls && (rc = tls_start(c, url, u.host)) != 0) {
+        close(c->fd);
+        c->fd = -1;
+    }
+    return rc;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -574,21 +771,21 @@ static int try_resume(hdc_t *c, const char *what);
 static int broken(hdc_t *c, int err) {
     for (;;) {
         if (buf_reserve(&c->rbuf, RECV_CHUNK)) break;
-        ssize_t n = recv(c->fd, c->rbuf.p + c->rbuf.len, c->rbuf.cap - c->rbuf.len, 0);
+        ssize_t n = io_recv(c, c->rbuf.p + c->rbuf.len, c->rbuf.cap - c->rbuf.len);
         if (n <= 0) break;
         c->rbuf.len += (size_t)n;
     }
     int rc = process_frames(c, NULL);
     if (c->fd < 0) return rc ? rc : HDC_ECLOSED;
     if (can_resume(c))
-        return try_resume(c, err ? strerror(err) : "the server closed the connection");
-    return fail(c, HDC_ECLOSED, err ? strerror(err) : "the server closed the connection");
+        return try_resume(c, err ? io_why(c, err) : "the server closed the connection");
+    return fail(c, HDC_ECLOSED, err ? io_why(c, err) : "the server closed the connection");
 }
 
 /* Sends what the socket takes without blocking. */
 static int flush_some(hdc_t *c) {
     while (c->woff < c->wbuf.len) {
-        ssize_t n = send(c->fd, c->wbuf.p + c->woff, c->wbuf.len - c->woff, MSG_NOSIGNAL);
+        ssize_t n = io_send(c, c->wbuf.p + c->woff, c->wbuf.len - c->woff);
         if (n < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
@@ -610,7 +807,7 @@ static int fill_some(hdc_t *c) {
     }
     for (;;) {
         if (buf_reserve(&c->rbuf, RECV_CHUNK)) return fail(c, HDC_ENOMEM, "receive buffer");
-        ssize_t n = recv(c->fd, c->rbuf.p + c->rbuf.len, c->rbuf.cap - c->rbuf.len, 0);
+        ssize_t n = io_recv(c, c->rbuf.p + c->rbuf.len, c->rbuf.cap - c->rbuf.len);
         if (n < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
@@ -618,7 +815,8 @@ static int fill_some(hdc_t *c) {
         }
         if (n == 0) return broken(c, 0);
         c->rbuf.len += (size_t)n;
-        if ((size_t)n < RECV_CHUNK) return 0;
+        /* TLS hands out a record at a time: short reads say nothing of what is left. */
+        if ((size_t)n < RECV_CHUNK && !io_buffered(c) && !c->ssl) return 0;
     }
 }
 
@@ -756,6 +954,7 @@ static int process_frames(hdc_t *c, int *nevents) {
  * receives what it can. Returns 0, 1 on timeout, or a negative code after closing. */
 static int io_step(hdc_t *c, int timeout_ms) {
     if (c->fd < 0) return HDC_ECLOSED;
+    if (io_buffered(c)) return fill_some(c);
     struct pollfd p = {c->fd, POLLIN, 0};
     if (c->woff < c->wbuf.len) p.events |= POLLOUT;
     int rc = poll(&p, 1, timeout_ms);
@@ -856,22 +1055,22 @@ static int resume_hello(hdc_t *c) {
         if (now >= deadline) return note(c, HDC_ETIMEOUT, "no answer to hello in time");
         struct pollfd p = {c->fd, POLLIN, 0};
         if (c->woff < c->wbuf.len) p.events |= POLLOUT;
-        int n = poll(&p, 1, (int)(deadline - now));
+        int n = io_buffered(c) ? (p.revents = POLLIN, 1) : poll(&p, 1, (int)(deadline - now));
         if (n < 0 && errno != EINTR) return note(c, HDC_ECLOSED, "%s", strerror(errno));
         if (n <= 0) continue;
         if (p.revents & POLLOUT) {
-            ssize_t k = send(c->fd, c->wbuf.p + c->woff, c->wbuf.len - c->woff, MSG_NOSIGNAL);
+            ssize_t k = io_send(c, c->wbuf.p + c->woff, c->wbuf.len - c->woff);
             if (k < 0 && errno != EAGAIN && errno != EINTR)
-                return note(c, HDC_ECLOSED, "%s", strerror(errno));
+                return note(c, HDC_ECLOSED, "%s", io_why(c, errno));
             if (k > 0) c->woff += (size_t)k;
             if (c->woff == c->wbuf.len) c->wbuf.len = c->woff = 0;
         }
         if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
             if (buf_reserve(&c->rbuf, RECV_CHUNK)) return note(c, HDC_ENOMEM, NULL);
-            ssize_t k = recv(c->fd, c->rbuf.p + c->rbuf.len, c->rbuf.cap - c->rbuf.len, 0);
+            ssize_t k = io_recv(c, c->rbuf.p + c->rbuf.len, c->rbuf.cap - c->rbuf.len);
             if (k == 0) return note(c, HDC_ECLOSED, "the server closed the connection");
             if (k < 0 && errno != EAGAIN && errno != EINTR)
-                return note(c, HDC_ECLOSED, "%s", strerror(errno));
+                return note(c, HDC_ECLOSED, "%s", io_why(c, errno));
             if (k > 0) c->rbuf.len += (size_t)k;
         }
     }
@@ -911,6 +1110,7 @@ static int try_resume(hdc_t *c, const char *what) {
     unsigned backoff = RESUME_BACKOFF_MIN_MS, hops = 0;
     int rc;
     for (;;) {
+        tls_end(c);
         if (c->fd >= 0) close(c->fd);
         c->fd = -1;
         c->wbuf.len = c->woff = 0;

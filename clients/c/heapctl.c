@@ -2,8 +2,8 @@
 /*
  * heapctl.c: the command-line tool of heapd, built on libheapdclient.
  *
- *   heapctl [--connect URL] [--token T] [--json] [--session ID [--resume TOKEN]] [--keep]
- *           COMMAND [ARGS]
+ *   heapctl [--connect URL] [--token T] [--cacert F] [--cert F] [--key F] [--json] [--session ID
+ * [--resume TOKEN]] [--keep] COMMAND [ARGS]
  *
  * Each invocation opens its own session, so its own heap. The heap commands (`stats`,
  * `census`, `gc`, `trace`) act on another session when given --session ID: heapctl, as an
@@ -2246,9 +2246,17 @@ static void print_usage(FILE *f) {
     fprintf(f,
             "usage: heapctl [OPTIONS] COMMAND [ARGS]\n\n"
             "Options:\n"
-            "  -c, --connect URL     tcp://HOST:PORT or unix:/PATH (default: $HEAPD_URL, else "
-            "%s)\n"
+            "  -c, --connect URL     tcp://HOST:PORT, tls://HOST:PORT or unix:/PATH (default: "
+            "$HEAPD_URL,\n"
+            "                        else %s)\n"
             "  -t, --token T         token or admin token (default: $HEAPD_TOKEN)\n"
+            "      --cacert FILE     tls://: the CA certificates (PEM) the server's must chain "
+            "to\n"
+            "                        (default: $HEAPD_CACERT, else the system's)\n"
+            "      --cert FILE       tls://: a client certificate (PEM) for mutual TLS "
+            "(default: $HEAPD_CERT)\n"
+            "      --key FILE        tls://: its private key (PEM; default: $HEAPD_KEY, else in "
+            "--cert's file)\n"
             "  -j, --json            machine-readable output: one JSON document per command\n"
             "      --session ID      heap commands act on session ID (admin; see `sessions`)\n"
             "      --resume TOKEN    with --session: attach to that detached session as its "
@@ -2536,8 +2544,19 @@ int main(int argc, char **argv) {
     x.url = getenv("HEAPD_URL") && *getenv("HEAPD_URL") ? getenv("HEAPD_URL") : HDC_DEFAULT_URL;
     x.token = getenv("HEAPD_TOKEN");
     x.timeout_ms = HDC_DEFAULT_TIMEOUT_MS;
+    const char *cacert = getenv("HEAPD_CACERT"), *cert = getenv("HEAPD_CERT"),
+               *key = getenv("HEAPD_KEY");
 
-    enum { OPT_SESSION = 256, OPT_RESUME, OPT_TIMEOUT, OPT_RECONNECT, OPT_NODES };
+    enum {
+        OPT_SESSION = 256,
+        OPT_RESUME,
+        OPT_TIMEOUT,
+        OPT_RECONNECT,
+        OPT_NODES,
+        OPT_CACERT,
+        OPT_CERT,
+        OPT_KEY
+    };
     static const struct option longopts[] = {
         {"connect", required_argument, NULL, 'c'},
         {"token", required_argument, NULL, 't'},
@@ -2548,6 +2567,9 @@ int main(int argc, char **argv) {
         {"timeout", required_argument, NULL, OPT_TIMEOUT},
         {"reconnect", required_argument, NULL, OPT_RECONNECT},
         {"nodes", required_argument, NULL, OPT_NODES},
+        {"cacert", required_argument, NULL, OPT_CACERT},
+        {"cert", required_argument, NULL, OPT_CERT},
+        {"key", required_argument, NULL, OPT_KEY},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -2573,12 +2595,20 @@ int main(int argc, char **argv) {
                 snprintf(bad, sizeof bad, "--reconnect wants seconds (0 to 86400), not \"%s\"",
                          optarg);
             break;
+        case OPT_CACERT: cacert = optarg; break;
+        case OPT_CERT: cert = optarg; break;
+        case OPT_KEY: key = optarg; break;
         case 'h': print_usage(stdout); return EXIT_OK;
         case 'V': printf("heapctl %s\n", HEAPD_VERSION); return EXIT_OK;
         default: snprintf(bad, sizeof bad, "bad option (see --help)"); break;
         }
     }
     if (!bad[0] && optind >= argc) snprintf(bad, sizeof bad, "no command given");
+    /* Empty variables are unset ones, as $HEAPD_URL's. */
+    if (cacert && !*cacert) cacert = NULL;
+    if (cert && !*cert) cert = NULL;
+    if (key && !*key) key = NULL;
+    if (!bad[0] && key && !cert) snprintf(bad, sizeof bad, "--key needs --cert");
     if (!bad[0] && x.resume_token && !x.session_id)
         snprintf(bad, sizeof bad, "--resume needs --session ID");
     if (!x.resume_token) x.target = x.session_id, x.session_id = NULL;
@@ -2615,7 +2645,8 @@ int main(int argc, char **argv) {
         o.resume_token = x.resume_token;
         o.timeout_ms = x.timeout_ms;
         o.resume_ms = x.reconnect_s * 1000;
-        int rc = hdc_connect(x.c, x.url, &o);
+        int rc = hdc_set_tls(x.c, cacert, cert, key);
+        if (rc == 0) rc = hdc_connect(x.c, x.url, &o);
         if (rc) {
             int code = fail_early(&x, rc, hdc_errmsg(x.c));
             hdc_free(x.c);

@@ -263,6 +263,55 @@ class PythonClientTest(TLSBase):
             asyncio.run(main())
 
 
+@unittest.skipIf(not HEAPCTL, "HEAPCTL_BIN not set")
+class HeapctlTest(TLSBase):
+    """heapctl, and under it the C client (clients/c/client.c), over TLS."""
+
+    client_ca = True
+
+    def heapctl(self, *args, env=None, check=None):
+        r = subprocess.run([HEAPCTL, "--connect", "tls://127.0.0.1:%d" % self.d.tls_addr[1],
+                            "--json", *args], capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, **(env or {})))
+        if check is not None:
+            self.assertEqual(r.returncode, check, r.stdout + r.stderr)
+        return r
+
+    def test_session(self):
+        cert, key = self.ca.issue("ctl", server=False)
+        r = self.heapctl("--cacert", self.ca.cert, "--cert", cert, "--key", key, "stats",
+                         check=0)
+        self.assertIn('"objects"', r.stdout)
+        # The shell: several requests on one TLS connection, answers bigger than a record.
+        r = subprocess.run([HEAPCTL, "--connect", "tls://127.0.0.1:%d" % self.d.tls_addr[1],
+                            "--cacert", self.ca.cert, "--cert", cert, "--key", key, "shell"],
+                           input="ping\nstats\ncensus\nping\n", capture_output=True,
+                           text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+    def test_environment(self):
+        cert, key = self.ca.issue("ctlenv", server=False)
+        self.heapctl("ping", env={"HEAPD_CACERT": self.ca.cert, "HEAPD_CERT": cert,
+                                  "HEAPD_KEY": key}, check=0)
+
+    def test_refusals(self):
+        cert, key = self.ca.issue("ctl2", server=False)
+        other = TestCA(self.tmp, "ctl-other-ca")
+        r = self.heapctl("--cacert", other.cert, "--cert", cert, "--key", key, "ping", check=3)
+        self.assertIn("certificate verify failed", r.stdout + r.stderr)
+        r = self.heapctl("--cacert", self.ca.cert, "ping")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("certificate", r.stdout + r.stderr)
+        r = self.heapctl("--cacert", os.path.join(self.tmp, "missing.pem"), "ping")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("missing.pem", r.stdout + r.stderr)
+        r = self.heapctl("--key", key, "ping", check=2)
+        self.assertIn("--key needs --cert", r.stdout + r.stderr)
+        r = subprocess.run([HEAPCTL, "--connect", "tls://127.0.0.1", "ping"],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 2, r.stderr)
+
+
 class MinVersionTest(TLSBase):
     extra = {"min_version": "1.3"}
 

@@ -153,12 +153,21 @@ hdc_t *hdc_new(void);
 void hdc_free(hdc_t *c);
 
 /* Connects to url and says hello. url is "tcp://host:port" or "host:port" (host may be a
- * name, an IPv4 address or a bracketed IPv6 address), "unix:/path" ("unix:///path" and a
- * relative "unix:path" too) or a bare absolute "/path": the forms the Python client's
+ * name, an IPv4 address or a bracketed IPv6 address), "tls://host:port" (the same over TLS,
+ * to a server's tls.listen: see hdc_set_tls), "unix:/path" ("unix:///path" and a relative
+ * "unix:path" too) or a bare absolute "/path": the forms the Python client's
  * heapd.parse_url accepts, with the same checks. NULL: $HEAPD_URL if set and not empty, else
  * HDC_DEFAULT_URL. opts may be NULL for the defaults; its strings are copied. An open
  * connection is closed first. A bad URL is HDC_EINVAL, before any connection is tried. */
 int hdc_connect(hdc_t *c, const char *url, const hdc_options_t *opts);
+/* The TLS of the next tls:// connections: the server's certificate must chain to cacert (a
+ * PEM file; NULL: the system's CAs, /etc/ssl/certs) and name the URL's host (its DNS name or
+ * IP address); cert and key (PEM; key NULL: in cert's file) are presented to a server that
+ * asks for a client certificate (mutual TLS). TLS 1.2 at least. Strings are copied; the
+ * files are read at the next connect, whose failure (HDC_EINVAL for a file that does not
+ * load, HDC_ECONNECT for a failed handshake) says which. Returns 0, HDC_EINVAL (a key without
+ * a certificate) or HDC_ENOMEM. */
+int hdc_set_tls(hdc_t *c, const char *cacert, const char *cert, const char *key);
 /* Checks url as hdc_connect would, without connecting. Returns 0 or HDC_EINVAL; why (may be
  * NULL) gets the reason, cut to whylen bytes. */
 int hdc_url_check(const char *url, char *why, size_t whylen);
