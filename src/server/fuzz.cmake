@@ -30,3 +30,14 @@ heapd_fuzz_target(TARGET fuzz_http TEST server.fuzz_http
                   LIBS HttpParser::HttpParser
                   ARGS -timeout=10 -max_len=16384 -max_total_time=15
                   SEEDS ${CMAKE_CURRENT_SOURCE_DIR}/fuzz_http_seeds)
+
+# What TLS adds before anyone is authenticated (fuzz_tls.c): the config's tls: section (a YAML
+# document through hd_config_load_text, which must print and load back to itself) and bytes
+# through a fresh connection's handshake (tls.c over memory BIOs, a self-signed certificate).
+# Seeded from src/server/fuzz_tls_seeds; 10 s in the suite.
+heapd_fuzz_target(TARGET fuzz_tls TEST server.fuzz_tls
+                  SOURCES fuzz_tls.c config.c log.c tls.c codec.c
+                  INCLUDES ${CMAKE_CURRENT_SOURCE_DIR}
+                  LIBS hdproto PkgConfig::LIBUV PkgConfig::YAML PkgConfig::OPENSSL
+                  ARGS -timeout=10 -max_len=4096 -max_total_time=10
+                  SEEDS ${CMAKE_CURRENT_SOURCE_DIR}/fuzz_tls_seeds)
