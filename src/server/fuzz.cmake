@@ -16,7 +16,7 @@ heapd_fuzz_target(TARGET fuzz_hello TEST server.fuzz_hello
                   SOURCES fuzz_hello.c ${HD_SERVER_SOURCES} ${HD_WIRE_SOURCES} ${HD_PERSIST_SOURCES}
                   INCLUDES ${CMAKE_CURRENT_SOURCE_DIR}
                   LIBS hdproto PkgConfig::LIBUV PkgConfig::YAML HttpParser::HttpParser
-                       PkgConfig::XXHASH PkgConfig::ZSTD
+                       PkgConfig::XXHASH PkgConfig::ZSTD PkgConfig::OPENSSL
                   ARGS -timeout=10 -max_len=8192 -max_total_time=10
                   SEEDS ${CMAKE_SOURCE_DIR}/tests/server/fuzz_hello_seeds)
 
