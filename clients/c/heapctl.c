@@ -2647,6 +2647,13 @@ int main(int argc, char **argv) {
         o.resume_ms = x.reconnect_s * 1000;
         int rc = hdc_set_tls(x.c, cacert, cert, key);
         if (rc == 0) rc = hdc_connect(x.c, x.url, &o);
+        /* --resume right after the session's last heapctl exited (--keep): the server may
+         * not have seen that connection close yet, and answers EBUSY for a moment. */
+        for (int tries = 0; rc == HDC_EBUSY && x.resume_token && tries < 100; tries++) {
+            struct timespec ts = {0, 20 * 1000000L};
+            nanosleep(&ts, NULL);
+            rc = hdc_connect(x.c, x.url, &o);
+        }
         if (rc) {
             int code = fail_early(&x, rc, hdc_errmsg(x.c));
             hdc_free(x.c);

@@ -18,7 +18,8 @@ import harness as h
 SOURCE_DIR = os.environ.get("HEAPD_SOURCE_DIR",
                             os.path.join(os.path.dirname(__file__), "..", ".."))
 SHIPPED = os.path.join(SOURCE_DIR, "config", "heapd.yaml")
-KEYS = ["listen", "unix_socket", "unix_socket_mode", "workers", "max_connections",
+KEYS = ["listen", "tls.listen", "tls.cert", "tls.key", "tls.client_ca", "tls.min_version",
+        "unix_socket", "unix_socket_mode", "workers", "max_connections",
         "max_connections_per_ip", "hello_timeout", "frame_timeout", "min_frame_rate",
         "max_sessions", "max_frame_bytes", "session_max_bytes", "max_memory", "session_max_objects",
         "idle_timeout", "session_linger", "output_buffer_limit", "client_stall_timeout",
@@ -27,6 +28,22 @@ KEYS = ["listen", "unix_socket", "unix_socket_mode", "workers", "max_connections
         "metrics_top_sessions", "slowlog_threshold_us", "slowlog_max_len", "monitor_buffer", "data_dir",
         "snapshot_interval", "snapshot_on_detach", "snapshot_compress", "replay_window",
         "replay_window_bytes", "node_id", "advertise_url", "peer_url", "peers"]
+
+
+def printed_keys(text):
+    """The key names of a printed config, a section's (its keys indented under "tls:") as
+    section.key."""
+    names, section = [], None
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if line.startswith("  ") and section:
+            names.append(section + "." + name.strip())
+        elif not value.strip():
+            section = name
+        else:
+            section = None
+            names.append(name)
+    return names
 
 
 def run(*args, timeout=10):
@@ -58,16 +75,17 @@ class ConfigTest(h.unittest.TestCase):
     def test_shipped_config_is_valid_and_documented(self):
         r = run("--check-config", SHIPPED)
         self.assertEqual(r.returncode, 0, r.stderr)
-        printed = [line.split(":", 1)[0] for line in r.stdout.splitlines()]
-        self.assertEqual(printed, KEYS)
+        self.assertEqual(printed_keys(r.stdout), KEYS)
         self.assertIn('listen: ["127.0.0.1:7420"]', r.stdout)
         self.assertIn('unix_socket: "/tmp/heapd.sock"', r.stdout)
         # Every key is set in the shipped file, with a comment just above it.
         lines = h.read_file(SHIPPED).splitlines()
         for key in KEYS:
-            idx = [i for i, l in enumerate(lines) if l.startswith(key + ":")]
+            section, _, sub = key.rpartition(".")
+            line = "  %s:" % sub if section else key + ":"
+            idx = [i for i, l in enumerate(lines) if l.startswith(line)]
             self.assertEqual(len(idx), 1, key)
-            self.assertTrue(lines[idx[0] - 1].startswith("#"), key)
+            self.assertTrue(lines[idx[0] - 1].lstrip().startswith("#"), key)
 
     def test_effective_config_round_trips(self):
         path = self.write('max_frame_bytes: 64KiB\nidle_timeout: 1500ms\ntokens: ["a", "b"]\n'
