@@ -36,7 +36,7 @@ heapd_fuzz_target(TARGET fuzz_http TEST server.fuzz_http
 # through a fresh connection's handshake (tls.c over memory BIOs, a self-signed certificate).
 # Seeded from src/server/fuzz_tls_seeds; 10 s in the suite.
 heapd_fuzz_target(TARGET fuzz_tls TEST server.fuzz_tls
-                  SOURCES fuzz_tls.c config.c log.c tls.c codec.c
+                  SOURCES fuzz_tls.c config.c cluster.c log.c tls.c codec.c
                   INCLUDES ${CMAKE_CURRENT_SOURCE_DIR}
                   LIBS hdproto PkgConfig::LIBUV PkgConfig::YAML PkgConfig::OPENSSL
                   ARGS -timeout=10 -max_len=4096 -max_total_time=10
