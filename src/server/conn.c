@@ -1099,6 +1099,7 @@ void hd__conns_trim(uv_timer_t *t) {
             continue;
         if (c->out.len == 0) hd_buf_free(&c->out);
         if (c->sealed.len == 0) hd_buf_free(&c->sealed);
+        if (c->tls) hd_tls_trim(c->tls);
         hd_frame_parser_trim(&c->parser);
         charge_buffers(c);
     }

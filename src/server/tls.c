@@ -403,6 +403,27 @@ int hd_tls_output(hd_tls_t *t, hd_buf_t *out) {
     return rc;
 }
 
+/* A memory BIO keeps the largest buffer it ever held (about a record each), so an idle
+ * connection swaps in empty ones. */
+void hd_tls_trim(hd_tls_t *t) {
+    if (BIO_ctrl_pending(t->rbio) || BIO_ctrl_pending(t->wbio)) return;
+    acct_t *prev = enter(t);
+    BIO *r = BIO_new(BIO_s_mem()), *w = BIO_new(BIO_s_mem());
+    if (r && w) {
+        BIO_set_mem_eof_return(r, -1);
+        BIO_set_mem_eof_return(w, -1);
+        SSL_set0_rbio(t->ssl, r); /* frees the old ones */
+        SSL_set0_wbio(t->ssl, w);
+        t->rbio = r;
+        t->wbio = w;
+    } else {
+        BIO_free(r);
+        BIO_free(w);
+    }
+    ERR_clear_error();
+    leave(prev);
+}
+
 bool hd_tls_output_pending(const hd_tls_t *t) {
     return BIO_ctrl_pending(t->wbio) > 0;
 }

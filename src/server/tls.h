@@ -63,6 +63,8 @@ int hd_tls_seal(hd_tls_t *t, const uint8_t *p, size_t n, hd_buf_t *out);
 /* Appends the bytes waiting to go to the peer (handshake, alerts, close_notify) to out.
  * Returns 0 or HD_ENOMEM (then they stay waiting). */
 int hd_tls_output(hd_tls_t *t, hd_buf_t *out);
+/* Gives back the BIOs' buffers when nothing waits in them (an idle connection). */
+void hd_tls_trim(hd_tls_t *t);
 /* Whether bytes wait in the output. */
 bool hd_tls_output_pending(const hd_tls_t *t);
 /* Queues close_notify in the output (after a finished handshake; else nothing). */
