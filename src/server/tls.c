@@ -55,6 +55,7 @@
 typedef struct acct_s {
     atomic_int_fast64_t bytes;
     atomic_int_fast64_t refs;
+    atomic_bool outlived; /* its connection is gone: its blocks are the library's now */
 } acct_t;
 
 /* The connection OpenSSL works for on this thread now (NULL: the server's own work). */
@@ -68,13 +69,51 @@ typedef struct hdr_s {
 } hdr_t;
 _Static_assert(sizeof(hdr_t) == 16, "the header keeps malloc's 16-byte alignment");
 
+/* Every live connection's bytes together (tests: back to where it was once connections are
+ * freed), and what blocks made for connections hold after them: the library's lazily filled
+ * caches and each thread's error queue buffers, kept until the thread or process ends. */
+static atomic_int_fast64_t charged_total, outlived_total;
+
+/* Fault injection (tests): with fail_at = N > 0, the N-th allocation made for a connection
+ * (counted from hd__tls_fail_nth) fails. */
+static atomic_long fail_at, fail_seen;
+static atomic_int fail_hit;
+
+static bool should_fail(void) {
+    long n = atomic_load_explicit(&fail_at, memory_order_relaxed);
+    if (__builtin_expect(n <= 0, 1)) return false;
+    if (atomic_fetch_add(&fail_seen, 1) + 1 != n) return false;
+    atomic_store(&fail_hit, 1);
+    return true;
+}
+
+void hd__tls_fail_nth(long n) {
+    atomic_store(&fail_seen, 0);
+    atomic_store(&fail_hit, 0);
+    atomic_store(&fail_at, n);
+}
+
+bool hd__tls_fail_hit(void) {
+    return atomic_load(&fail_hit);
+}
+
+uint64_t hd__tls_charged(void) {
+    int_fast64_t b = atomic_load(&charged_total);
+    return b > 0 ? (uint64_t)b : 0;
+}
+
+uint64_t hd__tls_outlived(void) {
+    int_fast64_t b = atomic_load(&outlived_total);
+    return b > 0 ? (uint64_t)b : 0;
+}
+
 static void acct_unref(acct_t *a) {
     if (a && atomic_fetch_sub(&a->refs, 1) == 1) free(a);
 }
 
 static void *counting_malloc(size_t n, const char *file, int line) {
     (void)file, (void)line;
-    if (n > SIZE_MAX - sizeof(hdr_t)) return NULL;
+    if (n > SIZE_MAX - sizeof(hdr_t) || (current && should_fail())) return NULL;
     hdr_t *h = malloc(sizeof *h + n);
     if (!h) return NULL;
     h->acct = current;
@@ -82,6 +121,7 @@ static void *counting_malloc(size_t n, const char *file, int line) {
     if (h->acct) {
         atomic_fetch_add(&h->acct->refs, 1);
         atomic_fetch_add(&h->acct->bytes, (int_fast64_t)n);
+        atomic_fetch_add(&charged_total, (int_fast64_t)n);
     }
     return h + 1;
 }
@@ -91,7 +131,11 @@ static void counting_free(void *p, const char *file, int line) {
     if (!p) return;
     hdr_t *h = (hdr_t *)p - 1;
     acct_t *a = h->acct;
-    if (a) atomic_fetch_sub(&a->bytes, (int_fast64_t)h->size);
+    if (a) {
+        atomic_fetch_sub(&a->bytes, (int_fast64_t)h->size);
+        atomic_fetch_sub(atomic_load(&a->outlived) ? &outlived_total : &charged_total,
+                         (int_fast64_t)h->size);
+    }
     free(h);
     acct_unref(a);
 }
@@ -102,13 +146,17 @@ static void *counting_realloc(void *p, size_t n, const char *file, int line) {
         counting_free(p, file, line);
         return NULL;
     }
-    if (n > SIZE_MAX - sizeof(hdr_t)) return NULL;
+    if (n > SIZE_MAX - sizeof(hdr_t) || (current && should_fail())) return NULL;
     hdr_t *h = (hdr_t *)p - 1;
     size_t old = h->size;
     hdr_t *nh = realloc(h, sizeof *nh + n);
     if (!nh) return NULL;
     nh->size = n;
-    if (nh->acct) atomic_fetch_add(&nh->acct->bytes, (int_fast64_t)n - (int_fast64_t)old);
+    if (nh->acct) {
+        atomic_fetch_add(&nh->acct->bytes, (int_fast64_t)n - (int_fast64_t)old);
+        atomic_fetch_add(atomic_load(&nh->acct->outlived) ? &outlived_total : &charged_total,
+                         (int_fast64_t)n - (int_fast64_t)old);
+    }
     return nh + 1;
 }
 
@@ -261,6 +309,7 @@ static void leave(acct_t *prev) {
 }
 
 hd_tls_t *hd_tls_new(hd_tls_ctx_t *ctx) {
+    if (should_fail()) return NULL; /* the struct itself, as any allocation for a connection */
     hd_tls_t *t = calloc(1, sizeof *t);
     acct_t *a = malloc(sizeof *a);
     if (!t || !a) {
@@ -270,6 +319,7 @@ hd_tls_t *hd_tls_new(hd_tls_ctx_t *ctx) {
     }
     atomic_init(&a->bytes, 0);
     atomic_init(&a->refs, 1);
+    atomic_init(&a->outlived, false);
     t->acct = a;
     acct_t *prev = enter(t);
     uv_mutex_lock(&ctx->lock);
@@ -302,7 +352,13 @@ void hd_tls_free(hd_tls_t *t) {
     SSL_free(t->ssl);
     ERR_clear_error();
     leave(prev);
-    acct_unref(t->acct);
+    /* What is left of its blocks is no longer the connection's (nor anyone's charge). */
+    acct_t *a = t->acct;
+    atomic_store(&a->outlived, true);
+    int_fast64_t left = atomic_load(&a->bytes);
+    atomic_fetch_sub(&charged_total, left);
+    atomic_fetch_add(&outlived_total, left);
+    acct_unref(a);
     free(t);
 }
 
@@ -454,7 +510,7 @@ void hd_tls_describe(const hd_tls_t *t, char *buf, size_t len) {
 
 uint64_t hd_tls_held(const hd_tls_t *t) {
     int_fast64_t b = atomic_load(&t->acct->bytes);
-    return b > 0 ? (uint64_t)b : 0;
+    return sizeof *t + sizeof *t->acct + (b > 0 ? (uint64_t)b : 0);
 }
 
 /* ------------------------------------------------------------------------------------------ */

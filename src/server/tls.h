@@ -84,4 +84,13 @@ uint64_t hd_tls_held(const hd_tls_t *t);
  * version 3.x; decided on the first 3 bytes, n < 3 says "maybe": true). */
 bool hd_tls_looks_like_hello(const uint8_t *p, size_t n);
 
+/* Tests (tests/server/test_tls_oom.c): the n-th allocation OpenSSL makes for a connection
+ * from now on fails (0: none); whether it has; what all live connections are charged
+ * together; what blocks made for connections that are gone still hold (OpenSSL's lazily
+ * filled caches, each thread's error queue buffers: the library's, charged to no one). */
+void hd__tls_fail_nth(long n);
+bool hd__tls_fail_hit(void);
+uint64_t hd__tls_charged(void);
+uint64_t hd__tls_outlived(void);
+
 #endif /* HD_SERVER_TLS_H */
