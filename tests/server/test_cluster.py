@@ -10,6 +10,7 @@ sent to a peer) while its own sessions go on and can still be resumed there.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 
@@ -273,6 +274,42 @@ class RestoreTest(h.unittest.TestCase):
             self.assertEqual(c.ok("obj_info", handle=obj).size, 24)
         finally:
             d.stop()
+
+    def test_a_lost_nodes_snapshots_handed_to_another_node(self):
+        """docs/SCALING.md, "Losing a node": its files copied into another node's data_dir,
+        and the peers entry for it pointed at that node."""
+        lost = node("gone")
+        lost.config["data_dir"] = os.path.join(lost.dir, "data")
+        lost.write_config(lost.config)
+        lost.start()
+        c = lost.session()
+        hr = c.hello_result
+        obj = c.alloc(size=40)
+        c.close()
+        lost.clients = []
+        lost.signal(signal.SIGTERM)
+        self.assertEqual(lost.wait_exit(), 0)
+        heir = node("heir")
+        heir.config["data_dir"] = os.path.join(heir.dir, "data")
+        heir.write_config(heir.config)
+        os.makedirs(heir.config["data_dir"], mode=0o700)
+        name = hr.session_id + ".snap"
+        shutil.copy(os.path.join(lost.config["data_dir"], name),
+                    os.path.join(heir.config["data_dir"], name))
+        lost.stop()
+        heir.start()
+        other = node("other").start()
+        try:
+            set_config(other, peers=["gone=" + url(heir)])
+            r = other.connect().hello(session_id=hr.session_id, resume_token=hr.resume_token)
+            self.assertEqual(r.status.code, EMOVED)
+            self.assertEqual(r.status.moved_to, url(heir))
+            c = resume(heir, hr)
+            self.assertEqual(c.hello_result.node_id, "heir")
+            self.assertEqual(c.ok("obj_info", handle=obj).size, 40)
+        finally:
+            other.stop()
+            heir.stop()
 
 
 if __name__ == "__main__":
