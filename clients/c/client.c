@@ -232,6 +232,8 @@ static int grow(void **v, size_t *cap, size_t n, size_t elem) {
 static void set_ok(hdc_t *c) {
     c->status = 0;
     c->errmsg[0] = '\0';
+    free(c->moved_to); /* hdc_moved_to says the last call's */
+    c->moved_to = NULL;
 }
 
 /* Records a failure as the last status unless an earlier one of the same top-level operation
@@ -1151,6 +1153,10 @@ static int try_resume(hdc_t *c, const char *what) {
     c->wbuf.len += n;
     set_ok(c);
     return 0;
+}
+
+const char *hdc_moved_to(const hdc_t *c) {
+    return c->moved_to;
 }
 
 uint64_t hdc_resumes(const hdc_t *c) {

@@ -2483,6 +2483,8 @@ int run_command(ctx_t *x, const cmd_t *cmd, int argc, char **argv) {
             fprintf(stderr, "heapctl: note: that was heapctl's own new, empty session; name "
                             "another with --session ID (`heapctl sessions` lists them)\n");
         }
+    } else if (rc == HDC_EMOVED && x->follow_moved && x->c && hdc_moved_to(x->c)) {
+        /* main runs it again on the node named: nothing to say yet. */
     } else if (x->json) {
         jw_t j = {stdout, 0, {0}};
         j_obj(&j, NULL);
@@ -2515,6 +2517,31 @@ int run_command(ctx_t *x, const cmd_t *cmd, int argc, char **argv) {
 /* ------------------------------------------------------------------------------------------ */
 /* main.                                                                                       */
 /* ------------------------------------------------------------------------------------------ */
+
+/* Connects x->c to url and says hello as the options say: a new session, or --session ID
+ * --resume TOKEN's; then --session ID without --resume as the target of heap commands. */
+static int open_conn(ctx_t *x, const char *url) {
+    hdc_options_t o;
+    hdc_options_init(&o);
+    o.token = x->token;
+    o.client_name = "heapctl/" HEAPD_VERSION;
+    o.session_id = x->session_id;
+    o.resume_token = x->resume_token;
+    o.timeout_ms = x->timeout_ms;
+    o.resume_ms = x->reconnect_s * 1000;
+    int rc = hdc_connect(x->c, url, &o);
+    /* --resume right after the session's last heapctl exited (--keep): the server may not
+     * have seen that connection close yet, and answers EBUSY for a moment. */
+    for (int tries = 0; rc == HDC_EBUSY && x->resume_token && tries < 100; tries++) {
+        struct timespec ts = {0, 20 * 1000000L};
+        nanosleep(&ts, NULL);
+        rc = hdc_connect(x->c, url, &o);
+    }
+    if (rc) return rc;
+    hdc_set_event_cb(x->c, on_event, x);
+    if (x->target) rc = hdc_set_target(x->c, x->target);
+    return rc;
+}
 
 /* Reports a failure that happens outside any command (usage, connecting). */
 static int fail_early(ctx_t *x, int rc, const char *msg) {
@@ -2637,39 +2664,41 @@ int main(int argc, char **argv) {
     if (!(cmd->flags & CMD_NOCONN) && !x.nodes) {
         x.c = hdc_new();
         if (!x.c) return fail_early(&x, HDC_ENOMEM, "out of memory");
-        hdc_options_t o;
-        hdc_options_init(&o);
-        o.token = x.token;
-        o.client_name = "heapctl/" HEAPD_VERSION;
-        o.session_id = x.session_id;
-        o.resume_token = x.resume_token;
-        o.timeout_ms = x.timeout_ms;
-        o.resume_ms = x.reconnect_s * 1000;
-        int rc = hdc_set_tls(x.c, cacert, cert, key);
-        if (rc == 0) rc = hdc_connect(x.c, x.url, &o);
-        /* --resume right after the session's last heapctl exited (--keep): the server may
-         * not have seen that connection close yet, and answers EBUSY for a moment. */
-        for (int tries = 0; rc == HDC_EBUSY && x.resume_token && tries < 100; tries++) {
-            struct timespec ts = {0, 20 * 1000000L};
-            nanosleep(&ts, NULL);
-            rc = hdc_connect(x.c, x.url, &o);
-        }
+        int rc = hdc_set_tls(x.c, cacert, cert, key); /* kept for every connect after */
+        if (rc == 0) rc = open_conn(&x, x.url);
         if (rc) {
-            int code = fail_early(&x, rc, hdc_errmsg(x.c));
-            hdc_free(x.c);
-            return code;
-        }
-        hdc_set_event_cb(x.c, on_event, &x);
-        if (x.target && (rc = hdc_set_target(x.c, x.target)) != 0) {
             int code = fail_early(&x, rc, hdc_errmsg(x.c));
             hdc_free(x.c);
             return code;
         }
     }
 
-    int code = cmd->run == cmd_shell
-                   ? run_shell(&x, argc - optind, argv + optind)
-                   : exit_code_for(run_command(&x, cmd, argc - optind, argv + optind));
+    int code;
+    if (cmd->run == cmd_shell) {
+        code = run_shell(&x, argc - optind, argv + optind);
+    } else {
+        /* A command about a session of another node (--session ID, inspect ID, kill ID) is
+         * answered EMOVED with that node's URL: it runs again there (docs/SCALING.md). */
+        int rc;
+        for (int hops = 0;; hops++) {
+            x.follow_moved = x.c && hops < HDC_MAX_REDIRECTS;
+            rc = run_command(&x, cmd, argc - optind, argv + optind);
+            if (rc != HDC_EMOVED || !x.follow_moved || !hdc_moved_to(x.c)) break;
+            char *to = strdup(hdc_moved_to(x.c));
+            if (!to) {
+                rc = HDC_ENOMEM;
+                break;
+            }
+            hdc_goodbye(x.c);
+            rc = open_conn(&x, to);
+            free(to);
+            if (rc) {
+                fail_early(&x, rc, hdc_errmsg(x.c));
+                break;
+            }
+        }
+        code = exit_code_for(rc);
+    }
 
     if (x.c) {
         if (x.keep && hdc_is_connected(x.c)) {

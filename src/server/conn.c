@@ -134,6 +134,11 @@ static int op_drain(void *ctx, int cancel, hd_drain_info_t *out) {
     return hd__sessions_drain(c->worker, c->peer, cancel, out);
 }
 
+static int op_elsewhere(void *ctx, const char *id, char *why, size_t whylen, char *url,
+                        size_t cap) {
+    return hd__session_elsewhere(((hd_conn_t *)ctx)->worker, id, why, whylen, url, cap);
+}
+
 static const hd_server_ops_t server_ops = {
     .goodbye = op_goodbye,
     .server_stats = op_server_stats,
@@ -145,6 +150,7 @@ static const hd_server_ops_t server_ops = {
     .monitor = op_monitor,
     .save = op_save,
     .drain = op_drain,
+    .elsewhere = op_elsewhere,
 };
 
 void hd__conn_save_done(hd_conn_t *c) {
@@ -765,9 +771,14 @@ static void defer(hd_conn_t *c, const uint8_t *frame, size_t len) {
         return;
     }
     if (k) call_free(&k->x);
-    char why[128];
+    char why[320], url[HD_NODE_URL_MAX] = "";
     snprintf(why, sizeof why, "no such session: %s", c->env.defer_to);
-    if (hd_dispatch_error(frame_id(frame, len), rc, rc == HD_ENOSESSION ? why : NULL, &c->out) < 0)
+    /* A session of another node: sent there, as a hello would be (docs/SCALING.md). */
+    if (rc == HD_ENOSESSION)
+        rc = hd__session_elsewhere(c->worker, c->env.defer_to, why, sizeof why, url, sizeof url);
+    if (hd_dispatch_error_moved(frame_id(frame, len), rc,
+                                rc == HD_ENOSESSION || rc == HD_EMOVED ? why : NULL,
+                                url[0] ? url : NULL, &c->out) < 0)
         c->flags |= HD_CONN_LAST_WRITE | HD_CONN_FAILED;
 }
 

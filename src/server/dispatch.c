@@ -145,6 +145,7 @@ status_t *hd__op_status(hd_opctx_t *c, int err) {
     s->code = -err;
     s->name = (char *)hd_err_name(err);
     s->message = (char *)hd_strerror(err);
+    if (err == HD_EMOVED && c->moved_to[0] != '\0') s->moved_to = c->moved_to;
     if (c->detail[0] != '\0') {
         size_t n = strlen(s->message) + 2 + strlen(c->detail) + 1;
         char *m = hd__op_raw(c, n);
@@ -340,6 +341,7 @@ void hd__op_run(hd_opctx_t *c, const req_t *rq, rsp_t *rs, bool nested) {
     heapd__v1__response__init(rs);
     rs->id = rq->id;
     c->detail[0] = '\0';
+    c->moved_to[0] = '\0';
     const op_row_t *row = op_row(rq->op_case);
     int rc;
     if (unlikely(row == NULL))
@@ -545,6 +547,7 @@ int hd_dispatch_frame(hd_dispatch_env_t *env, const uint8_t *payload, size_t len
     c.partial = 0;
     c.deferred = false;
     c.detail[0] = '\0';
+    c.moved_to[0] = '\0';
     env->last_op = (int)rq->op_case;
     rsp_t rs;
     hd__op_run(&c, rq, &rs, false);

@@ -204,6 +204,9 @@ typedef struct hd_server_ops_s {
     int (*monitor)(void *ctx);
     int (*save)(void *ctx,
                 uint64_t *save_id); /* start a background save; HD_EIO without data_dir */
+    /* A session id this server does not have: HD_EMOVED with url filled (the node it names,
+     * docs/SCALING.md) and why, or HD_ENOSESSION with why. */
+    int (*elsewhere)(void *ctx, const char *id, char *why, size_t whylen, char *url, size_t cap);
     /* Drain the node (cancel: take new sessions again); out says where it stands. */
     int (*drain)(void *ctx, int cancel, hd_drain_info_t *out);
 } hd_server_ops_t;
@@ -222,9 +225,12 @@ typedef struct hd_dispatch_env_s {
     int last_op;                /* the op case of the last request decoded, 0 before the first */
     int last_status;            /* the status code of its response (0 OK, else positive) */
     char defer_to[HD_ID_LEN];   /* with HD_DISPATCH_DEFER: the session whose owner runs it */
-    uint64_t inline_work;      /* on a worker's loop: a frame that may do more work than this is answered HD_DISPATCH_OFFLOAD; 0 = run every frame */
-    int off_loop;              /* on an offload thread: a frame that needs the loop is answered HD_DISPATCH_LOOP */
-    const _Atomic int *stop;   /* NULL, or set by another thread to a negative hd_err_t: a batch stops before its next op */
+    uint64_t inline_work; /* on a worker's loop: a frame that may do more work than this is answered
+                             HD_DISPATCH_OFFLOAD; 0 = run every frame */
+    int off_loop; /* on an offload thread: a frame that needs the loop is answered HD_DISPATCH_LOOP
+                   */
+    const _Atomic int *stop; /* NULL, or set by another thread to a negative hd_err_t: a batch stops
+                                before its next op */
 } hd_dispatch_env_t;
 
 /* hd_dispatch_frame's answer for a request that names another session (session_report,

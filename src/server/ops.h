@@ -59,6 +59,7 @@ typedef struct hd_opctx_s {
     bool deferred;                 /* the handler returned 0 having named, in env->defer_to, the
                                       session whose worker runs this request: no response now */
     char detail[HD_OP_DETAIL_MAX]; /* why the current op failed, beyond hd_strerror; or "" */
+    char moved_to[256];            /* EMOVED: Status.moved_to, the node to ask; or "" */
 } hd_opctx_t;
 
 /* ------------------------------------------------------------------------------------------ */

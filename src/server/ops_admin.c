@@ -99,6 +99,12 @@ static int op_kill_session(hd_opctx_t *c, const Heapd__V1__KillSession *a) {
     int rc = hd__op_check_session_id(c, id);
     if (rc < 0) return rc;
     rc = hd__op_server_err(ops->kill_session(c->env->ops_ctx, id));
+    if (rc == HD_ENOSESSION && ops->elsewhere) {
+        /* A session of another node: sent there (docs/SCALING.md). */
+        rc = ops->elsewhere(c->env->ops_ctx, id, c->detail, sizeof c->detail, c->moved_to,
+                            sizeof c->moved_to);
+        return rc == HD_EMOVED || rc == HD_ENOSESSION ? rc : HD_ENOSESSION;
+    }
     if (rc == HD_ENOSESSION) return hd__op_fail(c, rc, "%s", id);
     return rc;
 }

@@ -608,6 +608,16 @@ static int not_here(const hd_worker_t *w, const char *id, hd_hello_t *out) {
     return HD_EMOVED;
 }
 
+int hd__session_elsewhere(const hd_worker_t *w, const char *id, char *why, size_t whylen, char *url,
+                          size_t urlcap) {
+    hd_hello_t h;
+    memset(&h, 0, sizeof h);
+    int rc = not_here(w, id, &h);
+    snprintf(why, whylen, "%s", h.why);
+    snprintf(url, urlcap, "%s", h.moved_to);
+    return rc;
+}
+
 /* A new session on a draining node: EMOVED to a peer (round robin), or ESHUTDOWN when there
  * is none to send it to. Returns the code, why filled. */
 static int draining_refusal(hd_worker_t *w, hd_hello_t *out) {

@@ -129,6 +129,11 @@ int hd__sessions_kill(hd_worker_t *w, const char *peer, const char *id);
 
 /* The save op: a background save of every session (persist.c); HD_EIO without data_dir. */
 int hd__sessions_save(hd_worker_t *w, uint64_t *save_id);
+/* An id this node has no session for: HD_EMOVED with url (urlcap bytes) the URL of the node
+ * it names, or HD_ENOSESSION ("session lost" when it names this node); why says which, for
+ * the client. Hello's rule (docs/SCALING.md), for the admin ops that name a session. */
+int hd__session_elsewhere(const hd_worker_t *w, const char *id, char *why, size_t whylen, char *url,
+                          size_t urlcap);
 /* The drain op (docs/SCALING.md): the node takes no new session from now on (cancel: takes
  * them again); its sessions go on. peer: the admin's connection, for the log. */
 int hd__sessions_drain(hd_worker_t *w, const char *peer, int cancel, hd_drain_info_t *out);

@@ -203,6 +203,34 @@ class HeapctlClusterTest(unittest.TestCase):
             for s in on_a + on_b:
                 s.close()
 
+    def test_commands_about_another_nodes_session_follow_it(self):
+        s = heapd.connect(url(self.a), client_name="far")
+        try:
+            s.alloc(size=8)
+            sid = s.session_id
+            # --session ID (session_op), inspect ID (session_report), kill ID, all sent to b.
+            r = heapctl("-c", url(self.b), "--json", "--session", sid, "stats")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(json.loads(r.stdout)["heap"]["objects"], 1)
+            r = heapctl("-c", url(self.b), "--json", "inspect", sid)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(json.loads(r.stdout)["session"]["client_name"], "far")
+            r = heapctl("-c", url(self.b), "kill", sid)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("killed session " + sid, r.stdout)
+            with self.assertRaises(heapd.NoSuchSession):
+                s.ping()
+            # Gone now: its node says so.
+            r = heapctl("-c", url(self.b), "kill", sid)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("session lost: node ha has no session", r.stderr)
+        finally:
+            s._resume_timeout = 0
+            try:
+                s.close()
+            except heapd.Error:
+                pass
+
     def test_drain(self):
         kept = heapd.connect(url(self.b), client_name="kept")
         try:

@@ -176,6 +176,25 @@ class RedirectTest(h.unittest.TestCase):
         r = self.b.connect().hello(session_id=hr.session_id, resume_token="na." + "0" * 32)
         self.assertEqual(r.status.code, EMOVED)
 
+    def test_admin_ops_about_another_nodes_session_are_moved(self):
+        hr = self.a.session().hello_result
+        adm = self.b.session(token="adm")
+        inner = h.make_request(0, "heap_stats")
+        for op in ("session_report", "kill_session", "session_op"):
+            if op == "session_op":  # its field "op" is the call's own parameter's name
+                adm.send_request(h.pb.Request(id=99, session_op=h.pb.SessionOp(
+                    session_id=hr.session_id, op=inner)))
+                r = adm.recv_response()
+            else:
+                r = adm.call(op, session_id=hr.session_id)
+            self.assertEqual(r.status.code, EMOVED, op)
+            self.assertEqual(r.status.moved_to, url(self.a), op)
+            self.assertIn("lives on node na", r.status.message, op)
+        # The connection goes on; an id of this node that it does not have is lost.
+        r = adm.call("kill_session", session_id="nb.0123456789abcdef")
+        self.assertEqual(r.status.code, ENOSESSION)
+        self.assertIn("session lost: node nb has no session", r.status.message)
+
     def test_peer_url_template(self):
         # b knows a only by the template: a's Unix socket, named after its node id.
         sock_dir = os.path.dirname(self.a.sock_path)

@@ -540,6 +540,11 @@ typedef struct hdc_drain_s {
  * a new one is sent to a peer with EMOVED), serves and keeps the sessions it has. cancel 1
  * undoes it. out (may be NULL) says where the node stands. */
 int hdc_drain(hdc_t *c, int cancel, hdc_drain_t *out);
+/* The URL the last EMOVED answer named (docs/SCALING.md): the node that owns the session a
+ * call named (hdc_kill_session, hdc_session_report, a call hdc_set_target sent to another
+ * session), to ask there instead; NULL when there is none. Hellos follow EMOVED by
+ * themselves. Valid until the next call. */
+const char *hdc_moved_to(const hdc_t *c);
 /* How many times this client resumed its session after a drop (resume_ms). */
 uint64_t hdc_resumes(const hdc_t *c);
 
