@@ -12,7 +12,8 @@
  * earlier frame of the same input, so the lookup and the token comparison are reached too.
  *
  * Beyond the sanitizers (ASan's leak check included), it checks the decision: a refusal has
- * a code from the list a client may see before hello and a reason, an attach answers with a
+ * a code from the list a client may see before hello and a reason (EMOVED with the URL of the
+ * node a resumed id names, the server being node "fz" among peers), an attach answers with a
  * well-formed HelloResult whose session id and resume token name the session, a frame the
  * parser refused never reaches the decision, and a frame longer than the pre-hello limit is
  * always refused. Built only with HEAPD_FUZZ (src/server/fuzz.cmake).
@@ -48,6 +49,16 @@ static void setup(void) {
     srv.cfg.admin_tokens.v[0] = strdup("adm1n");
     srv.cfg.admin_tokens.n = 1;
     srv.cfg.max_sessions = 4;
+    /* A node among others (cluster.h), so a resume of another node's id is redirected. */
+    snprintf(srv.node_id, sizeof srv.node_id, "fz");
+    free(srv.cfg.peer_url);
+    srv.cfg.peer_url = strdup("unix:/run/{node_id}.sock");
+    free(srv.cfg.advertise_url);
+    srv.cfg.advertise_url = strdup("tcp://{node_id}.example:7420");
+    srv.cfg.peers.v = malloc(2 * sizeof(char *));
+    srv.cfg.peers.v[0] = strdup("fa=tcp://10.0.0.1:7420");
+    srv.cfg.peers.v[1] = strdup("fz=tcp://fz.example:7420");
+    srv.cfg.peers.n = 2;
     CHECK(hd__registry_init(&srv.registry) == 0, "registry");
     CHECK(hd__peers_init(&srv.peers) == 0, "peers");
     worker.srv = &srv;
@@ -69,6 +80,7 @@ static int refusal_ok(int code) {
     case HD_ENOSESSION:
     case HD_EBUSY:
     case HD_ETOOMANY:
+    case HD_EMOVED:
     case HD_ENOMEM: return 1;
     }
     return 0;
@@ -163,6 +175,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             if (h.verdict == HD_HELLO_REFUSE) {
                 CHECK(refusal_ok(h.code), "refused with %s", hd_err_name(h.code));
                 CHECK(h.why && *h.why, "a refusal says why");
+                CHECK((h.code == HD_EMOVED) == (h.moved_to[0] != '\0'),
+                      "a URL with EMOVED, and only then");
                 break;
             }
             CHECK(h.verdict == HD_HELLO_ATTACH, "one worker: nothing moves");
