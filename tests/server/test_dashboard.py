@@ -84,7 +84,9 @@ class Load(threading.Thread):
 class DashboardTest(h.unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.d = h.Daemon({"http": ["127.0.0.1:0"], "http_admin_open": True}).start()
+        # A node among several: its session ids begin with "dash-1." (docs/SCALING.md).
+        cls.d = h.Daemon({"http": ["127.0.0.1:0"], "http_admin_open": True,
+                          "node_id": "dash-1"}).start()
         os.makedirs(ARTIFACTS, exist_ok=True)
         # The heap to look at: 30,000 tagged objects over several arenas, from two sites.
         cls.big = cls.d.session(client_name="big")

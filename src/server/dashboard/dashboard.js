@@ -296,7 +296,8 @@ async function refreshSession(id) {
 // Routing, login, the clock.
 
 function route() {
-  const m = location.hash.match(/^#\/session\/([0-9a-f]+)$/);
+  // A session id: hex digits, after its node's id and a dot when it has one (docs/SCALING.md).
+  const m = location.hash.match(/^#\/session\/([A-Za-z0-9_.-]+)$/);
   $("overview").hidden = !!m;
   $("session").hidden = !m;
   return m ? m[1] : null;
