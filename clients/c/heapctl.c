@@ -2146,7 +2146,7 @@ static const cmd_t commands[] = {
      "everything about one session: heap, gc, tracing, top tags and sites, queues"},
     {"kill", cmd_kill, 0, OP_KILL_SESSION, "SESSION_ID", "end a session and free its heap"},
     {"info", cmd_info, 0, OP_SERVER_INFO, "[SECTION | OBJ]",
-     "server, clients, memory, gc, limits, stats, persistence: key:value lines (in the "
+     "server, clients, memory, gc, limits, stats, persistence, cluster: key:value lines (in the "
      "shell, info OBJ: an object's refcount, size, slots, generation, tag, site)"},
     {"slowlog", cmd_slowlog, 0, OP_SLOWLOG_GET, "[get [N] | len | reset]",
      "requests slower than slowlog_threshold_us, newest first"},
