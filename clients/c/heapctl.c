@@ -548,7 +548,8 @@ static hdc_t *connect_node(ctx_t *x, const char *url, int *rc) {
     o.token = x->token;
     o.client_name = "heapctl/" HEAPD_VERSION;
     o.timeout_ms = x->timeout_ms;
-    if ((*rc = hdc_connect(c, url, &o)) != 0) {
+    if ((*rc = hdc_set_tls(c, x->cacert, x->cert, x->key)) != 0 ||
+        (*rc = hdc_connect(c, url, &o)) != 0) {
         snprintf(x->msg, sizeof x->msg, "node %s: %s", url, hdc_errmsg(c));
         hdc_free(c);
         return NULL;
@@ -2635,6 +2636,7 @@ int main(int argc, char **argv) {
     if (cacert && !*cacert) cacert = NULL;
     if (cert && !*cert) cert = NULL;
     if (key && !*key) key = NULL;
+    x.cacert = cacert, x.cert = cert, x.key = key;
     if (!bad[0] && key && !cert) snprintf(bad, sizeof bad, "--key needs --cert");
     if (!bad[0] && x.resume_token && !x.session_id)
         snprintf(bad, sizeof bad, "--resume needs --session ID");

@@ -70,8 +70,9 @@ typedef struct ctx_s {
     const char *url, *token, *session_id, *resume_token;
     const char *target; /* --session without --resume: heap commands act on that session */
     const char *nodes;  /* --nodes URL,URL,...: sessions asks each (docs/SCALING.md) */
-    int follow_moved;   /* an EMOVED answer is not reported: main runs the command there */
-    int keep;           /* leave the session detached at exit */
+    const char *cacert, *cert, *key; /* --cacert, --cert, --key: for the --nodes connections */
+    int follow_moved; /* an EMOVED answer is not reported: main runs the command there */
+    int keep;         /* leave the session detached at exit */
     int timeout_ms;
     int reconnect_s; /* --reconnect: resume_ms of the C client, in seconds (0: off) */
     int in_shell;
