@@ -234,8 +234,12 @@ class ScaleTest(unittest.TestCase):
         r = heapctl("-c", url(n3), "save")
         self.assertEqual(r.returncode, 0, r.stderr)
         n3_addr, n3_http = n3.tcp_addr, n3.http_addr
+        mark = len(lb.lines)
         n3.signal(signal.SIGKILL)
         n3.wait_exit()
+        # Until its health check fails, HAProxy may still pick node 3 (leastconn: it has no
+        # connection left) and close the client's connection when it cannot reach it.
+        lb.wait_line("heapd-3 is DOWN", start=mark)
         for g in on["n3"]:
             g.s._resume_timeout = 1.0  # fail fast: the node is gone for now
         with concurrent.futures.ThreadPoolExecutor(32) as pool:
