@@ -28,9 +28,11 @@
 
 static hd_tls_ctx_t *ctx;
 
-/* A self-signed certificate and its key in files under a temporary directory. */
+static char dir[] = "/tmp/heapd-fuzz-tls-XXXXXX";
+
+/* A self-signed certificate and its key in files under a temporary directory (removed once
+ * the context has read them). */
 static void make_cert(char *cert, char *key, size_t len) {
-    char dir[] = "/tmp/heapd-fuzz-tls-XXXXXX";
     if (!mkdtemp(dir)) abort();
     snprintf(cert, len, "%s/cert.pem", dir);
     snprintf(key, len, "%s/key.pem", dir);
@@ -75,6 +77,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     hd_config_free(&cfg);
     unlink(cert);
     unlink(key);
+    rmdir(dir);
     return 0;
 }
 
