@@ -106,7 +106,7 @@ static uint64_t list_set_gen(hd_heap_t *h, hd_ref_t list, int gen) {
     uint64_t n = 0;
     for (hd_ref_t r = link_at(rb, list)->gc_next; r != list; n++) {
         hd_obj_t *o = obj_at(rb, r);
-        o->flags = with_gen(o->flags, gen);
+        o->flags = hd__gc_with_gen(h, o->flags, gen);
         r = o->gc_next;
     }
     return n;
@@ -147,6 +147,7 @@ void hd__gc_init(hd_heap_t *h, const hd_heap_config_t *cfg) {
     hd__gc_list_init(h, UNREACHABLE_LIST);
     hd__gc_list_init(h, FINALIZERS_LIST);
     gc->enabled = cfg->gc_enabled != 0;
+    hd__gcinc_init(h, cfg);
 }
 
 void hd__gc_track(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
@@ -160,6 +161,9 @@ void hd__gc_untrack(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
     hd_gcstate_t *gc = &h->gc;
     HD_ASSERT(o->flags & HD_OF_TRACKED);
     if (hd__obj_gen(o) == PERMANENT_GEN) gc->nfrozen--;
+    /* White while a cycle sweeps: garbage the cycle is freeing (nothing else can). */
+    if (HD_UNLIKELY(hd__gc_white(h, o))) gc->inc.freed += gc->inc.phase == HD_GCINC_SWEEP;
+    hd__gcinc_unlink(h, r, o);
     hd__gc_list_remove(h, r);
     o->flags = (uint16_t)(with_gen(o->flags, 0) & ~HD_OF_TRACKED);
     if (gc->gen[0].count > 0) gc->gen[0].count--;
@@ -170,18 +174,22 @@ static inline bool over_threshold(const hd_gen_t *g) {
     return (int64_t)g->count > (int64_t)g->threshold;
 }
 
-static uint64_t collect_with_events(hd_heap_t *h, int generation);
-
 /* CPython's gc_collect_generations: the oldest generation over its threshold, except that
  * a full collection also waits until the objects promoted into generation 2 since the last
  * one are at least a quarter of what it kept (the damper of issue #4074). */
 static HD_NOINLINE void collect_generations(hd_heap_t *h) {
     hd_gcstate_t *gc = &h->gc;
+    if (gc->inc.mode == HD_GC_INCREMENTAL) {
+        gc->collecting = 1;
+        hd__gcinc_auto(h);
+        gc->collecting = 0;
+        return;
+    }
     for (int i = 2; i >= 0; i--) {
         if (!over_threshold(&gc->gen[i])) continue;
         if (i == 2 && gc->long_lived_pending < gc->long_lived_total / 4) continue;
         gc->collecting = 1;
-        collect_with_events(h, i);
+        hd__gc_collect_with_events(h, i);
         gc->collecting = 0;
         return;
     }
@@ -333,6 +341,9 @@ static uint64_t move_unreachable(hd_heap_t *h, hd_ref_t young, hd_ref_t unreacha
     regions_t rb = h->alloc.region_base;
     hd_gchead_t *us = link_at(rb, unreachable);
     hd_ref_t prev = young; /* the last scanned reachable object, or young's sentinel */
+    /* Survivors into generation 2 take the colour of black objects (gcinc.c). */
+    uint16_t keep = gen_after == 2 ? (uint16_t)~HD_OF_MARK : 0xffffu;
+    uint16_t set = gen_after == 2 ? h->gc.inc.black : 0;
     uint64_t nreachable = 0;
     /* The lookahead follows gc_next from ahead of the scan: only the object at the scan
      * position ever moves to unreachable, so it stays on young. */
@@ -346,7 +357,7 @@ static uint64_t move_unreachable(hd_heap_t *h, hd_ref_t young, hd_ref_t unreacha
             for (uint32_t i = 0, n = o->nslots; i < n; i++)
                 if (o->slots[i]) visit_reachable(rb, o->slots[i], young);
             o->gc_prev = prev;
-            o->flags = with_gen(o->flags, gen_after);
+            o->flags = (uint16_t)((with_gen(o->flags, gen_after) & keep) | set);
             prev = r;
             nreachable++;
         } else {
@@ -386,7 +397,7 @@ static split_t move_legacy_finalizers(hd_heap_t *h, hd_ref_t unreachable, hd_ref
         next = o->gc_next;
         s.nunreachable++;
         if (o->flags & HD_OF_LEGACY) {
-            o->flags = with_gen(o->flags, gen_old);
+            o->flags = hd__gc_with_gen(h, o->flags, gen_old);
             hd__gc_list_move(h, r, finalizers);
             s.nlegacy++;
         } else {
@@ -413,7 +424,7 @@ static uint64_t move_legacy_finalizer_reachable(hd_heap_t *h, hd_ref_t finalizer
             hd_obj_t *to = obj_at(rb, t);
             /* Only the collectable unreachable objects are still COLLECTING. */
             if (to->flags & HD_OF_COLLECTING) {
-                to->flags = with_gen(to->flags, gen_old);
+                to->flags = hd__gc_with_gen(h, to->flags, gen_old);
                 hd__gc_list_move(h, t, finalizers);
             }
         }
@@ -425,7 +436,7 @@ static uint64_t move_legacy_finalizer_reachable(hd_heap_t *h, hd_ref_t finalizer
  * that the collection cannot fail half way. False when the hook refuses: the objects that
  * would have been listed then stay alive in the old generation, unlisted (as in CPython
  * when appending to gc.garbage fails), and a later collection finds them again. */
-static bool reserve_garbage(hd_heap_t *h, uint64_t need) {
+bool hd__gc_reserve_garbage(hd_heap_t *h, uint64_t need) {
     hd_gcstate_t *gc = &h->gc;
     if (need == 0) return true;
     if (need > SIZE_MAX - gc->ngarbage) return false;
@@ -439,7 +450,7 @@ static bool reserve_garbage(hd_heap_t *h, uint64_t need) {
 }
 
 /* Lists r on the garbage list, which takes one internal reference. Room was reserved. */
-static void garbage_push(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
+void hd__gc_garbage_push(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
     hd_gcstate_t *gc = &h->gc;
     HD_ASSERT(gc->ngarbage < gc->garbage_cap && !(o->flags & HD_OF_GARBAGE));
     HD_ASSERT(o->refcnt < UINT32_MAX);
@@ -490,7 +501,7 @@ static void delete_garbage(hd_heap_t *h, hd_ref_t unreachable, hd_ref_t old, int
         hd_obj_t *o = hd__obj(h, r);
         HD_ASSERT(o->refcnt > 0 && o->crefs == 0);
         if (saveall) {
-            if (listable) garbage_push(h, r, o);
+            if (listable) hd__gc_garbage_push(h, r, o);
         } else {
             /* The transient reference keeps o alive while its own slots are dropped. */
             o->refcnt++;
@@ -499,7 +510,7 @@ static void delete_garbage(hd_heap_t *h, hd_ref_t unreachable, hd_ref_t old, int
         }
         /* o may be freed by now: only the sentinel is read to tell. */
         if (hd__gchead(h, unreachable)->gc_next == r) {
-            o->flags = with_gen(o->flags, gen_old);
+            o->flags = hd__gc_with_gen(h, o->flags, gen_old);
             hd__gc_list_move(h, r, old);
         }
     }
@@ -515,7 +526,7 @@ static uint64_t handle_legacy_finalizers(hd_heap_t *h, hd_ref_t finalizers, hd_r
     uint64_t n = 0;
     for (hd_ref_t r = link_at(rb, finalizers)->gc_next; r != finalizers; n++) {
         hd_obj_t *o = obj_at(rb, r);
-        if (listable && (saveall || (o->flags & HD_OF_LEGACY))) garbage_push(h, r, o);
+        if (listable && (saveall || (o->flags & HD_OF_LEGACY))) hd__gc_garbage_push(h, r, o);
         r = o->gc_next;
     }
     hd__gc_list_merge(h, finalizers, old);
@@ -567,7 +578,7 @@ static uint64_t collect_main(hd_heap_t *h, int g, uint64_t *ncollected, uint64_t
     uint64_t m = s.nunreachable - nfinalizers;
 
     /* After this, the garbage list has room for everything this collection may list. */
-    bool listable = reserve_garbage(h, saveall ? s.nunreachable : s.nlegacy);
+    bool listable = hd__gc_reserve_garbage(h, saveall ? s.nunreachable : s.nlegacy);
 
     if (s.flags_any & HD_OF_WEAKREFD) handle_weakrefs(h, UNREACHABLE_LIST);
     if (s.flags_any & HD_OF_FINALIZER) finalize_garbage(h, UNREACHABLE_LIST);
@@ -583,38 +594,42 @@ static uint64_t collect_main(hd_heap_t *h, int g, uint64_t *ncollected, uint64_t
     return m + n;
 }
 
-static uint64_t now_ns(void) {
+uint64_t hd__gc_now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+void hd__gc_report(hd_heap_t *h, int generation, uint64_t collected, uint64_t uncollectable,
+                   uint64_t pause_ns, int incremental, uint64_t work) {
+    h->gc.pause_ns_total += pause_ns;
+    if (pause_ns > h->gc.pause_ns_max) h->gc.pause_ns_max = pause_ns;
+    if (hd__event_wanted(h, HD_EV_GC_STOP)) {
+        hd_event_t ev = {.type = HD_EV_GC_STOP,
+                         .generation = generation,
+                         .collected = collected,
+                         .uncollectable = uncollectable,
+                         .pause_ns = pause_ns};
+        hd__event_push(h, &ev);
+    }
+    if (h->gc.callback) {
+        hd_gc_info_t info = {generation, collected, uncollectable, pause_ns, incremental, work};
+        h->gc.callback(h->gc.callback_ctx, &info);
+    }
+}
+
 /* A collection between its GC_START and GC_STOP events (CPython's gc.callbacks), always timed
  * (two clock reads, next to a collection's own cost of microseconds at least) for the stop
  * event and the callback. The caller has set collecting. */
-static uint64_t collect_with_events(hd_heap_t *h, int generation) {
+uint64_t hd__gc_collect_with_events(hd_heap_t *h, int generation) {
     uint64_t m, n;
     if (hd__event_wanted(h, HD_EV_GC_START)) {
         hd_event_t ev = {.type = HD_EV_GC_START, .generation = generation};
         hd__event_push(h, &ev);
     }
-    uint64_t t0 = now_ns();
+    uint64_t t0 = hd__gc_now_ns();
     uint64_t found = collect_main(h, generation, &m, &n);
-    uint64_t pause = now_ns() - t0;
-    h->gc.pause_ns_total += pause;
-    if (pause > h->gc.pause_ns_max) h->gc.pause_ns_max = pause;
-    if (hd__event_wanted(h, HD_EV_GC_STOP)) {
-        hd_event_t ev = {.type = HD_EV_GC_STOP,
-                         .generation = generation,
-                         .collected = m,
-                         .uncollectable = n,
-                         .pause_ns = pause};
-        hd__event_push(h, &ev);
-    }
-    if (h->gc.callback) {
-        hd_gc_info_t info = {generation, m, n, pause};
-        h->gc.callback(h->gc.callback_ctx, &info);
-    }
+    hd__gc_report(h, generation, m, n, hd__gc_now_ns() - t0, 0, 0);
     return found;
 }
 
@@ -628,7 +643,10 @@ int hd_gc_collect(hd_heap_t *h, int generation, uint64_t *found) {
     uint64_t n = 0;
     if (!gc->collecting) { /* CPython returns 0 when a collection is already running */
         gc->collecting = 1;
-        n = collect_with_events(h, generation);
+        /* A complete collection: a running incremental cycle ends first, and what it still
+         * finds is part of what this collection returns, as one of CPython's would. */
+        if (generation == 2) n = hd__gcinc_finish(h);
+        n += hd__gc_collect_with_events(h, generation);
         gc->collecting = 0;
     }
     if (found) *found = n;
@@ -681,6 +699,7 @@ void hd_gc_get_stats(hd_heap_t *h, hd_gc_genstats_t stats[3]) {
  * zeroed. The merges are O(1); setting the gen bits is O(tracked objects). */
 void hd_gc_freeze(hd_heap_t *h) {
     hd_gcstate_t *gc = &h->gc;
+    hd__gcinc_finish(h); /* the cycle's lists join generation 2 */
     for (int i = 0; i < 3; i++) {
         gc->nfrozen += list_set_gen(h, gc->gen[i].head, PERMANENT_GEN);
         hd__gc_list_merge(h, gc->gen[i].head, gc->permanent);
@@ -691,6 +710,7 @@ void hd_gc_freeze(hd_heap_t *h) {
 /* The permanent generation joins the end of generation 2. O(frozen objects). */
 void hd_gc_unfreeze(hd_heap_t *h) {
     hd_gcstate_t *gc = &h->gc;
+    hd__gcinc_finish(h);
     list_set_gen(h, gc->permanent, 2);
     hd__gc_list_merge(h, gc->permanent, gc->gen[2].head);
     gc->nfrozen = 0;
@@ -720,6 +740,13 @@ int hd_gc_get_debug(hd_heap_t *h) {
 /* ------------------------------------------------------------------------------------------ */
 /* Referrers and referents.                                                                    */
 /* ------------------------------------------------------------------------------------------ */
+
+/* The lists holding the tracked objects of generation g: its own, and while an incremental
+ * cycle runs, for g == 2, the cycle's lists of live objects (gcinc.c). Returns how many. */
+static size_t gen_lists(const hd_heap_t *h, int g, hd_ref_t out[5]) {
+    out[0] = h->gc.gen[g].head;
+    return g == 2 ? 1 + hd__gcinc_gen2_lists(h, out + 1) : 1;
+}
 
 static int ref_cmp(const void *a, const void *b) {
     hd_ref_t x = *(const hd_ref_t *)a, y = *(const hd_ref_t *)b;
@@ -774,17 +801,22 @@ int hd_gc_get_referrers(hd_heap_t *h, const hd_handle_t *objs, size_t n, int fla
     qsort(targets, n, sizeof *targets, ref_cmp);
     size_t from = out->n;
     regions_t rb = h->alloc.region_base;
+    hd_ref_t lists[5];
     for (int g = 0; g < 3 && rc == 0; g++) {
-        hd_ref_t list = h->gc.gen[g].head;
-        for (hd_ref_t r = link_at(rb, list)->gc_next; r != list && rc == 0;) {
-            hd_obj_t *o = obj_at(rb, r);
-            for (uint32_t i = 0; i < o->nslots; i++) {
-                if (o->slots[i] && ref_in(targets, n, o->slots[i])) {
-                    rc = hd__handles_push(h, out, r, newref);
-                    break;
+        size_t nl = gen_lists(h, g, lists);
+        for (size_t l = 0; l < nl && rc == 0; l++) {
+            hd_ref_t list = lists[l];
+            for (hd_ref_t r = link_at(rb, list)->gc_next; r != list && rc == 0;) {
+                hd_obj_t *o = obj_at(rb, r);
+                uint32_t ns = hd__gcinc_listed(h, o) ? o->nslots : 0; /* else being swept */
+                for (uint32_t i = 0; i < ns; i++) {
+                    if (o->slots[i] && ref_in(targets, n, o->slots[i])) {
+                        rc = hd__handles_push(h, out, r, newref);
+                        break;
+                    }
                 }
+                r = o->gc_next;
             }
-            r = o->gc_next;
         }
     }
     if (rc < 0) hd__handles_unwind(h, out, from, newref);
@@ -862,11 +894,12 @@ static int cursor_open(hd_heap_t *h, int gen, hd_gc_cursor_t **out) {
     regions_t rb = h->alloc.region_base;
     int lo = gen < 0 ? 0 : gen, hi = gen < 0 ? 2 : gen;
     size_t n = 0;
-    for (int g = lo; g <= hi; g++) {
-        hd_ref_t list = h->gc.gen[g].head;
-        for (hd_ref_t r = link_at(rb, list)->gc_next; r != list; r = link_at(rb, r)->gc_next)
-            n++;
-    }
+    hd_ref_t lists[5];
+    for (int g = lo; g <= hi; g++)
+        for (size_t l = 0, nl = gen_lists(h, g, lists); l < nl; l++)
+            for (hd_ref_t r = link_at(rb, lists[l])->gc_next; r != lists[l];
+                 r = link_at(rb, r)->gc_next)
+                n++;
     /* Charged before it is built, so that a refused cursor costs nothing. */
     int rc = hd__charge(&h->acct, HD_CHARGE_cursors, cursor_bytes(n));
     if (rc < 0) return rc;
@@ -879,13 +912,14 @@ static int cursor_open(hd_heap_t *h, int gen, hd_gc_cursor_t **out) {
         hd__uncharge(&h->acct, HD_CHARGE_cursors, cursor_bytes(n));
         return HD_ENOMEM;
     }
-    for (int g = lo; g <= hi; g++) {
-        hd_ref_t list = h->gc.gen[g].head;
-        for (hd_ref_t r = link_at(rb, list)->gc_next; r != list; r = link_at(rb, r)->gc_next) {
-            c->v[c->n].ref = r;
-            c->v[c->n++].check = obj_at(rb, r)->check;
-        }
-    }
+    for (int g = lo; g <= hi; g++)
+        for (size_t l = 0, nl = gen_lists(h, g, lists); l < nl; l++)
+            for (hd_ref_t r = link_at(rb, lists[l])->gc_next; r != lists[l];
+                 r = link_at(rb, r)->gc_next) {
+                if (!hd__gcinc_listed(h, obj_at(rb, r))) continue; /* garbage, being swept */
+                c->v[c->n].ref = r;
+                c->v[c->n++].check = obj_at(rb, r)->check;
+            }
     *out = c;
     return 0;
 }
@@ -1070,4 +1104,5 @@ void hd__gc_destroy(hd_heap_t *h) {
     hd__uncharge(&h->acct, HD_CHARGE_collector, gc->garbage_cap * sizeof *gc->garbage);
     gc->garbage = NULL;
     gc->ngarbage = gc->garbage_cap = 0;
+    hd__gcinc_destroy(h);
 }

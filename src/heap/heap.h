@@ -116,7 +116,20 @@ typedef struct hd_heap_config_s {
     uint64_t max_objects; /* live objects the heap may hold; 0 = unlimited */
     int gc_enabled;       /* automatic collection; default 1 */
     int gc_threshold[3];  /* default 700, 10, 10 */
+    int gc_mode;          /* HD_GC_GENERATIONAL (default) or HD_GC_INCREMENTAL */
+    uint64_t gc_increment_objects; /* incremental mode: the work of one increment; default
+                                    * HD_GC_INCREMENT_DEFAULT */
 } hd_heap_config_t;
+
+/* How automatic collections of the old generation run (hd_gc_set_mode). Generational:
+ * CPython 3.11's full collections. Incremental: in increments of bounded work interleaved
+ * with the session's requests (gcinc.c). */
+#define HD_GC_GENERATIONAL 0
+#define HD_GC_INCREMENTAL  1
+/* The default work of one increment, in objects: about 0.5 ms on a heap far bigger than the
+ * caches (docs/PERFORMANCE.md), and enough that a cycle ends before a heap growing as fast as
+ * its thresholds let it has grown by a tenth (gcinc.c, "Pacing"). */
+#define HD_GC_INCREMENT_DEFAULT 20000u
 
 /* Fills cfg with the defaults. */
 void hd_heap_config_init(hd_heap_config_t *cfg);
@@ -347,7 +360,29 @@ typedef struct hd_gc_info_s {
     uint64_t collected;     /* unreachable objects freed (or saved under DEBUG_SAVEALL) */
     uint64_t uncollectable; /* unreachable objects kept for legacy finalizers */
     uint64_t pause_ns;      /* the collection's duration, monotonic clock */
+    int incremental;        /* 0: a whole collection; 1: an increment of an incremental
+                             * cycle of generation 2; 2: the increment that ended one */
+    uint64_t work;          /* an increment's work, in objects (0 for a whole collection) */
 } hd_gc_info_t;
+
+/* Sets how automatic collections of generation 2 run: HD_GC_GENERATIONAL or
+ * HD_GC_INCREMENTAL (else HD_EINVAL). Leaving incremental mode ends a running cycle first. */
+int hd_gc_set_mode(hd_heap_t *h, int mode);
+int hd_gc_get_mode(hd_heap_t *h);
+/* The work of one increment, in objects (>= 1, else HD_EINVAL). */
+int hd_gc_set_increment(hd_heap_t *h, uint64_t objects);
+uint64_t hd_gc_get_increment(hd_heap_t *h);
+/* Runs one increment now, as the automatic trigger does in incremental mode (starting a
+ * cycle, after a collection of generations 0 and 1, if none runs), whatever the mode and
+ * thresholds; *found = unreachable objects it freed or kept (may be NULL). A cycle started
+ * this way in generational mode goes on only through further calls or collect(2). */
+int hd_gc_increment(hd_heap_t *h, uint64_t *found);
+/* The running cycle: 0 none, 1 marking, 2 sweeping; increments it has taken; cycles ended. */
+typedef struct hd_gc_inc_state_s {
+    int phase;
+    uint64_t increments, cycles, last_work, marked;
+} hd_gc_inc_state_t;
+void hd_gc_inc_state(hd_heap_t *h, hd_gc_inc_state_t *out);
 /* Calls cb(ctx, info) after every collection of h, automatic or not, as CPython's
  * gc.callbacks does with phase "stop" (NULL removes it). cb must not call into h: it runs
  * while the collection is still marked as running. */

@@ -448,6 +448,7 @@ enum {
     HD_OF_WANTS_FINAL = 0x0800, /* allocated with HD_OBJ_FINALIZER (for hd_obj_info) */
     HD_OF_LABELS = 0x1000,      /* has a tag or a site: holds a reference on each interned id */
     HD_OF_LISTED = 0x2000,      /* gc.c: already in the list being built (distinct referents) */
+    HD_OF_MARK = 0x4000,        /* gcinc.c: the colour bit (gen 2 only; see HD_GCINC_COLOUR) */
 };
 
 /*
@@ -541,6 +542,40 @@ typedef struct hd_gen_s {
 
 typedef struct hd_gc_cursor_s hd_gc_cursor_t; /* gc.c's own */
 
+/* The incremental collector's state (gcinc.c explains the cycle). Colours: an object of
+ * generation 2 is white when its flags masked by HD_GCINC_COLOUR equal white_key, which is
+ * HD_GCINC_NOWHITE (no object matches) outside a cycle; otherwise it is black (marked). Every
+ * object that joins generation 2 takes MARK == black, so when a cycle flips black, every
+ * object of generation 2 turns white at once, and none needs its colour cleared afterwards.
+ * Invariants: phase == IDLE <=> white_key == HD_GCINC_NOWHITE, the stack is empty and the
+ * cycle's lists (gcinc.c) are empty; stack[0 .. nstack) are marked objects whose slots are
+ * not yet scanned (a freed one fails its check and is skipped). */
+#define HD_GCINC_COLOUR (HD_OF_TRACKED | HD_OF_GEN_MASK | HD_OF_MARK)
+enum { HD_GCINC_IDLE = 0, HD_GCINC_MARK = 1, HD_GCINC_SWEEP = 2 };
+#define HD_GCINC_NOWHITE 0xffffu
+typedef struct hd_gcmark_s {
+    hd_ref_t ref;
+    uint32_t check;
+} hd_gcmark_t;
+typedef struct hd_gcinc_s {
+    int mode;                   /* HD_GC_GENERATIONAL or HD_GC_INCREMENTAL */
+    int phase;                  /* gcinc.c: IDLE, MARK, SWEEP */
+    int step;                   /* gcinc.c: the sweep's step */
+    uint16_t black;             /* HD_OF_MARK or 0: the MARK value of a black object */
+    uint16_t white_key;         /* see above */
+    uint64_t increment_objects; /* the work of one increment (gc_increment_objects) */
+    hd_ref_t cursor;            /* the next object of the list being walked, or its sentinel */
+    hd_ref_t fin_cursor;        /* the next object of the uncollectable list to scan */
+    hd_gcmark_t *stack;
+    size_t nstack, stack_cap;
+    int overflow;        /* a push failed: the cycle ends in a full collection */
+    uint64_t marked;     /* objects marked this cycle */
+    uint64_t freed;      /* garbage freed in this increment (hd__gc_untrack) */
+    uint64_t increments; /* this cycle so far */
+    uint64_t cycles;     /* cycles completed */
+    uint64_t last_work;  /* the work the last increment did */
+} hd_gcinc_t;
+
 /* Invariants (outside a collection):
  *   nfrozen == size of the permanent list == tracked objects with gen bits 3.
  *   ngarbage <= garbage_cap; each garbage entry names a live object with HD_OF_GARBAGE.
@@ -564,6 +599,7 @@ typedef struct hd_gcstate_s {
     uint64_t next_cursor;
     void (*callback)(void *ctx, const hd_gc_info_t *info); /* hd_gc_set_callback, or NULL */
     void *callback_ctx;
+    hd_gcinc_t inc; /* the incremental collector (gcinc.c) */
 } hd_gcstate_t;
 
 /* One interned string. A live id names its string and counts its references: each live object
@@ -720,8 +756,33 @@ static inline void hd__gc_list_merge(hd_heap_t *h, hd_ref_t from, hd_ref_t to) {
 /* object.c                                                                                    */
 /* ------------------------------------------------------------------------------------------ */
 
+/* Whether o is white: in generation 2, unmarked by the running incremental cycle. One
+ * compare, false outside a cycle. */
+static inline bool hd__gc_white(const hd_heap_t *h, const hd_obj_t *o) {
+    return (o->flags & HD_GCINC_COLOUR) == h->gc.inc.white_key;
+}
+/* The barrier of the incremental collector (gcinc.c), for an object the client is about to
+ * name or reach, found white: while marking, it is marked (the client knows it, so it lives
+ * through this cycle) and 0 is returned; once the cycle is sweeping, it is garbage already
+ * (nothing reachable is white then) and the answer is HD_ENOOBJ, as for a freed object. */
+int hd__gcinc_touch(hd_heap_t *h, hd_ref_t r, hd_obj_t *o);
+
+/* hd__handle_resolve without the barrier: for the collector's own checks. */
+static inline int hd__handle_resolve_raw(hd_heap_t *h, hd_handle_t hd, hd_ref_t *ref,
+                                         hd_obj_t **o) {
+    hd_ref_t r = (hd_ref_t)hd;
+    uint32_t check = (uint32_t)(hd >> 32);
+    if (HD_UNLIKELY(check == 0)) return HD_ENOOBJ;
+    hd_obj_t *p = hd__alloc_check(&h->alloc, r);
+    if (HD_UNLIKELY(!p || p->check != check)) return HD_ENOOBJ;
+    *ref = r;
+    *o = p;
+    return 0;
+}
+
 /* Checks a client handle: *ref and *o name a live object of this heap, or HD_ENOOBJ. Inline:
- * every client operation starts with it. */
+ * every client operation starts with it. During an incremental cycle it is the collector's
+ * barrier too (hd__gcinc_touch): one compare of the flags it has loaded anyway. */
 static inline int hd__handle_resolve(hd_heap_t *h, hd_handle_t hd, hd_ref_t *ref, hd_obj_t **o) {
     hd_ref_t r = (hd_ref_t)hd;
     uint32_t check = (uint32_t)(hd >> 32);
@@ -730,6 +791,7 @@ static inline int hd__handle_resolve(hd_heap_t *h, hd_handle_t hd, hd_ref_t *ref
     /* The allocator vouches that p is a block start of this heap; the check tells a live
      * object from a freed one and from an earlier occupant of the same block. */
     if (HD_UNLIKELY(!p || p->check != check)) return HD_ENOOBJ;
+    if (HD_UNLIKELY(hd__gc_white(h, p)) && hd__gcinc_touch(h, r, p) < 0) return HD_ENOOBJ;
     *ref = r;
     *o = p;
     return 0;
@@ -882,6 +944,63 @@ void hd__gc_on_alloc(hd_heap_t *h);
 void hd__gc_track(hd_heap_t *h, hd_ref_t r, hd_obj_t *o);
 /* Untracks a container being freed and uncounts it (count[0] never below 0). */
 void hd__gc_untrack(hd_heap_t *h, hd_ref_t r, hd_obj_t *o);
+/* flags with generation gen, collector marks cleared, and for gen 2 the colour of a black
+ * object (gcinc.c): what an object joining generation gen gets. */
+static inline uint16_t hd__gc_with_gen(const hd_heap_t *h, uint16_t flags, int gen) {
+    uint16_t f = (uint16_t)((flags & ~(HD_OF_GEN_MASK | HD_OF_COLLECTING | HD_OF_UNREACHABLE)) |
+                            (gen << HD_OF_GEN_SHIFT));
+    return gen == 2 ? (uint16_t)((f & ~HD_OF_MARK) | h->gc.inc.black) : f;
+}
+/* One collection of generations 0..generation with its GC_START/GC_STOP events, statistics
+ * and callback; the caller has set collecting. Returns collected + uncollectable. */
+uint64_t hd__gc_collect_with_events(hd_heap_t *h, int generation);
+/* Reports a finished collection or increment: statistics of the pause, GC_STOP, the
+ * callback. */
+void hd__gc_report(hd_heap_t *h, int generation, uint64_t collected, uint64_t uncollectable,
+                   uint64_t pause_ns, int incremental, uint64_t work);
+/* The garbage list: room for need more entries (false when the hook refuses), and one entry
+ * pushed on r (room was made). */
+bool hd__gc_reserve_garbage(hd_heap_t *h, uint64_t need);
+void hd__gc_garbage_push(hd_heap_t *h, hd_ref_t r, hd_obj_t *o);
+uint64_t hd__gc_now_ns(void);
+
+/* ------------------------------------------------------------------------------------------ */
+/* gcinc.c                                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The lists of a cycle (scratch sentinels 2..7; gc.c uses 0 and 1). */
+#define HD_GCINC_DOMAIN ((hd_ref_t)(HD_SENT_SCRATCH + 2))
+#define HD_GCINC_LEGACY ((hd_ref_t)(HD_SENT_SCRATCH + 3))
+#define HD_GCINC_FIN    ((hd_ref_t)(HD_SENT_SCRATCH + 4))
+#define HD_GCINC_DOOMED ((hd_ref_t)(HD_SENT_SCRATCH + 5))
+#define HD_GCINC_FINAL  ((hd_ref_t)(HD_SENT_SCRATCH + 6))
+#define HD_GCINC_ALIVE  ((hd_ref_t)(HD_SENT_SCRATCH + 7))
+
+void hd__gcinc_init(hd_heap_t *h, const hd_heap_config_t *cfg);
+void hd__gcinc_destroy(hd_heap_t *h);
+/* The automatic trigger in incremental mode (gc.c:collect_generations). */
+void hd__gcinc_auto(hd_heap_t *h);
+/* Runs the running cycle, if any, to its end now; returns the unreachable objects it found
+ * in the process (collected + uncollectable). The caller has set collecting. */
+uint64_t hd__gcinc_finish(hd_heap_t *h);
+/* Whether a cycle runs. */
+static inline bool hd__gcinc_active(const hd_heap_t *h) {
+    return h->gc.inc.white_key != HD_GCINC_NOWHITE;
+}
+/* r (being untracked or moved by another file) leaves its list: the walks' cursors step over
+ * it. */
+static inline void hd__gcinc_unlink(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
+    hd_gcinc_t *inc = &h->gc.inc;
+    if (HD_UNLIKELY(r == inc->cursor)) inc->cursor = o->gc_next;
+    if (HD_UNLIKELY(r == inc->fin_cursor)) inc->fin_cursor = o->gc_next;
+}
+/* For get_objects and get_referrers while a cycle runs: the lists holding live objects of
+ * generation 2 besides gen[2]'s own (0-terminated), and whether an object on them counts
+ * (a white one is garbage once the cycle sweeps). */
+size_t hd__gcinc_gen2_lists(const hd_heap_t *h, hd_ref_t out[4]);
+static inline bool hd__gcinc_listed(const hd_heap_t *h, const hd_obj_t *o) {
+    return !hd__gc_white(h, o) || h->gc.inc.phase != HD_GCINC_SWEEP;
+}
 
 /* ------------------------------------------------------------------------------------------ */
 /* weakref.c                                                                                   */

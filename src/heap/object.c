@@ -711,6 +711,9 @@ int hd_get_slot(hd_heap_t *h, hd_handle_t hd, uint32_t i, hd_handle_t *out) {
     }
     hd_obj_t *to = hd__obj(h, t);
     if (to->refcnt == UINT32_MAX) return HD_EOVERFLOW;
+    /* The client now holds what the slot held (the incremental collector's barrier; a live
+     * object's slot never names garbage being swept, so this cannot fail). */
+    if (HD_UNLIKELY(hd__gc_white(h, to))) (void)hd__gcinc_touch(h, t, to);
     to->refcnt++;
     to->crefs++;
     *out = hd__handle_of(to, t);
@@ -798,6 +801,7 @@ int hd__handles_push(hd_heap_t *h, hd_handles_t *out, hd_ref_t r, int newref) {
     if (newref && o->refcnt == UINT32_MAX) return HD_EOVERFLOW;
     if (hd__vec_reserve((void **)&out->v, &out->cap, out->n + 1, sizeof *out->v) < 0)
         return HD_ENOMEM;
+    if (HD_UNLIKELY(hd__gc_white(h, o))) (void)hd__gcinc_touch(h, r, o); /* handed out */
     if (newref) {
         o->refcnt++;
         o->crefs++;

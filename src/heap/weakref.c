@@ -301,9 +301,17 @@ int hd_weakref_get(hd_heap_t *h, hd_weak_t w, hd_handle_t *out) {
     hd_handle_t hd = ((uint64_t)e->ocheck << 32) | e->ref;
     hd_ref_t r;
     hd_obj_t *obj;
-    int rc = hd__handle_resolve(h, hd, &r, &obj);
+    int rc = hd__handle_resolve_raw(h, hd, &r, &obj);
     HD_ASSERT(rc == 0);
     if (HD_UNLIKELY(rc != 0)) {
+        *out = 0;
+        return 0;
+    }
+    if (HD_UNLIKELY(hd__gc_white(h, obj)) && hd__gcinc_touch(h, r, obj) < 0) {
+        /* Garbage an incremental cycle is sweeping, whose weak references it has not reached
+         * yet: they are cleared now, as the cycle would before any finalizer is reported or
+         * any slot cleared (none has been: the cycle clears them all first). */
+        hd__weakref_clear(h, r, obj);
         *out = 0;
         return 0;
     }

@@ -42,7 +42,14 @@ Each rule of docs/PROTOCOL.md "Event order" is exercised: a mutant engine with w
 references cleared oldest first, the garbage list cleared first to last, the LIFO cascade or
 no trashcan fails on dozens of the default programs.
 
-Usage: test_gc_diff.py DRIVER [--seeds N] [--ops N] [--seed S]
+Incremental mode (--incremental): the same programs without freeze, unfreeze and debug flags
+(whose effect depends on when garbage is found), run by the driver with an increment of
+incremental collection after every operation, each of 1 to 64 objects of work (so that cycles
+span many mutations: every barrier is exercised), against CPython's full collections: the
+containers alive at the end, after the program's last complete collection, and the set of
+FINALIZED events must be the same.
+
+Usage: test_gc_diff.py DRIVER [--seeds N] [--ops N] [--seed S] [--incremental]
 Only the standard library of /usr/bin/python3 is used. On a divergence the test fails with
 the seed, the first differing line and the program saved to a file for replay.
 """
@@ -371,14 +378,32 @@ def run(argv, program):
     return p.stdout.splitlines()
 
 
-def check(driver, seed, nops):
+def timeless(program):
+    """The program without the operations whose effect depends on when garbage is found."""
+    return "".join(l + "\n" for l in program.splitlines() if l[:1] not in ("F", "U", "G"))
+
+
+def check(driver, seed, nops, incremental=False):
     """None if the engine and CPython agree on this program, else a report."""
     program = gen_program(seed, nops)
+    argv = [driver]
+    if incremental:
+        program = timeless(program)
+        argv += ["--incremental", str(random.Random(seed).choice((1, 2, 5, 16, 64)))]
     try:
-        ours = run([driver], program)
+        ours = run(argv, program)
         theirs = run([PYTHON, "-I", "-S", "-c", RUNNER, str(KMAX)], program)
     except (RuntimeError, subprocess.TimeoutExpired) as e:
         return save(seed, nops, program, str(e))
+    if incremental:
+        fin = lambda out: sorted(l for l in out if l.startswith("F "))
+        if ours[-1:] == theirs[-1:] and fin(ours) == fin(theirs):
+            return None
+        if fin(ours) != fin(theirs):
+            return save(seed, nops, program, "incremental (%s): FINALIZED sets differ: engine "
+                        "%s, CPython %s" % (argv[-1], fin(ours)[:20], fin(theirs)[:20]))
+        return save(seed, nops, program, "incremental (%s): the survivors differ:\n  engine:  "
+                    "%s\n  CPython: %s" % (argv[-1], ours[-1][:300], theirs[-1][:300]))
     if ours == theirs:
         return None
     prog_lines = program.splitlines()
@@ -413,6 +438,8 @@ def main():
     ap.add_argument("--seeds", type=int, default=400, help="small programs")
     ap.add_argument("--ops", type=int, default=300, help="operations per small program")
     ap.add_argument("--seed", type=int, help="run only this seed")
+    ap.add_argument("--incremental", action="store_true",
+                    help="the engine collects incrementally; compare the survivors")
     args = ap.parse_args()
     if not os.access(args.driver, os.X_OK):
         sys.exit("test_gc_diff.py: driver %r is not executable" % args.driver)
@@ -426,7 +453,7 @@ def main():
     failures = []
     workers = max(2, os.cpu_count() or 2)
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        for report in pool.map(lambda j: check(args.driver, *j), jobs):
+        for report in pool.map(lambda j: check(args.driver, *j, args.incremental), jobs):
             if report:
                 failures.append(report)
     if failures:
@@ -435,7 +462,8 @@ def main():
             print("FAIL " + r)
         sys.stdout.flush()
         sys.exit(1)
-    print("gc_diff: %d programs, the engine agrees with %s" % (len(jobs), PYTHON))
+    print("gc_diff: %d programs%s, the engine agrees with %s" % (
+        len(jobs), " (incremental)" if args.incremental else "", PYTHON))
 
 
 if __name__ == "__main__":

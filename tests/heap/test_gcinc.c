@@ -1,0 +1,559 @@
+/*
+ * test_gcinc.c: the incremental collector (gcinc.c).
+ *
+ * The central test is a random mutator against a shadow of its own graph: objects, slots and
+ * client references change between increments of a few objects of work each (so that every
+ * cycle spans hundreds of mutations), and after every step each object the shadow says is
+ * reachable from a client reference must still be alive, seen without the barrier (a check
+ * through the public API would mark what it looks at and hide a missing barrier). At the end
+ * every unreachable object must be gone within the bound gcinc.c states. The other tests pin
+ * down the bound itself, the work of one increment, collect(2) during a cycle, weak
+ * references and finalizers during a sweep, legacy finalizers, get_objects, freeze, a mark
+ * stack that cannot grow, and the automatic trigger.
+ */
+#include "testutil.h"
+
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static hd_heap_t *inc_heap(uint64_t k) {
+    hd_heap_config_t cfg;
+    hd_heap_config_init(&cfg);
+    cfg.gc_enabled = 0;
+    cfg.gc_mode = HD_GC_INCREMENTAL;
+    cfg.gc_increment_objects = k;
+    hd_heap_t *h = NULL;
+    assert_int_equal(hd_heap_new(&cfg, &h), 0);
+    return h;
+}
+
+/* Alive, looked at without the barrier. */
+static int alive_raw(hd_heap_t *h, hd_handle_t hd) {
+    hd_ref_t r;
+    hd_obj_t *o;
+    return hd__handle_resolve_raw(h, hd, &r, &o) == 0;
+}
+
+static int phase(hd_heap_t *h) {
+    hd_gc_inc_state_t st;
+    hd_gc_inc_state(h, &st);
+    return st.phase;
+}
+
+static uint64_t nobjects(hd_heap_t *h) {
+    hd_heap_stats_t st;
+    hd_heap_stats(h, &st);
+    return st.objects;
+}
+
+/* Increments until the running cycle ends; returns how many it took. */
+static uint64_t run_cycle(hd_heap_t *h) {
+    uint64_t n = 0;
+    do {
+        assert_int_equal(hd_gc_increment(h, NULL), 0);
+        n++;
+        assert_true(n < 100000000);
+    } while (phase(h) != HD_GCINC_IDLE);
+    return n;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The random mutator and its shadow.                                                          */
+/* ------------------------------------------------------------------------------------------ */
+
+#define NMAX  600
+#define KSLOT 3
+
+typedef struct shadow_s {
+    hd_handle_t hd[NMAX];
+    int live[NMAX]; /* not yet seen freed (the shadow's view: may be garbage) */
+    int nslots[NMAX];
+    int slot[NMAX][KSLOT]; /* target index or -1 */
+    int crefs[NMAX];
+    int n;
+} shadow_t;
+
+/* Marks every object reachable from a client reference. */
+static void reach(const shadow_t *s, int *seen) {
+    int stack[NMAX], top = 0;
+    memset(seen, 0, sizeof(int) * NMAX);
+    for (int i = 0; i < s->n; i++)
+        if (s->live[i] && s->crefs[i] > 0) seen[i] = 1, stack[top++] = i;
+    while (top) {
+        int i = stack[--top];
+        for (int k = 0; k < s->nslots[i]; k++) {
+            int t = s->slot[i][k];
+            if (t >= 0 && !seen[t]) seen[t] = 1, stack[top++] = t;
+        }
+    }
+}
+
+/* A random client-held object, or -1. */
+static int pick_held(const shadow_t *s, unsigned *seed) {
+    for (int tries = 0; tries < 64 && s->n; tries++) {
+        int i = rand_r(seed) % s->n;
+        if (s->live[i] && s->crefs[i] > 0) return i;
+    }
+    return -1;
+}
+
+static void mutate(hd_heap_t *h, shadow_t *s, unsigned *seed) {
+    int r = rand_r(seed) % 100;
+    if (r < 18 && s->n < NMAX) { /* allocate */
+        int i = s->n++;
+        int k = rand_r(seed) % 5 == 0 ? 0 : 1 + rand_r(seed) % KSLOT;
+        assert_int_equal(hd_alloc(h, &(hd_alloc_args_t){.nslots = (uint32_t)k}, &s->hd[i]), 0);
+        s->live[i] = 1, s->nslots[i] = k, s->crefs[i] = 1;
+        for (int j = 0; j < KSLOT; j++)
+            s->slot[i][j] = -1;
+        return;
+    }
+    int a = pick_held(s, seed);
+    if (a < 0) return;
+    if (r < 55) { /* set a slot of a to a held object (or empty it) */
+        if (!s->nslots[a]) return;
+        int k = rand_r(seed) % s->nslots[a];
+        int t = rand_r(seed) % 10 == 0 ? -1 : pick_held(s, seed);
+        assert_int_equal(hd_set_slot(h, s->hd[a], (uint32_t)k, t < 0 ? 0 : s->hd[t]), 0);
+        s->slot[a][k] = t;
+    } else if (r < 70) { /* take what a slot holds: the client then holds it */
+        if (!s->nslots[a]) return;
+        int k = rand_r(seed) % s->nslots[a];
+        hd_handle_t got;
+        assert_int_equal(hd_get_slot(h, s->hd[a], (uint32_t)k, &got), 0);
+        int t = s->slot[a][k];
+        assert_true(t < 0 ? got == 0 : got == s->hd[t]);
+        if (t >= 0) s->crefs[t]++;
+        if (t >= 0 && rand_r(seed) % 2) { /* taken out (a pop): only the client holds it */
+            assert_int_equal(hd_set_slot(h, s->hd[a], (uint32_t)k, 0), 0);
+            s->slot[a][k] = -1;
+        }
+    } else if (r < 75) {
+        assert_int_equal(hd_incref(h, s->hd[a], 1), 0);
+        s->crefs[a]++;
+    } else { /* drop a client reference: often the last one, right after a store */
+        assert_int_equal(hd_decref(h, s->hd[a], 1), 0);
+        s->crefs[a]--;
+    }
+}
+
+/* After each step, everything reachable is alive; objects the engine freed are unreachable
+ * (then the shadow forgets them: their slots held nothing reachable either). */
+static void check_reachable(hd_heap_t *h, shadow_t *s) {
+    int seen[NMAX];
+    reach(s, seen);
+    for (int i = 0; i < s->n; i++) {
+        if (!s->live[i]) continue;
+        int ok = alive_raw(h, s->hd[i]);
+        if (seen[i] && !ok) fail_msg("object %d is reachable but was freed", i);
+        if (!ok) s->live[i] = 0;
+    }
+}
+
+static void mutator_run(unsigned seed, uint64_t k) {
+    hd_heap_t *h = inc_heap(k);
+    shadow_t *s = calloc(1, sizeof *s);
+    assert_non_null(s);
+    for (int step = 0; step < 6000; step++) {
+        mutate(h, s, &seed);
+        if (rand_r(&seed) % 3 == 0) assert_int_equal(hd_gc_increment(h, NULL), 0);
+        check_reachable(h, s);
+    }
+    /* Garbage that exists when a cycle starts is gone when it ends: finish the running
+     * cycle (garbage made during it may survive it), then one more from the start. */
+    while (phase(h) != HD_GCINC_IDLE)
+        assert_int_equal(hd_gc_increment(h, NULL), 0);
+    run_cycle(h);
+    check_reachable(h, s);
+    int seen[NMAX];
+    reach(s, seen);
+    uint64_t want = 0;
+    for (int i = 0; i < s->n; i++) {
+        if (seen[i] != alive_raw(h, s->hd[i]))
+            fail_msg("object %d: reachable %d, alive %d", i, seen[i], alive_raw(h, s->hd[i]));
+        want += seen[i];
+    }
+    assert_int_equal(nobjects(h), want);
+    free(s);
+    hd_heap_free(h);
+}
+
+static void test_mutator_never_frees_the_reachable(void **state) {
+    (void)state;
+    static const uint64_t ks[] = {1, 2, 3, 7, 25, 200};
+    for (unsigned seed = 1; seed <= 24; seed++)
+        mutator_run(seed, ks[seed % 6]);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The bound, the work of an increment, collect(2).                                           */
+/* ------------------------------------------------------------------------------------------ */
+
+/* n rings of two two-slot containers, old (a full collection moved them to generation 2:
+ * only a collection of generation 2 can free them); the client keeps one reference per kept
+ * ring, the others are garbage. */
+static void rings(hd_heap_t *h, int n, int kept, hd_handle_t *keep) {
+    hd_handle_t *a = malloc(sizeof *a * (size_t)n);
+    assert_non_null(a);
+    for (int i = 0; i < n; i++) {
+        hd_handle_t b = tu_obj(h, 2, 0);
+        a[i] = tu_obj(h, 2, 0);
+        assert_int_equal(hd_set_slot(h, a[i], 0, b), 0);
+        assert_int_equal(hd_set_slot(h, b, 0, a[i]), 0);
+        assert_int_equal(hd_decref(h, b, 1), 0);
+    }
+    assert_int_equal(hd_gc_collect(h, 2, NULL), 0);
+    for (int i = 0; i < n; i++)
+        if (i < kept)
+            keep[i] = a[i];
+        else
+            assert_int_equal(hd_decref(h, a[i], 1), 0);
+    free(a);
+}
+
+/* n young garbage rings (the next young collection frees them). */
+static void young_rings(hd_heap_t *h, int n) {
+    for (int i = 0; i < n; i++) {
+        hd_handle_t a = tu_obj(h, 1, 0), b = tu_obj(h, 1, 0);
+        assert_int_equal(hd_set_slot(h, a, 0, b), 0);
+        assert_int_equal(hd_set_slot(h, b, 0, a), 0);
+        assert_int_equal(hd_decref(h, a, 1), 0);
+        assert_int_equal(hd_decref(h, b, 1), 0);
+    }
+}
+
+static void test_garbage_freed_within_the_bound(void **state) {
+    (void)state;
+    enum { N = 3000, KEPT = 1000 };
+    static hd_handle_t keep[KEPT];
+    const uint64_t ks[] = {1, 10, 97, 1000};
+    for (size_t t = 0; t < 4; t++) {
+        hd_heap_t *h = inc_heap(ks[t]);
+        rings(h, N, KEPT, keep);
+        /* The bound of gcinc.c: D = 2N objects in the domain (the first increment collects
+         * the young generations into it), S = 4N slots, U = 2 (N - KEPT) garbage. */
+        uint64_t d = 2 * N, s = 4 * N, u = 2 * (N - KEPT);
+        uint64_t w = 3 * d + s / 8 + 2 * u;
+        uint64_t took = run_cycle(h);
+        assert_true(took <= (w + ks[t] - 1) / ks[t] + 4);
+        assert_int_equal(nobjects(h), 2 * KEPT);
+        for (int i = 0; i < KEPT; i++)
+            assert_int_equal(tu_refcnt(h, keep[i]), 2);
+        hd_heap_free(h);
+    }
+}
+
+static void test_an_increment_does_bounded_work(void **state) {
+    (void)state;
+    const uint64_t k = 50;
+    hd_heap_t *h = inc_heap(k);
+    static hd_handle_t keep[500];
+    rings(h, 2000, 500, keep);
+    uint64_t n = 0;
+    do {
+        hd_gc_inc_state_t st;
+        assert_int_equal(hd_gc_increment(h, NULL), 0);
+        hd_gc_inc_state(h, &st);
+        /* The last unit may be one object and its slots past the budget. */
+        assert_true(st.last_work <= k + 1);
+        n++;
+    } while (phase(h) != HD_GCINC_IDLE);
+    assert_true(n > 100); /* it was indeed cut in many */
+    assert_int_equal(nobjects(h), 1000);
+    hd_heap_free(h);
+}
+
+static void test_collect2_during_a_cycle_finds_what_cpython_finds(void **state) {
+    (void)state;
+    static hd_handle_t keep[300];
+    for (int stop_after = 0; stop_after < 1400; stop_after += 97) {
+        hd_heap_t *g = tu_heap(), *h = inc_heap(7);
+        rings(g, 600, 300, keep);
+        rings(h, 600, 300, keep);
+        for (int i = 0; i < stop_after && (i == 0 || phase(h) != HD_GCINC_IDLE); i++)
+            assert_int_equal(hd_gc_increment(h, NULL), 0);
+        uint64_t before = nobjects(h);
+        /* More garbage, made while the cycle runs. */
+        young_rings(g, 50);
+        young_rings(h, 50);
+        uint64_t fg = 0, fh = 0;
+        assert_int_equal(hd_gc_collect(g, 2, &fg), 0);
+        assert_int_equal(hd_gc_collect(h, 2, &fh), 0);
+        /* All the garbage, less what increments freed already (not found again). */
+        assert_int_equal(fg, 700);
+        assert_int_equal(fh, before + 100 - 600);
+        assert_int_equal(nobjects(g), 600);
+        assert_int_equal(nobjects(h), 600);
+        assert_int_equal(phase(h), HD_GCINC_IDLE);
+        hd_heap_free(g);
+        hd_heap_free(h);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Weak references, finalizers, legacy finalizers.                                            */
+/* ------------------------------------------------------------------------------------------ */
+
+static void test_weakrefs_cleared_before_finalizers_even_when_asked_during_the_sweep(void **st) {
+    (void)st;
+    hd_heap_t *h = inc_heap(1);
+    hd_events_set_mask(h, HD_EVMASK(HD_EV_FINALIZED) | HD_EVMASK(HD_EV_WEAKREF_CLEARED));
+    enum { N = 40 };
+    hd_weak_t w[N];
+    hd_handle_t held[2 * N];
+    for (int i = 0; i < N; i++) { /* garbage rings of finalized objects, weakly referenced */
+        hd_handle_t a, b;
+        hd_alloc_args_t args = {.nslots = 1, .flags = HD_OBJ_FINALIZER};
+        assert_int_equal(hd_alloc(h, &args, &a), 0);
+        assert_int_equal(hd_alloc(h, &args, &b), 0);
+        assert_int_equal(hd_set_slot(h, a, 0, b), 0);
+        assert_int_equal(hd_set_slot(h, b, 0, a), 0);
+        assert_int_equal(hd_weakref_new(h, a, 1, &w[i]), 0);
+        held[2 * i] = a, held[2 * i + 1] = b;
+    }
+    assert_int_equal(hd_gc_collect(h, 2, NULL), 0); /* old, then garbage */
+    for (int i = 0; i < 2 * N; i++)
+        assert_int_equal(hd_decref(h, held[i], 1), 0);
+    /* Into the sweep, before its walk has reached most of them. */
+    do
+        assert_int_equal(hd_gc_increment(h, NULL), 0);
+    while (phase(h) != HD_GCINC_SWEEP);
+    hd_handle_t got = 1;
+    assert_int_equal(hd_weakref_get(h, w[N - 1], &got), 0);
+    assert_int_equal(got, 0); /* garbage: cleared now, never handed out */
+    run_cycle(h);
+    assert_int_equal(nobjects(h), 0);
+    /* Every weak reference cleared once, all before the first finalizer. */
+    int cleared = 0, finalized = 0;
+    hd_event_t ev;
+    while (hd_events_pop(h, &ev)) {
+        if (ev.type == HD_EV_WEAKREF_CLEARED) {
+            assert_int_equal(finalized, 0);
+            cleared++;
+        } else if (ev.type == HD_EV_FINALIZED) {
+            finalized++;
+        }
+    }
+    assert_int_equal(cleared, N);
+    assert_int_equal(finalized, 2 * N);
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(hd_weakref_get(h, w[i], &got), 0);
+        assert_int_equal(got, 0);
+        assert_int_equal(hd_weakref_free(h, w[i]), 0);
+    }
+    hd_heap_free(h);
+}
+
+static void test_a_weakref_during_marking_keeps_its_object(void **state) {
+    (void)state;
+    hd_heap_t *h = inc_heap(1);
+    static hd_handle_t keep[1];
+    rings(h, 200, 0, keep);
+    hd_handle_t a = tu_obj(h, 1, 0), b = tu_obj(h, 1, 0);
+    assert_int_equal(hd_set_slot(h, a, 0, b), 0);
+    assert_int_equal(hd_set_slot(h, b, 0, a), 0);
+    hd_weak_t w;
+    assert_int_equal(hd_weakref_new(h, a, 0, &w), 0);
+    assert_int_equal(hd_gc_collect(h, 2, NULL), 0);
+    assert_int_equal(hd_decref(h, a, 1), 0);
+    assert_int_equal(hd_decref(h, b, 1), 0);
+    assert_int_equal(hd_gc_increment(h, NULL), 0); /* the cycle starts: a and b are garbage */
+    assert_int_equal(phase(h), HD_GCINC_MARK);
+    hd_handle_t got = 0;
+    assert_int_equal(hd_weakref_get(h, w, &got), 0);
+    assert_int_equal(got, a); /* as in CPython before a collection: the client has it again */
+    run_cycle(h);
+    assert_int_equal(nobjects(h), 2);
+    assert_int_equal(hd_decref(h, a, 1), 0);
+    run_cycle(h);
+    assert_int_equal(nobjects(h), 0);
+    assert_int_equal(hd_weakref_free(h, w), 0);
+    hd_heap_free(h);
+}
+
+static void test_legacy_finalizers_are_uncollectable(void **state) {
+    (void)state;
+    hd_heap_t *g = tu_heap(), *h = inc_heap(3);
+    hd_heap_t *both[2] = {g, h};
+    for (int k = 0; k < 2; k++) {
+        hd_heap_t *x = both[k];
+        /* legacy -> a -> b -> legacy: all three uncollectable; c <-> d: collectable. */
+        hd_handle_t l, a, b, c, d;
+        hd_alloc_args_t la = {.nslots = 1, .flags = HD_OBJ_LEGACY_FINALIZER};
+        assert_int_equal(hd_alloc(x, &la, &l), 0);
+        a = tu_obj(x, 1, 0), b = tu_obj(x, 1, 0), c = tu_obj(x, 1, 0), d = tu_obj(x, 1, 0);
+        assert_int_equal(hd_set_slot(x, l, 0, a), 0);
+        assert_int_equal(hd_set_slot(x, a, 0, b), 0);
+        assert_int_equal(hd_set_slot(x, b, 0, l), 0);
+        assert_int_equal(hd_set_slot(x, c, 0, d), 0);
+        assert_int_equal(hd_set_slot(x, d, 0, c), 0);
+        hd_handle_t all[5] = {l, a, b, c, d};
+        assert_int_equal(hd_gc_collect(x, 2, NULL), 0);
+        for (int i = 0; i < 5; i++)
+            assert_int_equal(hd_decref(x, all[i], 1), 0);
+    }
+    uint64_t fg = 0;
+    assert_int_equal(hd_gc_collect(g, 2, &fg), 0);
+    run_cycle(h);
+    hd_gc_genstats_t sg[3], sh[3];
+    hd_gc_get_stats(g, sg);
+    hd_gc_get_stats(h, sh);
+    assert_int_equal(fg, 5);
+    assert_int_equal(sh[2].collected, sg[2].collected);
+    assert_int_equal(sh[2].uncollectable, sg[2].uncollectable);
+    assert_int_equal(sg[2].uncollectable, 3);
+    assert_int_equal(hd_gc_garbage_len(h), hd_gc_garbage_len(g));
+    assert_int_equal(hd_gc_garbage_len(h), 1);
+    assert_int_equal(nobjects(h), 3);
+    /* Still uncollectable at the next cycle, and not listed twice. */
+    run_cycle(h);
+    assert_int_equal(hd_gc_garbage_len(h), 1);
+    assert_int_equal(nobjects(h), 3);
+    /* Cleared, it is found again (as in CPython); broken apart by the client, it goes. */
+    hd_gc_garbage_clear(h);
+    run_cycle(h);
+    assert_int_equal(hd_gc_garbage_len(h), 1);
+    hd_handles_t out = {0};
+    assert_int_equal(hd_gc_garbage(h, 0, 1, 1, &out, NULL), 0);
+    assert_int_equal(out.n, 1);
+    assert_int_equal(hd_set_slot(h, out.v[0], 0, 0), 0);
+    hd_gc_garbage_clear(h);
+    assert_int_equal(hd_decref(h, out.v[0], 1), 0);
+    hd_handles_free(&out);
+    assert_int_equal(nobjects(h), 0);
+    hd_heap_free(g);
+    hd_heap_free(h);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* get_objects, freeze, the mark stack, the trigger.                                          */
+/* ------------------------------------------------------------------------------------------ */
+
+static void test_get_objects_during_a_cycle(void **state) {
+    (void)state;
+    hd_heap_t *h = inc_heap(1);
+    static hd_handle_t keep[100];
+    rings(h, 300, 100, keep);
+    assert_int_equal(hd_gc_increment(h, NULL), 0); /* marking */
+    /* Marking: garbage is still an object, listed (and then held: it survives). */
+    uint64_t cur = 0;
+    hd_handles_t out = {0};
+    out.max = SIZE_MAX;
+    assert_int_equal(hd_gc_get_objects(h, 2, &cur, 100000, 0, &out), 0);
+    assert_int_equal(out.n, 600);
+    hd_handles_free(&out);
+    run_cycle(h);
+    assert_int_equal(nobjects(h), 600); /* every one was named: none collected */
+    /* Sweeping: garbage is not listed. */
+    for (int i = 0; i < 100; i++)
+        assert_int_equal(hd_decref(h, keep[i], 1), 0); /* all garbage now */
+    do
+        assert_int_equal(hd_gc_increment(h, NULL), 0);
+    while (phase(h) != HD_GCINC_SWEEP);
+    out = (hd_handles_t){0};
+    out.max = SIZE_MAX;
+    cur = 0;
+    assert_int_equal(hd_gc_get_objects(h, -1, &cur, 100000, 1, &out), 0);
+    assert_int_equal(out.n, 0);
+    hd_handles_free(&out);
+    run_cycle(h);
+    assert_int_equal(nobjects(h), 0);
+    hd_heap_free(h);
+}
+
+static void test_freeze_and_mode_change_end_the_cycle(void **state) {
+    (void)state;
+    hd_heap_t *h = inc_heap(5);
+    static hd_handle_t keep[50];
+    rings(h, 100, 50, keep);
+    assert_int_equal(hd_gc_increment(h, NULL), 0);
+    assert_int_equal(phase(h), HD_GCINC_MARK);
+    hd_gc_freeze(h);
+    assert_int_equal(phase(h), HD_GCINC_IDLE);
+    assert_int_equal(nobjects(h), 100);
+    assert_int_equal(hd_gc_get_freeze_count(h), 100);
+    hd_gc_unfreeze(h);
+    for (int i = 0; i < 50; i++)
+        assert_int_equal(hd_decref(h, keep[i], 1), 0);
+    assert_int_equal(hd_gc_increment(h, NULL), 0);
+    assert_int_equal(hd_gc_set_mode(h, HD_GC_GENERATIONAL), 0);
+    assert_int_equal(phase(h), HD_GCINC_IDLE);
+    assert_int_equal(nobjects(h), 0);
+    assert_int_equal(hd_gc_set_mode(h, 7), HD_EINVAL);
+    assert_int_equal(hd_gc_set_increment(h, 0), HD_EINVAL);
+    hd_heap_free(h);
+}
+
+static void test_a_mark_stack_that_cannot_grow_ends_in_a_full_collection(void **state) {
+    (void)state;
+    tu_hook_install();
+    static hd_handle_t keep[200];
+    for (uint64_t nth = 1; nth < 40; nth++) {
+        int64_t live0 = tu_live_allocs();
+        hd_heap_t *h = inc_heap(4);
+        rings(h, 400, 200, keep);
+        tu_fail_nth(nth);
+        run_cycle(h);
+        tu_fail_nth(0);
+        assert_int_equal(nobjects(h), 400); /* whichever way it ended, the garbage is gone */
+        for (int i = 0; i < 200; i++)
+            assert_int_equal(tu_refcnt(h, keep[i]), 2);
+        hd_heap_free(h);
+        assert_int_equal(tu_live_allocs(), live0);
+    }
+}
+
+/* The automatic trigger: the cycle starts where a full collection would run, goes on one
+ * increment per young collection, and garbage goes without any explicit collection. */
+static void test_automatic_increments(void **state) {
+    (void)state;
+    hd_heap_config_t cfg;
+    hd_heap_config_init(&cfg);
+    cfg.gc_mode = HD_GC_INCREMENTAL;
+    cfg.gc_increment_objects = 500;
+    hd_heap_t *h = NULL;
+    assert_int_equal(hd_heap_new(&cfg, &h), 0);
+    /* Long-lived garbage, made over and over: a pair held for 40 rounds (long enough to be
+     * promoted), then dropped; only generation 2 can free it. */
+    hd_handle_t holder = tu_obj(h, 1, 0);
+    uint64_t peak = 0;
+    for (int round = 0; round < 3000; round++) {
+        if (round % 40 == 0) {
+            hd_handle_t a = tu_obj(h, 1, 0), b = tu_obj(h, 1, 0);
+            assert_int_equal(hd_set_slot(h, a, 0, b), 0);
+            assert_int_equal(hd_set_slot(h, b, 0, a), 0);
+            assert_int_equal(hd_set_slot(h, holder, 0, a), 0); /* the last pair: garbage */
+            assert_int_equal(hd_decref(h, a, 1), 0);
+            assert_int_equal(hd_decref(h, b, 1), 0);
+        }
+        young_rings(h, 50); /* young garbage: generation 0 collections */
+        if (nobjects(h) > peak) peak = nobjects(h);
+    }
+    hd_gc_inc_state_t st;
+    hd_gc_inc_state(h, &st);
+    assert_true(st.cycles >= 1);
+    hd_gc_genstats_t s[3];
+    hd_gc_get_stats(h, s);
+    assert_true(s[2].collected > 0);
+    assert_true(peak < 1000); /* young garbage and the pairs did not pile up */
+    hd_heap_free(h);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_mutator_never_frees_the_reachable),
+        cmocka_unit_test(test_garbage_freed_within_the_bound),
+        cmocka_unit_test(test_an_increment_does_bounded_work),
+        cmocka_unit_test(test_collect2_during_a_cycle_finds_what_cpython_finds),
+        cmocka_unit_test(test_weakrefs_cleared_before_finalizers_even_when_asked_during_the_sweep),
+        cmocka_unit_test(test_a_weakref_during_marking_keeps_its_object),
+        cmocka_unit_test(test_legacy_finalizers_are_uncollectable),
+        cmocka_unit_test(test_get_objects_during_a_cycle),
+        cmocka_unit_test(test_freeze_and_mode_change_end_the_cycle),
+        cmocka_unit_test(test_a_mark_stack_that_cannot_grow_ends_in_a_full_collection),
+        cmocka_unit_test(test_automatic_increments),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
