@@ -161,12 +161,16 @@ void hd__gc_untrack(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
     hd_gcstate_t *gc = &h->gc;
     HD_ASSERT(o->flags & HD_OF_TRACKED);
     if (hd__obj_gen(o) == PERMANENT_GEN) gc->nfrozen--;
-    /* White while a cycle sweeps: garbage the cycle is freeing (nothing else can). */
-    if (HD_UNLIKELY(hd__gc_white(h, o))) gc->inc.freed += gc->inc.phase == HD_GCINC_SWEEP;
+    /* White while a cycle sweeps: garbage the cycle is freeing (nothing else can). It does
+     * not uncount an allocation, as garbage a full collection frees finds count[0] at 0: else
+     * a sweep freeing a million objects between allocations would hold off the young
+     * collections for a million allocations, and the next one would take that long. */
+    bool swept = HD_UNLIKELY(hd__gc_white(h, o)) && gc->inc.phase == HD_GCINC_SWEEP;
+    gc->inc.freed += swept;
     hd__gcinc_unlink(h, r, o);
     hd__gc_list_remove(h, r);
     o->flags = (uint16_t)(with_gen(o->flags, 0) & ~HD_OF_TRACKED);
-    if (gc->gen[0].count > 0) gc->gen[0].count--;
+    if (gc->gen[0].count > 0 && !swept) gc->gen[0].count--;
 }
 
 /* count > threshold, compared as CPython does (signed: a negative threshold always fires). */
@@ -202,6 +206,8 @@ void hd__gc_on_alloc(hd_heap_t *h) {
     if (HD_UNLIKELY(over_threshold(&gc->gen[0])) && gc->enabled && gc->gen[0].threshold &&
         !gc->collecting)
         collect_generations(h);
+    else if (HD_UNLIKELY(gc->inc.due) && --gc->inc.due == 0 && gc->enabled && !gc->collecting)
+        hd__gcinc_paced(h); /* an incremental cycle runs (gcinc.c, "Pacing") */
 }
 
 /* ========================================================================================== */

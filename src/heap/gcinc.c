@@ -5,7 +5,7 @@
  * CPython 3.11's full collection stops the session for as long as it takes to walk the whole
  * heap (120-220 ms for 4M objects). Here the young generations are collected exactly as in
  * gc.c, and a collection of generation 2 becomes a cycle of increments, each doing at most
- * increment_objects units of work (an object looked at, or a slot scanned per 8). It is a
+ * increment_objects units of work (an object looked at, or a slot scanned). It is a
  * snapshot mark-sweep over generation 2, on top of reference counting:
  *
  *   start     (on the automatic trigger that would have run a full collection) a collection
@@ -42,17 +42,22 @@
  *
  * Bound. Garbage that exists when a cycle starts is freed by the end of that cycle; garbage
  * made during a cycle, by the end of the next one. A cycle takes at most
- * ceil(W / increment_objects) + 4 increments, where W = 3 D + S / 8 + 2 U: D objects in the
- * domain (walked for roots, popped off the stack, walked by the sweep), S their slots, U the
- * garbage (finalized, cleared). tests/heap/test_gcinc.c checks it.
+ * ceil(W / increment_objects) + 4 increments, where W = 3 D + 2 S + 2 U: D objects in the
+ * domain (walked for roots, popped off the stack, walked by the sweep), S their slots (scanned
+ * when marked, and when cleared), U the garbage (finalized, cleared). tests/heap/test_gcinc.c
+ * checks it.
  *
- * Pacing. An increment rides on every automatic collection of generation 0 (each 700
- * container allocations by default) while a cycle runs; the cycle starts when generational
- * mode would run a full collection (gc.c's trigger and damper). A cycle of a heap of D
- * objects therefore spans about 3 D / increment_objects young collections, and the heap can
- * grow by at most 700 objects per young collection meanwhile: with the default 20,000 and
- * thresholds, by 3 * 700 / 20,000 = 10.5% of D at most, and by far less when, as usual, most
- * young objects die young. docs/PERFORMANCE.md measures it against full collections.
+ * Pacing. The cycle starts when generational mode would run a full collection (gc.c's
+ * trigger and damper); while it runs, an increment follows every HD_GCINC_EVERY container
+ * allocations (hd__gc_on_alloc counts them down in inc.due) and every automatic young
+ * collection. The pause is one increment (increment_objects units); the rate of work is
+ * increment_objects / HD_GCINC_EVERY units per allocation, which bounds how much the heap
+ * grows before the cycle ends: a cycle of W units spans W * HD_GCINC_EVERY /
+ * increment_objects allocations. With the defaults (4,000 units every 64 allocations, 62 a
+ * container allocated) and a heap of D two-slot objects (W ~ 7 D), that is D / 9 at most:
+ * what a full collection would have found is freed before the heap has grown by a ninth, and
+ * by far less when, as usual, most young objects die young. docs/PERFORMANCE.md measures it
+ * against full collections.
  *
  * Memory. The mark stack holds 8 bytes per marked object whose slots are not yet scanned (at
  * most the domain, usually far less); when it cannot grow (the allocation hook refuses) the
@@ -67,8 +72,8 @@
 /* The sweep's steps, in order. */
 enum { STEP_WALK, STEP_FINALIZE, STEP_DELETE, STEP_UNCOLLECTABLE };
 
-/* A slot scanned costs an eighth of an object: a slot is 4 bytes of a line already read. */
-#define SLOT_WORK_SHIFT 3
+/* A slot scanned costs as much as an object looked at: its target's header is a read from
+ * anywhere in the heap, the cost that dominates. */
 
 typedef char *const *regions_t;
 
@@ -159,7 +164,7 @@ static uint64_t scan(hd_heap_t *h, hd_obj_t *o) {
         hd_obj_t *to = obj_at(h, t);
         if (hd__gc_white(h, to)) mark(h, t, to);
     }
-    return 1 + (o->nslots >> SLOT_WORK_SHIFT);
+    return 1 + o->nslots;
 }
 
 /* Scans o's slots for the uncollectable set: each white target joins it (black, flagged
@@ -176,7 +181,7 @@ static uint64_t scan_uncollectable(hd_heap_t *h, hd_obj_t *o) {
         move_to(h, t, to, HD_GCINC_FIN);
         if (inc->fin_cursor == HD_GCINC_FIN) inc->fin_cursor = t;
     }
-    return 1 + (o->nslots >> SLOT_WORK_SHIFT);
+    return 1 + o->nslots;
 }
 
 /* One unit or more of marking; false once marking is done (nothing left to do). In order:
@@ -277,7 +282,7 @@ static bool sweep_some(hd_heap_t *h, uint64_t *work, uint64_t *m, uint64_t *n) {
             hd_ref_t r = link_at(h, HD_GCINC_FINAL)->gc_next;
             hd_obj_t *o = obj_at(h, r);
             HD_ASSERT(o->refcnt > 0 && o->crefs == 0);
-            *work += 1 + (o->nslots >> SLOT_WORK_SHIFT);
+            *work += 1 + o->nslots;
             if (gc->debug & HD_GC_DEBUG_SAVEALL) {
                 /* Listed instead of freed: alive again, in generation 2 (and collected, as
                  * gc.c counts it). */
@@ -411,6 +416,15 @@ static bool cycle_run(hd_heap_t *h, uint64_t budget, uint64_t *work, uint64_t *m
     return false;
 }
 
+/* A collection of generations 0 and 1, then a cycle starts. Returns what the collection
+ * found. */
+static uint64_t start(hd_heap_t *h) {
+    uint64_t found = hd__gc_collect_with_events(h, 1);
+    cycle_start(h);
+    if (h->gc.inc.mode == HD_GC_INCREMENTAL) h->gc.inc.due = HD_GCINC_EVERY;
+    return found;
+}
+
 /* One increment of budget units: starts a cycle if none runs (after collecting generations 0
  * and 1), runs it, reports it as a collection of generation 2 (GC_START, GC_STOP, callback).
  * Returns what it found. The caller has set collecting. */
@@ -418,10 +432,8 @@ static uint64_t increment(hd_heap_t *h, uint64_t budget) {
     hd_gcstate_t *gc = &h->gc;
     hd_gcinc_t *inc = &gc->inc;
     uint64_t found = 0;
-    if (inc->phase == HD_GCINC_IDLE) {
-        found += hd__gc_collect_with_events(h, 1);
-        cycle_start(h);
-    }
+    inc->due = 0;
+    if (inc->phase == HD_GCINC_IDLE) found += start(h);
     if (hd__event_wanted(h, HD_EV_GC_START)) {
         hd_event_t ev = {.type = HD_EV_GC_START, .generation = 2};
         hd__event_push(h, &ev);
@@ -437,6 +449,8 @@ static uint64_t increment(hd_heap_t *h, uint64_t budget) {
     gc->stats[2].collected += m;
     gc->stats[2].uncollectable += n;
     hd__gc_report(h, 2, m, n, hd__gc_now_ns() - t0, ended ? 2 : 1, work);
+    /* The next increment, if the cycle goes on and the mode is incremental. */
+    if (!ended && inc->mode == HD_GC_INCREMENTAL) inc->due = HD_GCINC_EVERY;
     return found + m + n + full;
 }
 
@@ -444,21 +458,29 @@ void hd__gcinc_auto(hd_heap_t *h) {
     hd_gcstate_t *gc = &h->gc;
     hd_gcinc_t *inc = &gc->inc;
     if (inc->phase != HD_GCINC_IDLE) {
-        /* A cycle runs: the young collection the thresholds ask for, then an increment. */
+        /* A cycle runs: the young collection the thresholds ask for. The cycle's own work is
+         * paced apart (hd__gcinc_paced), so that no pause holds both. */
         int young = (int64_t)gc->gen[1].count > (int64_t)gc->gen[1].threshold ? 1 : 0;
         hd__gc_collect_with_events(h, young);
-        increment(h, inc->increment_objects);
         return;
     }
     for (int i = 2; i >= 0; i--) {
         if ((int64_t)gc->gen[i].count <= (int64_t)gc->gen[i].threshold) continue;
         if (i == 2 && gc->long_lived_pending < gc->long_lived_total / 4) continue;
         if (i == 2)
-            increment(h, inc->increment_objects); /* starts a cycle */
+            start(h); /* O(1) after its young collection: the increments follow */
         else
             hd__gc_collect_with_events(h, i);
         return;
     }
+}
+
+void hd__gcinc_paced(hd_heap_t *h) {
+    hd_gcstate_t *gc = &h->gc;
+    if (gc->inc.phase == HD_GCINC_IDLE) return;
+    gc->collecting = 1;
+    increment(h, gc->inc.increment_objects);
+    gc->collecting = 0;
 }
 
 uint64_t hd__gcinc_finish(hd_heap_t *h) {

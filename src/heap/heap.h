@@ -126,10 +126,11 @@ typedef struct hd_heap_config_s {
  * with the session's requests (gcinc.c). */
 #define HD_GC_GENERATIONAL 0
 #define HD_GC_INCREMENTAL  1
-/* The default work of one increment, in objects: about 0.5 ms on a heap far bigger than the
- * caches (docs/PERFORMANCE.md), and enough that a cycle ends before a heap growing as fast as
- * its thresholds let it has grown by a tenth (gcinc.c, "Pacing"). */
-#define HD_GC_INCREMENT_DEFAULT 20000u
+/* The default work of one increment, in units (an object looked at or a slot scanned):
+ * well under a millisecond on a heap far bigger than the caches (docs/PERFORMANCE.md), with
+ * one every 64 container allocations while a cycle runs, which ends a cycle before the heap
+ * has grown by a ninth (gcinc.c, "Pacing"). */
+#define HD_GC_INCREMENT_DEFAULT 4000u
 
 /* Fills cfg with the defaults. */
 void hd_heap_config_init(hd_heap_config_t *cfg);

@@ -574,7 +574,12 @@ typedef struct hd_gcinc_s {
     uint64_t increments; /* this cycle so far */
     uint64_t cycles;     /* cycles completed */
     uint64_t last_work;  /* the work the last increment did */
+    uint32_t due;        /* container allocations until the next paced increment; 0 = none */
 } hd_gcinc_t;
+/* While a cycle runs, an increment every this many container allocations (gcinc.c, "Pacing"):
+ * often enough that an increment is short, rarely enough that its fixed cost (two clock
+ * reads, the report) stays under a nanosecond per allocation. */
+#define HD_GCINC_EVERY 64u
 
 /* Invariants (outside a collection):
  *   nfrozen == size of the permanent list == tracked objects with gen bits 3.
@@ -980,6 +985,8 @@ void hd__gcinc_init(hd_heap_t *h, const hd_heap_config_t *cfg);
 void hd__gcinc_destroy(hd_heap_t *h);
 /* The automatic trigger in incremental mode (gc.c:collect_generations). */
 void hd__gcinc_auto(hd_heap_t *h);
+/* The paced increment (hd__gc_on_alloc, when inc.due counts down to 0). */
+void hd__gcinc_paced(hd_heap_t *h);
 /* Runs the running cycle, if any, to its end now; returns the unreachable objects it found
  * in the process (collected + uncollectable). The caller has set collecting. */
 uint64_t hd__gcinc_finish(hd_heap_t *h);

@@ -630,6 +630,10 @@ static const char *validate_peer(const void *value) {
 static const char *const tls_version_names[] = {"1.2", "1.3", NULL};
 
 /* clang-format off */
+/* gc_mode's values, by HD_GC_* (heap.h). */
+static const char *const gc_mode_names[] = {"generational", "incremental", NULL};
+_Static_assert(HD_GC_GENERATIONAL == 0 && HD_GC_INCREMENTAL == 1, "gc_mode_names' order");
+
 static const hd_config_key_t keys[] = {
     /*  name                 type      default                 min                    max
                              reload  secret  enum names          validator */
@@ -694,6 +698,10 @@ static const hd_config_key_t keys[] = {
     KEY(gc_enabled,          bool,     "true",                 0,                     1,
                              RELOAD, PUBLIC, NULL,               NULL),
     KEY(gc_threshold,        triple,   "[700, 10, 10]",        0,                     INT_MAX,
+                             RELOAD, PUBLIC, NULL,               NULL),
+    KEY(gc_mode,             enum,     "generational",         0,                     0,
+                             RELOAD, PUBLIC, gc_mode_names,      NULL),
+    KEY(gc_increment_objects, uint,    "4000",                 1,                     1ull << 32,
                              RELOAD, PUBLIC, NULL,               NULL),
     KEY(http,                strlist,  "[\"127.0.0.1:7421\"]", 0,                     16,
                              FIXED,  PUBLIC, NULL,               validate_hostport),

@@ -65,6 +65,8 @@ typedef struct hd_config_s {
     int log_format;                  /* hd_log_format_t */
     int gc_enabled;                  /* new sessions: automatic collection */
     int gc_threshold[3];             /* new sessions: gc.set_threshold */
+    int gc_mode;                     /* new sessions: HD_GC_GENERATIONAL or HD_GC_INCREMENTAL */
+    uint64_t gc_increment_objects;   /* new sessions: the work of one increment */
     hd_strlist_t http;               /* the HTTP server's "host:port" list; empty: off */
     int http_admin_open;             /* the dashboard's session pages need no admin token */
     uint64_t http_max_connections;   /* open HTTP connections */

@@ -71,7 +71,10 @@ static void on_gc(void *ctx, const hd_gc_info_t *info) {
     hd_sess_metrics_t *sm = s->metrics;
     int g = info->generation;
     uint64_t now = hd__now_ms();
-    atomic_fetch_add_explicit(&m->gc_collections[g], 1, memory_order_relaxed);
+    /* An increment of an incremental cycle is a pause, and frees what it frees; only the
+     * increment that ends the cycle is a collection of generation 2. */
+    int whole = info->incremental != 1;
+    if (whole) atomic_fetch_add_explicit(&m->gc_collections[g], 1, memory_order_relaxed);
     atomic_fetch_add_explicit(&m->gc_collected[g], info->collected, memory_order_relaxed);
     atomic_fetch_add_explicit(&m->gc_uncollectable[g], info->uncollectable, memory_order_relaxed);
     atomic_fetch_add_explicit(&m->pause_ns_sum, info->pause_ns, memory_order_relaxed);
@@ -80,7 +83,7 @@ static void on_gc(void *ctx, const hd_gc_info_t *info) {
         b++;
     atomic_fetch_add_explicit(&m->pause_buckets[b], 1, memory_order_relaxed);
 
-    if (g == 2) {
+    if (g == 2 && whole) {
         sm->gc2_ms[sm->gc2_next] = now;
         sm->gc2_next = (sm->gc2_next + 1) % 16;
     }
@@ -90,6 +93,7 @@ static void on_gc(void *ctx, const hd_gc_info_t *info) {
         sm->uncoll_next = (sm->uncoll_next + 1) % 16;
     }
 
+    if (!whole && !info->collected && !info->uncollectable) return; /* the ring keeps findings */
     hd_gc_mark_t mark = {unix_ms(), info->pause_ns, info->collected, info->uncollectable, g, ""};
     snprintf(mark.session, sizeof mark.session, "%s", s->id);
     uv_mutex_lock(&m->lock);
@@ -857,7 +861,8 @@ int hd__metrics_render(const hd_mview_t *v, hd_buf_t *out) {
         garbage += v->sess[i].garbage;
     family(&o, "heapd_gc_garbage_objects", "gauge", "Entries of the heaps' gc.garbage lists.");
     sample_u(&o, "heapd_gc_garbage_objects", garbage);
-    family(&o, "heapd_gc_pause_seconds", "histogram", "How long collections took.");
+    family(&o, "heapd_gc_pause_seconds", "histogram",
+           "How long collections took (and each increment of an incremental one).");
     uint64_t cum = 0;
     for (int b = 0; b < HD_PAUSE_NBUCKETS; b++) {
         cum += v->pause_buckets[b];

@@ -302,6 +302,8 @@ static int session_create(hd_conn_t *c, const char *client_name, int admin, hd_s
     hc.max_objects = w->cfg.session_max_objects;
     hc.gc_enabled = w->cfg.gc_enabled;
     memcpy(hc.gc_threshold, w->cfg.gc_threshold, sizeof hc.gc_threshold);
+    hc.gc_mode = w->cfg.gc_mode;
+    hc.gc_increment_objects = w->cfg.gc_increment_objects;
     int rc = hd_heap_new(&hc, &s->heap);
     /* The session's record is the session's: charged beside the heap struct. */
     if (rc == 0) hd_heap_charge(s->heap, HD_CHARGE_session, sizeof *s, false);

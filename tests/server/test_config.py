@@ -23,9 +23,10 @@ KEYS = ["listen", "tls.listen", "tls.cert", "tls.key", "tls.client_ca", "tls.min
         "max_connections_per_ip", "hello_timeout", "frame_timeout", "min_frame_rate",
         "max_sessions", "max_frame_bytes", "session_max_bytes", "max_memory", "session_max_objects",
         "idle_timeout", "session_linger", "output_buffer_limit", "client_stall_timeout",
-        "offload_above", "tokens", "admin_tokens", "admin_peer_uids", "log_level", "log_format", "gc_enabled",
-        "gc_threshold", "http", "http_admin_open", "http_max_connections", "http_timeout",
-        "metrics_top_sessions", "slowlog_threshold_us", "slowlog_max_len", "monitor_buffer", "data_dir",
+        "offload_above", "tokens", "admin_tokens", "admin_peer_uids", "log_level", "log_format",
+        "gc_enabled", "gc_threshold", "gc_mode", "gc_increment_objects", "http",
+        "http_admin_open", "http_max_connections", "http_timeout", "metrics_top_sessions",
+        "slowlog_threshold_us", "slowlog_max_len", "monitor_buffer", "data_dir",
         "snapshot_interval", "snapshot_on_detach", "snapshot_compress", "replay_window",
         "replay_window_bytes", "node_id", "advertise_url", "peer_url", "peers"]
 
