@@ -57,10 +57,15 @@ typedef struct run_s {
     uint64_t *pauses; /* thread CPU ns of each step that collected */
     size_t npauses, cap;
     uint64_t ncollections; /* collections and increments, from the callback */
+    uint64_t nincrements;  /* of them, increments */
+    uint64_t max_young;    /* the longest step that held a young collection and no increment */
+    uint64_t max_inc;      /* the longest step that held an increment and no young collection */
+    uint64_t max_full;     /* the longest step that held a full collection */
     uint64_t wall_max_ns;  /* the longest pause_ns the callback saw */
     uint64_t sum_ns, full, increments;
     uint64_t peak_bytes, peak_objects;
     uint64_t steady_cpu_ns;
+    int full_seen; /* a full collection ran in this step */
     uint64_t collected;
     hd_heap_t *h;
 } run_t;
@@ -68,6 +73,8 @@ typedef struct run_s {
 static void on_gc(void *ctx, const hd_gc_info_t *info) {
     run_t *r = ctx;
     r->ncollections++;
+    r->nincrements += info->incremental != 0;
+    if (!info->incremental && info->generation == 2) r->full_seen = 1;
     if (info->pause_ns > r->wall_max_ns) r->wall_max_ns = info->pause_ns;
     r->collected += info->collected;
     if (info->incremental)
@@ -127,7 +134,7 @@ static void run(run_t *r, int mode, uint64_t k, long holders, long steps) {
     hd_gc_set_callback(h, on_gc, r);
     sample(r);
     uint64_t t0 = thread_ns();
-    uint64_t seen = 0;
+    uint64_t seen = 0, seen_inc = 0;
     static uint64_t quiet[4096]; /* CPU of steps without a collection, sampled */
     size_t nquiet = 0;
     for (long step = 0; step < steps; step++) {
@@ -140,7 +147,15 @@ static void run(run_t *r, int mode, uint64_t k, long holders, long steps) {
         if (step % 4 == 0 && (rc = hd_decref(h, ring(h), 1)) < 0) die("young", rc);
         uint64_t cpu = thread_ns() - s0;
         if (r->ncollections != seen) {
+            uint64_t incs = r->nincrements - seen_inc, all = r->ncollections - seen;
+            uint64_t *kind = r->full_seen  ? &r->max_full
+                             : incs == all ? &r->max_inc
+                             : incs == 0   ? &r->max_young
+                                           : NULL;
+            if (kind && cpu > *kind) *kind = cpu;
+            r->full_seen = 0;
             seen = r->ncollections;
+            seen_inc = r->nincrements;
             if (r->npauses == r->cap) {
                 r->cap = r->cap ? 2 * r->cap : 4096;
                 r->pauses = realloc(r->pauses, r->cap * sizeof *r->pauses);
@@ -236,6 +251,10 @@ int main(int argc, char **argv) {
            "peak MiB", "peak Mobj");
     report("generational", &gen);
     report("incremental", &inc);
+    printf("  longest step by what it held (ms): generational: young %.3f, full %.3f; "
+           "incremental: young %.3f, increment %.3f\n",
+           (double)gen.max_young / 1e6, (double)gen.max_full / 1e6, (double)inc.max_young / 1e6,
+           (double)inc.max_inc / 1e6);
     double maxinc = inc.npauses ? (double)inc.pauses[inc.npauses - 1] / 1e6 : 0;
     printf("  incremental: max pause %.3f ms (target <= 2); peak bytes %.3fx generational "
            "(target <= 1.1); collection cpu %.2fx (target <= 1.5); garbage collected %llu vs "

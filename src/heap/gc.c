@@ -193,6 +193,9 @@ static HD_NOINLINE void collect_generations(hd_heap_t *h) {
         if (!over_threshold(&gc->gen[i])) continue;
         if (i == 2 && gc->long_lived_pending < gc->long_lived_total / 4) continue;
         gc->collecting = 1;
+        /* A cycle begun by hd_gc_increment ends first: a full collection takes generation 2
+         * whole, and the cycle's lists are part of it. */
+        if (i == 2) hd__gcinc_finish(h);
         hd__gc_collect_with_events(h, i);
         gc->collecting = 0;
         return;
@@ -206,7 +209,8 @@ void hd__gc_on_alloc(hd_heap_t *h) {
     if (HD_UNLIKELY(over_threshold(&gc->gen[0])) && gc->enabled && gc->gen[0].threshold &&
         !gc->collecting)
         collect_generations(h);
-    else if (HD_UNLIKELY(gc->inc.due) && --gc->inc.due == 0 && gc->enabled && !gc->collecting)
+    else if (HD_UNLIKELY(gc->inc.due) && --gc->inc.due == 0 && gc->enabled &&
+             gc->gen[0].threshold && !gc->collecting)
         hd__gcinc_paced(h); /* an incremental cycle runs (gcinc.c, "Pacing") */
 }
 
@@ -547,6 +551,9 @@ static uint64_t handle_legacy_finalizers(hd_heap_t *h, hd_ref_t finalizers, hd_r
  */
 static uint64_t collect_main(hd_heap_t *h, int g, uint64_t *ncollected, uint64_t *nuncollectable) {
     hd_gcstate_t *gc = &h->gc;
+    /* Generation 2's objects on an incremental cycle's lists would count as young by their
+     * gen bits without being on the young list: every caller ends the cycle first. */
+    HD_ASSERT(g < 2 || !hd__gcinc_active(h));
     bool saveall = (gc->debug & HD_GC_DEBUG_SAVEALL) != 0;
 
     /* The counts first, as CPython: frees during this collection then find count[0] at 0. */

@@ -462,6 +462,8 @@ void hd__gcinc_auto(hd_heap_t *h) {
          * paced apart (hd__gcinc_paced), so that no pause holds both. */
         int young = (int64_t)gc->gen[1].count > (int64_t)gc->gen[1].threshold ? 1 : 0;
         hd__gc_collect_with_events(h, young);
+        /* Paced increments that stopped (collection disabled when one was due) go on. */
+        if (!inc->due) inc->due = HD_GCINC_EVERY;
         return;
     }
     for (int i = 2; i >= 0; i--) {
