@@ -530,6 +530,10 @@ int hd_gc_increment(hd_heap_t *h, uint64_t *found) {
     return 0;
 }
 
+void hd_gc_finish_cycle(hd_heap_t *h) {
+    hd__gcinc_finish(h);
+}
+
 void hd_gc_inc_state(hd_heap_t *h, hd_gc_inc_state_t *out) {
     const hd_gcinc_t *inc = &h->gc.inc;
     out->phase = inc->phase;

@@ -384,6 +384,9 @@ typedef struct hd_gc_inc_state_s {
     uint64_t increments, cycles, last_work, marked;
 } hd_gc_inc_state_t;
 void hd_gc_inc_state(hd_heap_t *h, hd_gc_inc_state_t *out);
+/* Ends a running incremental cycle now (frees what it finds; its events are queued): before
+ * hd_heap_save, which refuses a heap in the middle of one (HD_EBUSY). A no-op otherwise. */
+void hd_gc_finish_cycle(hd_heap_t *h);
 /* Calls cb(ctx, info) after every collection of h, automatic or not, as CPython's
  * gc.callbacks does with phase "stop" (NULL removes it). cb must not call into h: it runs
  * while the collection is still marked as running. */
@@ -583,7 +586,8 @@ typedef int (*hd_snap_read_fn)(void *ctx, void *buf, size_t len);
  * cursors, queued events and the mask, weak references, tracing with its snapshots) and the
  * allocator's state, so that the loaded heap goes on exactly as h would (the same handles for
  * the same later allocations). Reads h only, allocates nothing and calls nothing but write, so
- * a forked child may call it. Returns 0 or write's error. */
+ * a forked child may call it. Returns 0 or write's error, or HD_EBUSY in the middle of an
+ * incremental cycle (end it first: hd_gc_finish_cycle). */
 int hd_heap_save(hd_heap_t *h, hd_snap_write_fn write, void *ctx);
 /* Reads a heap that hd_heap_save wrote. On success *out is a new heap. Every field is checked
  * (a stream that passes its checksums may still be forged): on a malformed stream the result

@@ -48,7 +48,8 @@ enum { CHUNK_FREE = 0, CHUNK_ARENA = 1, CHUNK_LARGE = 2 };
 /* Flags an object may have between requests (the collector's own are cleared by then). */
 #define OBJ_FLAGS_KNOWN                                                                            \
     (HD_OF_TRACKED | HD_OF_GEN_MASK | HD_OF_FINALIZER | HD_OF_LEGACY | HD_OF_EXT |                 \
-     HD_OF_WEAKREFD | HD_OF_TRACED | HD_OF_GARBAGE | HD_OF_WANTS_FINAL | HD_OF_LABELS)
+     HD_OF_WEAKREFD | HD_OF_TRACED | HD_OF_GARBAGE | HD_OF_WANTS_FINAL | HD_OF_LABELS |            \
+     HD_OF_MARK)
 
 /* ========================================================================================== */
 /* The writer and the reader.                                                                 */
@@ -297,6 +298,9 @@ static void save_events(hd_heap_t *h, hd__snapw_t *w) {
 }
 
 int hd_heap_save(hd_heap_t *h, hd_snap_write_fn write, void *ctx) {
+    /* An incremental cycle's lists and colours are not in the image: the caller ends the cycle
+     * first (hd_gc_finish_cycle). */
+    if (hd__gcinc_active(h)) return HD_EBUSY;
     hd__snapw_t w = {.write = write, .ctx = ctx};
     hd__sw_bytes(&w, SNAP_MAGIC, sizeof SNAP_MAGIC);
     hd__sw_u32(&w, SNAP_VERSION);
@@ -701,6 +705,9 @@ static int check_object(load_t *L, hd_obj_t *o, size_t room, bool large) {
     unsigned f = o->flags;
     bool ext = f & HD_OF_EXT;
     if (f & ~OBJ_FLAGS_KNOWN) return hd__sr_fail(r, "objects: unknown flags");
+    /* The incremental collector's colour, of the saving heap's cycles: a loaded heap starts
+     * with every object black for its own (gcinc.c, internal.h HD_GCINC_COLOUR). */
+    o->flags &= (uint16_t)~HD_OF_MARK;
     size_t head = sizeof(hd_obj_t) + 4u * (size_t)o->nslots + (ext ? sizeof(hd_objext_t) : 0);
     if (head > room) return hd__sr_fail(r, "objects: larger than their block");
     hd_objext_t *x = hd__obj_ext(o);

@@ -92,6 +92,7 @@ static int save_session(const hd_config_t *cfg, hd_session_t *s, uint64_t *bytes
     hd_snapmeta_t meta;
     fill_meta(&meta, s);
     hd_snapfile_opts_t o = {.compress = cfg->snapshot_compress, .level = 1};
+    hd_gc_finish_cycle(s->heap); /* an incremental cycle is not in an image: it ends first */
     return hd__snapfile_save(cfg->data_dir, &meta, s->heap, &s->replay, &o, bytes, why, whylen);
 }
 
@@ -187,6 +188,8 @@ static void job_work(uv_work_t *req) {
     job_t *j = req->data;
     j->o.written = image_written;
     j->o.written_arg = j;
+    /* The heap is this save's (s->saving): an incremental cycle ends here, off the loop. */
+    hd_gc_finish_cycle(j->s->heap);
     j->rc = hd__snapfile_save(j->dir, &j->meta, j->s->heap, &j->s->replay, &j->o, &j->bytes, j->why,
                               sizeof j->why);
     if (!atomic_load(&j->image_done)) image_written(j); /* failed before the end */
