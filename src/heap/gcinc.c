@@ -60,8 +60,9 @@
  * against full collections.
  *
  * Memory. The mark stack holds 8 bytes per marked object whose slots are not yet scanned (at
- * most the domain, usually far less); when it cannot grow (the allocation hook refuses) the
- * cycle ends with a full collection instead, whose result is the same.
+ * most the domain, usually far less), charged to the heap as the collector's (hd_heap_charges);
+ * when it cannot grow (the heap's limit, or the allocation hook refuses) the cycle ends with a
+ * full collection instead, whose result is the same.
  *
  * Owns: the cycle (its lists, stack, colours and steps), the barrier and the incremental
  * trigger. gc.c owns the young collections, the counts, thresholds, statistics and the
@@ -111,6 +112,7 @@ void hd__gcinc_init(hd_heap_t *h, const hd_heap_config_t *cfg) {
 }
 
 void hd__gcinc_destroy(hd_heap_t *h) {
+    hd__uncharge(&h->acct, HD_CHARGE_collector, h->gc.inc.stack_cap * sizeof *h->gc.inc.stack);
     hd__free(h->gc.inc.stack);
     h->gc.inc.stack = NULL;
     h->gc.inc.nstack = h->gc.inc.stack_cap = 0;
@@ -141,8 +143,8 @@ static void mark(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
         move_to(h, r, o, HD_GCINC_DOMAIN);
     }
     if (HD_UNLIKELY(inc->nstack == inc->stack_cap) &&
-        hd__vec_reserve((void **)&inc->stack, &inc->stack_cap, inc->nstack + 1,
-                        sizeof *inc->stack) < 0) {
+        hd__vec_reserve_charged(&h->acct, HD_CHARGE_collector, (void **)&inc->stack,
+                                &inc->stack_cap, inc->nstack + 1, sizeof *inc->stack) < 0) {
         inc->overflow = 1;
         return;
     }
