@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * gcinc_compare.c: heapd-gcinc-bench, the incremental collector beside the generational one
  * (CPython 3.11's full collections) on the same steady workload, and CPython 3.11's own full

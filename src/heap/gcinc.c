@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * gcinc.c: the incremental collector, an opt-in way to collect generation 2 (gc_mode:
  * incremental) in increments of bounded work interleaved with the session's requests.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: MIT */
 /*
  * test_gcinc.c: the incremental collector (gcinc.c).
  *

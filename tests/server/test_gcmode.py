@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 """test_gcmode.py: gc_mode: incremental, against the real heapd (issue 11).
 
 A session whose heap collects its old generation incrementally: long-lived cyclic garbage
