@@ -1449,6 +1449,20 @@ static int dec_gc_threshold(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
     return 0;
 }
 
+static int dec_gc_mode(hdc_t *c, call_t *k, const ProtobufCMessage *m) {
+    const Heapd__V1__GcModeResult *r = (const void *)m;
+    hdc_gc_mode_t *out = k->out[0];
+    if (out) {
+        out->mode =
+            r->mode == HEAPD__V1__GC_MODE__INCREMENTAL ? HDC_GC_INCREMENTAL : HDC_GC_GENERATIONAL;
+        out->increment_objects = r->increment_objects;
+        out->phase = (int)r->phase;
+        out->increments = r->increments;
+        out->cycles = r->cycles;
+    }
+    return 0;
+}
+
 static int copy_genstats(hdc_gc_genstats_t out[3], Heapd__V1__GcGenStats *const *g, size_t n) {
     if (n != 3) return HDC_EBADREPLY;
     for (int i = 0; i < 3; i++) {
@@ -1971,6 +1985,7 @@ void hdc_handles_free(hdc_handles_t *hv) {
     XX(gc_get_stats, hdc_gc_genstats_t out[3], CALL(dec_gc_stats, out))                            \
     XX(gc_get_freeze_count, uint64_t *out, SCALAR(out))                                            \
     XX(gc_get_debug, uint32_t *out, SCALAR(out))                                                   \
+    XX(gc_get_mode, hdc_gc_mode_t *out, CALL(dec_gc_mode, out))                                    \
     XX(trace_is_tracing, int *out, SCALAR(out))                                                    \
     XX(trace_snapshot, uint32_t *out, SCALAR(out))                                                 \
     XX(heap_stats, hdc_heap_stats_t *out, CALL(dec_heap_stats, out))                               \
@@ -2058,6 +2073,15 @@ int hdc_gc_set_debug(hdc_t *c, uint32_t flags) {
     Heapd__V1__GcSetDebug m = HEAPD__V1__GC_SET_DEBUG__INIT;
     m.flags = flags;
     return stub_gc_set_debug(c, &m, NOCALL);
+}
+
+int hdc_gc_set_mode(hdc_t *c, int mode, uint64_t increment_objects, hdc_gc_mode_t *out) {
+    Heapd__V1__GcSetMode m = HEAPD__V1__GC_SET_MODE__INIT;
+    m.mode = mode == HDC_GC_INCREMENTAL    ? HEAPD__V1__GC_MODE__INCREMENTAL
+             : mode == HDC_GC_GENERATIONAL ? HEAPD__V1__GC_MODE__GENERATIONAL
+                                           : (Heapd__V1__GcMode)mode; /* the server says EINVAL */
+    m.increment_objects = increment_objects;
+    return stub_gc_set_mode(c, &m, CALL(dec_gc_mode, out));
 }
 
 int hdc_gc_garbage(hdc_t *c, uint64_t start, uint32_t max, int borrow, hdc_handles_t *out,

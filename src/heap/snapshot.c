@@ -36,7 +36,7 @@
 static const unsigned char SNAP_MAGIC[8] = {'h', 'd', 'h', 'e', 'a', 'p', 0, 1};
 static const unsigned char SNAP_END[8] = {'h', 'd', 'e', 'n', 'd', 0, 0, 1};
 /* Bumped whenever the layout below changes; a loader refuses other versions. */
-#define SNAP_VERSION 1u
+#define SNAP_VERSION 2u
 
 /* Chunk kinds in the image of the chunk table (alloc.c's three states). */
 enum { CHUNK_FREE = 0, CHUNK_ARENA = 1, CHUNK_LARGE = 2 };
@@ -243,6 +243,8 @@ static void save_gc(hd_heap_t *h, hd__snapw_t *w) {
     hd__sw_u64(w, gc->long_lived_pending);
     hd__sw_u64(w, gc->pause_ns_total);
     hd__sw_u64(w, gc->pause_ns_max);
+    hd__sw_u8(w, (uint8_t)gc->inc.mode); /* version 2: the collector's mode and increment */
+    hd__sw_u64(w, gc->inc.increment_objects);
     for (hd_ref_t s = HD_SENT_GEN0; s <= HD_SENT_PERMANENT; s++) {
         hd__sw_u32(w, h->sentinels[s].gc_prev);
         hd__sw_u32(w, h->sentinels[s].gc_next);
@@ -787,9 +789,16 @@ static int load_gc(load_t *L) {
     gc->long_lived_pending = hd__sr_u64(r);
     gc->pause_ns_total = hd__sr_u64(r);
     gc->pause_ns_max = hd__sr_u64(r);
+    uint8_t mode = hd__sr_u8(r);
+    uint64_t increment = hd__sr_u64(r);
     if (r->err) return r->err;
     if (enabled > 1) return hd__sr_fail(r, "gc: bad enabled flag");
+    if (mode != HD_GC_GENERATIONAL && mode != HD_GC_INCREMENTAL)
+        return hd__sr_fail(r, "gc: bad mode");
+    if (increment == 0) return hd__sr_fail(r, "gc: increment of 0 objects");
     gc->enabled = enabled;
+    gc->inc.mode = mode; /* a saved heap is between cycles (hd_heap_save): none runs */
+    gc->inc.increment_objects = increment;
 
     /* The four lists: well formed, each node a live tracked object of that generation; with
      * the per-generation counts of check_object this makes every tracked object sit on

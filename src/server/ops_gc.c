@@ -238,6 +238,47 @@ static int op_gc_set_debug(hd_opctx_t *c, const Heapd__V1__GcSetDebug *a) {
     return 0;
 }
 
+/* The mode in effect and the incremental collector's state. */
+static void fill_mode(hd_heap_t *h, Heapd__V1__GcModeResult *r) {
+    hd_gc_inc_state_t st;
+    hd_gc_inc_state(h, &st);
+    r->mode = hd_gc_get_mode(h) == HD_GC_INCREMENTAL ? HEAPD__V1__GC_MODE__INCREMENTAL
+                                                     : HEAPD__V1__GC_MODE__GENERATIONAL;
+    r->increment_objects = hd_gc_get_increment(h);
+    r->phase = (uint32_t)st.phase;
+    r->increments = st.increments;
+    r->cycles = st.cycles;
+}
+
+/* The increment's bound is gc_increment_objects' (config.c): 1 .. 2^32 units. */
+#define HD_GC_INCREMENT_MAX (1ull << 32)
+
+static int op_gc_set_mode(hd_opctx_t *c, const Heapd__V1__GcSetMode *a,
+                          Heapd__V1__GcModeResult *r) {
+    int mode;
+    switch (a->mode) {
+    case HEAPD__V1__GC_MODE__GENERATIONAL: mode = HD_GC_GENERATIONAL; break;
+    case HEAPD__V1__GC_MODE__INCREMENTAL: mode = HD_GC_INCREMENTAL; break;
+    default: return hd__op_fail(c, HD_EINVAL, "gc mode %d is not known", (int)a->mode);
+    }
+    if (a->increment_objects > HD_GC_INCREMENT_MAX)
+        return hd__op_fail(c, HD_EINVAL, "increment_objects %llu: at most 2^32",
+                           (unsigned long long)a->increment_objects);
+    /* Both checked before either is set: a refused request changes nothing. */
+    if (a->increment_objects) hd_gc_set_increment(c->heap, a->increment_objects);
+    int rc = hd_gc_set_mode(c->heap, mode);
+    if (rc < 0) return rc;
+    fill_mode(c->heap, r);
+    return 0;
+}
+
+static int op_gc_get_mode(hd_opctx_t *c, const Heapd__V1__GcGetMode *a,
+                          Heapd__V1__GcModeResult *r) {
+    (void)a;
+    fill_mode(c->heap, r);
+    return 0;
+}
+
 static int op_gc_garbage(hd_opctx_t *c, const Heapd__V1__GcGarbage *a,
                          Heapd__V1__GcGarbageResult *r) {
     size_t max;

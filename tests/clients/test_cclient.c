@@ -457,6 +457,20 @@ static void test_gc(void **state) {
     assert_int_equal(gs[0].collected, 2);
     assert_int_equal(gs[2].collections, 1);
 
+    /* The session's collector mode: generational by default, incremental when asked. */
+    hdc_gc_mode_t gm;
+    assert_int_equal(hdc_gc_get_mode(c, &gm), 0);
+    assert_int_equal(gm.mode, HDC_GC_GENERATIONAL);
+    assert_int_equal(gm.increment_objects, 4000);
+    assert_int_equal(hdc_gc_set_mode(c, HDC_GC_INCREMENTAL, 900, &gm), 0);
+    assert_int_equal(gm.mode, HDC_GC_INCREMENTAL);
+    assert_int_equal(gm.increment_objects, 900);
+    assert_int_equal(hdc_gc_set_mode(c, 5, 0, NULL), HDC_EINVAL);
+    assert_int_equal(hdc_gc_set_mode(c, HDC_GC_GENERATIONAL, 0, NULL), 0);
+    assert_int_equal(hdc_gc_get_mode(c, &gm), 0);
+    assert_int_equal(gm.mode, HDC_GC_GENERATIONAL);
+    assert_int_equal(gm.increment_objects, 900);
+
     /* DEBUG_SAVEALL: the collected cycle goes to gc.garbage. */
     assert_int_equal(hdc_gc_set_debug(c, HDC_GC_DEBUG_SAVEALL), 0);
     assert_int_equal(hdc_gc_get_debug(c, &dbg), 0);

@@ -1190,6 +1190,26 @@ class GcTest(HeapdTestCase):
         del refs
         self.assertEqual(self.objects(), 0)
 
+    def test_mode(self):
+        # heapd's own: the session's collector mode, generational (CPython's) by default.
+        gc = self.s.gc
+        self.assertEqual(gc.get_mode(), "generational")
+        gc.set_mode("incremental", increment_objects=600)
+        self.assertEqual(gc.get_mode(), "incremental")
+        info = gc.get_mode_info()
+        self.assertEqual((info["mode"], info["increment_objects"], info["phase"]),
+                         ("incremental", 600, "idle"))
+        with self.assertRaises(ValueError):
+            gc.set_mode("concurrent")
+        with self.assertRaises(ValueError):
+            gc.set_mode("generational", increment_objects=0)
+        self.assertEqual(gc.get_mode(), "incremental")
+        a, b = self.make_cycle()
+        del a, b
+        self.assertEqual(gc.collect(), 2)  # collect() is whole in either mode
+        gc.set_mode("generational")
+        self.assertEqual(gc.get_mode_info()["increment_objects"], 600)
+
     def test_debug_and_garbage(self):
         gc = self.s.gc
         self.assertEqual(gc.get_debug(), 0)

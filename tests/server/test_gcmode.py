@@ -140,6 +140,70 @@ class GcModeTest(h.unittest.TestCase):
         c.ok("goodbye")
 
 
+class ModeOpTest(h.unittest.TestCase):
+    """gc_set_mode and gc_get_mode: a session's own mode, beside the config's default."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.d = h.Daemon({"workers": 1, "admin_tokens": ["adm"]}).start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.d.stop()
+
+    def test_a_session_chooses_its_mode(self):
+        c, other = self.d.session(), self.d.session()
+        m = c.ok("gc_get_mode")
+        self.assertEqual((m.mode, m.increment_objects, m.phase, m.cycles),
+                         (pb.GENERATIONAL, 4000, 0, 0))
+        m = c.ok("gc_set_mode", mode=pb.INCREMENTAL, increment_objects=500)
+        self.assertEqual((m.mode, m.increment_objects), (pb.INCREMENTAL, 500))
+        c.ok("gc_set_threshold", threshold=[700, 2, 2])
+        other.ok("gc_set_threshold", threshold=[700, 2, 2])
+        # Refused requests change nothing.
+        for fields in (dict(mode=7), dict(mode=pb.GENERATIONAL, increment_objects=2**32 + 1)):
+            r = c.call("gc_set_mode", **fields)
+            self.assertEqual(r.status.name, "EINVAL", fields)
+        self.assertEqual(c.ok("gc_get_mode").mode, pb.INCREMENTAL)
+        self.assertEqual(c.ok("gc_get_mode").increment_objects, 500)
+        # The session's old garbage goes by increments while it allocates; the other
+        # session, on the same worker and the same workload, keeps CPython's collector:
+        # nothing but a full collection frees its old garbage.
+        for s in (c, other):
+            old_garbage(s, 1000)
+            churn(s, 6000)
+        cycles = lambda: c.ok("gc_get_mode").cycles
+        for _ in range(12):
+            if cycles():
+                break
+            churn(c, 2000)
+        self.assertGreaterEqual(cycles(), 1)
+        self.assertEqual(other.ok("gc_get_mode").mode, pb.GENERATIONAL)
+        self.assertEqual(other.ok("gc_get_mode").cycles, 0)
+        # Leaving incremental mode ends a running cycle: none runs after it.
+        old_garbage(c, 1000)
+        churn(c, 3000)
+        m = c.ok("gc_set_mode", mode=pb.GENERATIONAL)
+        self.assertEqual((m.mode, m.phase, m.increment_objects), (pb.GENERATIONAL, 0, 500))
+        c.ok("gc_collect", generation=1)
+        left = c.ok("heap_stats").objects
+        self.assertEqual(c.ok("gc_collect", generation=2).value, left)
+        c.ok("goodbye")
+        other.ok("goodbye")
+
+    def test_an_operator_sets_a_sessions_mode(self):
+        c, adm = self.d.session(), self.d.session(token="adm")
+        sid = c.hello_result.session_id
+        rq = adm.req("session_op", session_id=sid)
+        rq.session_op.op.CopyFrom(h.make_request(1, "gc_set_mode", mode=pb.INCREMENTAL))
+        adm.send_request(rq)
+        r = adm.recv_response()
+        self.assertEqual((r.status.name, r.session_op.status.name), ("OK", "OK"))
+        self.assertEqual(r.session_op.gc_set_mode.mode, pb.INCREMENTAL)
+        self.assertEqual(c.ok("gc_get_mode").mode, pb.INCREMENTAL)
+        c.ok("goodbye")
+
+
 class DefaultModeTest(h.unittest.TestCase):
     def test_the_default_is_generational(self):
         d = h.Daemon({"workers": 1}).start()

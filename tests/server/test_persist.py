@@ -27,6 +27,8 @@ def answers(c, handles):
     """What a client can see of a heap, as comparable values."""
     out = [c.ok("gc_get_count"), c.ok("gc_get_threshold"), c.ok("gc_get_stats"),
            c.ok("gc_get_debug"), c.ok("gc_isenabled"), c.ok("gc_get_freeze_count")]
+    mode = c.ok("gc_get_mode")
+    out.append((mode.mode, mode.increment_objects))
     hs = c.ok("heap_stats")
     out.append(hs)
     for h in handles:
@@ -44,7 +46,8 @@ def answers(c, handles):
 
 
 def build(c):
-    """A heap with cycles, payloads, tags, a weak reference, tracing, thresholds and garbage."""
+    """A heap with cycles, payloads, tags, a weak reference, tracing, thresholds, the
+    incremental collector and garbage."""
     c.ok("trace_start")
     hs = []
     for i in range(40):
@@ -56,6 +59,7 @@ def build(c):
     c.ok("gc_collect", generation=0)
     c.ok("weakref_new", handle=hs[3], notify=True)
     c.ok("gc_set_threshold", threshold=[300, 5, 3])
+    c.ok("gc_set_mode", mode=harness.pb.INCREMENTAL, increment_objects=777)
     c.ok("decref", handle=hs[5], n=1)
     c.ok("trace_snapshot")
     return hs

@@ -10,7 +10,10 @@ s.scope():`` block).  In an asyncio session every method is a coroutine; in a pi
 (``p.gc``) the single-request ones are queued.
 
 Extras, beyond the stdlib: :meth:`GC.iter_objects` pages through a heap of any size in
-bounded memory; ``gc.callbacks`` info dicts carry ``"duration"`` (see :class:`GC`).
+bounded memory; ``gc.callbacks`` info dicts carry ``"duration"`` (see :class:`GC`);
+:meth:`GC.set_mode` and :meth:`GC.get_mode` choose how automatic collections of generation
+2 run: ``"generational"`` (CPython 3.11's, the default) or ``"incremental"`` (in increments
+of bounded work, heapd's own).
 """
 
 __all__ = ["GC", "GarbageList", "DEBUG_STATS", "DEBUG_COLLECTABLE", "DEBUG_UNCOLLECTABLE",
@@ -62,6 +65,20 @@ def _c_int(value, too_large):
     if value < -2**31:
         raise OverflowError("signed integer is less than minimum")
     return value
+
+
+# gc_set_mode's modes, by the wire's GcMode values (the names are gc_mode's in heapd.yaml).
+_MODES = ("generational", "incremental")
+
+
+def _mode_name(session, result):
+    return _MODES[result.mode] if result.mode < len(_MODES) else result.mode
+
+
+def _mode_info(session, result):
+    return {"mode": _mode_name(session, result), "increment_objects": result.increment_objects,
+            "phase": ("idle", "marking", "sweeping")[result.phase] if result.phase < 3
+            else result.phase, "increments": result.increments, "cycles": result.cycles}
 
 
 def _signed32(session, value):
@@ -215,6 +232,32 @@ class GC:
                 # A generator may be finalized from anywhere (even inside another call),
                 # so the close waits for the next request instead of being sent here.
                 session._defer("gc_close_cursor", cursor=cursor)
+
+    def set_mode(self, mode, increment_objects=None):
+        """Sets how automatic collections of generation 2 run (heapd's own):
+        ``"generational"``, CPython 3.11's full collections, or ``"incremental"``, a cycle
+        in increments of at most ``increment_objects`` units of work (None: as it is).
+        Leaving incremental mode ends a running cycle first; ``collect()`` is always whole."""
+        try:
+            wire = _MODES.index(mode)
+        except ValueError:
+            raise ValueError("gc mode must be 'generational' or 'incremental', not %r"
+                             % (mode,)) from None
+        n = 0 if increment_objects is None else operator.index(increment_objects)
+        if increment_objects is not None and not 1 <= n <= 2**32:
+            raise ValueError("increment_objects must be 1 .. 2**32")
+        op = OPS["gc_set_mode"]
+        return self._owner._do(op, op.args(mode=wire, increment_objects=n), _none)
+
+    def get_mode(self):
+        """``"generational"`` or ``"incremental"``."""
+        return self._do("gc_get_mode", finish=_mode_name)
+
+    def get_mode_info(self):
+        """The mode and the incremental collector's state: a dict with ``mode``,
+        ``increment_objects``, ``phase`` (``"idle"``, ``"marking"``, ``"sweeping"``),
+        ``increments`` (of the running cycle) and ``cycles`` (completed)."""
+        return self._do("gc_get_mode", finish=_mode_info)
 
     def set_debug(self, flags):
         """Sets the debugging flags (``DEBUG_SAVEALL`` keeps collected cycles in

@@ -677,7 +677,7 @@ class AsyncGC(GC):
 for _name in ("collect", "enable", "disable", "isenabled", "get_count", "get_threshold",
               "set_threshold", "get_stats", "freeze", "unfreeze", "get_freeze_count",
               "is_tracked", "get_referrers", "get_referents", "get_objects", "set_debug",
-              "get_debug", "clear_garbage"):
+              "get_debug", "clear_garbage", "set_mode", "get_mode", "get_mode_info"):
     setattr(AsyncGC, _name, _coroutine(getattr(GC, _name)))
 
 

@@ -349,6 +349,21 @@ int hdc_gc_garbage(hdc_t *c, uint64_t start, uint32_t max, int borrow, hdc_handl
                    uint64_t *total);
 int hdc_gc_garbage_clear(hdc_t *c);
 
+/* The session's collector mode (heapd's own): how automatic collections of generation 2 run. */
+#define HDC_GC_GENERATIONAL 0 /* CPython 3.11's full collections (the default) */
+#define HDC_GC_INCREMENTAL  1 /* a cycle in increments of bounded work */
+typedef struct hdc_gc_mode_s {
+    int mode;                   /* HDC_GC_GENERATIONAL or HDC_GC_INCREMENTAL */
+    uint64_t increment_objects; /* the work of one increment */
+    int phase;                  /* the running cycle: 0 none, 1 marking, 2 sweeping */
+    uint64_t increments;        /* increments the running cycle has taken */
+    uint64_t cycles;            /* incremental cycles completed */
+} hdc_gc_mode_t;
+/* Sets the mode; increment_objects 0 leaves the increment as it is. Leaving incremental mode
+ * ends a running cycle first. *out (may be NULL) gets the mode in effect. */
+int hdc_gc_set_mode(hdc_t *c, int mode, uint64_t increment_objects, hdc_gc_mode_t *out);
+int hdc_gc_get_mode(hdc_t *c, hdc_gc_mode_t *out);
+
 /* ------------------------------------------------------------------------------------------ */
 /* Weak references.                                                                            */
 /* ------------------------------------------------------------------------------------------ */
