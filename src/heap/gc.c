@@ -1103,7 +1103,9 @@ void hd__gc_held(const hd_heap_t *h, uint64_t *cursors, uint64_t *collector) {
     *cursors = 0;
     for (const hd_gc_cursor_t *c = h->gc.cursors; c; c = c->next)
         *cursors += cursor_bytes(c->n);
-    *collector = h->gc.garbage_cap * sizeof *h->gc.garbage;
+    /* The garbage list, and the incremental collector's mark stack (gcinc.c:mark). */
+    *collector =
+        h->gc.garbage_cap * sizeof *h->gc.garbage + h->gc.inc.stack_cap * sizeof *h->gc.inc.stack;
 }
 
 void hd__gc_destroy(hd_heap_t *h) {

@@ -286,7 +286,7 @@ static bool sweep_some(hd_heap_t *h, uint64_t *work, uint64_t *m, uint64_t *n) {
             hd_obj_t *o = obj_at(h, r);
             HD_ASSERT(o->refcnt > 0 && o->crefs == 0);
             *work += 1 + o->nslots;
-            if (gc->debug & HD_GC_DEBUG_SAVEALL) {
+            if (inc->saveall) {
                 /* Listed instead of freed: alive again, in generation 2 (and collected, as
                  * gc.c counts it). */
                 (*m)++;
@@ -310,8 +310,8 @@ static bool sweep_some(hd_heap_t *h, uint64_t *work, uint64_t *m, uint64_t *n) {
             hd_ref_t r = link_at(h, HD_GCINC_FIN)->gc_next;
             hd_obj_t *o = obj_at(h, r);
             o->flags &= (uint16_t)~HD_OF_UNREACHABLE;
-            if (((gc->debug & HD_GC_DEBUG_SAVEALL) || (o->flags & HD_OF_LEGACY)) &&
-                !(o->flags & HD_OF_GARBAGE) && hd__gc_reserve_garbage(h, 1))
+            if ((inc->saveall || (o->flags & HD_OF_LEGACY)) && !(o->flags & HD_OF_GARBAGE) &&
+                hd__gc_reserve_garbage(h, 1))
                 hd__gc_garbage_push(h, r, o);
             hd__gc_list_move(h, r, gc->gen[2].head);
             (*n)++;
@@ -397,7 +397,7 @@ static void cycle_end(hd_heap_t *h) {
 static bool cycle_run(hd_heap_t *h, uint64_t budget, uint64_t *work, uint64_t *m, uint64_t *n,
                       uint64_t *found_full) {
     hd_gcinc_t *inc = &h->gc.inc;
-    while (*work < budget) {
+    while (*work < budget || (inc->phase == HD_GCINC_SWEEP && inc->saveall)) {
         if (inc->phase == HD_GCINC_MARK) {
             if (mark_some(h, work)) continue;
             if (inc->overflow) {
@@ -408,6 +408,12 @@ static bool cycle_run(hd_heap_t *h, uint64_t budget, uint64_t *work, uint64_t *m
              * reachable: the white objects are the garbage. */
             inc->phase = HD_GCINC_SWEEP;
             inc->step = STEP_WALK;
+            /* Under DEBUG_SAVEALL the garbage is listed in gc.garbage instead of freed, so it
+             * lives on: a client must never be told it is gone (a white object answers ENOOBJ
+             * while the cycle sweeps) and then find it there. Such a sweep runs whole, in
+             * this increment, as a full collection would; the flag is taken now, so a sweep
+             * begun without it frees what it told the client was gone. */
+            inc->saveall = (h->gc.debug & HD_GC_DEBUG_SAVEALL) != 0;
             inc->cursor = link_at(h, HD_GCINC_DOMAIN)->gc_next;
             continue;
         }

@@ -569,6 +569,7 @@ typedef struct hd_gcinc_s {
     hd_gcmark_t *stack;
     size_t nstack, stack_cap;
     int overflow;        /* a push failed: the cycle ends in a full collection */
+    int saveall;         /* DEBUG_SAVEALL as the sweep began: it lists instead of freeing */
     uint64_t marked;     /* objects marked this cycle */
     uint64_t freed;      /* garbage freed in this increment (hd__gc_untrack) */
     uint64_t increments; /* this cycle so far */
