@@ -23,6 +23,13 @@
  *   - an operation that fails returns the error the model expects and changes nothing;
  *   - events are well formed and, when every type was asked for and none dropped, complete;
  *   - handles of a second heap (another session's) name nothing in this one, and back.
+ * Incremental collection (gc_mode incremental): one operation switches the heap's mode (with
+ * a small increment, so that a cycle spans many operations), another runs an increment. While
+ * a cycle runs, the check looks only at what the client holds (naming an unheld object would
+ * mark it, and no cycle would ever find garbage); an operation that names an unheld object
+ * first asks the heap whether it is still there (the barrier: marked while marking, garbage
+ * while sweeping) and the model follows. Once the cycle is over, the whole check runs again:
+ * the cycle freed exactly what the model can no longer reach.
  * One operation arms the fault-injecting hook (testutil.c) to fail an allocation of the next
  * operation, which must then succeed or return HD_ENOMEM having changed nothing. Requests for
  * more than 8 MiB fail in the hook, so that sizes up to 1 GiB + 65,535 slots are exercised
@@ -165,6 +172,8 @@ typedef struct world_s {
     int last_rc;       /* the code of the current operation's call (bulk operations: 0) */
     bool full_collect; /* the current operation was collect(2) without DEBUG_SAVEALL */
     bool mask_all;     /* every event type was asked for all along */
+    bool incremental;  /* the heap was in incremental mode at some point */
+    bool gens_known;   /* the last check was whole: the objects' generations are recorded */
     uint64_t gc_starts, gc_stops; /* GC_START and GC_STOP events seen */
     unsigned char *buf, *buf2;
     hd_handles_t scratch;    /* check_world's vector, kept between checks */
@@ -290,6 +299,16 @@ static void hook_install(void) {
 /* Checks.                                                                                    */
 /* ========================================================================================== */
 
+/* FUZZ_ENGINE_VERBOSE=1 in the environment prints each operation (for triage). */
+static int verbose = -1;
+
+/* Whether an incremental cycle runs: then unheld objects are not named (see the top). */
+static bool cycle_runs(world_t *w) {
+    hd_gc_inc_state_t st;
+    hd_gc_inc_state(w->h, &st);
+    return st.phase != 0;
+}
+
 static void fp_take(world_t *w, fp_t *f) {
     memset(f, 0, sizeof *f);
     hd_heap_stats(w->h, &f->stats);
@@ -314,6 +333,9 @@ static void fp_same(world_t *w, const fp_t *before, const char *op, int rc) {
     fp_take(w, &after);
     CHECK(memcmp(before, &after, sizeof after) == 0, "%s failed with %s but changed the heap", op,
           hd_err_name(rc));
+    /* Not while an incremental cycle runs (naming unheld objects would mark them), nor when
+     * the last check was one of a cycle's (no generations were recorded). */
+    if (!w->gens_known || cycle_runs(w)) return;
     for (uint32_t i = 0; i < w->nobj; i++) {
         hd_obj_info_t info;
         if (!w->obj[i].dead && hd_obj_info(w->h, w->obj[i].h, &info) == 0)
@@ -361,8 +383,57 @@ static void read_garbage(world_t *w) {
 }
 
 /* Everything the model predicts, after every operation. */
+/* An object about to be named, when the last check did not look at every object (a cycle
+ * ran): the heap says whether it is still there (naming it marks it while marking; while
+ * sweeping, garbage the cycle found answers ENOOBJ, and stays dead), and what its refcount
+ * and generation are now. */
+static void refresh(world_t *w, uint32_t id) {
+    if (id >= w->nobj || w->gens_known) return;
+    mobj_t *o = &w->obj[id];
+    if (o->dead) return;
+    hd_obj_info_t info;
+    int rc = hd_obj_info(w->h, o->h, &info);
+    if (rc == HD_ENOOBJ) {
+        CHECK(o->crefs == 0, "object %u freed while the client holds references", id);
+        o->dead = true;
+        o->nms = 0;
+        if (verbose) fprintf(stderr, "  object %u: garbage of the running cycle\n", id);
+    } else if (rc == 0) {
+        o->refcount = info.refcount;
+        o->gen = info.generation;
+    }
+}
+
+/* While a cycle runs: what the client holds is alive and as it was; the heap's figures add up
+ * among themselves. Nothing unheld is named. */
+static void check_held(world_t *w) {
+    hd_heap_t *h = w->h;
+    int bad = hd_heap_charges_verify(h);
+    CHECK(bad == 0, "charges: kind %d is not what the heap holds", -bad - 1);
+    for (uint32_t i = 0; i < w->nobj; i++) {
+        mobj_t *o = &w->obj[i];
+        if (o->dead || o->crefs == 0) continue;
+        hd_obj_info_t info;
+        int rc = hd_obj_info(h, o->h, &info);
+        CHECK(rc == 0, "held object %u during a cycle: %s", i, hd_err_name(rc));
+        CHECK(info.client_refs == o->crefs, "object %u: client refs", i);
+        CHECK(info.nslots == o->nslots && info.size == o->size && info.flags == o->flags,
+              "object %u: layout changed", i);
+        if (info.refcount > w->max_refcount) w->max_refcount = info.refcount;
+    }
+    hd_heap_stats_t s;
+    hd_heap_stats(h, &s);
+    check_stats(w, &s); /* w->live and frees_at_check stay the last whole check's */
+}
+
 static void check_world(world_t *w) {
     hd_heap_t *h = w->h;
+    w->gens_known = false;
+    if (cycle_runs(w)) {
+        check_held(w);
+        return;
+    }
+    w->gens_known = true;
     uint64_t live = 0, containers = 0, nbytes = 0, nlarge = 0, large_bytes = 0, frozen = 0;
     uint64_t traced = 0, small_blocks = 0;
     w->max_refcount = 0;
@@ -504,7 +575,9 @@ static void check_reachability(world_t *w) {
 /* ========================================================================================== */
 
 static uint32_t pick_id(world_t *w, in_t *in) {
-    return w->nobj ? u16(in) % w->nobj : 0;
+    uint32_t id = w->nobj ? u16(in) % w->nobj : 0;
+    refresh(w, id);
+    return id;
 }
 
 /* A handle argument: mostly known handles (live or dead), sometimes 0, random bits, or a
@@ -524,6 +597,14 @@ static hd_handle_t pick_handle(world_t *w, in_t *in) {
     case 15: return (h & UINT32_MAX) | ((uint64_t)u16(in) << 32); /* small checks */
     default: return h;
     }
+}
+
+/* pick_handle, with the object it names (if any) brought up to date (refresh). */
+static hd_handle_t pick_handle_fresh(world_t *w, in_t *in) {
+    hd_handle_t x = pick_handle(w, in);
+    int64_t id = map_get(w, x);
+    if (id >= 0) refresh(w, (uint32_t)id);
+    return x;
 }
 
 static hd_weak_t pick_weak(world_t *w, in_t *in) {
@@ -795,7 +876,7 @@ static void op_bulk_free(world_t *w, in_t *in) {
 }
 
 static void op_incref(world_t *w, in_t *in) {
-    hd_handle_t x = pick_handle(w, in);
+    hd_handle_t x = pick_handle_fresh(w, in);
     uint32_t n;
     switch (u8(in) % 5) {
     case 0: n = 1; break;
@@ -819,7 +900,7 @@ static void op_incref(world_t *w, in_t *in) {
 }
 
 static void op_decref(world_t *w, in_t *in) {
-    hd_handle_t x = pick_handle(w, in);
+    hd_handle_t x = pick_handle_fresh(w, in);
     int64_t id = live_id(w, x);
     uint64_t crefs = id >= 0 ? w->obj[id].crefs : 0;
     uint32_t n;
@@ -855,9 +936,9 @@ static uint32_t pick_slot(world_t *w, in_t *in, hd_handle_t x) {
 }
 
 static void op_set_slot(world_t *w, in_t *in) {
-    hd_handle_t x = pick_handle(w, in);
+    hd_handle_t x = pick_handle_fresh(w, in);
     uint32_t i = pick_slot(w, in, x);
-    hd_handle_t t = pick_handle(w, in);
+    hd_handle_t t = pick_handle_fresh(w, in);
     int64_t id = live_id(w, x), tid = live_id(w, t);
     int rc = hd_set_slot(w->h, x, i, t);
     w->last_rc = rc;
@@ -875,7 +956,7 @@ static void op_set_slot(world_t *w, in_t *in) {
 }
 
 static void op_get_slot(world_t *w, in_t *in) {
-    hd_handle_t x = pick_handle(w, in);
+    hd_handle_t x = pick_handle_fresh(w, in);
     uint32_t i = pick_slot(w, in, x);
     int64_t id = live_id(w, x);
     hd_handle_t out = 1;
@@ -918,7 +999,7 @@ static void payload_args(world_t *w, in_t *in, hd_handle_t x, uint64_t *off, siz
 }
 
 static void op_payload(world_t *w, in_t *in, bool write) {
-    hd_handle_t x = pick_handle(w, in);
+    hd_handle_t x = pick_handle_fresh(w, in);
     uint64_t off;
     size_t len;
     payload_args(w, in, x, &off, &len);
@@ -958,7 +1039,7 @@ static void op_payload(world_t *w, in_t *in, bool write) {
 
 static void op_weak_new(world_t *w, in_t *in) {
     if (w->nweak == MAXWEAK) return;
-    hd_handle_t x = pick_handle(w, in);
+    hd_handle_t x = pick_handle_fresh(w, in);
     int notify = u8(in) & 1;
     int64_t id = live_id(w, x);
     hd_weak_t out = 0;
@@ -1016,6 +1097,9 @@ static void op_weak_free(world_t *w, in_t *in) {
 
 static void op_collect(world_t *w, in_t *in) {
     int g = (int)(u8(in) % 5) - 1;
+    /* collect(2) ends a running incremental cycle first: that counts as one more collection
+     * of generation 2, and what it still finds is counted in. */
+    bool cycle = g == 2 && cycle_runs(w);
     hd_gc_genstats_t before[3], after[3];
     hd_gc_get_stats(w->h, before);
     uint64_t found = UINT64_MAX, containers = 0;
@@ -1029,7 +1113,9 @@ static void op_collect(world_t *w, in_t *in) {
     }
     CHECK(rc == 0, "collect: %s", hd_err_name(rc));
     hd_gc_get_stats(w->h, after);
-    CHECK(after[g].collections == before[g].collections + 1, "collections");
+    CHECK(after[g].collections == before[g].collections + 1 ||
+              (cycle && after[g].collections == before[g].collections + 2),
+          "collections");
     uint64_t m = after[g].collected - before[g].collected;
     uint64_t n = after[g].uncollectable - before[g].uncollectable;
     CHECK(found == m + n && found <= containers, "collect found %llu", (unsigned long long)found);
@@ -1061,7 +1147,7 @@ static size_t pick_handles(world_t *w, in_t *in, hd_handle_t *objs, bool *all_li
     size_t n = m < 240 ? m % 5 : 5 + m % (MAXARGS - 4);
     *all_live = true;
     for (size_t i = 0; i < n; i++) {
-        objs[i] = pick_handle(w, in);
+        objs[i] = pick_handle_fresh(w, in);
         if (live_id(w, objs[i]) < 0) *all_live = false;
     }
     return n;
@@ -1405,6 +1491,34 @@ static void op_statistics(world_t *w, in_t *in, bool compare) {
     hd_trace_stats_free(&st);
 }
 
+/* The collector's mode: incremental with a small increment (1..16 units, so that a cycle
+ * spans many operations), or generational, which ends a running cycle. Encoded in
+ * op_threshold's byte, so that the corpus's programs keep their meaning. */
+static void op_gc_mode(world_t *w, uint8_t m) {
+    if (m & 1) {
+        CHECK(hd_gc_set_increment(w->h, 1 + (m >> 1) % 16) == 0, "set_increment");
+        CHECK(hd_gc_set_increment(w->h, 0) == HD_EINVAL, "set_increment(0)");
+        CHECK(hd_gc_set_mode(w->h, HD_GC_INCREMENTAL) == 0, "set_mode incremental");
+        w->incremental = true;
+    } else {
+        CHECK(hd_gc_set_mode(w->h, HD_GC_GENERATIONAL) == 0, "set_mode generational");
+        CHECK(!cycle_runs(w), "a cycle runs after leaving incremental mode");
+    }
+    CHECK(hd_gc_set_mode(w->h, 2 + m) == HD_EINVAL, "set_mode of an unknown mode");
+    CHECK(hd_gc_get_mode(w->h) == ((m & 1) ? HD_GC_INCREMENTAL : HD_GC_GENERATIONAL), "get_mode");
+}
+
+/* One increment now, whatever the mode (it starts a cycle if none runs). */
+static void op_increment(world_t *w) {
+    uint64_t found = UINT64_MAX;
+    int rc = hd_gc_increment(w->h, &found);
+    w->last_rc = rc;
+    check_nomem(w, rc, "increment");
+    CHECK(rc == 0 || rc == HD_ENOMEM, "increment: %s", hd_err_name(rc));
+    if (rc == 0) CHECK(found != UINT64_MAX, "increment found nothing to report");
+    w->incremental = true;
+}
+
 static void op_set_limits(world_t *w, in_t *in) {
     uint64_t mb, mo;
     switch (u8(in) % 4) {
@@ -1466,8 +1580,17 @@ static void op_events_pop(world_t *w, in_t *in) {
         check_event(w, &ev);
 }
 
+/* Thresholds; with the top bit, enable or disable; with the top two, the incremental
+ * collector: an increment (0x20) or the mode (op_gc_mode). */
 static void op_threshold(world_t *w, in_t *in) {
     uint8_t m = u8(in);
+    if ((m & 0xC0) == 0xC0) {
+        if (m & 0x20)
+            op_increment(w);
+        else
+            op_gc_mode(w, m);
+        return;
+    }
     if (m & 0x80) {
         if (m & 1)
             hd_gc_enable(w->h);
@@ -1497,7 +1620,7 @@ static void op_threshold(world_t *w, in_t *in) {
 static void op_probe(world_t *w, in_t *in) {
     int k = 1 + u8(in) % 8;
     while (k-- > 0) {
-        hd_handle_t x = pick_handle(w, in);
+        hd_handle_t x = pick_handle_fresh(w, in);
         int64_t id = live_id(w, x);
         uint64_t v = 0;
         int rc = hd_getrefcount(w->h, x, &v), tracked = -1;
@@ -1587,9 +1710,6 @@ static void op_foreign(world_t *w, in_t *in) {
 /* ========================================================================================== */
 /* One run.                                                                                   */
 /* ========================================================================================== */
-
-/* FUZZ_ENGINE_VERBOSE=1 in the environment prints each operation (for triage). */
-static int verbose = -1;
 
 static void run(const uint8_t *data, size_t size) {
     hook_install();
@@ -1684,9 +1804,14 @@ static void run(const uint8_t *data, size_t size) {
         if (w->last_rc < 0) fp_same(w, &before, op_names[op], w->last_rc);
         check_world(w);
         if (w->full_collect) check_reachability(w);
-        if (verbose)
-            fprintf(stderr, "op %4d %-13s -> %-9s objects %llu, garbage %zu\n", nops, op_names[op],
-                    hd_err_name(w->last_rc), (unsigned long long)w->live, w->ngarbage);
+        if (verbose) {
+            hd_gc_inc_state_t st;
+            hd_gc_inc_state(w->h, &st);
+            fprintf(stderr,
+                    "op %4d %-13s -> %-9s objects %llu, garbage %zu, cycle %d (%llu done)\n", nops,
+                    op_names[op], hd_err_name(w->last_rc), (unsigned long long)w->live, w->ngarbage,
+                    st.phase, (unsigned long long)st.cycles);
+        }
     }
 
     /* Whatever is queued is well formed. When every event was asked for and none dropped,
@@ -1694,6 +1819,10 @@ static void run(const uint8_t *data, size_t size) {
      * WEAKREF_CLEARED for each notifying weak reference to a dead object, a GC_START and a
      * GC_STOP for each collection. */
     hd_event_t ev;
+    if (cycle_runs(w)) { /* the cycle's end, then everything is checked again */
+        hd_gc_finish_cycle(w->h);
+        check_world(w);
+    }
     while (hd_events_pop(w->h, &ev))
         check_event(w, &ev);
     if (w->mask_all && hd_events_dropped(w->h) == 0) {
@@ -1707,7 +1836,9 @@ static void run(const uint8_t *data, size_t size) {
         hd_gc_genstats_t gs[3];
         hd_gc_get_stats(w->h, gs);
         uint64_t collections = gs[0].collections + gs[1].collections + gs[2].collections;
-        CHECK(w->gc_starts == collections && w->gc_stops == collections,
+        /* Each increment has its GC_START and GC_STOP; a cycle counts one collection. */
+        CHECK(w->gc_starts == w->gc_stops &&
+                  (w->incremental ? w->gc_stops >= collections : w->gc_stops == collections),
               "%llu collections, %llu GC_START, %llu GC_STOP", (unsigned long long)collections,
               (unsigned long long)w->gc_starts, (unsigned long long)w->gc_stops);
     }
