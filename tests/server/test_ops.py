@@ -141,6 +141,11 @@ class OpsTest(h.unittest.TestCase):
         self.assertEqual(c.ok("gc_get_freeze_count").value, 0)
         c.ok("decref", handle=keep)
         c.ok("gc_enable")
+        # The collector's mode (heapd's own; test_gcmode.py has its behaviour).
+        self.assertEqual(c.ok("gc_get_mode").mode, pb.GENERATIONAL)
+        m = c.ok("gc_set_mode", mode=pb.INCREMENTAL, increment_objects=100)
+        self.assertEqual((m.mode, m.increment_objects, m.phase), (pb.INCREMENTAL, 100, 0))
+        self.assertEqual(c.ok("gc_set_mode", mode=pb.GENERATIONAL).mode, pb.GENERATIONAL)
 
     # -- weak references -----------------------------------------------------------------------
 
