@@ -163,13 +163,16 @@ class LimitsTest(h.unittest.TestCase):
         d.wait_log("no hello, idle for 300 ms")
 
     def test_hello_deadline_is_absolute(self):
-        # Bytes trickling in do not move the hello deadline (a slowloris before hello).
+        # Bytes trickling in do not move the hello deadline (a slowloris before hello): a
+        # byte every 50 ms would keep a deadline restarted by each byte from ever firing, so
+        # being closed while still sending, for the hello deadline's reason, is the proof. The
+        # 20 s bound only ends the test if it does not close (no timing is asserted).
         d = self.daemon(hello_timeout="500ms")
         c = d.connect()
         t0 = time.monotonic()
         c.send_raw(struct.pack(">I", 100))
         with self.assertRaises((h.Closed, OSError)):
-            while time.monotonic() - t0 < 5:
+            while time.monotonic() - t0 < 20:
                 c.send_raw(b"\x0a")
                 c.sock.settimeout(0.05)
                 try:
@@ -177,7 +180,6 @@ class LimitsTest(h.unittest.TestCase):
                         raise h.Closed("closed")
                 except socket.timeout:
                     pass
-        self.assertLess(time.monotonic() - t0, 2.5)
         d.wait_log("no hello within 500 ms of connecting; closing")
 
     def test_slow_frame(self):
