@@ -310,6 +310,20 @@ class Daemon:
         self.stop()
 
 
+def parse_metrics(text):
+    """{(name, frozenset(labels)): value} from the Prometheus exposition text; fails on a
+    sample line that does not parse."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})? (\S+)$', line)
+        assert m, "bad sample line %r" % line
+        labels = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
+        out[(m.group(1), labels)] = float(m.group(4))
+    return out
+
+
 def read_file(path):
     with open(path) as f:
         return f.read()

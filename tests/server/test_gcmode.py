@@ -9,20 +9,9 @@ the default mode, beside it, keeps CPython's full collections. No durations are 
 the pauses are measured by bench/gcinc_compare.c (docs/PERFORMANCE.md).
 """
 
-import re
 
 import harness as h
 from harness import pb
-
-
-def parse_metrics(text):
-    out = {}
-    for line in text.splitlines():
-        m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})? (\S+)$', line)
-        if m:
-            labels = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
-            out[(m.group(1), labels)] = float(m.group(4))
-    return out
 
 
 def batch(c, ops):
@@ -79,7 +68,7 @@ class GcModeTest(h.unittest.TestCase):
     def metrics(self):
         status, _, body = self.d.http_get("/metrics")
         self.assertEqual(status, 200)
-        return parse_metrics(body.decode())
+        return h.parse_metrics(body.decode())
 
     def test_old_garbage_goes_without_a_full_collection(self):
         c = self.d.session()

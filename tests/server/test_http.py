@@ -21,19 +21,6 @@ import harness as h
 PROMTOOL = "/usr/bin/promtool"
 
 
-def parse_metrics(text):
-    """{(name, frozenset(labels)): value} from the exposition text."""
-    out = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})? (\S+)$', line)
-        assert m, "bad sample line %r" % line
-        labels = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
-        out[(m.group(1), labels)] = float(m.group(4))
-    return out
-
-
 def raw(addr, data, timeout=5.0):
     """Sends data on a new connection and reads until the server closes it."""
     s = socket.create_connection(addr, timeout=timeout)
@@ -72,7 +59,7 @@ class HttpTest(h.unittest.TestCase):
 
     def value(self, name, **labels):
         key = (name, frozenset(labels.items()))
-        return parse_metrics(self.metrics()).get(key)
+        return h.parse_metrics(self.metrics()).get(key)
 
     def test_promtool_accepts_the_exposition(self):
         s = self.d.session(token="user")
@@ -111,12 +98,12 @@ class HttpTest(h.unittest.TestCase):
         self.assertEqual(documented, families)
 
     def test_requests_by_op_and_errors_by_code(self):
-        before = parse_metrics(self.metrics())
+        before = h.parse_metrics(self.metrics())
         s = self.d.session(token="user")
         for _ in range(5):
             s.alloc(size=8)
         self.assertEqual(s.call("decref", handle=0x7000000a1).status.name, "ENOOBJ")
-        after = parse_metrics(self.metrics())
+        after = h.parse_metrics(self.metrics())
         k = lambda n, **l: (n, frozenset(l.items()))
         self.assertEqual(after[k("heapd_requests_total", op="alloc")]
                          - before[k("heapd_requests_total", op="alloc")], 5)
@@ -155,7 +142,7 @@ class HttpTest(h.unittest.TestCase):
         expect = sum(200 * (i + 1) for i in range(4)) * 96  # 24 + 64 + 8 rounded: 96 bytes
         # Snapshots are at most a second old: wait for these sessions to be in them.
         def seen():
-            m = parse_metrics(self.metrics())
+            m = h.parse_metrics(self.metrics())
             return m if m[("heapd_memory_object_bytes", frozenset())] >= expect else None
         m = h.wait_until(seen)
         self.assertIsNotNone(m, "object bytes never reached %d" % expect)
@@ -169,7 +156,7 @@ class HttpTest(h.unittest.TestCase):
         c0 = m[("heapd_gc_collections_total", frozenset({("generation", "2")}))]
         for s in sessions:
             s.ok("gc_collect")
-        m = parse_metrics(self.metrics())
+        m = h.parse_metrics(self.metrics())
         self.assertEqual(m[("heapd_gc_collections_total", frozenset({("generation", "2")}))],
                          c0 + 4)
         total = sum(v for (n, l), v in m.items() if n == "heapd_gc_collections_total")

@@ -273,17 +273,6 @@ class OffloadTest(h.unittest.TestCase):
         self.assertTrue(all(r.status.code == 0 for r in a.batch.results))
 
 
-def parse_metrics(text):
-    """{(name, frozenset(labels)): value} from the exposition text."""
-    out = {}
-    for line in text.splitlines():
-        m = re.match(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})? (\S+)$', line)
-        if m:
-            labels = frozenset(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
-            out[(m.group(1), labels)] = float(m.group(4))
-    return out
-
-
 class OffloadMetricsTest(h.unittest.TestCase):
     """The HTTP server reads the worker's metrics while a job has a heap: /metrics and the
     session list are served from what the worker took before the job, the job's session page
@@ -299,7 +288,7 @@ class OffloadMetricsTest(h.unittest.TestCase):
     def metrics(self):
         status, _, body = self.d.http_get("/metrics")
         self.assertEqual(status, 200)
-        return parse_metrics(body.decode())
+        return h.parse_metrics(body.decode())
 
     def listed(self):
         status, _, body = self.d.http_get("/api/sessions")
