@@ -330,6 +330,37 @@ static void test_replay_window(void **state) {
     assert_int_equal(hd__replay_peek_id(noid, sizeof noid), 0);
 }
 
+/* Responses too large to keep, at either end of the window and between kept ones: place()
+ * finds the oldest and newest kept entries from the ring's two ends, stepping over those, and
+ * a kept response's bytes must never be overwritten while its entry is in the window. */
+static void test_replay_not_kept_mix(void **state) {
+    (void)state;
+    hd_replay_t rp;
+    hd__replay_init(&rp, 8, 256);
+    uint8_t f[300];
+    const uint8_t *p;
+    size_t len;
+    for (uint64_t id = 1; id < 3000; id++) {
+        /* Runs of not-kept responses of varying length, so that the head, the tail or both
+         * are not kept at one time or another. */
+        int big = (id * 2654435761u >> 7) % 5 < 2;
+        size_t l = big ? 257 + id % 40 : 5 + id % 60;
+        frame_of(f, l, (uint8_t)id);
+        assert_int_equal(hd__replay_put(&rp, id, f, l), 0);
+        assert_int_equal(hd__replay_find(&rp, id, &p, &len), big ? 0 : 1);
+        assert_true(rp.used <= 256 && rp.n <= 8);
+        /* Every kept entry still in the window holds its own bytes. */
+        for (uint64_t back = id > 8 ? id - 7 : 1; back <= id; back++) {
+            int r = hd__replay_find(&rp, back, &p, &len);
+            if (r != 1) continue;
+            assert_int_equal(len, 5 + back % 60);
+            assert_int_equal(p[4], (uint8_t)back);
+            assert_int_equal(p[len - 1], (uint8_t)back);
+        }
+    }
+    hd__replay_free(&rp);
+}
+
 int main(void) {
     snprintf(dir, sizeof dir, "/tmp/heapd-snapfile-%ld", (long)getpid());
     mkdir(dir, 0700);
@@ -338,6 +369,7 @@ int main(void) {
         cmocka_unit_test(test_every_failure),
         cmocka_unit_test(test_bad_files),
         cmocka_unit_test(test_replay_window),
+        cmocka_unit_test(test_replay_not_kept_mix),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     char cmd[300];
