@@ -1099,6 +1099,43 @@ static int gc_threshold(ctx_t *x, int argc, char **argv) {
     return 0;
 }
 
+/* gc mode [generational|incremental [OBJECTS]]: heapd's own collector mode (gc_mode and
+ * gc_increment_objects in the config), then the mode in effect and the running cycle. */
+static int gc_mode(ctx_t *x, int argc, char **argv) {
+    static const char *const names[] = {"generational", "incremental"};
+    static const char *const phases[] = {"idle", "marking", "sweeping"};
+    if (argc > 3) return usage_err(x, "usage: gc mode [generational|incremental [OBJECTS]]");
+    int mode = -1;
+    uint64_t objects = 0;
+    if (argc > 1) {
+        for (int i = 0; i < 2; i++)
+            if (strcmp(argv[1], names[i]) == 0) mode = i;
+        if (mode < 0)
+            return usage_err(x, "gc mode: \"%s\" is neither generational nor incremental",
+                             argv[1]);
+        if (argc > 2 && (parse_u64(argv[2], &objects) || objects == 0))
+            return usage_err(x, "gc mode: OBJECTS \"%s\" is not a positive number", argv[2]);
+    }
+    hdc_gc_mode_t m;
+    int rc = mode >= 0 ? hdc_gc_set_mode(x->c, mode, objects, &m) : hdc_gc_get_mode(x->c, &m);
+    if (rc) return rc;
+    const char *name = names[m.mode == HDC_GC_INCREMENTAL];
+    const char *phase = m.phase >= 0 && m.phase <= 2 ? phases[m.phase] : "unknown";
+    if (x->json) {
+        j_str(&x->j, "mode", name);
+        j_u64(&x->j, "increment_objects", m.increment_objects);
+        j_str(&x->j, "phase", phase);
+        j_u64(&x->j, "increments", m.increments);
+        j_u64(&x->j, "cycles", m.cycles);
+        return 0;
+    }
+    out(x, "mode:       %s\n", name);
+    out(x, "increment:  %" PRIu64 " objects\n", m.increment_objects);
+    out(x, "cycle:      %s, %" PRIu64 " increments; %" PRIu64 " cycles completed\n", phase,
+        m.increments, m.cycles);
+    return 0;
+}
+
 /* gc enable / disable: switch, then report the state. */
 static int gc_switch(ctx_t *x, int argc, char **argv, int on) {
     if (argc > 1) return usage_err(x, "gc %s takes no arguments", on ? "enable" : "disable");
@@ -1222,6 +1259,8 @@ static const subcmd_t gc_cmds[] = {
     {"count", gc_count, HEAP_READS, "", "gc.get_count()"},
     {"threshold", gc_threshold, HEAP_WRITES_ARGS, "[T0 [T1 [T2]]]",
      "gc.get_threshold(), or set_threshold first"},
+    {"mode", gc_mode, HEAP_WRITES_ARGS, "[generational|incremental [OBJECTS]]",
+     "the collector's mode and increment, or set them first"},
     {"enable", gc_enable, HEAP_WRITES, "", "gc.enable()"},
     {"disable", gc_disable, HEAP_WRITES, "", "gc.disable()"},
     {"collect", gc_collect, HEAP_WRITES, "[GEN]", "gc.collect(GEN); all generations by default"},

@@ -238,6 +238,17 @@ class Gc(unittest.TestCase):
         self.assertEqual(d["exit"], 1)
         self.assertEqual(js("gc", "freeze", extra=["--keep"])["freeze_count"], 0)
         self.assertEqual(js("gc", "debug", "32", extra=["--keep"])["debug"], 32)
+        d = js("gc", "mode")
+        self.assertEqual((d["mode"], d["increment_objects"], d["phase"]),
+                         ("generational", 4000, "idle"))
+        self.assertIn("--session ID", js("gc", "mode", "incremental", check=2)["error"]["message"])
+        d = js("gc", "mode", "incremental", "250", extra=["--keep"])
+        self.assertEqual((d["mode"], d["increment_objects"]), ("incremental", 250))
+        self.assertIn("mode:       incremental",
+                      run("gc", "mode", "incremental", extra=["--keep"]).stdout)
+        for bad in (["fast"], ["incremental", "0"], ["incremental", "x"], ["a", "b", "c"]):
+            d = js("gc", "mode", *bad, check=2, extra=["--keep"])
+            self.assertIn("gc mode", d["error"]["message"], bad)
         js("gc", "threshold", "x", check=2)
         self.assertIn("threshold:  700 10 10", run("gc").stdout)
 
