@@ -25,6 +25,7 @@
  * Usage: heapd-gc-bench [--quick] [--no-python] [--only SHAPE]   (--quick: 1M only)
  */
 #include "heap.h"
+#include "internal.h" /* hd__gc_set_side: the collector's two paths side by side */
 
 #include <glob.h>
 #include <stdint.h>
@@ -188,13 +189,15 @@ static int cmp_double(const void *a, const void *b) {
 }
 
 /* heapd: live (median of 3) and garbage ns per object; *arena_bytes for the read bound. */
-static void heapd_gc(const shape_t *s, long n, double *live, double *garbage, uint64_t *arena) {
+static void heapd_gc(const shape_t *s, long n, int side, double *live, double *garbage,
+                     uint64_t *arena) {
     hd_heap_config_t cfg;
     hd_heap_config_init(&cfg);
     cfg.gc_enabled = 0;
     hd_heap_t *h;
     int rc = hd_heap_new(&cfg, &h);
     if (rc < 0) die("heap", rc);
+    hd__gc_set_side(h, side);
     long nheld;
     hd_handle_t *held = s->build(h, n, &nheld);
     uint64_t found;
@@ -361,24 +364,30 @@ int main(int argc, char **argv) {
            "freeing included)\n");
     for (int p = 0; p < npy; p++)
         printf("  CPython %s: %s\n", py_version[p], py_path[p]);
-    printf("\n| shape | objects | state | heapd ns | fastest CPython 3.11 ns | CPython | ratio |");
+    printf("  heapd: gc_refs in a side table (the default for these heaps); \"in objects\": "
+           "CPython's layout, gc_refs in each object's header (the other path)\n");
+    printf("\n| shape | objects | state | heapd ns | fastest CPython 3.11 ns | CPython | ratio | "
+           "heapd in objects ns | ratio |");
     for (int p = 0; p < npy; p++)
         printf(" %s ns |", py_path[p]);
-    printf("\n|---|---:|---|---:|---:|---|---:|");
+    printf("\n|---|---:|---|---:|---:|---|---:|---:|---:|");
     for (int p = 0; p < npy; p++)
         printf("---:|");
     printf("\n");
     long sizes[2] = {1000000, 4000000};
-    double random_live[2] = {0, 0};
+    double random_live[2][2] = {{0, 0}, {0, 0}};
     uint64_t random_arena[2] = {0, 0};
     for (int s = 0; s < NSHAPES; s++) {
         if (only >= 0 && s != only) continue;
         for (int z = 0; z < (quick ? 1 : 2); z++) {
-            double live, garbage;
+            double live[2], garbage[2];
             uint64_t arena;
-            heapd_gc(&shapes[s], sizes[z], &live, &garbage, &arena);
+            /* Both paths, the one in objects first (as before the side table). */
+            heapd_gc(&shapes[s], sizes[z], HD_GC_SIDE_NEVER, &live[1], &garbage[1], &arena);
+            heapd_gc(&shapes[s], sizes[z], HD_GC_SIDE_AUTO, &live[0], &garbage[0], &arena);
             if (s == 1) {
-                random_live[z] = live;
+                random_live[z][0] = live[0];
+                random_live[z][1] = live[1];
                 random_arena[z] = arena;
             }
             double pl[MAX_PY], pg[MAX_PY];
@@ -386,7 +395,8 @@ int main(int argc, char **argv) {
             for (int p = 0; p < npy; p++)
                 okp[p] = python_gc(p, &shapes[s], sizes[z], &pl[p], &pg[p]) == 0;
             for (int st = 0; st < 2; st++) {
-                double mine = st == 0 ? live : garbage;
+                double mine = st == 0 ? live[0] : garbage[0];
+                double other = st == 0 ? live[1] : garbage[1];
                 int best = -1;
                 for (int p = 0; p < npy; p++) {
                     double v = st == 0 ? pl[p] : pg[p];
@@ -396,9 +406,10 @@ int main(int argc, char **argv) {
                        st == 0 ? "live" : "garbage", mine);
                 if (best >= 0) {
                     double v = st == 0 ? pl[best] : pg[best];
-                    printf(" %.1f | %s | %.2fx |", v, py_version[best], mine / v);
+                    printf(" %.1f | %s | %.2fx | %.1f | %.2fx |", v, py_version[best], mine / v,
+                           other, other / v);
                 } else {
-                    printf(" - | - | - |");
+                    printf(" - | - | - | %.1f | - |", other);
                 }
                 for (int p = 0; p < npy; p++) {
                     if (okp[p])
@@ -414,13 +425,13 @@ int main(int argc, char **argv) {
     if (only < 0 || only == 1) {
         printf("\nRandom graph, live collection per reference beside the random-read bound "
                "(a buffer the size of the graph's arenas):\n\n"
-               "| objects | heapd ns per reference | random read ns | ratio "
-               "|\n|---:|---:|---:|---:|\n");
+               "| objects | heapd ns per reference | random read ns | ratio | heapd in objects ns "
+               "| ratio |\n|---:|---:|---:|---:|---:|---:|\n");
         for (int z = 0; z < (quick ? 1 : 2); z++) {
             double rr = random_read_ns(random_arena[z], 4 * sizes[z]);
-            double per_ref = random_live[z] / 4;
-            printf("| %ldM | %.2f | %.2f | %.2fx |\n", sizes[z] / 1000000, per_ref, rr,
-                   per_ref / rr);
+            double per_ref = random_live[z][0] / 4, other = random_live[z][1] / 4;
+            printf("| %ldM | %.2f | %.2f | %.2fx | %.2f | %.2fx |\n", sizes[z] / 1000000, per_ref,
+                   rr, per_ref / rr, other, other / rr);
         }
     }
     return 0;

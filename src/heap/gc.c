@@ -16,7 +16,9 @@
  *
  * Cost: a collection of generations 0..g walks the young list twice before the garbage is
  * known (update_and_subtract_refs, move_unreachable) and reads the header of each slot
- * target twice; it allocates nothing per object, hashes nothing and never recurses. Older
+ * target twice; it allocates nothing per object, hashes nothing and never recurses. A full
+ * collection of a large heap does the same walks with gc_refs in a side table ("The side
+ * table"), so that a slot's target is looked up there rather than in its own header. Older
  * generations are never walked, so a generation-0 collection costs the same in a heap of a
  * thousand objects or of ten million. Deleting garbage adds object.c's free path per object.
  *
@@ -387,6 +389,211 @@ static uint64_t move_unreachable(hd_heap_t *h, hd_ref_t young, hd_ref_t unreacha
     return nreachable;
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* The side table: the same two steps with gc_refs beside the objects, not in them.           */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * In a graph larger than the caches, the two steps above cost three random line transfers
+ * per slot: each reads its target's header (to know whether it is young and take one off
+ * its gc_refs), the subtraction dirties that line, and move_unreachable reads it again. The
+ * side table takes the targets' lines out of both: one uint32 per pair of granules (every
+ * object is at least 32 bytes, so two objects never share an entry), indexed by ref >> 1,
+ * covering every region of the heap. 4 bytes per 32 of the heap's span: the table of a
+ * million 48-byte objects is 6 MiB where the objects are 48, and its random accesses mostly
+ * hit the caches where the objects' would go to memory.
+ *
+ * An entry is counted mod 2^32, without knowing whether its object is young:
+ *   side_subtract    every young object adds BIAS + refcnt to its own entry, every slot of a
+ *                    young object takes one off its target's. Afterwards a young object's
+ *                    entry is BIAS + gc_refs (0 <= gc_refs <= refcnt < BIAS - 1: exact, as
+ *                    side_subtract checks each refcnt); other entries hold meaningless values.
+ *   side_move_unreachable   CPython's move_unreachable reading gc_refs from the entry: a young
+ *                    object moved to unreachable has its entry set to UNREACH (BIAS - 1, no
+ *                    gc_refs a young object can have) and COLLECTING|UNREACHABLE set, as on
+ *                    the other path. A slot target whose entry reads BIAS (young, not yet
+ *                    scanned, gc_refs 0) gets BIAS + 1; one whose entry reads UNREACH is
+ *                    moved back only if its flags say it is on unreachable, so an entry of an
+ *                    object outside young that happens to hold either value changes nothing
+ *                    that is read. Only a moved-back target's header is touched.
+ * The list operations are move_unreachable's, in the same order, so both paths leave the
+ * same lists in the same order and the rest of the collection cannot tell them apart.
+ *
+ * The table is charged to the collector (refused: the other path runs) and freed before the
+ * garbage is deleted, so it never outlives the two steps. Only full collections of heaps of
+ * at least HD_GC_SIDE_MIN containers use it (AUTO), where it is at most HD_GC_SIDE_PER_OBJ
+ * bytes per young object: a young collection never allocates per region.
+ */
+#define HD_GC_SIDE_BIAS    (1u << 30)
+#define HD_GC_SIDE_UNREACH (HD_GC_SIDE_BIAS - 1)
+/* Below this many containers the objects' own lines are in the caches anyway. */
+#define HD_GC_SIDE_MIN 16384u
+/* At most this many bytes of table per young object (a young object is 32 bytes at least):
+ * a heap whose regions are mostly empty keeps the other path. */
+#define HD_GC_SIDE_PER_OBJ 16u
+/* Entries per region: one per pair of granules. */
+#define HD_GC_SIDE_REGION_ENTRIES (1u << (HD_REF_GRANULE_BITS - 1))
+
+_Static_assert(HD_ROUND_UP(sizeof(hd_obj_t)) >= 2 * HD_ALIGN,
+               "objects are two granules at least: ref >> 1 names one object");
+_Static_assert(HD_GC_SIDE_UNREACH<HD_GC_SIDE_BIAS && 2u * HD_GC_SIDE_BIAS - 1> HD_GC_SIDE_BIAS,
+               "UNREACH is no young entry, and BIAS + gc_refs fits 32 bits");
+
+void hd__gc_set_side(hd_heap_t *h, int mode) {
+    h->gc.side = mode;
+}
+
+/* Prefetches, for writing, the entries of the slot targets of ahead (as prefetch_targets). */
+static inline hd_ref_t side_prefetch(regions_t rb, uint32_t *side, hd_ref_t ahead, hd_ref_t young) {
+    if (ahead == young) return ahead;
+    const hd_obj_t *a = obj_at(rb, ahead);
+    for (uint32_t i = 0, n = a->nslots; i < n; i++) {
+        hd_ref_t t = a->slots[i];
+        if ((uint32_t)(t - ahead + HD_GC_NEAR) > 2 * HD_GC_NEAR)
+            __builtin_prefetch(side + (t >> 1), 1, 3);
+    }
+    hd_ref_t next = a->gc_next;
+    __asm__ volatile("" : : "r"(next)); /* see prefetch_targets */
+    return next;
+}
+
+static inline hd_ref_t side_prefetch_start(regions_t rb, uint32_t *side, hd_ref_t young) {
+    hd_ref_t ahead = link_at(rb, young)->gc_next;
+    for (int k = 0; k < HD_GC_PREFETCH_AHEAD; k++)
+        ahead = side_prefetch(rb, side, ahead, young);
+    return ahead;
+}
+
+/* After this (if true), each young object's entry is BIAS + gc_refs; no object was written.
+ * False when a young refcnt is too large for an entry: the other path must run. Reads each
+ * young object once, in list order, and one entry per slot: O(young + young slots). */
+static bool side_subtract(hd_heap_t *h, hd_ref_t young, int g, uint32_t *side) {
+    regions_t rb = h->alloc.region_base;
+    uint32_t big = 0;
+    hd_ref_t ahead = side_prefetch_start(rb, side, young);
+    for (hd_ref_t r = link_at(rb, young)->gc_next; r != young;) {
+        const hd_obj_t *o = obj_at(rb, r);
+        HD_ASSERT(o->refcnt > 0 && (o->flags & HD_OF_TRACKED) && hd__obj_gen(o) <= g);
+        (void)g;
+        ahead = side_prefetch(rb, side, ahead, young);
+        big |= o->refcnt >= HD_GC_SIDE_UNREACH;
+        side[r >> 1] += HD_GC_SIDE_BIAS + o->refcnt;
+        /* An empty slot takes one off entry 0 (refs 0 and 1: no object's): no branch. */
+        for (uint32_t i = 0, n = o->nslots; i < n; i++)
+            side[o->slots[i] >> 1]--;
+        r = o->gc_next;
+    }
+    return !big;
+}
+
+/* visit_reachable, reading the target's state from its entry. */
+static inline void side_visit(regions_t rb, uint32_t *side, hd_ref_t t, hd_ref_t young) {
+    uint32_t *e = side + (t >> 1), v = *e;
+    if (HD_UNLIKELY(v == HD_GC_SIDE_UNREACH)) {
+        hd_obj_t *to = obj_at(rb, t);
+        if ((to->flags & (HD_OF_COLLECTING | HD_OF_UNREACHABLE)) !=
+            (HD_OF_COLLECTING | HD_OF_UNREACHABLE))
+            return; /* outside young: its entry means nothing */
+        link_at(rb, to->gc_prev)->gc_next = to->gc_next;
+        link_at(rb, to->gc_next)->gc_prev = to->gc_prev;
+        hd_gchead_t *ys = link_at(rb, young);
+        link_at(rb, ys->gc_prev)->gc_next = t;
+        to->gc_next = young;
+        ys->gc_prev = t;
+        to->flags &= (uint16_t)~HD_OF_UNREACHABLE;
+        *e = HD_GC_SIDE_BIAS + 1;
+        return;
+    }
+    /* Young, not yet scanned, gc_refs 0: now 1. Without a branch (which of the two is a coin
+     * toss in a tree or a random graph); the line is the table's, in the caches. */
+    *e = v + (v == HD_GC_SIDE_BIAS);
+}
+
+/* move_unreachable (same lists, same order, same result) over the side table. An object that
+ * survives is written only if its links or flags change. */
+static uint64_t side_move_unreachable(hd_heap_t *h, hd_ref_t young, hd_ref_t unreachable,
+                                      int gen_after, uint32_t *side) {
+    regions_t rb = h->alloc.region_base;
+    hd_gchead_t *us = link_at(rb, unreachable);
+    hd_ref_t prev = young;
+    uint16_t keep = gen_after == 2 ? (uint16_t)~HD_OF_MARK : 0xffffu;
+    uint16_t set = gen_after == 2 ? h->gc.inc.black : 0;
+    uint64_t nreachable = 0;
+    hd_ref_t ahead = side_prefetch_start(rb, side, young);
+    for (hd_ref_t r = link_at(rb, young)->gc_next; r != young; r = link_at(rb, prev)->gc_next) {
+        hd_obj_t *o = obj_at(rb, r);
+        ahead = side_prefetch(rb, side, ahead, young);
+        uint32_t e = side[r >> 1];
+        /* Below BIAS: a slot reference that refcnt did not count (or a list gone wrong). */
+        HD_ASSERT(e >= HD_GC_SIDE_BIAS && e < 2u * HD_GC_SIDE_BIAS);
+        if (e > HD_GC_SIDE_BIAS) {
+            for (uint32_t i = 0, n = o->nslots; i < n; i++)
+                if (o->slots[i]) side_visit(rb, side, o->slots[i], young);
+            if (o->gc_prev != prev) o->gc_prev = prev;
+            uint16_t f = (uint16_t)((with_gen(o->flags, gen_after) & keep) | set);
+            if (o->flags != f) o->flags = f;
+            prev = r;
+            nreachable++;
+        } else {
+            link_at(rb, prev)->gc_next = o->gc_next;
+            hd_ref_t last = us->gc_prev;
+            link_at(rb, last)->gc_next = r;
+            o->gc_prev = last;
+            o->gc_next = unreachable;
+            us->gc_prev = r;
+            o->flags |= HD_OF_COLLECTING | HD_OF_UNREACHABLE;
+            side[r >> 1] = HD_GC_SIDE_UNREACH;
+        }
+    }
+    link_at(rb, young)->gc_prev = prev;
+    return nreachable;
+}
+
+/* The table for a collection of generations 0..g, charged, or NULL (then the other path
+ * runs): not wanted, refused by the limits or by the hook. *bytes: what to give back. */
+static uint32_t *side_table(hd_heap_t *h, int g, size_t *bytes) {
+    hd_gcstate_t *gc = &h->gc;
+    if (gc->side == HD_GC_SIDE_NEVER) return NULL;
+    size_t n = (size_t)h->alloc.nregions * HD_GC_SIDE_REGION_ENTRIES;
+    *bytes = n * sizeof(uint32_t);
+    if (gc->side == HD_GC_SIDE_AUTO) {
+        uint64_t young = h->ncontainers - gc->nfrozen; /* g == 2: every tracked one else */
+        if (g < 2 || young < HD_GC_SIDE_MIN || *bytes / HD_GC_SIDE_PER_OBJ > young) return NULL;
+    }
+    /* A refusal is no error of anyone's: the reason the heap reports stays what it was. */
+    const char *why = h->acct.why;
+    if (hd__charge(&h->acct, HD_CHARGE_collector, *bytes) < 0) {
+        h->acct.why = why;
+        return NULL;
+    }
+    uint32_t *side = hd__calloc(n, sizeof *side);
+    if (!side) hd__uncharge(&h->acct, HD_CHARGE_collector, *bytes);
+    return side;
+}
+
+static void side_free(hd_heap_t *h, uint32_t *side, size_t bytes) {
+    hd__free(side);
+    hd__uncharge(&h->acct, HD_CHARGE_collector, bytes);
+}
+
+/* After this, as after update_and_subtract_refs and move_unreachable: young holds what is
+ * reachable from outside it, unreachable the rest. Returns the size of young. Through the
+ * side table when there is one and every young refcnt fits it, else through the objects. */
+static uint64_t find_unreachable(hd_heap_t *h, hd_ref_t young, hd_ref_t unreachable, int g,
+                                 int gen_old) {
+    size_t bytes = 0;
+    uint32_t *side = side_table(h, g, &bytes);
+    if (side) {
+        uint64_t n = 0;
+        bool ok = side_subtract(h, young, g, side);
+        if (ok) n = side_move_unreachable(h, young, unreachable, gen_old, side);
+        side_free(h, side, bytes);
+        if (ok) return n;
+    }
+    update_and_subtract_refs(h, young, g);
+    return move_unreachable(h, young, unreachable, gen_old);
+}
+
 /* What move_legacy_finalizers learnt about the unreachable set. */
 typedef struct split_s {
     uint64_t nunreachable; /* unreachable objects, legacy ones included */
@@ -570,9 +777,8 @@ static uint64_t collect_main(hd_heap_t *h, int g, uint64_t *ncollected, uint64_t
     HD_ASSERT_EXPENSIVE(list_ok(h, young, -1));
     HD_ASSERT_EXPENSIVE(young == old || list_ok(h, old, gen_old));
 
-    update_and_subtract_refs(h, young, g);
     hd__gc_list_init(h, UNREACHABLE_LIST);
-    uint64_t nsurvivors = move_unreachable(h, young, UNREACHABLE_LIST, gen_old);
+    uint64_t nsurvivors = find_unreachable(h, young, UNREACHABLE_LIST, g, gen_old);
     HD_ASSERT_EXPENSIVE(list_ok(h, young, gen_old));
 
     /* After this, the survivors are in old; the long-lived counts are updated before any

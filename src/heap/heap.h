@@ -167,7 +167,7 @@ uint64_t hd_heap_work(const hd_heap_t *h);
     XX(snapshots, "trace snapshots")                                                               \
     XX(cursors, "open gc_get_objects cursors")                                                     \
     XX(events, "queued events")                                                                    \
-    XX(collector, "the collector's garbage list")                                                  \
+    XX(collector, "the collector's garbage list, mark stack and side table")                       \
     XX(buffers, "the daemon's buffers for the session: unsent output, the frame being read")       \
     XX(session, "the session's records: heap struct, daemon's session, replay window")
 

@@ -606,6 +606,7 @@ typedef struct hd_gcstate_s {
     void (*callback)(void *ctx, const hd_gc_info_t *info); /* hd_gc_set_callback, or NULL */
     void *callback_ctx;
     hd_gcinc_t inc; /* the incremental collector (gcinc.c) */
+    int side;       /* gc.c: when a collection keeps gc_refs in a side table (HD_GC_SIDE_*) */
 } hd_gcstate_t;
 
 /* One interned string. A live id names its string and counts its references: each live object
@@ -969,6 +970,11 @@ void hd__gc_report(hd_heap_t *h, int generation, uint64_t collected, uint64_t un
 bool hd__gc_reserve_garbage(hd_heap_t *h, uint64_t need);
 void hd__gc_garbage_push(hd_heap_t *h, hd_ref_t r, hd_obj_t *o);
 uint64_t hd__gc_now_ns(void);
+/* When collections keep gc_refs in a side table rather than in the objects (gc.c, "The side
+ * table"): AUTO (full collections of large heaps, the default), ALWAYS (every collection
+ * that can: tests, so that small heaps take that path too) or NEVER. Same results either way. */
+enum { HD_GC_SIDE_AUTO = 0, HD_GC_SIDE_ALWAYS = 1, HD_GC_SIDE_NEVER = 2 };
+void hd__gc_set_side(hd_heap_t *h, int mode);
 
 /* ------------------------------------------------------------------------------------------ */
 /* gcinc.c                                                                                     */

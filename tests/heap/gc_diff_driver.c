@@ -38,9 +38,13 @@
  * come): test_gc_diff.py then compares only what must not depend on when garbage is found,
  * the FINALIZED events as a set and the containers alive at the end.
  *
+ * With --side always (first) every collection keeps gc_refs in the collector's side table
+ * (gc.c), which by default only full collections of large heaps do; --side never: never.
+ *
  * Exit status 2 on a malformed program or an engine error.
  */
 #include "heap.h"
+#include "internal.h" /* hd__gc_set_side */
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -177,17 +181,29 @@ int main(int argc, char **argv) {
     hd_heap_config_t cfg;
     hd_heap_config_init(&cfg);
     cfg.gc_enabled = 0;
+    int side = HD_GC_SIDE_AUTO;
+    if (argc >= 3 && strcmp(argv[1], "--side") == 0) {
+        if (strcmp(argv[2], "always") == 0)
+            side = HD_GC_SIDE_ALWAYS;
+        else if (strcmp(argv[2], "never") == 0)
+            side = HD_GC_SIDE_NEVER;
+        else
+            die("bad --side", 0, 0);
+        argc -= 2;
+        argv += 2;
+    }
     int incremental = argc == 3 && strcmp(argv[1], "--incremental") == 0;
     if (incremental) {
         cfg.gc_mode = HD_GC_INCREMENTAL;
         cfg.gc_increment_objects = strtoull(argv[2], NULL, 10);
         if (!cfg.gc_increment_objects) die("bad --incremental", 0, 0);
     } else if (argc != 1) {
-        die("usage: gc_diff_driver [--incremental K] < program", 0, 0);
+        die("usage: gc_diff_driver [--side always|never] [--incremental K] < program", 0, 0);
     }
     hd_heap_t *h = NULL;
     int rc = hd_heap_new(&cfg, &h);
     if (rc < 0) die("hd_heap_new", 0, rc);
+    hd__gc_set_side(h, side);
     hd_events_set_mask(h, HD_EVMASK_ALL);
 
     char buf[256];

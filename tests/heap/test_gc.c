@@ -5,10 +5,12 @@
  * (with the long-lived damper), collect(g) with older generations as roots, freeze,
  * is_tracked, get_referrers, get_referents, get_objects paging, DEBUG_SAVEALL and the
  * garbage list, legacy finalizers, the order of weak reference and finalizer events, GC
- * events, the seeds' examples, error codes, out-of-memory and long chains. The differential
+ * events, the seeds' examples, error codes, out-of-memory and long chains, and the side table
+ * (full collections of large heaps) against the objects' path. The differential
  * test (test_gc_diff.py) checks random programs against CPython itself.
  */
 #include "testutil.h"
+#include "internal.h" /* hd__gc_set_side: the collector's two paths */
 
 #include <limits.h>
 #include <stdlib.h>
@@ -1252,6 +1254,204 @@ static void test_long_chains(void **state) {
     assert_int_equal(live_objects(h), 0);
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* The side table (gc.c): full collections of large heaps keep gc_refs beside the objects.    */
+/* ------------------------------------------------------------------------------------------ */
+
+static uint64_t side_rng;
+static uint32_t side_rnd(uint32_t n) {
+    side_rng ^= side_rng << 13;
+    side_rng ^= side_rng >> 7;
+    side_rng ^= side_rng << 17;
+    return (uint32_t)(side_rng % n);
+}
+
+/* The index of h in v[0..n), or -1. */
+static long index_of(const hd_handle_t *v, long n, hd_handle_t h) {
+    for (long i = 0; i < n; i++)
+        if (v[i] == h) return i;
+    return -1;
+}
+
+/* What a program on one heap shows its client, as numbers (object and weak reference
+ * indices, not handles, so that two heaps compare). */
+typedef struct side_log_s {
+    long *v;
+    long n, cap;
+} side_log_t;
+
+static void side_put(side_log_t *log, long x) {
+    assert_true(log->n < log->cap);
+    log->v[log->n++] = x;
+}
+
+/* A collection's value, its events, then every tracked object in get_objects order with its
+ * generation. */
+static void side_record(hd_heap_t *h, const hd_handle_t *v, long n, const hd_weak_t *weak,
+                        long nweak, uint64_t found, side_log_t *log) {
+    hd_event_t ev;
+    side_put(log, (long)found);
+    while (pop(h, &ev)) {
+        long what = ev.generation;
+        if (ev.type == HD_EV_FINALIZED) what = index_of(v, n, ev.handle);
+        if (ev.type == HD_EV_WEAKREF_CLEARED)
+            for (what = 0; what < nweak && weak[what] != ev.weak; what++)
+                ;
+        side_put(log, 1000000 + ev.type);
+        side_put(log, what);
+    }
+    hd_handles_t hv = {0};
+    uint64_t cursor = 0;
+    assert_int_equal(hd_gc_get_objects(h, -1, &cursor, SIZE_MAX, 0, &hv), 0);
+    assert_int_equal(cursor, 0);
+    for (size_t i = 0; i < hv.n; i++) {
+        side_put(log, index_of(v, n, hv.v[i]));
+        side_put(log, gen_of(h, hv.v[i]));
+    }
+    hd_handles_free(&hv);
+}
+
+/* One program on a heap collecting through the side table (side) or the objects: objects of
+ * 0..4 slots linked at random, some with finalizers, a few legacy ones, weak references,
+ * frozen and older objects as roots, DEBUG_SAVEALL for one collection; the client lets go of
+ * most. */
+static void side_program(int side, side_log_t *log) {
+    enum { N = 1500 };
+    hd_heap_t *h = tu_heap();
+    hd__gc_set_side(h, side);
+    hd_events_set_mask(h, HD_EVMASK_ALL);
+    hd_handle_t *v = calloc(N, sizeof *v);
+    hd_weak_t *weak = calloc(N, sizeof *weak);
+    long nweak = 0;
+    assert_non_null(v);
+    assert_non_null(weak);
+    side_rng = 0x2545f4914f6cdd1dull;
+    for (long i = 0; i < N; i++) {
+        uint32_t k = side_rnd(16), nslots = k < 2 ? 0 : 1 + side_rnd(4);
+        unsigned flags = side_rnd(7) == 0 ? HD_OBJ_FINALIZER : 0;
+        if (nslots && side_rnd(40) == 0) flags |= HD_OBJ_LEGACY_FINALIZER;
+        v[i] = obj_flags(h, nslots, flags, NULL);
+        if (side_rnd(9) == 0) assert_int_equal(hd_weakref_new(h, v[i], 1, &weak[nweak++]), 0);
+        if (i % 500 == 499) { /* a young collection now and then: older roots */
+            uint64_t found = collect(h, (int)side_rnd(2));
+            side_record(h, v, N, weak, nweak, found, log);
+        }
+        if (i == 700) hd_gc_freeze(h);
+    }
+    for (long i = 0; i < N; i++) {
+        hd_obj_info_t info;
+        assert_int_equal(hd_obj_info(h, v[i], &info), 0);
+        for (uint32_t s = 0; s < info.nslots; s++)
+            if (side_rnd(5)) link(h, v[i], s, v[side_rnd(N)]);
+    }
+    for (long i = 0; i < N; i++)
+        if (side_rnd(10)) drop(h, v[i]); /* v[i] may be freed now: its index stays */
+    static const int gens[] = {0, 1, 2, 0, 2, 1, 2};
+    for (size_t k = 0; k < sizeof gens / sizeof gens[0]; k++) {
+        hd_gc_set_debug(h, k == 3 ? HD_GC_DEBUG_SAVEALL : 0);
+        uint64_t found = collect(h, gens[k]);
+        side_record(h, v, N, weak, nweak, found, log);
+        if (k == 4) hd_gc_unfreeze(h);
+        if (k == 5) hd_gc_garbage_clear(h);
+    }
+    assert_int_equal(hd_heap_charges_verify(h), 0);
+    hd_charges_t ch;
+    hd_heap_charges(h, &ch);
+    side_put(log, (long)ch.collector); /* the table is given back with its collection */
+    hd_heap_free(h);
+    free(v);
+    free(weak);
+}
+
+/* Both paths tell the client the same: every value, event and list order. */
+static void test_side_table_same_results(void **state) {
+    (void)state;
+    enum { CAP = 200000 };
+    side_log_t a = {calloc(CAP, sizeof(long)), 0, CAP}, b = {calloc(CAP, sizeof(long)), 0, CAP};
+    assert_non_null(a.v);
+    assert_non_null(b.v);
+    side_program(HD_GC_SIDE_ALWAYS, &a);
+    side_program(HD_GC_SIDE_NEVER, &b);
+    assert_int_equal(a.n, b.n);
+    for (long i = 0; i < a.n; i++)
+        assert_int_equal(a.v[i], b.v[i]);
+    assert_true(a.n > 3000); /* the objects were listed, not just the counts */
+    free(a.v);
+    free(b.v);
+}
+
+/* A ring of n two-slot nodes, each pointing at the next and the previous; the first held. */
+static hd_handle_t side_ring(hd_heap_t *h, long n) {
+    hd_handle_t first = tu_obj(h, 2, 0), prev = first;
+    for (long i = 1; i < n; i++) {
+        hd_handle_t o = tu_obj(h, 2, 0);
+        link(h, prev, 0, o);
+        link(h, o, 1, prev);
+        if (prev != first) drop(h, prev);
+        prev = o;
+    }
+    link(h, prev, 0, first);
+    if (prev != first) drop(h, prev);
+    return first;
+}
+
+/* By default a full collection of a large heap allocates its table (the hook sees it); a
+ * young one never does. Refused by the hook or by max_bytes, the collection runs through the
+ * objects with the same result, and the reason the heap gives for its last refusal stays. */
+static void test_side_table_refused(void **state) {
+    hd_heap_t *h = TU_HEAP(state);
+    enum { N = 40000 };
+    hd_handle_t keep = side_ring(h, N), lost = side_ring(h, N);
+    drop(h, lost);
+    tu_fail_nth(1);
+    assert_int_equal(collect(h, 0), N);
+    assert_false(tu_failed());
+    lost = side_ring(h, N);
+    drop(h, lost);
+    tu_fail_nth(1);
+    assert_int_equal(collect(h, 2), N);
+    assert_true(tu_failed());
+    tu_fail_nth(0);
+    assert_int_equal(live_objects(h), N);
+
+    hd__gc_set_side(h, HD_GC_SIDE_ALWAYS);
+    lost = side_ring(h, N);
+    drop(h, lost);
+    hd_heap_set_limits(h, hd_heap_charged(h), 0);
+    assert_string_equal(hd_heap_why(h), "");
+    assert_int_equal(collect(h, 2), N);
+    assert_string_equal(hd_heap_why(h), "");
+    assert_int_equal(live_objects(h), N);
+    hd_heap_set_limits(h, 0, 0);
+    assert_int_equal(hd_heap_charges_verify(h), 0);
+    drop(h, keep);
+    assert_int_equal(collect(h, 2), N);
+    assert_int_equal(live_objects(h), 0);
+}
+
+/* A refcount too large for an entry sends the collection through the objects. At
+ * UINT32_MAX, with no slot pointing at it, an entry would read BIAS + 2^32 - 1, which is
+ * UNREACH: x would be taken for garbage. */
+static void test_side_table_large_refcount(void **state) {
+    hd_heap_t *h = TU_HEAP(state);
+    hd__gc_set_side(h, HD_GC_SIDE_ALWAYS);
+    hd_handle_t x = tu_obj(h, 1, 0), a = tu_obj(h, 1, 0), b = tu_obj(h, 1, 0);
+    link(h, a, 0, b);
+    link(h, b, 0, a);
+    drop(h, a);
+    drop(h, b);
+    assert_int_equal(hd_incref(h, x, UINT32_MAX - 1), 0);
+    assert_int_equal(tu_refcnt(h, x), UINT32_MAX);
+    assert_int_equal(collect(h, 2), 2);
+    assert_true(tu_alive(h, x));
+    assert_int_equal(tu_refcnt(h, x), UINT32_MAX);
+    assert_int_equal(hd_decref(h, x, UINT32_MAX - 1), 0);
+    link(h, x, 0, x);
+    drop(h, x);
+    assert_int_equal(collect(h, 2), 1);
+    assert_int_equal(live_objects(h), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_seed_node_cycle, tu_setup, tu_teardown),
@@ -1290,6 +1490,9 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_oom, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_oom_garbage_list, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_long_chains, tu_setup, tu_teardown),
+        cmocka_unit_test(test_side_table_same_results),
+        cmocka_unit_test_setup_teardown(test_side_table_refused, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_side_table_large_refcount, tu_setup, tu_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -49,6 +49,9 @@ span many mutations: every barrier is exercised), against CPython's full collect
 containers alive at the end, after the program's last complete collection, and the set of
 FINALIZED events must be the same.
 
+Odd seeds run the driver with --side always (every collection keeps gc_refs in the
+collector's side table, gc.c), even ones with --side never: both paths agree with CPython.
+
 Usage: test_gc_diff.py DRIVER [--seeds N] [--ops N] [--seed S] [--incremental]
 Only the standard library of /usr/bin/python3 is used. On a divergence the test fails with
 the seed, the first differing line and the program saved to a file for replay.
@@ -386,7 +389,9 @@ def timeless(program):
 def check(driver, seed, nops, incremental=False):
     """None if the engine and CPython agree on this program, else a report."""
     program = gen_program(seed, nops)
-    argv = [driver]
+    # Odd seeds collect through the side table (gc.c), even ones through the objects: the
+    # two paths must give CPython's results alike.
+    argv = [driver] + (["--side", "always"] if seed % 2 else ["--side", "never"])
     if incremental:
         program = timeless(program)
         argv += ["--incremental", str(random.Random(seed).choice((1, 2, 5, 16, 64)))]
