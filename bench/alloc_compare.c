@@ -241,46 +241,72 @@ static void run_fini(run_t *r) {
 }
 
 /* The measured loops, one per allocator kind so that the peers' calls are the only
- * indirection. Hot: the victim is the block allocated LIVE_HOT pairs ago. */
+ * indirection. Each keeps its state in locals (registers), so that a pair costs the
+ * allocator's calls and as little harness as possible, the same for every allocator; heapd's
+ * argument struct is filled once, its size set per pair (what a caller allocating objects of
+ * one shape does). Hot: the victim is the block allocated LIVE_HOT pairs ago. */
 static void pairs_hot(run_t *r, long pairs) {
+    long i = r->i, end = r->i + pairs;
     if (r->alloc == A_HEAPD) {
         hd_heap_t *h = r->h;
-        for (long k = 0; k < pairs; k++, r->i++) {
-            size_t j = (size_t)r->i & (LIVE_HOT - 1);
-            hd_handle_t o = heapd_alloc(h, 32 + ((size_t)r->i & 31));
-            if (r->hv[j] && hd_decref(h, r->hv[j], 1) < 0) die("hd_decref failed");
-            r->hv[j] = o;
+        hd_handle_t *hv = r->hv;
+        hd_alloc_args_t args = {0};
+        for (; i < end; i++) {
+            size_t j = (size_t)i & (LIVE_HOT - 1);
+            hd_handle_t o;
+            args.size = (uint32_t)(i & 31); /* 32-byte header + extension + payload */
+            if (hd_alloc(h, &args, &o) < 0) die("hd_alloc failed");
+            if (hv[j] && hd_decref(h, hv[j], 1) < 0) die("hd_decref failed");
+            hv[j] = o;
         }
     } else {
         const alloc_t *a = &allocs[r->alloc];
-        for (long k = 0; k < pairs; k++, r->i++) {
-            size_t j = (size_t)r->i & (LIVE_HOT - 1);
-            void *p = peer_alloc(a, 32 + ((size_t)r->i & 31));
-            a->free(r->pv[j]); /* free(NULL) while the ring fills */
-            r->pv[j] = p;
+        void *(*m)(size_t) = a->malloc;
+        void (*f)(void *) = a->free;
+        void **pv = r->pv;
+        for (; i < end; i++) {
+            size_t j = (size_t)i & (LIVE_HOT - 1);
+            void *p = m(32 + ((size_t)i & 31));
+            if (!p) die("out of memory");
+            memset(p, 0, 32 + ((size_t)i & 31));
+            f(pv[j]); /* free(NULL) while the ring fills */
+            pv[j] = p;
         }
     }
+    r->i = i;
 }
 
 /* 4M live: free a random victim, allocate its replacement of a random size. */
 static void pairs_live(run_t *r, long pairs) {
+    uint64_t seed = r->seed;
+    size_t nlive = r->nlive;
     if (r->alloc == A_HEAPD) {
         hd_heap_t *h = r->h;
+        hd_handle_t *hv = r->hv;
+        hd_alloc_args_t args = {0};
         for (long k = 0; k < pairs; k++) {
-            uint64_t x = next_rand(&r->seed);
-            size_t j = (size_t)((x >> 16) % r->nlive);
-            if (hd_decref(h, r->hv[j], 1) < 0) die("hd_decref failed");
-            r->hv[j] = heapd_alloc(h, 32 + (x & 31));
+            uint64_t x = next_rand(&seed);
+            size_t j = (size_t)((x >> 16) % nlive);
+            if (hd_decref(h, hv[j], 1) < 0) die("hd_decref failed");
+            args.size = (uint32_t)(x & 31);
+            if (hd_alloc(h, &args, &hv[j]) < 0) die("hd_alloc failed");
         }
     } else {
         const alloc_t *a = &allocs[r->alloc];
+        void *(*m)(size_t) = a->malloc;
+        void (*f)(void *) = a->free;
+        void **pv = r->pv;
         for (long k = 0; k < pairs; k++) {
-            uint64_t x = next_rand(&r->seed);
-            size_t j = (size_t)((x >> 16) % r->nlive);
-            a->free(r->pv[j]);
-            r->pv[j] = peer_alloc(a, 32 + (x & 31));
+            uint64_t x = next_rand(&seed);
+            size_t j = (size_t)((x >> 16) % nlive);
+            f(pv[j]);
+            void *p = m(32 + (x & 31));
+            if (!p) die("out of memory");
+            memset(p, 0, 32 + (x & 31));
+            pv[j] = p;
         }
     }
+    r->seed = seed;
 }
 
 typedef struct workload_s {

@@ -149,6 +149,7 @@ static int table_grow(hd_alloc_t *a, uint32_t need) {
     a->nfp2lasta = nfp2lasta;
     a->nregions = n;
     a->region_cap = cap;
+    a->ref_end = (uint64_t)cap << HD_REF_GRANULE_BITS;
     return 0;
 }
 
@@ -272,9 +273,10 @@ static hd_arena_t *arena_new(hd_alloc_t *a) {
         return NULL;
     }
 
-    /* From here nothing can fail. The descriptors are written as pools are carved. */
+    /* From here nothing can fail. The descriptors are written as pools are carved; until
+     * then they are zeros, which hd__alloc_check_fast refuses every ref into. */
     uintptr_t first = ((uintptr_t)base + HD_POOL_SIZE - 1) & ~(uintptr_t)(HD_POOL_SIZE - 1);
-    memset((char *)ar + sizeof ar->pools, 0, sizeof *ar - sizeof ar->pools);
+    memset(ar, 0, sizeof *ar);
     ar->base = base;
     ar->pool_first = (char *)first;
     ar->first_off = (uint32_t)((first - (uintptr_t)base) >> HD_ALIGN_SHIFT);
@@ -411,7 +413,7 @@ static hd_pool_t *pool_new(hd_alloc_t *a, uint32_t c) {
 
     /* A pool that served class c before keeps its free list and carve point. */
     if (pool->szidx != c) {
-        pool->szidx = (uint8_t)c;
+        hd__pool_set_class(pool, c);
         pool->freeblock = NULL;
         pool->nextoffset = 0;
     }
@@ -552,18 +554,19 @@ void hd__alloc_large_free(hd_alloc_t *a, void *p, hd_ref_t ref) {
 
 /* The slow path of a free: the pool was full (back onto its class list, at the front as
  * CPython does) or is now empty (back to its arena). */
-void hd__alloc_refile(hd_alloc_t *a, hd_pool_t *pool) {
+int hd__alloc_refile(hd_alloc_t *a, hd_pool_t *pool) {
     if (pool->full) {
         pool->full = 0;
         if (pool->count > 0) {
             usedpool_push(a, pool);
-            return;
+            return 0;
         }
     } else {
         usedpool_unlink(a, pool);
     }
     pool_release(a, pool);
     HD_ASSERT_EXPENSIVE(arenas_ok(a));
+    return 0;
 }
 
 /* ========================================================================================== */

@@ -34,7 +34,7 @@ static uint64_t random_check_seed(const void *salt) {
         x = ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)ts.tv_nsec ^ (uint64_t)(uintptr_t)salt;
         x *= 0x9E3779B97F4A7C15ull;
     }
-    return x ? x : 0x9E3779B97F4A7C15ull; /* xorshift's state must not be 0 */
+    return x; /* any state will do: hd__next_check skips a zero check */
 }
 
 int hd_heap_new(const hd_heap_config_t *cfg, hd_heap_t **out) {
@@ -73,6 +73,7 @@ void hd_heap_free(hd_heap_t *h) {
 void hd_heap_set_limits(hd_heap_t *h, uint64_t max_bytes, uint64_t max_objects) {
     h->max_bytes = h->acct.max = max_bytes;
     h->max_objects = max_objects;
+    h->fast_left = 0; /* the next allocation looks at the new limits (object.c:fast_budget) */
 }
 
 const char *hd_heap_why(const hd_heap_t *h) {

@@ -175,6 +175,8 @@ typedef struct hd_block_s {
  *          ref + (offset >> 4); pools are 16 KiB aligned, so offset = address & 16383
  * where size == HD_CLASS_SIZE(szidx). Lists link pools by ref (0 = none), which keeps the
  * descriptor at 32 bytes, two to a cache line; only the slow paths follow them.
+ *   size == HD_CLASS_SIZE(szidx), divm == HD_DIVM32(size) once the pool has a class
+ *   (hd__pool_set_class).
  */
 typedef struct hd_pool_s {
     hd_block_t *freeblock; /* first free block; NULL if none (some may remain to carve) */
@@ -185,9 +187,17 @@ typedef struct hd_pool_s {
     uint16_t nextoffset;   /* offset of the next block to carve */
     uint8_t szidx;         /* size class; HD_NOCLASS before the pool's first use */
     uint8_t full;          /* taken off usedpools: nothing left to hand out */
+    uint16_t size;         /* HD_CLASS_SIZE(szidx): the block size, what a block is charged */
+    uint32_t divm;         /* HD_DIVM32(size), for the handle check's block-grid test */
 } hd_pool_t;
 
 #define HD_NOCLASS 0xffu
+
+/* Divisibility without division (Lemire, Kaser and Kurz, "Faster remainder by direct
+ * computation", 2019): for an offset x < 2^14 inside a pool and a block size d (16..512),
+ * x % d == 0 iff (uint32_t)(x * M) < M with M = 2^32 / d rounded up (32 bits suffice: 14
+ * bits of x + 9 of d <= 32). tests/heap/test_alloc.c checks every pair. */
+#define HD_DIVM32(d) ((uint32_t)(UINT32_MAX / (d)) + 1u)
 /* Blocks of class c in a pool: 1024 of 16 bytes .. 32 of 512 bytes. */
 #define HD_POOL_BLOCKS(c) (HD_POOL_SIZE / HD_CLASS_SIZE(c))
 /* A block's offset in its pool: pools are 16 KiB aligned inside their arena. */
@@ -209,7 +219,8 @@ _Static_assert(HD_POOL_SIZE % 4096 == 0, "pools are whole pages, so a free pool'
  *   ntotalpools * HD_POOL_SIZE + (pool_first != base ? HD_POOL_SIZE : 0) == HD_ARENA_SIZE
  *   on usable_arenas  <=>  nfreepools > 0
  *   region_base[region + i] == base + i * HD_REGION_SIZE, chunks[region / 16].arena == this
- *   pools[i] describes the pool at pool_first + i * HD_POOL_SIZE, for i < ncarved
+ *   pools[i] describes the pool at pool_first + i * HD_POOL_SIZE, for i < ncarved;
+ *   pools[i] is all zeros for i >= ncarved (nextoffset 0: no ref checks into it)
  *   first_off == (pool_first - base) / 16: the granule of the first pool in the arena's refs
  */
 typedef struct hd_arena_s {
@@ -247,7 +258,9 @@ typedef struct hd_chunk_s {
     uint32_t next;     /* next chunk on its list, HD_NOCHUNK at the end */
     uint32_t prev;     /* previous chunk on chunks_large / chunks_full */
     uint32_t used;     /* large chunk: the regions in use, one bit each */
+    uint32_t pad[3];   /* 32 bytes: a ref's chunk is one shift away (hd__alloc_check_fast) */
 } hd_chunk_t;
+_Static_assert(sizeof(hd_chunk_t) == 32, "a chunk record is a power of two");
 
 /* Invariants (alloc.c explains the chunks, pools and arenas behind them):
  *   region_base[0] == the heap's sentinel area; region_base[r] == NULL for a free region.
@@ -267,6 +280,8 @@ typedef struct hd_chunk_s {
 typedef struct hd_alloc_s {
     hd_account_t *acct;            /* the heap's: pools, arena records, tables, large blocks */
     int fail;                      /* why the last hd__alloc_block failed: HD_ENOMEM/ELIMIT */
+    uint64_t ref_end;              /* region_cap << 12 once the table left the inline one,
+                                    * else 0: every ref below it has a chunk table entry */
     char **region_base;            /* region -> base address (64 KiB covered) */
     uint64_t *region_large;        /* region -> bytes of its large allocation, else 0 */
     struct hd_chunk_s *chunks;     /* chunk (16 regions) -> alloc.c's record */
@@ -336,7 +351,7 @@ static inline hd_ref_t hd__pool_block_ref(const hd_pool_t *pool, const void *bp)
 HD_NOINLINE void *hd__alloc_refill(hd_alloc_t *a, size_t n, hd_ref_t *ref);
 /* The slow paths of hd__alloc_free: a large block; a pool that was full or is now empty. */
 HD_NOINLINE void hd__alloc_large_free(hd_alloc_t *a, void *p, hd_ref_t ref);
-HD_NOINLINE void hd__alloc_refile(hd_alloc_t *a, hd_pool_t *pool);
+HD_NOINLINE int hd__alloc_refile(hd_alloc_t *a, hd_pool_t *pool); /* 0, for tail calls */
 
 /* Returns a 16-byte aligned block of at least n bytes (n >= 1) and its ref in *ref; NULL when
  * the hook fails or the region table is full (a->fail = HD_ENOMEM) or the new pool, arena or
@@ -407,6 +422,56 @@ static inline void *hd__alloc_check(const hd_alloc_t *a, hd_ref_t ref) {
     return ar->pool_first + ((size_t)off << HD_ALIGN_SHIFT);
 }
 
+/* Sets a pool's class (and the grid test's constant that goes with it). */
+static inline void hd__pool_set_class(hd_pool_t *pool, uint32_t c) {
+    pool->szidx = (uint8_t)c;
+    pool->size = (uint16_t)HD_CLASS_SIZE(c);
+    pool->divm = HD_DIVM32(HD_CLASS_SIZE(c));
+}
+
+/*
+ * The handle check's fast path: if ref names a block of a pool that has been handed out (in
+ * use now, or freed since), sets *block and *pool and returns true; false for everything
+ * else, a large allocation and a bad ref alike, which the caller then takes through
+ * hd__alloc_check. Calls nothing, so a caller's fast path stays a leaf function.
+ * About 25 instructions on x86-64, reading the chunk table, the arena record's line that holds
+ * first_off and pool_first, and the pool's descriptor, all lines that stay cached while their
+ * pools are in use, and nothing of the pool itself. Unlike hd__alloc_check it does not test
+ * count or ncarved: a descriptor beyond ncarved is all zeros (nextoffset 0 refuses every
+ * granule), and every block below a pool's nextoffset that is not in use holds the check 0,
+ * which no handle carries, so the caller's compare with the handle's check refuses it.
+ */
+static inline bool hd__alloc_check_fast(const hd_alloc_t *a, hd_ref_t ref, void **block,
+                                        hd_pool_t **pool) {
+    /* Below ref_end the chunk table has an entry (an arena's, or NULL); 0 while inline. */
+    if (HD_UNLIKELY(ref >= a->ref_end)) return false;
+    hd_arena_t *ar = a->chunks[ref >> (HD_REF_GRANULE_BITS + 4)].arena;
+    if (HD_UNLIKELY(!ar)) return false;
+    /* Granules from the arena's first pool; below it, the subtraction wraps past 64 pools. */
+    uint32_t off = (ref & (HD_ARENA_SIZE / HD_ALIGN - 1)) - ar->first_off;
+    if (HD_UNLIKELY(off >= HD_ARENA_SIZE / HD_ALIGN)) return false;
+    size_t bytes = (size_t)off << HD_ALIGN_SHIFT; /* from pool_first */
+    hd_pool_t *p = &ar->pools[bytes >> HD_POOL_BITS];
+    char *b = ar->pool_first + bytes;
+    uint32_t pos = (uint32_t)bytes & (HD_POOL_SIZE - 1); /* the offset in its pool */
+    if (HD_UNLIKELY((uint16_t)pos >= p->nextoffset)) return false;
+    uint32_t m = p->divm;
+    if (HD_UNLIKELY(pos * m >= m)) return false; /* pos % size != 0: inside a block */
+    *pool = p;
+    *block = b;
+    return true;
+}
+
+/* Pushes a block on its pool's free list (the pool from hd__alloc_check_fast): the rest of
+ * hd__alloc_free. True when the pool was full or is now empty: the caller must then call
+ * hd__alloc_refile(a, pool), which it can do as a tail call. */
+static inline bool hd__alloc_free_in(hd_pool_t *pool, void *p) {
+    hd_block_t *b = p;
+    b->next = pool->freeblock;
+    pool->freeblock = b;
+    return HD_UNLIKELY(--pool->count == 0) || HD_UNLIKELY(pool->full);
+}
+
 /* Frees a block returned by hd__alloc_block. Overwrites the block's first 8 bytes (its free
  * list link) and leaves the rest, so object.c's check at offset 16 keeps the 0 it wrote.
  * The fast path, about 12 instructions on x86-64: the chunk's arena tells large from small and
@@ -422,10 +487,7 @@ static inline void hd__alloc_free(hd_alloc_t *a, void *p, hd_ref_t ref) {
         return;
     }
     hd_pool_t *pool = &ar->pools[((uintptr_t)p - (uintptr_t)ar->pool_first) >> HD_POOL_BITS];
-    hd_block_t *b = p;
-    b->next = pool->freeblock;
-    pool->freeblock = b;
-    if (HD_UNLIKELY((--pool->count == 0) | pool->full)) hd__alloc_refile(a, pool);
+    if (hd__alloc_free_in(pool, p)) hd__alloc_refile(a, pool);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -677,6 +739,7 @@ struct hd_tracestate_s; /* trace.c's own, allocated on first use */
 /* Invariants:
  *   nobjects == live objects; nbytes == sum of hd__alloc_charge(block request) over them.
  *   max_objects == 0 || nobjects <= max_objects, unless the limit was lowered below use.
+ *   fast_left small objects more fit both limits, whatever is freed meanwhile; 0 while tracing.
  */
 struct hd_heap_s {
     _Alignas(HD_ALIGN) hd_gchead_t sentinels[HD_NSENTINELS]; /* region 0 */
@@ -686,7 +749,10 @@ struct hd_heap_s {
     uint64_t max_objects, max_bytes;
     uint64_t allocs_total, frees_total;
     uint64_t alloc_bytes_total; /* sum of the charges of every allocation */
-    uint64_t check_rng;         /* xorshift state drawing handle checks; never 0 */
+    uint64_t check_rng;         /* Weyl sequence drawing handle checks (hd__next_check) */
+    uint64_t fast_left;         /* allocations hd_alloc's fast path may still make without
+                                 * looking at the limits or tracing (object.c:fast_budget);
+                                 * 0 sends the next one down the general path */
     bool tracing;               /* trace.c: tracing is on (hd__tracing) */
     hd_intern_t tags, sites;
     hd_evqueue_t events;
@@ -705,18 +771,21 @@ static inline hd_handle_t hd__handle_of(const hd_obj_t *o, hd_ref_t r) {
     return ((uint64_t)o->check << 32) | r;
 }
 
-/* The next check for an object or weak handle: xorshift64* (Vigna), the high 32 bits of its
- * output, never 0. It has no short period for a reused block or weak entry to fall into,
- * and costs a handful of instructions. Objects and weak references draw from one sequence. */
+/* The next check for an object or weak handle: the high half of a 64-bit Weyl sequence
+ * (check_rng += 2^64 / golden ratio), never 0; 4 instructions. The step's ratio to 2^64 is
+ * the number worst approximated by fractions, so two draws fewer than 2^31 apart never share
+ * their high half (k * step mod 2^64 stays 2^32 or more from 0 for every k below the
+ * Fibonacci number 2,971,215,073; tests/heap/test_object.c checks a block reused a million
+ * times): a reused block's check differs from every one its stale handles carry for two
+ * billion draws, and after that matches with probability about 2^-32 per draw, as a random
+ * one would (a plain counter would repeat exactly after 2^32). Objects and weak references
+ * draw from one sequence. */
+#define HD_CHECK_STEP 0x9e3779b97f4a7c15ull
 static inline uint32_t hd__next_check(hd_heap_t *h) {
     uint32_t c;
     do {
-        uint64_t x = h->check_rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        h->check_rng = x;
-        c = (uint32_t)((x * 0x2545F4914F6CDD1Dull) >> 32);
+        h->check_rng += HD_CHECK_STEP;
+        c = (uint32_t)(h->check_rng >> 32);
     } while (HD_UNLIKELY(c == 0));
     return c;
 }

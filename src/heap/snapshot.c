@@ -478,6 +478,7 @@ static int load_arena(load_t *L) {
             p->count > p->nextoffset / size || p->full > 1 ||
             (p->full && (p->count == 0 || p->freeblock || p->nextoffset + size <= HD_POOL_SIZE)))
             return hd__sr_fail(r, "allocator: bad pool descriptor");
+        hd__pool_set_class(p, p->szidx); /* the derived fields, not in the stream */
     }
     for (uint32_t i = 0; i < ncarved; i++)
         if (load_pool(L, ar, i, olds[i])) return r->err;
@@ -937,7 +938,7 @@ static int load_heap(load_t *L) {
     h->check_rng = hd__sr_u64(r);
     uint8_t tracing = hd__sr_u8(r);
     if (r->err) return r->err;
-    if (h->check_rng == 0 || tracing > 1) return hd__sr_fail(r, "bad heap header");
+    if (tracing > 1) return hd__sr_fail(r, "bad heap header"); /* any check_rng will do */
     h->tracing = tracing;
     if (hd__intern_load(&h->tags, HD_MAX_TAG_LEN, r) ||
         hd__intern_load(&h->sites, HD_MAX_SITE_LEN, r))

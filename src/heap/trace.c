@@ -284,6 +284,7 @@ int hd_trace_start(hd_heap_t *h) {
         h->trace = ts;
     }
     h->tracing = true;
+    h->fast_left = 0; /* allocations take the general path, which traces (object.c) */
     return 0;
 }
 

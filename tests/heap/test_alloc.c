@@ -704,6 +704,97 @@ static void test_check_rejects(void **state) {
     fx_free(f);
 }
 
+/* The 32-bit divisibility constants of the handle check's grid test (internal.h HD_DIVM32):
+ * exact for every offset inside a pool and every block size. */
+static void test_divm32_exact(void **state) {
+    (void)state;
+    for (uint32_t c = 0; c < HD_NCLASSES; c++) {
+        uint32_t d = HD_CLASS_SIZE(c), m = HD_DIVM32(d);
+        for (uint32_t x = 0; x < HD_POOL_SIZE; x++) {
+            if ((x * m < m) != (x % d == 0))
+                fail_msg("HD_DIVM32(%u) wrong for offset %u", (unsigned)d, (unsigned)x);
+        }
+    }
+}
+
+/* What hd__alloc_check_fast says of a ref, beside hd__alloc_check: 0 refused, else 1 and the
+ * same block, or 2 for a block of a free pool (which the fast check lets through, its check
+ * word being 0 in a heap). */
+static int fast_vs_full(const hd_alloc_t *a, hd_ref_t ref) {
+    void *b = NULL;
+    hd_pool_t *pool = NULL;
+    void *full = hd__alloc_check(a, ref);
+    if (!hd__alloc_check_fast(a, ref, &b, &pool)) {
+        /* Only large allocations go the long way. */
+        if (full) assert_int_equal(ref & GRANULE_MASK, 0);
+        if (full) assert_null(hd__alloc_arena_of(a, ref));
+        return 0;
+    }
+    assert_non_null(pool);
+    assert_true(pool->divm == HD_DIVM32(pool->size) && pool->size == HD_CLASS_SIZE(pool->szidx));
+    uint32_t pos = (uint32_t)((uintptr_t)b & (HD_POOL_SIZE - 1));
+    assert_true(pos < pool->nextoffset && pos % pool->size == 0);
+    assert_int_equal(hd__pool_block_ref(pool, b), ref);
+    if (full) {
+        assert_ptr_equal(full, b);
+        return 1;
+    }
+    assert_int_equal(pool->count, 0);
+    return 2;
+}
+
+/* The handle check's fast path agrees with hd__alloc_check on every ref of every chunk in
+ * use, out-of-range refs and region 0: the same block for every block in use or freed in a
+ * pool in use, nothing inside blocks, beyond carve points, in pools never carved or before
+ * the first pool; only blocks of free pools (count 0) besides, whose objects' checks are 0. */
+static void test_check_fast_agrees(void **state) {
+    (void)state;
+    fx_t *f = fx_new();
+    hd_alloc_t *a = &f->a;
+    void *b;
+    hd_pool_t *pool;
+    /* An empty allocator: the table is inline, nothing passes. */
+    for (hd_ref_t r = 0; r < 64; r++)
+        assert_false(hd__alloc_check_fast(a, r, &b, &pool));
+    enum { N = 3000 };
+    ent_t *e = calloc(N, sizeof(*e));
+    assert_non_null(e);
+    rng_seed(16);
+    for (size_t i = 0; i < N; i++) {
+        e[i].n = i % 7 == 6 ? 600 + rng_below(2000) : 24 + rng_below(HD_SMALL_MAX - 23);
+        e[i].p = xalloc(a, e[i].n, &e[i].ref);
+    }
+    /* Free some at random, then a whole class (its pools go free), then reuse some of those
+     * pools for another class. */
+    for (size_t i = 0; i < N; i++)
+        if (rng_below(3) == 0 || (block_bytes(e[i].n) == 48 && e[i].n <= HD_SMALL_MAX)) {
+            hd__alloc_free(a, e[i].p, e[i].ref);
+            e[i].p = NULL;
+        }
+    for (size_t i = 0; i < 200; i++) {
+        hd_ref_t r;
+        xalloc(a, 200, &r);
+    }
+    /* Pools of their own for 1,000 blocks of 80 bytes, all freed: free pools, carved. */
+    ent_t *e80 = calloc(1000, sizeof(*e80));
+    assert_non_null(e80);
+    for (size_t i = 0; i < 1000; i++)
+        e80[i].p = xalloc(a, 80, &e80[i].ref);
+    for (size_t i = 0; i < 1000; i++)
+        hd__alloc_free(a, e80[i].p, e80[i].ref);
+    free(e80);
+    size_t verdicts[3] = {0, 0, 0};
+    for (uint32_t c = 0; c < a->nregions / HD_ARENA_REGIONS; c++)
+        for (uint32_t g = 0; g <= 0xffffu; g++)
+            verdicts[fast_vs_full(a, (c << 16) | g)]++;
+    assert_true(verdicts[1] > 1000 && verdicts[2] > 0);
+    for (uint64_t r = (uint64_t)a->nregions << HD_REF_GRANULE_BITS; r <= UINT32_MAX;
+         r += 0x10001u)
+        assert_false(hd__alloc_check_fast(a, (hd_ref_t)r, &b, &pool));
+    free(e);
+    fx_free(f);
+}
+
 /* ========================================================================================== */
 /* Walking blocks.                                                                            */
 /* ========================================================================================== */
@@ -1030,6 +1121,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_fullest_arena_first, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_large, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_check_rejects, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_divm32_exact, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_check_fast_agrees, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_foreach, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_stats_invariant_random, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_oom, tu_setup, tu_teardown),

@@ -284,6 +284,100 @@ static void test_handles(void **state) {
     hd_heap_free(h2);
 }
 
+/* hd_decref's fast path refuses what the general check refuses, even where the client has
+ * written look-alike headers: refs inside a block whose payload is forged checks, the blocks
+ * of a pool reused for another class whose payloads hold the old objects' checks at the old
+ * positions, a freed block, and check 0. Each refusal changes nothing. */
+static void test_decref_forged(void **state) {
+    hd_heap_t *h = TU_HEAP(state);
+    enum { FAKE = 0x5eed1234u };
+    /* 24 + 8 + 224 = 256 bytes: every granule of the payload can carry a fake header. */
+    hd_handle_t x = tu_obj(h, 0, 224);
+    unsigned char fake[224];
+    for (size_t off = 0; off + 16 <= sizeof fake; off += 16) {
+        /* A header at block offset 32 + off: refcnt and crefs 1 at +8, check at +16. */
+        uint32_t hdr[6] = {0, 0, 1, 1, FAKE, 0};
+        memcpy(fake + off, hdr + 2, 8);                              /* refcnt, crefs */
+        if (off + 24 <= sizeof fake) memcpy(fake + off + 8, hdr + 4, 4); /* check */
+    }
+    assert_int_equal(hd_write(h, x, 0, fake, sizeof fake), 0);
+    hd_heap_stats_t before, after;
+    hd_heap_stats(h, &before);
+    for (uint32_t g = 1; g < 16; g++) {
+        hd_handle_t f = (uint64_t)FAKE << 32 | ((uint32_t)x + g);
+        assert_int_equal(hd_decref(h, f, 1), HD_ENOOBJ);
+        assert_int_equal(hd_decref(h, (uint32_t)x + g, 1), HD_ENOOBJ); /* check 0 */
+    }
+    assert_int_equal(hd_decref(h, (uint32_t)x, 1), HD_ENOOBJ); /* check 0 at a block */
+    hd_heap_stats(h, &after);
+    assert_memory_equal(&before, &after, sizeof before);
+    assert_int_equal(tu_refcnt(h, x), 1);
+    assert_int_equal(hd_decref(h, x, 1), 0);
+    assert_int_equal(hd_decref(h, x, 1), HD_ENOOBJ); /* freed, its pool in use */
+
+    /* A pool of 48-byte objects, emptied, then reused for 64-byte ones. */
+    hd_heap_t *h2 = tu_heap();
+    enum { N48 = 16384 / 48 }; /* one pool (16 KiB) */
+    hd_handle_t *old = calloc(N48, sizeof *old);
+    assert_non_null(old);
+    for (int i = 0; i < N48; i++)
+        old[i] = tu_obj(h2, 0, 16); /* 24 + 8 + 16 = 48 */
+    for (int i = 0; i < N48; i++)
+        assert_int_equal(hd_decref(h2, old[i], 1), 0);
+    for (int i = 0; i < N48; i++)
+        assert_int_equal(hd_decref(h2, old[i], 1), HD_ENOOBJ); /* its pool free */
+    enum { N64 = 16384 / 64 };
+    hd_handle_t *nw = calloc(N64, sizeof *nw);
+    assert_non_null(nw);
+    for (int i = 0; i < N64; i++)
+        nw[i] = tu_obj(h2, 0, 32); /* 64 bytes, in the same pool */
+    assert_int_equal((uint32_t)nw[0], (uint32_t)old[0]);
+    /* Each old object's check where its header was: at block offset 16 of its old position,
+     * inside a new block's payload (which starts at offset 32 of the 64-byte block). */
+    for (int i = 0; i < N48; i++) {
+        uint32_t at = (uint32_t)i * 48 + 16, blk = at / 64, in = at % 64;
+        uint32_t chk = (uint32_t)(old[i] >> 32);
+        if (in >= 32 && in + 4 <= 64) assert_int_equal(hd_write(h2, nw[blk], in - 32, &chk, 4), 0);
+    }
+    hd_heap_stats(h2, &before);
+    for (int i = 0; i < N48; i++)
+        assert_int_equal(hd_decref(h2, old[i], 1), HD_ENOOBJ);
+    hd_heap_stats(h2, &after);
+    assert_memory_equal(&before, &after, sizeof before);
+    for (int i = 0; i < N64; i++)
+        assert_int_equal(hd_decref(h2, nw[i], 1), 0);
+    free(old);
+    free(nw);
+    hd_heap_free(h2);
+}
+
+/* A block reused a million times never draws a check it had before (internal.h
+ * hd__next_check: no two draws fewer than 2^31 apart share their value), so none of its stale
+ * handles names the object that holds it. */
+static int cmp_u32(const void *a, const void *b) {
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+static void test_checks_never_repeat(void **state) {
+    hd_heap_t *h = TU_HEAP(state);
+    enum { N = 1000000 };
+    uint32_t *checks = malloc(N * sizeof *checks);
+    assert_non_null(checks);
+    hd_handle_t o = tu_obj(h, 0, 8);
+    for (int i = 0; i < N; i++) {
+        checks[i] = (uint32_t)(o >> 32);
+        assert_int_equal(hd_decref(h, o, 1), 0);
+        hd_handle_t n = tu_obj(h, 0, 8);
+        assert_int_equal((uint32_t)n, (uint32_t)o); /* the same block */
+        o = n;
+    }
+    qsort(checks, N, sizeof *checks, cmp_u32);
+    for (int i = 1; i < N; i++)
+        assert_true(checks[i] != checks[i - 1]);
+    assert_int_equal(hd_decref(h, o, 1), 0);
+    free(checks);
+}
+
 /* Freeing a chain of ten million objects cascades without recursion. */
 static void test_cascade_long_chain(void **state) {
     hd_heap_t *h = TU_HEAP(state);
@@ -619,6 +713,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_payload_ranges, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_bad_args, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_handles, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_decref_forged, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_checks_never_repeat, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_cascade_long_chain, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_cascade_tree, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_limits, tu_setup, tu_teardown),
