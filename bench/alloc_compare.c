@@ -219,7 +219,6 @@ static void run_init(run_t *r, int alloc, size_t nlive) {
         r->pv = calloc(nlive, sizeof *r->pv);
         if (!r->pv) die("out of memory");
     }
-    if (nlive == LIVE_HOT) return; /* the hot ring fills itself */
     for (size_t j = 0; j < nlive; j++) {
         size_t n = 32 + (next_rand(&r->seed) & 31);
         if (alloc == A_HEAPD)
@@ -256,7 +255,7 @@ static void pairs_hot(run_t *r, long pairs) {
             hd_handle_t o;
             args.size = (uint32_t)(i & 31); /* 32-byte header + extension + payload */
             if (hd_alloc(h, &args, &o) < 0) die("hd_alloc failed");
-            if (hv[j] && hd_decref(h, hv[j], 1) < 0) die("hd_decref failed");
+            if (hd_decref(h, hv[j], 1) < 0) die("hd_decref failed");
             hv[j] = o;
         }
     } else {
@@ -269,7 +268,7 @@ static void pairs_hot(run_t *r, long pairs) {
             void *p = m(32 + ((size_t)i & 31));
             if (!p) die("out of memory");
             memset(p, 0, 32 + ((size_t)i & 31));
-            f(pv[j]); /* free(NULL) while the ring fills */
+            f(pv[j]);
             pv[j] = p;
         }
     }

@@ -148,7 +148,7 @@ int hd_heap_charge(hd_heap_t *h, hd_charge_t kind, int64_t delta, bool strict) {
 }
 
 uint64_t hd_heap_work(const hd_heap_t *h) {
-    return h->nobjects + h->nbytes / 256;
+    return hd__nobjects(h) + hd__nbytes(h) / 256;
 }
 
 /* ========================================================================================== */

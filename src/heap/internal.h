@@ -373,27 +373,31 @@ static inline void *hd__alloc_block(hd_alloc_t *a, size_t n, hd_ref_t *ref) {
 }
 
 /* hd__alloc_block without its slow path: NULL when the class's head pool has no free block
- * (the caller then takes its own slow path, which calls hd__alloc_block). Calls nothing, so
- * that a caller's fast path can stay a leaf function. n is 1..HD_SMALL_MAX. */
+ * (the caller then takes its own slow path: hd__alloc_block_carve, then hd__alloc_block).
+ * Calls nothing, so that a caller's fast path can stay a leaf function. n is 1..HD_SMALL_MAX. */
 static inline void *hd__alloc_block_pop(hd_alloc_t *a, size_t n, hd_ref_t *ref) {
     HD_ASSERT(n >= 1 && n <= HD_SMALL_MAX);
     hd_pool_t *pool = a->usedpools[(n - 1) >> HD_ALIGN_SHIFT];
     hd_block_t *bp = pool->freeblock;
-    if (HD_LIKELY(bp != NULL)) {
-        pool->freeblock = bp->next;
-    } else {
-        /* A growing heap carves its head pool's next block here too (the placeholder's
-         * nextoffset is HD_POOL_SIZE, so it never carves). */
-        uint32_t size = HD_CLASS_SIZE((n - 1) >> HD_ALIGN_SHIFT);
-        if (HD_UNLIKELY(pool->nextoffset + size > HD_POOL_SIZE)) return NULL;
-        *ref = pool->ref + ((uint32_t)pool->nextoffset >> HD_ALIGN_SHIFT);
-        pool->nextoffset = (uint16_t)(pool->nextoffset + size);
-        pool->count++;
-        return hd__ref_ptr(a, *ref);
-    }
+    if (HD_UNLIKELY(bp == NULL)) return NULL;
+    pool->freeblock = bp->next;
     pool->count++;
     *ref = hd__pool_block_ref(pool, bp);
     return bp;
+}
+
+/* The next step when hd__alloc_block_pop finds no free block: a growing heap carves its head
+ * pool's next block here, without the refill's call (the placeholder's nextoffset is
+ * HD_POOL_SIZE, so it never carves). NULL when the head pool is used up too. Calls nothing. */
+static inline void *hd__alloc_block_carve(hd_alloc_t *a, size_t n, hd_ref_t *ref) {
+    HD_ASSERT(n >= 1 && n <= HD_SMALL_MAX);
+    hd_pool_t *pool = a->usedpools[(n - 1) >> HD_ALIGN_SHIFT];
+    uint32_t size = HD_CLASS_SIZE((n - 1) >> HD_ALIGN_SHIFT);
+    if (HD_UNLIKELY(pool->freeblock || pool->nextoffset + size > HD_POOL_SIZE)) return NULL;
+    *ref = pool->ref + ((uint32_t)pool->nextoffset >> HD_ALIGN_SHIFT);
+    pool->nextoffset = (uint16_t)(pool->nextoffset + size);
+    pool->count++;
+    return hd__ref_ptr(a, *ref);
 }
 
 /* If ref names the start of a block that has been handed out by hd__alloc_block (in use now,
@@ -736,21 +740,25 @@ typedef struct hd_evqueue_s {
 struct hd_weakstate_s;  /* weakref.c's own, allocated on first use */
 struct hd_tracestate_s; /* trace.c's own, allocated on first use */
 
-/* Invariants:
- *   nobjects == live objects; nbytes == sum of hd__alloc_charge(block request) over them.
- *   max_objects == 0 || nobjects <= max_objects, unless the limit was lowered below use.
+/* Invariants (hd__nobjects and hd__nbytes below):
+ *   allocs_total - frees_total == live objects;
+ *   alloc_bytes_total - free_bytes_total == sum of hd__alloc_charge(block request) over them.
+ *   max_objects == 0 || live objects <= max_objects, unless the limit was lowered below use.
  *   fast_left small objects more fit both limits, whatever is freed meanwhile; 0 while tracing.
  */
 struct hd_heap_s {
     _Alignas(HD_ALIGN) hd_gchead_t sentinels[HD_NSENTINELS]; /* region 0 */
     hd_alloc_t alloc;
     hd_gcstate_t gc;
-    uint64_t nobjects, ncontainers, nbytes;
+    uint64_t ncontainers;
     uint64_t max_objects, max_bytes;
+    /* Four cumulative counts, two per allocation and two per free (live objects and their
+     * bytes are differences: hd__nobjects, hd__nbytes). */
     uint64_t allocs_total, frees_total;
     uint64_t alloc_bytes_total; /* sum of the charges of every allocation */
+    uint64_t free_bytes_total;  /* sum of the charges of every free */
     uint64_t check_rng;         /* Weyl sequence drawing handle checks (hd__next_check) */
-    uint64_t fast_left;         /* allocations hd_alloc's fast path may still make without
+    int64_t fast_left;          /* allocations hd_alloc's fast path may still make without
                                  * looking at the limits or tracing (object.c:fast_budget);
                                  * 0 sends the next one down the general path */
     bool tracing;               /* trace.c: tracing is on (hd__tracing) */
@@ -760,6 +768,14 @@ struct hd_heap_s {
     struct hd_weakstate_s *weak;
     struct hd_tracestate_s *trace;
 };
+
+/* Live objects and the bytes they are charged (hd_heap_stats' objects and object_bytes). */
+static inline uint64_t hd__nobjects(const hd_heap_t *h) {
+    return h->allocs_total - h->frees_total;
+}
+static inline uint64_t hd__nbytes(const hd_heap_t *h) {
+    return h->alloc_bytes_total - h->free_bytes_total;
+}
 
 static inline hd_obj_t *hd__obj(hd_heap_t *h, hd_ref_t r) {
     return (hd_obj_t *)hd__ref_ptr(&h->alloc, r);
@@ -782,12 +798,9 @@ static inline hd_handle_t hd__handle_of(const hd_obj_t *o, hd_ref_t r) {
  * draw from one sequence. */
 #define HD_CHECK_STEP 0x9e3779b97f4a7c15ull
 static inline uint32_t hd__next_check(hd_heap_t *h) {
-    uint32_t c;
-    do {
-        h->check_rng += HD_CHECK_STEP;
-        c = (uint32_t)(h->check_rng >> 32);
-    } while (HD_UNLIKELY(c == 0));
-    return c;
+    uint64_t x = h->check_rng += HD_CHECK_STEP;
+    uint32_t c = (uint32_t)(x >> 32);
+    return c + (c == 0);
 }
 
 /* gc list primitives, as CPython's gc_list_*. */

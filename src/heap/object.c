@@ -376,8 +376,7 @@ static HD_NOINLINE void dealloc_head(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
 
 /* The end of a dealloc: the object's block goes back, its handle goes stale. */
 static inline void dealloc_free(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
-    h->nobjects--;
-    h->nbytes -= hd__alloc_charge(hd__obj_sizeof(o));
+    h->free_bytes_total += hd__alloc_charge(hd__obj_sizeof(o));
     if (o->nslots) h->ncontainers--;
     h->frees_total++;
     o->check = 0;
@@ -505,21 +504,22 @@ static int check_args(const hd_alloc_args_t *a) {
  * 0 while tracing, so that every traced allocation comes here. hd_heap_set_limits and
  * hd_trace_start set it to 0. */
 static void fast_budget(hd_heap_t *h) {
-    uint64_t n = h->tracing ? 0 : UINT64_MAX;
+    uint64_t n = h->tracing ? 0 : INT64_MAX; /* unlimited: 2^63 allocations never come */
+    uint64_t objects = hd__nobjects(h), bytes = hd__nbytes(h);
     if (h->max_objects) {
-        uint64_t room = h->max_objects > h->nobjects ? h->max_objects - h->nobjects : 0;
+        uint64_t room = h->max_objects > objects ? h->max_objects - objects : 0;
         if (room < n) n = room;
     }
     if (h->max_bytes) {
-        uint64_t room = h->max_bytes > h->nbytes ? (h->max_bytes - h->nbytes) / HD_SMALL_MAX : 0;
+        uint64_t room = h->max_bytes > bytes ? (h->max_bytes - bytes) / HD_SMALL_MAX : 0;
         if (room < n) n = room;
     }
-    h->fast_left = n;
+    h->fast_left = (int64_t)n;
 }
 
 static HD_NOINLINE int alloc_general(hd_heap_t *h, const hd_alloc_args_t *a, hd_handle_t *out) {
-    /* The fast path may have counted this allocation down (and wrapped 0): the budget is
-     * worked out again below, once the allocation is in. */
+    /* The fast path may have counted this allocation down (to -1): the budget is worked out
+     * again below, once the allocation is in. */
     h->fast_left = 0;
     int rc = check_args(a);
     if (rc < 0) return rc;
@@ -527,9 +527,9 @@ static HD_NOINLINE int alloc_general(hd_heap_t *h, const hd_alloc_args_t *a, hd_
     bool ext = a->size || has_tag || has_site;
     size_t bytes = hd__obj_bytes(a->nslots, a->size, ext);
     size_t charge = hd__alloc_charge(bytes);
-    if (HD_UNLIKELY(h->max_objects && h->nobjects >= h->max_objects))
+    if (HD_UNLIKELY(h->max_objects && hd__nobjects(h) >= h->max_objects))
         return hd__limit(h, "max_objects: the heap holds as many objects as it may");
-    if (HD_UNLIKELY(h->max_bytes && h->nbytes + charge > h->max_bytes))
+    if (HD_UNLIKELY(h->max_bytes && hd__nbytes(h) + charge > h->max_bytes))
         return hd__limit(h, "max_bytes: the object would take the heap over it");
     /* Each label's id takes a reference here, given back if a later step fails. */
     uint16_t tag = 0, site = 0;
@@ -570,8 +570,6 @@ static HD_NOINLINE int alloc_general(hd_heap_t *h, const hd_alloc_args_t *a, hd_
         if (a->data_len) memcpy(p, a->data, a->data_len);
         memset(p + a->data_len, 0, a->size - a->data_len);
     }
-    h->nobjects++;
-    h->nbytes += charge;
     h->alloc_bytes_total += charge;
     h->allocs_total++;
     if (HD_UNLIKELY(hd__tracing(h))) hd__trace_alloc(h, o, site, tag);
@@ -624,37 +622,20 @@ static inline void zero_block_tail(void *p, size_t n) {
         *(hd_v2_t *)((char *)p + n - 16) = z;
         return;
     }
-    for (size_t i = 1; i < n / 16; i++) {
-        /* Keeps GCC from turning the loop back into the memset call it replaces. */
-        __asm__("" : "+r"(v));
-        v[i] = z;
+    /* Backwards from the end, in one register; the empty asm keeps GCC from turning the loop
+     * back into the memset call it replaces. */
+    for (size_t i = n - 16; i >= 16; i -= 16) {
+        __asm__("" : "+r"(i));
+        *(hd_v2_t *)((char *)p + i) = z;
     }
 }
 
-/*
- * Returns a new client reference. The common allocation (no tag, site, flags or initial data,
- * at most 512 bytes, tracing off) is done here: every such feature test or'ed into one
- * branch, the size bound one compare on the object's bytes, the limits and tracing one
- * countdown (fast_left, set by the general path from both limits), the block zeroed in 16-byte stores and the header
- * written in three 8-byte stores: about 60 instructions on x86-64 with the block pop, for an
- * object with a payload and no slots. Everything else, and every error, takes alloc_general.
- */
-int hd_alloc(hd_heap_t *h, const hd_alloc_args_t *a, hd_handle_t *out) {
-    if (HD_UNLIKELY(!a)) return alloc_general(h, a, out);
-    uint64_t nslots = a->nslots, size = a->size; /* 64 bits: no sum of the two wraps */
-    uint64_t bytes = sizeof(hd_obj_t) + 4 * nslots + (size ? sizeof(hd_objext_t) + size : 0);
-    /* fast_left == 0: a limit may be near, or tracing is on (the general path says which). */
-    if (HD_UNLIKELY(((uintptr_t)a->tag | (uintptr_t)a->site | a->flags | a->data_len) ||
-                    bytes > HD_SMALL_MAX || h->fast_left-- == 0))
-        return alloc_general(h, a, out);
-    size_t charge = HD_ROUND_UP(bytes);
-
-    hd_ref_t r;
-    hd_obj_t *o = hd__alloc_block_pop(&h->alloc, bytes, &r);
-    /* The head pool is empty: the general path refills (and fails the same way, if it must). */
-    if (HD_UNLIKELY(!o)) return alloc_general(h, a, out);
+/* The end of a fast allocation, its block o (ref r, charge bytes) in hand: the block zeroed,
+ * the header written in three words, the counts, the handle. Inline in both callers. */
+static inline int alloc_fill(hd_heap_t *h, hd_obj_t *o, hd_ref_t r, size_t charge,
+                             uint64_t nslots, uint64_t size, hd_handle_t *out) {
     zero_block_tail(o, charge);
-    /* gc_prev = gc_next = 0; refcnt = crefs = 1; check, nslots, flags (little-endian). */
+    /* gc_prev = gc_next = 0; refcnt = crefs = 1; check, nslots, flags 0 (little-endian). */
     _Static_assert(offsetof(hd_obj_t, refcnt) == 8 && offsetof(hd_obj_t, crefs) == 12 &&
                        offsetof(hd_obj_t, check) == 16 && offsetof(hd_obj_t, nslots) == 20 &&
                        offsetof(hd_obj_t, flags) == 22,
@@ -663,16 +644,55 @@ int hd_alloc(hd_heap_t *h, const hd_alloc_args_t *a, hd_handle_t *out) {
     hd_u64a_t *w = (hd_u64a_t *)o;
     w[0] = 0;
     w[1] = 1 | (uint64_t)1 << 32;
-    w[2] = check | nslots << 32 | (uint64_t)(size ? HD_OF_EXT : 0) << 48;
-    if (size) ((hd_objext_t *)(o->slots + nslots))->size = (uint32_t)size;
-    h->nobjects++;
-    h->nbytes += charge;
+    w[2] = check | nslots << 32;
+    if (size) {
+        o->flags = HD_OF_EXT;
+        ((hd_objext_t *)(o->slots + nslots))->size = (uint32_t)size;
+    }
     h->alloc_bytes_total += charge;
     h->allocs_total++;
     *out = (uint64_t)check << 32 | r;
     /* Containers go on out of line, so that this stays a leaf function (no frame to save). */
     if (nslots) return alloc_track(h, r, o);
     return 0;
+}
+
+/* The bytes of a fast allocation: header, slots, extension and payload. 64 bits: no sum of
+ * two uint32 wraps. */
+static inline uint64_t fast_bytes(uint64_t nslots, uint64_t size) {
+    return sizeof(hd_obj_t) + 4 * nslots + (size ? sizeof(hd_objext_t) + size : 0);
+}
+
+/* hd_alloc's fast path when the head pool has no free block: carve its next one, as a
+ * growing heap does, or else the general path (which refills). a passed hd_alloc's tests. */
+static HD_NOINLINE int alloc_carve(hd_heap_t *h, const hd_alloc_args_t *a, hd_handle_t *out) {
+    uint64_t nslots = a->nslots, size = a->size, bytes = fast_bytes(nslots, size);
+    hd_ref_t r;
+    hd_obj_t *o = hd__alloc_block_carve(&h->alloc, bytes, &r);
+    if (HD_UNLIKELY(!o)) return alloc_general(h, a, out);
+    return alloc_fill(h, o, r, HD_ROUND_UP(bytes), nslots, size, out);
+}
+
+/*
+ * Returns a new client reference. The common allocation (no tag, site, flags or initial data,
+ * at most 512 bytes, tracing off) is done here: every such feature test or'ed into one
+ * branch, the size bound one compare on the object's bytes, the limits and tracing one
+ * countdown (fast_left, set by the general path from both limits), the block popped from its
+ * class's head pool, zeroed in 16-byte stores and its header written in three words: about
+ * 60 instructions on x86-64 for an object with a payload and no slots, in a leaf function.
+ * Everything else, and every error, takes alloc_carve or alloc_general.
+ */
+int hd_alloc(hd_heap_t *h, const hd_alloc_args_t *a, hd_handle_t *out) {
+    if (HD_UNLIKELY(!a)) return alloc_general(h, a, out);
+    uint64_t nslots = a->nslots, size = a->size, bytes = fast_bytes(nslots, size);
+    /* fast_left was 0: a limit may be near, or tracing is on (the general path says which). */
+    if (HD_UNLIKELY(((uintptr_t)a->tag | (uintptr_t)a->site | a->flags | a->data_len) ||
+                    bytes > HD_SMALL_MAX || --h->fast_left < 0))
+        return alloc_general(h, a, out);
+    hd_ref_t r;
+    hd_obj_t *o = hd__alloc_block_pop(&h->alloc, bytes, &r);
+    if (HD_UNLIKELY(!o)) return alloc_carve(h, a, out);
+    return alloc_fill(h, o, r, HD_ROUND_UP(bytes), nslots, size, out);
 }
 
 /* ========================================================================================== */
@@ -726,7 +746,9 @@ static HD_NOINLINE int release_tail(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
  * A leaf function (its other paths are tail calls), about 45 instructions on x86-64 for a
  * free. It touches the object's line, its pool's descriptor and the heap's counters.
  */
-int hd_decref(hd_heap_t *h, hd_handle_t hd, uint32_t n) {
+/* Two scalar subtractions in memory rather than GCC's vector pair (more instructions). */
+__attribute__((optimize("no-tree-slp-vectorize"))) int hd_decref(hd_heap_t *h, hd_handle_t hd,
+                                                                   uint32_t n) {
     hd_ref_t r = (hd_ref_t)hd;
     uint32_t check = (uint32_t)(hd >> 32);
     hd_pool_t *pool;
@@ -736,11 +758,8 @@ int hd_decref(hd_heap_t *h, hd_handle_t hd, uint32_t n) {
     hd_obj_t *o = block;
     /* n - 1 wraps for n == 0: the general path says HD_EINVAL, or HD_EREFS for n > crefs. */
     if (HD_UNLIKELY(o->check != check || hd__gc_white(h, o) || n - 1 >= o->crefs)) goto general;
-    uint32_t rc = o->refcnt - n;
-    __asm__("" : "+r"(rc)); /* two scalar subtractions, not GCC's vector pair (fewer steps) */
     o->crefs -= n;
-    o->refcnt = rc;
-    if (rc != 0) return 0;
+    if ((o->refcnt -= n) != 0) return 0;
     /* nslots and flags as one word: a container, or something to report, takes release. */
     _Static_assert(offsetof(hd_obj_t, flags) == offsetof(hd_obj_t, nslots) + 2,
                    "nslots and flags share a 32-bit word");
@@ -750,8 +769,7 @@ int hd_decref(hd_heap_t *h, hd_handle_t hd, uint32_t n) {
         return release_tail(h, r, o);
     /* dealloc_free, knowing the block: its charge is its class's size. */
     HD_ASSERT(HD_CLASS_SIZE(pool->szidx) == hd__alloc_charge(hd__obj_sizeof(o)));
-    h->nobjects--;
-    h->nbytes -= pool->size;
+    h->free_bytes_total += pool->size;
     h->frees_total++;
     o->check = 0;
     if (hd__alloc_free_in(pool, o)) return hd__alloc_refile(&h->alloc, pool);

@@ -306,9 +306,9 @@ int hd_heap_save(hd_heap_t *h, hd_snap_write_fn write, void *ctx) {
     hd__snapw_t w = {.write = write, .ctx = ctx};
     hd__sw_bytes(&w, SNAP_MAGIC, sizeof SNAP_MAGIC);
     hd__sw_u32(&w, SNAP_VERSION);
-    hd__sw_u64(&w, h->nobjects);
+    hd__sw_u64(&w, hd__nobjects(h));
     hd__sw_u64(&w, h->ncontainers);
-    hd__sw_u64(&w, h->nbytes);
+    hd__sw_u64(&w, hd__nbytes(h));
     hd__sw_u64(&w, h->max_objects);
     hd__sw_u64(&w, h->max_bytes);
     hd__sw_u64(&w, h->allocs_total);
@@ -954,9 +954,13 @@ static int load_heap(load_t *L) {
     each_object(L, put_slot_refs);
     if (L->nlive != nobjects || L->ncontainers != ncontainers || L->nbytes != nbytes)
         return hd__sr_fail(r, "objects: counts disagree with the heap's");
-    h->nobjects = nobjects;
+    /* The live counts are differences of the cumulative ones (internal.h hd__nobjects), which
+     * every image written by heapd satisfies; the bytes freed follow. */
+    if (h->allocs_total < nobjects || h->frees_total != h->allocs_total - nobjects ||
+        h->alloc_bytes_total < nbytes)
+        return hd__sr_fail(r, "objects: the totals disagree with the live counts");
     h->ncontainers = ncontainers;
-    h->nbytes = nbytes;
+    h->free_bytes_total = h->alloc_bytes_total - nbytes;
 
     if (load_gc(L) || load_events(L) || hd__weakref_load(h, r, L->nweakrefd) ||
         hd__trace_load(h, r) || hd__trace_check(h, L->ntraced, L->tagrefs, L->siterefs, r))

@@ -11,9 +11,9 @@
 void hd_heap_stats(hd_heap_t *h, hd_heap_stats_t *out) {
     memset(out, 0, sizeof *out);
     hd__alloc_stats(&h->alloc, out);
-    out->objects = h->nobjects;
+    out->objects = hd__nobjects(h);
     out->containers = h->ncontainers;
-    out->object_bytes = h->nbytes;
+    out->object_bytes = hd__nbytes(h);
     out->allocs_total = h->allocs_total;
     out->frees_total = h->frees_total;
     out->alloc_bytes_total = h->alloc_bytes_total;
@@ -77,7 +77,7 @@ int hd_heap_census(hd_heap_t *h, hd_trace_group_t by, hd_census_order_t order,
     if ((by != HD_TRACE_BY_TAG && by != HD_TRACE_BY_SITE) ||
         (order != HD_CENSUS_BY_BYTES && order != HD_CENSUS_BY_COUNT))
         return HD_EINVAL;
-    if (h->nobjects == 0) return 0;
+    if (hd__nobjects(h) == 0) return 0;
     const hd_intern_t *names = by == HD_TRACE_BY_TAG ? &h->tags : &h->sites;
     census_t c = {by, NULL, NULL, names->n ? names->n : 1};
     c.count = hd__calloc(c.n, sizeof *c.count);
