@@ -788,14 +788,14 @@ static inline hd_handle_t hd__handle_of(const hd_obj_t *o, hd_ref_t r) {
 }
 
 /* The next check for an object or weak handle: the high half of a 64-bit Weyl sequence
- * (check_rng += 2^64 / golden ratio), never 0; 4 instructions. The step's ratio to 2^64 is
- * the number worst approximated by fractions, so two draws fewer than 2^31 apart never share
- * their high half (k * step mod 2^64 stays 2^32 or more from 0 for every k below the
- * Fibonacci number 2,971,215,073; tests/heap/test_object.c checks a block reused a million
- * times): a reused block's check differs from every one its stale handles carry for two
- * billion draws, and after that matches with probability about 2^-32 per draw, as a random
- * one would (a plain counter would repeat exactly after 2^32). Objects and weak references
- * draw from one sequence. */
+ * (check_rng += 2^64 / golden ratio), a 0 turned into 1; 6 instructions, no branch. The
+ * step's ratio to 2^64 is the number worst approximated by fractions, so k steps move the
+ * state at least 2^33 away from where it was for every k below 1,134,903,170 (a Fibonacci
+ * number; checked by brute force): no two draws fewer than 2^30 apart give the same check
+ * (tests/heap/test_object.c reuses one block a million times). A reused block's check so
+ * differs from every one its stale handles carry for a billion draws, and after that
+ * matches with probability about 2^-32 per draw, as a random one would (a plain counter
+ * would repeat exactly after 2^32). Objects and weak references draw from one sequence. */
 #define HD_CHECK_STEP 0x9e3779b97f4a7c15ull
 static inline uint32_t hd__next_check(hd_heap_t *h) {
     uint64_t x = h->check_rng += HD_CHECK_STEP;

@@ -352,7 +352,7 @@ static void test_decref_forged(void **state) {
 }
 
 /* A block reused a million times never draws a check it had before (internal.h
- * hd__next_check: no two draws fewer than 2^31 apart share their value), so none of its stale
+ * hd__next_check: no two draws fewer than 2^30 apart give the same check), so none of its stale
  * handles names the object that holds it. */
 static int cmp_u32(const void *a, const void *b) {
     uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
