@@ -451,11 +451,13 @@ static inline bool hd__alloc_check_fast(const hd_alloc_t *a, hd_ref_t ref, void 
     if (HD_UNLIKELY(ref >= a->ref_end)) return false;
     hd_arena_t *ar = a->chunks[ref >> (HD_REF_GRANULE_BITS + 4)].arena;
     if (HD_UNLIKELY(!ar)) return false;
-    /* Granules from the arena's first pool; below it, the subtraction wraps past 64 pools. */
-    uint32_t off = (ref & (HD_ARENA_SIZE / HD_ALIGN - 1)) - ar->first_off;
-    if (HD_UNLIKELY(off >= HD_ARENA_SIZE / HD_ALIGN)) return false;
-    size_t bytes = (size_t)off << HD_ALIGN_SHIFT; /* from pool_first */
-    hd_pool_t *p = &ar->pools[bytes >> HD_POOL_BITS];
+    /* Bytes from the arena's first pool, in 32 bits. Below that pool (an arena whose mapping
+     * is not pool-aligned) the subtraction wraps, and the pool index, taken mod 64, is 63: a
+     * pool such an arena never has (it has 63), whose descriptor is zeros. */
+    uint32_t bytes = ((ref & (HD_ARENA_SIZE / HD_ALIGN - 1)) - ar->first_off) << HD_ALIGN_SHIFT;
+    _Static_assert(sizeof(hd_pool_t) == 1 << 5, "a descriptor's offset is the index << 5");
+    hd_pool_t *p = (hd_pool_t *)((char *)ar->pools + ((bytes >> (HD_POOL_BITS - 5)) &
+                                                      ((HD_ARENA_POOLS - 1) << 5)));
     char *b = ar->pool_first + bytes;
     uint32_t pos = (uint32_t)bytes & (HD_POOL_SIZE - 1); /* the offset in its pool */
     if (HD_UNLIKELY((uint16_t)pos >= p->nextoffset)) return false;

@@ -608,12 +608,11 @@ _Static_assert((HD_SMALL_MAX - sizeof(hd_obj_t)) / 4 <= HD_MAX_SLOTS &&
 
 /* 16-byte stores (that may alias the header's fields). */
 typedef uint64_t hd_v2_t __attribute__((vector_size(16), aligned(16), may_alias));
-typedef uint64_t hd_u64a_t __attribute__((may_alias));
 
 /* Zeroes bytes [16, n) of a fresh block of n bytes (a multiple of 16, at least 32) in 16-byte
- * stores: three overlapping ones, without a branch, for the blocks of 32..64 bytes that
- * dominate (for n == 32 the first also covers [0, 16), which the header overwrites), a loop
- * for the rest; cheaper than a call to memset. */
+ * stores, cheaper than a call to memset: three overlapping ones, without a branch, for the
+ * blocks of 32..64 bytes that dominate (for n == 32 the first also covers [0, 16), which the
+ * header overwrites), a loop for the rest. */
 static inline void zero_block_tail(void *p, size_t n) {
     hd_v2_t *v = p, z = {0, 0};
     if (HD_LIKELY(n <= 64)) {
@@ -623,7 +622,7 @@ static inline void zero_block_tail(void *p, size_t n) {
         return;
     }
     /* Backwards from the end, in one register; the empty asm keeps GCC from turning the loop
-     * back into the memset call it replaces. */
+     * back into the memset it replaces. */
     for (size_t i = n - 16; i >= 16; i -= 16) {
         __asm__("" : "+r"(i));
         *(hd_v2_t *)((char *)p + i) = z;
@@ -631,27 +630,30 @@ static inline void zero_block_tail(void *p, size_t n) {
 }
 
 /* The end of a fast allocation, its block o (ref r, charge bytes) in hand: the block zeroed,
- * the header written in three words, the counts, the handle. Inline in both callers. */
+ * the header written, the counts, the handle. Inline in both callers. */
 static inline int alloc_fill(hd_heap_t *h, hd_obj_t *o, hd_ref_t r, size_t charge,
                              uint64_t nslots, uint64_t size, hd_handle_t *out) {
     zero_block_tail(o, charge);
-    /* gc_prev = gc_next = 0; refcnt = crefs = 1; check, nslots, flags 0 (little-endian). */
+    /* gc_prev = gc_next = 0 and refcnt = crefs = 1 in one 16-byte store; the check; nslots
+     * and flags in one 32-bit store (little-endian). */
     _Static_assert(offsetof(hd_obj_t, refcnt) == 8 && offsetof(hd_obj_t, crefs) == 12 &&
                        offsetof(hd_obj_t, check) == 16 && offsetof(hd_obj_t, nslots) == 20 &&
                        offsetof(hd_obj_t, flags) == 22,
-                   "the header's three 8-byte words");
+                   "the header's layout");
     uint32_t check = hd__next_check(h);
-    hd_u64a_t *w = (hd_u64a_t *)o;
-    w[0] = 0;
-    w[1] = 1 | (uint64_t)1 << 32;
-    w[2] = check | nslots << 32;
+    *(hd_v2_t *)o = (hd_v2_t){0, 1 | (uint64_t)1 << 32};
+    o->check = check;
+    uint32_t nf = (uint32_t)nslots; /* nslots, and the flags above it */
     if (size) {
-        o->flags = HD_OF_EXT;
+        nf |= (uint32_t)HD_OF_EXT << 16;
         ((hd_objext_t *)(o->slots + nslots))->size = (uint32_t)size;
     }
+    memcpy(&o->nslots, &nf, sizeof nf);
     h->alloc_bytes_total += charge;
     h->allocs_total++;
-    *out = (uint64_t)check << 32 | r;
+    /* The handle (check << 32 | r) as its two little-endian halves: two stores, no shifts. */
+    memcpy(out, &r, 4);
+    memcpy((char *)out + 4, &check, 4);
     /* Containers go on out of line, so that this stays a leaf function (no frame to save). */
     if (nslots) return alloc_track(h, r, o);
     return 0;
@@ -663,9 +665,14 @@ static inline uint64_t fast_bytes(uint64_t nslots, uint64_t size) {
     return sizeof(hd_obj_t) + 4 * nslots + (size ? sizeof(hd_objext_t) + size : 0);
 }
 
+/* Scalar stores of the header and counts rather than GCC's vector shuffles, which take more
+ * instructions (hd_alloc, alloc_carve, hd_decref). */
+#define HD_NO_SLP __attribute__((optimize("no-tree-slp-vectorize")))
+
 /* hd_alloc's fast path when the head pool has no free block: carve its next one, as a
  * growing heap does, or else the general path (which refills). a passed hd_alloc's tests. */
-static HD_NOINLINE int alloc_carve(hd_heap_t *h, const hd_alloc_args_t *a, hd_handle_t *out) {
+static HD_NOINLINE HD_NO_SLP int alloc_carve(hd_heap_t *h, const hd_alloc_args_t *a,
+                                              hd_handle_t *out) {
     uint64_t nslots = a->nslots, size = a->size, bytes = fast_bytes(nslots, size);
     hd_ref_t r;
     hd_obj_t *o = hd__alloc_block_carve(&h->alloc, bytes, &r);
@@ -678,11 +685,12 @@ static HD_NOINLINE int alloc_carve(hd_heap_t *h, const hd_alloc_args_t *a, hd_ha
  * at most 512 bytes, tracing off) is done here: every such feature test or'ed into one
  * branch, the size bound one compare on the object's bytes, the limits and tracing one
  * countdown (fast_left, set by the general path from both limits), the block popped from its
- * class's head pool, zeroed in 16-byte stores and its header written in three words: about
- * 60 instructions on x86-64 for an object with a payload and no slots, in a leaf function.
+ * class's head pool, zeroed in 16-byte stores and its header written in three stores: about
+ * 73 instructions on x86-64 for an object with a payload and no slots (callgrind, bench/
+ * alloc_compare.c), in a leaf function.
  * Everything else, and every error, takes alloc_carve or alloc_general.
  */
-int hd_alloc(hd_heap_t *h, const hd_alloc_args_t *a, hd_handle_t *out) {
+HD_NO_SLP int hd_alloc(hd_heap_t *h, const hd_alloc_args_t *a, hd_handle_t *out) {
     if (HD_UNLIKELY(!a)) return alloc_general(h, a, out);
     uint64_t nslots = a->nslots, size = a->size, bytes = fast_bytes(nslots, size);
     /* fast_left was 0: a limit may be near, or tracing is on (the general path says which). */
@@ -743,12 +751,11 @@ static HD_NOINLINE int release_tail(hd_heap_t *h, hd_ref_t r, hd_obj_t *o) {
  * its check, not white, n within its client references; if that was its last reference and
  * it is atomic with nothing to report (no finalizer, weak reference, trace or labels), it is
  * freed here too: the counts, its check zeroed, its block pushed on its pool's free list.
- * A leaf function (its other paths are tail calls), about 45 instructions on x86-64 for a
- * free. It touches the object's line, its pool's descriptor and the heap's counters.
+ * A leaf function (its other paths are tail calls), about 59 instructions on x86-64 for a
+ * free (callgrind, bench/alloc_compare.c). It touches the object's line, its pool's
+ * descriptor, the arena record's line with first_off and pool_first, and the heap's counters.
  */
-/* Two scalar subtractions in memory rather than GCC's vector pair (more instructions). */
-__attribute__((optimize("no-tree-slp-vectorize"))) int hd_decref(hd_heap_t *h, hd_handle_t hd,
-                                                                   uint32_t n) {
+HD_NO_SLP int hd_decref(hd_heap_t *h, hd_handle_t hd, uint32_t n) {
     hd_ref_t r = (hd_ref_t)hd;
     uint32_t check = (uint32_t)(hd >> 32);
     hd_pool_t *pool;
