@@ -667,7 +667,11 @@ static inline uint64_t fast_bytes(uint64_t nslots, uint64_t size) {
 
 /* Scalar stores of the header and counts rather than GCC's vector shuffles, which take more
  * instructions (hd_alloc, alloc_carve, hd_decref). */
+#if defined(__GNUC__) && !defined(__clang__)
 #define HD_NO_SLP __attribute__((optimize("no-tree-slp-vectorize")))
+#else
+#define HD_NO_SLP
+#endif
 
 /* hd_alloc's fast path when the head pool has no free block: carve its next one, as a
  * growing heap does, or else the general path (which refills). a passed hd_alloc's tests. */
