@@ -674,13 +674,16 @@ static inline uint64_t fast_bytes(uint64_t nslots, uint64_t size) {
 #endif
 
 /* hd_alloc's fast path when the head pool has no free block: carve its next one, as a
- * growing heap does, or else the general path (which refills). a passed hd_alloc's tests. */
+ * growing heap does, or refill (the next pool of the class, or a new one: a full heap's
+ * churn comes here often). a passed hd_alloc's tests, which are every test of alloc_general
+ * but the block's own: so the refill's failure (a pool's charge refused, with the account's
+ * why, or the hook out of memory) is what alloc_general would return, and nothing changed. */
 static HD_NOINLINE HD_NO_SLP int alloc_carve(hd_heap_t *h, const hd_alloc_args_t *a,
                                               hd_handle_t *out) {
     uint64_t nslots = a->nslots, size = a->size, bytes = fast_bytes(nslots, size);
     hd_ref_t r;
     hd_obj_t *o = hd__alloc_block_carve(&h->alloc, bytes, &r);
-    if (HD_UNLIKELY(!o)) return alloc_general(h, a, out);
+    if (HD_UNLIKELY(!o) && !(o = hd__alloc_refill(&h->alloc, bytes, &r))) return h->alloc.fail;
     return alloc_fill(h, o, r, HD_ROUND_UP(bytes), nslots, size, out);
 }
 
