@@ -24,7 +24,7 @@ void hd_buf_init(hd_buf_t *b) {
 }
 
 void hd_buf_free(hd_buf_t *b) {
-    free(b->data);
+    hd__sfree(b->data);
     hd_buf_init(b);
 }
 
@@ -36,7 +36,7 @@ int hd_buf_grow(hd_buf_t *b, size_t n) {
     size_t cap = b->cap ? b->cap : 256;
     while (cap < want)
         cap = cap > SIZE_MAX / 2 ? want : cap * 2;
-    uint8_t *p = realloc(b->data, cap);
+    uint8_t *p = hd__srealloc(b->data, cap);
     if (p == NULL) return HD_ENOMEM;
     b->data = p;
     b->cap = cap;

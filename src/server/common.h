@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * common.h: what every file of the daemon shares: the one assertion macro and the
- * sanitizer switch.
+ * common.h: what every file of the daemon shares: the one assertion macro, the sanitizer
+ * switch and the allocation hook (smem.h: every allocation of src/server goes through it).
  *
  * HD_ASSERT(x) states an invariant that is cheap to check (a flag, a count, a return value
  * that cannot fail). It is checked in debug builds and in every sanitizer build (the CI's
@@ -19,6 +19,8 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+
+#include "smem.h"
 
 /* HD_ASAN: built with AddressSanitizer (gcc says so with __SANITIZE_ADDRESS__, clang with
  * __has_feature). */

@@ -297,7 +297,7 @@ static int parse_string(const hd_config_key_t *k, yaml_document_t *doc, yaml_nod
         return perr(e, n, "%s: contains a NUL byte", k->name);
     const char *why = k->validate ? k->validate(scalar_text(n)) : NULL;
     if (why) return perr(e, n, "%s: \"%s\": %s", k->name, scalar_text(n), why);
-    out->s = strdup(scalar_text(n));
+    out->s = hd__sstrdup(scalar_text(n));
     if (!out->s) return perr(e, n, "%s: out of memory", k->name);
     return 0;
 }
@@ -308,21 +308,21 @@ static int equal_string(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b) == 0;
 }
 static int copy_string(void *dst, const void *src) {
-    char *s = strdup(*(char *const *)src);
+    char *s = hd__sstrdup(*(char *const *)src);
     if (!s) return HD_ENOMEM;
     *(char **)dst = s;
     return 0;
 }
 static void free_string(void *field) {
-    free(*(char **)field);
+    hd__sfree(*(char **)field);
     *(char **)field = NULL;
 }
 
 /* strlist: a YAML sequence of strings; each item goes through k->validate. */
 static void strlist_free(hd_strlist_t *l) {
     for (size_t i = 0; i < l->n; i++)
-        free(l->v[i]);
-    free(l->v);
+        hd__sfree(l->v[i]);
+    hd__sfree(l->v);
     l->v = NULL;
     l->n = 0;
 }
@@ -334,7 +334,7 @@ static int parse_strlist(const hd_config_key_t *k, yaml_document_t *doc, yaml_no
     size_t cap = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
     if (cap > k->max)
         return perr(e, n, "%s: more than %llu items", k->name, (unsigned long long)k->max);
-    if (cap && !(l.v = calloc(cap, sizeof *l.v))) return perr(e, n, "%s: out of memory", k->name);
+    if (cap && !(l.v = hd__scalloc(cap, sizeof *l.v))) return perr(e, n, "%s: out of memory", k->name);
     for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top;
          it++) {
         yaml_node_t *item = yaml_document_get_node(doc, *it);
@@ -349,7 +349,7 @@ static int parse_strlist(const hd_config_key_t *k, yaml_document_t *doc, yaml_no
             return perr(e, item, "%s: \"%s\": %s", k->name, k->secret ? "..." : scalar_text(item),
                         why);
         }
-        if (!(l.v[l.n] = strdup(scalar_text(item)))) {
+        if (!(l.v[l.n] = hd__sstrdup(scalar_text(item)))) {
             strlist_free(&l);
             return perr(e, item, "%s: out of memory", k->name);
         }
@@ -377,9 +377,9 @@ static int equal_strlist(const void *a, const void *b) {
 static int copy_strlist(void *dst, const void *src) {
     const hd_strlist_t *s = src;
     hd_strlist_t l = {NULL, 0};
-    if (s->n && !(l.v = calloc(s->n, sizeof *l.v))) return HD_ENOMEM;
+    if (s->n && !(l.v = hd__scalloc(s->n, sizeof *l.v))) return HD_ENOMEM;
     for (; l.n < s->n; l.n++) {
-        if (!(l.v[l.n] = strdup(s->v[l.n]))) {
+        if (!(l.v[l.n] = hd__sstrdup(s->v[l.n]))) {
             strlist_free(&l);
             return HD_ENOMEM;
         }
@@ -435,7 +435,7 @@ static int parse_uids(const hd_config_key_t *k, yaml_document_t *doc, yaml_node_
     if (cap > k->max)
         return perr(e, n, "%s: more than %llu items", k->name, (unsigned long long)k->max);
     hd_uidlist_t l = {0, NULL, 0};
-    if (cap && !(l.v = calloc(cap, sizeof *l.v))) return perr(e, n, "%s: out of memory", k->name);
+    if (cap && !(l.v = hd__scalloc(cap, sizeof *l.v))) return perr(e, n, "%s: out of memory", k->name);
     for (yaml_node_item_t *it = n->data.sequence.items.start; it < n->data.sequence.items.top;
          it++) {
         yaml_node_t *item = yaml_document_get_node(doc, *it);
@@ -453,7 +453,7 @@ static int parse_uids(const hd_config_key_t *k, yaml_document_t *doc, yaml_node_
             l.v[l.n++] = (uint32_t)found->pw_uid;
             continue;
         }
-        free(l.v);
+        hd__sfree(l.v);
         return perr(e, item, "%s: \"%s\" is neither a uid nor a user name", k->name, s);
     }
     out->uids = l;
@@ -478,7 +478,7 @@ static int copy_uids(void *dst, const void *src) {
     const hd_uidlist_t *s = src;
     hd_uidlist_t l = {s->off, NULL, s->n};
     if (s->n) {
-        if (!(l.v = malloc(s->n * sizeof *l.v))) return HD_ENOMEM;
+        if (!(l.v = hd__smalloc(s->n * sizeof *l.v))) return HD_ENOMEM;
         memcpy(l.v, s->v, s->n * sizeof *l.v);
     }
     *(hd_uidlist_t *)dst = l;
@@ -486,7 +486,7 @@ static int copy_uids(void *dst, const void *src) {
 }
 static void free_uids(void *field) {
     hd_uidlist_t *l = field;
-    free(l->v);
+    hd__sfree(l->v);
     memset(l, 0, sizeof *l);
 }
 
@@ -1098,12 +1098,13 @@ void hd_config_print_keys(FILE *f) {
     }
 }
 
-/* The printed value of a field, for a log line; "?" when memory is short. Caller frees. */
-static char *value_text(const hd_config_key_t *k, const hd_config_t *cfg) {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    if (!f) return NULL;
+/* The printed value of a field, for a log line, in buf (cut short to fit); "?" when stdio
+ * cannot give a stream. Nothing stays allocated (fmemopen writes into buf). */
+static const char *value_text(const hd_config_key_t *k, const hd_config_t *cfg, char *buf,
+                              size_t len) {
+    memset(buf, 0, len);
+    FILE *f = fmemopen(buf, len - 1, "w");
+    if (!f) return "?";
     k->type->print(k, field_of(k, cfg), f);
     fclose(f);
     return buf;
@@ -1133,10 +1134,9 @@ int hd_config_apply_reload(hd_config_t *live, const hd_config_t *fresh) {
         if (k->secret) {
             hd_log_info("config reload: %s changed", k->name);
         } else {
-            char *from = value_text(k, live), *to = value_text(k, &next);
-            hd_log_info("config reload: %s: %s -> %s", k->name, from ? from : "?", to ? to : "?");
-            free(from);
-            free(to);
+            char from[256], to[256];
+            hd_log_info("config reload: %s: %s -> %s", k->name,
+                        value_text(k, live, from, sizeof from), value_text(k, &next, to, sizeof to));
         }
     }
     hd_config_free(live);

@@ -333,7 +333,7 @@ static void on_closed(uv_handle_t *h) {
     hd_buf_free(&c->out);
     hd_buf_free(&c->sealed);
     hd_tls_free(c->tls);
-    free(c);
+    hd__sfree(c);
 }
 
 /* What the connection holds for its session: its struct, its output buffer and what libuv
@@ -488,7 +488,7 @@ static void on_write(uv_write_t *req, int status) {
     hd_write_t *wr = (hd_write_t *)req;
     hd_conn_t *c = wr->conn;
     hd_buf_free(&wr->buf);
-    free(wr);
+    hd__sfree(wr);
     c->writes_pending--;
     if (c->flags & HD_CONN_CLOSING) return;
     if (status < 0) {
@@ -555,7 +555,7 @@ static void flush(hd_conn_t *c) {
         }
         off = n > 0 ? (size_t)n : 0;
     }
-    hd_write_t *wr = malloc(sizeof *wr);
+    hd_write_t *wr = hd__smalloc(sizeof *wr);
     if (!wr) {
         hd_log_warnf(conn_fields(c, NULL, HD_ENOMEM), "%s: out of memory queueing output; closing",
                      c->peer);
@@ -569,7 +569,7 @@ static void flush(hd_conn_t *c) {
     int rc = uv_write(&wr->req, &c->h.stream, &b, 1, on_write);
     if (rc < 0) {
         hd_buf_free(&wr->buf);
-        free(wr);
+        hd__sfree(wr);
         hd_log_debug("%s: write: %s", c->peer, uv_strerror(rc));
         hd__conn_close(c);
         return;
@@ -661,9 +661,9 @@ typedef struct conn_call_s {
 
 static void call_free(hd_xcall_t *x) {
     conn_call_t *k = (conn_call_t *)x;
-    free(k->frame);
+    hd__sfree(k->frame);
     hd_buf_free(&k->answer);
-    free(k);
+    hd__sfree(k);
 }
 
 /* The report service of an on_owner env, whose ctx is the session. */
@@ -749,8 +749,8 @@ static void call_done(hd_xcall_t *x, hd_worker_t *w) {
 /* dispatch deferred the request in frame to the owner of c->env.defer_to: sends it there and
  * waits, or answers at once when that cannot be done. */
 static void defer(hd_conn_t *c, const uint8_t *frame, size_t len) {
-    conn_call_t *k = calloc(1, sizeof *k);
-    int rc = k && (k->frame = malloc(len ? len : 1)) ? 0 : HD_ENOMEM;
+    conn_call_t *k = hd__scalloc(1, sizeof *k);
+    int rc = k && (k->frame = hd__smalloc(len ? len : 1)) ? 0 : HD_ENOMEM;
     if (rc == 0) {
         memcpy(k->frame, frame, len);
         k->len = len;
@@ -1121,7 +1121,7 @@ void hd__conns_trim(uv_timer_t *t) {
 /* ------------------------------------------------------------------------------------------ */
 
 void hd__conn_adopt(hd_worker_t *w, hd_msg_t *m) {
-    hd_conn_t *c = calloc(1, sizeof *c);
+    hd_conn_t *c = hd__scalloc(1, sizeof *c);
     if (!c) {
         hd_log_warn("%s: out of memory adopting the connection; closed", m->peer);
         return; /* hd__msg_free closes the socket and releases the slot */
@@ -1207,7 +1207,7 @@ int hd__conn_move(hd_conn_t *c, hd_worker_t *to, const uint8_t *frame, size_t le
     /* The hello frame and everything received after it, header included. */
     const uint8_t *start = frame - HD_FRAME_HEADER;
     size_t n = (size_t)(c->parser.buf.data + c->parser.buf.len - start);
-    if (!(m->data = malloc(n)) || (m->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+    if (!(m->data = hd__smalloc(n)) || (m->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) {
         hd__msg_free(m);
         return HD_ENOMEM;
     }

@@ -57,7 +57,7 @@ static void framemem_init(hd_framemem_t *m, size_t home_cap) {
 }
 
 static hd_slab_t *slab_new(size_t cap) {
-    hd_slab_t *s = malloc(sizeof *s + cap);
+    hd_slab_t *s = hd__smalloc(sizeof *s + cap);
     if (s == NULL) return NULL;
     s->next = NULL;
     s->cap = cap;
@@ -68,7 +68,7 @@ static hd_slab_t *slab_new(size_t cap) {
 static void slab_free(hd_slab_t *s) {
     if (s == NULL) return;
     hd__framemem_unpoison(s->data, s->cap);
-    free(s);
+    hd__sfree(s);
 }
 
 static void use_slab(hd_framemem_t *m, hd_slab_t *s) {

@@ -4,7 +4,7 @@
 # sources (HD_WIRE_SOURCES) and the engine's by heapd_fuzz_target (cmake/heapd_fuzz.cmake),
 # and run by ctest as server.fuzz_dispatch. Included from src/server/CMakeLists.txt.
 heapd_fuzz_target(TARGET fuzz_dispatch TEST server.fuzz_dispatch
-                  SOURCES fuzz_dispatch.c ${HD_WIRE_SOURCES}
+                  SOURCES fuzz_dispatch.c ${HD_WIRE_SOURCES} ${HD_SMEM_SOURCES}
                   INCLUDES ${CMAKE_CURRENT_SOURCE_DIR}
                   LIBS hdproto
                   ARGS -timeout=10)
@@ -14,6 +14,7 @@ heapd_fuzz_target(TARGET fuzz_dispatch TEST server.fuzz_dispatch
 # with a few hellos (tests/server/fuzz_hello_seeds); 10 s in the suite.
 heapd_fuzz_target(TARGET fuzz_hello TEST server.fuzz_hello
                   SOURCES fuzz_hello.c ${HD_SERVER_SOURCES} ${HD_WIRE_SOURCES} ${HD_PERSIST_SOURCES}
+                          ${HD_SMEM_SOURCES}
                   INCLUDES ${CMAKE_CURRENT_SOURCE_DIR}
                   LIBS hdproto PkgConfig::LIBUV PkgConfig::YAML HttpParser::HttpParser
                        PkgConfig::XXHASH PkgConfig::ZSTD PkgConfig::OPENSSL
@@ -36,7 +37,7 @@ heapd_fuzz_target(TARGET fuzz_http TEST server.fuzz_http
 # through a fresh connection's handshake (tls.c over memory BIOs, a self-signed certificate).
 # Seeded from src/server/fuzz_tls_seeds; 10 s in the suite.
 heapd_fuzz_target(TARGET fuzz_tls TEST server.fuzz_tls
-                  SOURCES fuzz_tls.c config.c cluster.c log.c tls.c codec.c
+                  SOURCES fuzz_tls.c config.c cluster.c log.c tls.c codec.c ${HD_SMEM_SOURCES}
                   INCLUDES ${CMAKE_CURRENT_SOURCE_DIR}
                   LIBS hdproto PkgConfig::LIBUV PkgConfig::YAML PkgConfig::OPENSSL
                   ARGS -timeout=10 -max_len=4096 -max_total_time=10

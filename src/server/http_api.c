@@ -306,16 +306,16 @@ static int h_session(hd_http_ctx_t *x, hd_http_resp_t *rs) {
         hd__http_error(rs, 400, "usage: /api/session?id=SESSION_ID");
         return 0;
     }
-    hd_sess_detail_t *d = malloc(sizeof *d);
+    hd_sess_detail_t *d = hd__smalloc(sizeof *d);
     if (!d) return HD_ENOMEM;
     int rc = hd__metrics_detail(x->srv, id, d);
     if (rc == HD_ENOSESSION) {
-        free(d);
+        hd__sfree(d);
         hd__http_error(rs, 404, "no such session");
         return 0;
     }
     if (rc == HD_EBUSY) {
-        free(d);
+        hd__sfree(d);
         rs->status = 503;
         rs->type = "application/json";
         rs->headers = "Retry-After: 1\r\n";
@@ -375,7 +375,7 @@ static int h_session(hd_http_ctx_t *x, hd_http_resp_t *rs) {
         hd__http_printf(rs, "]");
     }
     hd__http_printf(rs, "]}}");
-    free(d);
+    hd__sfree(d);
     return done(rs);
 }
 
@@ -403,7 +403,7 @@ static int h_doctor(hd_http_ctx_t *x, hd_http_resp_t *rs) {
         hd__http_error(rs, 404, "no such session");
         return 0;
     }
-    hd_finding_t *f = malloc(HD_DOCTOR_MAX * sizeof *f);
+    hd_finding_t *f = hd__smalloc(HD_DOCTOR_MAX * sizeof *f);
     if (!f) {
         hd__mview_free(&v);
         return HD_ENOMEM;
@@ -442,7 +442,7 @@ static int h_doctor(hd_http_ctx_t *x, hd_http_resp_t *rs) {
         }
         hd__http_printf(rs, "]}");
     }
-    free(f);
+    hd__sfree(f);
     hd__mview_free(&v);
     if (strcmp(format, "text") == 0) return 0;
     return done(rs);

@@ -126,14 +126,14 @@ static hd_peer_count_t *peer_find(hd_peers_t *p, const uint8_t key[16]) {
 /* Doubles the table; false when memory is short (nothing changed). Lock held. */
 static bool peers_grow(hd_peers_t *p) {
     size_t ncap = p->cap ? 2 * p->cap : 64;
-    hd_peer_count_t *nv = calloc(ncap, sizeof *nv), *old = p->v;
+    hd_peer_count_t *nv = hd__scalloc(ncap, sizeof *nv), *old = p->v;
     if (!nv) return false;
     size_t oldcap = p->cap;
     p->v = nv;
     p->cap = ncap;
     for (size_t i = 0; i < oldcap; i++)
         if (old[i].count) *peer_find(p, old[i].key) = old[i];
-    free(old);
+    hd__sfree(old);
     return true;
 }
 
@@ -186,7 +186,7 @@ int hd__peers_init(hd_peers_t *p) {
 }
 
 void hd__peers_free(hd_peers_t *p) {
-    free(p->v);
+    hd__sfree(p->v);
     uv_mutex_destroy(&p->lock);
 }
 
@@ -343,7 +343,7 @@ static void on_readable(uv_poll_t *poll, int status, int events) {
 /* ------------------------------------------------------------------------------------------ */
 
 static hd_listener_t *add_listener(hd_server_t *srv, uv_os_sock_t fd, int is_unix) {
-    hd_listener_t *v = realloc(srv->listeners, (srv->nlisteners + 1) * sizeof *v);
+    hd_listener_t *v = hd__srealloc(srv->listeners, (srv->nlisteners + 1) * sizeof *v);
     if (!v) {
         hd_log_error("out of memory adding a listener");
         return NULL;

@@ -57,7 +57,9 @@ static void load_or_exit(const char *path, hd_config_t *cfg) {
 /* ------------------------------------------------------------------------------------------ */
 
 int main(int argc, char **argv) {
-    hd_tls_global_init(); /* before anything calls OpenSSL: its allocations are counted */
+    /* Before anything calls libuv or OpenSSL: their allocations go through the daemon's hook
+     * (smem.h), OpenSSL's counted to the connection it works for. */
+    hd__server_mem_init();
     static const struct option options[] = {
         {"config", required_argument, NULL, 'c'},
         {"check-config", required_argument, NULL, 't'},

@@ -107,7 +107,7 @@ static void on_gc(void *ctx, const hd_gc_info_t *info) {
 }
 
 int hd__metrics_session_open(hd_session_t *s) {
-    s->metrics = calloc(1, sizeof *s->metrics);
+    s->metrics = hd__scalloc(1, sizeof *s->metrics);
     if (!s->metrics) return HD_ENOMEM;
     hd_gc_set_callback(s->heap, on_gc, s);
     return 0;
@@ -115,7 +115,7 @@ int hd__metrics_session_open(hd_session_t *s) {
 
 void hd__metrics_session_close(hd_session_t *s) {
     if (s->heap) hd_gc_set_callback(s->heap, NULL, NULL);
-    free(s->metrics);
+    hd__sfree(s->metrics);
     s->metrics = NULL;
 }
 
@@ -217,10 +217,10 @@ static void take_detail(hd_worker_t *w, uint64_t now) {
         s = s->next;
     /* Being saved in the background, or a job's (offload.h): the next tick takes it. */
     if (!s || !s->heap || s->saving || s->job) return;
-    hd_sess_detail_t *d = malloc(sizeof *d);
+    hd_sess_detail_t *d = hd__smalloc(sizeof *d);
     if (!d) return;
     if (hd__session_report(s, HD_DETAIL_TOP, &d->rep) < 0) { /* out of memory: next tick */
-        free(d);
+        hd__sfree(d);
         return;
     }
     d->taken_ms = now;
@@ -229,7 +229,7 @@ static void take_detail(hd_worker_t *w, uint64_t now) {
     hd_sess_detail_t *old = m->detail;
     m->detail = d;
     uv_mutex_unlock(&m->lock);
-    free(old);
+    hd__sfree(old);
 }
 
 int hd__metrics_detail(hd_server_t *srv, const char *id, hd_sess_detail_t *out) {
@@ -258,7 +258,7 @@ static void take_snapshot(hd_worker_t *w) {
     size_t n = 0;
     for (hd_session_t *s = w->sessions; s; s = s->next)
         n++;
-    hd_sess_summary_t *v = n ? malloc(n * sizeof *v) : NULL;
+    hd_sess_summary_t *v = n ? hd__smalloc(n * sizeof *v) : NULL;
     if (n && !v) return; /* keep the last one; the next tick tries again */
     uint64_t now = hd__now_ms();
     size_t k = 0;
@@ -288,7 +288,7 @@ static void take_snapshot(hd_worker_t *w) {
     m->nsnap = k;
     m->snap_ms = now;
     uv_mutex_unlock(&m->lock);
-    free(old);
+    hd__sfree(old);
 }
 
 static void on_tick(uv_timer_t *t) {
@@ -321,8 +321,8 @@ void hd__metrics_worker_stop(hd_worker_t *w) {
 }
 
 void hd__metrics_worker_free(hd_worker_t *w) {
-    free(w->metrics.snap);
-    free(w->metrics.detail);
+    hd__sfree(w->metrics.snap);
+    hd__sfree(w->metrics.detail);
     w->metrics.snap = NULL;
     w->metrics.detail = NULL;
     uv_mutex_destroy(&w->metrics.lock);
@@ -337,9 +337,9 @@ static uint64_t load(atomic_uint_fast64_t *c) {
 }
 
 void hd__mview_free(hd_mview_t *v) {
-    free(v->workers);
-    free(v->sess);
-    free(v->marks);
+    hd__sfree(v->workers);
+    hd__sfree(v->sess);
+    hd__sfree(v->marks);
     memset(v, 0, sizeof *v);
 }
 
@@ -377,7 +377,7 @@ int hd__metrics_view(hd_server_t *srv, int with_marks, hd_mview_t *v) {
 
     size_t nw = srv->nworkers, room = 0, marks = 0;
     v->nworkers = nw;
-    v->workers = calloc(nw ? nw : 1, sizeof *v->workers);
+    v->workers = hd__scalloc(nw ? nw : 1, sizeof *v->workers);
     if (!v->workers) return HD_ENOMEM;
     for (size_t i = 0; i < nw; i++) {
         hd_wmetrics_t *m = &srv->workers[i].metrics;
@@ -389,8 +389,8 @@ int hd__metrics_view(hd_server_t *srv, int with_marks, hd_mview_t *v) {
     /* Sessions may appear between the count and the copy: each worker's copy is cut to the
      * room it was counted for, plus a margin. */
     room += 16 * nw;
-    v->sess = malloc((room ? room : 1) * sizeof *v->sess);
-    if (with_marks) v->marks = malloc((marks + HD_GC_RING) * sizeof *v->marks);
+    v->sess = hd__smalloc((room ? room : 1) * sizeof *v->sess);
+    if (with_marks) v->marks = hd__smalloc((marks + HD_GC_RING) * sizeof *v->marks);
     if (!v->sess || (with_marks && !v->marks)) {
         hd__mview_free(v);
         return HD_ENOMEM;
@@ -463,7 +463,7 @@ static hd_info_item_t *info_add(info_t *in, const char *key, hd_info_type_t type
     if (in->failed || (*in->want && strcmp(in->want, in->section) != 0)) return NULL;
     if (in->n == in->cap) {
         size_t cap = in->cap ? 2 * in->cap : 64;
-        hd_info_item_t *v = realloc(in->v, cap * sizeof *v);
+        hd_info_item_t *v = hd__srealloc(in->v, cap * sizeof *v);
         if (!v) {
             in->failed = 1;
             return NULL;
@@ -513,7 +513,7 @@ int hd__metrics_info(hd_server_t *srv, const hd_config_t *cfg, const char *secti
     hd_mview_t v;
     if (hd__metrics_view(srv, 0, &v) < 0) return HD_ENOMEM;
     size_t ns = v.nsess, admins = 0;
-    uint64_t *bytes = malloc((ns ? ns : 1) * sizeof *bytes);
+    uint64_t *bytes = hd__smalloc((ns ? ns : 1) * sizeof *bytes);
     if (!bytes) {
         hd__mview_free(&v);
         return HD_ENOMEM;
@@ -660,10 +660,10 @@ int hd__metrics_info(hd_server_t *srv, const hd_config_t *cfg, const char *secti
     info_u(&in, "peers", cfg->peers.n);
     info_s(&in, "peer_url", cfg->peer_url ? cfg->peer_url : "");
 
-    free(bytes);
+    hd__sfree(bytes);
     hd__mview_free(&v); /* after the last use of largest_id, which points into it */
     if (in.failed) {
-        free(in.v);
+        hd__sfree(in.v);
         return HD_ENOMEM;
     }
     *out = in.v;
@@ -907,7 +907,7 @@ int hd__metrics_render(const hd_mview_t *v, hd_buf_t *out) {
 
     /* The largest sessions, at most top_sessions of them. */
     size_t ntop = v->nsess < v->top_sessions ? v->nsess : (size_t)v->top_sessions;
-    const hd_sess_summary_t **top = ntop ? malloc(v->nsess * sizeof *top) : NULL;
+    const hd_sess_summary_t **top = ntop ? hd__smalloc(v->nsess * sizeof *top) : NULL;
     if (ntop && !top) return HD_ENOMEM;
     for (size_t i = 0; top && i < v->nsess; i++)
         top[i] = &v->sess[i];
@@ -928,6 +928,6 @@ int hd__metrics_render(const hd_mview_t *v, hd_buf_t *out) {
             put(&o, "\"} %" PRIu64 "\n", val);
         }
     }
-    free(top);
+    hd__sfree(top);
     return o.rc;
 }

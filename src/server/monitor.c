@@ -48,16 +48,16 @@ static void on_doorbell_closed(uv_handle_t *h) {
     hd_monitor_t *m = h->data;
     hd_buf_free(&m->pending);
     uv_mutex_destroy(&m->lock);
-    free(m);
+    hd__sfree(m);
 }
 
 int hd__monitor_start(hd_conn_t *c) {
     if (c->monitor) return HD_EINVAL;
     hd_server_t *srv = c->worker->srv;
-    hd_monitor_t *m = calloc(1, sizeof *m);
+    hd_monitor_t *m = hd__scalloc(1, sizeof *m);
     if (!m) return HD_ENOMEM;
     if (uv_mutex_init(&m->lock) != 0) {
-        free(m);
+        hd__sfree(m);
         return HD_ENOMEM;
     }
     hd_buf_init(&m->pending);

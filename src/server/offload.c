@@ -196,12 +196,12 @@ static void record_replay(hd_job_t *j) {
 }
 
 static void job_free(hd_job_t *j) {
-    free(j->resp_end);
-    free(j->took_ns);
-    free(j->statuses);
-    free(j->frames);
+    hd__sfree(j->resp_end);
+    hd__sfree(j->took_ns);
+    hd__sfree(j->statuses);
+    hd__sfree(j->frames);
     hd_buf_free(&j->out);
-    free(j);
+    hd__sfree(j);
 }
 
 /* On the loop: the heap is the loop's again. */
@@ -249,9 +249,9 @@ int hd__offload_frames(hd_conn_t *c, const uint8_t *payload, size_t len) {
     const uint8_t *start = payload - HD_FRAME_HEADER;
     const uint8_t *end = c->parser.buf.data + c->parser.done;
     HD_ASSERT(start >= c->parser.buf.data && payload + len <= end);
-    hd_job_t *j = calloc(1, sizeof *j);
-    if (!j || !(j->frames = malloc((size_t)(end - start)))) {
-        free(j);
+    hd_job_t *j = hd__scalloc(1, sizeof *j);
+    if (!j || !(j->frames = hd__smalloc((size_t)(end - start)))) {
+        hd__sfree(j);
         return HD_ENOMEM;
     }
     j->len = (size_t)(end - start);
@@ -259,16 +259,16 @@ int hd__offload_frames(hd_conn_t *c, const uint8_t *payload, size_t len) {
     size_t nframes = 0;
     for (size_t at = 0; at < j->len; nframes++)
         at += HD_FRAME_HEADER + get_be32(j->frames + at);
-    if (!(j->resp_end = malloc(nframes * sizeof *j->resp_end))) {
+    if (!(j->resp_end = hd__smalloc(nframes * sizeof *j->resp_end))) {
         job_free(j);
         return HD_ENOMEM;
     }
     if (hd__observing(c->worker)) {
-        j->took_ns = malloc(nframes * sizeof *j->took_ns);
-        j->statuses = malloc(nframes * sizeof *j->statuses);
+        j->took_ns = hd__smalloc(nframes * sizeof *j->took_ns);
+        j->statuses = hd__smalloc(nframes * sizeof *j->statuses);
         if (!j->took_ns || !j->statuses) { /* not observed, rather than not run */
-            free(j->took_ns);
-            free(j->statuses);
+            hd__sfree(j->took_ns);
+            hd__sfree(j->statuses);
             j->took_ns = NULL;
             j->statuses = NULL;
         }
@@ -315,18 +315,18 @@ static void heap_free_run(uv_work_t *req) {
 }
 
 static void heap_free_done(uv_work_t *req, int status) {
-    free(req->data);
+    hd__sfree(req->data);
 }
 
 void hd__offload_heap_free(hd_worker_t *w, hd_heap_t *h) {
     if (!h) return;
     uint64_t limit = w->cfg.offload_above;
-    heap_free_t *f = limit && hd_heap_work(h) > limit ? malloc(sizeof *f) : NULL;
+    heap_free_t *f = limit && hd_heap_work(h) > limit ? hd__smalloc(sizeof *f) : NULL;
     if (f) {
         f->heap = h;
         f->req.data = f;
         if (uv_queue_work(&w->loop, &f->req, heap_free_run, heap_free_done) == 0) return;
-        free(f);
+        hd__sfree(f);
     }
     hd_heap_free(h); /* small, or no memory to send it away: here */
 }

@@ -84,7 +84,7 @@ static int op_list_sessions(hd_opctx_t *c, const Heapd__V1__ListSessions *a,
     bool short_of_memory =
         m == NULL || v == NULL ||
         (k < n && (m[k].id == NULL || m[k].peer == NULL || m[k].client_name == NULL));
-    free(list);
+    hd__sfree(list);
     if (short_of_memory) return HD_ENOMEM;
     r->sessions = v;
     r->n_sessions = k;
@@ -164,7 +164,7 @@ static int op_server_info(hd_opctx_t *c, const Heapd__V1__ServerInfo *a,
         fv[i] = &fm[i];
         sm[k].n_fields++;
     }
-    free(items);
+    hd__sfree(items);
     if (rc < 0) return rc;
     r->sections = sv;
     r->n_sections = nsec;
@@ -210,7 +210,7 @@ static int op_slowlog_get(hd_opctx_t *c, const Heapd__V1__SlowlogGet *a,
         }
         v[k] = &m[k];
     }
-    free(list);
+    hd__sfree(list);
     if (rc < 0) return rc;
     r->entries = v;
     r->n_entries = k;

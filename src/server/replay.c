@@ -13,6 +13,7 @@
  * for re-sent requests.
  */
 #include "replay.h"
+#include "smem.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -31,8 +32,8 @@ void hd__replay_init(hd_replay_t *rp, uint32_t max_entries, size_t max_bytes) {
 }
 
 void hd__replay_free(hd_replay_t *rp) {
-    free(rp->ent);
-    free(rp->data);
+    hd__sfree(rp->ent);
+    hd__sfree(rp->data);
     uint32_t me = rp->max_entries;
     size_t mb = rp->max_bytes;
     uint64_t last = rp->last_id;
@@ -85,7 +86,7 @@ static int grow_data(hd_replay_t *rp, size_t need) {
     while (cap < need)
         cap *= 2;
     if (cap > rp->max_bytes) cap = rp->max_bytes;
-    uint8_t *d = malloc(cap);
+    uint8_t *d = hd__smalloc(cap);
     if (!d) return HD_ENOMEM;
     size_t off = 0;
     for (uint32_t i = 0; i < rp->n; i++) {
@@ -95,7 +96,7 @@ static int grow_data(hd_replay_t *rp, size_t need) {
         e->off = (uint32_t)off;
         off += e->len;
     }
-    free(rp->data);
+    hd__sfree(rp->data);
     rp->held += cap - rp->dcap;
     rp->data = d;
     rp->dcap = cap;
@@ -105,11 +106,11 @@ static int grow_data(hd_replay_t *rp, size_t need) {
 static int grow_ent(hd_replay_t *rp) {
     uint32_t cap = rp->ecap ? rp->ecap * 2 : REPLAY_ENT_MIN;
     if (cap > rp->max_entries) cap = rp->max_entries;
-    hd_replay_ent_t *e = malloc((size_t)cap * sizeof *e);
+    hd_replay_ent_t *e = hd__smalloc((size_t)cap * sizeof *e);
     if (!e) return HD_ENOMEM;
     for (uint32_t i = 0; i < rp->n; i++)
         e[i] = *at(rp, i);
-    free(rp->ent);
+    hd__sfree(rp->ent);
     rp->held += (size_t)(cap - rp->ecap) * sizeof *e;
     rp->ent = e;
     rp->ecap = cap;
@@ -186,8 +187,8 @@ void hd__replay_resize(hd_replay_t *rp, uint32_t max_entries, size_t max_bytes) 
             hd__replay_put(&nw, e->id, rp->data + e->off, e->len);
         }
     }
-    free(rp->ent);
-    free(rp->data);
+    hd__sfree(rp->ent);
+    hd__sfree(rp->data);
     *rp = nw;
 }
 

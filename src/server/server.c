@@ -31,6 +31,30 @@ uint64_t hd__now_ms(void) {
     return uv_hrtime() / 1000000u;
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Allocators.                                                                                 */
+/* ------------------------------------------------------------------------------------------ */
+
+/* libuv's allocator: the daemon's hook, saying it is libuv's (smem.h). */
+static void *uv_hook_malloc(size_t n) {
+    return hd__smem.malloc(n, HD_SMEM_LIBUV);
+}
+static void *uv_hook_calloc(size_t n, size_t size) {
+    return hd__smem.calloc(n, size, HD_SMEM_LIBUV);
+}
+static void *uv_hook_realloc(void *p, size_t n) {
+    return hd__smem.realloc(p, n, HD_SMEM_LIBUV);
+}
+static void uv_hook_free(void *p) {
+    hd__smem.free(p);
+}
+
+int hd__server_mem_init(void) {
+    int rc = uv_replace_allocator(uv_hook_malloc, uv_hook_realloc, uv_hook_calloc, uv_hook_free);
+    hd_tls_global_init(); /* OpenSSL's allocator: tls.c's counting one, over the hook */
+    return rc < 0 ? HD_EINTERNAL : 0;
+}
+
 void hd__server_apply_logging(const hd_config_t *cfg) {
     hd_log_set_level((hd_log_level_t)cfg->log_level);
     hd_log_set_format((hd_log_format_t)cfg->log_format);
@@ -252,7 +276,7 @@ int hd__server_run(hd_server_t *srv) {
     hd__workers_free(srv);
     uv_run(&loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&loop) < 0) hd_log_error("main loop still has handles at exit");
-    free(srv->listeners);
+    hd__sfree(srv->listeners);
     hd__registry_free(&srv->registry);
     hd__peers_free(&srv->peers);
     hd__slowlog_free(&srv->slowlog);

@@ -433,6 +433,10 @@ int hd__notify(const char *state);
 int hd__notifyf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* server.c */
+/* Routes libuv's and OpenSSL's allocations through the daemon's hook (smem.h). Call first
+ * thing, before anything uses either library (main.c; tests over the server library, after
+ * hd_smem_set_methods). Returns 0, or HD_EINTERNAL when libuv refused. */
+int hd__server_mem_init(void);
 /* Milliseconds since an arbitrary point (uv_hrtime), for any thread. */
 uint64_t hd__now_ms(void);
 /* Applies the config's log level and format (process-wide). */

@@ -16,7 +16,7 @@ int hd__slowlog_init(hd_slowlog_t *l) {
 }
 
 void hd__slowlog_free(hd_slowlog_t *l) {
-    free(l->v);
+    hd__sfree(l->v);
     uv_mutex_destroy(&l->lock);
 }
 
@@ -28,12 +28,12 @@ static hd_slow_entry_t *at(hd_slowlog_t *l, size_t i) {
 /* Makes the ring hold cap entries, keeping the newest. Returns 0 or HD_ENOMEM (unchanged).
  * Call with the lock held. */
 static int resize(hd_slowlog_t *l, size_t cap) {
-    hd_slow_entry_t *v = malloc(cap * sizeof *v);
+    hd_slow_entry_t *v = hd__smalloc(cap * sizeof *v);
     if (!v) return HD_ENOMEM;
     size_t keep = l->n < cap ? l->n : cap;
     for (size_t i = 0; i < keep; i++)
         v[i] = *at(l, l->n - keep + i);
-    free(l->v);
+    hd__sfree(l->v);
     l->v = v;
     l->cap = cap;
     l->n = keep;
@@ -64,7 +64,7 @@ int hd__slowlog_get(hd_slowlog_t *l, size_t count, hd_slow_entry_t **out, size_t
                     uint64_t *total) {
     uv_mutex_lock(&l->lock);
     size_t k = count < l->n ? count : l->n;
-    hd_slow_entry_t *v = k ? malloc(k * sizeof *v) : NULL;
+    hd_slow_entry_t *v = k ? hd__smalloc(k * sizeof *v) : NULL;
     int rc = k && !v ? HD_ENOMEM : 0;
     for (size_t i = 0; v && i < k; i++)
         v[i] = *at(l, l->n - 1 - i);

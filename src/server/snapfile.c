@@ -15,6 +15,7 @@
  * whatever the heap's size. Reading pulls sections as hd_heap_load asks for bytes.
  */
 #include "snapfile.h"
+#include "smem.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -27,6 +28,9 @@
 
 #define XXH_INLINE_ALL
 #include <xxhash.h>
+/* ZSTD_customMem and the _advanced constructors (stable since zstd 1.3, exported by Debian's
+ * libzstd): zstd's contexts take their memory from the daemon's hook too. */
+#define ZSTD_STATIC_LINKING_ONLY
 #include <zstd.h>
 
 /* ------------------------------------------------------------------------------------------ */
@@ -43,6 +47,17 @@ hd_pio_t hd__pio = {sys_open, write, read, fsync, close, rename, unlink};
 void hd__pio_set(const hd_pio_t *io) {
     hd__pio = io ? *io : sys_io;
 }
+
+/* zstd's contexts allocate through the daemon's hook (smem.h). */
+static void *zstd_alloc(void *opaque, size_t n) {
+    (void)opaque;
+    return hd__smalloc(n);
+}
+static void zstd_free(void *opaque, void *p) {
+    (void)opaque;
+    hd__sfree(p);
+}
+static const ZSTD_customMem zstd_mem = {zstd_alloc, zstd_free, NULL};
 
 /* ------------------------------------------------------------------------------------------ */
 /* The format.                                                                                 */
@@ -283,11 +298,11 @@ int hd__snapfile_save(const char *dir, const hd_snapmeta_t *meta, hd_heap_t *hea
     writer_t w = {.fd = -1, .path = tmp, .why = why, .whylen = whylen};
     if (o) w.o = *o;
     if (w.o.compress && w.o.level == 0) w.o.level = 1;
-    w.raw = malloc(SEC_RAW_MAX);
+    w.raw = hd__smalloc(SEC_RAW_MAX);
     if (w.o.compress) {
         w.zcap = ZSTD_compressBound(SEC_RAW_MAX);
-        w.zbuf = malloc(w.zcap);
-        w.zc = ZSTD_createCCtx();
+        w.zbuf = hd__smalloc(w.zcap);
+        w.zc = ZSTD_createCCtx_advanced(zstd_mem);
     }
     int rc = 0;
     if (!w.raw || (w.o.compress && (!w.zbuf || !w.zc))) {
@@ -349,8 +364,8 @@ failed:
     hd__pio.unlink(tmp);
 out:
     if (w.fd >= 0) hd__pio.close(w.fd);
-    free(w.raw);
-    free(w.zbuf);
+    hd__sfree(w.raw);
+    hd__sfree(w.zbuf);
     ZSTD_freeCCtx(w.zc);
     return rc;
 }
@@ -365,6 +380,7 @@ typedef struct reader_s {
     size_t memlen, mempos;
     const char *name;    /* for messages */
     uint8_t *raw, *zbuf; /* the current section, decoded; its stored bytes */
+    ZSTD_DCtx *zd;       /* decompresses zbuf into raw */
     size_t nraw, pos;    /* bytes in raw, next to hand out */
     uint32_t type;       /* the current section's type */
     uint32_t nsections;
@@ -434,7 +450,7 @@ static int r_section(reader_t *r) {
     (void)sum;
 #endif
     if (flags & SEC_ZSTD) {
-        size_t z = ZSTD_decompress(r->raw, max, stored, nst);
+        size_t z = ZSTD_decompressDCtx(r->zd, r->raw, max, stored, nst);
         if (ZSTD_isError(z) || z != nraw)
             return r_fail(r, HD_EINVAL, "section %u (%s): does not decompress", k, sec_name(t));
     }
@@ -598,15 +614,17 @@ static int parse(reader_t *r, hd_snapmeta_t *meta, hd_heap_t **heap, hd_replay_t
 }
 
 static int read_any(reader_t *r, hd_snapmeta_t *meta, hd_heap_t **heap, hd_replay_t *rp) {
-    r->raw = malloc(SEC_RAW_MAX);
-    r->zbuf = malloc(ZSTD_compressBound(SEC_RAW_MAX));
+    r->raw = hd__smalloc(SEC_RAW_MAX);
+    r->zbuf = hd__smalloc(ZSTD_compressBound(SEC_RAW_MAX));
+    r->zd = ZSTD_createDCtx_advanced(zstd_mem);
     int rc;
-    if (!r->raw || !r->zbuf)
+    if (!r->raw || !r->zbuf || !r->zd)
         rc = r_fail(r, HD_ENOMEM, "out of memory");
     else
         rc = parse(r, meta, heap, rp);
-    free(r->raw);
-    free(r->zbuf);
+    hd__sfree(r->raw);
+    hd__sfree(r->zbuf);
+    ZSTD_freeDCtx(r->zd);
     if (rc) {
         uint32_t me = rp->max_entries;
         size_t mb = rp->max_bytes;

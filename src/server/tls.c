@@ -108,13 +108,13 @@ uint64_t hd__tls_outlived(void) {
 }
 
 static void acct_unref(acct_t *a) {
-    if (a && atomic_fetch_sub(&a->refs, 1) == 1) free(a);
+    if (a && atomic_fetch_sub(&a->refs, 1) == 1) hd__sfree(a);
 }
 
 static void *counting_malloc(size_t n, const char *file, int line) {
     (void)file, (void)line;
     if (n > SIZE_MAX - sizeof(hdr_t) || (current && should_fail())) return NULL;
-    hdr_t *h = malloc(sizeof *h + n);
+    hdr_t *h = hd__smem.malloc(sizeof *h + n, HD_SMEM_OPENSSL);
     if (!h) return NULL;
     h->acct = current;
     h->size = n;
@@ -136,7 +136,7 @@ static void counting_free(void *p, const char *file, int line) {
         atomic_fetch_sub(atomic_load(&a->outlived) ? &outlived_total : &charged_total,
                          (int_fast64_t)h->size);
     }
-    free(h);
+    hd__sfree(h);
     acct_unref(a);
 }
 
@@ -149,7 +149,7 @@ static void *counting_realloc(void *p, size_t n, const char *file, int line) {
     if (n > SIZE_MAX - sizeof(hdr_t) || (current && should_fail())) return NULL;
     hdr_t *h = (hdr_t *)p - 1;
     size_t old = h->size;
-    hdr_t *nh = realloc(h, sizeof *nh + n);
+    hdr_t *nh = hd__smem.realloc(h, sizeof *nh + n, HD_SMEM_OPENSSL);
     if (!nh) return NULL;
     nh->size = n;
     if (nh->acct) {
@@ -245,9 +245,9 @@ int hd_tls_ctx_new(const hd_config_t *cfg, hd_tls_ctx_t **out, char *why, size_t
     *out = NULL;
     SSL_CTX *ctx = build(cfg, why, whylen);
     if (!ctx) return HD_EINVAL;
-    hd_tls_ctx_t *t = calloc(1, sizeof *t);
+    hd_tls_ctx_t *t = hd__scalloc(1, sizeof *t);
     if (!t || uv_mutex_init(&t->lock) < 0) {
-        free(t);
+        hd__sfree(t);
         SSL_CTX_free(ctx);
         snprintf(why, whylen, "out of memory");
         return HD_ENOMEM;
@@ -272,7 +272,7 @@ void hd_tls_ctx_free(hd_tls_ctx_t *t) {
     if (!t) return;
     SSL_CTX_free(t->ctx);
     uv_mutex_destroy(&t->lock);
-    free(t);
+    hd__sfree(t);
 }
 
 void hd_tls_ctx_subject(hd_tls_ctx_t *t, char *buf, size_t len) {
@@ -310,11 +310,11 @@ static void leave(acct_t *prev) {
 
 hd_tls_t *hd_tls_new(hd_tls_ctx_t *ctx) {
     if (should_fail()) return NULL; /* the struct itself, as any allocation for a connection */
-    hd_tls_t *t = calloc(1, sizeof *t);
-    acct_t *a = malloc(sizeof *a);
+    hd_tls_t *t = hd__scalloc(1, sizeof *t);
+    acct_t *a = hd__smalloc(sizeof *a);
     if (!t || !a) {
-        free(t);
-        free(a);
+        hd__sfree(t);
+        hd__sfree(a);
         return NULL;
     }
     atomic_init(&a->bytes, 0);
@@ -334,7 +334,7 @@ hd_tls_t *hd_tls_new(hd_tls_ctx_t *ctx) {
         ERR_clear_error();
         leave(prev);
         acct_unref(a);
-        free(t);
+        hd__sfree(t);
         return NULL;
     }
     /* An empty read BIO means "wait for more", never end of file. */
@@ -359,7 +359,7 @@ void hd_tls_free(hd_tls_t *t) {
     atomic_fetch_sub(&charged_total, left);
     atomic_fetch_add(&outlived_total, left);
     acct_unref(a);
-    free(t);
+    hd__sfree(t);
 }
 
 /* Why SSL failed: the certificate check's verdict when that is what failed, else the error

@@ -27,7 +27,7 @@
 /* ------------------------------------------------------------------------------------------ */
 
 hd_msg_t *hd__msg_new(hd_msg_type_t type) {
-    hd_msg_t *m = calloc(1, sizeof *m);
+    hd_msg_t *m = hd__scalloc(1, sizeof *m);
     if (m) {
         m->type = type;
         m->fd = -1;
@@ -41,12 +41,12 @@ void hd__msg_free(hd_msg_t *m) {
     if (m->call) hd__xcall_undelivered(m);
     hd__slot_release(&m->slot);
     if (m->fd >= 0) close(m->fd);
-    free(m->data);
+    hd__sfree(m->data);
     hd_tls_free(m->tls);
     hd_config_free(&m->cfg);
     hd_heap_free(m->heap);
     hd__replay_free(&m->replay);
-    free(m);
+    hd__sfree(m);
 }
 
 void hd__worker_post(hd_worker_t *w, hd_msg_t *m) {
@@ -215,7 +215,7 @@ static void worker_main(void *arg) {
 }
 
 int hd__workers_start(hd_server_t *srv, size_t n) {
-    srv->workers = calloc(n, sizeof *srv->workers);
+    srv->workers = hd__scalloc(n, sizeof *srv->workers);
     if (!srv->workers) {
         hd_log_error("out of memory starting %zu workers", n);
         return HD_ENOMEM;
@@ -225,7 +225,7 @@ int hd__workers_start(hd_server_t *srv, size_t n) {
         hd_worker_t *w = &srv->workers[i];
         w->index = (int)i;
         w->srv = srv;
-        w->readbuf = malloc(HD_READBUF_SIZE);
+        w->readbuf = hd__smalloc(HD_READBUF_SIZE);
         int rc = w->readbuf ? uv_loop_init(&w->loop) : UV_ENOMEM;
         if (rc == 0 && (rc = uv_mutex_init(&w->inbox_lock)) == 0 &&
             hd_config_copy(&w->cfg, &srv->cfg) < 0)
@@ -296,10 +296,10 @@ void hd__workers_free(hd_server_t *srv) {
         hd__metrics_worker_free(w);
         hd__persist_worker_free(w);
         hd_config_free(&w->cfg);
-        free(w->readbuf);
+        hd__sfree(w->readbuf);
         hd_buf_free(&w->scratch);
     }
-    free(srv->workers);
+    hd__sfree(srv->workers);
     srv->workers = NULL;
     srv->nworkers = 0;
 }
