@@ -174,7 +174,7 @@ static void on_written(uv_async_t *a) {
 }
 
 static void job_closed(uv_handle_t *h) {
-    free(h->data);
+    hd__sfree(h->data);
 }
 
 /* The pool thread's part: the whole save. Calls back once the image is written. */
@@ -237,9 +237,9 @@ static void kick(hd_worker_t *w) {
         return;
     }
     s->save_wanted = 0;
-    job_t *j = calloc(1, sizeof *j);
+    job_t *j = hd__scalloc(1, sizeof *j);
     if (!j || uv_async_init(&w->loop, &j->written, on_written) < 0) {
-        free(j);
+        hd__sfree(j);
         hd_log_error("background save: out of memory; saving session %s in the foreground", s->id);
         hd__persist_save_now(w, s);
         kick(w);
@@ -320,6 +320,11 @@ uint64_t hd__persist_gen_done(hd_server_t *srv) {
     return srv->nworkers ? done : atomic_load(&srv->persist_gen);
 }
 
+void hd__persist_session_gone(hd_worker_t *w, hd_session_t *s) {
+    struct hd_persist_worker_s *pw = w->persist;
+    if (pw && pw->job && pw->job->s == s) pw->job->s = NULL;
+}
+
 void hd__persist_forget(hd_worker_t *w, const char *id) {
     if (!hd__persist_enabled(&w->cfg) || (w->state & HD_WORKER_STOPPING)) return;
     /* A background save writing it now would bring the file back: job_after forgets it
@@ -336,7 +341,7 @@ void hd__persist_forget(hd_worker_t *w, const char *id) {
 
 int hd__persist_worker_init(hd_worker_t *w) {
     if (!hd__persist_enabled(&w->cfg)) return 0;
-    struct hd_persist_worker_s *pw = calloc(1, sizeof *pw);
+    struct hd_persist_worker_s *pw = hd__scalloc(1, sizeof *pw);
     if (!pw) return HD_ENOMEM;
     w->persist = pw;
     uv_timer_init(&w->loop, &pw->interval);
@@ -397,7 +402,7 @@ void hd__persist_worker_stop(hd_worker_t *w) {
 }
 
 void hd__persist_worker_free(hd_worker_t *w) {
-    free(w->persist);
+    hd__sfree(w->persist);
     w->persist = NULL;
 }
 

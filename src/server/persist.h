@@ -38,6 +38,10 @@ void hd__persist_worker_save(hd_worker_t *w);
 void hd__persist_detached(hd_session_t *s);
 /* s (id) ended for good (goodbye, kill, linger): its snapshot is removed. */
 void hd__persist_forget(hd_worker_t *w, const char *id);
+/* s is being freed. A background save of it that let it go on (its image was written) may
+ * still be finishing (fsync, rename): it forgets s, and its file once it is in place, instead
+ * of touching freed memory and bringing an ended session back at the next start. */
+void hd__persist_session_gone(hd_worker_t *w, hd_session_t *s);
 
 /* The save op: asks every worker for a background save; *gen names it. HD_EIO when
  * persistence is off. */

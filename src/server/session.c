@@ -114,7 +114,7 @@ int hd__registry_init(hd_registry_t *r) {
 }
 
 void hd__registry_free(hd_registry_t *r) {
-    free(r->v);
+    hd__sfree(r->v);
     uv_mutex_destroy(&r->lock);
 }
 
@@ -199,7 +199,7 @@ void hd__session_touch(hd_session_t *s, uint64_t nframes, int last_op) {
 /* ------------------------------------------------------------------------------------------ */
 
 static void on_session_closed(uv_handle_t *h) {
-    free(h->data);
+    hd__sfree(h->data);
 }
 
 static void on_linger_expired(uv_timer_t *t) {
@@ -239,6 +239,7 @@ void hd__session_destroy(hd_session_t *s, const char *why) {
     atomic_fetch_sub(&w->replay_bytes, (int_fast64_t)s->replay.held);
     hd__replay_free(&s->replay);
     /* Ended for good, its snapshot goes too; at shutdown it was just written to stay. */
+    hd__persist_session_gone(w, s);
     hd__persist_forget(w, s->id);
     /* Logged once it is all gone, file included: tests and operators may act on the line. */
     hd_log_infof(&(hd_log_fields_t){.session = s->id, .peer = s->peer}, "session %s destroyed (%s)",
@@ -294,7 +295,7 @@ static int session_create(hd_conn_t *c, const char *client_name, int admin, hd_s
     hd_worker_t *w = c->worker;
     hd_registry_t *r = &w->srv->registry;
     if (hd_mem_limit() && hd_mem_charged() >= hd_mem_limit()) return HD_ELIMIT;
-    hd_session_t *s = calloc(1, sizeof *s);
+    hd_session_t *s = hd__scalloc(1, sizeof *s);
     if (!s) return HD_ENOMEM;
     hd_heap_config_t hc;
     hd_heap_config_init(&hc);
@@ -312,7 +313,7 @@ static int session_create(hd_conn_t *c, const char *client_name, int admin, hd_s
     if (rc < 0) {
         hd__metrics_session_close(s);
         hd_heap_free(s->heap);
-        free(s);
+        hd__sfree(s);
         return rc;
     }
     s->worker = w;
@@ -325,7 +326,7 @@ static int session_create(hd_conn_t *c, const char *client_name, int admin, hd_s
         rc = HD_ETOOMANY;
     } else if (r->nsessions == r->cap) {
         size_t cap = r->cap ? 2 * r->cap : 64;
-        hd_session_t **v = realloc(r->v, cap * sizeof *v);
+        hd_session_t **v = hd__srealloc(r->v, cap * sizeof *v);
         if (v)
             r->v = v, r->cap = cap;
         else
@@ -347,7 +348,7 @@ static int session_create(hd_conn_t *c, const char *client_name, int admin, hd_s
     if (rc < 0) {
         hd__metrics_session_close(s);
         hd_heap_free(s->heap);
-        free(s);
+        hd__sfree(s);
         return rc;
     }
     uv_timer_init(&w->loop, &s->linger);
@@ -379,7 +380,7 @@ int hd__session_restore(hd_worker_t *w, const hd_snapmeta_t *meta, hd_heap_t *he
     if (!hex_form(meta->id, HD_SESSION_ID_LEN) ||
         !hex_form(meta->resume_token, HD_RESUME_TOKEN_LEN))
         return HD_EINVAL;
-    hd_session_t *s = calloc(1, sizeof *s);
+    hd_session_t *s = hd__scalloc(1, sizeof *s);
     if (!s) return HD_ENOMEM;
     snprintf(s->id, sizeof s->id, "%.*s", (int)sizeof s->id - 1, meta->id);
     snprintf(s->resume_token, sizeof s->resume_token, "%.*s", (int)sizeof s->resume_token - 1,
@@ -393,7 +394,7 @@ int hd__session_restore(hd_worker_t *w, const hd_snapmeta_t *meta, hd_heap_t *he
     s->heap = heap;
     int rc = hd__metrics_session_open(s);
     if (rc < 0) {
-        free(s);
+        hd__sfree(s);
         return rc;
     }
     uv_mutex_lock(&r->lock);
@@ -403,7 +404,7 @@ int hd__session_restore(hd_worker_t *w, const hd_snapmeta_t *meta, hd_heap_t *he
         rc = HD_ETOOMANY;
     } else if (r->nsessions == r->cap) {
         size_t cap = r->cap ? 2 * r->cap : 64;
-        hd_session_t **v = realloc(r->v, cap * sizeof *v);
+        hd_session_t **v = hd__srealloc(r->v, cap * sizeof *v);
         if (v)
             r->v = v, r->cap = cap;
         else
@@ -419,7 +420,7 @@ int hd__session_restore(hd_worker_t *w, const hd_snapmeta_t *meta, hd_heap_t *he
     uv_mutex_unlock(&r->lock);
     if (rc < 0) {
         hd__metrics_session_close(s);
-        free(s);
+        hd__sfree(s);
         return rc;
     }
     s->replay = *rp;
@@ -540,13 +541,13 @@ typedef struct hello_alloc_s {
 } hello_alloc_t;
 
 static void *hello_malloc(void *data, size_t n) {
-    void *p = malloc(n);
+    void *p = hd__smalloc(n);
     if (!p) ((hello_alloc_t *)data)->failed = 1;
     return p;
 }
 
 static void hello_free(void *data, void *p) {
-    free(p);
+    hd__sfree(p);
 }
 
 /* A refusal: logged here (a few a second; past that, counted in the listener's summary),
@@ -802,7 +803,7 @@ int hd__sessions_list(hd_worker_t *w, hd_session_info_t **out, size_t *n) {
     uint64_t now = hd__now_ms();
     int rc = 0;
     uv_mutex_lock(&r->lock);
-    hd_session_info_t *v = calloc(r->nsessions ? r->nsessions : 1, sizeof *v);
+    hd_session_info_t *v = hd__scalloc(r->nsessions ? r->nsessions : 1, sizeof *v);
     if (!v) {
         rc = HD_ENOMEM;
     } else {
