@@ -39,9 +39,13 @@
 #define HD_HTTP_IN_MAX  8192u
 #define HD_HTTP_BACKLOG 128
 
+/* A listener's handles live where it was allocated until the server stops (libuv keeps their
+ * addresses), so hd_http_t holds pointers to them. */
 typedef struct hd_http_listener_s {
     uv_tcp_t tcp;
+    uv_timer_t retry; /* a connection left pending for want of memory: accept it again */
     hd_http_t *http;
+    int listening;  /* tcp listens and retry is initialised; else tcp is closed already */
     char name[112]; /* "http 127.0.0.1:7421" */
 } hd_http_listener_t;
 
@@ -85,7 +89,7 @@ struct hd_http_s {
     hd_config_t *pending;
     int stop;
     hd_config_t cfg; /* this thread's copy */
-    hd_http_listener_t *ls;
+    hd_http_listener_t **ls; /* each allocated on its own (its handles must not move) */
     size_t nls;
     hd_http_conn_t *conns;
     unsigned nconns;
@@ -144,7 +148,7 @@ static void on_conn_closed(uv_handle_t *h) {
     hd_http_conn_t *c = h->data;
     if (--c->closes_pending > 0) return;
     hd_buf_free(&c->wbuf);
-    free(c);
+    hd__sfree(c);
 }
 
 static void conn_close(hd_http_conn_t *c) {
@@ -381,14 +385,29 @@ static const char busy_response[] = "HTTP/1.1 503 Service Unavailable\r\n"
                                     "Connection: close\r\n\r\n"
                                     "503: too many HTTP connections; try again\n";
 
+/* How long a connection that found no memory waits before it is accepted again. */
+#define HD_HTTP_RETRY_MS 100
+
+static void on_connection(uv_stream_t *ls, int status);
+
+static void on_retry(uv_timer_t *t) {
+    hd_http_listener_t *l = t->data;
+    on_connection((uv_stream_t *)&l->tcp, 0);
+}
+
 static void on_connection(uv_stream_t *ls, int status) {
     hd_http_listener_t *l = ls->data;
     hd_http_t *http = l->http;
     if (status < 0) return;
-    hd_http_conn_t *c = calloc(1, sizeof *c);
+    hd_http_conn_t *c = hd__scalloc(1, sizeof *c);
     if (!c) {
-        hd_log_warn("http: out of memory accepting a connection");
-        return; /* it stays in the backlog and is tried again */
+        /* libuv holds the accepted socket until uv_accept takes it and polls the listener
+         * no more meanwhile: without a retry, the HTTP server would never answer again. */
+        if (!uv_is_active((uv_handle_t *)&l->retry))
+            hd_log_warn("http: out of memory accepting a connection; trying again in %d ms",
+                        HD_HTTP_RETRY_MS);
+        uv_timer_start(&l->retry, on_retry, HD_HTTP_RETRY_MS, 0);
+        return;
     }
     c->http = http;
     uv_tcp_init(&http->loop, &c->tcp);
@@ -400,7 +419,7 @@ static void on_connection(uv_stream_t *ls, int status) {
     if (http->conns) http->conns->prev = c;
     http->conns = c;
     http->nconns++;
-    if (uv_accept(ls, (uv_stream_t *)&c->tcp) < 0) {
+    if (uv_accept(ls, (uv_stream_t *)&c->tcp) < 0) { /* nothing pending (a retry late) */
         conn_close(c);
         return;
     }
@@ -446,11 +465,16 @@ static void on_async(uv_async_t *a) {
     if (fresh) {
         hd_config_free(&http->cfg);
         http->cfg = *fresh;
-        free(fresh);
+        hd__sfree(fresh);
     }
     if (!stop) return;
-    for (size_t i = 0; i < http->nls; i++)
-        uv_close((uv_handle_t *)&http->ls[i].tcp, NULL);
+    for (size_t i = 0; i < http->nls; i++) {
+        hd_http_listener_t *l = http->ls[i];
+        if (!l->listening) continue;
+        l->listening = 0;
+        uv_close((uv_handle_t *)&l->tcp, NULL);
+        uv_close((uv_handle_t *)&l->retry, NULL);
+    }
     while (http->conns)
         conn_close(http->conns);
     uv_close((uv_handle_t *)&http->sample, NULL);
@@ -479,30 +503,37 @@ static int bind_entry(hd_http_t *http, const char *spec, char *names, size_t nam
     }
     int bound = 0;
     for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-        hd_http_listener_t *more = realloc(http->ls, (http->nls + 1) * sizeof *more);
+        hd_http_listener_t **more = hd__srealloc(http->ls, (http->nls + 1) * sizeof *more);
         if (!more) break;
         http->ls = more;
+        hd_http_listener_t *l = hd__scalloc(1, sizeof *l);
+        if (!l) break;
         int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol), one = 1;
-        if (fd < 0) continue;
+        if (fd < 0) {
+            hd__sfree(l);
+            continue;
+        }
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
         if (ai->ai_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
         if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, HD_HTTP_BACKLOG) < 0) {
             hd_log_error("http %s: %s", spec, strerror(errno));
             close(fd);
+            hd__sfree(l);
             continue;
         }
-        hd_http_listener_t *l = &http->ls[http->nls];
-        memset(l, 0, sizeof *l);
+        http->ls[http->nls++] = l; /* freed at stop, once the loop is done with it */
         uv_tcp_init(&http->loop, &l->tcp);
+        l->http = http;
+        l->tcp.data = l;
         if (uv_tcp_open(&l->tcp, fd) < 0 ||
             uv_listen((uv_stream_t *)&l->tcp, HD_HTTP_BACKLOG, on_connection) < 0) {
             hd_log_error("http %s: cannot listen", spec);
             uv_close((uv_handle_t *)&l->tcp, NULL); /* closes fd */
-            http->nls++;                            /* closed with the others at stop */
             continue;
         }
-        l->http = http;
-        l->tcp.data = l;
+        uv_timer_init(&http->loop, &l->retry);
+        l->retry.data = l;
+        l->listening = 1;
         struct sockaddr_storage ss;
         int len = sizeof ss;
         char h[INET6_ADDRSTRLEN] = "?", s[8] = "?";
@@ -514,7 +545,6 @@ static int bind_entry(hd_http_t *http, const char *spec, char *names, size_t nam
         hd_log_info("listening on %s", l->name);
         size_t used = strlen(names);
         snprintf(names + used, nameslen - used, "%s%s", used ? ", " : "", l->name);
-        http->nls++;
         bound++;
     }
     freeaddrinfo(res);
@@ -523,11 +553,11 @@ static int bind_entry(hd_http_t *http, const char *spec, char *names, size_t nam
 
 int hd__http_start(hd_server_t *srv, char *names, size_t nameslen) {
     if (srv->cfg.http.n == 0) return 0;
-    hd_http_t *http = calloc(1, sizeof *http);
+    hd_http_t *http = hd__scalloc(1, sizeof *http);
     if (!http) return HD_ENOMEM;
     http->srv = srv;
     if (uv_loop_init(&http->loop) < 0 || hd_config_copy(&http->cfg, &srv->cfg) < 0) {
-        free(http);
+        hd__sfree(http);
         return HD_ENOMEM;
     }
     uv_mutex_init(&http->lock);
@@ -552,16 +582,16 @@ int hd__http_start(hd_server_t *srv, char *names, size_t nameslen) {
 void hd__http_reload(hd_server_t *srv) {
     hd_http_t *http = srv->http;
     if (!http) return;
-    hd_config_t *fresh = malloc(sizeof *fresh);
+    hd_config_t *fresh = hd__smalloc(sizeof *fresh);
     if (!fresh || hd_config_copy(fresh, &srv->cfg) < 0) {
         hd_log_error("config reload: out of memory sending the HTTP server its config");
-        free(fresh);
+        hd__sfree(fresh);
         return;
     }
     uv_mutex_lock(&http->lock);
     if (http->pending) {
         hd_config_free(http->pending);
-        free(http->pending);
+        hd__sfree(http->pending);
     }
     http->pending = fresh;
     uv_mutex_unlock(&http->lock);
@@ -584,11 +614,13 @@ void hd__http_stop(hd_server_t *srv) {
     if (uv_loop_close(&http->loop) < 0) hd_log_error("http loop still has handles at exit");
     if (http->pending) {
         hd_config_free(http->pending);
-        free(http->pending);
+        hd__sfree(http->pending);
     }
     hd_config_free(&http->cfg);
     uv_mutex_destroy(&http->lock);
-    free(http->ls);
-    free(http);
+    for (size_t i = 0; i < http->nls; i++)
+        hd__sfree(http->ls[i]);
+    hd__sfree(http->ls);
+    hd__sfree(http);
     srv->http = NULL;
 }
