@@ -4,9 +4,10 @@
  * through hd__smem: its own buffers and records (hd__smalloc, hd__scalloc, hd__srealloc,
  * hd__sstrdup, hd__sfree), libuv's (routed with uv_replace_allocator by
  * server.c:hd__server_mem_init, which main.c calls first thing), OpenSSL's (tls.c's counting
- * allocator sits on top of it), protobuf-c's for hello and zstd's compression context. A test replaces the methods to count, and to fail the N-th
- * allocation, then checks that nothing broke and nothing is left (SQLite's
- * sqlite3_mem_methods, libuv's uv_replace_allocator; tests/server/test_server_oom.c).
+ * allocator sits on top of it), protobuf-c's for hello and zstd's compression context. A test
+ * replaces the methods to count, and to fail the N-th allocation, then checks that nothing broke
+ * and nothing is left (SQLite's sqlite3_mem_methods, libuv's uv_replace_allocator;
+ * tests/server/test_server_oom.c).
  *
  * Why not the engine's hook (src/heap/mem.c, hd__mem): that one is the engine's, declared in
  * its internal header, and its tests fail heap allocations on their own (tests/heap/
