@@ -8,7 +8,7 @@
  * reserves a byte for the frame, and the frame writer appends a length-prefixed message to an
  * output buffer. What a payload means is dispatch.c's business (and session.c's for hello).
  *
- * Memory is plain malloc/realloc/free: the engine's allocation hook is for heaps only. Every
+ * Memory comes from the daemon's hook (smem.h); the engine's is for heaps only. Every
  * function that allocates returns HD_ENOMEM on failure and leaves its buffer as it was.
  */
 #ifndef HD_CODEC_H
