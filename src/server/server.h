@@ -158,6 +158,7 @@ struct hd_worker_s {
     atomic_uint_fast64_t persist_gen_done; /* the newest save generation it has finished */
     atomic_uint persist_busy;              /* a background save of its sessions runs */
     atomic_int_fast64_t replay_bytes;      /* bytes its sessions' replay windows hold */
+    hd_msg_t *stop_msg; /* its HD_MSG_STOP, allocated at start: shutdown never needs memory */
 };
 
 /* ------------------------------------------------------------------------------------------ */

@@ -244,7 +244,7 @@ int hd__workers_start(hd_server_t *srv, size_t n) {
         uv_timer_start(&w->trim_timer, hd__conns_trim, HD_TRIM_INTERVAL_MS, HD_TRIM_INTERVAL_MS);
         uv_unref((uv_handle_t *)&w->trim_timer);
         hd__metrics_worker_init(w);
-        if (hd__persist_worker_init(w) < 0) {
+        if (!(w->stop_msg = hd__msg_new(HD_MSG_STOP)) || hd__persist_worker_init(w) < 0) {
             hd_log_error("starting worker %zu: out of memory", i);
             return HD_ENOMEM;
         }
@@ -262,14 +262,12 @@ int hd__workers_start(hd_server_t *srv, size_t n) {
 }
 
 void hd__workers_stop(hd_server_t *srv) {
+    /* Each worker's stop order was allocated when it started: without it, a shutdown short of
+     * memory would wait for a worker that was never told to stop. */
     for (size_t i = 0; i < srv->nworkers; i++) {
-        hd_msg_t *m = hd__msg_new(HD_MSG_STOP);
-        if (!m) {
-            /* Cannot stop it politely; the process is exiting anyway. */
-            hd_log_error("out of memory stopping worker %zu", i);
-            continue;
-        }
-        hd__worker_post(&srv->workers[i], m);
+        hd_msg_t *m = srv->workers[i].stop_msg;
+        srv->workers[i].stop_msg = NULL;
+        if (m) hd__worker_post(&srv->workers[i], m);
     }
     /* Every thread first: freeing a message can post another (a call sent back), which
      * takes the inbox lock of any worker. */
@@ -298,6 +296,7 @@ void hd__workers_free(hd_server_t *srv) {
         hd_config_free(&w->cfg);
         hd__sfree(w->readbuf);
         hd_buf_free(&w->scratch);
+        hd__msg_free(w->stop_msg); /* never posted */
     }
     hd__sfree(srv->workers);
     srv->workers = NULL;
