@@ -23,7 +23,12 @@
  * its thread pool's table for the process's life). ASan's leak check covers what the hook
  * cannot see. The loop ends at the first N whose run never reached a failure.
  *
- * A second loop does the same over restoring a snapshot at start-up (persist.c's restore,
+ * Another loop fails the N-th allocation of a shutdown (SIGTERM: every session saved, the
+ * attached one told ESHUTDOWN): it must end, leave nothing behind, and every session it saved
+ * must come back whole at the next start (one whose save failed is gone: it had no snapshot
+ * before); no file is ever refused as corrupt.
+ *
+ * A last loop does the same over restoring a snapshot at start-up (persist.c's restore,
  * snapfile.c's reader): the N-th allocation made while the server restores fails, and the
  * session must come back whole or not at all, with its file kept, never moved aside, so that
  * the next start restores it.
@@ -171,9 +176,12 @@ static hd_server_t srv;
 static uv_thread_t srv_thread;
 static int srv_rc;
 
+static atomic_int srv_done; /* hd__server_run returned */
+
 static void server_main(void *arg) {
     (void)arg;
     srv_rc = hd__server_run(&srv);
+    atomic_store(&srv_done, 1);
 }
 
 static uint64_t now_ms(void) {
@@ -208,6 +216,7 @@ static unsigned free_port(void) {
 
 static void server_start(void) {
     memset(&srv, 0, sizeof srv);
+    atomic_store(&srv_done, 0);
     char text[1024], http[64] = "http: []\n";
     if (shape == 1) snprintf(http, sizeof http, "http: [\"127.0.0.1:%u\"]\n", http_port);
     snprintf(text, sizeof text,
@@ -244,6 +253,14 @@ static void server_start(void) {
 
 static void server_stop(void) {
     kill(getpid(), SIGTERM);
+    /* A shutdown that hangs is a failure too: no join without a deadline. */
+    for (uint64_t until = now_ms() + 20000; !atomic_load(&srv_done);) {
+        if (now_ms() > until) {
+            fprintf(stderr, "test_server_oom: the server did not stop in 20 s\n");
+            _exit(1); /* its threads are stuck: nothing to clean up */
+        }
+        nap();
+    }
     uv_thread_join(&srv_thread);
     assert_int_equal(srv_rc, 0);
 }
@@ -999,6 +1016,102 @@ static void test_session_life_busy(void **state) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Shutting down.                                                                              */
+/* ------------------------------------------------------------------------------------------ */
+
+/* After a shutdown whose N-th allocation failed: each session saved comes back whole at the
+ * next start, with its object; one whose save failed is gone (it had no earlier snapshot);
+ * no file is refused. */
+static void check_saved(client_t *c, uint64_t handle, long n) {
+    client_t r;
+    assert_int_equal(cl_connect(&r), 0);
+    memcpy(r.session_id, c->session_id, sizeof c->session_id);
+    memcpy(r.resume_token, c->resume_token, sizeof c->resume_token);
+    rsp_t *h = hello(&r, 1);
+    if (!h) fail_msg("shutdown, N = %ld: a resume after the restart was closed", n);
+    if (status_of(h) == HD_ENOSESSION) { /* its save failed */
+        rsp_free(h);
+        cl_close(&r);
+        return;
+    }
+    if (status_of(h) != 0)
+        fail_msg("shutdown, N = %ld: resuming after the restart: %s", n, h->status->name);
+    rsp_free(h);
+    r.next_id = r.last_id + 1;
+    Heapd__V1__Read rd = HEAPD__V1__READ__INIT;
+    rd.handle = handle;
+    rd.length = sizeof pattern;
+    req_t rq = HEAPD__V1__REQUEST__INIT;
+    rq.op_case = OP(READ);
+    rq.read = &rd;
+    rsp_t *x = cl_call(&r, &rq, "read after the restart");
+    assert_non_null(x);
+    if (status_of(x) != 0 || x->result_case != RESULT(READ) ||
+        x->read->data.len != sizeof pattern ||
+        memcmp(x->read->data.data, pattern, sizeof pattern) != 0)
+        fail_msg("shutdown, N = %ld: the object did not come back as it was", n);
+    rsp_free(x);
+    req_t g = HEAPD__V1__REQUEST__INIT;
+    Heapd__V1__Goodbye gb = HEAPD__V1__GOODBYE__INIT;
+    g.op_case = OP(GOODBYE);
+    g.goodbye = &gb;
+    x = cl_call(&r, &g, "goodbye after the restart");
+    rsp_free(x);
+    cl_close(&r);
+}
+
+static void test_shutdown(void **state) {
+    (void)state;
+    shape = 0;
+    long n = 0, faulted = 0;
+    for (;; n++) {
+        if (n > 20000) fail_msg("more than 20000 allocations in one shutdown");
+        wipe_data_dir();
+        server_start();
+        /* One session attached, one detached: both are saved by the shutdown, and the
+         * attached one's connection is told ESHUTDOWN. */
+        client_t a, d;
+        uint64_t ha, hdet;
+        bystander_open(&a, &ha);
+        bystander_open(&d, &hdet);
+        cl_close(&d);
+        for (uint64_t until = now_ms() + 10000; srv.registry.sessions_detached != 1;) {
+            if (now_ms() > until) fail_msg("the session was not detached");
+            nap();
+        }
+        if (n == 0) { /* the first, unfaulted, sets the baseline */
+            server_stop();
+            cl_close(&a);
+            base_bytes = atomic_load(&live_bytes);
+            base_blocks = atomic_load(&live_blocks);
+            continue;
+        }
+        arm(n);
+        server_stop();
+        disarm();
+        int was_hit = atomic_load(&hit);
+        cl_close(&a);
+        check_nothing_left(n, "a shutdown");
+        if (count_files(".corrupt") != 0) fail_msg("shutdown, N = %ld: a snapshot was refused", n);
+        server_start();
+        uv_mutex_lock(&srv.registry.lock);
+        size_t restored = srv.registry.nsessions;
+        uv_mutex_unlock(&srv.registry.lock);
+        if (verbose) fprintf(stderr, "shutdown N=%ld hit=%d restored=%zu\n", n, was_hit, restored);
+        if (!was_hit) assert_int_equal(restored, 2);
+        check_saved(&a, ha, n);
+        check_saved(&d, hdet, n);
+        fresh_session();
+        server_stop();
+        if (!was_hit) break;
+        faulted++;
+    }
+    fprintf(stderr, "test_server_oom: shutting down: %ld allocations failed one at a time\n",
+            faulted);
+    assert_true(faulted >= 3); /* each save's buffer, and the answer ESHUTDOWN */
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Restoring a snapshot at start-up.                                                           */
 /* ------------------------------------------------------------------------------------------ */
 
@@ -1151,6 +1264,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_session_life),
         cmocka_unit_test(test_session_life_busy),
+        cmocka_unit_test(test_shutdown),
         cmocka_unit_test(test_restore),
     };
     int failed = cmocka_run_group_tests(tests, setup, teardown);
