@@ -56,6 +56,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -154,6 +155,36 @@ static void *t_realloc(void *p, size_t n, hd_smem_from_t from) {
 }
 
 static const hd_smem_methods_t counting = {t_malloc, t_calloc, t_realloc, t_free};
+
+/* The engine's hook (src/heap/mem.c) behind the same counter: its allocations count to the
+ * leak check always, and are failed too while engine_fails is set (the heaps' memory is the
+ * engine's to handle, tests/heap/test_oom.c; here it is what the daemon makes of an engine
+ * that says ENOMEM). Arenas and their pools come from map, counted as one block each. */
+static atomic_int engine_fails;
+
+static hd_smem_from_t engine_from(void) {
+    return atomic_load(&engine_fails) ? HD_SMEM_DAEMON : HD_SMEM_LIBUV;
+}
+static void *e_malloc(size_t n) {
+    return t_malloc(n, engine_from());
+}
+static void *e_realloc(void *p, size_t n) {
+    return t_realloc(p, n, engine_from());
+}
+static void *e_map(size_t n) {
+    if (should_fail(engine_from())) return NULL;
+    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    atomic_fetch_add(&live_bytes, (long)n);
+    atomic_fetch_add(&live_blocks, 1);
+    return p;
+}
+static void e_unmap(void *p, size_t n) {
+    munmap(p, n);
+    atomic_fetch_sub(&live_bytes, (long)n);
+    atomic_fetch_sub(&live_blocks, 1);
+}
+static const hd_mem_methods_t engine_counting = {e_malloc, e_realloc, t_free, e_map, e_unmap};
 
 static void arm(long n) {
     atomic_store(&seen, 0);
@@ -991,9 +1022,10 @@ static void life_loop(void) {
         answered += run.enomem > 0;
     }
     fprintf(stderr,
-            "test_server_oom: a client's life, shape %d: %ld allocations failed one at a time "
+            "test_server_oom: a client's life, shape %d%s: %ld allocations failed one at a time "
             "(%ld answered ENOMEM, %ld closed a connection, the rest absorbed)\n",
-            shape, faulted, answered, closed);
+            shape, atomic_load(&engine_fails) ? ", the engine's too" : "", faulted, answered,
+            closed);
     /* The loop did go through the life's allocations (about 30 in the plain shape, 170 in
      * the busy one). */
     assert_true(faulted > (shape == 1 ? 100 : 20));
@@ -1003,6 +1035,16 @@ static void test_session_life(void **state) {
     (void)state;
     shape = 0;
     life_loop();
+}
+
+/* The plain shape again, the engine's allocations failing too: every ENOMEM the engine
+ * returns under a request is the client's answer, and state stays as it was. */
+static void test_session_life_engine(void **state) {
+    (void)state;
+    shape = 0;
+    atomic_store(&engine_fails, 1);
+    life_loop();
+    atomic_store(&engine_fails, 0);
 }
 
 /* The same with two workers, requests off the loop, the slowlog, compressed snapshots, a
@@ -1156,8 +1198,7 @@ static void make_snapshot(client_t *c, uint64_t *handle) {
     assert_int_equal(count_files(".snap"), 1);
 }
 
-static void test_restore(void **state) {
-    (void)state;
+static void restore_loop(void) {
     client_t c;
     uint64_t handle;
     make_snapshot(&c, &handle);
@@ -1229,9 +1270,24 @@ static void test_restore(void **state) {
         faulted++;
     }
     hd_smem_set_methods(&counting);
-    fprintf(stderr, "test_server_oom: restoring a snapshot: %ld allocations failed one at a time\n",
-            faulted);
+    fprintf(stderr,
+            "test_server_oom: restoring a snapshot%s: %ld allocations failed one at a time\n",
+            atomic_load(&engine_fails) ? ", the engine's too" : "", faulted);
     assert_true(faulted > 5);
+}
+
+static void test_restore(void **state) {
+    (void)state;
+    restore_loop();
+}
+
+/* The engine loads the heap image (hd_heap_load): out of memory there must keep the file as
+ * well, never take it for a corrupt one. */
+static void test_restore_engine(void **state) {
+    (void)state;
+    atomic_store(&engine_fails, 1);
+    restore_loop();
+    atomic_store(&engine_fails, 0);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1253,8 +1309,9 @@ static int teardown(void **state) {
 }
 
 int main(void) {
-    /* The hook first, before libuv or OpenSSL allocate anything. */
+    /* The hooks first, before libuv, OpenSSL or a heap allocate anything. */
     hd_smem_set_methods(&counting);
+    hd_mem_set_methods(&engine_counting);
     if (hd__server_mem_init() < 0) {
         fprintf(stderr, "test_server_oom: libuv's allocator could not be replaced\n");
         return 1;
@@ -1264,8 +1321,10 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_session_life),
         cmocka_unit_test(test_session_life_busy),
+        cmocka_unit_test(test_session_life_engine),
         cmocka_unit_test(test_shutdown),
         cmocka_unit_test(test_restore),
+        cmocka_unit_test(test_restore_engine),
     };
     int failed = cmocka_run_group_tests(tests, setup, teardown);
     /* A failed test may leave a server running on its threads: do not wait for them. */
