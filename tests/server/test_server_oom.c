@@ -911,14 +911,6 @@ static void life(run_t *run) {
             nap();
         }
         c = again;
-        /* A failed allocation may have ended the session (its hello refused, or it was never
-         * saved from the drop): ENOSESSION is its honest answer then. */
-        if (r && status_of(r) == HD_ENOSESSION) {
-            run->step = "resume";
-            if (!run->enomem++) run->first = "resume (ENOSESSION)";
-            rsp_free(r);
-            goto out;
-        }
         open = judge(run, r, "resume");
         int resumed = r && status_of(r) == 0;
         rsp_free(r);
