@@ -556,7 +556,12 @@ int hd__http_start(hd_server_t *srv, char *names, size_t nameslen) {
     hd_http_t *http = hd__scalloc(1, sizeof *http);
     if (!http) return HD_ENOMEM;
     http->srv = srv;
-    if (uv_loop_init(&http->loop) < 0 || hd_config_copy(&http->cfg, &srv->cfg) < 0) {
+    if (uv_loop_init(&http->loop) < 0) {
+        hd__sfree(http);
+        return HD_ENOMEM;
+    }
+    if (hd_config_copy(&http->cfg, &srv->cfg) < 0) {
+        uv_loop_close(&http->loop); /* libuv's own memory for it */
         hd__sfree(http);
         return HD_ENOMEM;
     }

@@ -234,11 +234,13 @@ int hd__server_run(hd_server_t *srv) {
     if (rc < 0) {
         srv->stopping = 1;
         hd__listeners_stop(srv);
-    } else if (hd__workers_start(srv, nworkers) < 0) {
-        /* Some threads may run already, and there is nothing to unwind yet: no client has
-         * connected. Remove the socket file and go. */
+    } else if ((rc = hd__workers_start(srv, nworkers)) < 0) {
         hd__listeners_stop(srv);
-        exit(1);
+        /* A worker that could not be set up was undone with the others; a thread that could
+         * not be created leaves the ones before it running, which cannot be undone: no client
+         * has connected yet, so go, the socket file removed. */
+        if (srv->workers) exit(1);
+        srv->stopping = 1;
     } else if ((rc = hd__http_start(srv, http_names, sizeof http_names)) < 0) {
         srv->stopping = 1;
         hd__listeners_stop(srv); /* then the workers stop, below */

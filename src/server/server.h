@@ -130,6 +130,8 @@ typedef struct hd_msg_s {
 enum hd_worker_state_e {
     HD_WORKER_RUNNING = 0x1,  /* the thread is started */
     HD_WORKER_STOPPING = 0x2, /* HD_MSG_STOP received: no new connections or sessions */
+    HD_WORKER_LOOP = 0x4,     /* its loop and inbox lock are initialised */
+    HD_WORKER_METRICS = 0x8,  /* its metrics are initialised (hd__metrics_worker_init) */
 };
 
 struct hd_worker_s {
@@ -360,6 +362,9 @@ struct hd_conn_s {
 /* worker.c */
 /* The worker whose thread this is; NULL on any other thread (main, the thread pool). */
 extern _Thread_local hd_worker_t *hd__worker_self;
+/* Starts n workers. Returns 0, or a negative hd_err_t: when a worker could not be set up
+ * (out of memory), after undoing everything (srv->workers NULL, nothing left to free); when
+ * a thread could not be created, with srv->workers set: some threads may run. */
 int hd__workers_start(hd_server_t *srv, size_t n);
 /* Takes msg (allocated by hd__msg_new); wakes the worker. */
 void hd__worker_post(hd_worker_t *w, hd_msg_t *msg);

@@ -214,6 +214,23 @@ static void worker_main(void *arg) {
         hd_log_error("worker %d: loop still has handles at exit: %s", w->index, uv_strerror(rc));
 }
 
+static void close_handle(uv_handle_t *h, void *arg) {
+    (void)arg;
+    if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+/* Undoes a start whose threads never ran: their loops are still this thread's to close. */
+static void unstart(hd_server_t *srv) {
+    for (size_t i = 0; i < srv->nworkers; i++) {
+        hd_worker_t *w = &srv->workers[i];
+        if (!(w->state & HD_WORKER_LOOP)) continue;
+        uv_walk(&w->loop, close_handle, NULL);
+        uv_run(&w->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&w->loop);
+    }
+    hd__workers_free(srv);
+}
+
 int hd__workers_start(hd_server_t *srv, size_t n) {
     srv->workers = hd__scalloc(n, sizeof *srv->workers);
     if (!srv->workers) {
@@ -227,12 +244,13 @@ int hd__workers_start(hd_server_t *srv, size_t n) {
         w->srv = srv;
         w->readbuf = hd__smalloc(HD_READBUF_SIZE);
         int rc = w->readbuf ? uv_loop_init(&w->loop) : UV_ENOMEM;
-        if (rc == 0 && (rc = uv_mutex_init(&w->inbox_lock)) == 0 &&
-            hd_config_copy(&w->cfg, &srv->cfg) < 0)
-            rc = UV_ENOMEM;
+        if (rc == 0 && (rc = uv_mutex_init(&w->inbox_lock)) < 0) uv_loop_close(&w->loop);
+        if (rc == 0) w->state |= HD_WORKER_LOOP;
+        if (rc == 0 && hd_config_copy(&w->cfg, &srv->cfg) < 0) rc = UV_ENOMEM;
         if (rc == 0) rc = uv_async_init(&w->loop, &w->async, on_async);
         if (rc < 0) {
             hd_log_error("starting worker %zu: %s", i, uv_strerror(rc));
+            unstart(srv);
             return rc == UV_ENOMEM ? HD_ENOMEM : HD_EINTERNAL;
         }
         w->async.data = w;
@@ -244,8 +262,10 @@ int hd__workers_start(hd_server_t *srv, size_t n) {
         uv_timer_start(&w->trim_timer, hd__conns_trim, HD_TRIM_INTERVAL_MS, HD_TRIM_INTERVAL_MS);
         uv_unref((uv_handle_t *)&w->trim_timer);
         hd__metrics_worker_init(w);
+        w->state |= HD_WORKER_METRICS;
         if (!(w->stop_msg = hd__msg_new(HD_MSG_STOP)) || hd__persist_worker_init(w) < 0) {
             hd_log_error("starting worker %zu: out of memory", i);
+            unstart(srv);
             return HD_ENOMEM;
         }
     }
@@ -290,8 +310,8 @@ void hd__workers_stop(hd_server_t *srv) {
 void hd__workers_free(hd_server_t *srv) {
     for (size_t i = 0; i < srv->nworkers; i++) {
         hd_worker_t *w = &srv->workers[i];
-        uv_mutex_destroy(&w->inbox_lock);
-        hd__metrics_worker_free(w);
+        if (w->state & HD_WORKER_LOOP) uv_mutex_destroy(&w->inbox_lock);
+        if (w->state & HD_WORKER_METRICS) hd__metrics_worker_free(w);
         hd__persist_worker_free(w);
         hd_config_free(&w->cfg);
         hd__sfree(w->readbuf);
