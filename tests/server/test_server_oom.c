@@ -245,9 +245,14 @@ static unsigned free_port(void) {
     return ntohs(a.sin_port);
 }
 
-static void server_start(void) {
+/* Starts the server with the fail-th allocation from here on failing (0: none): its config
+ * loaded, then hd__server_run on its thread until it serves. Returns 1 when it serves, 0 when
+ * a failed allocation stopped it from starting (its config refused, or hd__server_run back
+ * with an error): then nothing of it runs. */
+static int server_launch(long fail) {
     memset(&srv, 0, sizeof srv);
     atomic_store(&srv_done, 0);
+    if (fail) arm(fail);
     char text[1024], http[64] = "http: []\n";
     if (shape == 1) snprintf(http, sizeof http, "http: [\"127.0.0.1:%u\"]\n", http_port);
     snprintf(text, sizeof text,
@@ -271,15 +276,27 @@ static void server_start(void) {
     if (hd_config_load_text(text, strlen(text), &srv.cfg, &err) < 0) {
         char msg[512];
         hd_config_error_format(&err, msg, sizeof msg);
+        if (fail && atomic_load(&hit) && strstr(msg, "out of memory")) return 0;
         fail_msg("test config: %s", msg);
     }
     hd__server_apply_logging(&srv.cfg);
     assert_int_equal(uv_thread_create(&srv_thread, server_main, NULL), 0);
     uint64_t until = now_ms() + 20000;
     while (atomic_load(&srv.serving) != HD_SERVING) {
+        if (atomic_load(&srv_done)) {
+            uv_thread_join(&srv_thread);
+            if (!fail || !atomic_load(&hit)) fail_msg("the server did not start");
+            if (srv_rc >= 0) fail_msg("the server stopped at start without an error");
+            return 0;
+        }
         if (now_ms() > until) fail_msg("the server did not become ready");
         nap();
     }
+    return 1;
+}
+
+static void server_start(void) {
+    assert_int_equal(server_launch(0), 1);
 }
 
 static void server_stop(void) {
@@ -1050,6 +1067,50 @@ static void test_session_life_busy(void **state) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Starting.                                                                                   */
+/* ------------------------------------------------------------------------------------------ */
+
+/* The busy shape's start, from loading its config to serving (listeners, two workers, the
+ * HTTP server, an empty data_dir restored), with its N-th allocation failing: the server
+ * serves (and a fresh session works) or hd__server_run returns an error, having undone
+ * everything; never a crash, an exit or a hang. */
+static void test_startup(void **state) {
+    (void)state;
+    shape = 1;
+    http_port = free_port();
+    wipe_data_dir();
+    server_start();
+    fresh_session();
+    server_stop();
+    base_bytes = atomic_load(&live_bytes);
+    base_blocks = atomic_load(&live_blocks);
+    long n = 1, faulted = 0, refused = 0;
+    for (;; n++) {
+        if (n > 20000) fail_msg("more than 20000 allocations starting the server");
+        wipe_data_dir();
+        int up = server_launch(n);
+        disarm();
+        int was_hit = atomic_load(&hit);
+        if (verbose) fprintf(stderr, "startup N=%ld hit=%d serving=%d\n", n, was_hit, up);
+        if (up) {
+            fresh_session();
+            server_stop();
+        } else {
+            refused++;
+        }
+        check_nothing_left(n, "a start");
+        if (!was_hit) break;
+        faulted++;
+    }
+    shape = 0;
+    fprintf(stderr,
+            "test_server_oom: starting: %ld allocations failed one at a time (%ld stopped the "
+            "start with an error, the rest absorbed)\n",
+            faulted, refused);
+    assert_true(refused > 5);
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Shutting down.                                                                              */
 /* ------------------------------------------------------------------------------------------ */
 
@@ -1314,6 +1375,7 @@ int main(void) {
         cmocka_unit_test(test_session_life),
         cmocka_unit_test(test_session_life_busy),
         cmocka_unit_test(test_session_life_engine),
+        cmocka_unit_test(test_startup),
         cmocka_unit_test(test_shutdown),
         cmocka_unit_test(test_restore),
         cmocka_unit_test(test_restore_engine),
