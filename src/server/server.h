@@ -449,8 +449,9 @@ uint64_t hd__now_ms(void);
 void hd__server_apply_logging(const hd_config_t *cfg);
 /* Runs srv, its config loaded and config_path set: binds the listeners, starts the workers,
  * tells systemd READY=1 and serves until SIGTERM or SIGINT, reloading on SIGHUP. Returns 0
- * after a clean shutdown, or a negative hd_err_t when it could not start (logged). Exits the
- * process with status 1 when workers fail to start, since their threads cannot be undone. */
+ * after a clean shutdown, or a negative hd_err_t when it could not start (logged; what it
+ * had set up is undone, out of memory included). Exits the process with status 1 only when a
+ * worker's thread cannot be created while others run, since those cannot be undone. */
 int hd__server_run(hd_server_t *srv);
 
 #endif /* HD_SERVER_SERVER_H */

@@ -23,15 +23,21 @@
  * its thread pool's table for the process's life). ASan's leak check covers what the hook
  * cannot see. The loop ends at the first N whose run never reached a failure.
  *
+ * The plain shape runs again with the engine's allocations (src/heap/mem.c's hook, behind
+ * the same counter) failing too: what the daemon makes of an engine that says ENOMEM.
+ *
+ * Another loop fails the N-th allocation of a start, from loading the config to serving: the
+ * server serves, or hd__server_run returns an error having undone everything.
+ *
  * Another loop fails the N-th allocation of a shutdown (SIGTERM: every session saved, the
  * attached one told ESHUTDOWN): it must end, leave nothing behind, and every session it saved
  * must come back whole at the next start (one whose save failed is gone: it had no snapshot
  * before); no file is ever refused as corrupt.
  *
  * A last loop does the same over restoring a snapshot at start-up (persist.c's restore,
- * snapfile.c's reader): the N-th allocation made while the server restores fails, and the
- * session must come back whole or not at all, with its file kept, never moved aside, so that
- * the next start restores it.
+ * snapfile.c's reader, and again with the engine's hd_heap_load failing too): the N-th
+ * allocation made while the server restores fails, and the session must come back whole or
+ * not at all, with its file kept, never moved aside, so that the next start restores it.
  *
  * HD_OOM_VERBOSE=1 prints each run's outcome and the server's warnings; 2 adds a backtrace of
  * each failed allocation.
