@@ -35,6 +35,7 @@
  */
 #include "internal.h"
 
+#include <sys/mman.h>
 #include <time.h>
 
 /*
@@ -52,9 +53,11 @@
  *                  link again). visit_reachable may move it back to young.
  *   reachable      scanned by move_unreachable with gc_refs > 0: COLLECTING cleared, gen bits
  *                  set to the generation it survives into, gc_prev a link again.
- *   unreachable    after move_unreachable, still COLLECTING (and UNREACHABLE until
- *                  move_legacy_finalizers clears it). Weak references cleared, finalized,
- *                  then cleared by delete_garbage; whatever outlives that moves to old.
+ *   unreachable    after move_unreachable, still COLLECTING and UNREACHABLE (until
+ *                  move_legacy_finalizers clears it, which runs only when a legacy finalizer
+ *                  may be among them; else until freed or moved to old). Weak references
+ *                  cleared, finalized, then cleared by delete_garbage; whatever outlives that
+ *                  moves to old.
  *   uncollectable  a legacy finalizer, or reachable from one: moved to the finalizers list
  *                  with COLLECTING cleared and gen bits set, then merged into old (the legacy
  *                  ones also go to the garbage list).
@@ -237,6 +240,15 @@ void hd__gc_on_alloc(hd_heap_t *h) {
  * header of each slot target once: O(young + young slots); objects of other generations
  * are read, never written.
  */
+/* What a collection learnt about the unreachable set: from the move passes (the union of
+ * the flags of every object moved there, so a superset), then exactly from
+ * move_legacy_finalizers when a legacy finalizer may be among them. */
+typedef struct split_s {
+    uint64_t nunreachable; /* unreachable objects, legacy ones included */
+    uint64_t nlegacy;      /* legacy finalizers among them */
+    uint16_t flags_any;    /* the union of the non-legacy objects' flags */
+} split_t;
+
 /* How many objects ahead of a pass its slot targets are prefetched: enough misses in flight
  * to cover memory latency (8 objects of 4 slots = 32 lines, about the core's miss buffers),
  * few enough that the lines are still cached when the pass gets there. */
@@ -314,7 +326,7 @@ static void update_and_subtract_refs(hd_heap_t *h, hd_ref_t young, int g) {
  * will reach it again); if the scan has not reached t yet, gc_refs = 1 tells it. The common
  * cases (scanned already, not yet reached, outside young) take no branch on t's state: the
  * store writes back what was there unless t is COLLECTING with gc_refs 0. */
-static inline void visit_reachable(regions_t rb, hd_ref_t t, hd_ref_t young) {
+static inline void visit_reachable(regions_t rb, hd_ref_t t, hd_ref_t young, split_t *s) {
     hd_obj_t *to = obj_at(rb, t);
     uint16_t f = to->flags;
     if (HD_UNLIKELY((f & (HD_OF_COLLECTING | HD_OF_UNREACHABLE)) ==
@@ -329,6 +341,7 @@ static inline void visit_reachable(regions_t rb, hd_ref_t t, hd_ref_t young) {
         ys->gc_prev = t;
         to->gc_prev = 1;
         to->flags &= (uint16_t)~HD_OF_UNREACHABLE;
+        s->nunreachable--;
         return;
     }
     /* Stored only when it changes: a store that writes back the same value still dirties a
@@ -348,8 +361,8 @@ static inline void visit_reachable(regions_t rb, hd_ref_t t, hd_ref_t young) {
  * appended to young and scanned again when the scan gets there. Each object is scanned at
  * most once as reachable and moved at most twice: O(young + young slots).
  */
-static uint64_t move_unreachable(hd_heap_t *h, hd_ref_t young, hd_ref_t unreachable,
-                                 int gen_after) {
+static uint64_t move_unreachable(hd_heap_t *h, hd_ref_t young, hd_ref_t unreachable, int gen_after,
+                                 split_t *s) {
     regions_t rb = h->alloc.region_base;
     hd_gchead_t *us = link_at(rb, unreachable);
     hd_ref_t prev = young; /* the last scanned reachable object, or young's sentinel */
@@ -367,7 +380,7 @@ static uint64_t move_unreachable(hd_heap_t *h, hd_ref_t young, hd_ref_t unreacha
             /* Reachable. Visiting may append to young, and so change o->gc_next when o is
              * the tail: the next object is read from prev after the visits. */
             for (uint32_t i = 0, n = o->nslots; i < n; i++)
-                if (o->slots[i]) visit_reachable(rb, o->slots[i], young);
+                if (o->slots[i]) visit_reachable(rb, o->slots[i], young, s);
             o->gc_prev = prev;
             o->flags = (uint16_t)((with_gen(o->flags, gen_after) & keep) | set);
             prev = r;
@@ -382,6 +395,8 @@ static uint64_t move_unreachable(hd_heap_t *h, hd_ref_t young, hd_ref_t unreacha
             o->gc_next = unreachable;
             us->gc_prev = r;
             o->flags |= HD_OF_UNREACHABLE;
+            s->nunreachable++;
+            s->flags_any |= o->flags;
         }
     }
     /* The tail may have moved to unreachable: the last reachable object is young's tail. */
@@ -447,14 +462,47 @@ void hd__gc_set_side(hd_heap_t *h, int mode) {
 static inline hd_ref_t side_prefetch(regions_t rb, uint32_t *side, hd_ref_t ahead, hd_ref_t young) {
     if (ahead == young) return ahead;
     const hd_obj_t *a = obj_at(rb, ahead);
-    for (uint32_t i = 0, n = a->nslots; i < n; i++) {
-        hd_ref_t t = a->slots[i];
-        if ((uint32_t)(t - ahead + HD_GC_NEAR) > 2 * HD_GC_NEAR)
-            __builtin_prefetch(side + (t >> 1), 1, 3);
-    }
+    /* Every slot, near or far, empty or not: a prefetch of a line already cached costs less
+     * than the test that would skip it (the table is an eighth of the heap, so a near
+     * target's entry is on the line of the object's own). */
+    for (uint32_t i = 0, n = a->nslots; i < n; i++)
+        __builtin_prefetch(side + (a->slots[i] >> 1), 1, 3);
     hd_ref_t next = a->gc_next;
     __asm__ volatile("" : : "r"(next)); /* see prefetch_targets */
     return next;
+}
+
+/*
+ * Whether the side passes prefetch at all. A prefetch pays only where the hardware cannot
+ * guess the next target: in a ring or a list targets are near their object, in a tree they
+ * move in step with the scan (children at 2i, the parent at i / 2: streams the hardware
+ * follows), and there the lookahead is a third of the passes' instructions for nothing. So
+ * the first HD_GC_PROBE objects of young have their targets compared with their own place
+ * and with the same slot's target in the object before; a target near neither is wild, as a
+ * random graph's are, and the passes prefetch when at least a quarter are.
+ */
+#define HD_GC_PROBE 256
+
+static inline bool far_from(hd_ref_t a, hd_ref_t b) {
+    return (uint32_t)(a - b + HD_GC_NEAR) > 2 * HD_GC_NEAR;
+}
+
+static bool side_probe(regions_t rb, hd_ref_t young) {
+    uint32_t seen = 0, wild = 0;
+    const hd_obj_t *po = NULL;
+    hd_ref_t r = link_at(rb, young)->gc_next;
+    for (int k = 0; k < HD_GC_PROBE && r != young; k++) {
+        const hd_obj_t *o = obj_at(rb, r);
+        uint32_t n = po ? (o->nslots < po->nslots ? o->nslots : po->nslots) : 0;
+        for (uint32_t i = 0; i < n; i++) {
+            hd_ref_t t = o->slots[i];
+            seen += t != 0;
+            wild += t && far_from(t, r) && far_from(t, po->slots[i]);
+        }
+        po = o;
+        r = o->gc_next;
+    }
+    return seen && wild * 4 >= seen;
 }
 
 static inline hd_ref_t side_prefetch_start(regions_t rb, uint32_t *side, hd_ref_t young) {
@@ -467,15 +515,15 @@ static inline hd_ref_t side_prefetch_start(regions_t rb, uint32_t *side, hd_ref_
 /* After this (if true), each young object's entry is BIAS + gc_refs; no object was written.
  * False when a young refcnt is too large for an entry: the other path must run. Reads each
  * young object once, in list order, and one entry per slot: O(young + young slots). */
-static bool side_subtract(hd_heap_t *h, hd_ref_t young, int g, uint32_t *side) {
+static bool side_subtract(hd_heap_t *h, hd_ref_t young, int g, uint32_t *side, bool pf) {
     regions_t rb = h->alloc.region_base;
     uint32_t big = 0;
-    hd_ref_t ahead = side_prefetch_start(rb, side, young);
+    hd_ref_t ahead = pf ? side_prefetch_start(rb, side, young) : young;
     for (hd_ref_t r = link_at(rb, young)->gc_next; r != young;) {
         const hd_obj_t *o = obj_at(rb, r);
         HD_ASSERT(o->refcnt > 0 && (o->flags & HD_OF_TRACKED) && hd__obj_gen(o) <= g);
         (void)g;
-        ahead = side_prefetch(rb, side, ahead, young);
+        if (pf) ahead = side_prefetch(rb, side, ahead, young);
         big |= o->refcnt >= HD_GC_SIDE_UNREACH;
         side[r >> 1] += HD_GC_SIDE_BIAS + o->refcnt;
         /* An empty slot takes one off entry 0 (refs 0 and 1: no object's): no branch. */
@@ -487,7 +535,8 @@ static bool side_subtract(hd_heap_t *h, hd_ref_t young, int g, uint32_t *side) {
 }
 
 /* visit_reachable, reading the target's state from its entry. */
-static inline void side_visit(regions_t rb, uint32_t *side, hd_ref_t t, hd_ref_t young) {
+static inline void side_visit(regions_t rb, uint32_t *side, hd_ref_t t, hd_ref_t young,
+                              split_t *s) {
     uint32_t *e = side + (t >> 1), v = *e;
     if (HD_UNLIKELY(v == HD_GC_SIDE_UNREACH)) {
         hd_obj_t *to = obj_at(rb, t);
@@ -502,6 +551,7 @@ static inline void side_visit(regions_t rb, uint32_t *side, hd_ref_t t, hd_ref_t
         ys->gc_prev = t;
         to->flags &= (uint16_t)~HD_OF_UNREACHABLE;
         *e = HD_GC_SIDE_BIAS + 1;
+        s->nunreachable--;
         return;
     }
     /* Young, not yet scanned, gc_refs 0: now 1. Without a branch (which of the two is a coin
@@ -512,23 +562,23 @@ static inline void side_visit(regions_t rb, uint32_t *side, hd_ref_t t, hd_ref_t
 /* move_unreachable (same lists, same order, same result) over the side table. An object that
  * survives is written only if its links or flags change. */
 static uint64_t side_move_unreachable(hd_heap_t *h, hd_ref_t young, hd_ref_t unreachable,
-                                      int gen_after, uint32_t *side) {
+                                      int gen_after, uint32_t *side, bool pf, split_t *s) {
     regions_t rb = h->alloc.region_base;
     hd_gchead_t *us = link_at(rb, unreachable);
     hd_ref_t prev = young;
     uint16_t keep = gen_after == 2 ? (uint16_t)~HD_OF_MARK : 0xffffu;
     uint16_t set = gen_after == 2 ? h->gc.inc.black : 0;
     uint64_t nreachable = 0;
-    hd_ref_t ahead = side_prefetch_start(rb, side, young);
+    hd_ref_t ahead = pf ? side_prefetch_start(rb, side, young) : young;
     for (hd_ref_t r = link_at(rb, young)->gc_next; r != young; r = link_at(rb, prev)->gc_next) {
         hd_obj_t *o = obj_at(rb, r);
-        ahead = side_prefetch(rb, side, ahead, young);
+        if (pf) ahead = side_prefetch(rb, side, ahead, young);
         uint32_t e = side[r >> 1];
         /* Below BIAS: a slot reference that refcnt did not count (or a list gone wrong). */
         HD_ASSERT(e >= HD_GC_SIDE_BIAS && e < 2u * HD_GC_SIDE_BIAS);
         if (e > HD_GC_SIDE_BIAS) {
             for (uint32_t i = 0, n = o->nslots; i < n; i++)
-                if (o->slots[i]) side_visit(rb, side, o->slots[i], young);
+                if (o->slots[i]) side_visit(rb, side, o->slots[i], young, s);
             if (o->gc_prev != prev) o->gc_prev = prev;
             uint16_t f = (uint16_t)((with_gen(o->flags, gen_after) & keep) | set);
             if (o->flags != f) o->flags = f;
@@ -543,6 +593,8 @@ static uint64_t side_move_unreachable(hd_heap_t *h, hd_ref_t young, hd_ref_t unr
             us->gc_prev = r;
             o->flags |= HD_OF_COLLECTING | HD_OF_UNREACHABLE;
             side[r >> 1] = HD_GC_SIDE_UNREACH;
+            s->nunreachable++;
+            s->flags_any |= o->flags;
         }
     }
     link_at(rb, young)->gc_prev = prev;
@@ -566,13 +618,17 @@ static uint32_t *side_table(hd_heap_t *h, int g, size_t *bytes) {
         h->acct.why = why;
         return NULL;
     }
-    uint32_t *side = hd__calloc(n, sizeof *side);
-    if (!side) hd__uncharge(&h->acct, HD_CHARGE_collector, *bytes);
+    uint32_t *side = hd__mem.map(*bytes);
+    if (!side) {
+        hd__uncharge(&h->acct, HD_CHARGE_collector, *bytes);
+        return NULL;
+    }
+    if (*bytes >= (2u << 20)) (void)madvise(side, *bytes, MADV_HUGEPAGE);
     return side;
 }
 
 static void side_free(hd_heap_t *h, uint32_t *side, size_t bytes) {
-    hd__free(side);
+    hd__mem.unmap(side, bytes);
     hd__uncharge(&h->acct, HD_CHARGE_collector, bytes);
 }
 
@@ -580,26 +636,20 @@ static void side_free(hd_heap_t *h, uint32_t *side, size_t bytes) {
  * reachable from outside it, unreachable the rest. Returns the size of young. Through the
  * side table when there is one and every young refcnt fits it, else through the objects. */
 static uint64_t find_unreachable(hd_heap_t *h, hd_ref_t young, hd_ref_t unreachable, int g,
-                                 int gen_old) {
+                                 int gen_old, split_t *s) {
     size_t bytes = 0;
     uint32_t *side = side_table(h, g, &bytes);
     if (side) {
         uint64_t n = 0;
-        bool ok = side_subtract(h, young, g, side);
-        if (ok) n = side_move_unreachable(h, young, unreachable, gen_old, side);
+        bool pf = side_probe(h->alloc.region_base, young);
+        bool ok = side_subtract(h, young, g, side, pf);
+        if (ok) n = side_move_unreachable(h, young, unreachable, gen_old, side, pf, s);
         side_free(h, side, bytes);
         if (ok) return n;
     }
     update_and_subtract_refs(h, young, g);
-    return move_unreachable(h, young, unreachable, gen_old);
+    return move_unreachable(h, young, unreachable, gen_old, s);
 }
-
-/* What move_legacy_finalizers learnt about the unreachable set. */
-typedef struct split_s {
-    uint64_t nunreachable; /* unreachable objects, legacy ones included */
-    uint64_t nlegacy;      /* legacy finalizers among them */
-    uint16_t flags_any;    /* the union of the non-legacy objects' flags */
-} split_t;
 
 /* After this, no object has UNREACHABLE; the unreachable objects with a legacy finalizer
  * are on finalizers (COLLECTING cleared, gen bits = gen_old). One walk: O(unreachable). */
@@ -778,7 +828,8 @@ static uint64_t collect_main(hd_heap_t *h, int g, uint64_t *ncollected, uint64_t
     HD_ASSERT_EXPENSIVE(young == old || list_ok(h, old, gen_old));
 
     hd__gc_list_init(h, UNREACHABLE_LIST);
-    uint64_t nsurvivors = find_unreachable(h, young, UNREACHABLE_LIST, g, gen_old);
+    split_t s = {0, 0, 0};
+    uint64_t nsurvivors = find_unreachable(h, young, UNREACHABLE_LIST, g, gen_old, &s);
     HD_ASSERT_EXPENSIVE(list_ok(h, young, gen_old));
 
     /* After this, the survivors are in old; the long-lived counts are updated before any
@@ -791,9 +842,15 @@ static uint64_t collect_main(hd_heap_t *h, int g, uint64_t *ncollected, uint64_t
         gc->long_lived_total = nsurvivors;
     }
 
+    /* Without a legacy finalizer among the unreachable (the usual case), the split is known
+     * and nothing moves: the unreachable objects keep COLLECTING|UNREACHABLE until they are
+     * freed or moved to old, which clear both, and the walk over them is saved. */
     hd__gc_list_init(h, FINALIZERS_LIST);
-    split_t s = move_legacy_finalizers(h, UNREACHABLE_LIST, FINALIZERS_LIST, gen_old);
-    uint64_t nfinalizers = move_legacy_finalizer_reachable(h, FINALIZERS_LIST, gen_old);
+    uint64_t nfinalizers = 0;
+    if (s.flags_any & HD_OF_LEGACY) {
+        s = move_legacy_finalizers(h, UNREACHABLE_LIST, FINALIZERS_LIST, gen_old);
+        nfinalizers = move_legacy_finalizer_reachable(h, FINALIZERS_LIST, gen_old);
+    }
     uint64_t m = s.nunreachable - nfinalizers;
 
     /* After this, the garbage list has room for everything this collection may list. */
