@@ -451,7 +451,8 @@ static uint64_t move_unreachable(hd_heap_t *h, hd_ref_t young, hd_ref_t unreacha
 
 _Static_assert(HD_ROUND_UP(sizeof(hd_obj_t)) >= 2 * HD_ALIGN,
                "objects are two granules at least: ref >> 1 names one object");
-_Static_assert(HD_GC_SIDE_UNREACH<HD_GC_SIDE_BIAS && 2u * HD_GC_SIDE_BIAS - 1> HD_GC_SIDE_BIAS,
+_Static_assert((HD_GC_SIDE_UNREACH < HD_GC_SIDE_BIAS) &&
+                   (2u * HD_GC_SIDE_BIAS - 1 > HD_GC_SIDE_BIAS),
                "UNREACH is no young entry, and BIAS + gc_refs fits 32 bits");
 
 void hd__gc_set_side(hd_heap_t *h, int mode) {
@@ -463,8 +464,8 @@ static inline hd_ref_t side_prefetch(regions_t rb, uint32_t *side, hd_ref_t ahea
     if (ahead == young) return ahead;
     const hd_obj_t *a = obj_at(rb, ahead);
     /* Every slot, near or far, empty or not: a prefetch of a line already cached costs less
-     * than the test that would skip it (the table is an eighth of the heap, so a near
-     * target's entry is on the line of the object's own). */
+     * than the test that would skip it (a near target's entry is within 128 bytes of the
+     * object's own, on a line the pass has just touched). */
     for (uint32_t i = 0, n = a->nslots; i < n; i++)
         __builtin_prefetch(side + (a->slots[i] >> 1), 1, 3);
     hd_ref_t next = a->gc_next;
@@ -602,7 +603,10 @@ static uint64_t side_move_unreachable(hd_heap_t *h, hd_ref_t young, hd_ref_t unr
 }
 
 /* The table for a collection of generations 0..g, charged, or NULL (then the other path
- * runs): not wanted, refused by the limits or by the hook. *bytes: what to give back. */
+ * runs): not wanted, refused by the limits or by the hook. *bytes: what to give back. Pages
+ * from the hook's map come zeroed (no pass to clear them); from 2 MiB on they are asked to be
+ * huge pages, since the accesses are random and a 4 KiB page's TLB entry would rarely be
+ * used twice. */
 static uint32_t *side_table(hd_heap_t *h, int g, size_t *bytes) {
     hd_gcstate_t *gc = &h->gc;
     if (gc->side == HD_GC_SIDE_NEVER) return NULL;
