@@ -1056,8 +1056,9 @@ void hd__gc_garbage_push(hd_heap_t *h, hd_ref_t r, hd_obj_t *o);
 uint64_t hd__gc_now_ns(void);
 /* When collections keep gc_refs in a side table rather than in the objects (gc.c, "The side
  * table"): AUTO (full collections of large heaps, the default), ALWAYS (every collection
- * that can: tests, so that small heaps take that path too) or NEVER. Same results either way. */
-enum { HD_GC_SIDE_AUTO = 0, HD_GC_SIDE_ALWAYS = 1, HD_GC_SIDE_NEVER = 2 };
+ * that can: tests, so that small heaps take that path too), WIDE (as ALWAYS, with the 32-bit
+ * table, which otherwise only a large refcount brings: tests) or NEVER. Same results in all. */
+enum { HD_GC_SIDE_AUTO = 0, HD_GC_SIDE_ALWAYS = 1, HD_GC_SIDE_NEVER = 2, HD_GC_SIDE_WIDE = 3 };
 void hd__gc_set_side(hd_heap_t *h, int mode);
 
 /* ------------------------------------------------------------------------------------------ */

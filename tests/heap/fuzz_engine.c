@@ -1746,8 +1746,10 @@ static void run(const uint8_t *data, size_t size) {
     }
     CHECK(hd_heap_new(&cfg, &w->h) == 0 && hd_heap_new(NULL, &w->h2) == 0, "heap_new");
     /* Inputs of odd length collect through the collector's side table (gc.c) whatever the
-     * heap's size, the others take the default (through the objects, for heaps this small). */
-    hd__gc_set_side(w->h, (size & 1) ? HD_GC_SIDE_ALWAYS : HD_GC_SIDE_AUTO);
+     * heap's size (3 mod 4: its 32-bit table), the others take the default (through the
+     * objects, for heaps this small). */
+    hd__gc_set_side(w->h, (size & 1) ? ((size & 2) ? HD_GC_SIDE_WIDE : HD_GC_SIDE_ALWAYS)
+                                     : HD_GC_SIDE_AUTO);
     hd_events_set_mask(w->h, (cfgb & 0x80) ? HD_EVMASK_ALL : 0);
     w->mask_all = (cfgb & 0x80) != 0;
     check_world(w);

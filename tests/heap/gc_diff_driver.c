@@ -39,7 +39,8 @@
  * the FINALIZED events as a set and the containers alive at the end.
  *
  * With --side always (first) every collection keeps gc_refs in the collector's side table
- * (gc.c), which by default only full collections of large heaps do; --side never: never.
+ * (gc.c), which by default only full collections of large heaps do; --side wide: in its
+ * 32-bit table; --side never: never.
  *
  * Exit status 2 on a malformed program or an engine error.
  */
@@ -185,6 +186,8 @@ int main(int argc, char **argv) {
     if (argc >= 3 && strcmp(argv[1], "--side") == 0) {
         if (strcmp(argv[2], "always") == 0)
             side = HD_GC_SIDE_ALWAYS;
+        else if (strcmp(argv[2], "wide") == 0)
+            side = HD_GC_SIDE_WIDE;
         else if (strcmp(argv[2], "never") == 0)
             side = HD_GC_SIDE_NEVER;
         else
@@ -198,7 +201,7 @@ int main(int argc, char **argv) {
         cfg.gc_increment_objects = strtoull(argv[2], NULL, 10);
         if (!cfg.gc_increment_objects) die("bad --incremental", 0, 0);
     } else if (argc != 1) {
-        die("usage: gc_diff_driver [--side always|never] [--incremental K] < program", 0, 0);
+        die("usage: gc_diff_driver [--side always|wide|never] [--incremental K] < program", 0, 0);
     }
     hd_heap_t *h = NULL;
     int rc = hd_heap_new(&cfg, &h);

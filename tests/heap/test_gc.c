@@ -1363,19 +1363,24 @@ static void side_program(int side, side_log_t *log) {
     free(weak);
 }
 
-/* Both paths tell the client the same: every value, event and list order. */
+/* The three paths (the narrow table, the wide one, the objects) tell the client the same:
+ * every value, event and list order. */
 static void test_side_table_same_results(void **state) {
     (void)state;
     enum { CAP = 200000 };
     side_log_t a = {calloc(CAP, sizeof(long)), 0, CAP}, b = {calloc(CAP, sizeof(long)), 0, CAP};
     assert_non_null(a.v);
     assert_non_null(b.v);
-    side_program(HD_GC_SIDE_ALWAYS, &a);
     side_program(HD_GC_SIDE_NEVER, &b);
-    assert_int_equal(a.n, b.n);
-    for (long i = 0; i < a.n; i++)
-        assert_int_equal(a.v[i], b.v[i]);
-    assert_true(a.n > 3000); /* the objects were listed, not just the counts */
+    assert_true(b.n > 3000); /* the objects were listed, not just the counts */
+    static const int modes[] = {HD_GC_SIDE_ALWAYS, HD_GC_SIDE_WIDE};
+    for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
+        a.n = 0;
+        side_program(modes[m], &a);
+        assert_int_equal(a.n, b.n);
+        for (long i = 0; i < a.n; i++)
+            assert_int_equal(a.v[i], b.v[i]);
+    }
     free(a.v);
     free(b.v);
 }
@@ -1429,7 +1434,32 @@ static void test_side_table_refused(void **state) {
     assert_int_equal(live_objects(h), 0);
 }
 
-/* A refcount too large for an entry sends the collection through the objects. At
+/* A refcount too large for a 16-bit entry sends the collection to the wide table. At 65535,
+ * with no slot pointing at it, a 16-bit entry would read 2^15 + 65535 mod 2^16, which is
+ * UNREACH: x would be taken for garbage and its slot cleared. */
+static void test_side_table_narrow_refcount(void **state) {
+    hd_heap_t *h = TU_HEAP(state);
+    hd__gc_set_side(h, HD_GC_SIDE_ALWAYS);
+    hd_handle_t x = tu_obj(h, 1, 0), y = tu_obj(h, 0, 0), a = tu_obj(h, 1, 0), b = tu_obj(h, 1, 0);
+    link(h, x, 0, y);
+    link(h, a, 0, b);
+    link(h, b, 0, a);
+    drop(h, a);
+    drop(h, b);
+    drop(h, y);
+    assert_int_equal(hd_incref(h, x, 65534), 0);
+    assert_int_equal(tu_refcnt(h, x), 65535);
+    assert_int_equal(collect(h, 2), 2);
+    assert_true(tu_alive(h, x) && tu_alive(h, y));
+    hd_handle_t got = 0;
+    assert_int_equal(hd_get_slot(h, x, 0, &got), 0);
+    assert_true(got == y);
+    drop(h, got); /* the reference hd_get_slot returned */
+    assert_int_equal(hd_decref(h, x, 65535), 0);
+    assert_int_equal(live_objects(h), 0);
+}
+
+/* A refcount too large for any entry sends the collection through the objects. At
  * UINT32_MAX, with no slot pointing at it, an entry would read BIAS + 2^32 - 1, which is
  * UNREACH: x would be taken for garbage. */
 static void test_side_table_large_refcount(void **state) {
@@ -1492,6 +1522,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_long_chains, tu_setup, tu_teardown),
         cmocka_unit_test(test_side_table_same_results),
         cmocka_unit_test_setup_teardown(test_side_table_refused, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_side_table_narrow_refcount, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_side_table_large_refcount, tu_setup, tu_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

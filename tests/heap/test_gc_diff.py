@@ -50,7 +50,8 @@ containers alive at the end, after the program's last complete collection, and t
 FINALIZED events must be the same.
 
 Odd seeds run the driver with --side always (every collection keeps gc_refs in the
-collector's side table, gc.c), even ones with --side never: both paths agree with CPython.
+collector's side table, gc.c; seeds 3 mod 4 with --side wide, its 32-bit table), even ones
+with --side never: every path agrees with CPython.
 
 Usage: test_gc_diff.py DRIVER [--seeds N] [--ops N] [--seed S] [--incremental]
 Only the standard library of /usr/bin/python3 is used. On a divergence the test fails with
@@ -389,9 +390,9 @@ def timeless(program):
 def check(driver, seed, nops, incremental=False):
     """None if the engine and CPython agree on this program, else a report."""
     program = gen_program(seed, nops)
-    # Odd seeds collect through the side table (gc.c), even ones through the objects: the
-    # two paths must give CPython's results alike.
-    argv = [driver] + (["--side", "always"] if seed % 2 else ["--side", "never"])
+    # Odd seeds collect through the side table (gc.c; its 32-bit form for seeds 3 mod 4), even
+    # ones through the objects: every path must give CPython's results.
+    argv = [driver, "--side", ("never", "always", "never", "wide")[seed % 4]]
     if incremental:
         program = timeless(program)
         argv += ["--incremental", str(random.Random(seed).choice((1, 2, 5, 16, 64)))]
