@@ -655,7 +655,7 @@ static inline int alloc_fill(hd_heap_t *h, hd_obj_t *o, hd_ref_t r, size_t charg
     memcpy(out, &r, 4);
     memcpy((char *)out + 4, &check, 4);
     /* Containers go on out of line, so that this stays a leaf function (no frame to save). */
-    if (nslots) return alloc_track(h, r, o);
+    if ((uint16_t)nf) return alloc_track(h, r, o);
     return 0;
 }
 
