@@ -270,19 +270,33 @@ class RedirectTest(h.unittest.TestCase):
         self.assertIn("draining", r.status.message)
 
 
+def with_data_dir(d):
+    """d (not started) with a data_dir of its own; returns d."""
+    d.config["data_dir"] = os.path.join(d.dir, "data")
+    d.write_config(d.config)
+    return d
+
+
+def saved_session(d, size):
+    """Starts d, leaves a session holding one object of size bytes and stops d with SIGTERM,
+    which saves the session to d's data_dir; returns (its hello result, the object's handle)."""
+    d.start()
+    c = d.session()
+    hr = c.hello_result
+    obj = c.alloc(size=size)
+    c.close()
+    d.clients = []
+    d.signal(signal.SIGTERM)
+    code = d.wait_exit()
+    if code != 0:
+        raise AssertionError(f"{d.config['node_id']} exited with {code} on SIGTERM")
+    return hr, obj
+
+
 class RestoreTest(h.unittest.TestCase):
     def test_node_named_sessions_come_back_from_snapshots(self):
-        d = node("nr", data_dir="")
-        d.config["data_dir"] = os.path.join(d.dir, "data")
-        d.write_config(d.config)
-        d.start()
-        c = d.session()
-        hr = c.hello_result
-        obj = c.alloc(size=24)
-        c.close()
-        d.clients = []
-        d.signal(signal.SIGTERM)
-        self.assertEqual(d.wait_exit(), 0)
+        d = with_data_dir(node("nr"))
+        hr, obj = saved_session(d, 24)
         self.assertTrue(os.path.exists(os.path.join(d.config["data_dir"],
                                                     hr.session_id + ".snap")))
         restart(d)
@@ -297,20 +311,9 @@ class RestoreTest(h.unittest.TestCase):
     def test_a_lost_nodes_snapshots_handed_to_another_node(self):
         """docs/SCALING.md, "Losing a node": its files copied into another node's data_dir,
         and the peers entry for it pointed at that node."""
-        lost = node("gone")
-        lost.config["data_dir"] = os.path.join(lost.dir, "data")
-        lost.write_config(lost.config)
-        lost.start()
-        c = lost.session()
-        hr = c.hello_result
-        obj = c.alloc(size=40)
-        c.close()
-        lost.clients = []
-        lost.signal(signal.SIGTERM)
-        self.assertEqual(lost.wait_exit(), 0)
-        heir = node("heir")
-        heir.config["data_dir"] = os.path.join(heir.dir, "data")
-        heir.write_config(heir.config)
+        lost = with_data_dir(node("gone"))
+        hr, obj = saved_session(lost, 40)
+        heir = with_data_dir(node("heir"))
         os.makedirs(heir.config["data_dir"], mode=0o700)
         name = hr.session_id + ".snap"
         shutil.copy(os.path.join(lost.config["data_dir"], name),

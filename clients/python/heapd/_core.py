@@ -343,6 +343,15 @@ class SessionCore:
                           token=self._token or "", session_id=sid, resume_token=tok,
                           resend=bool(resend))
 
+    def _redirected(self, exc, hops):
+        """The node a redirect (:class:`heapd.Moved`, EMOVED) sends the hello to, counted in
+        ``redirects``; re-raises it when it names no node or after MAX_REDIRECTS hops.  The
+        blocking and the asyncio sessions both follow redirects through this."""
+        if not exc.url or hops == MAX_REDIRECTS:
+            raise exc
+        self.redirects += 1
+        return exc.url
+
     def _check_hello(self, frame, rid, reader):
         """Takes the hello's answer, or raises: the server's error, or :class:`BadReply`
         for anything that is not heapd's answer to this hello."""

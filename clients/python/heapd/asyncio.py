@@ -194,10 +194,7 @@ class Session(SessionCore):
             try:
                 await self._hello_at(url, resume, resend)
             except errors.Moved as exc:
-                if not exc.url or hops == MAX_REDIRECTS:
-                    raise
-                url = exc.url
-                self.redirects += 1
+                url = self._redirected(exc, hops)
                 continue
             self.node_url = url
             return
