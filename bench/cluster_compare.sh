@@ -25,25 +25,10 @@ HEAPD=$BUILD/bin/heapd
 BENCH=$BUILD/bin/heapd-bench
 CFG=$(dirname "$0")/../deploy/haproxy/haproxy.cfg
 
-for tool in "$HEAPD" "$BENCH"; do
-    [ -x "$tool" ] || { echo "cluster_compare: $tool not built (cmake --build $BUILD)" >&2; exit 1; }
-done
-for tool in haproxy python3; do
-    command -v "$tool" > /dev/null || { echo "cluster_compare: $tool not installed" >&2; exit 1; }
-done
-
-tmp=$(mktemp -d)
-pids=()
+. "$(dirname "$0")/lib.sh"
+bench_need cluster_compare "$HEAPD" "$BENCH" -- haproxy python3
+bench_scratch
 lb_pid=
-cleanup() {
-    for pid in $lb_pid "${pids[@]}"; do
-        kill "$pid" 2> /dev/null || true
-        wait "$pid" 2> /dev/null || true
-    done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 port() { echo $((BASE_PORT + 10 * $1)); }
 for i in 1 2 3; do
@@ -68,13 +53,14 @@ done
 
 # balancer NODE NODE NODE: HAProxy on the shipped config with those three servers.
 balancer() {
-    [ -z "$lb_pid" ] || { kill "$lb_pid"; wait "$lb_pid" 2> /dev/null || true; }
+    [ -z "$lb_pid" ] || bench_stop "$lb_pid"
     HEAPD_LB_BIND=127.0.0.1:$BASE_PORT \
         HEAPD_NODE1=127.0.0.1:$(port "$1") HEAPD_NODE1_HTTP=$(($(port "$1") + 1)) \
         HEAPD_NODE2=127.0.0.1:$(port "$2") HEAPD_NODE2_HTTP=$(($(port "$2") + 1)) \
         HEAPD_NODE3=127.0.0.1:$(port "$3") HEAPD_NODE3_HTTP=$(($(port "$3") + 1)) \
         haproxy -f "$CFG" -db 2> "$tmp/haproxy.log" &
     lb_pid=$!
+    pids+=("$lb_pid")
     for _ in $(seq 50); do
         "$BENCH" --port "$BASE_PORT" -c 1 -d 0.05 > /dev/null 2>&1 && return
         sleep 0.1

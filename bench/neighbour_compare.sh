@@ -18,18 +18,9 @@ OBJECTS=${OBJECTS:-4000000}
 SAMPLES=${SAMPLES:-20000}
 HEAPD=$BUILD/bin/heapd
 BENCH=$BUILD/bin/heapd-neighbour-bench
-for tool in "$HEAPD" "$BENCH"; do
-    [ -x "$tool" ] || { echo "neighbour_compare: $tool not built (cmake --build $BUILD)" >&2; exit 1; }
-done
-
-tmp=$(mktemp -d)
-pid=""
-cleanup() {
-    [ -n "$pid" ] && kill "$pid" 2> /dev/null && wait "$pid" 2> /dev/null || true
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+. "$(dirname "$0")/lib.sh"
+bench_need neighbour_compare "$HEAPD" "$BENCH"
+bench_scratch
 
 run() {
     local offload=$1
@@ -44,13 +35,12 @@ offload_above: $offload
 log_level: warn
 YAML
     "$HEAPD" --config "$tmp/heapd.yaml" 2> "$tmp/heapd.log" &
-    pid=$!
+    local pid=$!
+    pids+=("$pid")
     until [ -S "$tmp/heapd.sock" ]; do sleep 0.05; done # it appears once heapd listens
     echo "== offload_above: $offload"
     "$BENCH" "unix:$tmp/heapd.sock" --objects "$OBJECTS" --samples "$SAMPLES"
-    kill "$pid"
-    wait "$pid" || true
-    pid=""
+    bench_stop "$pid"
 }
 
 echo "heapd-neighbour-bench, $(date -u '+%Y-%m-%d %H:%M UTC'), load average $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -22,30 +22,13 @@ HEAPD_PORT=${HEAPD_PORT:-7480}
 WORKERS=${WORKERS:-0} # heapd worker loops; 0 = one per core (the default config)
 HEAPD=$BUILD/bin/heapd
 BENCH=$BUILD/bin/heapd-bench
-
-for tool in "$HEAPD" "$BENCH"; do
-    [ -x "$tool" ] || { echo "redis_compare: $tool not built (cmake --build $BUILD)" >&2; exit 1; }
-done
-for tool in redis-server redis-benchmark redis-cli python3; do
-    command -v "$tool" > /dev/null || { echo "redis_compare: $tool not installed" >&2; exit 1; }
-done
-
-tmp=$(mktemp -d)
-redis_pid=
-heapd_pid=
-cleanup() {
-    for pid in $redis_pid $heapd_pid; do
-        kill "$pid" 2> /dev/null || true
-        wait "$pid" 2> /dev/null || true
-    done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+. "$(dirname "$0")/lib.sh"
+bench_need redis_compare "$HEAPD" "$BENCH" -- redis-server redis-benchmark redis-cli python3
+bench_scratch
 
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
     --daemonize no --logfile "$tmp/redis.log" &
-redis_pid=$!
+pids+=($!)
 
 cat > "$tmp/heapd.yaml" << EOF
 listen: ["127.0.0.1:$HEAPD_PORT"]
@@ -55,7 +38,7 @@ log_level: warn
 workers: $WORKERS
 EOF
 "$HEAPD" --config "$tmp/heapd.yaml" 2> "$tmp/heapd.log" &
-heapd_pid=$!
+pids+=($!)
 
 for _ in $(seq 50); do
     redis-cli -p "$REDIS_PORT" ping > /dev/null 2>&1 &&

@@ -21,22 +21,9 @@ N=${N:-10000}
 IDLE=${IDLE:-5}
 HEAPD=$BUILD/bin/heapd
 CLIENTS=$BUILD/bin/heapd-idle-clients
-for tool in "$HEAPD" "$CLIENTS"; do
-    [ -x "$tool" ] || { echo "session_memory: $tool not built (cmake --build $BUILD)" >&2; exit 1; }
-done
-command -v redis-server > /dev/null || { echo "session_memory: redis-server not installed" >&2; exit 1; }
-
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do
-        kill "$pid" 2> /dev/null || true
-        wait "$pid" 2> /dev/null || true
-    done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+. "$(dirname "$0")/lib.sh"
+bench_need session_memory "$HEAPD" "$CLIENTS" -- redis-server
+bench_scratch
 ulimit -n $((N + 1024))
 
 rss() { awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$1/status"; }

@@ -14,18 +14,9 @@ set -euo pipefail
 BUILD=${BUILD:-build}
 DURATION=${DURATION:-3}
 ROUNDS=${ROUNDS:-3}
-for tool in heapd heapd-tls-bench; do
-    [ -x "$BUILD/bin/$tool" ] || { echo "tls_compare: $BUILD/bin/$tool not built" >&2; exit 1; }
-done
-
-tmp=$(mktemp -d)
-hpid=
-cleanup() {
-    [ -n "$hpid" ] && { kill "$hpid" 2> /dev/null || true; wait "$hpid" 2> /dev/null || true; }
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+. "$(dirname "$0")/lib.sh"
+bench_need tls_compare "$BUILD/bin/heapd" "$BUILD/bin/heapd-tls-bench" -- openssl
+bench_scratch
 
 ec="-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
 # shellcheck disable=SC2086
@@ -46,7 +37,8 @@ workers: 1
 EOF2
 "$BUILD/bin/heapd" --config "$tmp/heapd.yaml" 2> "$tmp/heapd.log" &
 hpid=$!
-until grep -q ' ready$' "$tmp/heapd.log"; do
+pids+=($hpid)
+until grep -qs ' ready$' "$tmp/heapd.log"; do
     kill -0 "$hpid" 2> /dev/null || { cat "$tmp/heapd.log" >&2; exit 1; }
     sleep 0.05
 done
