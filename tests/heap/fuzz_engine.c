@@ -167,7 +167,7 @@ typedef struct world_s {
     uint32_t *garbage;   /* the garbage list as of the last check, by id */
     size_t ngarbage;
     /* Of the last check. */
-    uint64_t live, nbytes, max_refcount, frees_at_check;
+    uint64_t live, nbytes, max_refcount;
     unsigned fault;    /* fail this allocation of the next operation (0 = none) */
     bool armed;        /* the current operation runs with the fault armed */
     int last_rc;       /* the code of the current operation's call (bulk operations: 0) */
@@ -424,7 +424,7 @@ static void check_held(world_t *w) {
     }
     hd_heap_stats_t s;
     hd_heap_stats(h, &s);
-    check_stats(w, &s); /* w->live and frees_at_check stay the last whole check's */
+    check_stats(w, &s); /* w->live and w->nbytes stay the last whole check's */
 }
 
 static void check_world(world_t *w) {
@@ -532,7 +532,6 @@ static void check_world(world_t *w) {
     CHECK(hd_gc_get_freeze_count(h) == frozen, "freeze count");
     w->live = live;
     w->nbytes = nbytes;
-    w->frees_at_check = s.frees_total;
 
     uint64_t cur, peak;
     hd_trace_get_traced_memory(h, &cur, &peak);
@@ -726,24 +725,24 @@ static int do_alloc(world_t *w, hd_alloc_args_t *a, uint32_t tagc, uint32_t site
     bool ext = a->size || tl || sl;
     uint64_t bytes = 24 + 4ull * a->nslots + (ext ? 8 : 0) + a->size;
     uint64_t charge = charge_of(bytes);
-    bool limited = (w->max_objects && w->live >= w->max_objects) ||
-                   (w->max_bytes && w->nbytes + charge > w->max_bytes);
+    /* The limits as the engine applies them, to its counts as they are now. The model's live
+     * and nbytes are the last whole check's plus what it allocated since, and can only be
+     * more: objects may have been freed meanwhile, by an automatic collection in an earlier
+     * allocation of this operation or, while an incremental cycle runs (its checks leave
+     * live and nbytes as they were), by the cycle and by every free since the cycle began.
+     * The counts are the model's again at each whole check (check_world), so this is exact. */
+    hd_heap_stats_t s;
+    hd_heap_stats(w->h, &s);
+    bool limited = (w->max_objects && s.objects >= w->max_objects) ||
+                   (w->max_bytes && s.object_bytes + charge > w->max_bytes);
     hd_handle_t x = 0;
     int rc = hd_alloc(w->h, a, &x);
     w->last_rc = rc;
     if (!valid) {
         CHECK(rc == HD_EINVAL, "alloc of bad arguments: %s", hd_err_name(rc));
     } else if (limited) {
-        /* HD_ELIMIT, whatever the memory: the limits are checked before anything allocates.
-         * Unless an automatic collection in an earlier allocation of this operation freed
-         * objects the model still counts. */
-        hd_heap_stats_t s;
-        hd_heap_stats(w->h, &s);
-        if (s.frees_total == w->frees_at_check)
-            CHECK(rc == HD_ELIMIT, "alloc over a limit: %s", hd_err_name(rc));
-        else
-            CHECK(rc == HD_ELIMIT || rc == 0 || (rc == HD_ENOMEM && w->armed), "alloc: %s",
-                  hd_err_name(rc));
+        /* HD_ELIMIT, whatever the memory: the limits are checked before anything allocates. */
+        CHECK(rc == HD_ELIMIT, "alloc over a limit: %s", hd_err_name(rc));
     } else if (bytes > HOOK_CAP) {
         CHECK(rc == HD_ENOMEM || charged_out(w, rc), "alloc of %llu bytes past the hook's cap: %s",
               (unsigned long long)bytes, hd_err_name(rc));

@@ -10,7 +10,7 @@
  * every unreachable object must be gone within the bound gcinc.c states. The other tests pin
  * down the bound itself, the work of one increment, collect(2) during a cycle, weak
  * references and finalizers during a sweep, legacy finalizers, get_objects, freeze, a mark
- * stack that cannot grow, and the automatic trigger.
+ * stack that cannot grow, the limits during a cycle, and the automatic trigger.
  */
 #include "testutil.h"
 
@@ -506,6 +506,53 @@ static void test_a_mark_stack_that_cannot_grow_ends_in_a_full_collection(void **
     }
 }
 
+/* The limits count what the heap holds when the allocation is asked for, cycle or not: room
+ * made by frees during a cycle lets objects in again, and a request the limits let in but
+ * the hook refuses is out of memory (not over a limit), changing nothing. (The engine fuzzer
+ * judged such an allocation by its count from before the cycle, and took this ENOMEM for an
+ * engine bug: tests/heap/fuzz_corpus/limit_freed_during_cycle_hook_enomem.) */
+static void test_limits_during_a_cycle_count_the_frees(void **state) {
+    (void)state;
+    tu_hook_install();
+    int64_t live0 = tu_live_allocs();
+    hd_heap_t *h = inc_heap(1);
+    hd_handle_t o[10];
+    for (int i = 0; i < 10; i++)
+        o[i] = tu_obj(h, 1, 0);
+    assert_int_equal(hd_gc_increment(h, NULL), 0);
+    assert_int_not_equal(phase(h), HD_GCINC_IDLE);
+    hd_heap_set_limits(h, 0, 10);
+    hd_alloc_args_t small = {.nslots = 1}, large = {.size = 1u << 20};
+    hd_handle_t x = 0;
+    assert_int_equal(hd_alloc(h, &small, &x), HD_ELIMIT);
+    assert_int_equal(hd_alloc(h, &large, &x), HD_ELIMIT);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(hd_decref(h, o[i], 1), 0);
+    assert_int_not_equal(phase(h), HD_GCINC_IDLE);
+    assert_int_equal(nobjects(h), 6);
+
+    /* Four objects fit again: the large one's block cannot be had. */
+    hd_heap_stats_t before, after;
+    hd_heap_stats(h, &before);
+    tu_fail_nth(1);
+    assert_int_equal(hd_alloc(h, &large, &x), HD_ENOMEM);
+    assert_true(tu_failed());
+    tu_fail_nth(0);
+    assert_int_equal(x, 0);
+    hd_heap_stats(h, &after);
+    assert_int_equal(after.objects, before.objects);
+    assert_int_equal(after.allocs_total, before.allocs_total);
+    assert_int_equal(after.large_objects, before.large_objects);
+    hd_handle_t y[4];
+    assert_int_equal(hd_alloc(h, &large, &y[0]), 0);
+    for (int i = 1; i < 4; i++)
+        assert_int_equal(hd_alloc(h, &small, &y[i]), 0);
+    assert_int_equal(hd_alloc(h, &small, &x), HD_ELIMIT);
+    assert_int_equal(nobjects(h), 10);
+    hd_heap_free(h);
+    assert_int_equal(tu_live_allocs(), live0);
+}
+
 /* The automatic trigger: the cycle starts where a full collection would run, goes on one
  * increment per young collection, and garbage goes without any explicit collection. */
 static void test_automatic_increments(void **state) {
@@ -678,6 +725,7 @@ int main(void) {
         cmocka_unit_test(test_get_objects_during_a_cycle),
         cmocka_unit_test(test_freeze_and_mode_change_end_the_cycle),
         cmocka_unit_test(test_a_mark_stack_that_cannot_grow_ends_in_a_full_collection),
+        cmocka_unit_test(test_limits_during_a_cycle_count_the_frees),
         cmocka_unit_test(test_automatic_increments),
         cmocka_unit_test(test_snapshots_and_cycles),
         cmocka_unit_test(test_saveall_never_refuses_what_it_keeps),
