@@ -86,19 +86,24 @@ void hd_frame_parser_init(hd_frame_parser_t *p, uint32_t max) {
     p->done = 0;
     p->max = max;
     p->err = 0;
+    p->lent = NULL;
+    p->lent_len = p->lent_rd = p->lent_done = 0;
 }
 
 void hd_frame_parser_free(hd_frame_parser_t *p) {
     hd_buf_free(&p->buf);
     p->rd = 0;
     p->done = 0;
+    p->lent = NULL;
+    p->lent_len = p->lent_rd = p->lent_done = 0;
 }
 
 void hd_frame_parser_set_max(hd_frame_parser_t *p, uint32_t max) {
     p->max = max;
 }
 
-/* Drops the frames handed out, so their bytes can be reused. */
+/* Drops the frames handed out, so their bytes can be reused. Nothing moves in the usual
+ * case, where every frame was handed out. */
 static void parser_compact(hd_frame_parser_t *p) {
     if (p->rd == 0) return;
     hd_buf_consume(&p->buf, p->rd);
@@ -106,33 +111,36 @@ static void parser_compact(hd_frame_parser_t *p) {
     p->rd = 0;
 }
 
-int hd_frame_parser_feed(hd_frame_parser_t *p, const void *in, size_t n) {
-    const uint8_t *src = in;
-    if (p->err) return p->err;
-    parser_compact(p);
-    /* Each turn appends the rest of the current header, or the rest of the current frame,
-     * whichever comes first. Loop invariant: bytes [done, buf.len) are a prefix of one frame
-     * whose length, if its header is complete, was checked and reserved. */
-    while (n > 0) {
+/* The sticky error of a bad frame length (0 or over max), or 0. */
+static int bad_length(const hd_frame_parser_t *p, uint32_t len) {
+    return len == 0 ? HD_EPROTO : len > p->max ? HD_EFRAME : 0;
+}
+
+/* Appends bytes from *src (*n of them) to the buffer, checking each header as it completes and
+ * reserving its payload; with `one`, stops at the end of the frame in progress. Advances *src
+ * and *n past what it took. Loop invariant: bytes [done, buf.len) are a prefix of one frame
+ * whose length, if its header is complete, was checked and reserved. */
+static int append(hd_frame_parser_t *p, const uint8_t **src, size_t *n, bool one) {
+    while (*n > 0) {
         size_t have = p->buf.len - p->done;
         size_t need;
         if (have < HD_FRAME_HEADER)
             need = HD_FRAME_HEADER - have;
         else
             need = HD_FRAME_HEADER + (size_t)get_be32(p->buf.data + p->done) - have;
-        size_t take = need < n ? need : n;
-        int rc = hd_buf_append(&p->buf, src, take);
+        size_t take = need < *n ? need : *n;
+        int rc = hd_buf_append(&p->buf, *src, take);
         if (rc < 0) return p->err = rc;
-        src += take;
-        n -= take;
+        *src += take;
+        *n -= take;
         have += take;
         if (have == HD_FRAME_HEADER && take == need) {
             uint32_t len = get_be32(p->buf.data + p->done);
-            if (len == 0 || len > p->max) {
+            if ((rc = bad_length(p, len)) < 0) {
                 /* The bad header stays out of the frames handed out: whole frames end at
                  * done, and nothing after it is ever parsed. */
                 p->buf.len = p->done;
-                return p->err = len == 0 ? HD_EPROTO : HD_EFRAME;
+                return p->err = rc;
             }
             rc = hd_buf_reserve(&p->buf, len);
             if (rc < 0) {
@@ -141,34 +149,125 @@ int hd_frame_parser_feed(hd_frame_parser_t *p, const void *in, size_t n) {
             }
         } else if (have > HD_FRAME_HEADER && take == need) {
             p->done = p->buf.len;
+            if (one) break;
         }
     }
     return 0;
 }
 
+int hd_frame_parser_feed(hd_frame_parser_t *p, const void *in, size_t n) {
+    HD_ASSERT(p->lent == NULL);
+    if (p->err) return p->err;
+    parser_compact(p);
+    const uint8_t *src = in;
+    return append(p, &src, &n, false);
+}
+
+int hd_frame_parser_lend(hd_frame_parser_t *p, const uint8_t *in, size_t n) {
+    HD_ASSERT(p->lent == NULL);
+    if (p->err) return p->err;
+    parser_compact(p);
+    if (p->buf.len > p->done) { /* a frame begun in an earlier read: completed in the buffer */
+        int rc = append(p, &in, &n, true);
+        if (rc < 0) return rc;
+    }
+    if (n == 0) return 0;
+    /* Only headers are read here: a whole frame costs one load, whatever its length. */
+    size_t at = 0;
+    int rc = 0;
+    while (n - at >= HD_FRAME_HEADER) {
+        uint32_t len = get_be32(in + at);
+        if ((rc = bad_length(p, len)) < 0) {
+            n = at; /* the bad header and everything after it are dropped */
+            p->err = rc;
+            break;
+        }
+        if (n - at - HD_FRAME_HEADER < len) break;
+        at += HD_FRAME_HEADER + (size_t)len;
+    }
+    p->lent = in;
+    p->lent_len = n;
+    p->lent_rd = 0;
+    p->lent_done = at;
+    return rc;
+}
+
+int hd_frame_parser_keep(hd_frame_parser_t *p) {
+    if (p->lent == NULL) return p->err;
+    const uint8_t *from = p->lent + p->lent_rd;
+    size_t whole = p->lent_done - p->lent_rd, part = p->lent_len - p->lent_done;
+    p->lent = NULL;
+    p->lent_len = p->lent_rd = p->lent_done = 0;
+    parser_compact(p);
+    /* Room for the partial frame whole, once its header is there (as append reserves it). */
+    size_t room = whole + part;
+    if (part >= HD_FRAME_HEADER) room = whole + HD_FRAME_HEADER + get_be32(from + whole);
+    int rc = hd_buf_reserve(&p->buf, room);
+    if (rc < 0) {
+        part = 0;
+        if (hd_buf_reserve(&p->buf, whole) < 0) whole = 0;
+        p->err = rc;
+    }
+    if (whole + part == 0) return p->err;
+    memcpy(p->buf.data + p->buf.len, from, whole + part); /* room for both was reserved */
+    p->buf.len += whole + part;
+    p->done = p->buf.len - part;
+    return p->err;
+}
+
 void hd_frame_parser_trim(hd_frame_parser_t *p) {
-    if (p->rd != p->buf.len || p->buf.data == NULL) return;
+    if (p->lent != NULL || p->rd != p->buf.len || p->buf.data == NULL) return;
     hd_buf_free(&p->buf);
     p->rd = p->done = 0;
 }
 
 int hd_frame_parser_next(hd_frame_parser_t *p, const uint8_t **payload, size_t *len) {
     /* Frames are handed out in place; the bytes of those taken are dropped by the next feed,
-     * once per read rather than once per frame. */
-    if (p->rd == p->done) return p->err;
-    uint32_t n = get_be32(p->buf.data + p->rd);
-    *payload = p->buf.data + p->rd + HD_FRAME_HEADER;
+     * once per read rather than once per frame. The buffer's frames come first. */
+    const uint8_t *base;
+    size_t *rd;
+    if (p->rd < p->done) {
+        base = p->buf.data;
+        rd = &p->rd;
+    } else if (p->lent_rd < p->lent_done) {
+        base = p->lent;
+        rd = &p->lent_rd;
+    } else {
+        return p->err;
+    }
+    uint32_t n = get_be32(base + *rd);
+    *payload = base + *rd + HD_FRAME_HEADER;
     *len = n;
-    p->rd += HD_FRAME_HEADER + (size_t)n;
+    *rd += HD_FRAME_HEADER + (size_t)n;
     return 1;
 }
 
+size_t hd_frame_parser_copy_from(const hd_frame_parser_t *p, const uint8_t *payload, bool whole,
+                                 uint8_t *dst) {
+    const uint8_t *start = payload - HD_FRAME_HEADER;
+    size_t n1, n2 = 0;
+    if (p->buf.data != NULL && start >= p->buf.data && start < p->buf.data + p->buf.len) {
+        n1 = (size_t)(p->buf.data + (whole ? p->done : p->buf.len) - start);
+        /* No lent frame was handed out before this one, which came from the buffer. */
+        HD_ASSERT(p->lent == NULL || p->lent_rd == 0);
+        if (p->lent != NULL) n2 = whole ? p->lent_done : p->lent_len;
+    } else {
+        HD_ASSERT(p->lent != NULL && start >= p->lent && start < p->lent + p->lent_len);
+        n1 = (size_t)(p->lent + (whole ? p->lent_done : p->lent_len) - start);
+    }
+    if (dst != NULL) {
+        memcpy(dst, start, n1);
+        if (n2) memcpy(dst + n1, p->lent, n2);
+    }
+    return n1 + n2;
+}
+
 size_t hd_frame_parser_pending(const hd_frame_parser_t *p) {
-    return p->buf.len - p->rd;
+    return p->buf.len - p->rd + (p->lent_len - p->lent_rd);
 }
 
 size_t hd_frame_parser_partial(const hd_frame_parser_t *p) {
-    return p->buf.len - p->done;
+    return p->lent != NULL ? p->lent_len - p->lent_done : p->buf.len - p->done;
 }
 
 /* ------------------------------------------------------------------------------------------ */

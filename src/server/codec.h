@@ -14,6 +14,7 @@
 #ifndef HD_CODEC_H
 #define HD_CODEC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -65,37 +66,71 @@ void hd_buf_truncate(hd_buf_t *b, size_t len);
 /*
  * The frame parser. Received bytes are fed in; whole frames are taken out, in order.
  *
- * buf holds [0, rd) frames already handed out (dropped at the next feed),
+ * Bytes reach it in one of two ways. hd_frame_parser_feed copies them into the parser's own
+ * buffer. hd_frame_parser_lend leaves them where they are (a connection's read buffer, which
+ * the worker reuses for its next read): the frames among them are handed out in place, and
+ * only what is left when the caller is done with them, at hd_frame_parser_keep, is copied into
+ * the parser's buffer (usually just a trailing partial frame, often nothing). Lending copies
+ * the bytes that complete a frame begun in an earlier read into the buffer first, so a frame
+ * always lies whole in one place.
+ *
+ * buf holds [0, rd) frames already handed out (dropped at the next feed, lend or keep),
  *           [rd, done) whole frames not yet handed out, headers included,
  *           [done, buf.len) the start of the next frame, whose header, once complete, has
  *                           been checked and whose payload the buffer has room for.
  * rd <= done <= buf.len; a frame's length is 1..max, checked when its 4th header byte
  * arrives, and only then does the buffer grow to hold it.
+ * While bytes are lent (lent != NULL): done == buf.len (no partial frame in buf); lent[0,
+ * lent_rd) frames handed out, [lent_rd, lent_done) whole frames not yet handed out, every
+ * header checked, [lent_done, lent_len) the start of the next frame (its header checked if
+ * complete). buf's frames come before the lent ones.
  */
 typedef struct hd_frame_parser_s {
     hd_buf_t buf;
-    size_t rd;    /* start of the first frame not handed out */
-    size_t done;  /* end of the last whole frame */
-    uint32_t max; /* largest payload accepted */
-    int err;      /* sticky: 0, HD_EFRAME, HD_EPROTO or HD_ENOMEM */
+    size_t rd;           /* start of the first frame not handed out */
+    size_t done;         /* end of the last whole frame */
+    uint32_t max;        /* largest payload accepted */
+    int err;             /* sticky: 0, HD_EFRAME, HD_EPROTO or HD_ENOMEM */
+    const uint8_t *lent; /* the caller's bytes from hd_frame_parser_lend until keep, or NULL */
+    size_t lent_len;     /* their count (after a bad header: up to it) */
+    size_t lent_rd;      /* start of the first lent frame not handed out */
+    size_t lent_done;    /* end of the last whole lent frame */
 } hd_frame_parser_t;
 
 /* A parser accepting payloads of 1..max bytes. */
 void hd_frame_parser_init(hd_frame_parser_t *p, uint32_t max);
-/* Frees the parser's buffer. */
+/* Frees the parser's buffer (and forgets lent bytes). */
 void hd_frame_parser_free(hd_frame_parser_t *p);
 /* Changes the payload limit for frames whose header has not arrived yet (after hello). */
 void hd_frame_parser_set_max(hd_frame_parser_t *p, uint32_t max);
-/* Takes n received bytes. Returns 0, or the parser's sticky error: HD_EFRAME when a length
- * exceeds max, HD_EPROTO when a length is 0, HD_ENOMEM. Bytes after a bad header are
- * dropped; the whole frames before it can still be taken with hd_frame_parser_next. */
+/* Takes n received bytes, copied. Not while bytes are lent. Returns 0, or the parser's sticky
+ * error: HD_EFRAME when a length exceeds max, HD_EPROTO when a length is 0, HD_ENOMEM. Bytes
+ * after a bad header are dropped; the whole frames before it can still be taken with
+ * hd_frame_parser_next. */
 int hd_frame_parser_feed(hd_frame_parser_t *p, const void *in, size_t n);
+/* Takes n received bytes in place: in must stay unchanged until hd_frame_parser_keep, which
+ * the caller must call before it reuses them. Not while bytes are lent already. The bytes
+ * that complete a partial frame in the buffer are copied there (which may fail with
+ * HD_ENOMEM); the frames after them are handed out from in. Returns as
+ * hd_frame_parser_feed. */
+int hd_frame_parser_lend(hd_frame_parser_t *p, const uint8_t *in, size_t n);
+/* Ends a lend: the lent bytes not yet handed out (whole frames and the partial one) are
+ * copied into the buffer, and every frame handed out before is invalid afterwards. Nothing
+ * when no bytes are lent. Returns 0 or the sticky error; HD_ENOMEM when the buffer cannot
+ * hold them (the whole frames are kept if they fit, the partial frame is dropped). */
+int hd_frame_parser_keep(hd_frame_parser_t *p);
 /* Takes the next whole frame: returns 1 and sets *payload and *len; 0 when no whole frame is
  * buffered; once the frames before a bad header are taken, the sticky error. The payload
- * stays in place until the next feed: it lies in p->buf right after its 4-byte header, and
- * the bytes received after it follow it up to p->buf.data + p->buf.len. */
+ * stays in place until the next feed, lend or keep: it lies right after its 4-byte header, in
+ * p->buf or in the lent bytes (hd_frame_parser_copy_from gathers it with what follows). */
 int hd_frame_parser_next(hd_frame_parser_t *p, const uint8_t **payload, size_t *len);
-/* Bytes buffered and not yet handed out as frames (whole frames and the partial one). */
+/* The frame at payload, the last one hd_frame_parser_next handed out, with its header and
+ * what was received after it: the whole frames (whole) or every byte, the partial frame's
+ * included (!whole). Returns their count, and copies them, in order, to dst unless dst is
+ * NULL. */
+size_t hd_frame_parser_copy_from(const hd_frame_parser_t *p, const uint8_t *payload, bool whole,
+                                 uint8_t *dst);
+/* Bytes buffered or lent and not yet handed out as frames (whole frames and the partial one). */
 size_t hd_frame_parser_pending(const hd_frame_parser_t *p);
 /* Bytes received of the frame in progress, its header included: 0 between frames. */
 size_t hd_frame_parser_partial(const hd_frame_parser_t *p);

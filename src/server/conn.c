@@ -1092,7 +1092,17 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
         hd__conn_fail(c, 0, HD_EPROTO, "this port does not speak TLS (tls.listen does)");
         return;
     } else {
-        hd_frame_parser_feed(&c->parser, p, n); /* errors surface in next() */
+        /* The frames are taken in place from the worker's read buffer, which the next read
+         * (of any connection) reuses: what process leaves of them is copied out before. */
+        hd_frame_parser_lend(&c->parser, p, n); /* errors surface in next() */
+        process(c);
+        size_t cap = c->parser.buf.cap;
+        if (hd_frame_parser_keep(&c->parser) < 0)
+            process(c); /* no room to keep them: the frames kept, then the error */
+        else if (c->parser.buf.cap != cap)
+            charge_buffers(c);
+        frame_clock(c);
+        return;
     }
     process(c);
     frame_clock(c);
@@ -1205,13 +1215,12 @@ int hd__conn_move(hd_conn_t *c, hd_worker_t *to, const uint8_t *frame, size_t le
     hd_msg_t *m = hd__msg_new(HD_MSG_CONN);
     if (!m) return HD_ENOMEM;
     /* The hello frame and everything received after it, header included. */
-    const uint8_t *start = frame - HD_FRAME_HEADER;
-    size_t n = (size_t)(c->parser.buf.data + c->parser.buf.len - start);
+    size_t n = hd_frame_parser_copy_from(&c->parser, frame, false, NULL);
     if (!(m->data = hd__smalloc(n)) || (m->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) {
         hd__msg_free(m);
         return HD_ENOMEM;
     }
-    memcpy(m->data, start, n);
+    hd_frame_parser_copy_from(&c->parser, frame, false, m->data);
     m->len = n;
     m->is_unix = c->is_unix;
     m->cred = c->cred;

@@ -8,10 +8,11 @@
  * error, an undecodable frame or goodbye.
  *
  * The first input byte picks the session's shape (admin or not, server ops or none, the read
- * budget, automatic collection, a tiny object limit) and the input mode; the second seeds the
- * chunk sizes. In raw mode the rest is the stream itself. In assisted mode the rest is a
- * script the harness turns into well-framed requests: an op selector, a body length and the
- * op message's bytes (a batch takes a count of sub-requests instead); small fixed64 values in
+ * budget, automatic collection, a tiny object limit), the input mode and how bytes reach the
+ * parser (copied by hd_frame_parser_feed, or lent in place as a connection's reads are); the
+ * second seeds the chunk sizes. In raw mode the rest is the stream itself. In assisted mode the
+ * rest is a script the harness turns into well-framed requests: an op selector, a body length and
+ * the op message's bytes (a batch takes a count of sub-requests instead); small fixed64 values in
  * a body that decodes are replaced by handles the server returned earlier, so that requests
  * reach live objects. Random bytes rarely form a nested, length-prefixed request by chance;
  * assisted mode gets the fuzzer into every handler within seconds, raw mode keeps the parser
@@ -23,6 +24,7 @@
  * raise events (OpDef.events in proto/heapd.proto) leaves any to drain; an undecodable frame
  * does not touch the heap. Built only with HEAPD_FUZZ (src/server/fuzz.cmake).
  */
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +49,7 @@
 #define SHAPE_NO_OPS   0x08u /* the server provides no ops */
 #define SHAPE_MIN_READ 0x10u /* max_read_bytes at its minimum */
 #define SHAPE_ASSISTED 0x20u /* the input is a script, not a stream */
+#define SHAPE_LEND     0x40u /* bytes are lent to the parser, as a connection's reads are */
 
 typedef struct fuzz_s {
     hd_dispatch_env_t env;
@@ -58,6 +61,7 @@ typedef struct fuzz_s {
     uint64_t next_id;
     int open; /* 0 once the connection would be closed */
     int said_goodbye;
+    bool lend; /* SHAPE_LEND */
 } fuzz_t;
 
 /* ------------------------------------------------------------------------------------------ */
@@ -258,20 +262,40 @@ static void one_frame(fuzz_t *f, const uint8_t *payload, size_t len) {
 }
 
 /* Feeds received bytes through the parser in chunks of 1..64 bytes, running each whole frame;
- * a frame error is answered and closes the connection. */
+ * a frame error is answered and closes the connection. With f->lend, each chunk is lent from a
+ * buffer of its own, freed after hd_frame_parser_keep (so ASan sees any frame used after it),
+ * and some chunks' frames are left in the parser, as a paused connection leaves them, to be
+ * taken before the next chunk's. */
 static void receive(fuzz_t *f, const uint8_t *data, size_t size) {
+    bool lend = f->lend;
     size_t pos = 0;
     while (f->open && pos < size) {
         f->chunk = f->chunk * 73u + 41u;
         size_t n = (f->chunk >> 2) % 64 + 1;
         if (n > size - pos) n = size - pos;
-        int frc = hd_frame_parser_feed(&f->parser, data + pos, n);
+        uint8_t *lent = NULL;
+        int frc;
+        if (lend) {
+            if (!(lent = malloc(n))) abort();
+            memcpy(lent, data + pos, n);
+            frc = hd_frame_parser_lend(&f->parser, lent, n);
+        } else {
+            frc = hd_frame_parser_feed(&f->parser, data + pos, n);
+        }
         pos += n;
         const uint8_t *payload;
         size_t len;
-        int rc;
-        while (f->open && (rc = hd_frame_parser_next(&f->parser, &payload, &len)) == 1)
+        int rc = 0;
+        bool wait = lend && pos < size && (f->chunk >> 9) % 4 == 0;
+        while (f->open && !wait && (rc = hd_frame_parser_next(&f->parser, &payload, &len)) == 1)
             one_frame(f, payload, len);
+        if (lend) {
+            int krc = hd_frame_parser_keep(&f->parser);
+            if (krc != f->parser.err) abort(); /* keep reports the sticky error */
+            free(lent);
+            if (krc < 0 && frc == 0) frc = krc;
+            if (wait) frc = 0; /* surfaces with the frames before it, in the next turn */
+        }
         if (f->open && (frc < 0 || rc < 0)) {
             size_t from = f->out.len;
             if (hd_dispatch_error(0, frc < 0 ? frc : rc, NULL, &f->out) < 0) abort();
@@ -401,6 +425,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     f.env.max_read_bytes = (shape & SHAPE_MIN_READ) ? HD_DISPATCH_MIN_READ : FUZZ_MAX_FRAME;
     f.chunk = data[1];
     f.open = 1;
+    f.lend = (shape & SHAPE_LEND) != 0;
     hd_frame_parser_init(&f.parser, FUZZ_MAX_FRAME);
     hd_buf_init(&f.out);
 

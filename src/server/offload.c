@@ -246,16 +246,15 @@ int hd__offload_frames(hd_conn_t *c, const uint8_t *payload, size_t len) {
     hd_session_t *s = c->session;
     HD_ASSERT(s && !s->job);
     /* The frame, with its header, and the whole frames received after it. */
-    const uint8_t *start = payload - HD_FRAME_HEADER;
-    const uint8_t *end = c->parser.buf.data + c->parser.done;
-    HD_ASSERT(start >= c->parser.buf.data && payload + len <= end);
+    size_t n = hd_frame_parser_copy_from(&c->parser, payload, true, NULL);
+    HD_ASSERT(n >= HD_FRAME_HEADER + len);
     hd_job_t *j = hd__scalloc(1, sizeof *j);
-    if (!j || !(j->frames = hd__smalloc((size_t)(end - start)))) {
+    if (!j || !(j->frames = hd__smalloc(n))) {
         hd__sfree(j);
         return HD_ENOMEM;
     }
-    j->len = (size_t)(end - start);
-    memcpy(j->frames, start, j->len);
+    j->len = n;
+    hd_frame_parser_copy_from(&c->parser, payload, true, j->frames);
     size_t nframes = 0;
     for (size_t at = 0; at < j->len; nframes++)
         at += HD_FRAME_HEADER + get_be32(j->frames + at);

@@ -148,7 +148,7 @@ struct hd_worker_s {
     hd_config_t cfg;               /* this worker's copy; only this thread reads it */
     hd_conn_t *conns;              /* this worker's connections (doubly linked through next/prev) */
     hd_session_t *sessions;        /* this worker's sessions (doubly linked) */
-    uint8_t *readbuf;              /* where libuv reads into; the parser copies out at once */
+    uint8_t *readbuf;              /* where libuv reads into; frames are taken in place */
     hd_buf_t scratch;              /* an empty output buffer, lent to the connection being
                                     * processed (conn.c:process); at most HD_SCRATCH_KEEP */
     unsigned state;                /* hd_worker_state_e */
@@ -344,8 +344,10 @@ struct hd_conn_s {
 /* Prototypes.                                                                                 */
 /* ------------------------------------------------------------------------------------------ */
 
-/* libuv reads into a per-worker buffer of this size; the frame parser copies the bytes out
- * at once, so one buffer serves every connection of the worker. */
+/* libuv reads into a per-worker buffer of this size; the frames in it are run in place, and
+ * what is left of the bytes when the connection stops taking frames (a trailing partial frame,
+ * frames waiting) is copied into its parser (codec.h, lending), so one buffer serves every
+ * connection of the worker. */
 #define HD_READBUF_SIZE (64u * 1024u)
 /* Hello refusals logged one by one in a second; more are counted in a summary line. */
 #define HD_HELLO_REFUSALS_LOGGED 10u

@@ -377,6 +377,135 @@ static void test_parser_byte_by_byte(void **state) {
     hd_buf_free(&wire);
 }
 
+/* The wire of test_parser_byte_by_byte, lent in two pieces cut at every byte and read through a
+ * buffer that is scribbled over after each keep (as the worker's read buffer is by the next
+ * read): the same three frames come out, those wholly inside a lent piece in place, with no
+ * byte copied into the parser's buffer but a frame cut by the boundary. Between the pieces
+ * either every frame is taken or none (a connection that stopped taking frames keeps them). */
+static void test_parser_lend(void **state) {
+    hd_buf_t wire;
+    hd_buf_init(&wire);
+    uint8_t big[300];
+    for (size_t i = 0; i < sizeof big; i++)
+        big[i] = (uint8_t)i;
+    assert_int_equal(hd_frame_write(&wire, "A", 1), 0);
+    assert_int_equal(hd_frame_write(&wire, big, sizeof big), 0);
+    assert_int_equal(hd_frame_write(&wire, "hello", 5), 0);
+    const size_t ends[3] = {5, 309, 318}; /* where each frame ends on the wire */
+    const uint8_t *want[3] = {(const uint8_t *)"A", big, (const uint8_t *)"hello"};
+    const size_t sizes[3] = {1, 300, 5};
+    uint8_t *piece = malloc(wire.len);
+    assert_non_null(piece);
+    for (size_t cut = 0; cut <= wire.len; cut++) {
+        for (int take_first = 0; take_first < 2; take_first++) {
+            hd_frame_parser_t p;
+            hd_frame_parser_init(&p, 1000);
+            const uint8_t *payload;
+            size_t len;
+            int got = 0;
+            size_t from[2] = {0, cut}, to[2] = {cut, wire.len};
+            for (int k = 0; k < 2; k++) {
+                size_t n = to[k] - from[k];
+                memcpy(piece, wire.data + from[k], n);
+                assert_int_equal(hd_frame_parser_lend(&p, piece, n), 0);
+                size_t taken = got ? ends[got - 1] : 0;
+                assert_int_equal(hd_frame_parser_pending(&p), to[k] - taken);
+                if (k == 1 || take_first) {
+                    int rc;
+                    while ((rc = hd_frame_parser_next(&p, &payload, &len)) == 1) {
+                        assert_true(got < 3);
+                        assert_int_equal(len, sizes[got]);
+                        assert_memory_equal(payload, want[got], len);
+                        /* In place unless the frame began before this piece. */
+                        size_t start = ends[got] - sizes[got] - HD_FRAME_HEADER;
+                        if (start >= from[k] && ends[got] <= to[k])
+                            assert_ptr_equal(payload, piece + (start - from[k]) + HD_FRAME_HEADER);
+                        got++;
+                    }
+                    assert_int_equal(rc, 0);
+                }
+                assert_int_equal(hd_frame_parser_keep(&p), 0);
+                memset(piece, 0xAA, wire.len);
+                /* Only the frames not taken and the partial one were copied. */
+                taken = got ? ends[got - 1] : 0;
+                assert_int_equal(p.buf.len - p.rd, to[k] - taken);
+            }
+            assert_int_equal(got, 3);
+            assert_int_equal(hd_frame_parser_pending(&p), 0);
+            assert_int_equal(hd_frame_parser_partial(&p), 0);
+            hd_frame_parser_free(&p);
+        }
+    }
+    free(piece);
+    hd_buf_free(&wire);
+}
+
+/* Lent bytes with a bad header after a good frame: the good frame is handed out, then the error,
+ * and nothing after the header is kept; a partial frame's header over the limit is refused as it
+ * arrives, at lend. hd_frame_parser_copy_from gathers a frame and what follows it across the
+ * buffer and the lent bytes. */
+static void test_parser_lend_errors(void **state) {
+    hd_frame_parser_t p;
+    hd_frame_parser_init(&p, 100);
+    uint8_t wire[] = {0, 0, 0, 2, 'o', 'k', 0, 0, 0, 0, 'x', 'y', 'z'};
+    const uint8_t *payload;
+    size_t len;
+    assert_int_equal(hd_frame_parser_lend(&p, wire, sizeof wire), HD_EPROTO);
+    assert_int_equal(hd_frame_parser_pending(&p), 6);
+    assert_int_equal(hd_frame_parser_next(&p, &payload, &len), 1);
+    assert_ptr_equal(payload, wire + 4);
+    assert_int_equal(hd_frame_parser_next(&p, &payload, &len), HD_EPROTO);
+    assert_int_equal(hd_frame_parser_keep(&p), HD_EPROTO);
+    assert_int_equal(hd_frame_parser_pending(&p), 0);
+    assert_int_equal(hd_frame_parser_lend(&p, wire, 4), HD_EPROTO);
+    hd_frame_parser_free(&p);
+
+    hd_frame_parser_init(&p, 100);
+    uint8_t over[] = {0, 0, 0, 1, 'a', 0, 0, 0, 101};
+    assert_int_equal(hd_frame_parser_lend(&p, over, sizeof over), HD_EFRAME);
+    assert_int_equal(hd_frame_parser_keep(&p), HD_EFRAME);
+    assert_int_equal(hd_frame_parser_next(&p, &payload, &len), 1);
+    assert_int_equal(len, 1);
+    assert_int_equal(hd_frame_parser_next(&p, &payload, &len), HD_EFRAME);
+    assert_true(p.buf.cap < 1024);
+    hd_frame_parser_free(&p);
+
+    /* A frame cut in two: its first part fed, the rest lent with a whole frame and a partial
+     * one behind it. From the first frame: everything; from the second: itself and the partial
+     * one's bytes, or only itself when whole frames are asked for. */
+    hd_frame_parser_init(&p, 100);
+    uint8_t a[] = {0, 0, 0, 3, 'o'};
+    uint8_t b[] = {'n', 'e', 0, 0, 0, 1, 'T', 0, 0, 0, 5, 'p'};
+    assert_int_equal(hd_frame_parser_feed(&p, a, sizeof a), 0);
+    assert_int_equal(hd_frame_parser_partial(&p), 5);
+    assert_int_equal(hd_frame_parser_lend(&p, b, sizeof b), 0);
+    assert_int_equal(hd_frame_parser_partial(&p), 5);
+    assert_int_equal(hd_frame_parser_pending(&p), 7 + 5 + 5);
+    assert_int_equal(hd_frame_parser_next(&p, &payload, &len), 1);
+    assert_int_equal(len, 3);
+    assert_memory_equal(payload, "one", 3);
+    uint8_t all[32];
+    assert_int_equal(hd_frame_parser_copy_from(&p, payload, false, all), 7 + 5 + 5);
+    assert_memory_equal(all, "\0\0\0\3one\0\0\0\1T\0\0\0\5p", 17);
+    assert_int_equal(hd_frame_parser_copy_from(&p, payload, true, NULL), 12);
+    assert_int_equal(hd_frame_parser_next(&p, &payload, &len), 1);
+    assert_ptr_equal(payload, b + 6);
+    assert_int_equal(hd_frame_parser_copy_from(&p, payload, true, all), 5);
+    assert_int_equal(hd_frame_parser_copy_from(&p, payload, false, all), 10);
+    assert_memory_equal(all, "\0\0\0\1T\0\0\0\5p", 10);
+    assert_int_equal(hd_frame_parser_next(&p, &payload, &len), 0);
+    assert_int_equal(hd_frame_parser_keep(&p), 0);
+    assert_int_equal(hd_frame_parser_partial(&p), 5);
+    assert_true(p.buf.cap - p.buf.len >= 4); /* the partial frame's room, as feed makes it */
+    uint8_t c[] = {'a', 'r', 't', 's'};
+    assert_int_equal(hd_frame_parser_lend(&p, c, sizeof c), 0);
+    assert_int_equal(hd_frame_parser_next(&p, &payload, &len), 1);
+    assert_memory_equal(payload, "parts", 5);
+    assert_int_equal(hd_frame_parser_keep(&p), 0);
+    assert_int_equal(hd_frame_parser_pending(&p), 0);
+    hd_frame_parser_free(&p);
+}
+
 /* A length over the limit is refused when its 4th byte arrives, before any room is made for
  * it; a frame before it is still delivered, and the error sticks. */
 static void test_parser_oversized(void **state) {
@@ -1553,6 +1682,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_buf),
         cmocka_unit_test(test_parser_byte_by_byte),
+        cmocka_unit_test(test_parser_lend),
+        cmocka_unit_test(test_parser_lend_errors),
         cmocka_unit_test(test_parser_oversized),
         cmocka_unit_test(test_parser_zero_length),
         cmocka_unit_test(test_frame_write_msg),
