@@ -1307,10 +1307,15 @@ static void op_get_objects(world_t *w, in_t *in) {
     for (size_t i = 0; i < out.n; i++) {
         int64_t id = live_id(w, out.v[i]);
         CHECK(id >= 0 && w->obj[id].nslots, "get_objects returned no live container");
-        /* A page taken right after its snapshot: the generations are as snapshotted. */
-        if (cursor == 0)
+        /* A page taken right after its snapshot: the generations are as snapshotted. While a
+         * cycle runs the model's are the last whole check's, from before the cycle's start
+         * moved the young generations into generation 2 (gcinc.c), so refresh asks the heap
+         * (naming the object changes nothing: get_objects has handed it out). */
+        if (cursor == 0) {
+            refresh(w, (uint32_t)id);
             CHECK(gen < 0 ? w->obj[id].gen <= 2 : w->obj[id].gen == gen,
                   "get_objects(%d) returned an object of generation %d", gen, w->obj[id].gen);
+        }
     }
     if (newref) take_refs(w, &out, 0, "get_objects");
     hd_handles_free(&out);

@@ -10,7 +10,8 @@
  * every unreachable object must be gone within the bound gcinc.c states. The other tests pin
  * down the bound itself, the work of one increment, collect(2) during a cycle, weak
  * references and finalizers during a sweep, legacy finalizers, get_objects, freeze, a mark
- * stack that cannot grow, the limits during a cycle, and the automatic trigger.
+ * stack that cannot grow, the generations and the limits during a cycle, and the automatic
+ * trigger.
  */
 #include "testutil.h"
 
@@ -506,6 +507,41 @@ static void test_a_mark_stack_that_cannot_grow_ends_in_a_full_collection(void **
     }
 }
 
+/* A cycle starts with a collection of generations 0 and 1 whose survivors join generation 2,
+ * the cycle's domain: from then on get_objects lists them there and obj_info agrees. (The
+ * engine fuzzer kept their generations from before the start, and took get_objects(2) for
+ * wrong: tests/heap/fuzz_corpus/get_objects_gen2_after_cycle_start.) */
+static void test_a_cycle_starts_with_the_young_in_generation_2(void **state) {
+    (void)state;
+    hd_heap_t *h = inc_heap(1);
+    hd_handle_t o[6];
+    for (int i = 0; i < 3; i++)
+        o[i] = tu_obj(h, 1, 0);
+    assert_int_equal(hd_gc_collect(h, 0, NULL), 0); /* o[0..2] in generation 1 */
+    for (int i = 3; i < 6; i++)
+        o[i] = tu_obj(h, 1, 0);
+    hd_obj_info_t info;
+    assert_int_equal(hd_obj_info(h, o[0], &info), 0);
+    assert_int_equal(info.generation, 1);
+    assert_int_equal(hd_gc_increment(h, NULL), 0);
+    assert_int_not_equal(phase(h), HD_GCINC_IDLE);
+    for (int g = 0; g < 3; g++) {
+        uint64_t cur = 0;
+        hd_handles_t out = {0};
+        assert_int_equal(hd_gc_get_objects(h, g, &cur, 100, 0, &out), 0);
+        assert_int_equal(cur, 0);
+        assert_int_equal(out.n, g == 2 ? 6 : 0);
+        hd_handles_free(&out);
+    }
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(hd_obj_info(h, o[i], &info), 0);
+        assert_int_equal(info.generation, 2);
+    }
+    run_cycle(h);
+    assert_int_equal(nobjects(h), 6);
+    hd_heap_free(h);
+}
+
 /* The limits count what the heap holds when the allocation is asked for, cycle or not: room
  * made by frees during a cycle lets objects in again, and a request the limits let in but
  * the hook refuses is out of memory (not over a limit), changing nothing. (The engine fuzzer
@@ -725,6 +761,7 @@ int main(void) {
         cmocka_unit_test(test_get_objects_during_a_cycle),
         cmocka_unit_test(test_freeze_and_mode_change_end_the_cycle),
         cmocka_unit_test(test_a_mark_stack_that_cannot_grow_ends_in_a_full_collection),
+        cmocka_unit_test(test_a_cycle_starts_with_the_young_in_generation_2),
         cmocka_unit_test(test_limits_during_a_cycle_count_the_frees),
         cmocka_unit_test(test_automatic_increments),
         cmocka_unit_test(test_snapshots_and_cycles),
