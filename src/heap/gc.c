@@ -20,7 +20,10 @@
  * collection of a large heap does the same walks with gc_refs in a side table ("The side
  * table"), so that a slot's target is looked up there rather than in its own header. Older
  * generations are never walked, so a generation-0 collection costs the same in a heap of a
- * thousand objects or of ten million. Deleting garbage adds object.c's free path per object.
+ * thousand objects or of ten million. Deleting garbage adds object.c's free path per object:
+ * usually a batch free (drop_outside_refs, object.c:hd__obj_free_garbage) that frees each
+ * garbage object once, without the cascade's decrement of every slot's target, else
+ * CPython's delete_garbage with the free cascade, whenever the order of the frees could show.
  *
  * Owns: the generation lists, counts, thresholds and statistics, the garbage list, the
  * get_objects cursors, the GC_START/GC_STOP events and the FINALIZED events of objects that
@@ -288,6 +291,7 @@ static void update_and_subtract_refs(hd_heap_t *h, hd_ref_t young, int g) {
     hd_ref_t ahead = prefetch_start(rb, young);
     for (hd_ref_t r = link_at(rb, young)->gc_next; r != young;) {
         hd_obj_t *o = obj_at(rb, r);
+        hd__gc_stream_ahead(o);
         HD_ASSERT(o->refcnt > 0 && (o->flags & HD_OF_TRACKED) && hd__obj_gen(o) <= g);
         ahead = prefetch_targets(rb, ahead, young);
         /* update_refs, unless a slot reached o first. Written without a branch: whether o was
@@ -375,6 +379,7 @@ static uint64_t move_unreachable(hd_heap_t *h, hd_ref_t young, hd_ref_t unreacha
     hd_ref_t ahead = prefetch_start(rb, young);
     for (hd_ref_t r = link_at(rb, young)->gc_next; r != young; r = link_at(rb, prev)->gc_next) {
         hd_obj_t *o = obj_at(rb, r);
+        hd__gc_stream_ahead(o);
         ahead = prefetch_targets(rb, ahead, young);
         if (o->gc_prev > 0) {
             /* Reachable. Visiting may append to young, and so change o->gc_next when o is
@@ -544,6 +549,7 @@ HD_GC_SIDE_INLINE bool side_subtract(hd_heap_t *h, hd_ref_t young, int g, void *
     hd_ref_t ahead = pf ? side_prefetch_start(rb, side, young, wide) : young;
     for (hd_ref_t r = link_at(rb, young)->gc_next; r != young;) {
         const hd_obj_t *o = obj_at(rb, r);
+        hd__gc_stream_ahead(o);
         HD_ASSERT(o->refcnt > 0 && (o->flags & HD_OF_TRACKED) && hd__obj_gen(o) <= g);
         (void)g;
         if (pf) ahead = side_prefetch(rb, side, ahead, young, wide);
@@ -560,8 +566,8 @@ HD_GC_SIDE_INLINE bool side_subtract(hd_heap_t *h, hd_ref_t young, int g, void *
 }
 
 /* visit_reachable, reading the target's state from its entry. */
-HD_GC_SIDE_INLINE void side_visit(regions_t rb, void *side, hd_ref_t t, hd_ref_t young, split_t *s,
-                                  bool wide) {
+HD_GC_SIDE_INLINE void side_visit(regions_t rb, void *side, uint64_t *dead, hd_ref_t t,
+                                  hd_ref_t young, split_t *s, bool wide) {
     const uint32_t bias = side_bias(wide);
     uint32_t v = side_get(side, t >> 1, wide);
     if (HD_UNLIKELY(v == bias - 1)) {
@@ -577,6 +583,7 @@ HD_GC_SIDE_INLINE void side_visit(regions_t rb, void *side, hd_ref_t t, hd_ref_t
         ys->gc_prev = t;
         to->flags &= (uint16_t)~HD_OF_UNREACHABLE;
         side_put(side, t >> 1, bias + 1, wide);
+        dead[t >> 7] &= ~(1ull << ((t >> 1) & 63));
         s->nunreachable--;
         return;
     }
@@ -589,8 +596,8 @@ HD_GC_SIDE_INLINE void side_visit(regions_t rb, void *side, hd_ref_t t, hd_ref_t
 /* move_unreachable (same lists, same order, same result) over the side table. An object that
  * survives is written only if its links or flags change. */
 HD_GC_SIDE_INLINE uint64_t side_move_unreachable(hd_heap_t *h, hd_ref_t young, hd_ref_t unreachable,
-                                                 int gen_after, void *side, bool pf, split_t *s,
-                                                 bool wide) {
+                                                 int gen_after, void *side, uint64_t *dead, bool pf,
+                                                 split_t *s, bool wide) {
     const uint32_t bias = side_bias(wide);
     regions_t rb = h->alloc.region_base;
     hd_gchead_t *us = link_at(rb, unreachable);
@@ -601,13 +608,14 @@ HD_GC_SIDE_INLINE uint64_t side_move_unreachable(hd_heap_t *h, hd_ref_t young, h
     hd_ref_t ahead = pf ? side_prefetch_start(rb, side, young, wide) : young;
     for (hd_ref_t r = link_at(rb, young)->gc_next; r != young; r = link_at(rb, prev)->gc_next) {
         hd_obj_t *o = obj_at(rb, r);
+        hd__gc_stream_ahead(o);
         if (pf) ahead = side_prefetch(rb, side, ahead, young, wide);
         uint32_t e = side_get(side, r >> 1, wide);
         /* Below BIAS: a slot reference that refcnt did not count (or a list gone wrong). */
         HD_ASSERT(e >= bias && e < 2u * bias);
         if (e > bias) {
             for (uint32_t i = 0, n = o->nslots; i < n; i++)
-                if (o->slots[i]) side_visit(rb, side, o->slots[i], young, s, wide);
+                if (o->slots[i]) side_visit(rb, side, dead, o->slots[i], young, s, wide);
             if (o->gc_prev != prev) o->gc_prev = prev;
             uint16_t f = (uint16_t)((with_gen(o->flags, gen_after) & keep) | set);
             if (o->flags != f) o->flags = f;
@@ -622,6 +630,7 @@ HD_GC_SIDE_INLINE uint64_t side_move_unreachable(hd_heap_t *h, hd_ref_t young, h
             us->gc_prev = r;
             o->flags |= HD_OF_COLLECTING | HD_OF_UNREACHABLE;
             side_put(side, r >> 1, bias - 1, wide);
+            dead[r >> 7] |= 1ull << ((r >> 1) & 63);
             s->nunreachable++;
             s->flags_any |= o->flags;
         }
@@ -630,66 +639,150 @@ HD_GC_SIDE_INLINE uint64_t side_move_unreachable(hd_heap_t *h, hd_ref_t young, h
     return nreachable;
 }
 
-/* The table for a collection of generations 0..g, charged, or NULL (then the other path
- * runs): not wanted, refused by the limits or by the hook. *bytes: what to give back. Pages
- * from the hook's map come zeroed (no pass to clear them); from 2 MiB on they are asked to be
- * huge pages, since the accesses are random and a 4 KiB page's TLB entry would rarely be
- * used twice. */
-static void *side_table(hd_heap_t *h, int g, bool wide, size_t *bytes) {
+/* A collection's side table: the entries, then one bit per entry (the dead bits), in one
+ * mapping. A bit is set while its object is on unreachable (side_move_unreachable sets and
+ * clears them), so that after the move pass an object's membership in the garbage is known
+ * without reading its header: drop_outside_refs asks it for every slot of the garbage. */
+typedef struct side_s {
+    void *tab;      /* the entries (16 or 32 bits); NULL when the objects served */
+    uint64_t *dead; /* the dead bits, after the entries */
+    size_t bytes;   /* the mapping's size, charged to the collector */
+} side_t;
+
+/* The table for a collection of generations 0..g, charged, in *t; false (then the other path
+ * runs) when not wanted or refused by the limits or by the hook. Pages from the hook's map
+ * come zeroed (no pass to clear them); from 2 MiB on they are asked to be huge pages, since
+ * the accesses are random and a 4 KiB page's TLB entry would rarely be used twice. */
+static bool side_table(hd_heap_t *h, int g, bool wide, side_t *t) {
     hd_gcstate_t *gc = &h->gc;
-    if (gc->side == HD_GC_SIDE_NEVER) return NULL;
+    if (gc->side == HD_GC_SIDE_NEVER) return false;
     size_t n = (size_t)h->alloc.nregions * HD_GC_SIDE_REGION_ENTRIES;
-    *bytes = n * (wide ? sizeof(uint32_t) : sizeof(uint16_t));
+    size_t entries = n * (wide ? sizeof(uint32_t) : sizeof(uint16_t));
     if (gc->side == HD_GC_SIDE_AUTO) {
         uint64_t young = h->ncontainers - gc->nfrozen; /* g == 2: every tracked one else */
-        if (g < 2 || young < HD_GC_SIDE_MIN || *bytes / HD_GC_SIDE_PER_OBJ > young) return NULL;
+        if (g < 2 || young < HD_GC_SIDE_MIN || entries / HD_GC_SIDE_PER_OBJ > young) return false;
     }
+    _Static_assert(HD_GC_SIDE_REGION_ENTRIES % 64 == 0, "a region's dead bits are whole words");
+    size_t bytes = entries + n / 8;
     /* A refusal is no error of anyone's: the reason the heap reports stays what it was. */
     const char *why = h->acct.why;
-    if (hd__charge(&h->acct, HD_CHARGE_collector, *bytes) < 0) {
+    if (hd__charge(&h->acct, HD_CHARGE_collector, bytes) < 0) {
         h->acct.why = why;
-        return NULL;
+        return false;
     }
-    void *side = hd__mem.map(*bytes);
-    if (!side) {
-        hd__uncharge(&h->acct, HD_CHARGE_collector, *bytes);
-        return NULL;
+    char *map = hd__mem.map(bytes);
+    if (!map) {
+        hd__uncharge(&h->acct, HD_CHARGE_collector, bytes);
+        return false;
     }
-    if (*bytes >= (2u << 20)) (void)madvise(side, *bytes, MADV_HUGEPAGE);
-    return side;
+    if (bytes >= (2u << 20)) (void)madvise(map, bytes, MADV_HUGEPAGE);
+    *t = (side_t){map, (uint64_t *)(map + entries), bytes};
+    return true;
 }
 
-static void side_free(hd_heap_t *h, void *side, size_t bytes) {
-    hd__mem.unmap(side, bytes);
-    hd__uncharge(&h->acct, HD_CHARGE_collector, bytes);
+static void side_free(hd_heap_t *h, side_t *t) {
+    if (!t->tab) return;
+    hd__mem.unmap(t->tab, t->bytes);
+    hd__uncharge(&h->acct, HD_CHARGE_collector, t->bytes);
+    *t = (side_t){NULL, NULL, 0};
 }
 
 /* After this, as after update_and_subtract_refs and move_unreachable: young holds what is
  * reachable from outside it, unreachable the rest. Returns the size of young. Through the
  * narrow side table when there is one and every young refcnt fits it, else the wide one,
- * else through the objects. */
+ * else through the objects. The table that served stays in *t (its dead bits name the
+ * unreachable objects) for the caller to free; t->tab is NULL when the objects served. */
 static uint64_t find_unreachable(hd_heap_t *h, hd_ref_t young, hd_ref_t unreachable, int g,
-                                 int gen_old, split_t *s) {
+                                 int gen_old, split_t *s, side_t *t) {
     bool pf = false;
+    *t = (side_t){NULL, NULL, 0};
     for (int wide = h->gc.side == HD_GC_SIDE_WIDE; wide < 2; wide++) {
-        size_t bytes = 0;
-        void *side = side_table(h, g, wide, &bytes);
-        if (!side) break; /* refused: a wider one would be too */
+        if (!side_table(h, g, wide, t)) break; /* refused: a wider one would be too */
         if (!wide || h->gc.side == HD_GC_SIDE_WIDE) pf = side_probe(h->alloc.region_base, young);
         uint64_t n = 0;
         bool ok;
         if (wide) {
-            ok = side_subtract(h, young, g, side, pf, true);
-            if (ok) n = side_move_unreachable(h, young, unreachable, gen_old, side, pf, s, true);
+            ok = side_subtract(h, young, g, t->tab, pf, true);
+            if (ok)
+                n = side_move_unreachable(h, young, unreachable, gen_old, t->tab, t->dead, pf, s,
+                                          true);
         } else {
-            ok = side_subtract(h, young, g, side, pf, false);
-            if (ok) n = side_move_unreachable(h, young, unreachable, gen_old, side, pf, s, false);
+            ok = side_subtract(h, young, g, t->tab, pf, false);
+            if (ok)
+                n = side_move_unreachable(h, young, unreachable, gen_old, t->tab, t->dead, pf, s,
+                                          false);
         }
-        side_free(h, side, bytes);
         if (ok) return n;
+        side_free(h, t);
     }
     update_and_subtract_refs(h, young, g);
     return move_unreachable(h, young, unreachable, gen_old, s);
+}
+
+/* Whether t, a slot target of an unreachable object, is unreachable too: from the dead bits
+ * when the collection kept them, else from its flags (then t's header is read). */
+HD_GC_SIDE_INLINE bool is_dead(regions_t rb, const uint64_t *dead, hd_ref_t t) {
+    if (dead) return (dead[t >> 7] >> ((t >> 1) & 63)) & 1;
+    return (obj_at(rb, t)->flags & (HD_OF_COLLECTING | HD_OF_UNREACHABLE)) ==
+           (HD_OF_COLLECTING | HD_OF_UNREACHABLE);
+}
+
+/* Takes back what drop_outside_refs dropped before it stopped at slot i of stop. */
+static void restore_outside_refs(hd_heap_t *h, hd_ref_t unreachable, const uint64_t *dead,
+                                 hd_ref_t stop, uint32_t i_stop) {
+    regions_t rb = h->alloc.region_base;
+    for (hd_ref_t r = link_at(rb, unreachable)->gc_next;; r = obj_at(rb, r)->gc_next) {
+        const hd_obj_t *o = obj_at(rb, r);
+        uint32_t n = r == stop ? i_stop : o->nslots;
+        for (uint32_t i = 0; i < n; i++)
+            if (o->slots[i] && !is_dead(rb, dead, o->slots[i])) obj_at(rb, o->slots[i])->refcnt++;
+        if (r == stop) return;
+    }
+}
+
+/*
+ * After this (if true), every reference that an unreachable object holds to an object off the
+ * unreachable list has been dropped, and none of those objects died: so every unreachable
+ * object dies (only the others point at it) and nothing else does, and object.c can free
+ * them all without a cascade (hd__obj_free_garbage). The slots keep their refs: nothing reads
+ * them again. False, with every count as it was, when one of those objects would die: its
+ * dealloc, and every event its cascade queues, must come where CPython's delete_garbage puts
+ * them, and delete_garbage runs instead. Runs only when no legacy finalizer is among the
+ * unreachable, so each of them is still COLLECTING|UNREACHABLE (what is_dead reads when the
+ * collection kept no table).
+ *
+ * Of the targets of an unreachable object, none off the list points back into it (it would
+ * be reachable), so the dropped references change no unreachable object's fate, and the
+ * order in which they are dropped is nobody's business while nothing dies. Reads each
+ * unreachable object once, in list order, and one dead bit per slot (from the side table: a
+ * few hundred KiB, in the caches) or each target's flags; only the targets off the list are
+ * written. O(unreachable + their slots).
+ */
+HD_GC_SIDE_INLINE bool drop_outside_refs_in(hd_heap_t *h, hd_ref_t unreachable,
+                                            const uint64_t *dead) {
+    regions_t rb = h->alloc.region_base;
+    for (hd_ref_t r = link_at(rb, unreachable)->gc_next; r != unreachable;) {
+        const hd_obj_t *o = obj_at(rb, r);
+        hd__gc_stream_ahead(o);
+        for (uint32_t i = 0, n = o->nslots; i < n; i++) {
+            hd_ref_t t = o->slots[i];
+            if (!t || is_dead(rb, dead, t)) continue;
+            hd_obj_t *to = obj_at(rb, t);
+            HD_ASSERT(to->refcnt > to->crefs);
+            if (HD_UNLIKELY(to->refcnt == 1)) {
+                restore_outside_refs(h, unreachable, dead, r, i);
+                return false;
+            }
+            to->refcnt--;
+        }
+        r = o->gc_next;
+    }
+    return true;
+}
+
+static bool drop_outside_refs(hd_heap_t *h, hd_ref_t unreachable, const uint64_t *dead) {
+    return dead ? drop_outside_refs_in(h, unreachable, dead)
+                : drop_outside_refs_in(h, unreachable, NULL);
 }
 
 /* After this, no object has UNREACHABLE; the unreachable objects with a legacy finalizer
@@ -774,6 +867,7 @@ static void handle_weakrefs(hd_heap_t *h, hd_ref_t unreachable) {
     regions_t rb = h->alloc.region_base;
     for (hd_ref_t r = link_at(rb, unreachable)->gc_next; r != unreachable;) {
         hd_obj_t *o = obj_at(rb, r);
+        hd__gc_stream_ahead(o);
         if (o->flags & HD_OF_WEAKREFD) hd__weakref_clear(h, r, o);
         r = o->gc_next;
     }
@@ -786,6 +880,7 @@ static void finalize_garbage(hd_heap_t *h, hd_ref_t unreachable) {
     regions_t rb = h->alloc.region_base;
     for (hd_ref_t r = link_at(rb, unreachable)->gc_next; r != unreachable;) {
         hd_obj_t *o = obj_at(rb, r);
+        hd__gc_stream_ahead(o);
         if (o->flags & HD_OF_FINALIZER) hd__obj_finalize(h, r, o);
         r = o->gc_next;
     }
@@ -799,7 +894,9 @@ static void finalize_garbage(hd_heap_t *h, hd_ref_t unreachable) {
  * of the others (object.c's cascade untracks them from this list), so nothing else about
  * the list survives a step. If the first object is still first afterwards it is alive, held
  * by objects not yet cleared, and moves to old, where it dies when they are cleared.
- * O(unreachable + their slots), plus the frees.
+ * O(unreachable + their slots), plus the frees. Runs when collect_main cannot free the
+ * garbage as a batch (DEBUG_SAVEALL, legacy finalizers, labels, or an object off the
+ * unreachable list that would die with it).
  */
 static void delete_garbage(hd_heap_t *h, hd_ref_t unreachable, hd_ref_t old, int gen_old,
                            bool saveall, bool listable) {
@@ -870,8 +967,18 @@ static uint64_t collect_main(hd_heap_t *h, int g, uint64_t *ncollected, uint64_t
 
     hd__gc_list_init(h, UNREACHABLE_LIST);
     split_t s = {0, 0, 0};
-    uint64_t nsurvivors = find_unreachable(h, young, UNREACHABLE_LIST, g, gen_old, &s);
+    side_t side;
+    uint64_t nsurvivors = find_unreachable(h, young, UNREACHABLE_LIST, g, gen_old, &s, &side);
     HD_ASSERT_EXPENSIVE(list_ok(h, young, gen_old));
+
+    /* After this (if batch), the garbage holds references only to itself, and all of it
+     * dies: delete_garbage's cascade can be a batch free. Not under DEBUG_SAVEALL (nothing
+     * dies), with a legacy finalizer among the unreachable (what it holds survives) or with
+     * labels (their ids' release order is the cascade's). The table goes back before any
+     * event is queued, as it always has. */
+    bool batch = !saveall && s.nunreachable > 0 && !(s.flags_any & (HD_OF_LEGACY | HD_OF_LABELS)) &&
+                 drop_outside_refs(h, UNREACHABLE_LIST, side.dead);
+    side_free(h, &side);
 
     /* After this, the survivors are in old; the long-lived counts are updated before any
      * garbage is deleted, as in CPython. */
@@ -899,7 +1006,14 @@ static uint64_t collect_main(hd_heap_t *h, int g, uint64_t *ncollected, uint64_t
 
     if (s.flags_any & HD_OF_WEAKREFD) handle_weakrefs(h, UNREACHABLE_LIST);
     if (s.flags_any & HD_OF_FINALIZER) finalize_garbage(h, UNREACHABLE_LIST);
-    delete_garbage(h, UNREACHABLE_LIST, old, gen_old, saveall, listable);
+    if (batch) {
+        /* As hd__gc_untrack uncounts each (count[0] is 0 in the collections that get here,
+         * but the rule is the same). */
+        uint64_t freed = hd__obj_free_garbage(h, UNREACHABLE_LIST);
+        gc->gen[0].count -= freed < gc->gen[0].count ? freed : gc->gen[0].count;
+    } else {
+        delete_garbage(h, UNREACHABLE_LIST, old, gen_old, saveall, listable);
+    }
     uint64_t n = handle_legacy_finalizers(h, FINALIZERS_LIST, old, saveall, listable);
     HD_ASSERT_EXPENSIVE(list_ok(h, old, gen_old));
 

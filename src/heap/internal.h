@@ -805,6 +805,22 @@ static inline uint32_t hd__next_check(hd_heap_t *h) {
     return c + (c == 0);
 }
 
+/* How far ahead of the object in hand, in bytes, a walk of a gc list prefetches the heap
+ * itself (hd__gc_stream_ahead). A list is mostly in address order (objects are tracked as
+ * their blocks are carved, and a collection keeps the order), and a walk is a chain: the next
+ * object's address is in the current one, so without a prefetch every object's line is a
+ * miss on the chain's critical path, and this VM's hardware prefetchers do not run far enough
+ * ahead to hide it. A live full collection of a million ring nodes (gc.c's side path) took
+ * 31-34 ns per node without it, 21 at 256 bytes ahead, 16 at 512, 11-12 at 1 KiB, 10-11 at
+ * 2 KiB, 9.9 at 4 KiB, 10.1 at 8 KiB; trees and lists alike, the random graph 35 to 20 ns.
+ * In a list out of address order a prefetch is one instruction and a wasted line. */
+#ifndef HD_GC_STREAM_AHEAD
+#define HD_GC_STREAM_AHEAD 4096
+#endif
+static inline void hd__gc_stream_ahead(const void *o) {
+    __builtin_prefetch((const char *)o + HD_GC_STREAM_AHEAD, 0, 3);
+}
+
 /* gc list primitives, as CPython's gc_list_*. */
 static inline void hd__gc_list_init(hd_heap_t *h, hd_ref_t list) {
     hd_gchead_t *s = hd__gchead(h, list);
@@ -897,6 +913,10 @@ void hd__obj_finalize(hd_heap_t *h, hd_ref_t r, hd_obj_t *o);
 /* Empties every slot of o, dropping the slots' references (tp_clear). o must stay alive
  * across the call: the caller holds a reference. */
 void hd__obj_clear_slots(hd_heap_t *h, hd_ref_t r);
+/* Frees every object on list, a collection's garbage whose references to objects off the list
+ * were dropped: only the others on it still point at them. Returns how many; list is left
+ * empty. */
+uint64_t hd__obj_free_garbage(hd_heap_t *h, hd_ref_t list);
 /* Takes a client reference for a result vector (newref) and appends the handle; HD_ERANGE
  * when the vector already holds out->max handles. */
 int hd__handles_push(hd_heap_t *h, hd_handles_t *out, hd_ref_t r, int newref);

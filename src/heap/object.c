@@ -7,9 +7,10 @@
  * check that turns a client handle into a live object, and the free cascade: when a count
  * reaches zero the object is freed at once and its slots' references are dropped, depth
  * first and with CPython's trashcan, as subtype_dealloc does, without recursion and without
- * allocating (the work list is threaded through the dying objects' own gc links). Also the
- * per-heap interning of tags and sites, counted so that an id whose last holder has gone is
- * reused.
+ * allocating (the work list is threaded through the dying objects' own gc links), and the
+ * collector's batch free of a garbage set that holds references only to itself
+ * (hd__obj_free_garbage). Also the per-heap interning of tags and sites, counted so that an
+ * id whose last holder has gone is reused.
  *
  * Does not own: memory (alloc.c), generations and collection (gc.c), weak references
  * (weakref.c), tracing statistics (trace.c), the event queue (heap.c).
@@ -466,6 +467,52 @@ void hd__obj_decref_internal(hd_heap_t *h, hd_ref_t r) {
      * twice: the bug would surface later as a use after free. */
     HD_ASSERT(o->refcnt > o->crefs);
     if (--o->refcnt == 0) release(h, r, o);
+}
+
+/*
+ * The collector's batch free (gc.c: collect_main). Every object on list is garbage whose
+ * references all come from the others on it, and whose references to objects off it have
+ * been dropped already (gc.c: drop_outside_refs): so all of them die, nothing else does, and
+ * freeing them one after the other, in list order and without looking at a slot, leaves what
+ * the cascade of delete_garbage would have left. The client cannot tell: their finalizers ran
+ * and their weak references were cleared before (the only events a dealloc queues), and the
+ * counts, the statistics and the trace counts are sums. What differs is invisible: the order
+ * the blocks go back to their pools, and the slots, which are not emptied (a block is zeroed
+ * when it is allocated again). Objects with labels never come here: their ids' release order
+ * decides which ids are reused.
+ * Per object: its header read once, the block pushed on its pool's free list; no slot target
+ * is read, where the cascade reads (and writes) each one. Returns how many were freed (gc.c
+ * uncounts them as hd__gc_untrack would); list is empty afterwards.
+ */
+uint64_t hd__obj_free_garbage(hd_heap_t *h, hd_ref_t list) {
+    uint64_t n = 0, bytes = 0;
+    /* An incremental cycle's cursors name objects of its own lists, none of them garbage of
+     * this collection: tested once, not per object. */
+    bool cursors = h->gc.inc.cursor || h->gc.inc.fin_cursor;
+    for (hd_ref_t r = hd__gchead(h, list)->gc_next, next; r != list; r = next, n++) {
+        /* hd__obj, not a cached region table: a free may give regions back. */
+        hd_obj_t *o = hd__obj(h, r);
+        hd__gc_stream_ahead(o);
+        next = o->gc_next; /* before the block's free link overwrites it */
+        HD_ASSERT(o->refcnt > 0 && o->crefs == 0 && o->nslots > 0 && (o->flags & HD_OF_TRACKED) &&
+                  !(o->flags & HD_OF_LABELS) && hd__obj_gen(o) != 3);
+        if (HD_UNLIKELY(cursors)) hd__gcinc_unlink(h, r, o);
+        /* As hd__gc_untrack and dealloc_free leave a freed object: refcnt 0, untracked,
+         * check 0. */
+        o->refcnt = 0;
+        o->flags &= (uint16_t)~(HD_OF_TRACKED | HD_OF_GEN_MASK | HD_OF_COLLECTING |
+                                HD_OF_UNREACHABLE);
+        if (HD_UNLIKELY(o->flags & HD_DEALLOC_HEAD)) dealloc_head(h, r, o);
+        bytes += hd__alloc_charge(hd__obj_sizeof(o));
+        o->check = 0;
+        hd__alloc_free(&h->alloc, o, r);
+    }
+    /* dealloc_free's counts, once: every one was a container. */
+    h->free_bytes_total += bytes;
+    h->ncontainers -= n;
+    h->frees_total += n;
+    hd__gc_list_init(h, list);
+    return n;
 }
 
 void hd__obj_clear_slots(hd_heap_t *h, hd_ref_t r) {
