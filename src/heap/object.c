@@ -761,10 +761,37 @@ HD_NO_SLP int hd_alloc(hd_heap_t *h, const hd_alloc_args_t *a, hd_handle_t *out)
 /* Reference counting.                                                                        */
 /* ========================================================================================== */
 
+/* hd__handle_resolve, out of line: what resolve refuses. */
+static HD_NOINLINE int resolve_slow(hd_heap_t *h, hd_handle_t hd, hd_ref_t *ref, hd_obj_t **o) {
+    return hd__handle_resolve(h, hd, ref, o);
+}
+
+/* hd__handle_resolve for the hot operations (incref, set_slot, get_slot), as hd_decref checks
+ * its handle: a small object's through hd__alloc_check_fast and the handle's check inline,
+ * everything else (a large object, a bad or stale handle, a white object of a running cycle,
+ * which the barrier must see) through resolve_slow, which answers what it always did. A
+ * handle the fast test accepts, hd__alloc_check accepts too: the fast test refuses every ref
+ * into a descriptor beyond ncarved (zeros) and finds check 0, which no handle carries, in
+ * every block of a pool with count 0. */
+static inline int resolve(hd_heap_t *h, hd_handle_t hd, hd_ref_t *ref, hd_obj_t **o) {
+    uint32_t check = (uint32_t)(hd >> 32);
+    hd_pool_t *pool;
+    void *b;
+    if (HD_LIKELY(check != 0 && hd__alloc_check_fast(&h->alloc, (hd_ref_t)hd, &b, &pool))) {
+        hd_obj_t *p = b;
+        if (HD_LIKELY(p->check == check && !hd__gc_white(h, p))) {
+            *ref = (hd_ref_t)hd;
+            *o = p;
+            return 0;
+        }
+    }
+    return resolve_slow(h, hd, ref, o);
+}
+
 int hd_incref(hd_heap_t *h, hd_handle_t hd, uint32_t n) {
     hd_ref_t r;
     hd_obj_t *o;
-    int rc = hd__handle_resolve(h, hd, &r, &o);
+    int rc = resolve(h, hd, &r, &o);
     if (rc < 0) return rc;
     if (n == 0) return HD_EINVAL;
     if (o->refcnt > UINT32_MAX - n) return HD_EOVERFLOW;
@@ -843,11 +870,11 @@ general:
 int hd_set_slot(hd_heap_t *h, hd_handle_t hd, uint32_t i, hd_handle_t target) {
     hd_ref_t r, tr = 0;
     hd_obj_t *o, *to = NULL;
-    int rc = hd__handle_resolve(h, hd, &r, &o);
+    int rc = resolve(h, hd, &r, &o);
     if (rc < 0) return rc;
     if (i >= o->nslots) return HD_ERANGE;
     if (target) {
-        if ((rc = hd__handle_resolve(h, target, &tr, &to)) < 0) return rc;
+        if ((rc = resolve(h, target, &tr, &to)) < 0) return rc;
         if (to->refcnt == UINT32_MAX) return HD_EOVERFLOW;
     }
     /* Take the new reference before dropping the old one: o.slot = o.slot must not free. */
@@ -861,7 +888,7 @@ int hd_set_slot(hd_heap_t *h, hd_handle_t hd, uint32_t i, hd_handle_t target) {
 int hd_get_slot(hd_heap_t *h, hd_handle_t hd, uint32_t i, hd_handle_t *out) {
     hd_ref_t r;
     hd_obj_t *o;
-    int rc = hd__handle_resolve(h, hd, &r, &o);
+    int rc = resolve(h, hd, &r, &o);
     if (rc < 0) return rc;
     if (i >= o->nslots) return HD_ERANGE;
     hd_ref_t t = o->slots[i];
