@@ -35,11 +35,13 @@ static int op_alloc(hd_opctx_t *c, const Heapd__V1__Alloc *a, Heapd__V1__HandleR
     int rc = check_label(c, "tag", a->tag, HD_MAX_TAG_LEN);
     if (rc == 0) rc = check_label(c, "site", a->site, HD_MAX_SITE_LEN);
     if (rc < 0) return rc;
+    /* An absent label arrives as protobuf-c's "" (never NULL); the engine takes "" as no label,
+     * but only NULL keeps the allocation on hd_alloc's fast path. */
     hd_alloc_args_t args = {
         .size = a->size,
         .nslots = a->slots,
-        .tag = a->tag,
-        .site = a->site,
+        .tag = a->tag && *a->tag ? a->tag : NULL,
+        .site = a->site && *a->site ? a->site : NULL,
         .flags = a->flags,
         .data = a->data.data,
         .data_len = a->data.len,
