@@ -29,6 +29,7 @@
  * Usage: heapd-alloc-bench [--rounds N] [--no-callgrind] [--only hot|live4m]
  *        heapd-alloc-bench --count ALLOCATOR WORKLOAD PAIRS   (what callgrind runs)
  */
+#include "bench_clock.h"
 #include "heap.h"
 
 #include <dlfcn.h>
@@ -68,12 +69,6 @@ static void die(const char *what) {
     exit(1);
 }
 
-static double cpu_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
-}
-
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -82,29 +77,6 @@ static int cmp_double(const void *a, const void *b) {
 static double median(double *v, int n) {
     qsort(v, (size_t)n, sizeof *v, cmp_double);
     return v[n / 2];
-}
-
-/* The core's clock in GHz: 8 dependent 64-bit multiplies take 24 cycles on every x86-64 core
- * of the last fifteen years (imul r64, r64: 3 cycles on Intel since Nehalem, on AMD since
- * Zen), whatever the other threads of the machine do. A chain of "add $1" does not do: Intel's
- * Golden Cove cores fold small immediate adds into the renamer and run several a cycle (this
- * bench read 10 GHz on a 2.3 GHz Xeon with them). */
-static double clock_ghz(void) {
-    uint64_t x = 1, m = 3;
-    const long n = 20000000;
-    double t0 = cpu_ns();
-    for (long i = 0; i < n; i++) {
-#if defined(__x86_64__)
-        __asm__ volatile("imul %1, %0\n\timul %1, %0\n\timul %1, %0\n\timul %1, %0\n\t"
-                         "imul %1, %0\n\timul %1, %0\n\timul %1, %0\n\timul %1, %0"
-                         : "+r"(x)
-                         : "r"(m));
-#else
-        __asm__ volatile("" : "+r"(x));
-        x *= m;
-#endif
-    }
-    return 24.0 * (double)n / (cpu_ns() - t0);
 }
 
 /* xorshift64: the same sequence of sizes and victims for every allocator. */
@@ -419,17 +391,17 @@ int main(int argc, char **argv) {
             if (!allocs[a].missing) run_init(&runs[a], a, wl->nlive);
         double t[A_N][MAX_ROUNDS];
         for (int k = 0; k < rounds; k++) {
-            ghz[nghz++] = clock_ghz();
+            ghz[nghz++] = bench_clock_ghz();
             /* Each round starts with a different allocator, so none always runs first. */
             for (int s = 0; s < A_N; s++) {
                 int a = (s + k) % A_N;
                 if (allocs[a].missing) continue;
-                double t0 = cpu_ns();
+                double t0 = bench_cpu_ns();
                 wl->pairs_fn(&runs[a], wl->pairs);
-                t[a][k] = (cpu_ns() - t0) / (double)wl->pairs;
+                t[a][k] = (bench_cpu_ns() - t0) / (double)wl->pairs;
             }
         }
-        ghz[nghz++] = clock_ghz();
+        ghz[nghz++] = bench_clock_ghz();
         for (int a = 0; a < A_N; a++) {
             if (allocs[a].missing) continue;
             ns[w][a] = median(t[a], rounds);

@@ -7,7 +7,8 @@
  *   alloc_free_ns        median CPU ns for an alloc + free pair of 32-64 byte objects (with a
  *                        site); the timed figures are thread CPU time, so preemption on a
  *                        busy machine does not count
- *   alloc_free_cycles    the same in cycles of the clock measured in this run (clock_ghz)
+ *   alloc_free_cycles    the same in cycles of the clock measured in this run (bench_clock.h:
+ *                        bench_clock_ghz)
  *   alloc_free_traced_ns the same pairs while tracing (tracemalloc's cost: 3.3x in CPython)
  *   malloc_free_ns       the same pairs through malloc/free
  *   alloc_burst_ns       ns per object when 256 objects of mixed size classes are allocated,
@@ -22,6 +23,7 @@
  * Usage: heapd-engine-bench [--quick] [--no-python]
  *        heapd-engine-bench --pairs plain|traced|container|tree N   (N only: for callgrind)
  */
+#include "bench_clock.h"
 #include "heap.h"
 
 #include <stdio.h>
@@ -34,34 +36,6 @@ static double now_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
-}
-
-/* This thread's CPU time: what an allocation costs, without the time other processes of a
- * shared machine took the core away. */
-static double cpu_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
-}
-
-/* The core's real clock in GHz (/proc/cpuinfo shows the nominal one): 8 dependent adds take
- * 8 cycles. Turns ns into cycles, which, beside callgrind's instruction counts, tell whether a
- * time is believable. */
-static double clock_ghz(void) {
-    uint64_t x = 1;
-    const long n = 50000000;
-    double t0 = cpu_ns();
-    for (long i = 0; i < n; i++) {
-#if defined(__x86_64__)
-        __asm__ volatile("add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
-                         "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0"
-                         : "+r"(x));
-#else
-        __asm__ volatile("" : "+r"(x));
-        x += 8;
-#endif
-    }
-    return 8.0 * (double)n / (cpu_ns() - t0);
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -152,11 +126,11 @@ static void bench_alloc_free(double *plain_ns, double *traced_ns) {
         /* Even rounds run untraced first, odd rounds traced first. */
         hd_heap_t *first = (k & 1) ? t : h, *second = (k & 1) ? h : t;
         hd_handle_t *lf = (k & 1) ? live_t : live_h, *ls = (k & 1) ? live_h : live_t;
-        double t0 = cpu_ns();
+        double t0 = bench_cpu_ns();
         alloc_free_pairs(first, lf, PAIRS);
-        double t1 = cpu_ns();
+        double t1 = bench_cpu_ns();
         alloc_free_pairs(second, ls, PAIRS);
-        double t2 = cpu_ns();
+        double t2 = bench_cpu_ns();
         rp[k] = ((k & 1) ? t2 - t1 : t1 - t0) / PAIRS;
         rt[k] = ((k & 1) ? t1 - t0 : t2 - t1) / PAIRS;
     }
@@ -170,7 +144,7 @@ static double bench_malloc_free(void) {
     void *live[LIVE] = {0};
     double r[ROUNDS];
     for (int k = 0; k < ROUNDS; k++) {
-        double t0 = cpu_ns();
+        double t0 = bench_cpu_ns();
         for (int i = 0; i < PAIRS; i++) {
             void *p = malloc(32 + (size_t)(i & 31));
             if (!p) die("malloc", HD_ENOMEM);
@@ -179,7 +153,7 @@ static double bench_malloc_free(void) {
             free(live[j]);
             live[j] = p;
         }
-        r[k] = (cpu_ns() - t0) / PAIRS;
+        r[k] = (bench_cpu_ns() - t0) / PAIRS;
     }
     for (int j = 0; j < LIVE; j++)
         free(live[j]);
@@ -198,7 +172,7 @@ static void bench_bursts(double *engine_ns, double *malloc_ns) {
     void *pv[BURST];
     double re[ROUNDS], rm[ROUNDS];
     for (int k = 0; k < ROUNDS; k++) {
-        double t0 = cpu_ns();
+        double t0 = bench_cpu_ns();
         for (int r = 0; r < BURST_ROUNDS; r++) {
             for (int i = 0; i < BURST; i++) {
                 hd_alloc_args_t a = {.size = 24 + (uint32_t)(i & 7) * 8};
@@ -208,7 +182,7 @@ static void bench_bursts(double *engine_ns, double *malloc_ns) {
             for (int i = 0; i < BURST; i++)
                 hd_decref(h, hv[i], 1);
         }
-        double t1 = cpu_ns();
+        double t1 = bench_cpu_ns();
         for (int r = 0; r < BURST_ROUNDS; r++) {
             for (int i = 0; i < BURST; i++) {
                 pv[i] = malloc(56 + (size_t)(i & 7) * 8);
@@ -218,7 +192,7 @@ static void bench_bursts(double *engine_ns, double *malloc_ns) {
             for (int i = 0; i < BURST; i++)
                 free(pv[i]);
         }
-        double t2 = cpu_ns();
+        double t2 = bench_cpu_ns();
         re[k] = (t1 - t0) / ((double)BURST_ROUNDS * BURST);
         rm[k] = (t2 - t1) / ((double)BURST_ROUNDS * BURST);
     }
@@ -382,12 +356,12 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    double alloc_ns, traced_ns, ghz = clock_ghz();
+    double alloc_ns, traced_ns, ghz = bench_clock_ghz();
     bench_alloc_free(&alloc_ns, &traced_ns);
     double malloc_ns = bench_malloc_free();
     double burst_ns, mburst_ns;
     bench_bursts(&burst_ns, &mburst_ns);
-    ghz = (ghz + clock_ghz()) / 2;
+    ghz = (ghz + bench_clock_ghz()) / 2;
     double bpo = bench_bytes_per_object(2000000);
     printf("{\n  \"clock_ghz\": %.2f,\n  \"alloc_free_ns\": %.1f,\n"
            "  \"alloc_free_cycles\": %.0f,\n  \"malloc_free_ns\": %.1f,\n"
