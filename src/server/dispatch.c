@@ -112,7 +112,7 @@ static void release_holds(hd_opctx_t *c) {
 /* Statuses and argument checks.                                                               */
 /* ------------------------------------------------------------------------------------------ */
 
-static status_t status_ok = {
+status_t hd__status_ok = {
     .base = PROTOBUF_C_MESSAGE_INIT(&heapd__v1__status__descriptor),
     .code = 0,
     .name = "OK",
@@ -359,7 +359,7 @@ void hd__op_run(hd_opctx_t *c, const req_t *rq, rsp_t *rs, bool nested) {
         rs->result_case = HEAPD__V1__RESPONSE__RESULT__NOT_SET;
         rs->status = hd__op_status(c, rc);
     } else if (rs->status == NULL) {
-        rs->status = &status_ok;
+        rs->status = &hd__status_ok;
     }
     if (c->env->counters) count(c->env->counters, rq->op_case, rs->status->code);
 }

@@ -8,10 +8,17 @@
  * id even when the frame cannot be decoded. It also refuses strings holding a NUL byte, for
  * every string field of every message, at no cost beyond the field lookup it makes anyway.
  *
+ * Inside the envelope, flat messages (scalars, strings and bytes: most op messages, the
+ * status and most results) are read and written here too, exactly as protobuf-c would, and
+ * the rest by protobuf-c ("Flat messages, by hand" below).
+ *
  * This file owns no request semantics: dispatch.c runs what it decodes.
  */
 #include "envelope.h"
 
+#include <endian.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +26,7 @@
 
 #include "dispatch.h"
 #include "heap.h"
+#include "heapd_ops.def"
 
 typedef Heapd__V1__Request req_t;
 typedef Heapd__V1__Response rsp_t;
@@ -181,57 +189,278 @@ int hd_dispatch_scan(const uint8_t *p, size_t len, uint64_t *id, const char **wh
 #define WT_VARINT             0u
 #define WT_LEN                2u
 
-/* Reads a varint of at most 2 bytes at *pos (keys and lengths of the canonical envelope). */
-static int wire_short(const uint8_t *p, size_t end, size_t *pos, uint64_t *out) {
-    size_t at = *pos;
-    return wire_varint(p, end, pos, out) < 0 || *pos - at > 2 ? HD_EPROTO : 0;
+/* The op message of each Request op, by field number, from heapd_ops.def: the op a frame holds
+ * is found by an index rather than a search of Request's field ranges (53 fields in 9 runs). */
+typedef struct op_msg_s {
+    const ProtobufCMessageDescriptor *desc; /* NULL: not an op's number */
+    size_t offset;                          /* where Request holds the op's message */
+} op_msg_t;
+
+#define OP_MSG(NAME, name, number, FAMILY, Request, request, ...)                                  \
+    [number] = {&heapd__v1__##request##__descriptor, offsetof(req_t, name)},
+static const op_msg_t op_msgs[HD_OPS_MAX_NUMBER + 1] = {HD_OPS(OP_MSG)};
+#undef OP_MSG
+
+/* The op numbered id, or NULL when id is no op's number. */
+static inline const op_msg_t *op_msg(uint64_t id) {
+    const op_msg_t *op = id <= HD_OPS_MAX_NUMBER && op_msgs[id].desc ? &op_msgs[id] : NULL;
+#ifdef HD_ENVELOPE_CHECKS
+    const ProtobufCFieldDescriptor *fd =
+        id <= UINT32_MAX ? field_of(&heapd__v1__request__descriptor, (uint32_t)id) : NULL;
+    bool is_op = fd != NULL && fd->type == PROTOBUF_C_TYPE_MESSAGE &&
+                 (fd->flags & PROTOBUF_C_FIELD_FLAG_ONEOF);
+    if (is_op != (op != NULL) || (op && (op->desc != fd->descriptor || op->offset != fd->offset))) {
+        fprintf(stderr, "dispatch: the op table's row %llu differs from Request's field\n",
+                (unsigned long long)id);
+        abort();
+    }
+#endif
+    return op;
 }
 
-Heapd__V1__Request *hd__envelope_decode(hd_framemem_t *m, const uint8_t *p, size_t len) {
-    size_t pos = 1;
-    uint64_t v;
-    if (len < 2 || p[0] != WIRE_KEY(F_FRAME_REQUEST, WT_LEN)) return NULL;
-    if (wire_short(p, len, &pos, &v) < 0 || v != len - pos) return NULL;
-    uint64_t id = 0;
-    bool have_id = false;
-    const ProtobufCFieldDescriptor *op = NULL;
-    const uint8_t *op_data = NULL;
-    size_t op_len = 0;
-    while (pos < len) {
-        uint64_t key;
-        if (wire_short(p, len, &pos, &key) < 0) return NULL;
-        if (key == WIRE_KEY(F_ID, WT_VARINT) && !have_id) {
-            if (wire_varint(p, len, &pos, &id) < 0) return NULL;
-            have_id = true;
-            continue;
+/* ------------------------------------------------------------------------------------------ */
+/* Flat messages, by hand.                                                                     */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * Most op messages and most results are flat: scalars, strings and bytes, each at most once,
+ * no submessage, repeated field or oneof (Alloc, Incref, Decref, SetSlot, GetSlot, Ping, Status,
+ * HandleResult, ValueResult, ...). protobuf-c's generic walk over such a message (a table of
+ * scanned members, then a second pass; on packing, a zero test and a call per field) costs
+ * several times the work, so flat_unpack and flat_pack do it here, from a plan of each flat
+ * message type made once from its descriptor (plan_of), field by field as protobuf-c 1.4.1
+ * does:
+ *
+ *   unpack  a varint of up to 10 bytes; 32-bit types keep its low 32 bits, sint zigzags, bool
+ *           is true when any of its bytes has a payload bit; fixed types little-endian; a
+ *           string is copied with a NUL after it, bytes are copied (data NULL when empty); a
+ *           field that comes twice keeps its last value; fields absent keep the defaults of
+ *           the descriptor's init.
+ *   pack    in field-number order (the descriptor's), each field skipped when it is zero, an
+ *           empty or NULL string, or empty bytes; a negative int32 as a 10-byte varint; bool
+ *           as 0 or 1.
+ *
+ * Anything else is left to protobuf-c: a message type with a field of another kind (a
+ * submessage, repeated, oneof, proto3 optional, enum, float, double) or more than FLAT_MAX
+ * fields, and, in a flat op message, an unknown field, a field with the wrong wire type, a
+ * varint of more than 10 bytes, a length past the end and a string holding a NUL: those go
+ * the way they went before, through the wire scan (which refuses the NUL with EINVAL) and
+ * protobuf-c, and get the same answer. Builds with HD_ENVELOPE_CHECKS compare the outcome with
+ * protobuf-c's on every frame (decoding through the request packed again, packing byte for
+ * byte), so the tests and fuzz_dispatch prove the two equal.
+ */
+
+/* The kinds of flat field, by how they are read and written. */
+typedef enum flat_kind_e {
+    FK_INT32,   /* int32: varint, low 32 bits; packed sign-extended (negative: 10 bytes) */
+    FK_UINT32,  /* uint32: varint, low 32 bits */
+    FK_SINT32,  /* sint32: zigzag of the low 32 bits */
+    FK_VAR64,   /* int64, uint64: varint */
+    FK_SINT64,  /* sint64: zigzag */
+    FK_BOOL,    /* bool: varint, true when any byte has a payload bit (protobuf-c's rule) */
+    FK_FIXED32, /* fixed32, sfixed32: 4 bytes, little-endian */
+    FK_FIXED64, /* fixed64, sfixed64: 8 bytes, little-endian */
+    FK_STRING,  /* string: length-delimited, copied with a NUL after it; no NUL inside */
+    FK_BYTES,   /* bytes: length-delimited, copied (data NULL when empty) */
+} flat_kind_t;
+
+/* Fields a message may have and still be flat here: the largest flat message has 6 (Alloc). */
+#define FLAT_MAX 8
+
+/* How a flat message of one type is read and written: its fields in field-number order (the
+ * descriptor's), each with its key as it is on the wire (number << 3 | wire type). ok is false
+ * for a message with a field of another kind or more than FLAT_MAX fields: protobuf-c's. */
+typedef struct flat_plan_s {
+    bool ok;
+    uint8_t n;
+    uint8_t by_num[16]; /* field number (1..15) -> its index + 1; 0: none */
+    struct {
+        uint32_t key;
+        uint8_t kind;
+        uint8_t keylen; /* bytes of the key's varint */
+        uint8_t keybytes[5];
+        uint32_t offset;
+    } f[FLAT_MAX];
+} flat_plan_t;
+
+/* The plans of the op messages and of the results, by op number, and of Status; made once per
+ * process from the descriptors (plan_all). */
+static flat_plan_t op_plans[HD_OPS_MAX_NUMBER + 1];
+static flat_plan_t result_plans[HD_OPS_MAX_NUMBER + 1];
+static flat_plan_t status_plan;
+/* Response.status holding hd__status_ok, packed (a copy is cheaper than its 4 fields). */
+static uint8_t status_ok_bytes[16];
+static size_t status_ok_len;
+static pthread_once_t plans_once = PTHREAD_ONCE_INIT;
+static _Atomic bool plans_ready;
+
+/* The plan of d's messages into *pl (pl->ok false when they are not flat). */
+static void plan_of(const ProtobufCMessageDescriptor *d, flat_plan_t *pl) {
+    memset(pl, 0, sizeof *pl);
+    if (d->n_fields > FLAT_MAX) return;
+    for (unsigned i = 0; i < d->n_fields; i++) {
+        const ProtobufCFieldDescriptor *fd = &d->fields[i];
+        if (fd->label != PROTOBUF_C_LABEL_NONE || (fd->flags & PROTOBUF_C_FIELD_FLAG_ONEOF)) return;
+        unsigned kind, wt = 0;
+        switch (fd->type) {
+        case PROTOBUF_C_TYPE_INT32: kind = FK_INT32; break;
+        case PROTOBUF_C_TYPE_UINT32: kind = FK_UINT32; break;
+        case PROTOBUF_C_TYPE_SINT32: kind = FK_SINT32; break;
+        case PROTOBUF_C_TYPE_INT64:
+        case PROTOBUF_C_TYPE_UINT64: kind = FK_VAR64; break;
+        case PROTOBUF_C_TYPE_SINT64: kind = FK_SINT64; break;
+        case PROTOBUF_C_TYPE_BOOL: kind = FK_BOOL; break;
+        case PROTOBUF_C_TYPE_FIXED32:
+        case PROTOBUF_C_TYPE_SFIXED32: kind = FK_FIXED32, wt = 5; break;
+        case PROTOBUF_C_TYPE_FIXED64:
+        case PROTOBUF_C_TYPE_SFIXED64: kind = FK_FIXED64, wt = 1; break;
+        case PROTOBUF_C_TYPE_STRING: kind = FK_STRING, wt = 2; break;
+        case PROTOBUF_C_TYPE_BYTES: kind = FK_BYTES, wt = 2; break;
+        default: return; /* enums, floats, doubles, messages */
         }
-        if ((key & 7) != WT_LEN || op != NULL) return NULL;
-        op = field_of(&heapd__v1__request__descriptor, (uint32_t)(key >> 3));
-        if (op == NULL || op->type != PROTOBUF_C_TYPE_MESSAGE ||
-            !(op->flags & PROTOBUF_C_FIELD_FLAG_ONEOF))
-            return NULL;
-        if (wire_short(p, len, &pos, &v) < 0 || v > len - pos) return NULL;
-        op_data = p + pos;
-        op_len = (size_t)v;
-        pos += op_len;
+        if (fd->id > (UINT32_MAX >> 3) || fd->offset > UINT32_MAX) return;
+        pl->f[i].key = fd->id << 3 | wt;
+        pl->f[i].kind = (uint8_t)kind;
+        pl->f[i].offset = (uint32_t)fd->offset;
+        uint32_t k = pl->f[i].key;
+        uint8_t n = 0;
+        do {
+            pl->f[i].keybytes[n++] = (uint8_t)((k & 0x7F) | (k > 0x7F ? 0x80 : 0));
+            k >>= 7;
+        } while (k != 0);
+        pl->f[i].keylen = n;
+        if (fd->id < 16) pl->by_num[fd->id] = (uint8_t)(i + 1);
     }
-    /* The op lies at depth 2, inside the request and the frame's 2 submessages. */
-    uint64_t unused;
-    if (op == NULL || hd__wire_scan(op->descriptor, 2, 2, op_data, op_len, &unused, NULL) != 0)
-        return NULL;
-    req_t *rq = hd__framemem_alloc(m, sizeof *rq);
-    if (rq == NULL) return NULL;
-    ProtobufCMessage *msg = protobuf_c_message_unpack(op->descriptor, &m->pb, op_len, op_data);
+    pl->n = (uint8_t)d->n_fields;
+    pl->ok = true;
+}
+
+static inline uint64_t get_le64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return le64toh(v);
+}
+
+static inline uint32_t get_le32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return le32toh(v);
+}
+
+/* Reads a varint at *pos (< end) as wire_varint does, with a fast path for one byte. */
+static inline int get_varint(const uint8_t *p, size_t end, size_t *pos, uint64_t *out) {
+    size_t at = *pos;
+    if (__builtin_expect(at < end && p[at] < 0x80, 1)) {
+        *out = p[at];
+        *pos = at + 1;
+        return 0;
+    }
+    if (at < end && end - at >= 10) { /* room for the longest: no bound to check per byte */
+        uint64_t v = p[at] & 0x7F;
+        for (unsigned k = 1; k < 10; k++) {
+            uint8_t b = p[at + k];
+            v |= (uint64_t)(b & 0x7F) << (7 * k);
+            if (!(b & 0x80)) {
+                *out = v;
+                *pos = at + k + 1;
+                return 0;
+            }
+        }
+        return HD_EPROTO; /* longer than 10 bytes */
+    }
+    return wire_varint(p, end, pos, out);
+}
+
+/* The n bytes at p as a message of type d (plan pl), in frame memory, as
+ * protobuf_c_message_unpack would decode them; NULL when they are not what flat_unpack takes
+ * (see above) or memory ran out. Borrows p: strings and bytes are copied. */
+static ProtobufCMessage *flat_unpack(hd_framemem_t *m, const ProtobufCMessageDescriptor *d,
+                                     const flat_plan_t *pl, const uint8_t *p, size_t len) {
+    ProtobufCMessage *msg = hd__framemem_alloc(m, d->sizeof_message);
     if (msg == NULL) return NULL;
-    heapd__v1__request__init(rq);
-    rq->id = id;
-    rq->op_case = (Heapd__V1__Request__OpCase)op->id;
-    *(ProtobufCMessage **)((char *)rq + op->offset) = msg;
-    return rq;
+    d->message_init(msg);
+    size_t pos = 0;
+    while (pos < len) {
+        uint64_t key, v;
+        if (get_varint(p, len, &pos, &key) < 0) return NULL;
+        /* The field of a 1-byte key by its number, any other by a search. */
+        unsigned i = key < 0x80 ? pl->by_num[key >> 3] - 1u : 0;
+        if (key >= 0x80) {
+            while (i < pl->n && pl->f[i].key != key)
+                i++;
+        }
+        if (i >= pl->n || pl->f[i].key != key) return NULL; /* unknown, or the wrong wire type */
+        void *at = (char *)msg + pl->f[i].offset;
+        switch (pl->f[i].kind) {
+        case FK_INT32:
+        case FK_UINT32:
+            if (get_varint(p, len, &pos, &v) < 0) return NULL;
+            *(uint32_t *)at = (uint32_t)v;
+            break;
+        case FK_SINT32: {
+            if (get_varint(p, len, &pos, &v) < 0) return NULL;
+            uint32_t u = (uint32_t)v;
+            *(int32_t *)at = u & 1 ? -(int32_t)(u >> 1) - 1 : (int32_t)(u >> 1);
+            break;
+        }
+        case FK_VAR64:
+            if (get_varint(p, len, &pos, &v) < 0) return NULL;
+            *(uint64_t *)at = v;
+            break;
+        case FK_SINT64:
+            if (get_varint(p, len, &pos, &v) < 0) return NULL;
+            *(int64_t *)at = v & 1 ? -(int64_t)(v >> 1) - 1 : (int64_t)(v >> 1);
+            break;
+        case FK_BOOL: {
+            size_t from = pos;
+            if (get_varint(p, len, &pos, &v) < 0) return NULL;
+            /* protobuf-c: true when any byte has a payload bit, even one shifted out of 64. */
+            unsigned b = 0;
+            for (size_t j = from; j < pos; j++)
+                b |= p[j] & 0x7Fu;
+            *(protobuf_c_boolean *)at = b != 0;
+            break;
+        }
+        case FK_FIXED32:
+            if (len - pos < 4) return NULL;
+            *(uint32_t *)at = get_le32(p + pos);
+            pos += 4;
+            break;
+        case FK_FIXED64:
+            if (len - pos < 8) return NULL;
+            *(uint64_t *)at = get_le64(p + pos);
+            pos += 8;
+            break;
+        case FK_STRING: {
+            if (get_varint(p, len, &pos, &v) < 0 || v > len - pos) return NULL;
+            if (memchr(p + pos, 0, (size_t)v)) return NULL; /* the wire scan's EINVAL */
+            char *str = hd__framemem_alloc(m, (size_t)v + 1);
+            if (str == NULL) return NULL;
+            memcpy(str, p + pos, (size_t)v);
+            str[v] = '\0';
+            *(char **)at = str;
+            pos += (size_t)v;
+            break;
+        }
+        default: { /* FK_BYTES */
+            if (get_varint(p, len, &pos, &v) < 0 || v > len - pos) return NULL;
+            ProtobufCBinaryData *bd = at;
+            bd->data = NULL;
+            if (v > 0) {
+                if ((bd->data = hd__framemem_alloc(m, (size_t)v)) == NULL) return NULL;
+                memcpy(bd->data, p + pos, (size_t)v);
+            }
+            bd->len = (size_t)v;
+            pos += (size_t)v;
+            break;
+        }
+        }
+    }
+    return msg;
 }
 
 /* Writes v as a varint at q; returns its length (1..10). */
-static size_t put_varint(uint8_t *q, uint64_t v) {
+static inline size_t put_varint(uint8_t *q, uint64_t v) {
     size_t n = 0;
     while (v >= 0x80) {
         q[n++] = (uint8_t)(v | 0x80);
@@ -241,10 +470,153 @@ static size_t put_varint(uint8_t *q, uint64_t v) {
     return n;
 }
 
+/* Packs msg (plan pl, which is ok) at q exactly as protobuf_c_message_pack would (see above);
+ * returns the end. */
+static uint8_t *flat_pack(const flat_plan_t *pl, const ProtobufCMessage *msg, uint8_t *q) {
+    for (unsigned i = 0; i < pl->n; i++) {
+        const void *at = (const char *)msg + pl->f[i].offset;
+        uint64_t v;
+        const void *bytes = NULL;
+        switch (pl->f[i].kind) {
+        case FK_INT32: v = (uint64_t)(int64_t) * (const int32_t *)at; break;
+        case FK_SINT32: {
+            int32_t x = *(const int32_t *)at;
+            v = ((uint32_t)x << 1) ^ (uint32_t)(x >> 31);
+            break;
+        }
+        case FK_UINT32:
+        case FK_FIXED32: v = *(const uint32_t *)at; break;
+        case FK_SINT64: {
+            int64_t x = *(const int64_t *)at;
+            v = ((uint64_t)x << 1) ^ (uint64_t)(x >> 63);
+            break;
+        }
+        case FK_BOOL: v = *(const protobuf_c_boolean *)at != 0; break;
+        case FK_STRING:
+            bytes = *(const char *const *)at;
+            v = bytes != NULL ? strlen(bytes) : 0;
+            break;
+        case FK_BYTES:
+            bytes = ((const ProtobufCBinaryData *)at)->data;
+            v = ((const ProtobufCBinaryData *)at)->len;
+            break;
+        default: v = *(const uint64_t *)at; break; /* FK_VAR64, FK_FIXED64 */
+        }
+        if (v == 0) continue; /* zero, false, or an empty string or bytes: not packed */
+        for (unsigned k = 0; k < pl->f[i].keylen; k++)
+            *q++ = pl->f[i].keybytes[k];
+        switch (pl->f[i].kind) {
+        case FK_FIXED32:
+            for (unsigned k = 0; k < 4; k++, v >>= 8)
+                *q++ = (uint8_t)v;
+            break;
+        case FK_FIXED64:
+            for (unsigned k = 0; k < 8; k++, v >>= 8)
+                *q++ = (uint8_t)v;
+            break;
+        case FK_STRING:
+        case FK_BYTES:
+            q += put_varint(q, v);
+            memcpy(q, bytes, (size_t)v);
+            q += v;
+            break;
+        default: q += put_varint(q, v); break;
+        }
+    }
+    return q;
+}
+
+#define PLAN_OP(NAME, name, number, FAMILY, Request, request, KIND, Result, result, ...)           \
+    plan_of(&heapd__v1__##request##__descriptor, &op_plans[number]);                               \
+    PLAN_RESULT_##KIND(number, result)
+#define PLAN_RESULT_RESULT(number, result)                                                         \
+    plan_of(&heapd__v1__##result##__descriptor, &result_plans[number]);
+#define PLAN_RESULT_STATUS(number, result)
+
+static void plan_all(void) {
+    HD_OPS(PLAN_OP)
+    plan_of(&heapd__v1__status__descriptor, &status_plan);
+    /* Status field, length, the OK status: "OK" and a zero code need 4 bytes. */
+    HD_ASSERT(status_plan.ok && protobuf_c_message_get_packed_size(&hd__status_ok.base) + 2 <=
+                                    sizeof status_ok_bytes);
+    status_ok_bytes[0] = WIRE_KEY(F_STATUS, WT_LEN);
+    uint8_t *e = flat_pack(&status_plan, &hd__status_ok.base, status_ok_bytes + 2);
+    status_ok_bytes[1] = (uint8_t)(e - (status_ok_bytes + 2));
+    status_ok_len = (size_t)(e - status_ok_bytes);
+    atomic_store_explicit(&plans_ready, true, memory_order_release);
+}
+#undef PLAN_OP
+#undef PLAN_RESULT_RESULT
+#undef PLAN_RESULT_STATUS
+
+/* The plans, made on first use. */
+static inline void plans(void) {
+    if (__builtin_expect(!atomic_load_explicit(&plans_ready, memory_order_acquire), 0))
+        pthread_once(&plans_once, plan_all);
+}
+
+/* Reads a varint of at most 2 bytes at *pos (keys and lengths of the canonical envelope). */
+static int wire_short(const uint8_t *p, size_t end, size_t *pos, uint64_t *out) {
+    size_t at = *pos;
+    return get_varint(p, end, pos, out) < 0 || *pos - at > 2 ? HD_EPROTO : 0;
+}
+
+Heapd__V1__Request *hd__envelope_decode(hd_framemem_t *m, const uint8_t *p, size_t len) {
+    size_t pos = 1;
+    uint64_t v;
+    if (len < 2 || p[0] != WIRE_KEY(F_FRAME_REQUEST, WT_LEN)) return NULL;
+    if (wire_short(p, len, &pos, &v) < 0 || v != len - pos) return NULL;
+    uint64_t id = 0;
+    bool have_id = false;
+    const op_msg_t *op = NULL;
+    int op_case = 0;
+    const uint8_t *op_data = NULL;
+    size_t op_len = 0;
+    while (pos < len) {
+        uint64_t key;
+        if (wire_short(p, len, &pos, &key) < 0) return NULL;
+        if (key == WIRE_KEY(F_ID, WT_VARINT) && !have_id) {
+            if (get_varint(p, len, &pos, &id) < 0) return NULL;
+            have_id = true;
+            continue;
+        }
+        if ((key & 7) != WT_LEN || op != NULL || (op = op_msg(key >> 3)) == NULL) return NULL;
+        op_case = (int)(key >> 3);
+        if (wire_short(p, len, &pos, &v) < 0 || v > len - pos) return NULL;
+        op_data = p + pos;
+        op_len = (size_t)v;
+        pos += op_len;
+    }
+    if (op == NULL) return NULL;
+    req_t *rq = hd__framemem_alloc(m, sizeof *rq);
+    if (rq == NULL) return NULL;
+    /* A flat op by hand; any other (or bytes flat_unpack leaves to them) through the wire scan
+     * and protobuf-c. The op lies at depth 2, inside the request and the frame's 2
+     * submessages. */
+    plans();
+    const flat_plan_t *pl = &op_plans[op_case];
+    ProtobufCMessage *msg = pl->ok ? flat_unpack(m, op->desc, pl, op_data, op_len) : NULL;
+    if (msg == NULL) {
+        uint64_t unused;
+        if (hd__wire_scan(op->desc, 2, 2, op_data, op_len, &unused, NULL) != 0) return NULL;
+        msg = protobuf_c_message_unpack(op->desc, &m->pb, op_len, op_data);
+        if (msg == NULL) return NULL;
+    }
+    heapd__v1__request__init(rq);
+    rq->id = id;
+    rq->op_case = (Heapd__V1__Request__OpCase)op_case;
+    *(ProtobufCMessage **)((char *)rq + op->offset) = msg;
+    return rq;
+}
+
 /* Writes the length n at q for the n bytes packed at q + 1, moving them up when the length
  * takes more than the one byte left for it (as protobuf-c packs a submessage). Returns the
  * end of the bytes. */
 static uint8_t *put_length_before(uint8_t *q, size_t n) {
+    if (__builtin_expect(n < 0x80, 1)) {
+        *q = (uint8_t)n;
+        return q + 1 + n;
+    }
     uint8_t len[10];
     size_t k = put_varint(len, n);
     if (k != 1) memmove(q + k, q + 1, n);
@@ -252,23 +624,38 @@ static uint8_t *put_length_before(uint8_t *q, size_t n) {
     return q + k + n;
 }
 
-/* Writes message field `field` holding m at q; returns the end. */
-static uint8_t *put_message(uint8_t *q, uint32_t field, const ProtobufCMessage *m) {
+/* Writes message field `field` holding m at q, by hand when its plan pl is ok; returns the
+ * end. A field number of up to 15 (every status and result of a bounded response but those
+ * of ops 16 and up) has a 1-byte key. */
+static uint8_t *put_message(uint8_t *q, uint32_t field, const ProtobufCMessage *m,
+                            const flat_plan_t *pl) {
     q += put_varint(q, WIRE_KEY(field, WT_LEN));
-    return put_length_before(q, protobuf_c_message_pack(m, q + 1));
+    size_t n =
+        pl->ok ? (size_t)(flat_pack(pl, m, q + 1) - (q + 1)) : protobuf_c_message_pack(m, q + 1);
+    return put_length_before(q, n);
 }
+
+/* Where Response holds the result of each op that has one, by op number (0: none). */
+#define RESULT_AT(NAME, name, number, FAMILY, Request, request, KIND, ...)                         \
+    RESULT_AT_##KIND(number, name)
+#define RESULT_AT_RESULT(number, name) [number] = offsetof(rsp_t, name),
+#define RESULT_AT_STATUS(number, name)
+static const uint16_t result_at[HD_OPS_MAX_NUMBER + 1] = {HD_OPS(RESULT_AT)};
+#undef RESULT_AT
+#undef RESULT_AT_RESULT
+#undef RESULT_AT_STATUS
 
 /* The message a response's result field points at, if any. */
 static const ProtobufCMessage *result_of(const rsp_t *rs) {
-    if (rs->result_case == HEAPD__V1__RESPONSE__RESULT__NOT_SET) return NULL;
-    const ProtobufCFieldDescriptor *fd =
-        field_of(&heapd__v1__response__descriptor, (uint32_t)rs->result_case);
-    HD_ASSERT(fd != NULL && fd->type == PROTOBUF_C_TYPE_MESSAGE);
-    return *(const ProtobufCMessage *const *)((const char *)rs + fd->offset);
+    unsigned rc = (unsigned)rs->result_case;
+    if (rc == HEAPD__V1__RESPONSE__RESULT__NOT_SET) return NULL;
+    HD_ASSERT(rc <= HD_OPS_MAX_NUMBER && result_at[rc] != 0);
+    return *(const ProtobufCMessage *const *)((const char *)rs + result_at[rc]);
 }
 
 size_t hd__envelope_pack(const void *obj, uint8_t *dst) {
     const rsp_t *rs = obj;
+    plans();
     uint8_t *q = dst;
     *q++ = WIRE_KEY(F_FRAME_RESPONSE, WT_LEN);
     uint8_t *e = q + 1; /* the response's fields, behind a 1-byte length for now */
@@ -276,9 +663,15 @@ size_t hd__envelope_pack(const void *obj, uint8_t *dst) {
         *e++ = WIRE_KEY(F_ID, WT_VARINT);
         e += put_varint(e, rs->id);
     }
-    if (rs->status != NULL) e = put_message(e, F_STATUS, &rs->status->base);
+    if (rs->status == &hd__status_ok) { /* every success: its bytes, packed once */
+        memcpy(e, status_ok_bytes, sizeof status_ok_bytes);
+        e += status_ok_len;
+    } else if (rs->status != NULL) {
+        e = put_message(e, F_STATUS, &rs->status->base, &status_plan);
+    }
     const ProtobufCMessage *result = result_of(rs);
-    if (result != NULL) e = put_message(e, (uint32_t)rs->result_case, result);
+    if (result != NULL)
+        e = put_message(e, (uint32_t)rs->result_case, result, &result_plans[rs->result_case]);
     return (size_t)(put_length_before(q, (size_t)(e - (q + 1))) - dst);
 }
 

@@ -4,9 +4,9 @@
  *
  * Nearly every frame is ClientFrame { request { id, one op } }, answered with ServerFrame {
  * response { id, status, at most one result } }. envelope.c reads and writes that envelope
- * itself, and leaves what is inside it (the op message, the status and the result) to
- * protobuf-c. Before any decoding, the wire scan walks a payload's raw bytes to bound its
- * nesting and message count.
+ * itself, and what is inside it when it is flat (scalars, strings and bytes: most ops, the
+ * status, most results); the rest is protobuf-c's. Before any decoding, the wire scan walks
+ * a payload's raw bytes to bound its nesting and message count.
  *
  * This file owns bytes only; what a request means is dispatch.c's and the handlers'.
  */
@@ -39,6 +39,10 @@ int hd__wire_scan(const ProtobufCMessageDescriptor *desc, int base, size_t nmsg,
  * not canonical, or its op fails the scan or does not decode (the caller then scans and
  * decodes the whole frame, which fails in its own way if it fails). */
 Heapd__V1__Request *hd__envelope_decode(hd_framemem_t *m, const uint8_t *p, size_t len);
+
+/* The status of every success (dispatch.c): code 0, "OK". hd__envelope_pack writes it from
+ * bytes packed once. */
+extern Heapd__V1__Status hd__status_ok;
 
 /* Packs ServerFrame { response = *rsp } (a Heapd__V1__Response) at dst, exactly as
  * protobuf-c would; returns the bytes written. For hd_frame_write_packed. */
