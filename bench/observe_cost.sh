@@ -7,7 +7,7 @@
 # Runs heapd-bench against one heapd in three settings, alternated ROUNDS times (default 3) so
 # that a noisy machine weighs on all of them alike:
 #   off      slowlog_max_len 0 and no monitor: requests are not timed at all
-#   slowlog  the default slowlog (128 entries, 10 ms): two clock reads per request
+#   slowlog  the default slowlog (128 entries, 10 ms): one coarse clock read per request
 #   monitor  the default slowlog and one monitor attached, reading every record
 # and prints, for each, the requests per second and the daemon's CPU time per request (user +
 # system, from /proc), with the ratio to `off`. The CPU per request is the figure to compare;

@@ -893,10 +893,16 @@ static void process(hd_conn_t *c) {
     hd_worker_t *w = c->worker;
     uint64_t nframes = 0;
     /* For the slowlog and the monitors, each request is timed: one clock read per request,
-     * each ending the previous request's time and starting the next's (a clock read can cost
-     * as much as a small request; see bench/observe_cost.sh). */
+     * each ending the previous request's time and starting the next's, on the coarse clock
+     * when only the slowlog looks (observe.h:hd__observe_clock; a precise read costs about a
+     * tenth of a small request here, see bench/observe_cost.sh). Only a request over the
+     * threshold, or any while a monitor watches, goes further. */
     int observe = hd__observing(w);
-    uint64_t mark = observe ? uv_hrtime() : 0;
+    clockid_t clock = observe ? hd__observe_clock(w) : CLOCK_MONOTONIC;
+    uint64_t mark = observe ? hd__observe_now(clock) : 0;
+    uint64_t slow_ns =
+        w->cfg.slowlog_max_len > 0 ? w->cfg.slowlog_threshold_us * 1000u : UINT64_MAX;
+    bool watched = observe && hd__monitor_count(w->srv) > 0;
     /* Responses are packed into the worker's spare buffer, which goes back to the worker once
      * written (below): a connection holds an output buffer only while output is pending. The
      * buffer moves, it is never shared: if output stays queued, the connection keeps it. */
@@ -916,7 +922,8 @@ static void process(hd_conn_t *c) {
             stop_reading(c);
             break;
         }
-        if (!drain_events(c)) {
+        /* events_owed, its tests the loop's made already: most requests raise none. */
+        if (c->session && hd_events_pending(c->session->heap) && !drain_events(c)) {
             pause_output(c, "events waiting for the client to read");
             break;
         }
@@ -954,8 +961,9 @@ static void process(hd_conn_t *c) {
             }
             nframes++;
             if (observe) {
-                uint64_t now = uv_hrtime();
-                if (rc != HD_DISPATCH_DEFER) hd__observe_request(c, payload, len, now - mark);
+                uint64_t now = hd__observe_now(clock);
+                if (rc != HD_DISPATCH_DEFER && (watched || now - mark >= slow_ns))
+                    hd__observe_request(c, payload, len, now - mark);
                 mark = now;
             }
             if (rc == HD_DISPATCH_DEFER) {

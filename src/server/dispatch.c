@@ -410,6 +410,17 @@ static bool needs_loop(const req_t *rq) {
 
 /* 0 when rq may run here, else HD_DISPATCH_OFFLOAD or HD_DISPATCH_LOOP. */
 static int frame_place(const hd_dispatch_env_t *env, const req_t *rq, size_t len) {
+    if (likely(rq->op_case != HEAPD__V1__REQUEST__OP_BATCH && !env->off_loop)) {
+        /* A lone op on the loop: op_work's sums for it, without the calls. */
+        if (env->inline_work == 0 || needs_loop(rq)) return 0;
+        const op_row_t *row = op_row(rq->op_case);
+        uint64_t w = 1;
+        if (row != NULL && !row->admin && !(row->readonly && !row->grows)) {
+            w = sat_add(1, env->heap != NULL ? hd_heap_work(env->heap) : 0);
+            if (rq->op_case == HEAPD__V1__REQUEST__OP_ALLOC) w = sat_add(w, rq->alloc->size / 256);
+        }
+        return sat_add(w, len / 256) > env->inline_work ? HD_DISPATCH_OFFLOAD : 0;
+    }
     if (needs_loop(rq)) return env->off_loop ? HD_DISPATCH_LOOP : 0;
     if (env->inline_work == 0) return 0;
     uint64_t heap = env->heap != NULL ? hd_heap_work(env->heap) : 0;

@@ -179,6 +179,22 @@ int hd__observing(const hd_worker_t *w) {
            atomic_load_explicit(&w->srv->nmonitors, memory_order_relaxed) > 0;
 }
 
+clockid_t hd__observe_clock(const hd_worker_t *w) {
+    /* The coarse clock's resolution, read once: a tick of the kernel, fixed at boot. */
+    static _Atomic uint64_t res_ns;
+    uint64_t res = atomic_load_explicit(&res_ns, memory_order_relaxed);
+    if (res == 0) {
+        struct timespec ts;
+        res = clock_getres(CLOCK_MONOTONIC_COARSE, &ts) == 0
+                  ? (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec
+                  : UINT64_MAX / 4;
+        atomic_store_explicit(&res_ns, res, memory_order_relaxed);
+    }
+    bool coarse_enough = w->cfg.slowlog_threshold_us * 1000u >= 2 * res;
+    return coarse_enough && hd__monitor_count(w->srv) == 0 ? CLOCK_MONOTONIC_COARSE
+                                                           : CLOCK_MONOTONIC;
+}
+
 static uint64_t now_unix_us(void) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);

@@ -17,6 +17,8 @@
 #ifndef HD_SERVER_OBSERVE_H
 #define HD_SERVER_OBSERVE_H
 
+#include <time.h>
+
 #include "server.h"
 
 /* reqtext.c */
@@ -55,6 +57,22 @@ typedef struct hd_request_seen_s {
 void hd__observe_request(hd_conn_t *c, const uint8_t *payload, size_t len, uint64_t duration_ns);
 /* Whether a request on worker w needs timing: the slowlog is on or a monitor is attached. */
 int hd__observing(const hd_worker_t *w);
+/* The clock requests on w are timed with. CLOCK_MONOTONIC_COARSE (the time of the kernel's
+ * last tick, read without the time stamp counter: a third of CLOCK_MONOTONIC's cost here)
+ * while only the slowlog looks and slowlog_threshold_us is at least twice its resolution
+ * (clock_getres: 4 ms on this kernel); else CLOCK_MONOTONIC, as a monitor shows every
+ * request's duration. On the coarse clock a duration is a whole number of ticks, within one
+ * tick of the true one: a request is logged once it measures at least the threshold, so every
+ * request that took the threshold plus one tick is, none that took less than the threshold
+ * less one tick is, and the logged duration_us is a multiple of the tick (config/heapd.yaml,
+ * slowlog_threshold_us). */
+clockid_t hd__observe_clock(const hd_worker_t *w);
+/* clock's time in nanoseconds. */
+static inline uint64_t hd__observe_now(clockid_t clock) {
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 /* Makes c a monitor: registered, its records written by conn.c when they come. On c's
  * worker. Returns 0, HD_EINVAL (already one) or HD_ENOMEM. */

@@ -41,14 +41,21 @@ void hd__replay_free(hd_replay_t *rp) {
     rp->last_id = last;
 }
 
+/* Slot head + i of the entry ring, i < ecap: head < ecap, so one subtraction wraps it (a
+ * division here was most of a put's time: four per request). */
+static inline uint32_t slot(const hd_replay_t *rp, uint32_t i) {
+    uint32_t k = rp->head + i;
+    return k >= rp->ecap ? k - rp->ecap : k;
+}
+
 static hd_replay_ent_t *at(const hd_replay_t *rp, uint32_t i) {
-    return &rp->ent[(rp->head + i) % rp->ecap];
+    return &rp->ent[slot(rp, i)];
 }
 
 static void evict_oldest(hd_replay_t *rp) {
     hd_replay_ent_t *e = at(rp, 0);
     if (e->len != HD_REPLAY_NOT_KEPT) rp->used -= e->len;
-    rp->head = (rp->head + 1) % rp->ecap;
+    rp->head = slot(rp, 1);
     rp->n--;
 }
 
@@ -59,7 +66,13 @@ static void evict_oldest(hd_replay_t *rp) {
  * a response over replay_window_bytes) are stepped over. */
 static long place(const hd_replay_t *rp, size_t len) {
     const hd_replay_ent_t *first = NULL, *last = NULL;
-    uint32_t i = 0;
+    if (rp->n > 0) { /* the usual case: the oldest and the newest entries are both kept */
+        first = at(rp, 0);
+        last = at(rp, rp->n - 1);
+        if (first->len == HD_REPLAY_NOT_KEPT || last->len == HD_REPLAY_NOT_KEPT)
+            first = last = NULL;
+    }
+    uint32_t i = first ? rp->n : 0;
     for (; i < rp->n && !first; i++) {
         const hd_replay_ent_t *e = at(rp, i);
         if (e->len != HD_REPLAY_NOT_KEPT) first = last = e;
@@ -147,11 +160,16 @@ int hd__replay_put(hd_replay_t *rp, uint64_t id, const uint8_t *frame, size_t le
             rp->used += len;
         }
     }
-    hd_replay_ent_t *e = &rp->ent[(rp->head + rp->n) % rp->ecap];
+    hd_replay_ent_t *e = at(rp, rp->n);
     e->id = id;
     e->off = off;
     e->len = elen;
     rp->n++;
+    /* The next put writes the entry after this one and the bytes after these, on lines
+     * untouched since the ring last came round (cold, for a window of thousands): fetched
+     * now, while this request's response is written out. */
+    __builtin_prefetch(at(rp, rp->n < rp->ecap ? rp->n : 0), 1); /* when full: the oldest */
+    if (elen != HD_REPLAY_NOT_KEPT) __builtin_prefetch(rp->data + off + elen, 1);
     return elen == HD_REPLAY_NOT_KEPT && len <= rp->max_bytes ? HD_ENOMEM : 0;
 }
 
@@ -195,6 +213,14 @@ void hd__replay_resize(hd_replay_t *rp, uint32_t max_entries, size_t max_bytes) 
 uint64_t hd__replay_peek_id(const uint8_t *p, size_t len) {
     /* ClientFrame.request (field 1, bytes): 0x0a, a length; then Request.id (field 1,
      * varint): 0x08, the id. */
+    if (len >= 7 && p[0] == 0x0a && p[1] < 0x80 && p[2] == 0x08) {
+        /* The usual frame: a 1-byte length, an id of at most 4 bytes before the frame ends. */
+        uint64_t id = 0;
+        for (unsigned k = 0; k < 4; k++) {
+            id |= (uint64_t)(p[3 + k] & 0x7f) << (7 * k);
+            if (!(p[3 + k] & 0x80)) return id;
+        }
+    }
     size_t i = 0;
     if (len < 4 || p[i++] != 0x0a) return 0;
     while (i < len && (p[i] & 0x80))

@@ -328,6 +328,43 @@ static void test_replay_window(void **state) {
     assert_int_equal(hd__replay_peek_id(canon, sizeof canon), 300);
     const uint8_t noid[] = {0x0a, 0x02, 0x52, 0x00};
     assert_int_equal(hd__replay_peek_id(noid, sizeof noid), 0);
+    /* Ids of 4 bytes (the short path) and of 5 and 10 (the long one), a cut id, a 2-byte
+     * request length. */
+    const uint8_t id4[] = {0x0a, 0x07, 0x08, 0xff, 0xff, 0xff, 0x7f, 0x52, 0x00};
+    assert_int_equal(hd__replay_peek_id(id4, sizeof id4), 0x0fffffff);
+    const uint8_t id5[] = {0x0a, 0x08, 0x08, 0x80, 0x80, 0x80, 0x80, 0x01, 0x52, 0x00};
+    assert_int_equal(hd__replay_peek_id(id5, sizeof id5), 1ull << 28);
+    const uint8_t id10[] = {0x0a, 0x0d, 0x08, 0xff, 0xff, 0xff, 0xff, 0xff,
+                            0xff, 0xff, 0xff, 0xff, 0x01, 0x52, 0x00};
+    assert_int_equal(hd__replay_peek_id(id10, sizeof id10), UINT64_MAX);
+    const uint8_t cut[] = {0x0a, 0x07, 0x08, 0xff, 0xff, 0xff, 0xff};
+    assert_int_equal(hd__replay_peek_id(cut, sizeof cut), 0);
+    const uint8_t long_len[] = {0x0a, 0x80, 0x01, 0x08, 0x05, 0x52, 0x00};
+    assert_int_equal(hd__replay_peek_id(long_len, sizeof long_len), 5);
+}
+
+/* A window of a count that is no power of two wraps its entry ring as any other: the newest
+ * five are found, in order, however often the ring comes round. */
+static void test_replay_ring_wraps(void **state) {
+    (void)state;
+    hd_replay_t rp;
+    hd__replay_init(&rp, 5, 1 << 12);
+    uint8_t f[64];
+    const uint8_t *p;
+    size_t len;
+    for (uint64_t id = 1; id < 500; id++) {
+        frame_of(f, 8 + id % 40, (uint8_t)id);
+        assert_int_equal(hd__replay_put(&rp, id, f, 8 + id % 40), 0);
+        assert_true(rp.n <= 5 && rp.ecap <= 5);
+        for (uint64_t back = id > 4 ? id - 4 : 1; back <= id; back++) {
+            assert_int_equal(hd__replay_find(&rp, back, &p, &len), 1);
+            assert_int_equal(len, 8 + back % 40);
+            assert_int_equal(p[len - 1], (uint8_t)back);
+        }
+        if (id > 5) assert_int_equal(hd__replay_find(&rp, id - 5, &p, &len), -1);
+        assert_int_equal(hd__replay_oldest(&rp), id > 4 ? id - 4 : 1);
+    }
+    hd__replay_free(&rp);
 }
 
 /* Responses too large to keep, at either end of the window and between kept ones: place()
@@ -370,6 +407,7 @@ int main(void) {
         cmocka_unit_test(test_bad_files),
         cmocka_unit_test(test_replay_window),
         cmocka_unit_test(test_replay_not_kept_mix),
+        cmocka_unit_test(test_replay_ring_wraps),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     char cmd[300];
