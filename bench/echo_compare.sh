@@ -5,12 +5,17 @@
 #
 #   bench/echo_compare.sh                          # -c 50 -P 16, 5 s each, 3 rounds
 #   BUILD=build-rel CONNS=50 DEPTH=16 DURATION=5 ROUNDS=3 bench/echo_compare.sh
+#   BASE=main bench/echo_compare.sh                # and the heapd of another revision
 #
-# Both servers listen on Unix sockets in a temporary directory; heapd runs one worker (the
+# With BASE=<git revision>, that revision's heapd runs in the same rounds as a third server
+# (its tree exported with git archive and built, RelWithDebInfo, into $BUILD/echo-base-<sha>,
+# kept for the next run), so that a change is measured beside what it changes, on the same
+# machine at the same moment; the table gains its columns and its ratio to the echo server.
+#
+# The servers listen on Unix sockets in a temporary directory; heapd runs one worker (the
 # echo server is one thread), log level warn. Each round runs heapd-bench's default mix
-# (alloc+decref, incref+decref, set_slot) against heapd, then against the echo server (the
-# order alternates by round), and reads the server's CPU time (utime + stime,
-# /proc/PID/stat) before and after. CPU per request = that CPU / the requests heapd-bench
+# (alloc+decref, incref+decref, set_slot) against each server in turn (the order rotates by
+# round), and reads the server's CPU time (utime + stime, /proc/PID/stat) before and after. CPU per request = that CPU / the requests heapd-bench
 # completed. The echo server parses each frame in place, reads the request id and answers a
 # canned success: what any server must spend on reading, framing and writing.
 set -euo pipefail
@@ -20,36 +25,52 @@ CONNS=${CONNS:-50}
 DEPTH=${DEPTH:-16}
 DURATION=${DURATION:-5}
 ROUNDS=${ROUNDS:-3}
-for tool in heapd heapd-bench heapd-echo-server; do
-    [ -x "$BUILD/bin/$tool" ] || { echo "echo_compare: $BUILD/bin/$tool not built" >&2; exit 1; }
-done
+BASE=${BASE:-}
+. "$(dirname "$0")/lib.sh"
+bench_need echo_compare "$BUILD/bin/heapd" "$BUILD/bin/heapd-bench" "$BUILD/bin/heapd-echo-server" \
+    -- python3
+base_heapd=
+if [ -n "$BASE" ]; then
+    repo=$(dirname "$0")/..
+    sha=$(git -C "$repo" rev-parse --short=12 "$BASE^{commit}")
+    bdir="$BUILD/echo-base-$sha"
+    if [ ! -x "$bdir/build/bin/heapd" ]; then
+        echo "echo_compare: building heapd at $BASE ($sha) in $bdir" >&2
+        rm -rf "$bdir" && mkdir -p "$bdir/src"
+        git -C "$repo" archive "$sha" | tar -x -C "$bdir/src"
+        cmake -S "$bdir/src" -B "$bdir/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo > /dev/null
+        cmake --build "$bdir/build" -j2 --target heapd > /dev/null
+    fi
+    base_heapd="$bdir/build/bin/heapd"
+fi
 
-tmp=$(mktemp -d)
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do
-        kill "$pid" 2> /dev/null || true
-        wait "$pid" 2> /dev/null || true
-    done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_scratch
 
-cat > "$tmp/heapd.yaml" << EOF2
+config() { # name -> a config with its own socket
+    cat > "$tmp/$1.yaml" << EOF2
 listen: []
-unix_socket: "$tmp/heapd.sock"
+unix_socket: "$tmp/$1.sock"
 http: []
 log_level: warn
 workers: 1
 EOF2
+}
+config heapd
 "$BUILD/bin/heapd" --config "$tmp/heapd.yaml" 2> "$tmp/heapd.log" &
 hpid=$!
 pids+=($hpid)
 "$BUILD/bin/heapd-echo-server" "$tmp/echo.sock" &
 epid=$!
 pids+=($epid)
-until [ -S "$tmp/heapd.sock" ] && [ -S "$tmp/echo.sock" ]; do sleep 0.05; done
+bpid=
+if [ -n "$base_heapd" ]; then
+    config base
+    "$base_heapd" --config "$tmp/base.yaml" 2> "$tmp/base.log" &
+    bpid=$!
+    pids+=($bpid)
+fi
+until [ -S "$tmp/heapd.sock" ] && [ -S "$tmp/echo.sock" ] &&
+      { [ -z "$bpid" ] || [ -S "$tmp/base.sock" ]; }; do sleep 0.05; done
 
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 run() { # pid socket -> "cpu_ticks completed"
@@ -60,33 +81,54 @@ run() { # pid socket -> "cpu_ticks completed"
     echo "$((t1 - t0)) $(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["requests"])' "$js")"
 }
 
+# Each round runs every server once; the order rotates by round, so that none always goes
+# first (or, with two, alternates).
 rows=()
 for r in $(seq "$ROUNDS"); do
-    if [ $((r % 2)) -eq 1 ]; then
-        h=$(run "$hpid" "$tmp/heapd.sock"); e=$(run "$epid" "$tmp/echo.sock")
-    else
-        e=$(run "$epid" "$tmp/echo.sock"); h=$(run "$hpid" "$tmp/heapd.sock")
-    fi
-    rows+=("$r $h $e")
+    order=(heapd echo ${bpid:+base})
+    n=${#order[@]}
+    declare -A got=()
+    for i in $(seq 0 $((n - 1))); do
+        s=${order[$(((i + r - 1) % n))]}
+        case $s in
+        heapd) got[heapd]=$(run "$hpid" "$tmp/heapd.sock") ;;
+        echo) got[echo]=$(run "$epid" "$tmp/echo.sock") ;;
+        base) got[base]=$(run "$bpid" "$tmp/base.sock") ;;
+        esac
+    done
+    rows+=("$r ${got[heapd]} ${got[echo]} ${got[base]:-0 0}")
+    unset got
 done
 
-python3 - "$(getconf CLK_TCK)" "$CONNS" "$DEPTH" "$DURATION" "${rows[@]}" << 'EOF2'
+python3 - "$(getconf CLK_TCK)" "$CONNS" "$DEPTH" "$DURATION" "$BASE" "${rows[@]}" << 'EOF2'
 import sys
-hz, conns, depth, dur, rows = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+hz, conns, depth, dur, base, rows = (int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4],
+                                     sys.argv[5], sys.argv[6:])
 print("heapd-bench -c %s -P %s -d %s against each server; CPU = utime + stime of the server"
       % (conns, depth, dur))
 print()
-print("| round | heapd requests | heapd CPU ns/request | echo requests | echo CPU ns/request | ratio |")
-print("| --- | ---: | ---: | ---: | ---: | ---: |")
-ratios = []
+cols = "| round | heapd requests | heapd CPU ns/request | echo requests | echo CPU ns/request | ratio |"
+if base:
+    cols += " %s requests | %s CPU ns/request | %s ratio |" % (base, base, base)
+print(cols)
+print("| --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: | ---: |" if base else ""))
+ratios, bratios = [], []
 for row in rows:
-    r, ht, hn, et, en = row.split()
+    r, ht, hn, et, en, bt, bn = row.split()
     h = int(ht) / hz * 1e9 / int(hn)
     e = int(et) / hz * 1e9 / int(en)
     ratios.append(h / e)
-    print("| %s | %s | %.0f | %s | %.0f | %.2fx |" % (r, hn, h, en, e, h / e))
+    line = "| %s | %s | %.0f | %s | %.0f | %.2fx |" % (r, hn, h, en, e, h / e)
+    if base:
+        b = int(bt) / hz * 1e9 / int(bn)
+        bratios.append(b / e)
+        line += " %s | %.0f | %.2fx |" % (bn, b, b / e)
+    print(line)
 ratios.sort()
+bratios.sort()
 print()
 print("median heapd / echo: %.2fx (target: at most 1.15x): %s"
       % (ratios[len(ratios) // 2], "met" if ratios[len(ratios) // 2] <= 1.15 else "NOT met"))
+if base:
+    print("median %s / echo: %.2fx" % (base, bratios[len(bratios) // 2]))
 EOF2
