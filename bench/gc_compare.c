@@ -22,7 +22,12 @@
  * sequentially (as slots are), with all the memory-level parallelism the core offers. The
  * random graph's live collection is reported per reference beside it.
  *
- * Usage: heapd-gc-bench [--quick] [--no-python] [--only SHAPE]   (--quick: 1M only)
+ * With --rounds N each row is measured N times, heapd's two paths and every CPython taking
+ * turns in each round, and each figure is its minimum over the rounds: on a shared machine a
+ * single round's heapd and CPython figures may come from different moments of its load.
+ *
+ * Usage: heapd-gc-bench [--quick] [--no-python] [--only SHAPE] [--rounds N]
+ *        (--quick: 1M only; --rounds: 1 unless given)
  */
 #include "heap.h"
 #include "internal.h" /* hd__gc_set_side: the collector's two paths side by side */
@@ -343,25 +348,30 @@ static double random_read_ns(uint64_t bytes, long reads) {
 }
 
 int main(int argc, char **argv) {
-    int quick = 0, python = 1, only = -1;
+    int quick = 0, python = 1, only = -1, rounds = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) {
             quick = 1;
         } else if (!strcmp(argv[i], "--no-python")) {
             python = 0;
+        } else if (!strcmp(argv[i], "--rounds") && i + 1 < argc) {
+            rounds = atoi(argv[++i]);
+            if (rounds < 1 || rounds > 100) die("--rounds 1..100", HD_EINVAL);
         } else if (!strcmp(argv[i], "--only") && i + 1 < argc) {
             ++i;
             for (int s = 0; s < NSHAPES; s++)
                 if (!strcmp(argv[i], shapes[s].name)) only = s;
             if (only < 0) die("--only rings|random|tree|lists", HD_EINVAL);
         } else {
-            fprintf(stderr, "usage: heapd-gc-bench [--quick] [--no-python] [--only SHAPE]\n");
+            fprintf(stderr,
+                    "usage: heapd-gc-bench [--quick] [--no-python] [--only SHAPE] [--rounds N]\n");
             return 2;
         }
     }
     if (python) find_pythons();
     printf("heapd-gc-bench: full collections, CPU ns per object (live: median of 3; garbage: one, "
-           "freeing included)\n");
+           "freeing included); minimum over %d round%s\n",
+           rounds, rounds == 1 ? "" : "s");
     for (int p = 0; p < npy; p++)
         printf("  CPython %s: %s\n", py_version[p], py_path[p]);
     printf("  heapd: gc_refs in a side table (the default for these heaps); \"in objects\": "
@@ -380,20 +390,35 @@ int main(int argc, char **argv) {
     for (int s = 0; s < NSHAPES; s++) {
         if (only >= 0 && s != only) continue;
         for (int z = 0; z < (quick ? 1 : 2); z++) {
-            double live[2], garbage[2];
-            uint64_t arena;
-            /* Both paths, the one in objects first (as before the side table). */
-            heapd_gc(&shapes[s], sizes[z], HD_GC_SIDE_NEVER, &live[1], &garbage[1], &arena);
-            heapd_gc(&shapes[s], sizes[z], HD_GC_SIDE_AUTO, &live[0], &garbage[0], &arena);
+            double live[2] = {1e30, 1e30}, garbage[2] = {1e30, 1e30};
+            uint64_t arena = 0;
+            double pl[MAX_PY], pg[MAX_PY];
+            int okp[MAX_PY];
+            for (int p = 0; p < npy; p++) {
+                pl[p] = pg[p] = 1e30;
+                okp[p] = 1;
+            }
+            for (int k = 0; k < rounds; k++) {
+                double l, g;
+                /* Both paths, the one in objects first (as before the side table). */
+                heapd_gc(&shapes[s], sizes[z], HD_GC_SIDE_NEVER, &l, &g, &arena);
+                live[1] = l < live[1] ? l : live[1];
+                garbage[1] = g < garbage[1] ? g : garbage[1];
+                heapd_gc(&shapes[s], sizes[z], HD_GC_SIDE_AUTO, &l, &g, &arena);
+                live[0] = l < live[0] ? l : live[0];
+                garbage[0] = g < garbage[0] ? g : garbage[0];
+                for (int p = 0; p < npy; p++) {
+                    if (!okp[p]) continue;
+                    okp[p] = python_gc(p, &shapes[s], sizes[z], &l, &g) == 0;
+                    pl[p] = l < pl[p] ? l : pl[p];
+                    pg[p] = g < pg[p] ? g : pg[p];
+                }
+            }
             if (s == 1) {
                 random_live[z][0] = live[0];
                 random_live[z][1] = live[1];
                 random_arena[z] = arena;
             }
-            double pl[MAX_PY], pg[MAX_PY];
-            int okp[MAX_PY];
-            for (int p = 0; p < npy; p++)
-                okp[p] = python_gc(p, &shapes[s], sizes[z], &pl[p], &pg[p]) == 0;
             for (int st = 0; st < 2; st++) {
                 double mine = st == 0 ? live[0] : garbage[0];
                 double other = st == 0 ? live[1] : garbage[1];

@@ -106,8 +106,8 @@ static inline hd_gchead_t *link_at(regions_t rb, hd_ref_t r) {
 /* A walk along a list, with the base of the region it is in kept in a register: a list is
  * mostly in address order, so the next object is nearly always in the same 64 KiB region,
  * and its address is then two instructions from its ref where obj_at loads the region table.
- * The load is on a walk's critical path (the next ref is in the current object), so taking it
- * off turns about 13 cycles per object into 8. */
+ * That load is on a walk's critical path (the next ref is in the current object): taking it
+ * off made the live collections of lists and trees 5-15% faster (docs/PERFORMANCE.md). */
 typedef struct walk_s {
     regions_t rb;
     uint32_t region; /* the region base holds, or UINT32_MAX for none yet */
