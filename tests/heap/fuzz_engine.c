@@ -422,6 +422,12 @@ static void check_held(world_t *w) {
               "object %u: layout changed", i);
         if (info.refcount > w->max_refcount) w->max_refcount = info.refcount;
     }
+    /* The garbage list as it is now: collections during a cycle (young ones, automatic or
+     * asked for) add to it, and collect and garbage compare with it. Reading it names only
+     * objects the list holds, which the cycle takes as roots anyway. */
+    for (uint32_t i = 0; i < w->nobj; i++)
+        w->obj[i].in_garbage = false;
+    read_garbage(w);
     hd_heap_stats_t s;
     hd_heap_stats(h, &s);
     check_stats(w, &s); /* w->live and w->nbytes stay the last whole check's */
