@@ -1353,7 +1353,9 @@ static void cursor_free(hd_heap_t *h, hd_gc_cursor_t *c) {
 }
 
 /* Snapshots the (ref, check) pairs of generation gen (-1 = 0..2) into a new, unlinked
- * cursor. Two walks of the chosen lists (count, then copy). */
+ * cursor. Two walks of the chosen lists (count, then copy), which skip the same objects (an
+ * incremental cycle's garbage, being swept), so that the cursor is charged for exactly the
+ * entries it holds: cursor_free and hd__gc_held count cursor_bytes(c->n). */
 static int cursor_open(hd_heap_t *h, int gen, hd_gc_cursor_t **out) {
     regions_t rb = h->alloc.region_base;
     int lo = gen < 0 ? 0 : gen, hi = gen < 0 ? 2 : gen;
@@ -1363,7 +1365,7 @@ static int cursor_open(hd_heap_t *h, int gen, hd_gc_cursor_t **out) {
         for (size_t l = 0, nl = gen_lists(h, g, lists); l < nl; l++)
             for (hd_ref_t r = link_at(rb, lists[l])->gc_next; r != lists[l];
                  r = link_at(rb, r)->gc_next)
-                n++;
+                n += hd__gcinc_listed(h, obj_at(rb, r));
     /* Charged before it is built, so that a refused cursor costs nothing. */
     int rc = hd__charge(&h->acct, HD_CHARGE_cursors, cursor_bytes(n));
     if (rc < 0) return rc;
@@ -1384,6 +1386,7 @@ static int cursor_open(hd_heap_t *h, int gen, hd_gc_cursor_t **out) {
                 c->v[c->n].ref = r;
                 c->v[c->n++].check = obj_at(rb, r)->check;
             }
+    HD_ASSERT(c->n == n);
     *out = c;
     return 0;
 }

@@ -465,6 +465,42 @@ static void test_get_objects_during_a_cycle(void **state) {
     hd_heap_free(h);
 }
 
+/* A cursor opened while sweeping is charged for the entries it holds, not for the garbage it
+ * skips: the charge matches the heap's structures, and closing it gives back all of it. */
+static void test_a_cursor_opened_while_sweeping_is_charged_for_what_it_holds(void **state) {
+    (void)state;
+    hd_heap_t *h = inc_heap(1);
+    static hd_handle_t keep[100];
+    rings(h, 300, 100, keep);
+    for (int i = 0; i < 50; i++)
+        assert_int_equal(hd_decref(h, keep[i], 1), 0); /* 250 rings garbage, 50 held */
+    do
+        assert_int_equal(hd_gc_increment(h, NULL), 0);
+    while (phase(h) != HD_GCINC_SWEEP);
+    hd_charges_t before, open;
+    hd_heap_charges(h, &before);
+    uint64_t cur = 0;
+    hd_handles_t out = {0};
+    out.max = SIZE_MAX;
+    assert_int_equal(hd_gc_get_objects(h, -1, &cur, 1, 0, &out), 0); /* stays open */
+    assert_int_equal(out.n, 1);
+    assert_int_not_equal(cur, 0);
+    hd_handles_free(&out);
+    assert_int_equal(hd_heap_charges_verify(h), 0);
+    hd_heap_charges(h, &open);
+    assert_true(open.cursors > before.cursors);
+    /* The 100 held objects at 8 bytes an entry, and the cursor itself: well short of what
+     * 600 entries would take. */
+    assert_true(open.cursors - before.cursors < 600 * 8);
+    hd_gc_cursor_close(h, cur);
+    assert_int_equal(hd_heap_charges_verify(h), 0);
+    hd_heap_charges(h, &open);
+    assert_int_equal(open.cursors, before.cursors);
+    run_cycle(h);
+    assert_int_equal(nobjects(h), 100);
+    hd_heap_free(h);
+}
+
 static void test_freeze_and_mode_change_end_the_cycle(void **state) {
     (void)state;
     hd_heap_t *h = inc_heap(5);
@@ -759,6 +795,7 @@ int main(void) {
         cmocka_unit_test(test_a_weakref_during_marking_keeps_its_object),
         cmocka_unit_test(test_legacy_finalizers_are_uncollectable),
         cmocka_unit_test(test_get_objects_during_a_cycle),
+        cmocka_unit_test(test_a_cursor_opened_while_sweeping_is_charged_for_what_it_holds),
         cmocka_unit_test(test_freeze_and_mode_change_end_the_cycle),
         cmocka_unit_test(test_a_mark_stack_that_cannot_grow_ends_in_a_full_collection),
         cmocka_unit_test(test_a_cycle_starts_with_the_young_in_generation_2),
