@@ -322,16 +322,21 @@ static void test_buf(void **state) {
     assert_int_equal(b.cap, 0);
 }
 
+/* The parser tests' wire: frames of 1, 300 (big, bytes 0, 1, 2, ...) and 5 bytes. */
+static void three_frames(hd_buf_t *wire, uint8_t big[300]) {
+    hd_buf_init(wire);
+    for (size_t i = 0; i < 300; i++)
+        big[i] = (uint8_t)i;
+    assert_int_equal(hd_frame_write(wire, "A", 1), 0);
+    assert_int_equal(hd_frame_write(wire, big, 300), 0);
+    assert_int_equal(hd_frame_write(wire, "hello", 5), 0);
+}
+
 /* Three frames of 1, 300 and 5 bytes fed one byte at a time come out whole, in order. */
 static void test_parser_byte_by_byte(void **state) {
     hd_buf_t wire;
-    hd_buf_init(&wire);
     uint8_t big[300];
-    for (size_t i = 0; i < sizeof big; i++)
-        big[i] = (uint8_t)i;
-    assert_int_equal(hd_frame_write(&wire, "A", 1), 0);
-    assert_int_equal(hd_frame_write(&wire, big, sizeof big), 0);
-    assert_int_equal(hd_frame_write(&wire, "hello", 5), 0);
+    three_frames(&wire, big);
     assert_int_equal(wire.len, 3 * HD_FRAME_HEADER + 1 + 300 + 5);
     assert_memory_equal(wire.data, "\0\0\0\1A", 5);
 
@@ -384,13 +389,8 @@ static void test_parser_byte_by_byte(void **state) {
  * either every frame is taken or none (a connection that stopped taking frames keeps them). */
 static void test_parser_lend(void **state) {
     hd_buf_t wire;
-    hd_buf_init(&wire);
     uint8_t big[300];
-    for (size_t i = 0; i < sizeof big; i++)
-        big[i] = (uint8_t)i;
-    assert_int_equal(hd_frame_write(&wire, "A", 1), 0);
-    assert_int_equal(hd_frame_write(&wire, big, sizeof big), 0);
-    assert_int_equal(hd_frame_write(&wire, "hello", 5), 0);
+    three_frames(&wire, big);
     const size_t ends[3] = {5, 309, 318}; /* where each frame ends on the wire */
     const uint8_t *want[3] = {(const uint8_t *)"A", big, (const uint8_t *)"hello"};
     const size_t sizes[3] = {1, 300, 5};
