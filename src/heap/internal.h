@@ -456,8 +456,8 @@ static inline bool hd__alloc_check_fast(const hd_alloc_t *a, hd_ref_t ref, void 
      * pool such an arena never has (it has 63), whose descriptor is zeros. */
     uint32_t bytes = ((ref & (HD_ARENA_SIZE / HD_ALIGN - 1)) - ar->first_off) << HD_ALIGN_SHIFT;
     _Static_assert(sizeof(hd_pool_t) == 1 << 5, "a descriptor's offset is the index << 5");
-    hd_pool_t *p = (hd_pool_t *)((char *)ar->pools + ((bytes >> (HD_POOL_BITS - 5)) &
-                                                      ((HD_ARENA_POOLS - 1) << 5)));
+    hd_pool_t *p = (hd_pool_t *)((char *)ar->pools +
+                                 ((bytes >> (HD_POOL_BITS - 5)) & ((HD_ARENA_POOLS - 1) << 5)));
     char *b = ar->pool_first + bytes;
     uint32_t pos = (uint32_t)bytes & (HD_POOL_SIZE - 1); /* the offset in its pool */
     if (HD_UNLIKELY((uint16_t)pos >= p->nextoffset)) return false;

@@ -500,8 +500,8 @@ uint64_t hd__obj_free_garbage(hd_heap_t *h, hd_ref_t list) {
         /* As hd__gc_untrack and dealloc_free leave a freed object: refcnt 0, untracked,
          * check 0. */
         o->refcnt = 0;
-        o->flags &= (uint16_t)~(HD_OF_TRACKED | HD_OF_GEN_MASK | HD_OF_COLLECTING |
-                                HD_OF_UNREACHABLE);
+        o->flags &=
+            (uint16_t) ~(HD_OF_TRACKED | HD_OF_GEN_MASK | HD_OF_COLLECTING | HD_OF_UNREACHABLE);
         if (HD_UNLIKELY(o->flags & HD_DEALLOC_HEAD)) dealloc_head(h, r, o);
         bytes += hd__alloc_charge(hd__obj_sizeof(o));
         o->check = 0;
@@ -678,8 +678,8 @@ static inline void zero_block_tail(void *p, size_t n) {
 
 /* The end of a fast allocation, its block o (ref r, charge bytes) in hand: the block zeroed,
  * the header written, the counts, the handle. Inline in both callers. */
-static inline int alloc_fill(hd_heap_t *h, hd_obj_t *o, hd_ref_t r, size_t charge,
-                             uint64_t nslots, uint64_t size, hd_handle_t *out) {
+static inline int alloc_fill(hd_heap_t *h, hd_obj_t *o, hd_ref_t r, size_t charge, uint64_t nslots,
+                             uint64_t size, hd_handle_t *out) {
     zero_block_tail(o, charge);
     /* gc_prev = gc_next = 0 and refcnt = crefs = 1 in one 16-byte store; the check; nslots
      * and flags in one 32-bit store (little-endian). */
@@ -726,7 +726,7 @@ static inline uint64_t fast_bytes(uint64_t nslots, uint64_t size) {
  * but the block's own: so the refill's failure (a pool's charge refused, with the account's
  * why, or the hook out of memory) is what alloc_general would return, and nothing changed. */
 static HD_NOINLINE HD_NO_SLP int alloc_carve(hd_heap_t *h, const hd_alloc_args_t *a,
-                                              hd_handle_t *out) {
+                                             hd_handle_t *out) {
     uint64_t nslots = a->nslots, size = a->size, bytes = fast_bytes(nslots, size);
     hd_ref_t r;
     hd_obj_t *o = hd__alloc_block_carve(&h->alloc, bytes, &r);
@@ -841,8 +841,7 @@ HD_NO_SLP int hd_decref(hd_heap_t *h, hd_handle_t hd, uint32_t n) {
     uint32_t check = (uint32_t)(hd >> 32);
     hd_pool_t *pool;
     void *block;
-    if (HD_UNLIKELY(check == 0 || !hd__alloc_check_fast(&h->alloc, r, &block, &pool)))
-        goto general;
+    if (HD_UNLIKELY(check == 0 || !hd__alloc_check_fast(&h->alloc, r, &block, &pool))) goto general;
     hd_obj_t *o = block;
     /* n - 1 wraps for n == 0: the general path says HD_EINVAL, or HD_EREFS for n > crefs. */
     if (HD_UNLIKELY(o->check != check || hd__gc_white(h, o) || n - 1 >= o->crefs)) goto general;
@@ -853,8 +852,7 @@ HD_NO_SLP int hd_decref(hd_heap_t *h, hd_handle_t hd, uint32_t n) {
                    "nslots and flags share a 32-bit word");
     uint32_t nf;
     memcpy(&nf, &o->nslots, sizeof nf);
-    if (HD_UNLIKELY(nf & (0xffffu | (uint32_t)HD_DEALLOC_HEAD << 16)))
-        return release_tail(h, r, o);
+    if (HD_UNLIKELY(nf & (0xffffu | (uint32_t)HD_DEALLOC_HEAD << 16))) return release_tail(h, r, o);
     /* dealloc_free, knowing the block: its charge is its class's size. */
     HD_ASSERT(HD_CLASS_SIZE(pool->szidx) == hd__alloc_charge(hd__obj_sizeof(o)));
     h->free_bytes_total += pool->size;

@@ -1139,8 +1139,8 @@ static void op_collect(world_t *w, in_t *in) {
      * cycle runs two (the cycle's end, which may be a full collection, then its own). */
     uint64_t runs = w->saveall ? after[g].collections - before[g].collections : 1;
     CHECK(found == m + n && found <= containers * runs,
-          "collect found %" PRIu64 " (collected %" PRIu64 ", uncollectable %" PRIu64
-          ") of %" PRIu64 " containers in %" PRIu64 " collections",
+          "collect found %" PRIu64 " (collected %" PRIu64 ", uncollectable %" PRIu64 ") of %" PRIu64
+          " containers in %" PRIu64 " collections",
           found, m, n, containers, runs);
     /* Unless the garbage list could not grow, DEBUG_SAVEALL lists everything found, and
      * otherwise only uncollectable objects are listed. */

@@ -402,12 +402,9 @@ int main(void) {
     snprintf(dir, sizeof dir, "/tmp/heapd-snapfile-%ld", (long)getpid());
     mkdir(dir, 0700);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip),
-        cmocka_unit_test(test_every_failure),
-        cmocka_unit_test(test_bad_files),
-        cmocka_unit_test(test_replay_window),
-        cmocka_unit_test(test_replay_not_kept_mix),
-        cmocka_unit_test(test_replay_ring_wraps),
+        cmocka_unit_test(test_round_trip),          cmocka_unit_test(test_every_failure),
+        cmocka_unit_test(test_bad_files),           cmocka_unit_test(test_replay_window),
+        cmocka_unit_test(test_replay_not_kept_mix), cmocka_unit_test(test_replay_ring_wraps),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     char cmd[300];
