@@ -15,6 +15,7 @@
 #include "replay.h"
 #include "smem.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -131,8 +132,63 @@ static int grow_ent(hd_replay_t *rp) {
     return 0;
 }
 
+/* The usual put, once the window has filled its entry ring or while it has room in it: the
+ * oldest and newest entries are kept, the response fits after the newest without growing the
+ * byte ring. Does what the general put below does then, without its loop; false (nothing
+ * done) in any other case. */
+static inline bool put_fast(hd_replay_t *rp, uint64_t id, const uint8_t *frame, size_t len) {
+    uint32_t n = rp->n, ecap = rp->ecap, head = rp->head;
+    if (n == 0 || (n == ecap && ecap < rp->max_entries) || len > rp->max_bytes ||
+        len >= HD_REPLAY_NOT_KEPT)
+        return false;
+    hd_replay_ent_t *first = &rp->ent[head];
+    if (n == ecap) { /* full: the oldest goes first, as evict_oldest does */
+        if (first->len == HD_REPLAY_NOT_KEPT || n == 1) return false;
+        head = head + 1 == ecap ? 0 : head + 1;
+        n--;
+        first = &rp->ent[head];
+    }
+    uint32_t tail_slot = head + n - 1;
+    if (tail_slot >= ecap) tail_slot -= ecap;
+    const hd_replay_ent_t *last = &rp->ent[tail_slot];
+    if (first->len == HD_REPLAY_NOT_KEPT || last->len == HD_REPLAY_NOT_KEPT) return false;
+    /* place(), for both kept: after the newest, or at 0 when that passes the end. */
+    size_t h = first->off, t = (size_t)last->off + last->len, used = rp->used;
+    if (n != rp->n) used -= rp->ent[rp->head].len;
+    size_t where;
+    if (t > h || (t == h && used == 0)) {
+        if (t + len <= rp->dcap)
+            where = t;
+        else if (len <= h)
+            where = 0;
+        else
+            return false;
+    } else if (t + len <= h) {
+        where = t;
+    } else {
+        return false;
+    }
+    /* Committed: the eviction, then the entry. */
+    rp->head = head;
+    rp->n = n;
+    if (id > rp->last_id) rp->last_id = id;
+    memcpy(rp->data + where, frame, len);
+    rp->used = used + len;
+    uint32_t slot_new = tail_slot + 1 == ecap ? 0 : tail_slot + 1;
+    hd_replay_ent_t *e = &rp->ent[slot_new];
+    e->id = id;
+    e->off = (uint32_t)where;
+    e->len = (uint32_t)len;
+    rp->n = n + 1;
+    uint32_t next = slot_new + 1 == ecap ? 0 : slot_new + 1; /* when full: the oldest */
+    __builtin_prefetch(&rp->ent[next], 1);
+    __builtin_prefetch(rp->data + where + len, 1);
+    return true;
+}
+
 int hd__replay_put(hd_replay_t *rp, uint64_t id, const uint8_t *frame, size_t len) {
     if (rp->max_entries == 0 || id == 0) return 0;
+    if (put_fast(rp, id, frame, len)) return 0;
     if (id > rp->last_id) rp->last_id = id;
     if (rp->n == rp->ecap && rp->ecap < rp->max_entries && grow_ent(rp) < 0) {
         if (rp->n == 0) return HD_ENOMEM;
@@ -210,7 +266,7 @@ void hd__replay_resize(hd_replay_t *rp, uint32_t max_entries, size_t max_bytes) 
     *rp = nw;
 }
 
-uint64_t hd__replay_peek_id(const uint8_t *p, size_t len) {
+uint64_t hd__replay_peek_id_slow(const uint8_t *p, size_t len) {
     /* ClientFrame.request (field 1, bytes): 0x0a, a length; then Request.id (field 1,
      * varint): 0x08, the id. */
     if (len >= 7 && p[0] == 0x0a && p[1] < 0x80 && p[2] == 0x08) {

@@ -62,6 +62,14 @@ uint64_t hd__replay_oldest(const hd_replay_t *rp);
 /* The request id of a ClientFrame payload written the canonical way (request first, its id
  * first), as every client writes it; 0 when the frame is not so written. Reads only the first
  * bytes. */
-uint64_t hd__replay_peek_id(const uint8_t *payload, size_t len);
+uint64_t hd__replay_peek_id_slow(const uint8_t *payload, size_t len);
+static inline uint64_t hd__replay_peek_id(const uint8_t *p, size_t len) {
+    /* The usual frame, inline (conn.c reads every frame's id): an id of 1 or 2 bytes. */
+    if (len >= 7 && p[0] == 0x0a && p[1] < 0x80 && p[2] == 0x08) {
+        if (p[3] < 0x80) return p[3];
+        if (p[4] < 0x80) return (uint64_t)(p[3] & 0x7f) | (uint64_t)p[4] << 7;
+    }
+    return hd__replay_peek_id_slow(p, len);
+}
 
 #endif /* HD_SERVER_REPLAY_H */

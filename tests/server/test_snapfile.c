@@ -343,6 +343,60 @@ static void test_replay_window(void **state) {
     assert_int_equal(hd__replay_peek_id(long_len, sizeof long_len), 5);
 }
 
+/* The window's invariants (replay.h) after every put of a long mixed run: the usual put
+ * (replay.c:put_fast) and the general one take turns as sizes, evictions, growth and
+ * responses too large to keep come and go. Every entry kept holds its own bytes, the kept
+ * bytes lie inside the ring without overlapping, used counts them, and the newest entry is
+ * found whenever it could be kept. */
+static void check_window(const hd_replay_t *rp) {
+    assert_true(rp->n <= rp->ecap && rp->ecap <= rp->max_entries);
+    size_t used = 0;
+    uint64_t prev_end = 0, wraps = 0, first_off = 0;
+    for (uint32_t i = 0; i < rp->n; i++) {
+        const hd_replay_ent_t *e = &rp->ent[(rp->head + i) % rp->ecap];
+        if (e->len == HD_REPLAY_NOT_KEPT) continue;
+        assert_true((size_t)e->off + e->len <= rp->dcap);
+        const uint8_t *p = rp->data + e->off;
+        assert_int_equal(p[4], (uint8_t)e->id);
+        assert_int_equal(p[e->len - 1], (uint8_t)e->id);
+        if (used == 0) {
+            first_off = e->off;
+        } else if (e->off < prev_end) { /* the ring came round: at most once, before the first */
+            wraps++;
+            assert_true(e->off + e->len <= first_off);
+        }
+        prev_end = (uint64_t)e->off + e->len;
+        used += e->len;
+    }
+    assert_true(wraps <= 1);
+    assert_int_equal(used, rp->used);
+    assert_true(used <= rp->max_bytes);
+}
+
+static void test_replay_invariants(void **state) {
+    (void)state;
+    hd_replay_t rp;
+    hd__replay_init(&rp, 100, 2000);
+    uint8_t f[3000];
+    uint32_t x = 12345;
+    for (uint64_t id = 1; id < 20000; id++) {
+        x = x * 1103515245u + 12345u;
+        /* Mostly small, sometimes a large one, now and then one too large to keep. */
+        size_t len = (x >> 16) % 50 == 0   ? 2001 + (x >> 8) % 500
+                     : (x >> 16) % 10 == 0 ? 200 + (x >> 4) % 900
+                                           : 8 + (x >> 4) % 40;
+        frame_of(f, len, (uint8_t)id);
+        assert_int_equal(hd__replay_put(&rp, id, f, len), 0);
+        const uint8_t *p;
+        size_t n;
+        assert_int_equal(hd__replay_find(&rp, id, &p, &n), len <= 2000 ? 1 : 0);
+        if (len <= 2000) assert_memory_equal(p, f, len);
+        assert_int_equal(rp.last_id, id);
+        check_window(&rp);
+    }
+    hd__replay_free(&rp);
+}
+
 /* A window of a count that is no power of two wraps its entry ring as any other: the newest
  * five are found, in order, however often the ring comes round. */
 static void test_replay_ring_wraps(void **state) {
@@ -405,6 +459,7 @@ int main(void) {
         cmocka_unit_test(test_round_trip),          cmocka_unit_test(test_every_failure),
         cmocka_unit_test(test_bad_files),           cmocka_unit_test(test_replay_window),
         cmocka_unit_test(test_replay_not_kept_mix), cmocka_unit_test(test_replay_ring_wraps),
+        cmocka_unit_test(test_replay_invariants),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     char cmd[300];
