@@ -280,7 +280,7 @@ _Static_assert(sizeof op_table / sizeof op_table[0] <= HD_OPS_SLOTS, "op numbers
 HD_ERR_MAP(STATUS_FITS)
 #undef STATUS_FITS
 
-static void count(hd_op_counters_t *k, int op_case, uint32_t code) {
+static inline void count(hd_op_counters_t *k, int op_case, uint32_t code) {
     atomic_uint_fast64_t *op = &k->ops[(unsigned)op_case < HD_OPS_SLOTS ? op_case : 0];
     atomic_uint_fast64_t *st = &k->statuses[code < HD_STATUS_SLOTS ? code : HD_STATUS_SLOTS - 1];
     atomic_store_explicit(op, atomic_load_explicit(op, memory_order_relaxed) + 1,
@@ -408,18 +408,26 @@ static bool needs_loop(const req_t *rq) {
     }
 }
 
+/* The work of a frame of len bytes holding one op (not a batch) of case op_case: op_work's sums
+ * for it, without the calls. size: an alloc's size (else 0). */
+static inline uint64_t lone_work(const hd_dispatch_env_t *env, int op_case, uint32_t size,
+                                 size_t len) {
+    const op_row_t *row = op_row(op_case);
+    uint64_t w = 1;
+    if (row != NULL && !row->admin && !(row->readonly && !row->grows)) {
+        w = sat_add(1, env->heap != NULL ? hd_heap_work(env->heap) : 0);
+        if (op_case == HEAPD__V1__REQUEST__OP_ALLOC) w = sat_add(w, size / 256);
+    }
+    return sat_add(w, len / 256);
+}
+
 /* 0 when rq may run here, else HD_DISPATCH_OFFLOAD or HD_DISPATCH_LOOP. */
 static int frame_place(const hd_dispatch_env_t *env, const req_t *rq, size_t len) {
     if (likely(rq->op_case != HEAPD__V1__REQUEST__OP_BATCH && !env->off_loop)) {
         /* A lone op on the loop: op_work's sums for it, without the calls. */
         if (env->inline_work == 0 || needs_loop(rq)) return 0;
-        const op_row_t *row = op_row(rq->op_case);
-        uint64_t w = 1;
-        if (row != NULL && !row->admin && !(row->readonly && !row->grows)) {
-            w = sat_add(1, env->heap != NULL ? hd_heap_work(env->heap) : 0);
-            if (rq->op_case == HEAPD__V1__REQUEST__OP_ALLOC) w = sat_add(w, rq->alloc->size / 256);
-        }
-        return sat_add(w, len / 256) > env->inline_work ? HD_DISPATCH_OFFLOAD : 0;
+        uint32_t size = rq->op_case == HEAPD__V1__REQUEST__OP_ALLOC ? rq->alloc->size : 0;
+        return lone_work(env, rq->op_case, size, len) > env->inline_work ? HD_DISPATCH_OFFLOAD : 0;
     }
     if (needs_loop(rq)) return env->off_loop ? HD_DISPATCH_LOOP : 0;
     if (env->inline_work == 0) return 0;
@@ -525,7 +533,230 @@ static req_t *decode_long(hd_framemem_t *m, const uint8_t *payload, size_t len, 
     return NULL;
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* The fast path.                                                                              */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * Nearly every frame a busy client sends is one of a few object ops in protobuf-c's shape:
+ * alloc (without tag, site or data), incref, decref, set_slot, get_slot. Such a frame is read
+ * straight from its bytes (envelope.c:hd__envelope_fast_decode) into an op message on the
+ * stack, run by the op's own handler (ops_objects.c) and, when it succeeds, answered with
+ * bytes packed straight into out (hd__envelope_fast_pack): no frame memory, no Request or
+ * Response, no walk of the request table. What the general path does for the frame besides
+ * is done here the same way: the work bound (lone_work; a frame over it goes the general way,
+ * which answers HD_DISPATCH_OFFLOAD), env->last_op and last_status, the counters, the output's
+ * reservation. An error is answered by the general path's code (hd__op_status and
+ * write_response, in frame memory), after the handler ran once. Anything else (another op,
+ * another shape, an offload thread's env) is not taken: the frame goes the general way, where
+ * it runs or fails as it did before, and nothing of it has run.
+ *
+ * The one difference: the general path takes frame memory for the request and the result, so
+ * where that memory runs out it answers ENOMEM; this path needs none.
+ *
+ * Builds with HD_ENVELOPE_CHECKS decode every frame taken here the general way too and compare
+ * the two, and compare the packed response with hd__envelope_pack's (itself compared with
+ * protobuf-c's): the tests and fuzz_dispatch prove the paths equal.
+ */
+
+bool hd__dispatch_fast = true;
+_Thread_local uint64_t hd__dispatch_fast_frames;
+
+/* fast_frame's answer for a frame it does not take. */
+#define FAST_NOT_TAKEN 1000
+
+#ifdef HD_ENVELOPE_CHECKS
+static _Noreturn void fast_mismatch(const char *what) {
+    fprintf(stderr, "dispatch: the fast path's %s differs from the general path's\n", what);
+    abort();
+}
+
+/* The frame fr was read from, decoded the general way, against fr. */
+static void fast_check_decode(const uint8_t *payload, size_t len, const hd_fast_req_t *fr) {
+    hd_framemem_t private_mem;
+    hd_framemem_t *m = hd__framemem_enter(&private_mem);
+    req_t *rq = hd__envelope_decode(m, payload, len);
+    if (rq == NULL) {
+        if (!m->failed) fast_mismatch("decoding (the general path refuses the frame)");
+        hd__framemem_leave(m);
+        return;
+    }
+    hd__envelope_check_decode(m, payload, len, rq);
+    bool same = rq->id == fr->id && (int)rq->op_case == fr->op;
+    switch (fr->op) {
+    case HEAPD__V1__REQUEST__OP_ALLOC:
+        same = same && rq->alloc->size == fr->size && rq->alloc->slots == fr->num &&
+               rq->alloc->flags == fr->flags && rq->alloc->tag[0] == '\0' &&
+               rq->alloc->site[0] == '\0' && rq->alloc->data.len == 0;
+        break;
+    case HEAPD__V1__REQUEST__OP_INCREF:
+        same = same && rq->incref->handle == fr->handle && rq->incref->n == fr->num;
+        break;
+    case HEAPD__V1__REQUEST__OP_DECREF:
+        same = same && rq->decref->handle == fr->handle && rq->decref->n == fr->num;
+        break;
+    case HEAPD__V1__REQUEST__OP_SET_SLOT:
+        same = same && rq->set_slot->handle == fr->handle && rq->set_slot->index == fr->num &&
+               rq->set_slot->target == fr->target;
+        break;
+    case HEAPD__V1__REQUEST__OP_GET_SLOT:
+        same = same && rq->get_slot->handle == fr->handle && rq->get_slot->index == fr->num;
+        break;
+    default: same = false;
+    }
+    if (!same) fast_mismatch("decoding");
+    hd__framemem_leave(m);
+}
+
+/* The n bytes hd__envelope_fast_pack wrote at p against hd__envelope_pack's packing of the same
+ * response (which hd__envelope_check_pack compares with protobuf-c's). */
+static void fast_check_pack(const uint8_t *p, size_t n, uint64_t id, int result_case,
+                            uint64_t handle) {
+    hd_framemem_t private_mem;
+    hd_framemem_t *m = hd__framemem_enter(&private_mem);
+    rsp_t rs;
+    heapd__v1__response__init(&rs);
+    rs.id = id;
+    rs.status = &hd__status_ok;
+    Heapd__V1__HandleResult hr = HEAPD__V1__HANDLE_RESULT__INIT;
+    hr.handle = handle;
+    if (result_case != 0) {
+        rs.result_case = (Heapd__V1__Response__ResultCase)result_case;
+        *(void **)((char *)&rs + op_table[result_case].result_offset) = &hr;
+        if (op_table[result_case].result != &heapd__v1__handle_result__descriptor)
+            fast_mismatch("result type");
+    }
+    uint8_t want[SMALL_FRAME_MAX];
+    size_t wn = hd__envelope_pack(&rs, want);
+    if (wn != n || memcmp(want, p, n) != 0) fast_mismatch("packing");
+    hd__envelope_check_pack(m, &rs, p, n);
+    hd__framemem_leave(m);
+}
+#endif
+
+/* Runs the frame of payload on the fast path and returns what hd_dispatch_frame returns, or
+ * FAST_NOT_TAKEN, having run nothing, when the frame is not one of the fast path's. */
+static inline int fast_frame(hd_dispatch_env_t *env, const uint8_t *payload, size_t len,
+                             hd_buf_t *out) {
+    hd_fast_req_t fr;
+    if (!hd__dispatch_fast || env->off_loop || !hd__envelope_fast_decode(payload, len, &fr))
+        return FAST_NOT_TAKEN;
+    if (unlikely(env->inline_work != 0) &&
+        lone_work(env, fr.op, fr.op == HEAPD__V1__REQUEST__OP_ALLOC ? fr.size : 0, len) >
+            env->inline_work)
+        return FAST_NOT_TAKEN; /* the general path hands it to a job */
+#ifdef HD_ENVELOPE_CHECKS
+    fast_check_decode(payload, len, &fr);
+#endif
+    hd__dispatch_fast_frames++;
+
+    /* As hd_dispatch_frame sets it up for hd__op_run: the frame memory only if it fails. */
+    hd_opctx_t c;
+    c.env = env;
+    c.heap = env->heap;
+    c.mem = NULL;
+    c.holds = NULL;
+    c.budget = budget_of(env);
+    c.partial = 0;
+    c.deferred = false;
+    c.detail[0] = '\0';
+    c.moved_to[0] = '\0';
+    env->last_op = fr.op;
+    int err;
+    unsigned result_case = 0;
+    Heapd__V1__HandleResult hr = HEAPD__V1__HANDLE_RESULT__INIT;
+    switch (fr.op) {
+    case HEAPD__V1__REQUEST__OP_ALLOC: {
+        Heapd__V1__Alloc a = HEAPD__V1__ALLOC__INIT;
+        a.size = fr.size;
+        a.slots = fr.num;
+        a.flags = fr.flags;
+        err = hd__op_alloc(&c, &a, &hr);
+        result_case = HEAPD__V1__RESPONSE__RESULT_ALLOC;
+        break;
+    }
+    case HEAPD__V1__REQUEST__OP_INCREF: {
+        Heapd__V1__Incref a = HEAPD__V1__INCREF__INIT;
+        a.handle = fr.handle;
+        a.n = fr.num;
+        err = hd__op_incref(&c, &a);
+        break;
+    }
+    case HEAPD__V1__REQUEST__OP_DECREF: {
+        Heapd__V1__Decref a = HEAPD__V1__DECREF__INIT;
+        a.handle = fr.handle;
+        a.n = fr.num;
+        err = hd__op_decref(&c, &a);
+        break;
+    }
+    case HEAPD__V1__REQUEST__OP_SET_SLOT: {
+        Heapd__V1__SetSlot a = HEAPD__V1__SET_SLOT__INIT;
+        a.handle = fr.handle;
+        a.index = fr.num;
+        a.target = fr.target;
+        err = hd__op_set_slot(&c, &a);
+        break;
+    }
+    default: { /* HEAPD__V1__REQUEST__OP_GET_SLOT */
+        Heapd__V1__GetSlot a = HEAPD__V1__GET_SLOT__INIT;
+        a.handle = fr.handle;
+        a.index = fr.num;
+        err = hd__op_get_slot(&c, &a, &hr);
+        result_case = HEAPD__V1__RESPONSE__RESULT_GET_SLOT;
+        break;
+    }
+    }
+    /* None of these ops keeps a partial result, defers or holds anything. */
+    HD_ASSERT(c.partial == 0 && !c.deferred && c.holds == NULL);
+
+    if (likely(err == 0)) {
+        if (env->counters) count(env->counters, fr.op, 0);
+        env->last_status = 0;
+        /* The reservation write_response makes for a small response, so that the output grows
+         * (or fails to) as it would. */
+        if (unlikely(hd_buf_reserve(out, HD_FRAME_HEADER + SMALL_FRAME_MAX) < 0))
+            return hd_dispatch_error(fr.id, HD_ENOMEM, "the response did not fit in memory", out);
+        uint8_t *p = out->data + out->len;
+        size_t n = hd__envelope_fast_pack(p + HD_FRAME_HEADER, fr.id, result_case, hr.handle);
+#ifdef HD_ENVELOPE_CHECKS
+        fast_check_pack(p + HD_FRAME_HEADER, n, fr.id, (int)result_case, hr.handle);
+#endif
+        p[0] = 0, p[1] = 0, p[2] = 0, p[3] = (uint8_t)n; /* n < HD_ENVELOPE_FAST_MAX */
+        out->len += HD_FRAME_HEADER + n;
+        return 0;
+    }
+    /* An error: its status as hd__op_run makes it, the response as hd_dispatch_frame writes it. */
+    hd_framemem_t private_mem;
+    hd_framemem_t *m = hd__framemem_enter(&private_mem);
+    c.mem = m;
+    rsp_t rs;
+    heapd__v1__response__init(&rs);
+    rs.id = fr.id;
+    rs.status = hd__op_status(&c, err);
+    if (env->counters) count(env->counters, fr.op, rs.status->code);
+    env->last_status = rs.status->code;
+    int rc = write_response(m, &rs, out);
+    hd__framemem_leave(m);
+    return rc;
+}
+
+static int general_frame(hd_dispatch_env_t *env, const uint8_t *payload, size_t len, hd_buf_t *out);
+
 int hd_dispatch_frame(hd_dispatch_env_t *env, const uint8_t *payload, size_t len, hd_buf_t *out) {
+    int fast = fast_frame(env, payload, len, out);
+    if (likely(fast != FAST_NOT_TAKEN)) return fast;
+    return general_frame(env, payload, len, out);
+}
+
+int hd__dispatch_frame_general(hd_dispatch_env_t *env, const uint8_t *payload, size_t len,
+                               hd_buf_t *out) {
+    return general_frame(env, payload, len, out);
+}
+
+/* Not inlined into hd_dispatch_frame: its frame (the op context, the response) would be set up
+ * for every frame, those of the fast path too. */
+__attribute__((noinline)) static int general_frame(hd_dispatch_env_t *env, const uint8_t *payload,
+                                                   size_t len, hd_buf_t *out) {
     /* From here to hd__framemem_leave, everything the frame allocates is in m. */
     hd_framemem_t private_mem;
     hd_framemem_t *m = hd__framemem_enter(&private_mem);

@@ -21,6 +21,7 @@
 #define HD_DISPATCH_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -247,6 +248,14 @@ typedef struct hd_dispatch_env_s {
  * caller closes the connection after writing it). Never touches the heap on a decode error.
  * Sets env->last_op and env->last_status. */
 int hd_dispatch_frame(hd_dispatch_env_t *env, const uint8_t *payload, size_t len, hd_buf_t *out);
+/* hd_dispatch_frame without its fast path (dispatch.c, "The fast path"): every frame the
+ * general way. For the tests, which compare the two. */
+int hd__dispatch_frame_general(hd_dispatch_env_t *env, const uint8_t *payload, size_t len,
+                               hd_buf_t *out);
+/* Whether hd_dispatch_frame takes its fast path (true; the tests and fuzz_dispatch turn it off
+ * to compare), and how many frames it took on this thread. */
+extern bool hd__dispatch_fast;
+extern _Thread_local uint64_t hd__dispatch_fast_frames;
 /* The frame may do more work than env->inline_work: run it off the loop (offload.c). */
 #define HD_DISPATCH_OFFLOAD 2
 /* Off the loop (env->off_loop), the frame needs the loop's services (goodbye, ...): hand it

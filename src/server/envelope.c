@@ -609,6 +609,106 @@ Heapd__V1__Request *hd__envelope_decode(hd_framemem_t *m, const uint8_t *p, size
     return rq;
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* The fast path's frames (envelope.h).                                                        */
+/* ------------------------------------------------------------------------------------------ */
+
+/* Keys of the fast path's op fields: 1-byte keys, as protobuf-c packs them. */
+#define K_F1_VARINT  WIRE_KEY(1, WT_VARINT)
+#define K_F2_VARINT  WIRE_KEY(2, WT_VARINT)
+#define K_F5_VARINT  WIRE_KEY(5, WT_VARINT)
+#define K_F1_FIXED64 WIRE_KEY(1, 1u)
+#define K_F3_FIXED64 WIRE_KEY(3, 1u)
+
+bool hd__envelope_fast_decode(const uint8_t *p, size_t len, hd_fast_req_t *fr) {
+    /* The request, behind a 1-byte length that ends the frame: len - 2 < 0x80. */
+    if (len < 4 || len > 0x81 || p[0] != WIRE_KEY(F_FRAME_REQUEST, WT_LEN) || p[1] != len - 2)
+        return false;
+    size_t pos = 2;
+    uint64_t id = 0;
+    if (p[pos] == WIRE_KEY(F_ID, WT_VARINT)) {
+        pos++;
+        if (get_varint(p, len, &pos, &id) < 0) return false;
+    }
+    /* The op's key and 1-byte length, its message ending the frame. */
+    if (len - pos < 2 || p[pos + 1] != len - pos - 2) return false;
+    int op;
+    switch (p[pos]) {
+    case WIRE_KEY(HEAPD__V1__REQUEST__OP_ALLOC, WT_LEN): op = HEAPD__V1__REQUEST__OP_ALLOC; break;
+    case WIRE_KEY(HEAPD__V1__REQUEST__OP_INCREF, WT_LEN): op = HEAPD__V1__REQUEST__OP_INCREF; break;
+    case WIRE_KEY(HEAPD__V1__REQUEST__OP_DECREF, WT_LEN): op = HEAPD__V1__REQUEST__OP_DECREF; break;
+    case WIRE_KEY(HEAPD__V1__REQUEST__OP_SET_SLOT, WT_LEN):
+        op = HEAPD__V1__REQUEST__OP_SET_SLOT;
+        break;
+    case WIRE_KEY(HEAPD__V1__REQUEST__OP_GET_SLOT, WT_LEN):
+        op = HEAPD__V1__REQUEST__OP_GET_SLOT;
+        break;
+    default: return false;
+    }
+    pos += 2;
+    bool alloc = op == HEAPD__V1__REQUEST__OP_ALLOC;
+    fr->id = id;
+    fr->handle = fr->target = 0;
+    fr->size = fr->num = fr->flags = 0;
+    fr->op = op;
+    /* The op's fields, any order, each any number of times (the last one counts). Alloc:
+     * size 1, slots 2, flags 5 (varints; its tag 3, site 4 and data 6 are not taken here).
+     * The others: handle 1 (fixed64), n or index 2 (varint), set_slot's target 3 (fixed64). */
+    while (pos < len) {
+        uint8_t key = p[pos++];
+        uint64_t v;
+        if (key == K_F1_FIXED64 || key == K_F3_FIXED64) {
+            if (alloc || (key == K_F3_FIXED64 && op != HEAPD__V1__REQUEST__OP_SET_SLOT) ||
+                len - pos < 8)
+                return false;
+            v = get_le64(p + pos);
+            pos += 8;
+            if (key == K_F1_FIXED64)
+                fr->handle = v;
+            else
+                fr->target = v;
+        } else if (key == K_F2_VARINT || (alloc && (key == K_F1_VARINT || key == K_F5_VARINT))) {
+            if (get_varint(p, len, &pos, &v) < 0) return false;
+            if (key == K_F2_VARINT)
+                fr->num = (uint32_t)v;
+            else if (key == K_F1_VARINT)
+                fr->size = (uint32_t)v;
+            else
+                fr->flags = (uint32_t)v;
+        } else {
+            return false; /* a field of another kind, an unknown one, or a key of 2 bytes */
+        }
+    }
+    return true;
+}
+
+size_t hd__envelope_fast_pack(uint8_t *dst, uint64_t id, unsigned result_case, uint64_t handle) {
+    HD_ASSERT(result_case < 16);
+    plans();
+    uint8_t *q = dst + 2; /* the response's fields, behind its key and 1-byte length */
+    if (id != 0) {
+        *q++ = WIRE_KEY(F_ID, WT_VARINT);
+        q += put_varint(q, id);
+    }
+    memcpy(q, status_ok_bytes, sizeof status_ok_bytes);
+    q += status_ok_len;
+    if (result_case != 0) { /* HandleResult { handle (fixed64, 1) }, empty for handle 0 */
+        *q++ = (uint8_t)WIRE_KEY(result_case, WT_LEN);
+        if (handle != 0) {
+            *q++ = 9;
+            *q++ = K_F1_FIXED64;
+            uint64_t le = htole64(handle);
+            memcpy(q, &le, 8);
+            q += 8;
+        } else {
+            *q++ = 0;
+        }
+    }
+    dst[0] = WIRE_KEY(F_FRAME_RESPONSE, WT_LEN);
+    dst[1] = (uint8_t)(q - (dst + 2));
+    return (size_t)(q - dst);
+}
+
 /* Writes the length n at q for the n bytes packed at q + 1, moving them up when the length
  * takes more than the one byte left for it (as protobuf-c packs a submessage). Returns the
  * end of the bytes. */

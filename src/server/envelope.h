@@ -13,6 +13,7 @@
 #ifndef HD_SERVER_ENVELOPE_H
 #define HD_SERVER_ENVELOPE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -47,6 +48,32 @@ extern Heapd__V1__Status hd__status_ok;
 /* Packs ServerFrame { response = *rsp } (a Heapd__V1__Response) at dst, exactly as
  * protobuf-c would; returns the bytes written. For hd_frame_write_packed. */
 size_t hd__envelope_pack(const void *rsp, uint8_t *dst);
+
+/*
+ * The fast path's frames (dispatch.c, "The fast path"): ClientFrame { request { id, op } } of
+ * alloc, incref, decref, set_slot or get_slot, in the one shape protobuf-c packs such a request
+ * (a 1-byte length for the request and the op, the id, if any, before the op, which ends the
+ * frame) and with scalar fields only (an alloc with a tag, site or data is not one). A field
+ * that comes twice keeps its last value and a 32-bit field keeps the low bits of its varint, as
+ * protobuf-c decodes them. hd__envelope_fast_decode is false for any other payload, which then
+ * takes the general path: it takes a subset of what hd__envelope_decode takes, and reads it
+ * the same (builds with HD_ENVELOPE_CHECKS compare the two on every frame it takes).
+ */
+typedef struct hd_fast_req_s {
+    uint64_t id;
+    uint64_t handle; /* field 1, fixed64: the op's handle (not alloc's) */
+    uint64_t target; /* field 3, fixed64: set_slot's target */
+    uint32_t size;   /* field 1, varint: alloc's size */
+    uint32_t num;    /* field 2, varint: alloc's slots, incref's and decref's n, the slot's index */
+    uint32_t flags;  /* field 5, varint: alloc's flags */
+    int op;          /* the op's number (HEAPD__V1__REQUEST__OP_*) */
+} hd_fast_req_t;
+bool hd__envelope_fast_decode(const uint8_t *p, size_t len, hd_fast_req_t *fr);
+/* Packs ServerFrame { response { id, the OK status, and for result_case (0: none; else 15 at
+ * most) a HandleResult of handle } } at dst as hd__envelope_pack would; returns its bytes
+ * (at most HD_ENVELOPE_FAST_MAX). */
+#define HD_ENVELOPE_FAST_MAX 48u
+size_t hd__envelope_fast_pack(uint8_t *dst, uint64_t id, unsigned result_case, uint64_t handle);
 
 #ifdef HD_ENVELOPE_CHECKS
 /* rq, from hd__envelope_decode, against protobuf-c's decoding of the same payload. */

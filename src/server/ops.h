@@ -158,6 +158,14 @@ int hd__op_heap_stats(hd_opctx_t *c, Heapd__V1__HeapStatsResult *r);
 int hd__op_session_info(hd_opctx_t *c, hd_session_info_t *s, Heapd__V1__SessionInfo *m);
 int hd__op_check_session_id(hd_opctx_t *c, const char *id);
 
+/* The object ops' handlers, for dispatch.c's fast path, which calls them on op messages of its
+ * own (ops_objects.c; the request table's runners call the same code). */
+int hd__op_alloc(hd_opctx_t *c, const Heapd__V1__Alloc *a, Heapd__V1__HandleResult *r);
+int hd__op_incref(hd_opctx_t *c, const Heapd__V1__Incref *a);
+int hd__op_decref(hd_opctx_t *c, const Heapd__V1__Decref *a);
+int hd__op_set_slot(hd_opctx_t *c, const Heapd__V1__SetSlot *a);
+int hd__op_get_slot(hd_opctx_t *c, const Heapd__V1__GetSlot *a, Heapd__V1__HandleResult *r);
+
 /* ------------------------------------------------------------------------------------------ */
 /* The runners: the request table's entry into each typed handler.                             */
 /* ------------------------------------------------------------------------------------------ */

@@ -15,6 +15,7 @@ _Static_assert(HEAPD__V1__OBJ_FLAG__OBJ_LEGACY_FINALIZER == HD_OBJ_LEGACY_FINALI
 /* A type tag (at most HD_MAX_TAG_LEN bytes) or site (a traceback, at most HD_MAX_SITE_LEN):
  * UTF-8, since clients decode it as a string. */
 static int check_label(hd_opctx_t *c, const char *what, const char *s, size_t max) {
+    if (*s == '\0') return 0; /* no label: nearly every alloc */
     size_t n = strlen(s);
     if (n > max) return hd__op_fail(c, HD_EINVAL, "%s of %zu bytes is over %zu", what, n, max);
     if (!hd__op_utf8_valid(s)) return hd__op_fail(c, HD_EINVAL, "%s is not valid UTF-8", what);
@@ -134,6 +135,27 @@ static int op_obj_info(hd_opctx_t *c, const Heapd__V1__ObjInfo *a, Heapd__V1__Ob
     r->tag = tag;
     r->site = site;
     return 0;
+}
+
+/* The handlers of dispatch.c's fast path (ops.h): the same code as the request table's. */
+int hd__op_alloc(hd_opctx_t *c, const Heapd__V1__Alloc *a, Heapd__V1__HandleResult *r) {
+    return op_alloc(c, a, r);
+}
+
+int hd__op_incref(hd_opctx_t *c, const Heapd__V1__Incref *a) {
+    return op_incref(c, a);
+}
+
+int hd__op_decref(hd_opctx_t *c, const Heapd__V1__Decref *a) {
+    return op_decref(c, a);
+}
+
+int hd__op_set_slot(hd_opctx_t *c, const Heapd__V1__SetSlot *a) {
+    return op_set_slot(c, a);
+}
+
+int hd__op_get_slot(hd_opctx_t *c, const Heapd__V1__GetSlot *a, Heapd__V1__HandleResult *r) {
+    return op_get_slot(c, a, r);
 }
 
 HD_OPS_OBJECTS(HD_OP_RUNNER)

@@ -1715,6 +1715,302 @@ static void test_dispatch_error(void **state) {
     hd_buf_free(&out);
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* The fast path (dispatch.c): the same answers as the general path.                           */
+/* ------------------------------------------------------------------------------------------ */
+
+/* What one frame did: its return, its output, env's last op and status, the counters. */
+typedef struct outcome_s {
+    int rc;
+    hd_buf_t out;
+    int last_op, last_status;
+    hd_op_counters_t counters;
+    uint64_t fast; /* frames the fast path took */
+} outcome_t;
+
+/* Runs payload through hd_dispatch_frame (fast) or hd__dispatch_frame_general into *o. */
+static void run_way(const uint8_t *payload, size_t len, bool fast, outcome_t *o) {
+    static hd_op_counters_t k;
+    memset(&k, 0, sizeof k);
+    memset(o, 0, sizeof *o);
+    hd_buf_init(&o->out);
+    hd_op_counters_t *was = env.counters;
+    env.counters = &k;
+    env.last_op = env.last_status = -1;
+    uint64_t f0 = hd__dispatch_fast_frames;
+    o->rc = fast ? hd_dispatch_frame(&env, payload, len, &o->out)
+                 : hd__dispatch_frame_general(&env, payload, len, &o->out);
+    o->fast = hd__dispatch_fast_frames - f0;
+    o->last_op = env.last_op;
+    o->last_status = env.last_status;
+    memcpy(&o->counters, &k, sizeof k);
+    env.counters = was;
+}
+
+static void assert_same_outcome(const outcome_t *a, const outcome_t *b) {
+    assert_int_equal(a->rc, b->rc);
+    assert_int_equal(a->last_op, b->last_op);
+    assert_int_equal(a->last_status, b->last_status);
+    assert_memory_equal(&a->counters, &b->counters, sizeof a->counters);
+    assert_int_equal(a->out.len, b->out.len);
+    if (a->out.len) assert_memory_equal(a->out.data, b->out.data, a->out.len);
+}
+
+/* rq packed as protobuf-c packs a ClientFrame (the shape every client sends). */
+static uint8_t *pack_req(const req_t *rq, size_t *len) {
+    Heapd__V1__ClientFrame cf = HEAPD__V1__CLIENT_FRAME__INIT;
+    cf.kind_case = HEAPD__V1__CLIENT_FRAME__KIND_REQUEST;
+    cf.request = (req_t *)rq;
+    *len = heapd__v1__client_frame__get_packed_size(&cf);
+    uint8_t *buf = malloc(*len);
+    assert_non_null(buf);
+    heapd__v1__client_frame__pack(&cf, buf);
+    return buf;
+}
+
+/* The frame run the fast way, then the general way: the same outcome (each once, on the same
+ * heap: for frames whose second run answers as the first, errors and idempotent ops). The fast
+ * path takes it iff taken. Returns the status code. */
+static int both_ways_raw(const uint8_t *payload, size_t len, bool taken) {
+    outcome_t a, b;
+    run_way(payload, len, true, &a);
+    run_way(payload, len, false, &b);
+    assert_int_equal(a.fast, taken ? 1 : 0);
+    assert_int_equal(b.fast, 0);
+    assert_same_outcome(&a, &b);
+    int code = a.last_status;
+    hd_buf_free(&a.out);
+    hd_buf_free(&b.out);
+    return code;
+}
+
+static int both_ways(int op_case, void *msg, bool taken) {
+    req_t rq;
+    set_op(&rq, op_case, msg);
+    size_t len;
+    uint8_t *buf = pack_req(&rq, &len);
+    int code = both_ways_raw(buf, len, taken);
+    free(buf);
+    return code;
+}
+
+/* Errors, and ops that change nothing the second time, answered byte for byte alike, counted
+ * alike, with the heap unchanged by each error. */
+static void test_fast_path_errors(void **state) {
+    hd_handle_t base = alloc_obj(2, 0, NULL), target = alloc_obj(0, 16, NULL);
+    heap_state_t before;
+    heap_state(&before);
+    hd_handle_t gone = alloc_obj(0, 0, NULL);
+    assert_ok(decref(gone, 1));
+    heap_state(&before);
+
+    Heapd__V1__Decref d = HEAPD__V1__DECREF__INIT;
+    d.handle = gone; /* freed: ENOOBJ, naming the handle */
+    assert_int_equal(both_ways(OP(DECREF), &d, true), -HD_ENOOBJ);
+    d.handle = base ^ (1ull << 40); /* another check: a forged handle */
+    assert_int_equal(both_ways(OP(DECREF), &d, true), -HD_ENOOBJ);
+    d.handle = base;
+    d.n = 5; /* more than the client holds */
+    assert_int_equal(both_ways(OP(DECREF), &d, true), -HD_EREFS);
+    Heapd__V1__Incref inc = HEAPD__V1__INCREF__INIT;
+    inc.handle = gone;
+    assert_int_equal(both_ways(OP(INCREF), &inc, true), -HD_ENOOBJ);
+    Heapd__V1__SetSlot ss = HEAPD__V1__SET_SLOT__INIT;
+    ss.handle = base;
+    ss.index = 2; /* past its 2 slots */
+    ss.target = target;
+    assert_int_equal(both_ways(OP(SET_SLOT), &ss, true), -HD_ERANGE);
+    ss.index = 0;
+    ss.target = gone;
+    assert_int_equal(both_ways(OP(SET_SLOT), &ss, true), -HD_ENOOBJ);
+    ss.handle = gone;
+    ss.target = target;
+    assert_int_equal(both_ways(OP(SET_SLOT), &ss, true), -HD_ENOOBJ);
+    Heapd__V1__GetSlot gs = HEAPD__V1__GET_SLOT__INIT;
+    gs.handle = base;
+    gs.index = 7;
+    assert_int_equal(both_ways(OP(GET_SLOT), &gs, true), -HD_ERANGE);
+    gs.handle = gone;
+    gs.index = 0;
+    assert_int_equal(both_ways(OP(GET_SLOT), &gs, true), -HD_ENOOBJ);
+    Heapd__V1__Alloc a = HEAPD__V1__ALLOC__INIT;
+    a.slots = HD_MAX_SLOTS + 1;
+    assert_int_equal(both_ways(OP(ALLOC), &a, true), -HD_EINVAL);
+    a.slots = 0;
+    a.flags = 0x80;
+    assert_int_equal(both_ways(OP(ALLOC), &a, true), -HD_EINVAL);
+    a.flags = 0;
+    a.size = HD_MAX_PAYLOAD + 1u;
+    assert_int_equal(both_ways(OP(ALLOC), &a, true), -HD_EINVAL);
+    /* The quota: ELIMIT with the heap's reason. */
+    a.size = 16;
+    hd_heap_set_limits(heap, 0, 2);
+    assert_int_equal(both_ways(OP(ALLOC), &a, true), -HD_ELIMIT);
+    hd_heap_set_limits(heap, 0, 0);
+    assert_heap_unchanged(&before);
+
+    /* Successes that leave the heap as they found it: get_slot, full and empty, and a slot
+     * set to what it holds. */
+    assert_ok(set_slot(base, 1, target));
+    heap_state(&before);
+    gs.handle = base;
+    gs.index = 1;
+    assert_int_equal(both_ways(OP(GET_SLOT), &gs, true), 0);
+    gs.index = 0; /* empty: an empty HandleResult */
+    assert_int_equal(both_ways(OP(GET_SLOT), &gs, true), 0);
+    ss.handle = base;
+    ss.index = 0;
+    ss.target = 0;
+    assert_int_equal(both_ways(OP(SET_SLOT), &ss, true), 0);
+    assert_heap_unchanged(&before);
+}
+
+/* Ops that change the heap, once each way: the same bytes (alloc's but for its handle), each
+ * run once: a reference taken or dropped per request, never two. */
+static void test_fast_path_runs_once(void **state) {
+    hd_handle_t o = alloc_obj(1, 0, NULL), target = alloc_obj(0, 8, NULL);
+    Heapd__V1__Incref inc = HEAPD__V1__INCREF__INIT;
+    inc.handle = o;
+    uint64_t rc0 = refcount(o);
+    assert_int_equal(both_ways(OP(INCREF), &inc, true), 0);
+    assert_int_equal(refcount(o), rc0 + 2);
+    inc.n = 3;
+    assert_int_equal(both_ways(OP(INCREF), &inc, true), 0);
+    assert_int_equal(refcount(o), rc0 + 8);
+    Heapd__V1__Decref d = HEAPD__V1__DECREF__INIT;
+    d.handle = o;
+    d.n = 4;
+    assert_int_equal(both_ways(OP(DECREF), &d, true), 0);
+    assert_int_equal(refcount(o), rc0);
+    Heapd__V1__SetSlot ss = HEAPD__V1__SET_SLOT__INIT;
+    ss.handle = o;
+    ss.target = target;
+    uint64_t t0 = refcount(target);
+    assert_int_equal(both_ways(OP(SET_SLOT), &ss, true), 0);
+    assert_int_equal(refcount(target), t0 + 1);
+
+    /* alloc: two objects; the responses differ in the handle's 8 bytes alone. */
+    Heapd__V1__Alloc a = HEAPD__V1__ALLOC__INIT;
+    a.size = 24;
+    a.slots = 3;
+    a.flags = HD_OBJ_FINALIZER;
+    req_t rq;
+    set_op(&rq, OP(ALLOC), &a);
+    size_t len;
+    uint8_t *buf = pack_req(&rq, &len);
+    hd_heap_stats_t s0, s1;
+    hd_heap_stats(heap, &s0);
+    outcome_t x, y;
+    run_way(buf, len, true, &x);
+    run_way(buf, len, false, &y);
+    free(buf);
+    hd_heap_stats(heap, &s1);
+    assert_int_equal(s1.objects, s0.objects + 2);
+    assert_int_equal(x.fast, 1);
+    assert_int_equal(x.out.len, y.out.len);
+    Heapd__V1__ServerFrame *fx[1], *fy[1];
+    assert_int_equal(parse_frames(&x.out, fx, 1), 1);
+    assert_int_equal(parse_frames(&y.out, fy, 1), 1);
+    hd_handle_t hx = fx[0]->response->alloc->handle, hy = fy[0]->response->alloc->handle;
+    assert_true(hx != 0 && hy != 0 && hx != hy);
+    /* The handle is the frame's last 8 bytes: with it swapped, the bytes are the same. */
+    for (int i = 0; i < 8; i++)
+        x.out.data[x.out.len - 8 + (size_t)i] = (uint8_t)(hy >> (8 * i));
+    assert_same_outcome(&x, &y);
+    hd_buf_free(&x.out);
+    hd_buf_free(&y.out);
+    Heapd__V1__ObjInfo oi = HEAPD__V1__OBJ_INFO__INIT;
+    oi.handle = hx;
+    rsp_t *rs = CALL(OBJ_INFO, &oi);
+    assert_ok(rs);
+    assert_int_equal(rs->obj_info->size, 24);
+    assert_int_equal(rs->obj_info->slots, 3);
+    assert_int_equal(rs->obj_info->flags, HD_OBJ_FINALIZER);
+    /* The finalizer's event, once for the one object freed. */
+    assert_ok(decref(hx, 1));
+    Heapd__V1__Event *ev[4];
+    hd_events_set_mask(heap, 0); /* no events: nothing else to drain */
+    (void)drain(ev, 4);
+}
+
+/* Frames the fast path leaves to the general one: other shapes, other ops, an alloc with a
+ * label, an offload thread's env, a frame over the work bound. Nothing of them ran there. */
+static void test_fast_path_not_taken(void **state) {
+    hd_handle_t o = alloc_obj(1, 0, NULL);
+    Heapd__V1__Alloc a = HEAPD__V1__ALLOC__INIT;
+    a.tag = "Node"; /* a label: the general path's */
+    heap_state_t before;
+    heap_state(&before);
+    a.slots = HD_MAX_SLOTS + 1; /* refused, so that both ways answer alike */
+    assert_int_equal(both_ways(OP(ALLOC), &a, false), -HD_EINVAL);
+    assert_heap_unchanged(&before);
+    /* Ops outside it. */
+    Heapd__V1__GetRefcount g = HEAPD__V1__GET_REFCOUNT__INIT;
+    g.handle = o;
+    assert_int_equal(both_ways(OP(GETREFCOUNT), &g, false), 0);
+    /* decref of a freed handle, as bytes: the canonical frame is taken ... */
+    hd_handle_t gone = alloc_obj(0, 0, NULL);
+    assert_ok(decref(gone, 1));
+    uint8_t d[] = {0x0a, 15, 0x08, 9, 0x62, 11, 0x09, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 1};
+    for (int i = 0; i < 8; i++)
+        d[7 + i] = (uint8_t)(gone >> (8 * i));
+    assert_int_equal(both_ways_raw(d, sizeof d, true), -HD_ENOOBJ);
+    /* ... and so is one with a field twice (the last counts) or out of order ... */
+    uint8_t twice[] = {0x0a, 17, 0x08, 9, 0x62, 13, 0x10, 7, 0x09, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 1};
+    for (int i = 0; i < 8; i++)
+        twice[9 + i] = (uint8_t)(gone >> (8 * i));
+    assert_int_equal(both_ways_raw(twice, sizeof twice, true), -HD_ENOOBJ);
+    /* ... but not the id after the op, a 2-byte length, an unknown field or no id at all
+     * (the last is taken: the id is 0). */
+    uint8_t late[] = {0x0a, 15, 0x62, 11, 0x09, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 1, 0x08, 9};
+    memcpy(late + 5, d + 7, 8);
+    assert_int_equal(both_ways_raw(late, sizeof late, false), -HD_ENOOBJ);
+    uint8_t wide[] = {0x0a, 16, 0x08, 9, 0x62, 0x8b, 0x00, 0x09, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 1};
+    memcpy(wide + 8, d + 7, 8);
+    assert_int_equal(both_ways_raw(wide, sizeof wide, false), -HD_ENOOBJ);
+    uint8_t unknown[] = {0x0a, 17, 0x08, 9, 0x62, 13,   0x09, 0,    0, 0,
+                         0,    0,  0,    0, 0,    0x10, 1,    0x18, 1};
+    memcpy(unknown + 7, d + 7, 8);
+    assert_int_equal(both_ways_raw(unknown, sizeof unknown, false), -HD_ENOOBJ);
+    uint8_t noid[] = {0x0a, 13, 0x62, 11, 0x09, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 1};
+    memcpy(noid + 5, d + 7, 8);
+    assert_int_equal(both_ways_raw(noid, sizeof noid, true), -HD_ENOOBJ);
+    /* A wrong wire type (field 2 as a fixed64): the general path's EPROTO, before any op ran
+     * (last_status untouched, -1 here). */
+    uint8_t wrong[] = {0x0a, 15, 0x08, 9, 0x62, 11, 0x11, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 1};
+    assert_int_equal(both_ways_raw(wrong, sizeof wrong, false), -1);
+    /* Off the loop, and over the work bound: not taken, and over the bound not run. */
+    Heapd__V1__Incref inc = HEAPD__V1__INCREF__INIT;
+    inc.handle = gone;
+    env.off_loop = 1;
+    assert_int_equal(both_ways(OP(INCREF), &inc, false), -HD_ENOOBJ);
+    env.off_loop = 0;
+    env.inline_work = 1; /* below the heap's work: an incref may walk it */
+    inc.handle = o;
+    heap_state(&before);
+    req_t rq;
+    set_op(&rq, OP(INCREF), &inc);
+    size_t len;
+    uint8_t *buf = pack_req(&rq, &len);
+    outcome_t x;
+    run_way(buf, len, true, &x);
+    free(buf);
+    assert_int_equal(x.rc, HD_DISPATCH_OFFLOAD);
+    assert_int_equal(x.fast, 0);
+    assert_int_equal(x.out.len, 0);
+    hd_buf_free(&x.out);
+    assert_heap_unchanged(&before);
+    env.inline_work = 1000; /* within it: taken */
+    Heapd__V1__GetSlot gs = HEAPD__V1__GET_SLOT__INIT;
+    gs.handle = o;
+    assert_int_equal(both_ways(OP(GET_SLOT), &gs, true), 0);
+    env.inline_work = 0;
+    /* Turned off, nothing is taken. */
+    hd__dispatch_fast = false;
+    assert_int_equal(both_ways(OP(GET_SLOT), &gs, false), 0);
+    hd__dispatch_fast = true;
+}
+
 static void test_op_table(void **state) {
     assert_string_equal(hd_dispatch_op_name(OP(ALLOC)), "alloc");
     assert_string_equal(hd_dispatch_op_name(OP(TRACE_GET_TRACED_MEMORY)),
@@ -1768,6 +2064,9 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_too_many_messages, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknown_op, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dispatch_error, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fast_path_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fast_path_runs_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fast_path_not_taken, setup, teardown),
         cmocka_unit_test(test_op_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
