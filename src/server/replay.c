@@ -132,30 +132,44 @@ static int grow_ent(hd_replay_t *rp) {
     return 0;
 }
 
+/* Copies a response of n bytes (most are 8 to 32) with fixed-size moves where it can: a call
+ * to memcpy is a fair part of a small put. */
+static inline void copy_response(uint8_t *d, const uint8_t *s, size_t n) {
+    if (n >= 16 && n <= 32) {
+        memcpy(d, s, 16);
+        memcpy(d + n - 16, s + n - 16, 16);
+    } else if (n >= 8 && n < 16) {
+        memcpy(d, s, 8);
+        memcpy(d + n - 8, s + n - 8, 8);
+    } else {
+        memcpy(d, s, n);
+    }
+}
+
 /* The usual put, once the window has filled its entry ring or while it has room in it: the
  * oldest and newest entries are kept, the response fits after the newest without growing the
  * byte ring. Does what the general put below does then, without its loop; false (nothing
  * done) in any other case. */
 static inline bool put_fast(hd_replay_t *rp, uint64_t id, const uint8_t *frame, size_t len) {
     uint32_t n = rp->n, ecap = rp->ecap, head = rp->head;
-    if (n == 0 || (n == ecap && ecap < rp->max_entries) || len > rp->max_bytes ||
-        len >= HD_REPLAY_NOT_KEPT)
-        return false;
-    hd_replay_ent_t *first = &rp->ent[head];
+    if (n == 0 || len > rp->max_bytes || len >= HD_REPLAY_NOT_KEPT) return false;
+    hd_replay_ent_t *ent = rp->ent;
+    size_t used = rp->used;
+    const hd_replay_ent_t *first = &ent[head];
     if (n == ecap) { /* full: the oldest goes first, as evict_oldest does */
-        if (first->len == HD_REPLAY_NOT_KEPT || n == 1) return false;
+        if (ecap < rp->max_entries || first->len == HD_REPLAY_NOT_KEPT || n == 1) return false;
+        used -= first->len;
         head = head + 1 == ecap ? 0 : head + 1;
         n--;
-        first = &rp->ent[head];
+        first = &ent[head];
     }
-    uint32_t tail_slot = head + n - 1;
-    if (tail_slot >= ecap) tail_slot -= ecap;
-    const hd_replay_ent_t *last = &rp->ent[tail_slot];
-    if (first->len == HD_REPLAY_NOT_KEPT || last->len == HD_REPLAY_NOT_KEPT) return false;
+    uint32_t tail = head + n - 1;
+    if (tail >= ecap) tail -= ecap;
+    const hd_replay_ent_t *last = &ent[tail];
+    uint32_t first_len = first->len, last_len = last->len;
+    if (first_len == HD_REPLAY_NOT_KEPT || last_len == HD_REPLAY_NOT_KEPT) return false;
     /* place(), for both kept: after the newest, or at 0 when that passes the end. */
-    size_t h = first->off, t = (size_t)last->off + last->len, used = rp->used;
-    if (n != rp->n) used -= rp->ent[rp->head].len;
-    size_t where;
+    size_t h = first->off, t = (size_t)last->off + last_len, where;
     if (t > h || (t == h && used == 0)) {
         if (t + len <= rp->dcap)
             where = t;
@@ -169,26 +183,33 @@ static inline bool put_fast(hd_replay_t *rp, uint64_t id, const uint8_t *frame, 
         return false;
     }
     /* Committed: the eviction, then the entry. */
+    uint32_t at = tail + 1 == ecap ? 0 : tail + 1;
+    uint32_t next = at + 1 == ecap ? 0 : at + 1; /* when full: the oldest */
+    uint8_t *data = rp->data;
     rp->head = head;
-    rp->n = n;
-    if (id > rp->last_id) rp->last_id = id;
-    memcpy(rp->data + where, frame, len);
-    rp->used = used + len;
-    uint32_t slot_new = tail_slot + 1 == ecap ? 0 : tail_slot + 1;
-    hd_replay_ent_t *e = &rp->ent[slot_new];
-    e->id = id;
-    e->off = (uint32_t)where;
-    e->len = (uint32_t)len;
     rp->n = n + 1;
-    uint32_t next = slot_new + 1 == ecap ? 0 : slot_new + 1; /* when full: the oldest */
-    __builtin_prefetch(&rp->ent[next], 1);
-    __builtin_prefetch(rp->data + where + len, 1);
+    rp->used = used + len;
+    if (id > rp->last_id) rp->last_id = id;
+    ent[at].id = id;
+    ent[at].off = (uint32_t)where;
+    ent[at].len = (uint32_t)len;
+    copy_response(data + where, frame, len);
+    __builtin_prefetch(&ent[next], 1);
+    __builtin_prefetch(data + where + len, 1);
     return true;
 }
 
+static int put_general(hd_replay_t *rp, uint64_t id, const uint8_t *frame, size_t len);
+
 int hd__replay_put(hd_replay_t *rp, uint64_t id, const uint8_t *frame, size_t len) {
     if (rp->max_entries == 0 || id == 0) return 0;
-    if (put_fast(rp, id, frame, len)) return 0;
+    if (__builtin_expect(put_fast(rp, id, frame, len), 1)) return 0;
+    return put_general(rp, id, frame, len);
+}
+
+/* Apart, so that the usual put does not save the registers this one needs. */
+__attribute__((noinline)) static int put_general(hd_replay_t *rp, uint64_t id, const uint8_t *frame,
+                                                 size_t len) {
     if (id > rp->last_id) rp->last_id = id;
     if (rp->n == rp->ecap && rp->ecap < rp->max_entries && grow_ent(rp) < 0) {
         if (rp->n == 0) return HD_ENOMEM;
