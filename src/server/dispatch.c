@@ -636,15 +636,24 @@ static void fast_check_pack(const uint8_t *p, size_t n, uint64_t id, int result_
 
 /* Runs the frame of payload on the fast path and returns what hd_dispatch_frame returns, or
  * FAST_NOT_TAKEN, having run nothing, when the frame is not one of the fast path's. */
-static inline int fast_frame(hd_dispatch_env_t *env, const uint8_t *payload, size_t len,
-                             hd_buf_t *out) {
+__attribute__((always_inline)) static inline int
+fast_frame(hd_dispatch_env_t *env, const uint8_t *payload, size_t len, hd_buf_t *out) {
     hd_fast_req_t fr;
     if (!hd__dispatch_fast || env->off_loop || !hd__envelope_fast_decode(payload, len, &fr))
         return FAST_NOT_TAKEN;
-    if (unlikely(env->inline_work != 0) &&
-        lone_work(env, fr.op, fr.op == HEAPD__V1__REQUEST__OP_ALLOC ? fr.size : 0, len) >
-            env->inline_work)
-        return FAST_NOT_TAKEN; /* the general path hands it to a job */
+    if (unlikely(env->inline_work != 0)) {
+        /* lone_work for these rows: get_slot only reads, a fixed amount; the others may walk
+         * the heap. */
+        uint64_t w = 1;
+        if (fr.op != HEAPD__V1__REQUEST__OP_GET_SLOT) {
+            w = sat_add(1, env->heap != NULL ? hd_heap_work(env->heap) : 0);
+            if (fr.op == HEAPD__V1__REQUEST__OP_ALLOC) w = sat_add(w, fr.size / 256);
+        }
+        w = sat_add(w, len / 256);
+        HD_ASSERT(w ==
+                  lone_work(env, fr.op, fr.op == HEAPD__V1__REQUEST__OP_ALLOC ? fr.size : 0, len));
+        if (w > env->inline_work) return FAST_NOT_TAKEN; /* the general path hands it to a job */
+    }
 #ifdef HD_ENVELOPE_CHECKS
     fast_check_decode(payload, len, &fr);
 #endif

@@ -291,6 +291,8 @@ static flat_plan_t status_plan;
 /* Response.status holding hd__status_ok, packed (a copy is cheaper than its 4 fields). */
 static uint8_t status_ok_bytes[16];
 static size_t status_ok_len;
+/* The same bytes as a constant, for hd__envelope_fast_pack (plan_all checks they agree). */
+static const uint8_t fast_status_ok[6] = {WIRE_KEY(F_STATUS, WT_LEN), 4, 0x12, 2, 'O', 'K'};
 static pthread_once_t plans_once = PTHREAD_ONCE_INIT;
 static _Atomic bool plans_ready;
 
@@ -543,6 +545,12 @@ static void plan_all(void) {
     uint8_t *e = flat_pack(&status_plan, &hd__status_ok.base, status_ok_bytes + 2);
     status_ok_bytes[1] = (uint8_t)(e - (status_ok_bytes + 2));
     status_ok_len = (size_t)(e - status_ok_bytes);
+    /* hd__envelope_fast_pack writes these bytes from a constant. */
+    if (status_ok_len != sizeof fast_status_ok ||
+        memcmp(status_ok_bytes, fast_status_ok, sizeof fast_status_ok) != 0) {
+        fprintf(stderr, "dispatch: the OK status packs differently from the fast path's\n");
+        abort();
+    }
     atomic_store_explicit(&plans_ready, true, memory_order_release);
 }
 #undef PLAN_OP
@@ -620,45 +628,26 @@ Heapd__V1__Request *hd__envelope_decode(hd_framemem_t *m, const uint8_t *p, size
 #define K_F1_FIXED64 WIRE_KEY(1, 1u)
 #define K_F3_FIXED64 WIRE_KEY(3, 1u)
 
-bool hd__envelope_fast_decode(const uint8_t *p, size_t len, hd_fast_req_t *fr) {
-    /* The request, behind a 1-byte length that ends the frame: len - 2 < 0x80. */
-    if (len < 4 || len > 0x81 || p[0] != WIRE_KEY(F_FRAME_REQUEST, WT_LEN) || p[1] != len - 2)
-        return false;
-    size_t pos = 2;
-    uint64_t id = 0;
-    if (p[pos] == WIRE_KEY(F_ID, WT_VARINT)) {
-        pos++;
-        if (get_varint(p, len, &pos, &id) < 0) return false;
-    }
-    /* The op's key and 1-byte length, its message ending the frame. */
-    if (len - pos < 2 || p[pos + 1] != len - pos - 2) return false;
-    int op;
-    switch (p[pos]) {
-    case WIRE_KEY(HEAPD__V1__REQUEST__OP_ALLOC, WT_LEN): op = HEAPD__V1__REQUEST__OP_ALLOC; break;
-    case WIRE_KEY(HEAPD__V1__REQUEST__OP_INCREF, WT_LEN): op = HEAPD__V1__REQUEST__OP_INCREF; break;
-    case WIRE_KEY(HEAPD__V1__REQUEST__OP_DECREF, WT_LEN): op = HEAPD__V1__REQUEST__OP_DECREF; break;
-    case WIRE_KEY(HEAPD__V1__REQUEST__OP_SET_SLOT, WT_LEN):
-        op = HEAPD__V1__REQUEST__OP_SET_SLOT;
-        break;
-    case WIRE_KEY(HEAPD__V1__REQUEST__OP_GET_SLOT, WT_LEN):
-        op = HEAPD__V1__REQUEST__OP_GET_SLOT;
-        break;
-    default: return false;
-    }
-    pos += 2;
-    bool alloc = op == HEAPD__V1__REQUEST__OP_ALLOC;
-    fr->id = id;
+_Static_assert(HEAPD__V1__REQUEST__OP_INCREF == HEAPD__V1__REQUEST__OP_ALLOC + 1 &&
+                   HEAPD__V1__REQUEST__OP_DECREF == HEAPD__V1__REQUEST__OP_ALLOC + 2 &&
+                   HEAPD__V1__REQUEST__OP_SET_SLOT == HEAPD__V1__REQUEST__OP_ALLOC + 3 &&
+                   HEAPD__V1__REQUEST__OP_GET_SLOT == HEAPD__V1__REQUEST__OP_ALLOC + 4,
+               "the fast path's ops are numbered 10 to 14");
+
+/* The op's fields in any order, each any number of times (the last one counts), from the
+ * start of the op message at p[pos..len). */
+static bool fast_fields(const uint8_t *p, size_t pos, size_t len, hd_fast_req_t *fr) {
+    bool alloc = fr->op == HEAPD__V1__REQUEST__OP_ALLOC;
     fr->handle = fr->target = 0;
     fr->size = fr->num = fr->flags = 0;
-    fr->op = op;
-    /* The op's fields, any order, each any number of times (the last one counts). Alloc:
-     * size 1, slots 2, flags 5 (varints; its tag 3, site 4 and data 6 are not taken here).
-     * The others: handle 1 (fixed64), n or index 2 (varint), set_slot's target 3 (fixed64). */
+    /* Alloc: size 1, slots 2, flags 5 (varints; its tag 3, site 4 and data 6 are not taken
+     * here). The others: handle 1 (fixed64), n or index 2 (varint), set_slot's target 3
+     * (fixed64). */
     while (pos < len) {
         uint8_t key = p[pos++];
         uint64_t v;
         if (key == K_F1_FIXED64 || key == K_F3_FIXED64) {
-            if (alloc || (key == K_F3_FIXED64 && op != HEAPD__V1__REQUEST__OP_SET_SLOT) ||
+            if (alloc || (key == K_F3_FIXED64 && fr->op != HEAPD__V1__REQUEST__OP_SET_SLOT) ||
                 len - pos < 8)
                 return false;
             v = get_le64(p + pos);
@@ -682,16 +671,77 @@ bool hd__envelope_fast_decode(const uint8_t *p, size_t len, hd_fast_req_t *fr) {
     return true;
 }
 
+bool hd__envelope_fast_decode(const uint8_t *p, size_t len, hd_fast_req_t *fr) {
+    /* The request, behind a 1-byte length that ends the frame: len - 2 < 0x80. */
+    if (len < 4 || len > 0x81 || p[0] != WIRE_KEY(F_FRAME_REQUEST, WT_LEN) || p[1] != len - 2)
+        return false;
+    const uint8_t *q = p + 2, *e = p + len;
+    uint64_t id = 0;
+    if (q[0] == WIRE_KEY(F_ID, WT_VARINT)) {
+        if (q[1] < 0x80) { /* len >= 4: q[1] is in the frame */
+            id = q[1];
+            q += 2;
+        } else {
+            size_t pos = 3;
+            if (get_varint(p, len, &pos, &id) < 0) return false;
+            q = p + pos;
+        }
+    }
+    /* The op's key and 1-byte length, its message ending the frame. */
+    if (e - q < 2 || q[1] != (size_t)(e - q) - 2 || (q[0] & 7) != WT_LEN) return false;
+    unsigned op = q[0] >> 3;
+    if (op < HEAPD__V1__REQUEST__OP_ALLOC || op > HEAPD__V1__REQUEST__OP_GET_SLOT) return false;
+    q += 2;
+    size_t body = (size_t)(q - p);
+    fr->id = id;
+    fr->op = (int)op;
+    fr->handle = fr->target = 0;
+    fr->size = fr->num = fr->flags = 0;
+    /* The fields as protobuf-c packs them, in field order, with 1-byte varints; anything else
+     * is read again from the start by fast_fields, which takes every order and repetition. */
+    if (op == HEAPD__V1__REQUEST__OP_ALLOC) {
+        if (e - q >= 2 && q[0] == K_F1_VARINT && q[1] < 0x80) {
+            fr->size = q[1];
+            q += 2;
+        }
+        if (e - q >= 2 && q[0] == K_F2_VARINT && q[1] < 0x80) {
+            fr->num = q[1];
+            q += 2;
+        }
+        if (e - q >= 2 && q[0] == K_F5_VARINT && q[1] < 0x80) {
+            fr->flags = q[1];
+            q += 2;
+        }
+    } else {
+        if (e - q >= 9 && q[0] == K_F1_FIXED64) {
+            fr->handle = get_le64(q + 1);
+            q += 9;
+        }
+        if (e - q >= 2 && q[0] == K_F2_VARINT && q[1] < 0x80) {
+            fr->num = q[1];
+            q += 2;
+        }
+        if (op == HEAPD__V1__REQUEST__OP_SET_SLOT && e - q >= 9 && q[0] == K_F3_FIXED64) {
+            fr->target = get_le64(q + 1);
+            q += 9;
+        }
+    }
+    if (q == e) return true;
+    return fast_fields(p, body, len, fr);
+}
+
 size_t hd__envelope_fast_pack(uint8_t *dst, uint64_t id, unsigned result_case, uint64_t handle) {
     HD_ASSERT(result_case < 16);
-    plans();
     uint8_t *q = dst + 2; /* the response's fields, behind its key and 1-byte length */
     if (id != 0) {
         *q++ = WIRE_KEY(F_ID, WT_VARINT);
-        q += put_varint(q, id);
+        if (id < 0x80)
+            *q++ = (uint8_t)id;
+        else
+            q += put_varint(q, id);
     }
-    memcpy(q, status_ok_bytes, sizeof status_ok_bytes);
-    q += status_ok_len;
+    memcpy(q, fast_status_ok, sizeof fast_status_ok);
+    q += sizeof fast_status_ok;
     if (result_case != 0) { /* HandleResult { handle (fixed64, 1) }, empty for handle 0 */
         *q++ = (uint8_t)WIRE_KEY(result_case, WT_LEN);
         if (handle != 0) {

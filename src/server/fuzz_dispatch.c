@@ -9,7 +9,10 @@
  *
  * The first input byte picks the session's shape (admin or not, server ops or none, the read
  * budget, automatic collection, a tiny object limit), the input mode and how bytes reach the
- * parser (copied by hd_frame_parser_feed, or lent in place as a connection's reads are); the
+ * parser (copied by hd_frame_parser_feed, or lent in place as a connection's reads are),
+ * and whether hd_dispatch_frame's fast path is on (it is, but for SHAPE_GENERAL: builds with
+ * HD_ENVELOPE_CHECKS, as this one is, compare every frame it takes with the general path's
+ * decoding and packing, and abort on a difference); the
  * second seeds the chunk sizes. In raw mode the rest is the stream itself. In assisted mode the
  * rest is a script the harness turns into well-framed requests: an op selector, a body length and
  * the op message's bytes (a batch takes a count of sub-requests instead); small fixed64 values in
@@ -22,7 +25,9 @@
  * framed, decodes as a ServerFrame and fits the response budget; a request that failed, or an
  * op that does not mutate, leaves the heap's statistics as they were; only an op declared to
  * raise events (OpDef.events in proto/heapd.proto) leaves any to drain; an undecodable frame
- * does not touch the heap. Built only with HEAPD_FUZZ (src/server/fuzz.cmake).
+ * does not touch the heap; a lone op answered at once leaves env->last_op and last_status
+ * naming it and its status, and counts one request of its op and one of its status. Built only with
+ * HEAPD_FUZZ (src/server/fuzz.cmake).
  */
 #include <stdbool.h>
 #include <stdint.h>
@@ -50,6 +55,7 @@
 #define SHAPE_MIN_READ 0x10u /* max_read_bytes at its minimum */
 #define SHAPE_ASSISTED 0x20u /* the input is a script, not a stream */
 #define SHAPE_LEND     0x40u /* bytes are lent to the parser, as a connection's reads are */
+#define SHAPE_GENERAL  0x80u /* hd_dispatch_frame's fast path off: every frame the general way */
 
 typedef struct fuzz_s {
     hd_dispatch_env_t env;
@@ -62,6 +68,7 @@ typedef struct fuzz_s {
     int open; /* 0 once the connection would be closed */
     int said_goodbye;
     bool lend; /* SHAPE_LEND */
+    hd_op_counters_t counters;
 } fuzz_t;
 
 /* ------------------------------------------------------------------------------------------ */
@@ -222,7 +229,12 @@ static void one_frame(fuzz_t *f, const uint8_t *payload, size_t len) {
      * legitimately, so the unchanged-heap check is off then. */
     int gc_on = hd_gc_isenabled(f->env.heap);
     size_t from = f->out.len;
+    hd_op_counters_t k0;
+    memcpy(&k0, &f->counters, sizeof k0);
+    f->env.last_op = f->env.last_status = -1;
     int rc = hd_dispatch_frame(&f->env, payload, len, &f->out);
+    int ran_op = f->env.last_op, ran_status = f->env.last_status;
+    bool deferred = rc == HD_DISPATCH_DEFER;
     if (rc == HD_DISPATCH_DEFER) {
         /* Named another session: as its owner would, dispatch again with its env, here the
          * same heap (a session naming itself). */
@@ -247,6 +259,15 @@ static void one_frame(fuzz_t *f, const uint8_t *payload, size_t len) {
         return;
     }
     int op = payload_op(payload, len);
+    /* A lone op answered at once, on either path: env and the counters say what it was and
+     * how it ended, once. */
+    if (rc == 0 && !deferred && op > 0 && op < HD_OPS_SLOTS && op != HEAPD__V1__REQUEST__OP_BATCH) {
+        if (ran_op != op || ran_status != code) abort();
+        for (unsigned i = 0; i < HD_OPS_SLOTS; i++)
+            if (f->counters.ops[i] - k0.ops[i] != (i == (unsigned)op)) abort();
+        for (unsigned i = 0; i < HD_STATUS_SLOTS; i++)
+            if (f->counters.statuses[i] - k0.statuses[i] != (i == (unsigned)code)) abort();
+    }
     if (!gc_on && op != HEAPD__V1__REQUEST__OP_BATCH &&
         (code != 0 || !hd_dispatch_op_mutates(op))) {
         hd_heap_stats(f->env.heap, &after);
@@ -426,6 +447,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     f.chunk = data[1];
     f.open = 1;
     f.lend = (shape & SHAPE_LEND) != 0;
+    f.env.counters = &f.counters;
+    hd__dispatch_fast = (shape & SHAPE_GENERAL) == 0;
     hd_frame_parser_init(&f.parser, FUZZ_MAX_FRAME);
     hd_buf_init(&f.out);
 
