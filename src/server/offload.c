@@ -51,10 +51,6 @@ struct hd_job_s {
     hd_op_counters_t *worker_counters; /* the worker's (single writer: its loop), or NULL */
 };
 
-int hd__session_busy(const hd_session_t *s) {
-    return s->job != NULL;
-}
-
 /* No one will read the answers, so the job stops at its next frame or batch op too. */
 void hd__offload_forget_conn(hd_session_t *s) {
     if (!s->job) return;

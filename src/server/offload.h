@@ -36,6 +36,7 @@
 #define HD_SERVER_OFFLOAD_H
 
 #include "server.h"
+#include "session.h"
 
 /* A connection waiting for its session's job reads on while fewer than this many bytes wait
  * in its parser; past it TCP holds the rest. */
@@ -49,8 +50,10 @@
  * Returns 0, or HD_ENOMEM with nothing started (the caller runs the frame itself). */
 int hd__offload_frames(hd_conn_t *c, const uint8_t *payload, size_t len);
 
-/* Whether s's heap belongs to a job now. */
-int hd__session_busy(const hd_session_t *s);
+/* Whether s's heap belongs to a job now. Inline: conn.c asks before every frame. */
+static inline int hd__session_busy(const hd_session_t *s) {
+    return s->job != NULL;
+}
 
 /* s's connection is leaving it (a drop, a kill): what s's job answers goes nowhere, and the
  * job stops at its next frame or batch op. */
