@@ -16,6 +16,9 @@
  *   4. frame         the ServerFrame is packed behind its length prefix into the output, in
  *                    one pass (envelope.c) when its size is bounded.
  *
+ * The hot object ops' frames in protobuf-c's shape skip all four: "The fast path" below reads
+ * them from their bytes, runs the op's handler and packs the answer straight into the output.
+ *
  * The request table is built from heapd_ops.def, which proto/gen_ops.py generates from the
  * (opdef) options of proto/heapd.proto: one row per op, in field-number order, with its flags.
  *

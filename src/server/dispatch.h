@@ -51,11 +51,11 @@ _Static_assert(HD_DISPATCH_OP_RESERVE < HD_DISPATCH_MIN_READ,
 _Static_assert(HD_DISPATCH_OP_RESERVE * 2 <= HD_DISPATCH_FRAME_SLACK,
                "the slack covers a batch's last op overshooting the budget");
 
-/* Requests by op and responses by status, counted by run_op for every op it runs (a batch
- * and each op inside it). One set per worker, written only by that worker's thread, with a
- * relaxed load and store (metrics.h:hd__counter_add), read by any thread; a job has its own,
- * added to its worker's when it is back (offload.c). Indexed by the op's
- * field number and by the status's positive code (0 = OK); dispatch.c asserts that both fit. */
+/* Requests by op and responses by status, counted by run_op (and the fast path) for every op
+ * it runs (a batch and each op inside it). One set per worker, written only by that worker's
+ * thread, with a relaxed load and store (metrics.h:hd__counter_add), read by any thread; a job
+ * has its own, added to its worker's when it is back (offload.c). Indexed by the op's field
+ * number and by the status's positive code (0 = OK); dispatch.c asserts that both fit. */
 #define HD_OPS_SLOTS    128
 #define HD_STATUS_SLOTS 100
 typedef struct hd_op_counters_s {
