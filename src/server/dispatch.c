@@ -645,16 +645,8 @@ fast_frame(hd_dispatch_env_t *env, const uint8_t *payload, size_t len, hd_buf_t 
     if (!hd__dispatch_fast || env->off_loop || !hd__envelope_fast_decode(payload, len, &fr))
         return FAST_NOT_TAKEN;
     if (unlikely(env->inline_work != 0)) {
-        /* lone_work for these rows: get_slot only reads, a fixed amount; the others may walk
-         * the heap. */
-        uint64_t w = 1;
-        if (fr.op != HEAPD__V1__REQUEST__OP_GET_SLOT) {
-            w = sat_add(1, env->heap != NULL ? hd_heap_work(env->heap) : 0);
-            if (fr.op == HEAPD__V1__REQUEST__OP_ALLOC) w = sat_add(w, fr.size / 256);
-        }
-        w = sat_add(w, len / 256);
-        HD_ASSERT(w ==
-                  lone_work(env, fr.op, fr.op == HEAPD__V1__REQUEST__OP_ALLOC ? fr.size : 0, len));
+        uint64_t w =
+            lone_work(env, fr.op, fr.op == HEAPD__V1__REQUEST__OP_ALLOC ? fr.size : 0, len);
         if (w > env->inline_work) return FAST_NOT_TAKEN; /* the general path hands it to a job */
     }
 #ifdef HD_ENVELOPE_CHECKS

@@ -2000,6 +2000,29 @@ static void test_fast_path_not_taken(void **state) {
     assert_int_equal(x.out.len, 0);
     hd_buf_free(&x.out);
     assert_heap_unchanged(&before);
+    /* Every op of the fast path is bounded as its row says: get_slot too (not readonly). */
+    static const int fast_ops[] = {OP(ALLOC), OP(INCREF), OP(DECREF), OP(SET_SLOT), OP(GET_SLOT)};
+    for (size_t i = 0; i < sizeof fast_ops / sizeof fast_ops[0]; i++) {
+        const ProtobufCFieldDescriptor *fd =
+            protobuf_c_message_descriptor_get_field(&heapd__v1__request__descriptor, fast_ops[i]);
+        const ProtobufCMessageDescriptor *md = fd->descriptor;
+        void *m = calloc(1, md->sizeof_message);
+        assert_non_null(m);
+        protobuf_c_message_init(md, m);
+        set_op(&rq, fast_ops[i], m);
+        buf = pack_req(&rq, &len);
+        outcome_t y;
+        run_way(buf, len, true, &x);
+        run_way(buf, len, false, &y);
+        assert_int_equal(x.rc, HD_DISPATCH_OFFLOAD);
+        assert_int_equal(x.fast, 0);
+        assert_same_outcome(&x, &y);
+        hd_buf_free(&x.out);
+        hd_buf_free(&y.out);
+        free(buf);
+        free(m);
+    }
+    assert_heap_unchanged(&before);
     env.inline_work = 1000; /* within it: taken */
     Heapd__V1__GetSlot gs = HEAPD__V1__GET_SLOT__INIT;
     gs.handle = o;
