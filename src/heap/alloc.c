@@ -35,6 +35,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/mman.h>
 
 /* ========================================================================================== */
 /* Layout and tunables.                                                                       */
@@ -242,6 +243,44 @@ static void region_put(hd_alloc_t *a, uint32_t r) {
 /* Arenas: CPython's new_arena and the usable_arenas list, sorted fullest first.              */
 /* ========================================================================================== */
 
+/* Arena pairs. A heap that has HD_ARENA_PAIR_MIN arenas maps the next two as one mapping of
+ * 2 * HD_ARENA_SIZE, and asks for it to be a huge page when it is 2 MiB aligned (Linux aligns
+ * anonymous mappings of whole 2 MiB since 6.7; on older kernels, or with a hook that does
+ * not, the pair is two arenas in one mapping and nothing more). The lower half becomes an
+ * arena at once, the upper half waits in pair_half for the next arena_new. Each half is an
+ * arena of its own, with its own record, chunk and refs; a freed half whose buddy lives on
+ * gives its pages back (MADV_DONTNEED) and leaves the unmapping to the buddy, so the hook sees
+ * one map and one unmap per pair. What a huge page costs: its 2 MiB become resident at the
+ * first touch, where charges count the pools carved, so a heap's resident memory may exceed
+ * its objects charge by the uncarved part of its newest pair (at most 2 MiB, in heaps of 8 MiB
+ * and more). THP's system setting (never) turns the advice off. */
+static char *arena_map(hd_alloc_t *a, char **map, size_t *map_len) {
+    if (a->pair_half) {
+        *map = a->pair_owner->map;
+        *map_len = a->pair_owner->map_len;
+        return a->pair_half;
+    }
+    if (a->arenas_current >= HD_ARENA_PAIR_MIN) {
+        char *m = hd__mem.map(2 * (size_t)HD_ARENA_SIZE);
+        if (m) {
+            if (((uintptr_t)m & (2 * (uintptr_t)HD_ARENA_SIZE - 1)) == 0)
+                (void)madvise(m, 2 * (size_t)HD_ARENA_SIZE, MADV_HUGEPAGE);
+            *map = m;
+            *map_len = 2 * (size_t)HD_ARENA_SIZE;
+            return m;
+        }
+    }
+    *map = hd__mem.map(HD_ARENA_SIZE);
+    *map_len = HD_ARENA_SIZE;
+    return *map;
+}
+
+/* Undoes arena_map when the arena could not be set up: a new pair or single mapping goes
+ * back, a waiting upper half keeps waiting. */
+static void arena_unmap_unused(hd_alloc_t *a, char *base, char *map, size_t map_len) {
+    if (base != a->pair_half) hd__mem.unmap(map, map_len);
+}
+
 /* Maps a new arena and makes it the only usable one (usable_arenas is empty when this is
  * called); its record is charged, its pools as they are carved. NULL, with nothing changed
  * and a->fail set, when the hook, the region table or the charge fails. */
@@ -260,13 +299,15 @@ static hd_arena_t *arena_new(hd_alloc_t *a) {
     }
     hd_arena_t *ar =
         (hd_arena_t *)(((uintptr_t)raw + HD_CACHE_LINE - 1) & ~(uintptr_t)(HD_CACHE_LINE - 1));
-    char *base = hd__mem.map(HD_ARENA_SIZE);
+    char *map;
+    size_t map_len;
+    char *base = arena_map(a, &map, &map_len);
     /* The hook promises pages; a ref needs at least 16-byte alignment of the base. */
     HD_ASSERT(((uintptr_t)base & (HD_ALIGN - 1)) == 0);
     uint32_t c;
     rc = base ? chunk_take(a, &c) : HD_ENOMEM;
     if (rc < 0) {
-        if (base) hd__mem.unmap(base, HD_ARENA_SIZE);
+        if (base) arena_unmap_unused(a, base, map, map_len);
         hd__free(raw);
         hd__uncharge(a->acct, HD_CHARGE_objects, HD_ARENA_RECORD);
         a->fail = rc;
@@ -283,8 +324,17 @@ static hd_arena_t *arena_new(hd_alloc_t *a) {
     ar->region = c * HD_CHUNK_REGIONS;
     ar->ntotalpools = HD_ARENA_POOLS - (first != (uintptr_t)base);
     ar->raw = raw;
-    ar->map = base;
-    ar->map_len = HD_ARENA_SIZE;
+    ar->map = map;
+    ar->map_len = map_len;
+    if (base == a->pair_half) { /* the upper half: the pair's two arenas are buddies */
+        ar->buddy = a->pair_owner;
+        a->pair_owner->buddy = ar;
+        a->pair_half = NULL;
+        a->pair_owner = NULL;
+    } else if (map_len == 2 * (size_t)HD_ARENA_SIZE) { /* a new pair: the upper half waits */
+        a->pair_half = base + HD_ARENA_SIZE;
+        a->pair_owner = ar;
+    }
     ar->nfreepools = ar->ntotalpools;
     a->chunks[c].arena = ar;
     for (uint32_t i = 0; i < HD_CHUNK_REGIONS; i++)
@@ -302,6 +352,19 @@ static hd_arena_t *arena_new(hd_alloc_t *a) {
     return ar;
 }
 
+/* Gives ar's mapping back, or, for a half whose buddy lives on, its pages (the buddy unmaps
+ * the pair); a pair whose upper half was never used goes back whole. */
+static void arena_unmap(hd_alloc_t *a, hd_arena_t *ar) {
+    if (ar->buddy) {
+        (void)madvise(ar->base, HD_ARENA_SIZE, MADV_DONTNEED);
+        ar->buddy->buddy = NULL;
+        ar->buddy = NULL;
+        return;
+    }
+    if (a->pair_owner == ar) a->pair_half = NULL, a->pair_owner = NULL;
+    hd__mem.unmap(ar->map, ar->map_len);
+}
+
 /* Unmaps an empty arena that is on no list but hd_alloc_t.arenas, and frees its chunk. */
 static void arena_free(hd_alloc_t *a, hd_arena_t *ar) {
     if (ar->prev_all)
@@ -313,7 +376,7 @@ static void arena_free(hd_alloc_t *a, hd_arena_t *ar) {
         a->region_base[ar->region + i] = NULL;
     chunk_put(a, ar->region / HD_CHUNK_REGIONS);
     hd__uncharge(a->acct, HD_CHARGE_objects, HD_ARENA_RECORD + (size_t)ar->ncarved * HD_POOL_SIZE);
-    hd__mem.unmap(ar->map, ar->map_len);
+    arena_unmap(a, ar);
     hd__free(ar->raw);
     a->arenas_current--;
     a->arenas_reclaimed++;
@@ -699,7 +762,10 @@ void hd__alloc_destroy(hd_alloc_t *a) {
     void *sentinel_base = a->region_base[0];
     for (hd_arena_t *ar = a->arenas, *next; ar; ar = next) {
         next = ar->next_all;
-        hd__mem.unmap(ar->map, ar->map_len);
+        if (ar->buddy) /* its buddy, later on the list or earlier, unmaps the pair */
+            ar->buddy->buddy = NULL;
+        else
+            hd__mem.unmap(ar->map, ar->map_len);
         hd__free(ar->raw);
     }
     for (int l = 0; l < 2; l++) {

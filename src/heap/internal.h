@@ -129,6 +129,11 @@ int hd__vec_reserve_charged(hd_account_t *acct, hd_charge_t kind, void **v, size
  * back to the OS when emptied. */
 #define HD_ARENA_BITS 20
 #define HD_ARENA_SIZE (1u << HD_ARENA_BITS)
+/* From this many arenas on, a heap maps its arenas two at a time, in one 2 MiB mapping asked
+ * to be a huge page (alloc.c, "Arena pairs"): a collection's passes then take a TLB miss per
+ * 2 MiB instead of per 4 KiB. Below it (every small session) arenas stay single, so an idle
+ * heap's few touched pages never become 2 MiB of resident memory. */
+#define HD_ARENA_PAIR_MIN 8
 /* A ref's granule field: 12 bits of 16-byte steps = a 64 KiB region. */
 #define HD_REF_GRANULE_BITS 12
 #define HD_REGION_BITS      (HD_REF_GRANULE_BITS + HD_ALIGN_SHIFT)
@@ -222,6 +227,8 @@ _Static_assert(HD_POOL_SIZE % 4096 == 0, "pools are whole pages, so a free pool'
  *   pools[i] describes the pool at pool_first + i * HD_POOL_SIZE, for i < ncarved;
  *   pools[i] is all zeros for i >= ncarved (nextoffset 0: no ref checks into it)
  *   first_off == (pool_first - base) / 16: the granule of the first pool in the arena's refs
+ *   buddy != NULL  =>  buddy->buddy == this, and both halves share map and map_len (2 MiB);
+ *   a pair's mapping is unmapped by the half that is freed last (alloc.c, "Arena pairs")
  */
 typedef struct hd_arena_s {
     hd_pool_t pools[HD_ARENA_POOLS];        /* the pools' descriptors, first ncarved in use */
@@ -239,7 +246,9 @@ typedef struct hd_arena_s {
     void *raw;                              /* what hd__malloc returned (before alignment) */
     char *map;                              /* what hd__mem.map returned: base, except for an
                                              * arena restored at base's old alignment */
-    size_t map_len;                         /* its length: HD_ARENA_SIZE, or one pool more */
+    size_t map_len;                         /* its length: HD_ARENA_SIZE, or one pool more,
+                                             * or 2 * HD_ARENA_SIZE for a pair's half */
+    struct hd_arena_s *buddy;               /* the live arena in the pair's other half */
 } hd_arena_t;
 
 #define HD_CACHE_LINE 64
@@ -276,6 +285,8 @@ _Static_assert(sizeof(hd_chunk_t) == 32, "a chunk record is a power of two");
  *   nfp2lasta[n] is the last arena on it with n free pools (NULL if none); nfp2lasta is
  *   NULL while the table is inline (no arena yet), then shares the table's allocation.
  *   arenas_current == arenas_allocated_total - arenas_reclaimed <= arenas_highwater.
+ *   pair_half != NULL  <=>  pair_owner != NULL; then pair_half == pair_owner->map +
+ *   HD_ARENA_SIZE and pair_owner->buddy == NULL (its other half is mapped, no arena yet).
  */
 typedef struct hd_alloc_s {
     hd_account_t *acct;            /* the heap's: pools, arena records, tables, large blocks */
@@ -296,6 +307,8 @@ typedef struct hd_alloc_s {
                                      * region table's block, so an empty heap holds none */
     struct hd_arena_s *arenas;      /* every mapped arena, for destroy and stats */
     struct hd_arena_s *spare_arena; /* one empty arena kept against thrashing */
+    char *pair_half;                /* the unused upper half of the newest pair, or NULL */
+    struct hd_arena_s *pair_owner;  /* the arena in its lower half (NULL with pair_half) */
     uint64_t arenas_allocated_total, arenas_reclaimed, arenas_highwater, arenas_current;
     uint64_t large_objects, large_bytes;
 } hd_alloc_t;

@@ -463,6 +463,146 @@ static void test_arena_reclaim_and_spare(void **state) {
     assert_int_equal(tu_live_allocs(), live0);
 }
 
+/* Whether /proc/self/smaps gives the mapping that holds p the VmFlags entry flag. */
+static bool vma_has_flag(const void *p, const char *flag) {
+    FILE *fp = fopen("/proc/self/smaps", "r");
+    assert_non_null(fp);
+    char line[512];
+    bool in = false, found = false;
+    while (fgets(line, sizeof line, fp)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+            in = (uintptr_t)p >= lo && (uintptr_t)p < hi;
+        } else if (in && strncmp(line, "VmFlags:", 8) == 0) {
+            char want[8];
+            snprintf(want, sizeof want, " %s", flag);
+            found = strstr(line, want) != NULL;
+            break;
+        }
+    }
+    fclose(fp);
+    return found;
+}
+
+/* Fills 512-byte blocks into e[k..] (each with its index as the seed) until the allocator has
+ * n arenas; returns the index after the last. */
+static size_t fill_arenas(fx_t *f, ent_t *e, size_t k, size_t max, uint64_t n) {
+    while (f->a.arenas_current < n) {
+        assert_true(k < max);
+        e[k].p = xalloc(&f->a, HD_SMALL_MAX, &e[k].ref);
+        fill(e[k].p, HD_SMALL_MAX, (uint32_t)k);
+        k++;
+    }
+    return k;
+}
+
+/* The arena whose mapping holds p. */
+static hd_arena_t *arena_of(fx_t *f, const void *p);
+
+/* Frees every block of e[0..n) in ar. */
+static void free_blocks_of(fx_t *f, ent_t *e, size_t n, const hd_arena_t *ar) {
+    for (size_t i = 0; i < n; i++)
+        if (e[i].p && arena_of(f, e[i].p) == ar) {
+            hd__alloc_free(&f->a, e[i].p, e[i].ref);
+            e[i].p = NULL;
+        }
+}
+
+/* The arena whose mapping holds p. */
+static hd_arena_t *arena_of(fx_t *f, const void *p) {
+    for (hd_arena_t *ar = f->a.arenas; ar; ar = ar->next_all)
+        if ((const char *)p >= ar->base && (const char *)p < ar->base + HD_ARENA_SIZE) return ar;
+    fail_msg("no arena holds %p", p);
+    return NULL;
+}
+
+/* From HD_ARENA_PAIR_MIN arenas on, arenas come two to a 2 MiB mapping, asked to be a huge
+ * page when aligned: one map and one unmap per pair through the hook, whichever half is freed
+ * first, with the other half's blocks untouched; a half still waiting goes back with its
+ * owner or with the heap. */
+static void test_arena_pairs(void **state) {
+    (void)state;
+    int64_t live0 = tu_live_allocs();
+    fx_t *f = fx_new();
+    enum {
+        PER = HD_ARENA_POOLS * (HD_POOL_SIZE / HD_SMALL_MAX),
+        MAXN = (HD_ARENA_PAIR_MIN + 6) * PER
+    };
+    ent_t *e = calloc(MAXN, sizeof(*e));
+    assert_non_null(e);
+    size_t n = fill_arenas(f, e, 0, MAXN, HD_ARENA_PAIR_MIN);
+    assert_null(f->a.pair_half);
+    int64_t single = tu_live_allocs();
+    /* The next arena maps a pair (a mapping and a record); the one after takes its upper
+     * half (a record only). */
+    n = fill_arenas(f, e, n, MAXN, HD_ARENA_PAIR_MIN + 1);
+    assert_int_equal(tu_live_allocs(), single + 2);
+    hd_arena_t *lower = arena_of(f, e[n - 1].p);
+    assert_ptr_equal(f->a.pair_owner, lower);
+    assert_ptr_equal(f->a.pair_half, lower->map + HD_ARENA_SIZE);
+    assert_int_equal(lower->map_len, 2 * HD_ARENA_SIZE);
+    if (((uintptr_t)lower->map & (2 * HD_ARENA_SIZE - 1)) == 0)
+        assert_true(vma_has_flag(lower->map, "hg"));
+    n = fill_arenas(f, e, n, MAXN, HD_ARENA_PAIR_MIN + 2);
+    assert_int_equal(tu_live_allocs(), single + 3);
+    hd_arena_t *upper = arena_of(f, e[n - 1].p);
+    assert_ptr_equal(upper->base, lower->map + HD_ARENA_SIZE);
+    assert_ptr_equal(upper->buddy, lower);
+    assert_ptr_equal(lower->buddy, upper);
+    assert_null(f->a.pair_half);
+    size_t upper_first = n - 1;
+    check_stats(&f->a);
+
+    /* A third pair's map fails: the arena is mapped single instead. */
+    n = fill_arenas(f, e, n, MAXN, HD_ARENA_PAIR_MIN + 4);
+    assert_null(f->a.pair_half);
+    int64_t before = tu_live_allocs();
+    tu_fail_nth(2); /* the record's malloc is the first call, the pair's map the second */
+    n = fill_arenas(f, e, n, MAXN, HD_ARENA_PAIR_MIN + 5);
+    assert_true(tu_failed());
+    tu_fail_nth(0);
+    assert_int_equal(tu_live_allocs(), before + 2);
+    assert_int_equal(arena_of(f, e[n - 1].p)->map_len, HD_ARENA_SIZE);
+    assert_null(f->a.pair_half);
+
+    /* A single arena emptied first becomes the spare; then the lower half emptied: its
+     * record goes, the mapping stays for the upper one, whose blocks are untouched. */
+    free_blocks_of(f, e, n, arena_of(f, e[0].p));
+    assert_non_null(f->a.spare_arena);
+    int64_t live_pair = tu_live_allocs();
+    free_blocks_of(f, e, n, lower);
+    assert_int_equal(tu_live_allocs(), live_pair - 1);
+    assert_null(upper->buddy);
+    for (size_t i = upper_first; i < n; i++)
+        if (e[i].p && arena_of(f, e[i].p) == upper) verify(e[i].p, HD_SMALL_MAX, (uint32_t)i);
+    check_stats(&f->a);
+    /* Then the upper half: the pair's mapping goes with it. */
+    free_blocks_of(f, e, n, upper);
+    assert_int_equal(tu_live_allocs(), live_pair - 3);
+
+    for (size_t i = 0; i < n; i++)
+        if (e[i].p) hd__alloc_free(&f->a, e[i].p, e[i].ref), e[i].p = NULL;
+    check_stats(&f->a);
+    /* A pair again, its upper half emptied first this time: the lower one's blocks stay. */
+    n = fill_arenas(f, e, 0, MAXN, HD_ARENA_PAIR_MIN + 2);
+    upper = arena_of(f, e[n - 1].p);
+    lower = upper->buddy;
+    assert_non_null(lower);
+    free_blocks_of(f, e, n, arena_of(f, e[0].p)); /* the spare */
+    free_blocks_of(f, e, n, upper);
+    assert_null(lower->buddy);
+    for (size_t i = 0; i < n; i++)
+        if (e[i].p && arena_of(f, e[i].p) == lower) verify(e[i].p, HD_SMALL_MAX, (uint32_t)i);
+    /* Everything freed, refilled to a waiting half, destroyed: every mapping went back. */
+    for (size_t i = 0; i < n; i++)
+        if (e[i].p) hd__alloc_free(&f->a, e[i].p, e[i].ref), e[i].p = NULL;
+    fill_arenas(f, e, 0, MAXN, HD_ARENA_PAIR_MIN + 1);
+    assert_non_null(f->a.pair_half);
+    free(e);
+    fx_free(f);
+    assert_int_equal(tu_live_allocs(), live0);
+}
+
 static void test_fullest_arena_first(void **state) {
     (void)state;
     fx_t *f = fx_new();
@@ -788,8 +928,7 @@ static void test_check_fast_agrees(void **state) {
         for (uint32_t g = 0; g <= 0xffffu; g++)
             verdicts[fast_vs_full(a, (c << 16) | g)]++;
     assert_true(verdicts[1] > 1000 && verdicts[2] > 0);
-    for (uint64_t r = (uint64_t)a->nregions << HD_REF_GRANULE_BITS; r <= UINT32_MAX;
-         r += 0x10001u)
+    for (uint64_t r = (uint64_t)a->nregions << HD_REF_GRANULE_BITS; r <= UINT32_MAX; r += 0x10001u)
         assert_false(hd__alloc_check_fast(a, (hd_ref_t)r, &b, &pool));
     free(e);
     fx_free(f);
@@ -1118,6 +1257,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_lazy_carving, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_pool_reuse_across_classes, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_arena_reclaim_and_spare, tu_setup, tu_teardown),
+        cmocka_unit_test_setup_teardown(test_arena_pairs, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_fullest_arena_first, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_large, tu_setup, tu_teardown),
         cmocka_unit_test_setup_teardown(test_check_rejects, tu_setup, tu_teardown),
