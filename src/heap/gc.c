@@ -160,6 +160,13 @@ static bool list_ok(hd_heap_t *h, hd_ref_t list, int gen) {
     }
     return link_at(rb, list)->gc_prev == prev;
 }
+
+static uint64_t list_len(hd_heap_t *h, hd_ref_t list) {
+    uint64_t n = 0;
+    for (hd_ref_t r = hd__gchead(h, list)->gc_next; r != list; r = hd__gchead(h, r)->gc_next)
+        n++;
+    return n;
+}
 #endif
 
 /* ========================================================================================== */
@@ -572,9 +579,10 @@ HD_GC_SIDE_INLINE void side_dec(void *side, hd_ref_t t, bool wide) {
  * path must run. Reads each young object once, in list order, and one entry per slot:
  * O(young + young slots). */
 HD_GC_SIDE_INLINE bool side_subtract(hd_heap_t *h, hd_ref_t young, int g, void *side, bool pf,
-                                     bool wide) {
+                                     bool wide, uint64_t *nyoung) {
     regions_t rb = h->alloc.region_base;
     const uint32_t bias = side_bias(wide);
+    uint64_t n_young = 0;
     hd_ref_t ahead = pf ? side_prefetch_start(rb, side, young, wide) : young;
     walk_t w = walk_start(rb);
     for (hd_ref_t r = link_at(rb, young)->gc_next; r != young;) {
@@ -589,7 +597,9 @@ HD_GC_SIDE_INLINE bool side_subtract(hd_heap_t *h, hd_ref_t young, int g, void *
         for (uint32_t i = 0, n = o->nslots; i < n; i++)
             side_dec(side, o->slots[i], wide);
         r = o->gc_next;
+        n_young++;
     }
+    *nyoung = n_young;
     return true;
 }
 
@@ -625,7 +635,7 @@ HD_GC_SIDE_INLINE void side_visit(regions_t rb, void *side, uint64_t *dead, hd_r
  * survives is written only if its links or flags change. */
 HD_GC_SIDE_INLINE uint64_t side_move_unreachable(hd_heap_t *h, hd_ref_t young, hd_ref_t unreachable,
                                                  int gen_after, void *side, uint64_t *dead, bool pf,
-                                                 split_t *s, bool wide) {
+                                                 split_t *s, bool wide, uint64_t nyoung) {
     const uint32_t bias = side_bias(wide);
     regions_t rb = h->alloc.region_base;
     hd_gchead_t *us = link_at(rb, unreachable);
@@ -633,9 +643,15 @@ HD_GC_SIDE_INLINE uint64_t side_move_unreachable(hd_heap_t *h, hd_ref_t young, h
     /* prev's links, kept beside it: the next object is read from there after the visits
      * (which may have appended to young), without a second trip through the region table. */
     hd_gchead_t *pl = link_at(rb, young);
+    /* with_gen(flags, gen_after), then MARK cleared and the incremental colour set when old
+     * is the target: one and, one or. */
     uint16_t keep = gen_after == 2 ? (uint16_t)~HD_OF_MARK : 0xffffu;
     uint16_t set = gen_after == 2 ? h->gc.inc.black : 0;
-    uint64_t nreachable = 0;
+    const uint16_t fand =
+        (uint16_t)(~(HD_OF_GEN_MASK | HD_OF_COLLECTING | HD_OF_UNREACHABLE) & keep);
+    const uint16_t for_ = (uint16_t)((((unsigned)gen_after << HD_OF_GEN_SHIFT) & keep) | set);
+    /* Reachable = young - (moved to unreachable and not back): no counter in the loop. */
+    const uint64_t unreachable_before = s->nunreachable;
     hd_ref_t ahead = pf ? side_prefetch_start(rb, side, young, wide) : young;
     walk_t w = walk_start(rb);
     for (hd_ref_t r = pl->gc_next; r != young; r = pl->gc_next) {
@@ -649,11 +665,10 @@ HD_GC_SIDE_INLINE uint64_t side_move_unreachable(hd_heap_t *h, hd_ref_t young, h
             for (uint32_t i = 0, n = o->nslots; i < n; i++)
                 if (o->slots[i]) side_visit(rb, side, dead, o->slots[i], young, s, wide);
             if (o->gc_prev != prev) o->gc_prev = prev;
-            uint16_t f = (uint16_t)((with_gen(o->flags, gen_after) & keep) | set);
+            uint16_t f = (uint16_t)((o->flags & fand) | for_);
             if (o->flags != f) o->flags = f;
             prev = r;
             pl = (hd_gchead_t *)o;
-            nreachable++;
         } else {
             pl->gc_next = o->gc_next;
             hd_ref_t last = us->gc_prev;
@@ -669,7 +684,7 @@ HD_GC_SIDE_INLINE uint64_t side_move_unreachable(hd_heap_t *h, hd_ref_t young, h
         }
     }
     link_at(rb, young)->gc_prev = prev;
-    return nreachable;
+    return nyoung - (s->nunreachable - unreachable_before);
 }
 
 /* A collection's side table: the entries, then one bit per entry (the dead bits), in one
@@ -686,6 +701,7 @@ typedef struct side_s {
  * runs) when not wanted or refused by the limits or by the hook. Pages from the hook's map
  * come zeroed (no pass to clear them); from 2 MiB on they are asked to be huge pages, since
  * the accesses are random and a 4 KiB page's TLB entry would rarely be used twice. */
+#define HD_GC_SIDE_HUGE ((size_t)2 << 20)
 static bool side_table(hd_heap_t *h, int g, bool wide, side_t *t) {
     hd_gcstate_t *gc = &h->gc;
     if (gc->side == HD_GC_SIDE_NEVER) return false;
@@ -697,6 +713,9 @@ static bool side_table(hd_heap_t *h, int g, bool wide, side_t *t) {
     }
     _Static_assert(HD_GC_SIDE_REGION_ENTRIES % 64 == 0, "a region's dead bits are whole words");
     size_t bytes = entries + n / 8;
+    /* From 2 MiB on, whole 2 MiB: Linux then aligns the mapping, so every page of it can be a
+     * huge one (a 3 MiB table was mapped 4 KiB aligned, a third of it in small pages). */
+    if (bytes >= HD_GC_SIDE_HUGE) bytes = (bytes + HD_GC_SIDE_HUGE - 1) & ~(HD_GC_SIDE_HUGE - 1);
     /* A refusal is no error of anyone's: the reason the heap reports stays what it was. */
     const char *why = h->acct.why;
     if (hd__charge(&h->acct, HD_CHARGE_collector, bytes) < 0) {
@@ -708,7 +727,7 @@ static bool side_table(hd_heap_t *h, int g, bool wide, side_t *t) {
         hd__uncharge(&h->acct, HD_CHARGE_collector, bytes);
         return false;
     }
-    if (bytes >= (2u << 20)) (void)madvise(map, bytes, MADV_HUGEPAGE);
+    if (bytes >= HD_GC_SIDE_HUGE) (void)madvise(map, bytes, MADV_HUGEPAGE);
     *t = (side_t){map, (uint64_t *)(map + entries), bytes};
     return true;
 }
@@ -732,19 +751,26 @@ static uint64_t find_unreachable(hd_heap_t *h, hd_ref_t young, hd_ref_t unreacha
     for (int wide = h->gc.side == HD_GC_SIDE_WIDE; wide < 2; wide++) {
         if (!side_table(h, g, wide, t)) break; /* refused: a wider one would be too */
         if (!wide || h->gc.side == HD_GC_SIDE_WIDE) pf = side_probe(h->alloc.region_base, young);
-        uint64_t n = 0;
+        uint64_t n = 0, nyoung = 0;
         bool ok;
-        if (wide) {
-            ok = side_subtract(h, young, g, t->tab, pf, true);
-            if (ok)
-                n = side_move_unreachable(h, young, unreachable, gen_old, t->tab, t->dead, pf, s,
-                                          true);
-        } else {
-            ok = side_subtract(h, young, g, t->tab, pf, false);
-            if (ok)
-                n = side_move_unreachable(h, young, unreachable, gen_old, t->tab, t->dead, pf, s,
-                                          false);
-        }
+        /* Each pass inlined four times, width and prefetch constants in each: a pass without
+         * the lookahead keeps its walk in registers (the move pass spilled it otherwise). */
+#define SIDE_PASSES(PF, WIDE)                                                                      \
+    do {                                                                                           \
+        ok = side_subtract(h, young, g, t->tab, PF, WIDE, &nyoung);                                \
+        if (ok)                                                                                    \
+            n = side_move_unreachable(h, young, unreachable, gen_old, t->tab, t->dead, PF, s,      \
+                                      WIDE, nyoung);                                               \
+    } while (0)
+        if (wide && pf)
+            SIDE_PASSES(true, true);
+        else if (wide)
+            SIDE_PASSES(false, true);
+        else if (pf)
+            SIDE_PASSES(true, false);
+        else
+            SIDE_PASSES(false, false);
+#undef SIDE_PASSES
         if (ok) return n;
         side_free(h, t);
     }
@@ -1002,7 +1028,7 @@ static uint64_t collect_main(hd_heap_t *h, int g, uint64_t *ncollected, uint64_t
     split_t s = {0, 0, 0};
     side_t side;
     uint64_t nsurvivors = find_unreachable(h, young, UNREACHABLE_LIST, g, gen_old, &s, &side);
-    HD_ASSERT_EXPENSIVE(list_ok(h, young, gen_old));
+    HD_ASSERT_EXPENSIVE(list_ok(h, young, gen_old) && nsurvivors == list_len(h, young));
 
     /* After this (if batch), the garbage holds references only to itself, and all of it
      * dies: delete_garbage's cascade can be a batch free. Not under DEBUG_SAVEALL (nothing
