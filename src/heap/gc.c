@@ -603,26 +603,34 @@ HD_GC_SIDE_INLINE bool side_subtract(hd_heap_t *h, hd_ref_t young, int g, void *
     return true;
 }
 
+/* side_visit's rare case: t's entry says moved to unreachable. If it is (and not an object
+ * outside young whose entry means nothing), it goes back to the end of young. Out of line, so
+ * that the move loop need not keep what this needs in registers (it spilled its walk). */
+static HD_NOINLINE void side_revive(regions_t rb, void *side, uint64_t *dead, hd_ref_t t,
+                                    hd_ref_t young, split_t *s, bool wide) {
+    hd_obj_t *to = obj_at(rb, t);
+    if ((to->flags & (HD_OF_COLLECTING | HD_OF_UNREACHABLE)) !=
+        (HD_OF_COLLECTING | HD_OF_UNREACHABLE))
+        return; /* outside young: its entry means nothing */
+    link_at(rb, to->gc_prev)->gc_next = to->gc_next;
+    link_at(rb, to->gc_next)->gc_prev = to->gc_prev;
+    hd_gchead_t *ys = link_at(rb, young);
+    link_at(rb, ys->gc_prev)->gc_next = t;
+    to->gc_next = young;
+    ys->gc_prev = t;
+    to->flags &= (uint16_t)~HD_OF_UNREACHABLE;
+    side_put(side, t >> 1, side_bias(wide) + 1, wide);
+    dead[t >> 7] &= ~(1ull << ((t >> 1) & 63));
+    s->nunreachable--;
+}
+
 /* visit_reachable, reading the target's state from its entry. */
 HD_GC_SIDE_INLINE void side_visit(regions_t rb, void *side, uint64_t *dead, hd_ref_t t,
                                   hd_ref_t young, split_t *s, bool wide) {
     const uint32_t bias = side_bias(wide);
     uint32_t v = side_get(side, t >> 1, wide);
     if (HD_UNLIKELY(v == bias - 1)) {
-        hd_obj_t *to = obj_at(rb, t);
-        if ((to->flags & (HD_OF_COLLECTING | HD_OF_UNREACHABLE)) !=
-            (HD_OF_COLLECTING | HD_OF_UNREACHABLE))
-            return; /* outside young: its entry means nothing */
-        link_at(rb, to->gc_prev)->gc_next = to->gc_next;
-        link_at(rb, to->gc_next)->gc_prev = to->gc_prev;
-        hd_gchead_t *ys = link_at(rb, young);
-        link_at(rb, ys->gc_prev)->gc_next = t;
-        to->gc_next = young;
-        ys->gc_prev = t;
-        to->flags &= (uint16_t)~HD_OF_UNREACHABLE;
-        side_put(side, t >> 1, bias + 1, wide);
-        dead[t >> 7] &= ~(1ull << ((t >> 1) & 63));
-        s->nunreachable--;
+        side_revive(rb, side, dead, t, young, s, wide);
         return;
     }
     /* Young, not yet scanned, gc_refs 0: now 1. Stored only then: a store of the same value
