@@ -333,8 +333,9 @@ def attack_5(d, classes=(16, 48, 112, 240, 496), keep_every=None, limit_bytes=No
             live = [x for x in handles if x]
             decrefs(c, [x for i, x in enumerate(live) if i % per_pool])
         st = c.ok("heap_stats")
-        ch = charged(c)
-    res = dict(m.figures(), charged=ch, object_bytes=st.object_bytes,
+        charges = c.ok("heap_charges")
+    res = dict(m.figures(), charged=charges.total, charged_objects=charges.objects,
+               charged_buffers=charges.buffers, object_bytes=st.object_bytes,
                arena_bytes=st.arena_bytes, refused=refused)
     c.close()
     return res

@@ -85,7 +85,12 @@ class BoundsTest(h.unittest.TestCase):
         r = abuse.attack_5(d, limit_bytes=16 * MIB)
         self.assertEqual(r["refused"], "ELIMIT", r)
         self.assertLess(r["object_bytes"], r["charged"] / 10, r)  # fragmented, yet charged
-        self.assertLessEqual(r["charged"], 16 * MIB + 2 * MIB, r)
+        # The pools are charged up to max_bytes and no further. The total also holds the
+        # connection's buffers, never refused (bounded by their own limits) and, after a
+        # burst of pipelined allocs, as large as the input the client sent ahead: how much
+        # depends on how the reads fell, so the total is not the bound checked.
+        self.assertLessEqual(r["charged_objects"], 16 * MIB, r)
+        self.assertLessEqual(r["charged_objects"] + r["charged_buffers"], r["charged"], r)
         self.assertRSS(r["rss_peak"] - r["rss_before"], 2 * 16 * MIB + 16 * MIB, r)
 
     def test_08_tables_cursors_and_queues_are_charged(self):
