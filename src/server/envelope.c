@@ -231,7 +231,7 @@ static inline const op_msg_t *op_msg(uint64_t id) {
  * message type made once from its descriptor (plan_of), field by field as protobuf-c 1.4.1
  * does:
  *
- *   unpack  a varint of up to 10 bytes; 32-bit types keep its low 32 bits, sint zigzags, bool
+ *   unpack  a key and a length of up to 5 bytes, a varint of up to 10; 32-bit types keep its low 32 bits, sint zigzags, bool
  *           is true when any of its bytes has a payload bit; fixed types little-endian; a
  *           string is copied with a NUL after it, bytes are copied (data NULL when empty); a
  *           field that comes twice keeps its last value; fields absent keep the defaults of
@@ -243,9 +243,9 @@ static inline const op_msg_t *op_msg(uint64_t id) {
  * Anything else is left to protobuf-c: a message type with a field of another kind (a
  * submessage, repeated, oneof, proto3 optional, enum, float, double) or more than FLAT_MAX
  * fields, and, in a flat op message, an unknown field, a field with the wrong wire type, a
- * varint of more than 10 bytes, a length past the end and a string holding a NUL: those go
- * the way they went before, through the wire scan (which refuses the NUL with EINVAL) and
- * protobuf-c, and get the same answer. Builds with HD_ENVELOPE_CHECKS compare the outcome with
+ * key or length of more than 5 bytes, a varint of more than 10, a length past the end and a
+ * string holding a NUL: those go the way they went before, through the wire scan (which
+ * refuses the NUL with EINVAL) and protobuf-c, and get the same answer. Builds with HD_ENVELOPE_CHECKS compare the outcome with
  * protobuf-c's on every frame (decoding through the request packed again, packing byte for
  * byte), so the tests and fuzz_dispatch prove the two equal.
  */
@@ -373,6 +373,14 @@ static inline int get_varint(const uint8_t *p, size_t end, size_t *pos, uint64_t
     return wire_varint(p, end, pos, out);
 }
 
+/* Reads a key or a length prefix at *pos (< end) as get_varint does, refusing more than 5
+ * bytes: protobuf-c reads at most 5 of either and refuses the frame past them, where a
+ * varint value may take 10. */
+static inline int get_prefix(const uint8_t *p, size_t end, size_t *pos, uint64_t *out) {
+    size_t at = *pos;
+    return get_varint(p, end, pos, out) < 0 || *pos - at > 5 ? HD_EPROTO : 0;
+}
+
 /* The n bytes at p as a message of type d (plan pl), in frame memory, as
  * protobuf_c_message_unpack would decode them; NULL when they are not what flat_unpack takes
  * (see above) or memory ran out. Borrows p: strings and bytes are copied. */
@@ -384,7 +392,7 @@ static ProtobufCMessage *flat_unpack(hd_framemem_t *m, const ProtobufCMessageDes
     size_t pos = 0;
     while (pos < len) {
         uint64_t key, v;
-        if (get_varint(p, len, &pos, &key) < 0) return NULL;
+        if (get_prefix(p, len, &pos, &key) < 0) return NULL;
         /* The field of a 1-byte key by its number, any other by a search. */
         unsigned i = key < 0x80 ? pl->by_num[key >> 3] - 1u : 0;
         if (key >= 0x80) {
@@ -434,7 +442,7 @@ static ProtobufCMessage *flat_unpack(hd_framemem_t *m, const ProtobufCMessageDes
             pos += 8;
             break;
         case FK_STRING: {
-            if (get_varint(p, len, &pos, &v) < 0 || v > len - pos) return NULL;
+            if (get_prefix(p, len, &pos, &v) < 0 || v > len - pos) return NULL;
             if (memchr(p + pos, 0, (size_t)v)) return NULL; /* the wire scan's EINVAL */
             char *str = hd__framemem_alloc(m, (size_t)v + 1);
             if (str == NULL) return NULL;
@@ -445,7 +453,7 @@ static ProtobufCMessage *flat_unpack(hd_framemem_t *m, const ProtobufCMessageDes
             break;
         }
         default: { /* FK_BYTES */
-            if (get_varint(p, len, &pos, &v) < 0 || v > len - pos) return NULL;
+            if (get_prefix(p, len, &pos, &v) < 0 || v > len - pos) return NULL;
             ProtobufCBinaryData *bd = at;
             bd->data = NULL;
             if (v > 0) {

@@ -2,12 +2,16 @@
 # The libFuzzer target of the protocol layer, build/bin/fuzz_dispatch (fuzz_dispatch.c): bytes
 # through the frame parser and hd_dispatch_frame against a live heap, compiled with hdwire's
 # sources (HD_WIRE_SOURCES) and the engine's by heapd_fuzz_target (cmake/heapd_fuzz.cmake),
-# and run by ctest as server.fuzz_dispatch. Included from src/server/CMakeLists.txt.
+# and run by ctest as server.fuzz_dispatch. Included from src/server/CMakeLists.txt. Its
+# seeds (src/server/fuzz_dispatch_seeds) are inputs it once failed on, replayed every run:
+# overlong-length, a flat op's length prefix of 7 bytes the hand decoder took and protobuf-c
+# refuses.
 heapd_fuzz_target(TARGET fuzz_dispatch TEST server.fuzz_dispatch
                   SOURCES fuzz_dispatch.c ${HD_WIRE_SOURCES} ${HD_SMEM_SOURCES}
                   INCLUDES ${CMAKE_CURRENT_SOURCE_DIR}
                   LIBS hdproto
-                  ARGS -timeout=10)
+                  ARGS -timeout=10
+                  SEEDS ${CMAKE_CURRENT_SOURCE_DIR}/fuzz_dispatch_seeds)
 
 # The pre-hello path (fuzz_hello.c): bytes through the frame parser at the pre-hello limit and
 # session.c's hello decision, against a server struct with tokens and a worker loop. Seeded

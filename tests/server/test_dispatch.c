@@ -1574,6 +1574,31 @@ static void test_flat_by_hand(void **state) {
     assert_int_equal(rc, 0);
     assert_int_equal(rs->id, 10);
     assert_err(rs, HD_EINVAL);
+    /* A key or a length of 5 bytes (size's key 0x08, an empty tag's length 0, each padded
+     * with 0x80s) is read; one of 6 is refused, as protobuf-c reads at most 5 of either,
+     * though a varint value may have 10 (src/server/fuzz_dispatch_seeds/overlong-length). */
+    uint8_t key5[] = {0x0a, 10, 0x08, 12, 0x52, 6, 0x88, 0x80, 0x80, 0x80, 0x00, 4};
+    uint8_t key6[] = {0x0a, 11, 0x08, 13, 0x52, 7, 0x88, 0x80, 0x80, 0x80, 0x80, 0x00, 4};
+    uint8_t len5[] = {0x0a, 12, 0x08, 14, 0x52, 8, 0x08, 4, 0x1a, 0x80, 0x80, 0x80, 0x80, 0x00};
+    uint8_t len6[] = {0x0a, 13, 0x08, 15, 0x52, 9,    0x08, 4,
+                      0x1a, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00};
+    rs = run_payload(key5, sizeof key5, &rc);
+    assert_int_equal(rc, 0);
+    assert_ok(rs);
+    rs = run_payload(len5, sizeof len5, &rc);
+    assert_int_equal(rc, 0);
+    assert_ok(rs);
+    heap_state_t before;
+    heap_state(&before);
+    rs = run_payload(key6, sizeof key6, &rc);
+    assert_int_equal(rc, HD_EPROTO);
+    assert_int_equal(rs->id, 13);
+    assert_err(rs, HD_EPROTO);
+    rs = run_payload(len6, sizeof len6, &rc);
+    assert_int_equal(rc, HD_EPROTO);
+    assert_int_equal(rs->id, 15);
+    assert_err(rs, HD_EPROTO);
+    assert_heap_unchanged(&before);
     /* decref { handle, n: 1 sent as 2**32 + 1 }: one reference dropped, the object freed. */
     uint8_t d[] = {0x0a, 0, 0x08, 11, 0x62, 0,    0x09, 0,    0,    0,   0,
                    0,    0, 0,    0,  0x10, 0x81, 0x80, 0x80, 0x80, 0x10};
