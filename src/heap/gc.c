@@ -356,6 +356,19 @@ static void update_and_subtract_refs(hd_heap_t *h, hd_ref_t young, int g) {
     }
 }
 
+/* t, moved to unreachable, found reachable after all: off unreachable and onto the end of
+ * young, where the scan will reach it again. young's sentinel keeps its tail in gc_prev even
+ * while the nodes' gc_prev hold gc_refs: it is appended there. The caller sets its gc_refs. */
+static inline void back_to_young(regions_t rb, hd_obj_t *to, hd_ref_t t, hd_ref_t young) {
+    link_at(rb, to->gc_prev)->gc_next = to->gc_next;
+    link_at(rb, to->gc_next)->gc_prev = to->gc_prev;
+    hd_gchead_t *ys = link_at(rb, young);
+    link_at(rb, ys->gc_prev)->gc_next = t;
+    to->gc_next = young;
+    ys->gc_prev = t;
+    to->flags &= (uint16_t)~HD_OF_UNREACHABLE;
+}
+
 /* A slot of a reachable object points at t: t is reachable too. If move_unreachable has
  * already moved t to the unreachable list, t goes back to the end of young (where the scan
  * will reach it again); if the scan has not reached t yet, gc_refs = 1 tells it. The common
@@ -366,16 +379,8 @@ static inline void visit_reachable(regions_t rb, hd_ref_t t, hd_ref_t young, spl
     uint16_t f = to->flags;
     if (HD_UNLIKELY((f & (HD_OF_COLLECTING | HD_OF_UNREACHABLE)) ==
                     (HD_OF_COLLECTING | HD_OF_UNREACHABLE))) {
-        link_at(rb, to->gc_prev)->gc_next = to->gc_next;
-        link_at(rb, to->gc_next)->gc_prev = to->gc_prev;
-        /* young's sentinel keeps its tail in gc_prev even while the nodes' gc_prev hold
-         * gc_refs: append there. */
-        hd_gchead_t *ys = link_at(rb, young);
-        link_at(rb, ys->gc_prev)->gc_next = t;
-        to->gc_next = young;
-        ys->gc_prev = t;
+        back_to_young(rb, to, t, young);
         to->gc_prev = 1;
-        to->flags &= (uint16_t)~HD_OF_UNREACHABLE;
         s->nunreachable--;
         return;
     }
@@ -612,13 +617,7 @@ static HD_NOINLINE void side_revive(regions_t rb, void *side, uint64_t *dead, hd
     if ((to->flags & (HD_OF_COLLECTING | HD_OF_UNREACHABLE)) !=
         (HD_OF_COLLECTING | HD_OF_UNREACHABLE))
         return; /* outside young: its entry means nothing */
-    link_at(rb, to->gc_prev)->gc_next = to->gc_next;
-    link_at(rb, to->gc_next)->gc_prev = to->gc_prev;
-    hd_gchead_t *ys = link_at(rb, young);
-    link_at(rb, ys->gc_prev)->gc_next = t;
-    to->gc_next = young;
-    ys->gc_prev = t;
-    to->flags &= (uint16_t)~HD_OF_UNREACHABLE;
+    back_to_young(rb, to, t, young);
     side_put(side, t >> 1, side_bias(wide) + 1, wide);
     dead[t >> 7] &= ~(1ull << ((t >> 1) & 63));
     s->nunreachable--;
