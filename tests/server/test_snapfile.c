@@ -281,6 +281,35 @@ static void test_bad_files(void **state) {
     assert_string_equal(why, "not a heapd snapshot");
 }
 
+/* A window at the default limits (4096 entries, 256 KiB) holds a few hundred bytes for a
+ * session that sent one request and went idle, and grows, keeping every response, as far as
+ * its limits when the session sends more: 10,000 idle sessions must not each hold the ring
+ * a busy one needs (bench/session_memory.sh). */
+static void test_replay_grows_on_demand(void **state) {
+    (void)state;
+    hd_replay_t rp;
+    hd__replay_init(&rp, 4096, 256 * 1024);
+    uint8_t f[64];
+    const uint8_t *p;
+    size_t len;
+    frame_of(f, 20, 1);
+    assert_int_equal(hd__replay_put(&rp, 1, f, 20), 0);
+    assert_true(rp.held <= 512);
+    for (uint64_t id = 2; id <= 5000; id++) {
+        frame_of(f, 20 + id % 40, (uint8_t)id);
+        assert_int_equal(hd__replay_put(&rp, id, f, 20 + id % 40), 0);
+    }
+    assert_int_equal(rp.n, 4096);
+    for (uint64_t id = 5000 - 4095; id <= 5000; id++) {
+        assert_int_equal(hd__replay_find(&rp, id, &p, &len), 1);
+        assert_int_equal(len, 20 + id % 40);
+        assert_int_equal(p[len - 1], (uint8_t)id);
+    }
+    assert_true(rp.held <= 256 * 1024 + 4096 * sizeof(hd_replay_ent_t));
+    hd__replay_free(&rp);
+    assert_int_equal(rp.held, 0);
+}
+
 static void test_replay_window(void **state) {
     (void)state;
     hd_replay_t rp;
@@ -459,7 +488,7 @@ int main(void) {
         cmocka_unit_test(test_round_trip),          cmocka_unit_test(test_every_failure),
         cmocka_unit_test(test_bad_files),           cmocka_unit_test(test_replay_window),
         cmocka_unit_test(test_replay_not_kept_mix), cmocka_unit_test(test_replay_ring_wraps),
-        cmocka_unit_test(test_replay_invariants),
+        cmocka_unit_test(test_replay_invariants),   cmocka_unit_test(test_replay_grows_on_demand),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     char cmd[300];
