@@ -115,6 +115,7 @@ int hd__metrics_session_open(hd_session_t *s) {
 
 void hd__metrics_session_close(hd_session_t *s) {
     if (s->heap) hd_gc_set_callback(s->heap, NULL, NULL);
+    if (s->metrics) hd__sfree(s->metrics->sites);
     hd__sfree(s->metrics);
     s->metrics = NULL;
 }
@@ -166,7 +167,7 @@ void hd__metrics_summarize(hd_session_t *s, uint64_t now, hd_sess_summary_t *o) 
         else if (!sm->tracing_since)
             sm->tracing_since = now;
         o->tracing_ms = o->tracing ? now - sm->tracing_since : 0;
-        memcpy(o->sites, sm->sites, sm->nsites * sizeof *sm->sites);
+        if (sm->nsites) memcpy(o->sites, sm->sites, sm->nsites * sizeof *sm->sites);
         o->nsites = sm->nsites;
     }
 }
@@ -176,10 +177,14 @@ void hd__metrics_summarize(hd_session_t *s, uint64_t now, hd_sess_summary_t *o) 
 static void sample_sites(hd_session_t *s, uint64_t now) {
     hd_sess_metrics_t *sm = s->metrics;
     if (!hd_trace_is_tracing(s->heap)) {
+        hd__sfree(sm->sites);
+        sm->sites = NULL;
         sm->nsites = 0;
         return;
     }
     if (sm->sampled_ms && now - sm->sampled_ms < HD_SITE_SAMPLE_MS) return;
+    if (!sm->sites && !(sm->sites = hd__smalloc(HD_SITE_TRENDS * sizeof *sm->sites)))
+        return; /* no trends this sample; the next tries again */
     hd_trace_stats_t top;
     if (hd_trace_top(s->heap, HD_TRACE_BY_SITE, &top) < 0) return;
     hd_site_trend_t next[HD_SITE_TRENDS];

@@ -119,7 +119,9 @@ typedef struct hd_sess_metrics_s {
     uint64_t uncoll_n[16];
     unsigned uncoll_next;
     uint64_t tracing_since; /* hd__now_ms when a snapshot first saw it tracing, or 0 */
-    hd_site_trend_t sites[HD_SITE_TRENDS]; /* the trends of the last sample */
+    hd_site_trend_t *sites; /* the trends of the last sample (HD_SITE_TRENDS of them), made
+                             * at a tracing session's first sample, freed when it stops: an
+                             * idle session holds none (bench/session_memory.sh) */
     size_t nsites;
     uint64_t sampled_ms; /* when the last sample was taken */
 } hd_sess_metrics_t;
