@@ -231,11 +231,11 @@ static inline const op_msg_t *op_msg(uint64_t id) {
  * message type made once from its descriptor (plan_of), field by field as protobuf-c 1.4.1
  * does:
  *
- *   unpack  a key and a length of up to 5 bytes, a varint of up to 10; 32-bit types keep its low 32 bits, sint zigzags, bool
- *           is true when any of its bytes has a payload bit; fixed types little-endian; a
- *           string is copied with a NUL after it, bytes are copied (data NULL when empty); a
- *           field that comes twice keeps its last value; fields absent keep the defaults of
- *           the descriptor's init.
+ *   unpack  a key and a length of up to 5 bytes, a varint of up to 10; 32-bit types keep
+ *           its low 32 bits, sint zigzags, bool is true when any of its bytes has a payload
+ *           bit; fixed types little-endian; a string is copied with a NUL after it, bytes are
+ *           copied (data NULL when empty); a field that comes twice keeps its last value;
+ *           fields absent keep the defaults of the descriptor's init.
  *   pack    in field-number order (the descriptor's), each field skipped when it is zero, an
  *           empty or NULL string, or empty bytes; a negative int32 as a 10-byte varint; bool
  *           as 0 or 1.
@@ -245,9 +245,10 @@ static inline const op_msg_t *op_msg(uint64_t id) {
  * fields, and, in a flat op message, an unknown field, a field with the wrong wire type, a
  * key or length of more than 5 bytes, a varint of more than 10, a length past the end and a
  * string holding a NUL: those go the way they went before, through the wire scan (which
- * refuses the NUL with EINVAL) and protobuf-c, and get the same answer. Builds with HD_ENVELOPE_CHECKS compare the outcome with
- * protobuf-c's on every frame (decoding through the request packed again, packing byte for
- * byte), so the tests and fuzz_dispatch prove the two equal.
+ * refuses the NUL with EINVAL) and protobuf-c, and get the same answer. Builds with
+ * HD_ENVELOPE_CHECKS compare the outcome with protobuf-c's on every frame (decoding through
+ * the request packed again, packing byte for byte), so the tests and fuzz_dispatch prove the
+ * two equal.
  */
 
 /* The kinds of flat field, by how they are read and written. */
