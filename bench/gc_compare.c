@@ -324,14 +324,15 @@ static int python_gc(int py, const shape_t *s, long n, double *live, double *gar
 /* ns per independent random 8-byte read from a buffer of `bytes`, indices read in order; in
  * 4 KiB pages, or (huge) in a mapping asked for 2 MiB pages, as heapd's arenas are from 8 on
  * (alloc.c): the machine's bound is the faster of the two. */
+#define HUGE_PAGE ((size_t)2 << 20)
 static double random_read_ns(uint64_t bytes, long reads, int huge) {
-    size_t words = bytes / 8, len = (words * 8 + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1);
+    size_t words = bytes / 8, len = (words * 8 + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1);
     /* 2 MiB more, so that the buffer can start on a 2 MiB boundary whatever mmap returns. */
     char *map =
-        mmap(NULL, len + (2u << 20), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        mmap(NULL, len + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     uint32_t *idx = malloc((size_t)reads * sizeof *idx);
     if (map == MAP_FAILED || !idx) die("random-read buffer", HD_ENOMEM);
-    uint64_t *buf = (uint64_t *)(((uintptr_t)map + (2u << 20) - 1) & ~(uintptr_t)((2u << 20) - 1));
+    uint64_t *buf = (uint64_t *)(((uintptr_t)map + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1));
     (void)madvise(buf, len, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
     for (size_t i = 0; i < words; i++)
         buf[i] = i;
@@ -349,7 +350,7 @@ static double random_read_ns(uint64_t bytes, long reads, int huge) {
         if (t < best) best = t;
     }
     (void)sink;
-    munmap(map, len + (2u << 20));
+    munmap(map, len + HUGE_PAGE);
     free(idx);
     return best;
 }

@@ -261,12 +261,12 @@ static char *arena_map(hd_alloc_t *a, char **map, size_t *map_len) {
         return a->pair_half;
     }
     if (a->arenas_current >= HD_ARENA_PAIR_MIN) {
-        char *m = hd__mem.map(2 * (size_t)HD_ARENA_SIZE);
+        char *m = hd__mem.map(HD_HUGE_PAGE);
         if (m) {
-            if (((uintptr_t)m & (2 * (uintptr_t)HD_ARENA_SIZE - 1)) == 0)
-                (void)madvise(m, 2 * (size_t)HD_ARENA_SIZE, MADV_HUGEPAGE);
+            if (((uintptr_t)m & (HD_HUGE_PAGE - 1)) == 0)
+                (void)madvise(m, HD_HUGE_PAGE, MADV_HUGEPAGE);
             *map = m;
-            *map_len = 2 * (size_t)HD_ARENA_SIZE;
+            *map_len = HD_HUGE_PAGE;
             return m;
         }
     }
@@ -331,7 +331,7 @@ static hd_arena_t *arena_new(hd_alloc_t *a) {
         a->pair_owner->buddy = ar;
         a->pair_half = NULL;
         a->pair_owner = NULL;
-    } else if (map_len == 2 * (size_t)HD_ARENA_SIZE) { /* a new pair: the upper half waits */
+    } else if (map_len == HD_HUGE_PAGE) { /* a new pair: the upper half waits */
         a->pair_half = base + HD_ARENA_SIZE;
         a->pair_owner = ar;
     }

@@ -708,7 +708,6 @@ typedef struct side_s {
  * runs) when not wanted or refused by the limits or by the hook. Pages from the hook's map
  * come zeroed (no pass to clear them); from 2 MiB on they are asked to be huge pages, since
  * the accesses are random and a 4 KiB page's TLB entry would rarely be used twice. */
-#define HD_GC_SIDE_HUGE ((size_t)2 << 20)
 static bool side_table(hd_heap_t *h, int g, bool wide, side_t *t) {
     hd_gcstate_t *gc = &h->gc;
     if (gc->side == HD_GC_SIDE_NEVER) return false;
@@ -722,7 +721,7 @@ static bool side_table(hd_heap_t *h, int g, bool wide, side_t *t) {
     size_t bytes = entries + n / 8;
     /* From 2 MiB on, whole 2 MiB: Linux then aligns the mapping, so every page of it can be a
      * huge one (a 3 MiB table was mapped 4 KiB aligned, a third of it in small pages). */
-    if (bytes >= HD_GC_SIDE_HUGE) bytes = (bytes + HD_GC_SIDE_HUGE - 1) & ~(HD_GC_SIDE_HUGE - 1);
+    if (bytes >= HD_HUGE_PAGE) bytes = (bytes + HD_HUGE_PAGE - 1) & ~(HD_HUGE_PAGE - 1);
     /* A refusal is no error of anyone's: the reason the heap reports stays what it was. */
     const char *why = h->acct.why;
     if (hd__charge(&h->acct, HD_CHARGE_collector, bytes) < 0) {
@@ -734,7 +733,7 @@ static bool side_table(hd_heap_t *h, int g, bool wide, side_t *t) {
         hd__uncharge(&h->acct, HD_CHARGE_collector, bytes);
         return false;
     }
-    if (bytes >= HD_GC_SIDE_HUGE) (void)madvise(map, bytes, MADV_HUGEPAGE);
+    if (bytes >= HD_HUGE_PAGE) (void)madvise(map, bytes, MADV_HUGEPAGE);
     *t = (side_t){map, (uint64_t *)(map + entries), bytes};
     return true;
 }

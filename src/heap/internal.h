@@ -134,6 +134,10 @@ int hd__vec_reserve_charged(hd_account_t *acct, hd_charge_t kind, void **v, size
  * 2 MiB instead of per 4 KiB. Below it (every small session) arenas stay single, so an idle
  * heap's few touched pages never become 2 MiB of resident memory. */
 #define HD_ARENA_PAIR_MIN 8
+/* A transparent huge page (x86-64): the size of an arena pair's mapping, and the unit the
+ * collector's side table is rounded to (gc.c), so that every page of either can be huge. */
+#define HD_HUGE_PAGE ((size_t)2 << 20)
+_Static_assert(2 * (size_t)HD_ARENA_SIZE == HD_HUGE_PAGE, "an arena pair is one huge page");
 /* A ref's granule field: 12 bits of 16-byte steps = a 64 KiB region. */
 #define HD_REF_GRANULE_BITS 12
 #define HD_REGION_BITS      (HD_REF_GRANULE_BITS + HD_ALIGN_SHIFT)

@@ -497,23 +497,26 @@ static size_t fill_arenas(fx_t *f, ent_t *e, size_t k, size_t max, uint64_t n) {
 }
 
 /* The arena whose mapping holds p. */
-static hd_arena_t *arena_of(fx_t *f, const void *p);
-
-/* Frees every block of e[0..n) in ar. */
-static void free_blocks_of(fx_t *f, ent_t *e, size_t n, const hd_arena_t *ar) {
-    for (size_t i = 0; i < n; i++)
-        if (e[i].p && arena_of(f, e[i].p) == ar) {
-            hd__alloc_free(&f->a, e[i].p, e[i].ref);
-            e[i].p = NULL;
-        }
-}
-
-/* The arena whose mapping holds p. */
 static hd_arena_t *arena_of(fx_t *f, const void *p) {
     for (hd_arena_t *ar = f->a.arenas; ar; ar = ar->next_all)
         if ((const char *)p >= ar->base && (const char *)p < ar->base + HD_ARENA_SIZE) return ar;
     fail_msg("no arena holds %p", p);
     return NULL;
+}
+
+/* Frees every block of e[0..n) in ar, or every block when ar is NULL. */
+static void free_blocks_of(fx_t *f, ent_t *e, size_t n, const hd_arena_t *ar) {
+    for (size_t i = 0; i < n; i++)
+        if (e[i].p && (!ar || arena_of(f, e[i].p) == ar)) {
+            hd__alloc_free(&f->a, e[i].p, e[i].ref);
+            e[i].p = NULL;
+        }
+}
+
+/* Every block of e[from..n) in ar still holds what fill_arenas wrote. */
+static void verify_blocks_of(fx_t *f, ent_t *e, size_t from, size_t n, const hd_arena_t *ar) {
+    for (size_t i = from; i < n; i++)
+        if (e[i].p && arena_of(f, e[i].p) == ar) verify(e[i].p, HD_SMALL_MAX, (uint32_t)i);
 }
 
 /* From HD_ARENA_PAIR_MIN arenas on, arenas come two to a 2 MiB mapping, asked to be a huge
@@ -573,15 +576,13 @@ static void test_arena_pairs(void **state) {
     free_blocks_of(f, e, n, lower);
     assert_int_equal(tu_live_allocs(), live_pair - 1);
     assert_null(upper->buddy);
-    for (size_t i = upper_first; i < n; i++)
-        if (e[i].p && arena_of(f, e[i].p) == upper) verify(e[i].p, HD_SMALL_MAX, (uint32_t)i);
+    verify_blocks_of(f, e, upper_first, n, upper);
     check_stats(&f->a);
     /* Then the upper half: the pair's mapping goes with it. */
     free_blocks_of(f, e, n, upper);
     assert_int_equal(tu_live_allocs(), live_pair - 3);
 
-    for (size_t i = 0; i < n; i++)
-        if (e[i].p) hd__alloc_free(&f->a, e[i].p, e[i].ref), e[i].p = NULL;
+    free_blocks_of(f, e, n, NULL);
     check_stats(&f->a);
     /* A pair again, its upper half emptied first this time: the lower one's blocks stay. */
     n = fill_arenas(f, e, 0, MAXN, HD_ARENA_PAIR_MIN + 2);
@@ -591,11 +592,9 @@ static void test_arena_pairs(void **state) {
     free_blocks_of(f, e, n, arena_of(f, e[0].p)); /* the spare */
     free_blocks_of(f, e, n, upper);
     assert_null(lower->buddy);
-    for (size_t i = 0; i < n; i++)
-        if (e[i].p && arena_of(f, e[i].p) == lower) verify(e[i].p, HD_SMALL_MAX, (uint32_t)i);
+    verify_blocks_of(f, e, 0, n, lower);
     /* Everything freed, refilled to a waiting half, destroyed: every mapping went back. */
-    for (size_t i = 0; i < n; i++)
-        if (e[i].p) hd__alloc_free(&f->a, e[i].p, e[i].ref), e[i].p = NULL;
+    free_blocks_of(f, e, n, NULL);
     fill_arenas(f, e, 0, MAXN, HD_ARENA_PAIR_MIN + 1);
     assert_non_null(f->a.pair_half);
     free(e);
