@@ -608,41 +608,82 @@ HD_GC_SIDE_INLINE bool side_subtract(hd_heap_t *h, hd_ref_t young, int g, void *
     return true;
 }
 
+/* How many of the table's n entries read BIAS, entry 0 (no object's) left out: at least the
+ * young objects with gc_refs 0, since after side_subtract a young entry reads BIAS exactly
+ * then; an entry that is no young object's counts too if it happens to rest on BIAS, which
+ * only makes the move pass's pending larger than it need be. One sequential read of the
+ * table, four narrow entries a word (n is whole regions: a multiple of 64). */
+static uint64_t side_count_bias(const void *side, size_t n, bool wide) {
+    const uint32_t bias = side_bias(wide);
+    uint64_t c = 0;
+    if (wide) {
+        for (size_t i = 1; i < n; i++)
+            c += ((const uint32_t *)side)[i] == bias;
+        return c;
+    }
+    /* A lane x (the entry xor BIAS) is 0 iff bit 15 of ~(((x & 0x7fff) + 0x7fff) | x) is set;
+     * no lane carries into the next. The lanes' sums are added up every 8192 words, before
+     * their total could pass 16 bits. */
+    const uint64_t low = 0x7fff7fff7fff7fffull, one = 0x0001000100010001ull;
+    const uint64_t *w = side;
+    for (size_t i = 0, words = n / 4; i < words;) {
+        uint64_t lanes = 0;
+        for (size_t end = i + 8192 < words ? i + 8192 : words; i < end; i++) {
+            uint64_t x = w[i] ^ 0x8000800080008000ull;
+            lanes += (~(((x & low) + low) | x) >> 15) & one;
+        }
+        c += (lanes * one) >> 48;
+    }
+    return c - (((const uint16_t *)side)[0] == bias);
+}
+
 /* side_visit's rare case: t's entry says moved to unreachable. If it is (and not an object
  * outside young whose entry means nothing), it goes back to the end of young. Out of line, so
  * that the move loop need not keep what this needs in registers (it spilled its walk). */
-static HD_NOINLINE void side_revive(regions_t rb, void *side, uint64_t *dead, hd_ref_t t,
+static HD_NOINLINE bool side_revive(regions_t rb, void *side, uint64_t *dead, hd_ref_t t,
                                     hd_ref_t young, split_t *s, bool wide) {
     hd_obj_t *to = obj_at(rb, t);
     if ((to->flags & (HD_OF_COLLECTING | HD_OF_UNREACHABLE)) !=
         (HD_OF_COLLECTING | HD_OF_UNREACHABLE))
-        return; /* outside young: its entry means nothing */
+        return false; /* outside young: its entry means nothing */
     back_to_young(rb, to, t, young);
     side_put(side, t >> 1, side_bias(wide) + 1, wide);
     dead[t >> 7] &= ~(1ull << ((t >> 1) & 63));
     s->nunreachable--;
+    return true;
 }
 
-/* visit_reachable, reading the target's state from its entry. */
+/* visit_reachable, reading the target's state from its entry; each entry it takes off BIAS
+ * or UNREACH is one less pending (side_move_unreachable). */
 HD_GC_SIDE_INLINE void side_visit(regions_t rb, void *side, uint64_t *dead, hd_ref_t t,
-                                  hd_ref_t young, split_t *s, bool wide) {
+                                  hd_ref_t young, split_t *s, bool wide, uint64_t *pending) {
     const uint32_t bias = side_bias(wide);
     uint32_t v = side_get(side, t >> 1, wide);
     if (HD_UNLIKELY(v == bias - 1)) {
-        side_revive(rb, side, dead, t, young, s, wide);
+        *pending -= side_revive(rb, side, dead, t, young, s, wide);
         return;
     }
     /* Young, not yet scanned, gc_refs 0: now 1. Stored only then: a store of the same value
      * still dirties the table's line, and in a live random graph (every target reachable
      * already) the write-backs cost 2-10% of the collection, more than the branch. */
-    if (v == bias) side_put(side, t >> 1, bias + 1, wide);
+    if (v == bias) {
+        side_put(side, t >> 1, bias + 1, wide);
+        (*pending)--;
+    }
 }
 
 /* move_unreachable (same lists, same order, same result) over the side table. An object that
- * survives is written only if its links or flags change. */
+ * survives is written only if its links or flags change.
+ *
+ * pending (side_count_bias, or UINT64_MAX) bounds the young objects left at gc_refs 0 or on
+ * unreachable, the only ones a visit can change. Once it is 0, every object still ahead is
+ * reachable and every visit would do nothing: the rest of the walk only relinks and sets flags,
+ * with no slot read and no lookahead. A live heap whose objects are nearly all held from outside
+ * (by a client's handles, say) gets there early; a graph with garbage never does. */
 HD_GC_SIDE_INLINE uint64_t side_move_unreachable(hd_heap_t *h, hd_ref_t young, hd_ref_t unreachable,
                                                  int gen_after, void *side, uint64_t *dead, bool pf,
-                                                 split_t *s, bool wide, uint64_t nyoung) {
+                                                 split_t *s, bool wide, uint64_t nyoung,
+                                                 uint64_t pending) {
     const uint32_t bias = side_bias(wide);
     regions_t rb = h->alloc.region_base;
     hd_gchead_t *us = link_at(rb, unreachable);
@@ -664,13 +705,16 @@ HD_GC_SIDE_INLINE uint64_t side_move_unreachable(hd_heap_t *h, hd_ref_t young, h
     for (hd_ref_t r = pl->gc_next; r != young; r = pl->gc_next) {
         hd_obj_t *o = walk_obj(&w, r);
         hd__gc_stream_ahead(o);
-        if (pf) ahead = side_prefetch(rb, side, ahead, young, wide);
+        if (pf && pending) ahead = side_prefetch(rb, side, ahead, young, wide);
         uint32_t e = side_get(side, r >> 1, wide);
         /* Below BIAS: a slot reference that refcnt did not count (or a list gone wrong). */
         HD_ASSERT(e >= bias && e < 2u * bias);
+        HD_ASSERT(pending || e > bias);
         if (e > bias) {
-            for (uint32_t i = 0, n = o->nslots; i < n; i++)
-                if (o->slots[i]) side_visit(rb, side, dead, o->slots[i], young, s, wide);
+            if (!pf || pending)
+                for (uint32_t i = 0, n = o->nslots; i < n; i++)
+                    if (o->slots[i])
+                        side_visit(rb, side, dead, o->slots[i], young, s, wide, &pending);
             if (o->gc_prev != prev) o->gc_prev = prev;
             uint16_t f = (uint16_t)((o->flags & fand) | for_);
             if (o->flags != f) o->flags = f;
@@ -701,6 +745,7 @@ HD_GC_SIDE_INLINE uint64_t side_move_unreachable(hd_heap_t *h, hd_ref_t young, h
 typedef struct side_s {
     void *tab;      /* the entries (16 or 32 bits); NULL when the objects served */
     uint64_t *dead; /* the dead bits, after the entries */
+    size_t n;       /* entries: HD_GC_SIDE_REGION_ENTRIES per region */
     size_t bytes;   /* the mapping's size, charged to the collector */
 } side_t;
 
@@ -734,7 +779,7 @@ static bool side_table(hd_heap_t *h, int g, bool wide, side_t *t) {
         return false;
     }
     if (bytes >= HD_HUGE_PAGE) (void)madvise(map, bytes, MADV_HUGEPAGE);
-    *t = (side_t){map, (uint64_t *)(map + entries), bytes};
+    *t = (side_t){map, (uint64_t *)(map + entries), n, bytes};
     return true;
 }
 
@@ -742,8 +787,28 @@ static void side_free(hd_heap_t *h, side_t *t) {
     if (!t->tab) return;
     hd__mem.unmap(t->tab, t->bytes);
     hd__uncharge(&h->acct, HD_CHARGE_collector, t->bytes);
-    *t = (side_t){NULL, NULL, 0};
+    *t = (side_t){NULL, NULL, 0, 0};
 }
+
+/* The two passes, each width and prefetch setting a function of its own with both as
+ * constants: compiled apart, a pass without the lookahead keeps its walk in registers (the
+ * move pass spilled it otherwise, and one inlined beside the others lost 5-7 instructions an
+ * object to what they kept live). */
+#define SIDE_PASSES(NAME, PF, WIDE)                                                                \
+    static HD_NOINLINE bool NAME(hd_heap_t *h, hd_ref_t young, hd_ref_t unreachable, int g,        \
+                                 int gen_old, split_t *s, side_t *t, uint64_t *n) {                \
+        uint64_t nyoung = 0, pending = UINT64_MAX;                                                 \
+        if (!side_subtract(h, young, g, t->tab, PF, WIDE, &nyoung)) return false;                  \
+        if (PF) pending = side_count_bias(t->tab, t->n, WIDE);                                     \
+        *n = side_move_unreachable(h, young, unreachable, gen_old, t->tab, t->dead, PF, s, WIDE,   \
+                                   nyoung, pending);                                               \
+        return true;                                                                               \
+    }
+SIDE_PASSES(side_passes_narrow, false, false)
+SIDE_PASSES(side_passes_narrow_pf, true, false)
+SIDE_PASSES(side_passes_wide, false, true)
+SIDE_PASSES(side_passes_wide_pf, true, true)
+#undef SIDE_PASSES
 
 /* After this, as after update_and_subtract_refs and move_unreachable: young holds what is
  * reachable from outside it, unreachable the rest. Returns the size of young. Through the
@@ -753,30 +818,14 @@ static void side_free(hd_heap_t *h, side_t *t) {
 static uint64_t find_unreachable(hd_heap_t *h, hd_ref_t young, hd_ref_t unreachable, int g,
                                  int gen_old, split_t *s, side_t *t) {
     bool pf = false;
-    *t = (side_t){NULL, NULL, 0};
+    *t = (side_t){NULL, NULL, 0, 0};
     for (int wide = h->gc.side == HD_GC_SIDE_WIDE; wide < 2; wide++) {
         if (!side_table(h, g, wide, t)) break; /* refused: a wider one would be too */
         if (!wide || h->gc.side == HD_GC_SIDE_WIDE) pf = side_probe(h->alloc.region_base, young);
-        uint64_t n = 0, nyoung = 0;
-        bool ok;
-        /* Each pass inlined four times, width and prefetch constants in each: a pass without
-         * the lookahead keeps its walk in registers (the move pass spilled it otherwise). */
-#define SIDE_PASSES(PF, WIDE)                                                                      \
-    do {                                                                                           \
-        ok = side_subtract(h, young, g, t->tab, PF, WIDE, &nyoung);                                \
-        if (ok)                                                                                    \
-            n = side_move_unreachable(h, young, unreachable, gen_old, t->tab, t->dead, PF, s,      \
-                                      WIDE, nyoung);                                               \
-    } while (0)
-        if (wide && pf)
-            SIDE_PASSES(true, true);
-        else if (wide)
-            SIDE_PASSES(false, true);
-        else if (pf)
-            SIDE_PASSES(true, false);
-        else
-            SIDE_PASSES(false, false);
-#undef SIDE_PASSES
+        uint64_t n = 0;
+        bool ok = (wide ? (pf ? side_passes_wide_pf : side_passes_wide)
+                        : (pf ? side_passes_narrow_pf : side_passes_narrow))(h, young, unreachable,
+                                                                             g, gen_old, s, t, &n);
         if (ok) return n;
         side_free(h, t);
     }
