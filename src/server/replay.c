@@ -15,7 +15,6 @@
 #include "replay.h"
 #include "smem.h"
 
-#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -57,7 +56,10 @@ static hd_replay_ent_t *at(const hd_replay_t *rp, uint32_t i) {
 
 static void evict_oldest(hd_replay_t *rp) {
     hd_replay_ent_t *e = at(rp, 0);
-    if (e->len != HD_REPLAY_NOT_KEPT) rp->used -= e->len;
+    if (e->len != HD_REPLAY_NOT_KEPT)
+        rp->used -= e->len;
+    else
+        rp->nlost--;
     rp->head = slot(rp, 1);
     rp->n--;
 }
@@ -112,6 +114,7 @@ static int grow_data(hd_replay_t *rp, size_t need) {
         e->off = (uint32_t)off;
         off += e->len;
     }
+    rp->end = (uint32_t)off;
     hd__sfree(rp->data);
     rp->held += cap - rp->dcap;
     rp->data = d;
@@ -134,84 +137,9 @@ static int grow_ent(hd_replay_t *rp) {
     return 0;
 }
 
-/* Copies a response of n bytes (most are 8 to 32) with fixed-size moves where it can: a call
- * to memcpy is a fair part of a small put. */
-static inline void copy_response(uint8_t *d, const uint8_t *s, size_t n) {
-    if (n >= 16 && n <= 32) {
-        memcpy(d, s, 16);
-        memcpy(d + n - 16, s + n - 16, 16);
-    } else if (n >= 8 && n < 16) {
-        memcpy(d, s, 8);
-        memcpy(d + n - 8, s + n - 8, 8);
-    } else {
-        memcpy(d, s, n);
-    }
-}
-
-/* The usual put, once the window has filled its entry ring or while it has room in it: the
- * oldest and newest entries are kept, the response fits after the newest without growing the
- * byte ring. Does what the general put below does then, without its loop; false (nothing
- * done) in any other case. */
-static inline bool put_fast(hd_replay_t *rp, uint64_t id, const uint8_t *frame, size_t len) {
-    uint32_t n = rp->n, ecap = rp->ecap, head = rp->head;
-    if (n == 0 || len > rp->max_bytes || len >= HD_REPLAY_NOT_KEPT) return false;
-    hd_replay_ent_t *ent = rp->ent;
-    size_t used = rp->used;
-    const hd_replay_ent_t *first = &ent[head];
-    if (n == ecap) { /* full: the oldest goes first, as evict_oldest does */
-        if (ecap < rp->max_entries || first->len == HD_REPLAY_NOT_KEPT || n == 1) return false;
-        used -= first->len;
-        head = head + 1 == ecap ? 0 : head + 1;
-        n--;
-        first = &ent[head];
-    }
-    uint32_t tail = head + n - 1;
-    if (tail >= ecap) tail -= ecap;
-    const hd_replay_ent_t *last = &ent[tail];
-    uint32_t first_len = first->len, last_len = last->len;
-    if (first_len == HD_REPLAY_NOT_KEPT || last_len == HD_REPLAY_NOT_KEPT) return false;
-    /* place(), for both kept: after the newest, or at 0 when that passes the end. */
-    size_t h = first->off, t = (size_t)last->off + last_len, where;
-    if (t > h || (t == h && used == 0)) {
-        if (t + len <= rp->dcap)
-            where = t;
-        else if (len <= h)
-            where = 0;
-        else
-            return false;
-    } else if (t + len <= h) {
-        where = t;
-    } else {
-        return false;
-    }
-    /* Committed: the eviction, then the entry. */
-    uint32_t at = tail + 1 == ecap ? 0 : tail + 1;
-    uint32_t next = at + 1 == ecap ? 0 : at + 1; /* when full: the oldest */
-    uint8_t *data = rp->data;
-    rp->head = head;
-    rp->n = n + 1;
-    rp->used = used + len;
-    if (id > rp->last_id) rp->last_id = id;
-    ent[at].id = id;
-    ent[at].off = (uint32_t)where;
-    ent[at].len = (uint32_t)len;
-    copy_response(data + where, frame, len);
-    __builtin_prefetch(&ent[next], 1);
-    __builtin_prefetch(data + where + len, 1);
-    return true;
-}
-
-static int put_general(hd_replay_t *rp, uint64_t id, const uint8_t *frame, size_t len);
-
-int hd__replay_put(hd_replay_t *rp, uint64_t id, const uint8_t *frame, size_t len) {
+/* Out of line (replay.h:hd__replay_put is the usual put, inline in its callers). */
+int hd__replay_put_general(hd_replay_t *rp, uint64_t id, const uint8_t *frame, size_t len) {
     if (rp->max_entries == 0 || id == 0) return 0;
-    if (__builtin_expect(put_fast(rp, id, frame, len), 1)) return 0;
-    return put_general(rp, id, frame, len);
-}
-
-/* Apart, so that the usual put does not save the registers this one needs. */
-__attribute__((noinline)) static int put_general(hd_replay_t *rp, uint64_t id, const uint8_t *frame,
-                                                 size_t len) {
     if (id > rp->last_id) rp->last_id = id;
     if (rp->n == rp->ecap && rp->ecap < rp->max_entries && grow_ent(rp) < 0) {
         if (rp->n == 0) return HD_ENOMEM;
@@ -237,8 +165,10 @@ __attribute__((noinline)) static int put_general(hd_replay_t *rp, uint64_t id, c
             elen = (uint32_t)len;
             off = (uint32_t)where;
             rp->used += len;
+            rp->end = (uint32_t)(where + len);
         }
     }
+    if (elen == HD_REPLAY_NOT_KEPT) rp->nlost++;
     hd_replay_ent_t *e = at(rp, rp->n);
     e->id = id;
     e->off = off;
@@ -279,7 +209,7 @@ void hd__replay_resize(hd_replay_t *rp, uint32_t max_entries, size_t max_bytes) 
     for (uint32_t i = 0; i < rp->n; i++) {
         const hd_replay_ent_t *e = at(rp, i);
         if (e->len == HD_REPLAY_NOT_KEPT) {
-            hd__replay_put(&nw, e->id, NULL, (size_t)max_bytes + 1);
+            hd__replay_put_general(&nw, e->id, NULL, (size_t)max_bytes + 1);
         } else {
             hd__replay_put(&nw, e->id, rp->data + e->off, e->len);
         }

@@ -535,7 +535,7 @@ static int r_replay(reader_t *r, hd_replay_t *rp) {
         if (r->err) return r->err;
         if (id == 0 || id > last) return r_fail(r, HD_EINVAL, "replay window: bad id");
         if (len == HD_REPLAY_NOT_KEPT) {
-            hd__replay_put(rp, id, NULL, rp->max_bytes + 1);
+            hd__replay_put_general(rp, id, NULL, rp->max_bytes + 1);
             continue;
         }
         if (len > r->nraw - r->pos || len < 5)

@@ -373,17 +373,22 @@ static void test_replay_window(void **state) {
 }
 
 /* The window's invariants (replay.h) after every put of a long mixed run: the usual put
- * (replay.c:put_fast) and the general one take turns as sizes, evictions, growth and
- * responses too large to keep come and go. Every entry kept holds its own bytes, the kept
- * bytes lie inside the ring without overlapping, used counts them, and the newest entry is
- * found whenever it could be kept. */
+ * (replay.h:hd__replay_put_fast) and the general one take turns as sizes, evictions, growth
+ * and responses too large to keep come and go. Every entry kept holds its own bytes, the kept
+ * bytes lie inside the ring without overlapping, used counts them, nlost the entries not
+ * kept, end lies past the newest kept one, and the newest entry is found whenever it could be
+ * kept. */
 static void check_window(const hd_replay_t *rp) {
     assert_true(rp->n <= rp->ecap && rp->ecap <= rp->max_entries);
     size_t used = 0;
     uint64_t prev_end = 0, wraps = 0, first_off = 0;
+    uint32_t lost = 0;
     for (uint32_t i = 0; i < rp->n; i++) {
         const hd_replay_ent_t *e = &rp->ent[(rp->head + i) % rp->ecap];
-        if (e->len == HD_REPLAY_NOT_KEPT) continue;
+        if (e->len == HD_REPLAY_NOT_KEPT) {
+            lost++;
+            continue;
+        }
         assert_true((size_t)e->off + e->len <= rp->dcap);
         const uint8_t *p = rp->data + e->off;
         assert_int_equal(p[4], (uint8_t)e->id);
@@ -398,6 +403,8 @@ static void check_window(const hd_replay_t *rp) {
         used += e->len;
     }
     assert_true(wraps <= 1);
+    assert_int_equal(lost, rp->nlost);
+    if (lost < rp->n) assert_int_equal(prev_end, rp->end);
     assert_int_equal(used, rp->used);
     assert_true(used <= rp->max_bytes);
 }
@@ -481,14 +488,81 @@ static void test_replay_not_kept_mix(void **state) {
     hd__replay_free(&rp);
 }
 
+/* Two windows given the same puts, one through hd__replay_put (the usual put inline, the
+ * general one when it does not apply), the other through the general put alone, stay the same
+ * entry for entry and byte for byte, with the same results: the usual put is the general
+ * one's shortcut, nothing more. Bounds of one or two entries, a byte bound a few responses
+ * wide, responses too large to keep in runs, and reloads that shrink and widen both. */
+static void test_replay_fast_is_general(void **state) {
+    (void)state;
+    static const struct {
+        uint32_t entries;
+        size_t bytes;
+    } bounds[] = {{1, 64}, {2, 64}, {3, 100}, {8, 256}, {100, 2000}, {4096, 1 << 16}};
+    uint8_t f[3000];
+    for (size_t b = 0; b < sizeof bounds / sizeof bounds[0]; b++) {
+        hd_replay_t fast, general;
+        hd__replay_init(&fast, bounds[b].entries, bounds[b].bytes);
+        hd__replay_init(&general, bounds[b].entries, bounds[b].bytes);
+        uint32_t x = 777u + (uint32_t)b;
+        for (uint64_t id = 1; id < 30000; id++) {
+            x = x * 1103515245u + 12345u;
+            size_t max = fast.max_bytes;
+            /* Mostly small; runs of ones too large to keep; now and then one near the bound. */
+            size_t len = (x >> 20) % 64 < 3    ? max + 1 + (x >> 4) % 100
+                         : (x >> 16) % 20 == 0 ? (max > 40 ? max - (x >> 4) % 40 : 8)
+                                               : 8 + (x >> 4) % 40;
+            if (len > sizeof f) len = sizeof f;
+            frame_of(f, len, (uint8_t)id);
+            int rf = hd__replay_put(&fast, id, f, len);
+            int rg = hd__replay_put_general(&general, id, f, len);
+            assert_int_equal(rf, rg);
+            assert_int_equal(fast.n, general.n);
+            assert_int_equal(fast.ecap, general.ecap);
+            assert_int_equal(fast.head, general.head);
+            assert_int_equal(fast.nlost, general.nlost);
+            assert_int_equal(fast.dcap, general.dcap);
+            assert_int_equal(fast.used, general.used);
+            assert_int_equal(fast.held, general.held);
+            assert_int_equal(fast.last_id, general.last_id);
+            if (fast.nlost < fast.n) assert_int_equal(fast.end, general.end);
+            for (uint32_t i = 0; i < fast.n; i++) {
+                const hd_replay_ent_t *e = &fast.ent[(fast.head + i) % fast.ecap];
+                const hd_replay_ent_t *g = &general.ent[(general.head + i) % general.ecap];
+                assert_int_equal(e->id, g->id);
+                assert_int_equal(e->off, g->off);
+                assert_int_equal(e->len, g->len);
+                if (e->len != HD_REPLAY_NOT_KEPT)
+                    assert_memory_equal(fast.data + e->off, general.data + g->off, e->len);
+            }
+            check_window(&fast);
+            if (id % 7919 == 0) { /* a reload: narrower, then back */
+                uint32_t me = id % 2 ? bounds[b].entries / 2 + 1 : bounds[b].entries;
+                size_t mb = id % 2 ? bounds[b].bytes / 2 + 16 : bounds[b].bytes;
+                hd__replay_resize(&fast, me, mb);
+                hd__replay_resize(&general, me, mb);
+                check_window(&fast);
+                check_window(&general);
+            }
+        }
+        hd__replay_free(&fast);
+        hd__replay_free(&general);
+    }
+}
+
 int main(void) {
     snprintf(dir, sizeof dir, "/tmp/heapd-snapfile-%ld", (long)getpid());
     mkdir(dir, 0700);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_round_trip),          cmocka_unit_test(test_every_failure),
-        cmocka_unit_test(test_bad_files),           cmocka_unit_test(test_replay_window),
-        cmocka_unit_test(test_replay_not_kept_mix), cmocka_unit_test(test_replay_ring_wraps),
-        cmocka_unit_test(test_replay_invariants),   cmocka_unit_test(test_replay_grows_on_demand),
+        cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_every_failure),
+        cmocka_unit_test(test_bad_files),
+        cmocka_unit_test(test_replay_window),
+        cmocka_unit_test(test_replay_not_kept_mix),
+        cmocka_unit_test(test_replay_ring_wraps),
+        cmocka_unit_test(test_replay_invariants),
+        cmocka_unit_test(test_replay_grows_on_demand),
+        cmocka_unit_test(test_replay_fast_is_general),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     char cmd[300];
