@@ -221,7 +221,7 @@ void hd_frame_parser_trim(hd_frame_parser_t *p) {
     p->rd = p->done = 0;
 }
 
-int hd_frame_parser_next(hd_frame_parser_t *p, const uint8_t **payload, size_t *len) {
+int hd_frame_parser_next_slow(hd_frame_parser_t *p, const uint8_t **payload, size_t *len) {
     /* Frames are handed out in place; the bytes of those taken are dropped by the next feed,
      * once per read rather than once per frame. The buffer's frames come first. */
     const uint8_t *base;
