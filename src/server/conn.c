@@ -163,8 +163,10 @@ void hd__conn_save_done(hd_conn_t *c) {
 /* Reading, timers, closing.                                                                   */
 /* ------------------------------------------------------------------------------------------ */
 
-static size_t queued(const hd_conn_t *c) {
-    return uv_stream_get_write_queue_size(&c->h.stream);
+/* libuv's write queue (uv_stream_get_write_queue_size's field, read in place: process reads it
+ * after every frame). */
+static inline size_t queued(const hd_conn_t *c) {
+    return c->h.stream.write_queue_size;
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
