@@ -1363,25 +1363,32 @@ static void side_program(int side, side_log_t *log) {
     free(weak);
 }
 
+/* Runs program through the objects into b (the caller's, cap entries), then through the
+ * narrow table and the wide one, each of which must tell the client exactly what b holds. */
+static void side_paths_agree(void (*program)(int side, side_log_t *log), side_log_t *b) {
+    side_log_t a = {calloc((size_t)b->cap, sizeof(long)), 0, b->cap};
+    assert_non_null(a.v);
+    program(HD_GC_SIDE_NEVER, b);
+    static const int modes[] = {HD_GC_SIDE_ALWAYS, HD_GC_SIDE_WIDE};
+    for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
+        a.n = 0;
+        program(modes[m], &a);
+        assert_int_equal(a.n, b->n);
+        for (long i = 0; i < a.n; i++)
+            assert_int_equal(a.v[i], b->v[i]);
+    }
+    free(a.v);
+}
+
 /* The three paths (the narrow table, the wide one, the objects) tell the client the same:
  * every value, event and list order. */
 static void test_side_table_same_results(void **state) {
     (void)state;
     enum { CAP = 200000 };
-    side_log_t a = {calloc(CAP, sizeof(long)), 0, CAP}, b = {calloc(CAP, sizeof(long)), 0, CAP};
-    assert_non_null(a.v);
+    side_log_t b = {calloc(CAP, sizeof(long)), 0, CAP};
     assert_non_null(b.v);
-    side_program(HD_GC_SIDE_NEVER, &b);
+    side_paths_agree(side_program, &b);
     assert_true(b.n > 3000); /* the objects were listed, not just the counts */
-    static const int modes[] = {HD_GC_SIDE_ALWAYS, HD_GC_SIDE_WIDE};
-    for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
-        a.n = 0;
-        side_program(modes[m], &a);
-        assert_int_equal(a.n, b.n);
-        for (long i = 0; i < a.n; i++)
-            assert_int_equal(a.v[i], b.v[i]);
-    }
-    free(a.v);
     free(b.v);
 }
 
@@ -1422,25 +1429,15 @@ static void pending_program(int side, side_log_t *log) {
 static void test_side_table_nothing_pending(void **state) {
     (void)state;
     enum { CAP = 20000 };
-    side_log_t a = {calloc(CAP, sizeof(long)), 0, CAP}, b = {calloc(CAP, sizeof(long)), 0, CAP};
-    assert_non_null(a.v);
+    side_log_t b = {calloc(CAP, sizeof(long)), 0, CAP};
     assert_non_null(b.v);
-    pending_program(HD_GC_SIDE_NEVER, &b);
-    static const int modes[] = {HD_GC_SIDE_ALWAYS, HD_GC_SIDE_WIDE};
-    for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
-        a.n = 0;
-        pending_program(modes[m], &a);
-        assert_int_equal(a.n, b.n);
-        for (long i = 0; i < a.n; i++)
-            assert_int_equal(a.v[i], b.v[i]);
-    }
+    side_paths_agree(pending_program, &b);
     /* The revives moved objects to young's end: the order is not the allocation order. */
     assert_int_equal(b.n, 1 + 2 * 4000); /* found, then each object and its generation */
     long moved = 0;
     for (long i = 1; i + 1 < b.n; i += 2)
         moved += b.v[i] != (i - 1) / 2;
     assert_true(moved > 0);
-    free(a.v);
     free(b.v);
 }
 
