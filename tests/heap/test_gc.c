@@ -1363,31 +1363,32 @@ static void side_program(int side, side_log_t *log) {
     free(weak);
 }
 
-/* Runs program through the objects into b (the caller's, cap entries), then through the
- * narrow table and the wide one, each of which must tell the client exactly what b holds. */
-static void side_paths_agree(void (*program)(int side, side_log_t *log), side_log_t *b) {
-    side_log_t a = {calloc((size_t)b->cap, sizeof(long)), 0, b->cap};
+/* Runs program through the objects, then through the narrow table and the wide one, each of
+ * which must tell the client exactly what the objects path did; returns that log (cap
+ * entries, the caller's to free). */
+static side_log_t side_paths_agree(void (*program)(int side, side_log_t *log), long cap) {
+    side_log_t a = {calloc((size_t)cap, sizeof(long)), 0, cap};
+    side_log_t b = {calloc((size_t)cap, sizeof(long)), 0, cap};
     assert_non_null(a.v);
-    program(HD_GC_SIDE_NEVER, b);
+    assert_non_null(b.v);
+    program(HD_GC_SIDE_NEVER, &b);
     static const int modes[] = {HD_GC_SIDE_ALWAYS, HD_GC_SIDE_WIDE};
     for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
         a.n = 0;
         program(modes[m], &a);
-        assert_int_equal(a.n, b->n);
+        assert_int_equal(a.n, b.n);
         for (long i = 0; i < a.n; i++)
-            assert_int_equal(a.v[i], b->v[i]);
+            assert_int_equal(a.v[i], b.v[i]);
     }
     free(a.v);
+    return b;
 }
 
 /* The three paths (the narrow table, the wide one, the objects) tell the client the same:
  * every value, event and list order. */
 static void test_side_table_same_results(void **state) {
     (void)state;
-    enum { CAP = 200000 };
-    side_log_t b = {calloc(CAP, sizeof(long)), 0, CAP};
-    assert_non_null(b.v);
-    side_paths_agree(side_program, &b);
+    side_log_t b = side_paths_agree(side_program, 200000);
     assert_true(b.n > 3000); /* the objects were listed, not just the counts */
     free(b.v);
 }
@@ -1428,10 +1429,7 @@ static void pending_program(int side, side_log_t *log) {
 /* The move pass's shortcut once nothing is pending changes nothing the client sees. */
 static void test_side_table_nothing_pending(void **state) {
     (void)state;
-    enum { CAP = 20000 };
-    side_log_t b = {calloc(CAP, sizeof(long)), 0, CAP};
-    assert_non_null(b.v);
-    side_paths_agree(pending_program, &b);
+    side_log_t b = side_paths_agree(pending_program, 20000);
     /* The revives moved objects to young's end: the order is not the allocation order. */
     assert_int_equal(b.n, 1 + 2 * 4000); /* found, then each object and its generation */
     long moved = 0;
