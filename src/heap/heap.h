@@ -541,6 +541,18 @@ typedef struct hd_heap_stats_s {
 
 void hd_heap_stats(hd_heap_t *h, hd_heap_stats_t *out);
 
+/* The heap's running totals, as hd_heap_stats and hd_gc_get_stats report them, without the
+ * allocator's walk over its pools nor the size classes: for callers that read them often (the
+ * daemon publishes each busy session's every 10 ms). */
+typedef struct hd_heap_totals_s {
+    uint64_t objects, object_bytes;
+    uint64_t allocs_total, frees_total, alloc_bytes_total;
+    uint64_t gc_pause_ns_total;
+    uint64_t collections; /* of all three generations */
+} hd_heap_totals_t;
+
+void hd_heap_totals(const hd_heap_t *h, hd_heap_totals_t *out);
+
 /* The picture of the allocator: one entry per pool of each arena, HD_ARENA_MAP_POOLS per
  * arena, the pools in address order. */
 #define HD_ARENA_MAP_POOLS  64    /* 1 MiB arena / 16 KiB pool */

@@ -21,6 +21,18 @@ void hd_heap_stats(hd_heap_t *h, hd_heap_stats_t *out) {
     out->gc_pause_ns_max = h->gc.pause_ns_max;
 }
 
+void hd_heap_totals(const hd_heap_t *h, hd_heap_totals_t *out) {
+    out->objects = hd__nobjects(h);
+    out->object_bytes = hd__nbytes(h);
+    out->allocs_total = h->allocs_total;
+    out->frees_total = h->frees_total;
+    out->alloc_bytes_total = h->alloc_bytes_total;
+    out->gc_pause_ns_total = h->gc.pause_ns_total;
+    out->collections = 0;
+    for (int i = 0; i < 3; i++)
+        out->collections += h->gc.stats[i].collections;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* The census.                                                                                 */
 /* ------------------------------------------------------------------------------------------ */

@@ -137,20 +137,12 @@ hd_session_t *hd__session_find(hd_worker_t *w, const char *id) {
 /* Counters for other threads.                                                                 */
 /* ------------------------------------------------------------------------------------------ */
 
-/* Collections run in h, all generations together. */
-static uint64_t collections_of(hd_heap_t *h) {
-    hd_gc_genstats_t g[3];
-    hd_gc_get_stats(h, g);
-    return g[0].collections + g[1].collections + g[2].collections;
-}
-
 /* Copies the owner's counters where other threads read them. Not while a job has the heap:
  * the session stays dirty and is published once the job is back. */
 static void publish(hd_session_t *s) {
     if (s->job) return;
-    hd_heap_stats_t st;
-    hd_heap_stats(s->heap, &st);
-    uint64_t collections = collections_of(s->heap);
+    hd_heap_totals_t st;
+    hd_heap_totals(s->heap, &st);
     hd_registry_t *r = registry_of(s);
     uv_mutex_lock(&r->lock);
     s->pub_bytes = st.object_bytes;
@@ -158,7 +150,7 @@ static void publish(hd_session_t *s) {
     s->pub_requests = s->nrequests;
     s->pub_allocs = st.allocs_total;
     s->pub_alloc_bytes = st.alloc_bytes_total;
-    s->pub_collections = collections;
+    s->pub_collections = st.collections;
     s->pub_gc_pause_ns = st.gc_pause_ns_total;
     s->pub_last_op = s->last_op;
     s->last_active_ms = s->active_at;

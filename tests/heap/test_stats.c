@@ -33,6 +33,18 @@ static void check_stats(hd_heap_t *h, uint64_t live) {
     assert_int_equal(s.allocs_total - s.frees_total, s.objects);
     assert_true(s.alloc_bytes_total >= s.object_bytes);
     assert_true(s.gc_pause_ns_max <= s.gc_pause_ns_total);
+    /* The running totals (what the daemon publishes per session) are the same figures. */
+    hd_heap_totals_t t;
+    hd_heap_totals(h, &t);
+    hd_gc_genstats_t g[3];
+    hd_gc_get_stats(h, g);
+    assert_int_equal(t.objects, s.objects);
+    assert_int_equal(t.object_bytes, s.object_bytes);
+    assert_int_equal(t.allocs_total, s.allocs_total);
+    assert_int_equal(t.frees_total, s.frees_total);
+    assert_int_equal(t.alloc_bytes_total, s.alloc_bytes_total);
+    assert_int_equal(t.gc_pause_ns_total, s.gc_pause_ns_total);
+    assert_int_equal(t.collections, g[0].collections + g[1].collections + g[2].collections);
 }
 
 static void test_random_workload(void **state) {
@@ -247,6 +259,13 @@ static void test_pause_and_alloc_totals(void **state) {
     assert_int_equal(s.gc_pause_ns_max, s.gc_pause_ns_total);
     assert_int_equal(s.alloc_bytes_total, 32 + 80); /* a total: frees do not lower it */
     assert_int_equal(s.object_bytes, 0);
+    hd_heap_totals_t t;
+    hd_heap_totals(h, &t);
+    assert_int_equal(t.collections, 1);
+    assert_int_equal(t.gc_pause_ns_total, s.gc_pause_ns_total);
+    assert_int_equal(t.alloc_bytes_total, 32 + 80);
+    assert_int_equal(t.objects, 0);
+    assert_int_equal(t.frees_total, 2);
 }
 
 int main(void) {
