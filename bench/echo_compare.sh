@@ -15,8 +15,9 @@
 # The servers listen on Unix sockets in a temporary directory; heapd runs one worker (the
 # echo server is one thread), log level warn. Each round runs heapd-bench's default mix
 # (alloc+decref, incref+decref, set_slot) against each server in turn (the order rotates by
-# round), and reads the server's CPU time (utime + stime, /proc/PID/stat) before and after. CPU per request = that CPU / the requests heapd-bench
-# completed. The echo server parses each frame in place, reads the request id and answers a
+# round), and reads the server's CPU time (utime + stime, /proc/PID/stat) before and after.
+# CPU per request = that CPU / the requests heapd-bench completed; user and system time are
+# also printed apart (medians over the rounds). The echo server parses each frame in place, reads the request id and answers a
 # canned success: what any server must spend on reading, framing and writing.
 set -euo pipefail
 
@@ -72,13 +73,12 @@ fi
 until [ -S "$tmp/heapd.sock" ] && [ -S "$tmp/echo.sock" ] &&
       { [ -z "$bpid" ] || [ -S "$tmp/base.sock" ]; }; do sleep 0.05; done
 
-ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-run() { # pid socket -> "cpu_ticks completed"
-    local t0 t1 js
-    t0=$(ticks "$1")
+run() { # pid socket -> "utime_ticks,stime_ticks completed"
+    local u0 s0 u1 s1 js
+    read -r u0 s0 < <(awk '{ print $14, $15 }' "/proc/$1/stat")
     js=$("$BUILD/bin/heapd-bench" --unix "$2" -c "$CONNS" -P "$DEPTH" -d "$DURATION")
-    t1=$(ticks "$1")
-    echo "$((t1 - t0)) $(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["requests"])' "$js")"
+    read -r u1 s1 < <(awk '{ print $14, $15 }' "/proc/$1/stat")
+    echo "$((u1 - u0)),$((s1 - s0)) $(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["requests"])' "$js")"
 }
 
 # Each round runs every server once; the order rotates by round, so that none always goes
@@ -96,7 +96,7 @@ for r in $(seq "$ROUNDS"); do
         base) got[base]=$(run "$bpid" "$tmp/base.sock") ;;
         esac
     done
-    rows+=("$r ${got[heapd]} ${got[echo]} ${got[base]:-0 0}")
+    rows+=("$r ${got[heapd]} ${got[echo]} ${got[base]:-0,0 0}")
     unset got
 done
 
@@ -113,17 +113,33 @@ if base:
 print(cols)
 print("| --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: | ---: |" if base else ""))
 ratios, bratios = [], []
+parts = {"heapd": [], "echo": [], "base": []}  # (user, system) ns per request, each round
+def per_request(ticks, n, who):
+    u, s = (int(t) / hz * 1e9 / int(n) for t in ticks.split(","))
+    parts[who].append((u, s))
+    return u + s
 for row in rows:
     r, ht, hn, et, en, bt, bn = row.split()
-    h = int(ht) / hz * 1e9 / int(hn)
-    e = int(et) / hz * 1e9 / int(en)
+    h = per_request(ht, hn, "heapd")
+    e = per_request(et, en, "echo")
     ratios.append(h / e)
     line = "| %s | %s | %.0f | %s | %.0f | %.2fx |" % (r, hn, h, en, e, h / e)
     if base:
-        b = int(bt) / hz * 1e9 / int(bn)
+        b = per_request(bt, bn, "base")
         bratios.append(b / e)
         line += " %s | %.0f | %.2fx |" % (bn, b, b / e)
     print(line)
+print()
+# The split tells where a gap is: both servers make the same system calls for the same
+# frames (one read and one write per batch), so system time is about equal and the
+# difference is what each does in user space.
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+for who, name in (("heapd", "heapd"), ("echo", "echo"), ("base", base)):
+    if parts[who]:
+        print("%s: user %.0f ns, system %.0f ns per request (medians)"
+              % (name, median(p[0] for p in parts[who]), median(p[1] for p in parts[who])))
 ratios.sort()
 bratios.sort()
 print()
