@@ -293,7 +293,7 @@ static flat_plan_t status_plan;
 static uint8_t status_ok_bytes[16];
 static size_t status_ok_len;
 /* The same bytes as a constant, for hd__envelope_fast_pack (plan_all checks they agree). */
-static const uint8_t fast_status_ok[6] = {WIRE_KEY(F_STATUS, WT_LEN), 4, 0x12, 2, 'O', 'K'};
+static const uint8_t fast_status_ok[6] = HD__STATUS_OK_BYTES;
 static pthread_once_t plans_once = PTHREAD_ONCE_INIT;
 static _Atomic bool plans_ready;
 
@@ -642,6 +642,15 @@ _Static_assert(HEAPD__V1__REQUEST__OP_INCREF == HEAPD__V1__REQUEST__OP_ALLOC + 1
                    HEAPD__V1__REQUEST__OP_SET_SLOT == HEAPD__V1__REQUEST__OP_ALLOC + 3 &&
                    HEAPD__V1__REQUEST__OP_GET_SLOT == HEAPD__V1__REQUEST__OP_ALLOC + 4,
                "the fast path's ops are numbered 10 to 14");
+/* The bytes envelope.h's inline code matches and writes. */
+_Static_assert(HD__FK_REQUEST == WIRE_KEY(F_FRAME_REQUEST, WT_LEN) &&
+                   HD__FK_RESPONSE == WIRE_KEY(F_FRAME_RESPONSE, WT_LEN) &&
+                   HD__FK_ID == WIRE_KEY(F_ID, WT_VARINT) && HD__FK_F1_VARINT == K_F1_VARINT &&
+                   HD__FK_F2_VARINT == K_F2_VARINT && HD__FK_F1_FIXED == K_F1_FIXED64 &&
+                   HD__FK_F3_FIXED == K_F3_FIXED64 &&
+                   HD__FK_OP_ALLOC == WIRE_KEY(HEAPD__V1__REQUEST__OP_ALLOC, WT_LEN) &&
+                   HD__FK_OP_LAST == WIRE_KEY(HEAPD__V1__REQUEST__OP_GET_SLOT, WT_LEN),
+               "envelope.h's keys are the wire's");
 
 /* The op's fields in any order, each any number of times (the last one counts), from the
  * start of the op message at p[pos..len). */
@@ -680,7 +689,7 @@ static bool fast_fields(const uint8_t *p, size_t pos, size_t len, hd_fast_req_t 
     return true;
 }
 
-bool hd__envelope_fast_decode(const uint8_t *p, size_t len, hd_fast_req_t *fr) {
+bool hd__envelope_fast_decode_any(const uint8_t *p, size_t len, hd_fast_req_t *fr) {
     /* The request, behind a 1-byte length that ends the frame: len - 2 < 0x80. */
     if (len < 4 || len > 0x81 || p[0] != WIRE_KEY(F_FRAME_REQUEST, WT_LEN) || p[1] != len - 2)
         return false;
@@ -739,7 +748,8 @@ bool hd__envelope_fast_decode(const uint8_t *p, size_t len, hd_fast_req_t *fr) {
     return fast_fields(p, body, len, fr);
 }
 
-size_t hd__envelope_fast_pack(uint8_t *dst, uint64_t id, unsigned result_case, uint64_t handle) {
+size_t hd__envelope_fast_pack_any(uint8_t *dst, uint64_t id, unsigned result_case,
+                                  uint64_t handle) {
     HD_ASSERT(result_case < 16);
     uint8_t *q = dst + 2; /* the response's fields, behind its key and 1-byte length */
     if (id != 0) {

@@ -16,6 +16,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+#include <endian.h>
 
 #include "framemem.h"
 #include "heapd.pb-c.h"
@@ -58,6 +60,13 @@ size_t hd__envelope_pack(const void *rsp, uint8_t *dst);
  * protobuf-c decodes them. hd__envelope_fast_decode is false for any other payload, which then
  * takes the general path: it takes a subset of what hd__envelope_decode takes, and reads it
  * the same (builds with HD_ENVELOPE_CHECKS compare the two on every frame it takes).
+ *
+ * Both are inline here, for dispatch.c to read a frame into registers and pack its answer
+ * without a call. The inline code reads only the shapes clients send most (a 1-byte id, an
+ * alloc of a 1-byte size and slots count, the other ops' fields once each in field order with
+ * a 1-byte n or index) and hands anything else to its out-of-line twin (_any), which reads
+ * every shape the fast path takes; the inline pack writes a 1-byte id, _any every other.
+ * test_dispatch.c compares each with its twin on every shape and every byte changed.
  */
 typedef struct hd_fast_req_s {
     uint64_t id;
@@ -68,12 +77,150 @@ typedef struct hd_fast_req_s {
     uint32_t flags;  /* field 5, varint: alloc's flags */
     int op;          /* the op's number (HEAPD__V1__REQUEST__OP_*) */
 } hd_fast_req_t;
-bool hd__envelope_fast_decode(const uint8_t *p, size_t len, hd_fast_req_t *fr);
+/* hd__envelope_fast_decode for every shape the fast path takes (envelope.c). */
+bool hd__envelope_fast_decode_any(const uint8_t *p, size_t len, hd_fast_req_t *fr);
+
+/* The bytes the inline code matches, as protobuf-c packs them (envelope.c asserts each against
+ * its field number and wire type). */
+#define HD__FK_REQUEST   0x0Au /* ClientFrame.request: 1, length-delimited */
+#define HD__FK_RESPONSE  0x0Au /* ServerFrame.response: 1, length-delimited */
+#define HD__FK_ID        0x08u /* Request.id, Response.id: 1, varint */
+#define HD__FK_F1_VARINT 0x08u /* alloc's size */
+#define HD__FK_F2_VARINT 0x10u /* alloc's slots, n, index */
+#define HD__FK_F1_FIXED  0x09u /* handle */
+#define HD__FK_F3_FIXED  0x19u /* set_slot's target */
+#define HD__FK_OP_ALLOC  (HEAPD__V1__REQUEST__OP_ALLOC << 3 | 2u)    /* the op's key, its */
+#define HD__FK_OP_LAST   (HEAPD__V1__REQUEST__OP_GET_SLOT << 3 | 2u) /* message length-delimited */
+
+static inline uint64_t hd__envelope_le64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return le64toh(v);
+}
+
+/* The _any call of hd__envelope_fast_decode, through a copy: fr's address never escapes the
+ * inline code, so that its fields can stay in registers. */
+static inline bool hd__envelope_fast_decode_slow(const uint8_t *p, size_t len, hd_fast_req_t *fr) {
+    hd_fast_req_t any;
+    if (!hd__envelope_fast_decode_any(p, len, &any)) return false;
+    *fr = any;
+    return true;
+}
+
+static inline uint32_t hd__envelope_le16(const uint8_t *p) {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return le16toh(v);
+}
+
+static inline uint32_t hd__envelope_le32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return le32toh(v);
+}
+
+/* About 30 instructions for the usual frame; the _any call for the unusual. The checks read two
+ * or four bytes at once: (le16(b) & 0x80FF) == key is "b[0] is key, b[1] a 1-byte varint". */
+static inline bool hd__envelope_fast_decode(const uint8_t *p, size_t len, hd_fast_req_t *fr) {
+    /* The request, behind a 1-byte length that ends the frame: 4 <= len <= 0x81. */
+    if (len - 4 > 0x81 - 4 || hd__envelope_le16(p) != (HD__FK_REQUEST | (uint32_t)(len - 2) << 8))
+        return false;
+    const uint8_t *q = p + 2; /* len >= 4: q[0] and q[1] are in the frame */
+    uint64_t id = 0;
+    if ((hd__envelope_le16(q) & 0x80FFu) == HD__FK_ID) {
+        id = q[1];
+        q += 2;
+    } else if (q[0] == HD__FK_ID) {
+        return hd__envelope_fast_decode_slow(p, len, fr); /* an id of more than a byte */
+    }
+    /* The op's key and 1-byte length, its message ending the frame. The key is op << 3 | 2 for
+     * op 10..14: k = key - HD__FK_OP_ALLOC, rotated right by 3 bits, is op - 10 when k's low 3
+     * bits are 0 (the wire type is 2), and over 4 for any other byte. */
+    size_t n = (size_t)(p + len - q);
+    if (n < 2) return false;
+    uint8_t k = (uint8_t)(q[0] - HD__FK_OP_ALLOC);
+    unsigned opi = (uint8_t)(k >> 3 | k << 5);
+    if (opi > HEAPD__V1__REQUEST__OP_GET_SLOT - HEAPD__V1__REQUEST__OP_ALLOC || q[1] != n - 2)
+        return false;
+    int op = HEAPD__V1__REQUEST__OP_ALLOC + (int)opi;
+    const uint8_t *b = q + 2;
+    n -= 2;
+    fr->id = id;
+    fr->op = op;
+    fr->handle = fr->target = 0;
+    fr->size = fr->num = fr->flags = 0;
+    if (op == HEAPD__V1__REQUEST__OP_ALLOC) {
+        /* size and slots, each a 1-byte varint; any other alloc but the empty one: _any */
+        if (n == 4 &&
+            (hd__envelope_le32(b) & 0x80FF80FFu) == (HD__FK_F1_VARINT | HD__FK_F2_VARINT << 16)) {
+            fr->size = b[1];
+            fr->num = b[3];
+            return true;
+        }
+        if (n == 0) return true;
+    } else if (n >= 9 && b[0] == HD__FK_F1_FIXED) {
+        /* the handle, then a 1-byte n or index, then set_slot's target; either may be absent */
+        fr->handle = hd__envelope_le64(b + 1);
+        bool target = op == HEAPD__V1__REQUEST__OP_SET_SLOT;
+        switch (n) {
+        case 9: return true;
+        case 11:
+            if ((hd__envelope_le16(b + 9) & 0x80FFu) != HD__FK_F2_VARINT) break;
+            fr->num = b[10];
+            return true;
+        case 18:
+            if (!target || b[9] != HD__FK_F3_FIXED) break;
+            fr->target = hd__envelope_le64(b + 10);
+            return true;
+        case 20:
+            if (!target || (hd__envelope_le16(b + 9) & 0x80FFu) != HD__FK_F2_VARINT ||
+                b[11] != HD__FK_F3_FIXED)
+                break;
+            fr->num = b[10];
+            fr->target = hd__envelope_le64(b + 12);
+            return true;
+        }
+    } else if (n == 0) {
+        return true;
+    }
+    return hd__envelope_fast_decode_slow(p, len, fr);
+}
+
 /* Packs ServerFrame { response { id, the OK status, and for result_case (0: none; else 15 at
  * most) a HandleResult of handle } } at dst as hd__envelope_pack would; returns its bytes
- * (at most HD_ENVELOPE_FAST_MAX). */
+ * (at most HD_ENVELOPE_FAST_MAX). The inline code packs an id of one byte; _any, every id. */
 #define HD_ENVELOPE_FAST_MAX 48u
-size_t hd__envelope_fast_pack(uint8_t *dst, uint64_t id, unsigned result_case, uint64_t handle);
+size_t hd__envelope_fast_pack_any(uint8_t *dst, uint64_t id, unsigned result_case, uint64_t handle);
+/* Response.status holding the OK status: code 0 (not packed), name "OK". */
+#define HD__STATUS_OK_BYTES                                                                        \
+    { 0x12u, 4u, 0x12u, 2u, 'O', 'K' }
+
+static inline size_t hd__envelope_fast_pack(uint8_t *dst, uint64_t id, unsigned result_case,
+                                            uint64_t handle) {
+    static const uint8_t status_ok[6] = HD__STATUS_OK_BYTES;
+    if (__builtin_expect(id - 1 >= 0x7F, 0)) /* 0, or more than one byte */
+        return hd__envelope_fast_pack_any(dst, id, result_case, handle);
+    /* HandleResult { handle (fixed64, 1) }: empty for handle 0 */
+    size_t result = result_case == 0 ? 0 : handle != 0 ? 11 : 2;
+    size_t n = 2 + sizeof status_ok + result; /* the response's fields: id, status, result */
+    /* key, length, the id's key and its byte: one store */
+    uint32_t head =
+        htole32(HD__FK_RESPONSE | (uint32_t)n << 8 | HD__FK_ID << 16 | (uint32_t)id << 24);
+    memcpy(dst, &head, 4);
+    memcpy(dst + 4, status_ok, sizeof status_ok);
+    if (result_case != 0) {
+        dst[10] = (uint8_t)(result_case << 3 | 2u);
+        if (handle != 0) {
+            dst[11] = 9;
+            dst[12] = HD__FK_F1_FIXED;
+            uint64_t le = htole64(handle);
+            memcpy(dst + 13, &le, 8);
+        } else {
+            dst[11] = 0;
+        }
+    }
+    return 2 + n;
+}
 
 #ifdef HD_ENVELOPE_CHECKS
 /* rq, from hd__envelope_decode, against protobuf-c's decoding of the same payload. */

@@ -18,6 +18,7 @@
 
 #include "codec.h"
 #include "dispatch.h"
+#include "envelope.h"
 #include "heap.h"
 #include "heapd.pb-c.h"
 #include "testutil.h"
@@ -2059,6 +2060,166 @@ static void test_fast_path_not_taken(void **state) {
     hd__dispatch_fast = true;
 }
 
+/* The inline decoder (envelope.h) against its out-of-line twin on len bytes at p, copied to a
+ * buffer of exactly len bytes (so that ASan sees a read past the frame): both take the frame
+ * or neither, and read the same fields. Returns whether they took it. */
+static bool decoders_agree(const uint8_t *p, size_t len) {
+    uint8_t *buf = malloc(len ? len : 1);
+    assert_non_null(buf);
+    memcpy(buf, p, len);
+    hd_fast_req_t a, b;
+    memset(&a, 0xA5, sizeof a);
+    memset(&b, 0x5A, sizeof b);
+    bool ta = hd__envelope_fast_decode(buf, len, &a);
+    bool tb = hd__envelope_fast_decode_any(buf, len, &b);
+    free(buf);
+    assert_int_equal(ta, tb);
+    if (ta) {
+        assert_int_equal(a.id, b.id);
+        assert_int_equal(a.op, b.op);
+        assert_int_equal(a.handle, b.handle);
+        assert_int_equal(a.target, b.target);
+        assert_int_equal(a.size, b.size);
+        assert_int_equal(a.num, b.num);
+        assert_int_equal(a.flags, b.flags);
+    }
+    return ta;
+}
+
+/* The frame packed, then every byte of it replaced by each of a few telling values, then each
+ * of its prefixes and the frame one byte longer: the decoders agree on every one. Returns
+ * whether the frame itself was taken. */
+static bool decoders_agree_around(const uint8_t *frame, size_t len) {
+    static const uint8_t values[] = {0x00, 0x01, 0x02, 0x08, 0x09, 0x0A, 0x10, 0x11, 0x19, 0x28,
+                                     0x52, 0x5A, 0x62, 0x6A, 0x72, 0x7A, 0x7F, 0x80, 0x81, 0xFF};
+    bool taken = decoders_agree(frame, len);
+    uint8_t m[160];
+    assert_true(len < sizeof m);
+    for (size_t i = 0; i < len; i++) {
+        memcpy(m, frame, len);
+        for (size_t v = 0; v < sizeof values; v++) {
+            m[i] = values[v];
+            (void)decoders_agree(m, len);
+        }
+        m[i] = (uint8_t)(frame[i] + 1);
+        (void)decoders_agree(m, len);
+        m[i] = (uint8_t)(frame[i] - 1);
+        (void)decoders_agree(m, len);
+    }
+    for (size_t n = 0; n < len; n++)
+        (void)decoders_agree(frame, n);
+    memcpy(m, frame, len);
+    m[len] = 0;
+    (void)decoders_agree(m, len + 1);
+    return taken;
+}
+
+/* hd__envelope_fast_decode reads inline only the commonest shapes and hands the rest to
+ * hd__envelope_fast_decode_any: the two read every frame alike, of every op, with every id
+ * width and field combination, and every byte of each changed. */
+static void test_fast_decode_inline(void **state) {
+    static const uint64_t ids[] = {0, 1, 127, 128, 300, 16383, 16384, 1ull << 40};
+    static const uint64_t handles[] = {0, 1, 0x0102030405060708ull, UINT64_MAX};
+    static const uint32_t nums[] = {0, 1, 127, 128, 70000, UINT32_MAX};
+    static const int ops[] = {OP(ALLOC), OP(INCREF), OP(DECREF), OP(SET_SLOT), OP(GET_SLOT)};
+    size_t taken = 0, packed = 0;
+    for (size_t o = 0; o < sizeof ops / sizeof ops[0]; o++)
+        for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++)
+            for (size_t h = 0; h < sizeof handles / sizeof handles[0]; h++)
+                for (size_t k = 0; k < sizeof nums / sizeof nums[0]; k++) {
+                    /* Every field set from the three tables, whatever the op calls it. */
+                    Heapd__V1__Alloc a = HEAPD__V1__ALLOC__INIT;
+                    Heapd__V1__Incref inc = HEAPD__V1__INCREF__INIT;
+                    Heapd__V1__Decref d = HEAPD__V1__DECREF__INIT;
+                    Heapd__V1__SetSlot ss = HEAPD__V1__SET_SLOT__INIT;
+                    Heapd__V1__GetSlot gs = HEAPD__V1__GET_SLOT__INIT;
+                    void *msg = NULL;
+                    switch (ops[o]) {
+                    case OP(ALLOC):
+                        a.size = (uint32_t)handles[h];
+                        a.slots = nums[k];
+                        a.flags = (uint32_t)(i & 3); /* flags on some */
+                        msg = &a;
+                        break;
+                    case OP(INCREF): inc.handle = handles[h], inc.n = nums[k], msg = &inc; break;
+                    case OP(DECREF): d.handle = handles[h], d.n = nums[k], msg = &d; break;
+                    case OP(SET_SLOT):
+                        ss.handle = handles[h], ss.index = nums[k];
+                        ss.target = handles[(h + i) % 4], msg = &ss;
+                        break;
+                    default: gs.handle = handles[h], gs.index = nums[k], msg = &gs; break;
+                    }
+                    req_t rq;
+                    set_op(&rq, ops[o], msg);
+                    rq.id = ids[i];
+                    size_t len;
+                    uint8_t *buf = pack_req(&rq, &len);
+                    taken += decoders_agree_around(buf, len);
+                    packed++;
+                    free(buf);
+                }
+    /* Most canonical frames are taken (not an alloc with a size of 2^32 - 1, ...). */
+    assert_true(taken > packed / 2);
+    /* Frames that are not the fast path's: another op, a label, a batch. */
+    Heapd__V1__Alloc a = HEAPD__V1__ALLOC__INIT;
+    a.tag = "Node";
+    req_t rq;
+    set_op(&rq, OP(ALLOC), &a);
+    size_t len;
+    uint8_t *buf = pack_req(&rq, &len);
+    assert_false(decoders_agree_around(buf, len));
+    free(buf);
+    Heapd__V1__GetRefcount g = HEAPD__V1__GET_REFCOUNT__INIT;
+    g.handle = 5;
+    set_op(&rq, OP(GETREFCOUNT), &g);
+    buf = pack_req(&rq, &len);
+    assert_false(decoders_agree_around(buf, len));
+    free(buf);
+}
+
+/* hd__envelope_fast_pack packs inline for a 1-byte id and hands the rest to
+ * hd__envelope_fast_pack_any: the same bytes for every id width, result and handle, and
+ * the bytes protobuf-c packs. */
+static void test_fast_pack_inline(void **state) {
+    static const uint64_t ids[] = {0, 1, 2, 126, 127, 128, 129, 16383, 16384, UINT64_MAX};
+    static const uint64_t handles[] = {0, 1, 0x0102030405060708ull, UINT64_MAX};
+    static const unsigned cases[] = {0, HEAPD__V1__RESPONSE__RESULT_ALLOC,
+                                     HEAPD__V1__RESPONSE__RESULT_GET_SLOT};
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++)
+        for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+            for (size_t h = 0; h < sizeof handles / sizeof handles[0]; h++) {
+                uint8_t a[HD_ENVELOPE_FAST_MAX + 16], b[HD_ENVELOPE_FAST_MAX + 16];
+                memset(a, 0xA5, sizeof a);
+                memset(b, 0xA5, sizeof b);
+                size_t na = hd__envelope_fast_pack(a, ids[i], cases[c], handles[h]);
+                size_t nb = hd__envelope_fast_pack_any(b, ids[i], cases[c], handles[h]);
+                assert_int_equal(na, nb);
+                assert_true(na <= HD_ENVELOPE_FAST_MAX);
+                assert_memory_equal(a, b, na);
+                /* What protobuf-c makes of the same response. */
+                Heapd__V1__ServerFrame *f = heapd__v1__server_frame__unpack(NULL, na, a);
+                assert_non_null(f);
+                assert_int_equal(f->kind_case, HEAPD__V1__SERVER_FRAME__KIND_RESPONSE);
+                rsp_t *rs = f->response;
+                assert_int_equal(rs->id, ids[i]);
+                assert_int_equal(rs->status->code, 0);
+                assert_string_equal(rs->status->name, "OK");
+                assert_int_equal(rs->result_case, cases[c]);
+                if (cases[c] == HEAPD__V1__RESPONSE__RESULT_ALLOC)
+                    assert_int_equal(rs->alloc->handle, handles[h]);
+                if (cases[c] == HEAPD__V1__RESPONSE__RESULT_GET_SLOT)
+                    assert_int_equal(rs->get_slot->handle, handles[h]);
+                size_t want = heapd__v1__server_frame__get_packed_size(f);
+                uint8_t *w = malloc(want);
+                assert_non_null(w);
+                heapd__v1__server_frame__pack(f, w);
+                assert_int_equal(want, na);
+                assert_memory_equal(w, a, na);
+                free(w);
+                heapd__v1__server_frame__free_unpacked(f, NULL);
+            }
+}
+
 static void test_op_table(void **state) {
     assert_string_equal(hd_dispatch_op_name(OP(ALLOC)), "alloc");
     assert_string_equal(hd_dispatch_op_name(OP(TRACE_GET_TRACED_MEMORY)),
@@ -2115,6 +2276,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_fast_path_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fast_path_runs_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fast_path_not_taken, setup, teardown),
+        cmocka_unit_test(test_fast_decode_inline),
+        cmocka_unit_test(test_fast_pack_inline),
         cmocka_unit_test(test_op_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
