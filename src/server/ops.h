@@ -158,13 +158,31 @@ int hd__op_heap_stats(hd_opctx_t *c, Heapd__V1__HeapStatsResult *r);
 int hd__op_session_info(hd_opctx_t *c, hd_session_info_t *s, Heapd__V1__SessionInfo *m);
 int hd__op_check_session_id(hd_opctx_t *c, const char *id);
 
-/* The object ops' handlers, for dispatch.c's fast path, which calls them on op messages of its
- * own (ops_objects.c; the request table's runners call the same code). */
+/* The object ops of dispatch.c's fast path (ops_objects.c). Each handler there is an engine
+ * call, below, followed by the naming of its error; the fast path makes the call itself, with
+ * no context, and only when it fails names the error the same way (hd__op_fast_failed, with
+ * the op's number and arguments as hd_fast_req_t holds them). An alloc whose arguments fail
+ * hd__obj_alloc_ok gets the whole handler, hd__op_alloc, which refuses it before any call. */
+static inline bool hd__obj_alloc_ok(uint32_t size, uint32_t slots, uint32_t flags) {
+    return size <= HD_MAX_PAYLOAD && slots <= HD_MAX_SLOTS && (flags & ~HD_OBJ_FLAGS_ALL) == 0;
+}
+/* An alloc without tag, site or data, as op_alloc calls hd_alloc for one. */
+static inline int hd__obj_alloc(hd_heap_t *h, uint32_t size, uint32_t slots, uint32_t flags,
+                                hd_handle_t *out) {
+    hd_alloc_args_t args = {.size = size, .nslots = slots, .flags = flags};
+    return hd_alloc(h, &args, out);
+}
+static inline int hd__obj_incref(hd_heap_t *h, uint64_t o, uint32_t n) {
+    return hd_incref(h, o, n ? n : 1);
+}
+static inline int hd__obj_decref(hd_heap_t *h, uint64_t o, uint32_t n) {
+    return hd_decref(h, o, n ? n : 1);
+}
 int hd__op_alloc(hd_opctx_t *c, const Heapd__V1__Alloc *a, Heapd__V1__HandleResult *r);
-int hd__op_incref(hd_opctx_t *c, const Heapd__V1__Incref *a);
-int hd__op_decref(hd_opctx_t *c, const Heapd__V1__Decref *a);
-int hd__op_set_slot(hd_opctx_t *c, const Heapd__V1__SetSlot *a);
-int hd__op_get_slot(hd_opctx_t *c, const Heapd__V1__GetSlot *a, Heapd__V1__HandleResult *r);
+/* The handler of op (alloc, incref, decref, set_slot or get_slot) given err < 0, what its
+ * engine call returned for these arguments (num: slots, n or index). */
+int hd__op_fast_failed(hd_opctx_t *c, int op, uint64_t handle, uint32_t num, uint64_t target,
+                       int err);
 
 /* ------------------------------------------------------------------------------------------ */
 /* The runners: the request table's entry into each typed handler.                             */

@@ -22,6 +22,26 @@ static int check_label(hd_opctx_t *c, const char *what, const char *s, size_t ma
     return 0;
 }
 
+/* An engine error of each fast op (ops.h), named as its handler names it. */
+static int alloc_failed(hd_opctx_t *c, int rc) {
+    if (rc == HD_ELIMIT) return hd__op_fail(c, rc, "%s", hd_heap_why(c->heap));
+    return rc;
+}
+
+static int set_slot_failed(hd_opctx_t *c, int rc, uint64_t handle, uint32_t index,
+                           uint64_t target) {
+    if (rc == HD_ENOOBJ)
+        return hd__op_fail(c, rc, "handle 0x%016llx or target 0x%016llx",
+                           (unsigned long long)handle, (unsigned long long)target);
+    if (rc == HD_ERANGE) return hd__op_fail(c, rc, "slot %u", index);
+    return rc;
+}
+
+static int get_slot_failed(hd_opctx_t *c, int rc, uint64_t handle, uint32_t index) {
+    if (rc == HD_ERANGE) return hd__op_fail(c, rc, "slot %u", index);
+    return hd__op_obj_err(c, rc, handle);
+}
+
 static int op_alloc(hd_opctx_t *c, const Heapd__V1__Alloc *a, Heapd__V1__HandleResult *r) {
     if (a->size > HD_MAX_PAYLOAD)
         return hd__op_fail(c, HD_EINVAL, "size %u is over %u", a->size, HD_MAX_PAYLOAD);
@@ -47,32 +67,25 @@ static int op_alloc(hd_opctx_t *c, const Heapd__V1__Alloc *a, Heapd__V1__HandleR
         .data = a->data.data,
         .data_len = a->data.len,
     };
-    rc = hd_alloc(c->heap, &args, &r->handle);
-    if (rc == HD_ELIMIT) return hd__op_fail(c, rc, "%s", hd_heap_why(c->heap));
-    return rc;
+    return alloc_failed(c, hd_alloc(c->heap, &args, &r->handle));
 }
 
 static int op_incref(hd_opctx_t *c, const Heapd__V1__Incref *a) {
-    return hd__op_obj_err(c, hd_incref(c->heap, a->handle, a->n ? a->n : 1), a->handle);
+    return hd__op_obj_err(c, hd__obj_incref(c->heap, a->handle, a->n), a->handle);
 }
 
 static int op_decref(hd_opctx_t *c, const Heapd__V1__Decref *a) {
-    return hd__op_obj_err(c, hd_decref(c->heap, a->handle, a->n ? a->n : 1), a->handle);
+    return hd__op_obj_err(c, hd__obj_decref(c->heap, a->handle, a->n), a->handle);
 }
 
 static int op_set_slot(hd_opctx_t *c, const Heapd__V1__SetSlot *a) {
-    int rc = hd_set_slot(c->heap, a->handle, a->index, a->target);
-    if (rc == HD_ENOOBJ)
-        return hd__op_fail(c, rc, "handle 0x%016llx or target 0x%016llx",
-                           (unsigned long long)a->handle, (unsigned long long)a->target);
-    if (rc == HD_ERANGE) return hd__op_fail(c, rc, "slot %u", a->index);
-    return rc;
+    return set_slot_failed(c, hd_set_slot(c->heap, a->handle, a->index, a->target), a->handle,
+                           a->index, a->target);
 }
 
 static int op_get_slot(hd_opctx_t *c, const Heapd__V1__GetSlot *a, Heapd__V1__HandleResult *r) {
-    int rc = hd_get_slot(c->heap, a->handle, a->index, &r->handle);
-    if (rc == HD_ERANGE) return hd__op_fail(c, rc, "slot %u", a->index);
-    return hd__op_obj_err(c, rc, a->handle);
+    return get_slot_failed(c, hd_get_slot(c->heap, a->handle, a->index, &r->handle), a->handle,
+                           a->index);
 }
 
 static int op_write(hd_opctx_t *c, const Heapd__V1__Write *a) {
@@ -137,25 +150,21 @@ static int op_obj_info(hd_opctx_t *c, const Heapd__V1__ObjInfo *a, Heapd__V1__Ob
     return 0;
 }
 
-/* The handlers of dispatch.c's fast path (ops.h): the same code as the request table's. */
+/* For dispatch.c's fast path (ops.h): the same code as the request table's. */
 int hd__op_alloc(hd_opctx_t *c, const Heapd__V1__Alloc *a, Heapd__V1__HandleResult *r) {
     return op_alloc(c, a, r);
 }
 
-int hd__op_incref(hd_opctx_t *c, const Heapd__V1__Incref *a) {
-    return op_incref(c, a);
-}
-
-int hd__op_decref(hd_opctx_t *c, const Heapd__V1__Decref *a) {
-    return op_decref(c, a);
-}
-
-int hd__op_set_slot(hd_opctx_t *c, const Heapd__V1__SetSlot *a) {
-    return op_set_slot(c, a);
-}
-
-int hd__op_get_slot(hd_opctx_t *c, const Heapd__V1__GetSlot *a, Heapd__V1__HandleResult *r) {
-    return op_get_slot(c, a, r);
+int hd__op_fast_failed(hd_opctx_t *c, int op, uint64_t handle, uint32_t num, uint64_t target,
+                       int err) {
+    switch (op) {
+    case HEAPD__V1__REQUEST__OP_ALLOC: return alloc_failed(c, err);
+    case HEAPD__V1__REQUEST__OP_INCREF:
+    case HEAPD__V1__REQUEST__OP_DECREF: return hd__op_obj_err(c, err, handle);
+    case HEAPD__V1__REQUEST__OP_SET_SLOT: return set_slot_failed(c, err, handle, num, target);
+    case HEAPD__V1__REQUEST__OP_GET_SLOT: return get_slot_failed(c, err, handle, num);
+    default: HD_ASSERT(0); return err;
+    }
 }
 
 HD_OPS_OBJECTS(HD_OP_RUNNER)

@@ -2220,6 +2220,39 @@ static void test_fast_pack_inline(void **state) {
             }
 }
 
+/* Frames with ids of every width, taken and answered alike both ways: errors (which the fast
+ * path answers after reading the frame again, out of line) and successes. */
+static void test_fast_path_ids(void **state) {
+    static const uint64_t ids[] = {0, 1, 127, 128, 300, 16384, 1ull << 40};
+    hd_handle_t o = alloc_obj(1, 0, NULL), gone = alloc_obj(0, 0, NULL);
+    assert_ok(decref(gone, 1));
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+        req_t rq;
+        size_t len;
+        Heapd__V1__Decref d = HEAPD__V1__DECREF__INIT;
+        d.handle = gone;
+        set_op(&rq, OP(DECREF), &d);
+        rq.id = ids[i];
+        uint8_t *buf = pack_req(&rq, &len);
+        assert_int_equal(both_ways_raw(buf, len, true), -HD_ENOOBJ);
+        free(buf);
+        Heapd__V1__GetSlot gs = HEAPD__V1__GET_SLOT__INIT;
+        gs.handle = o;
+        set_op(&rq, OP(GET_SLOT), &gs);
+        rq.id = ids[i];
+        buf = pack_req(&rq, &len);
+        assert_int_equal(both_ways_raw(buf, len, true), 0);
+        free(buf);
+        Heapd__V1__Alloc a = HEAPD__V1__ALLOC__INIT;
+        a.slots = HD_MAX_SLOTS + 1;
+        set_op(&rq, OP(ALLOC), &a);
+        rq.id = ids[i];
+        buf = pack_req(&rq, &len);
+        assert_int_equal(both_ways_raw(buf, len, true), -HD_EINVAL);
+        free(buf);
+    }
+}
+
 static void test_op_table(void **state) {
     assert_string_equal(hd_dispatch_op_name(OP(ALLOC)), "alloc");
     assert_string_equal(hd_dispatch_op_name(OP(TRACE_GET_TRACED_MEMORY)),
@@ -2276,6 +2309,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_fast_path_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fast_path_runs_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fast_path_not_taken, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fast_path_ids, setup, teardown),
         cmocka_unit_test(test_fast_decode_inline),
         cmocka_unit_test(test_fast_pack_inline),
         cmocka_unit_test(test_op_table),
