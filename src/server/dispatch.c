@@ -615,6 +615,19 @@ static void fast_check_decode(const uint8_t *payload, size_t len, const hd_fast_
     hd__framemem_leave(m);
 }
 
+/* The inline decoder's reading of the frame (taken, fr) against its out-of-line twin's: the
+ * same frames taken, read the same (so that fuzz_dispatch tries the inline code's shapes). */
+static void fast_check_inline(const uint8_t *payload, size_t len, bool taken,
+                              const hd_fast_req_t *fr) {
+    hd_fast_req_t any;
+    if (hd__envelope_fast_decode_any(payload, len, &any) != taken)
+        fast_mismatch("inline decoding (taken)");
+    if (taken && (any.id != fr->id || any.op != fr->op || any.handle != fr->handle ||
+                  any.target != fr->target || any.size != fr->size || any.num != fr->num ||
+                  any.flags != fr->flags))
+        fast_mismatch("inline decoding");
+}
+
 /* The n bytes hd__envelope_fast_pack wrote at p against hd__envelope_pack's packing of the same
  * response (which hd__envelope_check_pack compares with protobuf-c's). */
 static void fast_check_pack(const uint8_t *p, size_t n, uint64_t id, int result_case,
@@ -634,6 +647,8 @@ static void fast_check_pack(const uint8_t *p, size_t n, uint64_t id, int result_
             fast_mismatch("result type");
     }
     uint8_t want[SMALL_FRAME_MAX];
+    size_t an = hd__envelope_fast_pack_any(want, id, (unsigned)result_case, handle);
+    if (an != n || memcmp(want, p, n) != 0) fast_mismatch("inline packing");
     size_t wn = hd__envelope_pack(&rs, want);
     if (wn != n || memcmp(want, p, n) != 0) fast_mismatch("packing");
     hd__envelope_check_pack(m, &rs, p, n);
@@ -741,8 +756,12 @@ __attribute__((always_inline)) static inline int fast_answer(hd_dispatch_env_t *
 __attribute__((always_inline)) static inline int
 fast_frame(hd_dispatch_env_t *env, const uint8_t *payload, size_t len, hd_buf_t *out) {
     hd_fast_req_t fr;
-    if (!hd__dispatch_fast || env->off_loop || !hd__envelope_fast_decode(payload, len, &fr))
-        return FAST_NOT_TAKEN;
+    if (!hd__dispatch_fast || env->off_loop) return FAST_NOT_TAKEN;
+    bool taken = hd__envelope_fast_decode(payload, len, &fr);
+#ifdef HD_ENVELOPE_CHECKS
+    fast_check_inline(payload, len, taken, &fr);
+#endif
+    if (!taken) return FAST_NOT_TAKEN;
     hd_heap_t *heap = env->heap;
     hd_handle_t result = 0;
     int err;
