@@ -6,7 +6,9 @@
  * response { id, status, at most one result } }. envelope.c reads and writes that envelope
  * itself, and what is inside it when it is flat (scalars, strings and bytes: most ops, the
  * status, most results); the rest is protobuf-c's. Before any decoding, the wire scan walks
- * a payload's raw bytes to bound its nesting and message count.
+ * a payload's raw bytes to bound its nesting and message count. The fast path's frames (the
+ * hot object ops in their usual shape) are read and answered by the inline code below, which
+ * hands any shape it does not read to envelope.c.
  *
  * This file owns bytes only; what a request means is dispatch.c's and the handlers'.
  */
