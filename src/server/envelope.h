@@ -64,10 +64,11 @@ size_t hd__envelope_pack(const void *rsp, uint8_t *dst);
  * the same (builds with HD_ENVELOPE_CHECKS compare the two on every frame it takes).
  *
  * Both are inline here, for dispatch.c to read a frame into registers and pack its answer
- * without a call. The inline code reads only the shapes clients send most (a 1-byte id, an
- * alloc of a 1-byte size and slots count, the other ops' fields once each in field order with
- * a 1-byte n or index) and hands anything else to its out-of-line twin (_any), which reads
- * every shape the fast path takes; the inline pack writes a 1-byte id, _any every other.
+ * without a call. The inline code reads only the shapes clients send most (an id of up to 4
+ * bytes, an alloc of a 1-byte size and slots count, the other ops' fields once each in field
+ * order with a 1-byte n or index) and hands anything else to its out-of-line twin (_any),
+ * which reads every shape the fast path takes; the inline pack writes an id below 2^28, _any
+ * any other.
  * test_dispatch.c compares each with its twin on every shape and every byte changed.
  */
 typedef struct hd_fast_req_s {
@@ -133,7 +134,16 @@ static inline bool hd__envelope_fast_decode(const uint8_t *p, size_t len, hd_fas
         id = q[1];
         q += 2;
     } else if (q[0] == HD__FK_ID) {
-        return hd__envelope_fast_decode_slow(p, len, fr); /* an id of more than a byte */
+        /* An id of 2 to 4 bytes (below 2^28: a long-lived client's); a longer one, _any. */
+        uint64_t v = q[1] & 0x7Fu;
+        size_t k = 2;
+        for (;;) {
+            if (k > 4 || k + 2 >= len) return hd__envelope_fast_decode_slow(p, len, fr);
+            v |= (uint64_t)(q[k] & 0x7Fu) << (7 * (k - 1));
+            if (q[k++] < 0x80) break;
+        }
+        id = v;
+        q += k;
     }
     /* The op's key and 1-byte length, its message ending the frame. The key is op << 3 | 2 for
      * op 10..14: k = key - HD__FK_OP_ALLOC, rotated right by 3 bits, is op - 10 when k's low 3
@@ -190,38 +200,55 @@ static inline bool hd__envelope_fast_decode(const uint8_t *p, size_t len, hd_fas
 
 /* Packs ServerFrame { response { id, the OK status, and for result_case (0: none; else 15 at
  * most) a HandleResult of handle } } at dst as hd__envelope_pack would; returns its bytes
- * (at most HD_ENVELOPE_FAST_MAX). The inline code packs an id of one byte; _any, every id. */
+ * (at most HD_ENVELOPE_FAST_MAX). The inline code packs an id below 2^28; _any, every id. */
 #define HD_ENVELOPE_FAST_MAX 48u
 size_t hd__envelope_fast_pack_any(uint8_t *dst, uint64_t id, unsigned result_case, uint64_t handle);
 /* Response.status holding the OK status: code 0 (not packed), name "OK". */
 #define HD__STATUS_OK_BYTES                                                                        \
     { 0x12u, 4u, 0x12u, 2u, 'O', 'K' }
 
-static inline size_t hd__envelope_fast_pack(uint8_t *dst, uint64_t id, unsigned result_case,
-                                            uint64_t handle) {
+/* The response's fields after its id, from q: the OK status and the result; returns the end. */
+static inline uint8_t *hd__envelope_fast_tail(uint8_t *q, unsigned result_case, uint64_t handle) {
     static const uint8_t status_ok[6] = HD__STATUS_OK_BYTES;
-    if (__builtin_expect(id - 1 >= 0x7F, 0)) /* 0, or more than one byte */
-        return hd__envelope_fast_pack_any(dst, id, result_case, handle);
-    /* HandleResult { handle (fixed64, 1) }: empty for handle 0 */
-    size_t result = result_case == 0 ? 0 : handle != 0 ? 11 : 2;
-    size_t n = 2 + sizeof status_ok + result; /* the response's fields: id, status, result */
-    /* key, length, the id's key and its byte: one store */
-    uint32_t head =
-        htole32(HD__FK_RESPONSE | (uint32_t)n << 8 | HD__FK_ID << 16 | (uint32_t)id << 24);
-    memcpy(dst, &head, 4);
-    memcpy(dst + 4, status_ok, sizeof status_ok);
-    if (result_case != 0) {
-        dst[10] = (uint8_t)(result_case << 3 | 2u);
+    memcpy(q, status_ok, sizeof status_ok);
+    q += sizeof status_ok;
+    if (result_case != 0) { /* HandleResult { handle (fixed64, 1) }, empty for handle 0 */
+        *q++ = (uint8_t)(result_case << 3 | 2u);
         if (handle != 0) {
-            dst[11] = 9;
-            dst[12] = HD__FK_F1_FIXED;
+            *q++ = 9;
+            *q++ = HD__FK_F1_FIXED;
             uint64_t le = htole64(handle);
-            memcpy(dst + 13, &le, 8);
+            memcpy(q, &le, 8);
+            q += 8;
         } else {
-            dst[11] = 0;
+            *q++ = 0;
         }
     }
-    return 2 + n;
+    return q;
+}
+
+static inline size_t hd__envelope_fast_pack(uint8_t *dst, uint64_t id, unsigned result_case,
+                                            uint64_t handle) {
+    if (__builtin_expect(id - 1 < 0x7F, 1)) { /* a 1-byte id */
+        size_t result = result_case == 0 ? 0 : handle != 0 ? 11 : 2;
+        size_t n = 2 + 6 + result; /* the response's fields: id, status, result */
+        /* key, length, the id's key and its byte: one store */
+        uint32_t head =
+            htole32(HD__FK_RESPONSE | (uint32_t)n << 8 | HD__FK_ID << 16 | (uint32_t)id << 24);
+        memcpy(dst, &head, 4);
+        return (size_t)(hd__envelope_fast_tail(dst + 4, result_case, handle) - dst);
+    }
+    if (id == 0 || id >= (1u << 28))
+        return hd__envelope_fast_pack_any(dst, id, result_case, handle);
+    uint8_t *q = dst + 2; /* the response's fields, behind its key and 1-byte length */
+    *q++ = HD__FK_ID;
+    for (; id >= 0x80; id >>= 7) /* 2 to 4 bytes */
+        *q++ = (uint8_t)(id | 0x80);
+    *q++ = (uint8_t)id;
+    q = hd__envelope_fast_tail(q, result_case, handle);
+    dst[0] = HD__FK_RESPONSE;
+    dst[1] = (uint8_t)(q - (dst + 2));
+    return (size_t)(q - dst);
 }
 
 #ifdef HD_ENVELOPE_CHECKS

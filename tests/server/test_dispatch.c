@@ -2118,7 +2118,8 @@ static bool decoders_agree_around(const uint8_t *frame, size_t len) {
  * hd__envelope_fast_decode_any: the two read every frame alike, of every op, with every id
  * width and field combination, and every byte of each changed. */
 static void test_fast_decode_inline(void **state) {
-    static const uint64_t ids[] = {0, 1, 127, 128, 300, 16383, 16384, 1ull << 40};
+    static const uint64_t ids[] = {
+        0, 1, 127, 128, 300, 16383, 16384, 1u << 21, (1u << 28) - 1, 1u << 28, 1ull << 40};
     static const uint64_t handles[] = {0, 1, 0x0102030405060708ull, UINT64_MAX};
     static const uint32_t nums[] = {0, 1, 127, 128, 70000, UINT32_MAX};
     static const int ops[] = {OP(ALLOC), OP(INCREF), OP(DECREF), OP(SET_SLOT), OP(GET_SLOT)};
@@ -2181,7 +2182,8 @@ static void test_fast_decode_inline(void **state) {
  * hd__envelope_fast_pack_any: the same bytes for every id width, result and handle, and
  * the bytes protobuf-c packs. */
 static void test_fast_pack_inline(void **state) {
-    static const uint64_t ids[] = {0, 1, 2, 126, 127, 128, 129, 16383, 16384, UINT64_MAX};
+    static const uint64_t ids[] = {
+        0, 1, 2, 126, 127, 128, 129, 16383, 16384, 1u << 21, (1u << 28) - 1, 1u << 28, UINT64_MAX};
     static const uint64_t handles[] = {0, 1, 0x0102030405060708ull, UINT64_MAX};
     static const unsigned cases[] = {0, HEAPD__V1__RESPONSE__RESULT_ALLOC,
                                      HEAPD__V1__RESPONSE__RESULT_GET_SLOT};
@@ -2223,7 +2225,7 @@ static void test_fast_pack_inline(void **state) {
 /* Frames with ids of every width, taken and answered alike both ways: errors (which the fast
  * path answers after reading the frame again, out of line) and successes. */
 static void test_fast_path_ids(void **state) {
-    static const uint64_t ids[] = {0, 1, 127, 128, 300, 16384, 1ull << 40};
+    static const uint64_t ids[] = {0, 1, 127, 128, 300, 16384, (1u << 28) - 1, 1ull << 40};
     hd_handle_t o = alloc_obj(1, 0, NULL), gone = alloc_obj(0, 0, NULL);
     assert_ok(decref(gone, 1));
     for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
