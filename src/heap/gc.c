@@ -276,12 +276,30 @@ void hd__gc_on_alloc(hd_heap_t *h) {
  */
 /* What a collection learnt about the unreachable set: from the move passes (the union of
  * the flags of every object moved there, so a superset), then exactly from
- * move_legacy_finalizers when a legacy finalizer may be among them. */
+ * move_legacy_finalizers when a legacy finalizer may be among them.
+ *
+ * slack, kept by the move passes as objects enter and leave unreachable:
+ *   slack == sum over unreachable u of (non-empty slots of u - refcnt of u)   (mod 2^64)
+ * Every reference to an unreachable object comes from a slot of an unreachable object (its
+ * gc_refs is 0: none from outside young; a reachable one's slot would have revived it), so
+ * the sum of their refcnts counts exactly the slots of the unreachable set that point into
+ * it. slack == 0 therefore says that no slot of the garbage points off the list:
+ * drop_outside_refs would drop nothing, and collect_main skips its walk over the garbage. */
 typedef struct split_s {
     uint64_t nunreachable; /* unreachable objects, legacy ones included */
     uint64_t nlegacy;      /* legacy finalizers among them */
+    uint64_t slack;        /* as above; meaningful after the move passes only */
     uint16_t flags_any;    /* the union of the non-legacy objects' flags */
 } split_t;
+
+/* An object's term of split_t.slack: its non-empty slots minus its refcnt (mod 2^64). Reads
+ * only the object's own block, which the move passes hold in hand when they call it. */
+static inline uint64_t slack_of(const hd_obj_t *o) {
+    uint32_t n = o->nslots, c = n - o->refcnt;
+    for (uint32_t i = 0; i < n; i++)
+        c -= o->slots[i] == 0;
+    return (uint64_t)(int64_t)(int32_t)c;
+}
 
 /* How many objects ahead of a pass its slot targets are prefetched: enough misses in flight
  * to cover memory latency (8 objects of 4 slots = 32 lines, about the core's miss buffers),
@@ -382,6 +400,7 @@ static inline void visit_reachable(regions_t rb, hd_ref_t t, hd_ref_t young, spl
         back_to_young(rb, to, t, young);
         to->gc_prev = 1;
         s->nunreachable--;
+        s->slack -= slack_of(to);
         return;
     }
     /* Stored only when it changes: a store that writes back the same value still dirties a
@@ -437,6 +456,7 @@ static uint64_t move_unreachable(hd_heap_t *h, hd_ref_t young, hd_ref_t unreacha
             us->gc_prev = r;
             o->flags |= HD_OF_UNREACHABLE;
             s->nunreachable++;
+            s->slack += slack_of(o);
             s->flags_any |= o->flags;
         }
     }
@@ -650,6 +670,7 @@ static HD_NOINLINE bool side_revive(regions_t rb, void *side, uint64_t *dead, hd
     side_put(side, t >> 1, side_bias(wide) + 1, wide);
     dead[t >> 7] &= ~(1ull << ((t >> 1) & 63));
     s->nunreachable--;
+    s->slack -= slack_of(to);
     return true;
 }
 
@@ -731,6 +752,7 @@ HD_GC_SIDE_INLINE uint64_t side_move_unreachable(hd_heap_t *h, hd_ref_t young, h
             side_put(side, r >> 1, bias - 1, wide);
             dead[r >> 7] |= 1ull << ((r >> 1) & 63);
             s->nunreachable++;
+            s->slack += slack_of(o);
             s->flags_any |= o->flags;
         }
     }
@@ -841,6 +863,21 @@ HD_GC_SIDE_INLINE bool is_dead(regions_t rb, const uint64_t *dead, hd_ref_t t) {
            (HD_OF_COLLECTING | HD_OF_UNREACHABLE);
 }
 
+/* Whether a slot of an object on unreachable points at an object off it (for the assertion
+ * that slack 0 means none does). O(unreachable + their slots). */
+#ifdef HD_EXPENSIVE_ASSERTS
+static bool has_outside_refs(hd_heap_t *h, hd_ref_t unreachable, const uint64_t *dead) {
+    regions_t rb = h->alloc.region_base;
+    for (hd_ref_t r = link_at(rb, unreachable)->gc_next; r != unreachable;) {
+        const hd_obj_t *o = obj_at(rb, r);
+        for (uint32_t i = 0; i < o->nslots; i++)
+            if (o->slots[i] && !is_dead(rb, dead, o->slots[i])) return true;
+        r = o->gc_next;
+    }
+    return false;
+}
+#endif
+
 /* Takes back what drop_outside_refs dropped before it stopped at slot i of stop. */
 static void restore_outside_refs(hd_heap_t *h, hd_ref_t unreachable, const uint64_t *dead,
                                  hd_ref_t stop, uint32_t i_stop) {
@@ -863,7 +900,8 @@ static void restore_outside_refs(hd_heap_t *h, hd_ref_t unreachable, const uint6
  * dealloc, and every event its cascade queues, must come where CPython's delete_garbage puts
  * them, and delete_garbage runs instead. Runs only when no legacy finalizer is among the
  * unreachable, so each of them is still COLLECTING|UNREACHABLE (what is_dead reads when the
- * collection kept no table).
+ * collection kept no table), and only when the move passes' slack (split_t) says that some
+ * slot of the garbage points off the list: a cycle that holds nothing else skips this walk.
  *
  * Of the targets of an unreachable object, none off the list points back into it (it would
  * be reachable), so the dropped references change no unreachable object's fate, and the
@@ -904,7 +942,7 @@ static bool drop_outside_refs(hd_heap_t *h, hd_ref_t unreachable, const uint64_t
 static split_t move_legacy_finalizers(hd_heap_t *h, hd_ref_t unreachable, hd_ref_t finalizers,
                                       int gen_old) {
     regions_t rb = h->alloc.region_base;
-    split_t s = {0, 0, 0};
+    split_t s = {0, 0, 0, 0};
     for (hd_ref_t r = link_at(rb, unreachable)->gc_next, next; r != unreachable; r = next) {
         hd_obj_t *o = obj_at(rb, r);
         HD_ASSERT((o->flags & (HD_OF_COLLECTING | HD_OF_UNREACHABLE)) ==
@@ -1080,7 +1118,7 @@ static uint64_t collect_main(hd_heap_t *h, int g, uint64_t *ncollected, uint64_t
     HD_ASSERT_EXPENSIVE(young == old || list_ok(h, old, gen_old));
 
     hd__gc_list_init(h, UNREACHABLE_LIST);
-    split_t s = {0, 0, 0};
+    split_t s = {0, 0, 0, 0};
     side_t side;
     uint64_t nsurvivors = find_unreachable(h, young, UNREACHABLE_LIST, g, gen_old, &s, &side);
     HD_ASSERT_EXPENSIVE(list_ok(h, young, gen_old) && nsurvivors == list_len(h, young));
@@ -1088,10 +1126,15 @@ static uint64_t collect_main(hd_heap_t *h, int g, uint64_t *ncollected, uint64_t
     /* After this (if batch), the garbage holds references only to itself, and all of it
      * dies: delete_garbage's cascade can be a batch free. Not under DEBUG_SAVEALL (nothing
      * dies), with a legacy finalizer among the unreachable (what it holds survives) or with
-     * labels (their ids' release order is the cascade's). The table goes back before any
-     * event is queued, as it always has. */
+     * labels (their ids' release order is the cascade's). With slack 0 (split_t) no slot of
+     * the garbage points off the list, and the walk that would drop such references is
+     * saved: in a cycle that holds nothing else (rings, lists, trees) that walk was a third
+     * of the garbage's own cost. The table goes back before any event is queued, as it
+     * always has. */
+    HD_ASSERT_EXPENSIVE(s.nunreachable == 0 || s.slack != 0 ||
+                        !has_outside_refs(h, UNREACHABLE_LIST, side.dead));
     bool batch = !saveall && s.nunreachable > 0 && !(s.flags_any & (HD_OF_LEGACY | HD_OF_LABELS)) &&
-                 drop_outside_refs(h, UNREACHABLE_LIST, side.dead);
+                 (s.slack == 0 || drop_outside_refs(h, UNREACHABLE_LIST, side.dead));
     side_free(h, &side);
 
     /* After this, the survivors are in old; the long-lived counts are updated before any
