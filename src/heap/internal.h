@@ -513,6 +513,32 @@ static inline void hd__alloc_free(hd_alloc_t *a, void *p, hd_ref_t ref) {
     if (hd__alloc_free_in(pool, p)) hd__alloc_refile(a, pool);
 }
 
+/* The pool of a small block (ref and address of one block), or NULL for a large one: the
+ * lookup of hd__alloc_free without the free. */
+static inline hd_pool_t *hd__alloc_pool_of(const hd_alloc_t *a, const void *p, hd_ref_t ref) {
+    HD_ASSERT(hd__alloc_check(a, ref) == p);
+    hd_arena_t *ar = hd__alloc_arena_of(a, ref);
+    if (HD_UNLIKELY(ar == NULL)) return NULL;
+    return &ar->pools[((uintptr_t)p - (uintptr_t)ar->pool_first) >> HD_POOL_BITS];
+}
+
+/* Frees k >= 1 blocks of one pool at once, as k calls of hd__alloc_free in the run's order
+ * would (the same free list, the same count, the pool refiled as the last of those calls
+ * would leave it): head is the last block freed, each block's link names the one freed
+ * before it, and tail, the first, gets the pool's old free list. A pool that was full and is
+ * now empty goes straight to its arena (hd__alloc_refile), where one call at a time would have
+ * put it on usedpools and taken it off again with nothing between. For a caller freeing many
+ * blocks in address order (gc.c's garbage): the pool's descriptor is written once a run, not
+ * once a block, so no block waits on the store of the one before. */
+static inline void hd__alloc_free_run(hd_alloc_t *a, hd_pool_t *pool, hd_block_t *head,
+                                      hd_block_t *tail, uint32_t k) {
+    HD_ASSERT(k >= 1 && k <= pool->count);
+    tail->next = pool->freeblock;
+    pool->freeblock = head;
+    pool->count = (uint16_t)(pool->count - k);
+    if (HD_UNLIKELY(pool->count == 0) || HD_UNLIKELY(pool->full)) hd__alloc_refile(a, pool);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* object.c: the object layout.                                                                */
 /* ------------------------------------------------------------------------------------------ */

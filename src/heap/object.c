@@ -489,6 +489,14 @@ uint64_t hd__obj_free_garbage(hd_heap_t *h, hd_ref_t list) {
     /* An incremental cycle's cursors name objects of its own lists, none of them garbage of
      * this collection: tested once, not per object. */
     bool cursors = h->gc.inc.cursor || h->gc.inc.fin_cursor;
+    /* The run of blocks of one pool being freed (internal.h: hd__alloc_free_run): a list is mostly
+     * in address order, so most objects are in the pool of the one before, and their blocks
+     * are linked here in registers. pool_at is that pool's address (pools are HD_POOL_SIZE
+     * aligned), 1 (no pool's) while there is none. */
+    hd_pool_t *pool = NULL;
+    uintptr_t pool_at = 1;
+    hd_block_t *head = NULL, *tail = NULL;
+    uint32_t k = 0;
     for (hd_ref_t r = hd__gchead(h, list)->gc_next, next; r != list; r = next, n++) {
         /* hd__obj, not a cached region table: a free may give regions back. */
         hd_obj_t *o = hd__obj(h, r);
@@ -503,9 +511,36 @@ uint64_t hd__obj_free_garbage(hd_heap_t *h, hd_ref_t list) {
         o->flags &=
             (uint16_t) ~(HD_OF_TRACKED | HD_OF_GEN_MASK | HD_OF_COLLECTING | HD_OF_UNREACHABLE);
         if (HD_UNLIKELY(o->flags & HD_DEALLOC_HEAD)) dealloc_head(h, r, o);
-        bytes += hd__alloc_charge(hd__obj_sizeof(o));
         o->check = 0;
-        hd__alloc_free(&h->alloc, o, r);
+        if (HD_UNLIKELY(((uintptr_t)o & ~(uintptr_t)(HD_POOL_SIZE - 1)) != pool_at)) {
+            /* Another pool (or a large block): the run so far goes back first. */
+            if (k) {
+                bytes += (uint64_t)k * pool->size;
+                hd__alloc_free_run(&h->alloc, pool, head, tail, k);
+                k = 0;
+            }
+            pool = hd__alloc_pool_of(&h->alloc, o, r);
+            if (HD_UNLIKELY(!pool)) {
+                bytes += hd__alloc_charge(hd__obj_sizeof(o));
+                hd__alloc_large_free(&h->alloc, o, r);
+                pool_at = 1;
+                continue;
+            }
+            pool_at = (uintptr_t)o & ~(uintptr_t)(HD_POOL_SIZE - 1);
+            head = NULL;
+            tail = (hd_block_t *)o;
+        }
+        /* A small object's charge is its block's class: the pool's size, counted a run at a
+         * time. */
+        HD_ASSERT(hd__alloc_check(&h->alloc, r) == o &&
+                  hd__alloc_charge(hd__obj_sizeof(o)) == pool->size);
+        ((hd_block_t *)o)->next = head;
+        head = (hd_block_t *)o;
+        k++;
+    }
+    if (k) {
+        bytes += (uint64_t)k * pool->size;
+        hd__alloc_free_run(&h->alloc, pool, head, tail, k);
     }
     /* dealloc_free's counts, once: every one was a container. */
     h->free_bytes_total += bytes;
