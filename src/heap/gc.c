@@ -22,8 +22,10 @@
  * generations are never walked, so a generation-0 collection costs the same in a heap of a
  * thousand objects or of ten million. Deleting garbage adds object.c's free path per object:
  * usually a batch free (drop_outside_refs, object.c:hd__obj_free_garbage) that frees each
- * garbage object once, without the cascade's decrement of every slot's target, else
- * CPython's delete_garbage with the free cascade, whenever the order of the frees could show.
+ * garbage object once, without the cascade's decrement of every slot's target (and, when the
+ * move passes' slack says no slot of the garbage points off it, after no other walk over it),
+ * else CPython's delete_garbage with the free cascade, whenever the order of the frees could
+ * show.
  *
  * Owns: the generation lists, counts, thresholds and statistics, the garbage list, the
  * get_objects cursors, the GC_START/GC_STOP events and the FINALIZED events of objects that
