@@ -759,20 +759,7 @@ size_t hd__envelope_fast_pack_any(uint8_t *dst, uint64_t id, unsigned result_cas
         else
             q += put_varint(q, id);
     }
-    memcpy(q, fast_status_ok, sizeof fast_status_ok);
-    q += sizeof fast_status_ok;
-    if (result_case != 0) { /* HandleResult { handle (fixed64, 1) }, empty for handle 0 */
-        *q++ = (uint8_t)WIRE_KEY(result_case, WT_LEN);
-        if (handle != 0) {
-            *q++ = 9;
-            *q++ = K_F1_FIXED64;
-            uint64_t le = htole64(handle);
-            memcpy(q, &le, 8);
-            q += 8;
-        } else {
-            *q++ = 0;
-        }
-    }
+    q = hd__envelope_fast_tail(q, result_case, handle); /* the status and result, as inline */
     dst[0] = WIRE_KEY(F_FRAME_RESPONSE, WT_LEN);
     dst[1] = (uint8_t)(q - (dst + 2));
     return (size_t)(q - dst);
