@@ -338,18 +338,6 @@ static void plan_of(const ProtobufCMessageDescriptor *d, flat_plan_t *pl) {
     pl->ok = true;
 }
 
-static inline uint64_t get_le64(const uint8_t *p) {
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return le64toh(v);
-}
-
-static inline uint32_t get_le32(const uint8_t *p) {
-    uint32_t v;
-    memcpy(&v, p, 4);
-    return le32toh(v);
-}
-
 /* Reads a varint at *pos (< end) as wire_varint does, with a fast path for one byte. */
 static inline int get_varint(const uint8_t *p, size_t end, size_t *pos, uint64_t *out) {
     size_t at = *pos;
@@ -434,12 +422,12 @@ static ProtobufCMessage *flat_unpack(hd_framemem_t *m, const ProtobufCMessageDes
         }
         case FK_FIXED32:
             if (len - pos < 4) return NULL;
-            *(uint32_t *)at = get_le32(p + pos);
+            *(uint32_t *)at = hd__envelope_le32(p + pos);
             pos += 4;
             break;
         case FK_FIXED64:
             if (len - pos < 8) return NULL;
-            *(uint64_t *)at = get_le64(p + pos);
+            *(uint64_t *)at = hd__envelope_le64(p + pos);
             pos += 8;
             break;
         case FK_STRING: {
@@ -668,7 +656,7 @@ static bool fast_fields(const uint8_t *p, size_t pos, size_t len, hd_fast_req_t 
             if (alloc || (key == K_F3_FIXED64 && fr->op != HEAPD__V1__REQUEST__OP_SET_SLOT) ||
                 len - pos < 8)
                 return false;
-            v = get_le64(p + pos);
+            v = hd__envelope_le64(p + pos);
             pos += 8;
             if (key == K_F1_FIXED64)
                 fr->handle = v;
@@ -732,7 +720,7 @@ bool hd__envelope_fast_decode_any(const uint8_t *p, size_t len, hd_fast_req_t *f
         }
     } else {
         if (e - q >= 9 && q[0] == K_F1_FIXED64) {
-            fr->handle = get_le64(q + 1);
+            fr->handle = hd__envelope_le64(q + 1);
             q += 9;
         }
         if (e - q >= 2 && q[0] == K_F2_VARINT && q[1] < 0x80) {
@@ -740,7 +728,7 @@ bool hd__envelope_fast_decode_any(const uint8_t *p, size_t len, hd_fast_req_t *f
             q += 2;
         }
         if (op == HEAPD__V1__REQUEST__OP_SET_SLOT && e - q >= 9 && q[0] == K_F3_FIXED64) {
-            fr->target = get_le64(q + 1);
+            fr->target = hd__envelope_le64(q + 1);
             q += 9;
         }
     }

@@ -95,12 +95,6 @@ bool hd__envelope_fast_decode_any(const uint8_t *p, size_t len, hd_fast_req_t *f
 #define HD__FK_OP_ALLOC  (HEAPD__V1__REQUEST__OP_ALLOC << 3 | 2u)    /* the op's key, its */
 #define HD__FK_OP_LAST   (HEAPD__V1__REQUEST__OP_GET_SLOT << 3 | 2u) /* message length-delimited */
 
-static inline uint64_t hd__envelope_le64(const uint8_t *p) {
-    uint64_t v;
-    memcpy(&v, p, 8);
-    return le64toh(v);
-}
-
 /* The _any call of hd__envelope_fast_decode, through a copy: fr's address never escapes the
  * inline code, so that its fields can stay in registers. */
 static inline bool hd__envelope_fast_decode_slow(const uint8_t *p, size_t len, hd_fast_req_t *fr) {
@@ -108,6 +102,14 @@ static inline bool hd__envelope_fast_decode_slow(const uint8_t *p, size_t len, h
     if (!hd__envelope_fast_decode_any(p, len, &any)) return false;
     *fr = any;
     return true;
+}
+
+/* Little-endian reads of unaligned bytes (the wire's fixed64 and fixed32; the inline decoder's
+ * two- and four-byte compares). */
+static inline uint64_t hd__envelope_le64(const uint8_t *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return le64toh(v);
 }
 
 static inline uint32_t hd__envelope_le16(const uint8_t *p) {
